@@ -1,0 +1,1 @@
+//! cai-core (skeleton).

@@ -1,0 +1,1 @@
+//! cai-engine (skeleton).

@@ -1,0 +1,52 @@
+//! Errors of cai-core.
+
+/// What went wrong in cai-core. Every variant names the URL, key or value at fault.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A location string could not be understood as a storage URL.
+    #[error("bad location {url:?}: {reason}")]
+    BadUrl {
+        /// The location as given.
+        url: String,
+        /// Why it was refused.
+        reason: String,
+    },
+    /// An object was not found at a location.
+    #[error("not found: {url}")]
+    NotFound {
+        /// Full URL of the missing object.
+        url: String,
+    },
+    /// The object store failed.
+    #[error("storage error at {url}: {source}")]
+    Store {
+        /// Full URL of the object or prefix.
+        url: String,
+        /// The underlying store error.
+        #[source]
+        source: object_store::Error,
+    },
+    /// A JSON document could not be read.
+    #[error("cannot read {what} from {source_name}: {source}")]
+    Json {
+        /// What was being read (payload, plan, rank report...).
+        what: &'static str,
+        /// Where it came from.
+        source_name: String,
+        /// The parse error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A payload or plan field has a value that cannot be used.
+    #[error("invalid {field}: {reason}")]
+    Invalid {
+        /// Field name.
+        field: String,
+        /// Why the value is refused.
+        reason: String,
+    },
+}
+
+/// Result with cai-core's error.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

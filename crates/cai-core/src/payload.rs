@@ -1,0 +1,171 @@
+//! The original's Initialize input payload, accepted as it is.
+//!
+//! ```json
+//! {"bucket": "cosmicai-data", "file_limit": "11", "batch_size": 512, "object_type": "folder",
+//!  "S3_object_name": "Anomaly Detection", "script": "/tmp/Anomaly Detection/Inference/inference.py",
+//!  "result_path": "result-partition-100MB/1GB/1", "data_bucket": "cosmicai-data", "data_prefix": "100MB"}
+//! ```
+//! Numbers may be JSON numbers or strings (the original's sample has `"file_limit": "11"`).
+
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+
+/// The original's input payload. Unknown keys are kept and written back unchanged.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Payload {
+    /// Bucket of the code and of the results (`result_path` lives here).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bucket: Option<String>,
+    /// Keep only the first `file_limit` partitions.
+    #[serde(
+        default,
+        deserialize_with = "flex_u64",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub file_limit: Option<u64>,
+    /// Galaxies per inference batch.
+    #[serde(
+        default,
+        deserialize_with = "flex_u64",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub batch_size: Option<u64>,
+    /// The original's code object type (`folder`); carried into each rank item.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object_type: Option<String>,
+    /// The original's code object name; carried into each rank item.
+    #[serde(
+        rename = "S3_object_name",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub s3_object_name: Option<String>,
+    /// The original's inference script path; carried into each rank item.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub script: Option<String>,
+    /// Results prefix inside `bucket`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result_path: Option<String>,
+    /// Bucket holding the partitions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_bucket: Option<String>,
+    /// Prefix of the partitions inside `data_bucket` (e.g. `100MB`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_prefix: Option<String>,
+    /// Number of ranks (default: one partition per rank).
+    #[serde(
+        default,
+        deserialize_with = "flex_u64",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub world_size: Option<u64>,
+    /// Every other key, kept as given.
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, Value>,
+}
+
+/// Accept `12`, `"12"`, `12.0` or null for a count.
+fn flex_u64<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<u64>, D::Error> {
+    use serde::de::Error as _;
+    let v = Value::deserialize(d)?;
+    match &v {
+        Value::Null => Ok(None),
+        Value::Number(n) => n
+            .as_u64()
+            .or_else(|| {
+                n.as_f64()
+                    .filter(|f| f.fract() == 0.0 && *f >= 0.0)
+                    .map(|f| f as u64)
+            })
+            .map(Some)
+            .ok_or_else(|| D::Error::custom(format!("expected a whole number, got {n}"))),
+        Value::String(s) if s.trim().is_empty() => Ok(None),
+        Value::String(s) => s
+            .trim()
+            .parse::<u64>()
+            .map(Some)
+            .map_err(|_| D::Error::custom(format!("expected a whole number, got {s:?}"))),
+        other => Err(D::Error::custom(format!(
+            "expected a whole number, got {other}"
+        ))),
+    }
+}
+
+impl Payload {
+    /// Parse a payload document; `source_name` is used in errors.
+    pub fn from_json(source_name: &str, bytes: &[u8]) -> Result<Self> {
+        serde_json::from_slice(bytes).map_err(|source| Error::Json {
+            what: "payload",
+            source_name: source_name.to_string(),
+            source,
+        })
+    }
+
+    /// `s3://data_bucket/data_prefix`, where the original lists partitions.
+    pub fn data_url(&self) -> Option<String> {
+        let bucket = self.data_bucket.as_deref().or(self.bucket.as_deref())?;
+        Some(s3_url(bucket, self.data_prefix.as_deref().unwrap_or("")))
+    }
+
+    /// `s3://bucket/result_path`, where the original writes its results.
+    pub fn results_url(&self) -> Option<String> {
+        let bucket = self.bucket.as_deref()?;
+        Some(s3_url(bucket, self.result_path.as_deref()?))
+    }
+}
+
+fn s3_url(bucket: &str, prefix: &str) -> String {
+    let prefix = prefix.trim_matches('/');
+    if prefix.is_empty() {
+        format!("s3://{bucket}")
+    } else {
+        format!("s3://{bucket}/{prefix}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str = r#"{
+      "bucket": "cosmicai-data",
+      "file_limit": "11",
+      "batch_size": 512,
+      "object_type": "folder",
+      "S3_object_name": "Anomaly Detection",
+      "script": "/tmp/Anomaly Detection/Inference/inference.py",
+      "result_path": "result-partition-100MB/1GB/1",
+      "data_bucket": "cosmicai-data",
+      "data_prefix": "100MB"
+    }"#;
+
+    #[test]
+    fn the_originals_sample_payload_parses() {
+        let p = Payload::from_json("demo input.json", SAMPLE.as_bytes()).unwrap();
+        assert_eq!(p.file_limit, Some(11));
+        assert_eq!(p.batch_size, Some(512));
+        assert_eq!(p.world_size, None);
+        assert_eq!(p.s3_object_name.as_deref(), Some("Anomaly Detection"));
+        assert_eq!(p.data_url().unwrap(), "s3://cosmicai-data/100MB");
+        assert_eq!(
+            p.results_url().unwrap(),
+            "s3://cosmicai-data/result-partition-100MB/1GB/1"
+        );
+        // Round trip keeps every key.
+        let v: Value = serde_json::to_value(&p).unwrap();
+        assert_eq!(v["S3_object_name"], "Anomaly Detection");
+        assert_eq!(v["data_prefix"], "100MB");
+    }
+
+    #[test]
+    fn unknown_keys_are_kept_and_bad_numbers_named() {
+        let p = Payload::from_json("p", br#"{"world_size": "4", "note": "x"}"#).unwrap();
+        assert_eq!(p.world_size, Some(4));
+        assert_eq!(p.extra["note"], "x");
+        let e = Payload::from_json("p.json", br#"{"file_limit": "eleven"}"#).unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("p.json") && msg.contains("eleven"), "{msg}");
+    }
+}

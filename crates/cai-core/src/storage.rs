@@ -1,0 +1,318 @@
+//! Locations as URLs: a plain path or `file://` (this machine), `memory://name` (tests),
+//! `s3://bucket/prefix` (feature `aws`), all behind one [`object_store::ObjectStore`].
+//!
+//! Writes are whole-object puts: a local put goes to a temporary file that is renamed into
+//! place, an S3 put is one request, so a reader sees an object complete or not at all.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use bytes::Bytes;
+use futures::TryStreamExt;
+use object_store::memory::InMemory;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+
+use crate::error::{Error, Result};
+
+/// A storage location: an object store plus a prefix inside it.
+#[derive(Clone)]
+pub struct StorageUrl {
+    store: Arc<dyn ObjectStore>,
+    prefix: Path,
+    display: String,
+}
+
+impl fmt::Debug for StorageUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "StorageUrl({})", self.display)
+    }
+}
+
+impl fmt::Display for StorageUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.display)
+    }
+}
+
+/// One object found under a location.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectInfo {
+    /// Key relative to the location listed (e.g. `00001.safetensors` or `ranks/0.json`).
+    pub key: String,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// Named in-memory stores, so that every `memory://name` opened in one process is the same store.
+fn memory_stores() -> &'static Mutex<HashMap<String, Arc<InMemory>>> {
+    static STORES: OnceLock<Mutex<HashMap<String, Arc<InMemory>>>> = OnceLock::new();
+    STORES.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
+fn bad(url: &str, reason: impl Into<String>) -> Error {
+    Error::BadUrl {
+        url: url.to_string(),
+        reason: reason.into(),
+    }
+}
+
+impl StorageUrl {
+    /// Parse a location: `/abs/path`, `rel/path`, `file:///abs`, `memory://name/prefix`,
+    /// or `s3://bucket/prefix` (S3 needs the `aws` feature; credentials, region and
+    /// `AWS_ENDPOINT_URL` come from the usual `AWS_*` environment variables).
+    pub fn parse(location: &str) -> Result<Self> {
+        let location = location.trim();
+        if location.is_empty() {
+            return Err(bad(location, "empty location"));
+        }
+        if let Some(rest) = location.strip_prefix("memory://") {
+            let (name, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            let store = {
+                let mut stores = memory_stores()
+                    .lock()
+                    .map_err(|_| bad(location, "in-memory store registry poisoned"))?;
+                stores
+                    .entry(name.to_string())
+                    .or_insert_with(|| Arc::new(InMemory::new()))
+                    .clone()
+            };
+            return Ok(Self {
+                store,
+                prefix: Path::from(prefix),
+                display: format!("memory://{}", join_display(name, prefix)),
+            });
+        }
+        if let Some(rest) = location.strip_prefix("s3://") {
+            return Self::open_s3(location, rest);
+        }
+        if location.contains("://") && !location.starts_with("file://") {
+            return Err(bad(
+                location,
+                "unknown scheme (use a path, file://, s3:// or memory://)",
+            ));
+        }
+        let raw = location.strip_prefix("file://").unwrap_or(location);
+        let abs = std::path::absolute(raw).map_err(|e| bad(location, e.to_string()))?;
+        let prefix = Path::from_absolute_path(&abs).map_err(|e| bad(location, e.to_string()))?;
+        Ok(Self {
+            store: Arc::new(object_store::local::LocalFileSystem::new()),
+            prefix,
+            display: abs.to_string_lossy().trim_end_matches('/').to_string(),
+        })
+    }
+
+    #[cfg(feature = "aws")]
+    fn open_s3(location: &str, rest: &str) -> Result<Self> {
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return Err(bad(location, "no bucket name"));
+        }
+        let mut builder = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket);
+        if let Ok(endpoint) = std::env::var("AWS_ENDPOINT_URL") {
+            builder = builder
+                .with_endpoint(&endpoint)
+                .with_allow_http(endpoint.starts_with("http://"))
+                .with_virtual_hosted_style_request(false);
+        }
+        let store = builder.build().map_err(|e| bad(location, e.to_string()))?;
+        Ok(Self {
+            store: Arc::new(store),
+            prefix: Path::from(prefix),
+            display: format!("s3://{}", join_display(bucket, prefix)),
+        })
+    }
+
+    #[cfg(not(feature = "aws"))]
+    fn open_s3(location: &str, _rest: &str) -> Result<Self> {
+        Err(bad(
+            location,
+            "this build of cai has no S3 support (rebuild with the `aws` feature)",
+        ))
+    }
+
+    /// A location below this one (`rel` may contain `/`).
+    pub fn child(&self, rel: &str) -> Self {
+        Self {
+            store: self.store.clone(),
+            prefix: self.path_of(rel),
+            display: join_display(&self.display, rel),
+        }
+    }
+
+    /// The full URL of an object under this location, for messages and reports.
+    pub fn url_of(&self, key: &str) -> String {
+        join_display(&self.display, key)
+    }
+
+    /// True for a location on this machine's file system.
+    pub fn is_local(&self) -> bool {
+        self.display.starts_with('/')
+    }
+
+    /// The file-system path of this location, when it is local.
+    pub fn local_path(&self) -> Option<std::path::PathBuf> {
+        self.is_local()
+            .then(|| std::path::PathBuf::from(&self.display))
+    }
+
+    fn path_of(&self, key: &str) -> Path {
+        let mut p = self.prefix.clone();
+        for part in key.split('/').filter(|s| !s.is_empty()) {
+            p = p.join(part);
+        }
+        p
+    }
+
+    /// Read a whole object.
+    pub async fn get(&self, key: &str) -> Result<Bytes> {
+        let path = self.path_of(key);
+        let res = self.store.get(&path).await;
+        match res {
+            Ok(r) => r.bytes().await.map_err(|e| self.store_err(key, e)),
+            Err(e) => Err(self.store_err(key, e)),
+        }
+    }
+
+    /// Read an object if it exists.
+    pub async fn get_opt(&self, key: &str) -> Result<Option<Bytes>> {
+        match self.get(key).await {
+            Ok(b) => Ok(Some(b)),
+            Err(Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Write a whole object (atomic: readers see all of it or none).
+    pub async fn put(&self, key: &str, bytes: impl Into<Bytes>) -> Result<()> {
+        let path = self.path_of(key);
+        self.store
+            .put(&path, PutPayload::from_bytes(bytes.into()))
+            .await
+            .map(|_| ())
+            .map_err(|e| self.store_err(key, e))
+    }
+
+    /// Whether an object exists.
+    pub async fn exists(&self, key: &str) -> Result<bool> {
+        match self.store.head(&self.path_of(key)).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(self.store_err(key, e)),
+        }
+    }
+
+    /// Delete an object; a missing object is not an error.
+    pub async fn delete(&self, key: &str) -> Result<()> {
+        match self.store.delete(&self.path_of(key)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.store_err(key, e)),
+        }
+    }
+
+    /// Every object under this location (recursively), keys relative to it, sorted.
+    pub async fn list(&self) -> Result<Vec<ObjectInfo>> {
+        let prefix = (!self.prefix.as_ref().is_empty()).then_some(&self.prefix);
+        let metas: Vec<_> = match self.store.list(prefix).try_collect().await {
+            Ok(m) => m,
+            Err(object_store::Error::NotFound { .. }) => Vec::new(),
+            Err(e) => return Err(self.store_err("", e)),
+        };
+        let base = self.prefix.as_ref();
+        let mut out: Vec<ObjectInfo> = metas
+            .into_iter()
+            .filter_map(|m| {
+                let full = m.location.as_ref();
+                let rel = if base.is_empty() {
+                    full
+                } else {
+                    full.strip_prefix(base)?.strip_prefix('/')?
+                };
+                Some(ObjectInfo {
+                    key: rel.to_string(),
+                    size: m.size,
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
+    }
+
+    fn store_err(&self, key: &str, e: object_store::Error) -> Error {
+        match e {
+            object_store::Error::NotFound { .. } => Error::NotFound {
+                url: self.url_of(key),
+            },
+            source => Error::Store {
+                url: self.url_of(key),
+                source,
+            },
+        }
+    }
+}
+
+fn join_display(base: &str, rel: &str) -> String {
+    let rel = rel.trim_matches('/');
+    if rel.is_empty() {
+        base.trim_end_matches('/').to_string()
+    } else if base.is_empty() {
+        rel.to_string()
+    } else {
+        format!("{}/{}", base.trim_end_matches('/'), rel)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn memory_round_trip_and_list() {
+        let loc = StorageUrl::parse("memory://t1/results").unwrap();
+        loc.put("a.json", Bytes::from_static(b"{}")).await.unwrap();
+        loc.put("ranks/0.json", Bytes::from_static(b"[]"))
+            .await
+            .unwrap();
+        // Same name, same store.
+        let again = StorageUrl::parse("memory://t1/results").unwrap();
+        assert_eq!(&again.get("a.json").await.unwrap()[..], b"{}");
+        let keys: Vec<_> = again
+            .list()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|o| o.key)
+            .collect();
+        assert_eq!(keys, vec!["a.json", "ranks/0.json"]);
+        assert!(again.get_opt("missing").await.unwrap().is_none());
+        match again.get("missing").await {
+            Err(Error::NotFound { url }) => assert_eq!(url, "memory://t1/results/missing"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(again.child("ranks").list().await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn local_paths_work_and_missing_dirs_list_empty() {
+        let dir = std::env::temp_dir().join(format!("cai-core-test-{}", std::process::id()));
+        let loc = StorageUrl::parse(dir.to_str().unwrap()).unwrap();
+        assert!(loc.list().await.unwrap().is_empty());
+        loc.put("x/y.bin", vec![1u8, 2, 3]).await.unwrap();
+        assert!(dir.join("x/y.bin").exists());
+        assert!(loc.exists("x/y.bin").await.unwrap());
+        assert_eq!(loc.list().await.unwrap()[0].size, 3);
+        let file_url = StorageUrl::parse(&format!("file://{}", dir.display())).unwrap();
+        assert_eq!(&file_url.get("x/y.bin").await.unwrap()[..], &[1, 2, 3]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn bad_urls_are_named() {
+        assert!(matches!(
+            StorageUrl::parse("gopher://x"),
+            Err(Error::BadUrl { .. })
+        ));
+        assert!(matches!(StorageUrl::parse(""), Err(Error::BadUrl { .. })));
+    }
+}

@@ -1,0 +1,459 @@
+//! Cutting a dataset into partitions, like the original's `split_data.py`,
+//! and the `manifest.json` that describes them.
+//!
+//! The dataset is cut in index order into partitions of equal galaxy counts
+//! (the last one smaller). Each partition is a native file named
+//! `00001.safetensors`, `00002.safetensors`, … and handed to a sink callback
+//! as soon as it is made, so memory stays bounded by one partition. The
+//! returned [`Manifest`] lists every key with its galaxy count, byte size,
+//! SHA-256 and first galaxy, so a planner needs no listing and detects a
+//! missing or damaged partition before any work starts.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::dataset::GalaxySource;
+use crate::error::{Error, Result};
+use crate::native::{write_partition, FORMAT_NAME, NUM_BANDS};
+
+/// The manifest `version` this crate writes and reads.
+pub const MANIFEST_VERSION: u32 = 1;
+
+/// Bytes one galaxy counts for when sizing partitions:
+/// `4 * (5*H*W + 5 + 1)` (f32 image, 5 magnitudes, 1 redshift), i.e.
+/// 20,504 bytes for 32x32 images, as in the original's `.pt` files.
+pub fn bytes_per_galaxy(image_shape: [usize; 3]) -> u64 {
+    let [c, h, w] = image_shape;
+    4 * ((c as u64) * (h as u64) * (w as u64) + NUM_BANDS as u64 + 1)
+}
+
+/// Galaxies per partition for a partition size of `size_bytes`:
+/// `max(1, size_bytes / bytes_per_galaxy(image_shape))` (integer division).
+///
+/// The size counts tensor data only, as the original's partition names did
+/// (with 1 MB = 2^20 bytes, see [`parse_size`]): `25MB` gives 1,278 galaxies
+/// of 32x32 ("≈1,280"), `100MB` gives 5,114 (the original: "≈5,113"). Files
+/// are slightly bigger than `size_bytes`: they add a header of a few hundred
+/// bytes and 8 bytes of `object_id` per galaxy.
+pub fn galaxies_per_partition(image_shape: [usize; 3], size_bytes: u64) -> u64 {
+    (size_bytes / bytes_per_galaxy(image_shape).max(1)).max(1)
+}
+
+/// One partition made by [`partition_dataset`], handed to the sink.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionFile {
+    /// File name: the 1-based partition number, 5 digits, `.safetensors`
+    /// (`00001.safetensors`; more digits past 99,999).
+    pub key: String,
+    /// The 1-based partition number (the number in `key`).
+    pub index: usize,
+    /// Index in the dataset of this partition's first galaxy.
+    pub first_galaxy: u64,
+    /// Number of galaxies in this partition.
+    pub galaxies: u64,
+    /// The whole native file.
+    pub bytes: Vec<u8>,
+}
+
+/// One partition in a [`Manifest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestEntry {
+    /// File name, relative to the manifest (`00001.safetensors`).
+    pub key: String,
+    /// Number of galaxies.
+    pub galaxies: u64,
+    /// File size in bytes.
+    pub bytes: u64,
+    /// SHA-256 of the file, lowercase hex.
+    pub sha256: String,
+    /// Index in the dataset of the first galaxy.
+    pub first_galaxy: u64,
+}
+
+impl ManifestEntry {
+    /// Checks that `bytes` are this partition: same size and SHA-256.
+    pub fn verify(&self, bytes: &[u8]) -> Result<()> {
+        if bytes.len() as u64 != self.bytes {
+            return Err(Error::Checksum {
+                key: self.key.clone(),
+                reason: format!(
+                    "{} bytes, the manifest says {}",
+                    bytes.len(),
+                    self.bytes
+                ),
+            });
+        }
+        let got = sha256_hex(bytes);
+        if got != self.sha256 {
+            return Err(Error::Checksum {
+                key: self.key.clone(),
+                reason: format!("sha256 {got}, the manifest says {}", self.sha256),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The `manifest.json` written beside the partitions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Format of the partitions: `"cai-partition"`.
+    pub format: String,
+    /// Manifest version: 1.
+    pub version: u32,
+    /// Galaxies in all partitions together.
+    pub total_galaxies: u64,
+    /// `[channels, height, width]` of every image.
+    pub image_shape: [usize; 3],
+    /// Whether the partitions carry redshift labels.
+    pub labelled: bool,
+    /// The partitions, in dataset order.
+    pub partitions: Vec<ManifestEntry>,
+}
+
+impl Manifest {
+    /// Pretty-printed JSON.
+    pub fn to_json(&self) -> String {
+        // Serialising plain strings and integers cannot fail.
+        serde_json::to_string_pretty(self).unwrap_or_default()
+    }
+
+    /// Parses and checks a manifest; errors name `source` (a path or URL).
+    ///
+    /// Checks: format and version, image shape, unique non-empty keys,
+    /// 64-hex-digit checksums, partitions contiguous from galaxy 0 and
+    /// adding up to `total_galaxies`.
+    pub fn from_json(source: &str, bytes: &[u8]) -> Result<Manifest> {
+        let bad = |reason: String| Error::Manifest {
+            source_name: source.to_string(),
+            reason,
+        };
+        let m: Manifest =
+            serde_json::from_slice(bytes).map_err(|e| bad(format!("not a manifest: {e}")))?;
+        if m.format != FORMAT_NAME {
+            return Err(bad(format!(
+                "format is {:?}, expected {FORMAT_NAME:?}",
+                m.format
+            )));
+        }
+        if m.version != MANIFEST_VERSION {
+            return Err(bad(format!(
+                "version {} is not supported (expected {MANIFEST_VERSION})",
+                m.version
+            )));
+        }
+        let [c, h, w] = m.image_shape;
+        if c != NUM_BANDS || h == 0 || w == 0 {
+            return Err(bad(format!(
+                "image_shape {:?} is not [5, H, W] with H, W > 0",
+                m.image_shape
+            )));
+        }
+        let mut keys = std::collections::HashSet::new();
+        let mut next = 0u64;
+        for e in &m.partitions {
+            if e.key.is_empty() {
+                return Err(bad("a partition has an empty key".into()));
+            }
+            if !keys.insert(e.key.as_str()) {
+                return Err(bad(format!("key {:?} is listed twice", e.key)));
+            }
+            if e.sha256.len() != 64 || !e.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(bad(format!(
+                    "{}: sha256 {:?} is not 64 hex digits",
+                    e.key, e.sha256
+                )));
+            }
+            if e.first_galaxy != next {
+                return Err(bad(format!(
+                    "{}: first_galaxy {} but the partitions before it end at {next}",
+                    e.key, e.first_galaxy
+                )));
+            }
+            next = next
+                .checked_add(e.galaxies)
+                .ok_or_else(|| bad(format!("{}: galaxy count overflows", e.key)))?;
+        }
+        if next != m.total_galaxies {
+            return Err(bad(format!(
+                "partitions hold {next} galaxies, total_galaxies says {}",
+                m.total_galaxies
+            )));
+        }
+        Ok(m)
+    }
+
+    /// The entry for `key`, if listed.
+    pub fn entry(&self, key: &str) -> Option<&ManifestEntry> {
+        self.partitions.iter().find(|e| e.key == key)
+    }
+}
+
+/// Lowercase hex SHA-256 of `bytes`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// The key of partition number `number` (1-based): `00001.safetensors`.
+pub fn partition_key(number: usize) -> String {
+    format!("{number:05}.safetensors")
+}
+
+/// Cuts `source` in index order into partitions of
+/// [`galaxies_per_partition`]`(image_shape, size_bytes)` galaxies (the last
+/// one holds the rest), writes each as a native file and hands it to `sink`
+/// before reading the next, and returns the manifest.
+///
+/// Partitions always carry `object_id`: when the source has none, each
+/// galaxy's index in the source is used, so predictions can be joined back
+/// to the dataset. An empty source gives a manifest with no partitions.
+pub fn partition_dataset<S, F>(source: &S, size_bytes: u64, mut sink: F) -> Result<Manifest>
+where
+    S: GalaxySource + ?Sized,
+    F: FnMut(PartitionFile) -> Result<()>,
+{
+    let shape = source.image_shape();
+    let total = source.len();
+    let per = galaxies_per_partition(shape, size_bytes);
+    let mut entries = Vec::new();
+    let mut first = 0u64;
+    while first < total {
+        let count = per.min(total - first);
+        let n = usize::try_from(count).map_err(|_| Error::InvalidPartition {
+            reason: format!("{count} galaxies per partition do not fit in memory"),
+        })?;
+        let mut p = source.read_range(first, n)?;
+        if p.object_id.is_none() {
+            p.object_id = Some((first..first + count).map(|i| i as i64).collect());
+        }
+        let bytes = write_partition(&p)?;
+        drop(p);
+        let index = entries.len() + 1;
+        let key = partition_key(index);
+        entries.push(ManifestEntry {
+            key: key.clone(),
+            galaxies: count,
+            bytes: bytes.len() as u64,
+            sha256: sha256_hex(&bytes),
+            first_galaxy: first,
+        });
+        sink(PartitionFile {
+            key,
+            index,
+            first_galaxy: first,
+            galaxies: count,
+            bytes,
+        })?;
+        first += count;
+    }
+    Ok(Manifest {
+        format: FORMAT_NAME.to_string(),
+        version: MANIFEST_VERSION,
+        total_galaxies: total,
+        image_shape: shape,
+        labelled: source.has_redshift(),
+        partitions: entries,
+    })
+}
+
+/// Parses a partition size: a number with an optional unit, case-insensitive
+/// (`25MB`, `100MB`, `1.5GB`, `512KB`, `1000000`, `64 MiB`).
+///
+/// Units are binary, as the original's partition sizes were: K/KB/KiB =
+/// 2^10, M/MB/MiB = 2^20, G/GB/GiB = 2^30, T/TB/TiB = 2^40 bytes; none or B
+/// means bytes. That is the reading under which `25MB` holds the original's
+/// ≈1,280 galaxies of 20,504 bytes (25·2^20 / 20,504 = 1,278; with 10^6 it
+/// would be 1,219) and `100MB` 5,114 (its "≈5,113"). Fractions are rounded down to
+/// whole bytes; the size must be at least one byte.
+pub fn parse_size(text: &str) -> Result<u64> {
+    let bad = |reason: &str| Error::ParseSize {
+        input: text.to_string(),
+        reason: reason.to_string(),
+    };
+    let t = text.trim();
+    let split = t
+        .find(|ch: char| !(ch.is_ascii_digit() || ch == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        "t" | "tb" | "tib" => 1 << 40,
+        _ => return Err(bad("unknown unit (use B, KB, MB, GB or TB)")),
+    };
+    if num.is_empty() {
+        return Err(bad("no number"));
+    }
+    let bytes = if let Ok(v) = num.parse::<u64>() {
+        v.checked_mul(mult).ok_or_else(|| bad("too large"))?
+    } else {
+        let v: f64 = num.parse().map_err(|_| bad("not a number"))?;
+        let b = (v * mult as f64).floor();
+        if !b.is_finite() || b >= u64::MAX as f64 {
+            return Err(bad("too large"));
+        }
+        b as u64
+    };
+    if bytes == 0 {
+        return Err(bad("must be at least one byte"));
+    }
+    Ok(bytes)
+}
+
+/// The partition number in a key: the leading number of the file stem, or
+/// the only number in it (`"00012.safetensors"` → 12, `"12.pt"` → 12,
+/// `"data/part-7.pt"` → 7); `None` if there is no number or several
+/// numbers none of which leads (`"a1b2.pt"`).
+pub fn partition_number(key: &str) -> Option<u64> {
+    let name = key.rsplit(['/', '\\']).next().unwrap_or(key);
+    let stem = name.split('.').next().unwrap_or(name);
+    let runs: Vec<&str> = stem
+        .split(|ch: char| !ch.is_ascii_digit())
+        .filter(|s| !s.is_empty())
+        .collect();
+    let leading = stem.starts_with(|ch: char| ch.is_ascii_digit());
+    match runs.as_slice() {
+        [first, ..] if leading => first.parse().ok(),
+        [only] => only.parse().ok(),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::native::{read_partition, Partition};
+    use proptest::prelude::*;
+
+    fn source(n: usize, labels: bool) -> Partition {
+        Partition {
+            n,
+            channels: 5,
+            height: 2,
+            width: 2,
+            images: (0..n * 20).map(|i| i as f32).collect(),
+            magnitudes: (0..n * 5).map(|i| i as f32 * 0.1).collect(),
+            redshift: labels.then(|| (0..n).map(|i| i as f32 * 0.001).collect()),
+            object_id: None,
+        }
+    }
+
+    #[test]
+    fn sizes_match_the_original() {
+        assert_eq!(bytes_per_galaxy([5, 32, 32]), 20_504);
+        let g = |s: &str| galaxies_per_partition([5, 32, 32], parse_size(s).unwrap());
+        assert_eq!(g("25MB"), 1278);
+        assert_eq!(g("100MB"), 5114);
+        assert_eq!(g("1KB"), 1);
+    }
+
+    #[test]
+    fn parse_size_forms() {
+        assert_eq!(parse_size("25MB").unwrap(), 25 << 20);
+        assert_eq!(parse_size("100mb").unwrap(), 100 << 20);
+        assert_eq!(parse_size("1.5GB").unwrap(), 3 << 29);
+        assert_eq!(parse_size("512KB").unwrap(), 512 << 10);
+        assert_eq!(parse_size("1000000").unwrap(), 1_000_000);
+        assert_eq!(parse_size(" 64 MiB ").unwrap(), 64 << 20);
+        assert_eq!(parse_size("7B").unwrap(), 7);
+        for bad in ["", "MB", "0", "0.0001B", "-5MB", "12XB", "1.2.3MB", "99999999999TB"] {
+            let e = parse_size(bad).unwrap_err().to_string();
+            assert!(e.contains("invalid size"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn partition_numbers() {
+        assert_eq!(partition_number("00012.safetensors"), Some(12));
+        assert_eq!(partition_number("12.pt"), Some(12));
+        assert_eq!(partition_number("25MB/3.pt"), Some(3));
+        assert_eq!(partition_number("part-0007.safetensors"), Some(7));
+        assert_eq!(partition_number("12_v2.pt"), Some(12));
+        assert_eq!(partition_number("a1b2.pt"), None);
+        assert_eq!(partition_number("manifest.json"), None);
+        assert_eq!(partition_number("99999999999999999999999.pt"), None);
+    }
+
+    #[test]
+    fn manifest_checks() {
+        let src = source(10, true);
+        let m = partition_dataset(&src, 3 * 104, |_| Ok(())).unwrap();
+        assert_eq!(m.partitions.len(), 4);
+        let json = m.to_json();
+        assert_eq!(Manifest::from_json("m.json", json.as_bytes()).unwrap(), m);
+        let mut broken = m.clone();
+        broken.partitions[1].first_galaxy = 4;
+        let e = Manifest::from_json("s3://b/m.json", broken.to_json().as_bytes())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("s3://b/m.json") && e.contains("first_galaxy"), "{e}");
+        let mut broken = m.clone();
+        broken.total_galaxies = 11;
+        assert!(Manifest::from_json("m", broken.to_json().as_bytes()).is_err());
+        let mut broken = m.clone();
+        broken.partitions[2].key = broken.partitions[0].key.clone();
+        assert!(Manifest::from_json("m", broken.to_json().as_bytes()).is_err());
+        let mut broken = m;
+        broken.partitions[0].sha256 = "xyz".into();
+        assert!(Manifest::from_json("m", broken.to_json().as_bytes()).is_err());
+        let e = Manifest::from_json("m.json", b"{").unwrap_err().to_string();
+        assert!(e.contains("m.json"), "{e}");
+    }
+
+    #[test]
+    fn empty_source_gives_empty_manifest() {
+        let m = partition_dataset(&source(0, false), 1000, |_| Ok(())).unwrap();
+        assert!(m.partitions.is_empty());
+        assert_eq!(m.total_galaxies, 0);
+        assert!(!m.labelled);
+    }
+
+    #[test]
+    fn sink_errors_stop_partitioning() {
+        let mut calls = 0;
+        let r = partition_dataset(&source(10, false), 84, |_| {
+            calls += 1;
+            Err(Error::InvalidPartition {
+                reason: "sink full".into(),
+            })
+        });
+        assert!(r.is_err());
+        assert_eq!(calls, 1);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        #[test]
+        fn partitions_cover_dataset_once_in_order(n in 0usize..200, size in 1u64..4000, labels: bool) {
+            let src = source(n, labels);
+            let per = galaxies_per_partition([5, 2, 2], size);
+            let mut files = Vec::new();
+            let m = partition_dataset(&src, size, |f| { files.push(f); Ok(()) }).unwrap();
+            prop_assert_eq!(m.total_galaxies, n as u64);
+            prop_assert_eq!(m.labelled, labels);
+            prop_assert_eq!(files.len(), m.partitions.len());
+            let mut next = 0u64;
+            for (i, (f, e)) in files.iter().zip(&m.partitions).enumerate() {
+                prop_assert_eq!(f.index, i + 1);
+                prop_assert_eq!(&f.key, &e.key);
+                prop_assert_eq!(partition_number(&f.key), Some(i as u64 + 1));
+                prop_assert_eq!(f.first_galaxy, next);
+                prop_assert_eq!(e.first_galaxy, next);
+                prop_assert!(f.galaxies >= 1 && f.galaxies <= per);
+                if i + 1 < files.len() { prop_assert_eq!(f.galaxies, per); }
+                prop_assert_eq!(e.bytes, f.bytes.len() as u64);
+                prop_assert_eq!(&e.sha256, &sha256_hex(&f.bytes));
+                e.verify(&f.bytes).unwrap();
+                let p = read_partition(&f.key, &f.bytes).unwrap();
+                let mut want = src.slice(next as usize, f.galaxies as usize);
+                want.object_id = Some((next..next + f.galaxies).map(|v| v as i64).collect());
+                prop_assert_eq!(p, want);
+                next += f.galaxies;
+            }
+            prop_assert_eq!(next, n as u64);
+            prop_assert_eq!(Manifest::from_json("m", m.to_json().as_bytes()).unwrap(), m);
+        }
+    }
+}

@@ -1,0 +1,174 @@
+//! The one error type of this crate.
+
+/// Everything that can go wrong while reading or writing a PyTorch file.
+///
+/// Each variant names the file (`file`: the source name the caller passed in) and the
+/// offending entry, global, key, offset or shape, so a user can tell what was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The bytes are not a zip archive the zip reader accepts (truncated, no central directory…).
+    #[error("{file}: not a readable zip archive: {source}")]
+    Zip {
+        /// Source name of the file.
+        file: String,
+        /// What the zip reader said.
+        #[source]
+        source: zip::result::ZipError,
+    },
+    /// A zip entry could not be read fully: bad CRC, truncated data, bad compression.
+    #[error("{file}: entry `{entry}` is corrupt: {reason}")]
+    CorruptEntry {
+        /// Source name of the file.
+        file: String,
+        /// Entry name inside the zip.
+        entry: String,
+        /// What went wrong (e.g. the CRC check failed).
+        reason: String,
+    },
+    /// A zip entry name that could escape a directory or is otherwise unsafe.
+    #[error("{file}: unsafe entry name {entry:?} in the zip (path traversal or absolute path)")]
+    UnsafeEntryName {
+        /// Source name of the file.
+        file: String,
+        /// The refused name.
+        entry: String,
+    },
+    /// The zip does not follow the torch.save layout (`<archive>/data.pkl`, one top folder…).
+    #[error("{file}: not a torch.save archive: {reason}")]
+    Layout {
+        /// Source name of the file.
+        file: String,
+        /// What is wrong with the layout.
+        reason: String,
+    },
+    /// A required zip entry is missing.
+    #[error("{file}: missing zip entry `{entry}`")]
+    MissingEntry {
+        /// Source name of the file.
+        file: String,
+        /// Entry name that was looked for.
+        entry: String,
+    },
+    /// The `byteorder` entry holds something other than `little` or `big`.
+    #[error("{file}: unknown byteorder {value:?} (expected \"little\" or \"big\")")]
+    UnknownByteorder {
+        /// Source name of the file.
+        file: String,
+        /// What the entry held.
+        value: String,
+    },
+    /// The pickle refers to a global that is not on the whitelist.
+    #[error("{file}: forbidden global `{global}` at pickle offset {offset}; refusing to load")]
+    ForbiddenGlobal {
+        /// Source name of the file.
+        file: String,
+        /// `module.name` of the global.
+        global: String,
+        /// Byte offset of the opcode in data.pkl.
+        offset: usize,
+    },
+    /// A pickle opcode this reader does not implement (or refuses: INST, OBJ, EXT*…).
+    #[error("{file}: unsupported pickle opcode 0x{opcode:02x} ({name}) at offset {offset}")]
+    UnsupportedOpcode {
+        /// Source name of the file.
+        file: String,
+        /// The opcode byte.
+        opcode: u8,
+        /// Its pickletools name, or `unknown`.
+        name: &'static str,
+        /// Byte offset in data.pkl.
+        offset: usize,
+    },
+    /// A malformed pickle: stack underflow, wrong operand types, truncation, opcodes out of place.
+    #[error("{file}: malformed pickle at offset {offset}: {reason}")]
+    Pickle {
+        /// Source name of the file.
+        file: String,
+        /// Byte offset of the opcode in data.pkl.
+        offset: usize,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A resource limit was hit (memo, stack, container size, nesting, tensor bytes…).
+    #[error("{file}: limit exceeded: {what} is {got}, the limit is {limit}")]
+    Limit {
+        /// Source name of the file.
+        file: String,
+        /// Which limit.
+        what: &'static str,
+        /// The value that hit it.
+        got: u64,
+        /// The limit in force (see [`crate::Limits`]).
+        limit: u64,
+    },
+    /// A tensor refers to a storage whose `data/<key>` entry is not in the zip.
+    #[error(
+        "{file}: tensor `{tensor}` refers to storage `{key}`, which is missing from the archive"
+    )]
+    MissingStorage {
+        /// Source name of the file.
+        file: String,
+        /// Name of the tensor (state-dict key or dataset index).
+        tensor: String,
+        /// Storage key.
+        key: String,
+    },
+    /// A storage holds fewer bytes than its tensor's offset, shape and strides need.
+    #[error("{file}: tensor `{tensor}` (shape {shape:?}, stride {stride:?}, offset {offset}) needs {needed} bytes of storage `{key}`, which has {got}")]
+    StorageTooShort {
+        /// Source name of the file.
+        file: String,
+        /// Name of the tensor.
+        tensor: String,
+        /// Storage key.
+        key: String,
+        /// Tensor shape.
+        shape: Vec<u64>,
+        /// Tensor strides (in elements).
+        stride: Vec<u64>,
+        /// Storage offset (in elements).
+        offset: u64,
+        /// Bytes needed.
+        needed: u64,
+        /// Bytes present.
+        got: u64,
+    },
+    /// A shape whose element count overflows or exceeds [`crate::Limits::max_tensor_elements`].
+    #[error("{file}: tensor `{tensor}` has an absurd shape {shape:?}: {reason}")]
+    AbsurdShape {
+        /// Source name of the file.
+        file: String,
+        /// Name of the tensor.
+        tensor: String,
+        /// The shape as pickled.
+        shape: Vec<u64>,
+        /// Why it is refused.
+        reason: String,
+    },
+    /// The top-level object is not what the caller asked for.
+    #[error("{file}: expected {expected}, found {found}")]
+    UnexpectedContent {
+        /// Source name of the file.
+        file: String,
+        /// What was expected (e.g. `a TensorDataset`).
+        expected: &'static str,
+        /// What was found.
+        found: String,
+    },
+    /// A tensor whose data length does not match its dtype and shape, or a bad conversion.
+    #[error("invalid tensor {what}: dtype {dtype:?}, shape {shape:?}, {len} data bytes")]
+    InvalidTensor {
+        /// Which tensor (index or name).
+        what: String,
+        /// Its dtype.
+        dtype: crate::DType,
+        /// Its shape.
+        shape: Vec<usize>,
+        /// Length of its data.
+        len: usize,
+    },
+    /// Writing the zip failed.
+    #[error("writing the .pt zip failed: {0}")]
+    Write(#[source] zip::result::ZipError),
+}

@@ -315,9 +315,10 @@ impl<'a> TorchZip<'a> {
                 file: self.file.to_string(),
                 tensor: name.to_string(),
                 key: meta.storage.key.clone(),
-                shape: meta.shape.clone(),
-                stride: meta.stride.clone(),
-                offset: meta.offset,
+                view: format!(
+                    "shape {:?}, stride {:?}, offset {}",
+                    meta.shape, meta.stride, meta.offset
+                ),
                 needed,
                 got,
             });

@@ -115,7 +115,7 @@ pub enum Error {
         key: String,
     },
     /// A storage holds fewer bytes than its tensor's offset, shape and strides need.
-    #[error("{file}: tensor `{tensor}` (shape {shape:?}, stride {stride:?}, offset {offset}) needs {needed} bytes of storage `{key}`, which has {got}")]
+    #[error("{file}: tensor `{tensor}` ({view}) needs {needed} bytes of storage `{key}`, which has {got}")]
     StorageTooShort {
         /// Source name of the file.
         file: String,
@@ -123,12 +123,8 @@ pub enum Error {
         tensor: String,
         /// Storage key.
         key: String,
-        /// Tensor shape.
-        shape: Vec<u64>,
-        /// Tensor strides (in elements).
-        stride: Vec<u64>,
-        /// Storage offset (in elements).
-        offset: u64,
+        /// The view: shape, strides and storage offset (in elements).
+        view: String,
         /// Bytes needed.
         needed: u64,
         /// Bytes present.

@@ -238,7 +238,8 @@ fn read_span(
     while pos < to {
         let k = ((to - pos) as usize).min(IO_CHUNK);
         buf.resize(k, 0);
-        file.read_exact(buf).map_err(|e| Error::io("read", path, e))?;
+        file.read_exact(buf)
+            .map_err(|e| Error::io("read", path, e))?;
         out(buf);
         pos += k as u64;
     }
@@ -373,7 +374,13 @@ impl DatasetWriter {
         let partial = &self.partial;
         let buf = &mut self.buf;
         let r = (|| {
-            write_f32(file, partial, l.images.start + start * il * 4, &chunk.images, buf)?;
+            write_f32(
+                file,
+                partial,
+                l.images.start + start * il * 4,
+                &chunk.images,
+                buf,
+            )?;
             write_f32(
                 file,
                 partial,
@@ -562,7 +569,10 @@ mod tests {
         let bytes = write_partition(&sample(3, 0)).unwrap();
         std::fs::write(&path, &bytes[..bytes.len() - 10]).unwrap();
         let e = DatasetReader::open(&path).unwrap_err().to_string();
-        assert!(e.contains("t.safetensors") && e.contains("truncated"), "{e}");
+        assert!(
+            e.contains("t.safetensors") && e.contains("truncated"),
+            "{e}"
+        );
         std::fs::write(&path, &bytes[..3]).unwrap();
         let e = DatasetReader::open(&path).unwrap_err().to_string();
         assert!(e.contains("truncated"), "{e}");

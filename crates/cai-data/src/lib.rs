@@ -42,4 +42,4 @@ pub use partition::{
     galaxies_per_partition, parse_size, partition_dataset, partition_number, Manifest,
     ManifestEntry, PartitionFile,
 };
-pub use synth::{generate, write_dataset, SynthConfig};
+pub use synth::{galaxy_params, generate, generate_into, write_dataset, GalaxyParams, SynthConfig};

@@ -101,7 +101,8 @@ impl Partition {
     /// The image of galaxy `i` (`[channels, height, width]`), if `i < n`.
     pub fn image(&self, i: usize) -> Option<&[f32]> {
         let len = self.image_len();
-        self.images.get(i.checked_mul(len)?..i.checked_add(1)?.checked_mul(len)?)
+        self.images
+            .get(i.checked_mul(len)?..i.checked_add(1)?.checked_mul(len)?)
     }
 
     /// The magnitudes of galaxy `i` (`[channels]`), if `i < n`.
@@ -157,7 +158,11 @@ impl Partition {
         }
         if let Some(id) = &self.object_id {
             if id.len() != self.n {
-                return bad(format!("object_id has {} values, n is {}", id.len(), self.n));
+                return bad(format!(
+                    "object_id has {} values, n is {}",
+                    id.len(),
+                    self.n
+                ));
             }
         }
         Ok(())
@@ -572,7 +577,12 @@ fn elem_type(file: &str, tensor: &str, dtype: safetensors::Dtype, float: bool) -
         _ => Err(Error::WrongDtype {
             file: file.to_string(),
             tensor: tensor.to_string(),
-            expected: if float { "F32 (or F64)" } else { "I64 (or I32)" }.into(),
+            expected: if float {
+                "F32 (or F64)"
+            } else {
+                "I64 (or I32)"
+            }
+            .into(),
             got: format!("{dtype:?}"),
         }),
     }
@@ -680,8 +690,8 @@ impl Layout {
                 "header is not UTF-8 ({e}); this is not a safetensors file"
             ))
         })?;
-        let map: serde_json::Map<String, serde_json::Value> = serde_json::from_str(text)
-            .map_err(|e| {
+        let map: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(text).map_err(|e| {
                 bad(format!(
                     "header is not a JSON object ({e}); this is not a safetensors file"
                 ))
@@ -762,8 +772,7 @@ impl Layout {
             },
         };
         let (images, images_shape) = get(IMAGES, true)?.ok_or_else(|| missing(IMAGES))?;
-        let (magnitudes, mags_shape) =
-            get(MAGNITUDES, true)?.ok_or_else(|| missing(MAGNITUDES))?;
+        let (magnitudes, mags_shape) = get(MAGNITUDES, true)?.ok_or_else(|| missing(MAGNITUDES))?;
         let redshift = get(REDSHIFT, true)?;
         let object_id = get(OBJECT_ID, false)?;
         let shapes = check_layout(
@@ -812,7 +821,13 @@ impl Layout {
         let zs = if redshift { n * 4 } else { 0 };
         // Offsets relative to the data start; the header length depends on
         // the offsets' digits, so compute the JSON once with relative offsets.
-        let rel = [0, ids, ids + imgs, ids + imgs + mags, ids + imgs + mags + zs];
+        let rel = [
+            0,
+            ids,
+            ids + imgs,
+            ids + imgs + mags,
+            ids + imgs + mags + zs,
+        ];
         let json = header_json(nn, image_shape, redshift, object_id, &rel);
         let header_len = json.len() as u64;
         let ds = 8 + header_len;
@@ -917,17 +932,21 @@ pub(crate) fn decode_floats(dtype: ElemType, bytes: &[u8], out: &mut Vec<f32>) {
                 .chunks_exact(4)
                 .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
         ),
-        ElemType::F64 => out.extend(bytes.chunks_exact(8).map(|b| {
-            f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as f32
-        })),
+        ElemType::F64 => {
+            out.extend(bytes.chunks_exact(8).map(|b| {
+                f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as f32
+            }))
+        }
         ElemType::I32 => out.extend(
             bytes
                 .chunks_exact(4)
                 .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f32),
         ),
-        ElemType::I64 => out.extend(bytes.chunks_exact(8).map(|b| {
-            i64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as f32
-        })),
+        ElemType::I64 => {
+            out.extend(bytes.chunks_exact(8).map(|b| {
+                i64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as f32
+            }))
+        }
     }
 }
 
@@ -935,9 +954,11 @@ pub(crate) fn decode_floats(dtype: ElemType, bytes: &[u8], out: &mut Vec<f32>) {
 pub(crate) fn decode_ints(dtype: ElemType, bytes: &[u8], out: &mut Vec<i64>) {
     out.reserve(bytes.len() / dtype.size());
     match dtype {
-        ElemType::I64 => out.extend(bytes.chunks_exact(8).map(|b| {
-            i64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])
-        })),
+        ElemType::I64 => out.extend(
+            bytes
+                .chunks_exact(8)
+                .map(|b| i64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])),
+        ),
         ElemType::I32 => out.extend(
             bytes
                 .chunks_exact(4)
@@ -948,9 +969,11 @@ pub(crate) fn decode_ints(dtype: ElemType, bytes: &[u8], out: &mut Vec<i64>) {
                 .chunks_exact(4)
                 .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]) as i64),
         ),
-        ElemType::F64 => out.extend(bytes.chunks_exact(8).map(|b| {
-            f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as i64
-        })),
+        ElemType::F64 => {
+            out.extend(bytes.chunks_exact(8).map(|b| {
+                f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as i64
+            }))
+        }
     }
 }
 
@@ -993,7 +1016,10 @@ mod tests {
         let imgs = st.tensor("images").unwrap();
         assert_eq!(imgs.shape(), &[3, 5, 4, 3]);
         assert_eq!(imgs.dtype(), safetensors::Dtype::F32);
-        assert_eq!(st.tensor("object_id").unwrap().dtype(), safetensors::Dtype::I64);
+        assert_eq!(
+            st.tensor("object_id").unwrap().dtype(),
+            safetensors::Dtype::I64
+        );
         let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
         let m = meta.metadata().clone().unwrap();
         assert_eq!(m["format"], "cai-partition");
@@ -1016,11 +1042,26 @@ mod tests {
         let z: Vec<u8> = [0.1f64, 0.2].iter().flat_map(|v| v.to_le_bytes()).collect();
         let ids: Vec<u8> = [7i32, 8].iter().flat_map(|v| v.to_le_bytes()).collect();
         let tensors = vec![
-            ("images", TensorView::new(Dtype::F32, vec![n, 5, 2, 2], &imgs).unwrap()),
-            ("magnitudes", TensorView::new(Dtype::F64, vec![n, 5], &mags).unwrap()),
-            ("redshift", TensorView::new(Dtype::F64, vec![n, 1], &z).unwrap()),
-            ("object_id", TensorView::new(Dtype::I32, vec![n], &ids).unwrap()),
-            ("extra", TensorView::new(Dtype::U8, vec![1], &[1u8]).unwrap()),
+            (
+                "images",
+                TensorView::new(Dtype::F32, vec![n, 5, 2, 2], &imgs).unwrap(),
+            ),
+            (
+                "magnitudes",
+                TensorView::new(Dtype::F64, vec![n, 5], &mags).unwrap(),
+            ),
+            (
+                "redshift",
+                TensorView::new(Dtype::F64, vec![n, 1], &z).unwrap(),
+            ),
+            (
+                "object_id",
+                TensorView::new(Dtype::I32, vec![n], &ids).unwrap(),
+            ),
+            (
+                "extra",
+                TensorView::new(Dtype::U8, vec![1], &[1u8]).unwrap(),
+            ),
         ];
         let bytes = safetensors::serialize(tensors, None).unwrap();
         let p = read_partition("ext.safetensors", &bytes).unwrap();
@@ -1037,14 +1078,19 @@ mod tests {
     }
 
     fn err(bytes: &[u8]) -> String {
-        read_partition("f.safetensors", bytes).unwrap_err().to_string()
+        read_partition("f.safetensors", bytes)
+            .unwrap_err()
+            .to_string()
     }
 
     #[test]
     fn errors_name_file_and_problem() {
         let good = write_partition(&sample(2, true)).unwrap();
         let e = err(&good[..5]);
-        assert!(e.contains("f.safetensors") && e.contains("truncated"), "{e}");
+        assert!(
+            e.contains("f.safetensors") && e.contains("truncated"),
+            "{e}"
+        );
         let e = err(&good[..good.len() - 1]);
         assert!(e.contains("truncated") && e.contains("redshift"), "{e}");
         let mut big = good.clone();
@@ -1053,7 +1099,9 @@ mod tests {
         assert!(e.contains("larger than the limit"), "{e}");
         let e = err(b"\x08\0\0\0\0\0\0\0not json");
         assert!(e.contains("not a JSON object"), "{e}");
-        let e = err(b"PK\x03\x04\x14\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\x0c\0\0\0archive/data.pkl");
+        let e = err(
+            b"PK\x03\x04\x14\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\x0c\0\0\0archive/data.pkl",
+        );
         assert!(e.contains("PyTorch") && e.contains("f.safetensors"), "{e}");
         let e = err(b"PK\x03\x04\x14\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\x05\0\0\0x.npy");
         assert!(e.contains(".npz"), "{e}");
@@ -1072,7 +1120,10 @@ mod tests {
             r#"{"magnitudes":{"dtype":"F32","shape":[1,5],"data_offsets":[0,20]}}"#,
             20,
         ));
-        assert!(e.contains("missing tensor `images`") && e.contains("magnitudes"), "{e}");
+        assert!(
+            e.contains("missing tensor `images`") && e.contains("magnitudes"),
+            "{e}"
+        );
         let e = err(&with_header(
             r#"{"images":{"dtype":"F16","shape":[1,5,1,1],"data_offsets":[0,10]},"magnitudes":{"dtype":"F32","shape":[1,5],"data_offsets":[10,30]}}"#,
             30,
@@ -1087,7 +1138,10 @@ mod tests {
             r#"{"images":{"dtype":"F32","shape":[1,5,1,1],"data_offsets":[0,20]},"magnitudes":{"dtype":"F32","shape":[2,5],"data_offsets":[20,60]}}"#,
             60,
         ));
-        assert!(e.contains("`magnitudes` has 2 galaxies but `images` has 1"), "{e}");
+        assert!(
+            e.contains("`magnitudes` has 2 galaxies but `images` has 1"),
+            "{e}"
+        );
         let e = err(&with_header(
             r#"{"images":{"dtype":"F32","shape":[2,5,1,1],"data_offsets":[0,20]},"magnitudes":{"dtype":"F32","shape":[2,5],"data_offsets":[20,60]}}"#,
             60,

@@ -76,11 +76,7 @@ impl ManifestEntry {
         if bytes.len() as u64 != self.bytes {
             return Err(Error::Checksum {
                 key: self.key.clone(),
-                reason: format!(
-                    "{} bytes, the manifest says {}",
-                    bytes.len(),
-                    self.bytes
-                ),
+                reason: format!("{} bytes, the manifest says {}", bytes.len(), self.bytes),
             });
         }
         let got = sha256_hex(bytes);
@@ -358,7 +354,16 @@ mod tests {
         assert_eq!(parse_size("1000000").unwrap(), 1_000_000);
         assert_eq!(parse_size(" 64 MiB ").unwrap(), 64 << 20);
         assert_eq!(parse_size("7B").unwrap(), 7);
-        for bad in ["", "MB", "0", "0.0001B", "-5MB", "12XB", "1.2.3MB", "99999999999TB"] {
+        for bad in [
+            "",
+            "MB",
+            "0",
+            "0.0001B",
+            "-5MB",
+            "12XB",
+            "1.2.3MB",
+            "99999999999TB",
+        ] {
             let e = parse_size(bad).unwrap_err().to_string();
             assert!(e.contains("invalid size"), "{bad}: {e}");
         }
@@ -388,7 +393,10 @@ mod tests {
         let e = Manifest::from_json("s3://b/m.json", broken.to_json().as_bytes())
             .unwrap_err()
             .to_string();
-        assert!(e.contains("s3://b/m.json") && e.contains("first_galaxy"), "{e}");
+        assert!(
+            e.contains("s3://b/m.json") && e.contains("first_galaxy"),
+            "{e}"
+        );
         let mut broken = m.clone();
         broken.total_galaxies = 11;
         assert!(Manifest::from_json("m", broken.to_json().as_bytes()).is_err());

@@ -1,0 +1,10 @@
+//! Integration tests for cai-torch: one binary, a module per theme.
+
+// Test helpers outside #[test] fns unwrap freely, as the tests themselves may.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod forms;
+mod hostile;
+mod mutation;
+mod util;
+mod writer;

@@ -255,6 +255,10 @@ pub enum Format {
 
 /// Detects the format of `bytes` from its magic bytes.
 pub fn detect_format(bytes: &[u8]) -> Format {
+    // A safetensors header is a JSON object right after the 8-byte length.
+    if bytes.get(8) == Some(&b'{') {
+        return Format::Native;
+    }
     if bytes.starts_with(b"PK\x03\x04") {
         // First local file header: name length at 26, name at 30.
         let name_len = bytes
@@ -267,7 +271,8 @@ pub fn detect_format(bytes: &[u8]) -> Format {
         } else {
             Format::TorchZip
         }
-    } else if bytes.len() >= 2 && bytes[0] == 0x80 && (2..=5).contains(&bytes[1]) {
+    } else if bytes.starts_with(b"\x80\x02\x8a\x0a") {
+        // Pickle protocol 2, LONG1 of 10 bytes: torch's legacy magic number.
         Format::TorchLegacy
     } else {
         Format::Native
@@ -1105,6 +1110,20 @@ mod tests {
         assert!(e.contains("PyTorch") && e.contains("f.safetensors"), "{e}");
         let e = err(b"PK\x03\x04\x14\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\x05\0\0\0x.npy");
         assert!(e.contains(".npz"), "{e}");
+    }
+
+    #[test]
+    fn detection_does_not_mistake_header_lengths_for_magic() {
+        // Header length 640 starts with 0x80 0x02, like a pickle.
+        let mut b = 640u64.to_le_bytes().to_vec();
+        b.push(b'{');
+        assert_eq!(detect_format(&b), Format::Native);
+        assert_eq!(
+            detect_format(b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"),
+            Format::TorchLegacy
+        );
+        assert_eq!(detect_format(b"PK\x03\x04"), Format::TorchZip);
+        assert_eq!(detect_format(b""), Format::Native);
     }
 
     fn with_header(json: &str, data: usize) -> Vec<u8> {

@@ -91,4 +91,8 @@ pub enum Error {
         /// Number of values passed.
         got: usize,
     },
+
+    /// Fitting the last layer failed (too few galaxies, singular normal equations).
+    #[error("fitting the last layer: {0}")]
+    Fit(String),
 }

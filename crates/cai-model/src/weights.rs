@@ -158,7 +158,11 @@ impl Weights {
                 });
             }
             let (dtype, bytes) = if is_counter(k) {
-                let b = t.data.iter().flat_map(|v| (*v as i64).to_le_bytes()).collect();
+                let b = t
+                    .data
+                    .iter()
+                    .flat_map(|v| (*v as i64).to_le_bytes())
+                    .collect();
                 (Dtype::I64, b)
             } else {
                 let b = t.data.iter().flat_map(|v| v.to_le_bytes()).collect();
@@ -406,19 +410,28 @@ mod tests {
     #[test]
     fn safetensors_round_trip_with_counter_and_metadata() {
         let mut w = Weights::new();
-        w.insert("x.weight", Tensor::new(vec![2, 3], vec![1., 2., 3., 4., 5., -6.5]));
+        w.insert(
+            "x.weight",
+            Tensor::new(vec![2, 3], vec![1., 2., 3., 4., 5., -6.5]),
+        );
         w.insert("bn.num_batches_tracked", Tensor::new(vec![], vec![42.0]));
         w.set_metadata("heads", "3");
         let mut extra = BTreeMap::new();
         extra.insert("format".to_string(), "pt".to_string());
         let bytes = w.to_safetensors(&extra).unwrap();
         let st = SafeTensors::deserialize(&bytes).unwrap();
-        assert_eq!(st.tensor("bn.num_batches_tracked").unwrap().dtype(), Dtype::I64);
+        assert_eq!(
+            st.tensor("bn.num_batches_tracked").unwrap().dtype(),
+            Dtype::I64
+        );
         let back = Weights::from_safetensors("mem", &bytes).unwrap();
         assert_eq!(back.get("x.weight"), w.get("x.weight"));
         assert_eq!(back.get("bn.num_batches_tracked").unwrap().data, vec![42.0]);
         assert_eq!(back.metadata().get("heads").map(String::as_str), Some("3"));
-        assert_eq!(back.metadata().get("format").map(String::as_str), Some("pt"));
+        assert_eq!(
+            back.metadata().get("format").map(String::as_str),
+            Some("pt")
+        );
     }
 
     #[test]
@@ -427,8 +440,14 @@ mod tests {
             .iter()
             .flat_map(|v| ((v.to_bits() >> 16) as u16).to_le_bytes())
             .collect();
-        let f64b: Vec<u8> = [0.25f64, 3.0].iter().flat_map(|v| v.to_le_bytes()).collect();
-        let f16b: Vec<u8> = [0x3c00u16, 0x3800].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let f64b: Vec<u8> = [0.25f64, 3.0]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        let f16b: Vec<u8> = [0x3c00u16, 0x3800]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
         let i64b: Vec<u8> = 7i64.to_le_bytes().to_vec();
         struct V(Dtype, Vec<usize>, Vec<u8>);
         impl View for &V {
@@ -449,9 +468,16 @@ mod tests {
         let b = V(Dtype::F64, vec![2], f64b);
         let c = V(Dtype::F16, vec![2], f16b);
         let d = V(Dtype::I64, vec![1], i64b.clone());
-        let bytes =
-            safetensors::serialize(vec![("a", &a), ("b", &b), ("c", &c), ("n.num_batches_tracked", &d)], None)
-                .unwrap();
+        let bytes = safetensors::serialize(
+            vec![
+                ("a", &a),
+                ("b", &b),
+                ("c", &c),
+                ("n.num_batches_tracked", &d),
+            ],
+            None,
+        )
+        .unwrap();
         let w = Weights::from_safetensors("f", &bytes).unwrap();
         assert_eq!(w.get("a").unwrap().data, vec![1.5, -2.0]);
         assert_eq!(w.get("b").unwrap().data, vec![0.25, 3.0]);
@@ -462,7 +488,10 @@ mod tests {
         let bytes = safetensors::serialize(vec![("layer.weight", &e)], None).unwrap();
         let err = Weights::from_safetensors("bad.safetensors", &bytes).unwrap_err();
         let msg = err.to_string();
-        assert!(msg.contains("bad.safetensors") && msg.contains("layer.weight"), "{msg}");
+        assert!(
+            msg.contains("bad.safetensors") && msg.contains("layer.weight"),
+            "{msg}"
+        );
     }
 
     #[test]

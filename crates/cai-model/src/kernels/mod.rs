@@ -106,7 +106,10 @@ impl PackedB {
     /// Like [`PackedB::pack_nk`], reusing this allocation.
     pub fn repack_nk(&mut self, w: &[f32], n: usize, k: usize, ld: usize, bias: Option<&[f32]>) {
         if n > 0 && k > 0 {
-            assert!(ld >= k && w.len() >= (n - 1) * ld + k, "pack_nk: source too short");
+            assert!(
+                ld >= k && w.len() >= (n - 1) * ld + k,
+                "pack_nk: source too short"
+            );
         }
         self.reset(k, n, bias);
         let panels = self.panels();
@@ -126,7 +129,10 @@ impl PackedB {
     /// Like [`PackedB::pack_kn`], reusing this allocation.
     pub fn repack_kn(&mut self, w: &[f32], k: usize, n: usize, ld: usize, bias: Option<&[f32]>) {
         if n > 0 && k > 0 {
-            assert!(ld >= n && w.len() >= (k - 1) * ld + n, "pack_kn: source too short");
+            assert!(
+                ld >= n && w.len() >= (k - 1) * ld + n,
+                "pack_kn: source too short"
+            );
         }
         self.reset(k, n, bias);
         let panels = self.panels();
@@ -242,8 +248,14 @@ impl Ops {
         if m == 0 || b.n() == 0 {
             return;
         }
-        assert!(lda >= b.k() && a.len() >= (m - 1) * lda + b.k(), "gemm: A too short");
-        assert!(ldc >= b.n() && c.len() >= (m - 1) * ldc + b.n(), "gemm: C too short");
+        assert!(
+            lda >= b.k() && a.len() >= (m - 1) * lda + b.k(),
+            "gemm: A too short"
+        );
+        assert!(
+            ldc >= b.n() && c.len() >= (m - 1) * ldc + b.n(),
+            "gemm: C too short"
+        );
         (self.gemm)(m, a, lda, b, c, ldc, epi)
     }
 
@@ -268,9 +280,18 @@ impl Ops {
         if rows == 0 || dim == 0 {
             return;
         }
-        assert!(gamma.len() >= dim && beta.len() >= dim, "layer_norm: params too short");
-        assert!(ldx >= dim && x.len() >= (rows - 1) * ldx + dim, "layer_norm: x too short");
-        assert!(ldo >= dim && out.len() >= (rows - 1) * ldo + dim, "layer_norm: out too short");
+        assert!(
+            gamma.len() >= dim && beta.len() >= dim,
+            "layer_norm: params too short"
+        );
+        assert!(
+            ldx >= dim && x.len() >= (rows - 1) * ldx + dim,
+            "layer_norm: x too short"
+        );
+        assert!(
+            ldo >= dim && out.len() >= (rows - 1) * ldo + dim,
+            "layer_norm: out too short"
+        );
         (self.layer_norm)(rows, dim, x, ldx, gamma, beta, eps, out, ldo)
     }
 
@@ -282,7 +303,10 @@ impl Ops {
         if rows == 0 || n == 0 {
             return;
         }
-        assert!(ld >= n && x.len() >= (rows - 1) * ld + n, "softmax: x too short");
+        assert!(
+            ld >= n && x.len() >= (rows - 1) * ld + n,
+            "softmax: x too short"
+        );
         (self.softmax)(rows, n, x, ld, scale)
     }
 }
@@ -302,18 +326,28 @@ pub fn ops() -> &'static Ops {
 /// The best table for this CPU, or the one `wanted` names when the CPU supports it.
 fn select(wanted: Option<&str>) -> Ops {
     let best = best();
-    match wanted.map(str::trim).map(str::to_ascii_lowercase).as_deref() {
+    match wanted
+        .map(str::trim)
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
         None | Some("") | Some("auto") => best,
         Some("scalar") => scalar::ops(),
         Some(name @ ("avx2" | "avx512")) => match by_name(name) {
             Some(o) => o,
             None => {
-                tracing::warn!(requested = name, "CAI_KERNELS tier not supported by this CPU; using the best available");
+                tracing::warn!(
+                    requested = name,
+                    "CAI_KERNELS tier not supported by this CPU; using the best available"
+                );
                 best
             }
         },
         Some(other) => {
-            tracing::warn!(requested = other, "unknown CAI_KERNELS value (scalar|avx2|avx512); using the best available");
+            tracing::warn!(
+                requested = other,
+                "unknown CAI_KERNELS value (scalar|avx2|avx512); using the best available"
+            );
             best
         }
     }

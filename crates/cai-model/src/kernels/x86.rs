@@ -48,7 +48,15 @@ pub fn avx512_ops() -> Option<Ops> {
     }
 }
 
-fn gemm_avx2(m: usize, a: &[f32], lda: usize, b: &PackedB, c: &mut [f32], ldc: usize, epi: Epilogue) {
+fn gemm_avx2(
+    m: usize,
+    a: &[f32],
+    lda: usize,
+    b: &PackedB,
+    c: &mut [f32],
+    ldc: usize,
+    epi: Epilogue,
+) {
     // SAFETY: `Ops::gemm` checked that `a` holds `m` rows of `b.k()` values at stride `lda`
     // and `c` holds `m` rows of `b.n()` values at stride `ldc`; this function is only
     // reachable through `avx2_ops`, which confirmed AVX2 and FMA.
@@ -176,7 +184,10 @@ fn exp8(x: __m256) -> __m256 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
-    let x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.0)), _mm256_set1_ps(88.0));
+    let x = _mm256_min_ps(
+        _mm256_max_ps(x, _mm256_set1_ps(-87.0)),
+        _mm256_set1_ps(88.0),
+    );
     let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_mul_ps(
         x,
         _mm256_set1_ps(LOG2E),
@@ -224,7 +235,10 @@ fn erf8(x: __m256) -> __m256 {
 #[target_feature(enable = "avx2,fma")]
 #[inline]
 fn gelu8(x: __m256) -> __m256 {
-    let e = erf8(_mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::FRAC_1_SQRT_2)));
+    let e = erf8(_mm256_mul_ps(
+        x,
+        _mm256_set1_ps(std::f32::consts::FRAC_1_SQRT_2),
+    ));
     let half_x = _mm256_mul_ps(x, _mm256_set1_ps(0.5));
     _mm256_fmadd_ps(half_x, e, half_x)
 }
@@ -335,7 +349,10 @@ fn softmax_row(x: &mut [f32], scale: f32) {
     let sc = _mm256_set1_ps(scale);
     let mut s = _mm256_setzero_ps();
     for ch in x[..body].chunks_exact_mut(8) {
-        let e = exp8(_mm256_mul_ps(_mm256_sub_ps(unsafe { _mm256_loadu_ps(ch.as_ptr()) }, max), sc));
+        let e = exp8(_mm256_mul_ps(
+            _mm256_sub_ps(unsafe { _mm256_loadu_ps(ch.as_ptr()) }, max),
+            sc,
+        ));
         s = _mm256_add_ps(s, e);
         unsafe { _mm256_storeu_ps(ch.as_mut_ptr(), e) };
     }
@@ -381,10 +398,14 @@ mod tests {
     use proptest::prelude::*;
 
     fn lcg(seed: u64, n: usize, scale: f32) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let mut s = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         (0..n)
             .map(|_| {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
             })
             .collect()
@@ -393,7 +414,16 @@ mod tests {
     /// Tolerance: |simd - scalar| <= 1e-5 * (1 + sum_k |a_ik b_kj| + |bias_j|) per element,
     /// (different summation order), plus the GELU approximation error 1e-6 (1 + |x|).
     #[allow(clippy::too_many_arguments)]
-    fn check_gemm(ops: &Ops, m: usize, n: usize, k: usize, lda: usize, ldc: usize, epi: Epilogue, seed: u64) {
+    fn check_gemm(
+        ops: &Ops,
+        m: usize,
+        n: usize,
+        k: usize,
+        lda: usize,
+        ldc: usize,
+        epi: Epilogue,
+        seed: u64,
+    ) {
         let a = lcg(seed, m.max(1) * lda, 1.0);
         let w = lcg(seed + 1, n * k, 1.0);
         let bias = lcg(seed + 2, n, 0.5);
@@ -410,11 +440,18 @@ mod tests {
                     assert_eq!(got[idx], c0[idx], "wrote outside C at ({i},{j})");
                     continue;
                 }
-                let mag: f32 = (0..k).map(|kk| (a[i * lda + kk] * w[j * k + kk]).abs()).sum::<f32>()
+                let mag: f32 = (0..k)
+                    .map(|kk| (a[i * lda + kk] * w[j * k + kk]).abs())
+                    .sum::<f32>()
                     + bias[j].abs();
                 let tol = 1e-5 * (1.0 + mag) + 1e-6 * (1.0 + mag);
                 let d = (got[idx] - want[idx]).abs();
-                assert!(d <= tol, "m{m} n{n} k{k} {epi:?} ({i},{j}): {} vs {} (tol {tol})", got[idx], want[idx]);
+                assert!(
+                    d <= tol,
+                    "m{m} n{n} k{k} {epi:?} ({i},{j}): {} vs {} (tol {tol})",
+                    got[idx],
+                    want[idx]
+                );
             }
         }
     }
@@ -424,7 +461,10 @@ mod tests {
         Epilogue::RELU,
         Epilogue::GELU,
         Epilogue::RESIDUAL,
-        Epilogue { act: Act::Gelu, accumulate: true },
+        Epilogue {
+            act: Act::Gelu,
+            accumulate: true,
+        },
     ];
 
     #[test]
@@ -487,7 +527,12 @@ mod tests {
             if i % ld >= n {
                 assert_eq!(got[i], x0[i]);
             } else {
-                assert!((got[i] - want[i]).abs() <= 2e-6, "{i}: {} vs {}", got[i], want[i]);
+                assert!(
+                    (got[i] - want[i]).abs() <= 2e-6,
+                    "{i}: {} vs {}",
+                    got[i],
+                    want[i]
+                );
             }
         }
     }
@@ -516,7 +561,12 @@ mod tests {
         scalar::ops().layer_norm(rows, dim, &x, ld, &g, &b, 1e-6, &mut want, ld);
         ops.layer_norm(rows, dim, &x, ld, &g, &b, 1e-6, &mut got, ld);
         for i in 0..rows * ld {
-            assert!((got[i] - want[i]).abs() <= 1e-5 * (1.0 + want[i].abs()), "{i}: {} vs {}", got[i], want[i]);
+            assert!(
+                (got[i] - want[i]).abs() <= 1e-5 * (1.0 + want[i].abs()),
+                "{i}: {} vs {}",
+                got[i],
+                want[i]
+            );
         }
     }
 
@@ -531,7 +581,10 @@ mod tests {
     /// GELU approximation: |simd - exact| <= 1e-6 * (1 + |x|) over a dense sweep.
     #[test]
     fn gelu_accuracy() {
-        let xs: Vec<f32> = (-200_000..=200_000).map(|i| i as f32 * 1e-4).chain([-1e4, 1e4, -87.0, 0.0]).collect();
+        let xs: Vec<f32> = (-200_000..=200_000)
+            .map(|i| i as f32 * 1e-4)
+            .chain([-1e4, 1e4, -87.0, 0.0])
+            .collect();
         let Some(got) = gelu_slice(&xs) else { return };
         let mut worst = 0.0f32;
         for (x, g) in xs.iter().zip(&got) {

@@ -1,0 +1,156 @@
+//! Building blocks shared by the branches: `Linear`, `LayerNorm`, and the NHWC helpers
+//! (pooling, im2col) the convolutional branch uses.
+
+use crate::kernels::{Epilogue, Ops, PackedB};
+use crate::weights::Vb;
+use crate::Error;
+
+/// `torch.nn.Linear`: weight `[out, in]`, bias `[out]`, packed once for the GEMM.
+#[derive(Debug, Clone)]
+pub(crate) struct Linear {
+    pub(crate) w: PackedB,
+}
+
+impl Linear {
+    /// Loads `weight` `[out, in]` and `bias` `[out]` under `vb`.
+    pub(crate) fn load(vb: &Vb, inp: usize, out: usize) -> Result<Self, Error> {
+        let w = vb.get("weight", &[out, inp])?;
+        let b = vb.get("bias", &[out])?;
+        Ok(Self {
+            w: PackedB::pack_nk(&w.data, out, inp, inp, Some(&b.data)),
+        })
+    }
+
+    /// A linear layer from a weight already laid out as `[out][in]` and its bias.
+    pub(crate) fn from_parts(w: &[f32], b: &[f32], inp: usize, out: usize) -> Self {
+        Self {
+            w: PackedB::pack_nk(w, out, inp, inp, Some(b)),
+        }
+    }
+
+    pub(crate) fn out_features(&self) -> usize {
+        self.w.n()
+    }
+
+    /// `c[i] (=|+=) epi(a[i] · Wᵀ + b)` for `m` rows.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn forward(
+        &self,
+        ops: &Ops,
+        m: usize,
+        a: &[f32],
+        lda: usize,
+        c: &mut [f32],
+        ldc: usize,
+        epi: Epilogue,
+    ) {
+        ops.gemm(m, a, lda, &self.w, c, ldc, epi);
+    }
+}
+
+/// `torch.nn.LayerNorm(dim, eps)` with affine parameters.
+#[derive(Debug, Clone)]
+pub(crate) struct LayerNorm {
+    pub(crate) weight: Vec<f32>,
+    pub(crate) bias: Vec<f32>,
+    pub(crate) eps: f32,
+}
+
+impl LayerNorm {
+    pub(crate) fn load(vb: &Vb, dim: usize, eps: f32) -> Result<Self, Error> {
+        Ok(Self {
+            weight: vb.get("weight", &[dim])?.data.clone(),
+            bias: vb.get("bias", &[dim])?.data.clone(),
+            eps,
+        })
+    }
+
+    /// Normalises `rows` rows of `x` (stride = dim) into `out` (stride = dim).
+    pub(crate) fn forward(&self, ops: &Ops, rows: usize, x: &[f32], out: &mut [f32]) {
+        let d = self.weight.len();
+        ops.layer_norm(rows, d, x, d, &self.weight, &self.bias, self.eps, out, d);
+    }
+}
+
+/// 2x2 average pooling, stride 2 (floor), on `g` NHWC images of `h x w x c`.
+/// Returns the output height and width.
+pub(crate) fn avg_pool2(
+    x: &[f32],
+    g: usize,
+    h: usize,
+    w: usize,
+    c: usize,
+    out: &mut [f32],
+) -> (usize, usize) {
+    let (ho, wo) = (h / 2, w / 2);
+    for gi in 0..g {
+        let img = &x[gi * h * w * c..(gi + 1) * h * w * c];
+        let o = &mut out[gi * ho * wo * c..(gi + 1) * ho * wo * c];
+        for y in 0..ho {
+            for xx in 0..wo {
+                let p00 = ((2 * y) * w + 2 * xx) * c;
+                let p01 = p00 + c;
+                let p10 = p00 + w * c;
+                let p11 = p10 + c;
+                let dst = &mut o[(y * wo + xx) * c..(y * wo + xx + 1) * c];
+                for (ch, d) in dst.iter_mut().enumerate() {
+                    *d = (img[p00 + ch] + img[p01 + ch] + img[p10 + ch] + img[p11 + ch]) * 0.25;
+                }
+            }
+        }
+    }
+    (ho, wo)
+}
+
+/// 3x3 max pooling, stride 1, padding 1 (padding never wins, as with -inf), NHWC.
+pub(crate) fn max_pool3(x: &[f32], g: usize, h: usize, w: usize, c: usize, out: &mut [f32]) {
+    for gi in 0..g {
+        let img = &x[gi * h * w * c..(gi + 1) * h * w * c];
+        let o = &mut out[gi * h * w * c..(gi + 1) * h * w * c];
+        for y in 0..h {
+            for xx in 0..w {
+                let dst = &mut o[(y * w + xx) * c..(y * w + xx + 1) * c];
+                dst.fill(f32::NEG_INFINITY);
+                for yy in y.saturating_sub(1)..(y + 2).min(h) {
+                    for xs in xx.saturating_sub(1)..(xx + 2).min(w) {
+                        let src = &img[(yy * w + xs) * c..(yy * w + xs + 1) * c];
+                        for (d, s) in dst.iter_mut().zip(src) {
+                            if *s > *d {
+                                *d = *s;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// im2col for a `k x k` convolution with padding `k/2` and stride 1 on NHWC images:
+/// row `(g, y, x)` of `out` holds the `k*k*c` values in `(ky, kx, c)` order (zeros outside).
+pub(crate) fn im2col(x: &[f32], g: usize, h: usize, w: usize, c: usize, k: usize, out: &mut [f32]) {
+    let pad = k / 2;
+    let row = k * k * c;
+    for gi in 0..g {
+        let img = &x[gi * h * w * c..(gi + 1) * h * w * c];
+        for y in 0..h {
+            for xx in 0..w {
+                let base = ((gi * h + y) * w + xx) * row;
+                let dst = &mut out[base..base + row];
+                for ky in 0..k {
+                    let yy = y as isize + ky as isize - pad as isize;
+                    for kx in 0..k {
+                        let xs = xx as isize + kx as isize - pad as isize;
+                        let d = &mut dst[(ky * k + kx) * c..(ky * k + kx + 1) * c];
+                        if yy < 0 || yy >= h as isize || xs < 0 || xs >= w as isize {
+                            d.fill(0.0);
+                        } else {
+                            let s = (yy as usize * w + xs as usize) * c;
+                            d.copy_from_slice(&img[s..s + c]);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,448 @@
+//! AstroMAE (`ViT_Astro` of the original): a ViT branch, an Inception CNN branch and a
+//! magnitude MLP, concatenated into a regression head that predicts redshift.
+//!
+//! Layers load from the original `state_dict` key names (field names follow the key
+//! segments: `blocks.3.attn.qkv` is `vit.blocks[3].attn.qkv`). The ViT shape (patch size,
+//! width, depth, MLP width, token count) is read from the tensor shapes; the head count is
+//! not visible in shapes and comes from [`LoadOptions::heads`], the safetensors metadata key
+//! `heads`, or `dim / 64`.
+//!
+//! Inference runs in two phases, both parallel over the current rayon pool:
+//! 1. per chunk of a few galaxies: the ViT trunk (all tokens of the chunk as one matrix) and
+//!    the convolutional trunk;
+//! 2. per block of up to [`HEAD_ROWS`] galaxies: the per-galaxy MLPs (`head`, `vit_block`,
+//!    `vis_inception.10/12`, `magnitude_block`, `concat_block`), which are dominated by
+//!    reading their weights and so want many rows at once.
+
+mod cnn;
+mod head;
+mod layers;
+mod vit;
+
+use rayon::prelude::*;
+
+use crate::kernels;
+use crate::weights::{KeyLog, Vb};
+use crate::{Error, Model, Weights};
+use cnn::{CnnScratch, MagnitudeBlock, VisInception};
+use head::ConcatBlock;
+use vit::{Vit, VitScratch};
+
+/// Most galaxies per ViT/CNN chunk (phase 1). A chunk's activations (about 0.25 MB per
+/// galaxy) stay within L2/L3.
+pub const CHUNK: usize = 4;
+/// Most galaxies per head block (phase 2).
+pub const HEAD_ROWS: usize = 128;
+/// `predict` processes at most this many galaxies at a time (bounds its memory).
+const PREDICT_BLOCK: usize = 1024;
+
+/// Shape of the ViT branch and of the input.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Patch size (kernel and stride of `patch_embed.proj`).
+    pub patch: usize,
+    /// Token width D.
+    pub dim: usize,
+    /// Number of transformer blocks.
+    pub depth: usize,
+    /// Attention heads (D must be divisible by it).
+    pub heads: usize,
+    /// Hidden width of each block's MLP.
+    pub mlp: usize,
+    /// Number of patch tokens, `(image / patch)^2` (the cls token not included).
+    pub tokens: usize,
+    /// Input height and width.
+    pub image: usize,
+    /// Input channels (photometric bands).
+    pub channels: usize,
+}
+
+/// Fixed widths of the non-ViT parts (as in the original).
+const VIT_HIDDEN: u64 = 1096;
+const CNN_HIDDEN: u64 = 1096;
+const MAG_HIDDEN: u64 = 1024;
+const HEAD_HIDDEN: u64 = 1024;
+
+impl Config {
+    /// The published AstroMAE: patch 4, D 192, depth 12, 3 heads, MLP 768, 32x32x5 input.
+    pub fn astromae() -> Self {
+        Self {
+            patch: 4,
+            dim: 192,
+            depth: 12,
+            heads: 3,
+            mlp: 768,
+            tokens: 64,
+            image: 32,
+            channels: 5,
+        }
+    }
+
+    /// Multiply-add FLOPs (2 per MAC) of one galaxy through the original architecture,
+    /// with the original's fixed widths for the CNN, magnitude and head parts (activations,
+    /// norms and pooling not counted). About 0.765 GFLOP for [`Config::astromae`].
+    pub fn flops_per_galaxy(&self) -> u64 {
+        let (d, t, t1) = (self.dim as u64, self.tokens as u64, self.tokens as u64 + 1);
+        let (c, p, m) = (self.channels as u64, self.patch as u64, self.mlp as u64);
+        let hd = d / self.heads.max(1) as u64;
+        let heads = self.heads as u64;
+        let mut macs = t * d * c * p * p;
+        let block = t1 * d * 3 * d + 2 * heads * t1 * t1 * hd + t1 * d * d + 2 * t1 * d * m;
+        macs += self.depth as u64 * block;
+        macs += d * d + d * VIT_HIDDEN + VIT_HIDDEN * VIT_HIDDEN;
+        // Inception branch at the original's resolutions and widths.
+        let px0 = (self.image * self.image) as u64;
+        macs += px0 * c * 32;
+        let inc = |px: u64, cin: u64, w: u64, custom: bool| -> u64 {
+            let b1 = px * cin * w;
+            let b2 = px * cin * w + px * 9 * w * w;
+            let b3 = if custom {
+                0
+            } else {
+                px * cin * w + px * 25 * w * w
+            };
+            let b4 = px * cin * w;
+            b1 + b2 + b3 + b4
+        };
+        let (p1, p2, p3) = (px0 / 4, px0 / 16, px0 / 64);
+        macs += inc(p1, 32, 16, false) + inc(p1, 64, 16, false);
+        macs += inc(p2, 64, 8, false) + inc(p2, 32, 8, false);
+        macs += inc(p3, 32, 4, true);
+        macs += 12 * p3 * CNN_HIDDEN + CNN_HIDDEN * CNN_HIDDEN;
+        macs += c * MAG_HIDDEN + 4 * MAG_HIDDEN * MAG_HIDDEN;
+        macs += (VIT_HIDDEN + CNN_HIDDEN + MAG_HIDDEN) * HEAD_HIDDEN + HEAD_HIDDEN;
+        2 * macs
+    }
+
+    /// Reads the ViT shape from the weights.
+    fn from_weights(root: &Vb, w: &Weights, opts: &LoadOptions) -> Result<Self, Error> {
+        let file = root.file();
+        let pe = root.pp("patch_embed").pp("proj");
+        let dim = pe.dim("weight", 4, 0)?;
+        let channels = pe.dim("weight", 4, 1)?;
+        let patch = pe.dim("weight", 4, 2)?;
+        let t1 = root.dim("pos_embed", 3, 1)?;
+        let tokens = t1.saturating_sub(1);
+        let grid = (tokens as f64).sqrt().round() as usize;
+        if grid * grid != tokens || tokens == 0 {
+            return Err(Error::Config {
+                file: file.to_string(),
+                message: format!(
+                    "pos_embed has {t1} rows; expected 1 + a square number of patch tokens"
+                ),
+            });
+        }
+        let mut depth = 0;
+        while root.pp("blocks").pp(depth).contains("norm1.weight") {
+            depth += 1;
+        }
+        let mlp = root
+            .pp("blocks")
+            .pp(0)
+            .pp("mlp")
+            .pp("fc1")
+            .dim("weight", 2, 0)?;
+        let meta = match w.metadata().get("heads") {
+            Some(s) => Some(s.trim().parse::<usize>().map_err(|_| Error::Config {
+                file: file.to_string(),
+                message: format!("metadata `heads` = {s:?} is not a positive integer"),
+            })?),
+            None => None,
+        };
+        if let (Some(m), Some(h)) = (meta, opts.heads) {
+            if m != h {
+                tracing::warn!(
+                    file,
+                    metadata = m,
+                    hint = h,
+                    "heads: file metadata overrides the caller's hint"
+                );
+            }
+        }
+        let heads = meta.or(opts.heads).unwrap_or((dim / 64).max(1));
+        if heads == 0 || dim % heads != 0 {
+            return Err(Error::Config {
+                file: file.to_string(),
+                message: format!("{heads} heads do not divide the token width {dim}"),
+            });
+        }
+        Ok(Self {
+            patch,
+            dim,
+            depth,
+            heads,
+            mlp,
+            tokens,
+            image: grid * patch,
+            channels,
+        })
+    }
+}
+
+/// Options for [`AstroMae::load_with`].
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    /// Attention heads (not visible in tensor shapes). Precedence: the weights' metadata
+    /// key `heads`, then this hint, then `dim / 64`.
+    pub heads: Option<usize>,
+}
+
+/// The AstroMAE model, loaded and ready for inference.
+#[derive(Debug, Clone)]
+pub struct AstroMae {
+    cfg: Config,
+    vit: Vit,
+    cnn: VisInception,
+    mag: MagnitudeBlock,
+    head: ConcatBlock,
+    weights: Weights,
+    unused: Vec<String>,
+}
+
+/// Keys a checkpoint legitimately holds that the forward pass never reads.
+fn ignorable(key: &str) -> bool {
+    key.ends_with("num_batches_tracked")
+        || key.starts_with("inception_model.vis_inception.8.branch3.")
+}
+
+/// BatchNorm buffers (not parameters).
+fn is_buffer(key: &str) -> bool {
+    key.ends_with("running_mean")
+        || key.ends_with("running_var")
+        || key.ends_with("num_batches_tracked")
+}
+
+impl AstroMae {
+    /// Builds the model from `state_dict`-named weights (without the `module.` prefix;
+    /// see [`Weights::strip_prefix`]). `source_name` appears in errors.
+    pub fn load(weights: &Weights, source_name: &str) -> Result<Self, Error> {
+        Self::load_with(weights, source_name, &LoadOptions::default())
+    }
+
+    /// [`AstroMae::load`] with options.
+    pub fn load_with(
+        weights: &Weights,
+        source_name: &str,
+        opts: &LoadOptions,
+    ) -> Result<Self, Error> {
+        let log = KeyLog::default();
+        let root = Vb::new(weights, source_name, &log);
+        let cfg = Config::from_weights(&root, weights, opts)?;
+        let vit = Vit::load(&root, &cfg)?;
+        let cnn = VisInception::load(&root, cfg.channels, cfg.image)?;
+        let mag = MagnitudeBlock::load(&root)?;
+        let inputs = vit.out_features() + cnn.out_features() + mag.out_features();
+        let head = ConcatBlock::load(&root, inputs)?;
+        let unused: Vec<String> = weights
+            .keys()
+            .filter(|k| !log.is_used(k) && !ignorable(k))
+            .map(str::to_string)
+            .collect();
+        let mut weights = weights.clone();
+        weights.set_metadata("heads", cfg.heads.to_string());
+        tracing::debug!(?cfg, source_name, "loaded AstroMAE");
+        Ok(Self {
+            cfg,
+            vit,
+            cnn,
+            mag,
+            head,
+            weights,
+            unused,
+        })
+    }
+
+    /// The ViT shape and input size.
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// Keys present in the weights that the model did not read (besides the known
+    /// leftovers: `num_batches_tracked`, the unused branch3 of the custom Inception block).
+    pub fn unused_keys(&self) -> &[String] {
+        &self.unused
+    }
+
+    /// Number of parameters as PyTorch's `model.parameters()` counts them: every stored
+    /// tensor except BatchNorm buffers, the shared first convolution counted once.
+    pub fn param_count(&self) -> usize {
+        let dup = self
+            .weights
+            .get(&format!("{}.weight", cnn::CONV_INIT))
+            .is_some();
+        let vis0 = format!("{}.", cnn::VIS0);
+        let counted = |k: &str| !(is_buffer(k) || (dup && k.starts_with(&vis0)));
+        self.weights
+            .iter()
+            .filter(|(k, _)| counted(k))
+            .map(|(_, t)| t.numel())
+            .sum()
+    }
+
+    /// Width of [`AstroMae::features`] rows (1024).
+    pub fn feature_width(&self) -> usize {
+        self.head.hidden()
+    }
+
+    /// Number of magnitudes per galaxy (5).
+    pub fn magnitudes(&self) -> usize {
+        self.mag.inputs
+    }
+
+    fn check(&self, images: &[f32], magnitudes: &[f32], n: usize) -> Result<(), Error> {
+        let (c, h, w) = self.input_shape();
+        let expected = n * c * h * w;
+        if images.len() != expected {
+            return Err(Error::Input {
+                what: "images",
+                expected,
+                got: images.len(),
+            });
+        }
+        let expected = n * self.mag.inputs;
+        if magnitudes.len() != expected {
+            return Err(Error::Input {
+                what: "magnitudes",
+                expected,
+                got: magnitudes.len(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Penultimate features: the ReLU output after `concat_block.0`, `n x 1024`
+    /// row-major (for fitting the last layer). Inputs as for [`Model::predict`].
+    pub fn features(
+        &self,
+        images: &[f32],
+        magnitudes: &[f32],
+        n: usize,
+    ) -> Result<Vec<f32>, Error> {
+        self.check(images, magnitudes, n)?;
+        let mut out = vec![0.0f32; n * self.feature_width()];
+        self.features_into(images, magnitudes, n, &mut out);
+        Ok(out)
+    }
+
+    /// Fills `out` (`n x feature_width`); inputs already checked.
+    fn features_into(&self, images: &[f32], mags: &[f32], n: usize, out: &mut [f32]) {
+        if n == 0 {
+            return;
+        }
+        let ops = kernels::ops();
+        let cfg = &self.cfg;
+        let threads = rayon::current_num_threads().max(1);
+        let (d, f) = (cfg.dim, self.cnn.flat);
+        let img = cfg.channels * cfg.image * cfg.image;
+
+        // Phase 1: ViT and CNN trunks per chunk of galaxies.
+        let g = n.div_ceil(threads).clamp(1, CHUNK);
+        let mut pooled = vec![0.0f32; n * d];
+        let mut flat = vec![0.0f32; n * f];
+        pooled
+            .par_chunks_mut(g * d)
+            .zip(flat.par_chunks_mut(g * f))
+            .zip(images.par_chunks(g * img))
+            .for_each_init(
+                || (VitScratch::new(cfg, g), CnnScratch::default()),
+                |(vs, cs), ((po, fl), im)| {
+                    let gi = im.len() / img;
+                    self.vit.trunk(ops, im, gi, po, vs);
+                    self.cnn.trunk(ops, im, gi, fl, cs);
+                },
+            );
+
+        // Phase 2: the per-galaxy MLPs over larger row blocks.
+        let r = n.div_ceil(threads).clamp(1, HEAD_ROWS);
+        let (nm, hw) = (self.mag.inputs, self.head.hidden());
+        let (vo, co) = (self.vit.out_features(), self.cnn.out_features());
+        let width = self.head.inputs;
+        let t1w = d.max(self.mag.max_width());
+        let t2w = self
+            .vit
+            .hidden()
+            .max(self.cnn.hidden())
+            .max(self.mag.max_width());
+        out.par_chunks_mut(r * hw)
+            .zip(pooled.par_chunks(r * d))
+            .zip(flat.par_chunks(r * f))
+            .zip(mags.par_chunks(r * nm))
+            .for_each_init(
+                || {
+                    (
+                        vec![0.0f32; r * width],
+                        vec![0.0f32; r * t1w],
+                        vec![0.0f32; r * t2w],
+                    )
+                },
+                |(cat, t1, t2), (((fo, po), fl), mg)| {
+                    let m = po.len() / d;
+                    let cat = &mut cat[..m * width];
+                    self.vit.tail(ops, m, po, t1, t2, cat, width);
+                    self.cnn.tail(ops, m, fl, t2, &mut cat[vo..], width);
+                    self.mag
+                        .forward(ops, m, mg, t1, t2, &mut cat[vo + co..], width);
+                    self.head.features(ops, m, cat, fo);
+                },
+            );
+    }
+
+    /// Replaces the last Linear (`concat_block.2`): `weight` of [`AstroMae::feature_width`]
+    /// values and a bias. Also updates [`AstroMae::to_weights`].
+    pub fn set_last_layer(&mut self, weight: &[f32], bias: f32) -> Result<(), Error> {
+        let hw = self.head.hidden();
+        if weight.len() != hw {
+            return Err(Error::Input {
+                what: "last layer weight",
+                expected: hw,
+                got: weight.len(),
+            });
+        }
+        self.head.last_w = weight.to_vec();
+        self.head.last_b = bias;
+        self.weights.insert(
+            "concat_block.2.weight",
+            crate::Tensor::new(vec![1, hw], weight.to_vec()),
+        );
+        self.weights.insert(
+            "concat_block.2.bias",
+            crate::Tensor::new(vec![1], vec![bias]),
+        );
+        Ok(())
+    }
+
+    /// The weights under their original key names (as loaded, with the current last
+    /// layer, and metadata `heads`), ready for [`Weights::to_safetensors`].
+    pub fn to_weights(&self) -> Weights {
+        self.weights.clone()
+    }
+}
+
+impl Model for AstroMae {
+    fn predict(&self, images: &[f32], magnitudes: &[f32], n: usize) -> Result<Vec<f32>, Error> {
+        self.check(images, magnitudes, n)?;
+        let img = images.len() / n.max(1);
+        let nm = self.mag.inputs;
+        let hw = self.head.hidden();
+        let mut preds = Vec::with_capacity(n);
+        let mut feats = vec![0.0f32; PREDICT_BLOCK.min(n) * hw];
+        let mut start = 0;
+        while start < n {
+            let b = PREDICT_BLOCK.min(n - start);
+            let fb = &mut feats[..b * hw];
+            self.features_into(
+                &images[start * img..(start + b) * img],
+                &magnitudes[start * nm..(start + b) * nm],
+                b,
+                fb,
+            );
+            preds.extend(fb.chunks_exact(hw).map(|row| self.head.predict_row(row)));
+            start += b;
+        }
+        Ok(preds)
+    }
+
+    fn input_shape(&self) -> (usize, usize, usize) {
+        (self.cfg.channels, self.cfg.image, self.cfg.image)
+    }
+}

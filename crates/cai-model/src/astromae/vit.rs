@@ -1,0 +1,310 @@
+//! The ViT branch (timm 0.4.12 pieces, MAE-style global pool): `patch_embed`, `cls_token`,
+//! `pos_embed`, `blocks`, then the mean of the patch tokens, `fc_norm`, `head` and
+//! `vit_block` (Linear -> ReLU -> Linear).
+//!
+//! All tokens of a chunk of galaxies form one matrix (`g * (T+1)` rows x `dim`), so every
+//! Linear is one GEMM; attention runs per galaxy and head on slices of the fused qkv output.
+//! The MLP runs in row blocks so its hidden activations stay in cache.
+
+use super::cnn::buf;
+use super::layers::{LayerNorm, Linear};
+use super::Config;
+use crate::kernels::{Epilogue, Ops, PackedB};
+use crate::weights::Vb;
+use crate::Error;
+
+/// timm's ViT LayerNorm eps.
+const LN_EPS: f32 = 1e-6;
+/// Rows per MLP block (hidden activations of `ROWS x mlp` stay in L2).
+const MLP_ROWS: usize = 64;
+
+/// `timm.models.layers.PatchEmbed`: Conv2d(C -> D, kernel = stride = patch), flattened.
+#[derive(Debug, Clone)]
+pub(crate) struct PatchEmbed {
+    proj: Linear,
+}
+
+impl PatchEmbed {
+    fn load(vb: &Vb, cfg: &Config) -> Result<Self, Error> {
+        let p = vb.pp("proj");
+        let (d, c, k) = (cfg.dim, cfg.channels, cfg.patch);
+        let w = p.get("weight", &[d, c, k, k])?;
+        let b = p.get("bias", &[d])?;
+        // [D, C, p, p] is already [out][(c, ky, kx)] row-major.
+        Ok(Self {
+            proj: Linear::from_parts(&w.data, &b.data, c * k * k, d),
+        })
+    }
+}
+
+/// `timm Attention`: fused `qkv` Linear(D, 3D), heads, scaled softmax, `proj` Linear(D, D).
+#[derive(Debug, Clone)]
+pub(crate) struct Attention {
+    qkv: Linear,
+    proj: Linear,
+    heads: usize,
+}
+
+/// `timm Mlp`: `fc1` -> GELU (erf) -> `fc2`.
+#[derive(Debug, Clone)]
+pub(crate) struct Mlp {
+    fc1: Linear,
+    fc2: Linear,
+}
+
+/// `timm Block`: `x += attn(norm1(x)); x += mlp(norm2(x))`.
+#[derive(Debug, Clone)]
+pub(crate) struct Block {
+    norm1: LayerNorm,
+    attn: Attention,
+    norm2: LayerNorm,
+    mlp: Mlp,
+}
+
+impl Block {
+    fn load(vb: &Vb, cfg: &Config) -> Result<Self, Error> {
+        let d = cfg.dim;
+        let a = vb.pp("attn");
+        let m = vb.pp("mlp");
+        Ok(Self {
+            norm1: LayerNorm::load(&vb.pp("norm1"), d, LN_EPS)?,
+            attn: Attention {
+                qkv: Linear::load(&a.pp("qkv"), d, 3 * d)?,
+                proj: Linear::load(&a.pp("proj"), d, d)?,
+                heads: cfg.heads,
+            },
+            norm2: LayerNorm::load(&vb.pp("norm2"), d, LN_EPS)?,
+            mlp: Mlp {
+                fc1: Linear::load(&m.pp("fc1"), d, cfg.mlp)?,
+                fc2: Linear::load(&m.pp("fc2"), cfg.mlp, d)?,
+            },
+        })
+    }
+
+    /// One block over `g` galaxies of `t1` rows each, in place on `s.x`.
+    fn forward(&self, ops: &Ops, g: usize, t1: usize, d: usize, s: &mut VitScratch) {
+        let rows = g * t1;
+        let x = &mut s.x[..rows * d];
+        let xn = &mut s.xn[..rows * d];
+        self.norm1.forward(ops, rows, x, xn);
+        let qkv = &mut s.qkv[..rows * 3 * d];
+        self.attn
+            .qkv
+            .forward(ops, rows, xn, d, qkv, 3 * d, Epilogue::PLAIN);
+        let heads = self.attn.heads;
+        let hd = d / heads;
+        let scale = (hd as f32).powf(-0.5);
+        let att = &mut s.att[..rows * d];
+        let sc = &mut s.s[..t1 * t1];
+        for gi in 0..g {
+            let base = gi * t1 * 3 * d;
+            for h in 0..heads {
+                s.kp.repack_nk(&qkv[base + d + h * hd..], t1, hd, 3 * d, None);
+                ops.gemm(
+                    t1,
+                    &qkv[base + h * hd..],
+                    3 * d,
+                    &s.kp,
+                    sc,
+                    t1,
+                    Epilogue::PLAIN,
+                );
+                ops.softmax_rows(t1, t1, sc, t1, scale);
+                s.vp.repack_kn(&qkv[base + 2 * d + h * hd..], t1, hd, 3 * d, None);
+                let dst = &mut att[gi * t1 * d + h * hd..];
+                ops.gemm(t1, sc, t1, &s.vp, dst, d, Epilogue::PLAIN);
+            }
+        }
+        self.attn
+            .proj
+            .forward(ops, rows, att, d, x, d, Epilogue::RESIDUAL);
+        self.norm2.forward(ops, rows, x, xn);
+        let hid = self.mlp.fc1.out_features();
+        let hbuf = &mut s.h[..MLP_ROWS.min(rows) * hid];
+        let mut r0 = 0;
+        while r0 < rows {
+            let m = MLP_ROWS.min(rows - r0);
+            self.mlp
+                .fc1
+                .forward(ops, m, &xn[r0 * d..], d, hbuf, hid, Epilogue::GELU);
+            self.mlp
+                .fc2
+                .forward(ops, m, hbuf, hid, &mut x[r0 * d..], d, Epilogue::RESIDUAL);
+            r0 += m;
+        }
+    }
+}
+
+/// Reusable buffers for one chunk of galaxies.
+#[derive(Debug, Default)]
+pub(crate) struct VitScratch {
+    x: Vec<f32>,
+    xn: Vec<f32>,
+    qkv: Vec<f32>,
+    att: Vec<f32>,
+    s: Vec<f32>,
+    h: Vec<f32>,
+    patches: Vec<f32>,
+    kp: PackedB,
+    vp: PackedB,
+}
+
+impl VitScratch {
+    pub(crate) fn new(cfg: &Config, g: usize) -> Self {
+        let t1 = cfg.tokens + 1;
+        let rows = g * t1;
+        let d = cfg.dim;
+        Self {
+            x: vec![0.0; rows * d],
+            xn: vec![0.0; rows * d],
+            qkv: vec![0.0; rows * 3 * d],
+            att: vec![0.0; rows * d],
+            s: vec![0.0; t1 * t1],
+            h: vec![0.0; MLP_ROWS.min(rows) * cfg.mlp],
+            patches: vec![0.0; g * cfg.tokens * cfg.channels * cfg.patch * cfg.patch],
+            kp: PackedB::default(),
+            vp: PackedB::default(),
+        }
+    }
+}
+
+/// The whole ViT branch.
+#[derive(Debug, Clone)]
+pub(crate) struct Vit {
+    patch_embed: PatchEmbed,
+    cls_token: Vec<f32>,
+    pos_embed: Vec<f32>,
+    blocks: Vec<Block>,
+    fc_norm: LayerNorm,
+    head: Linear,
+    vit_block: [Linear; 2],
+    cfg: Config,
+}
+
+impl Vit {
+    pub(crate) fn load(root: &Vb, cfg: &Config) -> Result<Self, Error> {
+        let d = cfg.dim;
+        let patch_embed = PatchEmbed::load(&root.pp("patch_embed"), cfg)?;
+        let cls_token = root.get("cls_token", &[1, 1, d])?.data.clone();
+        let pos_embed = root.get("pos_embed", &[1, cfg.tokens + 1, d])?.data.clone();
+        let blocks = (0..cfg.depth)
+            .map(|i| Block::load(&root.pp("blocks").pp(i), cfg))
+            .collect::<Result<Vec<_>, _>>()?;
+        let fc_norm = LayerNorm::load(&root.pp("fc_norm"), d, LN_EPS)?;
+        let head = Linear::load(&root.pp("head"), d, d)?;
+        let vb = root.pp("vit_block");
+        let hidden = vb.pp(0).dim("weight", 2, 0)?;
+        let out = vb.pp(2).dim("weight", 2, 0)?;
+        let vit_block = [
+            Linear::load(&vb.pp(0), d, hidden)?,
+            Linear::load(&vb.pp(2), hidden, out)?,
+        ];
+        Ok(Self {
+            patch_embed,
+            cls_token,
+            pos_embed,
+            blocks,
+            fc_norm,
+            head,
+            vit_block,
+            cfg: cfg.clone(),
+        })
+    }
+
+    /// Output width (1096).
+    pub(crate) fn out_features(&self) -> usize {
+        self.vit_block[1].out_features()
+    }
+
+    /// Width of `vit_block.0`.
+    pub(crate) fn hidden(&self) -> usize {
+        self.vit_block[0].out_features()
+    }
+
+    /// `g` NCHW images -> `g x dim` pooled, `fc_norm`ed token features in `out`.
+    pub(crate) fn trunk(
+        &self,
+        ops: &Ops,
+        images: &[f32],
+        g: usize,
+        out: &mut [f32],
+        s: &mut VitScratch,
+    ) {
+        let cfg = &self.cfg;
+        let (c, img, p, d) = (cfg.channels, cfg.image, cfg.patch, cfg.dim);
+        let grid = img / p;
+        let (t, t1) = (cfg.tokens, cfg.tokens + 1);
+        let kp = c * p * p;
+        let patches = buf(&mut s.patches, g * t * kp);
+        for gi in 0..g {
+            let im = &images[gi * c * img * img..(gi + 1) * c * img * img];
+            for ty in 0..grid {
+                for tx in 0..grid {
+                    let row = &mut patches[((gi * t) + ty * grid + tx) * kp..][..kp];
+                    for ch in 0..c {
+                        for ky in 0..p {
+                            let src = &im[(ch * img + ty * p + ky) * img + tx * p..][..p];
+                            row[(ch * p + ky) * p..(ch * p + ky + 1) * p].copy_from_slice(src);
+                        }
+                    }
+                }
+            }
+        }
+        let x = buf(&mut s.x, g * t1 * d);
+        for gi in 0..g {
+            let xg = &mut x[gi * t1 * d..(gi + 1) * t1 * d];
+            self.patch_embed.proj.forward(
+                ops,
+                t,
+                &patches[gi * t * kp..],
+                kp,
+                &mut xg[d..],
+                d,
+                Epilogue::PLAIN,
+            );
+            xg[..d].copy_from_slice(&self.cls_token[..d]);
+            for (v, pe) in xg.iter_mut().zip(&self.pos_embed) {
+                *v += pe;
+            }
+        }
+        for blk in &self.blocks {
+            blk.forward(ops, g, t1, d, s);
+        }
+        let pooled = buf(&mut s.xn, g * d);
+        let inv = 1.0 / t as f32;
+        for gi in 0..g {
+            let acc = &mut pooled[gi * d..(gi + 1) * d];
+            acc.fill(0.0);
+            for r in 1..t1 {
+                let row = &s.x[(gi * t1 + r) * d..(gi * t1 + r + 1) * d];
+                for (a, v) in acc.iter_mut().zip(row) {
+                    *a += v;
+                }
+            }
+            for a in acc.iter_mut() {
+                *a *= inv;
+            }
+        }
+        self.fc_norm.forward(ops, g, pooled, &mut out[..g * d]);
+    }
+
+    /// `head` -> `vit_block.0` -> ReLU -> `vit_block.2` for `m` pooled rows into `out`
+    /// (stride `ldo`). `t1` holds `m x dim`, `t2` holds `m x hidden`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn tail(
+        &self,
+        ops: &Ops,
+        m: usize,
+        pooled: &[f32],
+        t1: &mut [f32],
+        t2: &mut [f32],
+        out: &mut [f32],
+        ldo: usize,
+    ) {
+        let d = self.cfg.dim;
+        let hd = self.hidden();
+        self.head.forward(ops, m, pooled, d, t1, d, Epilogue::PLAIN);
+        self.vit_block[0].forward(ops, m, t1, d, t2, hd, Epilogue::RELU);
+        self.vit_block[1].forward(ops, m, t2, hd, out, ldo, Epilogue::PLAIN);
+    }
+}

@@ -6,5 +6,6 @@
 mod forms;
 mod hostile;
 mod mutation;
+mod parity;
 mod util;
 mod writer;

@@ -182,6 +182,19 @@ impl<'a> TorchZip<'a> {
             .by_index(index)
             .map_err(|e| corrupt(e.to_string()))?;
         let declared = entry.size();
+        // Deflate expands at most ~1032:1; a larger claimed ratio is a decompression bomb.
+        if entry.compression() != zip::CompressionMethod::Stored
+            && declared
+                > entry
+                    .compressed_size()
+                    .saturating_mul(1100)
+                    .saturating_add(1024)
+        {
+            return Err(corrupt(format!(
+                "claims {declared} bytes from {} compressed bytes",
+                entry.compressed_size()
+            )));
+        }
         if declared > max {
             return Err(Error::Limit {
                 file: file.to_string(),
@@ -190,11 +203,11 @@ impl<'a> TorchZip<'a> {
                 limit: max,
             });
         }
-        // The declared size is only a hint: read at most max + 1 bytes whatever it says.
-        let cap = usize::try_from(declared).unwrap_or(0).min(1 << 20);
+        // Read at most one byte more than declared (<= max), whatever the data holds.
+        let cap = usize::try_from(declared).unwrap_or(0).min(1 << 30);
         let mut out = Vec::with_capacity(cap);
         entry
-            .take(max.saturating_add(1))
+            .take(declared.saturating_add(1))
             .read_to_end(&mut out)
             .map_err(|e| corrupt(e.to_string()))?;
         if out.len() as u64 > max {

@@ -3,7 +3,7 @@
 //! The original CAI system ships its model as a whole pickled `nn.Module` wrapped in
 //! `nn.DataParallel`, and its data as `TensorDataset` partitions, and loads both with
 //! `torch.load(weights_only=False)`, which runs whatever the pickle says. This crate reads
-//! the same files with a pickle interpreter of its own ([`pickle`](crate) internals) that:
+//! the same files with a pickle interpreter of its own (a private module) that:
 //!
 //! - resolves only a whitelist of globals (tensor/parameter rebuild functions, typed
 //!   storages, `OrderedDict`, `set`, `torch.device`, `torch.nn.modules.*` classes, timm's ViT

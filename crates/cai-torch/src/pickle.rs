@@ -268,6 +268,10 @@ pub(crate) fn classify(module: &str, name: &str, extra: &[String]) -> Option<Glo
             K::TensorType
         }
         ("torch.storage", "UntypedStorage") => K::Storage(DType::U8),
+        // torch < 1.13 names GPU storages `torch.cuda.FloatStorage` in persistent ids.
+        ("torch.cuda", n) if DType::from_storage_name(n).is_some() => {
+            K::Storage(DType::from_storage_name(n)?)
+        }
         ("torch", "device") => K::Device,
         ("torch", "Size") => K::Size,
         ("torch", n) => {
@@ -1293,6 +1297,11 @@ mod tests {
             Some(GlobalKind::Class)
         );
         assert_eq!(classify("__builtin__", "set", &[]), Some(GlobalKind::Set));
+        assert_eq!(
+            classify("torch.cuda", "FloatStorage", &[]),
+            Some(GlobalKind::Storage(DType::F32))
+        );
+        assert_eq!(classify("torch.cuda", "synchronize", &[]), None);
         assert_eq!(classify("posix", "system", &[]), None);
         assert_eq!(classify("builtins", "eval", &[]), None);
         assert_eq!(classify("builtins", "getattr", &[]), None);

@@ -211,6 +211,17 @@ impl TorchTensor {
         })
     }
 
+    /// Index of the first NaN or infinite element (always `None` for integer dtypes).
+    /// Readers do not reject such tensors; a model loader should.
+    pub fn first_non_finite(&self) -> Result<Option<usize>, Error> {
+        match self.dtype {
+            DType::F32 | DType::F64 | DType::F16 | DType::BF16 => {
+                Ok(self.to_f64()?.iter().position(|v| !v.is_finite()))
+            }
+            _ => Ok(None),
+        }
+    }
+
     /// The elements converted to `f64` (exact for every dtype but i64 beyond 2^53).
     pub fn to_f64(&self) -> Result<Vec<f64>, Error> {
         if self.dtype == DType::F64 {
@@ -295,6 +306,9 @@ mod tests {
         };
         assert!(matches!(bad.to_f32(), Err(Error::InvalidTensor { .. })));
         assert!(TorchTensor::from_f32(vec![2, 2], &[1.0]).is_err());
+        let nan = TorchTensor::from_f32(vec![3], &[1.0, f32::NAN, 2.0]).unwrap();
+        assert_eq!(nan.first_non_finite().unwrap(), Some(1));
+        assert_eq!(t.first_non_finite().unwrap(), None);
     }
 
     #[test]

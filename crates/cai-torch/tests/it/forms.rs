@@ -313,3 +313,27 @@ fn protocol_4_framing_memoize_and_stack_global() {
     let c = read_checkpoint("p4.pt", &torch_zip(&p.stop(), &[("0", f32_storage(0, 2))])).unwrap();
     assert_eq!(c.tensors[0].0, "w");
 }
+
+#[test]
+fn old_torch_cuda_storage_names_and_deflated_entries() {
+    // torch < 1.13 pickles GPU storages as `torch.cuda.FloatStorage`; some tools re-zip
+    // checkpoints with deflate.
+    let mut p = P::new();
+    let mut t = T::f32("0", &[3]);
+    t.storage = "cuda.FloatStorage";
+    t.location = "cuda:0".into();
+    p.module(&M::new("torch.nn.modules.linear.Linear").param("weight", t));
+    let pkl = p.stop();
+    let s = f32_storage(0, 3);
+    let bytes = crate::util::zip_with(
+        &[
+            ("archive/data.pkl", &pkl),
+            ("archive/data/0", &s),
+            ("archive/version", b"3\n"),
+        ],
+        zip::CompressionMethod::Deflated,
+    );
+    let c = read_checkpoint("old.pt", &bytes).unwrap();
+    assert_eq!(c.tensors[0].1.to_f32().unwrap(), vec![0.0, 1.0, 2.0]);
+    assert_eq!(c.locations, vec!["cuda:0".to_string()]);
+}

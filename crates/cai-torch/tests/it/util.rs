@@ -91,8 +91,12 @@ impl P {
         self.global("torch._utils", "_rebuild_tensor_v2")
             .mark()
             .mark();
+        let (module, name) = match t.storage.split_once('.') {
+            Some((sub, name)) => (format!("torch.{sub}"), name),
+            None => ("torch".to_string(), t.storage),
+        };
         self.str("storage")
-            .global("torch", t.storage)
+            .global(&module, name)
             .str(&t.key)
             .str(&t.location)
             .int(t.numel as i64)
@@ -249,9 +253,14 @@ pub fn f32_storage(key: u32, numel: usize) -> Vec<u8> {
 
 /// A zip with the given (name, bytes) entries, stored, in order.
 pub fn zip_of(entries: &[(&str, &[u8])]) -> Vec<u8> {
+    zip_with(entries, CompressionMethod::Stored)
+}
+
+/// A zip with the given entries and compression method, in order.
+pub fn zip_with(entries: &[(&str, &[u8])], method: CompressionMethod) -> Vec<u8> {
     let mut z = ZipWriter::new(Cursor::new(Vec::new()));
     let opts = SimpleFileOptions::default()
-        .compression_method(CompressionMethod::Stored)
+        .compression_method(method)
         .last_modified_time(zip::DateTime::default());
     for (name, bytes) in entries {
         z.start_file(*name, opts).unwrap();

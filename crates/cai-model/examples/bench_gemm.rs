@@ -1,6 +1,7 @@
 //! GEMM throughput of the active kernel tier on the ViT's shapes (single thread).
 //!
 //! `cargo run --release -p cai-model --example bench_gemm`
+#![allow(clippy::print_stdout)]
 use cai_model::kernels::{ops, Epilogue, PackedB};
 use std::time::Instant;
 
@@ -8,7 +9,9 @@ fn main() {
     let o = ops();
     println!("tier {:?}", o.tier);
     for (m, k, n, epi, name) in [
-        (260usize, 192usize, 576usize, Epilogue::PLAIN, "qkv"),
+        (120usize, 192usize, 16usize, Epilogue::PLAIN, "L1 panel"),
+        (120, 192, 576, Epilogue::PLAIN, "L2 120 rows"),
+        (260, 192, 576, Epilogue::PLAIN, "qkv"),
         (260, 192, 192, Epilogue::RESIDUAL, "proj"),
         (260, 192, 768, Epilogue::GELU, "fc1+gelu"),
         (260, 192, 768, Epilogue::PLAIN, "fc1"),

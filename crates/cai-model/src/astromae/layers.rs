@@ -103,26 +103,43 @@ pub(crate) fn avg_pool2(
 }
 
 /// 3x3 max pooling, stride 1, padding 1 (padding never wins, as with -inf), NHWC.
+/// Separable: a max over each row's 3 neighbours, then over 3 rows.
 pub(crate) fn max_pool3(x: &[f32], g: usize, h: usize, w: usize, c: usize, out: &mut [f32]) {
+    let row = w * c;
+    let mut hmax = vec![0.0f32; h * row];
     for gi in 0..g {
-        let img = &x[gi * h * w * c..(gi + 1) * h * w * c];
-        let o = &mut out[gi * h * w * c..(gi + 1) * h * w * c];
+        let img = &x[gi * h * row..(gi + 1) * h * row];
         for y in 0..h {
+            let src = &img[y * row..(y + 1) * row];
+            let dst = &mut hmax[y * row..(y + 1) * row];
             for xx in 0..w {
-                let dst = &mut o[(y * w + xx) * c..(y * w + xx + 1) * c];
-                dst.fill(f32::NEG_INFINITY);
-                for yy in y.saturating_sub(1)..(y + 2).min(h) {
-                    for xs in xx.saturating_sub(1)..(xx + 2).min(w) {
-                        let src = &img[(yy * w + xs) * c..(yy * w + xs + 1) * c];
-                        for (d, s) in dst.iter_mut().zip(src) {
-                            if *s > *d {
-                                *d = *s;
-                            }
-                        }
-                    }
+                let d = &mut dst[xx * c..(xx + 1) * c];
+                d.copy_from_slice(&src[xx * c..(xx + 1) * c]);
+                if xx > 0 {
+                    max_into(d, &src[(xx - 1) * c..xx * c]);
+                }
+                if xx + 1 < w {
+                    max_into(d, &src[(xx + 1) * c..(xx + 2) * c]);
                 }
             }
         }
+        let o = &mut out[gi * h * row..(gi + 1) * h * row];
+        for y in 0..h {
+            let d = &mut o[y * row..(y + 1) * row];
+            d.copy_from_slice(&hmax[y * row..(y + 1) * row]);
+            if y > 0 {
+                max_into(d, &hmax[(y - 1) * row..y * row]);
+            }
+            if y + 1 < h {
+                max_into(d, &hmax[(y + 1) * row..(y + 2) * row]);
+            }
+        }
+    }
+}
+
+fn max_into(d: &mut [f32], s: &[f32]) {
+    for (a, b) in d.iter_mut().zip(s) {
+        *a = a.max(*b);
     }
 }
 

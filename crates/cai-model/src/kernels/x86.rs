@@ -1,9 +1,10 @@
 //! x86-64 kernels: AVX2 + FMA.
 //!
-//! GEMM: a 6x16 register tile (12 accumulators), `A` read in place (broadcast per row),
-//! `B` from 64-byte aligned [`PackedB`] panels; rows are blocked so an `A` block of about
-//! 96 KiB stays in L2 while every panel passes over it. Bias, activation and residual
-//! accumulation are applied to the tile in registers before it is stored.
+//! GEMM: a 6x16 register tile (12 accumulators). `A` is packed per block of rows (about
+//! 96 KiB, kept in L2) into strips of 6 interleaved rows, so the tile reads one contiguous
+//! stream of `A` and one of `B` (64-byte aligned [`PackedB`] panels, in L1) while every
+//! panel passes over the block. Bias, activation and residual accumulation are applied to
+//! the tile in registers before it is stored (monomorphised per epilogue).
 //!
 //! Transcendentals: `exp` by Cody-Waite range reduction with a degree-7 polynomial (relative
 //! error about 2e-7); `erf` by Abramowitz & Stegun 7.1.26 (absolute error below 2e-7 with f32
@@ -13,6 +14,7 @@
 //! what makes the `unsafe` calls into `#[target_feature]` functions sound.
 
 use std::arch::x86_64::*;
+use std::cell::Cell;
 
 use super::{Act, Epilogue, Ops, PackedB, Tier, NR};
 
@@ -20,6 +22,9 @@ use super::{Act, Epilogue, Ops, PackedB, Tier, NR};
 const MR: usize = 6;
 /// Target size (f32 values) of the block of `A` rows kept hot while panels pass over it.
 const A_BLOCK: usize = 24 * 1024;
+/// Fewest rows per block: with a long reduction (the 3216-wide head) it is cheaper to stream
+/// a larger `A` block from L3 than to re-read all of `B` (megabytes) for every few rows.
+const MIN_BLOCK_ROWS: usize = 66;
 
 /// The AVX2+FMA table, if this CPU has both.
 pub fn avx2_ops() -> Option<Ops> {
@@ -48,6 +53,16 @@ pub fn avx512_ops() -> Option<Ops> {
     }
 }
 
+thread_local! {
+    /// Per-thread buffer for packed blocks of `A` (grows to the largest block, then reused).
+    static APACK: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
+}
+
+/// Activation codes for the monomorphised tiles.
+const ACT_NONE: u8 = 0;
+const ACT_RELU: u8 = 1;
+const ACT_GELU: u8 = 2;
+
 fn gemm_avx2(
     m: usize,
     a: &[f32],
@@ -57,109 +72,214 @@ fn gemm_avx2(
     ldc: usize,
     epi: Epilogue,
 ) {
-    // SAFETY: `Ops::gemm` checked that `a` holds `m` rows of `b.k()` values at stride `lda`
-    // and `c` holds `m` rows of `b.n()` values at stride `ldc`; this function is only
-    // reachable through `avx2_ops`, which confirmed AVX2 and FMA.
-    unsafe { gemm_impl(m, a.as_ptr(), lda, b, c.as_mut_ptr(), ldc, epi) }
-}
-
-#[target_feature(enable = "avx2,fma")]
-unsafe fn gemm_impl(
-    m: usize,
-    a: *const f32,
-    lda: usize,
-    b: &PackedB,
-    c: *mut f32,
-    ldc: usize,
-    epi: Epilogue,
-) {
-    let (k, n) = (b.k(), b.n());
-    let mc = ((A_BLOCK / k.max(1)) / MR * MR).max(MR);
+    let k = b.k();
+    let mc = ((A_BLOCK / k.max(1)) / MR * MR).max(MIN_BLOCK_ROWS);
+    let mut buf = APACK.take();
+    let need = mc.min(m.div_ceil(MR) * MR) * k + PACK_SLACK;
+    if buf.len() < need {
+        buf.resize(need, 0.0);
+    }
     let mut m0 = 0;
     while m0 < m {
-        let m1 = (m0 + mc).min(m);
-        for p in 0..b.panels() {
-            let bp = b.panel(p).as_ptr();
-            let bias = b.panel_bias(p).as_ptr();
-            let cols = NR.min(n - p * NR);
-            let mut i = m0;
-            // SAFETY (all calls below): rows i..i+R are < m, so every A read
-            // (row < m, column < k) and every C write (row < m, column p*NR + j < n)
-            // is inside the slices checked by `Ops::gemm`; the panel holds k*NR values and
-            // the panel bias NR values.
-            while i + MR <= m1 {
-                let (ai, ci) = (a.add(i * lda), c.add(i * ldc + p * NR));
-                tile::<MR>(k, ai, lda, bp, bias, ci, ldc, cols, epi);
-                i += MR;
-            }
-            let (ai, ci) = (a.add(i * lda), c.add(i * ldc + p * NR));
-            match m1 - i {
-                1 => tile::<1>(k, ai, lda, bp, bias, ci, ldc, cols, epi),
-                2 => tile::<2>(k, ai, lda, bp, bias, ci, ldc, cols, epi),
-                3 => tile::<3>(k, ai, lda, bp, bias, ci, ldc, cols, epi),
-                4 => tile::<4>(k, ai, lda, bp, bias, ci, ldc, cols, epi),
-                5 => tile::<5>(k, ai, lda, bp, bias, ci, ldc, cols, epi),
-                _ => {}
+        let rows = mc.min(m - m0);
+        pack_a(&a[m0 * lda..], lda, rows, k, &mut buf);
+        let cblk = &mut c[m0 * ldc..];
+        // SAFETY: `buf` holds rows.div_ceil(MR) packed strips of k*MR values; `Ops::gemm`
+        // checked that `c` holds `m` rows of `b.n()` values at stride `ldc`, so `cblk` holds
+        // `rows` of them; this function is only reachable through `avx2_ops`, which
+        // confirmed AVX2 and FMA.
+        unsafe {
+            let (ap, cp) = (buf.as_ptr(), cblk.as_mut_ptr());
+            match (epi.act, epi.accumulate) {
+                (Act::None, false) => block::<ACT_NONE, false>(rows, ap, b, cp, ldc),
+                (Act::None, true) => block::<ACT_NONE, true>(rows, ap, b, cp, ldc),
+                (Act::Relu, false) => block::<ACT_RELU, false>(rows, ap, b, cp, ldc),
+                (Act::Relu, true) => block::<ACT_RELU, true>(rows, ap, b, cp, ldc),
+                (Act::Gelu, false) => block::<ACT_GELU, false>(rows, ap, b, cp, ldc),
+                (Act::Gelu, true) => block::<ACT_GELU, true>(rows, ap, b, cp, ldc),
             }
         }
-        m0 = m1;
+        m0 += rows;
+    }
+    APACK.set(buf);
+}
+
+/// Packs `rows` rows of `k` values (stride `lda`) into strips of [`MR`] interleaved rows:
+/// strip `s` holds, for each `kk`, the values of rows `s*MR .. s*MR+MR` (zero past `rows`).
+/// `out` needs `rows.div_ceil(MR) * k * MR + PACK_SLACK` values.
+fn pack_a(a: &[f32], lda: usize, rows: usize, k: usize, out: &mut [f32]) {
+    for s in 0..rows.div_ceil(MR) {
+        let full = s * MR + MR <= rows;
+        if full && k >= 8 {
+            let src = &a[s * MR * lda..];
+            let dst = &mut out[s * k * MR..];
+            assert!(src.len() >= (MR - 1) * lda + k && dst.len() >= k * MR + PACK_SLACK);
+            // SAFETY: AVX2 is present (only reachable through `avx2_ops`); the assert above
+            // bounds every read (MR rows of k values at stride lda) and write (k*MR values
+            // plus the slack the last 8-wide store may touch).
+            unsafe { pack_strip(src.as_ptr(), lda, k, dst.as_mut_ptr()) };
+            continue;
+        }
+        let dst = &mut out[s * k * MR..(s + 1) * k * MR];
+        for r in 0..MR {
+            let i = s * MR + r;
+            if i < rows {
+                let src = &a[i * lda..i * lda + k];
+                for (d, v) in dst.chunks_exact_mut(MR).zip(src) {
+                    d[r] = *v;
+                }
+            } else {
+                for d in dst.chunks_exact_mut(MR) {
+                    d[r] = 0.0;
+                }
+            }
+        }
     }
 }
 
-/// `R` rows x 16 columns: C[r][0..cols] (=|+=) act(sum_k A[r][k] B[k][..] + bias).
+/// Values the 8-wide stores of [`pack_strip`] may write past a strip.
+const PACK_SLACK: usize = 8;
+
+/// One full strip: 6 rows, 8 columns at a time through an 8x8 register transpose; each
+/// column of 6 values is stored with an 8-wide store whose last 2 lanes the next store (or
+/// the scalar tail, or the next strip) overwrites.
 ///
-/// Caller guarantees: `a` points to `R` readable rows of `k` values at stride `lda`,
-/// `b` to `k*NR` values, `bias` to `NR` values and `c` to `R` writable rows of `cols`
-/// values at stride `ldc`.
+/// Caller guarantees: `a` has MR rows of `k` values at stride `lda`; `dst` has room for
+/// `k*MR + PACK_SLACK` values.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn pack_strip(a: *const f32, lda: usize, k: usize, dst: *mut f32) {
+    let mut kk = 0;
+    while kk + 8 <= k {
+        let r0 = _mm256_loadu_ps(a.add(kk));
+        let r1 = _mm256_loadu_ps(a.add(lda + kk));
+        let r2 = _mm256_loadu_ps(a.add(2 * lda + kk));
+        let r3 = _mm256_loadu_ps(a.add(3 * lda + kk));
+        let r4 = _mm256_loadu_ps(a.add(4 * lda + kk));
+        let r5 = _mm256_loadu_ps(a.add(5 * lda + kk));
+        let z = _mm256_setzero_ps();
+        // 8x8 transpose of rows r0..r5, 0, 0.
+        let t0 = _mm256_unpacklo_ps(r0, r1);
+        let t1 = _mm256_unpackhi_ps(r0, r1);
+        let t2 = _mm256_unpacklo_ps(r2, r3);
+        let t3 = _mm256_unpackhi_ps(r2, r3);
+        let t4 = _mm256_unpacklo_ps(r4, r5);
+        let t5 = _mm256_unpackhi_ps(r4, r5);
+        let t6 = _mm256_unpacklo_ps(z, z);
+        let t7 = t6;
+        let u0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+        let u1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+        let u2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+        let u3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+        let u4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+        let u5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+        let u6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+        let u7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+        let cols = [
+            _mm256_permute2f128_ps::<0x20>(u0, u4),
+            _mm256_permute2f128_ps::<0x20>(u1, u5),
+            _mm256_permute2f128_ps::<0x20>(u2, u6),
+            _mm256_permute2f128_ps::<0x20>(u3, u7),
+            _mm256_permute2f128_ps::<0x31>(u0, u4),
+            _mm256_permute2f128_ps::<0x31>(u1, u5),
+            _mm256_permute2f128_ps::<0x31>(u2, u6),
+            _mm256_permute2f128_ps::<0x31>(u3, u7),
+        ];
+        for (j, col) in cols.iter().enumerate() {
+            _mm256_storeu_ps(dst.add((kk + j) * MR), *col);
+        }
+        kk += 8;
+    }
+    while kk < k {
+        for r in 0..MR {
+            *dst.add(kk * MR + r) = *a.add(r * lda + kk);
+        }
+        kk += 1;
+    }
+}
+
+/// All panels of `b` over one packed block of `rows` rows.
+///
+/// Caller guarantees: `ap` holds `rows.div_ceil(MR)` strips of `k*MR` values and `c` points
+/// to `rows` writable rows of `b.n()` values at stride `ldc`.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn block<const ACT: u8, const ACC: bool>(
+    rows: usize,
+    ap: *const f32,
+    b: &PackedB,
+    c: *mut f32,
+    ldc: usize,
+) {
+    let (k, n) = (b.k(), b.n());
+    for p in 0..b.panels() {
+        let bp = b.panel(p).as_ptr();
+        let bias = b.panel_bias(p).as_ptr();
+        let cols = NR.min(n - p * NR);
+        let mut s = 0;
+        while s * MR < rows {
+            let r = MR.min(rows - s * MR);
+            // SAFETY: strip `s` exists in `ap`; its rows s*MR .. s*MR + r are < rows and
+            // columns p*NR .. p*NR + cols are < n, inside `c`.
+            tile::<ACT, ACC>(
+                k,
+                ap.add(s * k * MR),
+                bp,
+                bias,
+                c.add(s * MR * ldc + p * NR),
+                ldc,
+                r,
+                cols,
+            );
+            s += 1;
+        }
+    }
+}
+
+/// One packed strip (MR rows) x one panel (16 columns):
+/// `C[r][0..cols] (=|+=) act(sum_k A[r][k] B[k][..] + bias)` for `r < rows`.
+///
+/// Caller guarantees: `a` points to `k*MR` values, `b` to `k*NR` values, `bias` to `NR`
+/// values and `c` to `rows` writable rows of `cols` values at stride `ldc`.
 #[target_feature(enable = "avx2,fma")]
 #[inline]
 #[allow(clippy::too_many_arguments)]
-unsafe fn tile<const R: usize>(
+unsafe fn tile<const ACT: u8, const ACC: bool>(
     k: usize,
     a: *const f32,
-    lda: usize,
     b: *const f32,
     bias: *const f32,
     c: *mut f32,
     ldc: usize,
+    rows: usize,
     cols: usize,
-    epi: Epilogue,
 ) {
-    let mut acc = [[_mm256_setzero_ps(); 2]; R];
-    let mut rows = [a; R];
-    for (r, row) in rows.iter_mut().enumerate() {
-        *row = a.add(r * lda);
-    }
-    let mut bp = b;
-    for kk in 0..k {
+    let mut acc = [[_mm256_setzero_ps(); 2]; MR];
+    let (mut ap, mut bp) = (a, b);
+    for _ in 0..k {
         let b0 = _mm256_loadu_ps(bp);
         let b1 = _mm256_loadu_ps(bp.add(8));
-        for r in 0..R {
-            let av = _mm256_set1_ps(*rows[r].add(kk));
-            acc[r][0] = _mm256_fmadd_ps(av, b0, acc[r][0]);
-            acc[r][1] = _mm256_fmadd_ps(av, b1, acc[r][1]);
+        for (r, accr) in acc.iter_mut().enumerate() {
+            let av = _mm256_broadcast_ss(&*ap.add(r));
+            accr[0] = _mm256_fmadd_ps(av, b0, accr[0]);
+            accr[1] = _mm256_fmadd_ps(av, b1, accr[1]);
         }
+        ap = ap.add(MR);
         bp = bp.add(NR);
     }
     let bias0 = _mm256_loadu_ps(bias);
     let bias1 = _mm256_loadu_ps(bias.add(8));
-    for (r, accr) in acc.iter().enumerate() {
+    for (r, accr) in acc.iter().enumerate().take(rows) {
         let mut v0 = _mm256_add_ps(accr[0], bias0);
         let mut v1 = _mm256_add_ps(accr[1], bias1);
-        match epi.act {
-            Act::None => {}
-            Act::Relu => {
-                v0 = _mm256_max_ps(v0, _mm256_setzero_ps());
-                v1 = _mm256_max_ps(v1, _mm256_setzero_ps());
-            }
-            Act::Gelu => {
-                v0 = gelu8(v0);
-                v1 = gelu8(v1);
-            }
+        if ACT == ACT_RELU {
+            v0 = _mm256_max_ps(v0, _mm256_setzero_ps());
+            v1 = _mm256_max_ps(v1, _mm256_setzero_ps());
+        } else if ACT == ACT_GELU {
+            v0 = gelu8(v0);
+            v1 = gelu8(v1);
         }
         let cr = c.add(r * ldc);
         if cols == NR {
-            if epi.accumulate {
+            if ACC {
                 v0 = _mm256_add_ps(v0, _mm256_loadu_ps(cr));
                 v1 = _mm256_add_ps(v1, _mm256_loadu_ps(cr.add(8)));
             }
@@ -171,7 +291,7 @@ unsafe fn tile<const R: usize>(
             _mm256_storeu_ps(tmp.as_mut_ptr().add(8), v1);
             for (j, t) in tmp.iter().enumerate().take(cols) {
                 let dst = cr.add(j);
-                *dst = if epi.accumulate { *dst + t } else { *t };
+                *dst = if ACC { *dst + t } else { *t };
             }
         }
     }

@@ -4,6 +4,7 @@
 //! `<archive>/data.pkl`, `<archive>/data/<key>` (one per storage), `<archive>/byteorder`,
 //! `<archive>/version` (or `.data/version`), and optional bookkeeping entries.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::io::{Cursor, Read};
 use std::rc::Rc;
@@ -19,10 +20,11 @@ pub(crate) const ZIP_MAGIC: &[u8; 4] = b"PK\x03\x04";
 /// An opened torch zip with its entry names checked.
 pub(crate) struct TorchZip<'a> {
     file: &'a str,
+    bytes: &'a [u8],
     zip: ZipArchive<Cursor<&'a [u8]>>,
     prefix: String,
     big_endian: bool,
-    storages: HashMap<String, Rc<Vec<u8>>>,
+    storages: HashMap<String, Rc<Cow<'a, [u8]>>>,
     bytes_read: u64,
     limits: &'a Limits,
 }
@@ -116,6 +118,7 @@ impl<'a> TorchZip<'a> {
         };
         let mut z = TorchZip {
             file,
+            bytes,
             zip,
             prefix,
             big_endian: false,
@@ -162,11 +165,19 @@ impl<'a> TorchZip<'a> {
 
     /// Reads a bookkeeping entry of at most 64 bytes, if present.
     fn read_small(&mut self, rel: &str) -> Result<Option<Vec<u8>>, Error> {
-        self.read(rel, 64, "bookkeeping entry size (bytes)")
+        Ok(self
+            .read(rel, 64, "bookkeeping entry size (bytes)")?
+            .map(Cow::into_owned))
     }
 
-    /// Reads an entry fully (so the CRC is checked), refusing more than `max` bytes.
-    fn read(&mut self, rel: &str, max: u64, what: &'static str) -> Result<Option<Vec<u8>>, Error> {
+    /// Reads an entry fully and checks its CRC, refusing more than `max` bytes. Stored
+    /// entries (all of torch.save's) are borrowed from the input, not copied.
+    fn read(
+        &mut self,
+        rel: &str,
+        max: u64,
+        what: &'static str,
+    ) -> Result<Option<Cow<'a, [u8]>>, Error> {
         let name = self.full(rel);
         let Some(index) = self.zip.index_for_name(&name) else {
             return Ok(None);
@@ -182,8 +193,9 @@ impl<'a> TorchZip<'a> {
             .by_index(index)
             .map_err(|e| corrupt(e.to_string()))?;
         let declared = entry.size();
+        let stored = entry.compression() == zip::CompressionMethod::Stored;
         // Deflate expands at most ~1032:1; a larger claimed ratio is a decompression bomb.
-        if entry.compression() != zip::CompressionMethod::Stored
+        if !stored
             && declared
                 > entry
                     .compressed_size()
@@ -203,32 +215,52 @@ impl<'a> TorchZip<'a> {
                 limit: max,
             });
         }
-        // Read at most one byte more than declared (<= max), whatever the data holds.
+        if stored && !entry.encrypted() {
+            let start = entry.data_start();
+            let len = entry.compressed_size();
+            if len != declared {
+                return Err(corrupt(format!(
+                    "stored entry of {len} bytes declares {declared} uncompressed"
+                )));
+            }
+            let span = start.and_then(|s| {
+                let s = usize::try_from(s).ok()?;
+                let e = s.checked_add(usize::try_from(len).ok()?)?;
+                self.bytes.get(s..e)
+            });
+            let Some(data) = span else {
+                return Err(corrupt(
+                    "the entry's data runs past the end of the file".into(),
+                ));
+            };
+            let crc = crc32fast::hash(data);
+            if crc != entry.crc32() {
+                return Err(corrupt(format!(
+                    "Invalid checksum: CRC32 {crc:08x}, the zip says {:08x}",
+                    entry.crc32()
+                )));
+            }
+            return Ok(Some(Cow::Borrowed(data)));
+        }
+        // Compressed: read at most one byte more than declared (<= max), so the output
+        // is bounded whatever the data holds; reading to the end checks the CRC.
         let cap = usize::try_from(declared).unwrap_or(0).min(1 << 30);
         let mut out = Vec::with_capacity(cap);
         entry
             .take(declared.saturating_add(1))
             .read_to_end(&mut out)
             .map_err(|e| corrupt(e.to_string()))?;
-        if out.len() as u64 > max {
-            return Err(Error::Limit {
-                file: file.to_string(),
-                what,
-                got: out.len() as u64,
-                limit: max,
-            });
-        }
         if out.len() as u64 != declared {
             return Err(corrupt(format!(
                 "read {} bytes, the zip declares {declared}",
                 out.len()
             )));
         }
-        Ok(Some(out))
+        Ok(Some(Cow::Owned(out)))
     }
 
     /// The pickle (`data.pkl`).
-    pub(crate) fn read_pickle(&mut self) -> Result<Vec<u8>, Error> {
+    pub(crate) fn read_pickle(&mut self) -> Result<Cow<'a, [u8]>, Error> {
         let max = self.limits.max_pickle_bytes;
         self.read("data.pkl", max, "data.pkl size (bytes)")?
             .ok_or_else(|| Error::MissingEntry {
@@ -237,7 +269,7 @@ impl<'a> TorchZip<'a> {
             })
     }
 
-    fn storage(&mut self, tensor: &str, key: &str) -> Result<Rc<Vec<u8>>, Error> {
+    fn storage(&mut self, tensor: &str, key: &str) -> Result<Rc<Cow<'a, [u8]>>, Error> {
         if let Some(s) = self.storages.get(key) {
             return Ok(s.clone());
         }

@@ -29,6 +29,9 @@ pub struct PartitionRef {
     /// Hex SHA-256 of the file, when a manifest says so.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
+    /// Index in the dataset of the partition's first galaxy, when a manifest says so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_galaxy: Option<u64>,
 }
 
 /// The per-rank item of the original's Initialize, key for key, plus the URLs a worker needs.
@@ -420,6 +423,7 @@ mod tests {
                 galaxies: None,
                 bytes: 10,
                 sha256: None,
+                first_galaxy: None,
             })
             .collect()
     }

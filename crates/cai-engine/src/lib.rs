@@ -1,1 +1,21 @@
-//! cai-engine (skeleton).
+//! # cai-engine
+//!
+//! Where ranks run. The three stages are the same on every engine: [`stages::plan_run`]
+//! (Initialize), [`worker::Worker::run_rank`] (one rank of the distributed map) and
+//! [`summarize::summarize`] (Summarize). An engine only decides where ranks run:
+//! [`local::LocalEngine`] runs them on this machine's cores.
+//!
+//! Results layout under the results location: `plan.json`, `payload.json`, `<rank>.json`,
+//! `failed/<rank>.json`, `predictions/<rank>.parquet`, `combined_data.json`,
+//! `predictions.parquet`, `summary.json`.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod error;
+pub mod local;
+pub mod predictions;
+pub mod stages;
+pub mod summarize;
+pub mod worker;
+
+pub use error::{Error, Result};

@@ -1,0 +1,107 @@
+//! The stage functions every engine shares: find partitions, write the plan, clear old
+//! results, load the model. Engines only decide where ranks run.
+
+use std::sync::Arc;
+
+use cai_core::plan::{is_partition_key, make_plan, PartitionRef, Plan, PlanRequest};
+use cai_core::StorageUrl;
+use cai_data::partition::Manifest;
+use cai_model::{AstroMae, Weights};
+
+use crate::error::{Error, Result};
+use crate::summarize::{COMBINED_KEY, PAYLOAD_KEY, PLAN_KEY, PREDICTIONS_KEY, SUMMARY_KEY};
+
+/// Key of the partition manifest under a data location.
+pub const MANIFEST_KEY: &str = "manifest.json";
+
+/// The partitions under a data location: from `manifest.json` when there is one (sizes,
+/// checksums and galaxy counts known), else by listing `*.pt` / `*.safetensors` files.
+pub async fn find_partitions(data: &StorageUrl) -> Result<(Vec<PartitionRef>, Option<Manifest>)> {
+    if let Some(bytes) = data.get_opt(MANIFEST_KEY).await? {
+        let manifest = Manifest::from_json(&data.url_of(MANIFEST_KEY), &bytes)?;
+        let parts = manifest
+            .partitions
+            .iter()
+            .map(|e| PartitionRef {
+                key: e.key.clone(),
+                galaxies: Some(e.galaxies),
+                bytes: e.bytes,
+                sha256: Some(e.sha256.clone()),
+                first_galaxy: Some(e.first_galaxy),
+            })
+            .collect();
+        return Ok((parts, Some(manifest)));
+    }
+    let parts = data
+        .list()
+        .await?
+        .into_iter()
+        .filter(|o| !o.key.contains('/') && is_partition_key(&o.key))
+        .map(|o| PartitionRef {
+            key: o.key,
+            galaxies: None,
+            bytes: o.size,
+            sha256: None,
+            first_galaxy: None,
+        })
+        .collect();
+    Ok((parts, None))
+}
+
+/// Plan a run over the partitions under `req.data` and write `plan.json` and the original's
+/// `payload.json` to the results location.
+pub async fn plan_run(req: &PlanRequest) -> Result<Plan> {
+    let data = StorageUrl::parse(&req.data)?;
+    let (parts, _) = find_partitions(&data).await?;
+    if parts.is_empty() {
+        return Err(Error::Partition {
+            file: data.to_string(),
+            reason: format!(
+                "no partitions here (no {MANIFEST_KEY}, no *.pt or *.safetensors); run `cai partition` first"
+            ),
+        });
+    }
+    let plan = make_plan(req, parts)?;
+    write_plan(&plan).await?;
+    Ok(plan)
+}
+
+/// Write `plan.json` and `payload.json` to the plan's results location.
+pub async fn write_plan(plan: &Plan) -> Result<()> {
+    let results = StorageUrl::parse(&plan.results)?;
+    results.put(PLAN_KEY, pretty(plan)?).await?;
+    results
+        .put(PAYLOAD_KEY, pretty(&plan.payload_json())?)
+        .await?;
+    Ok(())
+}
+
+/// Pretty JSON bytes of a document we write.
+pub(crate) fn pretty<T: serde::Serialize + ?Sized>(v: &T) -> Result<Vec<u8>> {
+    serde_json::to_vec_pretty(v).map_err(|e| Error::Task(format!("cannot encode JSON: {e}")))
+}
+
+/// Remove the outputs of an earlier run at this location (rank reports, failures,
+/// predictions, combined and summary files), before a fresh run writes new ones.
+pub async fn clear_results(results: &StorageUrl) -> Result<()> {
+    for o in results.list().await? {
+        let k = o.key.as_str();
+        let stale = cai_core::report::rank_of_key(k).is_some()
+            || k.starts_with("failed/")
+            || k.starts_with("predictions/")
+            || [COMBINED_KEY, PREDICTIONS_KEY, SUMMARY_KEY].contains(&k);
+        if stale {
+            results.delete(k).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Read a model file (safetensors state_dict with the original's key names) from a location.
+pub async fn load_model(location: &str) -> Result<Arc<AstroMae>> {
+    let url = StorageUrl::parse(location)?;
+    let bytes = url.get("").await?;
+    let name = url.to_string();
+    let weights = Weights::from_safetensors(&name, &bytes)?;
+    Ok(Arc::new(AstroMae::load(&weights, &name)?))
+}

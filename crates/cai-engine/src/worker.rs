@@ -1,0 +1,421 @@
+//! The worker: run one rank of a plan, the same on every engine.
+//!
+//! Fetch the rank's partitions (the next one downloads while this one computes), decode
+//! them, run batches through the model on this worker's thread pool, then write
+//! `predictions/<rank>.parquet` and, last, `<rank>.json`: a rank is done exactly when its
+//! `<rank>.json` exists. A failure writes `failed/<rank>.json` naming the file and the cause.
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use cai_core::plan::{PartitionRef, Plan};
+use cai_core::report::{failure_key, predictions_key, rank_key, RankFailure, RankReport};
+use cai_core::StorageUrl;
+use cai_data::Partition;
+use cai_model::Model;
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+use crate::predictions::Predictions;
+
+/// Called with the number of galaxies just finished.
+pub type ProgressFn = Arc<dyn Fn(u64) + Send + Sync>;
+
+/// A worker: a model, a thread pool for it, and where it runs.
+pub struct Worker {
+    model: Arc<dyn Model>,
+    pool: Arc<rayon::ThreadPool>,
+    threads: usize,
+    engine: String,
+    model_url: String,
+    kernels: String,
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// This machine's host name.
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// Peak resident memory of this process in MB (VmHWM), 0 where unknown.
+pub fn peak_rss_mb() -> f64 {
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return 0.0;
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
+/// What one partition's inference produced.
+struct PartitionOutcome {
+    preds: Predictions,
+    batches: u64,
+    infer_s: f64,
+    decode_s: f64,
+    bits: u64,
+    nonfinite_values: u64,
+    nonfinite_galaxies: u64,
+}
+
+impl Worker {
+    /// A worker running `model` on its own pool of `threads` threads.
+    pub fn new(
+        model: Arc<dyn Model>,
+        model_url: &str,
+        threads: usize,
+        engine: &str,
+        kernels: &str,
+    ) -> Result<Self> {
+        let threads = threads.max(1);
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("cai-infer-{i}"))
+            .build()
+            .map_err(|e| Error::Task(format!("cannot start {threads} inference threads: {e}")))?;
+        Ok(Self {
+            model,
+            pool: Arc::new(pool),
+            threads,
+            engine: engine.to_string(),
+            model_url: model_url.to_string(),
+            kernels: kernels.to_string(),
+        })
+    }
+
+    /// Run one rank; on failure, record it as `failed/<rank>.json` and return the error.
+    pub async fn run_rank(
+        &self,
+        plan: &Plan,
+        rank: usize,
+        progress: Option<ProgressFn>,
+    ) -> Result<RankReport> {
+        let results = StorageUrl::parse(&plan.results)?;
+        match self.run_rank_inner(plan, rank, &results, progress).await {
+            Ok(report) => Ok(report),
+            Err(e) => {
+                let failure = RankFailure {
+                    rank,
+                    partitions: plan
+                        .partitions_of(rank)
+                        .iter()
+                        .map(|p| p.key.clone())
+                        .collect(),
+                    error: e.to_string(),
+                    engine: self.engine.clone(),
+                    host: host_name(),
+                    failed_at: unix_now(),
+                };
+                if let Ok(json) = serde_json::to_vec_pretty(&failure) {
+                    if let Err(w) = results.put(&failure_key(rank), json).await {
+                        tracing::warn!("rank {rank}: could not record the failure: {w}");
+                    }
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn run_rank_inner(
+        &self,
+        plan: &Plan,
+        rank: usize,
+        results: &StorageUrl,
+        progress: Option<ProgressFn>,
+    ) -> Result<RankReport> {
+        if rank >= plan.world_size {
+            return Err(Error::NoSuchRank {
+                rank,
+                world_size: plan.world_size,
+            });
+        }
+        let started_at = unix_now();
+        let wall = Instant::now();
+        let data = StorageUrl::parse(&plan.data)?;
+        let parts: Vec<PartitionRef> = plan.partitions_of(rank).into_iter().cloned().collect();
+
+        let mut preds = Predictions::default();
+        let (mut batches, mut bits, mut bytes_read) = (0u64, 0u64, 0u64);
+        let (mut infer_s, mut decode_s, mut download_s) = (0.0f64, 0.0f64, 0.0f64);
+        let (mut nf_values, mut nf_galaxies) = (0u64, 0u64);
+
+        let fetch = |p: &PartitionRef| {
+            let data = data.clone();
+            let key = p.key.clone();
+            tokio::spawn(async move { data.get(&key).await })
+        };
+        let mut next = parts.first().map(fetch);
+        for (i, part) in parts.iter().enumerate() {
+            let t = Instant::now();
+            let Some(handle) = next.take() else { break };
+            let bytes = handle
+                .await
+                .map_err(|e| Error::Task(e.to_string()))?
+                .map_err(|e| match e {
+                    cai_core::Error::NotFound { url } => Error::Partition {
+                        file: url,
+                        reason: "partition not found".into(),
+                    },
+                    other => Error::Core(other),
+                })?;
+            download_s += t.elapsed().as_secs_f64();
+            next = parts.get(i + 1).map(fetch);
+            bytes_read += bytes.len() as u64;
+            let url = data.url_of(&part.key);
+            let outcome = self
+                .infer_partition(plan, rank, part, url, bytes, progress.clone())
+                .await?;
+            preds.append(outcome.preds);
+            batches += outcome.batches;
+            infer_s += outcome.infer_s;
+            decode_s += outcome.decode_s;
+            bits += outcome.bits;
+            nf_values += outcome.nonfinite_values;
+            nf_galaxies += outcome.nonfinite_galaxies;
+        }
+
+        let t = Instant::now();
+        let pkey = predictions_key(rank);
+        let parquet = preds.to_parquet(&results.url_of(&pkey))?;
+        results.put(&pkey, parquet).await?;
+        let galaxies = preds.len() as u64;
+        let data_path = plan
+            .items
+            .get(rank)
+            .map(|it| it.data_path.clone())
+            .unwrap_or(Value::Null);
+        let mut report = RankReport {
+            total_cpu_time: infer_s,
+            total_cpu_memory: peak_rss_mb(),
+            execution_time_per_batch: if batches > 0 {
+                infer_s / batches as f64
+            } else {
+                0.0
+            },
+            num_batches: batches,
+            batch_size: plan.batch_size as u64,
+            device: "cpu".into(),
+            throughput_bps: if infer_s > 0.0 {
+                bits as f64 / infer_s
+            } else {
+                0.0
+            },
+            sample_persec: if infer_s > 0.0 {
+                galaxies as f64 / infer_s
+            } else {
+                0.0
+            },
+            result_path: plan
+                .items
+                .get(rank)
+                .map(|it| it.result_path.clone())
+                .unwrap_or_else(|| plan.results.clone()),
+            data_path,
+            rank,
+            world_size: plan.world_size,
+            galaxies,
+            total_bits: bits,
+            bytes_read,
+            started_at,
+            ended_at: 0.0,
+            wall_time_s: 0.0,
+            download_s,
+            decode_s,
+            upload_s: 0.0,
+            nonfinite_inputs: nf_values,
+            nonfinite_galaxies: nf_galaxies,
+            threads: self.threads,
+            kernels: self.kernels.clone(),
+            engine: self.engine.clone(),
+            host: host_name(),
+            model: self.model_url.clone(),
+            predictions: pkey,
+            cai_version: env!("CARGO_PKG_VERSION").to_string(),
+        };
+        report.upload_s = t.elapsed().as_secs_f64();
+        report.ended_at = unix_now();
+        report.wall_time_s = wall.elapsed().as_secs_f64();
+        let json = serde_json::to_vec_pretty(&report).map_err(|e| Error::Task(e.to_string()))?;
+        results.put(&rank_key(rank), json).await?;
+        results.delete(&failure_key(rank)).await?;
+        Ok(report)
+    }
+
+    async fn infer_partition(
+        &self,
+        plan: &Plan,
+        rank: usize,
+        part: &PartitionRef,
+        url: String,
+        bytes: Bytes,
+        progress: Option<ProgressFn>,
+    ) -> Result<PartitionOutcome> {
+        let model = self.model.clone();
+        let pool = self.pool.clone();
+        let batch_size = plan.batch_size;
+        let part = part.clone();
+        tokio::task::spawn_blocking(move || {
+            infer_blocking(
+                &*model, &pool, rank, &part, &url, &bytes, batch_size, progress,
+            )
+        })
+        .await
+        .map_err(|e| Error::Task(e.to_string()))?
+    }
+}
+
+/// Decode one partition and predict every galaxy in it, batch by batch.
+#[allow(clippy::too_many_arguments)]
+fn infer_blocking(
+    model: &dyn Model,
+    pool: &rayon::ThreadPool,
+    rank: usize,
+    part: &PartitionRef,
+    url: &str,
+    bytes: &[u8],
+    batch_size: usize,
+    progress: Option<ProgressFn>,
+) -> Result<PartitionOutcome> {
+    let t = Instant::now();
+    if let Some(expected) = &part.sha256 {
+        let got = cai_data::partition::sha256_hex(bytes);
+        if &got != expected {
+            return Err(Error::Partition {
+                file: url.to_string(),
+                reason: format!(
+                    "checksum mismatch: manifest says sha256 {expected}, file has {got} ({} bytes)",
+                    bytes.len()
+                ),
+            });
+        }
+    }
+    let partition: Partition = cai_data::read_partition(url, bytes)?;
+    let decode_s = t.elapsed().as_secs_f64();
+    let n = partition.n;
+    let run = predict_partition(model, pool, &partition, url, batch_size, progress.as_ref())?;
+    let first = part.first_galaxy.map(|f| f as i64).unwrap_or(0);
+    let preds = Predictions {
+        index: (0..n as i64).map(|i| first + i).collect(),
+        partition: vec![part.key.clone(); n],
+        row: (0..n as i32).collect(),
+        rank: vec![rank as i32; n],
+        z_pred: run.z_pred,
+        z_true: match &partition.redshift {
+            Some(z) => z.iter().map(|&v| Some(v)).collect(),
+            None => vec![None; n],
+        },
+    };
+    Ok(PartitionOutcome {
+        preds,
+        batches: run.batches,
+        infer_s: run.infer_s,
+        decode_s,
+        bits: 32 * (partition.images.len() + partition.magnitudes.len()) as u64,
+        nonfinite_values: run.nonfinite_values,
+        nonfinite_galaxies: run.nonfinite_galaxies,
+    })
+}
+
+/// Predictions for one decoded partition and how they were made.
+#[derive(Debug, Clone, Default)]
+pub struct PartitionRun {
+    /// Predicted redshift per galaxy (NaN where an input was not finite).
+    pub z_pred: Vec<f32>,
+    /// Batches run.
+    pub batches: u64,
+    /// Seconds in the model.
+    pub infer_s: f64,
+    /// Input values that were NaN or infinite.
+    pub nonfinite_values: u64,
+    /// Galaxies with such a value.
+    pub nonfinite_galaxies: u64,
+}
+
+/// Predict every galaxy of a partition, batch by batch, on `pool`.
+///
+/// A galaxy with a non-finite input is counted, run on zeros (so the batch's other galaxies
+/// are untouched) and reported as NaN. `url` names the partition in errors.
+pub fn predict_partition(
+    model: &dyn Model,
+    pool: &rayon::ThreadPool,
+    partition: &Partition,
+    url: &str,
+    batch_size: usize,
+    progress: Option<&ProgressFn>,
+) -> Result<PartitionRun> {
+    let (c, h, w) = model.input_shape();
+    if (partition.channels, partition.height, partition.width) != (c, h, w) {
+        return Err(Error::Partition {
+            file: url.to_string(),
+            reason: format!(
+                "images are [{}, {}, {}, {}] but the model takes [N, {c}, {h}, {w}]",
+                partition.n, partition.channels, partition.height, partition.width
+            ),
+        });
+    }
+    let n = partition.n;
+    let img_len = c * h * w;
+    let mut run = PartitionRun {
+        z_pred: Vec::with_capacity(n),
+        ..Default::default()
+    };
+    let mut images = Vec::new();
+    let mut mags = Vec::new();
+    let mut bad = Vec::new();
+    for start in (0..n).step_by(batch_size.max(1)) {
+        let m = batch_size.max(1).min(n - start);
+        images.clear();
+        images.extend_from_slice(&partition.images[start * img_len..(start + m) * img_len]);
+        mags.clear();
+        mags.extend_from_slice(&partition.magnitudes[start * c..(start + m) * c]);
+        bad.clear();
+        for g in 0..m {
+            let im = &mut images[g * img_len..(g + 1) * img_len];
+            let mg = &mut mags[g * c..(g + 1) * c];
+            let nf = im
+                .iter()
+                .chain(mg.iter())
+                .filter(|v| !v.is_finite())
+                .count() as u64;
+            if nf > 0 {
+                run.nonfinite_values += nf;
+                run.nonfinite_galaxies += 1;
+                im.fill(0.0);
+                mg.fill(0.0);
+                bad.push(g);
+            }
+        }
+        let t = Instant::now();
+        let mut out = pool.install(|| model.predict(&images, &mags, m))?;
+        run.infer_s += t.elapsed().as_secs_f64();
+        run.batches += 1;
+        if out.len() < m {
+            return Err(Error::Task(format!(
+                "the model returned {} predictions for a batch of {m}",
+                out.len()
+            )));
+        }
+        for &g in &bad {
+            out[g] = f32::NAN;
+        }
+        run.z_pred.extend_from_slice(&out[..m]);
+        if let Some(p) = progress {
+            p(m as u64);
+        }
+    }
+    Ok(run)
+}

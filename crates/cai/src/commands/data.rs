@@ -1,0 +1,114 @@
+//! `cai synth` and `cai partition`.
+
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context, Result};
+use cai_core::StorageUrl;
+use cai_data::partition::{parse_size, partition_dataset};
+use cai_data::{DatasetReader, SynthConfig};
+use cai_engine::stages::MANIFEST_KEY;
+
+use crate::cli::{PartitionArgs, SynthArgs};
+use crate::progress::Progress;
+use crate::Outcome;
+
+/// `cai synth`: stream a synthetic dataset to a file.
+pub async fn synth(a: SynthArgs, quiet: bool) -> Result<Outcome> {
+    let cfg = SynthConfig {
+        galaxies: a.galaxies,
+        seed: a.seed,
+        ..Default::default()
+    };
+    let out = a.out.clone();
+    let progress = Progress::new("synth", a.galaxies, "galaxies", quiet);
+    tokio::task::spawn_blocking(move || {
+        let mut last = 0;
+        let res = cai_data::write_dataset(&out, &cfg, &mut |written| {
+            progress.inc(written - last);
+            last = written;
+        });
+        progress.finish();
+        res
+    })
+    .await?
+    .with_context(|| format!("cannot write {}", a.out.display()))?;
+    if !quiet {
+        eprintln!(
+            "wrote {} galaxies (seed {}) to {}",
+            a.galaxies,
+            a.seed,
+            a.out.display()
+        );
+    }
+    Ok(Outcome::Ok)
+}
+
+/// What `partition_to` produced.
+pub struct PartitionSummary {
+    /// Partitions written.
+    pub partitions: usize,
+    /// Galaxies in them.
+    pub galaxies: u64,
+}
+
+/// Cut a dataset file into partitions under `out`, writing `manifest.json` last.
+pub async fn partition_to(
+    input: &std::path::Path,
+    size: &str,
+    out: &str,
+    quiet: bool,
+) -> Result<PartitionSummary> {
+    let size_bytes = parse_size(size)?;
+    let reader = DatasetReader::open(input)
+        .with_context(|| format!("cannot open the dataset {}", input.display()))?;
+    let dest = StorageUrl::parse(out)?;
+    let total = reader.len();
+    let handle = tokio::runtime::Handle::current();
+    let dest2 = dest.clone();
+    let manifest = tokio::task::spawn_blocking(move || {
+        let progress = Progress::new("partition", total, "galaxies", quiet);
+        let store_error: Arc<Mutex<Option<cai_core::Error>>> = Arc::default();
+        let res = partition_dataset(&reader, size_bytes, |file| {
+            let n = file.galaxies;
+            match handle.block_on(dest2.put(&file.key, file.bytes)) {
+                Ok(()) => {
+                    progress.inc(n);
+                    Ok(())
+                }
+                Err(e) => {
+                    let path = std::path::PathBuf::from(dest2.url_of(&file.key));
+                    if let Ok(mut slot) = store_error.lock() {
+                        *slot = Some(e);
+                    }
+                    Err(cai_data::Error::Writer {
+                        path,
+                        reason: "storage write failed".into(),
+                    })
+                }
+            }
+        });
+        progress.finish();
+        if let Some(e) = store_error.lock().ok().and_then(|mut s| s.take()) {
+            return Err(anyhow::Error::from(e));
+        }
+        Ok(res?)
+    })
+    .await??;
+    dest.put(MANIFEST_KEY, manifest.to_json()).await?;
+    Ok(PartitionSummary {
+        partitions: manifest.partitions.len(),
+        galaxies: manifest.total_galaxies,
+    })
+}
+
+/// `cai partition`.
+pub async fn partition(a: PartitionArgs, quiet: bool) -> Result<Outcome> {
+    let s = partition_to(&a.input, &a.size, &a.out, quiet).await?;
+    if !quiet {
+        eprintln!(
+            "wrote {} partitions ({} galaxies) and {MANIFEST_KEY} to {}",
+            s.partitions, s.galaxies, a.out
+        );
+    }
+    Ok(Outcome::Ok)
+}

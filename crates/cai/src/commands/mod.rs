@@ -1,0 +1,27 @@
+//! One module per subcommand; `dispatch` picks it.
+
+mod data;
+mod demo;
+mod model;
+mod predict;
+mod run;
+
+use anyhow::Result;
+
+use crate::cli::{Cli, Command, ModelCommand};
+use crate::Outcome;
+
+/// Run the chosen subcommand.
+pub async fn dispatch(cli: Cli) -> Result<Outcome> {
+    let quiet = cli.quiet;
+    match cli.command {
+        Command::Synth(a) => data::synth(a, quiet).await,
+        Command::Partition(a) => data::partition(a, quiet).await,
+        Command::Run(a) => run::run(a, quiet).await,
+        Command::Summarize(a) => run::summarize(a).await,
+        Command::Predict(a) => predict::predict(a, quiet).await,
+        Command::Model(ModelCommand::Init(a)) => model::init(a).await,
+        Command::Model(ModelCommand::Fit(a)) => model::fit(a, quiet).await,
+        Command::Demo(a) => demo::demo(a, quiet).await,
+    }
+}

@@ -1,0 +1,5 @@
+//! End-to-end tests of the `cai` binary: one binary, a module per theme.
+
+mod util;
+
+mod pipeline;

@@ -1,0 +1,104 @@
+//! Run the real `cai` binary in a temporary directory.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+/// A temporary working directory with the shared fixtures (model, dataset) copied in.
+pub struct Dir {
+    pub tmp: tempfile::TempDir,
+}
+
+impl Dir {
+    pub fn new() -> Self {
+        Self {
+            tmp: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.tmp.path().join(rel)
+    }
+
+    pub fn s(&self, rel: &str) -> String {
+        self.path(rel).display().to_string()
+    }
+
+    /// Run `cai args…` here.
+    pub fn cai(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_cai"))
+            .args(args)
+            .current_dir(self.tmp.path())
+            .env("CAI_QUIET", "")
+            .env_remove("CAI_QUIET")
+            .output()
+            .expect("run cai")
+    }
+
+    /// Run and require success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.cai(args);
+        assert!(
+            out.status.success(),
+            "cai {args:?} failed ({:?})\nstdout:\n{}\nstderr:\n{}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+/// Shared fixtures made once per test binary: a seeded model and a 300-galaxy dataset.
+pub struct Fixtures {
+    _dir: tempfile::TempDir,
+    pub model: PathBuf,
+    pub dataset: PathBuf,
+}
+
+pub fn fixtures() -> &'static Fixtures {
+    static F: OnceLock<Fixtures> = OnceLock::new();
+    F.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let model = dir.path().join("model.safetensors");
+        let dataset = dir.path().join("galaxies.safetensors");
+        let run = |args: &[&str]| {
+            let out = Command::new(env!("CARGO_BIN_EXE_cai"))
+                .args(args)
+                .output()
+                .expect("run cai");
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        run(&[
+            "model",
+            "init",
+            "--seed",
+            "3",
+            "--out",
+            &model.display().to_string(),
+        ]);
+        run(&[
+            "synth",
+            "--galaxies",
+            "300",
+            "--seed",
+            "5",
+            "--out",
+            &dataset.display().to_string(),
+        ]);
+        Fixtures {
+            _dir: dir,
+            model,
+            dataset,
+        }
+    })
+}
+
+/// Copy a file into a directory.
+pub fn copy_into(src: &Path, dst: &Path) {
+    std::fs::copy(src, dst).expect("copy");
+}

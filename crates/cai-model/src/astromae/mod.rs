@@ -19,12 +19,14 @@ mod head;
 mod layers;
 mod vit;
 
+use std::cell::Cell;
+
 use rayon::prelude::*;
 
 use crate::kernels;
 use crate::weights::{KeyLog, Vb};
 use crate::{Error, Model, Weights};
-use cnn::{CnnScratch, MagnitudeBlock, VisInception};
+use cnn::{buf, CnnScratch, MagnitudeBlock, VisInception};
 use head::ConcatBlock;
 use vit::{Vit, VitScratch};
 
@@ -199,6 +201,29 @@ pub struct AstroMae {
     unused: Vec<String>,
 }
 
+/// Per-thread working memory, reused across calls (grown on demand, never shrunk).
+#[derive(Debug, Default)]
+struct Scratch {
+    vit: VitScratch,
+    cnn: CnnScratch,
+    cat: Vec<f32>,
+    t1: Vec<f32>,
+    t2: Vec<f32>,
+}
+
+thread_local! {
+    static SCRATCH: Cell<Option<Box<Scratch>>> = const { Cell::new(None) };
+}
+
+/// Runs `f` with this thread's scratch (taken out of the cell, so re-entrant use would
+/// merely allocate a fresh one).
+fn with_scratch<R>(f: impl FnOnce(&mut Scratch) -> R) -> R {
+    let mut s = SCRATCH.take().unwrap_or_default();
+    let r = f(&mut s);
+    SCRATCH.set(Some(s));
+    r
+}
+
 /// Keys a checkpoint legitimately holds that the forward pass never reads.
 fn ignorable(key: &str) -> bool {
     key.ends_with("num_batches_tracked")
@@ -343,14 +368,13 @@ impl AstroMae {
             .par_chunks_mut(g * d)
             .zip(flat.par_chunks_mut(g * f))
             .zip(images.par_chunks(g * img))
-            .for_each_init(
-                || (VitScratch::new(cfg, g), CnnScratch::default()),
-                |(vs, cs), ((po, fl), im)| {
+            .for_each(|((po, fl), im)| {
+                with_scratch(|s| {
                     let gi = im.len() / img;
-                    self.vit.trunk(ops, im, gi, po, vs);
-                    self.cnn.trunk(ops, im, gi, fl, cs);
-                },
-            );
+                    self.vit.trunk(ops, im, gi, po, &mut s.vit);
+                    self.cnn.trunk(ops, im, gi, fl, &mut s.cnn);
+                })
+            });
 
         // Phase 2: the per-galaxy MLPs over larger row blocks.
         let r = n.div_ceil(threads).clamp(1, HEAD_ROWS);
@@ -367,24 +391,19 @@ impl AstroMae {
             .zip(pooled.par_chunks(r * d))
             .zip(flat.par_chunks(r * f))
             .zip(mags.par_chunks(r * nm))
-            .for_each_init(
-                || {
-                    (
-                        vec![0.0f32; r * width],
-                        vec![0.0f32; r * t1w],
-                        vec![0.0f32; r * t2w],
-                    )
-                },
-                |(cat, t1, t2), (((fo, po), fl), mg)| {
+            .for_each(|(((fo, po), fl), mg)| {
+                with_scratch(|s| {
                     let m = po.len() / d;
-                    let cat = &mut cat[..m * width];
+                    let cat = buf(&mut s.cat, m * width);
+                    let t1 = buf(&mut s.t1, m * t1w);
+                    let t2 = buf(&mut s.t2, m * t2w);
                     self.vit.tail(ops, m, po, t1, t2, cat, width);
                     self.cnn.tail(ops, m, fl, t2, &mut cat[vo..], width);
                     self.mag
                         .forward(ops, m, mg, t1, t2, &mut cat[vo + co..], width);
                     self.head.features(ops, m, cat, fo);
-                },
-            );
+                })
+            });
     }
 
     /// Replaces the last Linear (`concat_block.2`): `weight` of [`AstroMae::feature_width`]

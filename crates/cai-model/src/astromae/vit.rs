@@ -150,21 +150,17 @@ pub(crate) struct VitScratch {
 }
 
 impl VitScratch {
-    pub(crate) fn new(cfg: &Config, g: usize) -> Self {
+    /// Grows the buffers (never shrinks) for chunks of up to `g` galaxies.
+    pub(crate) fn ensure(&mut self, cfg: &Config, g: usize) {
         let t1 = cfg.tokens + 1;
         let rows = g * t1;
         let d = cfg.dim;
-        Self {
-            x: vec![0.0; rows * d],
-            xn: vec![0.0; rows * d],
-            qkv: vec![0.0; rows * 3 * d],
-            att: vec![0.0; rows * d],
-            s: vec![0.0; t1 * t1],
-            h: vec![0.0; MLP_ROWS.min(rows) * cfg.mlp],
-            patches: vec![0.0; g * cfg.tokens * cfg.channels * cfg.patch * cfg.patch],
-            kp: PackedB::default(),
-            vp: PackedB::default(),
-        }
+        buf(&mut self.x, rows * d);
+        buf(&mut self.xn, rows * d);
+        buf(&mut self.qkv, rows * 3 * d);
+        buf(&mut self.att, rows * d);
+        buf(&mut self.s, t1 * t1);
+        buf(&mut self.h, MLP_ROWS.min(rows) * cfg.mlp);
     }
 }
 
@@ -235,6 +231,7 @@ impl Vit {
         let grid = img / p;
         let (t, t1) = (cfg.tokens, cfg.tokens + 1);
         let kp = c * p * p;
+        s.ensure(cfg, g);
         let patches = buf(&mut s.patches, g * t * kp);
         for gi in 0..g {
             let im = &images[gi * c * img * img..(gi + 1) * c * img * img];

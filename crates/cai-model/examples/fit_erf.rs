@@ -7,7 +7,7 @@
 //! Then rescales for the GELU form (argument `x/sqrt 2`) and reports the f32 error.
 //!
 //! `cargo run --release -p cai-model --example fit_erf [deg_p deg_q]`
-#![allow(clippy::print_stdout)]
+#![allow(clippy::print_stdout, clippy::needless_range_loop)] // dense linear algebra reads best with indices
 
 fn lstsq(a: &mut [Vec<f64>], b: &mut [f64]) -> Vec<f64> {
     let (m, n) = (a.len(), a[0].len());

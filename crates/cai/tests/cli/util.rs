@@ -1,6 +1,6 @@
 //! Run the real `cai` binary in a temporary directory.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
@@ -96,9 +96,4 @@ pub fn fixtures() -> &'static Fixtures {
             dataset,
         }
     })
-}
-
-/// Copy a file into a directory.
-pub fn copy_into(src: &Path, dst: &Path) {
-    std::fs::copy(src, dst).expect("copy");
 }

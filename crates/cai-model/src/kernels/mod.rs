@@ -33,8 +33,8 @@ pub enum Act {
     None,
     /// max(x, 0).
     Relu,
-    /// x/2 (1 + erf(x/sqrt 2)), the exact GELU (SIMD tiers use an approximation of erf
-    /// with absolute error below 2e-7).
+    /// x/2 (1 + erf(x/sqrt 2)), the exact GELU (SIMD tiers use a rational approximation of
+    /// erf; GELU error below 2e-7 (1 + |x|)).
     Gelu,
 }
 

@@ -258,6 +258,30 @@ impl AstroMae {
         let mag = MagnitudeBlock::load(&root)?;
         let inputs = vit.out_features() + cnn.out_features() + mag.out_features();
         let head = ConcatBlock::load(&root, inputs)?;
+        let widths = [
+            ("token width (patch_embed.proj.weight dim 0)", cfg.dim),
+            (
+                "input channels (patch_embed.proj.weight dim 1)",
+                cfg.channels,
+            ),
+            ("patch size (patch_embed.proj.weight dim 2)", cfg.patch),
+            ("MLP width (blocks.0.mlp.fc1.weight dim 0)", cfg.mlp),
+            (
+                "magnitudes (inception_model.magnitude_block.0.weight dim 1)",
+                mag.inputs,
+            ),
+            ("features (concat_block.0.weight dim 0)", head.hidden()),
+            (
+                "flattened CNN output (inception_model.vis_inception.10.weight dim 1)",
+                cnn.flat,
+            ),
+        ];
+        if let Some((what, _)) = widths.iter().find(|(_, v)| *v == 0) {
+            return Err(Error::Config {
+                file: source_name.to_string(),
+                message: format!("{what} is zero"),
+            });
+        }
         let unused: Vec<String> = weights
             .keys()
             .filter(|k| !log.is_used(k) && !ignorable(k))

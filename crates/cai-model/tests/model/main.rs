@@ -295,6 +295,20 @@ fn wrong_shape_names_key_and_both_shapes() {
 }
 
 #[test]
+fn zero_widths_are_rejected() {
+    let mut w = init::astromae_weights(1, &small());
+    w.insert(
+        "inception_model.magnitude_block.0.weight",
+        Tensor::zeros(&[1024, 0]),
+    );
+    let msg = AstroMae::load(&w, "z.safetensors").unwrap_err().to_string();
+    assert!(
+        msg.contains("z.safetensors") && msg.contains("magnitude_block.0.weight"),
+        "{msg}"
+    );
+}
+
+#[test]
 fn duplicate_first_conv_keys() {
     let cfg = small();
     let w = init::astromae_weights(2, &cfg);
@@ -475,4 +489,50 @@ fn full_config_shape_and_counts() {
     assert_eq!(m.param_count(), expected);
     let gf = cfg.flops_per_galaxy() as f64 / 1e9;
     assert!((0.74..0.79).contains(&gf), "{gf} GFLOP");
+}
+
+mod hostile {
+    use super::*;
+    use proptest::prelude::*;
+    use std::sync::OnceLock;
+
+    fn base() -> &'static Weights {
+        static W: OnceLock<Weights> = OnceLock::new();
+        W.get_or_init(|| {
+            init::astromae_weights(
+                5,
+                &Config {
+                    dim: 64,
+                    depth: 1,
+                    heads: 1,
+                    mlp: 64,
+                    ..Config::astromae()
+                },
+            )
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+        /// Replacing any tensor with one of another shape never panics: load fails with an
+        /// error naming the key, or (if the shape still fits) the model runs.
+        #[test]
+        fn reshaped_tensor_never_panics(key_pick in 0usize..10_000, dims in proptest::collection::vec(0usize..6, 0..5)) {
+            let mut w = base().clone();
+            let keys: Vec<String> = w.keys().map(str::to_string).collect();
+            let key = &keys[key_pick % keys.len()];
+            w.insert(key.as_str(), Tensor::zeros(&dims));
+            match AstroMae::load(&w, "hostile") {
+                Ok(m) => {
+                    let (c, h, wd) = m.input_shape();
+                    let z = m.predict(&vec![0.5; c * h * wd], &vec![18.0; m.magnitudes()], 1).unwrap();
+                    prop_assert_eq!(z.len(), 1);
+                }
+                Err(e) => {
+                    let msg = e.to_string();
+                    prop_assert!(msg.contains("hostile"), "{}", msg);
+                }
+            }
+        }
+    }
 }

@@ -45,10 +45,25 @@ impl Tensor {
 }
 
 /// Named tensors, ordered by key, plus string metadata (safetensors `__metadata__`).
-#[derive(Debug, Clone, Default, PartialEq)]
+/// `Debug` lists keys and shapes, not values.
+#[derive(Clone, Default, PartialEq)]
 pub struct Weights {
     tensors: BTreeMap<String, Tensor>,
     metadata: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for Weights {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let shapes: BTreeMap<&str, &[usize]> = self
+            .tensors
+            .iter()
+            .map(|(k, t)| (k.as_str(), t.shape.as_slice()))
+            .collect();
+        f.debug_struct("Weights")
+            .field("tensors", &shapes)
+            .field("metadata", &self.metadata)
+            .finish()
+    }
 }
 
 impl Weights {

@@ -74,13 +74,22 @@ impl Epilogue {
 /// The right-hand matrix `B` (`k x n`) of a product, packed into panels of [`NR`] columns:
 /// panel `p` holds, for each of the `k` rows, the [`NR`] values of columns
 /// `p*NR .. p*NR+NR` (zero beyond `n`). A bias of `n` values (zero padded) travels with it.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct PackedB {
     k: usize,
     n: usize,
     off: usize,
     data: Vec<f32>,
     bias: Vec<f32>,
+}
+
+impl std::fmt::Debug for PackedB {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PackedB")
+            .field("k", &self.k)
+            .field("n", &self.n)
+            .finish_non_exhaustive()
+    }
 }
 
 impl PackedB {

@@ -17,6 +17,8 @@
 #![deny(missing_docs)]
 
 pub mod error;
+pub mod figures;
+pub mod html;
 pub mod load;
 pub mod stats;
 

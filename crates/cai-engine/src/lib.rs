@@ -3,7 +3,8 @@
 //! Where ranks run. The three stages are the same on every engine: [`stages::plan_run`]
 //! (Initialize), [`worker::Worker::run_rank`] (one rank of the distributed map) and
 //! [`summarize::summarize`] (Summarize). An engine only decides where ranks run:
-//! [`local::LocalEngine`] runs them on this machine's cores.
+//! [`local::LocalEngine`] runs them on this machine's cores; `slurm` (feature `slurm`) runs
+//! them as a Slurm job array.
 //!
 //! Results layout under the results location: `plan.json`, `payload.json`, `<rank>.json`,
 //! `failed/<rank>.json`, `predictions/<rank>.parquet`, `combined_data.json`,
@@ -14,6 +15,8 @@
 pub mod error;
 pub mod local;
 pub mod predictions;
+#[cfg(feature = "slurm")]
+pub mod slurm;
 pub mod stages;
 pub mod summarize;
 pub mod worker;

@@ -1,0 +1,428 @@
+//! Follow a submitted run to its summary: task states from `scontrol`, results from the
+//! results location, retries of failed indices, and a check that `summary.json` covers
+//! every rank's final state (else it is rewritten here).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+use cai_core::plan::Plan;
+use cai_core::report::{failure_key, rank_key, rank_of_key, RankFailure, RankReport};
+use cai_core::summary::Summary;
+use cai_core::StorageUrl;
+
+use super::command::JobRecord;
+use super::error::{Error, Result};
+use super::script::array_spec;
+use super::{ArrayJob, JobsState, SlurmEngine, EXIT_NOT_SHARED};
+use crate::summarize::{load_plan, summarize, SUMMARY_KEY};
+use crate::worker::unix_now;
+
+/// The run at one look.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Snapshot {
+    /// Ranks waiting in the queue (including resubmitted ones).
+    pub pending: usize,
+    /// Ranks running.
+    pub running: usize,
+    /// Ranks with a result.
+    pub done: usize,
+    /// Ranks failed for good (retries used up).
+    pub failed: usize,
+    /// Ranks of this submission.
+    pub ranks: usize,
+    /// Resubmissions so far.
+    pub retries: usize,
+    /// Galaxies in finished ranks.
+    pub galaxies_done: u64,
+    /// Galaxies in all ranks of this submission (0 when the plan does not know).
+    pub galaxies_total: u64,
+    /// Seconds since submission.
+    pub elapsed_s: f64,
+    /// Galaxies of finished ranks per second since submission.
+    pub galaxies_per_s: f64,
+    /// State of the summarize job (`PENDING`, `RUNNING`, `COMPLETED`…), if any.
+    pub summarize: Option<String>,
+}
+
+/// Something that happened since the last look.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// A rank finished.
+    Done {
+        /// The rank.
+        rank: usize,
+        /// Galaxies it predicted.
+        galaxies: u64,
+        /// Node it ran on.
+        host: String,
+    },
+    /// A rank's task ended without a result.
+    Failed {
+        /// The rank.
+        rank: usize,
+        /// The Slurm task (`<array>_<index>`).
+        task: String,
+        /// What went wrong (the worker's error, or Slurm's state and the log file).
+        reason: String,
+        /// The job id it was resubmitted as, when a retry was left.
+        retried_as: Option<String>,
+    },
+    /// Something worth a line (summary rewritten here, dependency updates…).
+    Note(String),
+}
+
+/// How a watched run ended.
+#[derive(Debug, Clone)]
+pub struct WatchOutcome {
+    /// The run's summary (as the summarize job wrote it, or as rewritten here).
+    pub summary: Summary,
+    /// Why the summary was rewritten by the watcher, when it was.
+    pub summarized_here: Option<String>,
+    /// The last summarize job and its final state.
+    pub summarize_job: Option<(String, String)>,
+    /// Seconds from submission until the summary was there.
+    pub elapsed_s: f64,
+}
+
+/// A rank's latest task.
+struct Task {
+    rec: JobRecord,
+    attempt: u32,
+}
+
+/// Last lines of a log file, for messages (empty when unreadable).
+fn log_tail(path: &str, lines: usize) -> String {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return String::new();
+    };
+    let all: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    all[all.len().saturating_sub(lines)..].join(" | ")
+}
+
+fn galaxies_of(plan: &Plan, rank: usize) -> u64 {
+    plan.partitions_of(rank)
+        .iter()
+        .map(|p| p.galaxies.unwrap_or(0))
+        .sum()
+}
+
+/// Follow a run until every rank has a result or has failed for good and the summary is
+/// there. `on` is called after every look with the state and what happened since the last.
+pub async fn watch(
+    engine: &SlurmEngine,
+    state: &mut JobsState,
+    on: &mut (dyn FnMut(&Snapshot, &[Event]) + Send),
+) -> Result<WatchOutcome> {
+    let results = StorageUrl::parse(&state.results)?;
+    let plan = load_plan(&results).await?.ok_or_else(|| Error::NoJobs {
+        results: results.to_string(),
+        key: crate::summarize::PLAN_KEY.into(),
+    })?;
+    let galaxies_total: u64 = state.ranks.iter().map(|&r| galaxies_of(&plan, r)).sum();
+    let mut seen_done: HashMap<usize, u64> = HashMap::new();
+    let mut handled: HashSet<(usize, u32)> = HashSet::new();
+    let mut final_failed: BTreeMap<usize, String> = BTreeMap::new();
+    let mut retries = state.arrays.iter().filter(|a| a.attempt > 0).count();
+
+    loop {
+        let mut events = Vec::new();
+        // Slurm first, then the results: a task Slurm calls finished wrote its result before.
+        let mut tasks: HashMap<usize, Task> = HashMap::new();
+        let mut arrays = state.arrays.clone();
+        arrays.sort_by_key(|a| a.attempt);
+        for a in &arrays {
+            let recs = engine.commands.show_job(&a.job_id)?;
+            for &i in &a.indices {
+                let rec = recs
+                    .iter()
+                    .find(|r| r.indices.contains(&i))
+                    .map(|r| JobRecord {
+                        indices: vec![i],
+                        array_job_id: Some(a.job_id.clone()),
+                        ..r.clone()
+                    })
+                    .unwrap_or_else(|| JobRecord {
+                        job_id: a.job_id.clone(),
+                        array_job_id: Some(a.job_id.clone()),
+                        indices: vec![i],
+                        state: "UNKNOWN".into(),
+                        ..Default::default()
+                    });
+                tasks.insert(
+                    i,
+                    Task {
+                        rec,
+                        attempt: a.attempt,
+                    },
+                );
+            }
+        }
+        let summarize_rec = match state.summarize_jobs.last() {
+            Some(id) => engine.commands.show_job(id)?.into_iter().next(),
+            None => None,
+        };
+        let listing = results.list().await?;
+        let done: BTreeSet<usize> = listing.iter().filter_map(|o| rank_of_key(&o.key)).collect();
+        let failed_records: BTreeSet<usize> = listing
+            .iter()
+            .filter_map(|o| o.key.strip_prefix("failed/").and_then(rank_of_key))
+            .collect();
+
+        let (mut pending, mut running) = (0, 0);
+        let mut to_retry = Vec::new();
+        for &rank in &state.ranks {
+            if done.contains(&rank) {
+                if let std::collections::hash_map::Entry::Vacant(e) = seen_done.entry(rank) {
+                    let (galaxies, host) = match results.get_opt(&rank_key(rank)).await? {
+                        Some(b) => RankReport::from_json(&results.url_of(&rank_key(rank)), &b)
+                            .map(|r| (r.galaxies, r.host))
+                            .unwrap_or((galaxies_of(&plan, rank), String::new())),
+                        None => (galaxies_of(&plan, rank), String::new()),
+                    };
+                    e.insert(galaxies);
+                    events.push(Event::Done {
+                        rank,
+                        galaxies,
+                        host,
+                    });
+                }
+                continue;
+            }
+            if final_failed.contains_key(&rank) {
+                continue;
+            }
+            let Some(task) = tasks.get(&rank) else {
+                pending += 1;
+                continue;
+            };
+            if task.rec.active() {
+                if matches!(task.rec.state.as_str(), "RUNNING" | "COMPLETING") {
+                    running += 1;
+                } else {
+                    pending += 1;
+                }
+                continue;
+            }
+            if !handled.insert((rank, task.attempt)) {
+                continue;
+            }
+            let log = if task.rec.stderr.is_empty() {
+                String::new()
+            } else {
+                task.rec.stderr.clone()
+            };
+            match task.rec.exit.0 {
+                EXIT_NOT_SHARED => {
+                    let _ = engine.cancel(state);
+                    return Err(Error::NotShared {
+                        results: results.to_string(),
+                        detail: format!(
+                            "task {} on node {} did not find the probe file ({}; log {log})",
+                            task.rec.task_name(),
+                            task.rec.node,
+                            log_tail(&log, 2)
+                        ),
+                    });
+                }
+                126 | 127 => {
+                    let _ = engine.cancel(state);
+                    return Err(Error::NoBinary {
+                        task: task.rec.task_name(),
+                        cai_bin: log_tail(&log, 1),
+                        node: task.rec.node.clone(),
+                        code: task.rec.exit.0,
+                        log,
+                    });
+                }
+                _ => {}
+            }
+            let recorded = if failed_records.contains(&rank) {
+                results
+                    .get_opt(&failure_key(rank))
+                    .await?
+                    .and_then(|b| serde_json::from_slice::<RankFailure>(&b).ok())
+            } else {
+                None
+            };
+            let reason = match &recorded {
+                Some(f) => f.error.clone(),
+                None => format!(
+                    "Slurm task {} ended {} (exit {}:{}) on {} without a result{}",
+                    task.rec.task_name(),
+                    task.rec.state,
+                    task.rec.exit.0,
+                    task.rec.exit.1,
+                    if task.rec.node.is_empty() {
+                        "an unknown node"
+                    } else {
+                        &task.rec.node
+                    },
+                    if log.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; see {log}")
+                    }
+                ),
+            };
+            if task.attempt < state.retries {
+                to_retry.push((rank, task.rec.task_name(), reason));
+                pending += 1;
+            } else {
+                if recorded.is_none() {
+                    let f = RankFailure {
+                        rank,
+                        partitions: plan
+                            .partitions_of(rank)
+                            .iter()
+                            .map(|p| p.key.clone())
+                            .collect(),
+                        error: reason.clone(),
+                        engine: "slurm".into(),
+                        host: task.rec.node.clone(),
+                        failed_at: unix_now(),
+                    };
+                    results
+                        .put(&failure_key(rank), crate::stages::pretty(&f)?)
+                        .await?;
+                }
+                events.push(Event::Failed {
+                    rank,
+                    task: task.rec.task_name(),
+                    reason: reason.clone(),
+                    retried_as: None,
+                });
+                final_failed.insert(rank, reason);
+            }
+        }
+
+        if !to_retry.is_empty() {
+            let attempt = state.arrays.iter().map(|a| a.attempt).max().unwrap_or(0) + 1;
+            let indices: Vec<usize> = to_retry.iter().map(|t| t.0).collect();
+            let job = engine.commands.sbatch(
+                &[format!(
+                    "--array={}",
+                    array_spec(&indices, state.max_running)
+                )],
+                &state.array_script,
+            )?;
+            retries += 1;
+            state.arrays.push(ArrayJob {
+                job_id: job.clone(),
+                indices,
+                attempt,
+            });
+            for (rank, task, reason) in to_retry {
+                events.push(Event::Failed {
+                    rank,
+                    task,
+                    reason,
+                    retried_as: Some(job.clone()),
+                });
+            }
+            // Hold the summary until the retry has ended too (if it has not started yet).
+            if let Some(sum) = &summarize_rec {
+                if sum.state == "PENDING" {
+                    let dep = format!(
+                        "afterany:{}",
+                        state
+                            .arrays
+                            .iter()
+                            .map(|a| a.job_id.as_str())
+                            .collect::<Vec<_>>()
+                            .join(":")
+                    );
+                    if let Err(e) = engine.commands.set_dependency(&sum.job_id, &dep) {
+                        events.push(Event::Note(format!(
+                            "could not hold the summarize job {} for the retry ({e}); the summary will be rewritten at the end",
+                            sum.job_id
+                        )));
+                    }
+                }
+            }
+            state.save(&results).await?;
+        }
+
+        let elapsed_s = unix_now() - state.submitted_at;
+        let galaxies_done: u64 = seen_done.values().sum();
+        let snapshot = Snapshot {
+            pending,
+            running,
+            done: state.ranks.iter().filter(|r| done.contains(r)).count(),
+            failed: final_failed.len(),
+            ranks: state.ranks.len(),
+            retries,
+            galaxies_done,
+            galaxies_total,
+            elapsed_s,
+            galaxies_per_s: if elapsed_s > 0.0 {
+                galaxies_done as f64 / elapsed_s
+            } else {
+                0.0
+            },
+            summarize: summarize_rec.as_ref().map(|r| r.state.clone()),
+        };
+        let all_ended = pending == 0 && running == 0;
+        let summarizing = summarize_rec.as_ref().is_some_and(JobRecord::active);
+        if all_ended && !summarizing {
+            let (summary, summarized_here) =
+                check_summary(&results, &plan, summarize_rec.as_ref()).await?;
+            if let Some(why) = &summarized_here {
+                events.push(Event::Note(format!("summary written here: {why}")));
+            }
+            on(&snapshot, &events);
+            return Ok(WatchOutcome {
+                summary,
+                summarized_here,
+                summarize_job: summarize_rec.map(|r| (r.job_id, r.state)),
+                elapsed_s: unix_now() - state.submitted_at,
+            });
+        }
+        on(&snapshot, &events);
+        tokio::time::sleep(engine.poll).await;
+    }
+}
+
+/// Use the summarize job's `summary.json` when it covers every rank's final state, else
+/// summarize here (the job ran before a retry ended, failed, or never ran).
+async fn check_summary(
+    results: &StorageUrl,
+    plan: &Plan,
+    job: Option<&JobRecord>,
+) -> Result<(Summary, Option<String>)> {
+    let listing = results.list().await?;
+    let done: BTreeSet<usize> = listing
+        .iter()
+        .filter_map(|o| rank_of_key(&o.key))
+        .filter(|&r| r < plan.world_size)
+        .collect();
+    let failed: BTreeSet<usize> = listing
+        .iter()
+        .filter_map(|o| o.key.strip_prefix("failed/").and_then(rank_of_key))
+        .filter(|r| !done.contains(r) && *r < plan.world_size)
+        .collect();
+    let existing = results
+        .get_opt(SUMMARY_KEY)
+        .await?
+        .and_then(|b| serde_json::from_slice::<Summary>(&b).ok());
+    let why = match (&existing, job) {
+        (_, None) => Some("no summarize job was recorded".to_string()),
+        (None, Some(j)) => Some(format!(
+            "the summarize job {} ended {} without a summary",
+            j.job_id, j.state
+        )),
+        (Some(s), Some(j)) => {
+            let s_failed: BTreeSet<usize> = s.failed.iter().map(|f| f.rank).collect();
+            if s.ranks_done == done.len() && s_failed == failed {
+                None
+            } else {
+                Some(format!(
+                    "the summarize job {} ran before every rank had ended",
+                    j.job_id
+                ))
+            }
+        }
+    };
+    match (existing, why) {
+        (Some(s), None) => Ok((s, None)),
+        (_, why) => Ok((summarize(results, Some(plan)).await?, why)),
+    }
+}

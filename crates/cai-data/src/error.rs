@@ -140,6 +140,10 @@ pub enum Error {
         hint: String,
     },
 
+    /// A PyTorch `.pt` file that cannot be read safely (the message names the file).
+    #[error("{0}")]
+    Torch(#[source] cai_torch::Error),
+
     /// An in-memory partition whose fields disagree with each other.
     #[error("invalid partition: {reason}")]
     InvalidPartition {

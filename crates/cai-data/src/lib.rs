@@ -38,8 +38,10 @@ pub use native::{
     detect_format, partition_from_tensors, read_partition, write_partition, ElemType, Format,
     Partition, RawTensor,
 };
+pub use native::{read_torch, write_torch};
 pub use partition::{
     galaxies_per_partition, parse_size, partition_dataset, partition_number, Manifest,
     ManifestEntry, PartitionFile,
 };
+pub use partition::{partition_dataset_as, partition_key_as, FileFormat};
 pub use synth::{galaxy_params, generate, generate_into, write_dataset, GalaxyParams, SynthConfig};

@@ -22,8 +22,9 @@
 //! (other tools' exports). Unknown extra tensors are ignored.
 //!
 //! [`read_partition`] is a pure function of bytes that never panics (it is
-//! fuzzed by a property test); it detects the format by its first bytes and
-//! routes the original's PyTorch `.pt` files to a hook (see [`read_torch`]).
+//! fuzzed by a property test and by `fuzz/`); it detects the format by its first
+//! bytes and reads the original's PyTorch `.pt` `TensorDataset` files too (see
+//! [`read_torch`]; [`write_torch`] writes them).
 
 use std::collections::BTreeMap;
 
@@ -301,22 +302,96 @@ pub fn read_partition(source_name: &str, bytes: &[u8]) -> Result<Partition> {
     }
 }
 
-/// HOOK(cai-torch): reads the original's PyTorch `.pt` `TensorDataset`.
+/// Reads the original's PyTorch `.pt` `TensorDataset` (a partition `1.pt` … or a whole
+/// dataset) through `cai-torch`, which interprets the pickle without executing anything.
 ///
-/// Not wired yet: the crate `cai-torch` will provide
-/// `cai_torch::read_tensor_dataset(name, bytes) -> Result<Vec<TorchTensor>, _>`
-/// (the dataset's `tensors` tuple: images `[N,5,32,32]`, magnitudes `[N,5]`,
-/// redshift `[N]`). To wire it, convert each `TorchTensor` (contiguous,
-/// little-endian) into a [`RawTensor`] and call [`partition_from_tensors`]
-/// with them in that positional order; map the cai-torch error into
-/// [`Error::UnsupportedFormat`] or a new variant naming the file.
+/// The dataset's `tensors` tuple is positional: images `[N, 5, H, W]`, magnitudes
+/// `[N, 5]`, then optionally redshift (`[N]` or `[N, 1]`) and object ids. Floats may be
+/// f32 or f64 (converted to f32, as the original model does); ids i32 or i64. Errors name
+/// `source_name`: hostile or damaged files (forbidden globals, bad CRC, short storages,
+/// absurd shapes…) come back as [`Error::Torch`].
 pub fn read_torch(source_name: &str, bytes: &[u8]) -> Result<Partition> {
-    let _ = bytes;
-    Err(Error::UnsupportedFormat {
-        file: source_name.to_string(),
-        detected: "a PyTorch .pt zip archive (the original's TensorDataset)".into(),
-        hint: "this build cannot read .pt yet (cai-torch not wired); convert it to the native safetensors format".into(),
+    let tensors = cai_torch::read_tensor_dataset(source_name, bytes).map_err(Error::Torch)?;
+    let raw: Vec<RawTensor<'_>> = tensors
+        .iter()
+        .enumerate()
+        .map(|(i, t)| raw_of_torch(source_name, i, t))
+        .collect::<Result<_>>()?;
+    let found = || {
+        raw.iter()
+            .enumerate()
+            .map(|(i, _)| format!("tensors[{i}]"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    match raw.as_slice() {
+        [images, magnitudes, rest @ ..] if rest.len() <= 2 => {
+            partition_from_tensors(source_name, images, magnitudes, rest.first(), rest.get(1))
+        }
+        [_, _, ..] => Err(Error::UnsupportedFormat {
+            file: source_name.to_string(),
+            detected: format!("a TensorDataset of {} tensors", raw.len()),
+            hint: "expected (images, magnitudes[, redshift[, object_id]])".into(),
+        }),
+        _ => Err(Error::MissingTensor {
+            file: source_name.to_string(),
+            tensor: if raw.is_empty() { IMAGES } else { MAGNITUDES }.to_string(),
+            found: if raw.is_empty() {
+                "an empty TensorDataset".into()
+            } else {
+                found()
+            },
+        }),
+    }
+}
+
+/// Views a `cai-torch` tensor as a [`RawTensor`], refusing dtypes partitions never use.
+fn raw_of_torch<'a>(
+    file: &str,
+    index: usize,
+    t: &'a cai_torch::TorchTensor,
+) -> Result<RawTensor<'a>> {
+    use cai_torch::DType;
+    let dtype = match t.dtype {
+        DType::F32 => ElemType::F32,
+        DType::F64 => ElemType::F64,
+        DType::I32 => ElemType::I32,
+        DType::I64 => ElemType::I64,
+        other => {
+            let names = [IMAGES, MAGNITUDES, REDSHIFT, OBJECT_ID];
+            return Err(Error::WrongDtype {
+                file: file.to_string(),
+                tensor: names
+                    .get(index)
+                    .map_or_else(|| format!("tensors[{index}]"), |n| n.to_string()),
+                expected: "F32 or F64 (I32/I64 for object ids)".into(),
+                got: format!("{other:?}"),
+            });
+        }
+    };
+    Ok(RawTensor {
+        dtype,
+        shape: t.shape.clone(),
+        data: &t.data,
     })
+}
+
+/// Writes a partition as the original's `TensorDataset` `.pt` (what its splitter saved):
+/// `(images f32 [N,5,H,W], magnitudes f32 [N,5][, redshift f32 [N]])`, readable by
+/// `torch.load(path, weights_only=False)`. Object ids are not written (the original's
+/// files have none; a partition's galaxies are its rows, in dataset order).
+pub fn write_torch(p: &Partition) -> Result<Vec<u8>> {
+    p.validate()?;
+    let mut tensors = vec![
+        cai_torch::TorchTensor::from_f32(vec![p.n, p.channels, p.height, p.width], &p.images)
+            .map_err(Error::Torch)?,
+        cai_torch::TorchTensor::from_f32(vec![p.n, p.channels], &p.magnitudes)
+            .map_err(Error::Torch)?,
+    ];
+    if let Some(z) = &p.redshift {
+        tensors.push(cai_torch::TorchTensor::from_f32(vec![p.n], z).map_err(Error::Torch)?);
+    }
+    cai_torch::write_tensor_dataset(&tensors).map_err(Error::Torch)
 }
 
 /// Element types accepted in input tensors.
@@ -1107,9 +1182,55 @@ mod tests {
         let e = err(
             b"PK\x03\x04\x14\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\x0c\0\0\0archive/data.pkl",
         );
-        assert!(e.contains("PyTorch") && e.contains("f.safetensors"), "{e}");
+        assert!(e.contains("zip") && e.contains("f.safetensors"), "{e}");
         let e = err(b"PK\x03\x04\x14\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\x05\0\0\0x.npy");
         assert!(e.contains(".npz"), "{e}");
+    }
+
+    #[test]
+    fn torch_partitions_round_trip_and_accept_f64() {
+        for labels in [false, true] {
+            let mut p = sample(3, labels);
+            let bytes = write_torch(&p).unwrap();
+            assert_eq!(detect_format(&bytes), Format::TorchZip);
+            let q = read_partition("3.pt", &bytes).unwrap();
+            p.object_id = None; // the original's files carry no ids
+            assert_eq!(p, q);
+        }
+        // f64 magnitudes and redshift, as the original's files may hold.
+        let p = sample(2, true);
+        let t = |shape: Vec<usize>, v: &[f32]| {
+            let d: Vec<f64> = v.iter().map(|&x| f64::from(x)).collect();
+            cai_torch::TorchTensor::from_f64(shape, &d).unwrap()
+        };
+        let tensors = [
+            cai_torch::TorchTensor::from_f32(vec![2, 5, 4, 3], &p.images).unwrap(),
+            t(vec![2, 5], &p.magnitudes),
+            t(vec![2], p.redshift.as_ref().unwrap()),
+        ];
+        let bytes = cai_torch::write_tensor_dataset(&tensors).unwrap();
+        let q = read_partition("1.pt", &bytes).unwrap();
+        assert_eq!(q.magnitudes, p.magnitudes);
+        assert_eq!(q.redshift, p.redshift);
+        // Wrong dtype, wrong rank, too few tensors: named errors.
+        let u8s = cai_torch::TorchTensor {
+            dtype: cai_torch::DType::U8,
+            shape: vec![2, 5],
+            data: vec![0; 10],
+        };
+        let bad = cai_torch::write_tensor_dataset(&[tensors[0].clone(), u8s]).unwrap();
+        let e = read_partition("2.pt", &bad).unwrap_err().to_string();
+        assert!(
+            e.contains("2.pt") && e.contains("magnitudes") && e.contains("U8"),
+            "{e}"
+        );
+        let one = cai_torch::write_tensor_dataset(&tensors[..1]).unwrap();
+        let e = read_partition("4.pt", &one).unwrap_err().to_string();
+        assert!(e.contains("4.pt") && e.contains("magnitudes"), "{e}");
+        let flat = cai_torch::TorchTensor::from_f32(vec![120], &p.images).unwrap();
+        let bad = cai_torch::write_tensor_dataset(&[flat, tensors[1].clone()]).unwrap();
+        let e = read_partition("5.pt", &bad).unwrap_err().to_string();
+        assert!(e.contains("5.pt") && e.contains("images"), "{e}");
     }
 
     #[test]

@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 
 use crate::dataset::GalaxySource;
 use crate::error::{Error, Result};
-use crate::native::{write_partition, FORMAT_NAME, NUM_BANDS};
+use crate::native::{write_partition, write_torch, FORMAT_NAME, NUM_BANDS};
 
 /// The manifest `version` this crate writes and reads.
 pub const MANIFEST_VERSION: u32 = 1;
@@ -203,7 +203,43 @@ pub fn partition_key(number: usize) -> String {
 /// Partitions always carry `object_id`: when the source has none, each
 /// galaxy's index in the source is used, so predictions can be joined back
 /// to the dataset. An empty source gives a manifest with no partitions.
-pub fn partition_dataset<S, F>(source: &S, size_bytes: u64, mut sink: F) -> Result<Manifest>
+pub fn partition_dataset<S, F>(source: &S, size_bytes: u64, sink: F) -> Result<Manifest>
+where
+    S: GalaxySource + ?Sized,
+    F: FnMut(PartitionFile) -> Result<()>,
+{
+    partition_dataset_as(source, size_bytes, FileFormat::Native, sink)
+}
+
+/// File format of the partitions [`partition_dataset_as`] writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FileFormat {
+    /// Native safetensors files `00001.safetensors`, … (with `object_id`).
+    #[default]
+    Native,
+    /// The original's `TensorDataset` `.pt` files `1.pt`, `2.pt`, … (images, magnitudes,
+    /// redshift when labelled; no object ids), as its splitter named them; `torch.load`
+    /// reads them.
+    Torch,
+}
+
+/// The key of partition `number` (1-based) in `format`: `00001.safetensors` or `1.pt`.
+pub fn partition_key_as(number: usize, format: FileFormat) -> String {
+    match format {
+        FileFormat::Native => partition_key(number),
+        FileFormat::Torch => format!("{number}.pt"),
+    }
+}
+
+/// [`partition_dataset`] writing partitions in `format`. The manifest lists the files
+/// either way (its `format` stays `cai-partition`: it names the manifest's layout, and
+/// each file's format is detected from its bytes).
+pub fn partition_dataset_as<S, F>(
+    source: &S,
+    size_bytes: u64,
+    format: FileFormat,
+    mut sink: F,
+) -> Result<Manifest>
 where
     S: GalaxySource + ?Sized,
     F: FnMut(PartitionFile) -> Result<()>,
@@ -222,10 +258,13 @@ where
         if p.object_id.is_none() {
             p.object_id = Some((first..first + count).map(|i| i as i64).collect());
         }
-        let bytes = write_partition(&p)?;
+        let bytes = match format {
+            FileFormat::Native => write_partition(&p)?,
+            FileFormat::Torch => write_torch(&p)?,
+        };
         drop(p);
         let index = entries.len() + 1;
-        let key = partition_key(index);
+        let key = partition_key_as(index, format);
         entries.push(ManifestEntry {
             key: key.clone(),
             galaxies: count,

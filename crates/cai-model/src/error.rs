@@ -92,6 +92,26 @@ pub enum Error {
         got: usize,
     },
 
+    /// A PyTorch `.pt` model file that cannot be read safely (the message names the file:
+    /// forbidden global, bad CRC, short storage, absurd shape…).
+    #[error("{0}")]
+    Torch(#[source] cai_torch::Error),
+
+    /// A weight is NaN or infinite.
+    #[error(
+        "{file}: tensor `{key}` holds {value} at element {index}; refusing non-finite weights"
+    )]
+    NonFinite {
+        /// Source the weights came from.
+        file: String,
+        /// Full state_dict key.
+        key: String,
+        /// Flat index of the first non-finite element.
+        index: usize,
+        /// The value (NaN, inf or -inf).
+        value: f32,
+    },
+
     /// Fitting the last layer failed (too few galaxies, singular normal equations).
     #[error("fitting the last layer: {0}")]
     Fit(String),

@@ -27,6 +27,7 @@
 #![deny(missing_docs)]
 
 mod astromae;
+pub mod checkpoint;
 mod error;
 pub mod fit;
 pub mod init;
@@ -34,6 +35,7 @@ pub mod kernels;
 mod weights;
 
 pub use astromae::{AstroMae, Config, LoadOptions, CHUNK, HEAD_ROWS};
+pub use checkpoint::{load_model_file, read_model_weights, ModelFileInfo, ModelForm};
 pub use error::Error;
 pub use weights::{Tensor, Weights};
 

@@ -978,7 +978,7 @@ impl Machine<'_> {
     }
 
     fn set_items(&mut self, target: &Value, items: Vec<Value>) -> R<()> {
-        if items.len() % 2 != 0 {
+        if !items.len().is_multiple_of(2) {
             return Err(self.err("odd number of items for a dict"));
         }
         let max = self.opts.limits.max_container_len;

@@ -1,0 +1,294 @@
+//! Parity of the Rust AstroMAE with PyTorch on the full-size model (f32).
+//!
+//! * `formula_*` (always run, no torch needed): weights and inputs come from a formula that
+//!   `scripts/parity/make_formula_fixture.py` implements too (its docstring defines it); the
+//!   committed fixture `tests/fixtures/parity_formula.json` (≈130 KB) holds PyTorch's
+//!   outputs and penultimate features for 8 galaxies.
+//! * `pt_*` (run when `CAI_PARITY_DIR` points at the output of
+//!   `scripts/parity/make_fixtures.py`): every `.pt` form of a random full-size checkpoint,
+//!   loaded with [`load_model_file`], against PyTorch's `expected.pt`; also converted to
+//!   safetensors and loaded back.
+//!
+//! Limits: max |Δ| ≤ 1e-4 on outputs (the hard limit); the measured values are printed
+//! (`cargo test -p cai-model --test parity -- --nocapture`).
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use cai_model::{init, load_model_file, AstroMae, Config, Model, ModelForm, Tensor, Weights};
+
+const HARD_LIMIT: f64 = 1e-4;
+
+fn fnv1a64(s: &str) -> u64 {
+    let mut h = 0xCBF2_9CE4_8422_2325u64;
+    for b in s.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01B3);
+    }
+    h
+}
+
+/// u in [0, 1) for element `i` of `key` (see the Python docstring).
+fn unit(key_hash: u64, i: u64) -> f64 {
+    let x = key_hash ^ i.wrapping_mul(0xD1B5_4A32_D192_ED03);
+    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    (z >> 40) as f64 / (1u64 << 24) as f64
+}
+
+fn canonical(key: &str) -> String {
+    match key.strip_prefix("inception_model.conv2d_init.") {
+        Some(rest) => format!("inception_model.vis_inception.0.{rest}"),
+        None => key.to_string(),
+    }
+}
+
+fn formula(key: &str, shape: &[usize]) -> Vec<f32> {
+    let n: usize = shape.iter().product();
+    let h = fnv1a64(&canonical(key));
+    (0..n as u64)
+        .map(|i| {
+            let u = unit(h, i);
+            let s = 2.0 * u - 1.0;
+            let v = if key.ends_with("running_var") {
+                0.5 + u
+            } else if key.ends_with("running_mean") {
+                0.2 * s
+            } else if key == "cls_token" || key == "pos_embed" {
+                0.02 * s
+            } else if shape.len() >= 2 {
+                s * (3.0 / (n / shape[0]) as f64).sqrt()
+            } else if key.ends_with("weight") {
+                1.0 + 0.2 * s
+            } else {
+                0.1 * s
+            };
+            v as f32
+        })
+        .collect()
+}
+
+fn fixture() -> serde_json::Value {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/parity_formula.json");
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+fn floats(v: &serde_json::Value) -> Vec<f32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect()
+}
+
+/// Formula weights with the key set and shapes the fixture lists.
+fn formula_weights(fx: &serde_json::Value) -> Weights {
+    let mut w = Weights::new();
+    for kv in fx["keys"].as_array().unwrap() {
+        let key = kv[0].as_str().unwrap();
+        let shape: Vec<usize> = kv[1]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d.as_u64().unwrap() as usize)
+            .collect();
+        w.insert(key, Tensor::new(shape.clone(), formula(key, &shape)));
+    }
+    w.set_metadata("heads", fx["config"]["heads"].to_string());
+    w
+}
+
+fn inputs(n: usize) -> (Vec<f32>, Vec<f32>) {
+    let hi = fnv1a64("input.images");
+    let hm = fnv1a64("input.magnitudes");
+    let img = (0..(n * 5 * 32 * 32) as u64)
+        .map(|i| (2.0 * unit(hi, i) - 1.0) as f32)
+        .collect();
+    let mag = (0..(n * 5) as u64)
+        .map(|i| (18.0 + 2.0 * (2.0 * unit(hm, i) - 1.0)) as f32)
+        .collect();
+    (img, mag)
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (f64::from(*x) - f64::from(*y)).abs())
+        .fold(0.0, f64::max)
+}
+
+#[test]
+fn formula_weights_match_the_python_side() {
+    let fx = fixture();
+    let w = formula_weights(&fx);
+    // Same key set as the Rust architecture (init's keys), apart from BN counters.
+    let ours: Vec<String> = init::astromae_weights(0, &Config::astromae())
+        .keys()
+        .map(str::to_string)
+        .collect();
+    let theirs: Vec<String> = w.keys().map(str::to_string).collect();
+    assert_eq!(ours, theirs);
+    let (mut sum, mut abs) = (0.0f64, 0.0f64);
+    for (_, t) in w.iter() {
+        for v in &t.data {
+            sum += f64::from(*v);
+            abs += f64::from(v.abs());
+        }
+    }
+    let want_sum = fx["weights_sum"].as_f64().unwrap();
+    let want_abs = fx["weights_abs_sum"].as_f64().unwrap();
+    assert!(
+        (sum - want_sum).abs() <= 1e-9 * want_abs,
+        "{sum} vs {want_sum}"
+    );
+    assert!(
+        (abs - want_abs).abs() <= 1e-9 * want_abs,
+        "{abs} vs {want_abs}"
+    );
+    let n = fx["n"].as_u64().unwrap() as usize;
+    let (img, mag) = inputs(n);
+    let s: f64 = img.iter().map(|v| f64::from(*v)).sum();
+    assert!((s - fx["input_images_sum"].as_f64().unwrap()).abs() < 1e-6);
+    let s: f64 = mag.iter().map(|v| f64::from(*v)).sum();
+    assert!((s - fx["input_magnitudes_sum"].as_f64().unwrap()).abs() < 1e-6);
+    let model = AstroMae::load(&w, "formula").unwrap();
+    assert_eq!(
+        model.param_count() as u64,
+        fx["parameters"].as_u64().unwrap()
+    );
+}
+
+/// Runs `model` on the formula inputs and returns (max |Δ| output, max |Δ| features).
+fn formula_deltas(model: &AstroMae, fx: &serde_json::Value) -> (f64, f64) {
+    let n = fx["n"].as_u64().unwrap() as usize;
+    let (img, mag) = inputs(n);
+    let out = model.predict(&img, &mag, n).unwrap();
+    let feats = model.features(&img, &mag, n).unwrap();
+    (
+        max_abs_diff(&out, &floats(&fx["output"])),
+        max_abs_diff(&feats, &floats(&fx["features"])),
+    )
+}
+
+#[test]
+fn formula_full_size_model_matches_pytorch() {
+    let fx = fixture();
+    let w = formula_weights(&fx);
+    let model = AstroMae::load(&w, "formula").unwrap();
+    assert_eq!(model.config(), &Config::astromae());
+    let (d_out, d_feat) = formula_deltas(&model, &fx);
+    println!("formula weights, full size, f32: max |Δ| output {d_out:.3e}, features {d_feat:.3e}");
+    assert!(d_out <= HARD_LIMIT, "output max |Δ| {d_out:e}");
+    assert!(d_feat <= HARD_LIMIT, "features max |Δ| {d_feat:e}");
+
+    // The same weights through the safetensors file form.
+    let st = w.to_safetensors(&BTreeMap::new()).unwrap();
+    let (m2, info) = load_model_file("formula.safetensors", &st).unwrap();
+    assert_eq!(
+        info.form,
+        ModelForm::Safetensors {
+            module_prefix: false
+        }
+    );
+    let (d2, _) = formula_deltas(&m2, &fx);
+    println!("formula weights via safetensors: max |Δ| output {d2:.3e}");
+    assert!(d2 <= HARD_LIMIT);
+}
+
+fn parity_dir() -> Option<PathBuf> {
+    std::env::var_os("CAI_PARITY_DIR").map(PathBuf::from)
+}
+
+/// (images, magnitudes as f32, n) of the fixture `1.pt`, and the expected outputs.
+fn pt_inputs(dir: &std::path::Path) -> (Vec<f32>, Vec<f32>, usize, Vec<f32>) {
+    let ds =
+        cai_torch::read_tensor_dataset("1.pt", &std::fs::read(dir.join("1.pt")).unwrap()).unwrap();
+    let img = ds[0].to_f32().unwrap();
+    assert_eq!(
+        ds[1].dtype,
+        cai_torch::DType::F64,
+        "1.pt magnitudes are f64"
+    );
+    let mag = ds[1].to_f32().unwrap();
+    let n = ds[0].shape[0];
+    let exp = cai_torch::read_checkpoint(
+        "expected.pt",
+        &std::fs::read(dir.join("expected.pt")).unwrap(),
+    )
+    .unwrap();
+    let out = exp.get("output").unwrap().to_f32().unwrap();
+    (img, mag, n, out)
+}
+
+#[test]
+fn pt_every_form_matches_pytorch() {
+    let Some(dir) = parity_dir() else {
+        eprintln!("CAI_PARITY_DIR not set: skipping");
+        return;
+    };
+    let (img, mag, n, expected) = pt_inputs(&dir);
+    let forms = [
+        ("model_dp.pt", ModelForm::WholeModuleDataParallel),
+        (
+            "model_dp_cuda_tagged.pt",
+            ModelForm::WholeModuleDataParallel,
+        ),
+        ("model.pt", ModelForm::WholeModule),
+        (
+            "state_dict.pt",
+            ModelForm::StateDict {
+                module_prefix: false,
+            },
+        ),
+        (
+            "state_dict_module_prefix.pt",
+            ModelForm::StateDict {
+                module_prefix: true,
+            },
+        ),
+    ];
+    let mut converted = None;
+    for (file, form) in forms {
+        let bytes = std::fs::read(dir.join(file)).unwrap();
+        let (model, info) = load_model_file(file, &bytes).unwrap();
+        assert_eq!(info.form, form, "{file}");
+        assert!(
+            info.unused_keys.is_empty(),
+            "{file}: {:?}",
+            info.unused_keys
+        );
+        if matches!(
+            form,
+            ModelForm::WholeModule | ModelForm::WholeModuleDataParallel
+        ) {
+            assert_eq!(info.heads_attr, Some(3), "{file}");
+            assert_eq!(info.patch_attr, Some(4), "{file}");
+        }
+        if file.contains("cuda") {
+            assert_eq!(info.locations, vec!["cuda:0".to_string()]);
+        }
+        let out = model.predict(&img, &mag, n).unwrap();
+        let d = max_abs_diff(&out, &expected);
+        println!("{file} ({form}): max |Δ| output {d:.3e} over {n} galaxies");
+        assert!(d <= HARD_LIMIT, "{file}: max |Δ| {d:e}");
+        if file == "model_dp.pt" {
+            converted = Some(model.to_weights().to_safetensors(&BTreeMap::new()).unwrap());
+        }
+    }
+    let st = converted.unwrap();
+    let (model, info) = load_model_file("converted.safetensors", &st).unwrap();
+    assert_eq!(
+        info.form,
+        ModelForm::Safetensors {
+            module_prefix: false
+        }
+    );
+    let d = max_abs_diff(&model.predict(&img, &mag, n).unwrap(), &expected);
+    println!("model_dp.pt converted to safetensors: max |Δ| output {d:.3e}");
+    assert!(d <= HARD_LIMIT);
+}

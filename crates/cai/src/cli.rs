@@ -38,11 +38,20 @@ pub enum Command {
     Summarize(SummarizeArgs),
     /// Predict redshifts for one partition file and write them as CSV.
     Predict(PredictArgs),
+    /// Measure model-only speed: galaxies/s over threads and batch sizes, beside this
+    /// machine's measured f32 FMA peak.
+    Bench(BenchArgs),
     /// Model files: make seeded weights, fit the last layer.
     #[command(subcommand)]
     Model(ModelCommand),
     /// Synthesize, partition, fit a demo model, run and summarize, all on this machine.
     Demo(DemoArgs),
+    /// Run one rank of a plan (what each Slurm array task runs; rank from
+    /// $SLURM_ARRAY_TASK_ID).
+    Worker(WorkerArgs),
+    /// Show how far a run is: ranks done, failed, missing; with Slurm jobs, reattach and
+    /// follow them to the summary.
+    Status(StatusArgs),
 }
 
 /// `cai synth`
@@ -89,6 +98,9 @@ pub struct PartitionArgs {
 pub enum EngineKind {
     /// This machine's cores.
     Local,
+    /// A Slurm cluster: one job array, a task per rank, then a summarize job.
+    #[cfg(feature = "slurm")]
+    Slurm,
 }
 
 /// `cai run`
@@ -131,6 +143,10 @@ pub struct RunArgs {
     /// Print the summary as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Slurm options (with --engine slurm).
+    #[cfg(feature = "slurm")]
+    #[command(flatten)]
+    pub slurm: SlurmArgs,
 }
 
 /// `cai summarize`
@@ -206,6 +222,32 @@ pub struct ModelFitArgs {
     pub threads: Option<usize>,
 }
 
+/// `cai bench`
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Model file (default: seeded weights of the full-size AstroMAE).
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Seed of the seeded weights (without --model).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Thread counts to sweep, e.g. `1,2` (default: 1 to the number of cores).
+    #[arg(long, value_delimiter = ',')]
+    pub threads: Vec<usize>,
+    /// Batch sizes to sweep (default: 1,32,128,512).
+    #[arg(long, value_delimiter = ',')]
+    pub batch: Vec<usize>,
+    /// Least seconds of timed calls per case (after one warm-up call).
+    #[arg(long, default_value_t = 3.0)]
+    pub seconds: f64,
+    /// Least seconds per round of the FMA peak probe (best of three rounds).
+    #[arg(long, default_value_t = 0.3)]
+    pub peak_seconds: f64,
+    /// Print the report as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
 /// `cai demo`
 #[derive(Debug, Args)]
 pub struct DemoArgs {
@@ -224,4 +266,99 @@ pub struct DemoArgs {
     /// Galaxies per inference batch.
     #[arg(long, default_value_t = 128)]
     pub batch_size: usize,
+}
+
+/// `cai worker`
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// URL of the run's plan.json.
+    #[arg(long)]
+    pub plan: String,
+    /// The rank to run.
+    #[arg(long, env = "SLURM_ARRAY_TASK_ID")]
+    pub rank: usize,
+    /// Inference threads (default: $SLURM_CPUS_PER_TASK, else the CPUs of this Slurm
+    /// job on the node, else all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Token that must be in the results location's slurm/probe (exit 3 if not: the
+    /// results location is not shared with this node).
+    #[arg(long)]
+    pub probe: Option<String>,
+}
+
+/// `cai status`
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Results location of a run.
+    #[arg(long, env = "CAI_RESULTS")]
+    pub results: String,
+    /// Print the state once and return instead of following the jobs.
+    #[arg(long)]
+    pub once: bool,
+    /// Print the summary as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Slurm options of `cai run --engine slurm` (ignored by other engines).
+#[cfg(feature = "slurm")]
+#[derive(Debug, Default, Args)]
+#[command(next_help_heading = "Slurm (--engine slurm)")]
+pub struct SlurmArgs {
+    /// sbatch --partition.
+    #[arg(long, env = "CAI_SLURM_PARTITION")]
+    pub partition: Option<String>,
+    /// sbatch --account.
+    #[arg(long, env = "CAI_SLURM_ACCOUNT")]
+    pub account: Option<String>,
+    /// sbatch --qos.
+    #[arg(long)]
+    pub qos: Option<String>,
+    /// sbatch --time, per task (e.g. 1:00:00).
+    #[arg(long)]
+    pub time: Option<String>,
+    /// sbatch --mem, per task (e.g. 8G).
+    #[arg(long)]
+    pub mem: Option<String>,
+    /// sbatch --cpus-per-task; each task's worker uses exactly these CPUs.
+    #[arg(long)]
+    pub cpus_per_task: Option<u32>,
+    /// sbatch --gres (e.g. gpu:1).
+    #[arg(long)]
+    pub gres: Option<String>,
+    /// sbatch --constraint.
+    #[arg(long)]
+    pub constraint: Option<String>,
+    /// File of extra `#SBATCH` lines (or bare `--option=value` lines) for both jobs.
+    #[arg(long, value_name = "FILE")]
+    pub sbatch_extra: Option<PathBuf>,
+    /// Shell run at the start of every job, e.g. "module load gcc".
+    #[arg(long, value_name = "SNIPPET")]
+    pub setup: Option<String>,
+    /// Array tasks run at once (`--array=…%MAX`; default: as many as the cluster gives).
+    #[arg(long, value_name = "MAX")]
+    pub max_running: Option<usize>,
+    /// Resubmit a failed task up to N times (only the failed indices).
+    #[arg(long, default_value_t = 0)]
+    pub retries: u32,
+    /// Job name.
+    #[arg(long, default_value = "cai")]
+    pub job_name: String,
+    /// Where the batch scripts and logs go (default: <results>/slurm for a local results
+    /// location, else ./cai-slurm).
+    #[arg(long, value_name = "DIR")]
+    pub slurm_dir: Option<PathBuf>,
+    /// The cai binary the jobs run (default: this one; it must be on a shared file system).
+    #[arg(long, value_name = "PATH", env = "CAI_SLURM_BIN")]
+    pub cai_bin: Option<PathBuf>,
+    /// Seconds between two looks at the queue.
+    #[arg(long, default_value_t = 2.0, env = "CAI_SLURM_POLL")]
+    pub poll: f64,
+    /// Write the plan and batch scripts and print the sbatch commands; submit nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Submit and return without following the jobs (`cai status` follows them later).
+    #[arg(long)]
+    pub detach: bool,
 }

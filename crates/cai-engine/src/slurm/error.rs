@@ -109,12 +109,18 @@ pub enum Error {
     },
     /// Planning, storage or summarizing failed.
     #[error(transparent)]
-    Engine(#[from] crate::Error),
+    Engine(Box<crate::Error>),
+}
+
+impl From<crate::Error> for Error {
+    fn from(e: crate::Error) -> Self {
+        Error::Engine(Box::new(e))
+    }
 }
 
 impl From<cai_core::Error> for Error {
     fn from(e: cai_core::Error) -> Self {
-        Error::Engine(crate::Error::Core(e))
+        Error::from(crate::Error::Core(e))
     }
 }
 

@@ -145,11 +145,11 @@ impl JobsState {
             return Ok(None);
         };
         serde_json::from_slice(&bytes).map(Some).map_err(|source| {
-            Error::Engine(crate::Error::Core(cai_core::Error::Json {
+            Error::from(cai_core::Error::Json {
                 what: "Slurm submission record",
                 source_name: results.url_of(JOBS_KEY),
                 source,
-            }))
+            })
         })
     }
 

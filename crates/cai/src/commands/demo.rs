@@ -87,6 +87,8 @@ pub async fn demo(a: DemoArgs, quiet: bool) -> Result<Outcome> {
         threads: None,
         resume: false,
         json: false,
+        #[cfg(feature = "slurm")]
+        slurm: Default::default(),
     };
     let (_plan, summary) = run::run_local(&args, quiet).await?;
     println!();

@@ -16,7 +16,7 @@ use crate::progress::Progress;
 use crate::Outcome;
 
 /// Resolve where things are and plan (or reload the plan, with `--resume`).
-async fn plan_or_resume(a: &RunArgs) -> Result<(Arc<Plan>, Vec<usize>)> {
+pub(crate) async fn plan_or_resume(a: &RunArgs) -> Result<(Arc<Plan>, Vec<usize>)> {
     let payload = match &a.payload {
         Some(p) => {
             let bytes = std::fs::read(p)
@@ -176,6 +176,10 @@ pub fn print_summary(summary: &Summary, json: bool) -> Result<()> {
 
 /// `cai run`.
 pub async fn run(a: RunArgs, quiet: bool) -> Result<Outcome> {
+    #[cfg(feature = "slurm")]
+    if a.engine == crate::cli::EngineKind::Slurm {
+        return super::slurm::run(&a, quiet).await;
+    }
     let (_plan, summary) = run_local(&a, quiet).await?;
     print_summary(&summary, a.json)?;
     if summary.complete() {

@@ -1,0 +1,154 @@
+//! `cai worker`: run one rank of a plan, as each Slurm array task does.
+//!
+//! Exit codes: 0 the rank finished, 1 it failed (recorded as `failed/<rank>.json`),
+//! 2 the plan or model could not be loaded, 3 the results location is not the one the
+//! plan was written to (no probe: not shared with this node).
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use cai_core::plan::Plan;
+use cai_core::report::{failure_key, RankFailure};
+use cai_core::StorageUrl;
+use cai_engine::local::available_cores;
+use cai_engine::stages::load_model;
+use cai_engine::worker::{host_name, unix_now, Worker};
+
+use super::run::kernel_tier;
+use crate::cli::WorkerArgs;
+use crate::progress::Progress;
+use crate::Outcome;
+
+/// Exit code for "the results location is not shared with this node"; the Slurm engine
+/// reads it (`cai_engine::slurm::EXIT_NOT_SHARED`).
+const EXIT_NOT_SHARED: i32 = 3;
+/// Key of the probe file under the results location (`cai_engine::slurm::PROBE_KEY`).
+const PROBE_KEY: &str = "slurm/probe";
+
+fn env_usize(name: &str) -> Option<usize> {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .filter(|&n| n > 0)
+}
+
+/// Threads for this worker: --threads, else what Slurm gave the task, else all cores.
+fn threads(a: &WorkerArgs) -> usize {
+    a.threads
+        .or_else(|| env_usize("SLURM_CPUS_PER_TASK"))
+        .or_else(|| std::env::var_os("SLURM_JOB_ID").and_then(|_| env_usize("SLURM_CPUS_ON_NODE")))
+        .unwrap_or_else(available_cores)
+        .max(1)
+}
+
+fn not_shared(msg: String) -> ! {
+    eprintln!("error: {msg}");
+    std::process::exit(EXIT_NOT_SHARED);
+}
+
+/// `cai worker`.
+pub async fn worker(a: WorkerArgs, quiet: bool) -> Result<Outcome> {
+    let host = host_name();
+    let plan_url = StorageUrl::parse(&a.plan)?;
+    let bytes = match plan_url.get("").await {
+        Ok(b) => b,
+        Err(cai_core::Error::NotFound { url }) if a.probe.is_some() => not_shared(format!(
+            "the plan {url} does not exist on host {host}: the results location is not shared with this node"
+        )),
+        Err(e) => return Err(e).context("cannot read the plan"),
+    };
+    let plan = Plan::from_json(&plan_url.to_string(), &bytes)?;
+    let results = StorageUrl::parse(&plan.results)?;
+    if let Some(token) = &a.probe {
+        let found = results.get_opt(PROBE_KEY).await?;
+        if found.as_deref() != Some(token.as_bytes()) {
+            not_shared(format!(
+                "{} on host {host} {} the token of this submission: the results location is not shared with this node (or a newer run replaced it)",
+                results.url_of(PROBE_KEY),
+                if found.is_some() { "does not hold" } else { "is missing, so it cannot hold" },
+            ));
+        }
+    }
+    let engine = if std::env::var_os("SLURM_JOB_ID").is_some() {
+        "slurm"
+    } else {
+        "local"
+    };
+    let rank = a.rank;
+    let threads = threads(&a);
+    let job = std::env::var("SLURM_JOB_ID").unwrap_or_default();
+    if !quiet {
+        eprintln!(
+            "rank {rank} of {} on {host} ({engine}{}), {threads} thread(s), kernels {}: {} partition(s)",
+            plan.world_size,
+            if job.is_empty() { String::new() } else { format!(" job {job}") },
+            kernel_tier(),
+            plan.partitions_of(rank).len()
+        );
+    }
+    let model = load_model(&plan.model)
+        .await
+        .with_context(|| format!("cannot load the model {}", plan.model))?;
+    let worker = Worker::new(model, &plan.model, threads, engine, &kernel_tier())?;
+    let total: u64 = plan
+        .partitions_of(rank)
+        .iter()
+        .map(|p| p.galaxies.unwrap_or(0))
+        .sum();
+    let progress = Arc::new(Progress::new(
+        &format!("rank {rank}"),
+        total,
+        "galaxies",
+        quiet,
+    ));
+    let p2 = progress.clone();
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot watch for SIGTERM")?;
+    let res = tokio::select! {
+        r = worker.run_rank(&plan, rank, Some(Arc::new(move |n| p2.inc(n)))) => r,
+        _ = term.recv() => {
+            let f = RankFailure {
+                rank,
+                partitions: plan.partitions_of(rank).iter().map(|p| p.key.clone()).collect(),
+                error: format!(
+                    "stopped by SIGTERM on {host}{} (scancel, time limit or preemption)",
+                    if job.is_empty() { String::new() } else { format!(", job {job}") }
+                ),
+                engine: engine.into(),
+                host: host.clone(),
+                failed_at: unix_now(),
+            };
+            if let Ok(json) = serde_json::to_vec_pretty(&f) {
+                let _ = results.put(&failure_key(rank), json).await;
+            }
+            eprintln!("rank {rank}: {}", f.error);
+            return Ok(Outcome::SomeFailed);
+        }
+    };
+    progress.finish();
+    match res {
+        Ok(r) => {
+            if !quiet {
+                eprintln!(
+                    "rank {rank} done: {} galaxies in {:.2} s ({:.1} galaxies/s of inference)",
+                    r.galaxies, r.wall_time_s, r.sample_persec
+                );
+            }
+            Ok(Outcome::Ok)
+        }
+        Err(e) => {
+            eprintln!("rank {rank} failed: {e}");
+            Ok(Outcome::SomeFailed)
+        }
+    }
+}
+
+#[cfg(all(test, feature = "slurm"))]
+mod tests {
+    #[test]
+    fn the_engine_reads_the_same_codes() {
+        assert_eq!(super::EXIT_NOT_SHARED, cai_engine::slurm::EXIT_NOT_SHARED);
+        assert_eq!(super::PROBE_KEY, cai_engine::slurm::PROBE_KEY);
+    }
+}

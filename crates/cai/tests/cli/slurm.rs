@@ -1,0 +1,402 @@
+//! The Slurm engine against a real slurmctld (scripts/slurm/start.sh): the same run as the
+//! local engine galaxy for galaxy, a cancelled task retried, a corrupt partition named,
+//! `--resume`, refused jobs and an unshared results location. Gated: these run only with
+//! `CAI_TEST_SLURM=1` (scripts/test.sh sets it when it could start the cluster); the
+//! cluster-free checks (dry run, no sbatch) always run.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::HashMap;
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::util::{fixtures, Dir};
+
+/// 1.2 MB partitions hold 61 galaxies: the 300-galaxy fixture makes 5 partitions.
+const SIZE: &str = "1.2MB";
+
+/// One Slurm test at a time: they share the cluster's two CPUs, and the kill test times a
+/// running task.
+static CLUSTER: Mutex<()> = Mutex::new(());
+
+fn cluster() -> Option<std::sync::MutexGuard<'static, ()>> {
+    if std::env::var("CAI_TEST_SLURM").as_deref() != Ok("1") {
+        eprintln!("skipped: set CAI_TEST_SLURM=1 with a running Slurm (scripts/slurm/start.sh)");
+        return None;
+    }
+    Some(CLUSTER.lock().unwrap_or_else(|e| e.into_inner()))
+}
+
+fn partitioned() -> Dir {
+    let d = Dir::new();
+    d.ok(&[
+        "partition",
+        "--input",
+        &fixtures().dataset.display().to_string(),
+        "--size",
+        SIZE,
+        "--out",
+        &d.s("parts"),
+    ]);
+    d
+}
+
+fn read_json(path: std::path::PathBuf) -> Value {
+    serde_json::from_slice(&std::fs::read(&path).unwrap_or_else(|e| panic!("{path:?}: {e}")))
+        .unwrap()
+}
+
+fn model() -> String {
+    fixtures().model.display().to_string()
+}
+
+/// `cai run --engine slurm` arguments for results under `res`.
+fn slurm_args<'a>(d: &'a Dir, res: &'a str, extra: &[&'a str]) -> Vec<String> {
+    let mut v: Vec<String> = [
+        "run",
+        "--engine",
+        "slurm",
+        "--data",
+        &d.s("parts"),
+        "--results",
+        &d.s(res),
+        "--model",
+        &model(),
+        "--batch-size",
+        "16",
+        "--poll",
+        "0.2",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    v.extend(extra.iter().map(|s| s.to_string()));
+    v
+}
+
+fn cai(d: &Dir, args: &[String]) -> std::process::Output {
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    d.cai(&a)
+}
+
+/// Predictions by galaxy index.
+fn by_index(path: std::path::PathBuf) -> HashMap<i64, (String, i32, u32)> {
+    let bytes = std::fs::read(&path).unwrap();
+    let p = cai_engine::predictions::Predictions::from_parquet("p", bytes.into()).unwrap();
+    let mut m = HashMap::new();
+    for i in 0..p.len() {
+        let old = m.insert(
+            p.index[i],
+            (p.partition[i].clone(), p.row[i], p.z_pred[i].to_bits()),
+        );
+        assert!(old.is_none(), "galaxy {} twice", p.index[i]);
+    }
+    m
+}
+
+#[test]
+fn dry_run_writes_scripts_and_prints_the_commands() {
+    let d = partitioned();
+    std::fs::write(
+        d.path("extra.sbatch"),
+        "# mine\n#SBATCH --mail-type=END\n--comment=cai\n",
+    )
+    .unwrap();
+    let out = d.ok(&[
+        "run",
+        "--engine",
+        "slurm",
+        "--dry-run",
+        "--data",
+        &d.s("parts"),
+        "--results",
+        &d.s("res"),
+        "--model",
+        &model(),
+        "--partition",
+        "astro",
+        "--account",
+        "proj1",
+        "--qos",
+        "low",
+        "--time",
+        "0:30:00",
+        "--mem",
+        "4G",
+        "--cpus-per-task",
+        "2",
+        "--gres",
+        "gpu:1",
+        "--constraint",
+        "avx2",
+        "--max-running",
+        "2",
+        "--sbatch-extra",
+        &d.s("extra.sbatch"),
+        "--setup",
+        "module load gcc",
+    ]);
+    assert!(
+        out.contains("sbatch --parsable") && out.contains("--dependency=afterany:"),
+        "{out}"
+    );
+    let script = std::fs::read_to_string(d.path("res/slurm/array.sbatch")).unwrap();
+    for want in [
+        "#SBATCH --array=0-4%2",
+        "#SBATCH --partition=astro",
+        "#SBATCH --account=proj1",
+        "#SBATCH --qos=low",
+        "#SBATCH --time=0:30:00",
+        "#SBATCH --mem=4G",
+        "#SBATCH --cpus-per-task=2",
+        "#SBATCH --gres=gpu:1",
+        "#SBATCH --constraint=avx2",
+        "#SBATCH --mail-type=END",
+        "#SBATCH --comment=cai",
+        "module load gcc",
+        "worker --plan",
+    ] {
+        assert!(script.contains(want), "{want} missing:\n{script}");
+    }
+    assert!(d.path("res/slurm/summarize.sbatch").exists());
+    assert!(d.path("res/plan.json").exists());
+    assert!(!d.path("res/slurm/jobs.json").exists(), "nothing submitted");
+}
+
+#[test]
+fn no_sbatch_is_a_clear_error() {
+    let d = partitioned();
+    let out = Command::new(env!("CARGO_BIN_EXE_cai"))
+        .args(slurm_args(&d, "res", &[]))
+        .env("PATH", d.path("no-bin"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("`sbatch` was not found") && err.contains("login node"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_slurm_run_equals_the_local_run_galaxy_for_galaxy() {
+    let Some(_c) = cluster() else { return };
+    let d = partitioned();
+    let t = Instant::now();
+    d.ok(&[
+        "run",
+        "--data",
+        &d.s("parts"),
+        "--results",
+        &d.s("local"),
+        "--model",
+        &model(),
+        "--batch-size",
+        "16",
+        "--threads",
+        "1",
+    ]);
+    let local_s = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let out = cai(&d, &slurm_args(&d, "res", &["--threads", "1"]));
+    let slurm_s = t.elapsed().as_secs_f64();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!(
+        "300 galaxies, 5 ranks: local engine {local_s:.1} s, slurm engine (submit to summary, 2 CPUs) {slurm_s:.1} s"
+    );
+    let s = read_json(d.path("res/summary.json"));
+    assert_eq!(s["galaxies"], 300);
+    assert_eq!(s["ranks_done"], 5);
+    assert_eq!(s["engines"], serde_json::json!(["slurm"]));
+    let r0 = read_json(d.path("res/0.json"));
+    assert_eq!(r0["engine"], "slurm");
+    assert_eq!(r0["threads"], 1);
+    let (a, b) = (
+        by_index(d.path("local/predictions.parquet")),
+        by_index(d.path("res/predictions.parquet")),
+    );
+    assert_eq!(a.len(), 300);
+    assert_eq!(a, b, "the same prediction for every galaxy");
+    // The summarize job ran on the cluster and its log is kept.
+    let logs: Vec<String> = std::fs::read_dir(d.path("res/slurm/logs"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        logs.iter().any(|l| l.starts_with("cai-summarize-")),
+        "{logs:?}"
+    );
+    assert_eq!(logs.iter().filter(|l| l.ends_with(".err")).count(), 5);
+    // Reattaching to a finished run prints its summary.
+    let st = d.ok(&["status", "--results", &d.s("res")]);
+    assert!(st.contains("5 done, 0 failed"), "{st}");
+}
+
+/// Wait for a file, up to `secs`.
+fn wait_for(path: &std::path::Path, secs: u64) -> bool {
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(secs) {
+        if path.exists() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+#[test]
+fn a_task_cancelled_mid_rank_is_retried() {
+    let Some(_c) = cluster() else { return };
+    let d = partitioned();
+    // Small batches: each rank takes long enough to be caught running.
+    let mut args = slurm_args(&d, "res", &["--retries", "1", "--threads", "1"]);
+    let b = args.iter().position(|a| a == "16").unwrap();
+    args[b] = "2".into();
+    let child = Command::new(env!("CARGO_BIN_EXE_cai"))
+        .args(&args)
+        .current_dir(d.tmp.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(
+        wait_for(&d.path("res/slurm/jobs.json"), 60),
+        "never submitted"
+    );
+    let jobs = read_json(d.path("res/slurm/jobs.json"));
+    let array = jobs["arrays"][0]["job_id"].as_str().unwrap().to_string();
+    // Kill task 1 once its worker has started predicting.
+    let log = d.path(&format!("res/slurm/logs/cai-{array}_1.err"));
+    let t = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("thread(s)") {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(120),
+            "task 1 never started"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let st = Command::new("scancel")
+        .arg(format!("{array}_1"))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("rank 1") && stderr.contains("resubmitted as job"),
+        "{stderr}"
+    );
+    let jobs = read_json(d.path("res/slurm/jobs.json"));
+    assert_eq!(jobs["arrays"].as_array().unwrap().len(), 2);
+    assert_eq!(jobs["arrays"][1]["indices"], serde_json::json!([1]));
+    assert_eq!(jobs["arrays"][1]["attempt"], 1);
+    let s = read_json(d.path("res/summary.json"));
+    assert_eq!(s["galaxies"], 300);
+    assert_eq!(s["failed"].as_array().unwrap().len(), 0);
+    assert!(!d.path("res/failed/1.json").exists());
+    assert_eq!(by_index(d.path("res/predictions.parquet")).len(), 300);
+}
+
+#[test]
+fn a_corrupt_partition_is_named_and_resume_submits_only_it() {
+    let Some(_c) = cluster() else { return };
+    let d = partitioned();
+    let victim = d.path("parts/00003.safetensors");
+    let good = std::fs::read(&victim).unwrap();
+    std::fs::write(&victim, &good[..good.len() / 3]).unwrap();
+    let out = cai(&d, &slurm_args(&d, "res", &[]));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("00003.safetensors"), "{stderr}");
+    let s = read_json(d.path("res/summary.json"));
+    let failed = s["failed"].as_array().unwrap();
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0]["rank"], 2);
+    assert_eq!(failed[0]["engine"], "slurm");
+    assert!(failed[0]["error"]
+        .as_str()
+        .unwrap()
+        .contains("00003.safetensors"));
+    assert_eq!(s["ranks_done"], 4);
+    assert_eq!(s["galaxies"], 300 - 61);
+    // The summarize job on the cluster listed the failed rank too.
+    let sum_log = std::fs::read_dir(d.path("res/slurm/logs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().contains("cai-summarize-"))
+        .unwrap();
+    let text = std::fs::read_to_string(sum_log).unwrap();
+    assert!(
+        text.contains("failed rank  2") && text.contains("00003.safetensors"),
+        "{text}"
+    );
+
+    let before = std::fs::read(d.path("res/0.json")).unwrap();
+    std::fs::write(&victim, &good).unwrap();
+    d.ok(&[
+        "run",
+        "--engine",
+        "slurm",
+        "--resume",
+        "--results",
+        &d.s("res"),
+        "--poll",
+        "0.2",
+    ]);
+    let jobs = read_json(d.path("res/slurm/jobs.json"));
+    assert_eq!(
+        jobs["ranks"],
+        serde_json::json!([2]),
+        "only the missing rank"
+    );
+    assert_eq!(std::fs::read(d.path("res/0.json")).unwrap(), before);
+    let s = read_json(d.path("res/summary.json"));
+    assert_eq!(s["failed"].as_array().unwrap().len(), 0);
+    assert_eq!(s["galaxies"], 300);
+    assert_eq!(by_index(d.path("res/predictions.parquet")).len(), 300);
+}
+
+#[test]
+fn the_clusters_refusal_is_shown() {
+    let Some(_c) = cluster() else { return };
+    let d = partitioned();
+    let out = cai(
+        &d,
+        &slurm_args(&d, "res", &["--partition", "no-such-partition"]),
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("the cluster refused `sbatch") && err.contains("invalid partition"),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_unshared_results_location_is_detected() {
+    let Some(_c) = cluster() else { return };
+    let d = partitioned();
+    // What a node with its own /tmp would see: no probe file.
+    let setup = format!("rm -f {}", d.s("res/slurm/probe"));
+    let out = cai(&d, &slurm_args(&d, "res", &["--setup", &setup]));
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("is not shared with the compute nodes") && err.contains("probe"),
+        "{err}"
+    );
+}

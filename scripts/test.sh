@@ -5,4 +5,26 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/cai-target}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+# The Slurm engine's tests need a Slurm cluster. Unless CAI_TEST_SLURM is already set
+# (1: a cluster is running here; 0: skip those tests), start a single-node one when we can
+# (as root; apt installs slurm and munge if missing) and stop it on exit if we started it.
+if [ -z "${CAI_TEST_SLURM:-}" ]; then
+    slurm_dir="${CAI_SLURM_DIR:-/tmp/cai-slurm}"
+    if [ "$(id -u)" != 0 ]; then
+        echo "test.sh: not root, so no Slurm cluster is started; the Slurm engine's tests are skipped" >&2
+    else
+        was_up=0
+        if [ -s "$slurm_dir/run/slurmctld.pid" ] && kill -0 "$(cat "$slurm_dir/run/slurmctld.pid")" 2>/dev/null; then
+            was_up=1
+        fi
+        if conf="$(scripts/slurm/start.sh)"; then
+            eval "$conf"
+            export SLURM_CONF CAI_TEST_SLURM=1
+            [ "$was_up" = 1 ] || trap 'scripts/slurm/stop.sh' EXIT
+        else
+            echo "test.sh: could not start a Slurm cluster (above); the Slurm engine's tests are skipped" >&2
+        fi
+    fi
+fi
 cargo test --workspace --locked "$@"

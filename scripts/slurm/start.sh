@@ -37,8 +37,7 @@ fi
 mkdir -p "$DIR"/{ctld,d,log,run}
 chmod 755 "$DIR"
 
-# munge: a key and a socket dir of its own so a system munged is not disturbed.
-MUNGE_SOCK="$DIR/run/munge.socket"
+# munge: the shared key (made once) and the daemon, unless one already runs.
 if [ ! -s /etc/munge/munge.key ]; then
     mkdir -p /etc/munge
     if command -v mungekey >/dev/null 2>&1; then mungekey -c -f -k /etc/munge/munge.key
@@ -52,7 +51,6 @@ if ! pgrep -x munged >/dev/null 2>&1; then
         --pid-file="$DIR/run/munged.pid" --log-file="$DIR/log/munged.log" --num-threads=2 \
         || { say "munged would not start; see $DIR/log/munged.log"; exit 1; }
 fi
-: "$MUNGE_SOCK"
 
 CPUS="$(nproc)"
 MEM_MB="$(awk '/MemTotal/ {print int($2/1024*0.9)}' /proc/meminfo)"

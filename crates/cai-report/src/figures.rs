@@ -50,6 +50,16 @@ pub fn viridis(t: f64) -> RGBColor {
     RGBColor(mix(a.0, b.0), mix(a.1, b.1), mix(a.2, b.2))
 }
 
+/// Axis tick text: at most three decimals, no trailing zeros, no negative zero.
+fn tick(v: &f64) -> String {
+    let s = format!("{v:.3}");
+    let s = s.trim_end_matches('0').trim_end_matches('.');
+    match s {
+        "-0" | "" => "0".to_string(),
+        _ => s.to_string(),
+    }
+}
+
 /// Colours of series and phases (colour-blind-safe Okabe–Ito).
 pub const PALETTE: [RGBColor; 7] = [
     RGBColor(0, 114, 178),
@@ -199,6 +209,8 @@ impl Density {
             .bold_line_style(BLACK.mix(0.08))
             .x_desc(self.x_label.as_str())
             .y_desc(self.y_label.as_str())
+            .x_label_formatter(&tick)
+            .y_label_formatter(&tick)
             .label_style((FAMILY, 14))
             .axis_desc_style((FAMILY, 15))
             .draw()?;
@@ -237,12 +249,10 @@ impl Density {
             } else {
                 RED.mix(0.6).stroke_width(1)
             };
-            let s = chart.draw_series(LineSeries::new(vec![(x0, *v), (x1, *v)], style))?;
-            if !label.is_empty() {
-                s.label(label.as_str())
-                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], style));
-                labelled = true;
-            }
+            // Unlabelled: data fills the whole plane, a legend box would hide some; the
+            // caption names the lines.
+            let _ = label;
+            chart.draw_series(LineSeries::new(vec![(x0, *v), (x1, *v)], style))?;
         }
         if labelled {
             chart

@@ -3,9 +3,11 @@
 //! with the density plots, the per-rank timeline, sweeps (when several runs are given),
 //! the stats tables and a per-rank table.
 //!
-//! **Stragglers**: ranks whose wall time exceeds median + 3·MAD (MAD = median absolute
-//! deviation, unscaled) *and* 1.1 × median (the floor keeps near-identical ranks from
-//! being flagged when MAD is about 0).
+//! **Stragglers**: ranks whose wall time exceeds median + 3·1.4826·MAD (MAD = median
+//! absolute deviation; 1.4826·MAD estimates σ for normal noise, so this is a robust 3σ)
+//! *and* 1.25 × median. The floor keeps ordinary jitter from being flagged: with 10,240
+//! ranks a 3σ rule alone flags a dozen ranks of pure noise, and when almost every rank
+//! takes the same time MAD is about 0.
 //!
 //! **Cost estimate** (AWS Lambda, as the original works it out by hand): for each finished
 //! rank, duration (its wall time measured here, s) × memory (GB = MB/1024: the memory
@@ -28,6 +30,11 @@ pub const LAMBDA_USD_PER_GB_S: f64 = 0.000_016_666_7;
 pub const LAMBDA_USD_PER_REQUEST: f64 = 0.000_000_2;
 /// Lambda's smallest memory size, MB.
 pub const LAMBDA_MIN_MB: f64 = 128.0;
+
+/// 1.4826 · MAD estimates the standard deviation of normal data.
+pub const MAD_TO_SIGMA: f64 = 1.4826;
+/// A straggler takes at least this many times the median wall time.
+pub const STRAGGLER_FLOOR: f64 = 1.25;
 
 /// Choices for [`build`].
 #[derive(Debug, Clone, PartialEq)]
@@ -101,7 +108,7 @@ pub fn straggler_threshold(walls: &[f64]) -> f64 {
     let med = median(walls);
     let dev: Vec<f64> = walls.iter().map(|w| (w - med).abs()).collect();
     let mad = median(&dev);
-    (med + 3.0 * mad).max(1.1 * med)
+    (med + 3.0 * MAD_TO_SIGMA * mad).max(STRAGGLER_FLOOR * med)
 }
 
 /// Ranks (as in the reports) that straggled.
@@ -486,7 +493,7 @@ fn run_section(p: &mut Page, i: usize, run: &Run, opts: &ReportOptions) -> Resul
              forward passes, the original's total_cpu_time; upload = writing predictions; other = \
              the rest of the wall time). Phases overlap in reality; the bar shows how long each \
              took, not when. Share of rank time: {}. Stragglers (red ▲): wall time above {} \
-             (median {} + 3·MAD, at least 1.1 × median): {} of {} ranks{}.",
+             (median {} + 3 · 1.4826 · MAD, and at least 1.25 × median): {} of {} ranks{}.",
             if tl.ranks_per_row > 1 {
                 format!(
                     " group of {} consecutive ranks (mean bars; the grey whisker spans the \
@@ -823,16 +830,18 @@ mod tests {
 
     #[test]
     fn stragglers_by_mad_with_floor() {
-        // walls 10,10,11,10,30: median 10, |dev| 0,0,1,0,20 → MAD 0 → max(10, 11) = 11.
-        let r: Vec<RankReport> = [10.0, 10.0, 11.0, 10.0, 30.0]
+        // walls 10,10,12,10,30: median 10, |dev| 0,0,2,0,20 → MAD 0 → floor 1.25·10 = 12.5.
+        let walls = [10.0, 10.0, 12.0, 10.0, 30.0];
+        let r: Vec<RankReport> = walls
             .iter()
             .enumerate()
             .map(|(i, &w)| rep(i, w, 1.0))
             .collect();
-        assert_eq!(straggler_threshold(&[10.0, 10.0, 11.0, 10.0, 30.0]), 11.0);
+        assert_eq!(straggler_threshold(&walls), 12.5);
         assert_eq!(stragglers(&r), vec![4]);
-        // walls 8,10,12,14,40: median 12, |dev| 4,2,0,2,28 → MAD 2 → 18.
-        assert_eq!(straggler_threshold(&[8.0, 10.0, 12.0, 14.0, 40.0]), 18.0);
+        // walls 4,10,12,14,40: median 12, |dev| 8,2,0,2,28 → MAD 2 → 12 + 3·1.4826·2 = 20.8956.
+        let t = straggler_threshold(&[4.0, 10.0, 12.0, 14.0, 40.0]);
+        assert!((t - 20.8956).abs() < 1e-9, "{t}");
     }
 
     #[test]

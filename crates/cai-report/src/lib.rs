@@ -21,5 +21,6 @@ pub mod figures;
 pub mod html;
 pub mod load;
 pub mod stats;
+pub mod synthetic;
 
 pub use error::{Error, Result};

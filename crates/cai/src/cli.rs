@@ -41,6 +41,9 @@ pub enum Command {
     /// Measure model-only speed: galaxies/s over threads and batch sizes, beside this
     /// machine's measured f32 FMA peak.
     Bench(BenchArgs),
+    /// Measure model-only speed: galaxies/s over threads and batch sizes, beside this
+    /// machine's measured f32 FMA peak.
+    Bench(BenchArgs),
     /// Model files: make seeded weights, fit the last layer.
     #[command(subcommand)]
     Model(ModelCommand),
@@ -220,6 +223,32 @@ pub struct ModelFitArgs {
     /// Inference threads (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
+}
+
+/// `cai bench`
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Model file (default: seeded weights of the full-size AstroMAE).
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Seed of the seeded weights (without --model).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Thread counts to sweep, e.g. `1,2` (default: 1 to the number of cores).
+    #[arg(long, value_delimiter = ',')]
+    pub threads: Vec<usize>,
+    /// Batch sizes to sweep (default: 1,32,128,512).
+    #[arg(long, value_delimiter = ',')]
+    pub batch: Vec<usize>,
+    /// Least seconds of timed calls per case (after one warm-up call).
+    #[arg(long, default_value_t = 3.0)]
+    pub seconds: f64,
+    /// Least seconds per round of the FMA peak probe (best of three rounds).
+    #[arg(long, default_value_t = 0.3)]
+    pub peak_seconds: f64,
+    /// Print the report as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `cai bench`

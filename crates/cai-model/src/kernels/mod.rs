@@ -225,6 +225,9 @@ pub type GemmFn = fn(usize, &[f32], usize, &PackedB, &mut [f32], usize, Epilogue
 pub type LayerNormFn = fn(usize, usize, &[f32], usize, &[f32], &[f32], f32, &mut [f32], usize);
 /// Row-wise scaled softmax; see [`Ops::softmax_rows`].
 pub type SoftmaxFn = fn(usize, usize, &mut [f32], usize, f32);
+/// Peak-rate probe: `iters` rounds of independent f32 FMA chains; returns a checksum and
+/// the FLOPs done. See [`Ops::fma_probe`].
+pub type FmaProbeFn = fn(u64) -> (f32, u64);
 
 /// A dispatch table of kernels. All entries take safe slices; the bounds are checked by the
 /// `Ops` methods before an entry runs.
@@ -235,6 +238,7 @@ pub struct Ops {
     gemm: GemmFn,
     layer_norm: LayerNormFn,
     softmax: SoftmaxFn,
+    fma_probe: FmaProbeFn,
 }
 
 impl Ops {
@@ -318,6 +322,37 @@ impl Ops {
         );
         (self.softmax)(rows, n, x, ld, scale)
     }
+
+    /// Runs this tier's peak-rate probe: `iters` rounds of independent f32 multiply-add
+    /// chains (enough of them to cover the FMA latency on current cores), nothing but
+    /// register arithmetic. Returns a checksum (print or `black_box` it) and the FLOPs
+    /// done (2 per multiply-add and lane); FLOPs over elapsed time is the tier's peak on
+    /// the calling thread. See [`fma_peak`].
+    pub fn fma_probe(&self, iters: u64) -> (f32, u64) {
+        (self.fma_probe)(iters)
+    }
+}
+
+/// This thread's measured f32 FMA peak in GFLOP/s for `ops`' tier: runs
+/// [`Ops::fma_probe`] in growing rounds until one takes at least `min_seconds`, and
+/// reports the best rate over three such rounds (the least disturbed by other load).
+pub fn fma_peak(ops: &Ops, min_seconds: f64) -> f64 {
+    let mut iters = 1u64 << 14;
+    let mut best = 0.0f64;
+    let mut long_rounds = 0;
+    while long_rounds < 3 {
+        let t = std::time::Instant::now();
+        let (sum, flops) = ops.fma_probe(iters);
+        let secs = t.elapsed().as_secs_f64();
+        std::hint::black_box(sum);
+        if secs >= min_seconds {
+            long_rounds += 1;
+            best = best.max(flops as f64 / secs / 1e9);
+        } else {
+            iters = iters.saturating_mul(2);
+        }
+    }
+    best
 }
 
 static OPS: OnceLock<Ops> = OnceLock::new();
@@ -417,6 +452,19 @@ mod tests {
         assert_eq!(a.panel(1)[NR - 1], 0.0);
         assert_eq!(a.bias(), &bias[..]);
         assert_eq!(a.panel(0).as_ptr() as usize % 64, 0);
+    }
+
+    #[test]
+    fn fma_probe_counts_flops() {
+        for ops in [scalar::ops(), best()] {
+            let (_, zero) = ops.fma_probe(0);
+            assert_eq!(zero, 0);
+            let (sum, f10) = ops.fma_probe(10);
+            let (_, f20) = ops.fma_probe(20);
+            assert!(sum.is_finite());
+            assert!(f10 > 0 && f20 == 2 * f10, "{f10} {f20}");
+        }
+        assert!(fma_peak(&best(), 1e-4) > 0.0);
     }
 
     #[test]

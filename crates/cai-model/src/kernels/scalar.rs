@@ -10,7 +10,24 @@ pub fn ops() -> Ops {
         gemm,
         layer_norm,
         softmax,
+        fma_probe,
     }
+}
+
+/// Eight independent multiply-add chains in plain f32 arithmetic (the compiler may
+/// vectorise them; the scalar tier's peak is what this measures).
+fn fma_probe(iters: u64) -> (f32, u64) {
+    let mut acc = [0.0f32, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7];
+    let (m, a) = (
+        std::hint::black_box(0.999_999f32),
+        std::hint::black_box(1e-7f32),
+    );
+    for _ in 0..iters {
+        for v in acc.iter_mut() {
+            *v = *v * m + a;
+        }
+    }
+    (acc.iter().sum(), iters * 8 * 2)
 }
 
 /// Exact GELU: `x/2 (1 + erf(x/sqrt 2))`, evaluated in f64.

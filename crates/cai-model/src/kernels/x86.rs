@@ -34,6 +34,7 @@ pub fn avx2_ops() -> Option<Ops> {
             gemm: gemm_avx2,
             layer_norm: layer_norm_avx2,
             softmax: softmax_avx2,
+            fma_probe: fma_probe_avx2,
         })
     } else {
         None
@@ -254,16 +255,35 @@ unsafe fn tile<const ACT: u8, const ACC: bool>(
 ) {
     let mut acc = [[_mm256_setzero_ps(); 2]; MR];
     let (mut ap, mut bp) = (a, b);
-    for _ in 0..k {
-        let b0 = _mm256_loadu_ps(bp);
-        let b1 = _mm256_loadu_ps(bp.add(8));
-        for (r, accr) in acc.iter_mut().enumerate() {
-            let av = _mm256_broadcast_ss(&*ap.add(r));
-            accr[0] = _mm256_fmadd_ps(av, b0, accr[0]);
-            accr[1] = _mm256_fmadd_ps(av, b1, accr[1]);
-        }
+    // One rank-1 update of the tile from `ap` (MR values) and `bp` (NR values).
+    macro_rules! step {
+        ($ap:expr, $bp:expr) => {{
+            let b0 = _mm256_loadu_ps($bp);
+            let b1 = _mm256_loadu_ps($bp.add(8));
+            for (r, accr) in acc.iter_mut().enumerate() {
+                let av = _mm256_broadcast_ss(&*$ap.add(r));
+                accr[0] = _mm256_fmadd_ps(av, b0, accr[0]);
+                accr[1] = _mm256_fmadd_ps(av, b1, accr[1]);
+            }
+        }};
+    }
+    // Unrolled by 4 (the same order of operations as one step at a time, so results do
+    // not change): fewer loop branches and pointer updates per FMA.
+    let mut kk = 0;
+    while kk + 4 <= k {
+        step!(ap, bp);
+        step!(ap.add(MR), bp.add(NR));
+        step!(ap.add(2 * MR), bp.add(2 * NR));
+        step!(ap.add(3 * MR), bp.add(3 * NR));
+        ap = ap.add(4 * MR);
+        bp = bp.add(4 * NR);
+        kk += 4;
+    }
+    while kk < k {
+        step!(ap, bp);
         ap = ap.add(MR);
         bp = bp.add(NR);
+        kk += 1;
     }
     let bias0 = _mm256_loadu_ps(bias);
     let bias1 = _mm256_loadu_ps(bias.add(8));
@@ -493,6 +513,37 @@ fn softmax_row(x: &mut [f32], scale: f32) {
     for (d, t) in x[body..].iter_mut().zip(&tail) {
         *d = t * inv;
     }
+}
+
+/// Independent FMA chains for [`fma_probe_avx2`]: Zen 3/4 and recent Intel cores issue two
+/// 256-bit FMAs per cycle with a latency of 4-5 cycles, so at least 10 chains are needed.
+const PROBE_CHAINS: usize = 12;
+
+fn fma_probe_avx2(iters: u64) -> (f32, u64) {
+    // SAFETY: reachable only through `avx2_ops` (AVX2+FMA confirmed).
+    let sum = unsafe { fma_chains(iters) };
+    (sum, iters * PROBE_CHAINS as u64 * 8 * 2)
+}
+
+/// `acc = acc * m + a` on [`PROBE_CHAINS`] registers of 8 lanes, `iters` times.
+#[target_feature(enable = "avx2,fma")]
+fn fma_chains(iters: u64) -> f32 {
+    let m = _mm256_set1_ps(std::hint::black_box(0.999_999));
+    let a = _mm256_set1_ps(std::hint::black_box(1e-7));
+    let mut acc = [_mm256_setzero_ps(); PROBE_CHAINS];
+    for (i, v) in acc.iter_mut().enumerate() {
+        *v = _mm256_set1_ps(i as f32 * 0.01);
+    }
+    for _ in 0..iters {
+        for v in acc.iter_mut() {
+            *v = _mm256_fmadd_ps(*v, m, a);
+        }
+    }
+    let mut s = _mm256_setzero_ps();
+    for v in acc {
+        s = _mm256_add_ps(s, v);
+    }
+    hsum(s)
 }
 
 /// GELU of each value with the SIMD approximation (for tests and diagnostics).

@@ -1,6 +1,7 @@
 //! One module per subcommand; `dispatch` picks it.
 
 mod bench;
+mod bench;
 mod data;
 mod demo;
 mod model;
@@ -25,6 +26,7 @@ pub async fn dispatch(cli: Cli) -> Result<Outcome> {
         Command::Run(a) => run::run(a, quiet).await,
         Command::Summarize(a) => run::summarize(a).await,
         Command::Predict(a) => predict::predict(a, quiet).await,
+        Command::Bench(a) => bench::bench(a, quiet).await,
         Command::Bench(a) => bench::bench(a, quiet).await,
         Command::Model(ModelCommand::Init(a)) => model::init(a).await,
         Command::Model(ModelCommand::Fit(a)) => model::fit(a, quiet).await,

@@ -1,0 +1,331 @@
+//! `cai bench`: model-only throughput of the full-size AstroMAE on this machine, beside
+//! the machine's measured f32 FMA peak.
+//!
+//! The peak comes from a tiny loop of independent FMA chains in the selected kernel tier
+//! ([`cai_model::kernels::fma_peak`]), timed by the thread's own CPU clock so that other
+//! load on the machine does not lower it. Each case (threads x batch size) runs whole
+//! `predict` calls for at least `--seconds` after one warm-up call and reports wall-clock
+//! and CPU-time rates: on a shared machine galaxies per CPU-second is the steadier figure.
+//! Inputs are a fixed formula (image value `i` is `((i * 7919) % 1000) * 1e-3`, magnitude
+//! `i` is `15 + i % 7`) that `scripts/bench/` reproduces for PyTorch, and the first
+//! predictions are printed so the two can be checked against each other.
+
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use cai_model::{init, kernels, AstroMae, Config, Model};
+use serde::Serialize;
+
+use crate::cli::BenchArgs;
+use crate::Outcome;
+
+/// How many predictions of the input set the report carries (for cross-checking).
+const Z_CHECK: usize = 8;
+
+/// One measured case.
+#[derive(Debug, Serialize)]
+struct Case {
+    precision: &'static str,
+    threads: usize,
+    batch: usize,
+    calls: usize,
+    galaxies: usize,
+    wall_s: f64,
+    cpu_s: Option<f64>,
+    galaxies_per_s: f64,
+    galaxies_per_cpu_s: Option<f64>,
+    gflops: f64,
+    /// GFLOP per CPU-second over the per-core peak.
+    peak_share_cpu: Option<f64>,
+    /// GFLOP/s over `threads` x the per-core peak.
+    peak_share_wall: f64,
+    load1: Option<f64>,
+}
+
+/// The whole report (`--json`).
+#[derive(Debug, Serialize)]
+struct Report {
+    cpu: String,
+    cores: usize,
+    features: Vec<&'static str>,
+    kernels: String,
+    model: String,
+    gflop_per_galaxy: f64,
+    fma_peak_gflops_per_core: f64,
+    load_before: Option<[f64; 3]>,
+    load_after: Option<[f64; 3]>,
+    cases: Vec<Case>,
+    z_first: Vec<f32>,
+}
+
+/// `cai bench`.
+pub async fn bench(a: BenchArgs, quiet: bool) -> Result<Outcome> {
+    let (model, source) = match &a.model {
+        Some(path) => (
+            cai_engine::stages::load_model(path)
+                .await
+                .with_context(|| format!("cannot load the model {path}"))?,
+            path.clone(),
+        ),
+        None => {
+            let w = init::astromae_weights(a.seed, &Config::astromae());
+            (
+                std::sync::Arc::new(AstroMae::load(&w, "seeded")?),
+                format!("seeded:{}", a.seed),
+            )
+        }
+    };
+    tokio::task::spawn_blocking(move || run(&a, &model, source, quiet))
+        .await
+        .context("the benchmark thread failed")?
+}
+
+fn run(a: &BenchArgs, model: &AstroMae, source: String, quiet: bool) -> Result<Outcome> {
+    let cores = cai_engine::local::available_cores();
+    let threads: Vec<usize> = if a.threads.is_empty() {
+        (1..=cores).collect()
+    } else {
+        a.threads.clone()
+    };
+    let batches = if a.batch.is_empty() {
+        vec![1, 32, 128, 512]
+    } else {
+        a.batch.clone()
+    };
+    if threads.contains(&0) || batches.contains(&0) {
+        bail!("--threads and --batch values must be at least 1");
+    }
+    let cfg = model.config();
+    let gflop = cfg.flops_per_galaxy() as f64 / 1e9;
+    let ops = kernels::ops();
+    let load_before = load_avg();
+    let say = |s: String| {
+        if !quiet && !a.json {
+            println!("{s}");
+        }
+    };
+    say(format!(
+        "cai bench: {} ({} cores, {}), kernels {:?}, model {source}, {gflop:.3} GFLOP/galaxy, load {}",
+        cpu_name(),
+        cores,
+        features().join("+"),
+        ops.tier,
+        fmt_load(load_before)
+    ));
+    let peak = measure_peak(a.peak_seconds);
+    say(format!(
+        "f32 FMA peak (one thread, {:?} tier, by thread CPU time): {peak:.1} GFLOP/s per core = {:.1} galaxies/s per core at most",
+        ops.tier,
+        peak / gflop
+    ));
+
+    let (c, h, w) = model.input_shape();
+    let img = c * h * w;
+    let nm = model.magnitudes();
+    let most = batches.iter().copied().max().unwrap_or(1).max(Z_CHECK);
+    let images: Vec<f32> = (0..most * img)
+        .map(|i| ((i * 7919) % 1000) as f32 * 1e-3)
+        .collect();
+    let mags: Vec<f32> = (0..most * nm).map(|i| 15.0 + (i % 7) as f32).collect();
+    let z_first = model.predict(&images[..Z_CHECK * img], &mags[..Z_CHECK * nm], Z_CHECK)?;
+
+    say(format!(
+        "{:>9} {:>7} {:>6} {:>11} {:>11} {:>9} {:>10} {:>10} {:>6}",
+        "precision",
+        "threads",
+        "batch",
+        "galaxies/s",
+        "per CPU-s",
+        "GFLOP/s",
+        "peak%wall",
+        "peak%CPU",
+        "load"
+    ));
+    let mut cases = Vec::new();
+    for &t in &threads {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(t)
+            .build()
+            .with_context(|| format!("cannot start {t} threads"))?;
+        for &b in &batches {
+            let (im, mg) = (&images[..b * img], &mags[..b * nm]);
+            // Warm-up: grows every thread's scratch to its size for this case.
+            pool.install(|| model.predict(im, mg, b))?;
+            let cpu0 = process_cpu_seconds();
+            let start = Instant::now();
+            let mut calls = 0;
+            loop {
+                pool.install(|| model.predict(im, mg, b))?;
+                calls += 1;
+                if start.elapsed().as_secs_f64() >= a.seconds {
+                    break;
+                }
+            }
+            let wall = start.elapsed().as_secs_f64();
+            let cpu = process_cpu_seconds().zip(cpu0).map(|(x, y)| x - y);
+            let galaxies = calls * b;
+            let rate = galaxies as f64 / wall;
+            let per_cpu = cpu.filter(|c| *c > 0.0).map(|c| galaxies as f64 / c);
+            let case = Case {
+                precision: "f32",
+                threads: t,
+                batch: b,
+                calls,
+                galaxies,
+                wall_s: wall,
+                cpu_s: cpu,
+                galaxies_per_s: rate,
+                galaxies_per_cpu_s: per_cpu,
+                gflops: rate * gflop,
+                peak_share_cpu: per_cpu.map(|r| r * gflop / peak),
+                peak_share_wall: rate * gflop / (peak * t as f64),
+                load1: load_avg().map(|l| l[0]),
+            };
+            say(format!(
+                "{:>9} {:>7} {:>6} {:>11.1} {:>11} {:>9.1} {:>9.1}% {:>10} {:>6}",
+                case.precision,
+                t,
+                b,
+                rate,
+                per_cpu.map_or("-".into(), |r| format!("{r:.1}")),
+                case.gflops,
+                100.0 * case.peak_share_wall,
+                case.peak_share_cpu
+                    .map_or("-".into(), |s| format!("{:.1}%", 100.0 * s)),
+                case.load1.map_or("-".into(), |l| format!("{l:.2}")),
+            ));
+            cases.push(case);
+        }
+    }
+    let report = Report {
+        cpu: cpu_name(),
+        cores,
+        features: features(),
+        kernels: format!("{:?}", ops.tier),
+        model: source,
+        gflop_per_galaxy: gflop,
+        fma_peak_gflops_per_core: peak,
+        load_before,
+        load_after: load_avg(),
+        cases,
+        z_first,
+    };
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        say(format!(
+            "first predictions (input formula in `cai bench --help`): {:?}",
+            report.z_first
+        ));
+    }
+    Ok(Outcome::Ok)
+}
+
+/// Best per-core peak: by this thread's CPU time when the kernel exposes it (so time
+/// spent descheduled by other load does not count), else by wall time.
+fn measure_peak(min_seconds: f64) -> f64 {
+    let ops = kernels::ops();
+    let mut best = 0.0f64;
+    let mut iters = 1u64 << 16;
+    let mut rounds = 0;
+    while rounds < 3 {
+        let (c0, t0) = (thread_cpu_seconds(), Instant::now());
+        let (sum, flops) = ops.fma_probe(iters);
+        std::hint::black_box(sum);
+        let wall = t0.elapsed().as_secs_f64();
+        let secs = thread_cpu_seconds()
+            .zip(c0)
+            .map(|(a, b)| a - b)
+            .filter(|s| *s > 0.0)
+            .unwrap_or(wall);
+        if wall >= min_seconds {
+            rounds += 1;
+            best = best.max(flops as f64 / secs / 1e9);
+        } else {
+            iters = iters.saturating_mul(2);
+        }
+    }
+    best
+}
+
+/// This thread's CPU time (ns resolution, from `/proc/thread-self/schedstat`).
+fn thread_cpu_seconds() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    let ns: f64 = s.split_whitespace().next()?.parse().ok()?;
+    Some(ns / 1e9)
+}
+
+/// This process's CPU time: the sum over its threads' `schedstat` (ns resolution), else
+/// user + system ticks from `/proc/self/stat`.
+fn process_cpu_seconds() -> Option<f64> {
+    let from_tasks = || -> Option<f64> {
+        let mut total = 0.0;
+        for e in std::fs::read_dir("/proc/self/task").ok()? {
+            let s = std::fs::read_to_string(e.ok()?.path().join("schedstat")).ok()?;
+            total += s.split_whitespace().next()?.parse::<f64>().ok()? / 1e9;
+        }
+        Some(total)
+    };
+    from_tasks().or_else(|| {
+        let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+        let rest = &stat[stat.rfind(')')? + 2..];
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let ticks = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+        Some(ticks / 100.0)
+    })
+}
+
+/// The 1, 5 and 15 minute load averages.
+fn load_avg() -> Option<[f64; 3]> {
+    let s = std::fs::read_to_string("/proc/loadavg").ok()?;
+    let mut it = s.split_whitespace().map(|v| v.parse::<f64>().ok());
+    Some([it.next()??, it.next()??, it.next()??])
+}
+
+fn fmt_load(l: Option<[f64; 3]>) -> String {
+    l.map_or("unknown".into(), |l| {
+        format!("{:.2} {:.2} {:.2}", l[0], l[1], l[2])
+    })
+}
+
+fn cpu_name() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|v| v.trim().to_string())
+        })
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string())
+}
+
+/// SIMD features that matter for the kernels.
+fn features() -> Vec<&'static str> {
+    let mut f = Vec::new();
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") {
+            f.push("avx2");
+        }
+        if std::arch::is_x86_feature_detected!("fma") {
+            f.push("fma");
+        }
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            f.push("avx512f");
+        }
+        if std::arch::is_x86_feature_detected!("avx512bf16") {
+            f.push("avx512bf16");
+        }
+        if std::arch::is_x86_feature_detected!("avx512vnni") {
+            f.push("avx512vnni");
+        }
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        if std::arch::is_aarch64_feature_detected!("neon") {
+            f.push("neon");
+        }
+    }
+    f
+}

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# cai bench beside PyTorch (and ONNX Runtime when installed in the venv) on the same weights,
+# inputs, thread counts and batch sizes, in one run, with a table of ratios.
+#
+#   scripts/bench/run.sh [--threads 1,2] [--batch 1,32,128,512] [--seconds 3] [--onnx]
+#
+# The venv is ${CAI_PARITY_VENV:-~/.cache/cai-parity-venv} (created with
+# scripts/parity/setup_venv.sh if missing; `--onnx` pip-installs onnxruntime and onnx into
+# it). The cai binary is $CAI_BIN, else target/release/cai (built with cargo if missing).
+# Output files go to ${CAI_BENCH_DIR:-~/.cache/cai-bench}: weights.safetensors (seeded
+# weights), cai.json, torch.json, astromae.onnx.
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ROOT="$(cd "$HERE/../.." && pwd)"
+VENV="${CAI_PARITY_VENV:-$HOME/.cache/cai-parity-venv}"
+OUT="${CAI_BENCH_DIR:-$HOME/.cache/cai-bench}"
+THREADS="" BATCH="1,32,128,512" SECONDS_PER_CASE=3 ONNX=0
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --threads) THREADS="$2"; shift 2 ;;
+        --batch) BATCH="$2"; shift 2 ;;
+        --seconds) SECONDS_PER_CASE="$2"; shift 2 ;;
+        --onnx) ONNX=1; shift ;;
+        *) echo "unknown option $1" >&2; exit 2 ;;
+    esac
+done
+if [ -z "$THREADS" ]; then
+    THREADS="$(seq -s, 1 "$(nproc)")"
+fi
+
+if [ -z "${CAI_BIN:-}" ]; then
+    TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
+    CAI_BIN="$TARGET/release/cai"
+    if [ ! -x "$CAI_BIN" ]; then
+        (cd "$ROOT" && cargo build --release -p cai)
+    fi
+fi
+if [ ! -x "$VENV/bin/python" ]; then
+    "$ROOT/scripts/parity/setup_venv.sh"
+fi
+if [ "$ONNX" = 1 ] && ! "$VENV/bin/python" -c "import onnxruntime, onnx" 2>/dev/null; then
+    "$VENV/bin/python" -m pip install --quiet onnxruntime onnx || echo "could not install onnxruntime; continuing without it"
+fi
+
+mkdir -p "$OUT"
+echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)"
+"$CAI_BIN" -q model init --seed 0 --out "$OUT/weights.safetensors"
+"$CAI_BIN" bench --model "$OUT/weights.safetensors" --threads "$THREADS" --batch "$BATCH" \
+    --seconds "$SECONDS_PER_CASE" --json > "$OUT/cai.json"
+ONNX_FLAG=()
+[ "$ONNX" = 1 ] && ONNX_FLAG=(--onnx --onnx-file "$OUT/astromae.onnx")
+"$VENV/bin/python" "$HERE/torch_bench.py" --weights "$OUT/weights.safetensors" --cai "$OUT/cai.json" \
+    --threads "$THREADS" --batch "$BATCH" --seconds "$SECONDS_PER_CASE" "${ONNX_FLAG[@]}" \
+    --json-out "$OUT/torch.json"
+echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -1,0 +1,232 @@
+#!/usr/bin/env python3
+"""PyTorch (and optionally ONNX Runtime) side of scripts/bench/run.sh.
+
+Runs the AstroMAE re-created in scripts/parity/blocks (the original's class paths) with
+the same weights file and the same inputs as `cai bench`, over the same threads and batch
+sizes, and prints a table beside the `cai bench --json` report with the ratios.
+
+    $VENV/bin/python scripts/bench/torch_bench.py --weights W.safetensors --cai cai.json \
+        [--threads 1,2] [--batch 1,32,128,512] [--seconds 3] [--onnx] [--json-out F]
+
+Inputs follow `cai bench`: image value i is ((i * 7919) % 1000) * 1e-3 (float32, NCHW),
+magnitude i is 15 + i % 7. Speed is measured in wall time and in process CPU time
+(`time.process_time`), as `cai bench` does; the load average is printed with each case.
+"""
+import argparse
+import json
+import os
+import struct
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "parity"))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from blocks.model_vit_inception import ViT_Astro  # noqa: E402
+
+DTYPES = {"F32": np.float32, "F64": np.float64, "I64": np.int64, "F16": np.float16}
+
+
+def read_safetensors(path):
+    """state_dict from a safetensors file (the venv has no safetensors package)."""
+    with open(path, "rb") as f:
+        raw = f.read()
+    (hlen,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8:8 + hlen])
+    base = 8 + hlen
+    out = {}
+    for key, info in header.items():
+        if key == "__metadata__":
+            continue
+        a, b = info["data_offsets"]
+        arr = np.frombuffer(raw[base + a:base + b], dtype=DTYPES[info["dtype"]])
+        out[key] = torch.from_numpy(arr.reshape(info["shape"]).copy())
+    return out, header.get("__metadata__", {})
+
+
+def build_model(weights):
+    sd, meta = read_safetensors(weights)
+    heads = int(meta.get("heads", 3))
+    model = ViT_Astro(num_heads=heads)
+    missing, unexpected = model.load_state_dict(sd, strict=False)
+    # conv2d_init and vis_inception.0 are one module; branch3 of block 8 is never used.
+    missing = [k for k in missing
+               if not k.startswith("inception_model.vis_inception.8.branch3.")
+               and not k.startswith("inception_model.conv2d_init.")
+               and not k.startswith("inception_model.vis_inception.0.")
+               and not k.endswith("num_batches_tracked")]
+    if missing or unexpected:
+        sys.exit(f"weights do not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    model.eval()
+    return model
+
+
+def inputs(n):
+    i = np.arange(n * 5 * 32 * 32, dtype=np.int64)
+    images = (((i * 7919) % 1000).astype(np.float32) * np.float32(1e-3)).reshape(n, 5, 32, 32)
+    mags = (15 + (np.arange(n * 5) % 7)).astype(np.float32).reshape(n, 5)
+    return torch.from_numpy(images), torch.from_numpy(mags)
+
+
+def load1():
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return None
+
+
+def timed(fn, batch, seconds):
+    fn()  # warm-up
+    c0, t0 = time.process_time(), time.perf_counter()
+    calls = 0
+    while True:
+        fn()
+        calls += 1
+        if time.perf_counter() - t0 >= seconds:
+            break
+    wall = time.perf_counter() - t0
+    cpu = time.process_time() - c0
+    g = calls * batch
+    return {"galaxies": g, "wall_s": wall, "cpu_s": cpu, "galaxies_per_s": g / wall,
+            "galaxies_per_cpu_s": g / cpu if cpu > 0 else None, "load1": load1()}
+
+
+def onnx_session(model, path, threads):
+    import onnxruntime as ort
+    if not os.path.exists(path):
+        im, mg = inputs(2)
+        kw = {}
+        try:
+            torch.onnx.export(model, (im, mg), path, input_names=["image", "magnitudes"],
+                              output_names=["z"], opset_version=17, dynamo=False,
+                              dynamic_axes={"image": {0: "n"}, "magnitudes": {0: "n"}, "z": {0: "n"}},
+                              **kw)
+        except TypeError:
+            torch.onnx.export(model, (im, mg), path, input_names=["image", "magnitudes"],
+                              output_names=["z"], opset_version=17,
+                              dynamic_axes={"image": {0: "n"}, "magnitudes": {0: "n"}, "z": {0: "n"}})
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--weights", required=True)
+    ap.add_argument("--cai", help="cai bench --json report to compare with")
+    ap.add_argument("--threads", default=None)
+    ap.add_argument("--batch", default=None)
+    ap.add_argument("--seconds", type=float, default=3.0)
+    ap.add_argument("--onnx", action="store_true", help="also ONNX Runtime (if installed)")
+    ap.add_argument("--onnx-file", default=None)
+    ap.add_argument("--json-out", default=None)
+    args = ap.parse_args()
+
+    cai = None
+    if args.cai:
+        with open(args.cai) as f:
+            cai = json.load(f)
+    if args.threads:
+        threads = [int(t) for t in args.threads.split(",")]
+    elif cai:
+        threads = sorted({c["threads"] for c in cai["cases"]})
+    else:
+        threads = list(range(1, (os.cpu_count() or 1) + 1))
+    if args.batch:
+        batches = [int(b) for b in args.batch.split(",")]
+    elif cai:
+        batches = sorted({c["batch"] for c in cai["cases"]})
+    else:
+        batches = [1, 32, 128, 512]
+
+    model = build_model(args.weights)
+    torch.set_num_interop_threads(1)
+    im_all, mg_all = inputs(max(batches + [8]))
+    gflop = cai["gflop_per_galaxy"] if cai else 0.765
+    peak = cai["fma_peak_gflops_per_core"] if cai else None
+
+    with torch.inference_mode():
+        torch.set_num_threads(1)
+        z = model(im_all[:8], mg_all[:8]).reshape(-1).numpy()
+    check = {"torch_z_first": z.tolist()}
+    if cai:
+        d = np.abs(z.astype(np.float64) - np.asarray(cai["z_first"], dtype=np.float64))
+        check["max_abs_dz_vs_cai"] = float(d.max())
+        print(f"same inputs and weights: max |z_cai - z_torch| over {len(d)} galaxies = {d.max():.2e}")
+
+    sess = None
+    engines = ["torch"]
+    if args.onnx:
+        try:
+            import onnxruntime  # noqa: F401
+            engines.append("onnxruntime")
+        except ImportError:
+            print("onnxruntime is not installed in this venv: skipping it")
+    onnx_file = args.onnx_file or os.path.join(os.path.dirname(args.weights), "astromae.onnx")
+
+    results = []
+    for t in threads:
+        torch.set_num_threads(t)
+        if "onnxruntime" in engines:
+            sess = onnx_session(model, onnx_file, t)
+            if t == threads[0]:
+                zo = sess.run(None, {"image": im_all[:8].numpy(), "magnitudes": mg_all[:8].numpy()})[0]
+                check["max_abs_dz_onnx_vs_torch"] = float(np.abs(zo.reshape(-1) - z).max())
+                print(f"ONNX Runtime vs torch: max |dz| = {check['max_abs_dz_onnx_vs_torch']:.2e}")
+        for b in batches:
+            im, mg = im_all[:b], mg_all[:b]
+
+            def run_torch():
+                with torch.inference_mode():
+                    model(im, mg)
+            r = timed(run_torch, b, args.seconds)
+            r.update(engine="torch", threads=t, batch=b)
+            results.append(r)
+            if sess is not None:
+                feed = {"image": im.numpy(), "magnitudes": mg.numpy()}
+                r = timed(lambda: sess.run(None, feed), b, args.seconds)
+                r.update(engine="onnxruntime", threads=t, batch=b)
+                results.append(r)
+
+    # The table: cai beside each engine.
+    cai_cases = {(c["threads"], c["batch"]): c for c in cai["cases"]} if cai else {}
+    hdr = f"{'threads':>7} {'batch':>5} {'engine':>12} {'gal/s':>8} {'gal/CPU-s':>9} {'GFLOP/s':>8} {'peak%':>6} {'cai/x':>6} {'cai/x CPU':>9} {'load':>5}"
+    print()
+    print(f"f32 FMA peak per core (cai's probe): {peak:.1f} GFLOP/s" if peak else "peak unknown")
+    print(hdr)
+    rows = []
+    for t in threads:
+        for b in batches:
+            c = cai_cases.get((t, b))
+            line = []
+            if c:
+                line.append(("cai", c["galaxies_per_s"], c.get("galaxies_per_cpu_s"), c.get("load1")))
+            for r in results:
+                if r["threads"] == t and r["batch"] == b:
+                    line.append((r["engine"], r["galaxies_per_s"], r["galaxies_per_cpu_s"], r["load1"]))
+            for eng, gs, gc, ld in line:
+                ratio = c["galaxies_per_s"] / gs if c and eng != "cai" else None
+                ratio_c = (c["galaxies_per_cpu_s"] / gc) if c and eng != "cai" and gc and c.get("galaxies_per_cpu_s") else None
+                pk = 100 * (gc or gs) * gflop / peak if peak else None
+                print(f"{t:>7} {b:>5} {eng:>12} {gs:>8.1f} {gc or 0:>9.1f} {gs * gflop:>8.1f} "
+                      f"{pk if pk is not None else float('nan'):>5.1f}% "
+                      f"{(f'{ratio:.2f}x' if ratio else '-'):>6} {(f'{ratio_c:.2f}x' if ratio_c else '-'):>9} "
+                      f"{ld if ld is not None else float('nan'):>5.2f}")
+                rows.append({"threads": t, "batch": b, "engine": eng, "galaxies_per_s": gs,
+                             "galaxies_per_cpu_s": gc, "cai_over_engine": ratio,
+                             "cai_over_engine_cpu": ratio_c, "load1": ld})
+    print("peak% = GFLOP per CPU-second over the per-core peak; cai/x = cai galaxies/s over the engine's")
+    if args.json_out:
+        with open(args.json_out, "w") as f:
+            json.dump({"torch": torch.__version__, "check": check, "results": results,
+                       "table": rows, "cai": cai}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -3,4 +3,5 @@
 mod util;
 
 mod pipeline;
+mod s3;
 mod slurm;

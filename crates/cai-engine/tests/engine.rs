@@ -1,5 +1,6 @@
 //! The stages on the in-memory store: plan → local engine → summarize, with a small
 //! AstroMAE (depth 1) so the test is quick.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use cai_core::plan::{is_partition_key, make_plan, PartitionRef, Plan, PlanRequest};
 use cai_core::StorageUrl;
 use cai_data::partition::Manifest;
-use cai_model::{AstroMae, Weights};
+use cai_model::{load_model_file, AstroMae, ModelFileInfo};
 
 use crate::error::{Error, Result};
 use crate::summarize::{COMBINED_KEY, PAYLOAD_KEY, PLAN_KEY, PREDICTIONS_KEY, SUMMARY_KEY};
@@ -97,11 +97,20 @@ pub async fn clear_results(results: &StorageUrl) -> Result<()> {
     Ok(())
 }
 
-/// Read a model file (safetensors state_dict with the original's key names) from a location.
+/// Read a model file from a location: safetensors, or the original's PyTorch `.pt` (whole
+/// module, bare or in `DataParallel`, CPU- or GPU-saved; or a state_dict with or without
+/// `module.`), auto-detected and read without executing pickled code.
 pub async fn load_model(location: &str) -> Result<Arc<AstroMae>> {
+    Ok(Arc::new(load_model_info(location).await?.0))
+}
+
+/// [`load_model`], also returning what the file says about itself (form, classes…).
+pub async fn load_model_info(location: &str) -> Result<(AstroMae, ModelFileInfo)> {
     let url = StorageUrl::parse(location)?;
     let bytes = url.get("").await?;
     let name = url.to_string();
-    let weights = Weights::from_safetensors(&name, &bytes)?;
-    Ok(Arc::new(AstroMae::load(&weights, &name)?))
+    let loaded = tokio::task::spawn_blocking(move || load_model_file(&name, &bytes))
+        .await
+        .map_err(|e| Error::Task(format!("model loader: {e}")))??;
+    Ok(loaded)
 }

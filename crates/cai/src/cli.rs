@@ -41,20 +41,30 @@ pub enum Command {
     /// Measure model-only speed: galaxies/s over threads and batch sizes, beside this
     /// machine's measured f32 FMA peak.
     Bench(BenchArgs),
-    /// Measure model-only speed: galaxies/s over threads and batch sizes, beside this
-    /// machine's measured f32 FMA peak.
-    Bench(BenchArgs),
     /// Model files: make seeded weights, fit the last layer.
     #[command(subcommand)]
     Model(ModelCommand),
     /// Synthesize, partition, fit a demo model, run and summarize, all on this machine.
     Demo(DemoArgs),
+    /// The original's stats tables (per-run means with an IQR outlier filter, means over
+    /// repeated runs, measured workflow durations) from one or more results locations.
+    Stats(StatsArgs),
+    /// One self-contained HTML report (summary, accuracy plots, per-rank timeline, sweeps,
+    /// tables) from one or more results locations.
+    Report(ReportArgs),
     /// Run one rank of a plan (what each Slurm array task runs; rank from
     /// $SLURM_ARRAY_TASK_ID).
     Worker(WorkerArgs),
     /// Show how far a run is: ranks done, failed, missing; with Slurm jobs, reattach and
     /// follow them to the summary.
     Status(StatusArgs),
+    /// AWS Step Functions + Lambda: generate the state machine and the CloudFormation
+    /// template.
+    #[cfg(feature = "aws")]
+    #[command(subcommand)]
+    Aws(crate::commands::aws::AwsCommand),
+    /// What a run cost (or will cost) on AWS Lambda + Step Functions, at dated list prices.
+    Cost(crate::commands::cost::CostArgs),
 }
 
 /// `cai synth`
@@ -76,12 +86,17 @@ pub struct SynthArgs {
 pub enum PartitionFormat {
     /// Native: one safetensors file per partition (`00001.safetensors`).
     Native,
+    /// The original's: a PyTorch `TensorDataset` per partition, `1.pt`, `2.pt`, … (images,
+    /// magnitudes, redshift), which the original's `torch.load` reads.
+    Pt,
 }
 
 /// `cai partition`
 #[derive(Debug, Args)]
 pub struct PartitionArgs {
-    /// Dataset file to cut (as written by `cai synth`).
+    /// Dataset file to cut: native (as written by `cai synth`; streamed) or the original's
+    /// whole-dataset `TensorDataset` `.pt` (read whole, without executing its pickle: memory
+    /// is about the file's size, e.g. 12.6 GB for the original's full set).
     #[arg(long, short)]
     pub input: PathBuf,
     /// Partition size: `25MB`, `100MB`, `1.5GB` … (1 MB = 2^20 bytes, as the original's
@@ -115,7 +130,8 @@ pub struct RunArgs {
     /// Location of the results (default: s3://bucket/result_path from --payload).
     #[arg(long, env = "CAI_RESULTS")]
     pub results: Option<String>,
-    /// Model file (safetensors state_dict with the original's key names).
+    /// Model file: safetensors, or the original's PyTorch `.pt` (whole module, bare or in
+    /// DataParallel, or a state_dict), auto-detected.
     #[arg(long, env = "CAI_MODEL")]
     pub model: Option<String>,
     /// The original's input payload JSON (bucket, file_limit, batch_size, result_path,
@@ -166,10 +182,11 @@ pub struct SummarizeArgs {
 /// `cai predict`
 #[derive(Debug, Args)]
 pub struct PredictArgs {
-    /// Model file.
+    /// Model file: safetensors, or the original's PyTorch `.pt` (whole module, bare or in
+    /// DataParallel, or a state_dict), auto-detected.
     #[arg(long, env = "CAI_MODEL")]
     pub model: String,
-    /// One partition file (native safetensors).
+    /// One partition file: native safetensors or the original's `TensorDataset` `.pt`.
     #[arg(long, short)]
     pub input: String,
     /// CSV to write: `index,z_pred` plus `z_true` when the partition is labelled.
@@ -192,6 +209,31 @@ pub enum ModelCommand {
     /// Fit only the last Linear layer (concat_block.2) by ridge regression on the
     /// penultimate features of labelled galaxies; everything else stays as it is.
     Fit(ModelFitArgs),
+    /// Describe a model file of any form (safetensors or the original's .pt): form,
+    /// hyperparameters, parameter count, FLOPs per galaxy. Never executes pickled code.
+    Inspect(ModelInspectArgs),
+    /// Convert a model file of any form to the native safetensors form.
+    Convert(ModelConvertArgs),
+}
+
+/// `cai model inspect`
+#[derive(Debug, Args)]
+pub struct ModelInspectArgs {
+    /// Model file (path or URL).
+    pub file: String,
+    /// Print JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `cai model convert`
+#[derive(Debug, Args)]
+pub struct ModelConvertArgs {
+    /// Model file (path or URL) in any form.
+    pub file: String,
+    /// Output safetensors file.
+    #[arg(long, short)]
+    pub out: PathBuf,
 }
 
 /// `cai model init`
@@ -251,30 +293,37 @@ pub struct BenchArgs {
     pub json: bool,
 }
 
-/// `cai bench`
+/// `cai stats`
 #[derive(Debug, Args)]
-pub struct BenchArgs {
-    /// Model file (default: seeded weights of the full-size AstroMAE).
+pub struct StatsArgs {
+    /// Results locations: runs, or folders of runs (a sweep; every folder below holding a
+    /// plan.json or summary.json is one run).
+    #[arg(required = true)]
+    pub results: Vec<String>,
+    /// Also write the per-run table as CSV here, the means and the workflow durations
+    /// beside it as FILE-stem.means.csv and FILE-stem.workflow.csv.
     #[arg(long)]
-    pub model: Option<String>,
-    /// Seed of the seeded weights (without --model).
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
-    /// Thread counts to sweep, e.g. `1,2` (default: 1 to the number of cores).
-    #[arg(long, value_delimiter = ',')]
-    pub threads: Vec<usize>,
-    /// Batch sizes to sweep (default: 1,32,128,512).
-    #[arg(long, value_delimiter = ',')]
-    pub batch: Vec<usize>,
-    /// Least seconds of timed calls per case (after one warm-up call).
-    #[arg(long, default_value_t = 3.0)]
-    pub seconds: f64,
-    /// Least seconds per round of the FMA peak probe (best of three rounds).
-    #[arg(long, default_value_t = 0.3)]
-    pub peak_seconds: f64,
-    /// Print the report as JSON on stdout.
+    pub csv: Option<PathBuf>,
+}
+
+/// `cai report`
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// Results locations: runs, or folders of runs (a sweep).
+    #[arg(required = true)]
+    pub results: Vec<String>,
+    /// The HTML file to write.
+    #[arg(long, short, default_value = "report.html")]
+    pub out: PathBuf,
+    /// Also write every figure as PNG into this folder.
     #[arg(long)]
-    pub json: bool,
+    pub png: Option<PathBuf>,
+    /// Lambda memory (MB) for the cost estimate (default: each rank's peak memory).
+    #[arg(long)]
+    pub lambda_memory_mb: Option<f64>,
+    /// Title of the report.
+    #[arg(long)]
+    pub title: Option<String>,
 }
 
 /// `cai demo`

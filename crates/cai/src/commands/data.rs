@@ -4,11 +4,11 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
 use cai_core::StorageUrl;
-use cai_data::partition::{parse_size, partition_dataset};
-use cai_data::{DatasetReader, SynthConfig};
+use cai_data::partition::{parse_size, partition_dataset_as, FileFormat};
+use cai_data::{DatasetReader, GalaxySource, SynthConfig};
 use cai_engine::stages::MANIFEST_KEY;
 
-use crate::cli::{PartitionArgs, SynthArgs};
+use crate::cli::{PartitionArgs, PartitionFormat, SynthArgs};
 use crate::progress::Progress;
 use crate::Outcome;
 
@@ -58,9 +58,42 @@ pub async fn partition_to(
     out: &str,
     quiet: bool,
 ) -> Result<PartitionSummary> {
-    let size_bytes = parse_size(size)?;
+    partition_to_as(input, size, out, FileFormat::Native, quiet).await
+}
+
+/// Opens a dataset to partition: a native file is streamed; the original's whole-dataset
+/// `TensorDataset` `.pt` is read whole (its pickle interpreted, never executed).
+fn open_source(input: &std::path::Path) -> Result<Box<dyn GalaxySource + Send>> {
+    let mut head = [0u8; 64];
+    let got = {
+        use std::io::Read;
+        let mut f = std::fs::File::open(input)
+            .with_context(|| format!("cannot open the dataset {}", input.display()))?;
+        f.read(&mut head)
+            .with_context(|| format!("cannot read the dataset {}", input.display()))?
+    };
+    if cai_data::detect_format(&head[..got]) == cai_data::Format::TorchZip {
+        let bytes = std::fs::read(input)
+            .with_context(|| format!("cannot read the dataset {}", input.display()))?;
+        let p = cai_data::read_torch(&input.display().to_string(), &bytes)?;
+        return Ok(Box::new(p));
+    }
     let reader = DatasetReader::open(input)
         .with_context(|| format!("cannot open the dataset {}", input.display()))?;
+    Ok(Box::new(reader))
+}
+
+/// [`partition_to`] writing partitions in `format` (`1.pt`, … for [`FileFormat::Torch`]).
+pub async fn partition_to_as(
+    input: &std::path::Path,
+    size: &str,
+    out: &str,
+    format: FileFormat,
+    quiet: bool,
+) -> Result<PartitionSummary> {
+    let size_bytes = parse_size(size)?;
+    let input2 = input.to_path_buf();
+    let reader = tokio::task::spawn_blocking(move || open_source(&input2)).await??;
     let dest = StorageUrl::parse(out)?;
     let total = reader.len();
     let handle = tokio::runtime::Handle::current();
@@ -68,7 +101,7 @@ pub async fn partition_to(
     let manifest = tokio::task::spawn_blocking(move || {
         let progress = Progress::new("partition", total, "galaxies", quiet);
         let store_error: Arc<Mutex<Option<cai_core::Error>>> = Arc::default();
-        let res = partition_dataset(&reader, size_bytes, |file| {
+        let res = partition_dataset_as(&*reader, size_bytes, format, |file| {
             let n = file.galaxies;
             match handle.block_on(dest2.put(&file.key, file.bytes)) {
                 Ok(()) => {
@@ -103,7 +136,11 @@ pub async fn partition_to(
 
 /// `cai partition`.
 pub async fn partition(a: PartitionArgs, quiet: bool) -> Result<Outcome> {
-    let s = partition_to(&a.input, &a.size, &a.out, quiet).await?;
+    let format = match a.format {
+        PartitionFormat::Native => FileFormat::Native,
+        PartitionFormat::Pt => FileFormat::Torch,
+    };
+    let s = partition_to_as(&a.input, &a.size, &a.out, format, quiet).await?;
     if !quiet {
         eprintln!(
             "wrote {} partitions ({} galaxies) and {MANIFEST_KEY} to {}",

@@ -1,11 +1,14 @@
 //! One module per subcommand; `dispatch` picks it.
 
+#[cfg(feature = "aws")]
+pub(crate) mod aws;
 mod bench;
-mod bench;
+pub(crate) mod cost;
 mod data;
 mod demo;
 mod model;
 mod predict;
+mod report;
 mod run;
 #[cfg(feature = "slurm")]
 mod slurm;
@@ -27,11 +30,17 @@ pub async fn dispatch(cli: Cli) -> Result<Outcome> {
         Command::Summarize(a) => run::summarize(a).await,
         Command::Predict(a) => predict::predict(a, quiet).await,
         Command::Bench(a) => bench::bench(a, quiet).await,
-        Command::Bench(a) => bench::bench(a, quiet).await,
         Command::Model(ModelCommand::Init(a)) => model::init(a).await,
         Command::Model(ModelCommand::Fit(a)) => model::fit(a, quiet).await,
+        Command::Model(ModelCommand::Inspect(a)) => model::inspect(a).await,
+        Command::Model(ModelCommand::Convert(a)) => model::convert(a, quiet).await,
         Command::Demo(a) => demo::demo(a, quiet).await,
+        Command::Stats(a) => report::stats(a, quiet).await,
+        Command::Report(a) => report::report(a, quiet).await,
         Command::Worker(a) => worker::worker(a, quiet).await,
         Command::Status(a) => status::status(a, quiet).await,
+        #[cfg(feature = "aws")]
+        Command::Aws(c) => aws::aws(c, quiet).await,
+        Command::Cost(a) => cost::cost(a).await,
     }
 }

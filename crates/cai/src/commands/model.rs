@@ -3,10 +3,10 @@
 use std::collections::BTreeMap;
 
 use anyhow::{Context, Result};
-use cai_engine::stages::load_model;
+use cai_engine::stages::{load_model, load_model_info};
 use cai_model::{init, Config};
 
-use crate::cli::{ModelFitArgs, ModelInitArgs};
+use crate::cli::{ModelConvertArgs, ModelFitArgs, ModelInitArgs, ModelInspectArgs};
 use crate::commands::predict::{thread_pool, write_atomic};
 use crate::Outcome;
 
@@ -80,5 +80,122 @@ pub async fn fit_to(
 pub async fn fit(a: ModelFitArgs, quiet: bool) -> Result<Outcome> {
     let r2 = fit_to(&a.model, &a.train, &a.out, a.ridge, a.threads, quiet).await?;
     eprintln!("wrote {} (training R² {r2:.3})", a.out.display());
+    Ok(Outcome::Ok)
+}
+
+/// The description `cai model inspect` prints.
+#[derive(Debug, serde::Serialize)]
+struct Inspection {
+    file: String,
+    form: String,
+    locations: Vec<String>,
+    classes: Vec<String>,
+    patch: usize,
+    tokens: usize,
+    depth: usize,
+    heads: usize,
+    heads_from: &'static str,
+    dim: usize,
+    mlp: usize,
+    input: [usize; 3],
+    widths: BTreeMap<&'static str, usize>,
+    parameters: usize,
+    tensors: usize,
+    flops_per_galaxy: u64,
+    unused_keys: Vec<String>,
+}
+
+/// `cai model inspect`.
+pub async fn inspect(a: ModelInspectArgs) -> Result<Outcome> {
+    let (model, info) = load_model_info(&a.file)
+        .await
+        .with_context(|| format!("cannot load the model {}", a.file))?;
+    let cfg = model.config();
+    let widths = BTreeMap::from([
+        ("vit_block", 1096),
+        ("inception", 1096),
+        ("magnitude_block", 1024),
+        ("concat_block", model.feature_width()),
+    ]);
+    let i = Inspection {
+        file: a.file.clone(),
+        form: info.form.to_string(),
+        locations: info.locations,
+        classes: info.classes,
+        patch: cfg.patch,
+        tokens: cfg.tokens,
+        depth: cfg.depth,
+        heads: cfg.heads,
+        heads_from: if info.heads_attr.is_some() {
+            "blocks.0.attn.num_heads"
+        } else {
+            "file metadata `heads`, else dim/64"
+        },
+        dim: cfg.dim,
+        mlp: cfg.mlp,
+        input: [cfg.channels, cfg.image, cfg.image],
+        widths,
+        parameters: info.param_count,
+        tensors: info.tensors,
+        flops_per_galaxy: cfg.flops_per_galaxy(),
+        unused_keys: info.unused_keys,
+    };
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&i)?);
+        return Ok(Outcome::Ok);
+    }
+    let none = |v: &[String]| {
+        if v.is_empty() {
+            "-".to_string()
+        } else {
+            v.join(", ")
+        }
+    };
+    println!("file:          {}", i.file);
+    println!("form:          {}", i.form);
+    println!("locations:     {}", none(&i.locations));
+    println!("classes:       {}", none(&i.classes));
+    println!(
+        "input:         {}x{}x{} (bands x height x width)",
+        i.input[0], i.input[1], i.input[2]
+    );
+    println!("patch:         {}", i.patch);
+    println!("tokens:        {} patches + 1 cls", i.tokens);
+    println!("depth:         {}", i.depth);
+    println!("heads:         {} (from {})", i.heads, i.heads_from);
+    println!(
+        "widths:        dim {}, mlp {}, vit_block {}, inception {}, magnitude_block {}, concat_block {}",
+        i.dim, i.mlp, i.widths["vit_block"], i.widths["inception"], i.widths["magnitude_block"],
+        i.widths["concat_block"]
+    );
+    println!("parameters:    {}", i.parameters);
+    println!("tensors:       {}", i.tensors);
+    println!(
+        "FLOPs/galaxy:  {:.3} GFLOP (multiply-adds x 2)",
+        i.flops_per_galaxy as f64 / 1e9
+    );
+    println!("unused keys:   {}", none(&i.unused_keys));
+    Ok(Outcome::Ok)
+}
+
+/// `cai model convert`.
+pub async fn convert(a: ModelConvertArgs, quiet: bool) -> Result<Outcome> {
+    let (model, info) = load_model_info(&a.file)
+        .await
+        .with_context(|| format!("cannot load the model {}", a.file))?;
+    let mut meta = BTreeMap::new();
+    meta.insert(
+        "cai.weights".to_string(),
+        format!("converted from {} ({})", a.file, info.form),
+    );
+    write_atomic(&a.out, &model.to_weights().to_safetensors(&meta)?)?;
+    if !quiet {
+        eprintln!(
+            "wrote {} ({} parameters, from {})",
+            a.out.display(),
+            info.param_count,
+            info.form
+        );
+    }
     Ok(Outcome::Ok)
 }

@@ -4,7 +4,8 @@
 //! (Initialize), [`worker::Worker::run_rank`] (one rank of the distributed map) and
 //! [`summarize::summarize`] (Summarize). An engine only decides where ranks run:
 //! [`local::LocalEngine`] runs them on this machine's cores; `slurm` (feature `slurm`) runs
-//! them as a Slurm job array.
+//! them as a Slurm job array; `aws` (feature `aws`) generates the Step Functions + Lambda
+//! workflow, and [`cost`] prices a run at AWS list prices.
 //!
 //! Results layout under the results location: `plan.json`, `payload.json`, `<rank>.json`,
 //! `failed/<rank>.json`, `predictions/<rank>.parquet`, `combined_data.json`,
@@ -12,6 +13,9 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+#[cfg(feature = "aws")]
+pub mod aws;
+pub mod cost;
 pub mod error;
 pub mod local;
 pub mod predictions;

@@ -48,7 +48,14 @@ impl Moto {
             .expect("free port")
             .port();
         let child = Command::new(PY)
-            .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
+            .args([
+                "-m",
+                "moto.server",
+                "-H",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -301,11 +308,7 @@ fn partition_run_summarize_predict_on_s3_equal_a_local_run() {
     let local = local_run(&d, &common);
     assert_eq!(remote.len(), 300);
     assert_eq!(remote, local, "S3 and local predictions differ");
-    let summary = json(&s3.download(
-        "cai-results",
-        "run1/summary.json",
-        &d.path("summary.json"),
-    ));
+    let summary = json(&s3.download("cai-results", "run1/summary.json", &d.path("summary.json")));
     assert_eq!(summary["galaxies"], 300);
     assert_eq!(summary["ranks_done"], 3);
     assert_eq!(summary["results"], "s3://cai-results/run1");
@@ -442,12 +445,7 @@ fn the_originals_payload_runs_on_its_buckets_without_location_flags() {
     // A missing bucket is an error that names the location, not a hang or a panic.
     let out = s3.cai(
         &d,
-        &[
-            "summarize",
-            "--results",
-            "s3://no-such-bucket/x",
-            "--json",
-        ],
+        &["summarize", "--results", "s3://no-such-bucket/x", "--json"],
     );
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);

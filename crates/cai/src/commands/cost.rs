@@ -1,0 +1,170 @@
+//! `cai cost`: what a run cost on AWS Lambda + Step Functions (from its `<rank>.json`
+//! files), or would cost (from its plan, or a galaxy count, and a throughput).
+
+use anyhow::{bail, Context, Result};
+use cai_core::report::{rank_of_key, RankReport};
+use cai_core::StorageUrl;
+use cai_engine::cost::{estimate, measured, Arch, Cost, PRICES};
+use cai_engine::summarize::load_plan;
+use clap::{Args, ValueEnum};
+
+use crate::Outcome;
+
+/// Lambda architectures on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ArchArg {
+    /// Intel/AMD.
+    #[value(name = "x86_64")]
+    X86_64,
+    /// Graviton (20 % cheaper per GB-second).
+    #[value(name = "arm64")]
+    Arm64,
+}
+
+impl From<ArchArg> for Arch {
+    fn from(a: ArchArg) -> Self {
+        match a {
+            ArchArg::X86_64 => Arch::X86_64,
+            ArchArg::Arm64 => Arch::Arm64,
+        }
+    }
+}
+
+/// `cai cost`
+#[derive(Debug, Args)]
+pub struct CostArgs {
+    /// Results location of a run: prices its `<rank>.json` durations, or with --throughput
+    /// its plan.json.
+    #[arg(long, env = "CAI_RESULTS", required_unless_present = "galaxies")]
+    pub results: Option<String>,
+    /// Lambda memory of the Infer function in MB.
+    #[arg(long, default_value_t = 10_240)]
+    pub memory_mb: u32,
+    /// Lambda architecture.
+    #[arg(long, value_enum, default_value_t = ArchArg::X86_64)]
+    pub arch: ArchArg,
+    /// Seconds added to every invocation (cold start, model load), beyond the rank's clock.
+    #[arg(long, default_value_t = 0.0)]
+    pub overhead_s: f64,
+    /// Estimate instead: galaxies per second per Infer invocation (measure it with a
+    /// `cai run` at the same memory/vCPUs).
+    #[arg(long)]
+    pub throughput: Option<f64>,
+    /// Estimate without a plan: this many galaxies in all (with --throughput).
+    #[arg(long, requires_all = ["throughput", "partition_galaxies"])]
+    pub galaxies: Option<u64>,
+    /// Galaxies per partition (one partition per rank) for --galaxies; 25 MB ≈ 1,280.
+    #[arg(long)]
+    pub partition_galaxies: Option<u64>,
+    /// Print the cost as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+async fn reports(results: &StorageUrl) -> Result<Vec<RankReport>> {
+    let mut out = Vec::new();
+    for o in results.list().await? {
+        if rank_of_key(&o.key).is_some() {
+            let bytes = results.get(&o.key).await?;
+            out.push(RankReport::from_json(&results.url_of(&o.key), &bytes)?);
+        }
+    }
+    out.sort_by_key(|r| r.rank);
+    Ok(out)
+}
+
+fn print(c: &Cost, json: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(c)?);
+        return Ok(());
+    }
+    println!(
+        "basis        {} ({} invocations, {} MB, {})",
+        c.basis,
+        c.invocations,
+        c.memory_mb,
+        c.arch.lambda_name()
+    );
+    println!(
+        "duration     {:.1} s billed in all, longest {:.2} s",
+        c.billed_seconds, c.longest_s
+    );
+    println!(
+        "lambda       {:.1} GB-s = ${:.4} compute + ${:.4} requests",
+        c.gb_seconds, c.lambda_compute_usd, c.lambda_requests_usd
+    );
+    println!(
+        "stepfns      {} state transitions = ${:.4}",
+        c.state_transitions, c.step_functions_usd
+    );
+    println!(
+        "s3           {} GET + {} PUT/LIST = ${:.5}",
+        c.s3_requests.0, c.s3_requests.1, c.s3_usd
+    );
+    println!("total        ${:.4}", c.total_usd);
+    println!("prices       {}", c.prices_as_of);
+    Ok(())
+}
+
+/// `cai cost`.
+pub async fn cost(a: CostArgs) -> Result<Outcome> {
+    let memory = f64::from(a.memory_mb);
+    let arch: Arch = a.arch.into();
+    if let Some(t) = a.throughput {
+        anyhow::ensure!(
+            t.is_finite() && t > 0.0,
+            "--throughput must be > 0, got {t}"
+        );
+    }
+    let c = match (a.galaxies, a.throughput, &a.results) {
+        (Some(total), Some(t), _) => {
+            let per = a.partition_galaxies.unwrap_or(0);
+            anyhow::ensure!(per > 0, "--partition-galaxies must be > 0");
+            let mut ranks = vec![per; (total / per) as usize];
+            if total % per > 0 {
+                ranks.push(total % per);
+            }
+            let n = ranks.len() as u64;
+            estimate(&ranks, n, t, a.overhead_s, memory, arch, &PRICES)
+        }
+        (None, Some(t), Some(results)) => {
+            let url = StorageUrl::parse(results)?;
+            let Some(plan) = load_plan(&url).await? else {
+                bail!("no plan.json under {results}: run `cai run` (or plan) first");
+            };
+            let ranks: Vec<u64> = (0..plan.world_size)
+                .map(|r| {
+                    plan.partitions_of(r)
+                        .iter()
+                        .map(|p| p.galaxies.unwrap_or(0))
+                        .sum()
+                })
+                .collect();
+            if ranks.iter().all(|&g| g == 0) {
+                bail!("the plan under {results} has no galaxy counts (no manifest.json): give --galaxies and --partition-galaxies");
+            }
+            estimate(
+                &ranks,
+                plan.partitions.len() as u64,
+                t,
+                a.overhead_s,
+                memory,
+                arch,
+                &PRICES,
+            )
+        }
+        (_, _, Some(results)) => {
+            let url = StorageUrl::parse(results)?;
+            let reps = reports(&url)
+                .await
+                .with_context(|| format!("cannot read the rank reports under {results}"))?;
+            if reps.is_empty() {
+                bail!("no <rank>.json under {results}: nothing ran yet (give --throughput to estimate)");
+            }
+            measured(&reps, a.overhead_s, memory, arch, &PRICES)
+        }
+        _ => bail!("give --results, or --galaxies with --partition-galaxies and --throughput"),
+    };
+    print(&c, a.json)?;
+    Ok(Outcome::Ok)
+}

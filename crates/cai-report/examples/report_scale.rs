@@ -32,7 +32,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         },
     )
     .await?;
-    println!("wrote {ranks} synthetic ranks ({per} predictions each) in {:.2} s to {}", t.elapsed().as_secs_f64(), dir.display());
+    println!(
+        "wrote {ranks} synthetic ranks ({per} predictions each) in {:.2} s to {}",
+        t.elapsed().as_secs_f64(),
+        dir.display()
+    );
     for combined in [true, false] {
         if !combined {
             std::fs::remove_file(dir.join("combined_data.json"))?;
@@ -47,7 +51,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         std::fs::write(&out, &report.html)?;
         println!(
             "{}: load {t_load:.2} s, build {t_build:.2} s, report {} bytes ({} figures) → {}",
-            if combined { "with combined_data.json" } else { "rank files only" },
+            if combined {
+                "with combined_data.json"
+            } else {
+                "rank files only"
+            },
             report.html.len(),
             report.figures.len(),
             out.display()

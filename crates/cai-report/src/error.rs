@@ -6,10 +6,10 @@
 pub enum Error {
     /// Storage or a core format failed (names the URL).
     #[error(transparent)]
-    Core(#[from] cai_core::Error),
+    Core(Box<cai_core::Error>),
     /// Reading predictions failed (names the file).
     #[error(transparent)]
-    Engine(#[from] cai_engine::Error),
+    Engine(Box<cai_engine::Error>),
     /// A JSON file under the results could not be read as expected.
     #[error("{file}: {reason}")]
     Json {
@@ -40,6 +40,18 @@ pub enum Error {
         /// The I/O error.
         source: std::io::Error,
     },
+}
+
+impl From<cai_core::Error> for Error {
+    fn from(e: cai_core::Error) -> Self {
+        Error::Core(Box::new(e))
+    }
+}
+
+impl From<cai_engine::Error> for Error {
+    fn from(e: cai_engine::Error) -> Self {
+        Error::Engine(Box::new(e))
+    }
 }
 
 /// Result with this crate's [`Error`].

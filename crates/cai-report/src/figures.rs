@@ -19,9 +19,8 @@ const FAMILY: &str = "sans-serif";
 
 fn register_font() -> Result<()> {
     static DONE: OnceLock<bool> = OnceLock::new();
-    let ok = *DONE.get_or_init(|| {
-        plotters::style::register_font(FAMILY, FontStyle::Normal, FONT).is_ok()
-    });
+    let ok = *DONE
+        .get_or_init(|| plotters::style::register_font(FAMILY, FontStyle::Normal, FONT).is_ok());
     if ok {
         Ok(())
     } else {
@@ -41,7 +40,11 @@ pub fn viridis(t: f64) -> RGBColor {
         (94.0, 201.0, 98.0),
         (253.0, 231.0, 37.0),
     ];
-    let t = if t.is_finite() { t.clamp(0.0, 1.0) } else { 0.0 };
+    let t = if t.is_finite() {
+        t.clamp(0.0, 1.0)
+    } else {
+        0.0
+    };
     let x = t * 4.0;
     let i = (x.floor() as usize).min(3);
     let f = x - i as f64;
@@ -150,7 +153,11 @@ impl Density {
             .collect();
         let lo = finite_quantile(&mut all, 0.001).min(0.0);
         let hi = crate::stats::quantile(&all, 0.999);
-        let hi = if hi.is_finite() && hi > lo { hi } else { lo + 1.0 };
+        let hi = if hi.is_finite() && hi > lo {
+            hi
+        } else {
+            lo + 1.0
+        };
         let pad = 0.02 * (hi - lo);
         let r = (lo - if lo < 0.0 { pad } else { 0.0 }, hi + pad);
         let mut d = Density::new(&xs, &ys, r, r, bins);
@@ -171,7 +178,11 @@ impl Density {
         let mut fx: Vec<f64> = xs.iter().copied().filter(|v| v.is_finite()).collect();
         let x0 = finite_quantile(&mut fx, 0.001).min(0.0);
         let x1 = crate::stats::quantile(&fx, 0.999);
-        let x1 = if x1.is_finite() && x1 > x0 { x1 } else { x0 + 1.0 };
+        let x1 = if x1.is_finite() && x1 > x0 {
+            x1
+        } else {
+            x0 + 1.0
+        };
         let mut fy: Vec<f64> = ys.iter().copied().filter(|v| v.is_finite()).collect();
         let ylo = finite_quantile(&mut fy, 0.005);
         let yhi = crate::stats::quantile(&fy, 0.995);
@@ -322,11 +333,17 @@ impl Timeline {
         let end = self
             .rows
             .iter()
-            .map(|r| r.span.map_or(r.start + r.phases.iter().sum::<f64>(), |s| s.1))
+            .map(|r| {
+                r.span
+                    .map_or(r.start + r.phases.iter().sum::<f64>(), |s| s.1)
+            })
             .fold(0.0, f64::max)
             .max(1e-3);
         let y_desc = if self.ranks_per_row > 1 {
-            format!("rank (rows of {} ranks: mean bars, min–max whiskers)", self.ranks_per_row)
+            format!(
+                "rank (rows of {} ranks: mean bars, min–max whiskers)",
+                self.ranks_per_row
+            )
         } else {
             "rank".to_string()
         };
@@ -349,7 +366,11 @@ impl Timeline {
             .draw()?;
         let h = 0.8;
         for (p, name) in PHASES.iter().enumerate() {
-            let color = if p == 4 { PALETTE[6].mix(0.5) } else { PALETTE[p].mix(1.0) };
+            let color = if p == 4 {
+                PALETTE[6].mix(0.5)
+            } else {
+                PALETTE[p].mix(1.0)
+            };
             chart
                 .draw_series(self.rows.iter().enumerate().filter_map(|(i, r)| {
                     let len = r.phases[p];
@@ -361,7 +382,9 @@ impl Timeline {
                     Some(Rectangle::new([(s, y), (s + len, y + h)], color.filled()))
                 }))?
                 .label(*name)
-                .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled()));
+                .legend(move |(x, y)| {
+                    Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled())
+                });
         }
         chart.draw_series(self.rows.iter().enumerate().filter_map(|(i, r)| {
             r.span.map(|(a, b)| {
@@ -410,7 +433,9 @@ pub struct Sweep {
 
 fn span(v: impl Iterator<Item = f64>) -> (f64, f64) {
     v.filter(|x| x.is_finite())
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), x| (a.min(x), b.max(x)))
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), x| {
+            (a.min(x), b.max(x))
+        })
 }
 
 impl Panel {
@@ -467,11 +492,14 @@ impl Panel {
             }};
         }
         if log_x {
-            let mut chart =
-                b.build_cartesian_2d((x0 / 1.3..x1 * 1.3).log_scale(), 0f64..y_top)?;
+            let mut chart = b.build_cartesian_2d((x0 / 1.3..x1 * 1.3).log_scale(), 0f64..y_top)?;
             body!(chart);
         } else {
-            let pad = if x1 > x0 { 0.08 * (x1 - x0) } else { 0.5 * x0.abs().max(1.0) };
+            let pad = if x1 > x0 {
+                0.08 * (x1 - x0)
+            } else {
+                0.5 * x0.abs().max(1.0)
+            };
             let mut chart = b.build_cartesian_2d(x0 - pad..x1 + pad, 0f64..y_top)?;
             body!(chart);
         }
@@ -489,8 +517,7 @@ impl Sweep {
     }
 }
 
-type DResult<DB> =
-    std::result::Result<(), DrawingAreaErrorKind<<DB as DrawingBackend>::ErrorType>>;
+type DResult<DB> = std::result::Result<(), DrawingAreaErrorKind<<DB as DrawingBackend>::ErrorType>>;
 
 /// What a figure shows.
 #[derive(Debug, Clone, PartialEq)]
@@ -604,7 +631,11 @@ mod tests {
 
     fn sample_figures() -> Vec<Figure> {
         let t: Vec<f32> = (0..500).map(|i| (i % 50) as f32 / 60.0).collect();
-        let p: Vec<f32> = t.iter().enumerate().map(|(i, z)| z + ((i % 7) as f32 - 3.0) * 0.01).collect();
+        let p: Vec<f32> = t
+            .iter()
+            .enumerate()
+            .map(|(i, z)| z + ((i % 7) as f32 - 3.0) * 0.01)
+            .collect();
         vec![
             Figure {
                 id: "pz".into(),
@@ -620,8 +651,16 @@ mod tests {
                 size: (600, 400),
                 plot: Plot::Timeline(Timeline {
                     rows: vec![
-                        TimelineRow { start: 0.0, phases: [1.0, 0.5, 3.0, 0.2, 0.3], span: None },
-                        TimelineRow { start: 0.5, phases: [1.0, 0.5, 9.0, 0.2, 0.3], span: Some((0.2, 12.0)) },
+                        TimelineRow {
+                            start: 0.0,
+                            phases: [1.0, 0.5, 3.0, 0.2, 0.3],
+                            span: None,
+                        },
+                        TimelineRow {
+                            start: 0.5,
+                            phases: [1.0, 0.5, 9.0, 0.2, 0.3],
+                            span: Some((0.2, 12.0)),
+                        },
                     ],
                     ranks_per_row: 1,
                     stragglers: vec![(1, 11.5, 1)],
@@ -653,7 +692,11 @@ mod tests {
             assert!(svg.contains("<rect") || svg.contains("<polyline"));
             let rgb = f.to_rgb().unwrap();
             let non_white = rgb.chunks(3).filter(|p| p != &[255, 255, 255]).count();
-            assert!(non_white > 1000, "{}: only {non_white} non-white pixels", f.id);
+            assert!(
+                non_white > 1000,
+                "{}: only {non_white} non-white pixels",
+                f.id
+            );
             let png = f.to_png().unwrap();
             assert_eq!(&png[1..4], b"PNG");
         }

@@ -152,8 +152,14 @@ pub fn timeline(run: &Run, max_rows: usize) -> Timeline {
         }
         let start = group.iter().map(|r| r.started_at - t0).sum::<f64>() / m;
         let span = (k > 1).then(|| {
-            let a = group.iter().map(|r| r.started_at - t0).fold(f64::INFINITY, f64::min);
-            let b = group.iter().map(|r| r.ended_at - t0).fold(f64::NEG_INFINITY, f64::max);
+            let a = group
+                .iter()
+                .map(|r| r.started_at - t0)
+                .fold(f64::INFINITY, f64::min);
+            let b = group
+                .iter()
+                .map(|r| r.ended_at - t0)
+                .fold(f64::NEG_INFINITY, f64::max);
             (a, b)
         });
         rows.push(TimelineRow {
@@ -217,7 +223,7 @@ fn fmt_int(n: u64) -> String {
     let s = n.to_string();
     let mut o = String::new();
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             o.push(',');
         }
         o.push(c);
@@ -258,9 +264,9 @@ struct Page {
 impl Page {
     fn figure(&mut self, f: Figure) -> Result<()> {
         let svg = f.to_svg()?;
-        let _ = write!(
+        let _ = writeln!(
             self.html,
-            "<figure id=\"fig-{id}\"><h3>{t}</h3>{svg}<figcaption>{c}</figcaption></figure>\n",
+            "<figure id=\"fig-{id}\"><h3>{t}</h3>{svg}<figcaption>{c}</figcaption></figure>",
             id = esc(&f.id),
             t = esc(&f.title),
             svg = inline_svg(&svg, &f.title),
@@ -271,16 +277,25 @@ impl Page {
     }
 
     fn table(&mut self, t: &Table, left: &[usize]) {
-        self.html.push_str("<div class=\"scroll\"><table><thead><tr>");
+        self.html
+            .push_str("<div class=\"scroll\"><table><thead><tr>");
         for (i, h) in t.header.iter().enumerate() {
-            let cls = if left.contains(&i) { " class=\"l\"" } else { "" };
+            let cls = if left.contains(&i) {
+                " class=\"l\""
+            } else {
+                ""
+            };
             let _ = write!(self.html, "<th{cls}>{}</th>", esc(h));
         }
         self.html.push_str("</tr></thead><tbody>\n");
         for r in &t.rows {
             self.html.push_str("<tr>");
             for (i, c) in r.iter().enumerate() {
-                let cls = if left.contains(&i) { " class=\"l\"" } else { "" };
+                let cls = if left.contains(&i) {
+                    " class=\"l\""
+                } else {
+                    ""
+                };
                 let _ = write!(self.html, "<td{cls}>{}</td>", esc(c));
             }
             self.html.push_str("</tr>\n");
@@ -305,16 +320,24 @@ fn slug(i: usize) -> String {
 fn run_section(p: &mut Page, i: usize, run: &Run, opts: &ReportOptions) -> Result<()> {
     let s = &run.summary;
     let id = slug(i);
-    let _ = write!(
+    let _ = writeln!(
         p.html,
-        "<h2 id=\"{id}\">Run {} — summary</h2><p class=\"loc\">{}</p>\n",
+        "<h2 id=\"{id}\">Run {} — summary</h2><p class=\"loc\">{}</p>",
         i + 1,
         esc(&run.location)
     );
     p.html.push_str("<div class=\"cards\">");
     p.card(&fmt_int(s.galaxies), "galaxies predicted", "");
-    p.card(&fmt_s(s.wall_time_s), "wall time (first start → last end)", "");
-    p.card(&format!("{:.1}", s.galaxies_per_s), "galaxies / s (wall)", "");
+    p.card(
+        &fmt_s(s.wall_time_s),
+        "wall time (first start → last end)",
+        "",
+    );
+    p.card(
+        &format!("{:.1}", s.galaxies_per_s),
+        "galaxies / s (wall)",
+        "",
+    );
     p.card(
         &format!("{} / {}", s.ranks_done, s.ranks_total),
         "ranks finished",
@@ -327,16 +350,16 @@ fn run_section(p: &mut Page, i: usize, run: &Run, opts: &ReportOptions) -> Resul
         if failed > 0 { "bad" } else { "" },
     );
     p.card(&fmt_s(s.inference_s), "inference time, all ranks", "");
-    p.card(&format!("{:.0} MB", s.peak_memory_mb), "largest peak memory", "");
+    p.card(
+        &format!("{:.0} MB", s.peak_memory_mb),
+        "largest peak memory",
+        "",
+    );
     p.card(&fmt_bytes(run.data_bytes() as f64), "input data", "");
     p.card(&run.batch_size().to_string(), "batch size", "");
     p.card(&run.engine(), "engine", "");
     let cost = lambda_cost(&run.reports, opts.lambda_memory_mb);
-    p.card(
-        &format!("${:.4}", cost.usd),
-        "Lambda cost estimate",
-        "",
-    );
+    p.card(&format!("${:.4}", cost.usd), "Lambda cost estimate", "");
     if s.nonfinite_galaxies > 0 {
         p.card(
             &fmt_int(s.nonfinite_galaxies),
@@ -349,12 +372,12 @@ fn run_section(p: &mut Page, i: usize, run: &Run, opts: &ReportOptions) -> Resul
         Some(m) => format!("{m:.0} MB for every rank"),
         None => "each rank's peak RSS (at least 128 MB)".into(),
     };
-    let _ = write!(
+    let _ = writeln!(
         p.html,
         "<p class=\"note\">Cost estimate, as the original works it out by hand: Σ over the {} finished ranks of \
          duration × memory × $0.0000166667 per GB-s, + $0.0000002 per request; duration = the rank's wall \
          time measured here, memory = {mem}: {:.1} GB-s. It prices the same work as Lambda invocations of \
-         this speed; it is not a bill. Started {}.</p>\n",
+         this speed; it is not a bill. Started {}.</p>",
         cost.requests,
         cost.gb_s,
         utc(run.started_at())
@@ -371,24 +394,36 @@ fn run_section(p: &mut Page, i: usize, run: &Run, opts: &ReportOptions) -> Resul
             );
         }
         if s.failed.len() > 50 {
-            let _ = write!(p.html, "<li>… and {} more failed ranks</li>", s.failed.len() - 50);
+            let _ = write!(
+                p.html,
+                "<li>… and {} more failed ranks</li>",
+                s.failed.len() - 50
+            );
         }
         if !s.missing_ranks.is_empty() {
-            let shown: Vec<String> =
-                s.missing_ranks.iter().take(50).map(|r| r.to_string()).collect();
+            let shown: Vec<String> = s
+                .missing_ranks
+                .iter()
+                .take(50)
+                .map(|r| r.to_string())
+                .collect();
             let _ = write!(
                 p.html,
                 "<li>{} ranks with no result and no failure record: {}{}</li>",
                 s.missing_ranks.len(),
                 shown.join(", "),
-                if s.missing_ranks.len() > 50 { ", …" } else { "" }
+                if s.missing_ranks.len() > 50 {
+                    ", …"
+                } else {
+                    ""
+                }
             );
         }
         p.html.push_str("</ul>\n");
     }
 
     // Accuracy.
-    let _ = write!(p.html, "<h2>Run {} — accuracy</h2>\n", i + 1);
+    let _ = writeln!(p.html, "<h2>Run {} — accuracy</h2>", i + 1);
     match &s.metrics {
         Some(m) => {
             let t = Table {
@@ -433,7 +468,8 @@ fn run_section(p: &mut Page, i: usize, run: &Run, opts: &ReportOptions) -> Resul
         let (zp, zt) = labelled_pairs(pred);
         if !zt.is_empty() {
             let d = Density::predicted_vs_true(&zp, &zt, opts.bins);
-            let caption = format!(
+            let caption =
+                format!(
                 "{} galaxies binned {b}×{b}, colour = galaxies per bin (log scale); red: y = x.{}",
                 fmt_int(zt.len() as u64),
                 if d.outside > 0 {
@@ -473,7 +509,7 @@ fn run_section(p: &mut Page, i: usize, run: &Run, opts: &ReportOptions) -> Resul
 
     // Timeline.
     if !run.reports.is_empty() {
-        let _ = write!(p.html, "<h2>Run {} — where the time went</h2>\n", i + 1);
+        let _ = writeln!(p.html, "<h2>Run {} — where the time went</h2>", i + 1);
         let tl = timeline(run, opts.max_timeline_rows);
         let walls: Vec<f64> = run.reports.iter().map(|r| r.wall_time_s).collect();
         let thr = straggler_threshold(&walls);
@@ -530,7 +566,7 @@ fn run_section(p: &mut Page, i: usize, run: &Run, opts: &ReportOptions) -> Resul
     }
 
     // Per-rank table.
-    let _ = write!(p.html, "<h2>Run {} — ranks</h2>\n", i + 1);
+    let _ = writeln!(p.html, "<h2>Run {} — ranks</h2>", i + 1);
     rank_table(p, run, opts);
     Ok(())
 }
@@ -566,11 +602,11 @@ fn rank_table(p: &mut Page, run: &Run, opts: &ReportOptions) {
             serde_json::Value::Array(a) => format!("{} partitions", a.len()),
             _ => String::new(),
         };
-        let _ = write!(
+        let _ = writeln!(
             p.html,
             "<tr{}><td>{}</td><td class=\"l\">{}</td><td class=\"l\">{}</td><td>{}</td><td>{:.2}</td>\
              <td>{:.2}{}</td><td>{:.2}</td><td>{:.2}</td><td>{:.2}</td><td>{:.2}</td><td>{:.0}</td>\
-             <td>{:.1}</td><td>{:.1}</td><td>{}</td><td class=\"l\">{}</td></tr>\n",
+             <td>{:.1}</td><td>{:.1}</td><td>{}</td><td class=\"l\">{}</td></tr>",
             if slow.contains(&r.rank) { " class=\"slow\"" } else { "" },
             r.rank,
             esc(&r.host),
@@ -591,9 +627,9 @@ fn rank_table(p: &mut Page, run: &Run, opts: &ReportOptions) {
         );
     }
     for f in run.summary.failed.iter().take(opts.max_table_rows) {
-        let _ = write!(
+        let _ = writeln!(
             p.html,
-            "<tr class=\"fail\"><td>{}</td><td class=\"l\">{}</td><td class=\"l\" colspan=\"13\">failed: {}</td></tr>\n",
+            "<tr class=\"fail\"><td>{}</td><td class=\"l\">{}</td><td class=\"l\" colspan=\"13\">failed: {}</td></tr>",
             f.rank,
             esc(&f.host),
             esc(&f.error)
@@ -673,9 +709,10 @@ fn sweep_figures(means: &[MeanRow]) -> Vec<Figure> {
         figs.push(Figure {
             id: "sweep-batch-size".into(),
             title: "Against batch size".into(),
-            caption: "Means over repetitions after the IQR filter; one line per partition size and \
+            caption:
+                "Means over repetitions after the IQR filter; one line per partition size and \
                       data size."
-                .into(),
+                    .into(),
             size: (1140, 380),
             plot: Plot::Sweep(Sweep {
                 panels: vec![
@@ -710,20 +747,20 @@ pub fn build(runs: &[Run], opts: &ReportOptions) -> Result<Report> {
         html: String::with_capacity(1 << 20),
         figures: Vec::new(),
     };
-    let _ = write!(
+    let _ = writeln!(
         p.html,
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
-         <title>{}</title><style>{CSS}</style></head><body>\n<h1>{}</h1>\n",
+         <title>{}</title><style>{CSS}</style></head><body>\n<h1>{}</h1>",
         esc(&opts.title),
         esc(&opts.title)
     );
     let rows = run_rows(runs);
     let means = mean_rows(&rows);
     if runs.len() > 1 {
-        let _ = write!(
+        let _ = writeln!(
             p.html,
-            "<p>{} runs in {} configurations. Contents: <a href=\"#stats\">tables</a>{}{}</p>\n",
+            "<p>{} runs in {} configurations. Contents: <a href=\"#stats\">tables</a>{}{}</p>",
             runs.len(),
             means.len(),
             if means.len() > 1 {
@@ -740,9 +777,9 @@ pub fn build(runs: &[Run], opts: &ReportOptions) -> Result<Report> {
         run_section(&mut p, i, run, opts)?;
     }
     if runs.len() > opts.detail_runs {
-        let _ = write!(
+        let _ = writeln!(
             p.html,
-            "<p class=\"note\">Runs {}–{} are in the tables below only.</p>\n",
+            "<p class=\"note\">Runs {}–{} are in the tables below only.</p>",
             opts.detail_runs + 1,
             runs.len()
         );
@@ -754,7 +791,8 @@ pub fn build(runs: &[Run], opts: &ReportOptions) -> Result<Report> {
             p.figure(f)?;
         }
     }
-    p.html.push_str("<h2 id=\"stats\">Tables (the original's stats)</h2>\n");
+    p.html
+        .push_str("<h2 id=\"stats\">Tables (the original's stats)</h2>\n");
     p.html.push_str("<h3>Per run</h3>\n");
     p.table(&Table::per_run(&rows), &[8, 13]);
     p.html.push_str("<h3>Means over repeated runs</h3>\n");
@@ -771,9 +809,9 @@ pub fn build(runs: &[Run], opts: &ReportOptions) -> Result<Report> {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
         .unwrap_or(0.0);
-    let _ = write!(
+    let _ = writeln!(
         p.html,
-        "<footer>Made by cai-report {} on {}. Self-contained: no scripts, no external resources.</footer>\n</body></html>\n",
+        "<footer>Made by cai-report {} on {}. Self-contained: no scripts, no external resources.</footer>\n</body></html>",
         env!("CARGO_PKG_VERSION"),
         utc(now)
     );
@@ -868,7 +906,10 @@ mod tests {
 
     #[test]
     fn escaping_and_inline_svg() {
-        assert_eq!(esc("<a href=\"x\">&'"), "&lt;a href=&quot;x&quot;&gt;&amp;&#39;");
+        assert_eq!(
+            esc("<a href=\"x\">&'"),
+            "&lt;a href=&quot;x&quot;&gt;&amp;&#39;"
+        );
         let s = inline_svg(
             "<svg width=\"10\" height=\"10\" viewBox=\"0 0 10 10\" xmlns=\"http://www.w3.org/2000/svg\">\n</svg>",
             "a<b",

@@ -1,7 +1,8 @@
 //! Reading what a run left under its results location: `plan.json`, `summary.json`,
 //! `combined_data.json` or the `<rank>.json` files, `failed/<rank>.json` and
 //! `predictions.parquet`. A location given may also be a folder of runs (a sweep): every
-//! folder below it holding a `plan.json` or `summary.json` is one run.
+//! folder below it holding a `plan.json`, `summary.json`, `combined_data.json` or
+//! `<rank>.json` is one run.
 
 use std::collections::BTreeSet;
 
@@ -96,7 +97,8 @@ fn is_run_key(key: &str) -> bool {
 }
 
 /// The runs at or below a location: the location itself when it holds a run, else every
-/// folder below it that holds a `plan.json` or `summary.json`, sorted by path.
+/// folder below it that holds a `plan.json`, `summary.json`, `combined_data.json` or
+/// `<rank>.json` (not inside another run), sorted by path.
 pub async fn find_runs(location: &StorageUrl) -> Result<Vec<StorageUrl>> {
     let objects = location.list().await?;
     if objects.iter().any(|o| is_run_key(&o.key)) {
@@ -104,12 +106,16 @@ pub async fn find_runs(location: &StorageUrl) -> Result<Vec<StorageUrl>> {
     }
     let mut dirs = BTreeSet::new();
     for o in &objects {
-        for marker in [PLAN_KEY, SUMMARY_KEY] {
-            if let Some(dir) = o.key.strip_suffix(marker).and_then(|d| d.strip_suffix('/')) {
+        if let Some((dir, name)) = o.key.rsplit_once('/') {
+            let failed_dir = dir == "failed" || dir.ends_with("/failed");
+            if is_run_key(name) && !failed_dir {
                 dirs.insert(dir.to_string());
             }
         }
     }
+    // A run's own sub-folders are not runs of their own.
+    let all: Vec<String> = dirs.iter().cloned().collect();
+    dirs.retain(|d| !all.iter().any(|p| d.starts_with(&format!("{p}/"))));
     if dirs.is_empty() {
         return Err(Error::NoRuns {
             location: location.to_string(),
@@ -233,12 +239,11 @@ pub async fn load_run(location: &StorageUrl, predictions: bool) -> Result<Run> {
             continue;
         }
         let url = location.url_of(&o.key);
-        let f: RankFailure = serde_json::from_slice(&location.get(&o.key).await?).map_err(|e| {
-            Error::Json {
+        let f: RankFailure =
+            serde_json::from_slice(&location.get(&o.key).await?).map_err(|e| Error::Json {
                 file: url.clone(),
                 reason: e.to_string(),
-            }
-        })?;
+            })?;
         failures.push(f);
     }
     failures.sort_by_key(|f| f.rank);

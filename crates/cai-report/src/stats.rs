@@ -277,7 +277,11 @@ pub fn mean_rows(rows: &[RunRow]) -> Vec<MeanRow> {
             wall_time_s: wall,
             wall_min_s: walls.iter().copied().fold(f64::INFINITY, f64::min),
             wall_max_s: walls.iter().copied().fold(f64::NEG_INFINITY, f64::max),
-            galaxies_per_s: if wall > 0.0 { galaxies / wall } else { f64::NAN },
+            galaxies_per_s: if wall > 0.0 {
+                galaxies / wall
+            } else {
+                f64::NAN
+            },
         });
         i = j;
     }

@@ -85,7 +85,9 @@ pub async fn write(location: &StorageUrl, s: &SyntheticRun) -> Result<Vec<RankRe
     for rank in 0..s.ranks {
         let slow = s.straggler_every > 0 && rank % s.straggler_every == s.straggler_every - 1;
         let g = s.galaxies_per_rank;
-        let infer = g as f64 * s.s_per_galaxy * (1.0 + 0.05 * rng.normal()).max(0.5)
+        let infer = g as f64
+            * s.s_per_galaxy
+            * (1.0 + 0.05 * rng.normal()).max(0.5)
             * if slow { 3.0 } else { 1.0 };
         let download = 0.3 + 0.2 * rng.next();
         let decode = 0.05 + 0.02 * rng.next();
@@ -132,7 +134,9 @@ pub async fn write(location: &StorageUrl, s: &SyntheticRun) -> Result<Vec<RankRe
             } else {
                 0.02 * rng.normal()
             };
-            preds.index.push((rank * s.predictions_per_rank + row) as i64);
+            preds
+                .index
+                .push((rank * s.predictions_per_rank + row) as i64);
             preds.partition.push(key.clone());
             preds.row.push(row as i32);
             preds.rank.push(rank as i32);
@@ -148,7 +152,10 @@ pub async fn write(location: &StorageUrl, s: &SyntheticRun) -> Result<Vec<RankRe
         let f = RankFailure {
             rank,
             partitions: vec![format!("{:05}.safetensors", rank + 1)],
-            error: format!("{:05}.safetensors: truncated tensor data (synthetic)", rank + 1),
+            error: format!(
+                "{:05}.safetensors: truncated tensor data (synthetic)",
+                rank + 1
+            ),
             engine: "local".into(),
             host: "node0".into(),
             failed_at: s.t0 + 1.0,
@@ -160,7 +167,9 @@ pub async fn write(location: &StorageUrl, s: &SyntheticRun) -> Result<Vec<RankRe
     }
     if s.predictions_per_rank > 0 {
         let name = location.url_of(PREDICTIONS_KEY);
-        location.put(PREDICTIONS_KEY, preds.to_parquet(&name)?).await?;
+        location
+            .put(PREDICTIONS_KEY, preds.to_parquet(&name)?)
+            .await?;
     }
     Ok(reports)
 }

@@ -93,7 +93,10 @@ pub async fn write_report(
 pub async fn report(a: ReportArgs, quiet: bool) -> Result<Outcome> {
     let opts = ReportOptions {
         lambda_memory_mb: a.lambda_memory_mb,
-        title: a.title.clone().unwrap_or_else(|| ReportOptions::default().title),
+        title: a
+            .title
+            .clone()
+            .unwrap_or_else(|| ReportOptions::default().title),
         ..ReportOptions::default()
     };
     let n = write_report(&a.results, &a.out, a.png.as_deref(), &opts).await?;
@@ -117,6 +120,9 @@ mod tests {
             sibling(Path::new("/t/stats.csv"), "means"),
             Path::new("/t/stats.means.csv")
         );
-        assert_eq!(sibling(Path::new("s"), "workflow"), Path::new("s.workflow.csv"));
+        assert_eq!(
+            sibling(Path::new("s"), "workflow"),
+            Path::new("s.workflow.csv")
+        );
     }
 }

@@ -27,4 +27,15 @@ if [ -z "${CAI_TEST_SLURM:-}" ]; then
         fi
     fi
 fi
+# The HTML report's browser test (crates/cai-report/tests/report.rs) needs Debian's chromium.
+# Unless CAI_TEST_BROWSER is already set (1: run it; 0: skip it), CI running as root installs
+# chromium and runs it; elsewhere it is skipped.
+if [ -z "${CAI_TEST_BROWSER:-}" ] && [ "${CI:-}" = true ] && [ "$(id -u)" = 0 ]; then
+    if command -v chromium >/dev/null || { apt-get update -qq &&
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; }; then
+        export CAI_TEST_BROWSER=1
+    else
+        echo "test.sh: could not install chromium; the report's browser test is skipped" >&2
+    fi
+fi
 cargo test --workspace --locked "$@"

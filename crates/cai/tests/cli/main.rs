@@ -1,7 +1,9 @@
 //! End-to-end tests of the `cai` binary: one binary, a module per theme.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod util;
 
 mod pipeline;
 mod s3;
 mod slurm;
+mod torch_files;

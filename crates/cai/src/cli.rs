@@ -297,7 +297,7 @@ pub struct BenchArgs {
 #[derive(Debug, Args)]
 pub struct StatsArgs {
     /// Results locations: runs, or folders of runs (a sweep; every folder below holding a
-    /// plan.json or summary.json is one run).
+    /// plan.json, summary.json, combined_data.json or <rank>.json is one run).
     #[arg(required = true)]
     pub results: Vec<String>,
     /// Also write the per-run table as CSV here, the means and the workflow durations

@@ -113,6 +113,18 @@ pub async fn demo(a: DemoArgs, quiet: bool) -> Result<Outcome> {
     ] {
         println!("  {what:<13}{path}");
     }
+    let report = std::path::PathBuf::from(&results_dir).join("report.html");
+    crate::commands::report::write_report(
+        std::slice::from_ref(&results_dir),
+        &report,
+        None,
+        &cai_report::html::ReportOptions {
+            title: "CAI-rs demo (seeded AstroMAE, last layer fitted; synthetic galaxies)".into(),
+            ..Default::default()
+        },
+    )
+    .await?;
+    println!("  {:<13}{}", "report", report.display());
     println!("total demo time {:.1} s", t0.elapsed().as_secs_f64());
     Ok(if summary.complete() {
         Outcome::Ok

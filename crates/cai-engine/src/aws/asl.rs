@@ -169,7 +169,7 @@ pub fn state_machine(cfg: &AwsConfig, arns: &FunctionArns) -> Value {
                 }],
                 "Default": "RanksFailed"
             },
-            "Done": { "Type": "Succeed", "OutputPath": "$.summary" },
+            "Done": { "Type": "Succeed" },
             "RanksFailed": {
                 "Type": "Fail",
                 "Error": "CAI.RanksFailed",

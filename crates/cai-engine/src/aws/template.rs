@@ -106,7 +106,6 @@ fn function(cfg: &AwsConfig, id: &str, role: &str) -> Value {
     let timeout = if role == "infer" { cfg.timeout_s } else { 900 };
     json!({
         "Type": "AWS::Lambda::Function",
-        "DependsOn": [format!("{id}LogGroup")],
         "Properties": {
             "FunctionName": cfg.function_name(role),
             "Description": format!("CAI-rs {role} ({})", cfg.stack),
@@ -427,6 +426,36 @@ mod tests {
             if acts.contains("PutObject") {
                 assert!(!res.contains("cosmicai-data") && !res.contains("cosmicai-models"));
             }
+        }
+    }
+
+    /// cfn-lint (pip) checks the template and the embedded state machine against AWS's
+    /// schemas; skipped with a note when it is not installed.
+    #[test]
+    fn cfn_lint_accepts_the_template() {
+        let probe = std::process::Command::new("cfn-lint")
+            .arg("--version")
+            .output();
+        if !matches!(&probe, Ok(o) if o.status.success()) {
+            eprintln!("NOTE: cfn-lint not installed (pip install cfn-lint); skipped");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        for arch in [Arch::X86_64, Arch::Arm64] {
+            let mut c = cfg();
+            c.arch = arch;
+            let path = dir.path().join(format!("{}.json", arch.lambda_name()));
+            std::fs::write(&path, serde_json::to_vec_pretty(&template(&c)).unwrap()).unwrap();
+            let out = std::process::Command::new("cfn-lint")
+                .arg(&path)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "cfn-lint:\n{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
     }
 }

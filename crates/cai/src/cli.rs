@@ -32,7 +32,7 @@ pub enum Command {
     /// Cut a dataset in index order into partitions of a given size, with a manifest.
     Partition(PartitionArgs),
     /// Plan and run inference over partitions, then summarize (the whole workflow).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Gather the rank results of a run into combined_data.json, predictions.parquet and
     /// summary.json.
     Summarize(SummarizeArgs),

@@ -1,8 +1,8 @@
 //! `cai demo`: the whole workflow on this machine, from nothing, in a few minutes.
 //!
-//! 1. seeded AstroMAE weights (untrained), 2. labelled training galaxies (seed 2), 3. the last
-//! Linear layer fitted by ridge regression on their penultimate features, 4. the galaxies to
-//! run (seed 1, never seen by the fit), 5. partitions, 6. the local engine, 7. summary.
+//! Steps: seeded AstroMAE weights (untrained); labelled training galaxies (seed 2); the last
+//! Linear layer fitted by ridge regression on their penultimate features; the galaxies to run
+//! (seed 1, never seen by the fit); partitions; the local engine; summary and report.
 
 use std::time::Instant;
 

@@ -26,7 +26,7 @@ pub async fn dispatch(cli: Cli) -> Result<Outcome> {
     match cli.command {
         Command::Synth(a) => data::synth(a, quiet).await,
         Command::Partition(a) => data::partition(a, quiet).await,
-        Command::Run(a) => run::run(a, quiet).await,
+        Command::Run(a) => run::run(*a, quiet).await,
         Command::Summarize(a) => run::summarize(a).await,
         Command::Predict(a) => predict::predict(a, quiet).await,
         Command::Bench(a) => bench::bench(a, quiet).await,

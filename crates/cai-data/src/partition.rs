@@ -43,7 +43,8 @@ pub fn galaxies_per_partition(image_shape: [usize; 3], size_bytes: u64) -> u64 {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PartitionFile {
     /// File name: the 1-based partition number, 5 digits, `.safetensors`
-    /// (`00001.safetensors`; more digits past 99,999).
+    /// (`00001.safetensors`; more digits past 99,999), or `1.pt`, `2.pt`, … for
+    /// [`FileFormat::Torch`].
     pub key: String,
     /// The 1-based partition number (the number in `key`).
     pub index: usize,

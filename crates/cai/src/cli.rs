@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// CAI-rs: photometric redshifts with AstroMAE over large sets of 5-band galaxy images,
-/// data-parallel on this machine (more engines to come: Slurm, AWS Step Functions + Lambda).
+/// data-parallel on this machine or a Slurm cluster, with data and results on disk or S3.
 ///
 /// The workflow is the original CAI's: partition the data, plan (Initialize), run one task
 /// per rank (distributed inference), summarize. Every location is a path or URL.

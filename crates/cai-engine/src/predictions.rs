@@ -54,6 +54,28 @@ impl Predictions {
         self.index.is_empty()
     }
 
+    /// The predictions of one partition: rows `0..n`, dataset index `first + row`.
+    pub fn for_partition(
+        key: &str,
+        first: i64,
+        rank: usize,
+        z_pred: Vec<f32>,
+        redshift: Option<&[f32]>,
+    ) -> Self {
+        let n = z_pred.len();
+        Predictions {
+            index: (0..n as i64).map(|i| first + i).collect(),
+            partition: vec![key.to_string(); n],
+            row: (0..n as i32).collect(),
+            rank: vec![rank as i32; n],
+            z_pred,
+            z_true: match redshift {
+                Some(z) => z.iter().take(n).map(|&v| Some(v)).collect(),
+                None => vec![None; n],
+            },
+        }
+    }
+
     /// Append another set.
     pub fn append(&mut self, other: Predictions) {
         self.index.extend(other.index);

@@ -305,20 +305,15 @@ fn infer_blocking(
     }
     let partition: Partition = cai_data::read_partition(url, bytes)?;
     let decode_s = t.elapsed().as_secs_f64();
-    let n = partition.n;
     let run = predict_partition(model, pool, &partition, url, batch_size, progress.as_ref())?;
     let first = part.first_galaxy.map(|f| f as i64).unwrap_or(0);
-    let preds = Predictions {
-        index: (0..n as i64).map(|i| first + i).collect(),
-        partition: vec![part.key.clone(); n],
-        row: (0..n as i32).collect(),
-        rank: vec![rank as i32; n],
-        z_pred: run.z_pred,
-        z_true: match &partition.redshift {
-            Some(z) => z.iter().map(|&v| Some(v)).collect(),
-            None => vec![None; n],
-        },
-    };
+    let preds = Predictions::for_partition(
+        &part.key,
+        first,
+        rank,
+        run.z_pred,
+        partition.redshift.as_deref(),
+    );
     Ok(PartitionOutcome {
         preds,
         batches: run.batches,

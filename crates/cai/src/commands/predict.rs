@@ -70,18 +70,13 @@ pub async fn predict(a: PredictArgs, quiet: bool) -> Result<Outcome> {
             Some(&(Arc::new(move |n| p2.inc(n)) as _)),
         )?;
         progress.finish();
-        let n = partition.n;
-        Ok(Predictions {
-            index: (0..n as i64).collect(),
-            partition: vec![name.clone(); n],
-            row: (0..n as i32).collect(),
-            rank: vec![0; n],
-            z_pred: run.z_pred,
-            z_true: match &partition.redshift {
-                Some(z) => z.iter().map(|&v| Some(v)).collect(),
-                None => vec![None; n],
-            },
-        })
+        Ok(Predictions::for_partition(
+            &name,
+            0,
+            0,
+            run.z_pred,
+            partition.redshift.as_deref(),
+        ))
     })
     .await??;
     write_atomic(&a.out, preds.to_csv().as_bytes())?;

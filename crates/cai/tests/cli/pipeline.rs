@@ -3,32 +3,8 @@
 use std::collections::HashSet;
 
 use cai_core::report::ORIGINAL_KEYS;
-use serde_json::Value;
 
-use crate::util::{fixtures, Dir};
-
-/// 1.2 MB partitions hold 61 galaxies: the 300-galaxy fixture makes 5 partitions.
-const SIZE: &str = "1.2MB";
-
-fn partitioned() -> Dir {
-    let d = Dir::new();
-    let f = fixtures();
-    d.ok(&[
-        "partition",
-        "--input",
-        &f.dataset.display().to_string(),
-        "--size",
-        SIZE,
-        "--out",
-        &d.s("parts"),
-    ]);
-    d
-}
-
-fn read_json(path: std::path::PathBuf) -> Value {
-    serde_json::from_slice(&std::fs::read(&path).unwrap_or_else(|e| panic!("{path:?}: {e}")))
-        .unwrap()
-}
+use crate::util::{fixtures, partitioned, read_json, Dir};
 
 fn predictions(d: &Dir) -> cai_engine::predictions::Predictions {
     let bytes = std::fs::read(d.path("res/predictions.parquet")).unwrap();

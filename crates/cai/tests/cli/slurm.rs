@@ -11,12 +11,7 @@ use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
-
-use crate::util::{fixtures, Dir};
-
-/// 1.2 MB partitions hold 61 galaxies: the 300-galaxy fixture makes 5 partitions.
-const SIZE: &str = "1.2MB";
+use crate::util::{fixtures, partitioned, read_json, Dir};
 
 /// One Slurm test at a time: they share the cluster's two CPUs, and the kill test times a
 /// running task.
@@ -28,25 +23,6 @@ fn cluster() -> Option<std::sync::MutexGuard<'static, ()>> {
         return None;
     }
     Some(CLUSTER.lock().unwrap_or_else(|e| e.into_inner()))
-}
-
-fn partitioned() -> Dir {
-    let d = Dir::new();
-    d.ok(&[
-        "partition",
-        "--input",
-        &fixtures().dataset.display().to_string(),
-        "--size",
-        SIZE,
-        "--out",
-        &d.s("parts"),
-    ]);
-    d
-}
-
-fn read_json(path: std::path::PathBuf) -> Value {
-    serde_json::from_slice(&std::fs::read(&path).unwrap_or_else(|e| panic!("{path:?}: {e}")))
-        .unwrap()
 }
 
 fn model() -> String {

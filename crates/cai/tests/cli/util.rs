@@ -97,3 +97,27 @@ pub fn fixtures() -> &'static Fixtures {
         }
     })
 }
+
+/// 1.2 MB partitions hold 61 galaxies: the 300-galaxy fixture makes 5 partitions.
+pub const SIZE: &str = "1.2MB";
+
+/// A fresh directory with the fixture dataset partitioned into `parts/`.
+pub fn partitioned() -> Dir {
+    let d = Dir::new();
+    d.ok(&[
+        "partition",
+        "--input",
+        &fixtures().dataset.display().to_string(),
+        "--size",
+        SIZE,
+        "--out",
+        &d.s("parts"),
+    ]);
+    d
+}
+
+/// Parse a JSON file, naming it on failure.
+pub fn read_json(path: PathBuf) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(&path).unwrap_or_else(|e| panic!("{path:?}: {e}")))
+        .unwrap()
+}

@@ -156,8 +156,10 @@ pub fn assign(files: usize, world_size: usize) -> Vec<Range<usize>> {
     out
 }
 
-/// The number in a partition's file name: `12.pt` → 12, `00012.safetensors` → 12,
-/// `100MB/3.pt` → 3. None when the stem holds no number.
+/// The number in a partition's file name: the first run of digits in the stem (the name up
+/// to its first `.`): `12.pt` → 12, `00012.safetensors` → 12, `100MB/3.pt` → 3,
+/// `part-0007.safetensors` → 7. None when the stem holds no number or it overflows `u64`.
+/// The one rule for partition numbers: the planner orders and checks partitions with it.
 pub fn partition_number(key: &str) -> Option<u64> {
     let name = key.rsplit('/').next()?;
     let stem = name.split('.').next()?;
@@ -458,6 +460,10 @@ mod tests {
         assert_eq!(partition_number("100MB/3.pt"), Some(3));
         assert_eq!(partition_number("00012.safetensors"), Some(12));
         assert_eq!(partition_number("manifest.json"), None);
+        assert_eq!(partition_number("part-0007.safetensors"), Some(7));
+        assert_eq!(partition_number("12_v2.pt"), Some(12));
+        assert_eq!(partition_number("a1b2.pt"), Some(1));
+        assert_eq!(partition_number("99999999999999999999999.pt"), None);
         let mut p = parts(&["10.pt", "2.pt", "1.pt"]);
         sort_partitions(&mut p);
         let keys: Vec<_> = p.iter().map(|p| p.key.as_str()).collect();

@@ -40,8 +40,7 @@ pub use native::{
 };
 pub use native::{read_torch, write_torch};
 pub use partition::{
-    galaxies_per_partition, parse_size, partition_dataset, partition_number, Manifest,
-    ManifestEntry, PartitionFile,
+    galaxies_per_partition, parse_size, partition_dataset, Manifest, ManifestEntry, PartitionFile,
 };
 pub use partition::{partition_dataset_as, partition_key_as, FileFormat};
 pub use synth::{galaxy_params, generate, generate_into, write_dataset, GalaxyParams, SynthConfig};

@@ -14,7 +14,9 @@ use sha2::{Digest, Sha256};
 
 use crate::dataset::GalaxySource;
 use crate::error::{Error, Result};
-use crate::native::{write_partition, write_torch, FORMAT_NAME, NUM_BANDS};
+use crate::native::{
+    read_partition, write_partition, write_torch, Partition, FORMAT_NAME, NUM_BANDS,
+};
 
 /// The manifest `version` this crate writes and reads.
 pub const MANIFEST_VERSION: u32 = 1;
@@ -292,6 +294,168 @@ where
     })
 }
 
+/// A [`GalaxySource`] over existing partitions, in order, as if they were one dataset:
+/// what re-cutting partitions at another size reads. `fetch` returns a partition's bytes
+/// by key (the caller moves bytes from wherever they are; native or `.pt`, detected), and
+/// partitions are read one at a time, in the order [`partition_dataset_as`] asks for
+/// them, so memory stays about two partitions.
+pub struct PartitionSeq<F> {
+    name: String,
+    keys: Vec<String>,
+    /// Index of each partition's first galaxy, plus the total at the end.
+    starts: Vec<u64>,
+    shape: [usize; 3],
+    labelled: bool,
+    object_id: bool,
+    fetch: F,
+    current: std::sync::Mutex<Option<(usize, std::sync::Arc<Partition>)>>,
+}
+
+impl<F> PartitionSeq<F>
+where
+    F: Fn(&str) -> Result<Vec<u8>>,
+{
+    /// Partitions `keys` (in dataset order) read through `fetch`; `name` names the whole
+    /// (a folder or URL) in messages. `counts`: galaxies per partition when known (a
+    /// manifest's); without them every partition is read once here to count it. The first
+    /// partition fixes the image shape and the label columns; a partition that differs is
+    /// an error naming its key when it is read.
+    pub fn open(
+        name: impl Into<String>,
+        keys: Vec<String>,
+        counts: Option<Vec<u64>>,
+        fetch: F,
+    ) -> Result<Self> {
+        let name = name.into();
+        let Some(first_key) = keys.first() else {
+            return Err(Error::InvalidPartition {
+                reason: format!("{name}: no partitions to read"),
+            });
+        };
+        let first = read_partition(first_key, &fetch(first_key)?)?;
+        let counts = match counts {
+            Some(c) if c.len() == keys.len() => c,
+            Some(c) => {
+                return Err(Error::InvalidPartition {
+                    reason: format!(
+                        "{name}: {} galaxy counts for {} partitions",
+                        c.len(),
+                        keys.len()
+                    ),
+                })
+            }
+            None => {
+                let mut c = vec![first.n as u64];
+                for k in &keys[1..] {
+                    c.push(read_partition(k, &fetch(k)?)?.n as u64);
+                }
+                c
+            }
+        };
+        let mut starts = Vec::with_capacity(keys.len() + 1);
+        let mut at = 0u64;
+        for c in &counts {
+            starts.push(at);
+            at = at.checked_add(*c).ok_or_else(|| Error::InvalidPartition {
+                reason: format!("{name}: galaxy counts overflow"),
+            })?;
+        }
+        starts.push(at);
+        Ok(Self {
+            name,
+            shape: first.image_shape(),
+            labelled: first.redshift.is_some(),
+            object_id: first.object_id.is_some(),
+            current: std::sync::Mutex::new(Some((0, std::sync::Arc::new(first)))),
+            keys,
+            starts,
+            fetch,
+        })
+    }
+
+    /// Partition `i`, read (and checked against the first) unless it is the current one.
+    fn part(&self, i: usize) -> Result<std::sync::Arc<Partition>> {
+        if let Ok(cur) = self.current.lock() {
+            if let Some((j, p)) = cur.as_ref() {
+                if *j == i {
+                    return Ok(p.clone());
+                }
+            }
+        }
+        let key = &self.keys[i];
+        let p = read_partition(key, &(self.fetch)(key)?)?;
+        let want = self.starts[i + 1] - self.starts[i];
+        let differs = if p.n as u64 != want {
+            Some(format!("{} galaxies, expected {want}", p.n))
+        } else if p.image_shape() != self.shape {
+            Some(format!(
+                "images {:?}, the first partition's are {:?}",
+                p.image_shape(),
+                self.shape
+            ))
+        } else if p.redshift.is_some() != self.labelled || p.object_id.is_some() != self.object_id {
+            Some("label columns differ from the first partition's".to_string())
+        } else {
+            None
+        };
+        if let Some(reason) = differs {
+            return Err(Error::InvalidPartition {
+                reason: format!("{key}: {reason}"),
+            });
+        }
+        let p = std::sync::Arc::new(p);
+        if let Ok(mut cur) = self.current.lock() {
+            *cur = Some((i, p.clone()));
+        }
+        Ok(p)
+    }
+}
+
+impl<F> GalaxySource for PartitionSeq<F>
+where
+    F: Fn(&str) -> Result<Vec<u8>>,
+{
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn len(&self) -> u64 {
+        self.starts.last().copied().unwrap_or(0)
+    }
+    fn image_shape(&self) -> [usize; 3] {
+        self.shape
+    }
+    fn has_redshift(&self) -> bool {
+        self.labelled
+    }
+    fn has_object_id(&self) -> bool {
+        self.object_id
+    }
+    fn read_range(&self, start: u64, count: usize) -> Result<Partition> {
+        let end = start
+            .checked_add(count as u64)
+            .filter(|&e| e <= self.len())
+            .ok_or_else(|| Error::OutOfRange {
+                file: self.name.clone(),
+                start,
+                count: count as u64,
+                len: self.len(),
+            })?;
+        let [c, h, w] = self.shape;
+        let mut out = Partition::empty([c, h, w], self.labelled, self.object_id);
+        let mut at = start;
+        while at < end {
+            // The partition holding galaxy `at`: the last one starting at or before it.
+            let i = self.starts.partition_point(|&s| s <= at) - 1;
+            let p = self.part(i)?;
+            let offset = (at - self.starts[i]) as usize;
+            let take = (end.min(self.starts[i + 1]) - at) as usize;
+            out.extend(&p.slice(offset, take))?;
+            at += take as u64;
+        }
+        Ok(out)
+    }
+}
+
 /// Parses a partition size: a number with an optional unit, case-insensitive
 /// (`25MB`, `100MB`, `1.5GB`, `512KB`, `1000000`, `64 MiB`).
 ///
@@ -338,29 +502,9 @@ pub fn parse_size(text: &str) -> Result<u64> {
     Ok(bytes)
 }
 
-/// The partition number in a key: the leading number of the file stem, or
-/// the only number in it (`"00012.safetensors"` → 12, `"12.pt"` → 12,
-/// `"data/part-7.pt"` → 7); `None` if there is no number or several
-/// numbers none of which leads (`"a1b2.pt"`).
-pub fn partition_number(key: &str) -> Option<u64> {
-    let name = key.rsplit(['/', '\\']).next().unwrap_or(key);
-    let stem = name.split('.').next().unwrap_or(name);
-    let runs: Vec<&str> = stem
-        .split(|ch: char| !ch.is_ascii_digit())
-        .filter(|s| !s.is_empty())
-        .collect();
-    let leading = stem.starts_with(|ch: char| ch.is_ascii_digit());
-    match runs.as_slice() {
-        [first, ..] if leading => first.parse().ok(),
-        [only] => only.parse().ok(),
-        _ => None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::native::{read_partition, Partition};
     use proptest::prelude::*;
 
     fn source(n: usize, labels: bool) -> Partition {
@@ -410,15 +554,46 @@ mod tests {
     }
 
     #[test]
-    fn partition_numbers() {
-        assert_eq!(partition_number("00012.safetensors"), Some(12));
-        assert_eq!(partition_number("12.pt"), Some(12));
-        assert_eq!(partition_number("25MB/3.pt"), Some(3));
-        assert_eq!(partition_number("part-0007.safetensors"), Some(7));
-        assert_eq!(partition_number("12_v2.pt"), Some(12));
-        assert_eq!(partition_number("a1b2.pt"), None);
-        assert_eq!(partition_number("manifest.json"), None);
-        assert_eq!(partition_number("99999999999999999999999.pt"), None);
+    fn recutting_partitions_equals_cutting_the_dataset() {
+        let src = source(23, true);
+        let mut files = std::collections::BTreeMap::new();
+        let m = partition_dataset(&src, 4 * 104, |f| {
+            files.insert(f.key, f.bytes);
+            Ok(())
+        })
+        .unwrap();
+        let keys: Vec<String> = m.partitions.iter().map(|e| e.key.clone()).collect();
+        let counts: Vec<u64> = m.partitions.iter().map(|e| e.galaxies).collect();
+        let fetch = |k: &str| {
+            files
+                .get(k)
+                .cloned()
+                .ok_or_else(|| Error::InvalidPartition {
+                    reason: format!("{k}: no such partition"),
+                })
+        };
+        for counts in [Some(counts), None] {
+            let seq = PartitionSeq::open("parts/", keys.clone(), counts, fetch).unwrap();
+            assert_eq!(seq.len(), 23);
+            assert!(seq.has_redshift() && seq.has_object_id());
+            // A range across three partitions.
+            let mut want = src.slice(3, 10);
+            want.object_id = Some((3..13).collect());
+            assert_eq!(seq.read_range(3, 10).unwrap(), want);
+            let again = partition_dataset(&seq, 7 * 104, |_| Ok(())).unwrap();
+            let direct = partition_dataset(&src, 7 * 104, |_| Ok(())).unwrap();
+            assert_eq!(again, direct);
+            let e = seq.read_range(20, 4).unwrap_err().to_string();
+            assert!(e.contains("parts/"), "{e}");
+        }
+        // A partition holding other than the counted galaxies is named.
+        let seq = PartitionSeq::open("parts/", keys.clone(), Some(vec![4; 6]), fetch).unwrap();
+        let e = seq.read_range(0, 23).unwrap_err().to_string();
+        assert!(
+            e.contains("00006.safetensors") && e.contains("expected 4"),
+            "{e}"
+        );
+        assert!(PartitionSeq::open("parts/", Vec::new(), None, fetch).is_err());
     }
 
     #[test]
@@ -486,7 +661,7 @@ mod tests {
             for (i, (f, e)) in files.iter().zip(&m.partitions).enumerate() {
                 prop_assert_eq!(f.index, i + 1);
                 prop_assert_eq!(&f.key, &e.key);
-                prop_assert_eq!(partition_number(&f.key), Some(i as u64 + 1));
+                prop_assert_eq!(&f.key, &partition_key(i + 1));
                 prop_assert_eq!(f.first_galaxy, next);
                 prop_assert_eq!(e.first_galaxy, next);
                 prop_assert!(f.galaxies >= 1 && f.galaxies <= per);

@@ -59,7 +59,7 @@ pub enum Command {
     /// follow them to the summary.
     Status(StatusArgs),
     /// AWS Step Functions + Lambda: generate the state machine and the CloudFormation
-    /// template.
+    /// template, package the Lambda zip, deploy or delete the stack, follow an execution.
     #[cfg(feature = "aws")]
     #[command(subcommand)]
     Aws(crate::commands::aws::AwsCommand),
@@ -112,17 +112,22 @@ pub struct PartitionArgs {
 }
 
 /// Engines that run ranks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[derive(Default, Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum EngineKind {
     /// This machine's cores.
+    #[default]
     Local,
     /// A Slurm cluster: one job array, a task per rank, then a summarize job.
     #[cfg(feature = "slurm")]
     Slurm,
+    /// AWS: deploy (or update) the CloudFormation stack, start the Step Functions workflow
+    /// (Initialize → a Lambda per rank → Summarize) and follow it.
+    #[cfg(feature = "aws")]
+    Aws,
 }
 
-/// `cai run`
-#[derive(Debug, Args)]
+/// `cai run` (`Default` is for code that builds one: a local run with every option unset).
+#[derive(Debug, Default, Args)]
 pub struct RunArgs {
     /// Location of the partitions (default: s3://data_bucket/data_prefix from --payload).
     #[arg(long, env = "CAI_DATA")]
@@ -162,10 +167,22 @@ pub struct RunArgs {
     /// Print the summary as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Seconds between two looks at the running jobs (Slurm's queue, or the AWS execution
+    /// and the results location).
+    #[arg(long, default_value_t = 2.0, env = "CAI_POLL")]
+    pub poll: f64,
+    /// Submit (Slurm) or start (AWS) and return without following the run; `cai status`
+    /// (Slurm) or `cai aws watch` (AWS) follows it later.
+    #[arg(long)]
+    pub detach: bool,
     /// Slurm options (with --engine slurm).
     #[cfg(feature = "slurm")]
     #[command(flatten)]
     pub slurm: SlurmArgs,
+    /// AWS options (with --engine aws).
+    #[cfg(feature = "aws")]
+    #[command(flatten)]
+    pub aws: crate::commands::aws::AwsRunArgs,
 }
 
 /// `cai summarize`
@@ -430,13 +447,7 @@ pub struct SlurmArgs {
     /// The cai binary the jobs run (default: this one; it must be on a shared file system).
     #[arg(long, value_name = "PATH", env = "CAI_SLURM_BIN")]
     pub cai_bin: Option<PathBuf>,
-    /// Seconds between two looks at the queue.
-    #[arg(long, default_value_t = 2.0, env = "CAI_SLURM_POLL")]
-    pub poll: f64,
     /// Write the plan and batch scripts and print the sbatch commands; submit nothing.
     #[arg(long)]
     pub dry_run: bool,
-    /// Submit and return without following the jobs (`cai status` follows them later).
-    #[arg(long)]
-    pub detach: bool,
 }

@@ -11,9 +11,10 @@ use clap::{Args, ValueEnum};
 use crate::Outcome;
 
 /// Lambda architectures on the command line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ArchArg {
     /// Intel/AMD.
+    #[default]
     #[value(name = "x86_64")]
     X86_64,
     /// Graviton (20 % cheaper per GB-second).

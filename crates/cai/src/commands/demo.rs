@@ -83,12 +83,7 @@ pub async fn demo(a: DemoArgs, quiet: bool) -> Result<Outcome> {
         world_size: None,
         batch_size: Some(a.batch_size),
         engine: EngineKind::Local,
-        workers: None,
-        threads: None,
-        resume: false,
-        json: false,
-        #[cfg(feature = "slurm")]
-        slurm: Default::default(),
+        ..Default::default()
     };
     let (_plan, summary) = run::run_local(&args, quiet).await?;
     println!();

@@ -180,6 +180,10 @@ pub async fn run(a: RunArgs, quiet: bool) -> Result<Outcome> {
     if a.engine == crate::cli::EngineKind::Slurm {
         return super::slurm::run(&a, quiet).await;
     }
+    #[cfg(feature = "aws")]
+    if a.engine == crate::cli::EngineKind::Aws {
+        return super::aws::run(&a, quiet).await;
+    }
     let (_plan, summary) = run_local(&a, quiet).await?;
     print_summary(&summary, a.json)?;
     if summary.complete() {

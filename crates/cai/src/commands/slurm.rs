@@ -66,7 +66,7 @@ fn engine_for(a: &RunArgs, results: &StorageUrl) -> Result<SlurmEngine> {
         },
         script_dir: dir,
         retries: s.retries,
-        poll: poll(s.poll),
+        poll: poll(a.poll),
     })
 }
 
@@ -150,7 +150,7 @@ pub async fn run(a: &RunArgs, quiet: bool) -> Result<Outcome> {
             state.arrays[0].job_id
         );
     }
-    if s.detach {
+    if a.detach {
         println!(
             "submitted: follow with `cai status --results {}`",
             state.results

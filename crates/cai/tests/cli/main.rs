@@ -3,6 +3,7 @@
 
 mod util;
 
+mod aws;
 mod pipeline;
 mod s3;
 mod slurm;

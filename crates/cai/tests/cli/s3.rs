@@ -18,9 +18,9 @@ use crate::util::{fixtures, Dir};
 const PY: &str = "python3";
 
 /// A moto S3 server on 127.0.0.1, killed on drop.
-struct Moto {
+pub(crate) struct Moto {
     child: Child,
-    endpoint: String,
+    pub(crate) endpoint: String,
 }
 
 impl Drop for Moto {
@@ -32,7 +32,7 @@ impl Drop for Moto {
 
 impl Moto {
     /// Start moto, or `None` (with a note) when python3 or moto is not installed.
-    fn start() -> Option<Self> {
+    pub(crate) fn start() -> Option<Self> {
         let probe = Command::new(PY)
             .args(["-c", "import moto.server, boto3, flask"])
             .output();
@@ -76,7 +76,7 @@ impl Moto {
     }
 
     /// The environment every S3 client here gets (object_store in cai, boto3 in python).
-    fn env(&self) -> Vec<(&'static str, String)> {
+    pub(crate) fn env(&self) -> Vec<(&'static str, String)> {
         vec![
             ("AWS_ENDPOINT_URL", self.endpoint.clone()),
             ("AWS_ACCESS_KEY_ID", "testing".into()),
@@ -87,7 +87,7 @@ impl Moto {
         ]
     }
 
-    fn command(&self, program: &str) -> Command {
+    pub(crate) fn command(&self, program: &str) -> Command {
         let mut c = Command::new(program);
         for k in ["AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3"] {
             c.env_remove(k);
@@ -97,7 +97,7 @@ impl Moto {
     }
 
     /// Run a boto3 snippet with `s3` bound to a client of this server; `args` are sys.argv[1:].
-    fn py(&self, code: &str, args: &[&str]) -> String {
+    pub(crate) fn py(&self, code: &str, args: &[&str]) -> String {
         let script = format!(
             "import sys, os, boto3\n\
              s3 = boto3.client('s3', endpoint_url=os.environ['AWS_ENDPOINT_URL'])\n{code}"
@@ -117,11 +117,11 @@ impl Moto {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    fn make_bucket(&self, name: &str) {
+    pub(crate) fn make_bucket(&self, name: &str) {
         self.py("s3.create_bucket(Bucket=sys.argv[1])", &[name]);
     }
 
-    fn upload(&self, file: &Path, bucket: &str, key: &str) {
+    pub(crate) fn upload(&self, file: &Path, bucket: &str, key: &str) {
         self.py(
             "s3.upload_file(sys.argv[1], sys.argv[2], sys.argv[3])",
             &[&file.display().to_string(), bucket, key],
@@ -129,7 +129,7 @@ impl Moto {
     }
 
     /// Every key under `bucket/prefix`, relative to the prefix.
-    fn keys(&self, bucket: &str, prefix: &str) -> Vec<String> {
+    pub(crate) fn keys(&self, bucket: &str, prefix: &str) -> Vec<String> {
         let out = self.py(
             "p = s3.get_paginator('list_objects_v2')\n\
              for page in p.paginate(Bucket=sys.argv[1], Prefix=sys.argv[2]):\n\
@@ -144,7 +144,7 @@ impl Moto {
         keys
     }
 
-    fn download(&self, bucket: &str, key: &str, to: &Path) -> Vec<u8> {
+    pub(crate) fn download(&self, bucket: &str, key: &str, to: &Path) -> Vec<u8> {
         self.py(
             "s3.download_file(sys.argv[1], sys.argv[2], sys.argv[3])",
             &[bucket, key, &to.display().to_string()],
@@ -153,7 +153,7 @@ impl Moto {
     }
 
     /// Run `cai args…` in `d` against this server.
-    fn cai(&self, d: &Dir, args: &[&str]) -> Output {
+    pub(crate) fn cai(&self, d: &Dir, args: &[&str]) -> Output {
         self.command(env!("CARGO_BIN_EXE_cai"))
             .args(args)
             .current_dir(d.tmp.path())
@@ -161,7 +161,7 @@ impl Moto {
             .expect("run cai")
     }
 
-    fn cai_ok(&self, d: &Dir, args: &[&str]) -> String {
+    pub(crate) fn cai_ok(&self, d: &Dir, args: &[&str]) -> String {
         let out = self.cai(d, args);
         assert!(
             out.status.success(),
@@ -178,7 +178,7 @@ impl Moto {
 const SIZE: &str = "1.2MB";
 
 /// `index → z_pred` of a predictions file, bit for bit.
-fn by_galaxy(bytes: Vec<u8>) -> BTreeMap<i64, u32> {
+pub(crate) fn by_galaxy(bytes: Vec<u8>) -> BTreeMap<i64, u32> {
     let p = cai_engine::predictions::Predictions::from_parquet("p", bytes.into()).unwrap();
     let map: BTreeMap<i64, u32> = p
         .index
@@ -190,12 +190,12 @@ fn by_galaxy(bytes: Vec<u8>) -> BTreeMap<i64, u32> {
     map
 }
 
-fn json(bytes: &[u8]) -> Value {
+pub(crate) fn json(bytes: &[u8]) -> Value {
     serde_json::from_slice(bytes).unwrap()
 }
 
 /// The same run on local paths, for comparison.
-fn local_run(d: &Dir, extra: &[&str]) -> BTreeMap<i64, u32> {
+pub(crate) fn local_run(d: &Dir, extra: &[&str]) -> BTreeMap<i64, u32> {
     let f = fixtures();
     d.ok(&[
         "partition",

@@ -1,0 +1,183 @@
+//! Start the workflow and watch it.
+//!
+//! Progress comes from two places: the execution's status (Step Functions) and the results
+//! location, where each rank leaves `<rank>.json` when it is done and `failed/<rank>.json`
+//! when it gave up. Reading the results rather than the map's internals keeps the count true
+//! whatever Step Functions retried, and works the same for a run started elsewhere.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use aws_config::SdkConfig;
+use aws_sdk_sfn as sfn;
+use serde_json::Value;
+
+use cai_core::report::rank_of_key;
+use cai_core::StorageUrl;
+
+use crate::{aws_err, Error, Result};
+
+/// Where a run is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// The execution's status (`RUNNING`, `SUCCEEDED`, `FAILED`, `TIMED_OUT`, `ABORTED`).
+    pub status: String,
+    /// Ranks in the plan, once Initialize has written it.
+    pub world_size: Option<usize>,
+    /// Ranks with a `<rank>.json`.
+    pub done: usize,
+    /// Ranks with a `failed/<rank>.json` and no `<rank>.json`.
+    pub failed: usize,
+}
+
+/// How an execution ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Finished {
+    /// The last progress seen (its status is the final one).
+    pub progress: Progress,
+    /// The execution's output (Summarize's answer), when it succeeded.
+    pub output: Option<Value>,
+    /// Error name, when it did not.
+    pub error: Option<String>,
+    /// Error cause, when it did not.
+    pub cause: Option<String>,
+}
+
+impl Finished {
+    /// Whether the execution succeeded.
+    pub fn succeeded(&self) -> bool {
+        self.progress.status == "SUCCEEDED"
+    }
+}
+
+/// Whether an execution status is final.
+pub fn is_terminal(status: &str) -> bool {
+    !matches!(status, "RUNNING" | "PENDING_REDRIVE" | "")
+}
+
+/// Start the state machine with `input` (the original's payload); return the execution's ARN.
+/// Executions are named `cai-<unix milliseconds>`, so they sort by start time in the console.
+pub async fn start_execution(
+    sdk: &SdkConfig,
+    state_machine_arn: &str,
+    input: &Value,
+) -> Result<String> {
+    let client = sfn::Client::new(sdk);
+    let millis = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    let out = client
+        .start_execution()
+        .state_machine_arn(state_machine_arn)
+        .name(format!("cai-{millis}"))
+        .input(input.to_string())
+        .send()
+        .await
+        .map_err(|e| aws_err("StartExecution", e))?;
+    Ok(out.execution_arn)
+}
+
+/// Count done and failed ranks under `results`.
+pub async fn count_ranks(results: &StorageUrl) -> Result<(usize, usize)> {
+    let mut done = BTreeSet::new();
+    let mut failed = BTreeSet::new();
+    for o in results.list().await? {
+        if let Some(r) = rank_of_key(&o.key) {
+            done.insert(r);
+        } else if let Some(r) = o
+            .key
+            .strip_prefix("failed/")
+            .and_then(|k| k.strip_suffix(".json"))
+            .and_then(|k| k.parse::<usize>().ok())
+        {
+            failed.insert(r);
+        }
+    }
+    Ok((done.len(), failed.difference(&done).count()))
+}
+
+/// Poll the execution and the results location every `poll` until the execution ends,
+/// calling `on_progress` whenever the counts or the status change.
+pub async fn watch(
+    sdk: &SdkConfig,
+    execution_arn: &str,
+    results: &StorageUrl,
+    poll: Duration,
+    mut on_progress: impl FnMut(&Progress),
+) -> Result<Finished> {
+    let client = sfn::Client::new(sdk);
+    let mut last = Progress::default();
+    loop {
+        let d = client
+            .describe_execution()
+            .execution_arn(execution_arn)
+            .send()
+            .await
+            .map_err(|e| aws_err("DescribeExecution", e))?;
+        let status = d.status.as_str().to_string();
+        let world_size = match last.world_size {
+            Some(w) => Some(w),
+            None => cai_engine::summarize::load_plan(results)
+                .await
+                .ok()
+                .flatten()
+                .map(|p| p.world_size),
+        };
+        let (done, failed) = count_ranks(results).await?;
+        let now = Progress {
+            status: status.clone(),
+            world_size,
+            done,
+            failed,
+        };
+        if now != last {
+            on_progress(&now);
+            last = now;
+        }
+        if is_terminal(&status) {
+            let output = d
+                .output
+                .as_deref()
+                .map(serde_json::from_str)
+                .transpose()
+                .map_err(|e| Error::Invalid(format!("the execution's output is not JSON: {e}")))?;
+            return Ok(Finished {
+                progress: last,
+                output,
+                error: d.error,
+                cause: d.cause,
+            });
+        }
+        tokio::time::sleep(poll).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn terminal_statuses() {
+        assert!(!is_terminal("RUNNING"));
+        assert!(!is_terminal("PENDING_REDRIVE"));
+        for s in ["SUCCEEDED", "FAILED", "TIMED_OUT", "ABORTED"] {
+            assert!(is_terminal(s), "{s}");
+        }
+    }
+
+    #[tokio::test]
+    async fn counts_done_and_failed_ranks() {
+        let r = StorageUrl::parse("memory://count-ranks").expect("memory url");
+        for (k, v) in [
+            ("0.json", "{}"),
+            ("1.json", "{}"),
+            ("failed/1.json", "{}"), // failed once, then done on a retry
+            ("failed/2.json", "{}"),
+            ("plan.json", "{}"),
+            ("predictions/0.parquet", ""),
+        ] {
+            r.put(k, v.as_bytes().to_vec()).await.expect("put");
+        }
+        assert_eq!(count_ranks(&r).await.expect("count"), (2, 1));
+    }
+}

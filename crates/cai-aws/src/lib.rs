@@ -1,0 +1,100 @@
+//! CAI-rs on AWS: everything that talks to AWS's control plane, so that one `cai` binary goes
+//! from a build to a running Step Functions workflow.
+//!
+//! - [`package`]: the Lambda deployment zip (`bootstrap` = the `cai` binary), after checking
+//!   the binary runs on `provided.al2023` (right CPU, static or glibc ≤ 2.34, only the
+//!   libraries that image has).
+//! - [`deploy`]: create or update the CloudFormation stack that `cai aws template` writes,
+//!   wait for it, report why it failed; delete it again.
+//! - [`execution`]: start the workflow with the original's payload and watch it: ranks done
+//!   and failed (read from the results location), the execution's status and output.
+//!
+//! What the stack contains (state machine, functions, roles) is generated, without AWS calls,
+//! by `cai_engine::aws`; the Lambda handlers themselves live there too.
+
+pub mod deploy;
+pub mod execution;
+pub mod package;
+
+pub use aws_config::SdkConfig;
+pub use deploy::{delete_stack, deploy, Deployed, StackEvent};
+pub use execution::{start_execution, watch, Finished, Progress};
+pub use package::{check_binary, package, BinaryInfo, Linkage, Package};
+
+/// The AWS SDK configuration (credentials, region, endpoint) from the usual places: `AWS_*`
+/// variables, `~/.aws/config` and `~/.aws/credentials` profiles (`AWS_PROFILE`), SSO, and
+/// `AWS_ENDPOINT_URL` for S3-compatible or local test endpoints.
+pub async fn sdk_config(profile: Option<&str>, region: Option<&str>) -> aws_config::SdkConfig {
+    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+    if let Some(p) = profile {
+        loader = loader.profile_name(p);
+    }
+    if let Some(r) = region {
+        loader = loader.region(aws_config::Region::new(r.to_string()));
+    }
+    loader.load().await
+}
+
+/// What can go wrong packaging, deploying or running on AWS.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The binary to package cannot run on Lambda's `provided.al2023`.
+    #[error("{path}: {reason}")]
+    Binary {
+        /// The binary.
+        path: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A local file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// Writing the zip failed.
+    #[error("cannot write the zip {path}: {source}")]
+    Zip {
+        /// The zip being written.
+        path: String,
+        /// The cause.
+        source: zip::result::ZipError,
+    },
+    /// Reading or writing S3 failed.
+    #[error(transparent)]
+    Storage(#[from] cai_core::Error),
+    /// An AWS API call failed.
+    #[error("AWS {operation} failed: {message}")]
+    Aws {
+        /// The API operation (`CreateStack`, `StartExecution`, …).
+        operation: &'static str,
+        /// The service's message, with its error code.
+        message: String,
+    },
+    /// The stack ended in a failed state.
+    #[error("stack {stack} ended {status}: {reasons}")]
+    Stack {
+        /// Stack name.
+        stack: String,
+        /// Final status (`ROLLBACK_COMPLETE`, …).
+        status: String,
+        /// The failed resources' reasons, from the stack's events.
+        reasons: String,
+    },
+    /// Something the user asked for cannot be done as asked.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Result with [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Wrap an SDK error with its operation, keeping the service's code and message.
+pub(crate) fn aws_err<E: std::error::Error>(operation: &'static str, e: E) -> Error {
+    Error::Aws {
+        operation,
+        message: aws_smithy_types::error::display::DisplayErrorContext(e).to_string(),
+    }
+}

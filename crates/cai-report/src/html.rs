@@ -703,6 +703,40 @@ fn sweep_figures(means: &[MeanRow]) -> Vec<Figure> {
             }),
         });
     }
+    if distinct(|m| m.key.partition_mb) >= 2 {
+        let key = |m: &MeanRow| format!("batch {}, {} GB", m.key.batch_size, m.key.data_gb);
+        let x = |m: &MeanRow| m.key.partition_mb;
+        figs.push(Figure {
+            id: "sweep-partition-size".into(),
+            title: "Against partition size".into(),
+            caption: "Means over repetitions after the IQR filter; one line per batch size and \
+                      data size. A bigger partition is more work per rank and fewer ranks."
+                .into(),
+            size: (1140, 380),
+            plot: Plot::Sweep(Sweep {
+                panels: vec![
+                    Panel {
+                        title: "inference time per rank".into(),
+                        x_label: "partition (MB)".into(),
+                        y_label: "seconds".into(),
+                        series: series(key, x, |m| m.total_cpu_time),
+                    },
+                    Panel {
+                        title: "throughput per rank".into(),
+                        x_label: "partition (MB)".into(),
+                        y_label: "Mbit/s".into(),
+                        series: series(key, x, |m| m.throughput_bps / 1e6),
+                    },
+                    Panel {
+                        title: "workflow duration".into(),
+                        x_label: "partition (MB)".into(),
+                        y_label: "seconds".into(),
+                        series: series(key, x, |m| m.wall_time_s),
+                    },
+                ],
+            }),
+        });
+    }
     if distinct(|m| m.key.batch_size as f64) >= 2 {
         let key = |m: &MeanRow| format!("{} MB, {} GB", m.key.partition_mb, m.key.data_gb);
         let x = |m: &MeanRow| m.key.batch_size as f64;

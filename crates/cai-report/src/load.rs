@@ -11,14 +11,12 @@ use cai_core::report::{rank_of_key, RankFailure, RankReport};
 use cai_core::summary::Summary;
 use cai_core::StorageUrl;
 use cai_engine::predictions::Predictions;
-use cai_engine::summarize::{COMBINED_KEY, PLAN_KEY, PREDICTIONS_KEY, SUMMARY_KEY};
-use futures::{StreamExt, TryStreamExt};
+use cai_engine::summarize::{
+    parse_rank_report, ResultsListing, COMBINED_KEY, PLAN_KEY, PREDICTIONS_KEY, SUMMARY_KEY,
+};
 use serde_json::Value;
 
 use crate::error::{Error, Result};
-
-/// Rank files read at once when there is no `combined_data.json`.
-const PARALLEL_READS: usize = 32;
 
 /// One run's results, as read.
 #[derive(Debug, Clone)]
@@ -124,37 +122,6 @@ pub async fn find_runs(location: &StorageUrl) -> Result<Vec<StorageUrl>> {
     Ok(dirs.into_iter().map(|d| location.child(&d)).collect())
 }
 
-/// Parse one rank report leniently: keys it lacks take their defaults, so a
-/// `combined_data.json` of the original (its ten keys only) reads too.
-pub fn parse_report(file: &str, value: Value, index: usize) -> Result<RankReport> {
-    let jerr = |reason: String| Error::Json {
-        file: file.to_string(),
-        reason,
-    };
-    let Value::Object(given) = value else {
-        return Err(jerr(format!("entry {index} is not a JSON object")));
-    };
-    let has_rank = given.contains_key("rank");
-    let mut base = match serde_json::to_value(RankReport::default()) {
-        Ok(Value::Object(m)) => m,
-        _ => return Err(jerr("cannot build a default rank report".into())),
-    };
-    for (k, v) in given {
-        if base.contains_key(&k) && !v.is_null() {
-            base.insert(k, v);
-        }
-    }
-    let mut r: RankReport = serde_json::from_value(Value::Object(base))
-        .map_err(|e| jerr(format!("entry {index}: {e}")))?;
-    if !has_rank {
-        r.rank = index;
-    }
-    if r.total_bits == 0 && r.throughput_bps > 0.0 && r.total_cpu_time > 0.0 {
-        r.total_bits = (r.throughput_bps * r.total_cpu_time).round() as u64;
-    }
-    Ok(r)
-}
-
 fn parse_json(file: &str, bytes: &[u8]) -> Result<Value> {
     serde_json::from_slice(bytes).map_err(|e| Error::Json {
         file: file.to_string(),
@@ -164,35 +131,31 @@ fn parse_json(file: &str, bytes: &[u8]) -> Result<Value> {
 
 /// Read one run. `predictions`: also read `predictions.parquet` (for figures).
 pub async fn load_run(location: &StorageUrl, predictions: bool) -> Result<Run> {
-    let objects = location.list().await?;
-    let keys: BTreeSet<&str> = objects.iter().map(|o| o.key.as_str()).collect();
-    let rank_keys: Vec<(usize, &str)> = objects
-        .iter()
-        .filter_map(|o| rank_of_key(&o.key).map(|r| (r, o.key.as_str())))
-        .collect();
-    if rank_keys.is_empty()
-        && !keys.contains(PLAN_KEY)
-        && !keys.contains(SUMMARY_KEY)
-        && !keys.contains(COMBINED_KEY)
+    let listing = ResultsListing::list(location).await?;
+    let rank_files = listing.rank_keys().count();
+    if rank_files == 0
+        && !listing.has(PLAN_KEY)
+        && !listing.has(SUMMARY_KEY)
+        && !listing.has(COMBINED_KEY)
     {
         return Err(Error::NoRuns {
             location: location.to_string(),
         });
     }
 
-    let plan = match keys.contains(PLAN_KEY) {
+    let plan = match listing.has(PLAN_KEY) {
         true => {
             let b = location.get(PLAN_KEY).await?;
             Some(Plan::from_json(&location.url_of(PLAN_KEY), &b)?)
         }
         false => None,
     };
+    let limit = plan.as_ref().map(|p| p.world_size).unwrap_or(usize::MAX);
 
     // combined_data.json is one read instead of one per rank; use it when it covers every
     // rank file present (a later resume may have added ranks after it was written).
-    let mut reports: Vec<RankReport> = Vec::new();
-    let mut from_combined = false;
-    if keys.contains(COMBINED_KEY) {
+    let mut reports: Option<Vec<RankReport>> = None;
+    if listing.has(COMBINED_KEY) {
         let url = location.url_of(COMBINED_KEY);
         let v = parse_json(&url, &location.get(COMBINED_KEY).await?)?;
         let Value::Array(items) = v else {
@@ -201,54 +164,30 @@ pub async fn load_run(location: &StorageUrl, predictions: bool) -> Result<Run> {
                 reason: "expected a JSON array of rank reports".into(),
             });
         };
-        if items.len() >= rank_keys.len() {
+        if items.len() >= rank_files {
+            let mut v = Vec::with_capacity(items.len());
             for (i, item) in items.into_iter().enumerate() {
-                reports.push(parse_report(&url, item, i)?);
+                v.push(parse_rank_report(&url, item, i)?);
             }
-            from_combined = true;
+            v.retain(|r| r.rank < limit);
+            v.sort_by_key(|r| r.rank);
+            v.dedup_by_key(|r| r.rank);
+            reports = Some(v);
         }
     }
-    if !from_combined {
-        let loc = location.clone();
-        reports = futures::stream::iter(rank_keys.iter().map(|&(rank, key)| {
-            let loc = loc.clone();
-            let key = key.to_string();
-            async move {
-                let url = loc.url_of(&key);
-                let v = parse_json(&url, &loc.get(&key).await?)?;
-                parse_report(&url, v, rank)
-            }
-        }))
-        .buffer_unordered(PARALLEL_READS)
-        .try_collect()
-        .await?;
-    }
-    if let Some(p) = &plan {
-        reports.retain(|r| r.rank < p.world_size);
-    }
-    reports.sort_by_key(|r| r.rank);
-    reports.dedup_by_key(|r| r.rank);
-
+    let reports = match reports {
+        Some(r) => r,
+        None => listing
+            .read_reports(limit)
+            .await?
+            .into_iter()
+            .map(|f| f.report)
+            .collect(),
+    };
     let done: BTreeSet<usize> = reports.iter().map(|r| r.rank).collect();
-    let mut failures = Vec::new();
-    for o in &objects {
-        let Some(rank) = o.key.strip_prefix("failed/").and_then(rank_of_key) else {
-            continue;
-        };
-        if done.contains(&rank) {
-            continue;
-        }
-        let url = location.url_of(&o.key);
-        let f: RankFailure =
-            serde_json::from_slice(&location.get(&o.key).await?).map_err(|e| Error::Json {
-                file: url.clone(),
-                reason: e.to_string(),
-            })?;
-        failures.push(f);
-    }
-    failures.sort_by_key(|f| f.rank);
+    let failures: Vec<RankFailure> = listing.read_failures(limit, &done).await?;
 
-    let summary = match keys.contains(SUMMARY_KEY) {
+    let summary = match listing.has(SUMMARY_KEY) {
         true => {
             let url = location.url_of(SUMMARY_KEY);
             serde_json::from_slice(&location.get(SUMMARY_KEY).await?).map_err(|e| Error::Json {
@@ -265,7 +204,7 @@ pub async fn load_run(location: &StorageUrl, predictions: bool) -> Result<Run> {
         }
     };
 
-    let predictions = if predictions && keys.contains(PREDICTIONS_KEY) {
+    let predictions = if predictions && listing.has(PREDICTIONS_KEY) {
         let b = location.get(PREDICTIONS_KEY).await?;
         Some(Predictions::from_parquet(
             &location.url_of(PREDICTIONS_KEY),
@@ -314,26 +253,4 @@ pub async fn load_all(locations: &[String], predictions: bool) -> Result<Vec<Run
         }
     }
     Ok(runs)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn original_only_keys_read_with_defaults() {
-        let v: Value = serde_json::from_str(
-            r#"{"total_cpu_time (seconds)": 2.0, "total_cpu_memory (MB)": 900.5,
-                "execution_time (seconds/batch)": 0.5, "num_batches": 4, "batch_size": 512,
-                "device": "cpu", "throughput_bps": 1000.0, "sample_persec": 10.0,
-                "result_path": "r", "data_path": "1.pt", "extra": 1}"#,
-        )
-        .unwrap();
-        let r = parse_report("c.json", v, 7).unwrap();
-        assert_eq!(r.rank, 7);
-        assert_eq!(r.total_bits, 2000);
-        assert_eq!(r.total_cpu_memory, 900.5);
-        let e = parse_report("c.json", Value::Bool(true), 3).unwrap_err();
-        assert!(e.to_string().contains("c.json"), "{e}");
-    }
 }

@@ -113,9 +113,9 @@ pub fn median(values: &[f64]) -> f64 {
 /// One run in the original's per-run table, plus our columns.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RunRow {
-    /// Median partition size, MB (2^20 bytes), one decimal.
+    /// Median partition size, MB (2^20 bytes), three significant digits.
     pub partition_mb: f64,
-    /// Input data, GB (2^30 bytes), three decimals.
+    /// Input data, GB (2^30 bytes), three significant digits.
     pub data_gb: f64,
     /// Repetition number of this configuration, from 1 by start time.
     pub run: usize,
@@ -170,9 +170,29 @@ impl RunRow {
     }
 }
 
-fn round_to(x: f64, decimals: i32) -> f64 {
-    let s = 10f64.powi(decimals);
-    (x * s).round() / s
+/// `x` rounded to `digits` significant digits: 12.6 GB and 0.000488 GB (a test's few
+/// hundred KB) both keep their precision, and files a few header bytes apart fall together.
+pub fn round_sig(x: f64, digits: i32) -> f64 {
+    if x == 0.0 || !x.is_finite() {
+        return x;
+    }
+    let e = digits - 1 - x.abs().log10().floor() as i32;
+    if e >= 0 {
+        let s = 10f64.powi(e);
+        (x * s).round() / s
+    } else {
+        let s = 10f64.powi(-e);
+        (x / s).round() * s
+    }
+}
+
+/// A rounded size as the tables show it: shortest form (`25`, `12.6`, `0.000488`).
+fn size(x: f64) -> String {
+    if x.is_finite() {
+        format!("{x}")
+    } else {
+        String::new()
+    }
 }
 
 /// The per-run row of one run (`run` is set by [`run_rows`]).
@@ -181,8 +201,8 @@ pub fn run_row(r: &Run) -> RunRow {
         filtered_mean(&r.reports.iter().map(f).collect::<Vec<_>>())
     };
     RunRow {
-        partition_mb: round_to(r.partition_bytes() as f64 / MB, 1),
-        data_gb: round_to(r.data_bytes() as f64 / GB, 3),
+        partition_mb: round_sig(r.partition_bytes() as f64 / MB, 3),
+        data_gb: round_sig(r.data_bytes() as f64 / GB, 3),
         run: 1,
         total_cpu_time: col(|x| x.total_cpu_time),
         total_cpu_memory: col(|x| x.total_cpu_memory),
@@ -331,8 +351,8 @@ impl Table {
                 .iter()
                 .map(|r| {
                     vec![
-                        num(r.partition_mb, 1),
-                        num(r.data_gb, 3),
+                        size(r.partition_mb),
+                        size(r.data_gb),
                         r.run.to_string(),
                         num(r.total_cpu_time, 3),
                         num(r.total_cpu_memory, 1),
@@ -371,8 +391,8 @@ impl Table {
                 .iter()
                 .map(|r| {
                     vec![
-                        num(r.key.partition_mb, 1),
-                        num(r.key.data_gb, 3),
+                        size(r.key.partition_mb),
+                        size(r.key.data_gb),
                         r.key.batch_size.to_string(),
                         r.key.engine.clone(),
                         r.runs.to_string(),
@@ -407,8 +427,8 @@ impl Table {
                 .iter()
                 .map(|r| {
                     vec![
-                        num(r.key.data_gb, 3),
-                        num(r.key.partition_mb, 1),
+                        size(r.key.data_gb),
+                        size(r.key.partition_mb),
                         r.key.batch_size.to_string(),
                         r.key.engine.clone(),
                         r.ranks.to_string(),
@@ -557,6 +577,18 @@ mod tests {
         assert_eq!(m[1].wall_time_s, 9.0);
         assert_eq!((m[1].wall_min_s, m[1].wall_max_s), (8.0, 500.0));
         assert!((m[1].galaxies_per_s - 100.0 / 9.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn sizes_keep_three_significant_digits() {
+        assert_eq!(round_sig(100.0 * 4.0 / 1024.0, 3), 0.391);
+        assert_eq!(round_sig(0.000_488_28, 3), 0.000488);
+        assert_eq!(round_sig(12.6, 3), 12.6);
+        assert_eq!(round_sig(12_345.0, 3), 12_300.0);
+        assert_eq!(round_sig(25.009, 3), 25.0);
+        assert_eq!(round_sig(0.0, 3), 0.0);
+        assert_eq!(size(25.0), "25");
+        assert_eq!(size(0.000488), "0.000488");
     }
 
     #[test]

@@ -61,9 +61,9 @@ async fn sweep_tables_and_report() {
     let means = mean_rows(&rows);
     assert_eq!(means.len(), 4);
     assert!(means.iter().all(|m| m.runs == 3));
-    // 4 ranks × 25 MB = 0.098 GB, 8 ranks = 0.195 GB.
+    // 4 ranks × 25 MB = 0.0977 GB, 8 ranks = 0.195 GB (three significant digits).
     let gbs: Vec<f64> = means.iter().map(|m| m.key.data_gb).collect();
-    assert_eq!(gbs, vec![0.098, 0.098, 0.195, 0.195]);
+    assert_eq!(gbs, vec![0.0977, 0.0977, 0.195, 0.195]);
     let t = Table::per_run(&rows).to_text();
     assert!(t.starts_with("partition (MB)  data (GB)  run"), "{t}");
     let csv = Table::workflow(&means).to_csv();

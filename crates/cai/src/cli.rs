@@ -52,6 +52,17 @@ pub enum Command {
     /// One self-contained HTML report (summary, accuracy plots, per-rank timeline, sweeps,
     /// tables) from one or more results locations.
     Report(ReportArgs),
+    /// The original's experiments: every partition size × batch size (× data size), repeated,
+    /// one run per sub-folder of --results (`p25MB-b128-r1/`), for `cai stats` and
+    /// `cai report`.
+    ///
+    /// --data is a dataset file (re-cut at each size), a folder of partitions (re-cut at
+    /// each size), or a folder with one sub-folder of partitions per size, named as given
+    /// (`25MB/`, `50MB/`…: the original's layout; used as they are). Re-cut partitions go
+    /// under --work (default: <results>/partitions). --resume skips every experiment that
+    /// has a summary.json and reruns the others from scratch (a timing run is not stitched
+    /// together from two attempts).
+    Sweep(Box<SweepArgs>),
     /// Run one rank of a plan (what each Slurm array task runs; rank from
     /// $SLURM_ARRAY_TASK_ID).
     Worker(WorkerArgs),
@@ -341,6 +352,36 @@ pub struct ReportArgs {
     /// Title of the report.
     #[arg(long)]
     pub title: Option<String>,
+}
+
+/// `cai sweep`
+#[derive(Debug, Args)]
+pub struct SweepArgs {
+    /// Partition sizes, e.g. `25MB,50MB,100MB` (1 MB = 2^20 bytes); each names its run
+    /// folders (`p25MB-…`) and its sub-folder of partitions.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub partition_sizes: Vec<String>,
+    /// Galaxies per inference batch, e.g. `32,128,512`.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub batch_sizes: Vec<usize>,
+    /// Data sizes, e.g. `1GB,5GB`: each run reads the first partitions holding at most this
+    /// much (the original's file_limit; at least one partition). Default: all the data.
+    #[arg(long, value_delimiter = ',')]
+    pub data_sizes: Vec<String>,
+    /// Runs of each configuration (`-r1`, `-r2`, …; `cai stats` averages them).
+    #[arg(long, default_value_t = 3)]
+    pub repeat: usize,
+    /// Where partitions re-cut from --data go, one sub-folder per size (default:
+    /// <results>/partitions).
+    #[arg(long, value_name = "URL")]
+    pub work: Option<String>,
+    /// File format of re-cut partitions.
+    #[arg(long, value_enum, default_value_t = PartitionFormat::Native)]
+    pub partition_format: PartitionFormat,
+    /// Run options, as `cai run` takes them (--data, --results, --model, --engine,
+    /// --workers, --threads, engine options; --resume skips finished experiments).
+    #[command(flatten)]
+    pub run: RunArgs,
 }
 
 /// `cai demo`

@@ -95,6 +95,18 @@ pub async fn partition_to_as(
     let input2 = input.to_path_buf();
     let reader = tokio::task::spawn_blocking(move || open_source(&input2)).await??;
     let dest = StorageUrl::parse(out)?;
+    partition_source_to(reader, size_bytes, &dest, format, quiet).await
+}
+
+/// Cut any galaxy source into partitions of `size_bytes` under `dest`, writing
+/// `manifest.json` last (what `cai partition` and `cai sweep` do).
+pub async fn partition_source_to(
+    reader: Box<dyn GalaxySource + Send>,
+    size_bytes: u64,
+    dest: &StorageUrl,
+    format: FileFormat,
+    quiet: bool,
+) -> Result<PartitionSummary> {
     let total = reader.len();
     let handle = tokio::runtime::Handle::current();
     let dest2 = dest.clone();

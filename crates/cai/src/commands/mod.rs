@@ -13,6 +13,7 @@ mod run;
 #[cfg(feature = "slurm")]
 mod slurm;
 mod status;
+mod sweep;
 mod worker;
 
 use anyhow::Result;
@@ -37,6 +38,7 @@ pub async fn dispatch(cli: Cli) -> Result<Outcome> {
         Command::Demo(a) => demo::demo(a, quiet).await,
         Command::Stats(a) => report::stats(a, quiet).await,
         Command::Report(a) => report::report(a, quiet).await,
+        Command::Sweep(a) => sweep::sweep(*a, quiet).await,
         Command::Worker(a) => worker::worker(a, quiet).await,
         Command::Status(a) => status::status(a, quiet).await,
         #[cfg(feature = "aws")]

@@ -7,4 +7,5 @@ mod aws;
 mod pipeline;
 mod s3;
 mod slurm;
+mod sweep;
 mod torch_files;

@@ -18,6 +18,11 @@ pub enum Outcome {
 }
 
 fn main() -> ExitCode {
+    // Lambda starts a custom runtime as `bootstrap`; `cai lambda` is the same, by hand.
+    #[cfg(feature = "aws")]
+    if commands::lambda::requested() {
+        return commands::lambda::main();
+    }
     let cli = cli::Cli::parse();
     let level = match (cli.quiet, cli.verbose) {
         (true, _) => "error",

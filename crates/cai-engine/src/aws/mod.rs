@@ -9,9 +9,11 @@
 //! and calls the same stage functions as `cai run`.
 //!
 //! Generation is pure (no AWS calls): [`state_machine`] and [`template`] return JSON values
-//! that tests parse and check.
+//! that tests parse and check. [`lambda`] holds the three handlers' logic; the `cai` binary
+//! serves them on the Lambda runtime API.
 
 mod asl;
+pub mod lambda;
 mod template;
 
 pub use asl::{state_machine, FunctionArns, LAMBDA_RETRY_ERRORS};

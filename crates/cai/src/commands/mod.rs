@@ -6,6 +6,8 @@ mod bench;
 pub(crate) mod cost;
 mod data;
 mod demo;
+#[cfg(feature = "aws")]
+pub(crate) mod lambda;
 mod model;
 mod predict;
 mod report;

@@ -4,6 +4,8 @@
 mod util;
 
 mod aws;
+#[cfg(feature = "aws")]
+mod lambda;
 mod pipeline;
 mod s3;
 mod slurm;

@@ -1,0 +1,856 @@
+//! The three Lambda handlers' logic, on the same stage functions as `cai run`.
+//!
+//! - [`Handlers::initialize`]: the original's payload in; [`plan_run`] writes `plan.json` and
+//!   `payload.json`, [`clear_results`] removes an earlier run's outputs, and the rank items
+//!   go to `items.json` (a JSON array, one item per rank) for the Distributed Map's
+//!   ItemReader. Returns [`InitializeOutput`].
+//! - [`Handlers::infer`]: one rank item in; [`Worker::run_rank`] streams the rank's partitions
+//!   (the next one downloads while this one computes) through the model on a thread pool
+//!   sized from the CPUs the function gets, and writes `predictions/<rank>.parquet`, then
+//!   `<rank>.json`. Each object is one atomic PUT, and a rank is done exactly when its
+//!   `<rank>.json` exists, so a retried rank finds either nothing of its own or a complete
+//!   result, which it returns unchanged. A failure leaves `failed/<rank>.json` and is returned
+//!   as an error (`CAI.RankFailed`), so Step Functions counts it against
+//!   ToleratedFailurePercentage. Returns [`InferOutput`].
+//! - [`Handlers::summarize`]: `{results}` in; [`summarize`] writes `combined_data.json`,
+//!   `predictions.parquet` and `summary.json`. Returns [`SummarizeOutput`].
+//!
+//! The event shapes are the generated state machine's ([`super::state_machine`]):
+//! [`task_payload`] and [`task_output`] apply a Task state's `Parameters`, `ResultSelector`,
+//! `ResultPath` and `OutputPath` (the JSONPath subset the machine uses), so tests drive the
+//! handlers in Step Functions' order with exactly the events Step Functions would send.
+//!
+//! The runtime loop (the Lambda runtime API) lives in the `cai` binary (`cai lambda`, or the
+//! binary started as `bootstrap`); this module knows nothing of it.
+
+use std::sync::Arc;
+
+use cai_core::payload::Payload;
+use cai_core::plan::{Plan, PlanRequest, RankItem};
+use cai_core::report::{failure_key, predictions_key, rank_key, RankFailure, RankReport};
+use cai_core::StorageUrl;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use super::S3Prefix;
+use crate::error::Error;
+use crate::local::available_cores;
+use crate::stages::{clear_results, load_model, plan_run, pretty};
+use crate::summarize::{summarize, PLAN_KEY, SUMMARY_KEY};
+use crate::worker::{host_name, unix_now, ProgressFn, Worker};
+
+/// Key of the rank items (a JSON array, one per rank) under the results location.
+pub const ITEMS_KEY: &str = "items.json";
+/// Which handler a function serves: `initialize`, `infer` or `summarize`.
+pub const HANDLER_ENV: &str = "CAI_HANDLER";
+/// The model file every rank loads (`s3://bucket/key`).
+pub const MODEL_ENV: &str = "CAI_MODEL";
+/// Where results go when the payload does not say (`s3://bucket/prefix`).
+pub const RESULTS_ENV: &str = "CAI_RESULTS_ROOT";
+/// Where the partitions are when the payload does not say (`s3://bucket/prefix`).
+pub const DATA_ENV: &str = "CAI_DATA_ROOT";
+/// Engine name written into rank reports made on Lambda.
+pub const ENGINE: &str = "aws";
+
+/// One of the three functions of the stack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handler {
+    /// Plan the run; write `plan.json` and `items.json`.
+    Initialize,
+    /// Run one rank.
+    Infer,
+    /// Gather the ranks' outputs.
+    Summarize,
+}
+
+impl Handler {
+    /// Every handler, in workflow order.
+    pub const ALL: [Handler; 3] = [Handler::Initialize, Handler::Infer, Handler::Summarize];
+
+    /// The handler named `name` (as in `CAI_HANDLER`), if any.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|h| h.name().eq_ignore_ascii_case(name.trim()))
+    }
+
+    /// `initialize`, `infer` or `summarize`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Handler::Initialize => "initialize",
+            Handler::Infer => "infer",
+            Handler::Summarize => "summarize",
+        }
+    }
+}
+
+/// Why a handler failed. [`LambdaError::error_type`] is the `errorType` Lambda reports,
+/// which Step Functions' Retry and Catch match on.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LambdaError {
+    /// The event is not what the state machine sends.
+    #[error("{handler}: the event is not what the state machine sends: {reason}")]
+    BadEvent {
+        /// Handler that got it.
+        handler: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A rank failed; `failed/<rank>.json` says why.
+    #[error("rank {rank} failed: {source}")]
+    RankFailed {
+        /// The rank.
+        rank: usize,
+        /// The cause, naming the file.
+        #[source]
+        source: Box<Error>,
+    },
+    /// Initialize or Summarize failed.
+    #[error("{handler}: {source}")]
+    Stage {
+        /// Handler that failed.
+        handler: &'static str,
+        /// The cause, naming the file.
+        #[source]
+        source: Box<Error>,
+    },
+}
+
+impl LambdaError {
+    /// `CAI.BadEvent`, `CAI.RankFailed`, `CAI.InitializeFailed` or `CAI.SummarizeFailed`.
+    pub fn error_type(&self) -> &'static str {
+        match self {
+            LambdaError::BadEvent { .. } => "CAI.BadEvent",
+            LambdaError::RankFailed { .. } => "CAI.RankFailed",
+            LambdaError::Stage {
+                handler: "initialize",
+                ..
+            } => "CAI.InitializeFailed",
+            LambdaError::Stage { .. } => "CAI.SummarizeFailed",
+        }
+    }
+
+    /// The message with every cause, one per `: `.
+    pub fn message(&self) -> String {
+        let mut msg = self.to_string();
+        let mut cause = std::error::Error::source(self);
+        // The first source is already in the message.
+        if let Some(c) = cause {
+            cause = c.source();
+        }
+        while let Some(c) = cause {
+            msg.push_str(&format!(": {c}"));
+            cause = c.source();
+        }
+        msg
+    }
+
+    fn bad(handler: Handler, reason: impl Into<String>) -> Self {
+        LambdaError::BadEvent {
+            handler: handler.name(),
+            reason: reason.into(),
+        }
+    }
+
+    fn stage(handler: Handler, source: impl Into<Error>) -> Self {
+        LambdaError::Stage {
+            handler: handler.name(),
+            source: Box::new(source.into()),
+        }
+    }
+}
+
+/// Result of a handler.
+pub type LambdaResult<T> = std::result::Result<T, LambdaError>;
+
+/// What the functions are told by their environment (the CloudFormation template sets
+/// `CAI_MODEL`, `CAI_RESULTS_ROOT`, `CAI_DATA_ROOT`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LambdaConfig {
+    /// Model file location.
+    pub model: Option<String>,
+    /// Results location when the payload has no `bucket` + `result_path`.
+    pub results: Option<String>,
+    /// Data location when the payload has no `data_bucket`/`bucket`.
+    pub data: Option<String>,
+    /// Inference threads per rank (0: the CPUs this process may use).
+    pub threads: usize,
+    /// Kernel tier name for the rank reports.
+    pub kernels: String,
+}
+
+impl LambdaConfig {
+    /// Read `CAI_MODEL`, `CAI_RESULTS_ROOT` and `CAI_DATA_ROOT` (empty values are unset).
+    pub fn from_env() -> Self {
+        let var = |k: &str| {
+            std::env::var(k)
+                .ok()
+                .map(|v| v.trim().to_string())
+                .filter(|v| !v.is_empty())
+        };
+        Self {
+            model: var(MODEL_ENV),
+            results: var(RESULTS_ENV),
+            data: var(DATA_ENV),
+            threads: 0,
+            kernels: String::new(),
+        }
+    }
+
+    /// Threads for a rank: the configured number, else every CPU the function gets (Lambda
+    /// gives one vCPU per 1,769 MB of memory, up to 6).
+    pub fn threads(&self) -> usize {
+        if self.threads > 0 {
+            self.threads
+        } else {
+            available_cores()
+        }
+    }
+}
+
+/// Initialize's answer; the state machine keeps it as `$.init`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InitializeOutput {
+    /// Bucket of `items.json` (the Distributed Map's ItemReader reads it).
+    pub items_bucket: String,
+    /// Key of `items.json`.
+    pub items_key: String,
+    /// The results location (`s3://bucket/prefix`), which Summarize gets.
+    pub results: String,
+    /// Number of ranks (items).
+    pub world_size: usize,
+    /// Warnings raised while planning (gaps in numbering…).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+}
+
+/// Infer's answer for one rank (what the Distributed Map's ResultWriter records).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InferOutput {
+    /// The rank.
+    pub rank: usize,
+    /// Galaxies predicted.
+    pub galaxies: u64,
+    /// URL of `<rank>.json`.
+    pub report: String,
+    /// URL of `predictions/<rank>.parquet`.
+    pub predictions: String,
+    /// Wall seconds of the rank.
+    pub wall_time_s: f64,
+    /// True when an earlier invocation had already finished this rank and its outputs were
+    /// returned unchanged (a retry).
+    pub reused: bool,
+}
+
+/// Summarize's answer; the state machine's `Complete?` choice reads `complete`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SummarizeOutput {
+    /// Every rank finished.
+    pub complete: bool,
+    /// Galaxies predicted (each exactly once).
+    pub galaxies: u64,
+    /// Ranks that finished.
+    pub ranks_done: usize,
+    /// Ranks with a failure record.
+    pub failed_ranks: Vec<usize>,
+    /// Ranks with neither a result nor a failure record.
+    pub missing_ranks: Vec<usize>,
+    /// URL of `summary.json`.
+    pub summary: String,
+}
+
+/// The handlers of one function instance. The model and its worker are loaded once and
+/// kept across warm invocations.
+pub struct Handlers {
+    cfg: LambdaConfig,
+    worker: tokio::sync::Mutex<Option<(String, Arc<Worker>)>>,
+}
+
+impl Handlers {
+    /// Handlers with this configuration.
+    pub fn new(cfg: LambdaConfig) -> Self {
+        Self {
+            cfg,
+            worker: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &LambdaConfig {
+        &self.cfg
+    }
+
+    /// Run `handler` on `event`, answering with the JSON the state machine expects;
+    /// `progress` hears of Infer's galaxies as batches finish.
+    pub async fn handle(
+        &self,
+        handler: Handler,
+        event: Value,
+        progress: Option<ProgressFn>,
+    ) -> LambdaResult<Value> {
+        match handler {
+            Handler::Initialize => to_value(handler, &self.initialize(event).await?),
+            Handler::Infer => to_value(handler, &self.infer(event, progress).await?),
+            Handler::Summarize => to_value(handler, &self.summarize(event).await?),
+        }
+    }
+
+    /// Initialize: plan the run from the original's payload, as `cai run --payload` does, and
+    /// write the rank items to `items.json` beside `plan.json`.
+    pub async fn initialize(&self, event: Value) -> LambdaResult<InitializeOutput> {
+        let h = Handler::Initialize;
+        if !event.is_object() {
+            return Err(LambdaError::bad(
+                h,
+                format!("expected the payload object, got {event}"),
+            ));
+        }
+        let payload: Payload = serde_json::from_value(event)
+            .map_err(|e| LambdaError::bad(h, format!("payload: {e}")))?;
+        let results = payload
+            .results_url()
+            .or_else(|| self.cfg.results.clone())
+            .ok_or_else(|| {
+                LambdaError::bad(
+                    h,
+                    format!("no results location: the payload has no bucket + result_path and {RESULTS_ENV} is not set"),
+                )
+            })?;
+        let data = payload
+            .data_url()
+            .or_else(|| self.cfg.data.clone())
+            .ok_or_else(|| {
+                LambdaError::bad(
+                    h,
+                    format!("no data location: the payload has no data_bucket/bucket and {DATA_ENV} is not set"),
+                )
+            })?;
+        let model = self
+            .cfg
+            .model
+            .clone()
+            .ok_or_else(|| LambdaError::bad(h, format!("no model: {MODEL_ENV} is not set")))?;
+        let Some(items_at) = S3Prefix::parse(&results) else {
+            return Err(LambdaError::bad(
+                h,
+                format!("results location {results} is not s3://bucket/prefix (the Distributed Map reads items from S3)"),
+            ));
+        };
+        let req = PlanRequest {
+            data,
+            results: results.clone(),
+            model,
+            payload: Some(payload),
+            ..Default::default()
+        };
+        let plan = plan_run(&req).await.map_err(|e| LambdaError::stage(h, e))?;
+        let store = StorageUrl::parse(&plan.results).map_err(|e| LambdaError::stage(h, e))?;
+        clear_results(&store)
+            .await
+            .map_err(|e| LambdaError::stage(h, e))?;
+        let items = pretty(&plan.items).map_err(|e| LambdaError::stage(h, e))?;
+        store
+            .put(ITEMS_KEY, items)
+            .await
+            .map_err(|e| LambdaError::stage(h, e))?;
+        for w in &plan.warnings {
+            tracing::warn!("{w}");
+        }
+        Ok(InitializeOutput {
+            items_bucket: items_at.bucket.clone(),
+            items_key: items_at.key(ITEMS_KEY),
+            results: plan.results.clone(),
+            world_size: plan.world_size,
+            warnings: plan.warnings.clone(),
+        })
+    }
+
+    /// Infer: run the rank of one item of `items.json`. A rank whose `<rank>.json` already
+    /// exists (an earlier attempt finished it) is returned as it is.
+    pub async fn infer(
+        &self,
+        event: Value,
+        progress: Option<ProgressFn>,
+    ) -> LambdaResult<InferOutput> {
+        let h = Handler::Infer;
+        let item: RankItem = serde_json::from_value(event)
+            .map_err(|e| LambdaError::bad(h, format!("rank item: {e}")))?;
+        let rank = item.rank;
+        let plan_url = item_plan_url(&item).ok_or_else(|| {
+            LambdaError::bad(h, "the item has no PLAN_URL and no S3_BUCKET + RESULT_PATH")
+        })?;
+        let failed = |source: Error| LambdaError::RankFailed {
+            rank,
+            source: Box::new(source),
+        };
+        let plan = read_plan(&plan_url).await.map_err(failed)?;
+        if plan.world_size != item.world_size || rank >= plan.world_size {
+            return Err(LambdaError::bad(
+                h,
+                format!(
+                    "item rank {rank} of {} does not fit the plan {plan_url} ({} ranks): a stale item from another run?",
+                    item.world_size, plan.world_size
+                ),
+            ));
+        }
+        let results = StorageUrl::parse(&plan.results).map_err(|e| failed(e.into()))?;
+        if let Some(done) = finished_rank(&results, rank).await.map_err(failed)? {
+            tracing::info!("rank {rank} is already done: returning its outputs unchanged");
+            return Ok(infer_output(&results, &done, true));
+        }
+        let worker = match self.worker_for(&plan.model).await {
+            Ok(w) => w,
+            Err(e) => {
+                record_failure(&results, &plan, rank, &e).await;
+                return Err(failed(e));
+            }
+        };
+        tracing::info!(
+            "rank {rank} of {}: {} partition(s), {} thread(s)",
+            plan.world_size,
+            plan.partitions_of(rank).len(),
+            self.cfg.threads()
+        );
+        let report = worker
+            .run_rank(&plan, rank, progress)
+            .await
+            .map_err(failed)?;
+        Ok(infer_output(&results, &report, false))
+    }
+
+    /// Summarize: gather the ranks' outputs under `{results}`.
+    pub async fn summarize(&self, event: Value) -> LambdaResult<SummarizeOutput> {
+        let h = Handler::Summarize;
+        let location = event
+            .get("results")
+            .and_then(Value::as_str)
+            .ok_or_else(|| {
+                LambdaError::bad(h, format!("expected {{\"results\": URL}}, got {event}"))
+            })?;
+        let results = StorageUrl::parse(location).map_err(|e| LambdaError::stage(h, e))?;
+        let summary = summarize(&results, None)
+            .await
+            .map_err(|e| LambdaError::stage(h, e))?;
+        Ok(SummarizeOutput {
+            complete: summary.complete(),
+            galaxies: summary.galaxies,
+            ranks_done: summary.ranks_done,
+            failed_ranks: summary.failed.iter().map(|f| f.rank).collect(),
+            missing_ranks: summary.missing_ranks.clone(),
+            summary: results.url_of(SUMMARY_KEY),
+        })
+    }
+
+    /// Load the model ahead of the first event (during the function's init phase), so the
+    /// first rank does not wait for it. Errors are left for the first event to report.
+    pub async fn preload(&self) -> Option<Error> {
+        let model = self.cfg.model.clone()?;
+        self.worker_for(&model).await.err()
+    }
+
+    /// The worker for `model`, loading it on first use (or when the plan names another).
+    async fn worker_for(&self, model: &str) -> Result<Arc<Worker>, Error> {
+        let mut slot = self.worker.lock().await;
+        if let Some((url, w)) = slot.as_ref() {
+            if url == model {
+                return Ok(w.clone());
+            }
+        }
+        let loaded = load_model(model).await?;
+        let worker = Arc::new(Worker::new(
+            loaded,
+            model,
+            self.cfg.threads(),
+            ENGINE,
+            &self.cfg.kernels,
+        )?);
+        *slot = Some((model.to_string(), worker.clone()));
+        Ok(worker)
+    }
+}
+
+fn to_value<T: Serialize>(handler: Handler, v: &T) -> LambdaResult<Value> {
+    serde_json::to_value(v).map_err(|e| {
+        LambdaError::stage(
+            handler,
+            Error::Task(format!("cannot encode the answer: {e}")),
+        )
+    })
+}
+
+/// Where an item's plan is: its `PLAN_URL`, else `s3://S3_BUCKET/RESULT_PATH/plan.json`.
+fn item_plan_url(item: &RankItem) -> Option<String> {
+    if let Some(u) = item.plan_url.as_deref().filter(|u| !u.is_empty()) {
+        return Some(u.to_string());
+    }
+    if item.s3_bucket.is_empty() || item.result_path.is_empty() {
+        return None;
+    }
+    let at = S3Prefix::new(&item.s3_bucket, &item.result_path);
+    Some(format!("s3://{}/{}", at.bucket, at.key(PLAN_KEY)))
+}
+
+async fn read_plan(plan_url: &str) -> Result<Plan, Error> {
+    let url = StorageUrl::parse(plan_url)?;
+    let bytes = url.get("").await?;
+    Ok(Plan::from_json(&url.to_string(), &bytes)?)
+}
+
+/// The report of a rank that an earlier attempt finished, if its `<rank>.json` and
+/// predictions are there.
+async fn finished_rank(results: &StorageUrl, rank: usize) -> Result<Option<RankReport>, Error> {
+    let key = rank_key(rank);
+    let Some(bytes) = results.get_opt(&key).await? else {
+        return Ok(None);
+    };
+    let report = RankReport::from_json(&results.url_of(&key), &bytes)?;
+    let complete = report.rank == rank
+        && (report.predictions.is_empty() || results.exists(&report.predictions).await?);
+    Ok(complete.then_some(report))
+}
+
+fn infer_output(results: &StorageUrl, r: &RankReport, reused: bool) -> InferOutput {
+    let predictions = if r.predictions.is_empty() {
+        predictions_key(r.rank)
+    } else {
+        r.predictions.clone()
+    };
+    InferOutput {
+        rank: r.rank,
+        galaxies: r.galaxies,
+        report: results.url_of(&rank_key(r.rank)),
+        predictions: results.url_of(&predictions),
+        wall_time_s: r.wall_time_s,
+        reused,
+    }
+}
+
+/// Record a failure that happened before the worker ran (the model did not load).
+async fn record_failure(results: &StorageUrl, plan: &Plan, rank: usize, e: &Error) {
+    let failure = RankFailure {
+        rank,
+        partitions: plan
+            .partitions_of(rank)
+            .iter()
+            .map(|p| p.key.clone())
+            .collect(),
+        error: e.to_string(),
+        engine: ENGINE.into(),
+        host: host_name(),
+        failed_at: unix_now(),
+    };
+    match pretty(&failure) {
+        Ok(json) => {
+            if let Err(w) = results.put(&failure_key(rank), json).await {
+                tracing::warn!("rank {rank}: could not record the failure: {w}");
+            }
+        }
+        Err(w) => tracing::warn!("rank {rank}: could not record the failure: {w}"),
+    }
+}
+
+/// Evaluate a reference path (`$`, `$.a.b`) against `input`; `None` when a field is missing.
+pub fn json_path<'a>(input: &'a Value, path: &str) -> Option<&'a Value> {
+    let rest = path.strip_prefix('$')?;
+    let mut at = input;
+    for field in rest.split('.').filter(|f| !f.is_empty()) {
+        at = at.get(field)?;
+    }
+    Some(at)
+}
+
+/// Apply a payload template (`Parameters`, `ResultSelector`): keys ending in `.$` take the
+/// value at their path in `input`, other values are copied (objects recursively).
+pub fn apply_template(template: &Value, input: &Value) -> Result<Value, String> {
+    let Some(obj) = template.as_object() else {
+        return Ok(template.clone());
+    };
+    let mut out = Map::new();
+    for (k, v) in obj {
+        if let Some(name) = k.strip_suffix(".$") {
+            let path = v
+                .as_str()
+                .ok_or_else(|| format!("{k}: the path must be a string"))?;
+            let value = json_path(input, path)
+                .ok_or_else(|| format!("{k}: {path} is not in the input {input}"))?;
+            out.insert(name.to_string(), value.clone());
+        } else {
+            out.insert(k.clone(), apply_template(v, input)?);
+        }
+    }
+    Ok(Value::Object(out))
+}
+
+/// Put `result` at `path` (`$` replaces the whole input; `$.a.b` sets that field).
+pub fn set_path(input: &Value, path: &str, result: Value) -> Result<Value, String> {
+    let rest = path
+        .strip_prefix('$')
+        .ok_or_else(|| format!("{path}: not a reference path"))?;
+    let fields: Vec<&str> = rest.split('.').filter(|f| !f.is_empty()).collect();
+    let Some((last, parents)) = fields.split_last() else {
+        return Ok(result);
+    };
+    let mut out = input.clone();
+    let mut at = &mut out;
+    for f in parents {
+        let obj = at
+            .as_object_mut()
+            .ok_or_else(|| format!("{path}: the input is not an object at {f}"))?;
+        at = obj
+            .entry(f.to_string())
+            .or_insert_with(|| Value::Object(Map::new()));
+    }
+    at.as_object_mut()
+        .ok_or_else(|| format!("{path}: the input is not an object"))?
+        .insert(last.to_string(), result);
+    Ok(out)
+}
+
+/// The payload a `lambda:invoke` Task state sends its function for state input `input`:
+/// its `Parameters` applied, then `Payload`.
+pub fn task_payload(task: &Value, input: &Value) -> Result<Value, String> {
+    let params = task.get("Parameters").ok_or("the task has no Parameters")?;
+    let resolved = apply_template(params, input)?;
+    resolved
+        .get("Payload")
+        .cloned()
+        .ok_or_else(|| "the task's Parameters have no Payload".to_string())
+}
+
+/// The state output of a `lambda:invoke` Task state whose function answered `answer`:
+/// `ResultSelector` over `{"Payload": answer}`, `ResultPath` into the input, `OutputPath`.
+pub fn task_output(task: &Value, input: &Value, answer: Value) -> Result<Value, String> {
+    let raw = serde_json::json!({ "Payload": answer, "StatusCode": 200 });
+    let selected = match task.get("ResultSelector") {
+        Some(sel) => apply_template(sel, &raw)?,
+        None => raw,
+    };
+    let path = task
+        .get("ResultPath")
+        .and_then(Value::as_str)
+        .unwrap_or("$");
+    let combined = set_path(input, path, selected)?;
+    match task.get("OutputPath").and_then(Value::as_str) {
+        Some(p) => json_path(&combined, p)
+            .cloned()
+            .ok_or_else(|| format!("OutputPath {p} is not in {combined}")),
+        None => Ok(combined),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::aws::{state_machine, AwsConfig, FunctionArns};
+
+    fn machine() -> Value {
+        let cfg = AwsConfig::new(
+            "cai",
+            S3Prefix::new("cosmicai-data", "100MB"),
+            S3Prefix::new("cosmicai-results", "runs"),
+            S3Prefix::new("cosmicai-models", "astromae.safetensors"),
+        );
+        state_machine(&cfg, &FunctionArns::placeholders())
+    }
+
+    #[test]
+    fn handler_names_round_trip() {
+        for h in Handler::ALL {
+            assert_eq!(Handler::parse(h.name()), Some(h));
+        }
+        assert_eq!(Handler::parse(" Infer "), Some(Handler::Infer));
+        assert_eq!(Handler::parse("train"), None);
+    }
+
+    #[test]
+    fn paths_and_templates_follow_step_functions() {
+        let input = json!({"a": {"b": 1}, "c": [1, 2]});
+        assert_eq!(json_path(&input, "$"), Some(&input));
+        assert_eq!(json_path(&input, "$.a.b"), Some(&json!(1)));
+        assert_eq!(json_path(&input, "$.x"), None);
+        let t = json!({"x.$": "$.a", "lit": "v", "nested": {"y.$": "$.c"}});
+        assert_eq!(
+            apply_template(&t, &input).unwrap(),
+            json!({"x": {"b": 1}, "lit": "v", "nested": {"y": [1, 2]}})
+        );
+        assert!(apply_template(&json!({"x.$": "$.nope"}), &input).is_err());
+        assert_eq!(
+            set_path(&input, "$.a.z", json!(2)).unwrap()["a"],
+            json!({"b": 1, "z": 2})
+        );
+        assert_eq!(set_path(&input, "$", json!(3)).unwrap(), json!(3));
+    }
+
+    /// The handlers' input and output types against the generated machine: what Step
+    /// Functions sends each function parses, and what each answers gives the next state
+    /// the fields it reads.
+    #[test]
+    fn event_shapes_match_the_generated_state_machine() {
+        let sm = machine();
+        let states = &sm["States"];
+        let payload = json!({
+            "bucket": "cosmicai-results", "file_limit": "11", "batch_size": 512,
+            "object_type": "folder", "S3_object_name": "Anomaly Detection",
+            "script": "/tmp/Anomaly Detection/Inference/inference.py",
+            "result_path": "runs/1", "data_bucket": "cosmicai-data", "data_prefix": "100MB"
+        });
+        // Initialize gets the execution input unchanged: the original's payload.
+        let init_event = task_payload(&states["Initialize"], &payload).unwrap();
+        assert_eq!(init_event, payload);
+        let parsed: Payload = serde_json::from_value(init_event).unwrap();
+        assert_eq!(
+            parsed.results_url().unwrap(),
+            "s3://cosmicai-results/runs/1"
+        );
+
+        let answer = InitializeOutput {
+            items_bucket: "cosmicai-results".into(),
+            items_key: "runs/1/items.json".into(),
+            results: "s3://cosmicai-results/runs/1".into(),
+            world_size: 2,
+            warnings: vec!["a gap".into()],
+        };
+        let after_init = task_output(
+            &states["Initialize"],
+            &payload,
+            serde_json::to_value(&answer).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            after_init["bucket"], "cosmicai-results",
+            "the input is kept"
+        );
+        let init = &after_init["init"];
+        assert_eq!(init["world_size"], 2);
+        // The map's ItemReader finds items.json from the answer.
+        let map = &states["Infer"];
+        let reader = apply_template(&map["ItemReader"]["Parameters"], &after_init).unwrap();
+        assert_eq!(
+            reader,
+            json!({"Bucket": "cosmicai-results", "Key": "runs/1/items.json"})
+        );
+        assert!(
+            map.get("ItemSelector").is_none(),
+            "items reach Infer unchanged"
+        );
+
+        // Infer gets one item as Initialize wrote it.
+        let plan = cai_core::plan::make_plan(
+            &PlanRequest {
+                data: "s3://cosmicai-data/100MB".into(),
+                results: "s3://cosmicai-results/runs/1".into(),
+                model: "s3://m/model.safetensors".into(),
+                world_size: Some(2),
+                payload: Some(parsed),
+                ..Default::default()
+            },
+            (1..=3)
+                .map(|i| cai_core::plan::PartitionRef {
+                    key: format!("{i}.pt"),
+                    galaxies: None,
+                    bytes: 1,
+                    sha256: None,
+                    first_galaxy: None,
+                })
+                .collect(),
+        )
+        .unwrap();
+        let items: Value = serde_json::from_slice(&pretty(&plan.items).unwrap()).unwrap();
+        let task = &map["ItemProcessor"]["States"]["InferRank"];
+        let item = &items[1];
+        let event = task_payload(task, item).unwrap();
+        let parsed: RankItem = serde_json::from_value(event).unwrap();
+        assert_eq!(parsed.rank, 1);
+        assert_eq!(
+            item_plan_url(&parsed).unwrap(),
+            "s3://cosmicai-results/runs/1/plan.json"
+        );
+        let out = InferOutput {
+            rank: 1,
+            galaxies: 10,
+            report: "s3://cosmicai-results/runs/1/1.json".into(),
+            predictions: "s3://cosmicai-results/runs/1/predictions/1.parquet".into(),
+            wall_time_s: 1.0,
+            reused: false,
+        };
+        let ans = serde_json::to_value(&out).unwrap();
+        assert_eq!(task_output(task, item, ans.clone()).unwrap(), ans);
+
+        // Summarize gets {results} from Initialize's answer, even after the map failed.
+        let after_map = set_path(&after_init, "$.map_error", json!({"Error": "x"})).unwrap();
+        let sum_event = task_payload(&states["Summarize"], &after_map).unwrap();
+        assert_eq!(
+            sum_event,
+            json!({"results": "s3://cosmicai-results/runs/1"})
+        );
+        let done = SummarizeOutput {
+            complete: true,
+            galaxies: 10,
+            ranks_done: 2,
+            failed_ranks: vec![],
+            missing_ranks: vec![],
+            summary: "s3://cosmicai-results/runs/1/summary.json".into(),
+        };
+        let end = task_output(
+            &states["Summarize"],
+            &after_map,
+            serde_json::to_value(&done).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            json_path(
+                &end,
+                states["Complete?"]["Choices"][0]["Variable"]
+                    .as_str()
+                    .unwrap()
+            ),
+            Some(&json!(true))
+        );
+    }
+
+    #[test]
+    fn an_item_without_plan_url_finds_the_plan_by_bucket_and_result_path() {
+        let mut item: RankItem = serde_json::from_value(json!({
+            "S3_BUCKET": "b", "S3_OBJECT_NAME": "", "SCRIPT": "", "S3_OBJECT_TYPE": "",
+            "WORLD_SIZE": "2", "RANK": 1, "DATA_BUCKET": "d", "DATA_PREFIX": "p",
+            "DATA_PATH": "p/2.pt", "RESULT_PATH": "/r/1/", "BATCH_SIZE": 32
+        }))
+        .unwrap();
+        assert_eq!(item_plan_url(&item).unwrap(), "s3://b/r/1/plan.json");
+        item.s3_bucket.clear();
+        assert_eq!(item_plan_url(&item), None);
+    }
+
+    #[tokio::test]
+    async fn bad_events_are_named_errors_not_panics() {
+        let h = Handlers::new(LambdaConfig::default());
+        let e = h
+            .handle(Handler::Infer, json!({"RANK": "x"}), None)
+            .await
+            .unwrap_err();
+        assert_eq!(e.error_type(), "CAI.BadEvent");
+        let e = h
+            .handle(Handler::Summarize, json!([]), None)
+            .await
+            .unwrap_err();
+        assert!(e.message().contains("results"), "{}", e.message());
+        let e = h
+            .handle(Handler::Initialize, json!("x"), None)
+            .await
+            .unwrap_err();
+        assert_eq!(e.error_type(), "CAI.BadEvent");
+        // A payload with locations but no model configured.
+        let e = h
+            .handle(
+                Handler::Initialize,
+                json!({"bucket": "b", "result_path": "r", "data_bucket": "d"}),
+                None,
+            )
+            .await
+            .unwrap_err();
+        assert!(e.message().contains(MODEL_ENV), "{}", e.message());
+    }
+}

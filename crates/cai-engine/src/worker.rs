@@ -61,6 +61,34 @@ pub fn peak_rss_mb() -> f64 {
         .unwrap_or(0.0)
 }
 
+/// Write `failed/<rank>.json` for a rank that failed on this host with `error` (a failure
+/// to write it is logged: the error itself is what the caller reports).
+pub async fn record_failure(
+    results: &StorageUrl,
+    plan: &Plan,
+    rank: usize,
+    engine: &str,
+    error: &Error,
+) {
+    let failure = RankFailure {
+        rank,
+        partitions: plan
+            .partitions_of(rank)
+            .iter()
+            .map(|p| p.key.clone())
+            .collect(),
+        error: error.to_string(),
+        engine: engine.to_string(),
+        host: host_name(),
+        failed_at: unix_now(),
+    };
+    if let Ok(json) = serde_json::to_vec_pretty(&failure) {
+        if let Err(w) = results.put(&failure_key(rank), json).await {
+            tracing::warn!("rank {rank}: could not record the failure: {w}");
+        }
+    }
+}
+
 /// What one partition's inference produced.
 struct PartitionOutcome {
     preds: Predictions,
@@ -108,23 +136,7 @@ impl Worker {
         match self.run_rank_inner(plan, rank, &results, progress).await {
             Ok(report) => Ok(report),
             Err(e) => {
-                let failure = RankFailure {
-                    rank,
-                    partitions: plan
-                        .partitions_of(rank)
-                        .iter()
-                        .map(|p| p.key.clone())
-                        .collect(),
-                    error: e.to_string(),
-                    engine: self.engine.clone(),
-                    host: host_name(),
-                    failed_at: unix_now(),
-                };
-                if let Ok(json) = serde_json::to_vec_pretty(&failure) {
-                    if let Err(w) = results.put(&failure_key(rank), json).await {
-                        tracing::warn!("rank {rank}: could not record the failure: {w}");
-                    }
-                }
+                record_failure(&results, plan, rank, &self.engine, &e).await;
                 Err(e)
             }
         }

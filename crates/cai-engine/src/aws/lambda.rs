@@ -27,7 +27,7 @@ use std::sync::Arc;
 
 use cai_core::payload::Payload;
 use cai_core::plan::{Plan, PlanRequest, RankItem};
-use cai_core::report::{failure_key, predictions_key, rank_key, RankFailure, RankReport};
+use cai_core::report::{predictions_key, rank_key, RankReport};
 use cai_core::StorageUrl;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -37,7 +37,7 @@ use crate::error::Error;
 use crate::local::available_cores;
 use crate::stages::{clear_results, load_model, plan_run, pretty};
 use crate::summarize::{summarize, PLAN_KEY, SUMMARY_KEY};
-use crate::worker::{host_name, unix_now, ProgressFn, Worker};
+use crate::worker::{record_failure, ProgressFn, Worker};
 
 /// Key of the rank items (a JSON array, one per rank) under the results location.
 pub const ITEMS_KEY: &str = "items.json";
@@ -402,7 +402,7 @@ impl Handlers {
         let worker = match self.worker_for(&plan.model).await {
             Ok(w) => w,
             Err(e) => {
-                record_failure(&results, &plan, rank, &e).await;
+                record_failure(&results, &plan, rank, ENGINE, &e).await;
                 return Err(failed(e));
             }
         };
@@ -523,30 +523,6 @@ fn infer_output(results: &StorageUrl, r: &RankReport, reused: bool) -> InferOutp
         predictions: results.url_of(&predictions),
         wall_time_s: r.wall_time_s,
         reused,
-    }
-}
-
-/// Record a failure that happened before the worker ran (the model did not load).
-async fn record_failure(results: &StorageUrl, plan: &Plan, rank: usize, e: &Error) {
-    let failure = RankFailure {
-        rank,
-        partitions: plan
-            .partitions_of(rank)
-            .iter()
-            .map(|p| p.key.clone())
-            .collect(),
-        error: e.to_string(),
-        engine: ENGINE.into(),
-        host: host_name(),
-        failed_at: unix_now(),
-    };
-    match pretty(&failure) {
-        Ok(json) => {
-            if let Err(w) = results.put(&failure_key(rank), json).await {
-                tracing::warn!("rank {rank}: could not record the failure: {w}");
-            }
-        }
-        Err(w) => tracing::warn!("rank {rank}: could not record the failure: {w}"),
     }
 }
 

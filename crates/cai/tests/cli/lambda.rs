@@ -15,7 +15,6 @@
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -26,7 +25,7 @@ use cai_engine::aws::lambda::{apply_template, set_path, task_output, task_payloa
 use cai_engine::aws::{state_machine, AwsConfig, FunctionArns, S3Prefix};
 use serde_json::{json, Value};
 
-use crate::s3::{by_galaxy, json as parse_json, local_run, Moto};
+use crate::s3::{by_galaxy, free_port, json as parse_json, local_run, wait_listening, Moto};
 use crate::util::{fixtures, Dir, SIZE};
 
 const DATA_BUCKET: &str = "cosmicai-data";
@@ -44,24 +43,6 @@ fn unavailable(what: &str) {
         "CI is set but {what} is not available (.ci/run installs it)"
     );
     eprintln!("NOTE: skipping the Lambda test: {what} is not available");
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
-}
-
-fn wait_listening(port: u16, what: &str) {
-    let t = Instant::now();
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            t.elapsed() < Duration::from_secs(60),
-            "{what} did not listen on {port}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// `cargo lambda watch --only-lambda-apis` on a free port: the runtime API for one function

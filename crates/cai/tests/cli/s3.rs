@@ -30,6 +30,26 @@ impl Drop for Moto {
     }
 }
 
+/// A port nobody listens on now.
+pub(crate) fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+/// Wait (up to a minute) until `what` listens on `port` of loopback.
+pub(crate) fn wait_listening(port: u16, what: &str) {
+    let t = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "{what} did not listen on {port}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 impl Moto {
     /// Start moto, or `None` (with a note) when python3 or moto is not installed.
     pub(crate) fn start() -> Option<Self> {
@@ -43,10 +63,7 @@ impl Moto {
             );
             return None;
         }
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
+        let port = free_port();
         let child = Command::new(PY)
             .args([
                 "-m",
@@ -64,14 +81,7 @@ impl Moto {
             child,
             endpoint: format!("http://127.0.0.1:{port}"),
         };
-        let t = Instant::now();
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                t.elapsed() < Duration::from_secs(60),
-                "moto did not listen on {port}"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        wait_listening(port, "moto");
         Some(moto)
     }
 

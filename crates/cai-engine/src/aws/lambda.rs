@@ -24,6 +24,7 @@
 //! binary started as `bootstrap`); this module knows nothing of it.
 
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use cai_core::payload::Payload;
 use cai_core::plan::{Plan, PlanRequest, RankItem};
@@ -51,6 +52,8 @@ pub const RESULTS_ENV: &str = "CAI_RESULTS_ROOT";
 pub const DATA_ENV: &str = "CAI_DATA_ROOT";
 /// Engine name written into rank reports made on Lambda.
 pub const ENGINE: &str = "aws";
+/// How long before an invocation's deadline a rank stops and records its failure.
+pub const DEADLINE_MARGIN: Duration = Duration::from_secs(10);
 
 /// One of the three functions of the stack.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -276,22 +279,32 @@ impl Handlers {
         }
     }
 
+    /// Handlers whose worker for `model_url` is already made (embedding, tests).
+    pub fn with_worker(self, model_url: &str, worker: Arc<Worker>) -> Self {
+        Self {
+            worker: tokio::sync::Mutex::new(Some((model_url.to_string(), worker))),
+            ..self
+        }
+    }
+
     /// The configuration.
     pub fn config(&self) -> &LambdaConfig {
         &self.cfg
     }
 
     /// Run `handler` on `event`, answering with the JSON the state machine expects;
-    /// `progress` hears of Infer's galaxies as batches finish.
+    /// `progress` hears of Infer's galaxies as batches finish, and `deadline` is when the
+    /// invocation times out (see [`Handlers::infer`]).
     pub async fn handle(
         &self,
         handler: Handler,
         event: Value,
         progress: Option<ProgressFn>,
+        deadline: Option<SystemTime>,
     ) -> LambdaResult<Value> {
         match handler {
             Handler::Initialize => to_value(handler, &self.initialize(event).await?),
-            Handler::Infer => to_value(handler, &self.infer(event, progress).await?),
+            Handler::Infer => to_value(handler, &self.infer(event, progress, deadline).await?),
             Handler::Summarize => to_value(handler, &self.summarize(event).await?),
         }
     }
@@ -367,11 +380,15 @@ impl Handlers {
     }
 
     /// Infer: run the rank of one item of `items.json`. A rank whose `<rank>.json` already
-    /// exists (an earlier attempt finished it) is returned as it is.
+    /// exists (an earlier attempt finished it) is returned as it is. With a `deadline` (when
+    /// Lambda will stop the invocation), a rank still running [`DEADLINE_MARGIN`] before it
+    /// stops there and records `failed/<rank>.json` saying so, instead of vanishing with the
+    /// process; a deadline already past (emulators send none that is real) is ignored.
     pub async fn infer(
         &self,
         event: Value,
         progress: Option<ProgressFn>,
+        deadline: Option<SystemTime>,
     ) -> LambdaResult<InferOutput> {
         let h = Handler::Infer;
         let item: RankItem = serde_json::from_value(event)
@@ -412,10 +429,24 @@ impl Handlers {
             plan.partitions_of(rank).len(),
             self.cfg.threads()
         );
-        let report = worker
-            .run_rank(&plan, rank, progress)
-            .await
-            .map_err(failed)?;
+        let run = worker.run_rank(&plan, rank, progress);
+        let left = deadline.and_then(|d| d.duration_since(SystemTime::now()).ok());
+        let report = match left {
+            Some(left) => tokio::select! {
+                r = run => r.map_err(failed)?,
+                _ = tokio::time::sleep(left.saturating_sub(DEADLINE_MARGIN)) => {
+                    let e = Error::Task(format!(
+                        "stopped {} s before the invocation's time limit: the rank needs more time \
+                         than one invocation has; give it fewer partitions (a larger world_size) \
+                         or the function more memory (more vCPUs)",
+                        DEADLINE_MARGIN.as_secs()
+                    ));
+                    record_failure(&results, &plan, rank, ENGINE, &e).await;
+                    return Err(failed(e));
+                }
+            },
+            None => run.await.map_err(failed)?,
+        };
         Ok(infer_output(&results, &report, false))
     }
 
@@ -619,6 +650,8 @@ pub fn task_output(task: &Value, input: &Value, answer: Value) -> Result<Value, 
 mod tests {
     use serde_json::json;
 
+    use cai_core::report::RankFailure;
+
     use super::*;
     use crate::aws::{state_machine, AwsConfig, FunctionArns};
 
@@ -800,21 +833,107 @@ mod tests {
         assert_eq!(item_plan_url(&item), None);
     }
 
+    /// A plan over 12 synthetic galaxies in 3 partitions (2 ranks) on the in-memory store,
+    /// and handlers whose worker runs a depth-1 AstroMAE.
+    async fn memory_run(name: &str) -> (Handlers, Plan) {
+        use cai_core::plan::PlanRequest;
+        use cai_data::partition::{bytes_per_galaxy, partition_dataset};
+        let synth = cai_data::SynthConfig {
+            galaxies: 12,
+            seed: 9,
+            ..Default::default()
+        };
+        let galaxies = cai_data::generate(&synth, 0, 12);
+        let data = StorageUrl::parse(&format!("memory://{name}/data")).unwrap();
+        let mut files = Vec::new();
+        let per = 4 * bytes_per_galaxy(galaxies.image_shape());
+        let manifest = partition_dataset(&galaxies, per, |f| {
+            files.push(f);
+            Ok(())
+        })
+        .unwrap();
+        for f in files {
+            data.put(&f.key, f.bytes).await.unwrap();
+        }
+        data.put(crate::stages::MANIFEST_KEY, manifest.to_json())
+            .await
+            .unwrap();
+        let plan = plan_run(&PlanRequest {
+            data: data.to_string(),
+            results: format!("memory://{name}/results"),
+            model: "seeded".into(),
+            batch_size: Some(4),
+            world_size: Some(2),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let mut cfg = cai_model::Config::astromae();
+        cfg.depth = 1;
+        let weights = cai_model::init::astromae_weights(5, &cfg);
+        let model = Arc::new(cai_model::AstroMae::load(&weights, "seeded").unwrap());
+        let worker = Worker::new(model, "seeded", 1, ENGINE, "test").unwrap();
+        let handlers =
+            Handlers::new(LambdaConfig::default()).with_worker("seeded", Arc::new(worker));
+        (handlers, plan)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_rank_runs_once_and_a_retry_returns_it_unchanged() {
+        let (h, plan) = memory_run("lambda-once").await;
+        let results = StorageUrl::parse(&plan.results).unwrap();
+        let item = serde_json::to_value(&plan.items[0]).unwrap();
+        let out = h.infer(item.clone(), None, None).await.unwrap();
+        assert!(!out.reused);
+        assert_eq!(out.galaxies, 8);
+        let first = results.get("0.json").await.unwrap();
+        let again = h.infer(item, None, None).await.unwrap();
+        assert!(again.reused);
+        assert_eq!(again.galaxies, 8);
+        assert_eq!(results.get("0.json").await.unwrap(), first);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_rank_out_of_time_stops_and_records_why() {
+        let (h, plan) = memory_run("lambda-late").await;
+        let results = StorageUrl::parse(&plan.results).unwrap();
+        let item = serde_json::to_value(&plan.items[1]).unwrap();
+        // Less time left than the margin: the rank stops at once.
+        let deadline = SystemTime::now() + DEADLINE_MARGIN / 2;
+        let e = h
+            .infer(item.clone(), None, Some(deadline))
+            .await
+            .unwrap_err();
+        assert_eq!(e.error_type(), "CAI.RankFailed");
+        assert!(e.message().contains("time limit"), "{}", e.message());
+        let failure: RankFailure =
+            serde_json::from_slice(&results.get("failed/1.json").await.unwrap()).unwrap();
+        assert_eq!(failure.rank, 1);
+        assert!(failure.error.contains("world_size"), "{}", failure.error);
+        assert!(!results.exists("1.json").await.unwrap());
+        // A deadline already past (what emulators send) is no deadline; success clears
+        // the failure record.
+        let past = SystemTime::UNIX_EPOCH + Duration::from_secs(600);
+        let out = h.infer(item, None, Some(past)).await.unwrap();
+        assert_eq!(out.galaxies, 4);
+        assert!(!results.exists("failed/1.json").await.unwrap());
+    }
+
     #[tokio::test]
     async fn bad_events_are_named_errors_not_panics() {
         let h = Handlers::new(LambdaConfig::default());
         let e = h
-            .handle(Handler::Infer, json!({"RANK": "x"}), None)
+            .handle(Handler::Infer, json!({"RANK": "x"}), None, None)
             .await
             .unwrap_err();
         assert_eq!(e.error_type(), "CAI.BadEvent");
         let e = h
-            .handle(Handler::Summarize, json!([]), None)
+            .handle(Handler::Summarize, json!([]), None, None)
             .await
             .unwrap_err();
         assert!(e.message().contains("results"), "{}", e.message());
         let e = h
-            .handle(Handler::Initialize, json!("x"), None)
+            .handle(Handler::Initialize, json!("x"), None, None)
             .await
             .unwrap_err();
         assert_eq!(e.error_type(), "CAI.BadEvent");
@@ -823,6 +942,7 @@ mod tests {
             .handle(
                 Handler::Initialize,
                 json!({"bucket": "b", "result_path": "r", "data_bucket": "d"}),
+                None,
                 None,
             )
             .await

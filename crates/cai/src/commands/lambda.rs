@@ -11,7 +11,7 @@
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context, Result};
 use cai_engine::aws::lambda::{Handler, Handlers, LambdaConfig, HANDLER_ENV};
@@ -131,7 +131,12 @@ async fn invoke(
             tracing::debug!("{total} galaxies done");
         })
     };
-    match handlers.handle(handler, ev.payload, Some(progress)).await {
+    // Lambda gives the deadline in ms since the epoch.
+    let deadline = UNIX_EPOCH.checked_add(Duration::from_millis(ev.context.deadline));
+    match handlers
+        .handle(handler, ev.payload, Some(progress), deadline)
+        .await
+    {
         Ok(v) => {
             tracing::info!(
                 "{} {id}: done in {:.2} s",

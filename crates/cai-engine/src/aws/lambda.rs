@@ -50,6 +50,8 @@ pub const MODEL_ENV: &str = "CAI_MODEL";
 pub const RESULTS_ENV: &str = "CAI_RESULTS_ROOT";
 /// Where the partitions are when the payload does not say (`s3://bucket/prefix`).
 pub const DATA_ENV: &str = "CAI_DATA_ROOT";
+/// Inference threads per rank, as for `cai run` (default: every CPU the function gets).
+pub const THREADS_ENV: &str = "CAI_THREADS";
 /// Engine name written into rank reports made on Lambda.
 pub const ENGINE: &str = "aws";
 /// How long before an invocation's deadline a rank stops and records its failure.
@@ -184,7 +186,8 @@ pub struct LambdaConfig {
 }
 
 impl LambdaConfig {
-    /// Read `CAI_MODEL`, `CAI_RESULTS_ROOT` and `CAI_DATA_ROOT` (empty values are unset).
+    /// Read `CAI_MODEL`, `CAI_RESULTS_ROOT`, `CAI_DATA_ROOT` and `CAI_THREADS` (empty or
+    /// unparsable values are unset).
     pub fn from_env() -> Self {
         let var = |k: &str| {
             std::env::var(k)
@@ -196,7 +199,7 @@ impl LambdaConfig {
             model: var(MODEL_ENV),
             results: var(RESULTS_ENV),
             data: var(DATA_ENV),
-            threads: 0,
+            threads: var(THREADS_ENV).and_then(|v| v.parse().ok()).unwrap_or(0),
             kernels: String::new(),
         }
     }

@@ -216,6 +216,8 @@ impl Launch<'_> {
             .env("CAI_RESULTS_ROOT", &self.results_root)
             .env("CAI_DATA_ROOT", &self.data_root)
             .env("CAI_LOG", log)
+            // As the local runs compared with (`--threads 2`).
+            .env("CAI_THREADS", "2")
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         let t = Instant::now();

@@ -438,6 +438,18 @@ fn span(v: impl Iterator<Item = f64>) -> (f64, f64) {
         })
 }
 
+/// Tick text of a sweep axis: at most four significant digits (no `0.6000000000000001`),
+/// scientific below 0.01 and from 10,000 on.
+fn sweep_tick(v: f64) -> String {
+    if v == 0.0 || !v.is_finite() {
+        "0".to_string()
+    } else if v.abs() >= 1e4 || v.abs() < 1e-2 {
+        format!("{v:.1e}")
+    } else {
+        format!("{}", crate::stats::round_sig(v, 4))
+    }
+}
+
 impl Panel {
     fn draw<DB: DrawingBackend>(&self, area: &DrawingArea<DB, Shift>) -> DResult<DB> {
         let pts = || self.series.iter().flat_map(|(_, p)| p.iter());
@@ -453,13 +465,7 @@ impl Panel {
             .caption(self.title.as_str(), (FAMILY, 16))
             .x_label_area_size(44)
             .y_label_area_size(70);
-        let fmt = |v: &f64| {
-            if v.abs() >= 1e4 || (v.abs() < 1e-2 && *v != 0.0) {
-                format!("{v:.1e}")
-            } else {
-                format!("{v}")
-            }
-        };
+        let fmt = |v: &f64| sweep_tick(*v);
         macro_rules! body {
             ($chart:ident) => {{
                 $chart
@@ -469,6 +475,8 @@ impl Panel {
                     .x_desc(self.x_label.as_str())
                     .y_desc(self.y_label.as_str())
                     .y_label_formatter(&fmt)
+                    .x_label_formatter(&fmt)
+                    .x_labels(6)
                     .label_style((FAMILY, 13))
                     .axis_desc_style((FAMILY, 14))
                     .draw()?;
@@ -620,6 +628,16 @@ mod tests {
         assert_eq!(d.counts, vec![2, 0, 0, 2]);
         assert_eq!(d.outside, 1);
         assert_eq!(d.max_count(), 2);
+    }
+
+    #[test]
+    fn sweep_ticks_are_short() {
+        assert_eq!(sweep_tick(0.6000000000000001), "0.6");
+        assert_eq!(sweep_tick(0.8999999999999999), "0.9");
+        assert_eq!(sweep_tick(0.00045), "4.5e-4");
+        assert_eq!(sweep_tick(25.0), "25");
+        assert_eq!(sweep_tick(123456.0), "1.2e5");
+        assert_eq!(sweep_tick(0.0), "0");
     }
 
     #[test]

@@ -667,110 +667,78 @@ fn sweep_figures(means: &[MeanRow]) -> Vec<Figure> {
         }
         out
     };
-    if distinct(|m| m.key.data_gb) >= 2 {
-        let key = |m: &MeanRow| format!("{} MB, batch {}", m.key.partition_mb, m.key.batch_size);
-        let x = |m: &MeanRow| m.key.data_gb;
-        figs.push(Figure {
-            id: "sweep-data-size".into(),
-            title: "Against data size".into(),
-            caption: "Means over repetitions after the IQR filter; one line per partition size \
-                      and batch size. Inference time and throughput are per rank (the original's \
-                      total_cpu_time and throughput_bps); the workflow duration is the whole run's \
-                      measured wall time."
-                .into(),
+    type Of<T> = fn(&MeanRow) -> T;
+    // Every sweep figure: inference time and throughput per rank, then one whole-run measure.
+    let figure = |id: &str,
+                  title: &str,
+                  caption: &str,
+                  x_label: &str,
+                  (key, x): (Of<String>, Of<f64>),
+                  (last_title, last_unit, last): (&str, &str, Of<f64>)| {
+        let panel = |title: &str, y_label: &str, y: Of<f64>| Panel {
+            title: title.into(),
+            x_label: x_label.into(),
+            y_label: y_label.into(),
+            series: series(key, x, y),
+        };
+        Figure {
+            id: id.into(),
+            title: title.into(),
+            caption: caption.into(),
             size: (1140, 380),
             plot: Plot::Sweep(Sweep {
                 panels: vec![
-                    Panel {
-                        title: "inference time per rank".into(),
-                        x_label: "data (GB)".into(),
-                        y_label: "seconds".into(),
-                        series: series(key, x, |m| m.total_cpu_time),
-                    },
-                    Panel {
-                        title: "throughput per rank".into(),
-                        x_label: "data (GB)".into(),
-                        y_label: "Mbit/s".into(),
-                        series: series(key, x, |m| m.throughput_bps / 1e6),
-                    },
-                    Panel {
-                        title: "workflow duration".into(),
-                        x_label: "data (GB)".into(),
-                        y_label: "seconds".into(),
-                        series: series(key, x, |m| m.wall_time_s),
-                    },
+                    panel("inference time per rank", "seconds", |m| m.total_cpu_time),
+                    panel("throughput per rank", "Mbit/s", |m| m.throughput_bps / 1e6),
+                    panel(last_title, last_unit, last),
                 ],
             }),
-        });
+        }
+    };
+    if distinct(|m| m.key.data_gb) >= 2 {
+        figs.push(figure(
+            "sweep-data-size",
+            "Against data size",
+            "Means over repetitions after the IQR filter; one line per partition size and batch \
+             size. Inference time and throughput are per rank (the original's total_cpu_time \
+             and throughput_bps); the workflow duration is the whole run's measured wall time.",
+            "data (GB)",
+            (
+                |m| format!("{} MB, batch {}", m.key.partition_mb, m.key.batch_size),
+                |m| m.key.data_gb,
+            ),
+            ("workflow duration", "seconds", |m| m.wall_time_s),
+        ));
     }
     if distinct(|m| m.key.partition_mb) >= 2 {
-        let key = |m: &MeanRow| format!("batch {}, {} GB", m.key.batch_size, m.key.data_gb);
-        let x = |m: &MeanRow| m.key.partition_mb;
-        figs.push(Figure {
-            id: "sweep-partition-size".into(),
-            title: "Against partition size".into(),
-            caption: "Means over repetitions after the IQR filter; one line per batch size and \
-                      data size. A bigger partition is more work per rank and fewer ranks."
-                .into(),
-            size: (1140, 380),
-            plot: Plot::Sweep(Sweep {
-                panels: vec![
-                    Panel {
-                        title: "inference time per rank".into(),
-                        x_label: "partition (MB)".into(),
-                        y_label: "seconds".into(),
-                        series: series(key, x, |m| m.total_cpu_time),
-                    },
-                    Panel {
-                        title: "throughput per rank".into(),
-                        x_label: "partition (MB)".into(),
-                        y_label: "Mbit/s".into(),
-                        series: series(key, x, |m| m.throughput_bps / 1e6),
-                    },
-                    Panel {
-                        title: "workflow duration".into(),
-                        x_label: "partition (MB)".into(),
-                        y_label: "seconds".into(),
-                        series: series(key, x, |m| m.wall_time_s),
-                    },
-                ],
-            }),
-        });
+        figs.push(figure(
+            "sweep-partition-size",
+            "Against partition size",
+            "Means over repetitions after the IQR filter; one line per batch size and data \
+             size. A bigger partition is more work per rank and fewer ranks.",
+            "partition (MB)",
+            (
+                |m| format!("batch {}, {} GB", m.key.batch_size, m.key.data_gb),
+                |m| m.key.partition_mb,
+            ),
+            ("workflow duration", "seconds", |m| m.wall_time_s),
+        ));
     }
     if distinct(|m| m.key.batch_size as f64) >= 2 {
-        let key = |m: &MeanRow| format!("{} MB, {} GB", m.key.partition_mb, m.key.data_gb);
-        let x = |m: &MeanRow| m.key.batch_size as f64;
-        figs.push(Figure {
-            id: "sweep-batch-size".into(),
-            title: "Against batch size".into(),
-            caption:
-                "Means over repetitions after the IQR filter; one line per partition size and \
-                      data size."
-                    .into(),
-            size: (1140, 380),
-            plot: Plot::Sweep(Sweep {
-                panels: vec![
-                    Panel {
-                        title: "inference time per rank".into(),
-                        x_label: "batch size".into(),
-                        y_label: "seconds".into(),
-                        series: series(key, x, |m| m.total_cpu_time),
-                    },
-                    Panel {
-                        title: "throughput per rank".into(),
-                        x_label: "batch size".into(),
-                        y_label: "Mbit/s".into(),
-                        series: series(key, x, |m| m.throughput_bps / 1e6),
-                    },
-                    Panel {
-                        title: "galaxies per wall second".into(),
-                        x_label: "batch size".into(),
-                        y_label: "galaxies/s".into(),
-                        series: series(key, x, |m| m.galaxies_per_s),
-                    },
-                ],
+        figs.push(figure(
+            "sweep-batch-size",
+            "Against batch size",
+            "Means over repetitions after the IQR filter; one line per partition size and \
+             data size.",
+            "batch size",
+            (
+                |m| format!("{} MB, {} GB", m.key.partition_mb, m.key.data_gb),
+                |m| m.key.batch_size as f64,
+            ),
+            ("galaxies per wall second", "galaxies/s", |m| {
+                m.galaxies_per_s
             }),
-        });
+        ));
     }
     figs
 }

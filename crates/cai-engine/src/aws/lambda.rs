@@ -535,8 +535,17 @@ async fn read_plan(plan_url: &str) -> Result<Plan, Error> {
 /// predictions are there.
 async fn finished_rank(results: &StorageUrl, rank: usize) -> Result<Option<RankReport>, Error> {
     let key = rank_key(rank);
-    let Some(bytes) = results.get_opt(&key).await? else {
-        return Ok(None);
+    let bytes = match results.get_opt(&key).await {
+        Ok(Some(bytes)) => bytes,
+        Ok(None) => return Ok(None),
+        // S3 answers 403, not 404, for a missing key when the role may not list that key
+        // (ListBucket is granted on the results prefix only): not done yet. A real lack of
+        // access shows when the rank writes its outputs.
+        Err(cai_core::Error::Store {
+            source: object_store::Error::PermissionDenied { .. },
+            ..
+        }) => return Ok(None),
+        Err(e) => return Err(e.into()),
     };
     let report = RankReport::from_json(&results.url_of(&key), &bytes)?;
     let complete = report.rank == rank

@@ -29,8 +29,8 @@ use crate::s3::{by_galaxy, free_port, json as parse_json, local_run, wait_listen
 use crate::util::{fixtures, Dir, SIZE};
 
 const DATA_BUCKET: &str = "cosmicai-data";
-const RESULTS_BUCKET: &str = "cosmicai-results";
-const MODEL_URL: &str = "s3://cosmicai-results/models/astromae.safetensors";
+pub(crate) const RESULTS_BUCKET: &str = "cosmicai-results";
+pub(crate) const MODEL_URL: &str = "s3://cosmicai-results/models/astromae.safetensors";
 
 fn under_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
@@ -47,9 +47,9 @@ fn unavailable(what: &str) {
 
 /// `cargo lambda watch --only-lambda-apis` on a free port: the runtime API for one function
 /// and its invoke endpoint. Killed on drop.
-struct Emulator {
+pub(crate) struct Emulator {
     child: Child,
-    port: u16,
+    pub(crate) port: u16,
     dir: tempfile::TempDir,
     invocations: AtomicUsize,
 }
@@ -62,14 +62,14 @@ impl Drop for Emulator {
 }
 
 impl Emulator {
-    fn available() -> bool {
+    pub(crate) fn available() -> bool {
         Command::new("cargo")
             .args(["lambda", "--version"])
             .output()
             .is_ok_and(|o| o.status.success())
     }
 
-    fn start() -> Self {
+    pub(crate) fn start() -> Self {
         // `cargo lambda watch` reads a Cargo manifest even when it builds nothing; give it
         // an empty package (it never compiles it: --only-lambda-apis).
         let dir = tempfile::tempdir().unwrap();
@@ -154,7 +154,7 @@ impl Emulator {
 }
 
 /// One function instance: our `cai` binary polling the emulator's runtime API.
-struct Function {
+pub(crate) struct Function {
     child: Child,
     lines: Arc<Mutex<Vec<String>>>,
     /// Process start → ready for the first event.
@@ -169,7 +169,7 @@ impl Drop for Function {
 }
 
 /// How a function instance is started.
-struct Launch<'a> {
+pub(crate) struct Launch<'a> {
     s3: &'a Moto,
     /// The S3 endpoint the function talks to (moto, or a fault proxy in front of it).
     endpoint: String,
@@ -180,7 +180,7 @@ struct Launch<'a> {
 }
 
 impl Launch<'_> {
-    fn new<'a>(s3: &'a Moto, endpoint: &str, tmp: &Path) -> Launch<'a> {
+    pub(crate) fn new<'a>(s3: &'a Moto, endpoint: &str, tmp: &Path) -> Launch<'a> {
         let dir = tmp.join("lambda-task");
         std::fs::create_dir_all(&dir).unwrap();
         let link = dir.join("bootstrap");
@@ -198,7 +198,13 @@ impl Launch<'_> {
 
     /// Start `handler` against `emu`, as Lambda does (`bootstrap`) or as `cai lambda`, and
     /// wait until it asks for its first event.
-    fn start(&self, emu: &Emulator, handler: &str, as_bootstrap: bool, log: &str) -> Function {
+    pub(crate) fn start(
+        &self,
+        emu: &Emulator,
+        handler: &str,
+        as_bootstrap: bool,
+        log: &str,
+    ) -> Function {
         let mut c = if as_bootstrap {
             self.s3.command(self.bootstrap.to_str().unwrap())
         } else {
@@ -290,7 +296,7 @@ fn machine() -> Value {
 }
 
 /// The original's payload for `result_path` over the 5 partitions in `cosmicai-data/1MB`.
-fn payload(result_path: &str, world_size: usize, batch_size: usize) -> Value {
+pub(crate) fn payload(result_path: &str, world_size: usize, batch_size: usize) -> Value {
     json!({
         "bucket": RESULTS_BUCKET, "file_limit": "5", "batch_size": batch_size,
         "object_type": "folder", "S3_object_name": "Anomaly Detection",
@@ -301,7 +307,7 @@ fn payload(result_path: &str, world_size: usize, batch_size: usize) -> Value {
 }
 
 /// Buckets, the model and the fixture dataset partitioned into `cosmicai-data/1MB`.
-fn stage_data(s3: &Moto, d: &Dir) {
+pub(crate) fn stage_data(s3: &Moto, d: &Dir) {
     s3.make_bucket(DATA_BUCKET);
     s3.make_bucket(RESULTS_BUCKET);
     let f = fixtures();
@@ -376,7 +382,7 @@ fn outputs(s3: &Moto, d: &Dir, prefix: &str) -> (BTreeMap<i64, u32>, Value) {
     (preds, summary)
 }
 
-fn tools() -> Option<Moto> {
+pub(crate) fn tools() -> Option<Moto> {
     if !Emulator::available() {
         unavailable("cargo-lambda (pip install cargo-lambda)");
         return None;
@@ -490,12 +496,15 @@ struct FaultStats {
     connections: AtomicUsize,
     errors_500: AtomicUsize,
     cut: AtomicUsize,
+    denied: AtomicUsize,
     partition_gets: AtomicUsize,
 }
 
-/// A TCP proxy in front of moto that answers some requests with S3's 500 InternalError and
-/// cuts the first partition downloads halfway through the body. Every request gets its own
-/// connection (`Connection: close` is added), so each one meets the fault schedule.
+/// A TCP proxy in front of moto that answers some requests with S3's 500 InternalError,
+/// cuts the first partition downloads halfway through the body, and turns 404s into 403
+/// AccessDenied (S3's answer for a missing key to a role without ListBucket on it). Every
+/// request gets its own connection (`Connection: close` is added), so each one meets the
+/// fault schedule.
 struct FaultProxy {
     port: u16,
     stats: Arc<FaultStats>,
@@ -566,6 +575,19 @@ fn content_length(head: &str) -> usize {
         .unwrap_or(0)
 }
 
+/// An S3 error response (with `Connection: close`).
+fn s3_error(status: &str, code: &str, message: &str) -> String {
+    let body = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>{code}</Code>\
+         <Message>{message}</Message></Error>"
+    );
+    format!(
+        "HTTP/1.1 {status}\r\nContent-Type: application/xml\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
 async fn proxy_one(
     mut client: tokio::net::TcpStream,
     n: usize,
@@ -575,27 +597,19 @@ async fn proxy_one(
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let (head, rest) = read_head(&mut client).await?;
     let head = String::from_utf8_lossy(&head).into_owned();
+    // The request body still to come after the head.
+    let body_left = content_length(&head).saturating_sub(rest.len()) as u64;
     let request_line = head.lines().next().unwrap_or_default().to_string();
     let partition_get = request_line.starts_with("GET ") && request_line.contains(".safetensors");
     let cut =
         partition_get && stats.partition_gets.fetch_add(1, Ordering::Relaxed) < CUT_PARTITION_GETS;
     if !cut && n % ERROR_EVERY == ERROR_EVERY - 1 {
         // Take the whole request, as S3 does, then fail it.
-        let mut left = content_length(&head).saturating_sub(rest.len());
-        let mut sink = [0u8; 8192];
-        while left > 0 {
-            let got = client.read(&mut sink[..left.min(8192)]).await?;
-            if got == 0 {
-                break;
-            }
-            left -= got;
-        }
-        let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>InternalError</Code>\
-                    <Message>We encountered an internal error. Please try again.</Message></Error>";
-        let resp = format!(
-            "HTTP/1.1 500 Internal Server Error\r\nContent-Type: application/xml\r\n\
-             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
+        tokio::io::copy(&mut (&mut client).take(body_left), &mut tokio::io::sink()).await?;
+        let resp = s3_error(
+            "500 Internal Server Error",
+            "InternalError",
+            "We encountered an internal error. Please try again.",
         );
         client.write_all(resp.as_bytes()).await?;
         stats.errors_500.fetch_add(1, Ordering::Relaxed);
@@ -611,11 +625,20 @@ async fn proxy_one(
     new_head.push_str("Connection: close\r\n\r\n");
     up.write_all(new_head.as_bytes()).await?;
     up.write_all(&rest).await?;
+    tokio::io::copy(&mut (&mut client).take(body_left), &mut up).await?;
+    let (rhead, mut body) = read_head(&mut up).await?;
+    let rhead_text = String::from_utf8_lossy(&rhead).into_owned();
+    if rhead_text.starts_with("HTTP/1.1 404") {
+        // What S3 answers for a missing key to a role that may not list it.
+        let resp = s3_error("403 Forbidden", "AccessDenied", "Access Denied");
+        client.write_all(resp.as_bytes()).await?;
+        stats.denied.fetch_add(1, Ordering::Relaxed);
+        return Ok(());
+    }
+    client.write_all(&rhead).await?;
     if cut {
-        // Forward the response head and half of the body, then drop both connections.
-        let (rhead, mut body) = read_head(&mut up).await?;
-        let keep = content_length(&String::from_utf8_lossy(&rhead)) / 2;
-        client.write_all(&rhead).await?;
+        // Forward half of the body, then drop both connections.
+        let keep = content_length(&rhead_text) / 2;
         let mut chunk = [0u8; 8192];
         while body.len() < keep {
             let got = up.read(&mut chunk).await?;
@@ -630,12 +653,13 @@ async fn proxy_one(
         stats.cut.fetch_add(1, Ordering::Relaxed);
         return Ok(());
     }
-    tokio::io::copy_bidirectional(&mut client, &mut up).await?;
+    client.write_all(&body).await?;
+    tokio::io::copy(&mut up, &mut client).await?;
     Ok(())
 }
 
 #[test]
-fn s3_errors_and_cut_connections_still_give_every_galaxy_once() {
+fn s3_errors_cut_connections_and_403s_still_give_every_galaxy_once() {
     let Some(s3) = tools() else { return };
     let d = Dir::new();
     stage_data(&s3, &d);
@@ -662,15 +686,21 @@ fn s3_errors_and_cut_connections_still_give_every_galaxy_once() {
     assert_eq!(end["summary"]["complete"], true, "{end}");
     assert_eq!(end["summary"]["galaxies"], 300);
 
-    let (errors, cut) = (
+    let (errors, cut, denied) = (
         proxy.stats.errors_500.load(Ordering::Relaxed),
         proxy.stats.cut.load(Ordering::Relaxed),
+        proxy.stats.denied.load(Ordering::Relaxed),
     );
     eprintln!(
-        "fault proxy: {} connections, {errors} answered 500, {cut} partition downloads cut halfway",
+        "fault proxy: {} connections, {errors} answered 500, {cut} partition downloads cut \
+         halfway, {denied} missing keys answered 403",
         proxy.stats.connections.load(Ordering::Relaxed)
     );
     assert!(errors > 0, "no request met a 500");
+    assert!(
+        denied > 0,
+        "no missing key was asked for (each rank looks for its report)"
+    );
     assert_eq!(cut, CUT_PARTITION_GETS, "partition downloads were not cut");
     let (remote, _) = outputs(&s3, &d, "lambda/faults");
     let local = local_run(&d, &["--batch-size", "16", "--world-size", "3"]);

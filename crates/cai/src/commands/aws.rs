@@ -110,6 +110,10 @@ pub struct ArtifactArgs {
 #[derive(Debug, Default, Args)]
 #[command(next_help_heading = "AWS (--engine aws)")]
 pub struct AwsRunArgs {
+    /// Start this existing state machine (ARN) instead of deploying the stack: for a stack
+    /// deployed by `cai aws deploy` or by other tooling.
+    #[arg(long, value_name = "ARN")]
+    pub state_machine: Option<String>,
     /// How the stack runs.
     #[command(flatten)]
     pub options: StackOptions,
@@ -496,25 +500,32 @@ pub async fn run(a: &crate::cli::RunArgs, quiet: bool) -> Result<Outcome> {
     let results = payload.results_url().context(
         "no results location: give --results s3://… (or --payload with bucket and result_path)",
     )?;
-    let model = a
-        .model
-        .clone()
-        .context("no model: give --model (s3://bucket/key, or a local file to upload)")?;
+    // With --state-machine, the model is the one the stack was deployed with.
+    let model = a.model.clone();
 
     let sdk = cai_aws::sdk_config(
         a.aws.account.profile.as_deref(),
         a.aws.account.region.as_deref(),
     )
     .await;
-    let mut cfg = config_of(
-        &a.aws.options,
-        s3("data", &data)?,
-        s3("results", &results)?,
-        S3Prefix::new("unset", "unset"),
-    )?;
-    let deployed = deploy_stack(&sdk, &mut cfg, &model, &a.aws.artifacts, quiet).await?;
+    let state_machine = match &a.aws.state_machine {
+        Some(arn) => arn.clone(),
+        None => {
+            let model = model
+                .context("no model: give --model (s3://bucket/key, or a local file to upload)")?;
+            let mut cfg = config_of(
+                &a.aws.options,
+                s3("data", &data)?,
+                s3("results", &results)?,
+                S3Prefix::new("unset", "unset"),
+            )?;
+            deploy_stack(&sdk, &mut cfg, &model, &a.aws.artifacts, quiet)
+                .await?
+                .state_machine_arn
+        }
+    };
     let input = serde_json::to_value(&payload).context("cannot encode the payload")?;
-    let execution = cai_aws::start_execution(&sdk, &deployed.state_machine_arn, &input)
+    let execution = cai_aws::start_execution(&sdk, &state_machine, &input)
         .await
         .context("cannot start the workflow")?;
     let region = sdk

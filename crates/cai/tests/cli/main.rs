@@ -11,3 +11,5 @@ mod s3;
 mod slurm;
 mod sweep;
 mod torch_files;
+#[cfg(feature = "aws")]
+mod workflow;

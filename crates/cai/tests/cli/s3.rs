@@ -53,6 +53,12 @@ pub(crate) fn wait_listening(port: u16, what: &str) {
 impl Moto {
     /// Start moto, or `None` (with a note) when python3 or moto is not installed.
     pub(crate) fn start() -> Option<Self> {
+        Self::start_with_env(&[])
+    }
+
+    /// [`Moto::start`] with extra environment for the server (e.g. `MOTO_PORT`, the
+    /// endpoint its Step Functions interpreter calls Lambda at).
+    pub(crate) fn start_with_env(env: &[(&str, String)]) -> Option<Self> {
         let probe = Command::new(PY)
             .args(["-c", "import moto.server, boto3, flask"])
             .output();
@@ -73,6 +79,7 @@ impl Moto {
                 "-p",
                 &port.to_string(),
             ])
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

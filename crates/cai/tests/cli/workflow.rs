@@ -1,0 +1,155 @@
+//! The whole AWS workflow with nothing hand-driven: `cai run --engine aws` starts the
+//! generated state machine on moto's Step Functions, whose ASL interpreter runs it
+//! (Initialize → the Distributed Map reading items.json from S3 → Summarize → Complete?),
+//! calling Lambda's Invoke API; a router (tests/support/lambda_router.py) sends those calls to
+//! `cargo lambda`'s runtime API emulators, where our `bootstrap` serves them over data in
+//! moto's S3. `cai run` follows the execution to its end and prints the summary; the
+//! predictions must equal a local run galaxy for galaxy.
+
+use std::process::{Child, Command, Stdio};
+
+use serde_json::Value;
+
+use crate::lambda::{payload, stage_data, tools, Emulator, Launch, MODEL_URL, RESULTS_BUCKET};
+use crate::s3::{by_galaxy, free_port, json as parse_json, local_run, wait_listening, Moto};
+use crate::util::Dir;
+
+/// The router process, killed on drop.
+struct Router(Child);
+
+impl Drop for Router {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn step_functions_runs_the_generated_workflow_on_the_handlers() {
+    // Probe the tools (and fail under CI when missing) with a throwaway server.
+    if tools().is_none() {
+        return;
+    }
+    let router_port = free_port();
+    let moto = Moto::start_with_env(&[("MOTO_PORT", router_port.to_string())])
+        .expect("moto started a moment ago");
+    let moto_port = moto
+        .endpoint
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse::<u16>().ok())
+        .expect("moto port");
+    // Let moto's Step Functions execute state machines (its default only records them).
+    moto.py(
+        "import urllib.request\n\
+         r = urllib.request.Request(os.environ['AWS_ENDPOINT_URL'] + '/moto-api/config',\n\
+             data=b'{\"stepfunctions\": {\"execute_state_machine\": true}}', method='POST')\n\
+         urllib.request.urlopen(r).read()",
+        &[],
+    );
+
+    let d = Dir::new();
+    stage_data(&moto, &d);
+    let l = Launch::new(&moto, &moto.endpoint, d.tmp.path());
+    let emulators: Vec<Emulator> = (0..3).map(|_| Emulator::start()).collect();
+    let _functions: Vec<_> = ["initialize", "infer", "summarize"]
+        .iter()
+        .zip(&emulators)
+        .map(|(h, emu)| l.start(emu, h, true, "info"))
+        .collect();
+    let router = Router(
+        Command::new("python3")
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/support/lambda_router.py"
+            ))
+            .arg(router_port.to_string())
+            .arg(moto_port.to_string())
+            .args(
+                ["initialize", "infer", "summarize"]
+                    .iter()
+                    .zip(&emulators)
+                    .map(|(h, e)| format!("{h}={}", e.port)),
+            )
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the router"),
+    );
+    wait_listening(router_port, "the Lambda router");
+
+    // The state machine `cai aws state-machine` writes for this stack, with its real ARNs.
+    d.ok(&[
+        "aws",
+        "state-machine",
+        "--data",
+        "s3://cosmicai-data/1MB",
+        "--results",
+        "s3://cosmicai-results/wf",
+        "--model",
+        MODEL_URL,
+        "--stack",
+        "cai",
+        "--region",
+        "us-east-1",
+        "--account",
+        "123456789012",
+        "--out",
+        "sm.json",
+    ]);
+    let arn = moto
+        .py(
+            "sf = boto3.client('stepfunctions', endpoint_url=os.environ['AWS_ENDPOINT_URL'])\n\
+             print(sf.create_state_machine(name='cai-workflow', definition=open(sys.argv[1]).read(),\n\
+                 roleArn='arn:aws:iam::123456789012:role/cai-workflow')['stateMachineArn'])",
+            &[&d.s("sm.json")],
+        )
+        .trim()
+        .to_string();
+
+    // The original's payload, as a user would pass it.
+    std::fs::write(
+        d.path("payload.json"),
+        serde_json::to_vec(&payload("wf", 3, 16)).expect("payload"),
+    )
+    .expect("write payload");
+    let out = moto.cai_ok(
+        &d,
+        &[
+            "run",
+            "--engine",
+            "aws",
+            "--state-machine",
+            &arn,
+            "--payload",
+            "payload.json",
+            "--poll",
+            "0.5",
+            "--json",
+        ],
+    );
+    drop(router);
+    let json_start = out.find('{').expect("summary JSON on stdout");
+    let summary: Value = serde_json::from_str(&out[json_start..]).expect("summary JSON");
+    assert_eq!(summary["galaxies"], 300, "{summary}");
+    assert_eq!(summary["ranks_done"], 3, "{summary}");
+
+    let preds = by_galaxy(moto.download(
+        RESULTS_BUCKET,
+        "wf/predictions.parquet",
+        &d.path("wf.parquet"),
+    ));
+    assert_eq!(preds, local_run(&d, &["--batch-size", "16"]));
+    let keys = moto.keys(RESULTS_BUCKET, "wf");
+    for k in ["0.json", "1.json", "2.json", "items.json", "summary.json"] {
+        assert!(keys.iter().any(|x| x == k), "{k} missing from {keys:?}");
+    }
+    // The Distributed Map's ResultWriter wrote its manifest under the results.
+    assert!(
+        keys.iter()
+            .any(|k| k.starts_with("stepfunctions/") && k.ends_with("manifest.json")),
+        "{keys:?}"
+    );
+    let s = parse_json(&moto.download(RESULTS_BUCKET, "wf/summary.json", &d.path("s.json")));
+    assert_eq!(s["galaxies"], 300);
+}

@@ -60,6 +60,13 @@ fn s3_statements(cfg: &AwsConfig, role: &str) -> Vec<Value> {
                 &["s3:GetObject", "s3:PutObject"],
                 json!([cfg.results.objects_arn()]),
             ),
+            // A rank that finishes deletes its failed/<rank>.json (left by an earlier attempt).
+            statement(
+                &["s3:DeleteObject"],
+                json!([
+                    S3Prefix::new(&cfg.results.bucket, &cfg.results.key("failed")).objects_arn()
+                ]),
+            ),
         ],
         // Reads every rank's outputs, writes the combined ones.
         _ => vec![
@@ -355,6 +362,7 @@ mod tests {
             "arn:aws:s3:::cosmicai-data/100MB/*",
             "arn:aws:s3:::cosmicai-results",
             "arn:aws:s3:::cosmicai-results/runs/*",
+            "arn:aws:s3:::cosmicai-results/runs/failed/*",
             "arn:aws:s3:::cosmicai-results/runs/stepfunctions/*",
             "arn:aws:s3:::cosmicai-models/astromae/model.safetensors",
         ]
@@ -425,6 +433,10 @@ mod tests {
             let res = st["Resource"].to_string();
             if acts.contains("PutObject") {
                 assert!(!res.contains("cosmicai-data") && !res.contains("cosmicai-models"));
+            }
+            // It deletes only failure records (the worker clears its own after a retry).
+            if acts.contains("DeleteObject") {
+                assert_eq!(res, r#"["arn:aws:s3:::cosmicai-results/runs/failed/*"]"#);
             }
         }
     }

@@ -145,6 +145,7 @@ pub fn load_model_file(name: &str, bytes: &[u8]) -> Result<(AstroMae, ModelFileI
     let mw = read_model_weights(name, bytes)?;
     let opts = LoadOptions {
         heads: mw.heads_attr,
+        ..LoadOptions::default()
     };
     // A whole module's own `num_heads` is the truth; metadata only exists in safetensors.
     let model = AstroMae::load_with(&mw.weights, name, &opts)?;

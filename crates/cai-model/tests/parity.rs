@@ -17,7 +17,10 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use cai_model::{init, load_model_file, AstroMae, Config, Model, ModelForm, Tensor, Weights};
+use cai_model::kernels::Precision;
+use cai_model::{
+    init, load_model_file, AstroMae, Config, LoadOptions, Model, ModelForm, Tensor, Weights,
+};
 
 const HARD_LIMIT: f64 = 1e-4;
 
@@ -291,4 +294,82 @@ fn pt_every_form_matches_pytorch() {
     let d = max_abs_diff(&model.predict(&img, &mag, n).unwrap(), &expected);
     println!("model_dp.pt converted to safetensors: max |Δ| output {d:.3e}");
     assert!(d <= HARD_LIMIT);
+}
+
+/// (max, mean) |Δz| of `model` converted to each reduced precision against the same
+/// weights in f32, on `n` galaxies.
+fn precision_deltas(
+    w: &Weights,
+    name: &str,
+    img: &[f32],
+    mag: &[f32],
+    n: usize,
+) -> Vec<(Precision, f64, f64)> {
+    let f32_model = AstroMae::load(w, name).unwrap();
+    let z = f32_model.predict(img, mag, n).unwrap();
+    [Precision::Bf16, Precision::Int8]
+        .into_iter()
+        .map(|p| {
+            let opts = LoadOptions {
+                precision: p,
+                ..LoadOptions::default()
+            };
+            let m = AstroMae::load_with(w, name, &opts).unwrap();
+            assert_eq!(m.precision(), p);
+            let zp = m.predict(img, mag, n).unwrap();
+            let d: Vec<f64> = z
+                .iter()
+                .zip(&zp)
+                .map(|(a, b)| (f64::from(*a) - f64::from(*b)).abs())
+                .collect();
+            let max = d.iter().copied().fold(0.0, f64::max);
+            let mean = d.iter().sum::<f64>() / d.len().max(1) as f64;
+            println!("{name}, {p}: max |Δz| {max:.3e}, mean |Δz| {mean:.3e} against f32 over {n} galaxies");
+            (p, max, mean)
+        })
+        .collect()
+}
+
+/// Measured |Δz| against f32 (8 galaxies each; only the trunks are converted, see
+/// `AstroMae::set_precision`): formula fixture bf16 max 2.3e-3, int8 max 5.6e-3;
+/// `model.pt` fixture bf16 max 2.4e-3, int8 max 1.1e-2. The limits leave about 2x headroom.
+const BF16_LIMIT: f64 = 5e-3;
+const INT8_LIMIT: f64 = 2.5e-2;
+
+#[test]
+fn formula_reduced_precisions_stay_close_to_f32() {
+    let fx = fixture();
+    let w = formula_weights(&fx);
+    let n = fx["n"].as_u64().unwrap() as usize;
+    let (img, mag) = inputs(n);
+    for (p, max, _) in precision_deltas(&w, "formula", &img, &mag, n) {
+        let limit = if p == Precision::Int8 {
+            INT8_LIMIT
+        } else {
+            BF16_LIMIT
+        };
+        assert!(max > 0.0, "{p} changed nothing");
+        assert!(max <= limit, "{p}: max |Δz| {max:e} > {limit:e}");
+    }
+}
+
+#[test]
+fn pt_reduced_precisions_stay_close_to_f32() {
+    let Some(dir) = parity_dir() else {
+        eprintln!("CAI_PARITY_DIR not set: skipping");
+        return;
+    };
+    let (img, mag, n, _) = pt_inputs(&dir);
+    let bytes = std::fs::read(dir.join("model.pt")).unwrap();
+    let w = cai_model::read_model_weights("model.pt", &bytes)
+        .unwrap()
+        .weights;
+    for (p, max, _) in precision_deltas(&w, "model.pt", &img, &mag, n) {
+        let limit = if p == Precision::Int8 {
+            INT8_LIMIT
+        } else {
+            BF16_LIMIT
+        };
+        assert!(max <= limit, "{p}: max |Δz| {max:e} > {limit:e}");
+    }
 }

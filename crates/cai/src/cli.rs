@@ -316,6 +316,14 @@ pub struct BenchArgs {
     /// Least seconds per round of the FMA peak probe (best of three rounds).
     #[arg(long, default_value_t = 0.3)]
     pub peak_seconds: f64,
+    /// Precisions to measure: `f32`, `bf16`, `int8`, a list (`f32,int8`) or `all`. Each
+    /// reduced one also reports its max and mean |Δz| against f32.
+    #[arg(long, value_delimiter = ',', default_value = "f32")]
+    pub precision: Vec<String>,
+    /// PyTorch parity fixtures (`model.pt` and `1.pt` from scripts/parity/make_fixtures.py)
+    /// on which the reduced precisions' |Δz| against f32 is also measured.
+    #[arg(long, env = "CAI_PARITY_DIR")]
+    pub parity_dir: Option<PathBuf>,
     /// Print the report as JSON on stdout.
     #[arg(long)]
     pub json: bool,

@@ -67,6 +67,10 @@ impl ConvBlock {
         })
     }
 
+    fn weights_mut(&mut self, f: &mut dyn FnMut(&mut PackedB)) {
+        f(&mut self.w)
+    }
+
     /// `px` pixels (rows) of `x` (already im2col'ed for k > 1) into `out` at stride `ldo`.
     fn forward(&self, ops: &Ops, px: usize, x: &[f32], out: &mut [f32], ldo: usize) {
         ops.gemm(
@@ -134,6 +138,15 @@ impl Inception {
             cin,
             cout,
         })
+    }
+
+    fn weights_mut(&mut self, f: &mut dyn FnMut(&mut PackedB)) {
+        self.branch1.weights_mut(f);
+        self.branch2.iter_mut().for_each(|b| b.weights_mut(f));
+        if let Some(b3) = &mut self.branch3 {
+            b3.iter_mut().for_each(|b| b.weights_mut(f));
+        }
+        self.branch4.weights_mut(f);
     }
 
     /// `g` NHWC images `h x w x cin` -> `g` NHWC images `h x w x cout` in `out`.
@@ -224,6 +237,12 @@ impl VisInception {
             fc10,
             fc12,
         })
+    }
+
+    /// Visits the packed weights of the convolutions (not `vis_inception.10/12`).
+    pub(crate) fn trunk_weights_mut(&mut self, f: &mut dyn FnMut(&mut PackedB)) {
+        self.conv0.weights_mut(f);
+        self.blocks.iter_mut().for_each(|b| b.weights_mut(f));
     }
 
     /// Output width (1096).

@@ -32,6 +32,11 @@ impl Linear {
         self.w.n()
     }
 
+    /// Visits the packed weight.
+    pub(crate) fn weights_mut(&mut self, f: &mut dyn FnMut(&mut PackedB)) {
+        f(&mut self.w)
+    }
+
     /// `c[i] (=|+=) epi(a[i] · Wᵀ + b)` for `m` rows.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn forward(

@@ -207,6 +207,22 @@ impl Vit {
         })
     }
 
+    /// Visits the packed weights of the trunk: `patch_embed` and every block's `qkv`,
+    /// `proj`, `fc1` and `fc2` (not the per-galaxy `head` and `vit_block`).
+    pub(crate) fn trunk_weights_mut(&mut self, f: &mut dyn FnMut(&mut PackedB)) {
+        self.patch_embed.proj.weights_mut(f);
+        for b in &mut self.blocks {
+            for l in [
+                &mut b.attn.qkv,
+                &mut b.attn.proj,
+                &mut b.mlp.fc1,
+                &mut b.mlp.fc2,
+            ] {
+                l.weights_mut(f);
+            }
+        }
+    }
+
     /// Output width (1096).
     pub(crate) fn out_features(&self) -> usize {
         self.vit_block[1].out_features()

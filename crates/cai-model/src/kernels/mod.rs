@@ -13,6 +13,15 @@
 //! columns; activations (`A`) stay row-major with any row stride, and the result is written
 //! with any row stride, so concatenations and column offsets are free. Epilogues (bias,
 //! ReLU, exact-erf GELU, accumulate into the output for residuals) are fused.
+//!
+//! Reduced precision ([`Precision`]) is a property of a packed weight matrix:
+//! [`PackedB::round_bf16`] rounds it to bfloat16 values (still computed in f32: there is no
+//! `vdpbf16ps` kernel yet), [`PackedB::quantize_int8`] replaces it by int8 values with one
+//! scale per output column. [`Ops::gemm`] then quantises each row of `A` on the fly to
+//! 16-bit integers with one scale per row ([`quantize_row`]), accumulates in i32 and
+//! applies the epilogue in f32. Why 16-bit activations: AVX2 has no 8-bit dot product that
+//! beats `vpmaddwd` (16 i16 products per instruction, like `vpmaddubsw` + `vpmaddwd` for 32
+//! u8 x i8 products in two), so 8-bit activations would cost accuracy and gain nothing.
 
 use std::sync::OnceLock;
 
@@ -81,6 +90,7 @@ pub struct PackedB {
     off: usize,
     data: Vec<f32>,
     bias: Vec<f32>,
+    quant: Option<Box<QuantB>>,
 }
 
 impl std::fmt::Debug for PackedB {
@@ -156,7 +166,90 @@ impl PackedB {
         }
     }
 
+    /// Rounds every weight to the nearest bfloat16 value (the bias stays f32). The product
+    /// still runs in f32.
+    pub fn round_bf16(&mut self) {
+        for v in &mut self.data {
+            *v = round_bf16(*v);
+        }
+    }
+
+    /// Replaces the f32 weights by int8 ones, one symmetric scale per column
+    /// (`max |w| / 127`). From then on [`Ops::gemm`] runs the integer product. Does nothing
+    /// if already quantised.
+    pub fn quantize_int8(&mut self) {
+        if self.quant.is_some() {
+            return;
+        }
+        let (k, n) = (self.k, self.n);
+        let k2 = k.div_ceil(2);
+        let panels = self.panels();
+        let mut scale = vec![0.0f32; panels * NR];
+        let mut data = vec![0i16; panels * k2 * NR * 2];
+        for (j, sj) in scale.iter_mut().enumerate().take(n) {
+            let amax = (0..k).fold(0.0f32, |m, kk| m.max(self.at(kk, j).abs()));
+            if amax == 0.0 || !amax.is_finite() {
+                *sj = if amax == 0.0 { 0.0 } else { f32::NAN };
+                continue;
+            }
+            *sj = amax / 127.0;
+            let inv = 127.0 / amax;
+            let (p, jj) = (j / NR, j % NR);
+            for kk in 0..k {
+                let q = (self.at(kk, j) * inv)
+                    .round_ties_even()
+                    .clamp(-127.0, 127.0);
+                data[((p * k2 + kk / 2) * NR + jj) * 2 + kk % 2] = q as i16;
+            }
+        }
+        self.quant = Some(Box::new(QuantB {
+            k2,
+            data,
+            scale,
+            limit: activation_limit(k),
+        }));
+        self.data = Vec::new();
+        self.off = 0;
+    }
+
+    /// Whether [`PackedB::quantize_int8`] ran.
+    pub fn is_int8(&self) -> bool {
+        self.quant.is_some()
+    }
+
+    /// Int8 panel `p`: `k2 * NR * 2` values, `k2 = k.div_ceil(2)`.
+    fn q_panel(&self, p: usize) -> &[i16] {
+        match &self.quant {
+            Some(q) => &q.data[p * q.k2 * NR * 2..(p + 1) * q.k2 * NR * 2],
+            None => &[],
+        }
+    }
+
+    /// Column scales of int8 panel `p` ([`NR`] values).
+    fn q_scale(&self, p: usize) -> &[f32] {
+        match &self.quant {
+            Some(q) => &q.scale[p * NR..p * NR + NR],
+            None => &[],
+        }
+    }
+
+    /// The activation limit of the int8 form ([`activation_limit`] of `k`).
+    fn q_limit(&self) -> i32 {
+        self.quant.as_ref().map_or(0, |q| q.limit)
+    }
+
+    /// Bytes held by the weights (and bias).
+    pub fn bytes(&self) -> usize {
+        self.data.len() * 4
+            + self.bias.len() * 4
+            + self
+                .quant
+                .as_ref()
+                .map_or(0, |q| q.data.len() * 2 + q.scale.len() * 4)
+    }
+
     fn reset(&mut self, k: usize, n: usize, bias: Option<&[f32]>) {
+        self.quant = None;
         self.k = k;
         self.n = n;
         let len = n.div_ceil(NR) * NR * k;
@@ -202,10 +295,171 @@ impl PackedB {
         &self.bias[..self.n]
     }
 
-    /// `B[kk][j]`.
+    /// `B[kk][j]` (for an int8 matrix, the dequantised value).
     pub fn at(&self, kk: usize, j: usize) -> f32 {
+        if let Some(q) = &self.quant {
+            let (p, jj) = (j / NR, j % NR);
+            let v = q.data[((p * q.k2 + kk / 2) * NR + jj) * 2 + kk % 2];
+            return v as f32 * q.scale[j];
+        }
         self.panel(j / NR)[kk * NR + j % NR]
     }
+}
+
+/// Arithmetic of a model's weight matrices. LayerNorm, softmax, GELU, attention scores and
+/// all epilogues stay in f32 whatever the precision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
+pub enum Precision {
+    /// f32 weights and activations (the reference).
+    #[default]
+    F32,
+    /// Weights rounded to bfloat16 (round to nearest even) at load. Computed in f32 on
+    /// every CPU for now (no `vdpbf16ps` kernel), so it shows bf16's accuracy, not its speed.
+    Bf16,
+    /// Weights int8 per output column (symmetric, scale = max |w| / 127), activations
+    /// 16-bit per row, i32 accumulation.
+    Int8,
+}
+
+impl Precision {
+    /// All precisions, f32 first.
+    pub const ALL: [Precision; 3] = [Precision::F32, Precision::Bf16, Precision::Int8];
+
+    /// `f32`, `bf16` or `int8`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+            Precision::Int8 => "int8",
+        }
+    }
+
+    /// Parses `f32`, `bf16` or `int8` (case-insensitive).
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "f32" | "fp32" => Some(Precision::F32),
+            "bf16" => Some(Precision::Bf16),
+            "int8" | "i8" => Some(Precision::Int8),
+            _ => None,
+        }
+    }
+
+    /// One line on how this CPU runs the precision (for start-up messages).
+    pub fn support(self) -> String {
+        match self {
+            Precision::F32 => format!("f32 on the {:?} kernels", ops().tier),
+            Precision::Bf16 => {
+                let native = if cpu_has_avx512_bf16() {
+                    "this CPU has AVX-512 BF16, but cai has no vdpbf16ps kernel yet"
+                } else {
+                    "this CPU has no AVX-512 BF16 (vdpbf16ps)"
+                };
+                format!(
+                    "bf16: {native}; weights are rounded to bf16 and computed with the f32 kernels                      (bf16 accuracy, f32 speed)"
+                )
+            }
+            Precision::Int8 => format!(
+                "int8 weights x 16-bit activations, i32 accumulation, on the {:?} kernels{}",
+                ops().tier,
+                if cpu_has_vnni() {
+                    " (this CPU has VNNI, which cai does not use yet)"
+                } else {
+                    " (no VNNI on this CPU: vpmaddwd)"
+                }
+            ),
+        }
+    }
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Precision::parse(s).ok_or_else(|| format!("unknown precision {s:?} (f32|bf16|int8)"))
+    }
+}
+
+fn cpu_has_avx512_bf16() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512bf16")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+fn cpu_has_vnni() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512vnni")
+            || std::arch::is_x86_feature_detected!("avxvnni")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Rounds to the nearest bfloat16 value (ties to even), returned as f32. NaN stays NaN.
+pub fn round_bf16(x: f32) -> f32 {
+    if x.is_nan() {
+        return x;
+    }
+    let b = x.to_bits();
+    let r = b.wrapping_add(0x7FFF + ((b >> 16) & 1)) & 0xFFFF_0000;
+    f32::from_bits(r)
+}
+
+/// Largest |q| of a quantised activation for a reduction of length `k` against int8
+/// weights: `k * 127 * limit` fits in an i32, and at most 32767 (i16).
+pub fn activation_limit(k: usize) -> i32 {
+    let by_k = (i32::MAX as usize) / (127 * k.max(1));
+    by_k.min(i16::MAX as usize) as i32
+}
+
+/// Quantises one row of activations symmetrically to `[-limit, limit]`: element `kk` goes
+/// to `out[(kk / 2) * stride2 + kk % 2]` (pairs, as `vpmaddwd` consumes them); the second
+/// element of an odd length's last pair is set to 0. Returns the scale (`a ≈ q * scale`;
+/// 0 for an all-zero row). Every tier quantises through this function, so the integers
+/// are identical.
+///
+/// Panics if `out` is too short.
+pub fn quantize_row(a: &[f32], limit: i32, out: &mut [i16], stride2: usize) -> f32 {
+    let amax = a.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let k2 = a.len().div_ceil(2);
+    if a.len() % 2 == 1 {
+        out[(k2 - 1) * stride2 + 1] = 0;
+    }
+    if amax == 0.0 || !amax.is_finite() {
+        for kk in 0..a.len() {
+            out[(kk / 2) * stride2 + kk % 2] = 0;
+        }
+        return if amax == 0.0 { 0.0 } else { f32::NAN };
+    }
+    let lim = limit as f32;
+    let inv = lim / amax;
+    for (kk, v) in a.iter().enumerate() {
+        let q = (v * inv).round_ties_even().clamp(-lim, lim);
+        out[(kk / 2) * stride2 + kk % 2] = q as i16;
+    }
+    amax / lim
+}
+
+/// The int8 form of a [`PackedB`]: per panel, for each pair of rows `kp`, the [`NR`] pairs
+/// `(q[2kp][j], q[2kp+1][j])` as i16 (zero beyond `k` and `n`), one scale per column.
+#[derive(Clone, Default)]
+struct QuantB {
+    k2: usize,
+    data: Vec<i16>,
+    scale: Vec<f32>,
+    limit: i32,
 }
 
 /// Which implementation a table uses.
@@ -236,6 +490,7 @@ pub struct Ops {
     /// The implementation tier.
     pub tier: Tier,
     gemm: GemmFn,
+    gemm_int8: GemmFn,
     layer_norm: LayerNormFn,
     softmax: SoftmaxFn,
     fma_probe: FmaProbeFn,
@@ -245,6 +500,8 @@ impl Ops {
     /// `C = act(A·B + bias)` (or `C +=` with [`Epilogue::accumulate`]) for `m` rows:
     /// row `i` of `A` is `a[i*lda .. i*lda + b.k()]`, row `i` of `C` is
     /// `c[i*ldc .. i*ldc + b.n()]`. Values of `c` outside those rows are untouched.
+    /// When `b` is int8 ([`PackedB::quantize_int8`]), each row of `A` is quantised with
+    /// [`quantize_row`] and the product is `acc_i32 * (scale_row * scale_col) + bias`.
     ///
     /// Panics if the slices are too short for `m`, the strides or `b`'s shape.
     #[allow(clippy::too_many_arguments)]
@@ -269,7 +526,11 @@ impl Ops {
             ldc >= b.n() && c.len() >= (m - 1) * ldc + b.n(),
             "gemm: C too short"
         );
-        (self.gemm)(m, a, lda, b, c, ldc, epi)
+        if b.is_int8() {
+            (self.gemm_int8)(m, a, lda, b, c, ldc, epi)
+        } else {
+            (self.gemm)(m, a, lda, b, c, ldc, epi)
+        }
     }
 
     /// LayerNorm over each of `rows` rows of `dim` values:
@@ -452,6 +713,79 @@ mod tests {
         assert_eq!(a.panel(1)[NR - 1], 0.0);
         assert_eq!(a.bias(), &bias[..]);
         assert_eq!(a.panel(0).as_ptr() as usize % 64, 0);
+    }
+
+    /// The scalar int8 product against the f32 one: each output within
+    /// `sum_k |a||w| * (1/254 + 1/(2 limit)) + 1e-6` (half a quantisation step of each
+    /// factor per term), on shapes with long and odd reductions.
+    #[test]
+    fn int8_reference_is_close_to_f32() {
+        let ops = scalar::ops();
+        let mut s = 1u64;
+        let mut rnd = |n: usize| -> Vec<f32> {
+            (0..n)
+                .map(|_| {
+                    s = s.wrapping_mul(6364136223846793005).wrapping_add(1);
+                    (s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+                })
+                .collect()
+        };
+        for (m, n, k) in [(5, 33, 7), (3, 16, 192), (2, 20, 3216)] {
+            let a = rnd(m * k);
+            let w = rnd(n * k);
+            let bias = rnd(n);
+            let f = PackedB::pack_nk(&w, n, k, k, Some(&bias));
+            let mut q = f.clone();
+            q.quantize_int8();
+            assert!(q.is_int8() && q.bytes() < f.bytes());
+            let (mut cf, mut cq) = (vec![0.0; m * n], vec![0.0; m * n]);
+            ops.gemm(m, &a, k, &f, &mut cf, n, Epilogue::PLAIN);
+            ops.gemm(m, &a, k, &q, &mut cq, n, Epilogue::PLAIN);
+            let lim = activation_limit(k) as f32;
+            for i in 0..m {
+                for j in 0..n {
+                    let amax = a[i * k..(i + 1) * k]
+                        .iter()
+                        .fold(0f32, |x, v| x.max(v.abs()));
+                    let wmax = (0..k).fold(0f32, |x, kk| x.max(w[j * k + kk].abs()));
+                    let bound = k as f32 * (amax * wmax / 254.0 + wmax * amax / (2.0 * lim)) + 1e-6;
+                    let d = (cf[i * n + j] - cq[i * n + j]).abs();
+                    assert!(d <= bound, "({m},{n},{k}) [{i},{j}]: {d} > {bound}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn bf16_rounding() {
+        assert_eq!(round_bf16(1.0), 1.0);
+        assert_eq!(round_bf16(-0.0), -0.0);
+        // 1 + 2^-8 is a tie between 1 and 1 + 2^-7: to even (1).
+        assert_eq!(round_bf16(1.0 + 1.0 / 256.0), 1.0);
+        assert_eq!(round_bf16(1.0 + 3.0 / 256.0), 1.0 + 4.0 / 256.0);
+        assert!(round_bf16(f32::NAN).is_nan());
+        assert_eq!(round_bf16(f32::INFINITY), f32::INFINITY);
+        for x in [0.1f32, 3.7, -123.456, 1e-20] {
+            let r = round_bf16(x);
+            assert_eq!(r.to_bits() & 0xFFFF, 0);
+            assert!((r - x).abs() <= x.abs() / 256.0);
+        }
+        for p in Precision::ALL {
+            assert_eq!(Precision::parse(p.name()), Some(p));
+        }
+    }
+
+    #[test]
+    fn quantize_row_layout() {
+        let a = [1.0f32, -2.0, 0.5];
+        let mut out = [9i16; 8];
+        let s = quantize_row(&a, 100, &mut out, 4);
+        assert_eq!(s, 0.02);
+        assert_eq!(out, [50, -100, 9, 9, 25, 0, 9, 9]);
+        let s = quantize_row(&[0.0; 3], 100, &mut out, 4);
+        assert_eq!(s, 0.0);
+        assert_eq!(activation_limit(192), 32767);
+        assert_eq!(activation_limit(3216), 5257);
     }
 
     #[test]

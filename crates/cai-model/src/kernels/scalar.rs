@@ -1,13 +1,14 @@
 //! Reference kernels in plain loops (f32 arithmetic, GELU's erf and softmax's exp in f64).
 //! Every SIMD kernel is tested against these.
 
-use super::{Act, Epilogue, Ops, PackedB, Tier, NR};
+use super::{quantize_row, Act, Epilogue, Ops, PackedB, Tier, NR};
 
 /// The scalar table.
 pub fn ops() -> Ops {
     Ops {
         tier: Tier::Scalar,
         gemm,
+        gemm_int8,
         layer_norm,
         softmax,
         fma_probe,
@@ -64,6 +65,45 @@ fn gemm(m: usize, a: &[f32], lda: usize, b: &PackedB, c: &mut [f32], ldc: usize,
             let crow = &mut c[i * ldc + p * NR..i * ldc + p * NR + cols];
             for j in 0..cols {
                 let v = act(epi.act, acc[j] + bias[j]);
+                crow[j] = if epi.accumulate { crow[j] + v } else { v };
+            }
+        }
+    }
+}
+
+/// The int8 product, the reference for every tier: each row of `A` quantised by
+/// [`quantize_row`], exact i32 sums, then `acc * (row scale * column scale) + bias`
+/// (multiply, then add, in f32) and the epilogue.
+fn gemm_int8(
+    m: usize,
+    a: &[f32],
+    lda: usize,
+    b: &PackedB,
+    c: &mut [f32],
+    ldc: usize,
+    epi: Epilogue,
+) {
+    let (k, n) = (b.k(), b.n());
+    let k2 = k.div_ceil(2);
+    let mut qa = vec![0i16; k2 * 2];
+    let mut acc = [0i32; NR];
+    for i in 0..m {
+        let sa = quantize_row(&a[i * lda..i * lda + k], b.q_limit(), &mut qa, 2);
+        for p in 0..b.panels() {
+            let panel = b.q_panel(p);
+            acc.fill(0);
+            for kp in 0..k2 {
+                let (a0, a1) = (qa[2 * kp] as i32, qa[2 * kp + 1] as i32);
+                let brow = &panel[kp * NR * 2..(kp + 1) * NR * 2];
+                for (s, bv) in acc.iter_mut().zip(brow.chunks_exact(2)) {
+                    *s += a0 * bv[0] as i32 + a1 * bv[1] as i32;
+                }
+            }
+            let cols = NR.min(n - p * NR);
+            let (bias, scale) = (b.panel_bias(p), b.q_scale(p));
+            let crow = &mut c[i * ldc + p * NR..i * ldc + p * NR + cols];
+            for j in 0..cols {
+                let v = act(epi.act, acc[j] as f32 * (sa * scale[j]) + bias[j]);
                 crow[j] = if epi.accumulate { crow[j] + v } else { v };
             }
         }

@@ -16,7 +16,7 @@
 use std::arch::x86_64::*;
 use std::cell::Cell;
 
-use super::{Act, Epilogue, Ops, PackedB, Tier, NR};
+use super::{quantize_row, Act, Epilogue, Ops, PackedB, Tier, NR};
 
 /// Rows of the register tile.
 const MR: usize = 6;
@@ -32,6 +32,7 @@ pub fn avx2_ops() -> Option<Ops> {
         Some(Ops {
             tier: Tier::Avx2,
             gemm: gemm_avx2,
+            gemm_int8: gemm_int8_avx2,
             layer_norm: layer_norm_avx2,
             softmax: softmax_avx2,
             fma_probe: fma_probe_avx2,
@@ -58,6 +59,17 @@ thread_local! {
     /// Per-thread buffer for packed blocks of `A` (grows to the largest block, then reused).
     static APACK: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
 }
+
+thread_local! {
+    /// Per-thread buffers for quantised blocks of `A` and their row scales.
+    static QPACK: Cell<(Vec<i16>, Vec<f32>)> = const { Cell::new((Vec::new(), Vec::new())) };
+}
+
+/// Rows of the int8 register tile: 4 x 2 i32 accumulators, 2 weight registers, the
+/// broadcast row pair and the products fit the 16 ymm registers without spills.
+const MRQ: usize = 4;
+/// Target size (i16 values) of a quantised block of `A`.
+const A_BLOCK_Q: usize = 48 * 1024;
 
 /// Activation codes for the monomorphised tiles.
 const ACT_NONE: u8 = 0;
@@ -297,22 +309,251 @@ unsafe fn tile<const ACT: u8, const ACC: bool>(
             v0 = gelu8(v0);
             v1 = gelu8(v1);
         }
-        let cr = c.add(r * ldc);
-        if cols == NR {
-            if ACC {
-                v0 = _mm256_add_ps(v0, _mm256_loadu_ps(cr));
-                v1 = _mm256_add_ps(v1, _mm256_loadu_ps(cr.add(8)));
+        store_row::<ACC>(c.add(r * ldc), v0, v1, cols);
+    }
+}
+
+/// The int8 product (see [`super::Ops::gemm`]): blocks of `A` rows are quantised (with
+/// the integers [`quantize_row`] gives) into rows of `2 * k2` i16, then every int8 panel
+/// of `b` passes over the block, [`MRQ`] rows at a time.
+fn gemm_int8_avx2(
+    m: usize,
+    a: &[f32],
+    lda: usize,
+    b: &PackedB,
+    c: &mut [f32],
+    ldc: usize,
+    epi: Epilogue,
+) {
+    let k = b.k();
+    let k2 = k.div_ceil(2);
+    let limit = b.q_limit();
+    let rs = 2 * k2;
+    let mc = ((A_BLOCK_Q / rs.max(1)) / MRQ * MRQ).max(MRQ * 16);
+    let (mut qa, mut sa) = QPACK.take();
+    // Whole strips: the rows past `m` in the last one are computed but never stored.
+    let padded = mc.min(m).div_ceil(MRQ) * MRQ;
+    if qa.len() < padded * rs {
+        qa.resize(padded * rs, 0);
+    }
+    if sa.len() < padded {
+        sa.resize(padded, 0.0);
+    }
+    let mut m0 = 0;
+    while m0 < m {
+        let rows = mc.min(m - m0);
+        for r in 0..rows {
+            let i = m0 + r;
+            let src = &a[i * lda..i * lda + k];
+            let dst = &mut qa[r * rs..(r + 1) * rs];
+            // SAFETY: AVX2+FMA confirmed (only reachable through `avx2_ops`).
+            sa[r] = unsafe { quantize_row_avx2(src, limit, dst) };
+        }
+        let cblk = &mut c[m0 * ldc..];
+        // SAFETY: `qa` holds rows.div_ceil(MRQ) * MRQ rows of `rs` values and `sa` their
+        // scales; `Ops::gemm` checked that `c` holds `m` rows of `b.n()` values at stride
+        // `ldc`; reachable only through `avx2_ops` (AVX2 and FMA confirmed).
+        unsafe {
+            let (ap, sp, cp) = (qa.as_ptr(), sa.as_ptr(), cblk.as_mut_ptr());
+            match (epi.act, epi.accumulate) {
+                (Act::None, false) => block_q::<ACT_NONE, false>(rows, ap, sp, b, cp, ldc),
+                (Act::None, true) => block_q::<ACT_NONE, true>(rows, ap, sp, b, cp, ldc),
+                (Act::Relu, false) => block_q::<ACT_RELU, false>(rows, ap, sp, b, cp, ldc),
+                (Act::Relu, true) => block_q::<ACT_RELU, true>(rows, ap, sp, b, cp, ldc),
+                (Act::Gelu, false) => block_q::<ACT_GELU, false>(rows, ap, sp, b, cp, ldc),
+                (Act::Gelu, true) => block_q::<ACT_GELU, true>(rows, ap, sp, b, cp, ldc),
             }
-            _mm256_storeu_ps(cr, v0);
-            _mm256_storeu_ps(cr.add(8), v1);
-        } else {
-            let mut tmp = [0.0f32; NR];
-            _mm256_storeu_ps(tmp.as_mut_ptr(), v0);
-            _mm256_storeu_ps(tmp.as_mut_ptr().add(8), v1);
-            for (j, t) in tmp.iter().enumerate().take(cols) {
-                let dst = cr.add(j);
-                *dst = if ACC { *dst + t } else { *t };
+        }
+        m0 += rows;
+    }
+    QPACK.set((qa, sa));
+}
+
+/// All int8 panels of `b` over one quantised block of `rows` rows.
+///
+/// Caller guarantees: `ap` holds `rows.div_ceil(MRQ) * MRQ` rows of `2*k2` values, `sa`
+/// as many scales, `c` points to `rows` writable rows of `b.n()` values at
+/// stride `ldc`, and `b` is int8.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn block_q<const ACT: u8, const ACC: bool>(
+    rows: usize,
+    ap: *const i16,
+    sa: *const f32,
+    b: &PackedB,
+    c: *mut f32,
+    ldc: usize,
+) {
+    let (k2, n) = (b.k().div_ceil(2), b.n());
+    for p in 0..b.panels() {
+        let bp = b.q_panel(p).as_ptr();
+        let bias = b.panel_bias(p).as_ptr();
+        let scale = b.q_scale(p).as_ptr();
+        let cols = NR.min(n - p * NR);
+        let mut s = 0;
+        while s * MRQ < rows {
+            let r = MRQ.min(rows - s * MRQ);
+            // SAFETY: strip `s` exists in `ap`; its rows are < rows and columns
+            // p*NR .. p*NR + cols are < n, inside `c`.
+            tile_q::<ACT, ACC>(
+                k2,
+                ap.add(s * MRQ * 2 * k2),
+                bp,
+                sa.add(s * MRQ),
+                scale,
+                bias,
+                c.add(s * MRQ * ldc + p * NR),
+                ldc,
+                r,
+                cols,
+            );
+            s += 1;
+        }
+    }
+}
+
+/// One quantised strip ([`MRQ`] rows) x one int8 panel (16 columns): i32 sums by
+/// `vpmaddwd`, then `acc * (row scale * column scale) + bias` and the epilogue, in the
+/// scalar reference's order of f32 operations.
+///
+/// Caller guarantees: `a` points to [`MRQ`] rows of `2*k2` values, `b` to `k2*NR*2`, `sa` to [`MRQ`],
+/// `scale` and `bias` to [`NR`], and `c` to `rows` writable rows of `cols` values at
+/// stride `ldc`.
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile_q<const ACT: u8, const ACC: bool>(
+    k2: usize,
+    a: *const i16,
+    b: *const i16,
+    sa: *const f32,
+    scale: *const f32,
+    bias: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    rows: usize,
+    cols: usize,
+) {
+    let mut acc = [[_mm256_setzero_si256(); 2]; MRQ];
+    let rs = 2 * k2;
+    let (mut ap, mut bp) = (a, b);
+    macro_rules! step {
+        ($ap:expr, $bp:expr) => {{
+            let b0 = _mm256_loadu_si256($bp as *const __m256i);
+            let b1 = _mm256_loadu_si256($bp.add(16) as *const __m256i);
+            for (r, accr) in acc.iter_mut().enumerate() {
+                let av = _mm256_set1_epi32(($ap.add(r * rs) as *const i32).read_unaligned());
+                accr[0] = _mm256_add_epi32(accr[0], _mm256_madd_epi16(av, b0));
+                accr[1] = _mm256_add_epi32(accr[1], _mm256_madd_epi16(av, b1));
             }
+        }};
+    }
+    let mut kp = 0;
+    while kp + 2 <= k2 {
+        step!(ap, bp);
+        step!(ap.add(2), bp.add(2 * NR));
+        ap = ap.add(4);
+        bp = bp.add(4 * NR);
+        kp += 2;
+    }
+    if kp < k2 {
+        step!(ap, bp);
+    }
+    let bias0 = _mm256_loadu_ps(bias);
+    let bias1 = _mm256_loadu_ps(bias.add(8));
+    let sc0 = _mm256_loadu_ps(scale);
+    let sc1 = _mm256_loadu_ps(scale.add(8));
+    for (r, accr) in acc.iter().enumerate().take(rows) {
+        let s = _mm256_set1_ps(*sa.add(r));
+        let mut v0 = _mm256_add_ps(
+            _mm256_mul_ps(_mm256_cvtepi32_ps(accr[0]), _mm256_mul_ps(s, sc0)),
+            bias0,
+        );
+        let mut v1 = _mm256_add_ps(
+            _mm256_mul_ps(_mm256_cvtepi32_ps(accr[1]), _mm256_mul_ps(s, sc1)),
+            bias1,
+        );
+        if ACT == ACT_RELU {
+            v0 = _mm256_max_ps(v0, _mm256_setzero_ps());
+            v1 = _mm256_max_ps(v1, _mm256_setzero_ps());
+        } else if ACT == ACT_GELU {
+            v0 = gelu8(v0);
+            v1 = gelu8(v1);
+        }
+        store_row::<ACC>(c.add(r * ldc), v0, v1, cols);
+    }
+}
+
+/// [`quantize_row`] with a stride of 2 (row-major pairs), 16 values at a time; the
+/// integers and the scale are identical to the scalar function's (same max, same f32
+/// multiply, round to nearest even, clamp).
+///
+/// Caller guarantees: AVX2 is present; `out` holds `a.len().div_ceil(2) * 2` values.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn quantize_row_avx2(a: &[f32], limit: i32, out: &mut [i16]) -> f32 {
+    let k = a.len();
+    let body = k / 16 * 16;
+    let sign = _mm256_set1_ps(-0.0);
+    let mut mx = _mm256_setzero_ps();
+    for ch in a[..body].chunks_exact(8) {
+        mx = _mm256_max_ps(mx, _mm256_andnot_ps(sign, _mm256_loadu_ps(ch.as_ptr())));
+    }
+    let mut amax = hmax(mx);
+    for v in &a[body..] {
+        amax = amax.max(v.abs());
+    }
+    if amax == 0.0 || !amax.is_finite() {
+        return quantize_row(a, limit, out, 2);
+    }
+    let lim = limit as f32;
+    let inv = lim / amax;
+    let (iv, hi, lo) = (
+        _mm256_set1_ps(inv),
+        _mm256_set1_ps(lim),
+        _mm256_set1_ps(-lim),
+    );
+    let q = |p: *const f32| {
+        let r = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+            _mm256_mul_ps(_mm256_loadu_ps(p), iv),
+        );
+        _mm256_cvttps_epi32(_mm256_min_ps(_mm256_max_ps(r, lo), hi))
+    };
+    let mut kk = 0;
+    while kk < body {
+        let (q0, q1) = (q(a.as_ptr().add(kk)), q(a.as_ptr().add(kk + 8)));
+        // packs works per 128-bit lane: [q0 lo, q1 lo, q0 hi, q1 hi]; restore the order.
+        let p = _mm256_permute4x64_epi64::<0xD8>(_mm256_packs_epi32(q0, q1));
+        _mm256_storeu_si256(out.as_mut_ptr().add(kk) as *mut __m256i, p);
+        kk += 16;
+    }
+    for (kk, v) in a.iter().enumerate().skip(body) {
+        out[kk] = (v * inv).round_ties_even().clamp(-lim, lim) as i16;
+    }
+    if k % 2 == 1 {
+        out[k] = 0;
+    }
+    amax / lim
+}
+
+/// Stores (or, with `ACC`, adds) the first `cols` of the 16 values `v0 ++ v1` at `cr`.
+///
+/// Caller guarantees: `cr` points to `cols` writable values.
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn store_row<const ACC: bool>(cr: *mut f32, mut v0: __m256, mut v1: __m256, cols: usize) {
+    if cols == NR {
+        if ACC {
+            v0 = _mm256_add_ps(v0, _mm256_loadu_ps(cr));
+            v1 = _mm256_add_ps(v1, _mm256_loadu_ps(cr.add(8)));
+        }
+        _mm256_storeu_ps(cr, v0);
+        _mm256_storeu_ps(cr.add(8), v1);
+    } else {
+        let mut tmp = [0.0f32; NR];
+        _mm256_storeu_ps(tmp.as_mut_ptr(), v0);
+        _mm256_storeu_ps(tmp.as_mut_ptr().add(8), v1);
+        for (j, t) in tmp.iter().enumerate().take(cols) {
+            let dst = cr.add(j);
+            *dst = if ACC { *dst + t } else { *t };
         }
     }
 }
@@ -657,6 +898,76 @@ mod tests {
         }
     }
 
+    /// Int8: the AVX2 product equals the scalar reference exactly (same integers, same f32
+    /// operations) except for the GELU approximation, 2e-7 (1 + |x|) (1e-6 allowed).
+    #[allow(clippy::too_many_arguments)]
+    fn check_gemm_int8(
+        ops: &Ops,
+        m: usize,
+        n: usize,
+        k: usize,
+        lda: usize,
+        ldc: usize,
+        epi: Epilogue,
+        seed: u64,
+    ) {
+        let a = lcg(seed, m.max(1) * lda, 1.0);
+        let w = lcg(seed + 1, n * k, 1.0);
+        let bias = lcg(seed + 2, n, 0.5);
+        let mut b = PackedB::pack_nk(&w, n, k, k, Some(&bias));
+        b.quantize_int8();
+        let c0 = lcg(seed + 3, m.max(1) * ldc, 1.0);
+        let mut want = c0.clone();
+        let mut got = c0.clone();
+        scalar::ops().gemm(m, &a, lda, &b, &mut want, ldc, epi);
+        ops.gemm(m, &a, lda, &b, &mut got, ldc, epi);
+        for i in 0..m.max(1) {
+            for j in 0..ldc {
+                let idx = i * ldc + j;
+                if i >= m || j >= n {
+                    assert_eq!(got[idx], c0[idx], "wrote outside C at ({i},{j})");
+                    continue;
+                }
+                let tol = if epi.act == Act::Gelu {
+                    // |x| <= sum |a w| + |bias| bounds the pre-activation.
+                    let mag: f32 = (0..k)
+                        .map(|kk| (a[i * lda + kk] * w[j * k + kk]).abs())
+                        .sum::<f32>()
+                        + bias[j].abs();
+                    1e-6 * (1.0 + mag)
+                } else {
+                    0.0
+                };
+                let d = (got[idx] - want[idx]).abs();
+                assert!(
+                    d <= tol,
+                    "int8 m{m} n{n} k{k} {epi:?} ({i},{j}): {} vs {}",
+                    got[idx],
+                    want[idx]
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn gemm_int8_matches_scalar_on_odd_shapes() {
+        let Some(ops) = avx2_ops() else { return };
+        let dims = [0usize, 1, 7, 197];
+        let mut seed = 0;
+        for &m in &dims {
+            for &n in &dims {
+                for &k in &dims {
+                    for epi in EPIS {
+                        seed += 10;
+                        check_gemm_int8(&ops, m, n, k, k.max(1) + 3, n.max(1) + 5, epi, seed);
+                    }
+                }
+            }
+        }
+        // Long reductions (activation limit below 32767) and several row blocks.
+        check_gemm_int8(&ops, 300, 40, 3216, 3216, 40, Epilogue::RELU, 7);
+    }
+
     #[test]
     fn gemm_large_k_blocks_rows() {
         let Some(ops) = avx2_ops() else { return };
@@ -669,6 +980,13 @@ mod tests {
         fn gemm_prop(m in 0usize..40, n in 0usize..50, k in 0usize..70, pad_a in 0usize..4, pad_c in 0usize..4, e in 0usize..5, seed in 0u64..1000) {
             if let Some(ops) = avx2_ops() {
                 check_gemm(&ops, m, n, k, k + pad_a, n + pad_c, EPIS[e], seed);
+            }
+        }
+
+        #[test]
+        fn gemm_int8_prop(m in 0usize..40, n in 0usize..50, k in 0usize..70, pad_a in 0usize..4, pad_c in 0usize..4, e in 0usize..5, seed in 0u64..1000) {
+            if let Some(ops) = avx2_ops() {
+                check_gemm_int8(&ops, m, n, k, k + pad_a, n + pad_c, EPIS[e], seed);
             }
         }
 

@@ -413,7 +413,15 @@ fn heads_come_from_metadata_then_hint_then_width() {
     assert_eq!(three.config().heads, 3);
     // Metadata wins over the hint.
     w.set_metadata("heads", "6");
-    let six = AstroMae::load_with(&w, "s", &LoadOptions { heads: Some(3) }).unwrap();
+    let six = AstroMae::load_with(
+        &w,
+        "s",
+        &LoadOptions {
+            heads: Some(3),
+            ..Default::default()
+        },
+    )
+    .unwrap();
     assert_eq!(six.config().heads, 6);
     assert_ne!(
         six.predict(&img, &mag, 1).unwrap(),
@@ -434,15 +442,29 @@ fn heads_come_from_metadata_then_hint_then_width() {
         p
     };
     assert_eq!(
-        AstroMae::load_with(&plain, "s", &LoadOptions { heads: Some(2) })
-            .unwrap()
-            .config()
-            .heads,
+        AstroMae::load_with(
+            &plain,
+            "s",
+            &LoadOptions {
+                heads: Some(2),
+                ..Default::default()
+            }
+        )
+        .unwrap()
+        .config()
+        .heads,
         2
     );
     assert_eq!(AstroMae::load(&plain, "s").unwrap().config().heads, 3);
     assert!(matches!(
-        AstroMae::load_with(&plain, "s", &LoadOptions { heads: Some(5) }),
+        AstroMae::load_with(
+            &plain,
+            "s",
+            &LoadOptions {
+                heads: Some(5),
+                ..Default::default()
+            }
+        ),
         Err(Error::Config { .. })
     ));
     w.set_metadata("heads", "three");

@@ -9,11 +9,16 @@
 //! Inputs are a fixed formula (image value `i` is `((i * 7919) % 1000) * 1e-3`, magnitude
 //! `i` is `15 + i % 7`) that `scripts/bench/` reproduces for PyTorch, and the first
 //! predictions are printed so the two can be checked against each other.
+//!
+//! `--precision f32,bf16,int8` (or `all`) measures each precision of the same weights;
+//! each reduced one reports its max and mean |Δz| against f32 on the benchmark inputs and,
+//! with `--parity-dir`, on the PyTorch parity fixtures (`model.pt` over `1.pt`).
 
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use cai_model::{init, kernels, AstroMae, Config, Model};
+use cai_model::kernels::Precision;
+use cai_model::{init, kernels, AstroMae, Config, LoadOptions, Model};
 use serde::Serialize;
 
 use crate::cli::BenchArgs;
@@ -21,6 +26,41 @@ use crate::Outcome;
 
 /// How many predictions of the input set the report carries (for cross-checking).
 const Z_CHECK: usize = 8;
+
+/// How a precision runs here and how far it moves z from f32.
+#[derive(Debug, Serialize)]
+struct PrecisionInfo {
+    precision: &'static str,
+    /// How this CPU runs it.
+    support: String,
+    /// max / mean |Δz| against f32 on the benchmark inputs (`galaxies` of them).
+    dz_bench: Option<Dz>,
+    /// The same on the parity fixtures (`--parity-dir`).
+    dz_parity: Option<Dz>,
+}
+
+/// |Δz| against f32.
+#[derive(Debug, Clone, Copy, Serialize)]
+struct Dz {
+    max: f64,
+    mean: f64,
+    galaxies: usize,
+}
+
+impl Dz {
+    fn between(a: &[f32], b: &[f32]) -> Self {
+        let d: Vec<f64> = a
+            .iter()
+            .zip(b)
+            .map(|(x, y)| (f64::from(*x) - f64::from(*y)).abs())
+            .collect();
+        Dz {
+            max: d.iter().copied().fold(0.0, f64::max),
+            mean: d.iter().sum::<f64>() / d.len().max(1) as f64,
+            galaxies: d.len(),
+        }
+    }
+}
 
 /// One measured case.
 #[derive(Debug, Serialize)]
@@ -54,6 +94,7 @@ struct Report {
     fma_peak_gflops_per_core: f64,
     load_before: Option<[f64; 3]>,
     load_after: Option<[f64; 3]>,
+    precisions: Vec<PrecisionInfo>,
     cases: Vec<Case>,
     z_first: Vec<f32>,
 }
@@ -80,7 +121,65 @@ pub async fn bench(a: BenchArgs, quiet: bool) -> Result<Outcome> {
         .context("the benchmark thread failed")?
 }
 
+/// The precisions `--precision` names, f32 first, without repeats.
+fn precisions(names: &[String]) -> Result<Vec<Precision>> {
+    let mut out = Vec::new();
+    for n in names {
+        let add: Vec<Precision> = if n.trim().eq_ignore_ascii_case("all") {
+            Precision::ALL.to_vec()
+        } else {
+            vec![n.parse::<Precision>().map_err(anyhow::Error::msg)?]
+        };
+        for p in add {
+            if !out.contains(&p) {
+                out.push(p);
+            }
+        }
+    }
+    out.sort_by_key(|p| Precision::ALL.iter().position(|q| q == p));
+    if out.is_empty() {
+        out.push(Precision::F32);
+    }
+    Ok(out)
+}
+
+/// |Δz| of each reduced precision against f32 on the parity fixtures in `dir`.
+fn parity_dz(dir: &std::path::Path, precs: &[Precision]) -> Result<Vec<Option<Dz>>> {
+    let mpath = dir.join("model.pt");
+    let bytes =
+        std::fs::read(&mpath).with_context(|| format!("cannot read {}", mpath.display()))?;
+    let name = mpath.display().to_string();
+    let mw = cai_model::read_model_weights(&name, &bytes)?;
+    let ppath = dir.join("1.pt");
+    let pbytes =
+        std::fs::read(&ppath).with_context(|| format!("cannot read {}", ppath.display()))?;
+    let part = cai_data::read_partition(&ppath.display().to_string(), &pbytes)?;
+    let load = |precision| {
+        let opts = LoadOptions {
+            heads: mw.heads_attr,
+            precision,
+        };
+        AstroMae::load_with(&mw.weights, &name, &opts)
+    };
+    let z = load(Precision::F32)?.predict(&part.images, &part.magnitudes, part.n)?;
+    precs
+        .iter()
+        .map(|p| {
+            if *p == Precision::F32 {
+                return Ok(None);
+            }
+            let zp = load(*p)?.predict(&part.images, &part.magnitudes, part.n)?;
+            Ok(Some(Dz::between(&z, &zp)))
+        })
+        .collect()
+}
+
+fn fmt_dz(d: Option<Dz>) -> String {
+    d.map_or("-".into(), |d| format!("{:.1e}/{:.1e}", d.max, d.mean))
+}
+
 fn run(a: &BenchArgs, model: &AstroMae, source: String, quiet: bool) -> Result<Outcome> {
+    let precs = precisions(&a.precision)?;
     let cores = cai_engine::local::available_cores();
     let threads: Vec<usize> = if a.threads.is_empty() {
         (1..=cores).collect()
@@ -129,8 +228,52 @@ fn run(a: &BenchArgs, model: &AstroMae, source: String, quiet: bool) -> Result<O
     let mags: Vec<f32> = (0..most * nm).map(|i| 15.0 + (i % 7) as f32).collect();
     let z_first = model.predict(&images[..Z_CHECK * img], &mags[..Z_CHECK * nm], Z_CHECK)?;
 
+    // One model per precision, converted from the same f32 weights.
+    let mut models: Vec<(Precision, AstroMae)> = Vec::new();
+    let dz_set = most.min(512);
+    let z_ref = model.predict(&images[..dz_set * img], &mags[..dz_set * nm], dz_set)?;
+    let parity = match &a.parity_dir {
+        Some(dir) => Some(
+            parity_dz(dir, &precs)
+                .with_context(|| format!("parity fixtures in {}", dir.display()))?,
+        ),
+        None => None,
+    };
+    let mut infos = Vec::new();
+    for (i, &p) in precs.iter().enumerate() {
+        let mut m = model.clone();
+        m.set_precision(p)?;
+        let dz_bench = (p != Precision::F32).then(|| {
+            m.predict(&images[..dz_set * img], &mags[..dz_set * nm], dz_set)
+                .map(|z| Dz::between(&z_ref, &z))
+        });
+        let info = PrecisionInfo {
+            precision: p.name(),
+            support: p.support(),
+            dz_bench: dz_bench.transpose()?,
+            dz_parity: parity.as_ref().and_then(|v| v[i]),
+        };
+        say(format!(
+            "{}: {}{}",
+            p,
+            info.support,
+            if p == Precision::F32 {
+                String::new()
+            } else {
+                format!(
+                    "; max/mean |Δz| vs f32: {} on {} bench inputs, {} on the parity fixtures",
+                    fmt_dz(info.dz_bench),
+                    dz_set,
+                    fmt_dz(info.dz_parity)
+                )
+            }
+        ));
+        infos.push(info);
+        models.push((p, m));
+    }
+
     say(format!(
-        "{:>9} {:>7} {:>6} {:>11} {:>11} {:>9} {:>10} {:>10} {:>6}",
+        "{:>9} {:>7} {:>6} {:>11} {:>11} {:>9} {:>10} {:>10} {:>6} {:>15}",
         "precision",
         "threads",
         "batch",
@@ -139,7 +282,8 @@ fn run(a: &BenchArgs, model: &AstroMae, source: String, quiet: bool) -> Result<O
         "GFLOP/s",
         "peak%wall",
         "peak%CPU",
-        "load"
+        "load",
+        "|Δz| max/mean"
     ));
     let mut cases = Vec::new();
     for &t in &threads {
@@ -147,54 +291,57 @@ fn run(a: &BenchArgs, model: &AstroMae, source: String, quiet: bool) -> Result<O
             .num_threads(t)
             .build()
             .with_context(|| format!("cannot start {t} threads"))?;
-        for &b in &batches {
-            let (im, mg) = (&images[..b * img], &mags[..b * nm]);
-            // Warm-up: grows every thread's scratch to its size for this case.
-            pool.install(|| model.predict(im, mg, b))?;
-            let cpu0 = process_cpu_seconds();
-            let start = Instant::now();
-            let mut calls = 0;
-            loop {
+        for ((p, model), info) in models.iter().zip(&infos) {
+            for &b in &batches {
+                let (im, mg) = (&images[..b * img], &mags[..b * nm]);
+                // Warm-up: grows every thread's scratch to its size for this case.
                 pool.install(|| model.predict(im, mg, b))?;
-                calls += 1;
-                if start.elapsed().as_secs_f64() >= a.seconds {
-                    break;
+                let cpu0 = process_cpu_seconds();
+                let start = Instant::now();
+                let mut calls = 0;
+                loop {
+                    pool.install(|| model.predict(im, mg, b))?;
+                    calls += 1;
+                    if start.elapsed().as_secs_f64() >= a.seconds {
+                        break;
+                    }
                 }
+                let wall = start.elapsed().as_secs_f64();
+                let cpu = process_cpu_seconds().zip(cpu0).map(|(x, y)| x - y);
+                let galaxies = calls * b;
+                let rate = galaxies as f64 / wall;
+                let per_cpu = cpu.filter(|c| *c > 0.0).map(|c| galaxies as f64 / c);
+                let case = Case {
+                    precision: p.name(),
+                    threads: t,
+                    batch: b,
+                    calls,
+                    galaxies,
+                    wall_s: wall,
+                    cpu_s: cpu,
+                    galaxies_per_s: rate,
+                    galaxies_per_cpu_s: per_cpu,
+                    gflops: rate * gflop,
+                    peak_share_cpu: per_cpu.map(|r| r * gflop / peak),
+                    peak_share_wall: rate * gflop / (peak * t as f64),
+                    load1: load_avg().map(|l| l[0]),
+                };
+                say(format!(
+                    "{:>9} {:>7} {:>6} {:>11.1} {:>11} {:>9.1} {:>9.1}% {:>10} {:>6} {:>15}",
+                    case.precision,
+                    t,
+                    b,
+                    rate,
+                    per_cpu.map_or("-".into(), |r| format!("{r:.1}")),
+                    case.gflops,
+                    100.0 * case.peak_share_wall,
+                    case.peak_share_cpu
+                        .map_or("-".into(), |s| format!("{:.1}%", 100.0 * s)),
+                    case.load1.map_or("-".into(), |l| format!("{l:.2}")),
+                    fmt_dz(info.dz_parity.or(info.dz_bench)),
+                ));
+                cases.push(case);
             }
-            let wall = start.elapsed().as_secs_f64();
-            let cpu = process_cpu_seconds().zip(cpu0).map(|(x, y)| x - y);
-            let galaxies = calls * b;
-            let rate = galaxies as f64 / wall;
-            let per_cpu = cpu.filter(|c| *c > 0.0).map(|c| galaxies as f64 / c);
-            let case = Case {
-                precision: "f32",
-                threads: t,
-                batch: b,
-                calls,
-                galaxies,
-                wall_s: wall,
-                cpu_s: cpu,
-                galaxies_per_s: rate,
-                galaxies_per_cpu_s: per_cpu,
-                gflops: rate * gflop,
-                peak_share_cpu: per_cpu.map(|r| r * gflop / peak),
-                peak_share_wall: rate * gflop / (peak * t as f64),
-                load1: load_avg().map(|l| l[0]),
-            };
-            say(format!(
-                "{:>9} {:>7} {:>6} {:>11.1} {:>11} {:>9.1} {:>9.1}% {:>10} {:>6}",
-                case.precision,
-                t,
-                b,
-                rate,
-                per_cpu.map_or("-".into(), |r| format!("{r:.1}")),
-                case.gflops,
-                100.0 * case.peak_share_wall,
-                case.peak_share_cpu
-                    .map_or("-".into(), |s| format!("{:.1}%", 100.0 * s)),
-                case.load1.map_or("-".into(), |l| format!("{l:.2}")),
-            ));
-            cases.push(case);
         }
     }
     let report = Report {
@@ -205,6 +352,7 @@ fn run(a: &BenchArgs, model: &AstroMae, source: String, quiet: bool) -> Result<O
         model: source,
         gflop_per_galaxy: gflop,
         fma_peak_gflops_per_core: peak,
+        precisions: infos,
         load_before,
         load_after: load_avg(),
         cases,

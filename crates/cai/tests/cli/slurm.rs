@@ -17,7 +17,7 @@ use crate::util::{fixtures, partitioned, read_json, Dir};
 /// running task.
 static CLUSTER: Mutex<()> = Mutex::new(());
 
-fn cluster() -> Option<std::sync::MutexGuard<'static, ()>> {
+pub(crate) fn cluster() -> Option<std::sync::MutexGuard<'static, ()>> {
     if std::env::var("CAI_TEST_SLURM").as_deref() != Ok("1") {
         eprintln!("skipped: set CAI_TEST_SLURM=1 with a running Slurm (scripts/slurm/start.sh)");
         return None;

@@ -191,3 +191,50 @@ fn sweep_errors_name_what_to_do() {
         assert!(err.contains(want), "{args:?}: {err}");
     }
 }
+
+/// The same sweep on Slurm (gated like the Slurm tests: `CAI_TEST_SLURM=1`): every run is
+/// a job array followed to its summary, and the stats name the engine.
+#[test]
+fn sweep_on_slurm() {
+    let Some(_cluster) = crate::slurm::cluster() else {
+        return;
+    };
+    let d = Dir::new();
+    let data = fixtures().dataset.display().to_string();
+    let model = fixtures().model.display().to_string();
+    let res = d.s("sweep");
+    let out = d.ok(&[
+        "sweep",
+        "--engine",
+        "slurm",
+        "--poll",
+        "0.2",
+        "--data",
+        &data,
+        "--results",
+        &res,
+        "--model",
+        &model,
+        "--partition-sizes",
+        "500KB",
+        "--batch-sizes",
+        "8,16",
+        "--data-sizes",
+        "512KB",
+        "--repeat",
+        "1",
+        "--threads",
+        "1",
+    ]);
+    for f in ["d512KB-p500KB-b8-r1", "d512KB-p500KB-b16-r1"] {
+        let summary = read_json(d.path(&format!("sweep/{f}/summary.json")));
+        assert_eq!(summary["galaxies"], 24, "{f}");
+        assert_eq!(summary["engines"], serde_json::json!(["slurm"]), "{f}");
+        assert!(
+            out.lines().any(|l| l.starts_with(f) && l.contains(" ran ")),
+            "{f}\n{out}"
+        );
+    }
+    let stats = d.ok(&["stats", &res]);
+    assert!(stats.contains("slurm"), "{stats}");
+}

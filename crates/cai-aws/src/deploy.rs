@@ -68,63 +68,99 @@ fn status_of(s: &Stack) -> String {
         .unwrap_or_default()
 }
 
-/// Report the events not seen yet (oldest first); remember them in `seen`.
-async fn new_events(
-    client: &cfn::Client,
-    stack: &str,
-    seen: &mut HashSet<String>,
-    on_event: &mut impl FnMut(&StackEvent),
-) -> Vec<StackEvent> {
-    let Ok(out) = client
-        .describe_stack_events()
-        .stack_name(stack)
-        .send()
-        .await
-    else {
-        return Vec::new();
-    };
-    let mut fresh = Vec::new();
-    for e in out.stack_events.unwrap_or_default().into_iter().rev() {
-        if !seen.insert(e.event_id.clone().unwrap_or_default()) {
-            continue;
-        }
-        let ev = StackEvent {
-            resource: e.logical_resource_id.unwrap_or_default(),
-            status: e
-                .resource_status
-                .map(|s| s.as_str().to_string())
-                .unwrap_or_default(),
-            reason: e.resource_status_reason,
-        };
-        on_event(&ev);
-        fresh.push(ev);
-    }
-    fresh
+/// The events of one stack operation: which were reported, which failed.
+#[derive(Default)]
+struct EventLog {
+    seen: HashSet<String>,
+    failures: Vec<StackEvent>,
 }
 
-/// Poll until the stack leaves `*_IN_PROGRESS`; return its last description (`None` when
-/// it is gone, as after a delete).
-async fn wait(
-    client: &cfn::Client,
-    stack: &str,
-    poll: Duration,
-    seen: &mut HashSet<String>,
-    failures: &mut Vec<StackEvent>,
-    on_event: &mut impl FnMut(&StackEvent),
-) -> Result<Option<Stack>> {
-    loop {
-        for ev in new_events(client, stack, seen, on_event).await {
+impl EventLog {
+    /// Report the events not seen yet (oldest first) and remember them; keep the failures.
+    async fn poll(
+        &mut self,
+        client: &cfn::Client,
+        stack: &str,
+        on_event: &mut impl FnMut(&StackEvent),
+    ) {
+        let Ok(out) = client
+            .describe_stack_events()
+            .stack_name(stack)
+            .send()
+            .await
+        else {
+            return;
+        };
+        for e in out.stack_events.unwrap_or_default().into_iter().rev() {
+            if !self.seen.insert(e.event_id.clone().unwrap_or_default()) {
+                continue;
+            }
+            let ev = StackEvent {
+                resource: e.logical_resource_id.unwrap_or_default(),
+                status: e
+                    .resource_status
+                    .map(|s| s.as_str().to_string())
+                    .unwrap_or_default(),
+                reason: e.resource_status_reason,
+            };
+            on_event(&ev);
             if ev.status.ends_with("_FAILED") {
-                failures.push(ev);
+                self.failures.push(ev);
             }
         }
-        match describe(client, stack).await? {
-            None => return Ok(None),
-            Some(s) if status_of(&s).ends_with("_IN_PROGRESS") => {}
-            Some(s) if status_of(&s) == "DELETE_COMPLETE" => return Ok(None),
-            Some(s) => return Ok(Some(s)),
+    }
+
+    /// Mark the events so far as seen without reporting them (an earlier operation's).
+    async fn skip_past(&mut self, client: &cfn::Client, stack: &str) {
+        self.poll(client, stack, &mut |_| {}).await;
+        self.failures.clear();
+    }
+
+    /// Poll until the stack leaves `*_IN_PROGRESS`; return its last description (`None`
+    /// when it is gone, as after a delete).
+    async fn wait(
+        &mut self,
+        client: &cfn::Client,
+        stack: &str,
+        poll: Duration,
+        on_event: &mut impl FnMut(&StackEvent),
+    ) -> Result<Option<Stack>> {
+        loop {
+            self.poll(client, stack, on_event).await;
+            match describe(client, stack).await? {
+                None => return Ok(None),
+                Some(s) if status_of(&s).ends_with("_IN_PROGRESS") => {}
+                Some(s) if status_of(&s) == "DELETE_COMPLETE" => return Ok(None),
+                Some(s) => return Ok(Some(s)),
+            }
+            tokio::time::sleep(poll).await;
         }
-        tokio::time::sleep(poll).await;
+    }
+
+    /// The error for a stack that ended in `status`, with the failed resources' reasons.
+    fn failed(&self, stack: &str, status: String) -> Error {
+        let reasons: Vec<String> = self
+            .failures
+            .iter()
+            .filter(|f| f.resource != stack)
+            .map(|f| {
+                format!(
+                    "{} {}: {}",
+                    f.resource,
+                    f.status,
+                    f.reason.as_deref().unwrap_or("no reason given")
+                )
+            })
+            .collect();
+        Error::Stack {
+            stack: stack.to_string(),
+            status,
+            reasons: if reasons.is_empty() {
+                "see the stack's events in the CloudFormation console".into()
+            } else {
+                reasons.join("; ")
+            },
+        }
     }
 }
 
@@ -135,30 +171,6 @@ fn output(s: &Stack, key: &str) -> Option<String> {
         .find(|o| o.output_key.as_deref() == Some(key))?
         .output_value
         .clone()
-}
-
-fn stack_failed(stack: &str, status: String, failures: &[StackEvent]) -> Error {
-    let reasons: Vec<String> = failures
-        .iter()
-        .filter(|f| f.resource != stack)
-        .map(|f| {
-            format!(
-                "{} {}: {}",
-                f.resource,
-                f.status,
-                f.reason.as_deref().unwrap_or("no reason given")
-            )
-        })
-        .collect();
-    Error::Stack {
-        stack: stack.to_string(),
-        status,
-        reasons: if reasons.is_empty() {
-            "see the stack's events in the CloudFormation console".into()
-        } else {
-            reasons.join("; ")
-        },
-    }
 }
 
 /// Create or update the stack for `cfg`, its functions' code at `s3://code_bucket/code_key`;
@@ -192,8 +204,7 @@ pub async fn deploy(
             .build(),
     ];
     let caps = [Capability::CapabilityIam, Capability::CapabilityNamedIam];
-    let mut seen = HashSet::new();
-    let mut failures = Vec::new();
+    let mut log = EventLog::default();
 
     let mut existing = describe(&client, stack).await?;
     if let Some(s) = &existing {
@@ -214,7 +225,7 @@ pub async fn deploy(
             existing = None;
         } else {
             // Events of earlier deployments are not news.
-            new_events(&client, stack, &mut seen, &mut |_| {}).await;
+            log.skip_past(&client, stack).await;
         }
     }
 
@@ -254,19 +265,13 @@ pub async fn deploy(
         }
     };
 
-    let done = wait(
-        &client,
-        stack,
-        poll,
-        &mut seen,
-        &mut failures,
-        &mut on_event,
-    )
-    .await?
-    .ok_or_else(|| stack_failed(stack, "DELETED".into(), &failures))?;
+    let done = log
+        .wait(&client, stack, poll, &mut on_event)
+        .await?
+        .ok_or_else(|| log.failed(stack, "DELETED".into()))?;
     let status = status_of(&done);
     if !matches!(status.as_str(), "CREATE_COMPLETE" | "UPDATE_COMPLETE") {
-        return Err(stack_failed(stack, status, &failures));
+        return Err(log.failed(stack, status));
     }
     let state_machine_arn = output(&done, "StateMachineArn")
         .ok_or_else(|| Error::Invalid(format!("stack {stack} has no StateMachineArn output")))?;
@@ -290,26 +295,16 @@ pub async fn delete_stack(
     if describe(&client, stack).await?.is_none() {
         return Ok(false);
     }
-    let mut seen = HashSet::new();
-    new_events(&client, stack, &mut seen, &mut |_| {}).await;
+    let mut log = EventLog::default();
+    log.skip_past(&client, stack).await;
     client
         .delete_stack()
         .stack_name(stack)
         .send()
         .await
         .map_err(|e| aws_err("DeleteStack", e))?;
-    let mut failures = Vec::new();
-    match wait(
-        &client,
-        stack,
-        poll,
-        &mut seen,
-        &mut failures,
-        &mut on_event,
-    )
-    .await?
-    {
+    match log.wait(&client, stack, poll, &mut on_event).await? {
         None => Ok(true),
-        Some(s) => Err(stack_failed(stack, status_of(&s), &failures)),
+        Some(s) => Err(log.failed(stack, status_of(&s))),
     }
 }

@@ -538,9 +538,9 @@ async fn finished_rank(results: &StorageUrl, rank: usize) -> Result<Option<RankR
     let bytes = match results.get_opt(&key).await {
         Ok(Some(bytes)) => bytes,
         Ok(None) => return Ok(None),
-        // S3 answers 403, not 404, for a missing key when the role may not list that key
-        // (ListBucket is granted on the results prefix only): not done yet. A real lack of
-        // access shows when the rank writes its outputs.
+        // S3 answers 403, not 404, for a missing key when the role may not list the bucket
+        // (the template grants ListBucket; a hand-made role may not): not done yet. A real
+        // lack of access shows when the rank writes its outputs.
         Err(cai_core::Error::Store {
             source: object_store::Error::PermissionDenied { .. },
             ..

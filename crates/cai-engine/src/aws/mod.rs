@@ -62,15 +62,6 @@ impl S3Prefix {
         }
     }
 
-    /// The `s3:prefix` values a ListBucket on this location may use.
-    pub fn list_prefixes(&self) -> Vec<String> {
-        if self.prefix.is_empty() {
-            vec!["*".into()]
-        } else {
-            vec![self.prefix.clone(), format!("{}/*", self.prefix)]
-        }
-    }
-
     /// Key of `rel` under the prefix.
     pub fn key(&self, rel: &str) -> String {
         if self.prefix.is_empty() {

@@ -21,12 +21,16 @@ fn statement(actions: &[&str], resources: Value) -> Value {
     json!({ "Effect": "Allow", "Action": actions, "Resource": resources })
 }
 
+/// ListBucket on the whole bucket, not only under the prefix: S3 answers a GET or HEAD of a
+/// missing key with 404 only to a caller who may list the bucket, and with 403 to anyone else
+/// — and a `s3:prefix` condition does not count for that check. The handlers look up keys
+/// that may be missing (`manifest.json` beside the original's `.pt` files, `<rank>.json` of a
+/// rank not done), so a 403 there would fail the run. Listing shows key names, never content.
 fn list_statement(loc: &S3Prefix) -> Value {
     json!({
         "Effect": "Allow",
         "Action": ["s3:ListBucket"],
-        "Resource": [loc.bucket_arn()],
-        "Condition": { "StringLike": { "s3:prefix": loc.list_prefixes() } }
+        "Resource": [loc.bucket_arn()]
     })
 }
 
@@ -415,9 +419,14 @@ mod tests {
                     .unwrap()
                     .contains(&json!("s3:ListBucket"))
                 {
-                    let prefixes = &st["Condition"]["StringLike"]["s3:prefix"];
-                    assert!(prefixes.as_array().is_some_and(|p| !p.is_empty()), "{id}");
-                    assert!(!prefixes.as_array().unwrap().contains(&json!("*")));
+                    // Buckets only (key names), never objects.
+                    for r in st["Resource"].as_array().unwrap() {
+                        let r = r.as_str().unwrap();
+                        assert!(
+                            r.starts_with("arn:aws:s3:::") && !r.contains('/'),
+                            "{id}: {r}"
+                        );
+                    }
                 }
             }
         }

@@ -104,6 +104,17 @@ pub async fn load_model(location: &str) -> Result<Arc<AstroMae>> {
     Ok(Arc::new(load_model_info(location).await?.0))
 }
 
+/// [`load_model`], then converts the weights to `precision`
+/// ([`AstroMae::set_precision`]).
+pub async fn load_model_with(
+    location: &str,
+    precision: cai_model::kernels::Precision,
+) -> Result<Arc<AstroMae>> {
+    let mut model = load_model_info(location).await?.0;
+    model.set_precision(precision)?;
+    Ok(Arc::new(model))
+}
+
 /// [`load_model`], also returning what the file says about itself (form, classes…).
 pub async fn load_model_info(location: &str) -> Result<(AstroMae, ModelFileInfo)> {
     let url = StorageUrl::parse(location)?;

@@ -172,6 +172,10 @@ pub struct RunArgs {
     /// Inference threads per worker (default: cores / workers).
     #[arg(long, env = "CAI_THREADS")]
     pub threads: Option<usize>,
+    /// Arithmetic of the model's trunk weights: f32 (default, the reference), bf16 or int8
+    /// (faster, z within about 1e-2 of f32; see `cai bench --precision all`).
+    #[arg(long, default_value = "f32", env = "CAI_PRECISION")]
+    pub precision: cai_model::kernels::Precision,
     /// Run only the ranks of the existing plan that have no result yet.
     #[arg(long)]
     pub resume: bool,
@@ -226,6 +230,9 @@ pub struct PredictArgs {
     /// Inference threads (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Arithmetic of the model's trunk weights: f32 (default), bf16 or int8.
+    #[arg(long, default_value = "f32", env = "CAI_PRECISION")]
+    pub precision: cai_model::kernels::Precision,
 }
 
 /// `cai model …`

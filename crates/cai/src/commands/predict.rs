@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 use cai_core::StorageUrl;
 use cai_engine::local::available_cores;
 use cai_engine::predictions::Predictions;
-use cai_engine::stages::load_model;
+use cai_engine::stages::load_model_with;
 use cai_engine::worker::predict_partition;
 
 use crate::cli::PredictArgs;
@@ -44,7 +44,10 @@ pub fn thread_pool(threads: Option<usize>) -> Result<rayon::ThreadPool> {
 
 /// `cai predict`.
 pub async fn predict(a: PredictArgs, quiet: bool) -> Result<Outcome> {
-    let model = load_model(&a.model)
+    if !quiet && a.precision != cai_model::kernels::Precision::F32 {
+        eprintln!("precision {}", a.precision.support());
+    }
+    let model = load_model_with(&a.model, a.precision)
         .await
         .with_context(|| format!("cannot load the model {}", a.model))?;
     let input = StorageUrl::parse(&a.input)?;

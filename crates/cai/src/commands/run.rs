@@ -8,7 +8,7 @@ use cai_core::plan::{Plan, PlanRequest};
 use cai_core::summary::Summary;
 use cai_core::StorageUrl;
 use cai_engine::local::{available_cores, default_parallelism, LocalEngine, RankEvent};
-use cai_engine::stages::{clear_results, load_model, plan_run};
+use cai_engine::stages::{clear_results, load_model_with, plan_run};
 use cai_engine::summarize::{load_plan, missing_ranks, summarize as summarize_results};
 
 use crate::cli::{RunArgs, SummarizeArgs};
@@ -77,7 +77,7 @@ pub async fn run_local(a: &RunArgs, quiet: bool) -> Result<(Arc<Plan>, Summary)>
             eprintln!("warning: {w}");
         }
     }
-    let model = load_model(&plan.model)
+    let model = load_model_with(&plan.model, a.precision)
         .await
         .with_context(|| format!("cannot load the model {}", plan.model))?;
     let cores = available_cores();
@@ -98,11 +98,12 @@ pub async fn run_local(a: &RunArgs, quiet: bool) -> Result<(Arc<Plan>, Summary)>
         .sum();
     if !quiet {
         eprintln!(
-            "running {} of {} ranks ({} partitions) on {workers} worker(s) × {threads} thread(s), kernels: {}",
+            "running {} of {} ranks ({} partitions) on {workers} worker(s) × {threads} thread(s), kernels: {}, {}",
             ranks.len(),
             plan.world_size,
             plan.partitions.len(),
-            kernel_tier()
+            kernel_tier(),
+            a.precision.support()
         );
     }
     let progress = Arc::new(Progress::new("infer", total, "galaxies", quiet));

@@ -472,7 +472,7 @@ pub async fn sweep(a: SweepArgs, quiet: bool) -> Result<Outcome> {
                 e.batch,
                 e.repetition,
                 match (&e.data, ra.file_limit) {
-                    (Some(d), Some(l)) => format!(", data {} ({l} partitions)", d.label),
+                    (Some(d), Some(l)) => format!(", data {} ({l} partition(s))", d.label),
                     _ => String::new(),
                 }
             );

@@ -3,6 +3,10 @@
 # inputs, thread counts and batch sizes, in one run, with a table of ratios.
 #
 #   scripts/bench/run.sh [--threads 1,2] [--batch 1,32,128,512] [--seconds 3] [--onnx]
+#                        [--precision f32|bf16|int8|all]
+#
+# Reduced precisions report their max/mean |Δz| against f32 on the PyTorch parity fixtures
+# in ${CAI_PARITY_DIR:-~/.cache/cai-parity} when model.pt and 1.pt are there.
 #
 # The venv is ${CAI_PARITY_VENV:-~/.cache/cai-parity-venv} (created with
 # scripts/parity/setup_venv.sh if missing; `--onnx` pip-installs onnxruntime and onnx into
@@ -15,13 +19,14 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/../.." && pwd)"
 VENV="${CAI_PARITY_VENV:-$HOME/.cache/cai-parity-venv}"
 OUT="${CAI_BENCH_DIR:-$HOME/.cache/cai-bench}"
-THREADS="" BATCH="1,32,128,512" SECONDS_PER_CASE=3 ONNX=0
+THREADS="" BATCH="1,32,128,512" SECONDS_PER_CASE=3 ONNX=0 PRECISION=all
 while [ $# -gt 0 ]; do
     case "$1" in
         --threads) THREADS="$2"; shift 2 ;;
         --batch) BATCH="$2"; shift 2 ;;
         --seconds) SECONDS_PER_CASE="$2"; shift 2 ;;
         --onnx) ONNX=1; shift ;;
+        --precision) PRECISION="$2"; shift 2 ;;
         *) echo "unknown option $1" >&2; exit 2 ;;
     esac
 done
@@ -44,10 +49,15 @@ if [ "$ONNX" = 1 ] && ! "$VENV/bin/python" -c "import onnxruntime, onnx" 2>/dev/
 fi
 
 mkdir -p "$OUT"
+PARITY="${CAI_PARITY_DIR:-$HOME/.cache/cai-parity}"
+PARITY_FLAG=()
+if [ -f "$PARITY/model.pt" ] && [ -f "$PARITY/1.pt" ]; then
+    PARITY_FLAG=(--parity-dir "$PARITY")
+fi
 echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)"
 "$CAI_BIN" -q model init --seed 0 --out "$OUT/weights.safetensors"
 "$CAI_BIN" bench --model "$OUT/weights.safetensors" --threads "$THREADS" --batch "$BATCH" \
-    --seconds "$SECONDS_PER_CASE" --json > "$OUT/cai.json"
+    --seconds "$SECONDS_PER_CASE" --precision "$PRECISION" "${PARITY_FLAG[@]}" --json > "$OUT/cai.json"
 ONNX_FLAG=()
 [ "$ONNX" = 1 ] && ONNX_FLAG=(--onnx --onnx-file "$OUT/astromae.onnx")
 "$VENV/bin/python" "$HERE/torch_bench.py" --weights "$OUT/weights.safetensors" --cai "$OUT/cai.json" \

@@ -194,34 +194,43 @@ def main():
                 r.update(engine="onnxruntime", threads=t, batch=b)
                 results.append(r)
 
-    # The table: cai beside each engine.
-    cai_cases = {(c["threads"], c["batch"]): c for c in cai["cases"]} if cai else {}
-    hdr = f"{'threads':>7} {'batch':>5} {'engine':>12} {'gal/s':>8} {'gal/CPU-s':>9} {'GFLOP/s':>8} {'peak%':>6} {'cai/x':>6} {'cai/x CPU':>9} {'load':>5}"
+    # The table: every cai precision beside each engine; ratios against PyTorch f32.
+    cai_cases = {}
+    for c in (cai["cases"] if cai else []):
+        cai_cases.setdefault((c["threads"], c["batch"]), []).append(c)
+    dz = {p["precision"]: p for p in (cai.get("precisions", []) if cai else [])}
+    hdr = (f"{'threads':>7} {'batch':>5} {'engine':>10} {'gal/s':>8} {'gal/CPU-s':>9} {'GFLOP/s':>8} "
+           f"{'peak%':>6} {'x torch':>7} {'x torch CPU':>11} {'load':>5}  |dz| max/mean vs f32")
     print()
     print(f"f32 FMA peak per core (cai's probe): {peak:.1f} GFLOP/s" if peak else "peak unknown")
     print(hdr)
     rows = []
     for t in threads:
         for b in batches:
-            c = cai_cases.get((t, b))
             line = []
-            if c:
-                line.append(("cai", c["galaxies_per_s"], c.get("galaxies_per_cpu_s"), c.get("load1")))
+            for c in cai_cases.get((t, b), []):
+                p = c.get("precision", "f32")
+                d = dz.get(p, {})
+                dd = d.get("dz_parity") or d.get("dz_bench")
+                line.append((f"cai {p}", c["galaxies_per_s"], c.get("galaxies_per_cpu_s"), c.get("load1"),
+                             f"{dd['max']:.1e}/{dd['mean']:.1e}" if dd else ""))
             for r in results:
                 if r["threads"] == t and r["batch"] == b:
-                    line.append((r["engine"], r["galaxies_per_s"], r["galaxies_per_cpu_s"], r["load1"]))
-            for eng, gs, gc, ld in line:
-                ratio = c["galaxies_per_s"] / gs if c and eng != "cai" else None
-                ratio_c = (c["galaxies_per_cpu_s"] / gc) if c and eng != "cai" and gc and c.get("galaxies_per_cpu_s") else None
+                    line.append((r["engine"], r["galaxies_per_s"], r["galaxies_per_cpu_s"], r["load1"], ""))
+            ref = next((x for x in line if x[0] == "torch"), None)
+            for eng, gs, gc, ld, dzs in line:
+                ratio = gs / ref[1] if ref else None
+                ratio_c = gc / ref[2] if ref and gc and ref[2] else None
                 pk = 100 * (gc or gs) * gflop / peak if peak else None
-                print(f"{t:>7} {b:>5} {eng:>12} {gs:>8.1f} {gc or 0:>9.1f} {gs * gflop:>8.1f} "
+                print(f"{t:>7} {b:>5} {eng:>10} {gs:>8.1f} {gc or 0:>9.1f} {gs * gflop:>8.1f} "
                       f"{pk if pk is not None else float('nan'):>5.1f}% "
-                      f"{(f'{ratio:.2f}x' if ratio else '-'):>6} {(f'{ratio_c:.2f}x' if ratio_c else '-'):>9} "
-                      f"{ld if ld is not None else float('nan'):>5.2f}")
+                      f"{(f'{ratio:.2f}x' if ratio else '-'):>7} {(f'{ratio_c:.2f}x' if ratio_c else '-'):>11} "
+                      f"{ld if ld is not None else float('nan'):>5.2f}  {dzs}")
                 rows.append({"threads": t, "batch": b, "engine": eng, "galaxies_per_s": gs,
-                             "galaxies_per_cpu_s": gc, "cai_over_engine": ratio,
-                             "cai_over_engine_cpu": ratio_c, "load1": ld})
-    print("peak% = GFLOP per CPU-second over the per-core peak; cai/x = cai galaxies/s over the engine's")
+                             "galaxies_per_cpu_s": gc, "over_torch": ratio,
+                             "over_torch_cpu": ratio_c, "load1": ld})
+    print("peak% = GFLOP per CPU-second over the per-core f32 peak (int8 counts the same FLOPs);")
+    print("x torch = galaxies/s over PyTorch f32's in the same case; |dz| on the parity fixtures if given, else on the bench inputs")
     if args.json_out:
         with open(args.json_out, "w") as f:
             json.dump({"torch": torch.__version__, "check": check, "results": results,

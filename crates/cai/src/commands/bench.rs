@@ -477,3 +477,26 @@ fn features() -> Vec<&'static str> {
     }
     f
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn precision_lists() {
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        assert_eq!(precisions(&s(&["all"])).unwrap(), Precision::ALL.to_vec());
+        assert_eq!(
+            precisions(&s(&["int8", "f32", "int8"])).unwrap(),
+            vec![Precision::F32, Precision::Int8]
+        );
+        assert_eq!(precisions(&[]).unwrap(), vec![Precision::F32]);
+        assert!(precisions(&s(&["f16"])).is_err());
+    }
+
+    #[test]
+    fn dz_between() {
+        let d = Dz::between(&[1.0, 2.0, 3.0], &[1.0, 2.5, 2.0]);
+        assert_eq!((d.max, d.mean, d.galaxies), (1.0, 0.5, 3));
+    }
+}

@@ -260,6 +260,13 @@ pub fn package(binary: &Path, arch: Arch, out: &Path) -> Result<Package> {
     let written = std::fs::read(tmp.path()).map_err(|e| io(tmp.path(), e))?;
     let sha256 = hex::encode(Sha256::digest(&written));
     tmp.persist(out).map_err(|e| io(out, e.error))?;
+    // NamedTempFile makes 0600 files; a deployment zip is an ordinary file to share.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(out, std::fs::Permissions::from_mode(0o644))
+            .map_err(|e| io(out, e))?;
+    }
     Ok(Package {
         path: out.to_path_buf(),
         binary: info,

@@ -371,8 +371,14 @@ pub async fn sweep(a: SweepArgs, quiet: bool) -> Result<Outcome> {
         EngineKind::Local => {}
         #[cfg(feature = "slurm")]
         EngineKind::Slurm => {}
+        #[cfg(feature = "aws")]
+        EngineKind::Aws => {
+            if ra.detach {
+                bail!("a sweep follows every run to its summary: no --detach");
+            }
+        }
         #[allow(unreachable_patterns)]
-        other => bail!("cai sweep runs on --engine local or slurm, not {other:?}"),
+        other => bail!("cai sweep runs on --engine local, slurm or aws, not {other:?}"),
     }
     let results = StorageUrl::parse(&results_s)?;
     let exps = experiments(&data_sizes, &parts, &batches, a.repeat);
@@ -492,6 +498,13 @@ pub async fn sweep(a: SweepArgs, quiet: bool) -> Result<Outcome> {
                         url.url_of(SUMMARY_KEY)
                     );
                 }
+                read_summary(&url).await?
+            }
+            #[cfg(feature = "aws")]
+            EngineKind::Aws => {
+                super::aws::run(&ra, quiet)
+                    .await
+                    .with_context(|| format!("run {} failed", e.folder()))?;
                 read_summary(&url).await?
             }
             _ => {

@@ -24,8 +24,11 @@ impl Drop for Router {
     }
 }
 
-#[test]
-fn step_functions_runs_the_generated_workflow_on_the_handlers() {
+/// Start moto (its Step Functions executing), the three functions on their emulators and
+/// the router, create the generated state machine, and call `check(moto, dir, arn)`.
+/// moto's interpreter runs one execution per server (a second fails with HTTP 500: it cannot
+/// deepcopy its lock), so each test gets its own.
+fn with_workflow(check: impl FnOnce(&Moto, &Dir, &str)) {
     // Probe the tools (and fail under CI when missing) with a throwaway server.
     if tools().is_none() {
         return;
@@ -106,7 +109,16 @@ fn step_functions_runs_the_generated_workflow_on_the_handlers() {
         )
         .trim()
         .to_string();
+    check(&moto, &d, &arn);
+    drop(router);
+}
 
+#[test]
+fn step_functions_runs_the_generated_workflow_on_the_handlers() {
+    with_workflow(|moto, d, arn| run_checks(moto, d, arn));
+}
+
+fn run_checks(moto: &Moto, d: &Dir, arn: &str) {
     // The original's payload, as a user would pass it.
     std::fs::write(
         d.path("payload.json"),
@@ -114,13 +126,13 @@ fn step_functions_runs_the_generated_workflow_on_the_handlers() {
     )
     .expect("write payload");
     let out = moto.cai_ok(
-        &d,
+        d,
         &[
             "run",
             "--engine",
             "aws",
             "--state-machine",
-            &arn,
+            arn,
             "--payload",
             "payload.json",
             "--poll",
@@ -128,7 +140,6 @@ fn step_functions_runs_the_generated_workflow_on_the_handlers() {
             "--json",
         ],
     );
-    drop(router);
     let json_start = out.find('{').expect("summary JSON on stdout");
     let summary: Value = serde_json::from_str(&out[json_start..]).expect("summary JSON");
     assert_eq!(summary["galaxies"], 300, "{summary}");
@@ -139,7 +150,7 @@ fn step_functions_runs_the_generated_workflow_on_the_handlers() {
         "wf/predictions.parquet",
         &d.path("wf.parquet"),
     ));
-    assert_eq!(preds, local_run(&d, &["--batch-size", "16"]));
+    assert_eq!(preds, local_run(d, &["--batch-size", "16"]));
     let keys = moto.keys(RESULTS_BUCKET, "wf");
     for k in ["0.json", "1.json", "2.json", "items.json", "summary.json"] {
         assert!(keys.iter().any(|x| x == k), "{k} missing from {keys:?}");
@@ -152,4 +163,45 @@ fn step_functions_runs_the_generated_workflow_on_the_handlers() {
     );
     let s = parse_json(&moto.download(RESULTS_BUCKET, "wf/summary.json", &d.path("s.json")));
     assert_eq!(s["galaxies"], 300);
+}
+
+/// `cai sweep --engine aws`: the partitions in S3 re-cut at another size, each run a whole
+/// execution of the state machine into its own folder (a one-run grid: one execution per
+/// moto server).
+#[test]
+fn sweep_runs_on_the_aws_engine() {
+    with_workflow(|moto, d, arn| {
+        let out = moto.cai_ok(
+            d,
+            &[
+                "sweep",
+                "--engine",
+                "aws",
+                "--state-machine",
+                arn,
+                "--data",
+                "s3://cosmicai-data/1MB",
+                "--partition-sizes",
+                "2MB",
+                "--batch-sizes",
+                "32",
+                "--repeat",
+                "1",
+                "--results",
+                "s3://cosmicai-results/sweep",
+                "--model",
+                MODEL_URL,
+                "--poll",
+                "0.5",
+            ],
+        );
+        let s = parse_json(&moto.download(
+            RESULTS_BUCKET,
+            "sweep/p2MB-b32-r1/summary.json",
+            &d.path("s.json"),
+        ));
+        assert_eq!(s["galaxies"], 300, "{s}\n{out}");
+        assert_eq!(s["ranks_total"], 3, "2 MB partitions of the 300 galaxies");
+        assert!(out.contains("p2MB-b32-r1"), "{out}");
+    });
 }

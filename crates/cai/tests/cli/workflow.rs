@@ -115,7 +115,7 @@ fn with_workflow(check: impl FnOnce(&Moto, &Dir, &str)) {
 
 #[test]
 fn step_functions_runs_the_generated_workflow_on_the_handlers() {
-    with_workflow(|moto, d, arn| run_checks(moto, d, arn));
+    with_workflow(run_checks);
 }
 
 fn run_checks(moto: &Moto, d: &Dir, arn: &str) {

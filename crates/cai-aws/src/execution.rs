@@ -5,15 +5,14 @@
 //! when it gave up. Reading the results rather than the map's internals keeps the count true
 //! whatever Step Functions retried, and works the same for a run started elsewhere.
 
-use std::collections::BTreeSet;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_config::SdkConfig;
 use aws_sdk_sfn as sfn;
 use serde_json::Value;
 
-use cai_core::report::rank_of_key;
 use cai_core::StorageUrl;
+use cai_engine::summarize::ResultsListing;
 
 use crate::{aws_err, Error, Result};
 
@@ -79,21 +78,8 @@ pub async fn start_execution(
 
 /// Count done and failed ranks under `results`.
 pub async fn count_ranks(results: &StorageUrl) -> Result<(usize, usize)> {
-    let mut done = BTreeSet::new();
-    let mut failed = BTreeSet::new();
-    for o in results.list().await? {
-        if let Some(r) = rank_of_key(&o.key) {
-            done.insert(r);
-        } else if let Some(r) = o
-            .key
-            .strip_prefix("failed/")
-            .and_then(|k| k.strip_suffix(".json"))
-            .and_then(|k| k.parse::<usize>().ok())
-        {
-            failed.insert(r);
-        }
-    }
-    Ok((done.len(), failed.difference(&done).count()))
+    let listing = ResultsListing::list(results).await?;
+    Ok((listing.done_ranks().len(), listing.failed_ranks().len()))
 }
 
 /// Poll the execution and the results location every `poll` until the execution ends,

@@ -65,6 +65,9 @@ pub enum Error {
     /// Reading or writing S3 failed.
     #[error(transparent)]
     Storage(#[from] cai_core::Error),
+    /// Reading a results location failed.
+    #[error(transparent)]
+    Results(Box<cai_engine::Error>),
     /// An AWS API call failed.
     #[error("AWS {operation} failed: {message}")]
     Aws {
@@ -86,6 +89,12 @@ pub enum Error {
     /// Something the user asked for cannot be done as asked.
     #[error("{0}")]
     Invalid(String),
+}
+
+impl From<cai_engine::Error> for Error {
+    fn from(e: cai_engine::Error) -> Self {
+        Error::Results(Box::new(e))
+    }
 }
 
 /// Result with [`Error`].

@@ -83,6 +83,28 @@ impl ResultsListing {
             .is_ok()
     }
 
+    /// Ranks with a `<rank>.json`.
+    pub fn done_ranks(&self) -> BTreeSet<usize> {
+        self.rank_keys().map(|(r, _)| r).collect()
+    }
+
+    /// Ranks with a `failed/<rank>.json`, done since or not.
+    pub fn failure_record_ranks(&self) -> BTreeSet<usize> {
+        self.objects
+            .iter()
+            .filter_map(|o| o.key.strip_prefix("failed/").and_then(rank_of_key))
+            .collect()
+    }
+
+    /// Ranks that failed and are not done (a rank that finished after failing is done).
+    pub fn failed_ranks(&self) -> BTreeSet<usize> {
+        let done = self.done_ranks();
+        self.failure_record_ranks()
+            .into_iter()
+            .filter(|r| !done.contains(r))
+            .collect()
+    }
+
     /// `(rank, key)` of every `<rank>.json`.
     pub fn rank_keys(&self) -> impl Iterator<Item = (usize, &str)> {
         self.objects

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use cai_core::plan::Plan;
-use cai_core::report::{failure_key, rank_key, rank_of_key, RankFailure, RankReport};
+use cai_core::report::{failure_key, rank_key, RankFailure, RankReport};
 use cai_core::summary::Summary;
 use cai_core::StorageUrl;
 
@@ -13,7 +13,7 @@ use super::command::JobRecord;
 use super::error::{Error, Result};
 use super::script::array_spec;
 use super::{ArrayJob, JobsState, SlurmEngine, EXIT_NOT_SHARED};
-use crate::summarize::{load_plan, summarize, SUMMARY_KEY};
+use crate::summarize::{load_plan, summarize, ResultsListing, SUMMARY_KEY};
 use crate::worker::unix_now;
 
 /// The run at one look.
@@ -160,12 +160,9 @@ pub async fn watch(
             Some(id) => engine.commands.show_job(id)?.into_iter().next(),
             None => None,
         };
-        let listing = results.list().await?;
-        let done: BTreeSet<usize> = listing.iter().filter_map(|o| rank_of_key(&o.key)).collect();
-        let failed_records: BTreeSet<usize> = listing
-            .iter()
-            .filter_map(|o| o.key.strip_prefix("failed/").and_then(rank_of_key))
-            .collect();
+        let listing = ResultsListing::list(&results).await?;
+        let done = listing.done_ranks();
+        let failed_records = listing.failure_record_ranks();
 
         let (mut pending, mut running) = (0, 0);
         let mut to_retry = Vec::new();
@@ -388,17 +385,10 @@ async fn check_summary(
     plan: &Plan,
     job: Option<&JobRecord>,
 ) -> Result<(Summary, Option<String>)> {
-    let listing = results.list().await?;
-    let done: BTreeSet<usize> = listing
-        .iter()
-        .filter_map(|o| rank_of_key(&o.key))
-        .filter(|&r| r < plan.world_size)
-        .collect();
-    let failed: BTreeSet<usize> = listing
-        .iter()
-        .filter_map(|o| o.key.strip_prefix("failed/").and_then(rank_of_key))
-        .filter(|r| !done.contains(r) && *r < plan.world_size)
-        .collect();
+    let listing = ResultsListing::list(results).await?;
+    let below = |r: &usize| *r < plan.world_size;
+    let done: BTreeSet<usize> = listing.done_ranks().into_iter().filter(below).collect();
+    let failed: BTreeSet<usize> = listing.failed_ranks().into_iter().filter(below).collect();
     let existing = results
         .get_opt(SUMMARY_KEY)
         .await?

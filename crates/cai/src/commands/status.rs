@@ -2,9 +2,8 @@
 //! reattaches and follows them to the summary (or, with `--once`, shows them once).
 
 use anyhow::{bail, Result};
-use cai_core::report::rank_of_key;
 use cai_core::StorageUrl;
-use cai_engine::summarize::load_plan;
+use cai_engine::summarize::{load_plan, ResultsListing};
 
 use crate::cli::StatusArgs;
 use crate::Outcome;
@@ -42,20 +41,14 @@ pub async fn status(a: StatusArgs, quiet: bool) -> Result<Outcome> {
     let Some(plan) = load_plan(&results).await? else {
         bail!("no plan.json under {results}: no run was started there");
     };
-    let listing = results.list().await?;
+    let listing = ResultsListing::list(&results).await?;
     let done = listing
-        .iter()
-        .filter_map(|o| rank_of_key(&o.key))
+        .done_ranks()
+        .into_iter()
         .filter(|&r| r < plan.world_size)
         .count();
-    let failed: Vec<usize> = listing
-        .iter()
-        .filter_map(|o| o.key.strip_prefix("failed/").and_then(rank_of_key))
-        .filter(|r| !listing.iter().any(|o| rank_of_key(&o.key) == Some(*r)))
-        .collect();
-    let summarized = listing
-        .iter()
-        .any(|o| o.key == cai_engine::summarize::SUMMARY_KEY);
+    let failed: Vec<usize> = listing.failed_ranks().into_iter().collect();
+    let summarized = listing.has(cai_engine::summarize::SUMMARY_KEY);
     println!("results      {results}");
     println!(
         "ranks        {done} done, {} failed, {} without a result (of {})",

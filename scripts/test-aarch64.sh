@@ -8,11 +8,15 @@
 # gcc-aarch64-linux-gnu (the linker and /usr/aarch64-linux-gnu for qemu's -L):
 #   rustup target add aarch64-unknown-linux-gnu
 #   apt-get install -y qemu-user gcc-aarch64-linux-gnu
-# There are no NEON kernels yet: on aarch64 the dispatch picks the scalar tier, so this
-# checks that the crate builds for arm64 and that the scalar kernels (f32, int8, bf16) pass
-# there. Measured 2026-11-25 on 2 shared x86 vCPUs: `scripts/test-aarch64.sh --lib` took
-# 7 min cold (build) and 15 s of tests (16 passed); the full-model integration tests are
-# much slower under qemu. Not in CI for that reason.
+# On aarch64 the dispatch picks the NEON tier (kernels/aarch64.rs; int8 products run the
+# scalar reference there), so this checks the NEON kernels against the scalar reference
+# (odd shapes, proptests), the scalar kernels themselves, and, without `--lib`, the
+# full-model tests on NEON. qemu says nothing about NEON speed. Set CARGO_TARGET_DIR (e.g.
+# /root/.cache/cai-target-arm64) to keep the arm64 build apart from the x86 one.
+# Measured 2026-11-25 on 2 shared x86 vCPUs (load 3-4), with `--release`: a cold build
+# about 7 min, 1.3 min after a cai-model change; `--lib` 26 s of tests (27 passed);
+# `--test '*'` 4.2 min (tests/model, 18 passed) and 4.0 min (tests/parity, 5 passed).
+# Not in CI for that reason.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc

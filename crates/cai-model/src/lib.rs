@@ -8,7 +8,7 @@
 //! * [`init::astromae_weights`]: seeded weights shaped like the original's.
 //! * [`fit::fit_last_layer`]: ridge regression of the last Linear on the features.
 //! * [`kernels`]: GEMM, LayerNorm and softmax behind a dispatch table (scalar reference,
-//!   AVX2+FMA), chosen once per process (`CAI_KERNELS` overrides).
+//!   AVX2+FMA, NEON), chosen once per process (`CAI_KERNELS` overrides).
 //!
 //! Inference uses the current rayon thread pool: wrap calls in `pool.install(..)` to choose
 //! the thread count.

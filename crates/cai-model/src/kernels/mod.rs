@@ -2,11 +2,13 @@
 //!
 //! * [`scalar`] is the reference, written in plain loops; it runs everywhere.
 //! * [`x86`] holds AVX2+FMA kernels (chosen when the CPU has both).
+//! * `aarch64` holds NEON kernels (chosen on arm64, e.g. Graviton Lambdas; int8 products
+//!   there still run the scalar reference).
 //!
 //! [`ops`] detects the CPU on first use, caches the chosen [`Ops`] table in a `OnceLock`
 //! and logs the tier through `tracing`. The environment variable `CAI_KERNELS`
-//! (`scalar`, `avx2`, `avx512`) forces a tier; a tier the CPU lacks falls back to the best
-//! available one with a warning. There are no AVX-512 kernels yet: on such CPUs the
+//! (`scalar`, `avx2`, `avx512`, `neon`) forces a tier; a tier the CPU lacks falls back to
+//! the best available one with a warning. There are no AVX-512 kernels yet: on such CPUs the
 //! `avx512` tier reuses the AVX2 table (and says so in the log).
 //!
 //! The matrix product works on weights packed once into [`PackedB`] panels of [`NR`]
@@ -25,6 +27,10 @@
 
 use std::sync::OnceLock;
 
+#[cfg(target_arch = "aarch64")]
+pub mod aarch64;
+#[cfg(test)]
+mod check;
 pub mod scalar;
 #[cfg(target_arch = "x86_64")]
 pub mod x86;
@@ -471,6 +477,8 @@ pub enum Tier {
     Avx2,
     /// AVX-512F (currently backed by the AVX2 kernels).
     Avx512,
+    /// aarch64 NEON.
+    Neon,
 }
 
 /// `C[m x n] (=|+=) act(A[m x k] · B + bias)`; see [`Ops::gemm`].
@@ -638,7 +646,7 @@ fn select(wanted: Option<&str>) -> Ops {
     {
         None | Some("") | Some("auto") => best,
         Some("scalar") => scalar::ops(),
-        Some(name @ ("avx2" | "avx512")) => match by_name(name) {
+        Some(name @ ("avx2" | "avx512" | "neon")) => match by_name(name) {
             Some(o) => o,
             None => {
                 tracing::warn!(
@@ -651,7 +659,7 @@ fn select(wanted: Option<&str>) -> Ops {
         Some(other) => {
             tracing::warn!(
                 requested = other,
-                "unknown CAI_KERNELS value (scalar|avx2|avx512); using the best available"
+                "unknown CAI_KERNELS value (scalar|avx2|avx512|neon); using the best available"
             );
             best
         }
@@ -667,7 +675,15 @@ fn by_name(name: &str) -> Option<Ops> {
     }
 }
 
-#[cfg(not(target_arch = "x86_64"))]
+#[cfg(target_arch = "aarch64")]
+fn by_name(name: &str) -> Option<Ops> {
+    match name {
+        "neon" => aarch64::neon_ops(),
+        _ => None,
+    }
+}
+
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
 fn by_name(_name: &str) -> Option<Ops> {
     None
 }
@@ -681,6 +697,10 @@ fn best() -> Ops {
         if let Some(o) = x86::avx2_ops() {
             return o;
         }
+    }
+    #[cfg(target_arch = "aarch64")]
+    if let Some(o) = aarch64::neon_ops() {
+        return o;
     }
     scalar::ops()
 }
@@ -807,5 +827,7 @@ mod tests {
         let best = best().tier;
         assert_eq!(select(Some("nonsense")).tier, best);
         assert_eq!(select(None).tier, best);
+        #[cfg(target_arch = "aarch64")]
+        assert_eq!(select(Some("neon")).tier, Tier::Neon);
     }
 }

@@ -212,7 +212,7 @@ pub async fn summarize(a: SummarizeArgs) -> Result<Outcome> {
     })
 }
 
-/// The kernel tier this process dispatched to (scalar, avx2, avx512).
+/// The kernel tier this process dispatched to (scalar, avx2, avx512, neon).
 pub fn kernel_tier() -> String {
     format!("{:?}", cai_model::kernels::ops().tier).to_lowercase()
 }

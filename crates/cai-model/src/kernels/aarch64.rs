@@ -1,0 +1,613 @@
+//! aarch64 kernels: NEON (Advanced SIMD), for the arm64 (Graviton) Lambda build.
+//!
+//! Hand-written, as the x86 kernels are, because the compiler does not make a
+//! register-blocked GEMM of the reference loops: for aarch64 it turns the scalar tier's
+//! 16-column inner loop into 4 `fmul` + 4 `fadd` per row and step, one row at a time (no
+//! fused multiply-add without fast-math, each `A` value loaded once per panel), and it
+//! vectorises neither exp nor erf.
+//!
+//! GEMM: a 6x16 register tile. 24 `float32x4_t` accumulators, the 4 registers of one row
+//! of a [`PackedB`] panel (one `ld1` of four registers) and the 6 values of a packed `A`
+//! column (one q and one d register) take 30 of NEON's 32 vector registers; each step is
+//! 24 `fmla` by lane (`vfmaq_laneq_f32`), so no broadcasts are needed. `A` is packed per
+//! block of rows (about 96 KiB) into strips of 6 interleaved rows, as on x86, so the tile
+//! reads one contiguous stream of `A` and one of `B`. Bias, activation and residual
+//! accumulation are applied to the tile in registers before it is stored (monomorphised per
+//! epilogue).
+//!
+//! Transcendentals: the same algorithms and constants as the x86 kernels: `exp` (softmax)
+//! by Cody-Waite range reduction and a degree-7 polynomial; the exact GELU through the
+//! rational approximation of erf fitted for this crate (`examples/fit_erf.rs`), with the
+//! reciprocal by `frecpe` and two Newton steps instead of a division.
+//!
+//! Int8: the table uses the scalar int8 reference (`scalar`'s `gemm_int8`) for now.
+//! A NEON kernel (`vmlal_s16` / `vmlal_high_s16` into i32) would give the same integers and
+//! so equal the reference bit for bit, but the int8 quantisation scheme (the layout of the
+//! packed int8 panels and the activation width) is being changed at the time of writing,
+//! and a kernel written against the old layout would have to be redone.
+//!
+//! The table is built only after `is_aarch64_feature_detected!("neon")` confirmed NEON
+//! (every aarch64 Linux CPU has it, and the target enables it by default), which is what
+//! makes the `unsafe` calls into `#[target_feature]` functions sound.
+
+use std::arch::aarch64::*;
+use std::cell::Cell;
+
+use super::{scalar, Act, Epilogue, Ops, PackedB, Tier, NR};
+
+/// Rows of the register tile.
+const MR: usize = 6;
+/// Target size (f32 values) of the block of `A` rows kept hot while panels pass over it.
+const A_BLOCK: usize = 24 * 1024;
+/// Fewest rows per block: with a long reduction (the 3216-wide head) it is cheaper to stream
+/// a larger `A` block than to re-read all of `B` (megabytes) for every few rows.
+const MIN_BLOCK_ROWS: usize = 66;
+
+/// Activation codes for the monomorphised tiles.
+const ACT_NONE: u8 = 0;
+const ACT_RELU: u8 = 1;
+const ACT_GELU: u8 = 2;
+
+/// The NEON table, if this CPU has NEON.
+pub fn neon_ops() -> Option<Ops> {
+    if std::arch::is_aarch64_feature_detected!("neon") {
+        Some(Ops {
+            tier: Tier::Neon,
+            gemm: gemm_neon,
+            gemm_int8: scalar::ops().gemm_int8,
+            layer_norm: layer_norm_neon,
+            softmax: softmax_neon,
+            fma_probe: fma_probe_neon,
+        })
+    } else {
+        None
+    }
+}
+
+thread_local! {
+    /// Per-thread buffer for packed blocks of `A` (grows to the largest block, then reused).
+    static APACK: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
+}
+
+fn gemm_neon(
+    m: usize,
+    a: &[f32],
+    lda: usize,
+    b: &PackedB,
+    c: &mut [f32],
+    ldc: usize,
+    epi: Epilogue,
+) {
+    let k = b.k();
+    let mc = ((A_BLOCK / k.max(1)) / MR * MR).max(MIN_BLOCK_ROWS);
+    let mut buf = APACK.take();
+    let need = mc.min(m.div_ceil(MR) * MR) * k;
+    if buf.len() < need {
+        buf.resize(need, 0.0);
+    }
+    let mut m0 = 0;
+    while m0 < m {
+        let rows = mc.min(m - m0);
+        pack_a(&a[m0 * lda..], lda, rows, k, &mut buf);
+        let cblk = &mut c[m0 * ldc..];
+        // SAFETY: `buf` holds rows.div_ceil(MR) packed strips of k*MR values; `Ops::gemm`
+        // checked that `c` holds `m` rows of `b.n()` values at stride `ldc`, so `cblk` holds
+        // `rows` of them; this function is only reachable through `neon_ops`, which
+        // confirmed NEON.
+        unsafe {
+            let (ap, cp) = (buf.as_ptr(), cblk.as_mut_ptr());
+            match (epi.act, epi.accumulate) {
+                (Act::None, false) => block::<ACT_NONE, false>(rows, ap, b, cp, ldc),
+                (Act::None, true) => block::<ACT_NONE, true>(rows, ap, b, cp, ldc),
+                (Act::Relu, false) => block::<ACT_RELU, false>(rows, ap, b, cp, ldc),
+                (Act::Relu, true) => block::<ACT_RELU, true>(rows, ap, b, cp, ldc),
+                (Act::Gelu, false) => block::<ACT_GELU, false>(rows, ap, b, cp, ldc),
+                (Act::Gelu, true) => block::<ACT_GELU, true>(rows, ap, b, cp, ldc),
+            }
+        }
+        m0 += rows;
+    }
+    APACK.set(buf);
+}
+
+/// Packs `rows` rows of `k` values (stride `lda`) into strips of [`MR`] interleaved rows:
+/// strip `s` holds, for each `kk`, the values of rows `s*MR .. s*MR+MR` (zero past `rows`).
+/// `out` needs `rows.div_ceil(MR) * k * MR` values.
+fn pack_a(a: &[f32], lda: usize, rows: usize, k: usize, out: &mut [f32]) {
+    for s in 0..rows.div_ceil(MR) {
+        let dst = &mut out[s * k * MR..(s + 1) * k * MR];
+        let body = if s * MR + MR <= rows { k / 4 * 4 } else { 0 };
+        if body > 0 {
+            let src = &a[s * MR * lda..];
+            assert!(src.len() >= (MR - 1) * lda + k);
+            // SAFETY: NEON is present (only reachable through `neon_ops`); the assert above
+            // bounds the reads (MR rows of `body <= k` values at stride lda) and `dst` holds
+            // the `body * MR` values written.
+            unsafe { pack_strip(src.as_ptr(), lda, body, dst.as_mut_ptr()) };
+        }
+        for r in 0..MR {
+            let i = s * MR + r;
+            for kk in body..k {
+                dst[kk * MR + r] = if i < rows { a[i * lda + kk] } else { 0.0 };
+            }
+        }
+    }
+}
+
+/// The first `body` (a multiple of 4) columns of one full strip of [`MR`] rows, 4 columns
+/// at a time: rows 0-3 through a 4x4 register transpose, rows 4-5 zipped in pairs.
+///
+/// Caller guarantees: NEON; `a` has MR rows of `body` values at stride `lda`; `dst` has
+/// room for `body*MR` values.
+#[target_feature(enable = "neon")]
+unsafe fn pack_strip(a: *const f32, lda: usize, body: usize, dst: *mut f32) {
+    let mut kk = 0;
+    while kk < body {
+        let r0 = vld1q_f32(a.add(kk));
+        let r1 = vld1q_f32(a.add(lda + kk));
+        let r2 = vld1q_f32(a.add(2 * lda + kk));
+        let r3 = vld1q_f32(a.add(3 * lda + kk));
+        let r4 = vld1q_f32(a.add(4 * lda + kk));
+        let r5 = vld1q_f32(a.add(5 * lda + kk));
+        // t0 = (r0[0], r1[0], r0[2], r1[2]), t1 = (r0[1], r1[1], r0[3], r1[3]), ...
+        let t0 = vreinterpretq_f64_f32(vtrn1q_f32(r0, r1));
+        let t1 = vreinterpretq_f64_f32(vtrn2q_f32(r0, r1));
+        let t2 = vreinterpretq_f64_f32(vtrn1q_f32(r2, r3));
+        let t3 = vreinterpretq_f64_f32(vtrn2q_f32(r2, r3));
+        // Column j of rows 0-3, and (r4[j], r5[j]) pairs.
+        let c = [
+            vreinterpretq_f32_f64(vtrn1q_f64(t0, t2)),
+            vreinterpretq_f32_f64(vtrn1q_f64(t1, t3)),
+            vreinterpretq_f32_f64(vtrn2q_f64(t0, t2)),
+            vreinterpretq_f32_f64(vtrn2q_f64(t1, t3)),
+        ];
+        let z0 = vzip1q_f32(r4, r5);
+        let z1 = vzip2q_f32(r4, r5);
+        let pairs = [
+            vget_low_f32(z0),
+            vget_high_f32(z0),
+            vget_low_f32(z1),
+            vget_high_f32(z1),
+        ];
+        let d = dst.add(kk * MR);
+        for j in 0..4 {
+            vst1q_f32(d.add(j * MR), c[j]);
+            vst1_f32(d.add(j * MR + 4), pairs[j]);
+        }
+        kk += 4;
+    }
+}
+
+/// All panels of `b` over one packed block of `rows` rows.
+///
+/// Caller guarantees: NEON; `ap` holds `rows.div_ceil(MR)` strips of `k*MR` values and `c`
+/// points to `rows` writable rows of `b.n()` values at stride `ldc`.
+#[target_feature(enable = "neon")]
+unsafe fn block<const ACT: u8, const ACC: bool>(
+    rows: usize,
+    ap: *const f32,
+    b: &PackedB,
+    c: *mut f32,
+    ldc: usize,
+) {
+    let (k, n) = (b.k(), b.n());
+    for p in 0..b.panels() {
+        let bp = b.panel(p).as_ptr();
+        let bias = b.panel_bias(p).as_ptr();
+        let cols = NR.min(n - p * NR);
+        let mut s = 0;
+        while s * MR < rows {
+            let r = MR.min(rows - s * MR);
+            // SAFETY: strip `s` exists in `ap`; its rows s*MR .. s*MR + r are < rows and
+            // columns p*NR .. p*NR + cols are < n, inside `c`.
+            tile::<ACT, ACC>(
+                k,
+                ap.add(s * k * MR),
+                bp,
+                bias,
+                c.add(s * MR * ldc + p * NR),
+                ldc,
+                r,
+                cols,
+            );
+            s += 1;
+        }
+    }
+}
+
+/// One packed strip (MR rows) x one panel (16 columns):
+/// `C[r][0..cols] (=|+=) act(sum_k A[r][k] B[k][..] + bias)` for `r < rows`.
+///
+/// Caller guarantees: NEON; `a` points to `k*MR` values, `b` to `k*NR` values, `bias` to
+/// `NR` values and `c` to `rows` writable rows of `cols` values at stride `ldc`.
+#[target_feature(enable = "neon")]
+#[inline]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile<const ACT: u8, const ACC: bool>(
+    k: usize,
+    a: *const f32,
+    b: *const f32,
+    bias: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    rows: usize,
+    cols: usize,
+) {
+    let mut acc = [[vdupq_n_f32(0.0); 4]; MR];
+    let (mut ap, mut bp) = (a, b);
+    // One rank-1 update of the tile from `ap` (MR values) and `bp` (NR values).
+    macro_rules! step {
+        ($ap:expr, $bp:expr) => {{
+            let bv = vld1q_f32_x4($bp);
+            let bs = [bv.0, bv.1, bv.2, bv.3];
+            let a03 = vld1q_f32($ap);
+            let a45 = vld1_f32($ap.add(4));
+            for (j, bj) in bs.iter().enumerate() {
+                acc[0][j] = vfmaq_laneq_f32::<0>(acc[0][j], *bj, a03);
+                acc[1][j] = vfmaq_laneq_f32::<1>(acc[1][j], *bj, a03);
+                acc[2][j] = vfmaq_laneq_f32::<2>(acc[2][j], *bj, a03);
+                acc[3][j] = vfmaq_laneq_f32::<3>(acc[3][j], *bj, a03);
+                acc[4][j] = vfmaq_lane_f32::<0>(acc[4][j], *bj, a45);
+                acc[5][j] = vfmaq_lane_f32::<1>(acc[5][j], *bj, a45);
+            }
+        }};
+    }
+    // Unrolled by 4 (the same order of operations as one step at a time).
+    let mut kk = 0;
+    while kk + 4 <= k {
+        step!(ap, bp);
+        step!(ap.add(MR), bp.add(NR));
+        step!(ap.add(2 * MR), bp.add(2 * NR));
+        step!(ap.add(3 * MR), bp.add(3 * NR));
+        ap = ap.add(4 * MR);
+        bp = bp.add(4 * NR);
+        kk += 4;
+    }
+    while kk < k {
+        step!(ap, bp);
+        ap = ap.add(MR);
+        bp = bp.add(NR);
+        kk += 1;
+    }
+    let bv = vld1q_f32_x4(bias);
+    let bias = [bv.0, bv.1, bv.2, bv.3];
+    for (r, accr) in acc.iter().enumerate().take(rows) {
+        let mut v = [vdupq_n_f32(0.0); 4];
+        for j in 0..4 {
+            v[j] = vaddq_f32(accr[j], bias[j]);
+            if ACT == ACT_RELU {
+                v[j] = vmaxq_f32(v[j], vdupq_n_f32(0.0));
+            } else if ACT == ACT_GELU {
+                v[j] = gelu4(v[j]);
+            }
+        }
+        store_row::<ACC>(c.add(r * ldc), v, cols);
+    }
+}
+
+/// Stores (or, with `ACC`, adds) the first `cols` of the 16 values `v` at `cr`.
+///
+/// Caller guarantees: NEON; `cr` points to `cols` writable values.
+#[target_feature(enable = "neon")]
+#[inline]
+unsafe fn store_row<const ACC: bool>(cr: *mut f32, v: [float32x4_t; 4], cols: usize) {
+    if cols == NR {
+        for (j, vj) in v.iter().enumerate() {
+            let d = cr.add(4 * j);
+            let out = if ACC {
+                vaddq_f32(*vj, vld1q_f32(d))
+            } else {
+                *vj
+            };
+            vst1q_f32(d, out);
+        }
+    } else {
+        let mut tmp = [0.0f32; NR];
+        vst1q_f32_x4(tmp.as_mut_ptr(), float32x4x4_t(v[0], v[1], v[2], v[3]));
+        for (j, t) in tmp.iter().enumerate().take(cols) {
+            let dst = cr.add(j);
+            *dst = if ACC { *dst + t } else { *t };
+        }
+    }
+}
+
+/// e^x for each lane (inputs clamped to [-87, 88]); see the x86 `exp8`.
+#[target_feature(enable = "neon")]
+#[inline]
+fn exp4(x: float32x4_t) -> float32x4_t {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    let x = vminq_f32(vmaxq_f32(x, vdupq_n_f32(-87.0)), vdupq_n_f32(88.0));
+    let n = vrndnq_f32(vmulq_f32(x, vdupq_n_f32(LOG2E)));
+    let r = vfmsq_f32(x, n, vdupq_n_f32(LN2_HI));
+    let r = vfmsq_f32(r, n, vdupq_n_f32(LN2_LO));
+    // Taylor series of e^r to degree 7; |r| <= ln2/2 gives truncation error ~5e-9.
+    const C: [f32; 7] = [
+        1.0 / 720.0,
+        1.0 / 120.0,
+        1.0 / 24.0,
+        1.0 / 6.0,
+        0.5,
+        1.0,
+        1.0,
+    ];
+    let mut p = vdupq_n_f32(1.0 / 5040.0);
+    for c in C {
+        p = vfmaq_f32(vdupq_n_f32(c), p, r);
+    }
+    let e = vshlq_n_s32::<23>(vaddq_s32(vcvtnq_s32_f32(n), vdupq_n_s32(127)));
+    vmulq_f32(p, vreinterpretq_f32_s32(e))
+}
+
+/// Exact-erf GELU for each lane: `x/2 (1 + erf(x/sqrt 2))` with
+/// `erf(x/sqrt 2) = xc P(xc^2) / Q(xc^2)`, `xc = clamp(x, ±4 sqrt 2)`; the coefficients of
+/// the x86 `gelu8` (`examples/fit_erf.rs`). `1/Q` by `frecpe` (8 bits) and two Newton
+/// steps (`frecps`), to f32 precision without a division.
+#[target_feature(enable = "neon")]
+#[inline]
+fn gelu4(x: float32x4_t) -> float32x4_t {
+    const P: [f32; 7] = [
+        0.797_884_2,
+        0.075_640_59,
+        0.009_268_996,
+        0.000_379_452_4,
+        6.873_761_3e-6,
+        -4.398_001e-8,
+        2.123_207_9e-10,
+    ];
+    const Q: [f32; 4] = [0.261_465_25, 0.030_199_822, 0.001_943_877_3, 6.862_669_4e-5];
+    let lim = 4.0 * std::f32::consts::SQRT_2;
+    let xc = vminq_f32(vmaxq_f32(x, vdupq_n_f32(-lim)), vdupq_n_f32(lim));
+    let u = vmulq_f32(xc, xc);
+    let mut p = vdupq_n_f32(P[6]);
+    for c in P[..6].iter().rev() {
+        p = vfmaq_f32(vdupq_n_f32(*c), p, u);
+    }
+    let mut q = vdupq_n_f32(Q[3]);
+    for c in Q[..3].iter().rev() {
+        q = vfmaq_f32(vdupq_n_f32(*c), q, u);
+    }
+    q = vfmaq_f32(vdupq_n_f32(1.0), q, u);
+    let mut r = vrecpeq_f32(q);
+    r = vmulq_f32(r, vrecpsq_f32(q, r));
+    r = vmulq_f32(r, vrecpsq_f32(q, r));
+    let e = vmulq_f32(vmulq_f32(xc, p), r);
+    let half_x = vmulq_f32(x, vdupq_n_f32(0.5));
+    vfmaq_f32(half_x, half_x, e)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn layer_norm_neon(
+    rows: usize,
+    dim: usize,
+    x: &[f32],
+    ldx: usize,
+    gamma: &[f32],
+    beta: &[f32],
+    eps: f32,
+    out: &mut [f32],
+    ldo: usize,
+) {
+    for r in 0..rows {
+        let xr = &x[r * ldx..r * ldx + dim];
+        let or = &mut out[r * ldo..r * ldo + dim];
+        // SAFETY: reachable only through `neon_ops` (NEON confirmed); the slices are
+        // exactly `dim` long (gamma/beta checked >= dim by `Ops::layer_norm`).
+        unsafe { layer_norm_row(xr, &gamma[..dim], &beta[..dim], eps, or) }
+    }
+}
+
+#[target_feature(enable = "neon")]
+fn layer_norm_row(x: &[f32], g: &[f32], b: &[f32], eps: f32, out: &mut [f32]) {
+    let dim = x.len();
+    let body = dim / 4 * 4;
+    let mut s = vdupq_n_f32(0.0);
+    for ch in x[..body].chunks_exact(4) {
+        // SAFETY: `ch` has exactly 4 values.
+        s = vaddq_f32(s, unsafe { vld1q_f32(ch.as_ptr()) });
+    }
+    let mut sum = vaddvq_f32(s);
+    for v in &x[body..] {
+        sum += v;
+    }
+    let mean = sum / dim as f32;
+    let mv = vdupq_n_f32(mean);
+    let mut q = vdupq_n_f32(0.0);
+    for ch in x[..body].chunks_exact(4) {
+        // SAFETY: `ch` has exactly 4 values.
+        let d = vsubq_f32(unsafe { vld1q_f32(ch.as_ptr()) }, mv);
+        q = vfmaq_f32(q, d, d);
+    }
+    let mut var = vaddvq_f32(q);
+    for v in &x[body..] {
+        var += (v - mean) * (v - mean);
+    }
+    let rstd = 1.0 / (var / dim as f32 + eps).sqrt();
+    let rv = vdupq_n_f32(rstd);
+    for j in (0..body).step_by(4) {
+        // SAFETY: j + 4 <= body <= dim = len of x, g, b and out.
+        unsafe {
+            let d = vmulq_f32(vsubq_f32(vld1q_f32(x.as_ptr().add(j)), mv), rv);
+            let y = vfmaq_f32(
+                vld1q_f32(b.as_ptr().add(j)),
+                d,
+                vld1q_f32(g.as_ptr().add(j)),
+            );
+            vst1q_f32(out.as_mut_ptr().add(j), y);
+        }
+    }
+    for j in body..dim {
+        out[j] = (x[j] - mean) * rstd * g[j] + b[j];
+    }
+}
+
+fn softmax_neon(rows: usize, n: usize, x: &mut [f32], ld: usize, scale: f32) {
+    for r in 0..rows {
+        // SAFETY: reachable only through `neon_ops` (NEON confirmed).
+        unsafe { softmax_row(&mut x[r * ld..r * ld + n], scale) }
+    }
+}
+
+#[target_feature(enable = "neon")]
+fn softmax_row(x: &mut [f32], scale: f32) {
+    let n = x.len();
+    let body = n / 4 * 4;
+    let mut tail = [f32::NEG_INFINITY; 4];
+    tail[..n - body].copy_from_slice(&x[body..]);
+    // SAFETY (loads/stores below): every chunk / `tail` has exactly 4 values.
+    let tv = unsafe { vld1q_f32(tail.as_ptr()) };
+    let mut mx = tv;
+    for ch in x[..body].chunks_exact(4) {
+        mx = vmaxq_f32(mx, unsafe { vld1q_f32(ch.as_ptr()) });
+    }
+    let max = vdupq_n_f32(vmaxvq_f32(mx));
+    let sc = vdupq_n_f32(scale);
+    let mut s = vdupq_n_f32(0.0);
+    for ch in x[..body].chunks_exact_mut(4) {
+        let e = exp4(vmulq_f32(
+            vsubq_f32(unsafe { vld1q_f32(ch.as_ptr()) }, max),
+            sc,
+        ));
+        s = vaddq_f32(s, e);
+        unsafe { vst1q_f32(ch.as_mut_ptr(), e) };
+    }
+    let te = exp4(vmulq_f32(vsubq_f32(tv, max), sc));
+    unsafe { vst1q_f32(tail.as_mut_ptr(), te) };
+    let mut sum = vaddvq_f32(s);
+    for t in &tail[..n - body] {
+        sum += t;
+    }
+    let inv = vdupq_n_f32(1.0 / sum);
+    for ch in x[..body].chunks_exact_mut(4) {
+        let v = vmulq_f32(unsafe { vld1q_f32(ch.as_ptr()) }, inv);
+        unsafe { vst1q_f32(ch.as_mut_ptr(), v) };
+    }
+    let inv = 1.0 / sum;
+    for (d, t) in x[body..].iter_mut().zip(&tail) {
+        *d = t * inv;
+    }
+}
+
+/// Independent FMA chains for [`fma_probe_neon`]: Neoverse N1 (Graviton2) issues two
+/// 128-bit FMAs per cycle, V1/V2 (Graviton3/4) four, each with a latency of 4 cycles, so
+/// up to 16 chains are needed.
+const PROBE_CHAINS: usize = 16;
+
+fn fma_probe_neon(iters: u64) -> (f32, u64) {
+    // SAFETY: reachable only through `neon_ops` (NEON confirmed).
+    let sum = unsafe { fma_chains(iters) };
+    (sum, iters * PROBE_CHAINS as u64 * 4 * 2)
+}
+
+/// `acc = acc * m + a` on [`PROBE_CHAINS`] registers of 4 lanes, `iters` times.
+#[target_feature(enable = "neon")]
+fn fma_chains(iters: u64) -> f32 {
+    let m = vdupq_n_f32(std::hint::black_box(0.999_999));
+    let a = vdupq_n_f32(std::hint::black_box(1e-7));
+    let mut acc = [vdupq_n_f32(0.0); PROBE_CHAINS];
+    for (i, v) in acc.iter_mut().enumerate() {
+        *v = vdupq_n_f32(i as f32 * 0.01);
+    }
+    for _ in 0..iters {
+        for v in acc.iter_mut() {
+            *v = vfmaq_f32(a, *v, m);
+        }
+    }
+    let mut s = vdupq_n_f32(0.0);
+    for v in acc {
+        s = vaddq_f32(s, v);
+    }
+    vaddvq_f32(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{check, scalar, Epilogue, PackedB};
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn gemm_matches_scalar_on_odd_shapes() {
+        let Some(ops) = neon_ops() else { return };
+        check::gemm_odd_shapes(&ops, false);
+    }
+
+    /// Full and partial strips, `k` not a multiple of the packing's 4, several row blocks.
+    #[test]
+    fn gemm_large_k_blocks_rows() {
+        let Some(ops) = neon_ops() else { return };
+        check::gemm(&ops, 300, 40, 1100, 1101, 40, Epilogue::RELU, 5, false);
+        check::gemm(&ops, 13, 33, 6, 6, 35, Epilogue::GELU, 6, false);
+    }
+
+    /// Int8 runs the scalar reference for now, so it must equal it exactly (bit for bit);
+    /// a NEON int8 kernel has to keep that.
+    #[test]
+    fn gemm_int8_equals_scalar() {
+        let Some(ops) = neon_ops() else { return };
+        check::gemm_odd_shapes(&ops, true);
+        check::gemm(&ops, 70, 40, 3216, 3216, 40, Epilogue::RELU, 7, true);
+        let a = check::lcg(1, 5 * 33, 1.0);
+        let mut b = PackedB::pack_nk(&check::lcg(2, 20 * 33, 1.0), 20, 33, 33, None);
+        b.quantize_int8();
+        let (mut c0, mut c1) = (vec![0.0; 5 * 20], vec![0.0; 5 * 20]);
+        scalar::ops().gemm(5, &a, 33, &b, &mut c0, 20, Epilogue::GELU);
+        ops.gemm(5, &a, 33, &b, &mut c1, 20, Epilogue::GELU);
+        let bits = |c: &[f32]| c.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&c0), bits(&c1));
+    }
+
+    #[test]
+    fn softmax_matches_scalar_on_odd_shapes() {
+        let Some(ops) = neon_ops() else { return };
+        check::softmax_odd_shapes(&ops);
+    }
+
+    #[test]
+    fn layer_norm_matches_scalar_on_odd_shapes() {
+        let Some(ops) = neon_ops() else { return };
+        for dim in [1usize, 3, 4, 7, 8, 192, 197] {
+            check::layer_norm(&ops, 3, dim, dim as u64);
+        }
+    }
+
+    #[test]
+    fn gelu_accuracy() {
+        let Some(ops) = neon_ops() else { return };
+        let worst = check::gelu(&ops);
+        eprintln!("worst NEON gelu error / (1 + |x|) = {worst:e}");
+    }
+
+    #[test]
+    fn fma_probe_counts_flops() {
+        let Some(ops) = neon_ops() else { return };
+        let (sum, f) = ops.fma_probe(10);
+        assert!(sum.is_finite());
+        assert_eq!(f, 10 * PROBE_CHAINS as u64 * 8);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        #[test]
+        fn gemm_prop(m in 0usize..40, n in 0usize..50, k in 0usize..70, pad_a in 0usize..4, pad_c in 0usize..4, e in 0usize..5, seed in 0u64..1000) {
+            if let Some(ops) = neon_ops() {
+                check::gemm(&ops, m, n, k, k + pad_a, n + pad_c, check::EPIS[e], seed, false);
+            }
+        }
+
+        #[test]
+        fn softmax_prop(rows in 1usize..5, n in 1usize..80, scale in 0.01f32..2.0, seed in 0u64..1000) {
+            if let Some(ops) = neon_ops() {
+                check::softmax(&ops, rows, n, scale, seed);
+            }
+        }
+
+        #[test]
+        fn layer_norm_prop(rows in 1usize..5, dim in 1usize..300, seed in 0u64..1000) {
+            if let Some(ops) = neon_ops() {
+                check::layer_norm(&ops, rows, dim, seed);
+            }
+        }
+    }
+}

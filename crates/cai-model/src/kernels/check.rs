@@ -1,0 +1,199 @@
+//! Test-only checks of a SIMD table against [`scalar`], with stated tolerances, for the
+//! per-ISA test modules (`aarch64.rs` uses them; they take any [`Ops`]), and one test of
+//! whatever tier [`super::best`] picks on this CPU.
+
+use super::{scalar, Act, Epilogue, Ops, PackedB};
+
+/// Deterministic values in `[-scale, scale)`.
+pub fn lcg(seed: u64, n: usize, scale: f32) -> Vec<f32> {
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
+        })
+        .collect()
+}
+
+/// Every epilogue combination the model uses, and GELU with accumulation.
+pub const EPIS: [Epilogue; 5] = [
+    Epilogue::PLAIN,
+    Epilogue::RELU,
+    Epilogue::GELU,
+    Epilogue::RESIDUAL,
+    Epilogue {
+        act: Act::Gelu,
+        accumulate: true,
+    },
+];
+
+/// Runs `ops` and the scalar table on the same product and compares every element of `C`
+/// (including the padding between rows, which must stay untouched). With `int8`, `B` is
+/// quantised first and the results must be equal except for the GELU approximation
+/// (1e-6 (1 + |x|)). In f32 the tolerance is 1e-5 * (1 + sum_k |a_ik b_kj| + |bias_j|)
+/// (a different summation order) plus the GELU approximation error 1e-6 (1 + |x|).
+#[allow(clippy::too_many_arguments)]
+pub fn gemm(
+    ops: &Ops,
+    m: usize,
+    n: usize,
+    k: usize,
+    lda: usize,
+    ldc: usize,
+    epi: Epilogue,
+    seed: u64,
+    int8: bool,
+) {
+    let a = lcg(seed, m.max(1) * lda, 1.0);
+    let w = lcg(seed + 1, n * k, 1.0);
+    let bias = lcg(seed + 2, n, 0.5);
+    let mut b = PackedB::pack_nk(&w, n, k, k, Some(&bias));
+    if int8 {
+        b.quantize_int8();
+    }
+    let c0 = lcg(seed + 3, m.max(1) * ldc, 1.0);
+    let mut want = c0.clone();
+    let mut got = c0.clone();
+    scalar::ops().gemm(m, &a, lda, &b, &mut want, ldc, epi);
+    ops.gemm(m, &a, lda, &b, &mut got, ldc, epi);
+    for i in 0..m.max(1) {
+        for j in 0..ldc {
+            let idx = i * ldc + j;
+            if i >= m || j >= n {
+                assert_eq!(got[idx], c0[idx], "wrote outside C at ({i},{j})");
+                continue;
+            }
+            let mag: f32 = (0..k)
+                .map(|kk| (a[i * lda + kk] * w[j * k + kk]).abs())
+                .sum::<f32>()
+                + bias[j].abs();
+            let gelu = if epi.act == Act::Gelu {
+                1e-6 * (1.0 + mag)
+            } else {
+                0.0
+            };
+            let tol = if int8 {
+                gelu
+            } else {
+                1e-5 * (1.0 + mag) + gelu
+            };
+            let d = (got[idx] - want[idx]).abs();
+            assert!(
+                d <= tol,
+                "int8 {int8} m{m} n{n} k{k} {epi:?} ({i},{j}): {} vs {} (tol {tol})",
+                got[idx],
+                want[idx]
+            );
+        }
+    }
+}
+
+/// [`gemm`] on every combination of the odd sizes 0, 1, 7 and 197 and every epilogue,
+/// with padded strides.
+pub fn gemm_odd_shapes(ops: &Ops, int8: bool) {
+    let dims = [0usize, 1, 7, 197];
+    let mut seed = 0;
+    for &m in &dims {
+        for &n in &dims {
+            for &k in &dims {
+                for epi in EPIS {
+                    seed += 10;
+                    gemm(ops, m, n, k, k.max(1) + 3, n.max(1) + 5, epi, seed, int8);
+                }
+            }
+        }
+    }
+}
+
+/// Softmax against the scalar one: 2e-6 absolute on probabilities (exp polynomial ~2e-7
+/// relative, sums in a different order); the padding stays untouched.
+pub fn softmax(ops: &Ops, rows: usize, n: usize, scale: f32, seed: u64) {
+    let ld = n + 3;
+    let x0 = lcg(seed, rows * ld, 20.0);
+    let mut want = x0.clone();
+    let mut got = x0.clone();
+    scalar::ops().softmax_rows(rows, n, &mut want, ld, scale);
+    ops.softmax_rows(rows, n, &mut got, ld, scale);
+    for i in 0..rows * ld {
+        if i % ld >= n {
+            assert_eq!(got[i], x0[i]);
+        } else {
+            assert!(
+                (got[i] - want[i]).abs() <= 2e-6,
+                "{i}: {} vs {}",
+                got[i],
+                want[i]
+            );
+        }
+    }
+}
+
+/// [`softmax`] on odd lengths, and extreme logits (no NaN, no overflow).
+pub fn softmax_odd_shapes(ops: &Ops) {
+    for n in [1usize, 3, 4, 7, 8, 65, 197] {
+        softmax(ops, 3, n, 0.125, n as u64);
+    }
+    let mut x = vec![-1e30f32, 0.0, 1e30, 5.0, -5.0, 88.0, -100.0, 3.0, 1.0];
+    ops.softmax_rows(1, 9, &mut x, 9, 1.0);
+    assert!(x.iter().all(|v| v.is_finite()));
+    assert!((x[2] - 1.0).abs() < 1e-6);
+}
+
+/// LayerNorm against the scalar one: 1e-5 (1 + |y|) (sums in a different order).
+pub fn layer_norm(ops: &Ops, rows: usize, dim: usize, seed: u64) {
+    let ld = dim + 2;
+    let x = lcg(seed, rows * ld, 3.0);
+    let g = lcg(seed + 1, dim, 2.0);
+    let b = lcg(seed + 2, dim, 1.0);
+    let mut want = vec![0.0; rows * ld];
+    let mut got = vec![0.0; rows * ld];
+    scalar::ops().layer_norm(rows, dim, &x, ld, &g, &b, 1e-6, &mut want, ld);
+    ops.layer_norm(rows, dim, &x, ld, &g, &b, 1e-6, &mut got, ld);
+    for i in 0..rows * ld {
+        assert!(
+            (got[i] - want[i]).abs() <= 1e-5 * (1.0 + want[i].abs()),
+            "{i}: {} vs {}",
+            got[i],
+            want[i]
+        );
+    }
+}
+
+/// The tier's GELU epilogue against the exact GELU, through a product with `k = 1`,
+/// `B = 1` and no bias (so the epilogue sees `x` itself): |tier - exact| <= 1e-6 (1 + |x|)
+/// over a dense sweep of [-20, 20] and a few far values. Returns the worst error / (1 + |x|).
+pub fn gelu(ops: &Ops) -> f32 {
+    let xs: Vec<f32> = (-200_000..=200_000)
+        .map(|i| i as f32 * 1e-4)
+        .chain([-1e4, 1e4, -87.0, 0.0])
+        .collect();
+    let one = PackedB::pack_nk(&[1.0], 1, 1, 1, None);
+    let mut got = vec![0.0; xs.len()];
+    ops.gemm(xs.len(), &xs, 1, &one, &mut got, 1, Epilogue::GELU);
+    let mut worst = 0.0f32;
+    for (x, g) in xs.iter().zip(&got) {
+        let want = scalar::gelu(*x);
+        let d = (g - want).abs();
+        worst = worst.max(d / (1.0 + x.abs()));
+        assert!(d <= 1e-6 * (1.0 + x.abs()), "gelu({x}) = {g}, want {want}");
+    }
+    worst
+}
+
+/// Whatever tier this CPU selects, against the scalar reference (the per-ISA modules add
+/// proptests and their own edge cases).
+#[test]
+fn best_tier_matches_scalar() {
+    let ops = super::best();
+    gemm_odd_shapes(&ops, false);
+    softmax_odd_shapes(&ops);
+    for dim in [1usize, 3, 4, 7, 8, 192, 197] {
+        layer_norm(&ops, 3, dim, dim as u64);
+    }
+    let worst = gelu(&ops);
+    eprintln!("{:?}: worst gelu error / (1 + |x|) = {worst:e}", ops.tier);
+}

@@ -1,5 +1,5 @@
 //! GEMM throughput of each precision on the ViT block shapes (65 tokens x 4 galaxies):
-//! `cargo run --release -p cai-model --example gemm_speed`. Prints GFLOP/s (2 per
+//! `cargo run --release -p cai-model --example gemm_speed` (`GEMM_M=66` for another row count). Prints GFLOP/s (2 per
 //! multiply-add) per shape over repeated calls on one thread, timed by the thread's CPU
 //! clock (`/proc/thread-self/schedstat`, so other load on the machine does not count).
 
@@ -14,7 +14,10 @@ use cai_model::kernels::{ops, Epilogue, PackedB};
 
 fn main() {
     let ops = ops();
-    let m = 260;
+    let m: usize = std::env::var("GEMM_M")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(260);
     for (name, k, n, epi) in [
         ("qkv", 192, 576, Epilogue::PLAIN),
         ("proj", 192, 192, Epilogue::RESIDUAL),

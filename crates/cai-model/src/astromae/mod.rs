@@ -84,17 +84,23 @@ impl Config {
         }
     }
 
+    /// Multiply-add FLOPs (2 per MAC) of one transformer block for one galaxy: `qkv`,
+    /// `q kᵀ`, `s v`, `proj`, `fc1` and `fc2` (norms, softmax and GELU not counted).
+    pub fn block_flops(&self) -> u64 {
+        let (d, t1, m) = (self.dim as u64, self.tokens as u64 + 1, self.mlp as u64);
+        let hd = d / self.heads.max(1) as u64;
+        let heads = self.heads as u64;
+        2 * (t1 * d * 3 * d + 2 * heads * t1 * t1 * hd + t1 * d * d + 2 * t1 * d * m)
+    }
+
     /// Multiply-add FLOPs (2 per MAC) of one galaxy through the original architecture,
     /// with the original's fixed widths for the CNN, magnitude and head parts (activations,
     /// norms and pooling not counted). About 0.765 GFLOP for [`Config::astromae`].
     pub fn flops_per_galaxy(&self) -> u64 {
-        let (d, t, t1) = (self.dim as u64, self.tokens as u64, self.tokens as u64 + 1);
-        let (c, p, m) = (self.channels as u64, self.patch as u64, self.mlp as u64);
-        let hd = d / self.heads.max(1) as u64;
-        let heads = self.heads as u64;
+        let (d, t) = (self.dim as u64, self.tokens as u64);
+        let (c, p) = (self.channels as u64, self.patch as u64);
         let mut macs = t * d * c * p * p;
-        let block = t1 * d * 3 * d + 2 * heads * t1 * t1 * hd + t1 * d * d + 2 * t1 * d * m;
-        macs += self.depth as u64 * block;
+        macs += self.depth as u64 * self.block_flops() / 2;
         macs += d * d + d * VIT_HIDDEN + VIT_HIDDEN * VIT_HIDDEN;
         // Inception branch at the original's resolutions and widths.
         let px0 = (self.image * self.image) as u64;
@@ -416,6 +422,15 @@ impl AstroMae {
             });
         }
         Ok(())
+    }
+
+    /// Times the ViT's transformer blocks alone (about 95% of the model's FLOPs) on the
+    /// calling thread: `reps` passes over a chunk of [`CHUNK`] galaxies of synthetic tokens,
+    /// measured by `clock` (seconds; e.g. the thread's CPU clock). Returns the seconds and
+    /// the FLOPs done ([`Config::block_flops`] per block and galaxy).
+    pub fn time_vit_blocks(&self, reps: usize, clock: &dyn Fn() -> f64) -> (f64, u64) {
+        let ops = kernels::ops();
+        with_scratch(|s| self.vit.time_blocks(ops, CHUNK, reps, &mut s.vit, clock))
     }
 
     /// Penultimate features: the ReLU output after `concat_block.0`, `n x 1024`

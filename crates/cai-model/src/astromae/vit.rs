@@ -15,8 +15,9 @@ use crate::Error;
 
 /// timm's ViT LayerNorm eps.
 const LN_EPS: f32 = 1e-6;
-/// Rows per MLP block (hidden activations of `ROWS x mlp` stay in L2).
-const MLP_ROWS: usize = 64;
+/// Rows per MLP block (hidden activations of `ROWS x mlp` stay in L2); a multiple of the
+/// GEMM's 6-row tile so no block ends in a part-empty strip.
+const MLP_ROWS: usize = 66;
 
 /// `timm.models.layers.PatchEmbed`: Conv2d(C -> D, kernel = stride = patch), flattened.
 #[derive(Debug, Clone)]
@@ -221,6 +222,35 @@ impl Vit {
                 l.weights_mut(f);
             }
         }
+    }
+
+    /// Runs only the transformer blocks over `g` galaxies, `reps` times, on this thread, and
+    /// returns the `clock` seconds they took and their multiply-add FLOPs (for `cai bench`'s
+    /// in-block efficiency; token values are synthetic: the blocks' work does not depend on
+    /// them).
+    pub(crate) fn time_blocks(
+        &self,
+        ops: &Ops,
+        g: usize,
+        reps: usize,
+        s: &mut VitScratch,
+        clock: &dyn Fn() -> f64,
+    ) -> (f64, u64) {
+        let cfg = &self.cfg;
+        let (d, t1) = (cfg.dim, cfg.tokens + 1);
+        s.ensure(cfg, g);
+        for (i, v) in s.x[..g * t1 * d].iter_mut().enumerate() {
+            *v = ((i % 97) as f32 - 48.0) * 0.02;
+        }
+        let t = clock();
+        for _ in 0..reps {
+            for blk in &self.blocks {
+                blk.forward(ops, g, t1, d, s);
+            }
+        }
+        let secs = clock() - t;
+        let flops = (reps * g) as u64 * self.blocks.len() as u64 * cfg.block_flops();
+        (secs, flops)
     }
 
     /// Output width (1096).

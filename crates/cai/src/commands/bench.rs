@@ -82,6 +82,17 @@ struct Case {
     load1: Option<f64>,
 }
 
+/// The ViT's transformer blocks alone (about 95% of the FLOPs) on one thread: the
+/// issue's "share of peak inside the blocks", free of the CNN, heads and pipeline.
+#[derive(Debug, Serialize)]
+struct BlockRate {
+    precision: &'static str,
+    cpu_s: f64,
+    gflops_per_cpu_s: f64,
+    /// GFLOP per CPU-second over the per-core peak.
+    peak_share: f64,
+}
+
 /// The whole report (`--json`).
 #[derive(Debug, Serialize)]
 struct Report {
@@ -95,6 +106,8 @@ struct Report {
     load_before: Option<[f64; 3]>,
     load_after: Option<[f64; 3]>,
     precisions: Vec<PrecisionInfo>,
+    /// The transformer blocks alone, one thread, per precision.
+    vit_blocks: Vec<BlockRate>,
     cases: Vec<Case>,
     z_first: Vec<f32>,
 }
@@ -272,6 +285,17 @@ fn run(a: &BenchArgs, model: &AstroMae, source: String, quiet: bool) -> Result<O
         models.push((p, m));
     }
 
+    let mut vit_blocks = Vec::new();
+    for (p, m) in &models {
+        let b = time_blocks(m, *p, a.seconds.min(2.0), peak);
+        say(format!(
+            "ViT blocks alone, {p}, one thread: {:.1} GFLOP per CPU-s = {:.1}% of the f32 peak",
+            b.gflops_per_cpu_s,
+            100.0 * b.peak_share
+        ));
+        vit_blocks.push(b);
+    }
+
     say(format!(
         "{:>9} {:>7} {:>6} {:>11} {:>11} {:>9} {:>10} {:>10} {:>6} {:>15}",
         "precision",
@@ -353,6 +377,7 @@ fn run(a: &BenchArgs, model: &AstroMae, source: String, quiet: bool) -> Result<O
         gflop_per_galaxy: gflop,
         fma_peak_gflops_per_core: peak,
         precisions: infos,
+        vit_blocks,
         load_before,
         load_after: load_avg(),
         cases,
@@ -367,6 +392,31 @@ fn run(a: &BenchArgs, model: &AstroMae, source: String, quiet: bool) -> Result<O
         ));
     }
     Ok(Outcome::Ok)
+}
+
+/// Times `model`'s transformer blocks on this thread for about `seconds` of CPU time (by
+/// the thread's CPU clock, else wall time), after one warm-up pass.
+fn time_blocks(model: &AstroMae, p: Precision, seconds: f64, peak: f64) -> BlockRate {
+    let clock = || thread_cpu_seconds().unwrap_or_else(wall_seconds);
+    let (mut secs, mut flops) = model.time_vit_blocks(1, &clock);
+    let mut reps = 1;
+    while secs < seconds {
+        reps = ((reps as f64 * 1.1 * seconds / secs.max(1e-4)).ceil() as usize).max(reps + 1);
+        (secs, flops) = model.time_vit_blocks(reps, &clock);
+    }
+    let gflops = flops as f64 / secs / 1e9;
+    BlockRate {
+        precision: p.name(),
+        cpu_s: secs,
+        gflops_per_cpu_s: gflops,
+        peak_share: gflops / peak,
+    }
+}
+
+/// Seconds since the first call (the fallback clock where `/proc` is missing).
+fn wall_seconds() -> f64 {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_secs_f64()
 }
 
 /// Best per-core peak: by this thread's CPU time when the kernel exposes it (so time

@@ -3,7 +3,7 @@
 # inputs, thread counts and batch sizes, in one run, with a table of ratios.
 #
 #   scripts/bench/run.sh [--threads 1,2] [--batch 1,32,128,512] [--seconds 3] [--onnx]
-#                        [--precision f32|bf16|int8|all]
+#                        [--precision f32|bf16|int8|int16|all]
 #
 # Reduced precisions report their max/mean |Δz| against f32 on the PyTorch parity fixtures
 # in ${CAI_PARITY_DIR:-~/.cache/cai-parity} when model.pt and 1.pt are there.

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use cai_core::plan::{is_partition_key, make_plan, PartitionRef, Plan, PlanRequest};
 use cai_core::StorageUrl;
 use cai_data::partition::Manifest;
-use cai_model::{load_model_file, AstroMae, ModelFileInfo};
+use cai_model::{build_model, read_model_weights, AstroMae, ModelFileInfo, ModelWeights};
 
 use crate::error::{Error, Result};
 use crate::summarize::{COMBINED_KEY, PAYLOAD_KEY, PLAN_KEY, PREDICTIONS_KEY, SUMMARY_KEY};
@@ -117,11 +117,66 @@ pub async fn load_model_with(
 
 /// [`load_model`], also returning what the file says about itself (form, classes…).
 pub async fn load_model_info(location: &str) -> Result<(AstroMae, ModelFileInfo)> {
-    let url = StorageUrl::parse(location)?;
-    let bytes = url.get("").await?;
-    let name = url.to_string();
-    let loaded = tokio::task::spawn_blocking(move || load_model_file(&name, &bytes))
-        .await
-        .map_err(|e| Error::Task(format!("model loader: {e}")))??;
+    let (mw, name) = read_weights(location).await?;
+    let loaded = tokio::task::spawn_blocking(move || {
+        let t = std::time::Instant::now();
+        let loaded = build_model(&name, &mw);
+        tracing::debug!(ms = ms(t), "model: packed the layers");
+        loaded
+    })
+    .await
+    .map_err(|e| Error::Task(format!("model loader: {e}")))??;
     Ok(loaded)
+}
+
+/// The weights of a model file (any form [`load_model`] reads) and the file's name for
+/// messages, without building the model: for commands that save weights again
+/// (`cai model fit`, `cai model convert`; see [`AstroMae::write_back`]).
+pub async fn read_weights(location: &str) -> Result<(ModelWeights, String)> {
+    let url = StorageUrl::parse(location)?;
+    let name = url.to_string();
+    let t = std::time::Instant::now();
+    let bytes = match url.local_path() {
+        Some(path) => {
+            // A local file is mapped rather than read: no copy, no zeroed buffer.
+            let file = tokio::task::spawn_blocking(move || cai_model::MappedFile::open(&path))
+                .await
+                .map_err(|e| Error::Task(format!("model loader: {e}")))?;
+            match file {
+                Ok(map) => ModelBytes::Mapped(map),
+                // What cannot be mapped (a pipe, a missing file) is read, which reports
+                // the error as every other read does.
+                Err(_) => ModelBytes::Read(url.get("").await?),
+            }
+        }
+        None => ModelBytes::Read(url.get("").await?),
+    };
+    tracing::debug!(ms = ms(t), "model: opened {name}");
+    tokio::task::spawn_blocking(move || {
+        let t = std::time::Instant::now();
+        let mw = read_model_weights(&name, bytes.as_ref());
+        tracing::debug!(ms = ms(t), "model: decoded and checked the weights");
+        Ok((mw?, name))
+    })
+    .await
+    .map_err(|e| Error::Task(format!("model loader: {e}")))?
+}
+
+/// A model file's bytes: mapped from a local file, or read from an object store.
+enum ModelBytes {
+    Mapped(cai_model::MappedFile),
+    Read(bytes::Bytes),
+}
+
+impl AsRef<[u8]> for ModelBytes {
+    fn as_ref(&self) -> &[u8] {
+        match self {
+            ModelBytes::Mapped(m) => m.as_ref(),
+            ModelBytes::Read(b) => b,
+        }
+    }
+}
+
+fn ms(t: std::time::Instant) -> f64 {
+    (t.elapsed().as_secs_f64() * 1e4).round() / 10.0
 }

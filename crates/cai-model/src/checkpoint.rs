@@ -12,6 +12,8 @@
 //! pickled modules' attributes (`blocks.0.attn.num_heads`, `patch_embed.patch_size`) and
 //! checked against the tensor shapes.
 
+use rayon::prelude::*;
+
 use crate::{AstroMae, Error, LoadOptions, Tensor, Weights};
 
 /// How a model file was saved.
@@ -126,9 +128,10 @@ pub fn read_model_weights(name: &str, bytes: &[u8]) -> Result<ModelWeights, Erro
     if module_prefix {
         weights = weights.strip_prefix("module.");
     }
-    for (key, t) in weights.iter() {
-        check_finite(name, key, &t.data)?;
-    }
+    let tensors: Vec<_> = weights.iter().collect();
+    tensors
+        .into_par_iter()
+        .try_for_each(|(key, t)| check_finite(name, key, &t.data))?;
     Ok(ModelWeights {
         weights,
         form: ModelForm::Safetensors { module_prefix },
@@ -142,7 +145,13 @@ pub fn read_model_weights(name: &str, bytes: &[u8]) -> Result<ModelWeights, Erro
 /// Loads an AstroMAE from a model file of any form (see the module docs), with the head
 /// count from the pickled modules when present. `name` labels errors.
 pub fn load_model_file(name: &str, bytes: &[u8]) -> Result<(AstroMae, ModelFileInfo), Error> {
-    let mw = read_model_weights(name, bytes)?;
+    build_model(name, &read_model_weights(name, bytes)?)
+}
+
+/// The second half of [`load_model_file`]: builds the model from weights
+/// [`read_model_weights`] read (so a caller can free the file's bytes first). `name`
+/// labels errors.
+pub fn build_model(name: &str, mw: &ModelWeights) -> Result<(AstroMae, ModelFileInfo), Error> {
     let opts = LoadOptions {
         heads: mw.heads_attr,
         ..LoadOptions::default()
@@ -162,8 +171,8 @@ pub fn load_model_file(name: &str, bytes: &[u8]) -> Result<(AstroMae, ModelFileI
     }
     let info = ModelFileInfo {
         form: mw.form,
-        classes: mw.classes,
-        locations: mw.locations,
+        classes: mw.classes.clone(),
+        locations: mw.locations.clone(),
         heads_attr: mw.heads_attr,
         patch_attr: mw.patch_attr,
         unused_keys: model.unused_keys().to_vec(),
@@ -173,7 +182,46 @@ pub fn load_model_file(name: &str, bytes: &[u8]) -> Result<(AstroMae, ModelFileI
     Ok((model, info))
 }
 
+/// A file mapped read-only into memory. Model files are mapped rather than read: the
+/// weights are decoded straight from the page cache, with no copy into a freshly zeroed
+/// buffer (start-up time).
+pub struct MappedFile(memmap2::Mmap);
+
+impl MappedFile {
+    /// Maps the file at `path`, all of its pages up front.
+    pub fn open(path: &std::path::Path) -> std::io::Result<Self> {
+        let file = std::fs::File::open(path)?;
+        // SAFETY: the map is only read. A file truncated by another process while mapped
+        // would fault the read, as with any mapped file; model files are written whole
+        // and renamed into place (`cai model init/fit/convert`), and the engine drops the
+        // map once the weights are decoded.
+        let map = unsafe { memmap2::MmapOptions::new().populate().map(&file)? };
+        Ok(Self(map))
+    }
+}
+
+impl AsRef<[u8]> for MappedFile {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for MappedFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "MappedFile({} bytes)", self.0.len())
+    }
+}
+
 fn check_finite(file: &str, key: &str, data: &[f32]) -> Result<(), Error> {
+    // Fast pass without an early exit (so it vectorises): all exponent bits set is NaN or
+    // infinity. Only a tensor that fails it is searched for the first bad index.
+    let bad = |v: &f32| v.to_bits() & 0x7f80_0000 == 0x7f80_0000;
+    if !data
+        .chunks(1024)
+        .any(|c| c.iter().fold(false, |acc, v| acc | bad(v)))
+    {
+        return Ok(());
+    }
     match data.iter().position(|v| !v.is_finite()) {
         Some(index) => Err(Error::NonFinite {
             file: file.to_string(),
@@ -203,12 +251,19 @@ fn read_torch(name: &str, bytes: &[u8]) -> Result<ModelWeights, Error> {
     };
     let heads_attr = int_attr("blocks.0.attn", "num_heads").filter(|&h| h > 0);
     let patch_attr = int_attr("patch_embed", "patch_size").filter(|&p| p > 0);
+    let decoded: Vec<(String, Tensor)> = ck
+        .tensors
+        .par_iter()
+        .map(|(key, t)| {
+            let data = t.to_f32().map_err(Error::Torch)?;
+            // Counters (i64) are never NaN; floats must be finite (f64 beyond f32 range too).
+            check_finite(name, key, &data)?;
+            Ok((key.clone(), Tensor::new(t.shape.clone(), data)))
+        })
+        .collect::<Result<_, Error>>()?;
     let mut weights = Weights::new();
-    for (key, t) in &ck.tensors {
-        let data = t.to_f32().map_err(Error::Torch)?;
-        // Counters (i64) are never NaN; floats must be finite (f64 beyond f32 range too).
-        check_finite(name, key, &data)?;
-        weights.insert(key.clone(), Tensor::new(t.shape.clone(), data));
+    for (key, t) in decoded {
+        weights.insert(key, t);
     }
     if let Some(h) = heads_attr {
         weights.set_metadata("heads", h.to_string());
@@ -314,7 +369,7 @@ mod tests {
                 }
             );
             assert_eq!(ib.param_count, ia.param_count);
-            assert_eq!(a.to_weights().len(), b.to_weights().len());
+            assert_eq!(ib.tensors, ia.tensors);
             let img = vec![0.25f32; 5 * 32 * 32];
             let mag = vec![18.0f32; 5];
             use crate::Model;

@@ -35,7 +35,10 @@ pub mod kernels;
 mod weights;
 
 pub use astromae::{AstroMae, Config, LoadOptions, CHUNK, HEAD_ROWS};
-pub use checkpoint::{load_model_file, read_model_weights, ModelFileInfo, ModelForm};
+pub use checkpoint::{
+    build_model, load_model_file, read_model_weights, MappedFile, ModelFileInfo, ModelForm,
+    ModelWeights,
+};
 pub use error::Error;
 pub use weights::{Tensor, Weights};
 

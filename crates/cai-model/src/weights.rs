@@ -6,10 +6,11 @@
 //! buffer the forward pass never reads); it is kept as f32 and written back as `I64`.
 
 use std::borrow::Cow;
-use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Display;
+use std::sync::Mutex;
 
+use rayon::prelude::*;
 use safetensors::{Dtype, SafeTensors, View};
 
 use crate::Error;
@@ -138,7 +139,8 @@ impl Weights {
         self.metadata.insert(key.into(), value.into());
     }
 
-    /// Parses a safetensors file. `source_name` is only used in error messages.
+    /// Parses a safetensors file. `source_name` is only used in error messages. Tensors
+    /// are decoded in parallel on the current rayon pool (loading time is start-up time).
     pub fn from_safetensors(source_name: &str, bytes: &[u8]) -> Result<Self, Error> {
         let st_err = |e: safetensors::SafeTensorError| Error::Safetensors {
             file: source_name.to_string(),
@@ -150,10 +152,15 @@ impl Weights {
         if let Some(m) = meta.metadata() {
             out.metadata = m.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         }
-        for (name, view) in st.iter() {
-            let data = decode(source_name, name, view.dtype(), view.data())?;
-            out.insert(name, Tensor::new(view.shape().to_vec(), data));
-        }
+        let views: Vec<_> = st.iter().collect();
+        let decoded: Vec<(String, Tensor)> = views
+            .into_par_iter()
+            .map(|(name, view)| {
+                let data = decode(source_name, name, view.dtype(), view.data())?;
+                Ok((name.to_string(), Tensor::new(view.shape().to_vec(), data)))
+            })
+            .collect::<Result<_, Error>>()?;
+        out.tensors.extend(decoded);
         Ok(out)
     }
 
@@ -280,18 +287,23 @@ pub(crate) fn f16_to_f32(h: u16) -> f32 {
     f32::from_bits(bits)
 }
 
-/// Records which keys were read, so unused ones can be reported.
+/// Records which keys were read, so unused ones can be reported. Shared by the branches'
+/// loaders, which run in parallel.
 #[derive(Debug, Default)]
 pub(crate) struct KeyLog {
-    used: RefCell<BTreeSet<String>>,
+    used: Mutex<BTreeSet<String>>,
 }
 
 impl KeyLog {
+    fn used(&self) -> std::sync::MutexGuard<'_, BTreeSet<String>> {
+        // A panic while holding the lock leaves a set that is still valid.
+        self.used.lock().unwrap_or_else(|e| e.into_inner())
+    }
     pub(crate) fn mark(&self, key: &str) {
-        self.used.borrow_mut().insert(key.to_string());
+        self.used().insert(key.to_string());
     }
     pub(crate) fn is_used(&self, key: &str) -> bool {
-        self.used.borrow().contains(key)
+        self.used().contains(key)
     }
 }
 

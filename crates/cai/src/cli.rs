@@ -172,8 +172,10 @@ pub struct RunArgs {
     /// Inference threads per worker (default: cores / workers).
     #[arg(long, env = "CAI_THREADS")]
     pub threads: Option<usize>,
-    /// Arithmetic of the model's trunk weights: f32 (default, the reference), bf16 or int8
-    /// (faster, z within about 1e-2 of f32; see `cai bench --precision all`).
+    /// Arithmetic of the model's trunk weights: f32 (default, the reference), bf16, int8
+    /// (8-bit weights: faster, z within about 1e-2 of f32) or int16 (13-bit weights and
+    /// 13-16-bit activations as i16: int8's speed, z within about 2e-4); see `cai bench
+    /// --precision all`.
     #[arg(long, default_value = "f32", env = "CAI_PRECISION")]
     pub precision: cai_model::kernels::Precision,
     /// Run only the ranks of the existing plan that have no result yet.
@@ -230,7 +232,8 @@ pub struct PredictArgs {
     /// Inference threads (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
-    /// Arithmetic of the model's trunk weights: f32 (default), bf16 or int8.
+    /// Arithmetic of the model's trunk weights: f32 (default), bf16, int8 or int16 (see
+    /// `cai run --help`).
     #[arg(long, default_value = "f32", env = "CAI_PRECISION")]
     pub precision: cai_model::kernels::Precision,
 }
@@ -323,7 +326,7 @@ pub struct BenchArgs {
     /// Least seconds per round of the FMA peak probe (best of three rounds).
     #[arg(long, default_value_t = 0.3)]
     pub peak_seconds: f64,
-    /// Precisions to measure: `f32`, `bf16`, `int8`, a list (`f32,int8`) or `all`. Each
+    /// Precisions to measure: `f32`, `bf16`, `int8`, `int16`, a list (`f32,int16`) or `all`. Each
     /// reduced one also reports its max and mean |Δz| against f32.
     #[arg(long, value_delimiter = ',', default_value = "f32")]
     pub precision: Vec<String>,

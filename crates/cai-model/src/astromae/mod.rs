@@ -17,10 +17,15 @@
 //! Each output row is computed with the same arithmetic whatever the batch split or thread
 //! count, so results are bit-identical across them. Working buffers live in a per-thread
 //! cache reused across calls (about 7.5 MB per thread for the full model).
+//!
+//! The model keeps only its packed layers, not the weights it was loaded from: whoever
+//! saves a model keeps those weights and [`AstroMae::write_back`] updates them.
 
 mod cnn;
 mod head;
 mod layers;
+#[cfg(test)]
+mod quant_study;
 mod vit;
 
 use std::cell::Cell;
@@ -210,7 +215,7 @@ pub struct AstroMae {
     cnn: VisInception,
     mag: MagnitudeBlock,
     head: ConcatBlock,
-    weights: Weights,
+    params: usize,
     unused: Vec<String>,
     precision: kernels::Precision,
 }
@@ -261,6 +266,19 @@ fn is_buffer(key: &str) -> bool {
         || key.ends_with("num_batches_tracked")
 }
 
+/// Parameters as PyTorch's `model.parameters()` counts them: every stored tensor except
+/// BatchNorm buffers, the shared first convolution counted once.
+fn param_count(weights: &Weights) -> usize {
+    let dup = weights.get(&format!("{}.weight", cnn::CONV_INIT)).is_some();
+    let vis0 = format!("{}.", cnn::VIS0);
+    let counted = |k: &str| !(is_buffer(k) || (dup && k.starts_with(&vis0)));
+    weights
+        .iter()
+        .filter(|(k, _)| counted(k))
+        .map(|(_, t)| t.numel())
+        .sum()
+}
+
 impl AstroMae {
     /// Builds the model from `state_dict`-named weights (without the `module.` prefix;
     /// see [`Weights::strip_prefix`]). `source_name` appears in errors.
@@ -277,11 +295,34 @@ impl AstroMae {
         let log = KeyLog::default();
         let root = Vb::new(weights, source_name, &log);
         let cfg = Config::from_weights(&root, weights, opts)?;
-        let vit = Vit::load(&root, &cfg)?;
-        let cnn = VisInception::load(&root, cfg.channels, cfg.image)?;
-        let mag = MagnitudeBlock::load(&root)?;
-        let inputs = vit.out_features() + cnn.out_features() + mag.out_features();
-        let head = ConcatBlock::load(&root, inputs)?;
+        // The branches pack their weights in parallel (start-up time), so the head's input
+        // width is read from its weight and checked against the branches' widths after.
+        let head_w = root.pp("concat_block").pp(0);
+        let inputs = head_w.dim("weight", 2, 1)?;
+        let (vit, (cnn, (mag, head))) = rayon::join(
+            || Vit::load(&root, &cfg),
+            || {
+                rayon::join(
+                    || VisInception::load(&root, cfg.channels, cfg.image),
+                    || {
+                        rayon::join(
+                            || MagnitudeBlock::load(&root),
+                            || ConcatBlock::load(&root, inputs),
+                        )
+                    },
+                )
+            },
+        );
+        let (vit, cnn, mag, head) = (vit?, cnn?, mag?, head?);
+        let got = vit.out_features() + cnn.out_features() + mag.out_features();
+        if got != inputs {
+            return Err(Error::Shape {
+                file: source_name.to_string(),
+                key: head_w.key("weight"),
+                expected: vec![head.hidden(), got],
+                got: vec![head.hidden(), inputs],
+            });
+        }
         let widths = [
             ("token width (patch_embed.proj.weight dim 0)", cfg.dim),
             (
@@ -311,8 +352,6 @@ impl AstroMae {
             .filter(|k| !log.is_used(k) && !ignorable(k))
             .map(str::to_string)
             .collect();
-        let mut weights = weights.clone();
-        weights.set_metadata("heads", cfg.heads.to_string());
         tracing::debug!(?cfg, source_name, "loaded AstroMAE");
         let mut model = Self {
             cfg,
@@ -320,7 +359,7 @@ impl AstroMae {
             cnn,
             mag,
             head,
-            weights,
+            params: param_count(weights),
             unused,
             precision: kernels::Precision::F32,
         };
@@ -330,12 +369,12 @@ impl AstroMae {
 
     /// Converts the weight matrices of the two trunks (the ViT's `patch_embed` and blocks,
     /// ≈95% of the FLOPs, and the Inception convolutions) to `precision`: bf16 rounds the
-    /// weights, int8 quantises them per output column and drops their f32 copy. The
-    /// per-galaxy MLPs (`head`, `vit_block`, `vis_inception.10/12`, `magnitude_block`,
-    /// `concat_block`: ≈3% of the FLOPs) stay f32: on the parity fixtures each of them alone
-    /// moved z by 1e-3 to 2e-2 in bf16 or int8. Only an f32 model can
-    /// be converted (a conversion is not reversible); asking for the current precision
-    /// does nothing.
+    /// weights, int8 and int16 quantise them per output column (8- and 13-bit integers) and
+    /// drop their f32 copy. The per-galaxy MLPs (`head`, `vit_block`, `vis_inception.10/12`,
+    /// `magnitude_block`, `concat_block`: ≈3% of the FLOPs) stay f32: on the parity fixtures
+    /// each of them alone moved z by 1e-3 to 2e-2 in bf16 or int8. Only an f32 model can be
+    /// converted (a conversion is not reversible); asking for the current precision does
+    /// nothing.
     pub fn set_precision(&mut self, precision: kernels::Precision) -> Result<(), Error> {
         use kernels::Precision;
         if precision == self.precision {
@@ -354,6 +393,7 @@ impl AstroMae {
             Precision::F32 => {}
             Precision::Bf16 => p.round_bf16(),
             Precision::Int8 => p.quantize_int8(),
+            Precision::Int16 => p.quantize_int16(),
         };
         self.vit.trunk_weights_mut(&mut convert);
         self.cnn.trunk_weights_mut(&mut convert);
@@ -380,17 +420,7 @@ impl AstroMae {
     /// Number of parameters as PyTorch's `model.parameters()` counts them: every stored
     /// tensor except BatchNorm buffers, the shared first convolution counted once.
     pub fn param_count(&self) -> usize {
-        let dup = self
-            .weights
-            .get(&format!("{}.weight", cnn::CONV_INIT))
-            .is_some();
-        let vis0 = format!("{}.", cnn::VIS0);
-        let counted = |k: &str| !(is_buffer(k) || (dup && k.starts_with(&vis0)));
-        self.weights
-            .iter()
-            .filter(|(k, _)| counted(k))
-            .map(|(_, t)| t.numel())
-            .sum()
+        self.params
     }
 
     /// Width of [`AstroMae::features`] rows (1024).
@@ -505,7 +535,7 @@ impl AstroMae {
     }
 
     /// Replaces the last Linear (`concat_block.2`): `weight` of [`AstroMae::feature_width`]
-    /// values and a bias. Also updates [`AstroMae::to_weights`].
+    /// values and a bias. [`AstroMae::write_back`] carries it into saved weights.
     pub fn set_last_layer(&mut self, weight: &[f32], bias: f32) -> Result<(), Error> {
         let hw = self.head.hidden();
         if weight.len() != hw {
@@ -517,21 +547,25 @@ impl AstroMae {
         }
         self.head.last_w = weight.to_vec();
         self.head.last_b = bias;
-        self.weights.insert(
-            "concat_block.2.weight",
-            crate::Tensor::new(vec![1, hw], weight.to_vec()),
-        );
-        self.weights.insert(
-            "concat_block.2.bias",
-            crate::Tensor::new(vec![1], vec![bias]),
-        );
         Ok(())
     }
 
-    /// The weights under their original key names (as loaded, with the current last
-    /// layer, and metadata `heads`), ready for [`Weights::to_safetensors`].
-    pub fn to_weights(&self) -> Weights {
-        self.weights.clone()
+    /// Updates `weights`, the weights this model was loaded from, with what the model may
+    /// have changed since: the last layer ([`AstroMae::set_last_layer`]) and the metadata
+    /// `heads`. The result is ready for [`Weights::to_safetensors`]. The model keeps no
+    /// copy of its weights (its packed layers are all it needs to predict; a copy would
+    /// cost start-up time and the weights' size in memory), so saving takes them back.
+    pub fn write_back(&self, weights: &mut Weights) {
+        let hw = self.head.hidden();
+        weights.insert(
+            "concat_block.2.weight",
+            crate::Tensor::new(vec![1, hw], self.head.last_w.clone()),
+        );
+        weights.insert(
+            "concat_block.2.bias",
+            crate::Tensor::new(vec![1], vec![self.head.last_b]),
+        );
+        weights.set_metadata("heads", self.cfg.heads.to_string());
     }
 }
 

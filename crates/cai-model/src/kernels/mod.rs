@@ -18,12 +18,34 @@
 //!
 //! Reduced precision ([`Precision`]) is a property of a packed weight matrix:
 //! [`PackedB::round_bf16`] rounds it to bfloat16 values (still computed in f32: there is no
-//! `vdpbf16ps` kernel yet), [`PackedB::quantize_int8`] replaces it by int8 values with one
-//! scale per output column. [`Ops::gemm`] then quantises each row of `A` on the fly to
-//! 16-bit integers with one scale per row ([`quantize_row`]), accumulates in i32 and
-//! applies the epilogue in f32. Why 16-bit activations: AVX2 has no 8-bit dot product that
-//! beats `vpmaddwd` (16 i16 products per instruction, like `vpmaddubsw` + `vpmaddwd` for 32
-//! u8 x i8 products in two), so 8-bit activations would cost accuracy and gain nothing.
+//! `vdpbf16ps` kernel yet); [`PackedB::quantize_int8`] and [`PackedB::quantize_int16`]
+//! replace it by integers with one symmetric scale per output column, 8 or
+//! [`INT16_WEIGHT_BITS`] (13) bits wide, stored as i16 either way. [`Ops::gemm`] then
+//! quantises each row of `A` on the fly to integers with one scale per row
+//! ([`quantize_row`]), accumulates `vpmaddwd` products in i32 and applies the epilogue in
+//! f32. The activations get the most bits that cannot overflow the i32 sum against these
+//! weights ([`activation_limit`]: `limit * max_j sum_k |q_kj|` fits in an i32, at most
+//! 32767), so no reduction length can overflow and no sum needs splitting.
+//!
+//! Why these widths (measured by `astromae/quant_study.rs`: fake quantisation of chosen
+//! layers, max |Δz| against f32 on the PyTorch parity fixtures, 8 galaxies):
+//! * int8's error (max 1.1e-2) is all in the weights: 8-bit weights alone give 1.1e-2,
+//!   the 16-bit activations alone 1.3e-5. It is spread over every ViT layer (each of
+//!   `qkv`, `proj`, `fc1`, `fc2` alone 4e-3 to 5e-3, the CNN 6.5e-4), so keeping a few
+//!   layers in f32 cannot fix it; finer weight scales barely help (per 64 rows of `k`
+//!   3.7e-3, per 16 4.9e-3): these weights have no outlier rows to isolate.
+//! * Only more weight bits do: 10 bits 1.4e-3, 12 bits 5.7e-4, 13 bits 1.5e-4 (each with
+//!   the activations it leaves). The i16 storage and `vpmaddwd` take them at no cost in
+//!   speed; the price is activation bits. Bounding the sums by the actual column sums of
+//!   |q| rather than by `k * wmax` lets the activations against 13-bit weights reach
+//!   |q| ≈ 2300 in `fc2` (k = 768), ≈ 7000 in `qkv`, `proj` and `fc1`, more elsewhere (with
+//!   the `k * wmax` bound: 3.7e-4 instead of 1.5e-4), and 13 bits is the best split
+//!   measured (14 bits: 2.3e-4). That is
+//!   [`Precision::Int16`]: 1.9e-4 through the integer kernels. int8 stays for what 8-bit
+//!   weights give (and for a future VNNI kernel, where 8 bits would double the rate).
+//! * Why not 8-bit activations: AVX2 has no 8-bit dot product that beats `vpmaddwd` (16
+//!   i16 products per instruction, like `vpmaddubsw` + `vpmaddwd` for 32 u8 x i8 products
+//!   in two), so 8-bit activations would cost accuracy and gain nothing.
 
 use std::sync::OnceLock;
 
@@ -97,6 +119,10 @@ pub struct PackedB {
     data: Vec<f32>,
     bias: Vec<f32>,
     quant: Option<Box<QuantB>>,
+    /// Test-only: when > 0 (and the weights are f32), [`Ops::gemm`] first rounds each row
+    /// of `A` to what [`quantize_row`] with this limit keeps (error studies).
+    #[cfg(test)]
+    pub(crate) study_act_limit: i32,
 }
 
 impl std::fmt::Debug for PackedB {
@@ -182,45 +208,84 @@ impl PackedB {
 
     /// Replaces the f32 weights by int8 ones, one symmetric scale per column
     /// (`max |w| / 127`). From then on [`Ops::gemm`] runs the integer product. Does nothing
-    /// if already quantised.
+    /// if already quantised, and keeps f32 weights for a reduction so long (over 2^31 / 127
+    /// rows) that the i32 sums could overflow.
     pub fn quantize_int8(&mut self) {
+        self.quantize(8);
+    }
+
+    /// Replaces the f32 weights by [`INT16_WEIGHT_BITS`]-bit integers (stored, like int8
+    /// ones, as i16), one symmetric scale per column (`max |w| / 4095`); the activations
+    /// then get as many bits as cannot overflow i32 ([`activation_limit`]). Same kernel and
+    /// speed as [`PackedB::quantize_int8`], about 60 times less error on AstroMAE (see the
+    /// module doc). Long reductions leave the activations fewer bits (|q| ≤ 2^31 / sum |q_w|:
+    /// about 2300 at k = 768, 500 at k = 3216), so the gain over int8 shrinks with `k`.
+    /// Does nothing if already quantised, and keeps f32 weights beyond 2^31 / 4095 rows.
+    pub fn quantize_int16(&mut self) {
+        self.quantize(INT16_WEIGHT_BITS);
+    }
+
+    /// Symmetric per-column quantisation to `bits`-bit integers (`2 <= bits <= 15`). Leaves
+    /// the weights f32 when a column's sum of |q| passes `i32::MAX` (a reduction of more than
+    /// `2^31 / (2^(bits-1) - 1)` rows), where no activation limit could prevent overflow.
+    fn quantize(&mut self, bits: u32) {
         if self.quant.is_some() {
             return;
         }
         let (k, n) = (self.k, self.n);
         let k2 = k.div_ceil(2);
         let panels = self.panels();
+        let wmax = ((1i32 << (bits - 1)) - 1) as f32;
         let mut scale = vec![0.0f32; panels * NR];
         let mut data = vec![0i16; panels * k2 * NR * 2];
+        let mut worst = 0u64;
         for (j, sj) in scale.iter_mut().enumerate().take(n) {
             let amax = (0..k).fold(0.0f32, |m, kk| m.max(self.at(kk, j).abs()));
             if amax == 0.0 || !amax.is_finite() {
                 *sj = if amax == 0.0 { 0.0 } else { f32::NAN };
                 continue;
             }
-            *sj = amax / 127.0;
-            let inv = 127.0 / amax;
+            *sj = amax / wmax;
+            let inv = wmax / amax;
             let (p, jj) = (j / NR, j % NR);
+            let mut sum = 0u64;
             for kk in 0..k {
-                let q = (self.at(kk, j) * inv)
-                    .round_ties_even()
-                    .clamp(-127.0, 127.0);
+                let q = (self.at(kk, j) * inv).round_ties_even().clamp(-wmax, wmax);
+                sum += q.abs() as u64;
                 data[((p * k2 + kk / 2) * NR + jj) * 2 + kk % 2] = q as i16;
             }
+            worst = worst.max(sum);
+        }
+        if worst > i32::MAX as u64 {
+            // Not even 1-level activations could be summed in i32: stay f32.
+            return;
         }
         self.quant = Some(Box::new(QuantB {
             k2,
             data,
             scale,
-            limit: activation_limit(k),
+            limit: activation_limit(worst),
+            bits,
         }));
         self.data = Vec::new();
         self.off = 0;
     }
 
-    /// Whether [`PackedB::quantize_int8`] ran.
-    pub fn is_int8(&self) -> bool {
+    /// Whether [`PackedB::quantize_int8`] or [`PackedB::quantize_int16`] ran ([`Ops::gemm`]
+    /// then runs the integer product).
+    pub fn is_quantized(&self) -> bool {
         self.quant.is_some()
+    }
+
+    /// Bits of the integer weights (8 or [`INT16_WEIGHT_BITS`]), `None` for f32 weights.
+    pub fn weight_bits(&self) -> Option<u32> {
+        self.quant.as_ref().map(|q| q.bits)
+    }
+
+    /// Largest |q| of the quantised activations (see [`activation_limit`]); 0 for f32
+    /// weights.
+    pub fn activation_limit(&self) -> i32 {
+        self.q_limit()
     }
 
     /// Int8 panel `p`: `k2 * NR * 2` values, `k2 = k.div_ceil(2)`.
@@ -239,7 +304,7 @@ impl PackedB {
         }
     }
 
-    /// The activation limit of the int8 form ([`activation_limit`] of `k`).
+    /// The activation limit of the integer form.
     fn q_limit(&self) -> i32 {
         self.quant.as_ref().map_or(0, |q| q.limit)
     }
@@ -325,27 +390,40 @@ pub enum Precision {
     /// Weights int8 per output column (symmetric, scale = max |w| / 127), activations
     /// 16-bit per row, i32 accumulation.
     Int8,
+    /// 16-bit integer operands: weights [`INT16_WEIGHT_BITS`] (13) bits per output column,
+    /// activations per row with as many bits as cannot overflow the i32 sums (13 to 16
+    /// bits on AstroMAE's layers, see [`activation_limit`]), i32 accumulation. The same
+    /// kernel and speed as int8 on AVX2 (`vpmaddwd` multiplies i16 either way), with about
+    /// 60 times less error.
+    Int16,
 }
 
 impl Precision {
     /// All precisions, f32 first.
-    pub const ALL: [Precision; 3] = [Precision::F32, Precision::Bf16, Precision::Int8];
+    pub const ALL: [Precision; 4] = [
+        Precision::F32,
+        Precision::Bf16,
+        Precision::Int8,
+        Precision::Int16,
+    ];
 
-    /// `f32`, `bf16` or `int8`.
+    /// `f32`, `bf16`, `int8` or `int16`.
     pub fn name(self) -> &'static str {
         match self {
             Precision::F32 => "f32",
             Precision::Bf16 => "bf16",
             Precision::Int8 => "int8",
+            Precision::Int16 => "int16",
         }
     }
 
-    /// Parses `f32`, `bf16` or `int8` (case-insensitive).
+    /// Parses `f32`, `bf16`, `int8` or `int16` (case-insensitive).
     pub fn parse(s: &str) -> Option<Self> {
         match s.trim().to_ascii_lowercase().as_str() {
             "f32" | "fp32" => Some(Precision::F32),
             "bf16" => Some(Precision::Bf16),
             "int8" | "i8" => Some(Precision::Int8),
+            "int16" | "i16" => Some(Precision::Int16),
             _ => None,
         }
     }
@@ -361,11 +439,16 @@ impl Precision {
                     "this CPU has no AVX-512 BF16 (vdpbf16ps)"
                 };
                 format!(
-                    "bf16: {native}; weights are rounded to bf16 and computed with the f32 kernels                      (bf16 accuracy, f32 speed)"
+                    "bf16: {native}; weights are rounded to bf16 and computed with the f32 kernels (bf16 accuracy, f32 speed)"
                 )
             }
-            Precision::Int8 => format!(
-                "int8 weights x 16-bit activations, i32 accumulation, on the {:?} kernels{}",
+            Precision::Int8 | Precision::Int16 => format!(
+                "{}, i32 accumulation, on the {:?} kernels{}",
+                if self == Precision::Int8 {
+                    "int8 weights x 16-bit activations".to_string()
+                } else {
+                    format!("int16: {INT16_WEIGHT_BITS}-bit weights x 13-16-bit activations")
+                },
                 ops().tier,
                 if cpu_has_vnni() {
                     " (this CPU has VNNI, which cai does not use yet)"
@@ -386,7 +469,7 @@ impl std::fmt::Display for Precision {
 impl std::str::FromStr for Precision {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        Precision::parse(s).ok_or_else(|| format!("unknown precision {s:?} (f32|bf16|int8)"))
+        Precision::parse(s).ok_or_else(|| format!("unknown precision {s:?} (f32|bf16|int8|int16)"))
     }
 }
 
@@ -423,11 +506,17 @@ pub fn round_bf16(x: f32) -> f32 {
     f32::from_bits(r)
 }
 
-/// Largest |q| of a quantised activation for a reduction of length `k` against int8
-/// weights: `k * 127 * limit` fits in an i32, and at most 32767 (i16).
-pub fn activation_limit(k: usize) -> i32 {
-    let by_k = (i32::MAX as usize) / (127 * k.max(1));
-    by_k.min(i16::MAX as usize) as i32
+/// Weight bits of [`Precision::Int16`]: the study in `astromae/quant_study.rs` measured
+/// max |Δz| on the parity fixtures of 5.7e-4 at 12 bits, 1.5e-4 at 13 and 2.3e-4 at 14 (more
+/// weight bits leave fewer for the activations, see [`activation_limit`]).
+pub const INT16_WEIGHT_BITS: u32 = 13;
+
+/// Largest |q| of a quantised activation row against integer weights whose largest column
+/// sum of |q| is `max_col_abs_sum`: `limit * max_col_abs_sum` fits in an i32, so no sum (nor
+/// any partial sum, in any order) can overflow; at most 32767 (i16).
+pub fn activation_limit(max_col_abs_sum: u64) -> i32 {
+    let by_w = (i32::MAX as u64) / max_col_abs_sum.max(1);
+    by_w.min(i16::MAX as u64) as i32
 }
 
 /// Quantises one row of activations symmetrically to `[-limit, limit]`: element `kk` goes
@@ -458,14 +547,16 @@ pub fn quantize_row(a: &[f32], limit: i32, out: &mut [i16], stride2: usize) -> f
     amax / lim
 }
 
-/// The int8 form of a [`PackedB`]: per panel, for each pair of rows `kp`, the [`NR`] pairs
-/// `(q[2kp][j], q[2kp+1][j])` as i16 (zero beyond `k` and `n`), one scale per column.
+/// The integer form of a [`PackedB`]: per panel, for each pair of rows `kp`, the [`NR`]
+/// pairs `(q[2kp][j], q[2kp+1][j])` as i16 (zero beyond `k` and `n`), one scale per column,
+/// the activation limit and the weight bits.
 #[derive(Clone, Default)]
 struct QuantB {
     k2: usize,
     data: Vec<i16>,
     scale: Vec<f32>,
     limit: i32,
+    bits: u32,
 }
 
 /// Which implementation a table uses.
@@ -534,7 +625,20 @@ impl Ops {
             ldc >= b.n() && c.len() >= (m - 1) * ldc + b.n(),
             "gemm: C too short"
         );
-        if b.is_int8() {
+        #[cfg(test)]
+        if b.study_act_limit > 0 && !b.is_quantized() {
+            let k = b.k();
+            let mut q = vec![0i16; k.div_ceil(2) * 2];
+            let mut fq = vec![0.0f32; m * k];
+            for (i, row) in fq.chunks_exact_mut(k.max(1)).enumerate().take(m) {
+                let s = quantize_row(&a[i * lda..i * lda + k], b.study_act_limit, &mut q, 2);
+                for (v, qi) in row.iter_mut().zip(&q) {
+                    *v = *qi as f32 * s;
+                }
+            }
+            return (self.gemm)(m, &fq, k, b, c, ldc, epi);
+        }
+        if b.is_quantized() {
             (self.gemm_int8)(m, a, lda, b, c, ldc, epi)
         } else {
             (self.gemm)(m, a, lda, b, c, ldc, epi)
@@ -735,45 +839,103 @@ mod tests {
         assert_eq!(a.panel(0).as_ptr() as usize % 64, 0);
     }
 
-    /// The scalar int8 product against the f32 one: each output within
-    /// `sum_k |a||w| * (1/254 + 1/(2 limit)) + 1e-6` (half a quantisation step of each
-    /// factor per term), on shapes with long and odd reductions.
+    fn lcg_vec(seed: &mut u64, n: usize) -> Vec<f32> {
+        (0..n)
+            .map(|_| {
+                *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+                (*seed >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    /// The scalar integer products (int8 and int16) against the f32 one: each output within
+    /// `sum_k |a||w| * (1/(2 wmax) + 1/(2 limit)) + 1e-6` (half a quantisation step of each
+    /// factor per term), on shapes with long and odd reductions. For AstroMAE's reduction
+    /// lengths int16's error is at least 4 times smaller than int8's (measured here: 23
+    /// times at k = 192, 6.8 at 768; uniform weights leave it the fewest activation bits;
+    /// at k = 3216 only 2.4).
     #[test]
-    fn int8_reference_is_close_to_f32() {
+    fn integer_references_are_close_to_f32() {
         let ops = scalar::ops();
         let mut s = 1u64;
-        let mut rnd = |n: usize| -> Vec<f32> {
-            (0..n)
-                .map(|_| {
-                    s = s.wrapping_mul(6364136223846793005).wrapping_add(1);
-                    (s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
-                })
-                .collect()
-        };
-        for (m, n, k) in [(5, 33, 7), (3, 16, 192), (2, 20, 3216)] {
-            let a = rnd(m * k);
-            let w = rnd(n * k);
-            let bias = rnd(n);
+        for (m, n, k) in [(5, 33, 7), (3, 16, 192), (4, 24, 768), (2, 20, 3216)] {
+            let a = lcg_vec(&mut s, m * k);
+            let w = lcg_vec(&mut s, n * k);
+            let bias = lcg_vec(&mut s, n);
             let f = PackedB::pack_nk(&w, n, k, k, Some(&bias));
-            let mut q = f.clone();
-            q.quantize_int8();
-            assert!(q.is_int8() && q.bytes() < f.bytes());
-            let (mut cf, mut cq) = (vec![0.0; m * n], vec![0.0; m * n]);
+            let mut cf = vec![0.0; m * n];
             ops.gemm(m, &a, k, &f, &mut cf, n, Epilogue::PLAIN);
-            ops.gemm(m, &a, k, &q, &mut cq, n, Epilogue::PLAIN);
-            let lim = activation_limit(k) as f32;
-            for i in 0..m {
-                for j in 0..n {
+            let mut worst = [0.0f32; 2];
+            for (wi, bits) in [8, INT16_WEIGHT_BITS].into_iter().enumerate() {
+                let mut q = f.clone();
+                if bits == 8 {
+                    q.quantize_int8();
+                } else {
+                    q.quantize_int16();
+                }
+                assert!(q.is_quantized() && q.bytes() < f.bytes());
+                assert_eq!(q.weight_bits(), Some(bits));
+                let mut cq = vec![0.0; m * n];
+                ops.gemm(m, &a, k, &q, &mut cq, n, Epilogue::PLAIN);
+                let lim = q.activation_limit() as f32;
+                let qmax = ((1 << (bits - 1)) - 1) as f32;
+                for i in 0..m {
                     let amax = a[i * k..(i + 1) * k]
                         .iter()
                         .fold(0f32, |x, v| x.max(v.abs()));
-                    let wmax = (0..k).fold(0f32, |x, kk| x.max(w[j * k + kk].abs()));
-                    let bound = k as f32 * (amax * wmax / 254.0 + wmax * amax / (2.0 * lim)) + 1e-6;
-                    let d = (cf[i * n + j] - cq[i * n + j]).abs();
-                    assert!(d <= bound, "({m},{n},{k}) [{i},{j}]: {d} > {bound}");
+                    for j in 0..n {
+                        let wmax = (0..k).fold(0f32, |x, kk| x.max(w[j * k + kk].abs()));
+                        let step = 1.0 / (2.0 * qmax) + 1.0 / (2.0 * lim);
+                        let bound = k as f32 * amax * wmax * step + 1e-6;
+                        let d = (cf[i * n + j] - cq[i * n + j]).abs();
+                        assert!(d <= bound, "w{bits} ({m},{n},{k}) [{i},{j}]: {d} > {bound}");
+                        worst[wi] = worst[wi].max(d);
+                    }
+                }
+            }
+            if (192..=768).contains(&k) {
+                assert!(
+                    worst[1] * 4.0 <= worst[0],
+                    "({m},{n},{k}): int16 {} vs int8 {}",
+                    worst[1],
+                    worst[0]
+                );
+            }
+        }
+    }
+
+    /// The activation limit keeps the i32 sums exact even in the worst case: every weight
+    /// at the column maximum and every activation at the limit, all of one sign (the
+    /// product is then `k` exactly, up to f32 rounding of the scales).
+    #[test]
+    fn integer_sums_cannot_overflow() {
+        for k in [1usize, 2, 191, 768, 3216, 40_000] {
+            for bits in [8, INT16_WEIGHT_BITS] {
+                let w = vec![0.5f32; 2 * k];
+                let mut b = PackedB::pack_nk(&w, 2, k, k, None);
+                if bits == 8 {
+                    b.quantize_int8();
+                } else {
+                    b.quantize_int16();
+                }
+                let qmax = (1u64 << (bits - 1)) - 1;
+                let lim = b.activation_limit();
+                assert!((1..=32767).contains(&lim));
+                assert!(k as u64 * qmax * lim as u64 <= i32::MAX as u64);
+                let a = vec![-2.0f32; k];
+                let mut c = vec![0.0f32; 2];
+                scalar::ops().gemm(1, &a, k, &b, &mut c, 2, Epilogue::PLAIN);
+                for v in c {
+                    assert!((v + k as f32).abs() <= 1e-5 * k as f32, "k{k} w{bits}: {v}");
                 }
             }
         }
+        // Beyond 2^31 / 4095 rows not even 1-level activations fit: the weights stay f32.
+        let k = (i32::MAX as usize) / 4095 + 1;
+        let mut b = PackedB::pack_nk(&vec![1.0f32; k], 1, k, k, None);
+        b.quantize_int16();
+        assert!(!b.is_quantized());
+        assert_eq!(b.at(k - 1, 0), 1.0);
     }
 
     #[test]
@@ -804,8 +966,11 @@ mod tests {
         assert_eq!(out, [50, -100, 9, 9, 25, 0, 9, 9]);
         let s = quantize_row(&[0.0; 3], 100, &mut out, 4);
         assert_eq!(s, 0.0);
-        assert_eq!(activation_limit(192), 32767);
-        assert_eq!(activation_limit(3216), 5257);
+        assert_eq!(activation_limit(0), 32767);
+        assert_eq!(activation_limit(192 * 127), 32767);
+        assert_eq!(activation_limit(3216 * 127), 5257);
+        assert_eq!(activation_limit(768 * 4095), 682);
+        assert_eq!(activation_limit(u64::MAX), 0);
     }
 
     #[test]

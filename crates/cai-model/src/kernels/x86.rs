@@ -902,8 +902,9 @@ mod tests {
         }
     }
 
-    /// Int8: the AVX2 product equals the scalar reference exactly (same integers, same f32
-    /// operations) except for the GELU approximation, 2e-7 (1 + |x|) (1e-6 allowed).
+    /// Int8 and int16 (`bits` 8 or 13): the AVX2 product equals the scalar reference
+    /// exactly (same integers, same f32 operations) except for the GELU approximation,
+    /// 2e-7 (1 + |x|) (1e-6 allowed).
     #[allow(clippy::too_many_arguments)]
     fn check_gemm_int8(
         ops: &Ops,
@@ -914,12 +915,18 @@ mod tests {
         ldc: usize,
         epi: Epilogue,
         seed: u64,
+        bits: u32,
     ) {
         let a = lcg(seed, m.max(1) * lda, 1.0);
         let w = lcg(seed + 1, n * k, 1.0);
         let bias = lcg(seed + 2, n, 0.5);
         let mut b = PackedB::pack_nk(&w, n, k, k, Some(&bias));
-        b.quantize_int8();
+        if bits == 8 {
+            b.quantize_int8();
+        } else {
+            b.quantize_int16();
+        }
+        assert!(n == 0 || k == 0 || b.weight_bits() == Some(bits));
         let c0 = lcg(seed + 3, m.max(1) * ldc, 1.0);
         let mut want = c0.clone();
         let mut got = c0.clone();
@@ -945,7 +952,7 @@ mod tests {
                 let d = (got[idx] - want[idx]).abs();
                 assert!(
                     d <= tol,
-                    "int8 m{m} n{n} k{k} {epi:?} ({i},{j}): {} vs {}",
+                    "w{bits} m{m} n{n} k{k} {epi:?} ({i},{j}): {} vs {}",
                     got[idx],
                     want[idx]
                 );
@@ -963,13 +970,38 @@ mod tests {
                 for &k in &dims {
                     for epi in EPIS {
                         seed += 10;
-                        check_gemm_int8(&ops, m, n, k, k.max(1) + 3, n.max(1) + 5, epi, seed);
+                        for bits in [8, 13] {
+                            let (lda, ldc) = (k.max(1) + 3, n.max(1) + 5);
+                            check_gemm_int8(&ops, m, n, k, lda, ldc, epi, seed, bits);
+                        }
                     }
                 }
             }
         }
         // Long reductions (activation limit below 32767) and several row blocks.
-        check_gemm_int8(&ops, 300, 40, 3216, 3216, 40, Epilogue::RELU, 7);
+        check_gemm_int8(&ops, 300, 40, 3216, 3216, 40, Epilogue::RELU, 7, 8);
+        check_gemm_int8(&ops, 300, 40, 3216, 3216, 40, Epilogue::RELU, 7, 13);
+        // Worst case for the i32 sums: every weight and activation at its maximum, one
+        // sign (the limit is exactly what keeps this from overflowing).
+        let k = 768;
+        let w = vec![0.25f32; 20 * k];
+        for bits in [8, 13] {
+            let mut b = PackedB::pack_nk(&w, 20, k, k, None);
+            if bits == 8 {
+                b.quantize_int8();
+            } else {
+                b.quantize_int16();
+            }
+            let a = vec![-1.0f32; 9 * k];
+            let (mut want, mut got) = (vec![0.0f32; 9 * 20], vec![0.0f32; 9 * 20]);
+            scalar::ops().gemm(9, &a, k, &b, &mut want, 20, Epilogue::PLAIN);
+            ops.gemm(9, &a, k, &b, &mut got, 20, Epilogue::PLAIN);
+            assert_eq!(got, want);
+            assert!(
+                got.iter().all(|v| (v + 192.0).abs() < 1e-3),
+                "w{bits}: {got:?}"
+            );
+        }
     }
 
     #[test]
@@ -988,9 +1020,10 @@ mod tests {
         }
 
         #[test]
-        fn gemm_int8_prop(m in 0usize..40, n in 0usize..50, k in 0usize..70, pad_a in 0usize..4, pad_c in 0usize..4, e in 0usize..5, seed in 0u64..1000) {
+        fn gemm_int8_prop(m in 0usize..40, n in 0usize..50, k in 0usize..70, pad_a in 0usize..4, pad_c in 0usize..4, e in 0usize..5, seed in 0u64..1000, wide in proptest::bool::ANY) {
             if let Some(ops) = avx2_ops() {
-                check_gemm_int8(&ops, m, n, k, k + pad_a, n + pad_c, EPIS[e], seed);
+                let bits = if wide { 13 } else { 8 };
+                check_gemm_int8(&ops, m, n, k, k + pad_a, n + pad_c, EPIS[e], seed, bits);
             }
         }
 

@@ -165,7 +165,8 @@ fn fast_path_matches_reference_full_model() {
 #[test]
 fn predict_equals_features_dot_last_layer() {
     let cfg = small();
-    let mut model = AstroMae::load(&init::astromae_weights(4, &cfg), "s").unwrap();
+    let source = init::astromae_weights(4, &cfg);
+    let mut model = AstroMae::load(&source, "s").unwrap();
     let (img, mag) = inputs(3, &cfg, 5);
     let w: Vec<f32> = (0..1024).map(|i| ((i % 7) as f32 - 3.0) * 0.01).collect();
     model.set_last_layer(&w, 0.25).unwrap();
@@ -188,8 +189,10 @@ fn predict_equals_features_dot_last_layer() {
             ..
         })
     ));
-    // The new last layer travels with to_weights.
-    let again = AstroMae::load(&model.to_weights(), "roundtrip").unwrap();
+    // The new last layer travels with write_back.
+    let mut saved = source.clone();
+    model.write_back(&mut saved);
+    let again = AstroMae::load(&saved, "roundtrip").unwrap();
     assert_eq!(again.predict(&img, &mag, 3).unwrap(), z);
 }
 
@@ -386,7 +389,9 @@ fn safetensors_round_trip_preserves_the_model() {
     let model = AstroMae::load(&w, "s").unwrap();
     let mut meta = BTreeMap::new();
     meta.insert("source".to_string(), "test".to_string());
-    let bytes = model.to_weights().to_safetensors(&meta).unwrap();
+    let mut saved = w.clone();
+    model.write_back(&mut saved);
+    let bytes = saved.to_safetensors(&meta).unwrap();
     let back = Weights::from_safetensors("rt.safetensors", &bytes).unwrap();
     assert_eq!(back.metadata().get("heads").map(String::as_str), Some("3"));
     assert_eq!(

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use anyhow::{Context, Result};
-use cai_engine::stages::{load_model, load_model_info};
+use cai_engine::stages::{load_model_info, read_weights};
 use cai_model::{init, Config};
 
 use crate::cli::{ModelConvertArgs, ModelFitArgs, ModelInitArgs, ModelInspectArgs};
@@ -41,7 +41,7 @@ pub async fn fit_to(
     threads: Option<usize>,
     quiet: bool,
 ) -> Result<f64> {
-    let model = load_model(model_path)
+    let (mw, name) = read_weights(model_path)
         .await
         .with_context(|| format!("cannot load the model {model_path}"))?;
     let reader = cai_data::DatasetReader::open(train)
@@ -55,7 +55,9 @@ pub async fn fit_to(
     let out = out.to_path_buf();
     let source = model_path.to_string();
     tokio::task::spawn_blocking(move || -> Result<f64> {
-        let mut m = std::sync::Arc::try_unwrap(model).unwrap_or_else(|arc| (*arc).clone());
+        let mut m = cai_model::build_model(&name, &mw)
+            .with_context(|| format!("cannot load the model {name}"))?
+            .0;
         if !quiet {
             eprintln!("fitting the last layer on {} labelled galaxies…", data.n);
         }
@@ -70,7 +72,9 @@ pub async fn fit_to(
                 data.n
             ),
         );
-        write_atomic(&out, &m.to_weights().to_safetensors(&meta)?)?;
+        let mut weights = mw.weights;
+        m.write_back(&mut weights);
+        write_atomic(&out, &weights.to_safetensors(&meta)?)?;
         Ok(r2)
     })
     .await?
@@ -180,15 +184,20 @@ pub async fn inspect(a: ModelInspectArgs) -> Result<Outcome> {
 
 /// `cai model convert`.
 pub async fn convert(a: ModelConvertArgs, quiet: bool) -> Result<Outcome> {
-    let (model, info) = load_model_info(&a.file)
+    let (mw, name) = read_weights(&a.file)
         .await
+        .with_context(|| format!("cannot load the model {}", a.file))?;
+    // Built to check that the weights make a model, and for `heads`.
+    let (model, info) = cai_model::build_model(&name, &mw)
         .with_context(|| format!("cannot load the model {}", a.file))?;
     let mut meta = BTreeMap::new();
     meta.insert(
         "cai.weights".to_string(),
         format!("converted from {} ({})", a.file, info.form),
     );
-    write_atomic(&a.out, &model.to_weights().to_safetensors(&meta)?)?;
+    let mut weights = mw.weights;
+    model.write_back(&mut weights);
+    write_atomic(&a.out, &weights.to_safetensors(&meta)?)?;
     if !quiet {
         eprintln!(
             "wrote {} ({} parameters, from {})",

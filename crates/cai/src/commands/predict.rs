@@ -47,16 +47,25 @@ pub async fn predict(a: PredictArgs, quiet: bool) -> Result<Outcome> {
     if !quiet && a.precision != cai_model::kernels::Precision::F32 {
         eprintln!("precision {}", a.precision.support());
     }
-    let model = load_model_with(&a.model, a.precision)
-        .await
-        .with_context(|| format!("cannot load the model {}", a.model))?;
     let input = StorageUrl::parse(&a.input)?;
     let name = input.to_string();
-    let bytes = input.get("").await?;
+    // The partition is read and decoded while the model loads (start-up time).
+    let read = async {
+        let bytes = input.get("").await?;
+        let name = name.clone();
+        tokio::task::spawn_blocking(move || cai_data::read_partition(&name, &bytes))
+            .await?
+            .map_err(anyhow::Error::from)
+    };
+    let load = async {
+        load_model_with(&a.model, a.precision)
+            .await
+            .with_context(|| format!("cannot load the model {}", a.model))
+    };
+    let (model, partition) = tokio::try_join!(load, read)?;
     let pool = thread_pool(a.threads)?;
     let batch = a.batch_size.max(1);
     let preds = tokio::task::spawn_blocking(move || -> Result<Predictions> {
-        let partition = cai_data::read_partition(&name, &bytes)?;
         let progress = Arc::new(Progress::new(
             "predict",
             partition.n as u64,

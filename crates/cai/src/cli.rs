@@ -439,6 +439,10 @@ pub struct WorkerArgs {
     /// results location is not shared with this node).
     #[arg(long)]
     pub probe: Option<String>,
+    /// Arithmetic of the model's trunk weights (see `cai run --help`); `cai run --engine
+    /// slurm --precision` passes it to every task.
+    #[arg(long, default_value = "f32", env = "CAI_PRECISION")]
+    pub precision: cai_model::kernels::Precision,
 }
 
 /// `cai status`

@@ -36,7 +36,7 @@ use serde_json::{Map, Value};
 use super::S3Prefix;
 use crate::error::Error;
 use crate::local::available_cores;
-use crate::stages::{clear_results, load_model, plan_run, pretty};
+use crate::stages::{clear_results, load_model_with, plan_run, pretty};
 use crate::summarize::{summarize, PLAN_KEY, SUMMARY_KEY};
 use crate::worker::{record_failure, ProgressFn, Worker};
 
@@ -52,6 +52,9 @@ pub const RESULTS_ENV: &str = "CAI_RESULTS_ROOT";
 pub const DATA_ENV: &str = "CAI_DATA_ROOT";
 /// Inference threads per rank, as for `cai run` (default: every CPU the function gets).
 pub const THREADS_ENV: &str = "CAI_THREADS";
+/// Arithmetic of the model's weights (`f32`, `bf16`, `int8`, `int16`; default f32), as
+/// `cai run --precision`; the template sets it from `cai run --engine aws --precision`.
+pub const PRECISION_ENV: &str = "CAI_PRECISION";
 /// Engine name written into rank reports made on Lambda.
 pub const ENGINE: &str = "aws";
 /// How long before an invocation's deadline a rank stops and records its failure.
@@ -181,13 +184,15 @@ pub struct LambdaConfig {
     pub data: Option<String>,
     /// Inference threads per rank (0: the CPUs this process may use).
     pub threads: usize,
+    /// Arithmetic of the model's weights.
+    pub precision: cai_model::kernels::Precision,
     /// Kernel tier name for the rank reports.
     pub kernels: String,
 }
 
 impl LambdaConfig {
-    /// Read `CAI_MODEL`, `CAI_RESULTS_ROOT`, `CAI_DATA_ROOT` and `CAI_THREADS` (empty or
-    /// unparsable values are unset).
+    /// Read `CAI_MODEL`, `CAI_RESULTS_ROOT`, `CAI_DATA_ROOT`, `CAI_THREADS` and
+    /// `CAI_PRECISION` (empty or unparsable values are unset: all CPUs, f32).
     pub fn from_env() -> Self {
         let var = |k: &str| {
             std::env::var(k)
@@ -200,6 +205,9 @@ impl LambdaConfig {
             results: var(RESULTS_ENV),
             data: var(DATA_ENV),
             threads: var(THREADS_ENV).and_then(|v| v.parse().ok()).unwrap_or(0),
+            precision: var(PRECISION_ENV)
+                .and_then(|v| cai_model::kernels::Precision::parse(&v))
+                .unwrap_or_default(),
             kernels: String::new(),
         }
     }
@@ -491,7 +499,7 @@ impl Handlers {
                 return Ok(w.clone());
             }
         }
-        let loaded = load_model(model).await?;
+        let loaded = load_model_with(model, self.cfg.precision).await?;
         let worker = Arc::new(Worker::new(
             loaded,
             model,

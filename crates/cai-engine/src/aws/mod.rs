@@ -98,11 +98,30 @@ pub struct AwsConfig {
     pub tolerated_failure_percentage: f64,
     /// Days the functions' log groups keep logs.
     pub log_retention_days: u32,
+    /// Arithmetic of the model's weights in the Infer function (its `CAI_PRECISION`).
+    #[serde(default, with = "precision_name")]
+    pub precision: cai_model::kernels::Precision,
+}
+
+/// A precision as its name (`"int8"`), as on the command line.
+mod precision_name {
+    use cai_model::kernels::Precision;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(p: &Precision, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(p.name())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Precision, D::Error> {
+        let name = String::deserialize(d)?;
+        Precision::parse(&name)
+            .ok_or_else(|| serde::de::Error::custom(format!("unknown precision {name:?}")))
+    }
 }
 
 impl AwsConfig {
     /// A configuration with the defaults: 10,240 MB Infer (6 vCPUs), 512 MB others, 900 s,
-    /// x86_64, concurrency 1,000, 0 % tolerated failures, 14 days of logs.
+    /// x86_64, concurrency 1,000, 0 % tolerated failures, 14 days of logs, f32.
     pub fn new(stack: &str, data: S3Prefix, results: S3Prefix, model: S3Prefix) -> Self {
         Self {
             stack: stack.to_string(),
@@ -116,6 +135,7 @@ impl AwsConfig {
             max_concurrency: 1000,
             tolerated_failure_percentage: 0.0,
             log_retention_days: 14,
+            precision: cai_model::kernels::Precision::F32,
         }
     }
 

@@ -133,7 +133,8 @@ fn function(cfg: &AwsConfig, id: &str, role: &str) -> Value {
                     "CAI_HANDLER": role,
                     "CAI_MODEL": format!("s3://{}/{}", cfg.model.bucket, cfg.model.prefix),
                     "CAI_RESULTS_ROOT": format!("s3://{}/{}", cfg.results.bucket, cfg.results.prefix),
-                    "CAI_DATA_ROOT": format!("s3://{}/{}", cfg.data.bucket, cfg.data.prefix)
+                    "CAI_DATA_ROOT": format!("s3://{}/{}", cfg.data.bucket, cfg.data.prefix),
+                    "CAI_PRECISION": cfg.precision.name()
                 }
             }
         }
@@ -332,6 +333,7 @@ mod tests {
         for (id, role) in FUNCTIONS {
             let f = &t["Resources"][format!("{id}Function")]["Properties"];
             assert_eq!(f["Runtime"], "provided.al2023");
+            assert_eq!(f["Environment"]["Variables"]["CAI_PRECISION"], "f32");
             assert_eq!(f["Handler"], "bootstrap");
             assert_eq!(f["Architectures"], json!(["arm64"]));
             assert_eq!(f["Environment"]["Variables"]["CAI_HANDLER"], role);
@@ -352,6 +354,15 @@ mod tests {
             .collect();
         let def = serde_json::to_string(&sm["Definition"]).unwrap();
         for s in &subs {
+        // `cai run --engine aws --precision int8` reaches the Infer function.
+        let mut c = cfg();
+        c.precision = cai_model::kernels::Precision::Int8;
+        let t = template(&c);
+        assert_eq!(
+            t["Resources"]["InferFunction"]["Properties"]["Environment"]["Variables"]
+                ["CAI_PRECISION"],
+            "int8"
+        );
             assert!(def.contains(&format!("${{{s}}}")), "{s} unused");
         }
         assert_eq!(subs.len(), 3);

@@ -38,6 +38,8 @@ pub struct ScriptOptions {
     pub max_running: Option<usize>,
     /// Inference threads per task (default: the CPUs Slurm gives the task).
     pub threads: Option<usize>,
+    /// Arithmetic of the model's weights in every task (`cai worker --precision`).
+    pub precision: cai_model::kernels::Precision,
     /// The `cai` binary the jobs run (must be on a file system the nodes mount).
     pub cai_bin: PathBuf,
     /// Directory of the jobs' output and error files.
@@ -60,6 +62,7 @@ impl Default for ScriptOptions {
             setup: None,
             max_running: None,
             threads: None,
+            precision: cai_model::kernels::Precision::F32,
             cai_bin: PathBuf::from("cai"),
             log_dir: PathBuf::from("logs"),
         }
@@ -240,6 +243,9 @@ pub fn array_script(o: &ScriptOptions, plan_url: &str, probe: &str, indices: &[u
     if let Some(t) = o.threads {
         let _ = write!(s, " --threads {t}");
     }
+    if o.precision != cai_model::kernels::Precision::F32 {
+        let _ = write!(s, " --precision {}", o.precision.name());
+    }
     s.push('\n');
     s
 }
@@ -317,6 +323,7 @@ mod tests {
             setup: Some("module load foo".into()),
             max_running: Some(3),
             threads: None,
+            precision: cai_model::kernels::Precision::F32,
             cai_bin: "/opt/cai".into(),
             log_dir: "/r/slurm/logs".into(),
         };
@@ -347,6 +354,30 @@ mod tests {
         assert!(sum.contains("#SBATCH --job-name=z-summarize"));
         assert!(sum.contains("exec /opt/cai summarize --results /r\n"));
         assert!(!sum.contains("--gres"));
+    }
+
+    #[test]
+    fn threads_and_precision_reach_the_worker() {
+        use cai_model::kernels::Precision;
+        for (p, tail) in [
+            (Precision::F32, " --threads 2\n"),
+            (Precision::Int8, " --threads 2 --precision int8\n"),
+            (Precision::Bf16, " --threads 2 --precision bf16\n"),
+        ] {
+            let o = ScriptOptions {
+                threads: Some(2),
+                precision: p,
+                ..ScriptOptions::default()
+            };
+            let s = array_script(&o, "/r/plan.json", "tok", &[0]);
+            let exec = s.lines().last().unwrap_or_default();
+            assert!(
+                exec.starts_with("exec cai worker --plan /r/plan.json") && s.ends_with(tail),
+                "{p}: {s}"
+            );
+            // The worker parses what the script passes.
+            assert_eq!(Precision::parse(p.name()), Some(p));
+        }
     }
 
     #[test]

@@ -54,6 +54,10 @@ pub struct StackArgs {
     /// How the stack runs.
     #[command(flatten)]
     pub options: StackOptions,
+    /// Arithmetic of the model's trunk weights in the Infer function (see `cai run
+    /// --help`).
+    #[arg(long, default_value = "f32", env = "CAI_PRECISION")]
+    pub precision: cai_model::kernels::Precision,
 }
 
 /// How the stack runs (shared by `cai aws …` and `cai run --engine aws`).
@@ -225,12 +229,14 @@ fn config(a: &StackArgs) -> Result<AwsConfig> {
         "--model must name an object (s3://bucket/key), got {:?}",
         a.model
     );
-    config_of(
+    let mut cfg = config_of(
         &a.options,
         s3("data", &a.data)?,
         s3("results", &a.results)?,
         model,
-    )
+    )?;
+    cfg.precision = a.precision;
+    Ok(cfg)
 }
 
 fn config_of(
@@ -319,6 +325,7 @@ pub async fn aws(cmd: AwsCommand, quiet: bool) -> Result<Outcome> {
                 s3("results", &a.stack.results)?,
                 S3Prefix::new("unset", "unset"),
             )?;
+            cfg.precision = a.stack.precision;
             let d = deploy_stack(&sdk, &mut cfg, &a.stack.model, &a.artifacts, quiet).await?;
             println!("{}", d.state_machine_arn);
         }
@@ -509,12 +516,23 @@ pub async fn run(a: &crate::cli::RunArgs, quiet: bool) -> Result<Outcome> {
     )
     .await;
     let state_machine = match &a.aws.state_machine {
-        Some(arn) => arn.clone(),
+        Some(arn) => {
+            if a.precision != cai_model::kernels::Precision::F32 && !quiet {
+                eprintln!(
+                    "warning: --precision {} is ignored with --state-machine: the stack's \
+                     Infer function uses the precision it was deployed with (cai aws deploy \
+                     --precision)",
+                    a.precision
+                );
+            }
+            arn.clone()
+        }
         None => {
             let model = model
                 .context("no model: give --model (s3://bucket/key, or a local file to upload)")?;
             let mut cfg = config_of(
                 &a.aws.options,
+            cfg.precision = a.precision;
                 s3("data", &data)?,
                 s3("results", &results)?,
                 S3Prefix::new("unset", "unset"),

@@ -58,6 +58,7 @@ fn engine_for(a: &RunArgs, results: &StorageUrl) -> Result<SlurmEngine> {
             gres: s.gres.clone(),
             constraint: s.constraint.clone(),
             extra,
+            precision: a.precision,
             setup: s.setup.clone(),
             max_running: s.max_running,
             threads: a.threads,

@@ -11,7 +11,7 @@ use cai_core::plan::Plan;
 use cai_core::report::{failure_key, RankFailure};
 use cai_core::StorageUrl;
 use cai_engine::local::available_cores;
-use cai_engine::stages::load_model;
+use cai_engine::stages::load_model_with;
 use cai_engine::worker::{host_name, unix_now, Worker};
 
 use super::run::kernel_tier;
@@ -79,14 +79,15 @@ pub async fn worker(a: WorkerArgs, quiet: bool) -> Result<Outcome> {
     let job = std::env::var("SLURM_JOB_ID").unwrap_or_default();
     if !quiet {
         eprintln!(
-            "rank {rank} of {} on {host} ({engine}{}), {threads} thread(s), kernels {}: {} partition(s)",
+            "rank {rank} of {} on {host} ({engine}{}), {threads} thread(s), kernels {}, precision {}: {} partition(s)",
             plan.world_size,
             if job.is_empty() { String::new() } else { format!(" job {job}") },
             kernel_tier(),
+            a.precision,
             plan.partitions_of(rank).len()
         );
     }
-    let model = load_model(&plan.model)
+    let model = load_model_with(&plan.model, a.precision)
         .await
         .with_context(|| format!("cannot load the model {}", plan.model))?;
     let worker = Worker::new(model, &plan.model, threads, engine, &kernel_tier())?;

@@ -114,6 +114,8 @@ fn dry_run_writes_scripts_and_prints_the_commands() {
         &d.s("extra.sbatch"),
         "--setup",
         "module load gcc",
+        "--precision",
+        "int8",
     ]);
     assert!(
         out.contains("sbatch --parsable") && out.contains("--dependency=afterany:"),
@@ -134,9 +136,22 @@ fn dry_run_writes_scripts_and_prints_the_commands() {
         "#SBATCH --comment=cai",
         "module load gcc",
         "worker --plan",
+        " --precision int8\n",
     ] {
         assert!(script.contains(want), "{want} missing:\n{script}");
     }
+    // The worker takes what the script passes: it gets as far as reading the plan.
+    let w = d.cai(&[
+        "worker",
+        "--plan",
+        &d.s("no-plan.json"),
+        "--rank",
+        "0",
+        "--precision",
+        "int8",
+    ]);
+    let err = String::from_utf8_lossy(&w.stderr);
+    assert!(err.contains("cannot read the plan"), "{err}");
     assert!(d.path("res/slurm/summarize.sbatch").exists());
     assert!(d.path("res/plan.json").exists());
     assert!(!d.path("res/slurm/jobs.json").exists(), "nothing submitted");

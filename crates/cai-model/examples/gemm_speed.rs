@@ -35,9 +35,11 @@ fn main() {
         let f = PackedB::pack_nk(&w, n, k, k, Some(&bias));
         let mut q = f.clone();
         q.quantize_int8();
+        let mut q16 = f.clone();
+        q16.quantize_int16();
         let mut c = vec![0.0f32; m * n];
         let mut line = format!("{name:>10} m{m} k{k} n{n}:");
-        for (label, b) in [("f32", &f), ("int8", &q)] {
+        for (label, b) in [("f32", &f), ("int8", &q), ("int16", &q16)] {
             let mut reps = 0u64;
             let t = cpu_seconds();
             while cpu_seconds() - t < 0.5 {

@@ -89,6 +89,15 @@ fn lambda_role(cfg: &AwsConfig, id: &str, role: &str) -> Value {
         json!([{ "Fn::GetAtt": [format!("{id}LogGroup"), "Arn"] }]),
     )];
     statements.extend(s3_statements(cfg, role));
+    iam_role(
+        "lambda.amazonaws.com",
+        &format!("{}-{role}", cfg.stack),
+        statements,
+    )
+}
+
+/// An IAM role that `service` may assume, with one inline policy of `statements`.
+fn iam_role(service: &str, policy_name: &str, statements: Vec<Value>) -> Value {
     json!({
         "Type": "AWS::IAM::Role",
         "Properties": {
@@ -96,12 +105,12 @@ fn lambda_role(cfg: &AwsConfig, id: &str, role: &str) -> Value {
                 "Version": "2012-10-17",
                 "Statement": [{
                     "Effect": "Allow",
-                    "Principal": { "Service": "lambda.amazonaws.com" },
+                    "Principal": { "Service": service },
                     "Action": "sts:AssumeRole"
                 }]
             },
             "Policies": [{
-                "PolicyName": format!("{}-{role}", cfg.stack),
+                "PolicyName": policy_name,
                 "PolicyDocument": { "Version": "2012-10-17", "Statement": statements }
             }]
         }
@@ -176,23 +185,11 @@ fn state_machine_role(cfg: &AwsConfig) -> Value {
             ) }]),
         ),
     ];
-    json!({
-        "Type": "AWS::IAM::Role",
-        "Properties": {
-            "AssumeRolePolicyDocument": {
-                "Version": "2012-10-17",
-                "Statement": [{
-                    "Effect": "Allow",
-                    "Principal": { "Service": "states.amazonaws.com" },
-                    "Action": "sts:AssumeRole"
-                }]
-            },
-            "Policies": [{
-                "PolicyName": format!("{}-workflow", cfg.stack),
-                "PolicyDocument": { "Version": "2012-10-17", "Statement": statements }
-            }]
-        }
-    })
+    iam_role(
+        "states.amazonaws.com",
+        &format!("{}-workflow", cfg.stack),
+        statements,
+    )
 }
 
 /// The CloudFormation template for `cfg`.
@@ -333,10 +330,10 @@ mod tests {
         for (id, role) in FUNCTIONS {
             let f = &t["Resources"][format!("{id}Function")]["Properties"];
             assert_eq!(f["Runtime"], "provided.al2023");
-            assert_eq!(f["Environment"]["Variables"]["CAI_PRECISION"], "f32");
             assert_eq!(f["Handler"], "bootstrap");
             assert_eq!(f["Architectures"], json!(["arm64"]));
             assert_eq!(f["Environment"]["Variables"]["CAI_HANDLER"], role);
+            assert_eq!(f["Environment"]["Variables"]["CAI_PRECISION"], "f32");
             assert_eq!(
                 t["Resources"][format!("{id}LogGroup")]["Properties"]["LogGroupName"],
                 format!("/aws/lambda/cai-{role}")
@@ -354,6 +351,9 @@ mod tests {
             .collect();
         let def = serde_json::to_string(&sm["Definition"]).unwrap();
         for s in &subs {
+            assert!(def.contains(&format!("${{{s}}}")), "{s} unused");
+        }
+        assert_eq!(subs.len(), 3);
         // `cai run --engine aws --precision int8` reaches the Infer function.
         let mut c = cfg();
         c.precision = cai_model::kernels::Precision::Int8;
@@ -363,9 +363,6 @@ mod tests {
                 ["CAI_PRECISION"],
             "int8"
         );
-            assert!(def.contains(&format!("${{{s}}}")), "{s} unused");
-        }
-        assert_eq!(subs.len(), 3);
     }
 
     #[test]

@@ -474,11 +474,7 @@ pub async fn run(a: &crate::cli::RunArgs, quiet: bool) -> Result<Outcome> {
         );
     }
     let mut payload = match &a.payload {
-        Some(p) => {
-            let bytes = std::fs::read(p)
-                .with_context(|| format!("cannot read the payload {}", p.display()))?;
-            Payload::from_json(&p.display().to_string(), &bytes)?
-        }
+        Some(p) => super::run::read_payload(p)?,
         None => Payload::default(),
     };
     // Flags override the payload, as for the other engines.
@@ -532,11 +528,11 @@ pub async fn run(a: &crate::cli::RunArgs, quiet: bool) -> Result<Outcome> {
                 .context("no model: give --model (s3://bucket/key, or a local file to upload)")?;
             let mut cfg = config_of(
                 &a.aws.options,
-            cfg.precision = a.precision;
                 s3("data", &data)?,
                 s3("results", &results)?,
                 S3Prefix::new("unset", "unset"),
             )?;
+            cfg.precision = a.precision;
             deploy_stack(&sdk, &mut cfg, &model, &a.aws.artifacts, quiet)
                 .await?
                 .state_machine_arn

@@ -15,16 +15,16 @@ use crate::cli::{RunArgs, SummarizeArgs};
 use crate::progress::Progress;
 use crate::Outcome;
 
+/// Read the original's `payload.json` (`--payload`), for every engine.
+pub(crate) fn read_payload(path: &std::path::Path) -> Result<Payload> {
+    let bytes = std::fs::read(path)
+        .with_context(|| format!("cannot read the payload {}", path.display()))?;
+    Ok(Payload::from_json(&path.display().to_string(), &bytes)?)
+}
+
 /// Resolve where things are and plan (or reload the plan, with `--resume`).
 pub(crate) async fn plan_or_resume(a: &RunArgs) -> Result<(Arc<Plan>, Vec<usize>)> {
-    let payload = match &a.payload {
-        Some(p) => {
-            let bytes = std::fs::read(p)
-                .with_context(|| format!("cannot read the payload {}", p.display()))?;
-            Some(Payload::from_json(&p.display().to_string(), &bytes)?)
-        }
-        None => None,
-    };
+    let payload = a.payload.as_deref().map(read_payload).transpose()?;
     let results = a
         .results
         .clone()

@@ -6,7 +6,6 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use cai_core::payload::Payload;
 use cai_core::StorageUrl;
 use cai_engine::slurm::script::read_extra_lines;
 use cai_engine::slurm::{
@@ -14,7 +13,7 @@ use cai_engine::slurm::{
 };
 use cai_engine::summarize::summarize as summarize_results;
 
-use super::run::{plan_or_resume, print_summary};
+use super::run::{plan_or_resume, print_summary, read_payload};
 use crate::cli::RunArgs;
 use crate::Outcome;
 
@@ -24,9 +23,7 @@ fn results_location(a: &RunArgs) -> Result<Option<String>> {
         return Ok(Some(r.clone()));
     }
     let Some(p) = &a.payload else { return Ok(None) };
-    let bytes =
-        std::fs::read(p).with_context(|| format!("cannot read the payload {}", p.display()))?;
-    Ok(Payload::from_json(&p.display().to_string(), &bytes)?.results_url())
+    Ok(read_payload(p)?.results_url())
 }
 
 /// The engine for `cai run` flags.
@@ -58,10 +55,10 @@ fn engine_for(a: &RunArgs, results: &StorageUrl) -> Result<SlurmEngine> {
             gres: s.gres.clone(),
             constraint: s.constraint.clone(),
             extra,
-            precision: a.precision,
             setup: s.setup.clone(),
             max_running: s.max_running,
             threads: a.threads,
+            precision: a.precision,
             cai_bin,
             log_dir: dir.join("logs"),
         },

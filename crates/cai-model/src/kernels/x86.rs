@@ -170,33 +170,7 @@ unsafe fn pack_strip(a: *const f32, lda: usize, k: usize, dst: *mut f32) {
         let r4 = _mm256_loadu_ps(a.add(4 * lda + kk));
         let r5 = _mm256_loadu_ps(a.add(5 * lda + kk));
         let z = _mm256_setzero_ps();
-        // 8x8 transpose of rows r0..r5, 0, 0.
-        let t0 = _mm256_unpacklo_ps(r0, r1);
-        let t1 = _mm256_unpackhi_ps(r0, r1);
-        let t2 = _mm256_unpacklo_ps(r2, r3);
-        let t3 = _mm256_unpackhi_ps(r2, r3);
-        let t4 = _mm256_unpacklo_ps(r4, r5);
-        let t5 = _mm256_unpackhi_ps(r4, r5);
-        let t6 = _mm256_unpacklo_ps(z, z);
-        let t7 = t6;
-        let u0 = _mm256_shuffle_ps::<0x44>(t0, t2);
-        let u1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
-        let u2 = _mm256_shuffle_ps::<0x44>(t1, t3);
-        let u3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
-        let u4 = _mm256_shuffle_ps::<0x44>(t4, t6);
-        let u5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
-        let u6 = _mm256_shuffle_ps::<0x44>(t5, t7);
-        let u7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
-        let cols = [
-            _mm256_permute2f128_ps::<0x20>(u0, u4),
-            _mm256_permute2f128_ps::<0x20>(u1, u5),
-            _mm256_permute2f128_ps::<0x20>(u2, u6),
-            _mm256_permute2f128_ps::<0x20>(u3, u7),
-            _mm256_permute2f128_ps::<0x31>(u0, u4),
-            _mm256_permute2f128_ps::<0x31>(u1, u5),
-            _mm256_permute2f128_ps::<0x31>(u2, u6),
-            _mm256_permute2f128_ps::<0x31>(u3, u7),
-        ];
+        let cols = transpose8([r0, r1, r2, r3, r4, r5, z, z]);
         for (j, col) in cols.iter().enumerate() {
             _mm256_storeu_ps(dst.add((kk + j) * MR), *col);
         }
@@ -208,6 +182,77 @@ unsafe fn pack_strip(a: *const f32, lda: usize, k: usize, dst: *mut f32) {
         }
         kk += 1;
     }
+}
+
+/// Packs one full panel of [`NR`] columns for [`PackedB::repack_nk`]: `panel[kk*NR + j] =
+/// w[j*ld + kk]` for `j < NR`, `kk < k`, by 8x8 register transposes (the scalar loop writes
+/// with a stride of `NR`; attention repacks its keys this way per galaxy and head). Returns
+/// false, packing nothing, when the CPU lacks AVX2 or the tier in use is not an x86 one.
+pub(super) fn pack_panel_nk(w: &[f32], ld: usize, k: usize, panel: &mut [f32]) -> bool {
+    if !matches!(super::ops().tier, Tier::Avx2 | Tier::Avx512) || k < 8 {
+        return false;
+    }
+    assert!(w.len() >= (NR - 1) * ld + k && ld >= k && panel.len() >= k * NR);
+    // SAFETY: the AVX2 tier is only selected after AVX2 and FMA were detected; the assert
+    // bounds the reads (NR rows of k values at stride ld) and the writes (k rows of NR).
+    unsafe { pack_panel_nk_avx2(w.as_ptr(), ld, k, panel.as_mut_ptr()) };
+    true
+}
+
+/// See [`pack_panel_nk`]; caller guarantees AVX2, `NR` rows of `k >= 8` readable values at
+/// stride `ld` from `w` and `k * NR` writable values at `dst`.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn pack_panel_nk_avx2(w: *const f32, ld: usize, k: usize, dst: *mut f32) {
+    // Blocks of 8 kk; the last block overlaps the previous one when k % 8 != 0 (it rewrites
+    // the same values).
+    let mut kk = 0;
+    loop {
+        let k0 = kk.min(k - 8);
+        for half in 0..2 {
+            let src = w.add(half * 8 * ld + k0);
+            let rows: [__m256; 8] = std::array::from_fn(|r| _mm256_loadu_ps(src.add(r * ld)));
+            let cols = transpose8(rows);
+            for (j, col) in cols.iter().enumerate() {
+                _mm256_storeu_ps(dst.add((k0 + j) * NR + half * 8), *col);
+            }
+        }
+        if k0 + 8 >= k {
+            break;
+        }
+        kk += 8;
+    }
+}
+
+/// The transpose of the 8x8 matrix whose rows are `r`.
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+fn transpose8(r: [__m256; 8]) -> [__m256; 8] {
+    let t0 = _mm256_unpacklo_ps(r[0], r[1]);
+    let t1 = _mm256_unpackhi_ps(r[0], r[1]);
+    let t2 = _mm256_unpacklo_ps(r[2], r[3]);
+    let t3 = _mm256_unpackhi_ps(r[2], r[3]);
+    let t4 = _mm256_unpacklo_ps(r[4], r[5]);
+    let t5 = _mm256_unpackhi_ps(r[4], r[5]);
+    let t6 = _mm256_unpacklo_ps(r[6], r[7]);
+    let t7 = _mm256_unpackhi_ps(r[6], r[7]);
+    let u0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+    let u1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+    let u2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+    let u3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+    let u4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+    let u5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+    let u6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+    let u7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+    [
+        _mm256_permute2f128_ps::<0x20>(u0, u4),
+        _mm256_permute2f128_ps::<0x20>(u1, u5),
+        _mm256_permute2f128_ps::<0x20>(u2, u6),
+        _mm256_permute2f128_ps::<0x20>(u3, u7),
+        _mm256_permute2f128_ps::<0x31>(u0, u4),
+        _mm256_permute2f128_ps::<0x31>(u1, u5),
+        _mm256_permute2f128_ps::<0x31>(u2, u6),
+        _mm256_permute2f128_ps::<0x31>(u3, u7),
+    ]
 }
 
 /// All panels of `b` over one packed block of `rows` rows.

@@ -229,6 +229,9 @@ def main():
                 rows.append({"threads": t, "batch": b, "engine": eng, "galaxies_per_s": gs,
                              "galaxies_per_cpu_s": gc, "over_torch": ratio,
                              "over_torch_cpu": ratio_c, "load1": ld})
+    for vb in (cai.get("vit_blocks", []) if cai else []):
+        print(f"cai {vb['precision']}: the ViT blocks alone, one thread: {vb['gflops_per_cpu_s']:.1f} "
+              f"GFLOP per CPU-s = {100 * vb['peak_share']:.1f}% of the f32 peak")
     print("peak% = GFLOP per CPU-second over the per-core f32 peak (int8 counts the same FLOPs);")
     print("x torch = galaxies/s over PyTorch f32's in the same case; |dz| on the parity fixtures if given, else on the bench inputs")
     if args.json_out:

@@ -380,34 +380,43 @@ pub fn predict_partition(
         z_pred: Vec::with_capacity(n),
         ..Default::default()
     };
+    // A batch is passed to the model in place; only one holding a non-finite value is
+    // copied, so that its bad galaxies can be zeroed.
     let mut images = Vec::new();
     let mut mags = Vec::new();
     let mut bad = Vec::new();
     for start in (0..n).step_by(batch_size.max(1)) {
         let m = batch_size.max(1).min(n - start);
-        images.clear();
-        images.extend_from_slice(&partition.images[start * img_len..(start + m) * img_len]);
-        mags.clear();
-        mags.extend_from_slice(&partition.magnitudes[start * c..(start + m) * c]);
+        let batch_images = &partition.images[start * img_len..(start + m) * img_len];
+        let batch_mags = &partition.magnitudes[start * c..(start + m) * c];
         bad.clear();
         for g in 0..m {
-            let im = &mut images[g * img_len..(g + 1) * img_len];
-            let mg = &mut mags[g * c..(g + 1) * c];
-            let nf = im
+            let nf = batch_images[g * img_len..(g + 1) * img_len]
                 .iter()
-                .chain(mg.iter())
+                .chain(&batch_mags[g * c..(g + 1) * c])
                 .filter(|v| !v.is_finite())
                 .count() as u64;
             if nf > 0 {
                 run.nonfinite_values += nf;
                 run.nonfinite_galaxies += 1;
-                im.fill(0.0);
-                mg.fill(0.0);
                 bad.push(g);
             }
         }
+        let (batch_images, batch_mags) = if bad.is_empty() {
+            (batch_images, batch_mags)
+        } else {
+            images.clear();
+            images.extend_from_slice(batch_images);
+            mags.clear();
+            mags.extend_from_slice(batch_mags);
+            for &g in &bad {
+                images[g * img_len..(g + 1) * img_len].fill(0.0);
+                mags[g * c..(g + 1) * c].fill(0.0);
+            }
+            (&images[..], &mags[..])
+        };
         let t = Instant::now();
-        let mut out = pool.install(|| model.predict(&images, &mags, m))?;
+        let mut out = pool.install(|| model.predict(batch_images, batch_mags, m))?;
         run.infer_s += t.elapsed().as_secs_f64();
         run.batches += 1;
         if out.len() < m {

@@ -523,22 +523,33 @@ fn fma_chains(iters: u64) -> f32 {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{check, scalar, Epilogue, PackedB};
+    use super::super::check::{self, Weights};
+    use super::super::{scalar, Epilogue, PackedB};
     use super::*;
     use proptest::prelude::*;
 
     #[test]
     fn gemm_matches_scalar_on_odd_shapes() {
         let Some(ops) = neon_ops() else { return };
-        check::gemm_odd_shapes(&ops, false);
+        check::gemm_odd_shapes(&ops, Weights::F32);
     }
 
     /// Full and partial strips, `k` not a multiple of the packing's 4, several row blocks.
     #[test]
     fn gemm_large_k_blocks_rows() {
         let Some(ops) = neon_ops() else { return };
-        check::gemm(&ops, 300, 40, 1100, 1101, 40, Epilogue::RELU, 5, false);
-        check::gemm(&ops, 13, 33, 6, 6, 35, Epilogue::GELU, 6, false);
+        check::gemm(
+            &ops,
+            300,
+            40,
+            1100,
+            1101,
+            40,
+            Epilogue::RELU,
+            5,
+            Weights::F32,
+        );
+        check::gemm(&ops, 13, 33, 6, 6, 35, Epilogue::GELU, 6, Weights::F32);
     }
 
     /// Int8 runs the scalar reference for now, so it must equal it exactly (bit for bit);
@@ -546,8 +557,19 @@ mod tests {
     #[test]
     fn gemm_int8_equals_scalar() {
         let Some(ops) = neon_ops() else { return };
-        check::gemm_odd_shapes(&ops, true);
-        check::gemm(&ops, 70, 40, 3216, 3216, 40, Epilogue::RELU, 7, true);
+        check::gemm_odd_shapes(&ops, Weights::Int8);
+        check::gemm_odd_shapes(&ops, Weights::Int16);
+        check::gemm(
+            &ops,
+            70,
+            40,
+            3216,
+            3216,
+            40,
+            Epilogue::RELU,
+            7,
+            Weights::Int8,
+        );
         let a = check::lcg(1, 5 * 33, 1.0);
         let mut b = PackedB::pack_nk(&check::lcg(2, 20 * 33, 1.0), 20, 33, 33, None);
         b.quantize_int8();
@@ -592,7 +614,7 @@ mod tests {
         #[test]
         fn gemm_prop(m in 0usize..40, n in 0usize..50, k in 0usize..70, pad_a in 0usize..4, pad_c in 0usize..4, e in 0usize..5, seed in 0u64..1000) {
             if let Some(ops) = neon_ops() {
-                check::gemm(&ops, m, n, k, k + pad_a, n + pad_c, check::EPIS[e], seed, false);
+                check::gemm(&ops, m, n, k, k + pad_a, n + pad_c, check::EPIS[e], seed, Weights::F32);
             }
         }
 

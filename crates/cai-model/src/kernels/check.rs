@@ -1,5 +1,5 @@
 //! Test-only checks of a SIMD table against [`scalar`], with stated tolerances, for the
-//! per-ISA test modules (`aarch64.rs` uses them; they take any [`Ops`]), and one test of
+//! per-ISA test modules (`x86.rs` and `aarch64.rs`; they take any [`Ops`]), and one test of
 //! whatever tier [`super::best`] picks on this CPU.
 
 use super::{scalar, Act, Epilogue, Ops, PackedB};
@@ -31,11 +31,23 @@ pub const EPIS: [Epilogue; 5] = [
     },
 ];
 
+/// The weights of a checked product.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Weights {
+    /// f32 weights.
+    F32,
+    /// [`PackedB::quantize_int8`].
+    Int8,
+    /// [`PackedB::quantize_int16`].
+    Int16,
+}
+
 /// Runs `ops` and the scalar table on the same product and compares every element of `C`
-/// (including the padding between rows, which must stay untouched). With `int8`, `B` is
-/// quantised first and the results must be equal except for the GELU approximation
-/// (1e-6 (1 + |x|)). In f32 the tolerance is 1e-5 * (1 + sum_k |a_ik b_kj| + |bias_j|)
-/// (a different summation order) plus the GELU approximation error 1e-6 (1 + |x|).
+/// (including the padding between rows, which must stay untouched). With integer weights
+/// `B` is quantised first and the results must be equal (same integers, same f32
+/// operations) except for the GELU approximation (1e-6 (1 + |x|)). In f32 the tolerance is
+/// 1e-5 * (1 + sum_k |a_ik b_kj| + |bias_j|) (a different summation order) plus the GELU
+/// approximation error 1e-6 (1 + |x|).
 #[allow(clippy::too_many_arguments)]
 pub fn gemm(
     ops: &Ops,
@@ -46,15 +58,23 @@ pub fn gemm(
     ldc: usize,
     epi: Epilogue,
     seed: u64,
-    int8: bool,
+    weights: Weights,
 ) {
     let a = lcg(seed, m.max(1) * lda, 1.0);
     let w = lcg(seed + 1, n * k, 1.0);
     let bias = lcg(seed + 2, n, 0.5);
     let mut b = PackedB::pack_nk(&w, n, k, k, Some(&bias));
-    if int8 {
-        b.quantize_int8();
-    }
+    let int = match weights {
+        Weights::F32 => false,
+        Weights::Int8 => {
+            b.quantize_int8();
+            true
+        }
+        Weights::Int16 => {
+            b.quantize_int16();
+            true
+        }
+    };
     let c0 = lcg(seed + 3, m.max(1) * ldc, 1.0);
     let mut want = c0.clone();
     let mut got = c0.clone();
@@ -76,15 +96,11 @@ pub fn gemm(
             } else {
                 0.0
             };
-            let tol = if int8 {
-                gelu
-            } else {
-                1e-5 * (1.0 + mag) + gelu
-            };
+            let tol = if int { gelu } else { 1e-5 * (1.0 + mag) + gelu };
             let d = (got[idx] - want[idx]).abs();
             assert!(
                 d <= tol,
-                "int8 {int8} m{m} n{n} k{k} {epi:?} ({i},{j}): {} vs {} (tol {tol})",
+                "{weights:?} m{m} n{n} k{k} {epi:?} ({i},{j}): {} vs {} (tol {tol})",
                 got[idx],
                 want[idx]
             );
@@ -94,7 +110,7 @@ pub fn gemm(
 
 /// [`gemm`] on every combination of the odd sizes 0, 1, 7 and 197 and every epilogue,
 /// with padded strides.
-pub fn gemm_odd_shapes(ops: &Ops, int8: bool) {
+pub fn gemm_odd_shapes(ops: &Ops, weights: Weights) {
     let dims = [0usize, 1, 7, 197];
     let mut seed = 0;
     for &m in &dims {
@@ -102,7 +118,7 @@ pub fn gemm_odd_shapes(ops: &Ops, int8: bool) {
             for &k in &dims {
                 for epi in EPIS {
                     seed += 10;
-                    gemm(ops, m, n, k, k.max(1) + 3, n.max(1) + 5, epi, seed, int8);
+                    gemm(ops, m, n, k, k.max(1) + 3, n.max(1) + 5, epi, seed, weights);
                 }
             }
         }
@@ -189,7 +205,7 @@ pub fn gelu(ops: &Ops) -> f32 {
 #[test]
 fn best_tier_matches_scalar() {
     let ops = super::best();
-    gemm_odd_shapes(&ops, false);
+    gemm_odd_shapes(&ops, Weights::F32);
     softmax_odd_shapes(&ops);
     for dim in [1usize, 3, 4, 7, 8, 192, 197] {
         layer_norm(&ops, 3, dim, dim as u64);

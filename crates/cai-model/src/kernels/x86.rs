@@ -836,196 +836,28 @@ fn fma_chains(iters: u64) -> f32 {
     hsum(s)
 }
 
-/// GELU of each value with the SIMD approximation (for tests and diagnostics).
-/// Returns `None` if the CPU lacks AVX2+FMA.
-pub fn gelu_slice(xs: &[f32]) -> Option<Vec<f32>> {
-    avx2_ops()?;
-    let mut out = Vec::with_capacity(xs.len());
-    for ch in xs.chunks(8) {
-        let mut buf = [0.0f32; 8];
-        buf[..ch.len()].copy_from_slice(ch);
-        // SAFETY: AVX2+FMA confirmed above; `buf` has 8 values.
-        unsafe {
-            let v = gelu8(_mm256_loadu_ps(buf.as_ptr()));
-            _mm256_storeu_ps(buf.as_mut_ptr(), v);
-        }
-        out.extend_from_slice(&buf[..ch.len()]);
-    }
-    Some(out)
-}
-
 #[cfg(test)]
 mod tests {
-    use super::super::{scalar, Epilogue, Ops, PackedB};
+    use super::super::check::{self, Weights, EPIS};
+    use super::super::{scalar, Epilogue, PackedB};
     use super::*;
     use proptest::prelude::*;
-
-    fn lcg(seed: u64, n: usize, scale: f32) -> Vec<f32> {
-        let mut s = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (0..n)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
-            })
-            .collect()
-    }
-
-    /// Tolerance: |simd - scalar| <= 1e-5 * (1 + sum_k |a_ik b_kj| + |bias_j|) per element,
-    /// (different summation order), plus the GELU approximation error 1e-6 (1 + |x|).
-    #[allow(clippy::too_many_arguments)]
-    fn check_gemm(
-        ops: &Ops,
-        m: usize,
-        n: usize,
-        k: usize,
-        lda: usize,
-        ldc: usize,
-        epi: Epilogue,
-        seed: u64,
-    ) {
-        let a = lcg(seed, m.max(1) * lda, 1.0);
-        let w = lcg(seed + 1, n * k, 1.0);
-        let bias = lcg(seed + 2, n, 0.5);
-        let b = PackedB::pack_nk(&w, n, k, k, Some(&bias));
-        let c0 = lcg(seed + 3, m.max(1) * ldc, 1.0);
-        let mut want = c0.clone();
-        let mut got = c0.clone();
-        scalar::ops().gemm(m, &a, lda, &b, &mut want, ldc, epi);
-        ops.gemm(m, &a, lda, &b, &mut got, ldc, epi);
-        for i in 0..m.max(1) {
-            for j in 0..ldc {
-                let idx = i * ldc + j;
-                if i >= m || j >= n {
-                    assert_eq!(got[idx], c0[idx], "wrote outside C at ({i},{j})");
-                    continue;
-                }
-                let mag: f32 = (0..k)
-                    .map(|kk| (a[i * lda + kk] * w[j * k + kk]).abs())
-                    .sum::<f32>()
-                    + bias[j].abs();
-                let tol = 1e-5 * (1.0 + mag) + 1e-6 * (1.0 + mag);
-                let d = (got[idx] - want[idx]).abs();
-                assert!(
-                    d <= tol,
-                    "m{m} n{n} k{k} {epi:?} ({i},{j}): {} vs {} (tol {tol})",
-                    got[idx],
-                    want[idx]
-                );
-            }
-        }
-    }
-
-    const EPIS: [Epilogue; 5] = [
-        Epilogue::PLAIN,
-        Epilogue::RELU,
-        Epilogue::GELU,
-        Epilogue::RESIDUAL,
-        Epilogue {
-            act: Act::Gelu,
-            accumulate: true,
-        },
-    ];
 
     #[test]
     fn gemm_matches_scalar_on_odd_shapes() {
         let Some(ops) = avx2_ops() else { return };
-        let dims = [0usize, 1, 7, 197];
-        let mut seed = 0;
-        for &m in &dims {
-            for &n in &dims {
-                for &k in &dims {
-                    for epi in EPIS {
-                        seed += 10;
-                        check_gemm(&ops, m, n, k, k.max(1) + 3, n.max(1) + 5, epi, seed);
-                    }
-                }
-            }
-        }
-    }
-
-    /// Int8 and int16 (`bits` 8 or 13): the AVX2 product equals the scalar reference
-    /// exactly (same integers, same f32 operations) except for the GELU approximation,
-    /// 2e-7 (1 + |x|) (1e-6 allowed).
-    #[allow(clippy::too_many_arguments)]
-    fn check_gemm_int8(
-        ops: &Ops,
-        m: usize,
-        n: usize,
-        k: usize,
-        lda: usize,
-        ldc: usize,
-        epi: Epilogue,
-        seed: u64,
-        bits: u32,
-    ) {
-        let a = lcg(seed, m.max(1) * lda, 1.0);
-        let w = lcg(seed + 1, n * k, 1.0);
-        let bias = lcg(seed + 2, n, 0.5);
-        let mut b = PackedB::pack_nk(&w, n, k, k, Some(&bias));
-        if bits == 8 {
-            b.quantize_int8();
-        } else {
-            b.quantize_int16();
-        }
-        assert!(n == 0 || k == 0 || b.weight_bits() == Some(bits));
-        let c0 = lcg(seed + 3, m.max(1) * ldc, 1.0);
-        let mut want = c0.clone();
-        let mut got = c0.clone();
-        scalar::ops().gemm(m, &a, lda, &b, &mut want, ldc, epi);
-        ops.gemm(m, &a, lda, &b, &mut got, ldc, epi);
-        for i in 0..m.max(1) {
-            for j in 0..ldc {
-                let idx = i * ldc + j;
-                if i >= m || j >= n {
-                    assert_eq!(got[idx], c0[idx], "wrote outside C at ({i},{j})");
-                    continue;
-                }
-                let tol = if epi.act == Act::Gelu {
-                    // |x| <= sum |a w| + |bias| bounds the pre-activation.
-                    let mag: f32 = (0..k)
-                        .map(|kk| (a[i * lda + kk] * w[j * k + kk]).abs())
-                        .sum::<f32>()
-                        + bias[j].abs();
-                    1e-6 * (1.0 + mag)
-                } else {
-                    0.0
-                };
-                let d = (got[idx] - want[idx]).abs();
-                assert!(
-                    d <= tol,
-                    "w{bits} m{m} n{n} k{k} {epi:?} ({i},{j}): {} vs {}",
-                    got[idx],
-                    want[idx]
-                );
-            }
+        for w in [Weights::F32, Weights::Int8, Weights::Int16] {
+            check::gemm_odd_shapes(&ops, w);
         }
     }
 
     #[test]
-    fn gemm_int8_matches_scalar_on_odd_shapes() {
+    fn gemm_int8_long_reductions_and_worst_case_sums() {
         let Some(ops) = avx2_ops() else { return };
-        let dims = [0usize, 1, 7, 197];
-        let mut seed = 0;
-        for &m in &dims {
-            for &n in &dims {
-                for &k in &dims {
-                    for epi in EPIS {
-                        seed += 10;
-                        for bits in [8, 13] {
-                            let (lda, ldc) = (k.max(1) + 3, n.max(1) + 5);
-                            check_gemm_int8(&ops, m, n, k, lda, ldc, epi, seed, bits);
-                        }
-                    }
-                }
-            }
-        }
         // Long reductions (activation limit below 32767) and several row blocks.
-        check_gemm_int8(&ops, 300, 40, 3216, 3216, 40, Epilogue::RELU, 7, 8);
-        check_gemm_int8(&ops, 300, 40, 3216, 3216, 40, Epilogue::RELU, 7, 13);
+        for w in [Weights::Int8, Weights::Int16] {
+            check::gemm(&ops, 300, 40, 3216, 3216, 40, Epilogue::RELU, 7, w);
+        }
         // Worst case for the i32 sums: every weight and activation at its maximum, one
         // sign (the limit is exactly what keeps this from overflowing).
         let k = 768;
@@ -1037,6 +869,7 @@ mod tests {
             } else {
                 b.quantize_int16();
             }
+            assert_eq!(b.weight_bits(), Some(bits));
             let a = vec![-1.0f32; 9 * k];
             let (mut want, mut got) = (vec![0.0f32; 9 * 20], vec![0.0f32; 9 * 20]);
             scalar::ops().gemm(9, &a, k, &b, &mut want, 20, Epilogue::PLAIN);
@@ -1052,7 +885,17 @@ mod tests {
     #[test]
     fn gemm_large_k_blocks_rows() {
         let Some(ops) = avx2_ops() else { return };
-        check_gemm(&ops, 300, 40, 1100, 1100, 40, Epilogue::RELU, 5);
+        check::gemm(
+            &ops,
+            300,
+            40,
+            1100,
+            1100,
+            40,
+            Epilogue::RELU,
+            5,
+            Weights::F32,
+        );
     }
 
     proptest! {
@@ -1060,112 +903,47 @@ mod tests {
         #[test]
         fn gemm_prop(m in 0usize..40, n in 0usize..50, k in 0usize..70, pad_a in 0usize..4, pad_c in 0usize..4, e in 0usize..5, seed in 0u64..1000) {
             if let Some(ops) = avx2_ops() {
-                check_gemm(&ops, m, n, k, k + pad_a, n + pad_c, EPIS[e], seed);
+                check::gemm(&ops, m, n, k, k + pad_a, n + pad_c, EPIS[e], seed, Weights::F32);
             }
         }
 
         #[test]
         fn gemm_int8_prop(m in 0usize..40, n in 0usize..50, k in 0usize..70, pad_a in 0usize..4, pad_c in 0usize..4, e in 0usize..5, seed in 0u64..1000, wide in proptest::bool::ANY) {
             if let Some(ops) = avx2_ops() {
-                let bits = if wide { 13 } else { 8 };
-                check_gemm_int8(&ops, m, n, k, k + pad_a, n + pad_c, EPIS[e], seed, bits);
+                let w = if wide { Weights::Int16 } else { Weights::Int8 };
+                check::gemm(&ops, m, n, k, k + pad_a, n + pad_c, EPIS[e], seed, w);
             }
         }
 
         #[test]
         fn softmax_prop(rows in 1usize..5, n in 1usize..80, scale in 0.01f32..2.0, seed in 0u64..1000) {
             if let Some(ops) = avx2_ops() {
-                check_softmax(&ops, rows, n, scale, seed);
+                check::softmax(&ops, rows, n, scale, seed);
             }
         }
 
         #[test]
         fn layer_norm_prop(rows in 1usize..5, dim in 1usize..300, seed in 0u64..1000) {
             if let Some(ops) = avx2_ops() {
-                check_layer_norm(&ops, rows, dim, seed);
-            }
-        }
-    }
-
-    /// Tolerance: 2e-6 absolute on probabilities (exp polynomial ~2e-7 relative, sums in
-    /// a different order).
-    fn check_softmax(ops: &Ops, rows: usize, n: usize, scale: f32, seed: u64) {
-        let ld = n + 3;
-        let x0 = lcg(seed, rows * ld, 20.0);
-        let mut want = x0.clone();
-        let mut got = x0.clone();
-        scalar::ops().softmax_rows(rows, n, &mut want, ld, scale);
-        ops.softmax_rows(rows, n, &mut got, ld, scale);
-        for i in 0..rows * ld {
-            if i % ld >= n {
-                assert_eq!(got[i], x0[i]);
-            } else {
-                assert!(
-                    (got[i] - want[i]).abs() <= 2e-6,
-                    "{i}: {} vs {}",
-                    got[i],
-                    want[i]
-                );
+                check::layer_norm(&ops, rows, dim, seed);
             }
         }
     }
 
     #[test]
-    fn softmax_matches_scalar_on_odd_shapes() {
+    fn softmax_and_layer_norm_match_scalar_on_odd_shapes() {
         let Some(ops) = avx2_ops() else { return };
-        for n in [1usize, 7, 8, 65, 197] {
-            check_softmax(&ops, 3, n, 0.125, n as u64);
-        }
-        // Extreme logits must not produce NaN or overflow.
-        let mut x = vec![-1e30f32, 0.0, 1e30, 5.0, -5.0, 88.0, -100.0, 3.0, 1.0];
-        ops.softmax_rows(1, 9, &mut x, 9, 1.0);
-        assert!(x.iter().all(|v| v.is_finite()));
-        assert!((x[2] - 1.0).abs() < 1e-6);
-    }
-
-    /// Tolerance: 1e-5 * (1 + |y|) (sums in a different order).
-    fn check_layer_norm(ops: &Ops, rows: usize, dim: usize, seed: u64) {
-        let ld = dim + 2;
-        let x = lcg(seed, rows * ld, 3.0);
-        let g = lcg(seed + 1, dim, 2.0);
-        let b = lcg(seed + 2, dim, 1.0);
-        let mut want = vec![0.0; rows * ld];
-        let mut got = vec![0.0; rows * ld];
-        scalar::ops().layer_norm(rows, dim, &x, ld, &g, &b, 1e-6, &mut want, ld);
-        ops.layer_norm(rows, dim, &x, ld, &g, &b, 1e-6, &mut got, ld);
-        for i in 0..rows * ld {
-            assert!(
-                (got[i] - want[i]).abs() <= 1e-5 * (1.0 + want[i].abs()),
-                "{i}: {} vs {}",
-                got[i],
-                want[i]
-            );
-        }
-    }
-
-    #[test]
-    fn layer_norm_matches_scalar_on_odd_shapes() {
-        let Some(ops) = avx2_ops() else { return };
+        check::softmax_odd_shapes(&ops);
         for dim in [1usize, 7, 8, 192, 197] {
-            check_layer_norm(&ops, 3, dim, dim as u64);
+            check::layer_norm(&ops, 3, dim, dim as u64);
         }
     }
 
     /// GELU approximation: |simd - exact| <= 1e-6 * (1 + |x|) over a dense sweep.
     #[test]
     fn gelu_accuracy() {
-        let xs: Vec<f32> = (-200_000..=200_000)
-            .map(|i| i as f32 * 1e-4)
-            .chain([-1e4, 1e4, -87.0, 0.0])
-            .collect();
-        let Some(got) = gelu_slice(&xs) else { return };
-        let mut worst = 0.0f32;
-        for (x, g) in xs.iter().zip(&got) {
-            let want = scalar::gelu(*x);
-            let d = (g - want).abs();
-            worst = worst.max(d / (1.0 + x.abs()));
-            assert!(d <= 1e-6 * (1.0 + x.abs()), "gelu({x}) = {g}, want {want}");
-        }
+        let Some(ops) = avx2_ops() else { return };
+        let worst = check::gelu(&ops);
         eprintln!("worst gelu error / (1 + |x|) = {worst:e}");
     }
 }

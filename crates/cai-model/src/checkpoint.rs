@@ -234,7 +234,7 @@ fn check_finite(file: &str, key: &str, data: &[f32]) -> Result<(), Error> {
 }
 
 fn read_torch(name: &str, bytes: &[u8]) -> Result<ModelWeights, Error> {
-    let ck = cai_torch::read_checkpoint(name, bytes).map_err(Error::Torch)?;
+    let mut ck = cai_torch::read_checkpoint(name, bytes).map_err(Error::Torch)?;
     let form = match ck.form {
         cai_torch::CheckpointForm::WholeModuleDataParallel => ModelForm::WholeModuleDataParallel,
         cai_torch::CheckpointForm::WholeModule => ModelForm::WholeModule,
@@ -251,14 +251,14 @@ fn read_torch(name: &str, bytes: &[u8]) -> Result<ModelWeights, Error> {
     };
     let heads_attr = int_attr("blocks.0.attn", "num_heads").filter(|&h| h > 0);
     let patch_attr = int_attr("patch_embed", "patch_size").filter(|&p| p > 0);
-    let decoded: Vec<(String, Tensor)> = ck
-        .tensors
-        .par_iter()
+    // Each storage is freed as soon as it is converted (peak memory while loading).
+    let decoded: Vec<(String, Tensor)> = std::mem::take(&mut ck.tensors)
+        .into_par_iter()
         .map(|(key, t)| {
             let data = t.to_f32().map_err(Error::Torch)?;
             // Counters (i64) are never NaN; floats must be finite (f64 beyond f32 range too).
-            check_finite(name, key, &data)?;
-            Ok((key.clone(), Tensor::new(t.shape.clone(), data)))
+            check_finite(name, &key, &data)?;
+            Ok((key, Tensor::new(t.shape, data)))
         })
         .collect::<Result<_, Error>>()?;
     let mut weights = Weights::new();

@@ -211,8 +211,15 @@ fn run(a: &BenchArgs, model: &AstroMae, source: String, quiet: bool) -> Result<O
     let gflop = cfg.flops_per_galaxy() as f64 / 1e9;
     let ops = kernels::ops();
     let load_before = load_avg();
+    // `say`: context (machine, first predictions), hidden by -q; `out`: the results, which
+    // -q keeps (only --json replaces them).
     let say = |s: String| {
         if !quiet && !a.json {
+            println!("{s}");
+        }
+    };
+    let out = |s: String| {
+        if !a.json {
             println!("{s}");
         }
     };
@@ -225,7 +232,7 @@ fn run(a: &BenchArgs, model: &AstroMae, source: String, quiet: bool) -> Result<O
         fmt_load(load_before)
     ));
     let peak = measure_peak(a.peak_seconds);
-    say(format!(
+    out(format!(
         "f32 FMA peak (one thread, {:?} tier, by thread CPU time): {peak:.1} GFLOP/s per core = {:.1} galaxies/s per core at most",
         ops.tier,
         peak / gflop
@@ -266,7 +273,7 @@ fn run(a: &BenchArgs, model: &AstroMae, source: String, quiet: bool) -> Result<O
             dz_bench: dz_bench.transpose()?,
             dz_parity: parity.as_ref().and_then(|v| v[i]),
         };
-        say(format!(
+        out(format!(
             "{}: {}{}",
             p,
             info.support,
@@ -288,7 +295,7 @@ fn run(a: &BenchArgs, model: &AstroMae, source: String, quiet: bool) -> Result<O
     let mut vit_blocks = Vec::new();
     for (p, m) in &models {
         let b = time_blocks(m, *p, a.seconds.min(2.0), peak);
-        say(format!(
+        out(format!(
             "ViT blocks alone, {p}, one thread: {:.1} GFLOP per CPU-s = {:.1}% of the f32 peak",
             b.gflops_per_cpu_s,
             100.0 * b.peak_share
@@ -296,7 +303,7 @@ fn run(a: &BenchArgs, model: &AstroMae, source: String, quiet: bool) -> Result<O
         vit_blocks.push(b);
     }
 
-    say(format!(
+    out(format!(
         "{:>9} {:>7} {:>6} {:>11} {:>11} {:>9} {:>10} {:>10} {:>6} {:>15}",
         "precision",
         "threads",
@@ -350,7 +357,7 @@ fn run(a: &BenchArgs, model: &AstroMae, source: String, quiet: bool) -> Result<O
                     peak_share_wall: rate * gflop / (peak * t as f64),
                     load1: load_avg().map(|l| l[0]),
                 };
-                say(format!(
+                out(format!(
                     "{:>9} {:>7} {:>6} {:>11.1} {:>11} {:>9.1} {:>9.1}% {:>10} {:>6} {:>15}",
                     case.precision,
                     t,

@@ -4,6 +4,7 @@
 mod util;
 
 mod aws;
+mod bench;
 #[cfg(feature = "aws")]
 mod lambda;
 mod pipeline;

@@ -28,13 +28,14 @@
 
 mod astromae;
 pub mod checkpoint;
+pub mod clock;
 mod error;
 pub mod fit;
 pub mod init;
 pub mod kernels;
 mod weights;
 
-pub use astromae::{AstroMae, Config, LoadOptions, CHUNK, HEAD_ROWS};
+pub use astromae::{AstroMae, BlockSpeed, Config, LoadOptions, CHUNK, HEAD_ROWS};
 pub use checkpoint::{
     build_model, load_model_file, read_model_weights, MappedFile, ModelFileInfo, ModelForm,
     ModelWeights,

@@ -463,6 +463,43 @@ impl AstroMae {
         with_scratch(|s| self.vit.time_blocks(ops, CHUNK, reps, &mut s.vit, clock))
     }
 
+    /// The ViT blocks' speed as a share of this core's FMA peak, both measured on the
+    /// calling thread in alternating rounds (about 10 ms of the FMA probe, then one pass of
+    /// the blocks over [`CHUNK`] galaxies) for about `seconds` of its CPU time: whatever
+    /// else the machine runs slows both alike, where a peak taken once, at another moment,
+    /// would not. Timed by [`crate::clock::thread_cpu_seconds`] (wall time where missing).
+    pub fn measure_vit_blocks(&self, seconds: f64) -> BlockSpeed {
+        let start = std::time::Instant::now();
+        let clock =
+            || crate::clock::thread_cpu_seconds().unwrap_or_else(|| start.elapsed().as_secs_f64());
+        let ops = kernels::ops();
+        // Warm-up: buffers sized, weights and code in cache; and size the probe's rounds.
+        self.time_vit_blocks(1, &clock);
+        let mut iters = 1u64 << 12;
+        loop {
+            let t = clock();
+            std::hint::black_box(ops.fma_probe(iters));
+            if clock() - t >= 0.01 || iters >= 1 << 30 {
+                break;
+            }
+            iters *= 2;
+        }
+        let mut out = BlockSpeed::default();
+        let t0 = clock();
+        while out.rounds == 0 || clock() - t0 < seconds {
+            let t = clock();
+            let (sum, flops) = ops.fma_probe(iters);
+            std::hint::black_box(sum);
+            out.probe_seconds += clock() - t;
+            out.probe_flops += flops;
+            let (secs, flops) = self.time_vit_blocks(1, &clock);
+            out.block_seconds += secs;
+            out.block_flops += flops;
+            out.rounds += 1;
+        }
+        out
+    }
+
     /// Penultimate features: the ReLU output after `concat_block.0`, `n x 1024`
     /// row-major (for fitting the last layer). Inputs as for [`Model::predict`].
     pub fn features(
@@ -595,5 +632,38 @@ impl Model for AstroMae {
 
     fn input_shape(&self) -> (usize, usize, usize) {
         (self.cfg.channels, self.cfg.image, self.cfg.image)
+    }
+}
+
+/// What [`AstroMae::measure_vit_blocks`] measured: FLOPs and CPU seconds of the blocks and
+/// of the FMA probe, over the same alternating rounds.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct BlockSpeed {
+    /// Multiply-add FLOPs (2 per MAC) the blocks did.
+    pub block_flops: u64,
+    /// CPU seconds the blocks took.
+    pub block_seconds: f64,
+    /// FLOPs the FMA probe did.
+    pub probe_flops: u64,
+    /// CPU seconds the FMA probe took.
+    pub probe_seconds: f64,
+    /// Rounds (one probe run and one pass of the blocks each).
+    pub rounds: usize,
+}
+
+impl BlockSpeed {
+    /// The blocks' GFLOP per CPU-second.
+    pub fn block_gflops(&self) -> f64 {
+        self.block_flops as f64 / self.block_seconds.max(1e-12) / 1e9
+    }
+
+    /// The FMA probe's GFLOP per CPU-second over the same rounds.
+    pub fn probe_gflops(&self) -> f64 {
+        self.probe_flops as f64 / self.probe_seconds.max(1e-12) / 1e9
+    }
+
+    /// The blocks' rate over the probe's: the share of the peak reached in the blocks.
+    pub fn peak_share(&self) -> f64 {
+        self.block_gflops() / self.probe_gflops().max(1e-12)
     }
 }

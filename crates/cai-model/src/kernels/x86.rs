@@ -1,10 +1,10 @@
 //! x86-64 kernels: AVX2 + FMA.
 //!
-//! GEMM: a 6x16 register tile (12 accumulators). `A` is packed per block of rows (about
-//! 96 KiB, kept in L2) into strips of 6 interleaved rows, so the tile reads one contiguous
-//! stream of `A` and one of `B` (64-byte aligned [`PackedB`] panels, in L1) while every
-//! panel passes over the block. Bias, activation and residual accumulation are applied to
-//! the tile in registers before it is stored (monomorphised per epilogue).
+//! GEMM: a 6x16 register tile (12 accumulators). `A` is taken a block of rows at a time
+//! (about 96 KiB, kept in L2) and read in strips of 6 rows where it lies (a last, partial
+//! strip is packed with zero rows), while every 64-byte aligned [`PackedB`] panel (in L1)
+//! passes over the block. Bias, activation and residual accumulation are applied to the
+//! tile in registers before it is stored (monomorphised per epilogue).
 //!
 //! Transcendentals: `exp` (softmax) by Cody-Waite range reduction with a degree-7
 //! polynomial (relative error about 2e-7); the exact GELU through a rational approximation of
@@ -87,34 +87,66 @@ fn gemm_avx2(
 ) {
     let k = b.k();
     let mc = ((A_BLOCK / k.max(1)) / MR * MR).max(MIN_BLOCK_ROWS);
+    // Whole strips of MR rows are read where they lie (measured as fast as packing them:
+    // the rows of a block are contiguous and stay in L2); only a last, partial strip is
+    // packed, with zero rows.
+    let full = m / MR * MR;
+    let mut m0 = 0;
+    while m0 < full {
+        let rows = mc.min(full - m0);
+        // SAFETY: rows m0 .. m0 + rows (a multiple of MR) of `a` hold `k` values each at
+        // stride `lda` (checked by `Ops::gemm`), and of `c` `b.n()` values at stride `ldc`;
+        // reachable only through `avx2_ops` (AVX2 and FMA confirmed).
+        unsafe {
+            let (ap, cp) = (a.as_ptr().add(m0 * lda), c.as_mut_ptr().add(m0 * ldc));
+            dispatch::<true>(epi, rows, ap, lda, b, cp, ldc);
+        }
+        m0 += rows;
+    }
+    if m0 == m {
+        return;
+    }
     let mut buf = APACK.take();
-    let need = mc.min(m.div_ceil(MR) * MR) * k + PACK_SLACK;
+    let need = mc.min((m - m0).div_ceil(MR) * MR) * k + PACK_SLACK;
     if buf.len() < need {
         buf.resize(need, 0.0);
     }
-    let mut m0 = 0;
     while m0 < m {
         let rows = mc.min(m - m0);
         pack_a(&a[m0 * lda..], lda, rows, k, &mut buf);
-        let cblk = &mut c[m0 * ldc..];
         // SAFETY: `buf` holds rows.div_ceil(MR) packed strips of k*MR values; `Ops::gemm`
-        // checked that `c` holds `m` rows of `b.n()` values at stride `ldc`, so `cblk` holds
-        // `rows` of them; this function is only reachable through `avx2_ops`, which
-        // confirmed AVX2 and FMA.
+        // checked that `c` holds `m` rows of `b.n()` values at stride `ldc`; reachable only
+        // through `avx2_ops` (AVX2 and FMA confirmed).
         unsafe {
-            let (ap, cp) = (buf.as_ptr(), cblk.as_mut_ptr());
-            match (epi.act, epi.accumulate) {
-                (Act::None, false) => block::<ACT_NONE, false>(rows, ap, b, cp, ldc),
-                (Act::None, true) => block::<ACT_NONE, true>(rows, ap, b, cp, ldc),
-                (Act::Relu, false) => block::<ACT_RELU, false>(rows, ap, b, cp, ldc),
-                (Act::Relu, true) => block::<ACT_RELU, true>(rows, ap, b, cp, ldc),
-                (Act::Gelu, false) => block::<ACT_GELU, false>(rows, ap, b, cp, ldc),
-                (Act::Gelu, true) => block::<ACT_GELU, true>(rows, ap, b, cp, ldc),
-            }
+            let cp = c.as_mut_ptr().add(m0 * ldc);
+            dispatch::<false>(epi, rows, buf.as_ptr(), 0, b, cp, ldc);
         }
         m0 += rows;
     }
     APACK.set(buf);
+}
+
+/// [`block`] monomorphised for `epi`.
+///
+/// Caller guarantees what [`block`] needs.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dispatch<const DIRECT: bool>(
+    epi: Epilogue,
+    rows: usize,
+    ap: *const f32,
+    lda: usize,
+    b: &PackedB,
+    cp: *mut f32,
+    ldc: usize,
+) {
+    match (epi.act, epi.accumulate) {
+        (Act::None, false) => block::<ACT_NONE, false, DIRECT>(rows, ap, lda, b, cp, ldc),
+        (Act::None, true) => block::<ACT_NONE, true, DIRECT>(rows, ap, lda, b, cp, ldc),
+        (Act::Relu, false) => block::<ACT_RELU, false, DIRECT>(rows, ap, lda, b, cp, ldc),
+        (Act::Relu, true) => block::<ACT_RELU, true, DIRECT>(rows, ap, lda, b, cp, ldc),
+        (Act::Gelu, false) => block::<ACT_GELU, false, DIRECT>(rows, ap, lda, b, cp, ldc),
+        (Act::Gelu, true) => block::<ACT_GELU, true, DIRECT>(rows, ap, lda, b, cp, ldc),
+    }
 }
 
 /// Packs `rows` rows of `k` values (stride `lda`) into strips of [`MR`] interleaved rows:
@@ -255,19 +287,23 @@ fn transpose8(r: [__m256; 8]) -> [__m256; 8] {
     ]
 }
 
-/// All panels of `b` over one packed block of `rows` rows.
+/// All panels of `b` over one block of `rows` rows of `A`: packed strips (`DIRECT` false)
+/// or, with `DIRECT`, rows read where they lie at stride `lda` (`rows` a multiple of MR).
 ///
-/// Caller guarantees: `ap` holds `rows.div_ceil(MR)` strips of `k*MR` values and `c` points
-/// to `rows` writable rows of `b.n()` values at stride `ldc`.
+/// Caller guarantees: `ap` holds `rows.div_ceil(MR)` strips of `k*MR` values (or `rows`
+/// rows of `k` values at stride `lda`) and `c` points to `rows` writable rows of `b.n()`
+/// values at stride `ldc`.
 #[target_feature(enable = "avx2,fma")]
-unsafe fn block<const ACT: u8, const ACC: bool>(
+unsafe fn block<const ACT: u8, const ACC: bool, const DIRECT: bool>(
     rows: usize,
     ap: *const f32,
+    lda: usize,
     b: &PackedB,
     c: *mut f32,
     ldc: usize,
 ) {
     let (k, n) = (b.k(), b.n());
+    let strip = if DIRECT { MR * lda } else { k * MR };
     for p in 0..b.panels() {
         let bp = b.panel(p).as_ptr();
         let bias = b.panel_bias(p).as_ptr();
@@ -277,9 +313,10 @@ unsafe fn block<const ACT: u8, const ACC: bool>(
             let r = MR.min(rows - s * MR);
             // SAFETY: strip `s` exists in `ap`; its rows s*MR .. s*MR + r are < rows and
             // columns p*NR .. p*NR + cols are < n, inside `c`.
-            tile::<ACT, ACC>(
+            tile::<ACT, ACC, DIRECT>(
                 k,
-                ap.add(s * k * MR),
+                ap.add(s * strip),
+                lda,
                 bp,
                 bias,
                 c.add(s * MR * ldc + p * NR),
@@ -292,17 +329,20 @@ unsafe fn block<const ACT: u8, const ACC: bool>(
     }
 }
 
-/// One packed strip (MR rows) x one panel (16 columns):
-/// `C[r][0..cols] (=|+=) act(sum_k A[r][k] B[k][..] + bias)` for `r < rows`.
+/// One strip (MR rows) x one panel (16 columns):
+/// `C[r][0..cols] (=|+=) act(sum_k A[r][k] B[k][..] + bias)` for `r < rows`. `A` is a
+/// packed strip, or with `DIRECT` MR rows at stride `lda`.
 ///
-/// Caller guarantees: `a` points to `k*MR` values, `b` to `k*NR` values, `bias` to `NR`
-/// values and `c` to `rows` writable rows of `cols` values at stride `ldc`.
+/// Caller guarantees: `a` points to `k*MR` values (with `DIRECT`, MR rows of `k` values
+/// at stride `lda`), `b` to `k*NR` values, `bias` to `NR` values and `c` to `rows`
+/// writable rows of `cols` values at stride `ldc`.
 #[target_feature(enable = "avx2,fma")]
 #[inline]
 #[allow(clippy::too_many_arguments)]
-unsafe fn tile<const ACT: u8, const ACC: bool>(
+unsafe fn tile<const ACT: u8, const ACC: bool, const DIRECT: bool>(
     k: usize,
     a: *const f32,
+    lda: usize,
     b: *const f32,
     bias: *const f32,
     c: *mut f32,
@@ -318,7 +358,7 @@ unsafe fn tile<const ACT: u8, const ACC: bool>(
             let b0 = _mm256_loadu_ps($bp);
             let b1 = _mm256_loadu_ps($bp.add(8));
             for (r, accr) in acc.iter_mut().enumerate() {
-                let av = _mm256_broadcast_ss(&*$ap.add(r));
+                let av = _mm256_broadcast_ss(&*$ap.add(if DIRECT { r * lda } else { r }));
                 accr[0] = _mm256_fmadd_ps(av, b0, accr[0]);
                 accr[1] = _mm256_fmadd_ps(av, b1, accr[1]);
             }
@@ -326,35 +366,66 @@ unsafe fn tile<const ACT: u8, const ACC: bool>(
     }
     // Unrolled by 4 (the same order of operations as one step at a time, so results do
     // not change): fewer loop branches and pointer updates per FMA.
+    // Distance between consecutive k of one row of `A`.
+    let ks = if DIRECT { 1 } else { MR };
     let mut kk = 0;
     while kk + 4 <= k {
         step!(ap, bp);
-        step!(ap.add(MR), bp.add(NR));
-        step!(ap.add(2 * MR), bp.add(2 * NR));
-        step!(ap.add(3 * MR), bp.add(3 * NR));
-        ap = ap.add(4 * MR);
+        step!(ap.add(ks), bp.add(NR));
+        step!(ap.add(2 * ks), bp.add(2 * NR));
+        step!(ap.add(3 * ks), bp.add(3 * NR));
+        ap = ap.add(4 * ks);
         bp = bp.add(4 * NR);
         kk += 4;
     }
     while kk < k {
         step!(ap, bp);
-        ap = ap.add(MR);
+        ap = ap.add(ks);
         bp = bp.add(NR);
         kk += 1;
     }
     let bias0 = _mm256_loadu_ps(bias);
     let bias1 = _mm256_loadu_ps(bias.add(8));
-    for (r, accr) in acc.iter().enumerate().take(rows) {
-        let mut v0 = _mm256_add_ps(accr[0], bias0);
-        let mut v1 = _mm256_add_ps(accr[1], bias1);
-        if ACT == ACT_RELU {
-            v0 = _mm256_max_ps(v0, _mm256_setzero_ps());
-            v1 = _mm256_max_ps(v1, _mm256_setzero_ps());
-        } else if ACT == ACT_GELU {
-            v0 = gelu8(v0);
-            v1 = gelu8(v1);
+    if rows == MR && cols == NR {
+        // A full tile (nearly all of them): each row spelled out so the accumulators stay
+        // in registers (a loop with a run-time bound made the compiler spill all 12 to
+        // the stack and read them back).
+        macro_rules! row {
+            ($r:literal) => {{
+                let (v0, v1) = act::<ACT>(
+                    _mm256_add_ps(acc[$r][0], bias0),
+                    _mm256_add_ps(acc[$r][1], bias1),
+                );
+                store_row::<ACC>(c.add($r * ldc), v0, v1, NR);
+            }};
         }
+        row!(0);
+        row!(1);
+        row!(2);
+        row!(3);
+        row!(4);
+        row!(5);
+        return;
+    }
+    for (r, accr) in acc.iter().enumerate().take(rows) {
+        let (v0, v1) = act::<ACT>(_mm256_add_ps(accr[0], bias0), _mm256_add_ps(accr[1], bias1));
         store_row::<ACC>(c.add(r * ldc), v0, v1, cols);
+    }
+}
+
+/// The epilogue's activation on the two halves of a tile row.
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+fn act<const ACT: u8>(v0: __m256, v1: __m256) -> (__m256, __m256) {
+    if ACT == ACT_RELU {
+        (
+            _mm256_max_ps(v0, _mm256_setzero_ps()),
+            _mm256_max_ps(v1, _mm256_setzero_ps()),
+        )
+    } else if ACT == ACT_GELU {
+        (gelu8(v0), gelu8(v1))
+    } else {
+        (v0, v1)
     }
 }
 
@@ -509,21 +580,16 @@ unsafe fn tile_q<const ACT: u8, const ACC: bool>(
     let sc1 = _mm256_loadu_ps(scale.add(8));
     for (r, accr) in acc.iter().enumerate().take(rows) {
         let s = _mm256_set1_ps(*sa.add(r));
-        let mut v0 = _mm256_add_ps(
-            _mm256_mul_ps(_mm256_cvtepi32_ps(accr[0]), _mm256_mul_ps(s, sc0)),
-            bias0,
+        let (v0, v1) = act::<ACT>(
+            _mm256_add_ps(
+                _mm256_mul_ps(_mm256_cvtepi32_ps(accr[0]), _mm256_mul_ps(s, sc0)),
+                bias0,
+            ),
+            _mm256_add_ps(
+                _mm256_mul_ps(_mm256_cvtepi32_ps(accr[1]), _mm256_mul_ps(s, sc1)),
+                bias1,
+            ),
         );
-        let mut v1 = _mm256_add_ps(
-            _mm256_mul_ps(_mm256_cvtepi32_ps(accr[1]), _mm256_mul_ps(s, sc1)),
-            bias1,
-        );
-        if ACT == ACT_RELU {
-            v0 = _mm256_max_ps(v0, _mm256_setzero_ps());
-            v1 = _mm256_max_ps(v1, _mm256_setzero_ps());
-        } else if ACT == ACT_GELU {
-            v0 = gelu8(v0);
-            v1 = gelu8(v1);
-        }
         store_row::<ACC>(c.add(r * ldc), v0, v1, cols);
     }
 }
@@ -640,7 +706,10 @@ fn exp8(x: __m256) -> __m256 {
 /// `erf(x/sqrt 2) = xc P(xc^2) / Q(xc^2)`, `xc = clamp(x, ±4 sqrt 2)` (beyond, erf rounds
 /// to ±1 in f32). P (degree 6) and Q (degree 4, Q(0) = 1) were fitted for this crate by
 /// weighted least squares with Lawson reweighting (`examples/fit_erf.rs`): erf error 5e-8 in
-/// exact arithmetic, GELU error below 2e-7 (1 + |x|) in f32. No exp, no division.
+/// exact arithmetic, GELU error below 2e-7 (1 + |x|) in f32. No exp; one division, as
+/// `x (Q + xc P) / 2Q`: the divider works beside the FMA pipes, so this costs fewer FMA-pipe
+/// operations (which the GEMM around it is short of) than a reciprocal estimate refined by
+/// Newton's method and then multiplied in.
 #[target_feature(enable = "avx2,fma")]
 #[inline]
 fn gelu8(x: __m256) -> __m256 {
@@ -666,13 +735,8 @@ fn gelu8(x: __m256) -> __m256 {
         q = _mm256_fmadd_ps(q, u, _mm256_set1_ps(*c));
     }
     q = _mm256_fmadd_ps(q, u, _mm256_set1_ps(1.0));
-    // 1/q by the reciprocal estimate and one Newton step (relative error about 1e-7):
-    // a division would cost more than the rest of the epilogue.
-    let r0 = _mm256_rcp_ps(q);
-    let r = _mm256_mul_ps(r0, _mm256_fnmadd_ps(q, r0, _mm256_set1_ps(2.0)));
-    let e = _mm256_mul_ps(_mm256_mul_ps(xc, p), r);
-    let half_x = _mm256_mul_ps(x, _mm256_set1_ps(0.5));
-    _mm256_fmadd_ps(half_x, e, half_x)
+    let num = _mm256_mul_ps(x, _mm256_fmadd_ps(xc, p, q));
+    _mm256_div_ps(num, _mm256_add_ps(q, q))
 }
 
 #[target_feature(enable = "avx2,fma")]
@@ -759,49 +823,97 @@ fn layer_norm_row(x: &[f32], g: &[f32], b: &[f32], eps: f32, out: &mut [f32]) {
 }
 
 fn softmax_avx2(rows: usize, n: usize, x: &mut [f32], ld: usize, scale: f32) {
-    for r in 0..rows {
-        // SAFETY: reachable only through `avx2_ops` (AVX2+FMA confirmed).
-        unsafe { softmax_row(&mut x[r * ld..r * ld + n], scale) }
+    let mut r = 0;
+    while r < rows {
+        let rr = SOFTMAX_ROWS.min(rows - r);
+        let xr = &mut x[r * ld..];
+        assert!(xr.len() >= (rr - 1) * ld + n);
+        // SAFETY: reachable only through `avx2_ops` (AVX2+FMA confirmed); the assert bounds
+        // the `rr` rows of `n` values at stride `ld` that the function reads and writes.
+        unsafe {
+            if rr == SOFTMAX_ROWS {
+                softmax_strip::<SOFTMAX_ROWS>(xr.as_mut_ptr(), ld, n, scale);
+            } else {
+                for i in 0..rr {
+                    softmax_strip::<1>(xr.as_mut_ptr().add(i * ld), ld, n, scale);
+                }
+            }
+        }
+        r += rr;
     }
 }
 
+/// Rows [`softmax_strip`] works on together: one row's passes are chains of dependent
+/// steps (max, then exp and sum, then scale), so rows side by side keep the pipes busy.
+const SOFTMAX_ROWS: usize = 4;
+
+/// Softmax of `R` rows of `n` values at stride `ld`, in place: the maximum, `exp(scale (x -
+/// max))` and its sum, then the scaling by 1 / sum. The last `n % 8` values of each row
+/// are read and written with masked loads and stores.
+///
+/// Caller guarantees: AVX2 and FMA; `x` points to `R` rows of `n` writable values at
+/// stride `ld`.
 #[target_feature(enable = "avx2,fma")]
-fn softmax_row(x: &mut [f32], scale: f32) {
-    let n = x.len();
+unsafe fn softmax_strip<const R: usize>(x: *mut f32, ld: usize, n: usize, scale: f32) {
     let body = n / 8 * 8;
-    let mut tail = [f32::NEG_INFINITY; 8];
-    tail[..n - body].copy_from_slice(&x[body..]);
-    // SAFETY (loads/stores below): every chunk / `tail` has exactly 8 values.
-    let tv = unsafe { _mm256_loadu_ps(tail.as_ptr()) };
-    let mut mx = tv;
-    for ch in x[..body].chunks_exact(8) {
-        mx = _mm256_max_ps(mx, unsafe { _mm256_loadu_ps(ch.as_ptr()) });
+    let rest = (n - body) as i32;
+    let mask = _mm256_cmpgt_epi32(
+        _mm256_set1_epi32(rest),
+        _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+    );
+    let maskf = _mm256_castsi256_ps(mask);
+    let ninf = _mm256_set1_ps(f32::NEG_INFINITY);
+    let row = |r: usize| x.add(r * ld);
+    let mut mx = [ninf; R];
+    let mut c = 0;
+    while c < body {
+        for (r, m) in mx.iter_mut().enumerate() {
+            *m = _mm256_max_ps(*m, _mm256_loadu_ps(row(r).add(c)));
+        }
+        c += 8;
     }
-    let max = _mm256_set1_ps(hmax(mx));
+    if rest > 0 {
+        for (r, m) in mx.iter_mut().enumerate() {
+            let t = _mm256_blendv_ps(ninf, _mm256_maskload_ps(row(r).add(body), mask), maskf);
+            *m = _mm256_max_ps(*m, t);
+        }
+    }
+    let max: [__m256; R] = std::array::from_fn(|r| _mm256_set1_ps(hmax(mx[r])));
     let sc = _mm256_set1_ps(scale);
-    let mut s = _mm256_setzero_ps();
-    for ch in x[..body].chunks_exact_mut(8) {
-        let e = exp8(_mm256_mul_ps(
-            _mm256_sub_ps(unsafe { _mm256_loadu_ps(ch.as_ptr()) }, max),
-            sc,
-        ));
-        s = _mm256_add_ps(s, e);
-        unsafe { _mm256_storeu_ps(ch.as_mut_ptr(), e) };
+    let mut sum = [_mm256_setzero_ps(); R];
+    let mut c = 0;
+    while c < body {
+        for r in 0..R {
+            let p = row(r).add(c);
+            let e = exp8(_mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(p), max[r]), sc));
+            sum[r] = _mm256_add_ps(sum[r], e);
+            _mm256_storeu_ps(p, e);
+        }
+        c += 8;
     }
-    let te = exp8(_mm256_mul_ps(_mm256_sub_ps(tv, max), sc));
-    unsafe { _mm256_storeu_ps(tail.as_mut_ptr(), te) };
-    let mut sum = hsum(s);
-    for t in &tail[..n - body] {
-        sum += t;
+    if rest > 0 {
+        for r in 0..R {
+            let p = row(r).add(body);
+            let v = _mm256_maskload_ps(p, mask);
+            let e = _mm256_and_ps(exp8(_mm256_mul_ps(_mm256_sub_ps(v, max[r]), sc)), maskf);
+            sum[r] = _mm256_add_ps(sum[r], e);
+            _mm256_maskstore_ps(p, mask, e);
+        }
     }
-    let inv = _mm256_set1_ps(1.0 / sum);
-    for ch in x[..body].chunks_exact_mut(8) {
-        let v = _mm256_mul_ps(unsafe { _mm256_loadu_ps(ch.as_ptr()) }, inv);
-        unsafe { _mm256_storeu_ps(ch.as_mut_ptr(), v) };
+    let inv: [__m256; R] = std::array::from_fn(|r| _mm256_set1_ps(1.0 / hsum(sum[r])));
+    let mut c = 0;
+    while c < body {
+        for (r, iv) in inv.iter().enumerate() {
+            let p = row(r).add(c);
+            _mm256_storeu_ps(p, _mm256_mul_ps(_mm256_loadu_ps(p), *iv));
+        }
+        c += 8;
     }
-    let inv = 1.0 / sum;
-    for (d, t) in x[body..].iter_mut().zip(&tail) {
-        *d = t * inv;
+    if rest > 0 {
+        for (r, iv) in inv.iter().enumerate() {
+            let p = row(r).add(body);
+            _mm256_maskstore_ps(p, mask, _mm256_mul_ps(_mm256_maskload_ps(p, mask), *iv));
+        }
     }
 }
 

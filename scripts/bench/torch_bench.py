@@ -231,7 +231,8 @@ def main():
                              "over_torch_cpu": ratio_c, "load1": ld})
     for vb in (cai.get("vit_blocks", []) if cai else []):
         print(f"cai {vb['precision']}: the ViT blocks alone, one thread: {vb['gflops_per_cpu_s']:.1f} "
-              f"GFLOP per CPU-s = {100 * vb['peak_share']:.1f}% of the f32 peak")
+              f"GFLOP per CPU-s = {100 * vb['peak_share']:.1f}% of the FMA probe's "
+              f"{vb.get('probe_gflops_per_cpu_s', float('nan')):.1f} in the same {vb.get('rounds', '?')} alternating rounds")
     print("peak% = GFLOP per CPU-second over the per-core f32 peak (int8 counts the same FLOPs);")
     print("x torch = galaxies/s over PyTorch f32's in the same case; |dz| on the parity fixtures if given, else on the bench inputs")
     if args.json_out:

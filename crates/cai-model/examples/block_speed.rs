@@ -1,6 +1,6 @@
 //! The ViT's transformer blocks alone (about 95% of AstroMAE's FLOPs) on one thread, in
 //! GFLOP per CPU-second, for each precision: `cargo run --release -p cai-model --example
-//! block_speed [seconds] [f32,bf16,int8]`. Timed by the thread's CPU clock (`/proc/thread-self/schedstat`),
+//! block_speed [seconds] [f32,bf16,int8]`. Timed by the thread's CPU clock,
 //! so other load on the machine counts less; rounds alternate between precisions so drift
 //! in the machine's speed hits each alike. `cai bench` prints the same figure beside the
 //! measured FMA peak.
@@ -9,10 +9,7 @@ use cai_model::kernels::Precision;
 use cai_model::{init, AstroMae, Config};
 
 fn cpu_seconds() -> f64 {
-    std::fs::read_to_string("/proc/thread-self/schedstat")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse::<f64>().ok())
-        .map_or(0.0, |ns| ns / 1e9)
+    cai_model::clock::thread_cpu_seconds().unwrap_or(0.0)
 }
 
 fn main() -> Result<(), cai_model::Error> {
@@ -48,11 +45,13 @@ fn main() -> Result<(), cai_model::Error> {
             }
         }
     }
-    for (p, _, secs, flops) in &models {
+    for (p, m, secs, flops) in &models {
+        let b = m.measure_vit_blocks(seconds / rounds as f64);
         println!(
-            "{:>5}: {:6.1} GFLOP per CPU-s in the ViT blocks",
+            "{:>5}: {:6.1} GFLOP per CPU-s in the ViT blocks; {:.1}% of the FMA probe in alternating rounds",
             p.name(),
-            *flops as f64 / secs / 1e9
+            *flops as f64 / secs / 1e9,
+            100.0 * b.peak_share()
         );
     }
     Ok(())

@@ -1,13 +1,10 @@
 //! GEMM throughput of each precision on the ViT block shapes (65 tokens x 4 galaxies):
 //! `cargo run --release -p cai-model --example gemm_speed` (`GEMM_M=66` for another row count). Prints GFLOP/s (2 per
 //! multiply-add) per shape over repeated calls on one thread, timed by the thread's CPU
-//! clock (`/proc/thread-self/schedstat`, so other load on the machine does not count).
+//! clock (`cai_model::clock`, so other load on the machine does not count).
 
 fn cpu_seconds() -> f64 {
-    std::fs::read_to_string("/proc/thread-self/schedstat")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse::<f64>().ok())
-        .map_or(0.0, |ns| ns / 1e9)
+    cai_model::clock::thread_cpu_seconds().unwrap_or(0.0)
 }
 
 use cai_model::kernels::{ops, Epilogue, PackedB};

@@ -195,6 +195,18 @@ impl PackedB {
             let cols = NR.min(n - p * NR);
             let base = self.off + p * k * NR;
             let panel = &mut self.data[base..base + k * NR];
+            if cols == NR {
+                // Fixed-size copies compile to two vector moves; a `copy_from_slice` of a
+                // run-time length called memmove for each 64-byte row (attention repacks V
+                // this way per galaxy and head).
+                for (kk, dst) in panel.chunks_exact_mut(NR).enumerate() {
+                    let src: &[f32; NR] =
+                        w[kk * ld + p * NR..][..NR].try_into().expect("NR values");
+                    let dst: &mut [f32; NR] = dst.try_into().expect("NR values");
+                    *dst = *src;
+                }
+                continue;
+            }
             for kk in 0..k {
                 let src = &w[kk * ld + p * NR..kk * ld + p * NR + cols];
                 panel[kk * NR..kk * NR + cols].copy_from_slice(src);

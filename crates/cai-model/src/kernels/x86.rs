@@ -778,27 +778,50 @@ fn layer_norm_avx2(
     }
 }
 
+/// One row of LayerNorm. The sum and the sum of squares run on 4 accumulators each: one
+/// chain of dependent adds over the row made it wait on the adder's latency.
 #[target_feature(enable = "avx2,fma")]
 fn layer_norm_row(x: &[f32], g: &[f32], b: &[f32], eps: f32, out: &mut [f32]) {
     let dim = x.len();
     let body = dim / 8 * 8;
-    let mut s = _mm256_setzero_ps();
-    for ch in x[..body].chunks_exact(8) {
-        // SAFETY: `ch` has exactly 8 values.
-        s = _mm256_add_ps(s, unsafe { _mm256_loadu_ps(ch.as_ptr()) });
+    let load = |j: usize| {
+        // SAFETY: callers pass j + 8 <= body <= dim = x.len().
+        unsafe { _mm256_loadu_ps(x.as_ptr().add(j)) }
+    };
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut j = 0;
+    while j + 32 <= body {
+        for (i, a) in acc.iter_mut().enumerate() {
+            *a = _mm256_add_ps(*a, load(j + 8 * i));
+        }
+        j += 32;
     }
+    while j < body {
+        acc[0] = _mm256_add_ps(acc[0], load(j));
+        j += 8;
+    }
+    let s = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
     let mut sum = hsum(s);
     for v in &x[body..] {
         sum += v;
     }
     let mean = sum / dim as f32;
     let mv = _mm256_set1_ps(mean);
-    let mut q = _mm256_setzero_ps();
-    for ch in x[..body].chunks_exact(8) {
-        // SAFETY: `ch` has exactly 8 values.
-        let d = _mm256_sub_ps(unsafe { _mm256_loadu_ps(ch.as_ptr()) }, mv);
-        q = _mm256_fmadd_ps(d, d, q);
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut j = 0;
+    while j + 32 <= body {
+        for (i, a) in acc.iter_mut().enumerate() {
+            let d = _mm256_sub_ps(load(j + 8 * i), mv);
+            *a = _mm256_fmadd_ps(d, d, *a);
+        }
+        j += 32;
     }
+    while j < body {
+        let d = _mm256_sub_ps(load(j), mv);
+        acc[0] = _mm256_fmadd_ps(d, d, acc[0]);
+        j += 8;
+    }
+    let q = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
     let mut var = hsum(q);
     for v in &x[body..] {
         var += (v - mean) * (v - mean);
@@ -808,7 +831,7 @@ fn layer_norm_row(x: &[f32], g: &[f32], b: &[f32], eps: f32, out: &mut [f32]) {
     for j in (0..body).step_by(8) {
         // SAFETY: j + 8 <= body <= dim = len of x, g, b and out.
         unsafe {
-            let d = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(x.as_ptr().add(j)), mv), rv);
+            let d = _mm256_mul_ps(_mm256_sub_ps(load(j), mv), rv);
             let y = _mm256_fmadd_ps(
                 d,
                 _mm256_loadu_ps(g.as_ptr().add(j)),

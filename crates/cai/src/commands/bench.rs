@@ -6,6 +6,10 @@
 //! load on the machine does not lower it. Each case (threads x batch size) runs whole
 //! `predict` calls for at least `--seconds` after one warm-up call and reports wall-clock
 //! and CPU-time rates: on a shared machine galaxies per CPU-second is the steadier figure.
+//! The ViT blocks alone are timed on one thread in rounds that alternate with the FMA
+//! probe, and their share of the peak is the ratio of the two rates over those rounds (on a
+//! machine whose speed drifts with its neighbours' load, a peak taken once would not
+//! compare like with like).
 //! Inputs are a fixed formula (image value `i` is `((i * 7919) % 1000) * 1e-3`, magnitude
 //! `i` is `15 + i % 7`) that `scripts/bench/` reproduces for PyTorch, and the first
 //! predictions are printed so the two can be checked against each other.
@@ -84,12 +88,18 @@ struct Case {
 
 /// The ViT's transformer blocks alone (about 95% of the FLOPs) on one thread: the
 /// issue's "share of peak inside the blocks", free of the CNN, heads and pipeline.
+/// Measured in rounds that alternate with the FMA probe
+/// ([`AstroMae::measure_vit_blocks`]), so the share compares two rates taken under the
+/// same conditions.
 #[derive(Debug, Serialize)]
 struct BlockRate {
     precision: &'static str,
     cpu_s: f64,
     gflops_per_cpu_s: f64,
-    /// GFLOP per CPU-second over the per-core peak.
+    /// The FMA probe's GFLOP per CPU-second in the same rounds.
+    probe_gflops_per_cpu_s: f64,
+    rounds: usize,
+    /// The blocks' GFLOP per CPU-second over the probe's in the same rounds.
     peak_share: f64,
 }
 
@@ -294,11 +304,14 @@ fn run(a: &BenchArgs, model: &AstroMae, source: String, quiet: bool) -> Result<O
 
     let mut vit_blocks = Vec::new();
     for (p, m) in &models {
-        let b = time_blocks(m, *p, a.seconds.min(2.0), peak);
+        let b = time_blocks(m, *p, a.seconds.min(3.0));
         out(format!(
-            "ViT blocks alone, {p}, one thread: {:.1} GFLOP per CPU-s = {:.1}% of the f32 peak",
+            "ViT blocks alone, {p}, one thread: {:.1} GFLOP per CPU-s = {:.1}% of the FMA \
+             probe's {:.1} in the same {} alternating rounds",
             b.gflops_per_cpu_s,
-            100.0 * b.peak_share
+            100.0 * b.peak_share,
+            b.probe_gflops_per_cpu_s,
+            b.rounds
         ));
         vit_blocks.push(b);
     }
@@ -401,29 +414,18 @@ fn run(a: &BenchArgs, model: &AstroMae, source: String, quiet: bool) -> Result<O
     Ok(Outcome::Ok)
 }
 
-/// Times `model`'s transformer blocks on this thread for about `seconds` of CPU time (by
-/// the thread's CPU clock, else wall time), after one warm-up pass.
-fn time_blocks(model: &AstroMae, p: Precision, seconds: f64, peak: f64) -> BlockRate {
-    let clock = || thread_cpu_seconds().unwrap_or_else(wall_seconds);
-    let (mut secs, mut flops) = model.time_vit_blocks(1, &clock);
-    let mut reps = 1;
-    while secs < seconds {
-        reps = ((reps as f64 * 1.1 * seconds / secs.max(1e-4)).ceil() as usize).max(reps + 1);
-        (secs, flops) = model.time_vit_blocks(reps, &clock);
-    }
-    let gflops = flops as f64 / secs / 1e9;
+/// Times `model`'s transformer blocks on this thread for about `seconds` of CPU time, in
+/// rounds alternating with the FMA probe.
+fn time_blocks(model: &AstroMae, p: Precision, seconds: f64) -> BlockRate {
+    let b = model.measure_vit_blocks(seconds);
     BlockRate {
         precision: p.name(),
-        cpu_s: secs,
-        gflops_per_cpu_s: gflops,
-        peak_share: gflops / peak,
+        cpu_s: b.block_seconds,
+        gflops_per_cpu_s: b.block_gflops(),
+        probe_gflops_per_cpu_s: b.probe_gflops(),
+        rounds: b.rounds,
+        peak_share: b.peak_share(),
     }
-}
-
-/// Seconds since the first call (the fallback clock where `/proc` is missing).
-fn wall_seconds() -> f64 {
-    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    START.get_or_init(Instant::now).elapsed().as_secs_f64()
 }
 
 /// Best per-core peak: by this thread's CPU time when the kernel exposes it (so time
@@ -453,11 +455,9 @@ fn measure_peak(min_seconds: f64) -> f64 {
     best
 }
 
-/// This thread's CPU time (ns resolution, from `/proc/thread-self/schedstat`).
+/// This thread's CPU time, to the nanosecond.
 fn thread_cpu_seconds() -> Option<f64> {
-    let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
-    let ns: f64 = s.split_whitespace().next()?.parse().ok()?;
-    Some(ns / 1e9)
+    cai_model::clock::thread_cpu_seconds()
 }
 
 /// This process's CPU time: the sum over its threads' `schedstat` (ns resolution), else

@@ -39,7 +39,8 @@ pub enum Command {
     /// Predict redshifts for one partition file and write them as CSV.
     Predict(PredictArgs),
     /// Measure model-only speed: galaxies/s over threads and batch sizes, beside this
-    /// machine's measured f32 FMA peak.
+    /// machine's measured f32 FMA peak; and the ViT blocks alone on one thread, timed in
+    /// rounds alternating with the FMA probe, as a share of it.
     Bench(BenchArgs),
     /// Model files: make seeded weights, fit the last layer.
     #[command(subcommand)]
@@ -320,7 +321,8 @@ pub struct BenchArgs {
     /// Batch sizes to sweep (default: 1,32,128,512).
     #[arg(long, value_delimiter = ',')]
     pub batch: Vec<usize>,
-    /// Least seconds of timed calls per case (after one warm-up call).
+    /// Least seconds of timed calls per case (after one warm-up call); also the CPU
+    /// seconds (at most 3) of alternating rounds for the ViT blocks alone.
     #[arg(long, default_value_t = 3.0)]
     pub seconds: f64,
     /// Least seconds per round of the FMA peak probe (best of three rounds).

@@ -22,7 +22,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use cai_model::kernels::Precision;
-use cai_model::{init, kernels, AstroMae, Config, LoadOptions, Model};
+use cai_model::{clock, init, kernels, AstroMae, Config, LoadOptions, Model};
 use serde::Serialize;
 
 use crate::cli::BenchArgs;
@@ -436,11 +436,11 @@ fn measure_peak(min_seconds: f64) -> f64 {
     let mut iters = 1u64 << 16;
     let mut rounds = 0;
     while rounds < 3 {
-        let (c0, t0) = (thread_cpu_seconds(), Instant::now());
+        let (c0, t0) = (clock::thread_cpu_seconds(), Instant::now());
         let (sum, flops) = ops.fma_probe(iters);
         std::hint::black_box(sum);
         let wall = t0.elapsed().as_secs_f64();
-        let secs = thread_cpu_seconds()
+        let secs = clock::thread_cpu_seconds()
             .zip(c0)
             .map(|(a, b)| a - b)
             .filter(|s| *s > 0.0)
@@ -453,11 +453,6 @@ fn measure_peak(min_seconds: f64) -> f64 {
         }
     }
     best
-}
-
-/// This thread's CPU time, to the nanosecond.
-fn thread_cpu_seconds() -> Option<f64> {
-    cai_model::clock::thread_cpu_seconds()
 }
 
 /// This process's CPU time: the sum over its threads' `schedstat` (ns resolution), else

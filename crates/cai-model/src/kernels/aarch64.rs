@@ -57,6 +57,7 @@ pub fn neon_ops() -> Option<Ops> {
             gemm_int8: scalar::ops().gemm_int8,
             layer_norm: layer_norm_neon,
             softmax: softmax_neon,
+            attention: super::attention_composed,
             fma_probe: fma_probe_neon,
         })
     } else {
@@ -532,6 +533,12 @@ mod tests {
     fn gemm_matches_scalar_on_odd_shapes() {
         let Some(ops) = neon_ops() else { return };
         check::gemm_odd_shapes(&ops, Weights::F32);
+    }
+
+    #[test]
+    fn attention_matches_definition() {
+        let Some(ops) = neon_ops() else { return };
+        check::attention_shapes(&ops);
     }
 
     /// Full and partial strips, `k` not a multiple of the packing's 4, several row blocks.

@@ -2,7 +2,7 @@
 //! per-ISA test modules (`x86.rs` and `aarch64.rs`; they take any [`Ops`]), and one test of
 //! whatever tier [`super::best`] picks on this CPU.
 
-use super::{scalar, Act, Epilogue, Ops, PackedB};
+use super::{scalar, Act, AttentionScratch, Epilogue, HeadQkv, Ops, PackedB};
 
 /// Deterministic values in `[-scale, scale)`.
 pub fn lcg(seed: u64, n: usize, scale: f32) -> Vec<f32> {
@@ -159,6 +159,67 @@ pub fn softmax_odd_shapes(ops: &Ops) {
     assert!((x[2] - 1.0).abs() < 1e-6);
 }
 
+/// One head's attention against its definition evaluated in f64: |tier - exact| <= 2e-5
+/// (each output is an average of values in [-1, 1]); `out` outside the head's `t` rows of
+/// `hd` values stays untouched. `ws` may come from earlier calls of other shapes.
+pub fn attention(ops: &Ops, t: usize, hd: usize, scale: f32, seed: u64, ws: &mut AttentionScratch) {
+    let (ld, ldo) = (3 * hd + 5, hd + 3);
+    let qkv = lcg(seed, t * ld, 1.0);
+    let head = HeadQkv {
+        t,
+        hd,
+        ld,
+        q: &qkv,
+        k: &qkv[hd..],
+        v: &qkv[2 * hd..],
+    };
+    let out0 = lcg(seed + 1, t * ldo, 1.0);
+    let mut got = out0.clone();
+    ops.attention(&head, scale, &mut got, ldo, ws);
+    let at = |x: &[f32], i: usize, c: usize| f64::from(x[i * ld + c]);
+    for i in 0..t {
+        let s: Vec<f64> = (0..t)
+            .map(|j| {
+                let qk: f64 = (0..hd).map(|c| at(head.q, i, c) * at(head.k, j, c)).sum();
+                f64::from(scale) * qk
+            })
+            .collect();
+        let mx = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let e: Vec<f64> = s.iter().map(|v| (v - mx).exp()).collect();
+        let z: f64 = e.iter().sum();
+        for c in 0..ldo {
+            let g = got[i * ldo + c];
+            if c >= hd {
+                assert_eq!(g, out0[i * ldo + c], "t{t} hd{hd}: row {i} col {c} touched");
+                continue;
+            }
+            let want: f64 = (0..t).map(|j| e[j] / z * at(head.v, j, c)).sum();
+            assert!(
+                (f64::from(g) - want).abs() <= 2e-5,
+                "t{t} hd{hd}: out[{i}][{c}] = {g} vs {want}"
+            );
+        }
+    }
+}
+
+/// [`attention`] over token counts around the tile sizes (6 rows, 16 keys; 65 = cls + 64
+/// patches) and head widths, reusing one scratch throughout.
+pub fn attention_shapes(ops: &Ops) {
+    let mut ws = AttentionScratch::default();
+    for t in [1usize, 2, 5, 6, 7, 16, 17, 33, 65, 66, 97] {
+        for hd in [1usize, 8, 13, 32] {
+            attention(
+                ops,
+                t,
+                hd,
+                (hd as f32).powf(-0.5),
+                (t * 100 + hd) as u64,
+                &mut ws,
+            );
+        }
+    }
+}
+
 /// LayerNorm against the scalar one: 1e-5 (1 + |y|) (sums in a different order).
 pub fn layer_norm(ops: &Ops, rows: usize, dim: usize, seed: u64) {
     let ld = dim + 2;
@@ -207,9 +268,15 @@ fn best_tier_matches_scalar() {
     let ops = super::best();
     gemm_odd_shapes(&ops, Weights::F32);
     softmax_odd_shapes(&ops);
+    attention_shapes(&ops);
     for dim in [1usize, 3, 4, 7, 8, 192, 197] {
         layer_norm(&ops, 3, dim, dim as u64);
     }
     let worst = gelu(&ops);
     eprintln!("{:?}: worst gelu error / (1 + |x|) = {worst:e}", ops.tier);
+}
+
+#[test]
+fn scalar_attention_matches_definition() {
+    attention_shapes(&scalar::ops());
 }

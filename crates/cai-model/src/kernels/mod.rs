@@ -16,6 +16,12 @@
 //! with any row stride, so concatenations and column offsets are free. Epilogues (bias,
 //! ReLU, exact-erf GELU, accumulate into the output for residuals) are fused.
 //!
+//! Attention ([`Ops::attention`]) is one call per galaxy and head. The AVX2 tier fuses it
+//! per strip of 6 queries (scores, exponentials and output back to back in L1, the rows
+//! normalised at the end); the other tiers compose it of their GEMM and softmax. Measured
+//! by interleaved A/B on one thread (65 tokens, 6 heads of 32): the fused kernel runs
+//! attention 11-13% faster than the composition on AVX2.
+//!
 //! Reduced precision ([`Precision`]) is a property of a packed weight matrix:
 //! [`PackedB::round_bf16`] rounds it to bfloat16 values (still computed in f32: there is no
 //! `vdpbf16ps` kernel yet); [`PackedB::quantize_int8`] and [`PackedB::quantize_int16`]
@@ -183,6 +189,30 @@ impl PackedB {
 
     /// Like [`PackedB::pack_kn`], reusing this allocation.
     pub fn repack_kn(&mut self, w: &[f32], k: usize, n: usize, ld: usize, bias: Option<&[f32]>) {
+        self.repack_kn_rotated(w, k, n, ld, 0, bias);
+    }
+
+    /// Like [`PackedB::repack_kn`] with the rows of `w` taken in the order `first`, ..,
+    /// `k - 1`, `0`, .., `first - 1` (attention puts the cls token's scores last).
+    ///
+    /// Panics if `w` or `bias` are too short, or `first > k`.
+    pub fn repack_kn_rotated(
+        &mut self,
+        w: &[f32],
+        k: usize,
+        n: usize,
+        ld: usize,
+        first: usize,
+        bias: Option<&[f32]>,
+    ) {
+        assert!(first <= k, "pack_kn: first row past k");
+        let src_row = |kk: usize| {
+            if kk + first < k {
+                kk + first
+            } else {
+                kk + first - k
+            }
+        };
         if n > 0 && k > 0 {
             assert!(
                 ld >= n && w.len() >= (k - 1) * ld + n,
@@ -200,15 +230,17 @@ impl PackedB {
                 // run-time length called memmove for each 64-byte row (attention repacks V
                 // this way per galaxy and head).
                 for (kk, dst) in panel.chunks_exact_mut(NR).enumerate() {
-                    let src: &[f32; NR] =
-                        w[kk * ld + p * NR..][..NR].try_into().expect("NR values");
+                    let src: &[f32; NR] = w[src_row(kk) * ld + p * NR..][..NR]
+                        .try_into()
+                        .expect("NR values");
                     let dst: &mut [f32; NR] = dst.try_into().expect("NR values");
                     *dst = *src;
                 }
                 continue;
             }
             for kk in 0..k {
-                let src = &w[kk * ld + p * NR..kk * ld + p * NR + cols];
+                let row = src_row(kk) * ld + p * NR;
+                let src = &w[row..row + cols];
                 panel[kk * NR..kk * NR + cols].copy_from_slice(src);
             }
         }
@@ -605,6 +637,8 @@ pub type GemmFn = fn(usize, &[f32], usize, &PackedB, &mut [f32], usize, Epilogue
 pub type LayerNormFn = fn(usize, usize, &[f32], usize, &[f32], &[f32], f32, &mut [f32], usize);
 /// Row-wise scaled softmax; see [`Ops::softmax_rows`].
 pub type SoftmaxFn = fn(usize, usize, &mut [f32], usize, f32);
+/// One head's attention; see [`Ops::attention`].
+pub type AttentionFn = fn(&Ops, &HeadQkv<'_>, f32, &mut [f32], usize, &mut AttentionScratch);
 /// Peak-rate probe: `iters` rounds of independent f32 FMA chains; returns a checksum and
 /// the FLOPs done. See [`Ops::fma_probe`].
 pub type FmaProbeFn = fn(u64) -> (f32, u64);
@@ -619,7 +653,92 @@ pub struct Ops {
     gemm_int8: GemmFn,
     layer_norm: LayerNormFn,
     softmax: SoftmaxFn,
+    attention: AttentionFn,
     fma_probe: FmaProbeFn,
+}
+
+/// One attention head's queries, keys and values over `t` tokens, `hd` values per token:
+/// row `i` of each starts at `i * ld` of its slice (three column ranges of a fused QKV
+/// matrix, say).
+#[derive(Debug, Clone, Copy)]
+pub struct HeadQkv<'a> {
+    /// Tokens (rows).
+    pub t: usize,
+    /// Values per token and head.
+    pub hd: usize,
+    /// Row stride of `q`, `k` and `v`.
+    pub ld: usize,
+    /// Queries.
+    pub q: &'a [f32],
+    /// Keys.
+    pub k: &'a [f32],
+    /// Values.
+    pub v: &'a [f32],
+}
+
+/// Buffers a thread reuses across [`Ops::attention`] calls (packed keys and values, the
+/// scores): they grow to the largest head seen, so attention allocates nothing per call.
+#[derive(Debug, Clone, Default)]
+pub struct AttentionScratch {
+    kp: PackedB,
+    vp: PackedB,
+    s: Vec<f32>,
+    /// A fused kernel's last, partial strip of queries, padded with zero rows.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    q: Vec<f32>,
+}
+
+/// With `t % NR == 1` tokens (65 in AstroMAE: the cls token and 64 patches) the cls key
+/// would fill an [`NR`]-wide panel of `QKᵀ` with NR - 1 columns of zeros (a fifth of its
+/// multiply-adds), so its column of scores is a dot product per query instead.
+fn cls_key_apart(t: usize) -> bool {
+    t % NR == 1 && t > 1
+}
+
+/// `sum a[i] b[i]` in 8 lanes (which the compiler vectorises), then across them.
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for j in 0..8 {
+            acc[j] += x[j] * y[j];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// Attention composed of the table's own GEMM and softmax (the tiers without a fused
+/// kernel): `S = QKᵀ` for the whole head, softmax over its rows, then `S V`.
+fn attention_composed(
+    ops: &Ops,
+    h: &HeadQkv<'_>,
+    scale: f32,
+    out: &mut [f32],
+    ldo: usize,
+    ws: &mut AttentionScratch,
+) {
+    let (t, hd, ld) = (h.t, h.hd, h.ld);
+    let k0 = usize::from(cls_key_apart(t));
+    if ws.s.len() < t * t {
+        ws.s.resize(t * t, 0.0);
+    }
+    let sc = &mut ws.s[..t * t];
+    ws.kp.repack_nk(&h.k[k0 * ld..], t - k0, hd, ld, None);
+    ops.gemm(t, h.q, ld, &ws.kp, &mut sc[k0..], t, Epilogue::PLAIN);
+    if k0 == 1 {
+        for (i, row) in sc.chunks_exact_mut(t).enumerate() {
+            row[0] = dot(&h.q[i * ld..][..hd], &h.k[..hd]);
+        }
+    }
+    ops.softmax_rows(t, t, sc, t, scale);
+    ws.vp.repack_kn(h.v, t, hd, ld, None);
+    ops.gemm(t, sc, t, &ws.vp, out, ldo, Epilogue::PLAIN);
 }
 
 impl Ops {
@@ -721,6 +840,37 @@ impl Ops {
             "softmax: x too short"
         );
         (self.softmax)(rows, n, x, ld, scale)
+    }
+
+    /// Scaled dot-product attention of one head: `out[i] = sum_j p_ij v_j` with
+    /// `p_i = softmax(scale * (q_i . k_j) over j)`, row `i` of `out` at `out[i * ldo]`
+    /// (`h.hd` values; the rest of `out` is untouched). Fused into one pass per strip of
+    /// queries where the tier has a kernel for it (AVX2), else composed of
+    /// [`Ops::gemm`] and [`Ops::softmax_rows`]. `scale` must be positive.
+    ///
+    /// Panics if a slice is too short for `h.t` rows of `h.hd` values at its stride.
+    pub fn attention(
+        &self,
+        h: &HeadQkv<'_>,
+        scale: f32,
+        out: &mut [f32],
+        ldo: usize,
+        ws: &mut AttentionScratch,
+    ) {
+        let (t, hd, ld) = (h.t, h.hd, h.ld);
+        if t == 0 || hd == 0 {
+            return;
+        }
+        let need = (t - 1) * ld + hd;
+        assert!(
+            ld >= hd && h.q.len() >= need && h.k.len() >= need && h.v.len() >= need,
+            "attention: q, k or v too short"
+        );
+        assert!(
+            ldo >= hd && out.len() >= (t - 1) * ldo + hd,
+            "attention: out too short"
+        );
+        (self.attention)(self, h, scale, out, ldo, ws)
     }
 
     /// Runs this tier's peak-rate probe: `iters` rounds of independent f32 multiply-add

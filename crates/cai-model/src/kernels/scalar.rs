@@ -11,6 +11,7 @@ pub fn ops() -> Ops {
         gemm_int8,
         layer_norm,
         softmax,
+        attention: super::attention_composed,
         fma_probe,
     }
 }

@@ -16,7 +16,9 @@
 use std::arch::x86_64::*;
 use std::cell::Cell;
 
-use super::{quantize_row, Act, Epilogue, Ops, PackedB, Tier, NR};
+use super::{
+    cls_key_apart, quantize_row, Act, AttentionScratch, Epilogue, HeadQkv, Ops, PackedB, Tier, NR,
+};
 
 /// Rows of the register tile.
 const MR: usize = 6;
@@ -35,6 +37,7 @@ pub fn avx2_ops() -> Option<Ops> {
             gemm_int8: gemm_int8_avx2,
             layer_norm: layer_norm_avx2,
             softmax: softmax_avx2,
+            attention: attention_avx2,
             fma_probe: fma_probe_avx2,
         })
     } else {
@@ -429,6 +432,233 @@ fn act<const ACT: u8>(v0: __m256, v1: __m256) -> (__m256, __m256) {
     }
 }
 
+/// One head's attention (see [`Ops::attention`]), fused per strip of [`MR`] queries: the
+/// strip's scores against every key (6x16 tiles over the packed `Kᵀ`; with 65 tokens the
+/// cls key's column as dot products, stored last), their exponentials, the strip's output
+/// from the unnormalised weights (6x16 tiles over `V`, packed in the same key order), then
+/// each output row scaled by 1 / its sum. A strip's scores (6 x 80 values) stay in L1 and
+/// their rows are padded to whole vectors, so the softmax needs no masked loads or stores
+/// (slow on AMD cores) and no pass to normalise them. Hand-written: no crate fuses these at
+/// this size (65 tokens x 32 per head).
+fn attention_avx2(
+    _ops: &Ops,
+    h: &HeadQkv<'_>,
+    scale: f32,
+    out: &mut [f32],
+    ldo: usize,
+    ws: &mut AttentionScratch,
+) {
+    let (t, hd, ld) = (h.t, h.hd, h.ld);
+    let k0 = usize::from(cls_key_apart(t));
+    ws.kp.repack_nk(&h.k[k0 * ld..], t - k0, hd, ld, None);
+    ws.vp.repack_kn_rotated(h.v, t, hd, ld, k0, None);
+    // Scores: MR rows of `ls` values (a multiple of 16, at least t rounded up to 8), the
+    // first at a 64-byte boundary so the tiles' stores are aligned.
+    let ls = (t.div_ceil(8) * 8).max(ws.kp.panels() * NR).div_ceil(NR) * NR;
+    let need = MR * ls + NR;
+    if ws.s.len() < need {
+        ws.s.resize(need, 0.0);
+    }
+    let off = ((64 - ws.s.as_ptr() as usize % 64) % 64) / 4;
+    if ws.q.len() < MR * hd {
+        ws.q.resize(MR * hd, 0.0);
+    }
+    let full = t / MR * MR;
+    if full < t {
+        // The last strip's rows, then zero rows to MR.
+        let (rows, pad) = ws.q[..MR * hd].split_at_mut((t - full) * hd);
+        for (i, row) in rows.chunks_exact_mut(hd).enumerate() {
+            row.copy_from_slice(&h.q[(full + i) * ld..][..hd]);
+        }
+        pad.fill(0.0);
+    }
+    // SAFETY: `Ops::attention` checked that q, k and v hold t rows of hd values at stride
+    // ld and `out` t rows of hd at stride ldo; `ws.s[off..]` holds MR rows of `ls` values
+    // and `ws.q` MR rows of hd; the packed panels hold hd (keys) and t (values) rows of
+    // NR; reachable only through `avx2_ops` (AVX2 and FMA confirmed).
+    unsafe {
+        let sp = ws.s.as_mut_ptr().add(off);
+        let strips = Strips {
+            kp: &ws.kp,
+            vp: &ws.vp,
+            qpad: ws.q.as_ptr(),
+            sp,
+            ls,
+        };
+        strips.run(h, k0 == 1, scale, out.as_mut_ptr(), ldo);
+    }
+}
+
+/// The buffers [`attention_avx2`] hands to its strips.
+struct Strips<'a> {
+    kp: &'a PackedB,
+    vp: &'a PackedB,
+    /// The last, partial strip of queries padded with zero rows (MR rows of hd).
+    qpad: *const f32,
+    /// Scores: MR rows of `ls` values.
+    sp: *mut f32,
+    ls: usize,
+}
+
+impl Strips<'_> {
+    /// Caller guarantees as stated in [`attention_avx2`].
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn run(&self, h: &HeadQkv<'_>, cls_last: bool, scale: f32, out: *mut f32, ldo: usize) {
+        let (t, hd, ld, ls, sp) = (h.t, h.hd, h.ld, self.ls, self.sp);
+        let nk = t - usize::from(cls_last);
+        let mut i0 = 0;
+        while i0 < t {
+            let rows = MR.min(t - i0);
+            let (qa, lda) = if rows == MR {
+                (h.q.as_ptr().add(i0 * ld), ld)
+            } else {
+                (self.qpad, hd)
+            };
+            for p in 0..self.kp.panels() {
+                let cols = NR.min(nk - p * NR);
+                let (bp, bias) = (self.kp.panel(p).as_ptr(), self.kp.panel_bias(p).as_ptr());
+                tile::<ACT_NONE, false, true>(hd, qa, lda, bp, bias, sp.add(p * NR), ls, MR, cols);
+            }
+            // The cls scores go to exp_rows_padded in registers: stored here and loaded
+            // back as part of a vector, they would stall on store forwarding.
+            let cls = |r: usize| cls_last.then(|| dot_avx2(qa.add(r * lda), h.k.as_ptr(), hd));
+            let mut inv = [0.0f32; MR];
+            let mut r = 0;
+            while r + 2 <= rows {
+                let pair = [sp.add(r * ls), sp.add((r + 1) * ls)];
+                let iv = exp_rows_padded::<2>(pair, t, [cls(r), cls(r + 1)], scale);
+                inv[r..r + 2].copy_from_slice(&iv);
+                r += 2;
+            }
+            if r < rows {
+                inv[r] = exp_rows_padded::<1>([sp.add(r * ls)], t, [cls(r)], scale)[0];
+            }
+            for p in 0..self.vp.panels() {
+                let cols = NR.min(hd - p * NR);
+                let (bp, bias) = (self.vp.panel(p).as_ptr(), self.vp.panel_bias(p).as_ptr());
+                let c = out.add(i0 * ldo + p * NR);
+                tile::<ACT_NONE, false, true>(t, sp, ls, bp, bias, c, ldo, rows, cols);
+            }
+            for (r, iv) in inv.iter().enumerate().take(rows) {
+                scale_row(out.add((i0 + r) * ldo), hd, *iv);
+            }
+            i0 += rows;
+        }
+    }
+}
+
+/// `x[..n] *= s`. Caller guarantees `n` writable values at `x`.
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn scale_row(x: *mut f32, n: usize, s: f32) {
+    let sv = _mm256_set1_ps(s);
+    let body = n / 8 * 8;
+    let mut j = 0;
+    while j < body {
+        _mm256_storeu_ps(x.add(j), _mm256_mul_ps(_mm256_loadu_ps(x.add(j)), sv));
+        j += 8;
+    }
+    for j in body..n {
+        *x.add(j) *= s;
+    }
+}
+
+/// In place on each of `R` rows of `n` scores: `e_j = exp(scale (x_j - max x))`; returns
+/// 1 / sum e_j per row. Rows side by side: one row's exponentials, sum, horizontal sum and
+/// division are a chain of dependent steps, and two rows keep the pipes busier (more would
+/// spill registers). Rows must be readable and writable up to `n` rounded up to 8 values:
+/// the last vector is loaded whole, its lanes past `n` taken as -inf and stored as 0. With
+/// `last_score[r]`, row r's value `n - 1` is that, not memory's (`n - 1` a multiple of 8).
+///
+/// Caller guarantees: each `x[r]` points to `n.div_ceil(8) * 8` writable values, `n >= 1`.
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn exp_rows_padded<const R: usize>(
+    x: [*mut f32; R],
+    n: usize,
+    last_score: [Option<f32>; R],
+    scale: f32,
+) -> [f32; R] {
+    let last = (n - 1) / 8 * 8;
+    let live = _mm256_castsi256_ps(_mm256_cmpgt_epi32(
+        _mm256_set1_epi32((n - last) as i32),
+        _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+    ));
+    let ninf = _mm256_set1_ps(f32::NEG_INFINITY);
+    let tail: [__m256; R] = std::array::from_fn(|r| match last_score[r] {
+        Some(v) if last == n - 1 => _mm256_blend_ps::<1>(ninf, _mm256_set1_ps(v)),
+        Some(v) => {
+            *x[r].add(n - 1) = v;
+            _mm256_blendv_ps(ninf, _mm256_loadu_ps(x[r].add(last)), live)
+        }
+        None => _mm256_blendv_ps(ninf, _mm256_loadu_ps(x[r].add(last)), live),
+    });
+    let mut mx = tail;
+    let mut j = 0;
+    while j < last {
+        for r in 0..R {
+            mx[r] = _mm256_max_ps(mx[r], _mm256_loadu_ps(x[r].add(j)));
+        }
+        j += 8;
+    }
+    let sc = _mm256_set1_ps(scale);
+    // scale (x - max) as one multiply-add.
+    let shift: [__m256; R] = std::array::from_fn(|r| _mm256_set1_ps(-hmax(mx[r]) * scale));
+    let mut sum: [__m256; R] = std::array::from_fn(|r| {
+        let e = _mm256_and_ps(exp_nonpos8(_mm256_fmadd_ps(tail[r], sc, shift[r])), live);
+        _mm256_storeu_ps(x[r].add(last), e);
+        e
+    });
+    let mut j = 0;
+    while j < last {
+        for r in 0..R {
+            let p = x[r].add(j);
+            let e = exp_nonpos8(_mm256_fmadd_ps(_mm256_loadu_ps(p), sc, shift[r]));
+            _mm256_storeu_ps(p, e);
+            sum[r] = _mm256_add_ps(sum[r], e);
+        }
+        j += 8;
+    }
+    std::array::from_fn(|r| 1.0 / hsum(sum[r]))
+}
+
+/// e^x for lanes x <= 0, as [`exp8`] (inputs below -87 taken as -87, so never a denormal
+/// or zero; NaN stays NaN), with the rounding to an integer power of 2 done by adding
+/// 1.5 * 2^23 (+ the exponent bias): one multiply-add instead of a round and a conversion.
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+fn exp_nonpos8(x: __m256) -> __m256 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    // 1.5 * 2^23 + 127: the sum's low mantissa bits are round(x log2 e) + 127.
+    const MAGIC: f32 = 12_583_039.0;
+    // `vmaxps` returns its second operand when either is NaN.
+    let x = _mm256_max_ps(_mm256_set1_ps(-87.0), x);
+    let t = _mm256_fmadd_ps(x, _mm256_set1_ps(LOG2E), _mm256_set1_ps(MAGIC));
+    let n = _mm256_sub_ps(t, _mm256_set1_ps(MAGIC));
+    let p = exp_reduced(x, n);
+    // (round(x log2 e) + 127) << 23 = 2^round(x log2 e) as f32 bits.
+    let bits = _mm256_sub_epi32(
+        _mm256_castps_si256(t),
+        _mm256_castps_si256(_mm256_set1_ps(12_582_912.0)),
+    );
+    _mm256_mul_ps(p, _mm256_castsi256_ps(_mm256_slli_epi32::<23>(bits)))
+}
+
+/// `sum a[i] b[i]` for `i < n`. Caller guarantees `n` readable values at `a` and at `b`.
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn dot_avx2(a: *const f32, b: *const f32, n: usize) -> f32 {
+    let body = n / 8 * 8;
+    let v = fold4(body, |acc, j| {
+        _mm256_fmadd_ps(_mm256_loadu_ps(a.add(j)), _mm256_loadu_ps(b.add(j)), acc)
+    });
+    let mut s = hsum(v);
+    for j in body..n {
+        s += *a.add(j) * *b.add(j);
+    }
+    s
+}
+
 /// The int8 product (see [`super::Ops::gemm`]): blocks of `A` rows are quantised (with
 /// the integers [`quantize_row`] gives) into rows of `2 * k2` i16, then every int8 panel
 /// of `b` passes over the block, [`MRQ`] rows at a time.
@@ -669,13 +899,28 @@ unsafe fn store_row<const ACC: bool>(cr: *mut f32, mut v0: __m256, mut v1: __m25
     }
 }
 
+/// e^(x - n ln 2) for lanes with n = round(x log2 e): Cody-Waite reduction (ln 2 in two
+/// parts) to |r| <= ln2/2, then the Taylor series of e^r to degree 7 (truncation error
+/// about 5e-9).
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+fn exp_reduced(x: __m256, n: __m256) -> __m256 {
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_HI), x);
+    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_LO), r);
+    let mut p = _mm256_set1_ps(1.0 / 5040.0);
+    for c in [720.0, 120.0, 24.0, 6.0, 2.0, 1.0, 1.0] {
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0 / c));
+    }
+    p
+}
+
 /// e^x for each lane (inputs clamped to [-87, 88]).
 #[target_feature(enable = "avx2,fma")]
 #[inline]
 fn exp8(x: __m256) -> __m256 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
     let x = _mm256_min_ps(
         _mm256_max_ps(x, _mm256_set1_ps(-87.0)),
         _mm256_set1_ps(88.0),
@@ -684,17 +929,7 @@ fn exp8(x: __m256) -> __m256 {
         x,
         _mm256_set1_ps(LOG2E),
     ));
-    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_HI), x);
-    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_LO), r);
-    // Taylor series of e^r to degree 7; |r| <= ln2/2 gives truncation error ~5e-9.
-    let mut p = _mm256_set1_ps(1.0 / 5040.0);
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0 / 720.0));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0 / 120.0));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0 / 24.0));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0 / 6.0));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0));
+    let p = exp_reduced(x, n);
     let e = _mm256_slli_epi32::<23>(_mm256_add_epi32(
         _mm256_cvtps_epi32(n),
         _mm256_set1_epi32(127),
@@ -848,12 +1083,11 @@ fn softmax_avx2(rows: usize, n: usize, x: &mut [f32], ld: usize, scale: f32) {
         // SAFETY: reachable only through `avx2_ops` (AVX2+FMA confirmed); the assert bounds
         // the `rr` rows of `n` values at stride `ld` that the function reads and writes.
         unsafe {
-            if rr == SOFTMAX_ROWS {
-                softmax_strip::<SOFTMAX_ROWS>(xr.as_mut_ptr(), ld, n, scale);
-            } else {
-                for i in 0..rr {
-                    softmax_strip::<1>(xr.as_mut_ptr().add(i * ld), ld, n, scale);
-                }
+            match rr {
+                SOFTMAX_ROWS => softmax_strip::<SOFTMAX_ROWS>(xr.as_mut_ptr(), ld, n, scale),
+                3 => softmax_strip::<3>(xr.as_mut_ptr(), ld, n, scale),
+                2 => softmax_strip::<2>(xr.as_mut_ptr(), ld, n, scale),
+                _ => softmax_strip::<1>(xr.as_mut_ptr(), ld, n, scale),
             }
         }
         r += rr;
@@ -1052,6 +1286,13 @@ mod tests {
         }
 
         #[test]
+        fn attention_prop(t in 1usize..80, hd in 1usize..40, scale in 0.05f32..1.0, seed in 0u64..1000) {
+            if let Some(ops) = avx2_ops() {
+                check::attention(&ops, t, hd, scale, seed, &mut AttentionScratch::default());
+            }
+        }
+
+        #[test]
         fn layer_norm_prop(rows in 1usize..5, dim in 1usize..300, seed in 0u64..1000) {
             if let Some(ops) = avx2_ops() {
                 check::layer_norm(&ops, rows, dim, seed);
@@ -1066,6 +1307,12 @@ mod tests {
         for dim in [1usize, 7, 8, 192, 197] {
             check::layer_norm(&ops, 3, dim, dim as u64);
         }
+    }
+
+    #[test]
+    fn attention_matches_definition() {
+        let Some(ops) = avx2_ops() else { return };
+        check::attention_shapes(&ops);
     }
 
     /// GELU approximation: |simd - exact| <= 1e-6 * (1 + |x|) over a dense sweep.

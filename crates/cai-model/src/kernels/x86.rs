@@ -78,6 +78,10 @@ const A_BLOCK_Q: usize = 48 * 1024;
 const ACT_NONE: u8 = 0;
 const ACT_RELU: u8 = 1;
 const ACT_GELU: u8 = 2;
+/// No activation, like `ACT_NONE`, for attention's tiles: a separate instantiation of
+/// [`tile`], so the GEMM's stays inlined in [`block`] (one shared by both was compiled out
+/// of line and called per tile).
+const ACT_NONE_ATTN: u8 = 3;
 
 fn gemm_avx2(
     m: usize,
@@ -517,7 +521,17 @@ impl Strips<'_> {
             for p in 0..self.kp.panels() {
                 let cols = NR.min(nk - p * NR);
                 let (bp, bias) = (self.kp.panel(p).as_ptr(), self.kp.panel_bias(p).as_ptr());
-                tile::<ACT_NONE, false, true>(hd, qa, lda, bp, bias, sp.add(p * NR), ls, MR, cols);
+                tile::<ACT_NONE_ATTN, false, true>(
+                    hd,
+                    qa,
+                    lda,
+                    bp,
+                    bias,
+                    sp.add(p * NR),
+                    ls,
+                    MR,
+                    cols,
+                );
             }
             // The cls scores go to exp_rows_padded in registers: stored here and loaded
             // back as part of a vector, they would stall on store forwarding.
@@ -537,7 +551,7 @@ impl Strips<'_> {
                 let cols = NR.min(hd - p * NR);
                 let (bp, bias) = (self.vp.panel(p).as_ptr(), self.vp.panel_bias(p).as_ptr());
                 let c = out.add(i0 * ldo + p * NR);
-                tile::<ACT_NONE, false, true>(t, sp, ls, bp, bias, c, ldo, rows, cols);
+                tile::<ACT_NONE_ATTN, false, true>(t, sp, ls, bp, bias, c, ldo, rows, cols);
             }
             for (r, iv) in inv.iter().enumerate().take(rows) {
                 scale_row(out.add((i0 + r) * ldo), hd, *iv);

@@ -41,8 +41,9 @@ use vit::{Vit, VitScratch};
 
 /// Most galaxies per ViT/CNN chunk (phase 1). A chunk's activations (about 0.25 MB per
 /// galaxy) stay within L2/L3, and every block's 1.8 MB of weights is read once per chunk.
-/// Measured by interleaved A/B on one thread (Zen 3): 8 is 2.5-4.7% faster than 4 on the
-/// whole model at batch 32 and 128; 16 is no faster than 8.
+/// Measured by interleaved A/B on one thread (Zen 3): with 8 the ViT blocks run 2% faster
+/// than with 4 (rounds of one pass, alternating), the whole model 0-3% (batch 16 and 32,
+/// alternating calls); 16 is no faster than 8.
 pub const CHUNK: usize = 8;
 /// Most galaxies per head block (phase 2).
 pub const HEAD_ROWS: usize = 128;

@@ -478,15 +478,7 @@ impl AstroMae {
         let ops = kernels::ops();
         // Warm-up: buffers sized, weights and code in cache; and size the probe's rounds.
         self.time_vit_blocks(1, &clock);
-        let mut iters = 1u64 << 12;
-        loop {
-            let t = clock();
-            std::hint::black_box(ops.fma_probe(iters));
-            if clock() - t >= 0.01 || iters >= 1 << 30 {
-                break;
-            }
-            iters *= 2;
-        }
+        let iters = kernels::probe_rounds(ops, &clock, 0.01);
         let mut out = BlockSpeed::default();
         let t0 = clock();
         while out.rounds == 0 || clock() - t0 < seconds {

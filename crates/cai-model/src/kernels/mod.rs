@@ -883,26 +883,35 @@ impl Ops {
     }
 }
 
-/// This thread's measured f32 FMA peak in GFLOP/s for `ops`' tier: runs
-/// [`Ops::fma_probe`] in growing rounds until one takes at least `min_seconds`, and
-/// reports the best rate over three such rounds (the least disturbed by other load).
-pub fn fma_peak(ops: &Ops, min_seconds: f64) -> f64 {
-    let mut iters = 1u64 << 14;
+/// This thread's measured f32 FMA peak in GFLOP/s for `ops`' tier, timed by `clock`
+/// (seconds; the thread's CPU clock, say, so other load does not count): [`Ops::fma_probe`]
+/// sized by [`probe_rounds`] to take at least `min_seconds`, then the best rate over three
+/// such rounds (the least disturbed by other load).
+pub fn fma_peak(ops: &Ops, clock: &dyn Fn() -> f64, min_seconds: f64) -> f64 {
+    let iters = probe_rounds(ops, clock, min_seconds);
     let mut best = 0.0f64;
-    let mut long_rounds = 0;
-    while long_rounds < 3 {
-        let t = std::time::Instant::now();
+    for _ in 0..3 {
+        let t = clock();
         let (sum, flops) = ops.fma_probe(iters);
-        let secs = t.elapsed().as_secs_f64();
+        let secs = clock() - t;
         std::hint::black_box(sum);
-        if secs >= min_seconds {
-            long_rounds += 1;
-            best = best.max(flops as f64 / secs / 1e9);
-        } else {
-            iters = iters.saturating_mul(2);
-        }
+        best = best.max(flops as f64 / secs.max(1e-9) / 1e9);
     }
     best
+}
+
+/// Iterations of [`Ops::fma_probe`] for one round of at least `seconds` by `clock`
+/// (seconds): doubled from 2^12 until a round takes that long (at most 2^34).
+pub fn probe_rounds(ops: &Ops, clock: &dyn Fn() -> f64, seconds: f64) -> u64 {
+    let mut iters = 1u64 << 12;
+    loop {
+        let t = clock();
+        std::hint::black_box(ops.fma_probe(iters));
+        if clock() - t >= seconds || iters >= 1 << 34 {
+            return iters;
+        }
+        iters *= 2;
+    }
 }
 
 static OPS: OnceLock<Ops> = OnceLock::new();
@@ -1200,7 +1209,8 @@ mod tests {
             assert!(sum.is_finite());
             assert!(f10 > 0 && f20 == 2 * f10, "{f10} {f20}");
         }
-        assert!(fma_peak(&best(), 1e-4) > 0.0);
+        let start = std::time::Instant::now();
+        assert!(fma_peak(&best(), &|| start.elapsed().as_secs_f64(), 1e-4) > 0.0);
     }
 
     #[test]

@@ -431,28 +431,9 @@ fn time_blocks(model: &AstroMae, p: Precision, seconds: f64) -> BlockRate {
 /// Best per-core peak: by this thread's CPU time when the kernel exposes it (so time
 /// spent descheduled by other load does not count), else by wall time.
 fn measure_peak(min_seconds: f64) -> f64 {
-    let ops = kernels::ops();
-    let mut best = 0.0f64;
-    let mut iters = 1u64 << 16;
-    let mut rounds = 0;
-    while rounds < 3 {
-        let (c0, t0) = (clock::thread_cpu_seconds(), Instant::now());
-        let (sum, flops) = ops.fma_probe(iters);
-        std::hint::black_box(sum);
-        let wall = t0.elapsed().as_secs_f64();
-        let secs = clock::thread_cpu_seconds()
-            .zip(c0)
-            .map(|(a, b)| a - b)
-            .filter(|s| *s > 0.0)
-            .unwrap_or(wall);
-        if wall >= min_seconds {
-            rounds += 1;
-            best = best.max(flops as f64 / secs / 1e9);
-        } else {
-            iters = iters.saturating_mul(2);
-        }
-    }
-    best
+    let start = Instant::now();
+    let clock = || clock::thread_cpu_seconds().unwrap_or_else(|| start.elapsed().as_secs_f64());
+    kernels::fma_peak(kernels::ops(), &clock, min_seconds)
 }
 
 /// This process's CPU time: the sum over its threads' `schedstat` (ns resolution), else

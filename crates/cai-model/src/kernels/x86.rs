@@ -6,6 +6,9 @@
 //! passes over the block. Bias, activation and residual accumulation are applied to the
 //! tile in registers before it is stored (monomorphised per epilogue).
 //!
+//! Attention: fused per head and strip of 6 queries on the same tile (`attention_avx2`):
+//! the strip's scores, their exponentials and its output run back to back in L1.
+//!
 //! Transcendentals: `exp` (softmax) by Cody-Waite range reduction with a degree-7
 //! polynomial (relative error about 2e-7); the exact GELU through a rational approximation of
 //! erf fitted for this crate (`examples/fit_erf.rs`; GELU error below 2e-7 (1 + |x|)).

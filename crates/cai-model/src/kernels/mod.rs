@@ -1040,15 +1040,15 @@ mod tests {
     }
 
     proptest::proptest! {
-        /// One `PackedB` repacked through a sequence of shapes, both layouts (as attention
-        /// reuses its buffers): no value of an earlier matrix survives in the padding, and
+        /// One `PackedB` repacked through a sequence of shapes, both layouts, the `k x n` one
+        /// with its rows rotated (as attention reuses its buffers): no value of an earlier matrix survives in the padding, and
         /// the SIMD panel packer (on CPUs that have one) agrees with the definition.
         #[test]
         fn repacking_reuses_buffers_exactly(
-            shapes in proptest::collection::vec((1usize..40, 1usize..70, 0usize..5, proptest::bool::ANY), 1..6)
+            shapes in proptest::collection::vec((1usize..40, 1usize..70, 0usize..5, proptest::bool::ANY, 0usize..71), 1..6)
         ) {
             let mut p = PackedB::default();
-            for (i, &(n, k, pad, nk)) in shapes.iter().enumerate() {
+            for (i, &(n, k, pad, nk, rot)) in shapes.iter().enumerate() {
                 let bias = vec![0.5f32; n];
                 if nk {
                     let ld = k + pad;
@@ -1058,8 +1058,10 @@ mod tests {
                 } else {
                     let ld = n + pad;
                     let w: Vec<f32> = (0..k * ld).map(|v| (v + i) as f32 + 1.0).collect();
-                    p.repack_kn(&w, k, n, ld, Some(&bias));
-                    check_packed(&p, n, k, |kk, j| w[kk * ld + j]);
+                    // Rows taken from `first` on, wrapping (first = 0: repack_kn itself).
+                    let first = rot % (k + 1);
+                    p.repack_kn_rotated(&w, k, n, ld, first, Some(&bias));
+                    check_packed(&p, n, k, |kk, j| w[((kk + first) % k) * ld + j]);
                 }
             }
         }

@@ -602,12 +602,12 @@ unsafe fn exp_rows_padded<const R: usize>(
         _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
     ));
     let ninf = _mm256_set1_ps(f32::NEG_INFINITY);
+    assert!(
+        last_score.iter().all(Option::is_none) || last == n - 1,
+        "exp_rows_padded: a last score needs n - 1 a multiple of 8"
+    );
     let tail: [__m256; R] = std::array::from_fn(|r| match last_score[r] {
-        Some(v) if last == n - 1 => _mm256_blend_ps::<1>(ninf, _mm256_set1_ps(v)),
-        Some(v) => {
-            *x[r].add(n - 1) = v;
-            _mm256_blendv_ps(ninf, _mm256_loadu_ps(x[r].add(last)), live)
-        }
+        Some(v) => _mm256_blend_ps::<1>(ninf, _mm256_set1_ps(v)),
         None => _mm256_blendv_ps(ninf, _mm256_loadu_ps(x[r].add(last)), live),
     });
     let mut mx = tail;

@@ -1041,8 +1041,9 @@ mod tests {
 
     proptest::proptest! {
         /// One `PackedB` repacked through a sequence of shapes, both layouts, the `k x n` one
-        /// with its rows rotated (as attention reuses its buffers): no value of an earlier matrix survives in the padding, and
-        /// the SIMD panel packer (on CPUs that have one) agrees with the definition.
+        /// with its rows rotated (as attention reuses its buffers): no value of an earlier
+        /// matrix survives in the padding, and the SIMD panel packer (on CPUs that have one)
+        /// agrees with the definition.
         #[test]
         fn repacking_reuses_buffers_exactly(
             shapes in proptest::collection::vec((1usize..40, 1usize..70, 0usize..5, proptest::bool::ANY, 0usize..71), 1..6)

@@ -71,9 +71,12 @@ thread_local! {
     static QPACK: Cell<(Vec<i16>, Vec<f32>)> = const { Cell::new((Vec::new(), Vec::new())) };
 }
 
-/// Rows of the int8 register tile: 4 x 2 i32 accumulators, 2 weight registers, the
-/// broadcast row pair and the products fit the 16 ymm registers without spills.
-const MRQ: usize = 4;
+/// Rows of the int8 register tile: 6 x 2 i32 accumulators, 2 weight registers, the
+/// broadcast row pair and one product fill the 16 ymm registers (with the k loop unrolled
+/// by 2 the compiler spilled; one step per iteration it does not). Measured by interleaved
+/// A/B on the int16 ViT blocks: 7% faster than 4 rows, which load a broadcast per 2
+/// products instead of per 2 of 12.
+const MRQ: usize = 6;
 /// Target size (i16 values) of a quantised block of `A`.
 const A_BLOCK_Q: usize = 48 * 1024;
 
@@ -810,16 +813,10 @@ unsafe fn tile_q<const ACT: u8, const ACC: bool>(
             }
         }};
     }
-    let mut kp = 0;
-    while kp + 2 <= k2 {
+    for _ in 0..k2 {
         step!(ap, bp);
-        step!(ap.add(2), bp.add(2 * NR));
-        ap = ap.add(4);
-        bp = bp.add(4 * NR);
-        kp += 2;
-    }
-    if kp < k2 {
-        step!(ap, bp);
+        ap = ap.add(2);
+        bp = bp.add(2 * NR);
     }
     let bias0 = _mm256_loadu_ps(bias);
     let bias1 = _mm256_loadu_ps(bias.add(8));

@@ -3,7 +3,11 @@
 # inputs, thread counts and batch sizes, in one run, with a table of ratios.
 #
 #   scripts/bench/run.sh [--threads 1,2] [--batch 1,32,128,512] [--seconds 3] [--onnx]
-#                        [--precision f32|bf16|int8|int16|all]
+#                        [--precision f32|bf16|int8|int16|all] [--rounds 1]
+#
+# With --rounds N, cai and PyTorch (and ONNX Runtime) take turns N times and the table keeps
+# each one's best galaxies/s per case, with the range over the rounds beside it: on a shared
+# machine a single pass compares whatever moments each side happened to get.
 #
 # Reduced precisions report their max/mean |Δz| against f32 on the PyTorch parity fixtures
 # in ${CAI_PARITY_DIR:-~/.cache/cai-parity} when model.pt and 1.pt are there.
@@ -12,14 +16,14 @@
 # scripts/parity/setup_venv.sh if missing; `--onnx` pip-installs onnxruntime and onnx into
 # it). The cai binary is $CAI_BIN, else target/release/cai (built with cargo if missing).
 # Output files go to ${CAI_BENCH_DIR:-~/.cache/cai-bench}: weights.safetensors (seeded
-# weights), cai.json, torch.json, astromae.onnx.
+# weights), cai.N.json and torch.N.json per round N, astromae.onnx.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/../.." && pwd)"
 VENV="${CAI_PARITY_VENV:-$HOME/.cache/cai-parity-venv}"
 OUT="${CAI_BENCH_DIR:-$HOME/.cache/cai-bench}"
-THREADS="" BATCH="1,32,128,512" SECONDS_PER_CASE=3 ONNX=0 PRECISION=all
+THREADS="" BATCH="1,32,128,512" SECONDS_PER_CASE=3 ONNX=0 PRECISION=all ROUNDS=1
 while [ $# -gt 0 ]; do
     case "$1" in
         --threads) THREADS="$2"; shift 2 ;;
@@ -27,6 +31,7 @@ while [ $# -gt 0 ]; do
         --seconds) SECONDS_PER_CASE="$2"; shift 2 ;;
         --onnx) ONNX=1; shift ;;
         --precision) PRECISION="$2"; shift 2 ;;
+        --rounds) ROUNDS="$2"; shift 2 ;;
         *) echo "unknown option $1" >&2; exit 2 ;;
     esac
 done
@@ -56,11 +61,16 @@ if [ -f "$PARITY/model.pt" ] && [ -f "$PARITY/1.pt" ]; then
 fi
 echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)"
 "$CAI_BIN" -q model init --seed 0 --out "$OUT/weights.safetensors"
-"$CAI_BIN" bench --model "$OUT/weights.safetensors" --threads "$THREADS" --batch "$BATCH" \
-    --seconds "$SECONDS_PER_CASE" --precision "$PRECISION" "${PARITY_FLAG[@]}" --json > "$OUT/cai.json"
 ONNX_FLAG=()
 [ "$ONNX" = 1 ] && ONNX_FLAG=(--onnx --onnx-file "$OUT/astromae.onnx")
-"$VENV/bin/python" "$HERE/torch_bench.py" --weights "$OUT/weights.safetensors" --cai "$OUT/cai.json" \
-    --threads "$THREADS" --batch "$BATCH" --seconds "$SECONDS_PER_CASE" "${ONNX_FLAG[@]}" \
-    --json-out "$OUT/torch.json"
+rm -f "$OUT"/cai.*.json "$OUT"/torch.*.json
+for r in $(seq 1 "$ROUNDS"); do
+    [ "$ROUNDS" -gt 1 ] && echo "round $r of $ROUNDS (load $(cut -d' ' -f1 /proc/loadavg))"
+    "$CAI_BIN" bench --model "$OUT/weights.safetensors" --threads "$THREADS" --batch "$BATCH" \
+        --seconds "$SECONDS_PER_CASE" --precision "$PRECISION" "${PARITY_FLAG[@]}" --json > "$OUT/cai.$r.json"
+    "$VENV/bin/python" "$HERE/torch_bench.py" --weights "$OUT/weights.safetensors" --cai "$OUT/cai.$r.json" \
+        --threads "$THREADS" --batch "$BATCH" --seconds "$SECONDS_PER_CASE" "${ONNX_FLAG[@]}" \
+        --json-out "$OUT/torch.$r.json" --no-table
+done
+"$VENV/bin/python" "$HERE/torch_bench.py" --table $(seq -f "$OUT/torch.%g.json" 1 "$ROUNDS")
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"

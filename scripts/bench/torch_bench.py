@@ -6,7 +6,15 @@ the same weights file and the same inputs as `cai bench`, over the same threads 
 sizes, and prints a table beside the `cai bench --json` report with the ratios.
 
     $VENV/bin/python scripts/bench/torch_bench.py --weights W.safetensors --cai cai.json \
-        [--threads 1,2] [--batch 1,32,128,512] [--seconds 3] [--onnx] [--json-out F]
+        [--threads 1,2] [--batch 1,32,128,512] [--seconds 3] [--onnx] [--json-out F] [--no-table]
+    $VENV/bin/python scripts/bench/torch_bench.py --table round1.json round2.json ...
+
+The second form prints one table from several rounds (each a --json-out file, which holds
+that round's cai report too): every engine's best galaxies/s over the rounds, with the
+range beside it. On a shared machine whose neighbours slow everything by tens of percent at
+times, alternating rounds of cai and PyTorch and keeping each one's best compares both at
+their least disturbed, where a single pass compares whatever moments each one happened to
+get.
 
 Inputs follow `cai bench`: image value i is ((i * 7919) % 1000) * 1e-3 (float32, NCHW),
 magnitude i is 15 + i % 7. Speed is measured in wall time and in process CPU time
@@ -118,7 +126,7 @@ def onnx_session(model, path, threads):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--weights", required=True)
+    ap.add_argument("--weights")
     ap.add_argument("--cai", help="cai bench --json report to compare with")
     ap.add_argument("--threads", default=None)
     ap.add_argument("--batch", default=None)
@@ -126,7 +134,19 @@ def main():
     ap.add_argument("--onnx", action="store_true", help="also ONNX Runtime (if installed)")
     ap.add_argument("--onnx-file", default=None)
     ap.add_argument("--json-out", default=None)
+    ap.add_argument("--no-table", action="store_true", help="measure and write --json-out only")
+    ap.add_argument("--table", nargs="+", metavar="ROUND_JSON",
+                    help="print one table from these rounds' --json-out files (no measuring)")
     args = ap.parse_args()
+    if args.table:
+        rounds = []
+        for path in args.table:
+            with open(path) as f:
+                rounds.append(json.load(f))
+        table(rounds)
+        return
+    if not args.weights:
+        ap.error("--weights is required unless --table is given")
 
     cai = None
     if args.cai:
@@ -194,51 +214,85 @@ def main():
                 r.update(engine="onnxruntime", threads=t, batch=b)
                 results.append(r)
 
-    # The table: every cai precision beside each engine; ratios against PyTorch f32.
-    cai_cases = {}
-    for c in (cai["cases"] if cai else []):
-        cai_cases.setdefault((c["threads"], c["batch"]), []).append(c)
-    dz = {p["precision"]: p for p in (cai.get("precisions", []) if cai else [])}
+    doc = {"torch": torch.__version__, "check": check, "results": results, "cai": cai,
+           "gflop_per_galaxy": gflop, "fma_peak_gflops_per_core": peak}
+    if args.json_out:
+        with open(args.json_out, "w") as f:
+            json.dump(doc, f, indent=1)
+    if not args.no_table:
+        table([doc])
+
+
+def best_of(samples):
+    """The sample with the most galaxies/s, and the (min, max) of galaxies/s over all."""
+    best = max(samples, key=lambda r: r["galaxies_per_s"])
+    gs = [r["galaxies_per_s"] for r in samples]
+    return best, (min(gs), max(gs))
+
+
+def table(rounds):
+    """Every cai precision beside each engine, ratios against PyTorch f32, best of the rounds."""
+    gflop = next((r["gflop_per_galaxy"] for r in rounds if r.get("gflop_per_galaxy")), 0.765)
+    peaks = [r["fma_peak_gflops_per_core"] for r in rounds if r.get("fma_peak_gflops_per_core")]
+    peak = max(peaks) if peaks else None
+    samples = {}
+    dz = {}
+    for rd in rounds:
+        cai = rd.get("cai") or {}
+        for c in cai.get("cases", []):
+            key = (c["threads"], c["batch"], f"cai {c.get('precision', 'f32')}")
+            samples.setdefault(key, []).append({"galaxies_per_s": c["galaxies_per_s"],
+                                                "galaxies_per_cpu_s": c.get("galaxies_per_cpu_s"),
+                                                "load1": c.get("load1")})
+        for p in cai.get("precisions", []):
+            dz[p["precision"]] = p
+        for r in rd.get("results", []):
+            samples.setdefault((r["threads"], r["batch"], r["engine"]), []).append(r)
+    threads = sorted({k[0] for k in samples})
+    batches = sorted({k[1] for k in samples})
+    order = [f"cai {p}" for p in ("f32", "bf16", "int8", "int16")] + ["torch", "onnxruntime"]
+    n = len(rounds)
     hdr = (f"{'threads':>7} {'batch':>5} {'engine':>10} {'gal/s':>8} {'gal/CPU-s':>9} {'GFLOP/s':>8} "
-           f"{'peak%':>6} {'x torch':>7} {'x torch CPU':>11} {'load':>5}  |dz| max/mean vs f32")
+           f"{'peak%':>6} {'x torch':>7} {'x torch CPU':>11} {'load':>5}"
+           + (f" {'gal/s range':>13}" if n > 1 else "") + "  |dz| max/mean vs f32")
     print()
-    print(f"f32 FMA peak per core (cai's probe): {peak:.1f} GFLOP/s" if peak else "peak unknown")
+    if n > 1:
+        print(f"best of {n} alternating rounds (cai, then PyTorch/ONNX Runtime, per round)")
+    print(f"f32 FMA peak per core (cai's probe{', best round' if n > 1 else ''}): {peak:.1f} GFLOP/s"
+          if peak else "peak unknown")
     print(hdr)
-    rows = []
     for t in threads:
         for b in batches:
-            line = []
-            for c in cai_cases.get((t, b), []):
-                p = c.get("precision", "f32")
-                d = dz.get(p, {})
-                dd = d.get("dz_parity") or d.get("dz_bench")
-                line.append((f"cai {p}", c["galaxies_per_s"], c.get("galaxies_per_cpu_s"), c.get("load1"),
-                             f"{dd['max']:.1e}/{dd['mean']:.1e}" if dd else ""))
-            for r in results:
-                if r["threads"] == t and r["batch"] == b:
-                    line.append((r["engine"], r["galaxies_per_s"], r["galaxies_per_cpu_s"], r["load1"], ""))
-            ref = next((x for x in line if x[0] == "torch"), None)
-            for eng, gs, gc, ld, dzs in line:
-                ratio = gs / ref[1] if ref else None
-                ratio_c = gc / ref[2] if ref and gc and ref[2] else None
+            engines = [e for e in order if (t, b, e) in samples]
+            engines += sorted(e for (tt, bb, e) in samples if (tt, bb) == (t, b) and e not in order)
+            ref = best_of(samples[(t, b, "torch")])[0] if (t, b, "torch") in samples else None
+            for eng in engines:
+                best, (lo, hi) = best_of(samples[(t, b, eng)])
+                gs, gc, ld = best["galaxies_per_s"], best.get("galaxies_per_cpu_s"), best.get("load1")
+                ratio = gs / ref["galaxies_per_s"] if ref else None
+                ratio_c = gc / ref["galaxies_per_cpu_s"] if ref and gc and ref.get("galaxies_per_cpu_s") else None
                 pk = 100 * (gc or gs) * gflop / peak if peak else None
+                d = dz.get(eng[4:], {}) if eng.startswith("cai ") and eng != "cai f32" else {}
+                dd = d.get("dz_parity") or d.get("dz_bench")
+                dzs = f"{dd['max']:.1e}/{dd['mean']:.1e}" if dd else ""
+                spread = f" {f'{lo:.1f}-{hi:.1f}':>13}" if n > 1 else ""
                 print(f"{t:>7} {b:>5} {eng:>10} {gs:>8.1f} {gc or 0:>9.1f} {gs * gflop:>8.1f} "
                       f"{pk if pk is not None else float('nan'):>5.1f}% "
                       f"{(f'{ratio:.2f}x' if ratio else '-'):>7} {(f'{ratio_c:.2f}x' if ratio_c else '-'):>11} "
-                      f"{ld if ld is not None else float('nan'):>5.2f}  {dzs}")
-                rows.append({"threads": t, "batch": b, "engine": eng, "galaxies_per_s": gs,
-                             "galaxies_per_cpu_s": gc, "over_torch": ratio,
-                             "over_torch_cpu": ratio_c, "load1": ld})
-    for vb in (cai.get("vit_blocks", []) if cai else []):
-        print(f"cai {vb['precision']}: the ViT blocks alone, one thread: {vb['gflops_per_cpu_s']:.1f} "
+                      f"{ld if ld is not None else float('nan'):>5.2f}{spread}  {dzs}")
+    blocks = {}
+    for rd in rounds:
+        for vb in (rd.get("cai") or {}).get("vit_blocks", []):
+            blocks.setdefault(vb["precision"], []).append(vb)
+    for prec, vbs in blocks.items():
+        vb = max(vbs, key=lambda v: v["peak_share"])
+        shares = ", ".join(f"{100 * v['peak_share']:.1f}%" for v in vbs)
+        print(f"cai {prec}: the ViT blocks alone, one thread: {vb['gflops_per_cpu_s']:.1f} "
               f"GFLOP per CPU-s = {100 * vb['peak_share']:.1f}% of the FMA probe's "
-              f"{vb.get('probe_gflops_per_cpu_s', float('nan')):.1f} in the same {vb.get('rounds', '?')} alternating rounds")
+              f"{vb.get('probe_gflops_per_cpu_s', float('nan')):.1f} in the same {vb.get('rounds', '?')} alternating rounds"
+              + (f" (rounds: {shares})" if len(vbs) > 1 else ""))
     print("peak% = GFLOP per CPU-second over the per-core f32 peak (int8 counts the same FLOPs);")
     print("x torch = galaxies/s over PyTorch f32's in the same case; |dz| on the parity fixtures if given, else on the bench inputs")
-    if args.json_out:
-        with open(args.json_out, "w") as f:
-            json.dump({"torch": torch.__version__, "check": check, "results": results,
-                       "table": rows, "cai": cai}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -509,10 +509,15 @@ impl Precision {
                     format!("int16: {INT16_WEIGHT_BITS}-bit weights x 13-16-bit activations")
                 },
                 ops().tier,
-                if cpu_has_vnni() {
-                    " (this CPU has VNNI, which cai does not use yet)"
-                } else {
-                    " (no VNNI on this CPU: vpmaddwd)"
+                match ops().tier {
+                    Tier::Avx2 | Tier::Avx512 if cpu_has_vnni() => {
+                        " (this CPU has VNNI, which cai does not use yet)"
+                    }
+                    Tier::Avx2 | Tier::Avx512 => " (no VNNI on this CPU: vpmaddwd)",
+                    // The NEON table borrows the scalar integer product (aarch64.rs).
+                    _ => {
+                        " (the integer products run the scalar reference here, far slower than f32: no SIMD integer kernel for this CPU yet)"
+                    }
                 }
             ),
         }

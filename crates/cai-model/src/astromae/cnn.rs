@@ -103,6 +103,7 @@ pub(crate) struct CnnScratch {
     t: Vec<f32>,
     col: Vec<f32>,
     mp: Vec<f32>,
+    hmax: Vec<f32>,
     a: Vec<f32>,
     b: Vec<f32>,
 }
@@ -179,7 +180,8 @@ impl Inception {
             off += kxk(b3, off);
         }
         let mp = buf(&mut s.mp, px * self.cin);
-        max_pool3(x, g, h, w, self.cin, mp);
+        let hmax = buf(&mut s.hmax, h * w * self.cin);
+        max_pool3(x, g, h, w, self.cin, hmax, mp);
         self.branch4.forward(ops, px, mp, &mut out[off..], co);
     }
 }

@@ -108,10 +108,20 @@ pub(crate) fn avg_pool2(
 }
 
 /// 3x3 max pooling, stride 1, padding 1 (padding never wins, as with -inf), NHWC.
-/// Separable: a max over each row's 3 neighbours, then over 3 rows.
-pub(crate) fn max_pool3(x: &[f32], g: usize, h: usize, w: usize, c: usize, out: &mut [f32]) {
+/// Separable: a max over each row's 3 neighbours (into `hmax`, one image: `h*w*c` values),
+/// then over 3 rows.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn max_pool3(
+    x: &[f32],
+    g: usize,
+    h: usize,
+    w: usize,
+    c: usize,
+    hmax: &mut [f32],
+    out: &mut [f32],
+) {
     let row = w * c;
-    let mut hmax = vec![0.0f32; h * row];
+    let hmax = &mut hmax[..h * row];
     for gi in 0..g {
         let img = &x[gi * h * row..(gi + 1) * h * row];
         for y in 0..h {

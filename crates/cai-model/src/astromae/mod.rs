@@ -237,13 +237,40 @@ thread_local! {
     static SCRATCH: Cell<Option<Box<Scratch>>> = const { Cell::new(None) };
 }
 
-/// Runs `f` with this thread's scratch (taken out of the cell, so re-entrant use would
-/// merely allocate a fresh one).
-fn with_scratch<R>(f: impl FnOnce(&mut Scratch) -> R) -> R {
-    let mut s = SCRATCH.take().unwrap_or_default();
-    let r = f(&mut s);
-    SCRATCH.set(Some(s));
+/// Runs `f` with this thread's value of `key` (taken out of the cell, so re-entrant use
+/// would merely allocate a fresh one).
+fn with_local<T: Default, R>(
+    key: &'static std::thread::LocalKey<Cell<Option<Box<T>>>>,
+    f: impl FnOnce(&mut T) -> R,
+) -> R {
+    let mut v = key.take().unwrap_or_default();
+    let r = f(&mut v);
+    key.set(Some(v));
     r
+}
+
+/// Runs `f` with this thread's [`Scratch`].
+fn with_scratch<R>(f: impl FnOnce(&mut Scratch) -> R) -> R {
+    with_local(&SCRATCH, f)
+}
+
+/// The calling thread's buffers for one `predict` or `features` call, reused across calls:
+/// the trunks' outputs (written per chunk in phase 1, read per row block in phase 2, so no
+/// worker's own scratch can hold them) and `predict`'s block of features.
+#[derive(Debug, Default)]
+struct CallBufs {
+    pooled: Vec<f32>,
+    flat: Vec<f32>,
+    feats: Vec<f32>,
+}
+
+thread_local! {
+    static CALL: Cell<Option<Box<CallBufs>>> = const { Cell::new(None) };
+}
+
+/// Runs `f` with the calling thread's [`CallBufs`].
+fn with_call_bufs<R>(f: impl FnOnce(&mut CallBufs) -> R) -> R {
+    with_local(&CALL, f)
 }
 
 impl std::fmt::Debug for AstroMae {
@@ -505,12 +532,20 @@ impl AstroMae {
     ) -> Result<Vec<f32>, Error> {
         self.check(images, magnitudes, n)?;
         let mut out = vec![0.0f32; n * self.feature_width()];
-        self.features_into(images, magnitudes, n, &mut out);
+        with_call_bufs(|cb| self.features_into(images, magnitudes, n, &mut out, cb));
         Ok(out)
     }
 
-    /// Fills `out` (`n x feature_width`); inputs already checked.
-    fn features_into(&self, images: &[f32], mags: &[f32], n: usize, out: &mut [f32]) {
+    /// Fills `out` (`n x feature_width`); inputs already checked. The trunks' outputs go
+    /// to `cb` (grown once, then reused: no allocation per batch).
+    fn features_into(
+        &self,
+        images: &[f32],
+        mags: &[f32],
+        n: usize,
+        out: &mut [f32],
+        cb: &mut CallBufs,
+    ) {
         if n == 0 {
             return;
         }
@@ -522,8 +557,9 @@ impl AstroMae {
 
         // Phase 1: ViT and CNN trunks per chunk of galaxies.
         let g = n.div_ceil(threads).clamp(1, CHUNK);
-        let mut pooled = vec![0.0f32; n * d];
-        let mut flat = vec![0.0f32; n * f];
+        // Every value of both is written by the trunks before phase 2 reads it.
+        let pooled = buf(&mut cb.pooled, n * d);
+        let flat = buf(&mut cb.flat, n * f);
         pooled
             .par_chunks_mut(g * d)
             .zip(flat.par_chunks_mut(g * f))
@@ -608,20 +644,24 @@ impl Model for AstroMae {
         let nm = self.mag.inputs;
         let hw = self.head.hidden();
         let mut preds = Vec::with_capacity(n);
-        let mut feats = vec![0.0f32; PREDICT_BLOCK.min(n) * hw];
-        let mut start = 0;
-        while start < n {
-            let b = PREDICT_BLOCK.min(n - start);
-            let fb = &mut feats[..b * hw];
-            self.features_into(
-                &images[start * img..(start + b) * img],
-                &magnitudes[start * nm..(start + b) * nm],
-                b,
-                fb,
-            );
-            preds.extend(fb.chunks_exact(hw).map(|row| self.head.predict_row(row)));
-            start += b;
-        }
+        with_call_bufs(|cb| {
+            let mut feats = std::mem::take(&mut cb.feats);
+            let mut start = 0;
+            while start < n {
+                let b = PREDICT_BLOCK.min(n - start);
+                let fb = buf(&mut feats, b * hw);
+                self.features_into(
+                    &images[start * img..(start + b) * img],
+                    &magnitudes[start * nm..(start + b) * nm],
+                    b,
+                    fb,
+                    cb,
+                );
+                preds.extend(fb.chunks_exact(hw).map(|row| self.head.predict_row(row)));
+                start += b;
+            }
+            cb.feats = feats;
+        });
         Ok(preds)
     }
 

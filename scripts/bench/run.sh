@@ -35,6 +35,9 @@ while [ $# -gt 0 ]; do
         *) echo "unknown option $1" >&2; exit 2 ;;
     esac
 done
+case "$ROUNDS" in
+    ''|*[!0-9]*|0) echo "--rounds takes a positive whole number, not '$ROUNDS'" >&2; exit 2 ;;
+esac
 if [ -z "$THREADS" ]; then
     THREADS="$(seq -s, 1 "$(nproc)")"
 fi
@@ -64,6 +67,7 @@ echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)"
 ONNX_FLAG=()
 [ "$ONNX" = 1 ] && ONNX_FLAG=(--onnx --onnx-file "$OUT/astromae.onnx")
 rm -f "$OUT"/cai.*.json "$OUT"/torch.*.json
+ROUND_FILES=()
 for r in $(seq 1 "$ROUNDS"); do
     [ "$ROUNDS" -gt 1 ] && echo "round $r of $ROUNDS (load $(cut -d' ' -f1 /proc/loadavg))"
     "$CAI_BIN" bench --model "$OUT/weights.safetensors" --threads "$THREADS" --batch "$BATCH" \
@@ -71,6 +75,7 @@ for r in $(seq 1 "$ROUNDS"); do
     "$VENV/bin/python" "$HERE/torch_bench.py" --weights "$OUT/weights.safetensors" --cai "$OUT/cai.$r.json" \
         --threads "$THREADS" --batch "$BATCH" --seconds "$SECONDS_PER_CASE" "${ONNX_FLAG[@]}" \
         --json-out "$OUT/torch.$r.json" --no-table
+    ROUND_FILES+=("$OUT/torch.$r.json")
 done
-"$VENV/bin/python" "$HERE/torch_bench.py" --table $(seq -f "$OUT/torch.%g.json" 1 "$ROUNDS")
+"$VENV/bin/python" "$HERE/torch_bench.py" --table "${ROUND_FILES[@]}"
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -25,7 +25,8 @@ fn note(size: usize) {
     if size >= BUFFER {
         BIG.fetch_add(1, Ordering::Relaxed);
         if RECORD.load(Ordering::Relaxed) {
-            // try_lock: the Vec's own growth must not re-enter the lock.
+            // try_lock: an allocation made while the lock is held (formatting the failure
+            // message) must not wait on it; `push` stays within the reserved capacity.
             if let Ok(mut v) = SIZES.try_lock() {
                 if v.len() < v.capacity() {
                     v.push(size);

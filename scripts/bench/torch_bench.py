@@ -291,6 +291,11 @@ def table(rounds):
               f"GFLOP per CPU-s = {100 * vb['peak_share']:.1f}% of the FMA probe's "
               f"{vb.get('probe_gflops_per_cpu_s', float('nan')):.1f} in the same {vb.get('rounds', '?')} alternating rounds"
               + (f" (rounds: {shares})" if len(vbs) > 1 else ""))
+    drifts = [(rd.get("cai") or {}).get("probe_drift") for rd in rounds]
+    if any(d is not None for d in drifts):
+        print("cai's FMA probe moved by " + ", ".join(f"{100 * d:.0f}%" for d in drifts if d is not None)
+              + " within " + ("each round" if n > 1 else "the run")
+              + " (other load on this machine; figures from different moments differ by up to that much)")
     print("peak% = GFLOP per CPU-second over the per-core f32 peak (int8 counts the same FLOPs);")
     print("x torch = galaxies/s over PyTorch f32's in the same case; |dz| on the parity fixtures if given, else on the bench inputs")
 

@@ -9,7 +9,9 @@
 //! The ViT blocks alone are timed on one thread in rounds that alternate with the FMA
 //! probe, and their share of the peak is the ratio of the two rates over those rounds (on a
 //! machine whose speed drifts with its neighbours' load, a peak taken once would not
-//! compare like with like).
+//! compare like with like). The probe runs again after the cases, and the report says how
+//! far its rate moved over the run (`probe_drift`), warning above 5%: that is how far apart
+//! figures taken at different moments can be for that reason alone.
 //! Inputs are a fixed formula (image value `i` is `((i * 7919) % 1000) * 1e-3`, magnitude
 //! `i` is `15 + i % 7`) that `scripts/bench/` reproduces for PyTorch, and the first
 //! predictions are printed so the two can be checked against each other.
@@ -113,6 +115,11 @@ struct Report {
     model: String,
     gflop_per_galaxy: f64,
     fma_peak_gflops_per_core: f64,
+    /// The same probe after the cases.
+    fma_peak_after_gflops_per_core: f64,
+    /// (fastest - slowest) / fastest over every probe rate taken during the run (start,
+    /// end, the block rounds): how much other load moved this machine's speed.
+    probe_drift: f64,
     load_before: Option<[f64; 3]>,
     load_after: Option<[f64; 3]>,
     precisions: Vec<PrecisionInfo>,
@@ -388,6 +395,29 @@ fn run(a: &BenchArgs, model: &AstroMae, source: String, quiet: bool) -> Result<O
             }
         }
     }
+    // The probe again: with the rates the block rounds measured, how far this machine's
+    // speed moved during the run (other load), i.e. how far apart figures taken at
+    // different moments can be for that reason alone.
+    let peak_after = measure_peak(a.peak_seconds);
+    let probes: Vec<f64> = [peak, peak_after]
+        .into_iter()
+        .chain(vit_blocks.iter().map(|b| b.probe_gflops_per_cpu_s))
+        .collect();
+    let drift = probe_drift(&probes);
+    out(format!(
+        "FMA probe at the end: {peak_after:.1} GFLOP/s per core; over the run {:.1}-{:.1} (moved {:.0}%)",
+        probes.iter().copied().fold(f64::INFINITY, f64::min),
+        probes.iter().copied().fold(0.0, f64::max),
+        100.0 * drift
+    ));
+    if drift > DRIFT_WARN {
+        out(format!(
+            "warning: other load moved this machine's speed by {:.0}% during the run, so cases \
+             measured at different moments differ by up to that much for that reason alone \
+             (scripts/bench/run.sh --rounds N keeps each engine's best of N turns)",
+            100.0 * drift
+        ));
+    }
     let report = Report {
         cpu: cpu_name(),
         cores,
@@ -396,6 +426,8 @@ fn run(a: &BenchArgs, model: &AstroMae, source: String, quiet: bool) -> Result<O
         model: source,
         gflop_per_galaxy: gflop,
         fma_peak_gflops_per_core: peak,
+        fma_peak_after_gflops_per_core: peak_after,
+        probe_drift: drift,
         precisions: infos,
         vit_blocks,
         load_before,
@@ -412,6 +444,20 @@ fn run(a: &BenchArgs, model: &AstroMae, source: String, quiet: bool) -> Result<O
         ));
     }
     Ok(Outcome::Ok)
+}
+
+/// Above this [`probe_drift`] the report warns that other load moved the machine's speed.
+const DRIFT_WARN: f64 = 0.05;
+
+/// `(fastest - slowest) / fastest` over probe rates (0 for fewer than two or no positive one).
+fn probe_drift(rates: &[f64]) -> f64 {
+    let hi = rates.iter().copied().fold(0.0, f64::max);
+    let lo = rates.iter().copied().fold(f64::INFINITY, f64::min);
+    if rates.len() < 2 || hi <= 0.0 {
+        0.0
+    } else {
+        (hi - lo) / hi
+    }
 }
 
 /// Times `model`'s transformer blocks on this thread for about `seconds` of CPU time, in
@@ -525,6 +571,14 @@ mod tests {
         );
         assert_eq!(precisions(&[]).unwrap(), vec![Precision::F32]);
         assert!(precisions(&s(&["f16"])).is_err());
+    }
+
+    #[test]
+    fn drift_of_probe_rates() {
+        assert_eq!(probe_drift(&[]), 0.0);
+        assert_eq!(probe_drift(&[90.0]), 0.0);
+        assert!((probe_drift(&[100.0, 90.0, 95.0]) - 0.1).abs() < 1e-12);
+        assert_eq!(probe_drift(&[0.0, 0.0]), 0.0);
     }
 
     #[test]

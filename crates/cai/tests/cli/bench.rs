@@ -4,7 +4,8 @@
 use crate::util::{fixtures, Dir};
 
 /// One tiny case per precision: `-q` still prints the results table, and `--json` holds
-/// every case, the ViT-blocks-alone rate of each precision and the |Δz| of the reduced ones.
+/// every case, the ViT-blocks-alone rate of each precision, the |Δz| of the reduced ones and
+/// how far the FMA probe's rate moved during the run.
 #[test]
 fn bench_reports_every_case_quiet_or_json() {
     let d = Dir::new();
@@ -25,6 +26,7 @@ fn bench_reports_every_case_quiet_or_json() {
     ];
     let quiet = d.ok(&[&["-q", "bench"][..], &args[..]].concat());
     assert!(quiet.contains("ViT blocks alone, int16"), "{quiet}");
+    assert!(quiet.contains("FMA probe at the end"), "{quiet}");
     let rows: Vec<&str> = quiet
         .lines()
         .filter(|l| {
@@ -36,6 +38,11 @@ fn bench_reports_every_case_quiet_or_json() {
 
     let json = d.ok(&[&["-q", "bench"][..], &args[..], &["--json"][..]].concat());
     let v: serde_json::Value = serde_json::from_str(&json).expect("bench --json is JSON");
+    assert!(v["fma_peak_after_gflops_per_core"]
+        .as_f64()
+        .is_some_and(|g| g > 0.0));
+    let drift = v["probe_drift"].as_f64().expect("probe_drift");
+    assert!((0.0..1.0).contains(&drift), "probe_drift {drift}");
     let cases = v["cases"].as_array().expect("cases");
     assert_eq!(cases.len(), 4);
     for c in cases {

@@ -118,7 +118,9 @@ struct Report {
     /// The same probe after the cases.
     fma_peak_after_gflops_per_core: f64,
     /// (fastest - slowest) / fastest over every probe rate taken during the run (start,
-    /// end, the block rounds): how much other load moved this machine's speed.
+    /// end, the block rounds): how much other load moved this machine's speed. The start
+    /// and end rates are each the best of a few rounds, the block rounds' an average, so a
+    /// quiet machine still shows a few percent.
     probe_drift: f64,
     load_before: Option<[f64; 3]>,
     load_after: Option<[f64; 3]>,

@@ -405,11 +405,10 @@ fn run(a: &BenchArgs, model: &AstroMae, source: String, quiet: bool) -> Result<O
         .into_iter()
         .chain(vit_blocks.iter().map(|b| b.probe_gflops_per_cpu_s))
         .collect();
-    let drift = probe_drift(&probes);
+    let (slowest, fastest, drift) = probe_drift(&probes);
     out(format!(
-        "FMA probe at the end: {peak_after:.1} GFLOP/s per core; over the run {:.1}-{:.1} (moved {:.0}%)",
-        probes.iter().copied().fold(f64::INFINITY, f64::min),
-        probes.iter().copied().fold(0.0, f64::max),
+        "FMA probe at the end: {peak_after:.1} GFLOP/s per core; over the run \
+         {slowest:.1}-{fastest:.1} (moved {:.0}%)",
         100.0 * drift
     ));
     if drift > DRIFT_WARN {
@@ -448,18 +447,20 @@ fn run(a: &BenchArgs, model: &AstroMae, source: String, quiet: bool) -> Result<O
     Ok(Outcome::Ok)
 }
 
-/// Above this [`probe_drift`] the report warns that other load moved the machine's speed.
+/// Above this drift ([`probe_drift`]) the report warns that other load moved the machine's speed.
 const DRIFT_WARN: f64 = 0.05;
 
-/// `(fastest - slowest) / fastest` over probe rates (0 for fewer than two or no positive one).
-fn probe_drift(rates: &[f64]) -> f64 {
+/// The slowest and fastest of the probe rates and `(fastest - slowest) / fastest` (the
+/// drift: 0 for fewer than two rates or no positive one).
+fn probe_drift(rates: &[f64]) -> (f64, f64, f64) {
     let hi = rates.iter().copied().fold(0.0, f64::max);
     let lo = rates.iter().copied().fold(f64::INFINITY, f64::min);
-    if rates.len() < 2 || hi <= 0.0 {
+    let drift = if rates.len() < 2 || hi <= 0.0 {
         0.0
     } else {
         (hi - lo) / hi
-    }
+    };
+    (lo, hi, drift)
 }
 
 /// Times `model`'s transformer blocks on this thread for about `seconds` of CPU time, in
@@ -577,10 +578,12 @@ mod tests {
 
     #[test]
     fn drift_of_probe_rates() {
-        assert_eq!(probe_drift(&[]), 0.0);
-        assert_eq!(probe_drift(&[90.0]), 0.0);
-        assert!((probe_drift(&[100.0, 90.0, 95.0]) - 0.1).abs() < 1e-12);
-        assert_eq!(probe_drift(&[0.0, 0.0]), 0.0);
+        assert_eq!(probe_drift(&[]).2, 0.0);
+        assert_eq!(probe_drift(&[90.0]).2, 0.0);
+        let (lo, hi, drift) = probe_drift(&[100.0, 90.0, 95.0]);
+        assert_eq!((lo, hi), (90.0, 100.0));
+        assert!((drift - 0.1).abs() < 1e-12);
+        assert_eq!(probe_drift(&[0.0, 0.0]).2, 0.0);
     }
 
     #[test]

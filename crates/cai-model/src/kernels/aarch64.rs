@@ -33,7 +33,7 @@
 use std::arch::aarch64::*;
 use std::cell::Cell;
 
-use super::{scalar, Act, Epilogue, Ops, PackedB, Tier, NR};
+use super::{scalar, Epilogue, Ops, PackedB, Tier, ACT_GELU, ACT_RELU, NR};
 
 /// Rows of the register tile.
 const MR: usize = 6;
@@ -42,11 +42,6 @@ const A_BLOCK: usize = 24 * 1024;
 /// Fewest rows per block: with a long reduction (the 3216-wide head) it is cheaper to stream
 /// a larger `A` block than to re-read all of `B` (megabytes) for every few rows.
 const MIN_BLOCK_ROWS: usize = 66;
-
-/// Activation codes for the monomorphised tiles.
-const ACT_NONE: u8 = 0;
-const ACT_RELU: u8 = 1;
-const ACT_GELU: u8 = 2;
 
 /// The NEON table, if this CPU has NEON.
 pub fn neon_ops() -> Option<Ops> {
@@ -97,14 +92,7 @@ fn gemm_neon(
         // confirmed NEON.
         unsafe {
             let (ap, cp) = (buf.as_ptr(), cblk.as_mut_ptr());
-            match (epi.act, epi.accumulate) {
-                (Act::None, false) => block::<ACT_NONE, false>(rows, ap, b, cp, ldc),
-                (Act::None, true) => block::<ACT_NONE, true>(rows, ap, b, cp, ldc),
-                (Act::Relu, false) => block::<ACT_RELU, false>(rows, ap, b, cp, ldc),
-                (Act::Relu, true) => block::<ACT_RELU, true>(rows, ap, b, cp, ldc),
-                (Act::Gelu, false) => block::<ACT_GELU, false>(rows, ap, b, cp, ldc),
-                (Act::Gelu, true) => block::<ACT_GELU, true>(rows, ap, b, cp, ldc),
-            }
+            per_epilogue!(epi, block, [], (rows, ap, b, cp, ldc))
         }
         m0 += rows;
     }
@@ -348,16 +336,7 @@ fn exp4(x: float32x4_t) -> float32x4_t {
 #[target_feature(enable = "neon")]
 #[inline]
 fn gelu4(x: float32x4_t) -> float32x4_t {
-    const P: [f32; 7] = [
-        0.797_884_2,
-        0.075_640_59,
-        0.009_268_996,
-        0.000_379_452_4,
-        6.873_761_3e-6,
-        -4.398_001e-8,
-        2.123_207_9e-10,
-    ];
-    const Q: [f32; 4] = [0.261_465_25, 0.030_199_822, 0.001_943_877_3, 6.862_669_4e-5];
+    use super::{GELU_P as P, GELU_Q as Q};
     let lim = 4.0 * std::f32::consts::SQRT_2;
     let xc = vminq_f32(vmaxq_f32(x, vdupq_n_f32(-lim)), vdupq_n_f32(lim));
     let u = vmulq_f32(xc, xc);

@@ -108,6 +108,33 @@ pub fn gemm(
     }
 }
 
+/// The integer product's worst case for its i32 sums, int8 and int16 weights: every weight
+/// and activation at its maximum, one sign (the activation limit is exactly what keeps
+/// this from overflowing); equal to the scalar reference, and to the exact -192.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // NEON borrows the scalar product
+pub fn int_worst_case_sums(ops: &Ops) {
+    let (m, n, k) = (13, 40, 768);
+    let w = vec![0.25f32; n * k];
+    for bits in [8, 13] {
+        let mut b = PackedB::pack_nk(&w, n, k, k, None);
+        if bits == 8 {
+            b.quantize_int8();
+        } else {
+            b.quantize_int16();
+        }
+        assert_eq!(b.weight_bits(), Some(bits));
+        let a = vec![-1.0f32; m * k];
+        let (mut want, mut got) = (vec![0.0f32; m * n], vec![0.0f32; m * n]);
+        scalar::ops().gemm(m, &a, k, &b, &mut want, n, Epilogue::PLAIN);
+        ops.gemm(m, &a, k, &b, &mut got, n, Epilogue::PLAIN);
+        assert_eq!(got, want);
+        assert!(
+            got.iter().all(|v| (v + 192.0).abs() < 1e-3),
+            "w{bits}: {got:?}"
+        );
+    }
+}
+
 /// [`gemm`] on every combination of the odd sizes 0, 1, 7 and 197 and every epilogue,
 /// with padded strides.
 pub fn gemm_odd_shapes(ops: &Ops, weights: Weights) {

@@ -2,14 +2,16 @@
 //!
 //! * [`scalar`] is the reference, written in plain loops; it runs everywhere.
 //! * [`x86`] holds AVX2+FMA kernels (chosen when the CPU has both).
+//! * [`avx512`] holds the integer product on AVX-512 VNNI (`vpdpwssd`), which the AVX-512
+//!   tier uses when the CPU has it.
 //! * `aarch64` holds NEON kernels (chosen on arm64, e.g. Graviton Lambdas; int8 products
 //!   there still run the scalar reference).
 //!
 //! [`ops`] detects the CPU on first use, caches the chosen [`Ops`] table in a `OnceLock`
 //! and logs the tier through `tracing`. The environment variable `CAI_KERNELS`
 //! (`scalar`, `avx2`, `avx512`, `neon`) forces a tier; a tier the CPU lacks falls back to
-//! the best available one with a warning. There are no AVX-512 kernels yet: on such CPUs the
-//! `avx512` tier reuses the AVX2 table (and says so in the log).
+//! the best available one with a warning. The `avx512` tier runs the integer product on
+//! AVX-512 VNNI ([`avx512`]) when the CPU has it; its other entries are the AVX2 kernels.
 //!
 //! The matrix product works on weights packed once into [`PackedB`] panels of [`NR`]
 //! columns; activations (`A`) stay row-major with any row stride, and the result is written
@@ -55,13 +57,54 @@
 
 use std::sync::OnceLock;
 
+/// Activation codes of the SIMD tiers' tiles, which are monomorphised per epilogue.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+const ACT_NONE: u8 = 0;
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+const ACT_RELU: u8 = 1;
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+const ACT_GELU: u8 = 2;
+
+/// `per_epilogue!(epi, f, [G..], (args..))` calls `f::<ACT, ACCUMULATE, G..>(args..)` with
+/// the activation code and accumulation flag of `epi`: one monomorphised tile per epilogue.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+macro_rules! per_epilogue {
+    ($epi:expr, $f:ident, [$($g:tt),*], ($($arg:expr),*)) => {{
+        use $crate::kernels::{Act, ACT_GELU, ACT_NONE, ACT_RELU};
+        match ($epi.act, $epi.accumulate) {
+            (Act::None, false) => $f::<ACT_NONE, false $(, $g)*>($($arg),*),
+            (Act::None, true) => $f::<ACT_NONE, true $(, $g)*>($($arg),*),
+            (Act::Relu, false) => $f::<ACT_RELU, false $(, $g)*>($($arg),*),
+            (Act::Relu, true) => $f::<ACT_RELU, true $(, $g)*>($($arg),*),
+            (Act::Gelu, false) => $f::<ACT_GELU, false $(, $g)*>($($arg),*),
+            (Act::Gelu, true) => $f::<ACT_GELU, true $(, $g)*>($($arg),*),
+        }
+    }};
+}
+
 #[cfg(target_arch = "aarch64")]
 pub mod aarch64;
+#[cfg(target_arch = "x86_64")]
+pub mod avx512;
 #[cfg(test)]
 mod check;
 pub mod scalar;
 #[cfg(target_arch = "x86_64")]
 pub mod x86;
+
+/// Numerator of the SIMD GELUs' rational erf, `erf(x/sqrt 2) ≈ xc P(xc²) / Q(xc²)` (from the
+/// `xc^0` coefficient; fitted by `examples/fit_erf.rs`, erf error 5e-8).
+const GELU_P: [f32; 7] = [
+    0.797_884_2,
+    0.075_640_59,
+    0.009_268_996,
+    0.000_379_452_4,
+    6.873_761_3e-6,
+    -4.398_001e-8,
+    2.123_207_9e-10,
+];
+/// Denominator of the same rational erf, from the `xc²` coefficient (the constant term is 1).
+const GELU_Q: [f32; 4] = [0.261_465_25, 0.030_199_822, 0.001_943_877_3, 6.862_669_4e-5];
 
 /// Width of one packed weight panel (columns of `B`).
 pub const NR: usize = 16;
@@ -510,6 +553,10 @@ impl Precision {
                 },
                 ops().tier,
                 match ops().tier {
+                    #[cfg(target_arch = "x86_64")]
+                    Tier::Avx512 if avx512::vnni_gemm_int8().is_some() => {
+                        " (AVX-512 VNNI: vpdpwssd)"
+                    }
                     Tier::Avx2 | Tier::Avx512 if cpu_has_vnni() => {
                         " (this CPU has VNNI, which cai does not use yet)"
                     }
@@ -630,7 +677,8 @@ pub enum Tier {
     Scalar,
     /// AVX2 + FMA.
     Avx2,
-    /// AVX-512F (currently backed by the AVX2 kernels).
+    /// AVX-512F: the integer product on AVX-512 VNNI when the CPU has it, the other
+    /// kernels AVX2 + FMA.
     Avx512,
     /// aarch64 NEON.
     Neon,

@@ -20,7 +20,8 @@ use std::arch::x86_64::*;
 use std::cell::Cell;
 
 use super::{
-    cls_key_apart, quantize_row, Act, AttentionScratch, Epilogue, HeadQkv, Ops, PackedB, Tier, NR,
+    cls_key_apart, quantize_row, AttentionScratch, Epilogue, HeadQkv, Ops, PackedB, Tier, ACT_GELU,
+    ACT_RELU, NR,
 };
 
 /// Rows of the register tile.
@@ -48,12 +49,13 @@ pub fn avx2_ops() -> Option<Ops> {
     }
 }
 
-/// The AVX-512 table, if this CPU has AVX-512F (and AVX2+FMA). No AVX-512 kernels exist
-/// yet, so its entries are the AVX2 ones.
+/// The AVX-512 table, if this CPU has AVX-512F (and AVX2+FMA): the integer product on
+/// AVX-512 VNNI when the CPU has it ([`super::avx512`]); every other entry is the AVX2 one.
 pub fn avx512_ops() -> Option<Ops> {
     if is_x86_feature_detected!("avx512f") {
         avx2_ops().map(|o| Ops {
             tier: Tier::Avx512,
+            gemm_int8: super::avx512::vnni_gemm_int8().unwrap_or(o.gemm_int8),
             ..o
         })
     } else {
@@ -80,10 +82,6 @@ const MRQ: usize = 6;
 /// Target size (i16 values) of a quantised block of `A`.
 const A_BLOCK_Q: usize = 48 * 1024;
 
-/// Activation codes for the monomorphised tiles.
-const ACT_NONE: u8 = 0;
-const ACT_RELU: u8 = 1;
-const ACT_GELU: u8 = 2;
 /// No activation, like `ACT_NONE`, for attention's tiles: a separate instantiation of
 /// [`tile`], so the GEMM's stays inlined in [`block`] (one shared by both was compiled out
 /// of line and called per tile).
@@ -152,14 +150,7 @@ unsafe fn dispatch<const DIRECT: bool>(
     cp: *mut f32,
     ldc: usize,
 ) {
-    match (epi.act, epi.accumulate) {
-        (Act::None, false) => block::<ACT_NONE, false, DIRECT>(rows, ap, lda, b, cp, ldc),
-        (Act::None, true) => block::<ACT_NONE, true, DIRECT>(rows, ap, lda, b, cp, ldc),
-        (Act::Relu, false) => block::<ACT_RELU, false, DIRECT>(rows, ap, lda, b, cp, ldc),
-        (Act::Relu, true) => block::<ACT_RELU, true, DIRECT>(rows, ap, lda, b, cp, ldc),
-        (Act::Gelu, false) => block::<ACT_GELU, false, DIRECT>(rows, ap, lda, b, cp, ldc),
-        (Act::Gelu, true) => block::<ACT_GELU, true, DIRECT>(rows, ap, lda, b, cp, ldc),
-    }
+    per_epilogue!(epi, block, [DIRECT], (rows, ap, lda, b, cp, ldc))
 }
 
 /// Packs `rows` rows of `k` values (stride `lda`) into strips of [`MR`] interleaved rows:
@@ -679,9 +670,9 @@ unsafe fn dot_avx2(a: *const f32, b: *const f32, n: usize) -> f32 {
     s
 }
 
-/// The int8 product (see [`super::Ops::gemm`]): blocks of `A` rows are quantised (with
-/// the integers [`quantize_row`] gives) into rows of `2 * k2` i16, then every int8 panel
-/// of `b` passes over the block, [`MRQ`] rows at a time.
+/// The int8 product (see [`super::Ops::gemm`]): blocks of `A` rows are quantised
+/// ([`quantized_blocks`]), then every int8 panel of `b` passes over the block, [`MRQ`]
+/// rows at a time.
 fn gemm_int8_avx2(
     m: usize,
     a: &[f32],
@@ -691,14 +682,43 @@ fn gemm_int8_avx2(
     ldc: usize,
     epi: Epilogue,
 ) {
+    // SAFETY: reachable only through `avx2_ops` (AVX2 and FMA confirmed); `quantized_blocks`
+    // hands `block_q` whole strips of quantised rows and their scales and a block of `c`
+    // with `rows` rows of `b.n()` values at stride `ldc`, which is what it needs.
+    unsafe {
+        quantized_blocks(m, a, lda, b, c, ldc, MRQ, |rows, ap, sp, cp| {
+            per_epilogue!(epi, block_q, [], (rows, ap, sp, b, cp, ldc))
+        });
+    }
+}
+
+/// Quantises `A` a block of rows at a time (about [`A_BLOCK_Q`] values, at least 16
+/// strips) with [`quantize_row`]'s integers, into rows of `2 * k2` i16 and one scale per
+/// row, and calls `run(rows, qa, sa, c)` for each block: `qa` holds `rows.div_ceil(strip) *
+/// strip` rows (the rows past `rows` in the last strip are stale and must not be stored),
+/// `sa` as many scales, and `c` points to the block's first row of `C`. The integer kernels
+/// of every x86 tier share it.
+///
+/// Caller guarantees: AVX2 and FMA are present; `a` and `c` hold `m` rows of `b.k()` and
+/// `b.n()` values at strides `lda` and `ldc` (as [`super::Ops::gemm`] checks).
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn quantized_blocks(
+    m: usize,
+    a: &[f32],
+    lda: usize,
+    b: &PackedB,
+    c: &mut [f32],
+    ldc: usize,
+    strip: usize,
+    mut run: impl FnMut(usize, *const i16, *const f32, *mut f32),
+) {
     let k = b.k();
-    let k2 = k.div_ceil(2);
     let limit = b.q_limit();
-    let rs = 2 * k2;
-    let mc = ((A_BLOCK_Q / rs.max(1)) / MRQ * MRQ).max(MRQ * 16);
+    let rs = 2 * k.div_ceil(2);
+    let mc = ((A_BLOCK_Q / rs.max(1)) / strip * strip).max(strip * 16);
     let (mut qa, mut sa) = QPACK.take();
-    // Whole strips: the rows past `m` in the last one are computed but never stored.
-    let padded = mc.min(m).div_ceil(MRQ) * MRQ;
+    let padded = mc.min(m).div_ceil(strip) * strip;
     if qa.len() < padded * rs {
         qa.resize(padded * rs, 0);
     }
@@ -710,26 +730,13 @@ fn gemm_int8_avx2(
         let rows = mc.min(m - m0);
         for r in 0..rows {
             let i = m0 + r;
-            let src = &a[i * lda..i * lda + k];
-            let dst = &mut qa[r * rs..(r + 1) * rs];
-            // SAFETY: AVX2+FMA confirmed (only reachable through `avx2_ops`).
-            sa[r] = unsafe { quantize_row_avx2(src, limit, dst) };
+            sa[r] = quantize_row_avx2(
+                &a[i * lda..i * lda + k],
+                limit,
+                &mut qa[r * rs..(r + 1) * rs],
+            );
         }
-        let cblk = &mut c[m0 * ldc..];
-        // SAFETY: `qa` holds rows.div_ceil(MRQ) * MRQ rows of `rs` values and `sa` their
-        // scales; `Ops::gemm` checked that `c` holds `m` rows of `b.n()` values at stride
-        // `ldc`; reachable only through `avx2_ops` (AVX2 and FMA confirmed).
-        unsafe {
-            let (ap, sp, cp) = (qa.as_ptr(), sa.as_ptr(), cblk.as_mut_ptr());
-            match (epi.act, epi.accumulate) {
-                (Act::None, false) => block_q::<ACT_NONE, false>(rows, ap, sp, b, cp, ldc),
-                (Act::None, true) => block_q::<ACT_NONE, true>(rows, ap, sp, b, cp, ldc),
-                (Act::Relu, false) => block_q::<ACT_RELU, false>(rows, ap, sp, b, cp, ldc),
-                (Act::Relu, true) => block_q::<ACT_RELU, true>(rows, ap, sp, b, cp, ldc),
-                (Act::Gelu, false) => block_q::<ACT_GELU, false>(rows, ap, sp, b, cp, ldc),
-                (Act::Gelu, true) => block_q::<ACT_GELU, true>(rows, ap, sp, b, cp, ldc),
-            }
-        }
+        run(rows, qa.as_ptr(), sa.as_ptr(), c[m0 * ldc..].as_mut_ptr());
         m0 += rows;
     }
     QPACK.set((qa, sa));
@@ -961,16 +968,7 @@ fn exp8(x: __m256) -> __m256 {
 #[target_feature(enable = "avx2,fma")]
 #[inline]
 fn gelu8(x: __m256) -> __m256 {
-    const P: [f32; 7] = [
-        0.797_884_2,
-        0.075_640_59,
-        0.009_268_996,
-        0.000_379_452_4,
-        6.873_761_3e-6,
-        -4.398_001e-8,
-        2.123_207_9e-10,
-    ];
-    const Q: [f32; 4] = [0.261_465_25, 0.030_199_822, 0.001_943_877_3, 6.862_669_4e-5];
+    use super::{GELU_P as P, GELU_Q as Q};
     let lim = 4.0 * std::f32::consts::SQRT_2;
     let xc = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-lim)), _mm256_set1_ps(lim));
     let u = _mm256_mul_ps(xc, xc);
@@ -1216,7 +1214,7 @@ fn fma_chains(iters: u64) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::super::check::{self, Weights, EPIS};
-    use super::super::{scalar, Epilogue, PackedB};
+    use super::super::Epilogue;
     use super::*;
     use proptest::prelude::*;
 
@@ -1235,28 +1233,7 @@ mod tests {
         for w in [Weights::Int8, Weights::Int16] {
             check::gemm(&ops, 300, 40, 3216, 3216, 40, Epilogue::RELU, 7, w);
         }
-        // Worst case for the i32 sums: every weight and activation at its maximum, one
-        // sign (the limit is exactly what keeps this from overflowing).
-        let k = 768;
-        let w = vec![0.25f32; 20 * k];
-        for bits in [8, 13] {
-            let mut b = PackedB::pack_nk(&w, 20, k, k, None);
-            if bits == 8 {
-                b.quantize_int8();
-            } else {
-                b.quantize_int16();
-            }
-            assert_eq!(b.weight_bits(), Some(bits));
-            let a = vec![-1.0f32; 9 * k];
-            let (mut want, mut got) = (vec![0.0f32; 9 * 20], vec![0.0f32; 9 * 20]);
-            scalar::ops().gemm(9, &a, k, &b, &mut want, 20, Epilogue::PLAIN);
-            ops.gemm(9, &a, k, &b, &mut got, 20, Epilogue::PLAIN);
-            assert_eq!(got, want);
-            assert!(
-                got.iter().all(|v| (v + 192.0).abs() < 1e-3),
-                "w{bits}: {got:?}"
-            );
-        }
+        check::int_worst_case_sums(&ops);
     }
 
     #[test]

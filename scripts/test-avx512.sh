@@ -12,7 +12,9 @@
 # line, so they may not contain spaces or quotes.
 # Env: CAI_AVX512_CPU (Bochs model, default corei7_icelake_u), CAI_AVX512_PROFILE (release,
 # the default, or dev), CAI_AVX512_TIMEOUT (seconds, default 3600), CAI_AVX512_MEGS
-# (guest RAM, default 1024), CAI_AVX512_KEEP=1 (keep the work dir and print its path).
+# (guest RAM, default 1024), CAI_AVX512_KEEP=1 (keep the work dir and print its path),
+# CAI_AVX512_FILES (space-separated files the program reads by absolute path, copied to the
+# same paths in the guest; e.g. tests/fixtures/parity_formula.json for the parity test).
 #
 # Needs: Debian's bochs + bochsbios + vgabios (2.7, built with EVEX and its debugger),
 # rustup target x86_64-unknown-linux-musl, and syslinux, mtools, dosfstools, cpio (apt-
@@ -111,6 +113,14 @@ cargo)
     cp "$exe" "$work/root/test"
     ;;
 esac
+# Files the guest program reads by absolute path (e.g. an integration test's fixtures, whose
+# paths are compiled in), copied to the same paths in the initramfs.
+for f in ${CAI_AVX512_FILES:-}; do
+    [ -f "$f" ] || { say "CAI_AVX512_FILES: no file $f"; exit 2; }
+    f="$(realpath "$f")"
+    mkdir -p "$work/root$(dirname "$f")"
+    cp "$f" "$work/root$f"
+done
 file -L "$work/root/test" 2>/dev/null | grep -q 'statically linked\|static-pie' ||
     say "warning: $work/root/test does not look statically linked; it will not run in the guest"
 strip "$work/root/test" 2>/dev/null || true

@@ -1,25 +1,261 @@
-//! x86-64 kernels that need AVX-512: the integer product on AVX-512 VNNI.
+//! x86-64 kernels that need AVX-512: the f32 product and the FMA probe on 512-bit
+//! registers, and the integer product on AVX-512 VNNI.
 //!
-//! `vpdpwssd` multiplies 32 pairs of i16 and adds each pair's sum into 16 i32 lanes in one
-//! instruction, where AVX2 needs two (`vpmaddwd`, then `vpaddd`) for half as many lanes. The
-//! integers and the f32 epilogue are the AVX2 kernel's (and so the scalar reference's), so
-//! the results are identical to the bit.
+//! Both products use a tile of 12 rows x two [`NR`]-wide panels (32 columns): 24 zmm
+//! accumulators and the two panels' weights for one k step in two registers, with each
+//! row's activation broadcast straight from memory (`{1to16}`), within the 32 zmm
+//! registers (the AVX2 tile, 6 x 16 in 16 ymm registers, loads 8 values per 12 FMAs; this
+//! one 14 per 24 of twice the width). Columns past `n` are masked on store, not handled by a
+//! scalar tail. f32: the same FMAs in the same order per output as the AVX2 tile, so the
+//! same results to the bit. Integers: `vpdpwssd` multiplies 32 pairs of i16 and adds each
+//! pair's sum into 16 i32 lanes in one instruction, where AVX2 needs two (`vpmaddwd`, then
+//! `vpaddd`) for half as many lanes; the integers and the f32 epilogue are the AVX2 kernel's
+//! (and so the scalar reference's). Hand-written: no crate offers these GEMMs with these
+//! epilogues.
 //!
-//! Tile: 12 rows x two [`NR`]-wide panels (32 columns): 24 zmm accumulators, the two
-//! panels' weight pairs for one k pair in two registers, and each row's activation pair
-//! broadcast straight from memory (`{1to16}`), within the 32 zmm registers. Columns past
-//! `n` are masked on store, not handled by a scalar tail. Hand-written: no crate offers a
-//! VNNI GEMM with these epilogues.
-//!
-//! Tested against the scalar reference like the AVX2 kernels; on a CPU without AVX-512
-//! VNNI the tests skip, and `scripts/test-avx512.sh` runs them in an emulated one.
+//! Tested against the scalar reference like the AVX2 kernels; on a CPU without AVX-512 the
+//! tests skip, and `scripts/test-avx512.sh` runs them in an emulated one. Not yet timed on
+//! a real AVX-512 CPU: compare `CAI_KERNELS=avx2` with the default on one.
 
 use std::arch::x86_64::*;
 
-use super::{Epilogue, GemmFn, PackedB, ACT_GELU, ACT_RELU, NR};
+use std::cell::Cell;
 
-/// Rows of the VNNI register tile (see the module doc).
+use super::{Epilogue, FmaProbeFn, GemmFn, PackedB, ACT_GELU, ACT_RELU, NR};
+
+/// Rows of the register tiles (see the module doc).
 const MRV: usize = 12;
+/// Target size (f32 values) of the block of `A` rows kept hot while panels pass over it.
+const A_BLOCK: usize = 24 * 1024;
+
+/// The f32 product and the FMA probe on 512-bit registers, if this CPU has AVX-512F.
+/// Checked once here, which is what makes the `unsafe` calls into the `#[target_feature]`
+/// functions sound.
+pub fn f32_kernels() -> Option<(GemmFn, FmaProbeFn)> {
+    is_x86_feature_detected!("avx512f").then_some((gemm_f32 as GemmFn, fma_probe as FmaProbeFn))
+}
+
+thread_local! {
+    /// Per-thread copy of a last, partial strip of `A` rows, padded with zero rows.
+    static TAIL: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
+}
+
+/// The f32 product (see [`super::Ops::gemm`]): whole strips of [`MRV`] rows are read where
+/// they lie, a block of rows at a time, while every pair of panels passes over the block; a
+/// last, partial strip is copied and padded with zero rows first.
+fn gemm_f32(
+    m: usize,
+    a: &[f32],
+    lda: usize,
+    b: &PackedB,
+    c: &mut [f32],
+    ldc: usize,
+    epi: Epilogue,
+) {
+    let k = b.k();
+    let mc = ((A_BLOCK / k.max(1)) / MRV * MRV).max(MRV * 6);
+    let full = m / MRV * MRV;
+    let mut m0 = 0;
+    while m0 < full {
+        let rows = mc.min(full - m0);
+        // SAFETY: rows m0 .. m0 + rows (whole strips) of `a` hold `k` values each at stride
+        // `lda` (checked by `Ops::gemm`), and of `c` `b.n()` values at stride `ldc`;
+        // reachable only through `f32_kernels` (AVX-512F confirmed).
+        unsafe {
+            let (ap, cp) = (a.as_ptr().add(m0 * lda), c.as_mut_ptr().add(m0 * ldc));
+            per_epilogue!(epi, block_f32, [], (rows, ap, lda, b, cp, ldc));
+        }
+        m0 += rows;
+    }
+    if m0 == m {
+        return;
+    }
+    let rows = m - m0;
+    let mut tail = TAIL.take();
+    tail.clear();
+    tail.resize(MRV * k, 0.0);
+    for (r, dst) in tail.chunks_exact_mut(k.max(1)).take(rows).enumerate() {
+        dst.copy_from_slice(&a[(m0 + r) * lda..(m0 + r) * lda + k]);
+    }
+    // SAFETY: `tail` holds MRV rows of `k` values (zero past `rows`); `c` holds rows
+    // m0 .. m of `b.n()` values at stride `ldc`; AVX-512F confirmed as above.
+    unsafe {
+        let cp = c.as_mut_ptr().add(m0 * ldc);
+        per_epilogue!(epi, block_f32, [], (rows, tail.as_ptr(), k, b, cp, ldc));
+    }
+    TAIL.set(tail);
+}
+
+/// All f32 panels of `b` over one block of `rows` rows of `A` at stride `lda`: two panels at
+/// a time, then a last single one when their number is odd.
+///
+/// Caller guarantees: `ap` holds `rows.div_ceil(MRV) * MRV` rows of `b.k()` values at stride
+/// `lda`, `c` points to `rows` writable rows of `b.n()` values at stride `ldc`, and the CPU
+/// has AVX-512F.
+#[target_feature(enable = "avx512f")]
+unsafe fn block_f32<const ACT: u8, const ACC: bool>(
+    rows: usize,
+    ap: *const f32,
+    lda: usize,
+    b: &PackedB,
+    c: *mut f32,
+    ldc: usize,
+) {
+    let k = b.k();
+    each_tile(rows, b, |s, p, r, cols, two| {
+        let (a, cs) = (ap.add(s * MRV * lda), c.add(s * MRV * ldc + p * NR));
+        // SAFETY: strip `s` exists in `ap`; its rows are < rows and columns
+        // p*NR .. p*NR + cols are < n, inside `c`; panel p (and p+1 when `two`) exist.
+        if two {
+            tile_f32::<ACT, ACC, 2>(k, a, lda, b, p, cs, ldc, r, cols);
+        } else {
+            tile_f32::<ACT, ACC, 1>(k, a, lda, b, p, cs, ldc, r, cols);
+        }
+    });
+}
+
+/// Calls `tile(s, p, rows, cols, two)` for every strip `s` of [`MRV`] rows of a block of
+/// `rows` rows (`rows` here: the strip's rows) and every pair of [`NR`]-wide panels `p,
+/// p + 1` of `b` (`two` false for a last single panel; `cols`: the pair's columns), panels
+/// outermost so a pair stays in L1 while the block's strips pass.
+#[inline(always)]
+fn each_tile(rows: usize, b: &PackedB, mut tile: impl FnMut(usize, usize, usize, usize, bool)) {
+    let (n, panels) = (b.n(), b.panels());
+    for p in (0..panels).step_by(2) {
+        let cols = (n - p * NR).min(2 * NR);
+        for s in 0..rows.div_ceil(MRV) {
+            tile(s, p, MRV.min(rows - s * MRV), cols, p + 1 < panels);
+        }
+    }
+}
+
+/// Calls `row(r, &acc[r])` for the first `rows` accumulator rows of a tile; a full strip
+/// runs over a constant count, so the accumulators stay in registers (a run-time bound
+/// made the AVX2 tile spill them).
+#[inline(always)]
+fn each_row<T>(acc: &[T; MRV], rows: usize, mut row: impl FnMut(usize, &T)) {
+    if rows == MRV {
+        for (r, a) in acc.iter().enumerate() {
+            row(r, a);
+        }
+    } else {
+        for (r, a) in acc.iter().enumerate().take(rows) {
+            row(r, a);
+        }
+    }
+}
+
+/// One strip ([`MRV`] rows of `A` at stride `lda`) x `P` f32 panels:
+/// `C[r][..cols] (=|+=) act(sum_k A[r][k] B[k][..] + bias)` for `r < rows`.
+///
+/// Caller guarantees: `a` points to [`MRV`] rows of `k` values at stride `lda`, `b` has
+/// panels `p .. p + P`, and `c` to `rows` writable rows of `cols` values at stride `ldc`.
+#[target_feature(enable = "avx512f")]
+#[inline]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile_f32<const ACT: u8, const ACC: bool, const P: usize>(
+    k: usize,
+    a: *const f32,
+    lda: usize,
+    b: &PackedB,
+    p: usize,
+    c: *mut f32,
+    ldc: usize,
+    rows: usize,
+    cols: usize,
+) {
+    let mut acc = [[_mm512_setzero_ps(); P]; MRV];
+    let mut bp = [std::ptr::null::<f32>(); P];
+    for (h, bh) in bp.iter_mut().enumerate() {
+        *bh = b.panel(p + h).as_ptr();
+    }
+    for kk in 0..k {
+        let mut bv = [_mm512_setzero_ps(); P];
+        for (h, v) in bv.iter_mut().enumerate() {
+            *v = _mm512_loadu_ps(bp[h].add(kk * NR));
+        }
+        for (r, accr) in acc.iter_mut().enumerate() {
+            let av = _mm512_set1_ps(*a.add(r * lda + kk));
+            for h in 0..P {
+                accr[h] = _mm512_fmadd_ps(av, bv[h], accr[h]);
+            }
+        }
+    }
+    let mut bias = [_mm512_setzero_ps(); P];
+    for (h, v) in bias.iter_mut().enumerate() {
+        *v = _mm512_loadu_ps(b.panel_bias(p + h).as_ptr());
+    }
+    let masks = col_masks::<P>(cols);
+    let row = |r: usize, accr: &[__m512; P]| {
+        for h in 0..P {
+            let v = act::<ACT>(_mm512_add_ps(accr[h], bias[h]));
+            store16::<ACC>(c.add(r * ldc + h * NR), v, masks[h]);
+        }
+    };
+    each_row(&acc, rows, row);
+}
+
+/// Store masks of the `P` panels of a tile whose first `cols` columns are stored.
+#[inline]
+fn col_masks<const P: usize>(cols: usize) -> [u16; P] {
+    std::array::from_fn(|h| {
+        let left = cols.saturating_sub(h * NR).min(NR);
+        ((1u32 << left) - 1) as u16
+    })
+}
+
+/// Stores (or, with `ACC`, adds) the lanes of `v` that `mask` selects at `dst`.
+///
+/// Caller guarantees: the selected lanes of `dst` are writable.
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn store16<const ACC: bool>(dst: *mut f32, v: __m512, mask: u16) {
+    if mask == 0xFFFF {
+        let v = if ACC {
+            _mm512_add_ps(v, _mm512_loadu_ps(dst))
+        } else {
+            v
+        };
+        _mm512_storeu_ps(dst, v);
+    } else {
+        let v = if ACC {
+            _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, dst))
+        } else {
+            v
+        };
+        _mm512_mask_storeu_ps(dst, mask, v);
+    }
+}
+
+/// Independent FMA chains for the peak probe (as the AVX2 probe: enough to cover the FMA
+/// latency times the pipes).
+const PROBE_CHAINS: usize = 12;
+
+/// The FMA probe on 512-bit registers (see [`super::Ops::fma_probe`]): on CPUs with two
+/// 512-bit FMA units its peak is twice the 256-bit one; on Zen 4 (256-bit units) the same.
+fn fma_probe(iters: u64) -> (f32, u64) {
+    // SAFETY: reachable only through `f32_kernels` (AVX-512F confirmed).
+    let sum = unsafe { fma_chains(iters) };
+    (sum, iters * PROBE_CHAINS as u64 * 16 * 2)
+}
+
+/// `acc = acc * m + a` on [`PROBE_CHAINS`] registers of 16 lanes, `iters` times.
+#[target_feature(enable = "avx512f")]
+fn fma_chains(iters: u64) -> f32 {
+    let m = _mm512_set1_ps(std::hint::black_box(0.999_999));
+    let a = _mm512_set1_ps(std::hint::black_box(1e-7));
+    let mut acc: [__m512; PROBE_CHAINS] = std::array::from_fn(|i| _mm512_set1_ps(i as f32 * 0.01));
+    for _ in 0..iters {
+        for v in acc.iter_mut() {
+            *v = _mm512_fmadd_ps(*v, m, a);
+        }
+    }
+    let mut s = _mm512_setzero_ps();
+    for v in acc {
+        s = _mm512_add_ps(s, v);
+    }
+    _mm512_reduce_add_ps(s)
+}
 
 /// The VNNI integer product, if this CPU has AVX-512F, BW and VNNI (and AVX2+FMA, which
 /// the row quantiser uses). Checked once here, which is what makes the `unsafe` calls into
@@ -70,31 +306,21 @@ unsafe fn block<const ACT: u8, const ACC: bool>(
     c: *mut f32,
     ldc: usize,
 ) {
-    let (k2, n) = (b.k().div_ceil(2), b.n());
-    let panels = b.panels();
-    let mut p = 0;
-    while p < panels {
-        let two = p + 1 < panels;
-        let cols = (n - p * NR).min(2 * NR);
-        let mut s = 0;
-        while s * MRV < rows {
-            let r = MRV.min(rows - s * MRV);
-            let (a, sr, cs) = (
-                ap.add(s * MRV * 2 * k2),
-                sa.add(s * MRV),
-                c.add(s * MRV * ldc + p * NR),
-            );
-            // SAFETY: strip `s` exists in `ap`; its rows are < rows and columns
-            // p*NR .. p*NR + cols are < n, inside `c`; panel p (and p+1 when `two`) exist.
-            if two {
-                tile::<ACT, ACC, 2>(k2, a, b, p, sr, cs, ldc, r, cols);
-            } else {
-                tile::<ACT, ACC, 1>(k2, a, b, p, sr, cs, ldc, r, cols);
-            }
-            s += 1;
+    let k2 = b.k().div_ceil(2);
+    each_tile(rows, b, |s, p, r, cols, two| {
+        let (a, sr, cs) = (
+            ap.add(s * MRV * 2 * k2),
+            sa.add(s * MRV),
+            c.add(s * MRV * ldc + p * NR),
+        );
+        // SAFETY: strip `s` exists in `ap`; its rows are < rows and columns
+        // p*NR .. p*NR + cols are < n, inside `c`; panel p (and p+1 when `two`) exist.
+        if two {
+            tile::<ACT, ACC, 2>(k2, a, b, p, sr, cs, ldc, r, cols);
+        } else {
+            tile::<ACT, ACC, 1>(k2, a, b, p, sr, cs, ldc, r, cols);
         }
-        p += 2;
-    }
+    });
 }
 
 /// One quantised strip ([`MRV`] rows) x `P` integer panels (`P * 16` columns): i32 sums
@@ -141,51 +367,22 @@ unsafe fn tile<const ACT: u8, const ACC: bool, const P: usize>(
     }
     let mut bias = [_mm512_setzero_ps(); P];
     let mut scale = [_mm512_setzero_ps(); P];
-    let mut mask = [0u16; P];
     for h in 0..P {
         bias[h] = _mm512_loadu_ps(b.panel_bias(p + h).as_ptr());
         scale[h] = _mm512_loadu_ps(b.q_scale(p + h).as_ptr());
-        let left = cols.saturating_sub(h * NR).min(NR);
-        mask[h] = ((1u32 << left) - 1) as u16;
     }
-    // One row of the epilogue; a full strip runs it over a constant count, so the
-    // accumulators stay in registers (a run-time bound made the AVX2 tile spill them).
+    let masks = col_masks::<P>(cols);
     let row = |r: usize, accr: &[__m512i; P]| {
         let s = _mm512_set1_ps(*sa.add(r));
-        let cr = c.add(r * ldc);
         for h in 0..P {
             let v = _mm512_add_ps(
                 _mm512_mul_ps(_mm512_cvtepi32_ps(accr[h]), _mm512_mul_ps(s, scale[h])),
                 bias[h],
             );
-            let v = act::<ACT>(v);
-            let dst = cr.add(h * NR);
-            if mask[h] == 0xFFFF {
-                let v = if ACC {
-                    _mm512_add_ps(v, _mm512_loadu_ps(dst))
-                } else {
-                    v
-                };
-                _mm512_storeu_ps(dst, v);
-            } else {
-                let v = if ACC {
-                    _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask[h], dst))
-                } else {
-                    v
-                };
-                _mm512_mask_storeu_ps(dst, mask[h], v);
-            }
+            store16::<ACC>(c.add(r * ldc + h * NR), act::<ACT>(v), masks[h]);
         }
     };
-    if rows == MRV {
-        for (r, accr) in acc.iter().enumerate() {
-            row(r, accr);
-        }
-    } else {
-        for (r, accr) in acc.iter().enumerate().take(rows) {
-            row(r, accr);
-        }
-    }
+    each_row(&acc, rows, row);
 }
 
 /// The epilogue's activation on one tile row of a panel.
@@ -226,14 +423,77 @@ fn gelu16(x: __m512) -> __m512 {
 #[cfg(test)]
 mod tests {
     use super::super::check::{self, Weights, EPIS};
-    use super::super::{x86, Epilogue, Ops};
+    use super::super::{x86, Epilogue, Ops, PackedB};
     use proptest::prelude::*;
+
+    /// The AVX-512 table, if this CPU has AVX-512F.
+    fn avx512_ops() -> Option<Ops> {
+        x86::avx512_ops()
+    }
 
     /// The AVX-512 table with the VNNI product, if this CPU has it.
     fn vnni_ops() -> Option<Ops> {
-        let ops = x86::avx512_ops()?;
         super::vnni_gemm_int8()?;
-        Some(ops)
+        x86::avx512_ops()
+    }
+
+    #[test]
+    fn f32_gemm_matches_scalar_on_odd_shapes() {
+        let Some(ops) = avx512_ops() else { return };
+        check::gemm_odd_shapes(&ops, Weights::F32);
+        check::gemm(
+            &ops,
+            300,
+            40,
+            1100,
+            1100,
+            40,
+            Epilogue::RELU,
+            5,
+            Weights::F32,
+        );
+    }
+
+    /// On the ViT shapes, every epilogue, f32 and integer weights: the same bits as the AVX2
+    /// table (same FMAs in the same order; same integers and f32 epilogue).
+    #[test]
+    fn same_bits_as_avx2_on_model_shapes() {
+        let (Some(ops), Some(avx2)) = (avx512_ops(), x86::avx2_ops()) else {
+            return;
+        };
+        for (m, n, k) in [(260, 576, 192), (131, 192, 768), (65, 208, 192)] {
+            let a = check::lcg(1, m * k, 1.0);
+            let w = check::lcg(2, n * k, 0.1);
+            let bias = check::lcg(3, n, 0.5);
+            for bits in [None, Some(8), Some(13)] {
+                let mut b = PackedB::pack_nk(&w, n, k, k, Some(&bias));
+                match bits {
+                    Some(8) => b.quantize_int8(),
+                    Some(_) => b.quantize_int16(),
+                    None => {}
+                }
+                for epi in EPIS {
+                    let c0 = check::lcg(4, m * n, 1.0);
+                    let (mut want, mut got) = (c0.clone(), c0);
+                    avx2.gemm(m, &a, k, &b, &mut want, n, epi);
+                    ops.gemm(m, &a, k, &b, &mut got, n, epi);
+                    let same = want
+                        .iter()
+                        .zip(&got)
+                        .all(|(x, y)| x.to_bits() == y.to_bits());
+                    assert!(same, "m{m} n{n} k{k} {bits:?} {epi:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn fma_probe_counts_flops() {
+        let Some(ops) = avx512_ops() else { return };
+        let (sum, f) = ops.fma_probe(10);
+        assert!(sum.is_finite());
+        assert_eq!(f, 10 * super::PROBE_CHAINS as u64 * 16 * 2);
+        assert_eq!(ops.fma_probe(0).1, 0);
     }
 
     #[test]
@@ -267,6 +527,13 @@ mod tests {
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(64))]
+        #[test]
+        fn f32_gemm_prop(m in 0usize..40, n in 0usize..70, k in 0usize..70, pad_a in 0usize..4, pad_c in 0usize..4, e in 0usize..5, seed in 0u64..1000) {
+            if let Some(ops) = avx512_ops() {
+                check::gemm(&ops, m, n, k, k + pad_a, n + pad_c, EPIS[e], seed, Weights::F32);
+            }
+        }
+
         #[test]
         fn vnni_gemm_prop(m in 0usize..40, n in 0usize..70, k in 0usize..70, pad_a in 0usize..4, pad_c in 0usize..4, e in 0usize..5, seed in 0u64..1000, wide in proptest::bool::ANY) {
             if let Some(ops) = vnni_ops() {

@@ -2,16 +2,17 @@
 //!
 //! * [`scalar`] is the reference, written in plain loops; it runs everywhere.
 //! * [`x86`] holds AVX2+FMA kernels (chosen when the CPU has both).
-//! * [`avx512`] holds the integer product on AVX-512 VNNI (`vpdpwssd`), which the AVX-512
-//!   tier uses when the CPU has it.
+//! * [`avx512`] holds the f32 product and FMA probe on 512-bit registers and the integer
+//!   product on AVX-512 VNNI (`vpdpwssd`), for CPUs with AVX-512F (and VNNI).
 //! * `aarch64` holds NEON kernels (chosen on arm64, e.g. Graviton Lambdas; int8 products
 //!   there still run the scalar reference).
 //!
 //! [`ops`] detects the CPU on first use, caches the chosen [`Ops`] table in a `OnceLock`
 //! and logs the tier through `tracing`. The environment variable `CAI_KERNELS`
 //! (`scalar`, `avx2`, `avx512`, `neon`) forces a tier; a tier the CPU lacks falls back to
-//! the best available one with a warning. The `avx512` tier runs the integer product on
-//! AVX-512 VNNI ([`avx512`]) when the CPU has it; its other entries are the AVX2 kernels.
+//! the best available one with a warning. The `avx512` tier ([`avx512`]) runs the f32
+//! product and the FMA probe on 512-bit registers and the integer product on AVX-512 VNNI
+//! when the CPU has it; LayerNorm, softmax and attention are the AVX2 kernels.
 //!
 //! The matrix product works on weights packed once into [`PackedB`] panels of [`NR`]
 //! columns; activations (`A`) stay row-major with any row stride, and the result is written
@@ -677,8 +678,8 @@ pub enum Tier {
     Scalar,
     /// AVX2 + FMA.
     Avx2,
-    /// AVX-512F: the integer product on AVX-512 VNNI when the CPU has it, the other
-    /// kernels AVX2 + FMA.
+    /// AVX-512F: the f32 product and FMA probe on 512-bit registers, the integer product
+    /// on AVX-512 VNNI when the CPU has it; the other kernels AVX2 + FMA.
     Avx512,
     /// aarch64 NEON.
     Neon,

@@ -49,18 +49,18 @@ pub fn avx2_ops() -> Option<Ops> {
     }
 }
 
-/// The AVX-512 table, if this CPU has AVX-512F (and AVX2+FMA): the integer product on
-/// AVX-512 VNNI when the CPU has it ([`super::avx512`]); every other entry is the AVX2 one.
+/// The AVX-512 table, if this CPU has AVX-512F (and AVX2+FMA): the f32 product and the
+/// FMA probe on 512-bit registers, the integer product on AVX-512 VNNI when the CPU has it
+/// ([`super::avx512`]); LayerNorm, softmax and attention are the AVX2 kernels.
 pub fn avx512_ops() -> Option<Ops> {
-    if is_x86_feature_detected!("avx512f") {
-        avx2_ops().map(|o| Ops {
-            tier: Tier::Avx512,
-            gemm_int8: super::avx512::vnni_gemm_int8().unwrap_or(o.gemm_int8),
-            ..o
-        })
-    } else {
-        None
-    }
+    let (gemm, fma_probe) = super::avx512::f32_kernels()?;
+    avx2_ops().map(|o| Ops {
+        tier: Tier::Avx512,
+        gemm,
+        gemm_int8: super::avx512::vnni_gemm_int8().unwrap_or(o.gemm_int8),
+        fma_probe,
+        ..o
+    })
 }
 
 thread_local! {

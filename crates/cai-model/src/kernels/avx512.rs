@@ -282,11 +282,11 @@ fn gemm_int8_vnni(
     epi: Epilogue,
 ) {
     // SAFETY: reachable only through `vnni_gemm_int8` (AVX-512F/BW/VNNI, AVX2 and FMA
-    // confirmed); `quantized_blocks` hands `block` whole strips of quantised rows and their
+    // confirmed); `quantized_blocks` hands `block_vnni` whole strips of quantised rows and their
     // scales and a block of `c` with `rows` rows of `b.n()` values at stride `ldc`.
     unsafe {
         super::x86::quantized_blocks(m, a, lda, b, c, ldc, MRV, |rows, ap, sp, cp| {
-            per_epilogue!(epi, block, [], (rows, ap, sp, b, cp, ldc))
+            per_epilogue!(epi, block_vnni, [], (rows, ap, sp, b, cp, ldc))
         });
     }
 }
@@ -298,7 +298,7 @@ fn gemm_int8_vnni(
 /// as many scales, `c` points to `rows` writable rows of `b.n()` values at stride `ldc`,
 /// `b` is quantised, and the CPU has AVX-512F/BW/VNNI.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-unsafe fn block<const ACT: u8, const ACC: bool>(
+unsafe fn block_vnni<const ACT: u8, const ACC: bool>(
     rows: usize,
     ap: *const i16,
     sa: *const f32,
@@ -316,9 +316,9 @@ unsafe fn block<const ACT: u8, const ACC: bool>(
         // SAFETY: strip `s` exists in `ap`; its rows are < rows and columns
         // p*NR .. p*NR + cols are < n, inside `c`; panel p (and p+1 when `two`) exist.
         if two {
-            tile::<ACT, ACC, 2>(k2, a, b, p, sr, cs, ldc, r, cols);
+            tile_vnni::<ACT, ACC, 2>(k2, a, b, p, sr, cs, ldc, r, cols);
         } else {
-            tile::<ACT, ACC, 1>(k2, a, b, p, sr, cs, ldc, r, cols);
+            tile_vnni::<ACT, ACC, 1>(k2, a, b, p, sr, cs, ldc, r, cols);
         }
     });
 }
@@ -333,7 +333,7 @@ unsafe fn block<const ACT: u8, const ACC: bool>(
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 #[inline]
 #[allow(clippy::too_many_arguments)]
-unsafe fn tile<const ACT: u8, const ACC: bool, const P: usize>(
+unsafe fn tile_vnni<const ACT: u8, const ACC: bool, const P: usize>(
     k2: usize,
     a: *const i16,
     b: &PackedB,

@@ -95,6 +95,7 @@ pub mod x86;
 
 /// Numerator of the SIMD GELUs' rational erf, `erf(x/sqrt 2) ≈ xc P(xc²) / Q(xc²)` (from the
 /// `xc^0` coefficient; fitted by `examples/fit_erf.rs`, erf error 5e-8).
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 const GELU_P: [f32; 7] = [
     0.797_884_2,
     0.075_640_59,
@@ -105,6 +106,7 @@ const GELU_P: [f32; 7] = [
     2.123_207_9e-10,
 ];
 /// Denominator of the same rational erf, from the `xc²` coefficient (the constant term is 1).
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 const GELU_Q: [f32; 4] = [0.261_465_25, 0.030_199_822, 0.001_943_877_3, 6.862_669_4e-5];
 
 /// Width of one packed weight panel (columns of `B`).

@@ -426,11 +426,6 @@ mod tests {
     use super::super::{x86, Epilogue, Ops, PackedB};
     use proptest::prelude::*;
 
-    /// The AVX-512 table, if this CPU has AVX-512F.
-    fn avx512_ops() -> Option<Ops> {
-        x86::avx512_ops()
-    }
-
     /// The AVX-512 table with the VNNI product, if this CPU has it.
     fn vnni_ops() -> Option<Ops> {
         super::vnni_gemm_int8()?;
@@ -439,7 +434,7 @@ mod tests {
 
     #[test]
     fn f32_gemm_matches_scalar_on_odd_shapes() {
-        let Some(ops) = avx512_ops() else { return };
+        let Some(ops) = x86::avx512_ops() else { return };
         check::gemm_odd_shapes(&ops, Weights::F32);
         check::gemm(
             &ops,
@@ -458,7 +453,7 @@ mod tests {
     /// table (same FMAs in the same order; same integers and f32 epilogue).
     #[test]
     fn same_bits_as_avx2_on_model_shapes() {
-        let (Some(ops), Some(avx2)) = (avx512_ops(), x86::avx2_ops()) else {
+        let (Some(ops), Some(avx2)) = (x86::avx512_ops(), x86::avx2_ops()) else {
             return;
         };
         for (m, n, k) in [(260, 576, 192), (131, 192, 768), (65, 208, 192)] {
@@ -489,7 +484,7 @@ mod tests {
 
     #[test]
     fn fma_probe_counts_flops() {
-        let Some(ops) = avx512_ops() else { return };
+        let Some(ops) = x86::avx512_ops() else { return };
         let (sum, f) = ops.fma_probe(10);
         assert!(sum.is_finite());
         assert_eq!(f, 10 * super::PROBE_CHAINS as u64 * 16 * 2);
@@ -529,7 +524,7 @@ mod tests {
         #![proptest_config(ProptestConfig::with_cases(64))]
         #[test]
         fn f32_gemm_prop(m in 0usize..40, n in 0usize..70, k in 0usize..70, pad_a in 0usize..4, pad_c in 0usize..4, e in 0usize..5, seed in 0u64..1000) {
-            if let Some(ops) = avx512_ops() {
+            if let Some(ops) = x86::avx512_ops() {
                 check::gemm(&ops, m, n, k, k + pad_a, n + pad_c, EPIS[e], seed, Weights::F32);
             }
         }

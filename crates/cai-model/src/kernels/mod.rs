@@ -561,7 +561,7 @@ impl Precision {
                         " (AVX-512 VNNI: vpdpwssd)"
                     }
                     Tier::Avx2 | Tier::Avx512 if cpu_has_vnni() => {
-                        " (this CPU has VNNI, which cai does not use yet)"
+                        " (vpmaddwd: this CPU has VNNI, which cai uses only on the avx512 tier with AVX-512 VNNI)"
                     }
                     Tier::Avx2 | Tier::Avx512 => " (no VNNI on this CPU: vpmaddwd)",
                     // The NEON table borrows the scalar integer product (aarch64.rs).

@@ -24,6 +24,14 @@ use cai_model::{
 
 const HARD_LIMIT: f64 = 1e-4;
 
+// The crate's directory when run: `cargo test` sets CARGO_MANIFEST_DIR for the test process, and a test
+// binary reused from another checkout through a shared target dir would otherwise look in that
+// checkout (the compile-time value is the fallback for binaries run outside cargo).
+fn manifest_dir() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
+}
+
 fn fnv1a64(s: &str) -> u64 {
     let mut h = 0xCBF2_9CE4_8422_2325u64;
     for b in s.bytes() {
@@ -76,7 +84,7 @@ fn formula(key: &str, shape: &[usize]) -> Vec<f32> {
 }
 
 fn fixture() -> serde_json::Value {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/parity_formula.json");
+    let path = manifest_dir().join("tests/fixtures/parity_formula.json");
     serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
 }
 

@@ -11,8 +11,16 @@ use cai_torch::{read_checkpoint, read_tensor_dataset, Error};
 
 use crate::util::{f32_storage, torch_zip, zip_of, M, P, T};
 
+// The crate's directory when run: `cargo test` sets CARGO_MANIFEST_DIR for the test process, and a test
+// binary reused from another checkout through a shared target dir would otherwise look in that
+// checkout (the compile-time value is the fallback for binaries run outside cargo).
+fn manifest_dir() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
+}
+
 fn dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/hostile")
+    manifest_dir().join("tests/hostile")
 }
 
 /// A pickle calling `module.name('ls')` with GLOBAL + REDUCE.

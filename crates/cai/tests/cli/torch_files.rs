@@ -4,10 +4,10 @@
 
 use std::path::PathBuf;
 
-use crate::util::{fixtures, Dir};
+use crate::util::{fixtures, manifest_dir, Dir};
 
 fn hostile_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../cai-torch/tests/hostile")
+    manifest_dir().join("../cai-torch/tests/hostile")
 }
 
 fn hostile_files() -> Vec<PathBuf> {

@@ -56,6 +56,14 @@ pub struct Fixtures {
     pub dataset: PathBuf,
 }
 
+/// The cai crate's directory when run: `cargo test` sets CARGO_MANIFEST_DIR for the test
+/// process, and a test binary reused from another checkout through a shared target dir would
+/// otherwise look in that checkout (the compile-time value is the fallback outside cargo).
+pub fn manifest_dir() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
+}
+
 pub fn fixtures() -> &'static Fixtures {
     static F: OnceLock<Fixtures> = OnceLock::new();
     F.get_or_init(|| {

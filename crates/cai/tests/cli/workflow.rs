@@ -10,6 +10,8 @@ use std::process::{Child, Command, Stdio};
 
 use serde_json::Value;
 
+use crate::util::manifest_dir;
+
 use crate::lambda::{payload, stage_data, tools, Emulator, Launch, MODEL_URL, RESULTS_BUCKET};
 use crate::s3::{by_galaxy, free_port, json as parse_json, local_run, wait_listening, Moto};
 use crate::util::Dir;
@@ -62,10 +64,7 @@ fn with_workflow(check: impl FnOnce(&Moto, &Dir, &str)) {
         .collect();
     let router = Router(
         Command::new("python3")
-            .arg(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/tests/support/lambda_router.py"
-            ))
+            .arg(manifest_dir().join("tests/support/lambda_router.py"))
             .arg(router_port.to_string())
             .arg(moto_port.to_string())
             .args(

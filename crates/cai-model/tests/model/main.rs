@@ -516,6 +516,12 @@ fn full_config_shape_and_counts() {
     assert_eq!(m.param_count(), expected);
     let gf = cfg.flops_per_galaxy() as f64 / 1e9;
     assert!((0.74..0.79).contains(&gf), "{gf} GFLOP");
+    // The last block's fc2 runs on the pooled row only: 63 of its 64 patch rows skipped.
+    assert_eq!(cfg.flops_skipped_per_galaxy(), 2 * 63 * 768 * 192);
+    assert_eq!(
+        cfg.executed_flops_per_galaxy() + cfg.flops_skipped_per_galaxy(),
+        cfg.flops_per_galaxy()
+    );
 }
 
 mod hostile {

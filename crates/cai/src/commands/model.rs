@@ -106,6 +106,8 @@ struct Inspection {
     parameters: usize,
     tensors: usize,
     flops_per_galaxy: u64,
+    /// What cai runs of them (the last block's `fc2` on the pooled row only).
+    executed_flops_per_galaxy: u64,
     unused_keys: Vec<String>,
 }
 
@@ -142,6 +144,7 @@ pub async fn inspect(a: ModelInspectArgs) -> Result<Outcome> {
         parameters: info.param_count,
         tensors: info.tensors,
         flops_per_galaxy: cfg.flops_per_galaxy(),
+        executed_flops_per_galaxy: cfg.executed_flops_per_galaxy(),
         unused_keys: info.unused_keys,
     };
     if a.json {
@@ -175,8 +178,9 @@ pub async fn inspect(a: ModelInspectArgs) -> Result<Outcome> {
     println!("parameters:    {}", i.parameters);
     println!("tensors:       {}", i.tensors);
     println!(
-        "FLOPs/galaxy:  {:.3} GFLOP (multiply-adds x 2)",
-        i.flops_per_galaxy as f64 / 1e9
+        "FLOPs/galaxy:  {:.3} GFLOP (multiply-adds x 2; cai runs {:.3} of them)",
+        i.flops_per_galaxy as f64 / 1e9,
+        i.executed_flops_per_galaxy as f64 / 1e9
     );
     println!("unused keys:   {}", none(&i.unused_keys));
     Ok(Outcome::Ok)

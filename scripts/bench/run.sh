@@ -14,7 +14,7 @@
 #
 # The venv is ${CAI_PARITY_VENV:-~/.cache/cai-parity-venv} (created with
 # scripts/parity/setup_venv.sh if missing; `--onnx` pip-installs onnxruntime and onnx into
-# it). The cai binary is $CAI_BIN, else target/release/cai (built with cargo if missing).
+# it). The cai binary is $CAI_BIN, else cai built (or found up to date) by cargo in $CARGO_TARGET_DIR (default ~/.cache/cai-target).
 # Output files go to ${CAI_BENCH_DIR:-~/.cache/cai-bench}: weights.safetensors (seeded
 # weights), cai.N.json and torch.N.json per round N, astromae.onnx.
 set -euo pipefail
@@ -43,11 +43,11 @@ if [ -z "$THREADS" ]; then
 fi
 
 if [ -z "${CAI_BIN:-}" ]; then
-    TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
-    CAI_BIN="$TARGET/release/cai"
-    if [ ! -x "$CAI_BIN" ]; then
-        (cd "$ROOT" && cargo build --release -p cai)
-    fi
+    # The same target dir as scripts/test.sh and CI; always build (a no-op when up to date),
+    # so a binary older than the source is never the one measured.
+    export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/cai-target}"
+    (cd "$ROOT" && cargo build --release -p cai)
+    CAI_BIN="$CARGO_TARGET_DIR/release/cai"
 fi
 if [ ! -x "$VENV/bin/python" ]; then
     "$ROOT/scripts/parity/setup_venv.sh"

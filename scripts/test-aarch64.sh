@@ -8,8 +8,8 @@
 # gcc-aarch64-linux-gnu (the linker and /usr/aarch64-linux-gnu for qemu's -L):
 #   rustup target add aarch64-unknown-linux-gnu
 #   apt-get install -y qemu-user gcc-aarch64-linux-gnu
-# On aarch64 the dispatch picks the NEON tier (kernels/aarch64.rs; int8 products run the
-# scalar reference there), so this checks the NEON kernels against the scalar reference
+# On aarch64 the dispatch picks the NEON tier (kernels/aarch64.rs: f32 and integer
+# products), so this checks the NEON kernels against the scalar reference
 # (odd shapes, proptests), the scalar kernels themselves, and, without `--lib`, the
 # full-model tests on NEON. qemu says nothing about NEON speed. Set CARGO_TARGET_DIR (e.g.
 # /root/.cache/cai-target-arm64) to keep the arm64 build apart from the x86 one.

@@ -564,9 +564,11 @@ impl Precision {
                         " (vpmaddwd: this CPU has VNNI, which cai uses only on the avx512 tier with AVX-512 VNNI)"
                     }
                     Tier::Avx2 | Tier::Avx512 => " (no VNNI on this CPU: vpmaddwd)",
-                    // The NEON table borrows the scalar integer product (aarch64.rs).
+                    Tier::Neon => {
+                        " (NEON smlal: 4 multiply-adds per instruction, as f32's fmla does: at best f32's speed)"
+                    }
                     _ => {
-                        " (the integer products run the scalar reference here, far slower than f32: no SIMD integer kernel for this CPU yet)"
+                        " (the integer products run the scalar reference here, far slower than f32: no SIMD integer kernel for this CPU)"
                     }
                 }
             ),

@@ -14,7 +14,8 @@
 #
 # The venv is ${CAI_PARITY_VENV:-~/.cache/cai-parity-venv} (created with
 # scripts/parity/setup_venv.sh if missing; `--onnx` pip-installs onnxruntime and onnx into
-# it). The cai binary is $CAI_BIN, else cai built (or found up to date) by cargo in $CARGO_TARGET_DIR (default ~/.cache/cai-target).
+# it). The cai binary is $CAI_BIN, else cai built (or found up to date) by cargo in
+# $CARGO_TARGET_DIR (default ~/.cache/cai-target).
 # Output files go to ${CAI_BENCH_DIR:-~/.cache/cai-bench}: weights.safetensors (seeded
 # weights), cai.N.json and torch.N.json per round N, astromae.onnx.
 set -euo pipefail

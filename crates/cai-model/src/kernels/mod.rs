@@ -4,8 +4,8 @@
 //! * [`x86`] holds AVX2+FMA kernels (chosen when the CPU has both).
 //! * [`avx512`] holds the f32 product and FMA probe on 512-bit registers and the integer
 //!   product on AVX-512 VNNI (`vpdpwssd`), for CPUs with AVX-512F (and VNNI).
-//! * `aarch64` holds NEON kernels (chosen on arm64, e.g. Graviton Lambdas; int8 products
-//!   there still run the scalar reference).
+//! * `aarch64` holds NEON kernels (chosen on arm64, e.g. Graviton Lambdas), the integer
+//!   product on `smlal` (no faster than f32 there: NEON has no 16-bit dot product).
 //!
 //! [`ops`] detects the CPU on first use, caches the chosen [`Ops`] table in a `OnceLock`
 //! and logs the tier through `tracing`. The environment variable `CAI_KERNELS`

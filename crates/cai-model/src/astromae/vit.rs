@@ -139,21 +139,9 @@ impl Block {
         hbar.fill(0.0);
         self.mlp
             .hidden_blocks(ops, rows, d, xn, &mut s.h, |r0, _, h| {
-                for (i, h) in h.chunks_exact(hid).enumerate() {
-                    let r = r0 + i;
-                    // Row 0 of each galaxy is the class token, which the pool leaves out.
-                    if r % t1 != 0 {
-                        let acc = &mut hbar[(r / t1) * hid..][..hid];
-                        for (a, v) in acc.iter_mut().zip(h) {
-                            *a += v;
-                        }
-                    }
-                }
+                add_patch_rows(h, r0, t1, hid, hbar);
             });
-        let inv = 1.0 / (t1 - 1) as f32;
-        for a in hbar.iter_mut() {
-            *a *= inv;
-        }
+        scale_to_mean(hbar, t1);
         self.mlp
             .fc2
             .forward(ops, g, hbar, hid, pool, d, Epilogue::RESIDUAL);
@@ -199,17 +187,31 @@ impl Block {
 /// The mean over the patch tokens (rows 1.. of each galaxy's `t1`) of `g` galaxies' rows
 /// of `x`, into `pool` (`g x d`).
 fn mean_patch_rows(x: &[f32], g: usize, t1: usize, d: usize, pool: &mut [f32]) {
-    let inv = 1.0 / (t1 - 1) as f32;
-    for (gi, acc) in pool.chunks_exact_mut(d).take(g).enumerate() {
-        acc.fill(0.0);
-        for row in x[(gi * t1 + 1) * d..(gi + 1) * t1 * d].chunks_exact(d) {
-            for (a, v) in acc.iter_mut().zip(row) {
+    let pool = &mut pool[..g * d];
+    pool.fill(0.0);
+    add_patch_rows(&x[..g * t1 * d], 0, t1, d, pool);
+    scale_to_mean(pool, t1);
+}
+
+/// Adds each patch-token row of `rows` (`width` wide; row `i` is row `r0 + i` of a chunk of
+/// galaxies of `t1` rows) into its galaxy's row of `acc`. Row 0 of each galaxy, the class
+/// token, is left out, as the pool leaves it out.
+fn add_patch_rows(rows: &[f32], r0: usize, t1: usize, width: usize, acc: &mut [f32]) {
+    for (i, row) in rows.chunks_exact(width).enumerate() {
+        let r = r0 + i;
+        if !r.is_multiple_of(t1) {
+            for (a, v) in acc[(r / t1) * width..][..width].iter_mut().zip(row) {
                 *a += v;
             }
         }
-        for a in acc.iter_mut() {
-            *a *= inv;
-        }
+    }
+}
+
+/// Divides the sums of [`add_patch_rows`] by the number of patch tokens (`t1 - 1`).
+fn scale_to_mean(acc: &mut [f32], t1: usize) {
+    let inv = 1.0 / (t1 - 1) as f32;
+    for a in acc.iter_mut() {
+        *a *= inv;
     }
 }
 

@@ -277,14 +277,22 @@ unsafe fn tile<const ACT: u8, const ACC: bool>(
     for (r, accr) in acc.iter().enumerate().take(rows) {
         let mut v = [vdupq_n_f32(0.0); 4];
         for j in 0..4 {
-            v[j] = vaddq_f32(accr[j], bias[j]);
-            if ACT == ACT_RELU {
-                v[j] = vmaxq_f32(v[j], vdupq_n_f32(0.0));
-            } else if ACT == ACT_GELU {
-                v[j] = gelu4(v[j]);
-            }
+            v[j] = act::<ACT>(vaddq_f32(accr[j], bias[j]));
         }
         store_row::<ACC>(c.add(r * ldc), v, cols);
+    }
+}
+
+/// The epilogue's activation on 4 values of a tile row.
+#[target_feature(enable = "neon")]
+#[inline]
+fn act<const ACT: u8>(v: float32x4_t) -> float32x4_t {
+    if ACT == ACT_RELU {
+        vmaxq_f32(v, vdupq_n_f32(0.0))
+    } else if ACT == ACT_GELU {
+        gelu4(v)
+    } else {
+        v
     }
 }
 
@@ -314,21 +322,16 @@ fn gemm_int_neon(
     let mut m0 = 0;
     while m0 < m {
         let rows = mc.min(m - m0);
-        for (r, sr) in sa[..rows.div_ceil(MR) * MR].iter_mut().enumerate() {
+        // The rows of a last part strip past `rows` keep what the buffer held: the tile
+        // never stores their sums (as on x86).
+        for (r, sr) in sa[..rows].iter_mut().enumerate() {
             // Row r's pair kp goes to qa[(r / MR) * strip + kp * 2 * MR + 2 * (r % MR) ..][..2]
             // (with k = 0 there is nothing to write, and `qa` may be empty).
             let out = qa
                 .get_mut((r / MR) * strip + 2 * (r % MR)..)
                 .unwrap_or(&mut []);
-            if r < rows {
-                let i = m0 + r;
-                *sr = quantize_row(&a[i * lda..i * lda + k], b.q_limit(), out, 2 * MR);
-            } else {
-                for kp in 0..k2 {
-                    out[kp * 2 * MR..kp * 2 * MR + 2].fill(0);
-                }
-                *sr = 0.0;
-            }
+            let i = m0 + r;
+            *sr = quantize_row(&a[i * lda..i * lda + k], b.q_limit(), out, 2 * MR);
         }
         let cblk = &mut c[m0 * ldc..];
         // SAFETY: `qa` holds rows.div_ceil(MR) strips of `strip` values and `sa` as many
@@ -435,12 +438,7 @@ unsafe fn tile_q<const ACT: u8, const ACC: bool>(
         for j in 0..4 {
             // The reference's `sum as f32 * (sa * scale) + bias`: two roundings, no FMA.
             let f = vmulq_f32(vcvtq_f32_s32(accr[j]), vmulq_n_f32(sc[j], s));
-            v[j] = vaddq_f32(f, bias[j]);
-            if ACT == ACT_RELU {
-                v[j] = vmaxq_f32(v[j], vdupq_n_f32(0.0));
-            } else if ACT == ACT_GELU {
-                v[j] = gelu4(v[j]);
-            }
+            v[j] = act::<ACT>(vaddq_f32(f, bias[j]));
         }
         store_row::<ACC>(c.add(r * ldc), v, cols);
     }

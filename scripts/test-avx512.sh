@@ -23,7 +23,12 @@
 # CPU models (Bochs 2.7 has no AVX512_BF16, AVX-VNNI or AVX512_FP16 in any model):
 #   corei7_icelake_u  AVX-512 F/CD/BW/DQ/VL/VNNI/IFMA/VBMI/VBMI2/BITALG/VPOPCNTDQ, GFNI,
 #                     VAES, VPCLMULQDQ (the default);
-#   corei7_skylake_x  AVX-512 F/CD/BW/DQ/VL only (use it to check the no-VNNI path).
+#   corei7_skylake_x  AVX-512 F/CD/BW/DQ/VL only (use it to check the no-VNNI path);
+#   sapphire_rapids   icelake's AVX-512 plus AVX512_BF16, AVX512_FP16, AMX and AVX-VNNI;
+#   arrow_lake        AVX2 with AVX-VNNI (VEX vpdpwssd), no AVX-512.
+# The last two need Bochs 3.0, which scripts/avx512/build-bochs.sh builds from Debian trixie's
+# source (once, about 2 minutes, cached) and this script then uses for every model
+# (CAI_AVX512_BOCHS=debian keeps Debian's 2.7 for the older models).
 # Bochs 2.7 bugs worked around on the kernel command line: it reports the standard-format
 # XSAVE size for the compacted format (clearcpuid=xsavec,xsaves, else Linux turns XSAVE and
 # so AVX off), gives no CPUID size for PKRU on icelake/tigerlake (clearcpuid=pku,ospke), and
@@ -49,7 +54,7 @@ MEGS="${CAI_AVX512_MEGS:-1024}"
 CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/cai-avx512"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/cai-target-musl}"
 TARGET=x86_64-unknown-linux-musl
-KERNEL_ARGS="console=ttyS0,115200 quiet panic=-1 mitigations=off clearcpuid=321,323,515,516,580"
+KERNEL_ARGS="console=ttyS0,115200 quiet panic=-1 mitigations=off no5lvl clearcpuid=321,323,515,516,580"
 say() { echo "test-avx512.sh: $*" >&2; }
 
 mode=cargo exe=""
@@ -61,8 +66,17 @@ for a in "$@"; do
     case "$a" in *[[:space:]\"\']*) say "argument '$a' has a space or quote; not supported"; exit 2 ;; esac
 done
 
+# Bochs 3.0 (ours, built without GUI or debugger) for the models 2.7 lacks, and for every
+# model once it is built unless CAI_AVX512_BOCHS=debian; else Debian's bochs-bin (2.7).
+bochs3="${XDG_CACHE_HOME:-$HOME/.cache}/cai-avx512/bochs-3.0/bochs"
+case "$CPU" in
+sapphire_rapids | arrow_lake) [ -x "$bochs3" ] || bochs3="$("$ROOT/scripts/avx512/build-bochs.sh")" ;;
+esac
+ours=0
+if [ "${CAI_AVX512_BOCHS:-}" != debian ] && [ -x "$bochs3" ]; then ours=1; fi
 need=()
-command -v bochs-bin >/dev/null || need+=(bochs bochsbios vgabios)
+[ -f /usr/share/bochs/VGABIOS-lgpl-latest ] || need+=(vgabios)
+[ $ours = 1 ] || command -v bochs-bin >/dev/null || need+=(bochs bochsbios vgabios)
 command -v syslinux >/dev/null || need+=(syslinux syslinux-common)
 command -v mcopy >/dev/null || need+=(mtools)
 command -v mkfs.fat >/dev/null || need+=(dosfstools)
@@ -147,16 +161,26 @@ mcopy -i "$work/disk.img" "$work/initrd.gz" "$work/syslinux.cfg" ::/
 syslinux --install "$work/disk.img"
 
 # Bochs: Debian's build has no "nogui" display, so rfb with no wait for a VNC client, and it
-# has the debugger built in, so -rc feeds it "c". The guest's ACPI power-off ends Bochs.
+# has the debugger built in, so -rc feeds it "c"; ours has neither. The guest's ACPI
+# power-off ends Bochs.
+if [ $ours = 1 ]; then
+    bochs_cmd=("$bochs3" -q -f bochsrc) display='nogui' bios="$(dirname "$bochs3")/BIOS-bochs-latest"
+    devices=''
+else
+    bochs_cmd=(bochs-bin -q -f bochsrc -rc dbgcmds) display='rfb, options="timeout=0"'
+    bios=/usr/share/bochs/BIOS-bochs-latest
+    # Debian's build has every device as a plugin: leave out what the guest does not need.
+    devices='sound: waveoutdrv=dummy, waveindrv=dummy, midioutdrv=dummy
+speaker: enabled=0
+plugin_ctrl: speaker=0, unmapped=0, biosdev=0, extfpuirq=0, parallel=0, gameport=0, e1000=0, ne2k=0, sb16=0, es1370=0, usb_uhci=0, usb_ohci=0, usb_ehci=0, usb_xhci=0, voodoo=0'
+fi
 cat >"$work/bochsrc" <<EOF
 config_interface: textconfig
-display_library: rfb, options="timeout=0"
-sound: waveoutdrv=dummy, waveindrv=dummy, midioutdrv=dummy
-speaker: enabled=0
-plugin_ctrl: speaker=0, unmapped=0, biosdev=0, extfpuirq=0, parallel=0, gameport=0, e1000=0, ne2k=0, sb16=0, es1370=0, usb_uhci=0, usb_ohci=0, usb_ehci=0, usb_xhci=0, voodoo=0
+display_library: $display
+$devices
 megs: $MEGS
 cpu: model=$CPU, count=1, ips=100000000, reset_on_triple_fault=1, ignore_bad_msrs=1
-romimage: file=/usr/share/bochs/BIOS-bochs-latest
+romimage: file=$bios
 vgaromimage: file=/usr/share/bochs/VGABIOS-lgpl-latest
 ata0-master: type=disk, path="$work/disk.img", mode=flat, cylinders=$cyl, heads=16, spt=63
 boot: disk
@@ -170,8 +194,8 @@ EOF
 echo c >"$work/dbgcmds"
 : >"$work/serial.log"
 start=$(date +%s)
-say "booting $CPU in Bochs (args: $*)"
-(cd "$work" && exec timeout "$TIMEOUT" bochs-bin -q -f bochsrc -rc dbgcmds </dev/null >"$work/bochs.out" 2>&1) &
+say "booting $CPU in Bochs $([ $ours = 1 ] && echo 3.0 || echo 2.7) (args: $*)"
+(cd "$work" && exec timeout "$TIMEOUT" "${bochs_cmd[@]}" </dev/null >"$work/bochs.out" 2>&1) &
 bochs_pid=$!
 # Stream the guest program's output (the lines from init's START line on) while it runs; stop
 # Bochs if the kernel panics (it would reboot and loop).

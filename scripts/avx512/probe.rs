@@ -66,6 +66,64 @@ fn dpbusd_512() -> [i32; 16] {
     out
 }
 
+/// bf16 pairs: `acc + a0*b0 + a1*b1` per lane, on bf16 vectors built by truncating f32 bits
+/// (the inputs are exact in bf16).
+#[target_feature(enable = "avx512f,avx512bf16")]
+fn dpbf16_512(a: &[f32; 32], b: &[f32; 32], acc: &[f32; 16]) -> [f32; 16] {
+    let bits =
+        |v: &[f32; 32]| -> [u16; 32] { std::array::from_fn(|i| (v[i].to_bits() >> 16) as u16) };
+    let (pa, pb) = (bits(a), bits(b));
+    let mut out = [0f32; 16];
+    unsafe {
+        let r = _mm512_dpbf16_ps(
+            _mm512_loadu_ps(acc.as_ptr()),
+            std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(pa.as_ptr().cast())),
+            std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(pb.as_ptr().cast())),
+        );
+        _mm512_storeu_ps(out.as_mut_ptr(), r);
+    }
+    out
+}
+
+/// f32 -> bf16 conversions, round to nearest even: vcvtneps2bf16 (16 values) and
+/// vcvtne2ps2bf16 (two vectors of 16; the second argument fills the low half).
+#[target_feature(enable = "avx512f,avx512bf16")]
+fn cvt_bf16(x: &[f32; 32]) -> ([u16; 16], [u16; 32]) {
+    let mut one = [0u16; 16];
+    let mut two = [0u16; 32];
+    unsafe {
+        let lo = _mm512_loadu_ps(x.as_ptr());
+        let hi = _mm512_loadu_ps(x.as_ptr().add(16));
+        _mm256_storeu_si256(
+            one.as_mut_ptr().cast(),
+            std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(lo)),
+        );
+        _mm512_storeu_si512(
+            two.as_mut_ptr().cast(),
+            std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(hi, lo)),
+        );
+    }
+    (one, two)
+}
+
+/// AVX-VNNI (VEX-encoded) vpdpwssd on ymm.
+#[target_feature(enable = "avxvnni")]
+fn dpwssd_vex() -> [i32; 8] {
+    let a: [i16; 16] = std::array::from_fn(|i| i as i16 * 37 - 500);
+    let b: [i16; 16] = std::array::from_fn(|i| 1000 - i as i16 * 61);
+    let acc: [i32; 8] = std::array::from_fn(|i| i as i32 * 1000 - 7);
+    let mut out = [0i32; 8];
+    unsafe {
+        let r = _mm256_dpwssd_avx_epi32(
+            _mm256_loadu_si256(acc.as_ptr().cast()),
+            _mm256_loadu_si256(a.as_ptr().cast()),
+            _mm256_loadu_si256(b.as_ptr().cast()),
+        );
+        _mm256_storeu_si256(out.as_mut_ptr().cast(), r);
+    }
+    out
+}
+
 #[target_feature(enable = "avx512bw,avx512vl")]
 fn bw_vl() -> ([i16; 16], u32) {
     let a: [i16; 16] = std::array::from_fn(|i| 30000 - i as i16 * 10);
@@ -208,6 +266,64 @@ fn main() {
         ok &= pass;
         println!(
             "probe: vpdpbusd zmm {} got={got:?}",
+            if pass { "OK" } else { "WRONG" }
+        );
+    }
+    if is_x86_feature_detected!("avx512bf16") {
+        let a: [f32; 32] = std::array::from_fn(|i| i as f32 * 0.75 - 9.0);
+        let b: [f32; 32] = std::array::from_fn(|i| 3.0 - i as f32 * 0.125);
+        let acc: [f32; 16] = std::array::from_fn(|i| i as f32 * 10.0);
+        let got = unsafe { dpbf16_512(&a, &b, &acc) };
+        let want: [f32; 16] =
+            std::array::from_fn(|j| acc[j] + a[2 * j] * b[2 * j] + a[2 * j + 1] * b[2 * j + 1]);
+        let pass = got == want;
+        ok &= pass;
+        println!(
+            "probe: vdpbf16ps zmm {} got={got:?}",
+            if pass { "OK" } else { "WRONG" }
+        );
+        // Values with more than 8 significant bits, ties included, to check the rounding.
+        let x: [f32; 32] = std::array::from_fn(|i| {
+            f32::from_bits(0x3f80_0000 + (i as u32) * 0x4321 + if i % 4 == 0 { 0x8000 } else { 0 })
+                * if i % 3 == 0 { -1.0 } else { 1.0 }
+        });
+        let rne = |v: f32| -> u16 {
+            let u = v.to_bits();
+            ((u + 0x7fff + ((u >> 16) & 1)) >> 16) as u16
+        };
+        let (one, two) = unsafe { cvt_bf16(&x) };
+        let pass1 = (0..16).all(|i| one[i] == rne(x[i]));
+        let pass2 = (0..32).all(|i| two[i] == rne(x[i]));
+        // Bochs 3.0 writes the low source's 16 values into both halves of a 512-bit
+        // vcvtne2ps2bf16 (checked against the definition above); cai's kernels do not use it,
+        // so that is reported without failing the probe.
+        ok &= pass1;
+        println!(
+            "probe: vcvtneps2bf16 zmm {} vcvtne2ps2bf16 zmm {}{}",
+            if pass1 { "OK" } else { "WRONG" },
+            if pass2 {
+                "OK"
+            } else {
+                "WRONG (Bochs 3.0's bug; unused by cai)"
+            },
+            if pass2 {
+                String::new()
+            } else {
+                format!(" got={two:?} want={:?}", x.map(rne))
+            }
+        );
+    }
+    if is_x86_feature_detected!("avxvnni") {
+        let got = unsafe { dpwssd_vex() };
+        let want: [i32; 8] = std::array::from_fn(|j| {
+            let a = |i: usize| i as i32 * 37 - 500;
+            let b = |i: usize| 1000 - i as i32 * 61;
+            (j as i32 * 1000 - 7) + a(2 * j) * b(2 * j) + a(2 * j + 1) * b(2 * j + 1)
+        });
+        let pass = got == want;
+        ok &= pass;
+        println!(
+            "probe: vpdpwssd ymm (VEX, AVX-VNNI) {} got={got:?}",
             if pass { "OK" } else { "WRONG" }
         );
     }

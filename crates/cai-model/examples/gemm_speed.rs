@@ -34,9 +34,11 @@ fn main() {
         q.quantize_int8();
         let mut q16 = f.clone();
         q16.quantize_int16();
+        let mut h = f.clone();
+        h.round_bf16();
         let mut c = vec![0.0f32; m * n];
         let mut line = format!("{name:>10} m{m} k{k} n{n}:");
-        for (label, b) in [("f32", &f), ("int8", &q), ("int16", &q16)] {
+        for (label, b) in [("f32", &f), ("bf16", &h), ("int8", &q), ("int16", &q16)] {
             let mut reps = 0u64;
             let t = cpu_seconds();
             while cpu_seconds() - t < 0.5 {

@@ -173,10 +173,11 @@ pub struct RunArgs {
     /// Inference threads per worker (default: cores / workers).
     #[arg(long, env = "CAI_THREADS")]
     pub threads: Option<usize>,
-    /// Arithmetic of the model's trunk weights: f32 (default, the reference), bf16, int8
-    /// (8-bit weights: faster, z within about 1e-2 of f32) or int16 (13-bit weights and
-    /// 13-16-bit activations as i16: int8's speed, z within about 2e-4); see `cai bench
-    /// --precision all`.
+    /// Arithmetic of the model's trunk weights: f32 (default, the reference), bf16 (bf16
+    /// weights and activations, f32 sums: z within about 3e-3 of f32; fast only on AVX-512
+    /// BF16), int8 (8-bit weights: faster, z within about 1e-2 of f32) or int16 (13-bit
+    /// weights and 13-16-bit activations as i16: int8's speed, z within about 2e-4); see
+    /// `cai bench --precision all`.
     #[arg(long, default_value = "f32", env = "CAI_PRECISION")]
     pub precision: cai_model::kernels::Precision,
     /// Run only the ranks of the existing plan that have no result yet.

@@ -54,6 +54,7 @@ pub fn neon_ops() -> Option<Ops> {
             tier: Tier::Neon,
             gemm: gemm_neon,
             gemm_int8: gemm_int_neon,
+            gemm_bf16: None,
             layer_norm: layer_norm_neon,
             softmax: softmax_neon,
             attention: super::attention_composed,

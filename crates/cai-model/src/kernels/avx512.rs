@@ -1,7 +1,7 @@
 //! x86-64 kernels that need AVX-512: the f32 product and the FMA probe on 512-bit
-//! registers, and the integer product on AVX-512 VNNI.
+//! registers, the integer product on AVX-512 VNNI and the bf16 product on AVX-512 BF16.
 //!
-//! Both products use a tile of 12 rows x two [`NR`]-wide panels (32 columns): 24 zmm
+//! All three products use a tile of 12 rows x two [`NR`]-wide panels (32 columns): 24 zmm
 //! accumulators and the two panels' weights for one k step in two registers, with each
 //! row's activation broadcast straight from memory (`{1to16}`), within the 32 zmm
 //! registers (the AVX2 tile, 6 x 16 in 16 ymm registers, loads 8 values per 12 FMAs; this
@@ -10,12 +10,15 @@
 //! same results to the bit. Integers: `vpdpwssd` multiplies 32 pairs of i16 and adds each
 //! pair's sum into 16 i32 lanes in one instruction, where AVX2 needs two (`vpmaddwd`, then
 //! `vpaddd`) for half as many lanes; the integers and the f32 epilogue are the AVX2 kernel's
-//! (and so the scalar reference's). Hand-written: no crate offers these GEMMs with these
-//! epilogues.
+//! (and so the scalar reference's). bf16: `vdpbf16ps` multiplies 32 pairs of bf16 and adds
+//! each pair's two (exact) products into 16 f32 lanes, twice the multiplies of an f32 FMA
+//! per instruction; the rows of `A` are rounded to bf16 per block. Hand-written: no crate
+//! offers these GEMMs with these epilogues.
 //!
 //! Tested against the scalar reference like the AVX2 kernels; on a CPU without AVX-512 the
-//! tests skip, and `scripts/test-avx512.sh` runs them in an emulated one. Not yet timed on
-//! a real AVX-512 CPU: compare `CAI_KERNELS=avx2` with the default on one.
+//! tests skip, and `scripts/test-avx512.sh` runs them in an emulated one
+//! (`CAI_AVX512_CPU=sapphire_rapids` for BF16). Not yet timed on a real AVX-512 CPU:
+//! compare `CAI_KERNELS=avx2` with the default on one.
 
 use std::arch::x86_64::*;
 
@@ -345,26 +348,10 @@ unsafe fn tile_vnni<const ACT: u8, const ACC: bool, const P: usize>(
     cols: usize,
 ) {
     let mut acc = [[_mm512_setzero_si512(); P]; MRV];
-    let rs = 2 * k2;
-    let mut bp = [std::ptr::null::<i16>(); P];
-    for (h, bh) in bp.iter_mut().enumerate() {
-        *bh = b.q_panel(p + h).as_ptr();
-    }
-    let mut ap = a;
-    for _ in 0..k2 {
-        let mut bv = [_mm512_setzero_si512(); P];
-        for (h, v) in bv.iter_mut().enumerate() {
-            *v = _mm512_loadu_si512(bp[h] as *const __m512i);
-            bp[h] = bp[h].add(2 * NR);
-        }
-        for (r, accr) in acc.iter_mut().enumerate() {
-            let av = _mm512_set1_epi32((ap.add(r * rs) as *const i32).read_unaligned());
-            for h in 0..P {
-                accr[h] = _mm512_dpwssd_epi32(accr[h], av, bv[h]);
-            }
-        }
-        ap = ap.add(2);
-    }
+    let panels = std::array::from_fn(|h| b.q_panel(p + h).as_ptr().cast::<i32>());
+    pair_products(k2, a.cast(), panels, &mut acc, |acc, av, bv| {
+        _mm512_dpwssd_epi32(acc, av, bv)
+    });
     let mut bias = [_mm512_setzero_ps(); P];
     let mut scale = [_mm512_setzero_ps(); P];
     for h in 0..P {
@@ -383,6 +370,198 @@ unsafe fn tile_vnni<const ACT: u8, const ACC: bool, const P: usize>(
         }
     };
     each_row(&acc, rows, row);
+}
+
+/// The bf16 product, if this CPU has AVX-512F, BW, VL and BF16 (and AVX2+FMA, which the rest
+/// of the tier needs). Checked once here, which is what makes the `unsafe` calls into the
+/// `#[target_feature]` functions sound.
+pub fn bf16_gemm() -> Option<GemmFn> {
+    let has = is_x86_feature_detected!("avx512f")
+        && is_x86_feature_detected!("avx512bw")
+        && is_x86_feature_detected!("avx512vl")
+        && is_x86_feature_detected!("avx512bf16")
+        && is_x86_feature_detected!("avx2")
+        && is_x86_feature_detected!("fma");
+    has.then_some(gemm_bf16 as GemmFn)
+}
+
+thread_local! {
+    /// Per-thread buffer for blocks of `A` rows rounded to bf16 pairs.
+    static BPACK: Cell<Vec<u16>> = const { Cell::new(Vec::new()) };
+}
+
+/// The bf16 product (see [`super::Ops::gemm`] and [`PackedB::round_bf16`]): blocks of `A`
+/// rows are rounded to bf16 (`vcvtneps2bf16`, round to nearest even) into rows of `2 * k2`
+/// values, then every pair of bf16 panels of `b` passes over the block, [`MRV`] rows at a
+/// time.
+fn gemm_bf16(
+    m: usize,
+    a: &[f32],
+    lda: usize,
+    b: &PackedB,
+    c: &mut [f32],
+    ldc: usize,
+    epi: Epilogue,
+) {
+    let k = b.k();
+    let rs = 2 * k.div_ceil(2);
+    let mc = ((2 * A_BLOCK / rs.max(1)) / MRV * MRV).max(MRV * 6);
+    let mut qa = BPACK.take();
+    let padded = mc.min(m).div_ceil(MRV) * MRV;
+    if qa.len() < padded * rs {
+        qa.resize(padded * rs, 0);
+    }
+    let mut m0 = 0;
+    while m0 < m {
+        let rows = mc.min(m - m0);
+        for r in 0..rows {
+            let i = m0 + r;
+            // SAFETY: reachable only through `bf16_gemm` (AVX-512F/BW/BF16 confirmed).
+            unsafe { to_bf16_row(&a[i * lda..i * lda + k], &mut qa[r * rs..(r + 1) * rs]) };
+        }
+        let (ap, cp) = (qa.as_ptr(), c[m0 * ldc..].as_mut_ptr());
+        // SAFETY: as above; `qa` holds whole strips of `rows` rounded rows (the rows past
+        // `rows` in the last strip are stale and never stored), and `cp` a block of `rows`
+        // rows of `b.n()` values at stride `ldc` (as `Ops::gemm` checked).
+        unsafe { per_epilogue!(epi, block_bf16, [], (rows, ap, b, cp, ldc)) };
+        m0 += rows;
+    }
+    BPACK.set(qa);
+}
+
+/// `a` rounded to bf16 bits (round to nearest even), 16 values at a time by
+/// `vcvtneps2bf16`, the tail masked; `out` (`a.len().div_ceil(2) * 2` values) gets a zero
+/// after an odd count, so the last pair adds nothing.
+///
+/// Caller guarantees: the CPU has AVX-512F/BW/BF16.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+unsafe fn to_bf16_row(a: &[f32], out: &mut [u16]) {
+    let k = a.len();
+    let mut j = 0;
+    while j + 16 <= k {
+        let v = _mm512_cvtneps_pbh(_mm512_loadu_ps(a.as_ptr().add(j)));
+        _mm256_storeu_si256(
+            out.as_mut_ptr().add(j).cast(),
+            std::mem::transmute::<__m256bh, __m256i>(v),
+        );
+        j += 16;
+    }
+    if j < k {
+        let mask = ((1u32 << (k - j)) - 1) as u16;
+        let v = _mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(mask, a.as_ptr().add(j)));
+        _mm256_mask_storeu_epi16(
+            out.as_mut_ptr().add(j).cast(),
+            mask,
+            std::mem::transmute::<__m256bh, __m256i>(v),
+        );
+    }
+    if k % 2 == 1 {
+        out[k] = 0;
+    }
+}
+
+/// All bf16 panels of `b` over one rounded block of `rows` rows: two panels at a time, then
+/// a last single one when their number is odd.
+///
+/// Caller guarantees: `ap` holds `rows.div_ceil(MRV) * MRV` rows of `2*k2` values, `c`
+/// points to `rows` writable rows of `b.n()` values at stride `ldc`, `b` is bf16, and the
+/// CPU has AVX-512F/BW/BF16.
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+unsafe fn block_bf16<const ACT: u8, const ACC: bool>(
+    rows: usize,
+    ap: *const u16,
+    b: &PackedB,
+    c: *mut f32,
+    ldc: usize,
+) {
+    let k2 = b.k().div_ceil(2);
+    each_tile(rows, b, |s, p, r, cols, two| {
+        let (a, cs) = (ap.add(s * MRV * 2 * k2), c.add(s * MRV * ldc + p * NR));
+        // SAFETY: strip `s` exists in `ap`; its rows are < rows and columns
+        // p*NR .. p*NR + cols are < n, inside `c`; panel p (and p+1 when `two`) exist.
+        if two {
+            tile_bf16::<ACT, ACC, 2>(k2, a, b, p, cs, ldc, r, cols);
+        } else {
+            tile_bf16::<ACT, ACC, 1>(k2, a, b, p, cs, ldc, r, cols);
+        }
+    });
+}
+
+/// One rounded strip ([`MRV`] rows) x `P` bf16 panels (`P * 16` columns): `vdpbf16ps`
+/// adds each pair's two exact products into 16 f32 lanes, then `acc + bias` and the
+/// epilogue; columns past `cols` are masked off.
+///
+/// Caller guarantees: `a` points to [`MRV`] rows of `2*k2` values, `b` has bf16 panels
+/// `p .. p + P`, and `c` to `rows` writable rows of `cols` values at stride `ldc`.
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+#[inline]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile_bf16<const ACT: u8, const ACC: bool, const P: usize>(
+    k2: usize,
+    a: *const u16,
+    b: &PackedB,
+    p: usize,
+    c: *mut f32,
+    ldc: usize,
+    rows: usize,
+    cols: usize,
+) {
+    let mut acc = [[_mm512_setzero_ps(); P]; MRV];
+    let panels = std::array::from_fn(|h| b.bf16_panel(p + h).as_ptr().cast::<i32>());
+    pair_products(k2, a.cast(), panels, &mut acc, |acc, av, bv| {
+        // SAFETY: same-size plain-bits vector types (bf16 pairs as 32 x u16).
+        let (av, bv) = unsafe {
+            (
+                std::mem::transmute::<__m512i, __m512bh>(av),
+                std::mem::transmute::<__m512i, __m512bh>(bv),
+            )
+        };
+        _mm512_dpbf16_ps(acc, av, bv)
+    });
+    let mut bias = [_mm512_setzero_ps(); P];
+    for (h, v) in bias.iter_mut().enumerate() {
+        *v = _mm512_loadu_ps(b.panel_bias(p + h).as_ptr());
+    }
+    let masks = col_masks::<P>(cols);
+    let row = |r: usize, accr: &[__m512; P]| {
+        for h in 0..P {
+            let v = act::<ACT>(_mm512_add_ps(accr[h], bias[h]));
+            store16::<ACC>(c.add(r * ldc + h * NR), v, masks[h]);
+        }
+    };
+    each_row(&acc, rows, row);
+}
+
+/// The k loop of both pair products (VNNI and bf16): for each pair of rows of `B`, the `P`
+/// panels' vectors of 16 column pairs and each of the [`MRV`] rows' pair of `A` broadcast
+/// from memory, then `acc[r][h] = madd(acc[r][h], row pair, panel h)`. Always inlined into
+/// its `#[target_feature]` caller, whose features the closure has.
+///
+/// Caller guarantees: `a` points to [`MRV`] rows of `k2` pairs (32 bits each, stride `k2`)
+/// and each `panels[h]` to `k2 * NR` pairs.
+#[inline(always)]
+unsafe fn pair_products<T: Copy, const P: usize>(
+    k2: usize,
+    a: *const i32,
+    mut panels: [*const i32; P],
+    acc: &mut [[T; P]; MRV],
+    madd: impl Fn(T, __m512i, __m512i) -> T,
+) {
+    let mut ap = a;
+    for _ in 0..k2 {
+        let bv: [__m512i; P] = std::array::from_fn(|h| {
+            let v = _mm512_loadu_si512(panels[h] as *const __m512i);
+            panels[h] = panels[h].add(NR);
+            v
+        });
+        for (r, accr) in acc.iter_mut().enumerate() {
+            let av = _mm512_set1_epi32(ap.add(r * k2).read_unaligned());
+            for h in 0..P {
+                accr[h] = madd(accr[h], av, bv[h]);
+            }
+        }
+        ap = ap.add(1);
+    }
 }
 
 /// The epilogue's activation on one tile row of a panel.
@@ -514,6 +693,66 @@ mod tests {
         }
     }
 
+    /// The AVX-512 table with the bf16 product, if this CPU has AVX-512 BF16.
+    fn bf16_ops() -> Option<Ops> {
+        super::bf16_gemm()?;
+        x86::avx512_ops()
+    }
+
+    #[test]
+    fn bf16_gemm_matches_scalar() {
+        let Some(ops) = bf16_ops() else { return };
+        check::gemm_odd_shapes(&ops, Weights::Bf16);
+        // The ViT shapes, a single last panel, tails of 1..15 values in a row, and a long
+        // reduction over several row blocks.
+        for (m, n, k) in [
+            (260, 576, 192),
+            (260, 192, 768),
+            (131, 208, 192),
+            (25, 33, 31),
+        ] {
+            for epi in EPIS {
+                check::gemm(
+                    &ops,
+                    m,
+                    n,
+                    k,
+                    k + 1,
+                    n + 3,
+                    epi,
+                    (m + n + k) as u64,
+                    Weights::Bf16,
+                );
+            }
+        }
+        check::gemm(
+            &ops,
+            300,
+            40,
+            3216,
+            3216,
+            40,
+            Epilogue::RELU,
+            7,
+            Weights::Bf16,
+        );
+    }
+
+    /// Exactly representable products: `vdpbf16ps` gives the exact sums, as the emulation.
+    #[test]
+    fn bf16_gemm_exact_on_small_integers() {
+        let Some(ops) = bf16_ops() else { return };
+        let (m, n, k) = (29, 35, 77);
+        let a: Vec<f32> = (0..m * k).map(|i| ((i * 7) % 17) as f32 - 8.0).collect();
+        let w: Vec<f32> = (0..n * k).map(|i| ((i * 5) % 13) as f32 - 6.0).collect();
+        let mut b = PackedB::pack_nk(&w, n, k, k, None);
+        b.round_bf16();
+        let (mut want, mut got) = (vec![0.0f32; m * n], vec![0.0f32; m * n]);
+        super::super::scalar::ops().gemm(m, &a, k, &b, &mut want, n, Epilogue::PLAIN);
+        ops.gemm(m, &a, k, &b, &mut got, n, Epilogue::PLAIN);
+        assert_eq!(got, want);
+    }
+
     #[test]
     fn vnni_gemm_worst_case_sums() {
         let Some(ops) = vnni_ops() else { return };
@@ -526,6 +765,13 @@ mod tests {
         fn f32_gemm_prop(m in 0usize..40, n in 0usize..70, k in 0usize..70, pad_a in 0usize..4, pad_c in 0usize..4, e in 0usize..5, seed in 0u64..1000) {
             if let Some(ops) = x86::avx512_ops() {
                 check::gemm(&ops, m, n, k, k + pad_a, n + pad_c, EPIS[e], seed, Weights::F32);
+            }
+        }
+
+        #[test]
+        fn bf16_gemm_prop(m in 0usize..40, n in 0usize..70, k in 0usize..70, pad_a in 0usize..4, pad_c in 0usize..4, e in 0usize..5, seed in 0u64..1000) {
+            if let Some(ops) = bf16_ops() {
+                check::gemm(&ops, m, n, k, k + pad_a, n + pad_c, EPIS[e], seed, Weights::Bf16);
             }
         }
 

@@ -40,14 +40,17 @@ pub enum Weights {
     Int8,
     /// [`PackedB::quantize_int16`].
     Int16,
+    /// [`PackedB::round_bf16`].
+    Bf16,
 }
 
 /// Runs `ops` and the scalar table on the same product and compares every element of `C`
 /// (including the padding between rows, which must stay untouched). With integer weights
 /// `B` is quantised first and the results must be equal (same integers, same f32
-/// operations) except for the GELU approximation (1e-6 (1 + |x|)). In f32 the tolerance is
-/// 1e-5 * (1 + sum_k |a_ik b_kj| + |bias_j|) (a different summation order) plus the GELU
-/// approximation error 1e-6 (1 + |x|).
+/// operations) except for the GELU approximation (1e-6 (1 + |x|)). In f32, and in bf16
+/// (the same bf16 inputs, exact products; only the order of the sums differs), the
+/// tolerance is 1e-5 * (1 + sum_k |a_ik b_kj| + |bias_j|) plus the GELU approximation
+/// error 1e-6 (1 + |x|).
 #[allow(clippy::too_many_arguments)]
 pub fn gemm(
     ops: &Ops,
@@ -73,6 +76,10 @@ pub fn gemm(
         Weights::Int16 => {
             b.quantize_int16();
             true
+        }
+        Weights::Bf16 => {
+            b.round_bf16();
+            false
         }
     };
     let c0 = lcg(seed + 3, m.max(1) * ldc, 1.0);
@@ -294,6 +301,7 @@ pub fn gelu(ops: &Ops) -> f32 {
 fn best_tier_matches_scalar() {
     let ops = super::best();
     gemm_odd_shapes(&ops, Weights::F32);
+    gemm_odd_shapes(&ops, Weights::Bf16);
     softmax_odd_shapes(&ops);
     attention_shapes(&ops);
     for dim in [1usize, 3, 4, 7, 8, 192, 197] {
@@ -306,4 +314,48 @@ fn best_tier_matches_scalar() {
 #[test]
 fn scalar_attention_matches_definition() {
     attention_shapes(&scalar::ops());
+}
+
+/// The bf16 emulation (tiers without `vdpbf16ps`) is the f32 product on bf16-rounded
+/// activations and weights, bit for bit; the packed bf16 pairs are the rounded weights' bits.
+#[test]
+fn bf16_is_the_f32_product_of_rounded_values() {
+    use super::round_bf16;
+    let (m, n, k) = (70, 37, 45);
+    let a = lcg(11, m * k, 3.0);
+    let w = lcg(12, n * k, 0.3);
+    let bias = lcg(13, n, 0.5);
+    let mut b = PackedB::pack_nk(&w, n, k, k, Some(&bias));
+    b.round_bf16();
+    assert!(b.is_bf16() && !b.is_quantized());
+    b.round_bf16(); // a second call changes nothing
+    let k2 = k.div_ceil(2);
+    for p in 0..b.panels() {
+        let panel = b.bf16_panel(p);
+        assert_eq!(panel.len(), k2 * super::NR * 2);
+        for (i, bits) in panel.iter().enumerate() {
+            let (kk, jj) = ((i / (2 * super::NR)) * 2 + i % 2, (i / 2) % super::NR);
+            let j = p * super::NR + jj;
+            let want = if kk < k && j < n {
+                (round_bf16(w[j * k + kk]).to_bits() >> 16) as u16
+            } else {
+                0
+            };
+            assert_eq!(*bits, want, "panel {p} k {kk} column {jj}");
+        }
+    }
+    let rw: Vec<f32> = w.iter().map(|v| round_bf16(*v)).collect();
+    let ra: Vec<f32> = a.iter().map(|v| round_bf16(*v)).collect();
+    let f = PackedB::pack_nk(&rw, n, k, k, Some(&bias));
+    for ops in [scalar::ops(), super::best()] {
+        if ops.gemm_bf16.is_some() {
+            continue; // the native product sums in another order: `best_tier_matches_scalar`
+        }
+        for epi in EPIS {
+            let (mut want, mut got) = (vec![0.5f32; m * n], vec![0.5f32; m * n]);
+            ops.gemm(m, &ra, k, &f, &mut want, n, epi);
+            ops.gemm(m, &a, k, &b, &mut got, n, epi);
+            assert_eq!(got, want, "{:?} {epi:?}", ops.tier);
+        }
+    }
 }

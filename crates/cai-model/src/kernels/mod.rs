@@ -2,8 +2,9 @@
 //!
 //! * [`scalar`] is the reference, written in plain loops; it runs everywhere.
 //! * [`x86`] holds AVX2+FMA kernels (chosen when the CPU has both).
-//! * [`avx512`] holds the f32 product and FMA probe on 512-bit registers and the integer
-//!   product on AVX-512 VNNI (`vpdpwssd`), for CPUs with AVX-512F (and VNNI).
+//! * [`avx512`] holds the f32 product and FMA probe on 512-bit registers, the integer
+//!   product on AVX-512 VNNI (`vpdpwssd`) and the bf16 one on AVX-512 BF16 (`vdpbf16ps`),
+//!   for CPUs with AVX-512F (and VNNI, BF16).
 //! * `aarch64` holds NEON kernels (chosen on arm64, e.g. Graviton Lambdas), the integer
 //!   product on `smlal` (no faster than f32 there: NEON has no 16-bit dot product).
 //!
@@ -11,8 +12,9 @@
 //! and logs the tier through `tracing`. The environment variable `CAI_KERNELS`
 //! (`scalar`, `avx2`, `avx512`, `neon`) forces a tier; a tier the CPU lacks falls back to
 //! the best available one with a warning. The `avx512` tier ([`avx512`]) runs the f32
-//! product and the FMA probe on 512-bit registers and the integer product on AVX-512 VNNI
-//! when the CPU has it; LayerNorm, softmax and attention are the AVX2 kernels.
+//! product and the FMA probe on 512-bit registers, and the integer and bf16 products on
+//! AVX-512 VNNI and BF16 when the CPU has them; LayerNorm, softmax and attention are the
+//! AVX2 kernels.
 //!
 //! The matrix product works on weights packed once into [`PackedB`] panels of [`NR`]
 //! columns; activations (`A`) stay row-major with any row stride, and the result is written
@@ -26,8 +28,9 @@
 //! attention 11-13% faster than the composition on AVX2.
 //!
 //! Reduced precision ([`Precision`]) is a property of a packed weight matrix:
-//! [`PackedB::round_bf16`] rounds it to bfloat16 values (still computed in f32: there is no
-//! `vdpbf16ps` kernel yet); [`PackedB::quantize_int8`] and [`PackedB::quantize_int16`]
+//! [`PackedB::round_bf16`] rounds it to bfloat16 values, and [`Ops::gemm`] then rounds the
+//! activations to bf16 too and sums the exact products in f32 (`vdpbf16ps` on AVX-512 BF16,
+//! the f32 kernels on the rounded values elsewhere); [`PackedB::quantize_int8`] and [`PackedB::quantize_int16`]
 //! replace it by integers with one symmetric scale per output column, 8 or
 //! [`INT16_WEIGHT_BITS`] (13) bits wide, stored as i16 either way. [`Ops::gemm`] then
 //! quantises each row of `A` on the fly to integers with one scale per row
@@ -171,6 +174,7 @@ pub struct PackedB {
     data: Vec<f32>,
     bias: Vec<f32>,
     quant: Option<Box<QuantB>>,
+    bf16: Option<Box<Bf16B>>,
     /// Test-only: when > 0 (and the weights are f32), [`Ops::gemm`] first rounds each row
     /// of `A` to what [`quantize_row`] with this limit keeps (error studies).
     #[cfg(test)]
@@ -292,11 +296,45 @@ impl PackedB {
         }
     }
 
-    /// Rounds every weight to the nearest bfloat16 value (the bias stays f32). The product
-    /// still runs in f32.
+    /// Rounds every weight to the nearest bfloat16 value (ties to even; the bias stays
+    /// f32) and lays them out as bf16 pairs for `vdpbf16ps`. From then on [`Ops::gemm`]
+    /// rounds the activations to bf16 too and sums the exact products in f32: on AVX-512
+    /// BF16 with `vdpbf16ps`, elsewhere with the f32 kernels on the rounded values (the same
+    /// arithmetic up to the order of the sums, so any CPU shows the native path's accuracy).
+    /// Does nothing if the weights are already integers or bf16.
     pub fn round_bf16(&mut self) {
+        if self.quant.is_some() || self.bf16.is_some() {
+            return;
+        }
         for v in &mut self.data {
             *v = round_bf16(*v);
+        }
+        let (k, n) = (self.k, self.n);
+        let k2 = k.div_ceil(2);
+        let mut data = vec![0u16; self.panels() * k2 * NR * 2];
+        for j in 0..n {
+            let (p, jj) = (j / NR, j % NR);
+            for kk in 0..k {
+                data[((p * k2 + kk / 2) * NR + jj) * 2 + kk % 2] =
+                    (self.at(kk, j).to_bits() >> 16) as u16;
+            }
+        }
+        self.bf16 = Some(Box::new(Bf16B { k2, data }));
+    }
+
+    /// Whether [`PackedB::round_bf16`] ran ([`Ops::gemm`] then rounds the activations to
+    /// bf16 as well).
+    pub fn is_bf16(&self) -> bool {
+        self.bf16.is_some()
+    }
+
+    /// bf16 panel `p`: `k2 * NR * 2` values, `k2 = k.div_ceil(2)`, the pairs
+    /// `(B[2kp][j], B[2kp+1][j])` of each column as bf16 bits (zero beyond `k` and `n`).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    fn bf16_panel(&self, p: usize) -> &[u16] {
+        match &self.bf16 {
+            Some(h) => &h.data[p * h.k2 * NR * 2..(p + 1) * h.k2 * NR * 2],
+            None => &[],
         }
     }
 
@@ -411,6 +449,7 @@ impl PackedB {
                 .quant
                 .as_ref()
                 .map_or(0, |q| q.data.len() * 2 + q.scale.len() * 4)
+            + self.bf16.as_ref().map_or(0, |h| h.data.len() * 2)
     }
 
     /// Shapes the buffers for `k x n` and sets the bias. The packers overwrite every value
@@ -419,6 +458,7 @@ impl PackedB {
     /// share of its time).
     fn reset(&mut self, k: usize, n: usize, bias: Option<&[f32]>) {
         self.quant = None;
+        self.bf16 = None;
         self.k = k;
         self.n = n;
         let len = n.div_ceil(NR) * NR * k;
@@ -489,8 +529,10 @@ pub enum Precision {
     /// f32 weights and activations (the reference).
     #[default]
     F32,
-    /// Weights rounded to bfloat16 (round to nearest even) at load. Computed in f32 on
-    /// every CPU for now (no `vdpbf16ps` kernel), so it shows bf16's accuracy, not its speed.
+    /// Weights rounded to bfloat16 (round to nearest even) at load, activations rounded to
+    /// bf16 per product, exact products summed in f32 (as `vdpbf16ps` does). On AVX-512
+    /// BF16 at twice f32's multiply rate; elsewhere the same arithmetic in the f32 kernels
+    /// (bf16 accuracy at f32 speed).
     Bf16,
     /// Weights int8 per output column (symmetric, scale = max |w| / 127), activations
     /// 16-bit per row, i32 accumulation.
@@ -538,14 +580,19 @@ impl Precision {
         match self {
             Precision::F32 => format!("f32 on the {:?} kernels", ops().tier),
             Precision::Bf16 => {
-                let native = if cpu_has_avx512_bf16() {
-                    "this CPU has AVX-512 BF16, but cai has no vdpbf16ps kernel yet"
+                if ops().gemm_bf16.is_some() {
+                    format!(
+                        "bf16 weights and activations, f32 sums, on the {:?} kernels (AVX-512 BF16: vdpbf16ps)",
+                        ops().tier
+                    )
+                } else if cpu_has_avx512_bf16() {
+                    format!(
+                        "bf16: this CPU has AVX-512 BF16, but the {:?} kernels do not use it (CAI_KERNELS?); weights and activations rounded to bf16 and computed with the f32 kernels (bf16 accuracy, f32 speed)",
+                        ops().tier
+                    )
                 } else {
-                    "this CPU has no AVX-512 BF16 (vdpbf16ps)"
-                };
-                format!(
-                    "bf16: {native}; weights are rounded to bf16 and computed with the f32 kernels (bf16 accuracy, f32 speed)"
-                )
+                    "bf16: this CPU has no AVX-512 BF16 (vdpbf16ps); weights and activations are rounded to bf16 and computed with the f32 kernels (bf16 accuracy, f32 speed)".to_string()
+                }
             }
             Precision::Int8 | Precision::Int16 => format!(
                 "{}, i32 accumulation, on the {:?} kernels{}",
@@ -622,6 +669,13 @@ pub fn round_bf16(x: f32) -> f32 {
     f32::from_bits(r)
 }
 
+/// Values of `A` rounded per block by the bf16 emulation (256 KiB of f32), and its fewest
+/// rows per block: each block streams all of `B` again, so blocks of a few rows (long
+/// reductions) would re-read `B` for every few rows (measured: fc2's 768-long rows in blocks
+/// of 21 ran 20% slower than f32).
+const BF16_A_BLOCK: usize = 64 * 1024;
+const BF16_MIN_ROWS: usize = 96;
+
 /// Weight bits of [`Precision::Int16`]: the study in `astromae/quant_study.rs` measured
 /// max |Δz| on the parity fixtures of 5.7e-4 at 12 bits, 1.5e-4 at 13 and 2.3e-4 at 14 (more
 /// weight bits leave fewer for the activations, see [`activation_limit`]).
@@ -666,6 +720,15 @@ pub fn quantize_row(a: &[f32], limit: i32, out: &mut [i16], stride2: usize) -> f
 /// The integer form of a [`PackedB`]: per panel, for each pair of rows `kp`, the [`NR`]
 /// pairs `(q[2kp][j], q[2kp+1][j])` as i16 (zero beyond `k` and `n`), one scale per column,
 /// the activation limit and the weight bits.
+/// The bf16 form of a [`PackedB`] (beside its bf16-rounded f32 weights, which tiers
+/// without `vdpbf16ps` use): per panel, for each pair of rows `kp`, the [`NR`] column pairs
+/// `(B[2kp][j], B[2kp+1][j])` as bf16 bits (zero beyond `k` and `n`).
+#[derive(Clone, Default)]
+struct Bf16B {
+    k2: usize,
+    data: Vec<u16>,
+}
+
 #[derive(Clone, Default)]
 struct QuantB {
     k2: usize,
@@ -709,6 +772,9 @@ pub struct Ops {
     pub tier: Tier,
     gemm: GemmFn,
     gemm_int8: GemmFn,
+    /// The bf16 product where the CPU has one (`vdpbf16ps`); `None`: bf16 weights run
+    /// [`Ops::gemm`]'s emulation on the f32 product.
+    gemm_bf16: Option<GemmFn>,
     layer_norm: LayerNormFn,
     softmax: SoftmaxFn,
     attention: AttentionFn,
@@ -844,9 +910,54 @@ impl Ops {
         }
         if b.is_quantized() {
             (self.gemm_int8)(m, a, lda, b, c, ldc, epi)
+        } else if b.is_bf16() {
+            match self.gemm_bf16 {
+                Some(f) => f(m, a, lda, b, c, ldc, epi),
+                None => self.gemm_bf16_emulated(m, a, lda, b, c, ldc, epi),
+            }
         } else {
             (self.gemm)(m, a, lda, b, c, ldc, epi)
         }
+    }
+
+    /// The bf16 product on the f32 kernels: blocks of `A` rows rounded to bf16 (into a
+    /// per-thread buffer), then the f32 product against the bf16-rounded weights. Products
+    /// of two bf16 values are exact in f32, so this is `vdpbf16ps`'s arithmetic up to the
+    /// order of the sums (and its flushing of bf16 subnormals to zero).
+    #[allow(clippy::too_many_arguments)]
+    fn gemm_bf16_emulated(
+        &self,
+        m: usize,
+        a: &[f32],
+        lda: usize,
+        b: &PackedB,
+        c: &mut [f32],
+        ldc: usize,
+        epi: Epilogue,
+    ) {
+        thread_local! {
+            static ROUNDED: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+        }
+        let k = b.k();
+        let rows = (BF16_A_BLOCK / k.max(1)).max(BF16_MIN_ROWS);
+        let mut buf = ROUNDED.take();
+        buf.resize(rows.min(m) * k, 0.0);
+        let mut m0 = 0;
+        while m0 < m {
+            let r = rows.min(m - m0);
+            for (i, dst) in buf.chunks_exact_mut(k.max(1)).take(r).enumerate() {
+                let src = &a[(m0 + i) * lda..(m0 + i) * lda + k];
+                for (d, v) in dst.iter_mut().zip(src) {
+                    // `round_bf16` without its early return, so the loop vectorises.
+                    let bits = v.to_bits();
+                    let r = bits.wrapping_add(0x7FFF + ((bits >> 16) & 1)) & 0xFFFF_0000;
+                    *d = if v.is_nan() { *v } else { f32::from_bits(r) };
+                }
+            }
+            (self.gemm)(r, &buf, k, b, &mut c[m0 * ldc..], ldc, epi);
+            m0 += r;
+        }
+        ROUNDED.set(buf);
     }
 
     /// LayerNorm over each of `rows` rows of `dim` values:

@@ -9,6 +9,7 @@ pub fn ops() -> Ops {
         tier: Tier::Scalar,
         gemm,
         gemm_int8,
+        gemm_bf16: None,
         layer_norm,
         softmax,
         attention: super::attention_composed,

@@ -39,6 +39,7 @@ pub fn avx2_ops() -> Option<Ops> {
             tier: Tier::Avx2,
             gemm: gemm_avx2,
             gemm_int8: gemm_int8_avx2,
+            gemm_bf16: None,
             layer_norm: layer_norm_avx2,
             softmax: softmax_avx2,
             attention: attention_avx2,
@@ -50,14 +51,16 @@ pub fn avx2_ops() -> Option<Ops> {
 }
 
 /// The AVX-512 table, if this CPU has AVX-512F (and AVX2+FMA): the f32 product and the
-/// FMA probe on 512-bit registers, the integer product on AVX-512 VNNI when the CPU has it
-/// ([`super::avx512`]); LayerNorm, softmax and attention are the AVX2 kernels.
+/// FMA probe on 512-bit registers, the integer product on AVX-512 VNNI and the bf16 one on
+/// AVX-512 BF16 when the CPU has them ([`super::avx512`]); LayerNorm, softmax and attention
+/// are the AVX2 kernels.
 pub fn avx512_ops() -> Option<Ops> {
     let (gemm, fma_probe) = super::avx512::f32_kernels()?;
     avx2_ops().map(|o| Ops {
         tier: Tier::Avx512,
         gemm,
         gemm_int8: super::avx512::vnni_gemm_int8().unwrap_or(o.gemm_int8),
+        gemm_bf16: super::avx512::bf16_gemm(),
         fma_probe,
         ..o
     })

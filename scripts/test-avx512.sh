@@ -9,7 +9,9 @@
 #
 # Prints the guest program's output and exits with its exit status (125: the guest never
 # reported one; the serial log is then shown). Arguments go through the kernel command
-# line, so they may not contain spaces or quotes.
+# line, so they may not contain spaces or quotes; leading CAI_NAME=value arguments are set
+# in the program's environment (e.g. CAI_PARITY_DIR=... for the parity test's fixtures,
+# whose files CAI_AVX512_FILES must list).
 # Env: CAI_AVX512_CPU (Bochs model, default corei7_icelake_u), CAI_AVX512_PROFILE (release,
 # the default, or dev), CAI_AVX512_TIMEOUT (seconds, default 3600), CAI_AVX512_MEGS
 # (guest RAM, default 1024), CAI_AVX512_KEEP=1 (keep the work dir and print its path),
@@ -150,7 +152,7 @@ PROMPT 0
 TIMEOUT 0
 LABEL linux
   KERNEL vmlinuz
-  APPEND initrd=initrd.gz $KERNEL_ARGS -- $*
+  APPEND initrd=initrd.gz $KERNEL_ARGS -- CAI-ARGS $*
 EOF
 bytes=$(($(stat -c%s "$vmlinuz") + $(stat -c%s "$work/initrd.gz") + 8 * 1024 * 1024))
 cyl=$((bytes / 516096 + 1))

@@ -1,8 +1,9 @@
 //! /init for the Bochs guest of scripts/test-avx512.sh (built with
 //! `rustc --target x86_64-unknown-linux-musl`, so it is static and needs no crates).
 //! Mounts /proc, /sys and /dev, runs /test with the kernel command line's words after
-//! `--` (which the kernel hands to init as argv), prints `CAI-AVX512-EXIT <code>` on the
-//! console, and powers the guest off. It never returns: if /init exits, the kernel panics.
+//! `-- CAI-ARGS` (which the kernel hands to init as argv; leading `CAI_NAME=value` words
+//! become /test's environment instead), prints `CAI-AVX512-EXIT <code>` on the console, and powers
+//! the guest off. It never returns: if /init exits, the kernel panics.
 use std::process::Command;
 
 extern "C" {
@@ -30,11 +31,26 @@ fn main() {
     mnt("proc", "/proc");
     mnt("sysfs", "/sys");
     mnt("devtmpfs", "/dev");
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    // The kernel also hands init the boot options it does not know (no5lvl, say): only the
+    // words after the script's CAI-ARGS marker are the program's.
+    let all: Vec<String> = std::env::args().skip(1).collect();
+    let mut args: Vec<String> = match all.iter().position(|a| a == "CAI-ARGS") {
+        Some(i) => all[i + 1..].to_vec(),
+        None => all,
+    };
+    let vars = args
+        .iter()
+        .take_while(|a| a.starts_with("CAI_") && a.contains('='))
+        .count();
+    let env: Vec<(String, String)> = args
+        .drain(..vars)
+        .filter_map(|a| a.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+        .collect();
     println!("CAI-AVX512-START /test {}", args.join(" "));
     let code = match Command::new("/test")
         .args(&args)
         .env_clear()
+        .envs(env)
         .env("PATH", "/")
         .env("HOME", "/tmp")
         .env("TMPDIR", "/tmp")

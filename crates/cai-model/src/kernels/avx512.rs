@@ -635,30 +635,7 @@ mod tests {
         let (Some(ops), Some(avx2)) = (x86::avx512_ops(), x86::avx2_ops()) else {
             return;
         };
-        for (m, n, k) in [(260, 576, 192), (131, 192, 768), (65, 208, 192)] {
-            let a = check::lcg(1, m * k, 1.0);
-            let w = check::lcg(2, n * k, 0.1);
-            let bias = check::lcg(3, n, 0.5);
-            for bits in [None, Some(8), Some(13)] {
-                let mut b = PackedB::pack_nk(&w, n, k, k, Some(&bias));
-                match bits {
-                    Some(8) => b.quantize_int8(),
-                    Some(_) => b.quantize_int16(),
-                    None => {}
-                }
-                for epi in EPIS {
-                    let c0 = check::lcg(4, m * n, 1.0);
-                    let (mut want, mut got) = (c0.clone(), c0);
-                    avx2.gemm(m, &a, k, &b, &mut want, n, epi);
-                    ops.gemm(m, &a, k, &b, &mut got, n, epi);
-                    let same = want
-                        .iter()
-                        .zip(&got)
-                        .all(|(x, y)| x.to_bits() == y.to_bits());
-                    assert!(same, "m{m} n{n} k{k} {bits:?} {epi:?}");
-                }
-            }
-        }
+        check::same_bits_on_model_shapes(&ops, &avx2, &[None, Some(8), Some(13)]);
     }
 
     #[test]

@@ -142,6 +142,38 @@ pub fn int_worst_case_sums(ops: &Ops) {
     }
 }
 
+/// Two tables give the same bits on the ViT shapes (65 tokens x 4 galaxies, a long
+/// reduction, a single last panel) for every epilogue and each kind of weights in `kinds`
+/// (`None`: f32; `Some(8)`: int8; `Some(13)`: int16): for kernels that do the same
+/// arithmetic in the same order, in other instructions.
+#[cfg(target_arch = "x86_64")]
+pub fn same_bits_on_model_shapes(ops: &Ops, other: &Ops, kinds: &[Option<u32>]) {
+    for (m, n, k) in [(260, 576, 192), (131, 192, 768), (65, 208, 192)] {
+        let a = lcg(1, m * k, 1.0);
+        let w = lcg(2, n * k, 0.1);
+        let bias = lcg(3, n, 0.5);
+        for bits in kinds {
+            let mut b = PackedB::pack_nk(&w, n, k, k, Some(&bias));
+            match bits {
+                Some(8) => b.quantize_int8(),
+                Some(_) => b.quantize_int16(),
+                None => {}
+            }
+            for epi in EPIS {
+                let c0 = lcg(4, m * n, 1.0);
+                let (mut want, mut got) = (c0.clone(), c0);
+                other.gemm(m, &a, k, &b, &mut want, n, epi);
+                ops.gemm(m, &a, k, &b, &mut got, n, epi);
+                let same = want
+                    .iter()
+                    .zip(&got)
+                    .all(|(x, y)| x.to_bits() == y.to_bits());
+                assert!(same, "m{m} n{n} k{k} {bits:?} {epi:?}");
+            }
+        }
+    }
+}
+
 /// [`gemm`] on every combination of the odd sizes 0, 1, 7 and 197 and every epilogue,
 /// with padded strides.
 pub fn gemm_odd_shapes(ops: &Ops, weights: Weights) {

@@ -1,7 +1,8 @@
 //! Compute kernels: a safe slice API over a dispatch table filled once per process.
 //!
 //! * [`scalar`] is the reference, written in plain loops; it runs everywhere.
-//! * [`x86`] holds AVX2+FMA kernels (chosen when the CPU has both).
+//! * [`x86`] holds AVX2+FMA kernels (chosen when the CPU has both), with the integer
+//!   product on AVX-VNNI (`vpdpwssd` on ymm) where the CPU has it.
 //! * [`avx512`] holds the f32 product and FMA probe on 512-bit registers, the integer
 //!   product on AVX-512 VNNI (`vpdpwssd`) and the bf16 one on AVX-512 BF16 (`vdpbf16ps`),
 //!   for CPUs with AVX-512F (and VNNI, BF16).
@@ -605,10 +606,14 @@ impl Precision {
                 match ops().tier {
                     #[cfg(target_arch = "x86_64")]
                     Tier::Avx512 if avx512::vnni_gemm_int8().is_some() => {
-                        " (AVX-512 VNNI: vpdpwssd)"
+                        " (AVX-512 VNNI: vpdpwssd on zmm)"
+                    }
+                    #[cfg(target_arch = "x86_64")]
+                    Tier::Avx2 if std::arch::is_x86_feature_detected!("avxvnni") => {
+                        " (AVX-VNNI: vpdpwssd on ymm)"
                     }
                     Tier::Avx2 | Tier::Avx512 if cpu_has_vnni() => {
-                        " (vpmaddwd: this CPU has VNNI, which cai uses only on the avx512 tier with AVX-512 VNNI)"
+                        " (vpmaddwd: this CPU's VNNI is for the other x86 tier, see CAI_KERNELS)"
                     }
                     Tier::Avx2 | Tier::Avx512 => " (no VNNI on this CPU: vpmaddwd)",
                     Tier::Neon => {

@@ -6,6 +6,11 @@
 //! passes over the block. Bias, activation and residual accumulation are applied to the
 //! tile in registers before it is stored (monomorphised per epilogue).
 //!
+//! The integer product: the same loop over quantised rows of `A` (pairs of i16, see
+//! `quantized_blocks`) with a 6x16 tile of i32 sums by `vpmaddwd` + `vpaddd`, or by AVX-VNNI's
+//! `vpdpwssd` on CPUs that have it (Intel Alder Lake and later client cores): one instruction
+//! instead of two, the same integers.
+//!
 //! Attention: fused per head and strip of 6 queries on the same tile (`attention_avx2`):
 //! the strip's scores, their exponentials and its output run back to back in L1.
 //!
@@ -38,7 +43,11 @@ pub fn avx2_ops() -> Option<Ops> {
         Some(Ops {
             tier: Tier::Avx2,
             gemm: gemm_avx2,
-            gemm_int8: gemm_int8_avx2,
+            gemm_int8: if is_x86_feature_detected!("avxvnni") {
+                gemm_int8_avx2::<true>
+            } else {
+                gemm_int8_avx2::<false>
+            },
             gemm_bf16: None,
             layer_norm: layer_norm_avx2,
             softmax: softmax_avx2,
@@ -675,8 +684,10 @@ unsafe fn dot_avx2(a: *const f32, b: *const f32, n: usize) -> f32 {
 
 /// The int8 product (see [`super::Ops::gemm`]): blocks of `A` rows are quantised
 /// ([`quantized_blocks`]), then every int8 panel of `b` passes over the block, [`MRQ`]
-/// rows at a time.
-fn gemm_int8_avx2(
+/// rows at a time. `VNNI`: on AVX-VNNI (Intel Alder Lake and later client cores, without
+/// AVX-512), whose `vpdpwssd` on ymm does `vpmaddwd` and `vpaddd` in one instruction on the
+/// same integers, so the results are the same to the bit.
+fn gemm_int8_avx2<const VNNI: bool>(
     m: usize,
     a: &[f32],
     lda: usize,
@@ -685,12 +696,17 @@ fn gemm_int8_avx2(
     ldc: usize,
     epi: Epilogue,
 ) {
-    // SAFETY: reachable only through `avx2_ops` (AVX2 and FMA confirmed); `quantized_blocks`
-    // hands `block_q` whole strips of quantised rows and their scales and a block of `c`
-    // with `rows` rows of `b.n()` values at stride `ldc`, which is what it needs.
+    // SAFETY: reachable only through `avx2_ops` (AVX2 and FMA confirmed, and AVX-VNNI when
+    // `VNNI`); `quantized_blocks` hands `block_q` whole strips of quantised rows and their
+    // scales and a block of `c` with `rows` rows of `b.n()` values at stride `ldc`, which is
+    // what it needs.
     unsafe {
         quantized_blocks(m, a, lda, b, c, ldc, MRQ, |rows, ap, sp, cp| {
-            per_epilogue!(epi, block_q, [], (rows, ap, sp, b, cp, ldc))
+            if VNNI {
+                per_epilogue!(epi, block_q_vnni, [], (rows, ap, sp, b, cp, ldc))
+            } else {
+                per_epilogue!(epi, block_q, [], (rows, ap, sp, b, cp, ldc))
+            }
         });
     }
 }
@@ -759,6 +775,43 @@ unsafe fn block_q<const ACT: u8, const ACC: bool>(
     c: *mut f32,
     ldc: usize,
 ) {
+    q_panels::<ACT, ACC>(rows, ap, sa, b, c, ldc, |acc, a, w| {
+        _mm256_add_epi32(acc, _mm256_madd_epi16(a, w))
+    });
+}
+
+/// [`block_q`] on AVX-VNNI's `vpdpwssd`.
+///
+/// Caller guarantees: as [`block_q`], and the CPU has AVX-VNNI.
+#[target_feature(enable = "avx2,fma,avxvnni")]
+unsafe fn block_q_vnni<const ACT: u8, const ACC: bool>(
+    rows: usize,
+    ap: *const i16,
+    sa: *const f32,
+    b: &PackedB,
+    c: *mut f32,
+    ldc: usize,
+) {
+    q_panels::<ACT, ACC>(rows, ap, sa, b, c, ldc, |acc, a, w| {
+        _mm256_dpwssd_avx_epi32(acc, a, w)
+    });
+}
+
+/// The body of [`block_q`] and [`block_q_vnni`], with `madd(acc, row pairs, weight pairs)`
+/// adding the pair products into i32 lanes. Always inlined into its `#[target_feature]`
+/// callers, whose features the closure has.
+///
+/// Caller guarantees: as [`block_q`].
+#[inline(always)]
+unsafe fn q_panels<const ACT: u8, const ACC: bool>(
+    rows: usize,
+    ap: *const i16,
+    sa: *const f32,
+    b: &PackedB,
+    c: *mut f32,
+    ldc: usize,
+    madd: impl Fn(__m256i, __m256i, __m256i) -> __m256i + Copy,
+) {
     let (k2, n) = (b.k().div_ceil(2), b.n());
     for p in 0..b.panels() {
         let bp = b.q_panel(p).as_ptr();
@@ -781,21 +834,21 @@ unsafe fn block_q<const ACT: u8, const ACC: bool>(
                 ldc,
                 r,
                 cols,
+                madd,
             );
             s += 1;
         }
     }
 }
 
-/// One quantised strip ([`MRQ`] rows) x one int8 panel (16 columns): i32 sums by
-/// `vpmaddwd`, then `acc * (row scale * column scale) + bias` and the epilogue, in the
-/// scalar reference's order of f32 operations.
+/// One quantised strip ([`MRQ`] rows) x one int8 panel (16 columns): i32 sums by `madd`
+/// (`vpmaddwd` + `vpaddd`, or `vpdpwssd`), then `acc * (row scale * column scale) + bias`
+/// and the epilogue, in the scalar reference's order of f32 operations.
 ///
 /// Caller guarantees: `a` points to [`MRQ`] rows of `2*k2` values, `b` to `k2*NR*2`, `sa` to [`MRQ`],
 /// `scale` and `bias` to [`NR`], and `c` to `rows` writable rows of `cols` values at
 /// stride `ldc`.
-#[target_feature(enable = "avx2,fma")]
-#[inline]
+#[inline(always)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn tile_q<const ACT: u8, const ACC: bool>(
     k2: usize,
@@ -808,6 +861,7 @@ unsafe fn tile_q<const ACT: u8, const ACC: bool>(
     ldc: usize,
     rows: usize,
     cols: usize,
+    madd: impl Fn(__m256i, __m256i, __m256i) -> __m256i,
 ) {
     let mut acc = [[_mm256_setzero_si256(); 2]; MRQ];
     let rs = 2 * k2;
@@ -818,8 +872,8 @@ unsafe fn tile_q<const ACT: u8, const ACC: bool>(
             let b1 = _mm256_loadu_si256($bp.add(16) as *const __m256i);
             for (r, accr) in acc.iter_mut().enumerate() {
                 let av = _mm256_set1_epi32(($ap.add(r * rs) as *const i32).read_unaligned());
-                accr[0] = _mm256_add_epi32(accr[0], _mm256_madd_epi16(av, b0));
-                accr[1] = _mm256_add_epi32(accr[1], _mm256_madd_epi16(av, b1));
+                accr[0] = madd(accr[0], av, b0);
+                accr[1] = madd(accr[1], av, b1);
             }
         }};
     }
@@ -1239,6 +1293,36 @@ mod tests {
         check::int_worst_case_sums(&ops);
     }
 
+    /// The AVX2 table with AVX-VNNI's integer product and the one without it, if this CPU
+    /// has AVX-VNNI.
+    fn avxvnni_and_plain() -> Option<(Ops, Ops)> {
+        let ops = avx2_ops()?;
+        if !is_x86_feature_detected!("avxvnni") {
+            return None;
+        }
+        let plain = Ops {
+            gemm_int8: gemm_int8_avx2::<false>,
+            ..ops
+        };
+        Some((ops, plain))
+    }
+
+    /// AVX-VNNI's `vpdpwssd` gives the same integers as `vpmaddwd` + `vpaddd`: the scalar
+    /// reference's results on odd shapes, long reductions and the worst-case sums, and the
+    /// plain AVX2 kernel's bits on the ViT shapes.
+    #[test]
+    fn avxvnni_gemm_matches_avx2_and_scalar() {
+        let Some((ops, plain)) = avxvnni_and_plain() else {
+            return;
+        };
+        for w in [Weights::Int8, Weights::Int16] {
+            check::gemm_odd_shapes(&ops, w);
+            check::gemm(&ops, 300, 40, 3216, 3216, 40, Epilogue::RELU, 7, w);
+        }
+        check::int_worst_case_sums(&ops);
+        check::same_bits_on_model_shapes(&ops, &plain, &[Some(8), Some(13)]);
+    }
+
     #[test]
     fn gemm_large_k_blocks_rows() {
         let Some(ops) = avx2_ops() else { return };
@@ -1261,6 +1345,14 @@ mod tests {
         fn gemm_prop(m in 0usize..40, n in 0usize..50, k in 0usize..70, pad_a in 0usize..4, pad_c in 0usize..4, e in 0usize..5, seed in 0u64..1000) {
             if let Some(ops) = avx2_ops() {
                 check::gemm(&ops, m, n, k, k + pad_a, n + pad_c, EPIS[e], seed, Weights::F32);
+            }
+        }
+
+        #[test]
+        fn avxvnni_gemm_prop(m in 0usize..40, n in 0usize..50, k in 0usize..70, pad_a in 0usize..4, pad_c in 0usize..4, e in 0usize..5, seed in 0u64..1000, wide in proptest::bool::ANY) {
+            if let Some((ops, _)) = avxvnni_and_plain() {
+                let w = if wide { Weights::Int16 } else { Weights::Int8 };
+                check::gemm(&ops, m, n, k, k + pad_a, n + pad_c, EPIS[e], seed, w);
             }
         }
 

@@ -953,10 +953,13 @@ impl Ops {
             for (i, dst) in buf.chunks_exact_mut(k.max(1)).take(r).enumerate() {
                 let src = &a[(m0 + i) * lda..(m0 + i) * lda + k];
                 for (d, v) in dst.iter_mut().zip(src) {
-                    // `round_bf16` without its early return, so the loop vectorises.
+                    // `round_bf16` without branches (NaN kept by a mask), so the loop
+                    // vectorises.
                     let bits = v.to_bits();
                     let r = bits.wrapping_add(0x7FFF + ((bits >> 16) & 1)) & 0xFFFF_0000;
-                    *d = if v.is_nan() { *v } else { f32::from_bits(r) };
+                    let nan =
+                        ((0x7F80_0000u32.wrapping_sub(bits & 0x7FFF_FFFF)) as i32 >> 31) as u32;
+                    *d = f32::from_bits((bits & nan) | (r & !nan));
                 }
             }
             (self.gemm)(r, &buf, k, b, &mut c[m0 * ldc..], ldc, epi);

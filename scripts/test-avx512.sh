@@ -18,7 +18,8 @@
 # CAI_AVX512_FILES (space-separated files the program reads by absolute path, copied to the
 # same paths in the guest; e.g. tests/fixtures/parity_formula.json for the parity test).
 #
-# Needs: Debian's bochs + bochsbios + vgabios (2.7, built with EVEX and its debugger),
+# Needs: Debian's bochs + bochsbios + vgabios (2.7, built with EVEX and its debugger) or
+# our Bochs 3.0 (see below; it still takes vgabios's VGA BIOS),
 # rustup target x86_64-unknown-linux-musl, and syslinux, mtools, dosfstools, cpio (apt-
 # installed if missing, as root). The guest kernel is Debian's linux-image-*-cloud-amd64
 # (apt-get download, cached in ~/.cache/cai-avx512); /init is scripts/avx512/init.rs.
@@ -38,13 +39,21 @@
 # hangs early in boot (clearcpuid=fsrm; the bug itself was not pinned down, FSRM switches
 # the kernel's memmove to short `rep movsb`). tigerlake hung too (not retried with fsrm
 # cleared). `--probe` checks overlapping forward `rep movsb/movsq` in user space (musl's
-# memcpy uses them): OK.
+# memcpy uses them): OK. Bochs 3.0's sapphire_rapids has LA57: the guest kernel turns on
+# 5-level paging and Bochs's return from SMM then panics ("CR4 consistency check failed":
+# check_CR4 refuses a CR4.LA57 that differs from the current one), hence no5lvl. Bochs 3.0
+# also writes the low source into both halves of a 512-bit vcvtne2ps2bf16 (the probe shows
+# it; cai uses vcvtneps2bf16 instead).
 # Measured 2026-11-26 on 2 shared Zen 3 vCPUs (release build; a cai-model rebuild for musl
 # about 40 s, cold about 1 min): boot to /init plus power-off 25-27 s; `--probe` 29 s in all;
 # `kernels::avx512` (4 VNNI tests, 10 s of guest time) 277 s in Bochs; `kernels::x86` (11
 # tests) 109 s. Bochs runs about 4-6 M guest instructions/s here (guest clock: ips=100M;
 # Debian builds it with the debugger, without handler chaining), so the whole lib suite or
-# the integration tests would take a long time. Not in CI for that reason, and because
+# the integration tests would take a long time. With our Bochs 3.0 (no debugger, handler
+# chaining; measured the same day, often beside another job): `--probe` 10-12 s in all;
+# sapphire_rapids `bf16` (5 tests) 153 s, `kernels::avx512` (11) 293 s, `kernels::` (35)
+# 397-419 s; arrow_lake `avxvnni` (2) 49-62 s; the parity test's `pt_reduced` on model.pt
+# (CAI_AVX512_MEGS=2048, CAI_AVX512_FILES with 1.pt, model.pt, expected.pt) 298 s. Not in CI for that reason, and because
 # Bochs's AVX-512 is only as right as Bochs (so check any failure against the scalar
 # reference before blaming a kernel).
 set -euo pipefail

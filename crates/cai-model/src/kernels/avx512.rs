@@ -433,7 +433,7 @@ fn gemm_bf16(
 /// `vcvtneps2bf16`, the tail masked; `out` (`a.len().div_ceil(2) * 2` values) gets a zero
 /// after an odd count, so the last pair adds nothing.
 ///
-/// Caller guarantees: the CPU has AVX-512F/BW/BF16.
+/// Caller guarantees: the CPU has AVX-512F/BW/VL/BF16.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
 unsafe fn to_bf16_row(a: &[f32], out: &mut [u16]) {
     let k = a.len();

@@ -31,8 +31,8 @@
 //! Reduced precision ([`Precision`]) is a property of a packed weight matrix:
 //! [`PackedB::round_bf16`] rounds it to bfloat16 values, and [`Ops::gemm`] then rounds the
 //! activations to bf16 too and sums the exact products in f32 (`vdpbf16ps` on AVX-512 BF16,
-//! the f32 kernels on the rounded values elsewhere); [`PackedB::quantize_int8`] and [`PackedB::quantize_int16`]
-//! replace it by integers with one symmetric scale per output column, 8 or
+//! the f32 kernels on the rounded values elsewhere); [`PackedB::quantize_int8`] and
+//! [`PackedB::quantize_int16`] replace it by integers with one symmetric scale per output column, 8 or
 //! [`INT16_WEIGHT_BITS`] (13) bits wide, stored as i16 either way. [`Ops::gemm`] then
 //! quantises each row of `A` on the fly to integers with one scale per row
 //! ([`quantize_row`]), accumulates `vpmaddwd` products in i32 and applies the epilogue in
@@ -676,8 +676,8 @@ pub fn round_bf16(x: f32) -> f32 {
 
 /// Values of `A` rounded per block by the bf16 emulation (256 KiB of f32), and its fewest
 /// rows per block: each block streams all of `B` again, so blocks of a few rows (long
-/// reductions) would re-read `B` for every few rows (measured: fc2's 768-long rows in blocks
-/// of 21 ran 20% slower than f32).
+/// reductions) would re-read `B` for every few rows (`examples/gemm_speed`, fc2's 768-long
+/// rows: in blocks of 21, about 20% below f32; of 96, within a few %).
 const BF16_A_BLOCK: usize = 64 * 1024;
 const BF16_MIN_ROWS: usize = 96;
 
@@ -722,9 +722,6 @@ pub fn quantize_row(a: &[f32], limit: i32, out: &mut [i16], stride2: usize) -> f
     amax / lim
 }
 
-/// The integer form of a [`PackedB`]: per panel, for each pair of rows `kp`, the [`NR`]
-/// pairs `(q[2kp][j], q[2kp+1][j])` as i16 (zero beyond `k` and `n`), one scale per column,
-/// the activation limit and the weight bits.
 /// The bf16 form of a [`PackedB`] (beside its bf16-rounded f32 weights, which tiers
 /// without `vdpbf16ps` use): per panel, for each pair of rows `kp`, the [`NR`] column pairs
 /// `(B[2kp][j], B[2kp+1][j])` as bf16 bits (zero beyond `k` and `n`).
@@ -734,6 +731,9 @@ struct Bf16B {
     data: Vec<u16>,
 }
 
+/// The integer form of a [`PackedB`]: per panel, for each pair of rows `kp`, the [`NR`]
+/// pairs `(q[2kp][j], q[2kp+1][j])` as i16 (zero beyond `k` and `n`), one scale per column,
+/// the activation limit and the weight bits.
 #[derive(Clone, Default)]
 struct QuantB {
     k2: usize,

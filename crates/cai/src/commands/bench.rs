@@ -557,6 +557,9 @@ fn features() -> Vec<&'static str> {
         if std::arch::is_x86_feature_detected!("avx512vnni") {
             f.push("avx512vnni");
         }
+        if std::arch::is_x86_feature_detected!("avxvnni") {
+            f.push("avxvnni");
+        }
     }
     #[cfg(target_arch = "aarch64")]
     {

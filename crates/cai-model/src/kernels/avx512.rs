@@ -184,6 +184,26 @@ unsafe fn tile_f32<const ACT: u8, const ACC: bool, const P: usize>(
             }
         }
     }
+    store_f32_tile::<ACT, ACC, P>(&acc, b, p, c, ldc, rows, cols);
+}
+
+/// The f32 tiles' epilogue (f32 and bf16 products): `C[r][..cols] (=|+=) act(acc[r] +
+/// bias)` for the first `rows` rows, columns past `cols` masked off.
+///
+/// Caller guarantees: `b` has panels `p .. p + P`, `c` points to `rows` writable rows of
+/// `cols` values at stride `ldc`, and the CPU has AVX-512F. Always inlined into its
+/// `#[target_feature]` callers (out of line, the tile's accumulators went through memory).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn store_f32_tile<const ACT: u8, const ACC: bool, const P: usize>(
+    acc: &[[__m512; P]; MRV],
+    b: &PackedB,
+    p: usize,
+    c: *mut f32,
+    ldc: usize,
+    rows: usize,
+    cols: usize,
+) {
     let mut bias = [_mm512_setzero_ps(); P];
     for (h, v) in bias.iter_mut().enumerate() {
         *v = _mm512_loadu_ps(b.panel_bias(p + h).as_ptr());
@@ -195,7 +215,7 @@ unsafe fn tile_f32<const ACT: u8, const ACC: bool, const P: usize>(
             store16::<ACC>(c.add(r * ldc + h * NR), v, masks[h]);
         }
     };
-    each_row(&acc, rows, row);
+    each_row(acc, rows, row);
 }
 
 /// Store masks of the `P` panels of a tile whose first `cols` columns are stored.
@@ -518,18 +538,7 @@ unsafe fn tile_bf16<const ACT: u8, const ACC: bool, const P: usize>(
         };
         _mm512_dpbf16_ps(acc, av, bv)
     });
-    let mut bias = [_mm512_setzero_ps(); P];
-    for (h, v) in bias.iter_mut().enumerate() {
-        *v = _mm512_loadu_ps(b.panel_bias(p + h).as_ptr());
-    }
-    let masks = col_masks::<P>(cols);
-    let row = |r: usize, accr: &[__m512; P]| {
-        for h in 0..P {
-            let v = act::<ACT>(_mm512_add_ps(accr[h], bias[h]));
-            store16::<ACC>(c.add(r * ldc + h * NR), v, masks[h]);
-        }
-    };
-    each_row(&acc, rows, row);
+    store_f32_tile::<ACT, ACC, P>(&acc, b, p, c, ldc, rows, cols);
 }
 
 /// The k loop of both pair products (VNNI and bf16): for each pair of rows of `B`, the `P`

@@ -53,9 +53,9 @@
 # chaining; measured the same day, often beside another job): `--probe` 10-12 s in all;
 # sapphire_rapids `bf16` (5 tests) 153 s, `kernels::avx512` (11) 293 s, `kernels::` (35)
 # 397-419 s; arrow_lake `avxvnni` (2) 49-62 s; the parity test's `pt_reduced` on model.pt
-# (CAI_AVX512_MEGS=2048, CAI_AVX512_FILES with 1.pt, model.pt, expected.pt) 298 s. Not in CI for that reason, and because
-# Bochs's AVX-512 is only as right as Bochs (so check any failure against the scalar
-# reference before blaming a kernel).
+# (CAI_AVX512_MEGS=2048, CAI_AVX512_FILES with 1.pt, model.pt, expected.pt) 298 s. Not in
+# CI for that reason, and because Bochs's AVX-512 is only as right as Bochs (so check any
+# failure against the scalar reference before blaming a kernel).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 CPU="${CAI_AVX512_CPU:-corei7_icelake_u}"
@@ -86,8 +86,10 @@ esac
 ours=0
 if [ "${CAI_AVX512_BOCHS:-}" != debian ] && [ -x "$bochs3" ]; then ours=1; fi
 need=()
-[ -f /usr/share/bochs/VGABIOS-lgpl-latest ] || need+=(vgabios)
-[ $ours = 1 ] || command -v bochs-bin >/dev/null || need+=(bochs bochsbios vgabios)
+# The VGA BIOS from Debian's vgabios package (Debian's bochs only links to it).
+vgabios=/usr/share/vgabios/vgabios.bin
+[ -f "$vgabios" ] || need+=(vgabios)
+[ $ours = 1 ] || command -v bochs-bin >/dev/null || need+=(bochs bochsbios)
 command -v syslinux >/dev/null || need+=(syslinux syslinux-common)
 command -v mcopy >/dev/null || need+=(mtools)
 command -v mkfs.fat >/dev/null || need+=(dosfstools)
@@ -192,7 +194,7 @@ $devices
 megs: $MEGS
 cpu: model=$CPU, count=1, ips=100000000, reset_on_triple_fault=1, ignore_bad_msrs=1
 romimage: file=$bios
-vgaromimage: file=/usr/share/bochs/VGABIOS-lgpl-latest
+vgaromimage: file=$vgabios
 ata0-master: type=disk, path="$work/disk.img", mode=flat, cylinders=$cyl, heads=16, spt=63
 boot: disk
 com1: enabled=1, mode=file, dev="$work/serial.log"

@@ -2,8 +2,8 @@
 //! `rustc --target x86_64-unknown-linux-musl`, so it is static and needs no crates).
 //! Mounts /proc, /sys and /dev, runs /test with the kernel command line's words after
 //! `-- CAI-ARGS` (which the kernel hands to init as argv; leading `CAI_NAME=value` words
-//! become /test's environment instead), prints `CAI-AVX512-EXIT <code>` on the console, and powers
-//! the guest off. It never returns: if /init exits, the kernel panics.
+//! become /test's environment instead), prints `CAI-AVX512-EXIT <code>` on the console,
+//! and powers the guest off. It never returns: if /init exits, the kernel panics.
 use std::process::Command;
 
 extern "C" {

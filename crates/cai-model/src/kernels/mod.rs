@@ -665,13 +665,14 @@ fn cpu_has_vnni() -> bool {
 }
 
 /// Rounds to the nearest bfloat16 value (ties to even), returned as f32. NaN stays NaN.
+/// Branch-free (NaN kept by a mask), so loops over it vectorise (the bf16 emulation rounds
+/// every row of `A` with it).
+#[inline]
 pub fn round_bf16(x: f32) -> f32 {
-    if x.is_nan() {
-        return x;
-    }
     let b = x.to_bits();
     let r = b.wrapping_add(0x7FFF + ((b >> 16) & 1)) & 0xFFFF_0000;
-    f32::from_bits(r)
+    let nan = ((0x7F80_0000u32.wrapping_sub(b & 0x7FFF_FFFF)) as i32 >> 31) as u32;
+    f32::from_bits((b & nan) | (r & !nan))
 }
 
 /// Values of `A` rounded per block by the bf16 emulation (256 KiB of f32), and its fewest
@@ -953,13 +954,7 @@ impl Ops {
             for (i, dst) in buf.chunks_exact_mut(k.max(1)).take(r).enumerate() {
                 let src = &a[(m0 + i) * lda..(m0 + i) * lda + k];
                 for (d, v) in dst.iter_mut().zip(src) {
-                    // `round_bf16` without branches (NaN kept by a mask), so the loop
-                    // vectorises.
-                    let bits = v.to_bits();
-                    let r = bits.wrapping_add(0x7FFF + ((bits >> 16) & 1)) & 0xFFFF_0000;
-                    let nan =
-                        ((0x7F80_0000u32.wrapping_sub(bits & 0x7FFF_FFFF)) as i32 >> 31) as u32;
-                    *d = f32::from_bits((bits & nan) | (r & !nan));
+                    *d = round_bf16(*v);
                 }
             }
             (self.gemm)(r, &buf, k, b, &mut c[m0 * ldc..], ldc, epi);

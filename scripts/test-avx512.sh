@@ -20,9 +20,10 @@
 #
 # Needs: Debian's bochs + bochsbios + vgabios (2.7, built with EVEX and its debugger) or
 # our Bochs 3.0 (see below; it still takes vgabios's VGA BIOS),
-# rustup target x86_64-unknown-linux-musl, and syslinux, mtools, dosfstools, cpio (apt-
-# installed if missing, as root). The guest kernel is Debian's linux-image-*-cloud-amd64
-# (apt-get download, cached in ~/.cache/cai-avx512); /init is scripts/avx512/init.rs.
+# rustup target x86_64-unknown-linux-musl (added if missing), and syslinux, mtools,
+# dosfstools, cpio (apt-installed if missing, as root). The guest kernel is Debian's
+# linux-image-*-cloud-amd64 (apt-get download, cached in ~/.cache/cai-avx512); /init is
+# scripts/avx512/init.rs.
 # CPU models (Bochs 2.7 has no AVX512_BF16, AVX-VNNI or AVX512_FP16 in any model):
 #   corei7_icelake_u  AVX-512 F/CD/BW/DQ/VL/VNNI/IFMA/VBMI/VBMI2/BITALG/VPOPCNTDQ, GFNI,
 #                     VAES, VPCLMULQDQ (the default);
@@ -97,6 +98,11 @@ command -v cpio >/dev/null || need+=(cpio)
 if [ ${#need[@]} -gt 0 ]; then
     say "installing ${need[*]}"
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+# The guest's /init and test binary are static musl builds.
+if ! rustup target list --installed 2>/dev/null | grep -qx "$TARGET"; then
+    say "adding the Rust target $TARGET (rustup)"
+    rustup target add "$TARGET" >/dev/null
 fi
 
 # Kernel: Debian's cloud kernel (8250 console, initramfs and devtmpfs built in), cached.

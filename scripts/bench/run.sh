@@ -3,11 +3,16 @@
 # inputs, thread counts and batch sizes, in one run, with a table of ratios.
 #
 #   scripts/bench/run.sh [--threads 1,2] [--batch 1,32,128,512] [--seconds 3] [--onnx]
-#                        [--precision f32|bf16|int8|int16|all] [--rounds 1]
+#                        [--precision f32|bf16|int8|int16|all] [--rounds 1] [--kernels avx512,avx2]
 #
 # With --rounds N, cai and PyTorch (and ONNX Runtime) take turns N times and the table keeps
 # each one's best galaxies/s per case, with the range over the rounds beside it: on a shared
 # machine a single pass compares whatever moments each side happened to get.
+#
+# With --kernels, cai runs once per kernel tier listed (CAI_KERNELS: avx512, avx2, neon,
+# scalar) in each round and the table labels each cai row with its tier: on an AVX-512 machine
+# `--kernels avx512,avx2` shows what the 512-bit kernels gain in the same run. A tier this CPU
+# lacks stops the run (cai would have fallen back to another).
 #
 # Reduced precisions report their max/mean |Δz| against f32 on the PyTorch parity fixtures
 # in ${CAI_PARITY_DIR:-~/.cache/cai-parity} when model.pt and 1.pt are there.
@@ -24,7 +29,7 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/../.." && pwd)"
 VENV="${CAI_PARITY_VENV:-$HOME/.cache/cai-parity-venv}"
 OUT="${CAI_BENCH_DIR:-$HOME/.cache/cai-bench}"
-THREADS="" BATCH="1,32,128,512" SECONDS_PER_CASE=3 ONNX=0 PRECISION=all ROUNDS=1
+THREADS="" BATCH="1,32,128,512" SECONDS_PER_CASE=3 ONNX=0 PRECISION=all ROUNDS=1 KERNELS=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --threads) THREADS="$2"; shift 2 ;;
@@ -33,6 +38,7 @@ while [ $# -gt 0 ]; do
         --onnx) ONNX=1; shift ;;
         --precision) PRECISION="$2"; shift 2 ;;
         --rounds) ROUNDS="$2"; shift 2 ;;
+        --kernels) KERNELS="$2"; shift 2 ;;
         *) echo "unknown option $1" >&2; exit 2 ;;
     esac
 done
@@ -69,10 +75,22 @@ ONNX_FLAG=()
 [ "$ONNX" = 1 ] && ONNX_FLAG=(--onnx --onnx-file "$OUT/astromae.onnx")
 rm -f "$OUT"/cai.*.json "$OUT"/torch.*.json
 ROUND_FILES=()
+cai_bench() {
+    "$CAI_BIN" bench --model "$OUT/weights.safetensors" --threads "$THREADS" --batch "$BATCH" \
+        --seconds "$SECONDS_PER_CASE" --precision "$PRECISION" "${PARITY_FLAG[@]}" --json
+}
 for r in $(seq 1 "$ROUNDS"); do
     [ "$ROUNDS" -gt 1 ] && echo "round $r of $ROUNDS (load $(cut -d' ' -f1 /proc/loadavg))"
-    "$CAI_BIN" bench --model "$OUT/weights.safetensors" --threads "$THREADS" --batch "$BATCH" \
-        --seconds "$SECONDS_PER_CASE" --precision "$PRECISION" "${PARITY_FLAG[@]}" --json > "$OUT/cai.$r.json"
+    if [ -z "$KERNELS" ]; then
+        cai_bench > "$OUT/cai.$r.json"
+    else
+        PARTS=()
+        for t in ${KERNELS//,/ }; do
+            CAI_KERNELS="$t" cai_bench > "$OUT/cai.$r.$t.json"
+            PARTS+=("$t=$OUT/cai.$r.$t.json")
+        done
+        "$VENV/bin/python" "$HERE/torch_bench.py" --merge-cai "$OUT/cai.$r.json" "${PARTS[@]}"
+    fi
     "$VENV/bin/python" "$HERE/torch_bench.py" --weights "$OUT/weights.safetensors" --cai "$OUT/cai.$r.json" \
         --threads "$THREADS" --batch "$BATCH" --seconds "$SECONDS_PER_CASE" "${ONNX_FLAG[@]}" \
         --json-out "$OUT/torch.$r.json" --no-table

@@ -8,8 +8,10 @@ sizes, and prints a table beside the `cai bench --json` report with the ratios.
     $VENV/bin/python scripts/bench/torch_bench.py --weights W.safetensors --cai cai.json \
         [--threads 1,2] [--batch 1,32,128,512] [--seconds 3] [--onnx] [--json-out F] [--no-table]
     $VENV/bin/python scripts/bench/torch_bench.py --table round1.json round2.json ...
+    $VENV/bin/python scripts/bench/torch_bench.py --merge-cai OUT.json avx512=a.json avx2=b.json
 
-The second form prints one table from several rounds (each a --json-out file, which holds
+The third form joins `cai bench --json` reports of several kernel tiers (run.sh --kernels)
+into one, each precision labelled with its tier ("f32 avx2"). The second form prints one table from several rounds (each a --json-out file, which holds
 that round's cai report too): every engine's best galaxies/s over the rounds, with the
 range beside it. On a shared machine whose neighbours slow everything by tens of percent at
 times, alternating rounds of cai and PyTorch and keeping each one's best compares both at
@@ -137,7 +139,12 @@ def main():
     ap.add_argument("--no-table", action="store_true", help="measure and write --json-out only")
     ap.add_argument("--table", nargs="+", metavar="ROUND_JSON",
                     help="print one table from these rounds' --json-out files (no measuring)")
+    ap.add_argument("--merge-cai", nargs="+", metavar="OUT TIER=FILE",
+                    help="join cai bench --json reports of kernel tiers into OUT (no measuring)")
     args = ap.parse_args()
+    if args.merge_cai:
+        merge_cai(args.merge_cai[0], args.merge_cai[1:])
+        return
     if args.table:
         rounds = []
         for path in args.table:
@@ -230,6 +237,39 @@ def best_of(samples):
     return best, (min(gs), max(gs))
 
 
+def merge_cai(out, parts):
+    """Joins `cai bench --json` reports of kernel tiers (`TIER=FILE` each, as `CAI_KERNELS`
+    names them) into one report whose precisions, cases and ViT-block figures are labelled
+    with their tier ("f32 avx2"). The peak is the best any tier's probe measured (the AVX-512
+    tier's probe runs on zmm, so it is the machine's peak where 512-bit FMAs are faster);
+    the reference outputs come from the first tier. Exits with an error when cai ran another
+    tier than the one asked for (it falls back when this CPU lacks it)."""
+    docs = []
+    for part in parts:
+        tier, sep, path = part.partition("=")
+        if not sep or not tier or not path:
+            sys.exit(f"--merge-cai: expected TIER=FILE, got {part!r}")
+        with open(path) as f:
+            doc = json.load(f)
+        ran = str(doc.get("kernels", "")).lower()
+        if ran != tier.lower():
+            sys.exit(f"cai ran the {doc.get('kernels')} kernels when asked for {tier} "
+                     f"(CAI_KERNELS={tier}): this CPU lacks that tier ({path})")
+        docs.append((tier, doc))
+    if not docs:
+        sys.exit("--merge-cai: no reports given")
+    merged = dict(docs[0][1])
+    for key in ("cases", "precisions", "vit_blocks"):
+        merged[key] = [dict(x, precision=f"{x.get('precision', 'f32')} {tier}")
+                       for tier, d in docs for x in d.get(key, [])]
+    merged["kernels"] = "+".join(str(d.get("kernels")) for _, d in docs)
+    for key in ("fma_peak_gflops_per_core", "fma_peak_after_gflops_per_core", "probe_drift"):
+        vals = [d[key] for _, d in docs if d.get(key) is not None]
+        merged[key] = max(vals) if vals else None
+    with open(out, "w") as f:
+        json.dump(merged, f)
+
+
 def table(rounds):
     """Every cai precision beside each engine, ratios against PyTorch f32, best of the rounds."""
     gflop = next((r["gflop_per_galaxy"] for r in rounds if r.get("gflop_per_galaxy")), 0.765)
@@ -254,9 +294,13 @@ def table(rounds):
             samples.setdefault((r["threads"], r["batch"], r["engine"]), []).append(r)
     threads = sorted({k[0] for k in samples})
     batches = sorted({k[1] for k in samples})
-    order = [f"cai {p}" for p in ("f32", "bf16", "int8", "int16")] + ["torch", "onnxruntime"]
+    # cai's precisions in the order its report lists them (with --kernels, each tier's).
+    listed = next(([p["precision"] for p in (r.get("cai") or {}).get("precisions", [])]
+                   for r in rounds if (r.get("cai") or {}).get("precisions")), [])
+    order = [f"cai {p}" for p in listed or ("f32", "bf16", "int8", "int16")] + ["torch", "onnxruntime"]
+    w = max([10] + [len(k[2]) for k in samples])
     n = len(rounds)
-    hdr = (f"{'threads':>7} {'batch':>5} {'engine':>10} {'gal/s':>8} {'gal/CPU-s':>9} {'GFLOP/s':>8} "
+    hdr = (f"{'threads':>7} {'batch':>5} {'engine':>{w}} {'gal/s':>8} {'gal/CPU-s':>9} {'GFLOP/s':>8} "
            f"{'peak%':>6} {'x torch':>7} {'x torch CPU':>11} {'load':>5}"
            + (f" {'gal/s range':>13}" if n > 1 else "") + "  |dz| max/mean vs f32")
     print()
@@ -277,11 +321,11 @@ def table(rounds):
                 ratio_c = gc / ref["galaxies_per_cpu_s"] if ref and gc and ref.get("galaxies_per_cpu_s") else None
                 g = cai_gflop if eng.startswith("cai ") else gflop
                 pk = 100 * (gc or gs) * g / peak if peak else None
-                d = dz.get(eng[4:], {}) if eng.startswith("cai ") and eng != "cai f32" else {}
+                d = dz.get(eng[4:], {}) if eng.startswith("cai ") else {}
                 dd = d.get("dz_parity") or d.get("dz_bench")
                 dzs = f"{dd['max']:.1e}/{dd['mean']:.1e}" if dd else ""
                 spread = f" {f'{lo:.1f}-{hi:.1f}':>13}" if n > 1 else ""
-                print(f"{t:>7} {b:>5} {eng:>10} {gs:>8.1f} {gc or 0:>9.1f} {gs * g:>8.1f} "
+                print(f"{t:>7} {b:>5} {eng:>{w}} {gs:>8.1f} {gc or 0:>9.1f} {gs * g:>8.1f} "
                       f"{pk if pk is not None else float('nan'):>5.1f}% "
                       f"{(f'{ratio:.2f}x' if ratio else '-'):>7} {(f'{ratio_c:.2f}x' if ratio_c else '-'):>11} "
                       f"{ld if ld is not None else float('nan'):>5.2f}{spread}  {dzs}")

@@ -18,7 +18,7 @@
 //! Tested against the scalar reference like the AVX2 kernels; on a CPU without AVX-512 the
 //! tests skip, and `scripts/test-avx512.sh` runs them in an emulated one
 //! (`CAI_AVX512_CPU=sapphire_rapids` for BF16). Not yet timed on a real AVX-512 CPU:
-//! compare `CAI_KERNELS=avx2` with the default on one.
+//! on one, `scripts/bench/run.sh --kernels avx512,avx2` compares both tiers and PyTorch.
 
 use std::arch::x86_64::*;
 

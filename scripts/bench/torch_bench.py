@@ -10,13 +10,15 @@ sizes, and prints a table beside the `cai bench --json` report with the ratios.
     $VENV/bin/python scripts/bench/torch_bench.py --table round1.json round2.json ...
     $VENV/bin/python scripts/bench/torch_bench.py --merge-cai OUT.json avx512=a.json avx2=b.json
 
-The third form joins `cai bench --json` reports of several kernel tiers (run.sh --kernels)
-into one, each precision labelled with its tier ("f32 avx2"). The second form prints one table from several rounds (each a --json-out file, which holds
+The second form prints one table from several rounds (each a --json-out file, which holds
 that round's cai report too): every engine's best galaxies/s over the rounds, with the
 range beside it. On a shared machine whose neighbours slow everything by tens of percent at
 times, alternating rounds of cai and PyTorch and keeping each one's best compares both at
 their least disturbed, where a single pass compares whatever moments each one happened to
 get.
+
+The third form joins `cai bench --json` reports of several kernel tiers (run.sh --kernels)
+into one, each precision labelled with its tier ("f32 avx2").
 
 Inputs follow `cai bench`: image value i is ((i * 7919) % 1000) * 1e-3 (float32, NCHW),
 magnitude i is 15 + i % 7. Speed is measured in wall time and in process CPU time

@@ -644,7 +644,11 @@ mod tests {
         let (Some(ops), Some(avx2)) = (x86::avx512_ops(), x86::avx2_ops()) else {
             return;
         };
-        check::same_bits_on_model_shapes(&ops, &avx2, &[None, Some(8), Some(13)]);
+        check::same_bits_on_model_shapes(
+            &ops,
+            &avx2,
+            &[Weights::F32, Weights::Int8, Weights::Int16],
+        );
     }
 
     #[test]

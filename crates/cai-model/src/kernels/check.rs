@@ -44,6 +44,27 @@ pub enum Weights {
     Bf16,
 }
 
+impl Weights {
+    /// Converts `b` to these weights; true if they are integers.
+    fn apply(self, b: &mut PackedB) -> bool {
+        match self {
+            Weights::F32 => false,
+            Weights::Int8 => {
+                b.quantize_int8();
+                true
+            }
+            Weights::Int16 => {
+                b.quantize_int16();
+                true
+            }
+            Weights::Bf16 => {
+                b.round_bf16();
+                false
+            }
+        }
+    }
+}
+
 /// Runs `ops` and the scalar table on the same product and compares every element of `C`
 /// (including the padding between rows, which must stay untouched). With integer weights
 /// `B` is quantised first and the results must be equal (same integers, same f32
@@ -67,21 +88,7 @@ pub fn gemm(
     let w = lcg(seed + 1, n * k, 1.0);
     let bias = lcg(seed + 2, n, 0.5);
     let mut b = PackedB::pack_nk(&w, n, k, k, Some(&bias));
-    let int = match weights {
-        Weights::F32 => false,
-        Weights::Int8 => {
-            b.quantize_int8();
-            true
-        }
-        Weights::Int16 => {
-            b.quantize_int16();
-            true
-        }
-        Weights::Bf16 => {
-            b.round_bf16();
-            false
-        }
-    };
+    let int = weights.apply(&mut b);
     let c0 = lcg(seed + 3, m.max(1) * ldc, 1.0);
     let mut want = c0.clone();
     let mut got = c0.clone();
@@ -143,22 +150,17 @@ pub fn int_worst_case_sums(ops: &Ops) {
 }
 
 /// Two tables give the same bits on the ViT shapes (65 tokens x 4 galaxies, a long
-/// reduction, a single last panel) for every epilogue and each kind of weights in `kinds`
-/// (`None`: f32; `Some(8)`: int8; `Some(13)`: int16): for kernels that do the same
-/// arithmetic in the same order, in other instructions.
+/// reduction, a single last panel) for every epilogue and each kind of weights in `kinds`:
+/// for kernels that do the same arithmetic in the same order, in other instructions.
 #[cfg(target_arch = "x86_64")]
-pub fn same_bits_on_model_shapes(ops: &Ops, other: &Ops, kinds: &[Option<u32>]) {
+pub fn same_bits_on_model_shapes(ops: &Ops, other: &Ops, kinds: &[Weights]) {
     for (m, n, k) in [(260, 576, 192), (131, 192, 768), (65, 208, 192)] {
         let a = lcg(1, m * k, 1.0);
         let w = lcg(2, n * k, 0.1);
         let bias = lcg(3, n, 0.5);
-        for bits in kinds {
+        for &kind in kinds {
             let mut b = PackedB::pack_nk(&w, n, k, k, Some(&bias));
-            match bits {
-                Some(8) => b.quantize_int8(),
-                Some(_) => b.quantize_int16(),
-                None => {}
-            }
+            kind.apply(&mut b);
             for epi in EPIS {
                 let c0 = lcg(4, m * n, 1.0);
                 let (mut want, mut got) = (c0.clone(), c0);
@@ -168,7 +170,7 @@ pub fn same_bits_on_model_shapes(ops: &Ops, other: &Ops, kinds: &[Option<u32>]) 
                     .iter()
                     .zip(&got)
                     .all(|(x, y)| x.to_bits() == y.to_bits());
-                assert!(same, "m{m} n{n} k{k} {bits:?} {epi:?}");
+                assert!(same, "m{m} n{n} k{k} {kind:?} {epi:?}");
             }
         }
     }

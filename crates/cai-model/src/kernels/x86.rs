@@ -1320,7 +1320,7 @@ mod tests {
             check::gemm(&ops, 300, 40, 3216, 3216, 40, Epilogue::RELU, 7, w);
         }
         check::int_worst_case_sums(&ops);
-        check::same_bits_on_model_shapes(&ops, &plain, &[Some(8), Some(13)]);
+        check::same_bits_on_model_shapes(&ops, &plain, &[Weights::Int8, Weights::Int16]);
     }
 
     #[test]

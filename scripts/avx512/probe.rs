@@ -32,17 +32,41 @@ fn reduce_masked() -> (f32, i32) {
     }
 }
 
+/// vpdpwssd's inputs for `N` i32 lanes (`2N` i16 each of `a` and `b`), for the zmm and the
+/// VEX ymm forms.
+struct Dpwssd<const N: usize> {
+    a: Vec<i16>,
+    b: Vec<i16>,
+    acc: [i32; N],
+}
+
+impl<const N: usize> Dpwssd<N> {
+    fn new() -> Self {
+        Self {
+            a: (0..2 * N).map(|i| i as i16 * 37 - 500).collect(),
+            b: (0..2 * N).map(|i| 1000 - i as i16 * 61).collect(),
+            acc: std::array::from_fn(|i| i as i32 * 1000 - 7),
+        }
+    }
+
+    /// What vpdpwssd gives: `acc[j] + a[2j] b[2j] + a[2j+1] b[2j+1]` per lane.
+    fn want(&self) -> [i32; N] {
+        let (a, b) = (
+            |i: usize| i32::from(self.a[i]),
+            |i: usize| i32::from(self.b[i]),
+        );
+        std::array::from_fn(|j| self.acc[j] + a(2 * j) * b(2 * j) + a(2 * j + 1) * b(2 * j + 1))
+    }
+}
+
 #[target_feature(enable = "avx512f,avx512vnni")]
-fn dpwssd_512() -> [i32; 16] {
-    let a: [i16; 32] = std::array::from_fn(|i| i as i16 * 37 - 500);
-    let b: [i16; 32] = std::array::from_fn(|i| 1000 - i as i16 * 61);
-    let acc: [i32; 16] = std::array::from_fn(|i| i as i32 * 1000 - 7);
+fn dpwssd_512(x: &Dpwssd<16>) -> [i32; 16] {
     let mut out = [0i32; 16];
     unsafe {
         let r = _mm512_dpwssd_epi32(
-            _mm512_loadu_si512(acc.as_ptr().cast()),
-            _mm512_loadu_si512(a.as_ptr().cast()),
-            _mm512_loadu_si512(b.as_ptr().cast()),
+            _mm512_loadu_si512(x.acc.as_ptr().cast()),
+            _mm512_loadu_si512(x.a.as_ptr().cast()),
+            _mm512_loadu_si512(x.b.as_ptr().cast()),
         );
         _mm512_storeu_si512(out.as_mut_ptr().cast(), r);
     }
@@ -108,16 +132,13 @@ fn cvt_bf16(x: &[f32; 32]) -> ([u16; 16], [u16; 32]) {
 
 /// AVX-VNNI (VEX-encoded) vpdpwssd on ymm.
 #[target_feature(enable = "avxvnni")]
-fn dpwssd_vex() -> [i32; 8] {
-    let a: [i16; 16] = std::array::from_fn(|i| i as i16 * 37 - 500);
-    let b: [i16; 16] = std::array::from_fn(|i| 1000 - i as i16 * 61);
-    let acc: [i32; 8] = std::array::from_fn(|i| i as i32 * 1000 - 7);
+fn dpwssd_vex(x: &Dpwssd<8>) -> [i32; 8] {
     let mut out = [0i32; 8];
     unsafe {
         let r = _mm256_dpwssd_avx_epi32(
-            _mm256_loadu_si256(acc.as_ptr().cast()),
-            _mm256_loadu_si256(a.as_ptr().cast()),
-            _mm256_loadu_si256(b.as_ptr().cast()),
+            _mm256_loadu_si256(x.acc.as_ptr().cast()),
+            _mm256_loadu_si256(x.a.as_ptr().cast()),
+            _mm256_loadu_si256(x.b.as_ptr().cast()),
         );
         _mm256_storeu_si256(out.as_mut_ptr().cast(), r);
     }
@@ -137,6 +158,16 @@ fn bw_vl() -> ([i16; 16], u32) {
         let m = _mm256_cmpgt_epi16_mask(vb, va);
         (out, m as u32)
     }
+}
+
+/// Prints `probe: {what} OK|WRONG got=...` and clears `ok` if `got` is not `want`.
+fn check<T: PartialEq + std::fmt::Debug>(ok: &mut bool, what: &str, got: T, want: T) {
+    let pass = got == want;
+    *ok &= pass;
+    println!(
+        "probe: {what} {} got={got:?}",
+        if pass { "OK" } else { "WRONG" }
+    );
 }
 
 fn main() {
@@ -221,16 +252,10 @@ fn main() {
     }
 
     if is_x86_feature_detected!("avx512f") {
-        let got = unsafe { fmadd_512() };
         let want: [f32; 16] = std::array::from_fn(|i| {
             (i as f32 + 0.5).mul_add(2.0 - i as f32 * 0.25, (i * i) as f32)
         });
-        let pass = got == want;
-        ok &= pass;
-        println!(
-            "probe: vfmadd231ps zmm {} got={got:?}",
-            if pass { "OK" } else { "WRONG" }
-        );
+        check(&mut ok, "vfmadd231ps zmm", unsafe { fmadd_512() }, want);
         let (s, m) = unsafe { reduce_masked() };
         let pass = s == 1. + 3. + 5. + 7. + 9. + 11. + 13. + 15. && m == 0xff00;
         ok &= pass;
@@ -243,18 +268,8 @@ fn main() {
         ok = false;
     }
     if is_x86_feature_detected!("avx512vnni") {
-        let got = unsafe { dpwssd_512() };
-        let want: [i32; 16] = std::array::from_fn(|j| {
-            let a = |i: usize| i as i32 * 37 - 500;
-            let b = |i: usize| 1000 - i as i32 * 61;
-            (j as i32 * 1000 - 7) + a(2 * j) * b(2 * j) + a(2 * j + 1) * b(2 * j + 1)
-        });
-        let pass = got == want;
-        ok &= pass;
-        println!(
-            "probe: vpdpwssd zmm {} got={got:?}",
-            if pass { "OK" } else { "WRONG" }
-        );
+        let x = Dpwssd::<16>::new();
+        check(&mut ok, "vpdpwssd zmm", unsafe { dpwssd_512(&x) }, x.want());
         let got = unsafe { dpbusd_512() };
         let want: [i32; 16] = std::array::from_fn(|j| {
             (0..4).fold(100 - j as i32, |s, k| {
@@ -262,25 +277,19 @@ fn main() {
                 s + ((i * 7 + 3) as u8) as i32 * ((i as i32 * 5 - 128) as i8) as i32
             })
         });
-        let pass = got == want;
-        ok &= pass;
-        println!(
-            "probe: vpdpbusd zmm {} got={got:?}",
-            if pass { "OK" } else { "WRONG" }
-        );
+        check(&mut ok, "vpdpbusd zmm", got, want);
     }
     if is_x86_feature_detected!("avx512bf16") {
         let a: [f32; 32] = std::array::from_fn(|i| i as f32 * 0.75 - 9.0);
         let b: [f32; 32] = std::array::from_fn(|i| 3.0 - i as f32 * 0.125);
         let acc: [f32; 16] = std::array::from_fn(|i| i as f32 * 10.0);
-        let got = unsafe { dpbf16_512(&a, &b, &acc) };
         let want: [f32; 16] =
             std::array::from_fn(|j| acc[j] + a[2 * j] * b[2 * j] + a[2 * j + 1] * b[2 * j + 1]);
-        let pass = got == want;
-        ok &= pass;
-        println!(
-            "probe: vdpbf16ps zmm {} got={got:?}",
-            if pass { "OK" } else { "WRONG" }
+        check(
+            &mut ok,
+            "vdpbf16ps zmm",
+            unsafe { dpbf16_512(&a, &b, &acc) },
+            want,
         );
         // Values with more than 8 significant bits, ties included, to check the rounding.
         let x: [f32; 32] = std::array::from_fn(|i| {
@@ -314,17 +323,12 @@ fn main() {
         );
     }
     if is_x86_feature_detected!("avxvnni") {
-        let got = unsafe { dpwssd_vex() };
-        let want: [i32; 8] = std::array::from_fn(|j| {
-            let a = |i: usize| i as i32 * 37 - 500;
-            let b = |i: usize| 1000 - i as i32 * 61;
-            (j as i32 * 1000 - 7) + a(2 * j) * b(2 * j) + a(2 * j + 1) * b(2 * j + 1)
-        });
-        let pass = got == want;
-        ok &= pass;
-        println!(
-            "probe: vpdpwssd ymm (VEX, AVX-VNNI) {} got={got:?}",
-            if pass { "OK" } else { "WRONG" }
+        let x = Dpwssd::<8>::new();
+        check(
+            &mut ok,
+            "vpdpwssd ymm (VEX, AVX-VNNI)",
+            unsafe { dpwssd_vex(&x) },
+            x.want(),
         );
     }
     if is_x86_feature_detected!("avx512bw") && is_x86_feature_detected!("avx512vl") {

@@ -1,0 +1,96 @@
+//! How close the f32 GEMM comes to the FMA probe: one 16-column weight panel (in L1) over
+//! 44 strips of `A` (in L2), which is the register tile's loop with nothing else around it,
+//! beside the ViT block's GEMMs at the sizes `vit.rs` runs them, and qkv over 24 galaxies at
+//! once (where its weights and a block of `A` no longer fit L2 together).
+//! `cargo run --release -p cai-model --example tile_ceiling [rounds]`
+//!
+//! Each round times the FMA probe, then every shape for 50 ms of the thread's CPU clock;
+//! the shares compare sums over all rounds, so drift of the machine hits both sides alike.
+
+use cai_model::kernels::{ops, Epilogue, PackedB};
+
+fn cpu_seconds() -> f64 {
+    cai_model::clock::thread_cpu_seconds().unwrap_or(0.0)
+}
+
+struct Case {
+    what: &'static str,
+    m: usize,
+    a: Vec<f32>,
+    b: PackedB,
+    c: Vec<f32>,
+    flops: f64,
+    seconds: f64,
+}
+
+fn main() {
+    let rounds: usize = std::env::args()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let ops = ops();
+    let mut cases: Vec<Case> = [
+        ("one panel", 264, 192, 16),
+        ("one panel, long k", 264, 768, 16),
+        // The ViT block's GEMMs as `vit.rs` calls them: qkv per galaxy (65 tokens), proj
+        // over a chunk of 8 galaxies, the MLP per block of 66 rows.
+        ("qkv, one galaxy", 65, 192, 576),
+        ("proj, one chunk", 520, 192, 192),
+        ("fc1, one MLP block", 66, 192, 768),
+        ("fc2, one MLP block", 66, 768, 192),
+        ("qkv, 24 galaxies", 1560, 192, 576),
+    ]
+    .into_iter()
+    .map(|(what, m, k, n)| {
+        let a = (0..m * k)
+            .map(|i| ((i * 7919) % 1000) as f32 * 1e-3 - 0.5)
+            .collect();
+        let w: Vec<f32> = (0..n * k)
+            .map(|i| ((i * 104729) % 997) as f32 * 1e-3 - 0.5)
+            .collect();
+        Case {
+            what,
+            m,
+            a,
+            b: PackedB::pack_nk(&w, n, k, k, Some(&vec![0.1; n])),
+            c: vec![0.0; m * n],
+            flops: 0.0,
+            seconds: 0.0,
+        }
+    })
+    .collect();
+    let (mut probe_flops, mut probe_seconds) = (0.0f64, 0.0f64);
+    for _ in 0..rounds {
+        let t = cpu_seconds();
+        let (_, f) = ops.fma_probe(2_000_000);
+        probe_seconds += cpu_seconds() - t;
+        probe_flops += f as f64;
+        for case in &mut cases {
+            let (k, n) = (case.b.k(), case.b.n());
+            let t = cpu_seconds();
+            while cpu_seconds() - t < 0.05 {
+                for _ in 0..10 {
+                    ops.gemm(case.m, &case.a, k, &case.b, &mut case.c, n, Epilogue::PLAIN);
+                }
+                case.flops += 10.0 * (2 * case.m * k * n) as f64;
+            }
+            case.seconds += cpu_seconds() - t;
+        }
+    }
+    let probe = probe_flops / probe_seconds / 1e9;
+    println!(
+        "FMA probe {probe:.1} GFLOP/s ({:?} kernels, {rounds} alternating rounds)",
+        ops.tier
+    );
+    for case in &cases {
+        let g = case.flops / case.seconds / 1e9;
+        println!(
+            "{:>24}  m{:<5} k{:<4} n{:<4} {g:6.1} GFLOP/s = {:5.1}% of the probe",
+            case.what,
+            case.m,
+            case.b.k(),
+            case.b.n(),
+            100.0 * g / probe
+        );
+    }
+}

@@ -1,7 +1,8 @@
 //! How close the f32 GEMM comes to the FMA probe: one 16-column weight panel (in L1) over
 //! 44 strips of `A` (in L2), which is the register tile's loop with nothing else around it,
-//! beside the ViT block's GEMMs at the sizes `vit.rs` runs them, and qkv over 24 galaxies at
-//! once (where its weights and a block of `A` no longer fit L2 together).
+//! beside the ViT block's GEMMs at the sizes `vit.rs` runs them: first with one weight matrix
+//! called again and again (it stays in L2), then taking 12 weight matrices in turn, as the
+//! model's 12 blocks do (21 MB of f32 weights: they come from L3 or memory each time).
 //! `cargo run --release -p cai-model --example tile_ceiling [rounds]`
 //!
 //! Each round times the FMA probe, then every shape for 50 ms of the thread's CPU clock;
@@ -17,7 +18,8 @@ struct Case {
     what: &'static str,
     m: usize,
     a: Vec<f32>,
-    b: PackedB,
+    /// Weight matrices of the same shape, used in turn.
+    b: Vec<PackedB>,
     c: Vec<f32>,
     flops: f64,
     seconds: f64,
@@ -30,29 +32,37 @@ fn main() {
         .unwrap_or(20);
     let ops = ops();
     let mut cases: Vec<Case> = [
-        ("one panel", 264, 192, 16),
-        ("one panel, long k", 264, 768, 16),
+        ("one panel", 264, 192, 16, 1),
+        ("one panel, long k", 264, 768, 16, 1),
         // The ViT block's GEMMs as `vit.rs` calls them: qkv per galaxy (65 tokens), proj
         // over a chunk of 8 galaxies, the MLP per block of 66 rows.
-        ("qkv, one galaxy", 65, 192, 576),
-        ("proj, one chunk", 520, 192, 192),
-        ("fc1, one MLP block", 66, 192, 768),
-        ("fc2, one MLP block", 66, 768, 192),
-        ("qkv, 24 galaxies", 1560, 192, 576),
+        ("qkv, one galaxy", 65, 192, 576, 1),
+        ("proj, one chunk", 520, 192, 192, 1),
+        ("fc1, one MLP block", 66, 192, 768, 1),
+        ("fc2, one MLP block", 66, 768, 192, 1),
+        ("qkv, 12 weights", 65, 192, 576, 12),
+        ("proj, 12 weights", 520, 192, 192, 12),
+        ("fc1, 12 weights", 66, 192, 768, 12),
+        ("fc2, 12 weights", 66, 768, 192, 12),
     ]
     .into_iter()
-    .map(|(what, m, k, n)| {
+    .map(|(what, m, k, n, sets)| {
         let a = (0..m * k)
             .map(|i| ((i * 7919) % 1000) as f32 * 1e-3 - 0.5)
             .collect();
-        let w: Vec<f32> = (0..n * k)
-            .map(|i| ((i * 104729) % 997) as f32 * 1e-3 - 0.5)
+        let b = (0..sets)
+            .map(|s| {
+                let w: Vec<f32> = (0..n * k)
+                    .map(|i| (((i + s) * 104729) % 997) as f32 * 1e-3 - 0.5)
+                    .collect();
+                PackedB::pack_nk(&w, n, k, k, Some(&vec![0.1; n]))
+            })
             .collect();
         Case {
             what,
             m,
             a,
-            b: PackedB::pack_nk(&w, n, k, k, Some(&vec![0.1; n])),
+            b,
             c: vec![0.0; m * n],
             flops: 0.0,
             seconds: 0.0,
@@ -66,13 +76,13 @@ fn main() {
         probe_seconds += cpu_seconds() - t;
         probe_flops += f as f64;
         for case in &mut cases {
-            let (k, n) = (case.b.k(), case.b.n());
+            let (k, n) = (case.b[0].k(), case.b[0].n());
             let t = cpu_seconds();
             while cpu_seconds() - t < 0.05 {
-                for _ in 0..10 {
-                    ops.gemm(case.m, &case.a, k, &case.b, &mut case.c, n, Epilogue::PLAIN);
+                for b in case.b.iter().cycle().take(12) {
+                    ops.gemm(case.m, &case.a, k, b, &mut case.c, n, Epilogue::PLAIN);
                 }
-                case.flops += 10.0 * (2 * case.m * k * n) as f64;
+                case.flops += 12.0 * (2 * case.m * k * n) as f64;
             }
             case.seconds += cpu_seconds() - t;
         }
@@ -88,8 +98,8 @@ fn main() {
             "{:>24}  m{:<5} k{:<4} n{:<4} {g:6.1} GFLOP/s = {:5.1}% of the probe",
             case.what,
             case.m,
-            case.b.k(),
-            case.b.n(),
+            case.b[0].k(),
+            case.b[0].n(),
             100.0 * g / probe
         );
     }

@@ -1,8 +1,9 @@
-//! How close the f32 GEMM comes to the FMA probe: one 16-column weight panel (in L1) over
-//! 44 strips of `A` (in L2), which is the register tile's loop with nothing else around it,
-//! beside the ViT block's GEMMs at the sizes `vit.rs` runs them: first with one weight matrix
-//! called again and again (it stays in L2), then taking 12 weight matrices in turn, as the
-//! model's 12 blocks do (21 MB of f32 weights: they come from L3 or memory each time).
+//! How close the f32 GEMM comes to the FMA probe: one 16-column weight panel (in L1 at k 192)
+//! over 44 strips of `A` (in L2), which is the register tile's loop with nothing else around
+//! it, beside the ViT block's GEMMs at the sizes `vit.rs` runs them: first with one weight
+//! matrix called again and again (it stays in L2), then taking 12 weight matrices of the same
+//! shape in turn (5-7 MB, past L2), as the model's 12 blocks take theirs (21 MB of f32
+//! weights), so each call finds its weights in L3 or memory.
 //! `cargo run --release -p cai-model --example tile_ceiling [rounds]`
 //!
 //! Each round times the FMA probe, then every shape for 50 ms of the thread's CPU clock;
@@ -29,7 +30,8 @@ fn main() {
     let rounds: usize = std::env::args()
         .nth(1)
         .and_then(|v| v.parse().ok())
-        .unwrap_or(20);
+        .unwrap_or(20)
+        .max(1);
     let ops = ops();
     let mut cases: Vec<Case> = [
         ("one panel", 264, 192, 16, 1),

@@ -15,7 +15,8 @@ that round's cai report too): every engine's best galaxies/s over the rounds, wi
 range beside it. On a shared machine whose neighbours slow everything by tens of percent at
 times, alternating rounds of cai and PyTorch and keeping each one's best compares both at
 their least disturbed, where a single pass compares whatever moments each one happened to
-get.
+get. It ends with the comparison the speed issue states: one thread, each engine at its best
+batch size, against PyTorch f32, best over the rounds and round by round (with the median).
 
 The third form joins `cai bench --json` reports of several kernel tiers (run.sh --kernels)
 into one, each precision labelled with its tier ("f32 avx2").
@@ -27,6 +28,7 @@ magnitude i is 15 + i % 7. Speed is measured in wall time and in process CPU tim
 import argparse
 import json
 import os
+import statistics
 import struct
 import sys
 import time
@@ -347,8 +349,48 @@ def table(rounds):
         print("cai's FMA probe moved by " + ", ".join(f"{100 * d:.0f}%" for d in drifts if d is not None)
               + " within " + ("each round" if n > 1 else "the run")
               + " (other load on this machine; figures from different moments differ by up to that much)")
+    headline(rounds)
     print("peak% = GFLOP per CPU-second over the per-core f32 peak (int8 counts the same FLOPs);")
     print("x torch = galaxies/s over PyTorch f32's in the same case; |dz| on the parity fixtures if given, else on the bench inputs")
+
+
+def round_best(rd, engine, threads=1):
+    """(galaxies per CPU-s, batch) of `engine` at its best batch size in one round, or None."""
+    if engine.startswith("cai "):
+        cases = [c for c in (rd.get("cai") or {}).get("cases", [])
+                 if f"cai {c.get('precision', 'f32')}" == engine and c["threads"] == threads]
+    else:
+        cases = [r for r in rd.get("results", []) if r["engine"] == engine and r["threads"] == threads]
+    rates = [(c.get("galaxies_per_cpu_s") or c["galaxies_per_s"], c["batch"]) for c in cases]
+    return max(rates) if rates else None
+
+
+def headline(rounds):
+    """The issue's comparison: one thread, each engine at its best batch size, against PyTorch
+    f32: best over all rounds, and round by round (each ratio pairs figures taken minutes
+    apart, so the machine's drift between rounds does not enter it)."""
+    seen = {f"cai {c.get('precision', 'f32')}" for rd in rounds for c in (rd.get("cai") or {}).get("cases", [])}
+    listed = next(([f"cai {p['precision']}" for p in (r.get("cai") or {}).get("precisions", [])]
+                   for r in rounds if (r.get("cai") or {}).get("precisions")), [])
+    engines = [e for e in listed if e in seen] + sorted(seen - set(listed))
+    engines += [e for e in ("onnxruntime",) if any(round_best(rd, e) for rd in rounds)]
+    torch = [round_best(rd, "torch") for rd in rounds]
+    if not any(torch):
+        return
+    best_torch = max(t for t in torch if t)
+    print(f"one thread, each engine at its best batch, galaxies per CPU-s against PyTorch f32's "
+          f"{best_torch[0]:.1f} (batch {best_torch[1]}):")
+    for eng in engines:
+        per = [round_best(rd, eng) for rd in rounds]
+        if not any(per):
+            continue
+        best = max(p for p in per if p)
+        paired = [p[0] / t[0] for p, t in zip(per, torch) if p and t]
+        line = f"  {eng}: {best[0]:.1f} (batch {best[1]}) = {best[0] / best_torch[0]:.2f}x"
+        if len(paired) > 1:
+            line += (f"; round by round {', '.join(f'{r:.2f}x' for r in paired)} "
+                     f"(median {statistics.median(paired):.2f}x)")
+        print(line)
 
 
 if __name__ == "__main__":

@@ -286,16 +286,10 @@ def table(rounds):
     samples = {}
     dz = {}
     for rd in rounds:
-        cai = rd.get("cai") or {}
-        for c in cai.get("cases", []):
-            key = (c["threads"], c["batch"], f"cai {c.get('precision', 'f32')}")
-            samples.setdefault(key, []).append({"galaxies_per_s": c["galaxies_per_s"],
-                                                "galaxies_per_cpu_s": c.get("galaxies_per_cpu_s"),
-                                                "load1": c.get("load1")})
-        for p in cai.get("precisions", []):
+        for p in (rd.get("cai") or {}).get("precisions", []):
             dz[p["precision"]] = p
-        for r in rd.get("results", []):
-            samples.setdefault((r["threads"], r["batch"], r["engine"]), []).append(r)
+        for key, r in round_cases(rd):
+            samples.setdefault(key, []).append(r)
     threads = sorted({k[0] for k in samples})
     batches = sorted({k[1] for k in samples})
     # cai's precisions in the order its report lists them (with --kernels, each tier's).
@@ -349,31 +343,34 @@ def table(rounds):
         print("cai's FMA probe moved by " + ", ".join(f"{100 * d:.0f}%" for d in drifts if d is not None)
               + " within " + ("each round" if n > 1 else "the run")
               + " (other load on this machine; figures from different moments differ by up to that much)")
-    headline(rounds)
+    headline(rounds, [e for e in order if e != "torch"])
     print("peak% = GFLOP per CPU-second over the per-core f32 peak (int8 counts the same FLOPs);")
     print("x torch = galaxies/s over PyTorch f32's in the same case; |dz| on the parity fixtures if given, else on the bench inputs")
 
 
+def round_cases(rd):
+    """One round's cases as ((threads, batch, engine), record): cai's precisions as engines
+    "cai f32" etc., beside PyTorch's and ONNX Runtime's results."""
+    for c in (rd.get("cai") or {}).get("cases", []):
+        yield ((c["threads"], c["batch"], f"cai {c.get('precision', 'f32')}"),
+               {"galaxies_per_s": c["galaxies_per_s"],
+                "galaxies_per_cpu_s": c.get("galaxies_per_cpu_s"),
+                "load1": c.get("load1")})
+    for r in rd.get("results", []):
+        yield (r["threads"], r["batch"], r["engine"]), r
+
+
 def round_best(rd, engine, threads=1):
     """(galaxies per CPU-s, batch) of `engine` at its best batch size in one round, or None."""
-    if engine.startswith("cai "):
-        cases = [c for c in (rd.get("cai") or {}).get("cases", [])
-                 if f"cai {c.get('precision', 'f32')}" == engine and c["threads"] == threads]
-    else:
-        cases = [r for r in rd.get("results", []) if r["engine"] == engine and r["threads"] == threads]
-    rates = [(c.get("galaxies_per_cpu_s") or c["galaxies_per_s"], c["batch"]) for c in cases]
+    rates = [(r.get("galaxies_per_cpu_s") or r["galaxies_per_s"], b)
+             for (t, b, e), r in round_cases(rd) if e == engine and t == threads]
     return max(rates) if rates else None
 
 
-def headline(rounds):
-    """The issue's comparison: one thread, each engine at its best batch size, against PyTorch
-    f32: best over all rounds, and round by round (each ratio pairs figures taken minutes
-    apart, so the machine's drift between rounds does not enter it)."""
-    seen = {f"cai {c.get('precision', 'f32')}" for rd in rounds for c in (rd.get("cai") or {}).get("cases", [])}
-    listed = next(([f"cai {p['precision']}" for p in (r.get("cai") or {}).get("precisions", [])]
-                   for r in rounds if (r.get("cai") or {}).get("precisions")), [])
-    engines = [e for e in listed if e in seen] + sorted(seen - set(listed))
-    engines += [e for e in ("onnxruntime",) if any(round_best(rd, e) for rd in rounds)]
+def headline(rounds, engines):
+    """The issue's comparison: one thread, each of `engines` at its best batch size, against
+    PyTorch f32: best over all rounds, and round by round (each ratio pairs figures taken
+    minutes apart, so the machine's drift between rounds does not enter it)."""
     torch = [round_best(rd, "torch") for rd in rounds]
     if not any(torch):
         return

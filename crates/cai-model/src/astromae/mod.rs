@@ -9,7 +9,8 @@
 //!
 //! Inference runs in two phases, both parallel over the current rayon pool:
 //! 1. per chunk of a few galaxies: the ViT trunk (all tokens of the chunk as one matrix) and
-//!    the convolutional trunk;
+//!    the convolutional trunk (with fewer galaxies than threads, each galaxy's ViT GEMMs
+//!    run in two halves of rows on two threads);
 //! 2. per block of up to [`HEAD_ROWS`] galaxies: the per-galaxy MLPs (`head`, `vit_block`,
 //!    `vis_inception.10/12`, `magnitude_block`, `concat_block`), which are dominated by
 //!    reading their weights and so want many rows at once.
@@ -574,6 +575,9 @@ impl AstroMae {
 
         // Phase 1: ViT and CNN trunks per chunk of galaxies.
         let g = n.div_ceil(threads).clamp(1, CHUNK);
+        // Fewer galaxies than threads (g is then 1): each galaxy's ViT GEMMs split their
+        // rows over two threads, so a lone galaxy does not leave a core idle.
+        let split = n < threads;
         // Every value of both is written by the trunks before phase 2 reads it.
         let pooled = buf(&mut cb.pooled, n * d);
         let flat = buf(&mut cb.flat, n * f);
@@ -584,7 +588,7 @@ impl AstroMae {
             .for_each(|((po, fl), im)| {
                 with_scratch(|s| {
                     let gi = im.len() / img;
-                    self.vit.trunk(ops, im, gi, po, &mut s.vit);
+                    self.vit.trunk(ops, im, gi, po, &mut s.vit, split);
                     self.cnn.trunk(ops, im, gi, fl, &mut s.cnn);
                 })
             });

@@ -5,7 +5,9 @@
 //! All tokens of a chunk of galaxies form one matrix (`g * (T+1)` rows x `dim`), so every
 //! Linear is one GEMM, except `qkv`: it runs per galaxy, and that galaxy's attention (per
 //! head, on slices of the fused qkv output) right after it, while the output is in L2.
-//! The MLP runs in row blocks so its hidden activations stay in cache.
+//! The MLP runs in row blocks so its hidden activations stay in cache. A call with fewer
+//! galaxies than threads splits each galaxy's GEMMs into two halves of rows on two threads
+//! ([`split_rows`]); attention and LayerNorm stay on one.
 
 use super::cnn::buf;
 use super::layers::{LayerNorm, Linear};
@@ -19,6 +21,35 @@ const LN_EPS: f32 = 1e-6;
 /// Rows per MLP block (hidden activations of `ROWS x mlp` stay in L2); a multiple of the
 /// GEMM's 6-row tile so no block ends in a part-empty strip.
 const MLP_ROWS: usize = 66;
+/// Where [`split_rows`] cuts: a multiple of every tier's GEMM strip height (6 on AVX2 and
+/// NEON, 12 on AVX-512), so the first half ends on a whole strip.
+const SPLIT_ALIGN: usize = 24;
+
+/// The first row of the second half when `m` rows are split in two: `m` itself (no second
+/// half) when there are too few rows to split.
+fn split_point(m: usize) -> usize {
+    ((m / 2).div_ceil(SPLIT_ALIGN) * SPLIT_ALIGN).min(m)
+}
+
+/// Runs `f(first row, rows, their rows of c)` over the `m` rows of `c` (`ldc` apart): with
+/// `split`, as two halves on two threads of the rayon pool (one galaxy on an otherwise idle
+/// second core), else once. Every row is computed the same way either way, so results do
+/// not change.
+fn split_rows(
+    split: bool,
+    m: usize,
+    ldc: usize,
+    c: &mut [f32],
+    f: impl Fn(usize, usize, &mut [f32]) + Sync,
+) {
+    let m0 = split_point(m);
+    if !split || m0 == 0 || m0 == m {
+        f(0, m, c);
+        return;
+    }
+    let (c0, c1) = c.split_at_mut(m0 * ldc);
+    rayon::join(|| f(0, m0, c0), || f(m0, m - m0, c1));
+}
 
 /// `timm.models.layers.PatchEmbed`: Conv2d(C -> D, kernel = stride = patch), flattened.
 #[derive(Debug, Clone)]
@@ -108,13 +139,33 @@ impl Block {
         })
     }
 
-    /// One block over `g` galaxies of `t1` rows each, in place on `s.x`.
-    fn forward(&self, ops: &Ops, g: usize, t1: usize, d: usize, s: &mut VitScratch) {
-        self.attend(ops, g, t1, d, s);
+    /// One block over `g` galaxies of `t1` rows each, in place on `s.x`; with `split` (only
+    /// for chunks of at most [`MLP_ROWS`] rows) its GEMMs run in two halves of rows on two
+    /// threads.
+    fn forward(&self, ops: &Ops, g: usize, t1: usize, d: usize, s: &mut VitScratch, split: bool) {
+        self.attend(ops, g, t1, d, s, split);
         let rows = g * t1;
         let (x, xn) = (&mut s.x[..rows * d], &mut s.xn[..rows * d]);
         self.norm2.forward(ops, rows, x, xn);
+        let xn = &*xn;
         let hid = self.mlp.fc1.out_features();
+        let m0 = split_point(rows);
+        if split && rows <= MLP_ROWS && m0 > 0 && m0 < rows {
+            // Each half of the rows on its own thread: its hidden activations (in its own
+            // part of `s.h`, which holds `rows` of them), then fc2 into its rows of x.
+            let (h0, h1) = s.h[..rows * hid].split_at_mut(m0 * hid);
+            let (x0, x1) = x.split_at_mut(m0 * d);
+            let half = |r0: usize, m: usize, h: &mut [f32], xo: &mut [f32]| {
+                self.mlp
+                    .fc1
+                    .forward(ops, m, &xn[r0 * d..], d, h, hid, Epilogue::GELU);
+                self.mlp
+                    .fc2
+                    .forward(ops, m, h, hid, xo, d, Epilogue::RESIDUAL);
+            };
+            rayon::join(|| half(0, m0, h0, x0), || half(m0, rows - m0, h1, x1));
+            return;
+        }
         self.mlp
             .hidden_blocks(ops, rows, d, xn, &mut s.h, |r0, m, h| {
                 self.mlp
@@ -127,8 +178,16 @@ impl Block {
     /// tokens of `x + fc2(h)` (`h` = GELU(fc1(norm2(x)))) is `mean(x) + fc2(mean(h))`,
     /// because `fc2` is affine, so `fc2` runs on one row per galaxy instead of 64 (2.4% of
     /// the model's FLOPs). Leaves the `g x d` pooled, not yet `fc_norm`ed, rows in `s.pool`.
-    fn forward_pooled(&self, ops: &Ops, g: usize, t1: usize, d: usize, s: &mut VitScratch) {
-        self.attend(ops, g, t1, d, s);
+    fn forward_pooled(
+        &self,
+        ops: &Ops,
+        g: usize,
+        t1: usize,
+        d: usize,
+        s: &mut VitScratch,
+        split: bool,
+    ) {
+        self.attend(ops, g, t1, d, s, split);
         let rows = g * t1;
         let (x, xn) = (&s.x[..rows * d], &mut s.xn[..rows * d]);
         self.norm2.forward(ops, rows, x, xn);
@@ -137,10 +196,22 @@ impl Block {
         let hid = self.mlp.fc1.out_features();
         let hbar = &mut s.hbar[..g * hid];
         hbar.fill(0.0);
-        self.mlp
-            .hidden_blocks(ops, rows, d, xn, &mut s.h, |r0, _, h| {
-                add_patch_rows(h, r0, t1, hid, hbar);
+        if split && rows <= MLP_ROWS {
+            // fc1 in two halves of rows on two threads, then the sums as below.
+            let h = &mut s.h[..rows * hid];
+            let xn = &*xn;
+            split_rows(true, rows, hid, h, |r0, m, hc| {
+                self.mlp
+                    .fc1
+                    .forward(ops, m, &xn[r0 * d..], d, hc, hid, Epilogue::GELU);
             });
+            add_patch_rows(h, 0, t1, hid, hbar);
+        } else {
+            self.mlp
+                .hidden_blocks(ops, rows, d, xn, &mut s.h, |r0, _, h| {
+                    add_patch_rows(h, r0, t1, hid, hbar);
+                });
+        }
         scale_to_mean(hbar, t1);
         self.mlp
             .fc2
@@ -148,7 +219,7 @@ impl Block {
     }
 
     /// `x += attn(norm1(x))` over `g` galaxies of `t1` rows each, in place on `s.x`.
-    fn attend(&self, ops: &Ops, g: usize, t1: usize, d: usize, s: &mut VitScratch) {
+    fn attend(&self, ops: &Ops, g: usize, t1: usize, d: usize, s: &mut VitScratch, split: bool) {
         let rows = g * t1;
         let x = &mut s.x[..rows * d];
         let xn = &mut s.xn[..rows * d];
@@ -161,10 +232,14 @@ impl Block {
         // queries, keys and values are still in L2 (measured 0.6-1.6% faster on the
         // blocks than qkv for the whole chunk first, whose 600 KB spill to L3).
         let qkv = &mut s.qkv[..t1 * 3 * d];
+        let xn = &*xn;
         for gi in 0..g {
-            self.attn
-                .qkv
-                .forward(ops, t1, &xn[gi * t1 * d..], d, qkv, 3 * d, Epilogue::PLAIN);
+            split_rows(split, t1, 3 * d, qkv, |r0, m, c| {
+                let a = &xn[(gi * t1 + r0) * d..];
+                self.attn
+                    .qkv
+                    .forward(ops, m, a, d, c, 3 * d, Epilogue::PLAIN);
+            });
             for h in 0..heads {
                 let head = HeadQkv {
                     t: t1,
@@ -178,9 +253,13 @@ impl Block {
                 ops.attention(&head, scale, dst, d, &mut s.attn);
             }
         }
-        self.attn
-            .proj
-            .forward(ops, rows, att, d, x, d, Epilogue::RESIDUAL);
+        let att = &*att;
+        split_rows(split, rows, d, x, |r0, m, c| {
+            let a = &att[r0 * d..];
+            self.attn
+                .proj
+                .forward(ops, m, a, d, c, d, Epilogue::RESIDUAL);
+        });
     }
 }
 
@@ -326,7 +405,7 @@ impl Vit {
         let t = clock();
         for _ in 0..reps {
             for blk in &self.blocks {
-                blk.forward(ops, g, t1, d, s);
+                blk.forward(ops, g, t1, d, s, false);
             }
         }
         let secs = clock() - t;
@@ -352,6 +431,7 @@ impl Vit {
         g: usize,
         out: &mut [f32],
         s: &mut VitScratch,
+        split: bool,
     ) {
         let cfg = &self.cfg;
         let (c, img, p, d) = (cfg.channels, cfg.image, cfg.patch, cfg.dim);
@@ -377,15 +457,13 @@ impl Vit {
         let x = buf(&mut s.x, g * t1 * d);
         for gi in 0..g {
             let xg = &mut x[gi * t1 * d..(gi + 1) * t1 * d];
-            self.patch_embed.proj.forward(
-                ops,
-                t,
-                &patches[gi * t * kp..],
-                kp,
-                &mut xg[d..],
-                d,
-                Epilogue::PLAIN,
-            );
+            let pg = &patches[gi * t * kp..];
+            split_rows(split, t, d, &mut xg[d..], |r0, m, c| {
+                let a = &pg[r0 * kp..];
+                self.patch_embed
+                    .proj
+                    .forward(ops, m, a, kp, c, d, Epilogue::PLAIN);
+            });
             xg[..d].copy_from_slice(&self.cls_token[..d]);
             for (v, pe) in xg.iter_mut().zip(&self.pos_embed) {
                 *v += pe;
@@ -394,9 +472,9 @@ impl Vit {
         match self.blocks.split_last() {
             Some((last, rest)) => {
                 for blk in rest {
-                    blk.forward(ops, g, t1, d, s);
+                    blk.forward(ops, g, t1, d, s, split);
                 }
-                last.forward_pooled(ops, g, t1, d, s);
+                last.forward_pooled(ops, g, t1, d, s, split);
             }
             None => mean_patch_rows(&s.x, g, t1, d, &mut s.pool),
         }

@@ -7,6 +7,7 @@ mod reference;
 
 use std::collections::BTreeMap;
 
+use cai_model::kernels::Precision;
 use cai_model::{init, AstroMae, Config, Error, LoadOptions, Model, Tensor, Weights};
 use reference::Reference;
 
@@ -223,6 +224,44 @@ fn results_do_not_depend_on_thread_count_or_batching() {
         })
         .collect();
     assert_eq!(one, single);
+}
+
+#[test]
+fn a_lone_galaxy_split_over_two_threads_gives_the_same_bits() {
+    // Fewer galaxies than threads: each galaxy's ViT GEMMs run in two halves of rows on two
+    // threads (65 rows at full size; the small config's 17 are too few to split).
+    let cfg = Config {
+        depth: 2,
+        ..Config::astromae()
+    };
+    let f32_model = AstroMae::load(&init::astromae_weights(3, &cfg), "s").unwrap();
+    let n = 3;
+    let (img, mag) = inputs(n, &cfg, 5);
+    let per = cfg.channels * cfg.image * cfg.image;
+    let pool = |threads: usize| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap()
+    };
+    let (one, four) = (pool(1), pool(4));
+    for precision in [Precision::F32, Precision::Int16] {
+        let mut model = f32_model.clone();
+        model.set_precision(precision).unwrap();
+        let together = one.install(|| model.predict(&img, &mag, n).unwrap());
+        for i in 0..n {
+            let (im, mg) = (&img[i * per..(i + 1) * per], &mag[i * 5..(i + 1) * 5]);
+            let alone = four.install(|| model.predict(im, mg, 1).unwrap());
+            assert_eq!(
+                alone[0].to_bits(),
+                together[i].to_bits(),
+                "{precision} galaxy {i}"
+            );
+        }
+        // Two galaxies on four threads: both split at once.
+        let two = four.install(|| model.predict(&img[..2 * per], &mag[..10], 2).unwrap());
+        assert_eq!(two, together[..2], "{precision}");
+    }
 }
 
 #[test]

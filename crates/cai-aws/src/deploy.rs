@@ -12,8 +12,6 @@ use aws_config::SdkConfig;
 use aws_sdk_cloudformation as cfn;
 use cfn::types::{Capability, Parameter, Stack};
 
-use cai_engine::aws::{template, AwsConfig};
-
 use crate::{aws_err, Error, Result};
 
 /// CloudFormation's limit on a template passed inline (`TemplateBody`).
@@ -173,25 +171,29 @@ fn output(s: &Stack, key: &str) -> Option<String> {
         .clone()
 }
 
-/// Create or update the stack for `cfg`, its functions' code at `s3://code_bucket/code_key`;
-/// wait for it, calling `on_event` for each resource event; return its outputs.
+/// Create or update the stack `stack` from `template` (the CloudFormation template, as
+/// `cai_engine::aws::template` generates it), its functions' code at
+/// `s3://code_bucket/code_key`; wait for it, calling `on_event` for each resource event;
+/// return its outputs.
 pub async fn deploy(
     sdk: &SdkConfig,
-    cfg: &AwsConfig,
+    stack: &str,
+    template: &serde_json::Value,
     code_bucket: &str,
     code_key: &str,
     poll: Duration,
     mut on_event: impl FnMut(&StackEvent),
 ) -> Result<Deployed> {
     let client = cfn::Client::new(sdk);
-    let stack = cfg.stack.as_str();
-    let body = serde_json::to_string(&template(cfg))
-        .map_err(|e| Error::Invalid(format!("cannot encode the template: {e}")))?;
+    let body = serde_json::to_string(template).map_err(|source| Error::Encode {
+        what: "the template",
+        source,
+    })?;
     if body.len() > MAX_TEMPLATE_BODY {
-        return Err(Error::Invalid(format!(
-            "the template is {} bytes; CloudFormation takes at most {MAX_TEMPLATE_BODY} inline",
-            body.len()
-        )));
+        return Err(Error::TemplateTooLarge {
+            bytes: body.len(),
+            max: MAX_TEMPLATE_BODY,
+        });
     }
     let params = vec![
         Parameter::builder()
@@ -210,9 +212,10 @@ pub async fn deploy(
     if let Some(s) = &existing {
         let status = status_of(s);
         if status.ends_with("_IN_PROGRESS") {
-            return Err(Error::Invalid(format!(
-                "stack {stack} is busy ({status}); wait for it to finish, then deploy again"
-            )));
+            return Err(Error::StackBusy {
+                stack: stack.to_string(),
+                status,
+            });
         }
         if status == "ROLLBACK_COMPLETE" || status == "ROLLBACK_FAILED" {
             // A stack whose creation failed cannot be updated: delete it and create anew.
@@ -273,8 +276,11 @@ pub async fn deploy(
     if !matches!(status.as_str(), "CREATE_COMPLETE" | "UPDATE_COMPLETE") {
         return Err(log.failed(stack, status));
     }
-    let state_machine_arn = output(&done, "StateMachineArn")
-        .ok_or_else(|| Error::Invalid(format!("stack {stack} has no StateMachineArn output")))?;
+    let state_machine_arn =
+        output(&done, "StateMachineArn").ok_or_else(|| Error::MissingOutput {
+            stack: stack.to_string(),
+            output: "StateMachineArn",
+        })?;
     Ok(Deployed {
         stack: stack.to_string(),
         action,

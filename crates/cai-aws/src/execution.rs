@@ -11,8 +11,8 @@ use aws_config::SdkConfig;
 use aws_sdk_sfn as sfn;
 use serde_json::Value;
 
+use cai_core::results::{load_plan, ResultsListing};
 use cai_core::StorageUrl;
-use cai_engine::summarize::ResultsListing;
 
 use crate::{aws_err, Error, Result};
 
@@ -103,7 +103,7 @@ pub async fn watch(
         let status = d.status.as_str().to_string();
         let world_size = match last.world_size {
             Some(w) => Some(w),
-            None => cai_engine::summarize::load_plan(results)
+            None => load_plan(results)
                 .await
                 .ok()
                 .flatten()
@@ -126,7 +126,10 @@ pub async fn watch(
                 .as_deref()
                 .map(serde_json::from_str)
                 .transpose()
-                .map_err(|e| Error::Invalid(format!("the execution's output is not JSON: {e}")))?;
+                .map_err(|source| Error::ExecutionOutput {
+                    execution: execution_arn.to_string(),
+                    source,
+                })?;
             return Ok(Finished {
                 progress: last,
                 output,

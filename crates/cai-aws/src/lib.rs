@@ -10,7 +10,12 @@
 //!   and failed (read from the results location), the execution's status and output.
 //!
 //! What the stack contains (state machine, functions, roles) is generated, without AWS calls,
-//! by `cai_engine::aws`; the Lambda handlers themselves live there too.
+//! by `cai_engine::aws`, and handed to [`deploy()`] as a template; the Lambda handlers live
+//! there too. This crate reads a results location only through `cai_core` (its
+//! [`layout`](cai_core::layout) and [`results`](cai_core::results)), so it does not depend on
+//! the engine or the model.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
 
 pub mod deploy;
 pub mod execution;
@@ -35,8 +40,10 @@ pub async fn sdk_config(profile: Option<&str>, region: Option<&str>) -> aws_conf
     loader.load().await
 }
 
-/// What can go wrong packaging, deploying or running on AWS.
+/// What can go wrong packaging, deploying or running on AWS. Every variant names the file,
+/// stack, operation or execution at fault.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// The binary to package cannot run on Lambda's `provided.al2023`.
     #[error("{path}: {reason}")]
@@ -65,9 +72,6 @@ pub enum Error {
     /// Reading or writing S3 failed.
     #[error(transparent)]
     Storage(#[from] cai_core::Error),
-    /// Reading a results location failed.
-    #[error(transparent)]
-    Results(Box<cai_engine::Error>),
     /// An AWS API call failed.
     #[error("AWS {operation} failed: {message}")]
     Aws {
@@ -86,15 +90,48 @@ pub enum Error {
         /// The failed resources' reasons, from the stack's events.
         reasons: String,
     },
-    /// Something the user asked for cannot be done as asked.
-    #[error("{0}")]
-    Invalid(String),
-}
-
-impl From<cai_engine::Error> for Error {
-    fn from(e: cai_engine::Error) -> Self {
-        Error::Results(Box::new(e))
-    }
+    /// A document could not be encoded as JSON.
+    #[error("cannot encode {what} as JSON: {source}")]
+    Encode {
+        /// What was being encoded.
+        what: &'static str,
+        /// The encoder's error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The template is larger than CloudFormation takes inline.
+    #[error("the template is {bytes} bytes; CloudFormation takes at most {max} inline")]
+    TemplateTooLarge {
+        /// Size of the encoded template.
+        bytes: usize,
+        /// CloudFormation's limit.
+        max: usize,
+    },
+    /// The stack is being created, updated or deleted by someone else.
+    #[error("stack {stack} is busy ({status}); wait for it to finish, then deploy again")]
+    StackBusy {
+        /// Stack name.
+        stack: String,
+        /// Its current status (`UPDATE_IN_PROGRESS`, …).
+        status: String,
+    },
+    /// A deployed stack lacks an output the template declares.
+    #[error("stack {stack} has no {output} output")]
+    MissingOutput {
+        /// Stack name.
+        stack: String,
+        /// The output's key.
+        output: &'static str,
+    },
+    /// A finished execution's output is not JSON.
+    #[error("the output of execution {execution} is not JSON: {source}")]
+    ExecutionOutput {
+        /// The execution's ARN.
+        execution: String,
+        /// The parse error.
+        #[source]
+        source: serde_json::Error,
+    },
 }
 
 /// Result with [`Error`].

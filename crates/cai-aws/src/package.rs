@@ -14,7 +14,7 @@ use goblin::elf::header::{EM_AARCH64, EM_X86_64};
 use goblin::elf::Elf;
 use sha2::{Digest, Sha256};
 
-use cai_engine::aws::Arch;
+use cai_core::cost::Arch;
 
 use crate::{Error, Result};
 

@@ -38,6 +38,14 @@ pub enum Error {
         #[source]
         source: serde_json::Error,
     },
+    /// A predictions file could not be written or read.
+    #[error("predictions {file}: {reason}")]
+    Parquet {
+        /// File name.
+        file: String,
+        /// Why.
+        reason: String,
+    },
     /// A payload or plan field has a value that cannot be used.
     #[error("invalid {field}: {reason}")]
     Invalid {

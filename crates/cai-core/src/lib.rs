@@ -3,7 +3,9 @@
 //! The parts of CAI-rs every engine shares and that know nothing of ML or engines:
 //! the original's input [`payload`], the [`plan`] (Initialize: which partitions each rank
 //! runs), the per-rank [`report`] (`<rank>.json` with the original's keys), the run
-//! [`summary`], the redshift [`metrics`], and [`storage`] locations as URLs.
+//! [`summary`], the redshift [`metrics`], and [`storage`] locations as URLs. A results
+//! location's keys are named once in [`layout`] and read through [`results`]; the
+//! per-galaxy [`predictions`] are Parquet; [`cost`] prices a run at AWS list prices.
 //!
 //! ```
 //! use cai_core::plan::assign;
@@ -13,11 +15,15 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod cost;
 pub mod error;
+pub mod layout;
 pub mod metrics;
 pub mod payload;
 pub mod plan;
+pub mod predictions;
 pub mod report;
+pub mod results;
 pub mod storage;
 pub mod summary;
 

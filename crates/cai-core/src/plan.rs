@@ -314,7 +314,11 @@ pub fn make_plan(req: &PlanRequest, mut partitions: Vec<PartitionRef>) -> Result
                     .clone()
                     .unwrap_or_else(|| req.results.clone()),
                 batch_size,
-                plan_url: Some(format!("{}/plan.json", req.results.trim_end_matches('/'))),
+                plan_url: Some(format!(
+                    "{}/{}",
+                    req.results.trim_end_matches('/'),
+                    crate::layout::PLAN
+                )),
             }
         })
         .collect();

@@ -117,30 +117,6 @@ pub struct RankFailure {
     pub failed_at: f64,
 }
 
-/// Key of a rank's report under the results location.
-pub fn rank_key(rank: usize) -> String {
-    format!("{rank}.json")
-}
-
-/// Key of a rank's failure record under the results location.
-pub fn failure_key(rank: usize) -> String {
-    format!("failed/{rank}.json")
-}
-
-/// Key of a rank's predictions under the results location.
-pub fn predictions_key(rank: usize) -> String {
-    format!("predictions/{rank}.parquet")
-}
-
-/// The rank of a top-level `<rank>.json` key, if it is one.
-pub fn rank_of_key(key: &str) -> Option<usize> {
-    let stem = key.strip_suffix(".json")?;
-    if stem.is_empty() || !stem.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    stem.parse().ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -151,13 +127,5 @@ mod tests {
         for k in ORIGINAL_KEYS {
             assert!(v.get(k).is_some(), "{k} missing");
         }
-    }
-
-    #[test]
-    fn rank_keys() {
-        assert_eq!(rank_of_key("12.json"), Some(12));
-        assert_eq!(rank_of_key("plan.json"), None);
-        assert_eq!(rank_of_key("failed/1.json"), None);
-        assert_eq!(rank_of_key(".json"), None);
     }
 }

@@ -21,14 +21,6 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
-    /// A predictions file could not be written or read.
-    #[error("predictions {file}: {reason}")]
-    Parquet {
-        /// File name.
-        file: String,
-        /// Why.
-        reason: String,
-    },
     /// A rank index outside the plan.
     #[error("rank {rank} is not in the plan (world size {world_size})")]
     NoSuchRank {
@@ -45,9 +37,62 @@ pub enum Error {
         /// Row in the partition.
         row: i32,
     },
-    /// A background task died.
-    #[error("worker task failed: {0}")]
-    Task(String),
+    /// A background task (a rank, a partition download, inference, the model loader)
+    /// panicked or was cancelled before it finished.
+    #[error("{task} task failed: {source}")]
+    Join {
+        /// What the task was doing (`rank 3`, `download of …`, `model loader`…).
+        task: String,
+        /// The runtime's report of the panic or cancellation.
+        #[source]
+        source: tokio::task::JoinError,
+    },
+    /// A rank task panicked while holding the lock on the run's outcome.
+    #[error("the {what} lock was poisoned by a panicking task")]
+    Poisoned {
+        /// What the lock guards.
+        what: &'static str,
+    },
+    /// A document we write could not be encoded as JSON.
+    #[error("cannot encode {what} as JSON: {source}")]
+    Encode {
+        /// What was being written (plan, rank report, summary…).
+        what: &'static str,
+        /// The encoder's error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The inference thread pool could not be started.
+    #[error("cannot start {threads} inference threads: {source}")]
+    ThreadPool {
+        /// Threads asked for.
+        threads: usize,
+        /// Why rayon refused.
+        #[source]
+        source: rayon::ThreadPoolBuildError,
+    },
+    /// The model returned fewer predictions than the batch had galaxies.
+    #[error("{file}: the model returned {got} predictions for a batch of {expected}")]
+    ShortBatch {
+        /// URL of the partition being predicted.
+        file: String,
+        /// Galaxies in the batch.
+        expected: usize,
+        /// Predictions returned.
+        got: usize,
+    },
+    /// A rank was stopped before its time limit (a Lambda invocation's) ran out.
+    #[error(
+        "rank {rank} stopped {margin_s} s before the invocation's time limit: the rank needs \
+         more time than one invocation has; give it fewer partitions (a larger world_size) or \
+         the function more memory (more vCPUs)"
+    )]
+    Deadline {
+        /// The rank.
+        rank: usize,
+        /// Seconds before the limit at which it was stopped.
+        margin_s: u64,
+    },
 }
 
 /// Result with cai-engine's error.

@@ -5,20 +5,18 @@
 //! [`summarize::summarize`] (Summarize). An engine only decides where ranks run:
 //! [`local::LocalEngine`] runs them on this machine's cores; `slurm` (feature `slurm`) runs
 //! them as a Slurm job array; `aws` (feature `aws`) generates the Step Functions + Lambda
-//! workflow, and [`cost`] prices a run at AWS list prices.
+//! workflow (`cai_core::cost` prices it).
 //!
-//! Results layout under the results location: `plan.json`, `payload.json`, `<rank>.json`,
-//! `failed/<rank>.json`, `predictions/<rank>.parquet`, `combined_data.json`,
-//! `predictions.parquet`, `summary.json`.
+//! What a run writes under its results location is named in `cai_core::layout` and read
+//! back through `cai_core::results`; the predictions' Parquet schema is
+//! `cai_core::predictions`.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 #[cfg(feature = "aws")]
 pub mod aws;
-pub mod cost;
 pub mod error;
 pub mod local;
-pub mod predictions;
 #[cfg(feature = "slurm")]
 pub mod slurm;
 pub mod stages;

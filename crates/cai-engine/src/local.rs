@@ -109,14 +109,15 @@ impl LocalEngine {
                 }
             }));
         }
-        for t in tasks {
-            t.await.map_err(|e| Error::Task(e.to_string()))?;
+        for (i, t) in tasks.into_iter().enumerate() {
+            t.await.map_err(|source| Error::Join {
+                task: format!("local worker {i}"),
+                source,
+            })?;
         }
-        let mut out = std::mem::take(
-            &mut *outcome
-                .lock()
-                .map_err(|_| Error::Task("outcome lock poisoned".into()))?,
-        );
+        let mut out = std::mem::take(&mut *outcome.lock().map_err(|_| Error::Poisoned {
+            what: "run outcome",
+        })?);
         out.done.sort_by_key(|r| r.rank);
         out.failed.sort_by_key(|f| f.0);
         Ok(out)

@@ -3,22 +3,19 @@
 
 use std::sync::Arc;
 
+use cai_core::layout;
 use cai_core::plan::{is_partition_key, make_plan, PartitionRef, Plan, PlanRequest};
 use cai_core::StorageUrl;
 use cai_data::partition::Manifest;
 use cai_model::{build_model, read_model_weights, AstroMae, ModelFileInfo, ModelWeights};
 
 use crate::error::{Error, Result};
-use crate::summarize::{COMBINED_KEY, PAYLOAD_KEY, PLAN_KEY, PREDICTIONS_KEY, SUMMARY_KEY};
-
-/// Key of the partition manifest under a data location.
-pub const MANIFEST_KEY: &str = "manifest.json";
 
 /// The partitions under a data location: from `manifest.json` when there is one (sizes,
 /// checksums and galaxy counts known), else by listing `*.pt` / `*.safetensors` files.
 pub async fn find_partitions(data: &StorageUrl) -> Result<(Vec<PartitionRef>, Option<Manifest>)> {
-    if let Some(bytes) = data.get_opt(MANIFEST_KEY).await? {
-        let manifest = Manifest::from_json(&data.url_of(MANIFEST_KEY), &bytes)?;
+    if let Some(bytes) = data.get_opt(layout::MANIFEST).await? {
+        let manifest = Manifest::from_json(&data.url_of(layout::MANIFEST), &bytes)?;
         let parts = manifest
             .partitions
             .iter()
@@ -57,7 +54,8 @@ pub async fn plan_run(req: &PlanRequest) -> Result<Plan> {
         return Err(Error::Partition {
             file: data.to_string(),
             reason: format!(
-                "no partitions here (no {MANIFEST_KEY}, no *.pt or *.safetensors); run `cai partition` first"
+                "no partitions here (no {}, no *.pt or *.safetensors); run `cai partition` first",
+                layout::MANIFEST
             ),
         });
     }
@@ -69,29 +67,24 @@ pub async fn plan_run(req: &PlanRequest) -> Result<Plan> {
 /// Write `plan.json` and `payload.json` to the plan's results location.
 pub async fn write_plan(plan: &Plan) -> Result<()> {
     let results = StorageUrl::parse(&plan.results)?;
-    results.put(PLAN_KEY, pretty(plan)?).await?;
+    results.put(layout::PLAN, pretty("plan", plan)?).await?;
     results
-        .put(PAYLOAD_KEY, pretty(&plan.payload_json())?)
+        .put(layout::PAYLOAD, pretty("payload", &plan.payload_json())?)
         .await?;
     Ok(())
 }
 
-/// Pretty JSON bytes of a document we write.
-pub(crate) fn pretty<T: serde::Serialize + ?Sized>(v: &T) -> Result<Vec<u8>> {
-    serde_json::to_vec_pretty(v).map_err(|e| Error::Task(format!("cannot encode JSON: {e}")))
+/// Pretty JSON bytes of a document we write; `what` names it in the error.
+pub(crate) fn pretty<T: serde::Serialize + ?Sized>(what: &'static str, v: &T) -> Result<Vec<u8>> {
+    serde_json::to_vec_pretty(v).map_err(|source| Error::Encode { what, source })
 }
 
 /// Remove the outputs of an earlier run at this location (rank reports, failures,
 /// predictions, combined and summary files), before a fresh run writes new ones.
 pub async fn clear_results(results: &StorageUrl) -> Result<()> {
     for o in results.list().await? {
-        let k = o.key.as_str();
-        let stale = cai_core::report::rank_of_key(k).is_some()
-            || k.starts_with("failed/")
-            || k.starts_with("predictions/")
-            || [COMBINED_KEY, PREDICTIONS_KEY, SUMMARY_KEY].contains(&k);
-        if stale {
-            results.delete(k).await?;
+        if layout::is_run_output(&o.key) {
+            results.delete(&o.key).await?;
         }
     }
     Ok(())
@@ -125,7 +118,10 @@ pub async fn load_model_info(location: &str) -> Result<(AstroMae, ModelFileInfo)
         loaded
     })
     .await
-    .map_err(|e| Error::Task(format!("model loader: {e}")))??;
+    .map_err(|source| Error::Join {
+        task: format!("model loader ({location})"),
+        source,
+    })??;
     Ok(loaded)
 }
 
@@ -141,7 +137,10 @@ pub async fn read_weights(location: &str) -> Result<(ModelWeights, String)> {
             // A local file is mapped rather than read: no copy, no zeroed buffer.
             let file = tokio::task::spawn_blocking(move || cai_model::MappedFile::open(&path))
                 .await
-                .map_err(|e| Error::Task(format!("model loader: {e}")))?;
+                .map_err(|source| Error::Join {
+                    task: format!("model mapper ({name})"),
+                    source,
+                })?;
             match file {
                 Ok(map) => ModelBytes::Mapped(map),
                 // What cannot be mapped (a pipe, a missing file) is read, which reports
@@ -159,7 +158,10 @@ pub async fn read_weights(location: &str) -> Result<(ModelWeights, String)> {
         Ok((mw?, name))
     })
     .await
-    .map_err(|e| Error::Task(format!("model loader: {e}")))?
+    .map_err(|source| Error::Join {
+        task: format!("model decoder ({location})"),
+        source,
+    })?
 }
 
 /// A model file's bytes: mapped from a local file, or read from an object store.

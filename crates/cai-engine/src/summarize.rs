@@ -4,206 +4,18 @@
 
 use std::collections::{BTreeSet, HashSet};
 
+use cai_core::layout;
 use cai_core::metrics::redshift_metrics;
 use cai_core::plan::Plan;
-use cai_core::report::{rank_of_key, RankFailure, RankReport};
-use cai_core::storage::ObjectInfo;
+use cai_core::predictions::Predictions;
+use cai_core::report::RankReport;
+use cai_core::results::{load_plan, ResultsListing};
 use cai_core::summary::Summary;
 use cai_core::StorageUrl;
-use futures::{StreamExt, TryStreamExt};
 use serde_json::Value;
 
 use crate::error::{Error, Result};
-use crate::predictions::Predictions;
-
-/// Key of the concatenated rank reports (the original's output).
-pub const COMBINED_KEY: &str = "combined_data.json";
-/// Key of all predictions.
-pub const PREDICTIONS_KEY: &str = "predictions.parquet";
-/// Key of the run summary.
-pub const SUMMARY_KEY: &str = "summary.json";
-/// Key of the plan.
-pub const PLAN_KEY: &str = "plan.json";
-/// Key of the original's payload file.
-pub const PAYLOAD_KEY: &str = "payload.json";
-
-/// Load `plan.json` from a results location, if there is one.
-pub async fn load_plan(results: &StorageUrl) -> Result<Option<Plan>> {
-    match results.get_opt(PLAN_KEY).await? {
-        Some(b) => Ok(Some(Plan::from_json(&results.url_of(PLAN_KEY), &b)?)),
-        None => Ok(None),
-    }
-}
-
-/// Ranks of the plan that have no `<rank>.json` yet (what `--resume` runs).
-pub async fn missing_ranks(results: &StorageUrl, world_size: usize) -> Result<Vec<usize>> {
-    let done: HashSet<usize> = ResultsListing::list(results)
-        .await?
-        .rank_keys()
-        .map(|(r, _)| r)
-        .collect();
-    Ok((0..world_size).filter(|r| !done.contains(r)).collect())
-}
-
-/// Rank files read at once.
-const PARALLEL_READS: usize = 32;
-
-/// One finished rank's `<rank>.json`: the JSON as written (what `combined_data.json`
-/// concatenates) and parsed.
-#[derive(Debug, Clone)]
-pub struct RankFile {
-    /// The document as written.
-    pub raw: Value,
-    /// The document parsed (leniently, see [`parse_rank_report`]).
-    pub report: RankReport,
-}
-
-/// What a results location holds, listed once; reads its `<rank>.json` and
-/// `failed/<rank>.json` files. Summarize and the report reader both read a run through it.
-#[derive(Debug, Clone)]
-pub struct ResultsListing {
-    location: StorageUrl,
-    /// Every object under the location, keys relative to it, sorted.
-    pub objects: Vec<ObjectInfo>,
-}
-
-impl ResultsListing {
-    /// List a results location.
-    pub async fn list(location: &StorageUrl) -> Result<Self> {
-        Ok(Self {
-            location: location.clone(),
-            objects: location.list().await?,
-        })
-    }
-
-    /// Is there an object with this key?
-    pub fn has(&self, key: &str) -> bool {
-        self.objects
-            .binary_search_by(|o| o.key.as_str().cmp(key))
-            .is_ok()
-    }
-
-    /// Ranks with a `<rank>.json`.
-    pub fn done_ranks(&self) -> BTreeSet<usize> {
-        self.rank_keys().map(|(r, _)| r).collect()
-    }
-
-    /// Ranks with a `failed/<rank>.json`, done since or not.
-    pub fn failure_record_ranks(&self) -> BTreeSet<usize> {
-        self.objects
-            .iter()
-            .filter_map(|o| o.key.strip_prefix("failed/").and_then(rank_of_key))
-            .collect()
-    }
-
-    /// Ranks that failed and are not done (a rank that finished after failing is done).
-    pub fn failed_ranks(&self) -> BTreeSet<usize> {
-        let done = self.done_ranks();
-        self.failure_record_ranks()
-            .into_iter()
-            .filter(|r| !done.contains(r))
-            .collect()
-    }
-
-    /// `(rank, key)` of every `<rank>.json`.
-    pub fn rank_keys(&self) -> impl Iterator<Item = (usize, &str)> {
-        self.objects
-            .iter()
-            .filter_map(|o| rank_of_key(&o.key).map(|r| (r, o.key.as_str())))
-    }
-
-    /// Read the `<rank>.json` of every rank below `limit`, several at once; sorted by rank.
-    pub async fn read_reports(&self, limit: usize) -> Result<Vec<RankFile>> {
-        let loc = &self.location;
-        let mut files: Vec<(usize, RankFile)> =
-            futures::stream::iter(self.rank_keys().filter(|&(r, _)| r < limit).map(
-                |(rank, key)| async move {
-                    let url = loc.url_of(key);
-                    let bytes = loc.get(key).await?;
-                    let raw: Value =
-                        serde_json::from_slice(&bytes).map_err(|source| cai_core::Error::Json {
-                            what: "rank report",
-                            source_name: url.clone(),
-                            source,
-                        })?;
-                    let report = parse_rank_report(&url, raw.clone(), rank)?;
-                    Ok::<_, Error>((rank, RankFile { raw, report }))
-                },
-            ))
-            .buffer_unordered(PARALLEL_READS)
-            .try_collect()
-            .await?;
-        // By the rank in the file name; `7.json` and `007.json` are one rank.
-        files.sort_by_key(|f| f.0);
-        files.dedup_by_key(|f| f.0);
-        Ok(files.into_iter().map(|f| f.1).collect())
-    }
-
-    /// Read `failed/<rank>.json` of every rank below `limit` that is not in `done` (a rank
-    /// that finished after failing earlier is done, not failed); sorted by rank.
-    pub async fn read_failures(
-        &self,
-        limit: usize,
-        done: &BTreeSet<usize>,
-    ) -> Result<Vec<RankFailure>> {
-        let loc = &self.location;
-        let keys = self.objects.iter().filter_map(|o| {
-            let rank = o.key.strip_prefix("failed/").and_then(rank_of_key)?;
-            (rank < limit && !done.contains(&rank)).then_some(o.key.as_str())
-        });
-        let mut failures: Vec<RankFailure> = futures::stream::iter(keys.map(|key| async move {
-            let bytes = loc.get(key).await?;
-            serde_json::from_slice(&bytes).map_err(|source| {
-                Error::from(cai_core::Error::Json {
-                    what: "failure record",
-                    source_name: loc.url_of(key),
-                    source,
-                })
-            })
-        }))
-        .buffer_unordered(PARALLEL_READS)
-        .try_collect()
-        .await?;
-        failures.sort_by_key(|f: &RankFailure| f.rank);
-        Ok(failures)
-    }
-}
-
-/// Parse one rank report leniently: keys it lacks take their defaults, so the original's
-/// `<rank>.json` and `combined_data.json` entries (its ten keys only) read too. `index`
-/// is the rank when the document names none (the file's rank, or the position in
-/// `combined_data.json`); `total_bits` is worked out from throughput × time when missing.
-pub fn parse_rank_report(file: &str, value: Value, index: usize) -> Result<RankReport> {
-    let jerr = |reason: String| {
-        Error::from(cai_core::Error::Json {
-            what: "rank report",
-            source_name: file.to_string(),
-            source: <serde_json::Error as serde::de::Error>::custom(reason),
-        })
-    };
-    let Value::Object(given) = value else {
-        return Err(jerr(format!("entry {index} is not a JSON object")));
-    };
-    let has_rank = given.contains_key("rank");
-    let mut base = match serde_json::to_value(RankReport::default()) {
-        Ok(Value::Object(m)) => m,
-        _ => return Err(jerr("cannot build a default rank report".into())),
-    };
-    for (k, v) in given {
-        if base.contains_key(&k) && !v.is_null() {
-            base.insert(k, v);
-        }
-    }
-    let mut r: RankReport = serde_json::from_value(Value::Object(base))
-        .map_err(|e| jerr(format!("entry {index}: {e}")))?;
-    if !has_rank {
-        r.rank = index;
-    }
-    if r.total_bits == 0 && r.throughput_bps > 0.0 && r.total_cpu_time > 0.0 {
-        r.total_bits = (r.throughput_bps * r.total_cpu_time).round() as u64;
-    }
-    Ok(r)
-}
+use crate::stages::pretty;
 
 /// Summarize a results location; the plan (read from it when not given) fixes the rank count.
 pub async fn summarize(results: &StorageUrl, plan: Option<&Plan>) -> Result<Summary> {
@@ -225,8 +37,8 @@ pub async fn summarize(results: &StorageUrl, plan: Option<&Plan>) -> Result<Summ
     let combined = Value::Array(raw);
     results
         .put(
-            COMBINED_KEY,
-            serde_json::to_vec_pretty(&combined).map_err(|e| Error::Task(e.to_string()))?,
+            layout::COMBINED,
+            pretty("combined rank reports", &combined)?,
         )
         .await?;
 
@@ -252,8 +64,8 @@ pub async fn summarize(results: &StorageUrl, plan: Option<&Plan>) -> Result<Summ
     }
     results
         .put(
-            PREDICTIONS_KEY,
-            all.to_parquet(&results.url_of(PREDICTIONS_KEY))?,
+            layout::PREDICTIONS,
+            all.to_parquet(&results.url_of(layout::PREDICTIONS))?,
         )
         .await?;
 
@@ -270,83 +82,7 @@ pub async fn summarize(results: &StorageUrl, plan: Option<&Plan>) -> Result<Summ
     }
     summary.metrics = redshift_metrics(&zp, &zt);
     results
-        .put(
-            SUMMARY_KEY,
-            serde_json::to_vec_pretty(&summary).map_err(|e| Error::Task(e.to_string()))?,
-        )
+        .put(layout::SUMMARY, pretty("summary", &summary)?)
         .await?;
     Ok(summary)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn original_only_keys_read_with_defaults() {
-        let v: Value = serde_json::from_str(
-            r#"{"total_cpu_time (seconds)": 2.0, "total_cpu_memory (MB)": 900.5,
-                "execution_time (seconds/batch)": 0.5, "num_batches": 4, "batch_size": 512,
-                "device": "cpu", "throughput_bps": 1000.0, "sample_persec": 10.0,
-                "result_path": "r", "data_path": "1.pt", "extra": 1}"#,
-        )
-        .unwrap();
-        let r = parse_rank_report("c.json", v, 7).unwrap();
-        assert_eq!(r.rank, 7);
-        assert_eq!(r.total_bits, 2000);
-        assert_eq!(r.total_cpu_memory, 900.5);
-        let e = parse_rank_report("c.json", Value::Bool(true), 3).unwrap_err();
-        assert!(e.to_string().contains("c.json"), "{e}");
-        let e =
-            parse_rank_report("d.json", serde_json::json!({"num_batches": "x"}), 0).unwrap_err();
-        assert!(e.to_string().contains("d.json"), "{e}");
-    }
-
-    #[tokio::test]
-    async fn listing_reads_reports_and_failures_once_per_rank() {
-        let tmp = tempfile::tempdir().unwrap();
-        let loc = StorageUrl::parse(tmp.path().to_str().unwrap()).unwrap();
-        let rep = |rank: usize| {
-            serde_json::to_vec(&RankReport {
-                rank,
-                galaxies: 10,
-                ..Default::default()
-            })
-            .unwrap()
-        };
-        let fail = |rank: usize| {
-            serde_json::to_vec(&RankFailure {
-                rank,
-                error: format!("rank {rank} broke"),
-                ..Default::default()
-            })
-            .unwrap()
-        };
-        loc.put("0.json", rep(0)).await.unwrap();
-        loc.put("2.json", rep(2)).await.unwrap();
-        loc.put("5.json", rep(5)).await.unwrap();
-        loc.put("failed/1.json", fail(1)).await.unwrap();
-        loc.put("failed/2.json", fail(2)).await.unwrap();
-        loc.put("plan.json", b"{}".to_vec()).await.unwrap();
-        let l = ResultsListing::list(&loc).await.unwrap();
-        assert!(l.has("plan.json") && !l.has("summary.json"));
-        let files = l.read_reports(4).await.unwrap();
-        let ranks: Vec<usize> = files.iter().map(|f| f.report.rank).collect();
-        assert_eq!(ranks, [0, 2]);
-        assert_eq!(files[1].raw["galaxies"], 10);
-        let done = ranks.iter().copied().collect();
-        let failed = l.read_failures(4, &done).await.unwrap();
-        assert_eq!(failed.len(), 1);
-        assert_eq!(failed[0].rank, 1);
-        assert_eq!(missing_ranks(&loc, 4).await.unwrap(), [1, 3]);
-        loc.put("3.json", b"[1]".to_vec()).await.unwrap();
-        let e = ResultsListing::list(&loc)
-            .await
-            .unwrap()
-            .read_reports(4)
-            .await
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("3.json"), "{e}");
-    }
 }

@@ -9,15 +9,16 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use cai_core::layout;
 use cai_core::plan::{PartitionRef, Plan};
-use cai_core::report::{failure_key, predictions_key, rank_key, RankFailure, RankReport};
+use cai_core::predictions::Predictions;
+use cai_core::report::{RankFailure, RankReport};
 use cai_core::StorageUrl;
 use cai_data::Partition;
 use cai_model::Model;
 use serde_json::Value;
 
 use crate::error::{Error, Result};
-use crate::predictions::Predictions;
 
 /// Called with the number of galaxies just finished.
 pub type ProgressFn = Arc<dyn Fn(u64) + Send + Sync>;
@@ -83,7 +84,7 @@ pub async fn record_failure(
         failed_at: unix_now(),
     };
     if let Ok(json) = serde_json::to_vec_pretty(&failure) {
-        if let Err(w) = results.put(&failure_key(rank), json).await {
+        if let Err(w) = results.put(&layout::failure(rank), json).await {
             tracing::warn!("rank {rank}: could not record the failure: {w}");
         }
     }
@@ -114,7 +115,7 @@ impl Worker {
             .num_threads(threads)
             .thread_name(|i| format!("cai-infer-{i}"))
             .build()
-            .map_err(|e| Error::Task(format!("cannot start {threads} inference threads: {e}")))?;
+            .map_err(|source| Error::ThreadPool { threads, source })?;
         Ok(Self {
             model,
             pool: Arc::new(pool),
@@ -176,7 +177,10 @@ impl Worker {
             let Some(handle) = next.take() else { break };
             let bytes = handle
                 .await
-                .map_err(|e| Error::Task(e.to_string()))?
+                .map_err(|source| Error::Join {
+                    task: format!("download of {}", data.url_of(&part.key)),
+                    source,
+                })?
                 .map_err(|e| match e {
                     cai_core::Error::NotFound { url } => Error::Partition {
                         file: url,
@@ -201,7 +205,7 @@ impl Worker {
         }
 
         let t = Instant::now();
-        let pkey = predictions_key(rank);
+        let pkey = layout::rank_predictions(rank);
         let parquet = preds.to_parquet(&results.url_of(&pkey))?;
         results.put(&pkey, parquet).await?;
         let galaxies = preds.len() as u64;
@@ -261,9 +265,9 @@ impl Worker {
         report.upload_s = t.elapsed().as_secs_f64();
         report.ended_at = unix_now();
         report.wall_time_s = wall.elapsed().as_secs_f64();
-        let json = serde_json::to_vec_pretty(&report).map_err(|e| Error::Task(e.to_string()))?;
-        results.put(&rank_key(rank), json).await?;
-        results.delete(&failure_key(rank)).await?;
+        let json = crate::stages::pretty("rank report", &report)?;
+        results.put(&layout::rank_report(rank), json).await?;
+        results.delete(&layout::failure(rank)).await?;
         Ok(report)
     }
 
@@ -280,13 +284,14 @@ impl Worker {
         let pool = self.pool.clone();
         let batch_size = plan.batch_size;
         let part = part.clone();
+        let task = format!("inference on {url}");
         tokio::task::spawn_blocking(move || {
             infer_blocking(
                 &*model, &pool, rank, &part, &url, &bytes, batch_size, progress,
             )
         })
         .await
-        .map_err(|e| Error::Task(e.to_string()))?
+        .map_err(|source| Error::Join { task, source })?
     }
 }
 
@@ -420,10 +425,11 @@ pub fn predict_partition(
         run.infer_s += t.elapsed().as_secs_f64();
         run.batches += 1;
         if out.len() < m {
-            return Err(Error::Task(format!(
-                "the model returned {} predictions for a batch of {m}",
-                out.len()
-            )));
+            return Err(Error::ShortBatch {
+                file: url.to_string(),
+                expected: m,
+                got: out.len(),
+            });
         }
         for &g in &bad {
             out[g] = f32::NAN;

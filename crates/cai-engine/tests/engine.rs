@@ -4,13 +4,14 @@
 
 use std::sync::Arc;
 
+use cai_core::layout;
 use cai_core::plan::PlanRequest;
+use cai_core::predictions::Predictions;
 use cai_core::StorageUrl;
 use cai_data::partition::partition_dataset;
 use cai_data::{generate, SynthConfig};
 use cai_engine::local::LocalEngine;
-use cai_engine::predictions::Predictions;
-use cai_engine::stages::{plan_run, MANIFEST_KEY};
+use cai_engine::stages::plan_run;
 use cai_engine::summarize::summarize;
 use cai_model::{init, AstroMae, Config, Model};
 
@@ -46,7 +47,10 @@ async fn data(name: &str, n: u64, per: u64, poison: Option<usize>) -> String {
     for f in files {
         store.put(&f.key, f.bytes).await.unwrap();
     }
-    store.put(MANIFEST_KEY, manifest.to_json()).await.unwrap();
+    store
+        .put(layout::MANIFEST, manifest.to_json())
+        .await
+        .unwrap();
     loc
 }
 

@@ -7,9 +7,6 @@ pub enum Error {
     /// Storage or a core format failed (names the URL).
     #[error(transparent)]
     Core(Box<cai_core::Error>),
-    /// Reading predictions failed (names the file).
-    #[error(transparent)]
-    Engine(Box<cai_engine::Error>),
     /// A JSON file under the results could not be read as expected.
     #[error("{file}: {reason}")]
     Json {
@@ -45,12 +42,6 @@ pub enum Error {
 impl From<cai_core::Error> for Error {
     fn from(e: cai_core::Error) -> Self {
         Error::Core(Box::new(e))
-    }
-}
-
-impl From<cai_engine::Error> for Error {
-    fn from(e: cai_engine::Error) -> Self {
-        Error::Engine(Box::new(e))
     }
 }
 

@@ -11,12 +11,14 @@
 //!
 //! **Cost estimate** (AWS Lambda, as the original works it out by hand): for each finished
 //! rank, duration (its wall time measured here, s) × memory (GB = MB/1024: the memory
-//! given, else the rank's peak RSS, at least 128 MB) × $0.0000166667 per GB-s, plus
-//! $0.0000002 per request (one per rank). An estimate of what the same work would cost
-//! as Lambda invocations of this speed, not a bill.
+//! given, else the rank's peak RSS, at least 128 MB) × the x86_64 price per GB-s, plus the
+//! price per request (one per rank), both from [`cai_core::cost::PRICES`] ($0.0000166667
+//! and $0.0000002). An estimate of what the same work would cost as Lambda invocations of
+//! this speed, not a bill.
 
 use std::fmt::Write as _;
 
+use cai_core::cost::{Arch, PRICES};
 use cai_core::report::RankReport;
 
 use crate::error::Result;
@@ -24,10 +26,6 @@ use crate::figures::{Density, Figure, Panel, Plot, Sweep, Timeline, TimelineRow,
 use crate::load::{labelled_pairs, Run};
 use crate::stats::{mean_rows, median, run_rows, MeanRow, Table, MB};
 
-/// Lambda price per GB-second (x86, the original's figure).
-pub const LAMBDA_USD_PER_GB_S: f64 = 0.000_016_666_7;
-/// Lambda price per request.
-pub const LAMBDA_USD_PER_REQUEST: f64 = 0.000_000_2;
 /// Lambda's smallest memory size, MB.
 pub const LAMBDA_MIN_MB: f64 = 128.0;
 
@@ -99,7 +97,7 @@ pub fn lambda_cost(reports: &[RankReport], memory_mb: Option<f64>) -> Cost {
     Cost {
         requests,
         gb_s,
-        usd: gb_s * LAMBDA_USD_PER_GB_S + requests as f64 * LAMBDA_USD_PER_REQUEST,
+        usd: gb_s * PRICES.gb_second(Arch::X86_64) + requests as f64 * PRICES.lambda_request,
     }
 }
 
@@ -375,10 +373,12 @@ fn run_section(p: &mut Page, i: usize, run: &Run, opts: &ReportOptions) -> Resul
     let _ = writeln!(
         p.html,
         "<p class=\"note\">Cost estimate, as the original works it out by hand: Σ over the {} finished ranks of \
-         duration × memory × $0.0000166667 per GB-s, + $0.0000002 per request; duration = the rank's wall \
+         duration × memory × ${} per GB-s, + ${} per request; duration = the rank's wall \
          time measured here, memory = {mem}: {:.1} GB-s. It prices the same work as Lambda invocations of \
          this speed; it is not a bill. Started {}.</p>",
         cost.requests,
+        PRICES.gb_second(Arch::X86_64),
+        PRICES.lambda_request,
         cost.gb_s,
         utc(run.started_at())
     );
@@ -866,6 +866,9 @@ mod tests {
         // Peak RSS is used when no memory is given, with the 128 MB floor.
         let c = lambda_cost(&[rep(0, 10.0, 64.0), rep(1, 10.0, 2048.0)], None);
         assert!((c.gb_s - (10.0 * 0.125 + 10.0 * 2.0)).abs() < 1e-12);
+        // The report's note prints the prices as the original wrote them.
+        assert_eq!(PRICES.gb_second(Arch::X86_64).to_string(), "0.0000166667");
+        assert_eq!(PRICES.lambda_request.to_string(), "0.0000002");
     }
 
     #[test]

@@ -6,14 +6,13 @@
 
 use std::collections::BTreeSet;
 
+use cai_core::layout;
 use cai_core::plan::Plan;
-use cai_core::report::{rank_of_key, RankFailure, RankReport};
+use cai_core::predictions::Predictions;
+use cai_core::report::{RankFailure, RankReport};
+use cai_core::results::{parse_rank_report, ResultsListing};
 use cai_core::summary::Summary;
 use cai_core::StorageUrl;
-use cai_engine::predictions::Predictions;
-use cai_engine::summarize::{
-    parse_rank_report, ResultsListing, COMBINED_KEY, PLAN_KEY, PREDICTIONS_KEY, SUMMARY_KEY,
-};
 use serde_json::Value;
 
 use crate::error::{Error, Result};
@@ -90,23 +89,19 @@ impl Run {
     }
 }
 
-fn is_run_key(key: &str) -> bool {
-    key == PLAN_KEY || key == SUMMARY_KEY || key == COMBINED_KEY || rank_of_key(key).is_some()
-}
-
 /// The runs at or below a location: the location itself when it holds a run, else every
 /// folder below it that holds a `plan.json`, `summary.json`, `combined_data.json` or
 /// `<rank>.json` (not inside another run), sorted by path.
 pub async fn find_runs(location: &StorageUrl) -> Result<Vec<StorageUrl>> {
     let objects = location.list().await?;
-    if objects.iter().any(|o| is_run_key(&o.key)) {
+    if objects.iter().any(|o| layout::marks_a_run(&o.key)) {
         return Ok(vec![location.clone()]);
     }
     let mut dirs = BTreeSet::new();
     for o in &objects {
         if let Some((dir, name)) = o.key.rsplit_once('/') {
-            let failed_dir = dir == "failed" || dir.ends_with("/failed");
-            if is_run_key(name) && !failed_dir {
+            let failed_dir = layout::is_failed_dir(dir);
+            if layout::marks_a_run(name) && !failed_dir {
                 dirs.insert(dir.to_string());
             }
         }
@@ -134,19 +129,19 @@ pub async fn load_run(location: &StorageUrl, predictions: bool) -> Result<Run> {
     let listing = ResultsListing::list(location).await?;
     let rank_files = listing.rank_keys().count();
     if rank_files == 0
-        && !listing.has(PLAN_KEY)
-        && !listing.has(SUMMARY_KEY)
-        && !listing.has(COMBINED_KEY)
+        && !listing.has(layout::PLAN)
+        && !listing.has(layout::SUMMARY)
+        && !listing.has(layout::COMBINED)
     {
         return Err(Error::NoRuns {
             location: location.to_string(),
         });
     }
 
-    let plan = match listing.has(PLAN_KEY) {
+    let plan = match listing.has(layout::PLAN) {
         true => {
-            let b = location.get(PLAN_KEY).await?;
-            Some(Plan::from_json(&location.url_of(PLAN_KEY), &b)?)
+            let b = location.get(layout::PLAN).await?;
+            Some(Plan::from_json(&location.url_of(layout::PLAN), &b)?)
         }
         false => None,
     };
@@ -155,9 +150,9 @@ pub async fn load_run(location: &StorageUrl, predictions: bool) -> Result<Run> {
     // combined_data.json is one read instead of one per rank; use it when it covers every
     // rank file present (a later resume may have added ranks after it was written).
     let mut reports: Option<Vec<RankReport>> = None;
-    if listing.has(COMBINED_KEY) {
-        let url = location.url_of(COMBINED_KEY);
-        let v = parse_json(&url, &location.get(COMBINED_KEY).await?)?;
+    if listing.has(layout::COMBINED) {
+        let url = location.url_of(layout::COMBINED);
+        let v = parse_json(&url, &location.get(layout::COMBINED).await?)?;
         let Value::Array(items) = v else {
             return Err(Error::Json {
                 file: url,
@@ -187,12 +182,14 @@ pub async fn load_run(location: &StorageUrl, predictions: bool) -> Result<Run> {
     let done: BTreeSet<usize> = reports.iter().map(|r| r.rank).collect();
     let failures: Vec<RankFailure> = listing.read_failures(limit, &done).await?;
 
-    let summary = match listing.has(SUMMARY_KEY) {
+    let summary = match listing.has(layout::SUMMARY) {
         true => {
-            let url = location.url_of(SUMMARY_KEY);
-            serde_json::from_slice(&location.get(SUMMARY_KEY).await?).map_err(|e| Error::Json {
-                file: url,
-                reason: e.to_string(),
+            let url = location.url_of(layout::SUMMARY);
+            serde_json::from_slice(&location.get(layout::SUMMARY).await?).map_err(|e| {
+                Error::Json {
+                    file: url,
+                    reason: e.to_string(),
+                }
             })?
         }
         false => {
@@ -204,10 +201,10 @@ pub async fn load_run(location: &StorageUrl, predictions: bool) -> Result<Run> {
         }
     };
 
-    let predictions = if predictions && listing.has(PREDICTIONS_KEY) {
-        let b = location.get(PREDICTIONS_KEY).await?;
+    let predictions = if predictions && listing.has(layout::PREDICTIONS) {
+        let b = location.get(layout::PREDICTIONS).await?;
         Some(Predictions::from_parquet(
-            &location.url_of(PREDICTIONS_KEY),
+            &location.url_of(layout::PREDICTIONS),
             b,
         )?)
     } else {

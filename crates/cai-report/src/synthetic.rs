@@ -1,10 +1,10 @@
 //! Synthetic run results (rank reports, a failure, predictions) for tests, examples and
 //! measuring the report at scale; not a model of any real machine.
 
-use cai_core::report::{failure_key, rank_key, RankFailure, RankReport};
+use cai_core::layout;
+use cai_core::predictions::Predictions;
+use cai_core::report::{RankFailure, RankReport};
 use cai_core::StorageUrl;
-use cai_engine::predictions::Predictions;
-use cai_engine::summarize::PREDICTIONS_KEY;
 
 use crate::error::{Error, Result};
 
@@ -145,7 +145,7 @@ pub async fn write(location: &StorageUrl, s: &SyntheticRun) -> Result<Vec<RankRe
         }
     }
     for r in &reports {
-        location.put(&rank_key(r.rank), json(r)?).await?;
+        location.put(&layout::rank_report(r.rank), json(r)?).await?;
     }
     for k in 0..s.failed {
         let rank = s.ranks + k;
@@ -160,15 +160,15 @@ pub async fn write(location: &StorageUrl, s: &SyntheticRun) -> Result<Vec<RankRe
             host: "node0".into(),
             failed_at: s.t0 + 1.0,
         };
-        location.put(&failure_key(rank), json(&f)?).await?;
+        location.put(&layout::failure(rank), json(&f)?).await?;
     }
     if s.combined {
-        location.put("combined_data.json", json(&reports)?).await?;
+        location.put(layout::COMBINED, json(&reports)?).await?;
     }
     if s.predictions_per_rank > 0 {
-        let name = location.url_of(PREDICTIONS_KEY);
+        let name = location.url_of(layout::PREDICTIONS);
         location
-            .put(PREDICTIONS_KEY, preds.to_parquet(&name)?)
+            .put(layout::PREDICTIONS, preds.to_parquet(&name)?)
             .await?;
     }
     Ok(reports)

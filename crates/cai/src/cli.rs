@@ -362,7 +362,7 @@ pub struct ReportArgs {
     #[arg(required = true)]
     pub results: Vec<String>,
     /// The HTML file to write.
-    #[arg(long, short, default_value = "report.html")]
+    #[arg(long, short, default_value = cai_core::layout::REPORT_HTML)]
     pub out: PathBuf,
     /// Also write every figure as PNG into this folder.
     #[arg(long)]

@@ -15,10 +15,10 @@
 //! - [`Handlers::summarize`]: `{results}` in; [`summarize`] writes `combined_data.json`,
 //!   `predictions.parquet` and `summary.json`. Returns [`SummarizeOutput`].
 //!
-//! The event shapes are the generated state machine's ([`super::state_machine`]):
-//! [`task_payload`] and [`task_output`] apply a Task state's `Parameters`, `ResultSelector`,
-//! `ResultPath` and `OutputPath` (the JSONPath subset the machine uses), so tests drive the
-//! handlers in Step Functions' order with exactly the events Step Functions would send.
+//! The event shapes are the generated state machine's ([`super::state_machine`]); the `cai`
+//! crate's tests (`tests/cli/sfn.rs`) apply its Task states' `Parameters`, `ResultSelector`,
+//! `ResultPath` and `OutputPath` to drive the handlers in Step Functions' order with exactly
+//! the events Step Functions would send.
 //!
 //! The runtime loop (the Lambda runtime API) lives in the `cai` binary (`cai lambda`, or the
 //! binary started as `bootstrap`); this module knows nothing of it.
@@ -26,22 +26,21 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use cai_core::layout;
 use cai_core::payload::Payload;
 use cai_core::plan::{Plan, PlanRequest, RankItem};
-use cai_core::report::{predictions_key, rank_key, RankReport};
+use cai_core::report::RankReport;
 use cai_core::StorageUrl;
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use super::S3Prefix;
 use crate::error::Error;
 use crate::local::available_cores;
 use crate::stages::{clear_results, load_model_with, plan_run, pretty};
-use crate::summarize::{summarize, PLAN_KEY, SUMMARY_KEY};
+use crate::summarize::summarize;
 use crate::worker::{record_failure, ProgressFn, Worker};
 
-/// Key of the rank items (a JSON array, one per rank) under the results location.
-pub const ITEMS_KEY: &str = "items.json";
 /// Which handler a function serves: `initialize`, `infer` or `summarize`.
 pub const HANDLER_ENV: &str = "CAI_HANDLER";
 /// The model file every rank loads (`s3://bucket/key`).
@@ -373,9 +372,9 @@ impl Handlers {
         clear_results(&store)
             .await
             .map_err(|e| LambdaError::stage(h, e))?;
-        let items = pretty(&plan.items).map_err(|e| LambdaError::stage(h, e))?;
+        let items = pretty("rank items", &plan.items).map_err(|e| LambdaError::stage(h, e))?;
         store
-            .put(ITEMS_KEY, items)
+            .put(layout::AWS_ITEMS, items)
             .await
             .map_err(|e| LambdaError::stage(h, e))?;
         for w in &plan.warnings {
@@ -383,7 +382,7 @@ impl Handlers {
         }
         Ok(InitializeOutput {
             items_bucket: items_at.bucket.clone(),
-            items_key: items_at.key(ITEMS_KEY),
+            items_key: items_at.key(layout::AWS_ITEMS),
             results: plan.results.clone(),
             world_size: plan.world_size,
             warnings: plan.warnings.clone(),
@@ -446,12 +445,10 @@ impl Handlers {
             Some(left) => tokio::select! {
                 r = run => r.map_err(failed)?,
                 _ = tokio::time::sleep(left.saturating_sub(DEADLINE_MARGIN)) => {
-                    let e = Error::Task(format!(
-                        "stopped {} s before the invocation's time limit: the rank needs more time \
-                         than one invocation has; give it fewer partitions (a larger world_size) \
-                         or the function more memory (more vCPUs)",
-                        DEADLINE_MARGIN.as_secs()
-                    ));
+                    let e = Error::Deadline {
+                        rank,
+                        margin_s: DEADLINE_MARGIN.as_secs(),
+                    };
                     record_failure(&results, &plan, rank, ENGINE, &e).await;
                     return Err(failed(e));
                 }
@@ -480,7 +477,7 @@ impl Handlers {
             ranks_done: summary.ranks_done,
             failed_ranks: summary.failed.iter().map(|f| f.rank).collect(),
             missing_ranks: summary.missing_ranks.clone(),
-            summary: results.url_of(SUMMARY_KEY),
+            summary: results.url_of(layout::SUMMARY),
         })
     }
 
@@ -513,10 +510,13 @@ impl Handlers {
 }
 
 fn to_value<T: Serialize>(handler: Handler, v: &T) -> LambdaResult<Value> {
-    serde_json::to_value(v).map_err(|e| {
+    serde_json::to_value(v).map_err(|source| {
         LambdaError::stage(
             handler,
-            Error::Task(format!("cannot encode the answer: {e}")),
+            Error::Encode {
+                what: "the handler's answer",
+                source,
+            },
         )
     })
 }
@@ -530,7 +530,7 @@ fn item_plan_url(item: &RankItem) -> Option<String> {
         return None;
     }
     let at = S3Prefix::new(&item.s3_bucket, &item.result_path);
-    Some(format!("s3://{}/{}", at.bucket, at.key(PLAN_KEY)))
+    Some(format!("s3://{}/{}", at.bucket, at.key(layout::PLAN)))
 }
 
 async fn read_plan(plan_url: &str) -> Result<Plan, Error> {
@@ -542,7 +542,7 @@ async fn read_plan(plan_url: &str) -> Result<Plan, Error> {
 /// The report of a rank that an earlier attempt finished, if its `<rank>.json` and
 /// predictions are there.
 async fn finished_rank(results: &StorageUrl, rank: usize) -> Result<Option<RankReport>, Error> {
-    let key = rank_key(rank);
+    let key = layout::rank_report(rank);
     let bytes = match results.get_opt(&key).await {
         Ok(Some(bytes)) => bytes,
         Ok(None) => return Ok(None),
@@ -563,106 +563,17 @@ async fn finished_rank(results: &StorageUrl, rank: usize) -> Result<Option<RankR
 
 fn infer_output(results: &StorageUrl, r: &RankReport, reused: bool) -> InferOutput {
     let predictions = if r.predictions.is_empty() {
-        predictions_key(r.rank)
+        layout::rank_predictions(r.rank)
     } else {
         r.predictions.clone()
     };
     InferOutput {
         rank: r.rank,
         galaxies: r.galaxies,
-        report: results.url_of(&rank_key(r.rank)),
+        report: results.url_of(&layout::rank_report(r.rank)),
         predictions: results.url_of(&predictions),
         wall_time_s: r.wall_time_s,
         reused,
-    }
-}
-
-/// Evaluate a reference path (`$`, `$.a.b`) against `input`; `None` when a field is missing.
-pub fn json_path<'a>(input: &'a Value, path: &str) -> Option<&'a Value> {
-    let rest = path.strip_prefix('$')?;
-    let mut at = input;
-    for field in rest.split('.').filter(|f| !f.is_empty()) {
-        at = at.get(field)?;
-    }
-    Some(at)
-}
-
-/// Apply a payload template (`Parameters`, `ResultSelector`): keys ending in `.$` take the
-/// value at their path in `input`, other values are copied (objects recursively).
-pub fn apply_template(template: &Value, input: &Value) -> Result<Value, String> {
-    let Some(obj) = template.as_object() else {
-        return Ok(template.clone());
-    };
-    let mut out = Map::new();
-    for (k, v) in obj {
-        if let Some(name) = k.strip_suffix(".$") {
-            let path = v
-                .as_str()
-                .ok_or_else(|| format!("{k}: the path must be a string"))?;
-            let value = json_path(input, path)
-                .ok_or_else(|| format!("{k}: {path} is not in the input {input}"))?;
-            out.insert(name.to_string(), value.clone());
-        } else {
-            out.insert(k.clone(), apply_template(v, input)?);
-        }
-    }
-    Ok(Value::Object(out))
-}
-
-/// Put `result` at `path` (`$` replaces the whole input; `$.a.b` sets that field).
-pub fn set_path(input: &Value, path: &str, result: Value) -> Result<Value, String> {
-    let rest = path
-        .strip_prefix('$')
-        .ok_or_else(|| format!("{path}: not a reference path"))?;
-    let fields: Vec<&str> = rest.split('.').filter(|f| !f.is_empty()).collect();
-    let Some((last, parents)) = fields.split_last() else {
-        return Ok(result);
-    };
-    let mut out = input.clone();
-    let mut at = &mut out;
-    for f in parents {
-        let obj = at
-            .as_object_mut()
-            .ok_or_else(|| format!("{path}: the input is not an object at {f}"))?;
-        at = obj
-            .entry(f.to_string())
-            .or_insert_with(|| Value::Object(Map::new()));
-    }
-    at.as_object_mut()
-        .ok_or_else(|| format!("{path}: the input is not an object"))?
-        .insert(last.to_string(), result);
-    Ok(out)
-}
-
-/// The payload a `lambda:invoke` Task state sends its function for state input `input`:
-/// its `Parameters` applied, then `Payload`.
-pub fn task_payload(task: &Value, input: &Value) -> Result<Value, String> {
-    let params = task.get("Parameters").ok_or("the task has no Parameters")?;
-    let resolved = apply_template(params, input)?;
-    resolved
-        .get("Payload")
-        .cloned()
-        .ok_or_else(|| "the task's Parameters have no Payload".to_string())
-}
-
-/// The state output of a `lambda:invoke` Task state whose function answered `answer`:
-/// `ResultSelector` over `{"Payload": answer}`, `ResultPath` into the input, `OutputPath`.
-pub fn task_output(task: &Value, input: &Value, answer: Value) -> Result<Value, String> {
-    let raw = serde_json::json!({ "Payload": answer, "StatusCode": 200 });
-    let selected = match task.get("ResultSelector") {
-        Some(sel) => apply_template(sel, &raw)?,
-        None => raw,
-    };
-    let path = task
-        .get("ResultPath")
-        .and_then(Value::as_str)
-        .unwrap_or("$");
-    let combined = set_path(input, path, selected)?;
-    match task.get("OutputPath").and_then(Value::as_str) {
-        Some(p) => json_path(&combined, p)
-            .cloned()
-            .ok_or_else(|| format!("OutputPath {p} is not in {combined}")),
-        None => Ok(combined),
     }
 }
 
@@ -673,17 +584,6 @@ mod tests {
     use cai_core::report::RankFailure;
 
     use super::*;
-    use crate::aws::{state_machine, AwsConfig, FunctionArns};
-
-    fn machine() -> Value {
-        let cfg = AwsConfig::new(
-            "cai",
-            S3Prefix::new("cosmicai-data", "100MB"),
-            S3Prefix::new("cosmicai-results", "runs"),
-            S3Prefix::new("cosmicai-models", "astromae.safetensors"),
-        );
-        state_machine(&cfg, &FunctionArns::placeholders())
-    }
 
     #[test]
     fn handler_names_round_trip() {
@@ -695,152 +595,6 @@ mod tests {
     }
 
     #[test]
-    fn paths_and_templates_follow_step_functions() {
-        let input = json!({"a": {"b": 1}, "c": [1, 2]});
-        assert_eq!(json_path(&input, "$"), Some(&input));
-        assert_eq!(json_path(&input, "$.a.b"), Some(&json!(1)));
-        assert_eq!(json_path(&input, "$.x"), None);
-        let t = json!({"x.$": "$.a", "lit": "v", "nested": {"y.$": "$.c"}});
-        assert_eq!(
-            apply_template(&t, &input).unwrap(),
-            json!({"x": {"b": 1}, "lit": "v", "nested": {"y": [1, 2]}})
-        );
-        assert!(apply_template(&json!({"x.$": "$.nope"}), &input).is_err());
-        assert_eq!(
-            set_path(&input, "$.a.z", json!(2)).unwrap()["a"],
-            json!({"b": 1, "z": 2})
-        );
-        assert_eq!(set_path(&input, "$", json!(3)).unwrap(), json!(3));
-    }
-
-    /// The handlers' input and output types against the generated machine: what Step
-    /// Functions sends each function parses, and what each answers gives the next state
-    /// the fields it reads.
-    #[test]
-    fn event_shapes_match_the_generated_state_machine() {
-        let sm = machine();
-        let states = &sm["States"];
-        let payload = json!({
-            "bucket": "cosmicai-results", "file_limit": "11", "batch_size": 512,
-            "object_type": "folder", "S3_object_name": "Anomaly Detection",
-            "script": "/tmp/Anomaly Detection/Inference/inference.py",
-            "result_path": "runs/1", "data_bucket": "cosmicai-data", "data_prefix": "100MB"
-        });
-        // Initialize gets the execution input unchanged: the original's payload.
-        let init_event = task_payload(&states["Initialize"], &payload).unwrap();
-        assert_eq!(init_event, payload);
-        let parsed: Payload = serde_json::from_value(init_event).unwrap();
-        assert_eq!(
-            parsed.results_url().unwrap(),
-            "s3://cosmicai-results/runs/1"
-        );
-
-        let answer = InitializeOutput {
-            items_bucket: "cosmicai-results".into(),
-            items_key: "runs/1/items.json".into(),
-            results: "s3://cosmicai-results/runs/1".into(),
-            world_size: 2,
-            warnings: vec!["a gap".into()],
-        };
-        let after_init = task_output(
-            &states["Initialize"],
-            &payload,
-            serde_json::to_value(&answer).unwrap(),
-        )
-        .unwrap();
-        assert_eq!(
-            after_init["bucket"], "cosmicai-results",
-            "the input is kept"
-        );
-        let init = &after_init["init"];
-        assert_eq!(init["world_size"], 2);
-        // The map's ItemReader finds items.json from the answer.
-        let map = &states["Infer"];
-        let reader = apply_template(&map["ItemReader"]["Parameters"], &after_init).unwrap();
-        assert_eq!(
-            reader,
-            json!({"Bucket": "cosmicai-results", "Key": "runs/1/items.json"})
-        );
-        assert!(
-            map.get("ItemSelector").is_none(),
-            "items reach Infer unchanged"
-        );
-
-        // Infer gets one item as Initialize wrote it.
-        let plan = cai_core::plan::make_plan(
-            &PlanRequest {
-                data: "s3://cosmicai-data/100MB".into(),
-                results: "s3://cosmicai-results/runs/1".into(),
-                model: "s3://m/model.safetensors".into(),
-                world_size: Some(2),
-                payload: Some(parsed),
-                ..Default::default()
-            },
-            (1..=3)
-                .map(|i| cai_core::plan::PartitionRef {
-                    key: format!("{i}.pt"),
-                    galaxies: None,
-                    bytes: 1,
-                    sha256: None,
-                    first_galaxy: None,
-                })
-                .collect(),
-        )
-        .unwrap();
-        let items: Value = serde_json::from_slice(&pretty(&plan.items).unwrap()).unwrap();
-        let task = &map["ItemProcessor"]["States"]["InferRank"];
-        let item = &items[1];
-        let event = task_payload(task, item).unwrap();
-        let parsed: RankItem = serde_json::from_value(event).unwrap();
-        assert_eq!(parsed.rank, 1);
-        assert_eq!(
-            item_plan_url(&parsed).unwrap(),
-            "s3://cosmicai-results/runs/1/plan.json"
-        );
-        let out = InferOutput {
-            rank: 1,
-            galaxies: 10,
-            report: "s3://cosmicai-results/runs/1/1.json".into(),
-            predictions: "s3://cosmicai-results/runs/1/predictions/1.parquet".into(),
-            wall_time_s: 1.0,
-            reused: false,
-        };
-        let ans = serde_json::to_value(&out).unwrap();
-        assert_eq!(task_output(task, item, ans.clone()).unwrap(), ans);
-
-        // Summarize gets {results} from Initialize's answer, even after the map failed.
-        let after_map = set_path(&after_init, "$.map_error", json!({"Error": "x"})).unwrap();
-        let sum_event = task_payload(&states["Summarize"], &after_map).unwrap();
-        assert_eq!(
-            sum_event,
-            json!({"results": "s3://cosmicai-results/runs/1"})
-        );
-        let done = SummarizeOutput {
-            complete: true,
-            galaxies: 10,
-            ranks_done: 2,
-            failed_ranks: vec![],
-            missing_ranks: vec![],
-            summary: "s3://cosmicai-results/runs/1/summary.json".into(),
-        };
-        let end = task_output(
-            &states["Summarize"],
-            &after_map,
-            serde_json::to_value(&done).unwrap(),
-        )
-        .unwrap();
-        assert_eq!(
-            json_path(
-                &end,
-                states["Complete?"]["Choices"][0]["Variable"]
-                    .as_str()
-                    .unwrap()
-            ),
-            Some(&json!(true))
-        );
-    }
-
-    #[test]
     fn an_item_without_plan_url_finds_the_plan_by_bucket_and_result_path() {
         let mut item: RankItem = serde_json::from_value(json!({
             "S3_BUCKET": "b", "S3_OBJECT_NAME": "", "SCRIPT": "", "S3_OBJECT_TYPE": "",
@@ -849,6 +603,9 @@ mod tests {
         }))
         .unwrap();
         assert_eq!(item_plan_url(&item).unwrap(), "s3://b/r/1/plan.json");
+        item.plan_url = Some("s3://elsewhere/plan.json".into());
+        assert_eq!(item_plan_url(&item).unwrap(), "s3://elsewhere/plan.json");
+        item.plan_url = None;
         item.s3_bucket.clear();
         assert_eq!(item_plan_url(&item), None);
     }
@@ -875,7 +632,7 @@ mod tests {
         for f in files {
             data.put(&f.key, f.bytes).await.unwrap();
         }
-        data.put(crate::stages::MANIFEST_KEY, manifest.to_json())
+        data.put(layout::MANIFEST, manifest.to_json())
             .await
             .unwrap();
         let plan = plan_run(&PlanRequest {

@@ -21,7 +21,8 @@ pub use template::template;
 
 use serde::{Deserialize, Serialize};
 
-pub use crate::cost::Arch;
+use cai_core::cost::Arch;
+use cai_core::layout;
 
 /// An S3 location: a bucket and a key prefix inside it (no leading or trailing `/`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -151,6 +152,9 @@ impl AwsConfig {
 
     /// Where the Distributed Map writes its own result files.
     pub fn map_results(&self) -> S3Prefix {
-        S3Prefix::new(&self.results.bucket, &self.results.key("stepfunctions"))
+        S3Prefix::new(
+            &self.results.bucket,
+            &self.results.key(layout::AWS_MAP_RESULTS),
+        )
     }
 }

@@ -67,9 +67,11 @@ fn s3_statements(cfg: &AwsConfig, role: &str) -> Vec<Value> {
             // A rank that finishes deletes its failed/<rank>.json (left by an earlier attempt).
             statement(
                 &["s3:DeleteObject"],
-                json!([
-                    S3Prefix::new(&cfg.results.bucket, &cfg.results.key("failed")).objects_arn()
-                ]),
+                json!([S3Prefix::new(
+                    &cfg.results.bucket,
+                    &cfg.results.key(cai_core::layout::FAILED_DIR)
+                )
+                .objects_arn()]),
             ),
         ],
         // Reads every rank's outputs, writes the combined ones.
@@ -254,7 +256,7 @@ mod tests {
     use std::collections::BTreeSet;
 
     use super::*;
-    use crate::aws::Arch;
+    use cai_core::cost::Arch;
 
     fn cfg() -> AwsConfig {
         let mut c = AwsConfig::new(

@@ -21,6 +21,7 @@ pub mod watch;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use cai_core::layout;
 use cai_core::plan::Plan;
 use cai_core::StorageUrl;
 use serde::{Deserialize, Serialize};
@@ -30,15 +31,10 @@ pub use error::{Error, Result};
 pub use script::ScriptOptions;
 pub use watch::{watch, Event, Snapshot, WatchOutcome};
 
-use crate::summarize::{PLAN_KEY, SUMMARY_KEY};
 use crate::worker::unix_now;
 
 /// Exit code of a task that cannot see the results location the plan was written to.
 pub const EXIT_NOT_SHARED: i32 = 3;
-/// Key (under the results location) of the submission record.
-pub const JOBS_KEY: &str = "slurm/jobs.json";
-/// Key (under the results location) of the probe file tasks must see.
-pub const PROBE_KEY: &str = "slurm/probe";
 /// Version of the `slurm/jobs.json` layout.
 pub const JOBS_VERSION: u32 = 1;
 
@@ -141,13 +137,13 @@ impl JobsState {
 
     /// Read `slurm/jobs.json` from a results location, if there is one.
     pub async fn load(results: &StorageUrl) -> Result<Option<Self>> {
-        let Some(bytes) = results.get_opt(JOBS_KEY).await? else {
+        let Some(bytes) = results.get_opt(layout::SLURM_JOBS).await? else {
             return Ok(None);
         };
         serde_json::from_slice(&bytes).map(Some).map_err(|source| {
             Error::from(cai_core::Error::Json {
                 what: "Slurm submission record",
-                source_name: results.url_of(JOBS_KEY),
+                source_name: results.url_of(layout::SLURM_JOBS),
                 source,
             })
         })
@@ -156,7 +152,10 @@ impl JobsState {
     /// Write `slurm/jobs.json`.
     pub async fn save(&self, results: &StorageUrl) -> Result<()> {
         results
-            .put(JOBS_KEY, crate::stages::pretty(self)?)
+            .put(
+                layout::SLURM_JOBS,
+                crate::stages::pretty("Slurm jobs", self)?,
+            )
             .await
             .map_err(Error::from)
     }
@@ -211,14 +210,16 @@ impl SlurmEngine {
         }
         let results = StorageUrl::parse(&plan.results)?;
         let probe = probe_token();
-        results.put(PROBE_KEY, probe.clone().into_bytes()).await?;
+        results
+            .put(layout::SLURM_PROBE, probe.clone().into_bytes())
+            .await?;
         for dir in [&self.script_dir, &self.script.log_dir] {
             std::fs::create_dir_all(dir).map_err(|source| Error::Io {
                 path: dir.clone(),
                 source,
             })?;
         }
-        let plan_url = results.url_of(PLAN_KEY);
+        let plan_url = results.url_of(layout::PLAN);
         let array_script = self.script_dir.join("array.sbatch");
         let summarize_script = self.script_dir.join("summarize.sbatch");
         write_file(
@@ -243,7 +244,7 @@ impl SlurmEngine {
     /// ended. Records the job ids as `slurm/jobs.json`.
     pub async fn submit(&self, p: &Prepared) -> Result<JobsState> {
         let results = StorageUrl::parse(&p.results)?;
-        results.delete(SUMMARY_KEY).await?;
+        results.delete(layout::SUMMARY).await?;
         let submitted_at = unix_now();
         let array = self.commands.sbatch(&[], &p.array_script)?;
         let summarize = match self.commands.sbatch(

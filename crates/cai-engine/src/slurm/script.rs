@@ -64,7 +64,7 @@ impl Default for ScriptOptions {
             threads: None,
             precision: cai_model::kernels::Precision::F32,
             cai_bin: PathBuf::from("cai"),
-            log_dir: PathBuf::from("logs"),
+            log_dir: PathBuf::from(cai_core::layout::SLURM_LOGS_DIR),
         }
     }
 }

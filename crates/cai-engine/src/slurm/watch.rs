@@ -4,8 +4,10 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
+use cai_core::layout;
 use cai_core::plan::Plan;
-use cai_core::report::{failure_key, rank_key, RankFailure, RankReport};
+use cai_core::report::{RankFailure, RankReport};
+use cai_core::results::{load_plan, ResultsListing};
 use cai_core::summary::Summary;
 use cai_core::StorageUrl;
 
@@ -13,7 +15,7 @@ use super::command::JobRecord;
 use super::error::{Error, Result};
 use super::script::array_spec;
 use super::{ArrayJob, JobsState, SlurmEngine, EXIT_NOT_SHARED};
-use crate::summarize::{load_plan, summarize, ResultsListing, SUMMARY_KEY};
+use crate::summarize::summarize;
 use crate::worker::unix_now;
 
 /// The run at one look.
@@ -115,7 +117,7 @@ pub async fn watch(
     let results = StorageUrl::parse(&state.results)?;
     let plan = load_plan(&results).await?.ok_or_else(|| Error::NoJobs {
         results: results.to_string(),
-        key: crate::summarize::PLAN_KEY.into(),
+        key: layout::PLAN.into(),
     })?;
     let galaxies_total: u64 = state.ranks.iter().map(|&r| galaxies_of(&plan, r)).sum();
     let mut seen_done: HashMap<usize, u64> = HashMap::new();
@@ -169,10 +171,13 @@ pub async fn watch(
         for &rank in &state.ranks {
             if done.contains(&rank) {
                 if let std::collections::hash_map::Entry::Vacant(e) = seen_done.entry(rank) {
-                    let (galaxies, host) = match results.get_opt(&rank_key(rank)).await? {
-                        Some(b) => RankReport::from_json(&results.url_of(&rank_key(rank)), &b)
-                            .map(|r| (r.galaxies, r.host))
-                            .unwrap_or((galaxies_of(&plan, rank), String::new())),
+                    let (galaxies, host) = match results.get_opt(&layout::rank_report(rank)).await?
+                    {
+                        Some(b) => {
+                            RankReport::from_json(&results.url_of(&layout::rank_report(rank)), &b)
+                                .map(|r| (r.galaxies, r.host))
+                                .unwrap_or((galaxies_of(&plan, rank), String::new()))
+                        }
                         None => (galaxies_of(&plan, rank), String::new()),
                     };
                     e.insert(galaxies);
@@ -234,7 +239,7 @@ pub async fn watch(
             }
             let recorded = if failed_records.contains(&rank) {
                 results
-                    .get_opt(&failure_key(rank))
+                    .get_opt(&layout::failure(rank))
                     .await?
                     .and_then(|b| serde_json::from_slice::<RankFailure>(&b).ok())
             } else {
@@ -278,7 +283,10 @@ pub async fn watch(
                         failed_at: unix_now(),
                     };
                     results
-                        .put(&failure_key(rank), crate::stages::pretty(&f)?)
+                        .put(
+                            &layout::failure(rank),
+                            crate::stages::pretty("failure record", &f)?,
+                        )
                         .await?;
                 }
                 events.push(Event::Failed {
@@ -390,7 +398,7 @@ async fn check_summary(
     let done: BTreeSet<usize> = listing.done_ranks().into_iter().filter(below).collect();
     let failed: BTreeSet<usize> = listing.failed_ranks().into_iter().filter(below).collect();
     let existing = results
-        .get_opt(SUMMARY_KEY)
+        .get_opt(layout::SUMMARY)
         .await?
         .and_then(|b| serde_json::from_slice::<Summary>(&b).ok());
     let why = match (&existing, job) {

@@ -6,10 +6,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use cai_core::cost::Arch;
 use cai_core::payload::Payload;
 use cai_core::summary::Summary;
 use cai_core::StorageUrl;
-use cai_engine::aws::{state_machine, template, Arch, AwsConfig, FunctionArns, S3Prefix};
+use cai_engine::aws::{state_machine, template, AwsConfig, FunctionArns, S3Prefix};
 use clap::{Args, Subcommand};
 use sha2::{Digest, Sha256};
 
@@ -450,7 +451,8 @@ async fn deploy_stack(
     }
     let d = cai_aws::deploy(
         sdk,
-        cfg,
+        &cfg.stack,
+        &template(cfg),
         &artifacts.bucket,
         &artifacts.key(&zip_key),
         Duration::from_secs(2),
@@ -603,13 +605,10 @@ async fn follow(
             eprintln!("  error {e}: {}", c.as_deref().unwrap_or(""));
         }
     }
-    match results.get_opt(cai_engine::summarize::SUMMARY_KEY).await? {
+    match results.get_opt(cai_core::layout::SUMMARY).await? {
         Some(b) => {
             let summary: Summary = serde_json::from_slice(&b).with_context(|| {
-                format!(
-                    "cannot read {}",
-                    results.url_of(cai_engine::summarize::SUMMARY_KEY)
-                )
+                format!("cannot read {}", results.url_of(cai_core::layout::SUMMARY))
             })?;
             super::run::print_summary(&summary, json)?;
             if finished.succeeded() && summary.complete() {

@@ -2,10 +2,11 @@
 //! files), or would cost (from its plan, or a galaxy count, and a throughput).
 
 use anyhow::{bail, Context, Result};
-use cai_core::report::{rank_of_key, RankReport};
+use cai_core::cost::{estimate, measured, Arch, Cost, PRICES};
+use cai_core::layout;
+use cai_core::report::RankReport;
+use cai_core::results::load_plan;
 use cai_core::StorageUrl;
-use cai_engine::cost::{estimate, measured, Arch, Cost, PRICES};
-use cai_engine::summarize::load_plan;
 use clap::{Args, ValueEnum};
 
 use crate::Outcome;
@@ -65,7 +66,7 @@ pub struct CostArgs {
 async fn reports(results: &StorageUrl) -> Result<Vec<RankReport>> {
     let mut out = Vec::new();
     for o in results.list().await? {
-        if rank_of_key(&o.key).is_some() {
+        if layout::rank_of_report(&o.key).is_some() {
             let bytes = results.get(&o.key).await?;
             out.push(RankReport::from_json(&results.url_of(&o.key), &bytes)?);
         }

@@ -3,10 +3,10 @@
 use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
+use cai_core::layout::MANIFEST;
 use cai_core::StorageUrl;
 use cai_data::partition::{parse_size, partition_dataset_as, FileFormat};
 use cai_data::{DatasetReader, GalaxySource, SynthConfig};
-use cai_engine::stages::MANIFEST_KEY;
 
 use crate::cli::{PartitionArgs, PartitionFormat, SynthArgs};
 use crate::progress::Progress;
@@ -139,7 +139,7 @@ pub async fn partition_source_to(
         Ok(res?)
     })
     .await??;
-    dest.put(MANIFEST_KEY, manifest.to_json()).await?;
+    dest.put(MANIFEST, manifest.to_json()).await?;
     Ok(PartitionSummary {
         partitions: manifest.partitions.len(),
         galaxies: manifest.total_galaxies,
@@ -155,7 +155,7 @@ pub async fn partition(a: PartitionArgs, quiet: bool) -> Result<Outcome> {
     let s = partition_to_as(&a.input, &a.size, &a.out, format, quiet).await?;
     if !quiet {
         eprintln!(
-            "wrote {} partitions ({} galaxies) and {MANIFEST_KEY} to {}",
+            "wrote {} partitions ({} galaxies) and {MANIFEST} to {}",
             s.partitions, s.galaxies, a.out
         );
     }

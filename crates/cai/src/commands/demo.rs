@@ -7,6 +7,7 @@
 use std::time::Instant;
 
 use anyhow::{Context, Result};
+use cai_core::layout;
 
 use crate::cli::{DemoArgs, EngineKind, RunArgs, SynthArgs};
 use crate::commands::{data, model, run};
@@ -100,15 +101,21 @@ pub async fn demo(a: DemoArgs, quiet: bool) -> Result<Outcome> {
         ("model", p("model-demo.safetensors").display().to_string()),
         ("galaxies", p("galaxies.safetensors").display().to_string()),
         ("partitions", parts_dir),
-        ("plan", format!("{results_dir}/plan.json")),
-        ("rank reports", format!("{results_dir}/<rank>.json")),
-        ("combined", format!("{results_dir}/combined_data.json")),
-        ("predictions", format!("{results_dir}/predictions.parquet")),
-        ("summary", format!("{results_dir}/summary.json")),
+        ("plan", format!("{results_dir}/{}", layout::PLAN)),
+        (
+            "rank reports",
+            format!("{results_dir}/{}", layout::RANK_REPORT_PATTERN),
+        ),
+        ("combined", format!("{results_dir}/{}", layout::COMBINED)),
+        (
+            "predictions",
+            format!("{results_dir}/{}", layout::PREDICTIONS),
+        ),
+        ("summary", format!("{results_dir}/{}", layout::SUMMARY)),
     ] {
         println!("  {what:<13}{path}");
     }
-    let report = std::path::PathBuf::from(&results_dir).join("report.html");
+    let report = std::path::PathBuf::from(&results_dir).join(layout::REPORT_HTML);
     crate::commands::report::write_report(
         std::slice::from_ref(&results_dir),
         &report,

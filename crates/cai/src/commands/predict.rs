@@ -3,9 +3,9 @@
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
+use cai_core::predictions::Predictions;
 use cai_core::StorageUrl;
 use cai_engine::local::available_cores;
-use cai_engine::predictions::Predictions;
 use cai_engine::stages::load_model_with;
 use cai_engine::worker::predict_partition;
 

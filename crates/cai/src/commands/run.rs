@@ -5,11 +5,12 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use cai_core::payload::Payload;
 use cai_core::plan::{Plan, PlanRequest};
+use cai_core::results::{load_plan, missing_ranks};
 use cai_core::summary::Summary;
 use cai_core::StorageUrl;
 use cai_engine::local::{available_cores, default_parallelism, LocalEngine, RankEvent};
 use cai_engine::stages::{clear_results, load_model_with, plan_run};
-use cai_engine::summarize::{load_plan, missing_ranks, summarize as summarize_results};
+use cai_engine::summarize::summarize as summarize_results;
 
 use crate::cli::{RunArgs, SummarizeArgs};
 use crate::progress::Progress;

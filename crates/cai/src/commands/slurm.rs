@@ -31,7 +31,7 @@ fn engine_for(a: &RunArgs, results: &StorageUrl) -> Result<SlurmEngine> {
     let s = &a.slurm;
     let dir = match (&s.slurm_dir, results.local_path()) {
         (Some(d), _) => std::path::absolute(d)?,
-        (None, Some(p)) => p.join("slurm"),
+        (None, Some(p)) => p.join(cai_core::layout::SLURM_DIR),
         (None, None) => std::path::absolute("cai-slurm")?,
     };
     let cai_bin = match &s.cai_bin {
@@ -60,7 +60,7 @@ fn engine_for(a: &RunArgs, results: &StorageUrl) -> Result<SlurmEngine> {
             threads: a.threads,
             precision: a.precision,
             cai_bin,
-            log_dir: dir.join("logs"),
+            log_dir: dir.join(cai_core::layout::SLURM_LOGS_DIR),
         },
         script_dir: dir,
         retries: s.retries,

@@ -2,8 +2,8 @@
 //! reattaches and follows them to the summary (or, with `--once`, shows them once).
 
 use anyhow::{bail, Result};
+use cai_core::results::{load_plan, ResultsListing};
 use cai_core::StorageUrl;
-use cai_engine::summarize::{load_plan, ResultsListing};
 
 use crate::cli::StatusArgs;
 use crate::Outcome;
@@ -48,7 +48,7 @@ pub async fn status(a: StatusArgs, quiet: bool) -> Result<Outcome> {
         .filter(|&r| r < plan.world_size)
         .count();
     let failed: Vec<usize> = listing.failed_ranks().into_iter().collect();
-    let summarized = listing.has(cai_engine::summarize::SUMMARY_KEY);
+    let summarized = listing.has(cai_core::layout::SUMMARY);
     println!("results      {results}");
     println!(
         "ranks        {done} done, {} failed, {} without a result (of {})",

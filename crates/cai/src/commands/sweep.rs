@@ -14,21 +14,18 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
+use cai_core::layout;
 use cai_core::plan::sort_partitions;
 use cai_core::summary::Summary;
 use cai_core::StorageUrl;
 use cai_data::partition::{parse_size, FileFormat, PartitionSeq};
-use cai_engine::stages::{find_partitions, MANIFEST_KEY};
-use cai_engine::summarize::SUMMARY_KEY;
+use cai_engine::stages::find_partitions;
 use cai_report::stats::Table;
 use serde::Serialize;
 
 use crate::cli::{EngineKind, PartitionFormat, SweepArgs};
 use crate::commands::{data, run};
 use crate::Outcome;
-
-/// Key of the sweep's own record under the results location.
-const SWEEP_KEY: &str = "sweep.json";
 
 /// A size as given (`25MB`) and in bytes.
 #[derive(Debug, Clone, Serialize)]
@@ -178,7 +175,7 @@ async fn partitions_for(
     let dest = work.child(&size.label);
     let made = match source {
         Source::PerSize(data) => return Ok(data.child(&size.label)),
-        _ if reuse && dest.exists(MANIFEST_KEY).await? => {
+        _ if reuse && dest.exists(layout::MANIFEST).await? => {
             if !quiet {
                 eprintln!("partitions of {}: reusing {dest}", size.label);
             }
@@ -328,9 +325,9 @@ fn table(rows: &[Row]) -> Table {
 
 /// Read a finished run's summary.
 async fn read_summary(url: &StorageUrl) -> Result<Summary> {
-    let bytes = url.get(SUMMARY_KEY).await?;
+    let bytes = url.get(layout::SUMMARY).await?;
     serde_json::from_slice(&bytes)
-        .with_context(|| format!("cannot parse {}", url.url_of(SUMMARY_KEY)))
+        .with_context(|| format!("cannot parse {}", url.url_of(layout::SUMMARY)))
 }
 
 /// `cai sweep`.
@@ -389,7 +386,7 @@ pub async fn sweep(a: SweepArgs, quiet: bool) -> Result<Outcome> {
     if !resume {
         let existing = results.list().await?;
         if let Some(o) = existing.iter().find(|o| {
-            o.key == SWEEP_KEY
+            o.key == layout::SWEEP
                 || exps
                     .iter()
                     .any(|e| o.key.starts_with(&format!("{}/", e.folder())))
@@ -405,7 +402,7 @@ pub async fn sweep(a: SweepArgs, quiet: bool) -> Result<Outcome> {
     let source = find_source(&data, &parts).await?;
     let work = match &a.work {
         Some(w) => StorageUrl::parse(w)?,
-        None => results.child("partitions"),
+        None => results.child(layout::SWEEP_PARTITIONS_DIR),
     };
     let format = match a.partition_format {
         PartitionFormat::Native => FileFormat::Native,
@@ -422,7 +419,7 @@ pub async fn sweep(a: SweepArgs, quiet: bool) -> Result<Outcome> {
         "runs": exps.iter().map(Experiment::folder).collect::<Vec<_>>(),
     });
     results
-        .put(SWEEP_KEY, serde_json::to_vec_pretty(&record)?)
+        .put(layout::SWEEP, serde_json::to_vec_pretty(&record)?)
         .await?;
     if !quiet {
         eprintln!(
@@ -441,7 +438,7 @@ pub async fn sweep(a: SweepArgs, quiet: bool) -> Result<Outcome> {
     for (i, e) in exps.iter().enumerate() {
         let n = format!("[{}/{}]", i + 1, exps.len());
         let url = results.child(&e.folder());
-        if resume && url.exists(SUMMARY_KEY).await? {
+        if resume && url.exists(layout::SUMMARY).await? {
             let s = read_summary(&url).await?;
             any_failed |= !s.complete();
             if !quiet {
@@ -490,12 +487,12 @@ pub async fn sweep(a: SweepArgs, quiet: bool) -> Result<Outcome> {
                 super::slurm::run(&ra, quiet)
                     .await
                     .with_context(|| format!("run {} failed", e.folder()))?;
-                if !url.exists(SUMMARY_KEY).await? {
+                if !url.exists(layout::SUMMARY).await? {
                     bail!(
                         "run {} ended without {}: a sweep follows every run to its summary \
                          (no --detach or --dry-run)",
                         e.folder(),
-                        url.url_of(SUMMARY_KEY)
+                        url.url_of(layout::SUMMARY)
                     );
                 }
                 read_summary(&url).await?

@@ -7,8 +7,9 @@
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
+use cai_core::layout;
 use cai_core::plan::Plan;
-use cai_core::report::{failure_key, RankFailure};
+use cai_core::report::RankFailure;
 use cai_core::StorageUrl;
 use cai_engine::local::available_cores;
 use cai_engine::stages::load_model_with;
@@ -22,8 +23,6 @@ use crate::Outcome;
 /// Exit code for "the results location is not shared with this node"; the Slurm engine
 /// reads it (`cai_engine::slurm::EXIT_NOT_SHARED`).
 const EXIT_NOT_SHARED: i32 = 3;
-/// Key of the probe file under the results location (`cai_engine::slurm::PROBE_KEY`).
-const PROBE_KEY: &str = "slurm/probe";
 
 fn env_usize(name: &str) -> Option<usize> {
     std::env::var(name)
@@ -60,11 +59,11 @@ pub async fn worker(a: WorkerArgs, quiet: bool) -> Result<Outcome> {
     let plan = Plan::from_json(&plan_url.to_string(), &bytes)?;
     let results = StorageUrl::parse(&plan.results)?;
     if let Some(token) = &a.probe {
-        let found = results.get_opt(PROBE_KEY).await?;
+        let found = results.get_opt(layout::SLURM_PROBE).await?;
         if found.as_deref() != Some(token.as_bytes()) {
             not_shared(format!(
                 "{} on host {host} {} the token of this submission: the results location is not shared with this node (or a newer run replaced it)",
-                results.url_of(PROBE_KEY),
+                results.url_of(layout::SLURM_PROBE),
                 if found.is_some() { "does not hold" } else { "is missing, so it cannot hold" },
             ));
         }
@@ -121,7 +120,7 @@ pub async fn worker(a: WorkerArgs, quiet: bool) -> Result<Outcome> {
                 failed_at: unix_now(),
             };
             if let Ok(json) = serde_json::to_vec_pretty(&f) {
-                let _ = results.put(&failure_key(rank), json).await;
+                let _ = results.put(&layout::failure(rank), json).await;
             }
             eprintln!("rank {rank}: {}", f.error);
             return Ok(Outcome::SomeFailed);
@@ -150,6 +149,5 @@ mod tests {
     #[test]
     fn the_engine_reads_the_same_codes() {
         assert_eq!(super::EXIT_NOT_SHARED, cai_engine::slurm::EXIT_NOT_SHARED);
-        assert_eq!(super::PROBE_KEY, cai_engine::slurm::PROBE_KEY);
     }
 }

@@ -5,7 +5,7 @@
 //!
 //! The workflow is driven in Step Functions' order with the events the generated state
 //! machine sends (its `Parameters`, `ItemReader`, `ResultSelector` and `ResultPath` applied
-//! by `cai_engine::aws::lambda::{task_payload, task_output}`): Initialize (the original's
+//! by `sfn.rs`'s `task_payload` and `task_output`): Initialize (the original's
 //! payload) → every item of `items.json` → Summarize. The outputs must equal a local
 //! `cai run` of the same data, galaxy for galaxy, also when S3 answers 500 or cuts
 //! connections mid-object, and when a handler is killed mid-rank and its item re-invoked.
@@ -21,11 +21,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cai_engine::aws::lambda::{apply_template, set_path, task_output, task_payload};
 use cai_engine::aws::{state_machine, AwsConfig, FunctionArns, S3Prefix};
 use serde_json::{json, Value};
 
 use crate::s3::{by_galaxy, free_port, json as parse_json, local_run, wait_listening, Moto};
+use crate::sfn::{apply_template, set_path, task_output, task_payload};
 use crate::util::{fixtures, Dir, SIZE};
 
 const DATA_BUCKET: &str = "cosmicai-data";

@@ -9,6 +9,8 @@ mod bench;
 mod lambda;
 mod pipeline;
 mod s3;
+#[cfg(feature = "aws")]
+mod sfn;
 mod slurm;
 mod sweep;
 mod torch_files;

@@ -6,9 +6,9 @@ use cai_core::report::ORIGINAL_KEYS;
 
 use crate::util::{fixtures, partitioned, read_json, Dir};
 
-fn predictions(d: &Dir) -> cai_engine::predictions::Predictions {
+fn predictions(d: &Dir) -> cai_core::predictions::Predictions {
     let bytes = std::fs::read(d.path("res/predictions.parquet")).unwrap();
-    cai_engine::predictions::Predictions::from_parquet("p", bytes.into()).unwrap()
+    cai_core::predictions::Predictions::from_parquet("p", bytes.into()).unwrap()
 }
 
 #[test]

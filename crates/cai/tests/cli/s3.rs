@@ -196,7 +196,7 @@ const SIZE: &str = "1.2MB";
 
 /// `index → z_pred` of a predictions file, bit for bit.
 pub(crate) fn by_galaxy(bytes: Vec<u8>) -> BTreeMap<i64, u32> {
-    let p = cai_engine::predictions::Predictions::from_parquet("p", bytes.into()).unwrap();
+    let p = cai_core::predictions::Predictions::from_parquet("p", bytes.into()).unwrap();
     let map: BTreeMap<i64, u32> = p
         .index
         .iter()

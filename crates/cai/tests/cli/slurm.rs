@@ -61,7 +61,7 @@ fn cai(d: &Dir, args: &[String]) -> std::process::Output {
 /// Predictions by galaxy index.
 fn by_index(path: std::path::PathBuf) -> HashMap<i64, (String, i32, u32)> {
     let bytes = std::fs::read(&path).unwrap();
-    let p = cai_engine::predictions::Predictions::from_parquet("p", bytes.into()).unwrap();
+    let p = cai_core::predictions::Predictions::from_parquet("p", bytes.into()).unwrap();
     let mut m = HashMap::new();
     for i in 0..p.len() {
         let old = m.insert(

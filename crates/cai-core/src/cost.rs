@@ -10,7 +10,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use cai_core::report::RankReport;
+use crate::report::RankReport;
 
 /// Lambda CPU architecture (arm64 GB-seconds are cheaper).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -218,19 +218,26 @@ mod tests {
         assert!((a - b).abs() <= tol, "{a} vs {b}");
     }
 
+    /// `workers` x86_64 invocations of `secs` each at `gb` GB (as 1024 MB each), one
+    /// partition per worker: a row of the original's cost table.
+    fn original(workers: usize, secs: f64, gb: f64) -> Cost {
+        let durations = vec![secs; workers];
+        price(
+            "t",
+            &durations,
+            workers as u64,
+            gb * 1024.0,
+            Arch::X86_64,
+            &PRICES,
+        )
+    }
+
     #[test]
     fn the_originals_cost_table_is_reproduced() {
         // REFERENCE.md: 517 workers × 6.55 s × 2.8 GB ≈ $0.16 (they multiply by 2.8 GB, so
         // memory 2.8 × 1024 MB here). 517 × 6.55 × 2.8 = 9,481.78 GB-s × $0.0000166667
         // = $0.158030; requests 519 × $2e-7 = $0.0001038.
-        let c = price(
-            "t",
-            &vec![6.55; 517],
-            517,
-            2.8 * 1024.0,
-            Arch::X86_64,
-            &PRICES,
-        );
+        let c = original(517, 6.55, 2.8);
         close(c.gb_seconds, 9_481.78, 1e-6);
         close(c.lambda_compute_usd, 0.158_030, 1e-6);
         close(c.lambda_requests_usd, 0.000_103_8, 1e-9);
@@ -239,14 +246,7 @@ mod tests {
             "0.16"
         );
         // 100 MB partitions: 129 workers × 25 s × 7 GB = 22,575 GB-s ≈ $0.376 ($0.38).
-        let c = price(
-            "t",
-            &vec![25.0; 129],
-            129,
-            7.0 * 1024.0,
-            Arch::X86_64,
-            &PRICES,
-        );
+        let c = original(129, 25.0, 7.0);
         close(c.lambda_compute_usd, 0.376_250, 1e-5);
     }
 

@@ -9,9 +9,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 use parquet::basic::Compression;
 use parquet::column::reader::get_typed_column_reader;
-use parquet::data_type::{ByteArray, ByteArrayType, FloatType, Int32Type, Int64Type};
+use parquet::data_type::{ByteArray, ByteArrayType, DataType, FloatType, Int32Type, Int64Type};
 use parquet::file::properties::WriterProperties;
-use parquet::file::reader::{FileReader, SerializedFileReader};
+use parquet::file::reader::{FileReader, RowGroupReader, SerializedFileReader};
 use parquet::file::writer::SerializedFileWriter;
 use parquet::schema::parser::parse_message_type;
 
@@ -171,31 +171,13 @@ impl Predictions {
         for g in 0..reader.num_row_groups() {
             let rg = reader.get_row_group(g).map_err(perr)?;
             let n = rg.metadata().num_rows() as usize;
-            let mut index = Vec::with_capacity(n);
-            get_typed_column_reader::<Int64Type>(rg.get_column_reader(0).map_err(perr)?)
-                .read_records(n, None, None, &mut index)
-                .map_err(perr)?;
-            let mut part: Vec<ByteArray> = Vec::with_capacity(n);
-            get_typed_column_reader::<ByteArrayType>(rg.get_column_reader(1).map_err(perr)?)
-                .read_records(n, None, None, &mut part)
-                .map_err(perr)?;
-            let mut row = Vec::with_capacity(n);
-            get_typed_column_reader::<Int32Type>(rg.get_column_reader(2).map_err(perr)?)
-                .read_records(n, None, None, &mut row)
-                .map_err(perr)?;
-            let mut rank = Vec::with_capacity(n);
-            get_typed_column_reader::<Int32Type>(rg.get_column_reader(3).map_err(perr)?)
-                .read_records(n, None, None, &mut rank)
-                .map_err(perr)?;
-            let mut z_pred = Vec::with_capacity(n);
-            get_typed_column_reader::<FloatType>(rg.get_column_reader(4).map_err(perr)?)
-                .read_records(n, None, None, &mut z_pred)
-                .map_err(perr)?;
+            let index = read_column::<Int64Type>(&*rg, 0, n, None).map_err(perr)?;
+            let part = read_column::<ByteArrayType>(&*rg, 1, n, None).map_err(perr)?;
+            let row = read_column::<Int32Type>(&*rg, 2, n, None).map_err(perr)?;
+            let rank = read_column::<Int32Type>(&*rg, 3, n, None).map_err(perr)?;
+            let z_pred = read_column::<FloatType>(&*rg, 4, n, None).map_err(perr)?;
             let mut def = Vec::with_capacity(n);
-            let mut zt = Vec::with_capacity(n);
-            get_typed_column_reader::<FloatType>(rg.get_column_reader(5).map_err(perr)?)
-                .read_records(n, Some(&mut def), None, &mut zt)
-                .map_err(perr)?;
+            let zt = read_column::<FloatType>(&*rg, 5, n, Some(&mut def)).map_err(perr)?;
             let lens = [
                 index.len(),
                 part.len(),
@@ -249,6 +231,24 @@ impl Predictions {
         }
         s
     }
+}
+
+/// Column `i` of a row group of `n` rows; `def` receives the definition levels of an
+/// optional column (0 where the value is null).
+fn read_column<T: DataType>(
+    rg: &dyn RowGroupReader,
+    i: usize,
+    n: usize,
+    def: Option<&mut Vec<i16>>,
+) -> parquet::errors::Result<Vec<T::T>> {
+    let mut values = Vec::with_capacity(n);
+    get_typed_column_reader::<T>(rg.get_column_reader(i)?).read_records(
+        n,
+        def,
+        None,
+        &mut values,
+    )?;
+    Ok(values)
 }
 
 #[cfg(test)]

@@ -8,6 +8,9 @@
 //!   wait for it, report why it failed; delete it again.
 //! - [`execution`]: start the workflow with the original's payload and watch it: ranks done
 //!   and failed (read from the results location), the execution's status and output.
+//! - [`engine`]: [`AwsEngine`], all of the above behind `cai_engine`'s `Engine` trait (what
+//!   `cai run --engine aws` and `cai aws watch` use), and [`deploy_run`], which packages,
+//!   uploads the code and model, and deploys.
 //!
 //! What the stack contains (state machine, functions, roles) is generated, without AWS calls,
 //! by `cai_engine::aws`, and handed to [`deploy()`] as a template; the Lambda handlers live
@@ -18,11 +21,15 @@
 #![deny(missing_docs)]
 
 pub mod deploy;
+pub mod engine;
 pub mod execution;
 pub mod package;
 
 pub use aws_config::SdkConfig;
 pub use deploy::{delete_stack, deploy, Deployed, StackEvent};
+pub use engine::{
+    deploy_run, package_binary, s3_location, stack_event_line, Artifacts, AwsEngine, StackSettings,
+};
 pub use execution::{start_execution, watch, Finished, Progress};
 pub use package::{check_binary, package, BinaryInfo, Linkage, Package};
 
@@ -132,6 +139,27 @@ pub enum Error {
         #[source]
         source: serde_json::Error,
     },
+    /// A step of a run failed; `source` says why.
+    #[error("{what}")]
+    Context {
+        /// The step (`cannot deploy the stack cai`, …).
+        what: String,
+        /// Why it failed.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// Something the user asked for cannot be done as asked.
+    #[error("{0}")]
+    Invalid(String),
+    /// An engine step (plan, summary, model hashing) failed.
+    #[error(transparent)]
+    Engine(Box<cai_engine::Error>),
+}
+
+impl From<cai_engine::Error> for Error {
+    fn from(e: cai_engine::Error) -> Self {
+        Error::Engine(Box::new(e))
+    }
 }
 
 /// Result with [`Error`].

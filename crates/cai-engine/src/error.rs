@@ -93,6 +93,27 @@ pub enum Error {
         /// Seconds before the limit at which it was stopped.
         margin_s: u64,
     },
+    /// A run request that cannot start as given; `hint` says what to give.
+    #[error("{what}: {hint}")]
+    Request {
+        /// What is missing or wrong.
+        what: String,
+        /// What to do about it.
+        hint: String,
+    },
+    /// The model of a run could not be loaded.
+    #[error("cannot load the model {model}")]
+    LoadModel {
+        /// The model's location.
+        model: String,
+        /// Why.
+        #[source]
+        source: Box<Error>,
+    },
+    /// An engine's backend failed (Slurm refused a job, an AWS call failed…); the error is
+    /// the backend's own, naming the command or call.
+    #[error(transparent)]
+    Backend(Box<dyn std::error::Error + Send + Sync>),
 }
 
 /// Result with cai-engine's error.

@@ -62,6 +62,36 @@ pub fn peak_rss_mb() -> f64 {
         .unwrap_or(0.0)
 }
 
+/// The failure record of `rank` of `plan`, which failed on `host` under `engine` because of
+/// `error`: the one place a [`RankFailure`] is made.
+pub fn rank_failure(
+    plan: &Plan,
+    rank: usize,
+    engine: &str,
+    host: &str,
+    error: String,
+) -> RankFailure {
+    RankFailure {
+        rank,
+        partitions: plan
+            .partitions_of(rank)
+            .iter()
+            .map(|p| p.key.clone())
+            .collect(),
+        error,
+        engine: engine.to_string(),
+        host: host.to_string(),
+        failed_at: unix_now(),
+    }
+}
+
+/// Write a failure record as `failed/<rank>.json` under `results`.
+pub async fn write_failure(results: &StorageUrl, failure: &RankFailure) -> Result<()> {
+    let json = crate::stages::pretty("failure record", failure)?;
+    results.put(&layout::failure(failure.rank), json).await?;
+    Ok(())
+}
+
 /// Write `failed/<rank>.json` for a rank that failed on this host with `error` (a failure
 /// to write it is logged: the error itself is what the caller reports).
 pub async fn record_failure(
@@ -71,22 +101,9 @@ pub async fn record_failure(
     engine: &str,
     error: &Error,
 ) {
-    let failure = RankFailure {
-        rank,
-        partitions: plan
-            .partitions_of(rank)
-            .iter()
-            .map(|p| p.key.clone())
-            .collect(),
-        error: error.to_string(),
-        engine: engine.to_string(),
-        host: host_name(),
-        failed_at: unix_now(),
-    };
-    if let Ok(json) = serde_json::to_vec_pretty(&failure) {
-        if let Err(w) = results.put(&layout::failure(rank), json).await {
-            tracing::warn!("rank {rank}: could not record the failure: {w}");
-        }
+    let failure = rank_failure(plan, rank, engine, &host_name(), error.to_string());
+    if let Err(w) = write_failure(results, &failure).await {
+        tracing::warn!("rank {rank}: could not record the failure: {w}");
     }
 }
 

@@ -1,8 +1,8 @@
-//! The stages on the in-memory store: plan → local engine → summarize, with a small
-//! AstroMAE (depth 1) so the test is quick.
+//! The stages on the in-memory store: plan → local engine → summarize, and the local engine
+//! behind the `Engine` trait, with a small AstroMAE (depth 1) so the test is quick.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use cai_core::layout;
 use cai_core::plan::PlanRequest;
@@ -13,6 +13,7 @@ use cai_data::{generate, SynthConfig};
 use cai_engine::local::LocalEngine;
 use cai_engine::stages::plan_run;
 use cai_engine::summarize::summarize;
+use cai_engine::{Engine, NoEvents, RunEnd, RunEvent, RunEvents, RunRequest};
 use cai_model::{init, AstroMae, Config, Model};
 
 fn small_model() -> Arc<dyn Model> {
@@ -68,13 +69,13 @@ async fn every_rank_once_every_galaxy_once_nonfinite_counted() {
     let plan = Arc::new(plan_run(&req).await.unwrap());
     assert_eq!(plan.partitions.len(), 5);
     let engine = LocalEngine {
-        workers: 2,
-        threads: 1,
+        workers: Some(2),
+        threads: Some(1),
         kernels: "test".into(),
     };
     let ranks: Vec<usize> = (0..plan.world_size).collect();
     let out = engine
-        .run(plan.clone(), &ranks, small_model(), None, None)
+        .run_ranks(plan.clone(), &ranks, small_model(), Arc::new(NoEvents))
         .await
         .unwrap();
     assert_eq!(out.done.len(), 3);
@@ -112,22 +113,24 @@ async fn a_rank_with_a_bad_partition_fails_alone() {
     };
     let plan = Arc::new(plan_run(&req).await.unwrap());
     let engine = LocalEngine {
-        workers: 1,
-        threads: 2,
+        workers: Some(1),
+        threads: Some(2),
         kernels: "test".into(),
     };
     let ranks: Vec<usize> = (0..plan.world_size).collect();
     let out = engine
-        .run(plan.clone(), &ranks, small_model(), None, None)
+        .run_ranks(plan.clone(), &ranks, small_model(), Arc::new(NoEvents))
         .await
         .unwrap();
     assert_eq!(out.done.len(), 3);
     assert_eq!(out.failed.len(), 1);
-    assert_eq!(out.failed[0].0, 1);
+    assert_eq!(out.failed[0].rank, 1);
+    assert_eq!(out.failed[0].engine, "local");
+    assert_eq!(out.failed[0].partitions, ["00002.safetensors"]);
     assert!(
-        out.failed[0].1.contains("00002.safetensors"),
+        out.failed[0].error.contains("00002.safetensors"),
         "{}",
-        out.failed[0].1
+        out.failed[0].error
     );
     let results = StorageUrl::parse(&plan.results).unwrap();
     let s = summarize(&results, Some(&plan)).await.unwrap();
@@ -135,4 +138,122 @@ async fn a_rank_with_a_bad_partition_fails_alone() {
     assert_eq!(s.galaxies, 15);
     assert!(!results.exists("1.json").await.unwrap());
     assert!(results.exists("failed/1.json").await.unwrap());
+}
+
+/// Collects what an engine tells.
+#[derive(Default)]
+struct Heard(Mutex<Vec<RunEvent>>);
+
+impl RunEvents for Heard {
+    fn event(&self, e: RunEvent) {
+        self.0.lock().unwrap().push(e);
+    }
+}
+
+impl Heard {
+    fn done(&self) -> Vec<usize> {
+        let mut v: Vec<usize> = self
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|e| match e {
+                RunEvent::RankDone { rank, .. } => Some(*rank),
+                _ => None,
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn advanced(&self) -> u64 {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|e| match e {
+                RunEvent::Advance(n) => *n,
+                _ => 0,
+            })
+            .sum()
+    }
+}
+
+/// The local engine behind `dyn Engine`: one request in, events out, one report back; a
+/// failed rank is in the report with its files, and `resume` runs only that rank.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_local_engine_through_the_trait() {
+    let data = data("e3", 20, 5, None).await;
+    let store = StorageUrl::parse(&data).unwrap();
+    let mut cfg = Config::astromae();
+    cfg.depth = 1;
+    let w = init::astromae_weights(11, &cfg);
+    let model = "memory://e3/model.safetensors";
+    StorageUrl::parse("memory://e3")
+        .unwrap()
+        .put(
+            "model.safetensors",
+            w.to_safetensors(&Default::default()).unwrap(),
+        )
+        .await
+        .unwrap();
+    let good = store.get("00002.safetensors").await.unwrap();
+    store.put("00002.safetensors", vec![0u8; 64]).await.unwrap();
+
+    let engine: Box<dyn Engine> = Box::new(LocalEngine {
+        workers: Some(2),
+        threads: Some(1),
+        kernels: "test".into(),
+    });
+    assert_eq!(engine.name(), "local");
+    let mut req = RunRequest {
+        data: Some(data),
+        results: Some("memory://e3/results".into()),
+        model: Some(model.into()),
+        batch_size: Some(8),
+        ..Default::default()
+    };
+    let heard = Heard::default();
+    let report = engine.run(&req, &heard).await.unwrap();
+    assert_eq!(report.end, RunEnd::Finished);
+    assert!(!report.complete());
+    assert_eq!((report.ranks_total, report.ranks_done), (4, 3));
+    assert_eq!(report.failed.len(), 1);
+    assert_eq!(report.failed[0].rank, 1);
+    assert_eq!(report.failed[0].engine, "local");
+    assert_eq!(report.failed[0].partitions, ["00002.safetensors"]);
+    assert!(report.failed[0].error.contains("00002.safetensors"));
+    assert_eq!(
+        report.summary_url.as_deref(),
+        Some("memory://e3/results/summary.json")
+    );
+    assert!(report.next.as_deref().unwrap().contains("--resume"));
+    assert_eq!(heard.done(), [0, 2, 3]);
+    assert_eq!(heard.advanced(), 15);
+    assert!(heard.0.lock().unwrap().iter().any(|e| matches!(
+        e,
+        RunEvent::RankFailed { rank: 1, reason, .. } if reason.contains("00002.safetensors")
+    )));
+
+    store.put("00002.safetensors", good.to_vec()).await.unwrap();
+    req.resume = true;
+    let heard = Heard::default();
+    let report = engine.run(&req, &heard).await.unwrap();
+    assert!(report.complete());
+    assert_eq!(report.summary.as_ref().unwrap().galaxies, 20);
+    assert_eq!(heard.done(), [1], "resume runs only the missing rank");
+
+    let e = engine
+        .attach("memory://e3/results", None, &heard)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("--resume"), "{e}");
+    let e = engine
+        .run(&RunRequest::default(), &heard)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "no results location: give --results (or --payload with bucket and result_path)"
+    );
 }

@@ -126,3 +126,12 @@ impl From<cai_core::Error> for Error {
 
 /// Result with the Slurm engine's error.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<Error> for crate::Error {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Engine(inner) => *inner,
+            other => crate::Error::Backend(Box::new(other)),
+        }
+    }
+}

@@ -14,6 +14,7 @@
 //! location it sees is not the one the submitting machine wrote to.
 
 pub mod command;
+mod engine;
 pub mod error;
 pub mod script;
 pub mod watch;
@@ -45,12 +46,16 @@ pub struct SlurmEngine {
     pub commands: SlurmCommands,
     /// What goes into the batch scripts.
     pub script: ScriptOptions,
-    /// Directory the batch scripts are written to (must be readable by `sbatch`).
-    pub script_dir: PathBuf,
+    /// Directory the batch scripts are written to, logs in its `logs/` (must be readable by
+    /// `sbatch`; default: `<results>/slurm` for a results location on this machine, else
+    /// `./cai-slurm`).
+    pub script_dir: Option<PathBuf>,
     /// Times a failed task is resubmitted (only the failed indices).
     pub retries: u32,
     /// Time between two looks at the queue.
     pub poll: Duration,
+    /// Only write the plan and the scripts and tell the commands that would submit them.
+    pub dry_run: bool,
 }
 
 /// A run ready to submit: the scripts are written, the probe is in place.
@@ -68,6 +73,8 @@ pub struct Prepared {
     pub summarize_script: PathBuf,
     /// Token the tasks must find in the probe file.
     pub probe: String,
+    /// Where the tasks' logs go.
+    pub log_dir: PathBuf,
 }
 
 impl Prepared {
@@ -209,26 +216,27 @@ impl SlurmEngine {
             });
         }
         let results = StorageUrl::parse(&plan.results)?;
+        let script_dir = self.script_dir_for(&results)?;
+        let mut options = self.script.clone();
+        options.log_dir = script_dir.join("logs");
         let probe = probe_token();
-        results
-            .put(layout::SLURM_PROBE, probe.clone().into_bytes())
-            .await?;
-        for dir in [&self.script_dir, &self.script.log_dir] {
+        results.put(layout::SLURM_PROBE, probe.clone().into_bytes()).await?;
+        for dir in [&script_dir, &options.log_dir] {
             std::fs::create_dir_all(dir).map_err(|source| Error::Io {
                 path: dir.clone(),
                 source,
             })?;
         }
         let plan_url = results.url_of(layout::PLAN);
-        let array_script = self.script_dir.join("array.sbatch");
-        let summarize_script = self.script_dir.join("summarize.sbatch");
+        let array_script = script_dir.join("array.sbatch");
+        let summarize_script = script_dir.join("summarize.sbatch");
         write_file(
             &array_script,
-            &script::array_script(&self.script, &plan_url, &probe, ranks),
+            &script::array_script(&options, &plan_url, &probe, ranks),
         )?;
         write_file(
             &summarize_script,
-            &script::summarize_script(&self.script, &results.to_string()),
+            &script::summarize_script(&options, &results.to_string()),
         )?;
         Ok(Prepared {
             results: results.to_string(),
@@ -237,7 +245,31 @@ impl SlurmEngine {
             array_script,
             summarize_script,
             probe,
+            log_dir: options.log_dir,
         })
+    }
+
+    /// Where the batch scripts of a run at `results` go: [`SlurmEngine::script_dir`], else
+    /// `<results>/slurm` for a results location on this machine, else `./cai-slurm`.
+    pub fn script_dir_for(&self, results: &StorageUrl) -> Result<PathBuf> {
+        let dir = match (&self.script_dir, results.local_path()) {
+            (Some(d), _) => d.clone(),
+            (None, Some(p)) => p.join("slurm"),
+            (None, None) => PathBuf::from("cai-slurm"),
+        };
+        std::path::absolute(&dir).map_err(|source| Error::Io { path: dir, source })
+    }
+
+    /// The engine that follows the submission `state` records (as `cai status` does).
+    pub fn for_state(state: &JobsState, poll: Duration) -> Self {
+        Self {
+            commands: SlurmCommands::default(),
+            script: ScriptOptions::default(),
+            script_dir: state.array_script.parent().map(PathBuf::from),
+            retries: state.retries,
+            poll,
+            dry_run: false,
+        }
     }
 
     /// Submit a prepared run: the array, then the summarize job held until the array has

@@ -16,7 +16,7 @@ use super::error::{Error, Result};
 use super::script::array_spec;
 use super::{ArrayJob, JobsState, SlurmEngine, EXIT_NOT_SHARED};
 use crate::summarize::summarize;
-use crate::worker::unix_now;
+use crate::worker::{rank_failure, unix_now, write_failure};
 
 /// The run at one look.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -43,6 +43,31 @@ pub struct Snapshot {
     pub galaxies_per_s: f64,
     /// State of the summarize job (`PENDING`, `RUNNING`, `COMPLETED`…), if any.
     pub summarize: Option<String>,
+}
+
+impl Snapshot {
+    /// The state in one line (without the time, so that equal lines mean no change).
+    pub fn line(&self) -> String {
+        let mut l = format!(
+            "slurm: {} pending · {} running · {}/{} done · {} failed",
+            self.pending, self.running, self.done, self.ranks, self.failed
+        );
+        if self.retries > 0 {
+            l += &format!(" · {} resubmission(s)", self.retries);
+        }
+        if self.galaxies_total > 0 {
+            l += &format!(" · {}/{} galaxies", self.galaxies_done, self.galaxies_total);
+        } else {
+            l += &format!(" · {} galaxies", self.galaxies_done);
+        }
+        l += &format!(" · {:.1} galaxies/s", self.galaxies_per_s);
+        if self.pending == 0 && self.running == 0 {
+            if let Some(st) = &self.summarize {
+                l += &format!(" · summarize job {}", st.to_lowercase());
+            }
+        }
+        l
+    }
 }
 
 /// Something that happened since the last look.
@@ -270,24 +295,8 @@ pub async fn watch(
                 pending += 1;
             } else {
                 if recorded.is_none() {
-                    let f = RankFailure {
-                        rank,
-                        partitions: plan
-                            .partitions_of(rank)
-                            .iter()
-                            .map(|p| p.key.clone())
-                            .collect(),
-                        error: reason.clone(),
-                        engine: "slurm".into(),
-                        host: task.rec.node.clone(),
-                        failed_at: unix_now(),
-                    };
-                    results
-                        .put(
-                            &layout::failure(rank),
-                            crate::stages::pretty("failure record", &f)?,
-                        )
-                        .await?;
+                    let f = rank_failure(&plan, rank, "slurm", &task.rec.node, reason.clone());
+                    write_failure(&results, &f).await?;
                 }
                 events.push(Event::Failed {
                     rank,

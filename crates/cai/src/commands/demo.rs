@@ -9,7 +9,11 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use cai_core::layout;
 
-use crate::cli::{DemoArgs, EngineKind, RunArgs, SynthArgs};
+use cai_engine::engine::{Engine, RunRequest};
+use cai_engine::local::LocalEngine;
+
+use super::engines::Printer;
+use crate::cli::{DemoArgs, SynthArgs};
 use crate::commands::{data, model, run};
 use crate::Outcome;
 
@@ -75,18 +79,19 @@ pub async fn demo(a: DemoArgs, quiet: bool) -> Result<Outcome> {
     say(&format!("    {} partitions", s.partitions));
     say("6/6 running the local engine and summarizing");
     let results_dir = p("results").display().to_string();
-    let args = RunArgs {
+    let req = RunRequest {
         data: Some(parts_dir.clone()),
         results: Some(results_dir.clone()),
         model: Some(p("model-demo.safetensors").display().to_string()),
-        payload: None,
-        file_limit: None,
-        world_size: None,
         batch_size: Some(a.batch_size),
-        engine: EngineKind::Local,
         ..Default::default()
     };
-    let (_plan, summary) = run::run_local(&args, quiet).await?;
+    let printer = Printer::new(quiet);
+    let report = LocalEngine::default().run(&req, &printer).await;
+    printer.finish();
+    let summary = report?
+        .summary
+        .context("the local engine always summarizes")?;
     println!();
     println!("CAI-rs demo — model: seeded AstroMAE (seed 0) with only its last layer fitted on");
     println!(

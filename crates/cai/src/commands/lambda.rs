@@ -15,10 +15,9 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context, Result};
 use cai_engine::aws::lambda::{Handler, Handlers, LambdaConfig, HANDLER_ENV};
+use cai_engine::local::kernel_tier;
 use lambda_runtime::{service_fn, Diagnostic, LambdaEvent};
 use serde_json::Value;
-
-use super::run::kernel_tier;
 
 /// Variables the runtime API client needs; Lambda (or `cargo lambda watch`) sets them.
 const RUNTIME_ENV: [&str; 4] = [

@@ -6,14 +6,13 @@ mod bench;
 pub(crate) mod cost;
 mod data;
 mod demo;
+mod engines;
 #[cfg(feature = "aws")]
 pub(crate) mod lambda;
 mod model;
 mod predict;
 mod report;
 mod run;
-#[cfg(feature = "slurm")]
-mod slurm;
 mod status;
 mod sweep;
 mod worker;

@@ -1,41 +1,32 @@
-//! `cai status`: how far a run is. With Slurm jobs recorded (`slurm/jobs.json`), it
-//! reattaches and follows them to the summary (or, with `--once`, shows them once).
+//! `cai status`: how far a run is. When an engine's jobs are recorded at the results
+//! location (Slurm's `slurm/jobs.json`), it reattaches and follows them to the summary (or,
+//! with `--once`, shows them once).
 
 use anyhow::{bail, Result};
 use cai_core::results::{load_plan, ResultsListing};
 use cai_core::StorageUrl;
 
+use super::engines::{drive, engine_at, finish, Printer};
 use crate::cli::StatusArgs;
 use crate::Outcome;
 
 /// `cai status`.
-#[cfg_attr(not(feature = "slurm"), allow(unused_variables))]
 pub async fn status(a: StatusArgs, quiet: bool) -> Result<Outcome> {
     let results = StorageUrl::parse(&a.results)?;
-    #[cfg(feature = "slurm")]
-    if let Some(state) = cai_engine::slurm::JobsState::load(&results).await? {
+    if let Some(engine) = engine_at(&results).await? {
         if !a.once {
-            let poll = std::env::var("CAI_SLURM_POLL")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(2.0);
-            let engine = super::slurm::engine_for_state(&state, poll);
-            return super::slurm::follow(&engine, state, quiet, a.json).await;
+            let printer = Printer::new(quiet);
+            let report = drive(
+                &*engine,
+                &printer,
+                Some(a.results.clone()),
+                engine.attach(&a.results, None, &printer),
+            )
+            .await?;
+            return finish(&report, a.json, quiet);
         }
-        let engine = super::slurm::engine_for_state(&state, 2.0);
-        for id in state.job_ids() {
-            let recs = engine.commands.show_job(&id)?;
-            if recs.is_empty() {
-                println!("job {id:<10} no longer known to Slurm");
-            }
-            let mut counts = std::collections::BTreeMap::<String, usize>::new();
-            for r in &recs {
-                *counts.entry(r.state.clone()).or_default() += r.indices.len().max(1);
-            }
-            if !counts.is_empty() {
-                let parts: Vec<String> = counts.iter().map(|(s, n)| format!("{n} {s}")).collect();
-                println!("job {id:<10} {}", parts.join(", "));
-            }
+        for line in engine.describe(&a.results).await? {
+            println!("{line}");
         }
     }
     let Some(plan) = load_plan(&results).await? else {

@@ -6,9 +6,9 @@
 //! Partitions for each size come from the data: a sub-folder per size named as given
 //! (the original's `25MB/`, `50MB/`… layout) is used as it is; a dataset file or a folder of
 //! partitions is re-cut at each size by the same code as `cai partition`, into `--work`
-//! (default `<results>/partitions/<size>/`). Runs go through the same functions as
-//! `cai run`. A run is finished iff its `summary.json` exists: `--resume` skips those and
-//! reruns the others from scratch.
+//! (default `<results>/partitions/<size>/`). Runs go through the same engine as `cai run`
+//! (one `Engine` value for the whole sweep). A run is finished iff its `summary.json`
+//! exists: `--resume` skips those and reruns the others from scratch.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -19,12 +19,14 @@ use cai_core::plan::sort_partitions;
 use cai_core::summary::Summary;
 use cai_core::StorageUrl;
 use cai_data::partition::{parse_size, FileFormat, PartitionSeq};
+use cai_engine::engine::RunEnd;
 use cai_engine::stages::find_partitions;
 use cai_report::stats::Table;
 use serde::Serialize;
 
-use crate::cli::{EngineKind, PartitionFormat, SweepArgs};
-use crate::commands::{data, run};
+use super::engines::{drive, engine_for, request, Printer};
+use crate::cli::{PartitionFormat, SweepArgs};
+use crate::commands::data;
 use crate::Outcome;
 
 /// A size as given (`25MB`) and in bytes.
@@ -364,19 +366,11 @@ pub async fn sweep(a: SweepArgs, quiet: bool) -> Result<Outcome> {
     if ra.model.is_none() {
         bail!("no model: give --model FILE (`cai model init` makes one)");
     }
-    match ra.engine {
-        EngineKind::Local => {}
-        #[cfg(feature = "slurm")]
-        EngineKind::Slurm => {}
-        #[cfg(feature = "aws")]
-        EngineKind::Aws => {
-            if ra.detach {
-                bail!("a sweep follows every run to its summary: no --detach");
-            }
-        }
-        #[allow(unreachable_patterns)]
-        other => bail!("cai sweep runs on --engine local, slurm or aws, not {other:?}"),
+    if ra.detach {
+        bail!("a sweep follows every run to its summary: no --detach");
     }
+    let engine = engine_for(&ra).await?;
+    let printer = Printer::new(quiet);
     let results = StorageUrl::parse(&results_s)?;
     let exps = experiments(&data_sizes, &parts, &batches, a.repeat);
     let resume = ra.resume;
@@ -481,35 +475,26 @@ pub async fn sweep(a: SweepArgs, quiet: bool) -> Result<Outcome> {
             );
         }
         let t = Instant::now();
-        let summary = match ra.engine {
-            #[cfg(feature = "slurm")]
-            EngineKind::Slurm => {
-                super::slurm::run(&ra, quiet)
-                    .await
-                    .with_context(|| format!("run {} failed", e.folder()))?;
-                if !url.exists(layout::SUMMARY).await? {
-                    bail!(
-                        "run {} ended without {}: a sweep follows every run to its summary \
-                         (no --detach or --dry-run)",
-                        e.folder(),
-                        url.url_of(layout::SUMMARY)
-                    );
-                }
-                read_summary(&url).await?
-            }
-            #[cfg(feature = "aws")]
-            EngineKind::Aws => {
-                super::aws::run(&ra, quiet)
-                    .await
-                    .with_context(|| format!("run {} failed", e.folder()))?;
-                read_summary(&url).await?
-            }
-            _ => {
-                run::run_local(&ra, quiet)
-                    .await
-                    .with_context(|| format!("run {} failed", e.folder()))?
-                    .1
-            }
+        let req = request(&ra)?;
+        let report = drive(
+            &*engine,
+            &printer,
+            req.results_location(),
+            engine.run(&req, &printer),
+        )
+        .await
+        .with_context(|| format!("run {} failed", e.folder()))?;
+        if let RunEnd::Aborted { status, id } = &report.end {
+            return Err(anyhow::anyhow!("the execution ended {status}: {id}"))
+                .with_context(|| format!("run {} failed", e.folder()));
+        }
+        let Some(summary) = report.summary else {
+            bail!(
+                "run {} ended without {}: a sweep follows every run to its summary \
+                 (no --detach or --dry-run)",
+                e.folder(),
+                url.url_of(layout::SUMMARY)
+            );
         };
         any_failed |= !summary.complete();
         if !quiet {

@@ -9,13 +9,12 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use cai_core::layout;
 use cai_core::plan::Plan;
-use cai_core::report::RankFailure;
 use cai_core::StorageUrl;
 use cai_engine::local::available_cores;
+use cai_engine::local::kernel_tier;
 use cai_engine::stages::load_model_with;
-use cai_engine::worker::{host_name, unix_now, Worker};
+use cai_engine::worker::{host_name, rank_failure, write_failure, Worker};
 
-use super::run::kernel_tier;
 use crate::cli::WorkerArgs;
 use crate::progress::Progress;
 use crate::Outcome;
@@ -108,20 +107,12 @@ pub async fn worker(a: WorkerArgs, quiet: bool) -> Result<Outcome> {
     let res = tokio::select! {
         r = worker.run_rank(&plan, rank, Some(Arc::new(move |n| p2.inc(n)))) => r,
         _ = term.recv() => {
-            let f = RankFailure {
-                rank,
-                partitions: plan.partitions_of(rank).iter().map(|p| p.key.clone()).collect(),
-                error: format!(
-                    "stopped by SIGTERM on {host}{} (scancel, time limit or preemption)",
-                    if job.is_empty() { String::new() } else { format!(", job {job}") }
-                ),
-                engine: engine.into(),
-                host: host.clone(),
-                failed_at: unix_now(),
-            };
-            if let Ok(json) = serde_json::to_vec_pretty(&f) {
-                let _ = results.put(&layout::failure(rank), json).await;
-            }
+            let error = format!(
+                "stopped by SIGTERM on {host}{} (scancel, time limit or preemption)",
+                if job.is_empty() { String::new() } else { format!(", job {job}") }
+            );
+            let f = rank_failure(&plan, rank, engine, &host, error);
+            let _ = write_failure(&results, &f).await;
             eprintln!("rank {rank}: {}", f.error);
             return Ok(Outcome::SomeFailed);
         }

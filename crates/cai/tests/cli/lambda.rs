@@ -7,8 +7,9 @@
 //! machine sends (its `Parameters`, `ItemReader`, `ResultSelector` and `ResultPath` applied
 //! by `sfn.rs`'s `task_payload` and `task_output`): Initialize (the original's
 //! payload) → every item of `items.json` → Summarize. The outputs must equal a local
-//! `cai run` of the same data, galaxy for galaxy, also when S3 answers 500 or cuts
-//! connections mid-object, and when a handler is killed mid-rank and its item re-invoked.
+//! `cai run` of the same data, galaxy for galaxy, when S3 answers 500 or cuts connections
+//! mid-object, and when a handler is killed mid-rank and its item re-invoked (the plain
+//! run's equality is conformance.rs's, through the whole workflow).
 //!
 //! Without cargo-lambda or moto the tests print why and pass, except under `CI=true`, where
 //! that is a failure (`.ci/run` installs both: `pip install cargo-lambda "moto[server]"`).
@@ -395,7 +396,7 @@ pub(crate) fn tools() -> Option<Moto> {
 }
 
 #[test]
-fn handlers_in_step_functions_order_equal_a_local_run() {
+fn handlers_in_step_functions_order_write_every_output() {
     let Some(s3) = tools() else { return };
     let d = Dir::new();
     stage_data(&s3, &d);
@@ -442,9 +443,8 @@ fn handlers_in_step_functions_order_equal_a_local_run() {
     let rank0 = parse_json(&s3.download(RESULTS_BUCKET, "lambda/1/0.json", &d.path("0.json")));
     assert_eq!(rank0["engine"], "aws");
     assert_eq!(summary["galaxies"], 300);
-    let local = local_run(&d, &["--batch-size", "16", "--world-size", "3"]);
+    // Equal to the local engine's: conformance.rs, through the whole workflow.
     assert_eq!(remote.len(), 300);
-    assert_eq!(remote, local, "Lambda and local predictions differ");
     eprintln!(
         "cold start (process start → ready for the first event), test-profile build under cargo lambda: \
          initialize {:.1} ms, infer {:.1} ms (model loaded from S3 during init)",

@@ -5,6 +5,7 @@ mod util;
 
 mod aws;
 mod bench;
+mod conformance;
 #[cfg(feature = "aws")]
 mod lambda;
 mod pipeline;

@@ -1,5 +1,6 @@
-//! The Slurm engine against a real slurmctld (scripts/slurm/start.sh): the same run as the
-//! local engine galaxy for galaxy, a cancelled task retried, a corrupt partition named,
+//! The Slurm engine against a real slurmctld (scripts/slurm/start.sh), beyond the
+//! conformance suite every engine passes (conformance.rs): logs and reattaching, a
+//! cancelled task retried, a corrupt partition named,
 //! `--resume`, refused jobs and an unshared results location. Gated: these run only with
 //! `CAI_TEST_SLURM=1` (scripts/test.sh sets it when it could start the cluster); the
 //! cluster-free checks (dry run, no sbatch) always run.
@@ -173,50 +174,31 @@ fn no_sbatch_is_a_clear_error() {
     );
 }
 
+/// What only Slurm has, after a whole run (its equality with the local engine is
+/// conformance.rs's): the tasks' threads, the kept logs, and `cai status` reattaching.
 #[test]
-fn a_slurm_run_equals_the_local_run_galaxy_for_galaxy() {
+fn a_slurm_run_keeps_its_logs_and_status_reattaches() {
     let Some(_c) = cluster() else { return };
     let d = partitioned();
-    let t = Instant::now();
-    d.ok(&[
-        "run",
-        "--data",
-        &d.s("parts"),
-        "--results",
-        &d.s("local"),
-        "--model",
-        &model(),
-        "--batch-size",
-        "16",
-        "--threads",
-        "1",
-    ]);
-    let local_s = t.elapsed().as_secs_f64();
-    let t = Instant::now();
     let out = cai(&d, &slurm_args(&d, "res", &["--threads", "1"]));
-    let slurm_s = t.elapsed().as_secs_f64();
     assert!(
         out.status.success(),
         "{}\n{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    eprintln!(
-        "300 galaxies, 5 ranks: local engine {local_s:.1} s, slurm engine (submit to summary, 2 CPUs) {slurm_s:.1} s"
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("slurm        submit to summary"),
+        "{stdout}"
     );
     let s = read_json(d.path("res/summary.json"));
     assert_eq!(s["galaxies"], 300);
     assert_eq!(s["ranks_done"], 5);
-    assert_eq!(s["engines"], serde_json::json!(["slurm"]));
     let r0 = read_json(d.path("res/0.json"));
     assert_eq!(r0["engine"], "slurm");
     assert_eq!(r0["threads"], 1);
-    let (a, b) = (
-        by_index(d.path("local/predictions.parquet")),
-        by_index(d.path("res/predictions.parquet")),
-    );
-    assert_eq!(a.len(), 300);
-    assert_eq!(a, b, "the same prediction for every galaxy");
+    assert_eq!(by_index(d.path("res/predictions.parquet")).len(), 300);
     // The summarize job ran on the cluster and its log is kept.
     let logs: Vec<String> = std::fs::read_dir(d.path("res/slurm/logs"))
         .unwrap()

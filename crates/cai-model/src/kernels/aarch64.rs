@@ -23,7 +23,8 @@
 //! Integer product (int8 and int16 weights, both stored as i16): the same 6x16 tile with 24
 //! `int32x4_t` accumulators and `smlal`/`smlal2` by lane (`vmlal_laneq_s16`), each weight
 //! panel row pair de-interleaved by one `ld2` per 8 columns. Each row of `A` is quantised by
-//! the reference's [`quantize_row`] straight into strips of 6 interleaved rows, so the
+//! the reference's quantiser (`quantize_row`, or for int8 weights u8 codes minus their zero
+//! point, `quantize_row_int8_pairs`) straight into strips of 6 interleaved rows, so the
 //! integers, their exact i32 sums and the f32 epilogue (multiply, then add, as the
 //! reference) give the scalar reference's results bit for bit (GELU aside, which is the
 //! NEON one). NEON has no i16 dot product: a `smlal` does 4 multiply-adds, as an `fmla`
@@ -37,7 +38,7 @@
 use std::arch::aarch64::*;
 use std::cell::Cell;
 
-use super::{quantize_row, Epilogue, Ops, PackedB, Tier, ACT_GELU, ACT_RELU, NR};
+use super::{quantize_row_for, Epilogue, Ops, PackedB, Tier, ACT_GELU, ACT_RELU, NR};
 
 /// Rows of the register tile.
 const MR: usize = 6;
@@ -332,7 +333,7 @@ fn gemm_int_neon(
                 .get_mut((r / MR) * strip + 2 * (r % MR)..)
                 .unwrap_or(&mut []);
             let i = m0 + r;
-            *sr = quantize_row(&a[i * lda..i * lda + k], b.q_limit(), out, 2 * MR);
+            *sr = quantize_row_for(b, &a[i * lda..i * lda + k], out, 2 * MR);
         }
         let cblk = &mut c[m0 * ldc..];
         // SAFETY: `qa` holds rows.div_ceil(MR) strips of `strip` values and `sa` as many

@@ -304,6 +304,16 @@ fn gemm_int8_vnni(
     ldc: usize,
     epi: Epilogue,
 ) {
+    if b.is_int8() {
+        // SAFETY: as below; `quantized_blocks8` hands `block_vnni8` whole strips of u8
+        // rows, their scales and zero points, and a block of `c` of `rows` rows.
+        unsafe {
+            super::x86::quantized_blocks8(m, a, lda, b, c, ldc, MRV, |rows, ap, sp, zp, cp| {
+                per_epilogue!(epi, block_vnni8, [], (rows, ap, sp, zp, b, cp, ldc))
+            });
+        }
+        return;
+    }
     // SAFETY: reachable only through `vnni_gemm_int8` (AVX-512F/BW/VNNI, AVX2 and FMA
     // confirmed); `quantized_blocks` hands `block_vnni` whole strips of quantised rows and their
     // scales and a block of `c` with `rows` rows of `b.n()` values at stride `ldc`.
@@ -384,6 +394,93 @@ unsafe fn tile_vnni<const ACT: u8, const ACC: bool, const P: usize>(
         for h in 0..P {
             let v = _mm512_add_ps(
                 _mm512_mul_ps(_mm512_cvtepi32_ps(accr[h]), _mm512_mul_ps(s, scale[h])),
+                bias[h],
+            );
+            store16::<ACC>(c.add(r * ldc + h * NR), act::<ACT>(v), masks[h]);
+        }
+    };
+    each_row(&acc, rows, row);
+}
+
+/// All int8 panels of `b` over one block of `rows` rows quantised to u8: two panels at a
+/// time, then a last single one when their number is odd.
+///
+/// Caller guarantees: `ap` holds `rows.div_ceil(MRV) * MRV` rows of `4*k4` codes, `sa` and
+/// `zp` as many scales and zero points, `c` points to `rows` writable rows of `b.n()`
+/// values at stride `ldc`, `b` is int8, and the CPU has AVX-512F/BW/VNNI.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn block_vnni8<const ACT: u8, const ACC: bool>(
+    rows: usize,
+    ap: *const u8,
+    sa: *const f32,
+    zp: *const i32,
+    b: &PackedB,
+    c: *mut f32,
+    ldc: usize,
+) {
+    let k4 = b.k().div_ceil(4);
+    each_tile(rows, b, |s, p, r, cols, two| {
+        let (a, sz, cs) = (
+            ap.add(s * MRV * 4 * k4),
+            (sa.add(s * MRV), zp.add(s * MRV)),
+            c.add(s * MRV * ldc + p * NR),
+        );
+        // SAFETY: strip `s` exists in `ap` (and its scales and zero points); its rows are
+        // < rows and columns p*NR .. p*NR + cols are < n, inside `c`; panel p (and p+1
+        // when `two`) exist.
+        if two {
+            tile_vnni8::<ACT, ACC, 2>(k4, a, b, p, sz, cs, ldc, r, cols);
+        } else {
+            tile_vnni8::<ACT, ACC, 1>(k4, a, b, p, sz, cs, ldc, r, cols);
+        }
+    });
+}
+
+/// One u8 strip ([`MRV`] rows) x `P` int8 panels: `vpdpbusd` adds 4 products of a code
+/// and a weight into each of 16 i32 lanes; then `acc - zero point x column sum` (the exact
+/// `sum (u - zp) q` of the scalar reference), `* (row scale * column scale) + bias` and the
+/// epilogue in the reference's order of f32 operations; columns past `cols` are masked off.
+/// The raw sums may wrap (up to `k * 255 * 127`); the subtraction wraps back to the exact
+/// value, which [`PackedB::quantize_int8`] keeps within i32.
+///
+/// Caller guarantees: `a` points to [`MRV`] rows of `4*k4` codes, `b` has int8 panels
+/// `p .. p + P`, `(sa, zp)` to [`MRV`] scales and zero points, and `c` to `rows` writable
+/// rows of `cols` values at stride `ldc`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+#[inline]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile_vnni8<const ACT: u8, const ACC: bool, const P: usize>(
+    k4: usize,
+    a: *const u8,
+    b: &PackedB,
+    p: usize,
+    (sa, zp): (*const f32, *const i32),
+    c: *mut f32,
+    ldc: usize,
+    rows: usize,
+    cols: usize,
+) {
+    let mut acc = [[_mm512_setzero_si512(); P]; MRV];
+    let panels = std::array::from_fn(|h| b.q8_panel(p + h).as_ptr().cast::<i32>());
+    pair_products(k4, a.cast(), panels, &mut acc, |acc, av, bv| {
+        _mm512_dpbusd_epi32(acc, av, bv)
+    });
+    let mut bias = [_mm512_setzero_ps(); P];
+    let mut scale = [_mm512_setzero_ps(); P];
+    let mut colsum = [_mm512_setzero_si512(); P];
+    for h in 0..P {
+        bias[h] = _mm512_loadu_ps(b.panel_bias(p + h).as_ptr());
+        scale[h] = _mm512_loadu_ps(b.q_scale(p + h).as_ptr());
+        colsum[h] = _mm512_loadu_si512(b.q_colsum(p + h).as_ptr().cast());
+    }
+    let masks = col_masks::<P>(cols);
+    let row = |r: usize, accr: &[__m512i; P]| {
+        let s = _mm512_set1_ps(*sa.add(r));
+        let z = _mm512_set1_epi32(*zp.add(r));
+        for h in 0..P {
+            let exact = _mm512_sub_epi32(accr[h], _mm512_mullo_epi32(z, colsum[h]));
+            let v = _mm512_add_ps(
+                _mm512_mul_ps(_mm512_cvtepi32_ps(exact), _mm512_mul_ps(s, scale[h])),
                 bias[h],
             );
             store16::<ACC>(c.add(r * ldc + h * NR), act::<ACT>(v), masks[h]);
@@ -541,13 +638,14 @@ unsafe fn tile_bf16<const ACT: u8, const ACC: bool, const P: usize>(
     store_f32_tile::<ACT, ACC, P>(&acc, b, p, c, ldc, rows, cols);
 }
 
-/// The k loop of both pair products (VNNI and bf16): for each pair of rows of `B`, the `P`
-/// panels' vectors of 16 column pairs and each of the [`MRV`] rows' pair of `A` broadcast
-/// from memory, then `acc[r][h] = madd(acc[r][h], row pair, panel h)`. Always inlined into
-/// its `#[target_feature]` caller, whose features the closure has.
+/// The k loop of the pair and quad products (VNNI on i16 pairs or u8 x i8 quads, and bf16):
+/// for each pair (quad) of rows of `B`, the `P` panels' vectors of 16 column pairs (quads)
+/// and each of the [`MRV`] rows' pair (quad) of `A` broadcast from memory, then
+/// `acc[r][h] = madd(acc[r][h], row pair, panel h)`. Always inlined into its
+/// `#[target_feature]` caller, whose features the closure has.
 ///
-/// Caller guarantees: `a` points to [`MRV`] rows of `k2` pairs (32 bits each, stride `k2`)
-/// and each `panels[h]` to `k2 * NR` pairs.
+/// Caller guarantees: `a` points to [`MRV`] rows of `k2` 32-bit groups (stride `k2`) and
+/// each `panels[h]` to `k2 * NR` of them.
 #[inline(always)]
 unsafe fn pair_products<T: Copy, const P: usize>(
     k2: usize,
@@ -614,9 +712,12 @@ mod tests {
     use super::super::{x86, Epilogue, Ops, PackedB};
     use proptest::prelude::*;
 
-    /// The AVX-512 table with the VNNI product, if this CPU has it.
+    /// The AVX-512 table with the VNNI product, if this CPU has it (else the tests that
+    /// need it say they skip, see [`check::available`]).
     fn vnni_ops() -> Option<Ops> {
-        super::vnni_gemm_int8()?;
+        if !check::available("avx512vnni", super::vnni_gemm_int8().is_some()) {
+            return None;
+        }
         x86::avx512_ops()
     }
 

@@ -4,6 +4,32 @@
 
 use super::{scalar, Act, AttentionScratch, Epilogue, HeadQkv, Ops, PackedB};
 
+/// Whether a kernel that needs CPU feature `what` can be tested here (`has`). When it
+/// cannot, the test says so on stderr instead of passing silently, and fails if the
+/// environment variable `CAI_TEST_REQUIRE` (a comma-separated list, or `all`) names
+/// `what`: set it where the feature must be present, e.g. in an emulator
+/// (`scripts/test-avx512.sh CAI_TEST_REQUIRE=avx512vnni kernels::`).
+pub fn available(what: &'static str, has: bool) -> bool {
+    use std::collections::BTreeSet;
+    use std::sync::Mutex;
+    static SAID: Mutex<BTreeSet<&str>> = Mutex::new(BTreeSet::new());
+    if has {
+        return true;
+    }
+    let required = std::env::var("CAI_TEST_REQUIRE").unwrap_or_default();
+    let required = required
+        .split(',')
+        .any(|r| r.trim() == what || r.trim() == "all");
+    assert!(
+        !required,
+        "CAI_TEST_REQUIRE names {what}, which this CPU lacks"
+    );
+    if SAID.lock().map(|mut s| s.insert(what)).unwrap_or(true) {
+        eprintln!("SKIPPED: this CPU lacks {what}; its kernel tests do not run here");
+    }
+    false
+}
+
 /// Deterministic values in `[-scale, scale)`.
 pub fn lcg(seed: u64, n: usize, scale: f32) -> Vec<f32> {
     let mut s = seed

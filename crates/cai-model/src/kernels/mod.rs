@@ -340,9 +340,11 @@ impl PackedB {
     }
 
     /// Replaces the f32 weights by int8 ones, one symmetric scale per column
-    /// (`max |w| / 127`). From then on [`Ops::gemm`] runs the integer product. Does nothing
-    /// if already quantised, and keeps f32 weights for a reduction so long (over 2^31 / 127
-    /// rows) that the i32 sums could overflow.
+    /// (`max |w| / 127`), with their column sums. From then on [`Ops::gemm`] runs the
+    /// int8 x int8 product: each row of `A` quantised to u8 codes with a zero point
+    /// ([`quantize_row_u8`]), `vpdpbusd` on VNNI CPUs. Does nothing if already quantised,
+    /// and keeps f32 weights for a reduction so long (over 2^31 / (127 * 255) rows) that
+    /// the i32 sums could overflow.
     pub fn quantize_int8(&mut self) {
         self.quantize(8);
     }
@@ -359,18 +361,27 @@ impl PackedB {
     }
 
     /// Symmetric per-column quantisation to `bits`-bit integers (`2 <= bits <= 15`). Leaves
-    /// the weights f32 when a column's sum of |q| passes `i32::MAX` (a reduction of more than
-    /// `2^31 / (2^(bits-1) - 1)` rows), where no activation limit could prevent overflow.
+    /// the weights f32 when a column's sum of |q| times the largest activation (see
+    /// [`activation_limit`]; 255 for int8) passes `i32::MAX` (a reduction of more than
+    /// `2^31 / (2^(bits-1) - 1)` rows for 16-bit activations, `2^31 / (127 * 255)` for int8),
+    /// where the i32 sums could overflow. Int8 weights also get the layout of
+    /// `vpdpbusd` (groups of 4 consecutive rows per column) and their column sums.
     fn quantize(&mut self, bits: u32) {
         if self.quant.is_some() {
             return;
         }
         let (k, n) = (self.k, self.n);
-        let k2 = k.div_ceil(2);
+        let (k2, k4) = (k.div_ceil(2), k.div_ceil(4));
         let panels = self.panels();
         let wmax = ((1i32 << (bits - 1)) - 1) as f32;
+        let int8 = bits == 8;
         let mut scale = vec![0.0f32; panels * NR];
-        let mut data = vec![0i16; panels * k2 * NR * 2];
+        let mut data = vec![0i16; if int8 { 0 } else { panels * k2 * NR * 2 }];
+        let (mut data8, mut colsum) = if int8 {
+            (vec![0i8; panels * k4 * NR * 4], vec![0i32; panels * NR])
+        } else {
+            (Vec::new(), Vec::new())
+        };
         let mut worst = 0u64;
         for (j, sj) in scale.iter_mut().enumerate().take(n) {
             let amax = (0..k).fold(0.0f32, |m, kk| m.max(self.at(kk, j).abs()));
@@ -381,24 +392,45 @@ impl PackedB {
             *sj = amax / wmax;
             let inv = wmax / amax;
             let (p, jj) = (j / NR, j % NR);
-            let mut sum = 0u64;
+            let (mut sum, mut signed) = (0u64, 0i64);
             for kk in 0..k {
                 let q = (self.at(kk, j) * inv).round_ties_even().clamp(-wmax, wmax);
                 sum += q.abs() as u64;
-                data[((p * k2 + kk / 2) * NR + jj) * 2 + kk % 2] = q as i16;
+                signed += q as i64;
+                if int8 {
+                    data8[((p * k4 + kk / 4) * NR + jj) * 4 + kk % 4] = q as i8;
+                } else {
+                    data[((p * k2 + kk / 2) * NR + jj) * 2 + kk % 2] = q as i16;
+                }
+            }
+            if int8 {
+                // |signed| <= sum, which the check below keeps under 2^31 / 255.
+                colsum[j] = signed.clamp(i32::MIN as i64, i32::MAX as i64) as i32;
             }
             worst = worst.max(sum);
         }
-        if worst > i32::MAX as u64 {
-            // Not even 1-level activations could be summed in i32: stay f32.
-            return;
-        }
+        let limit = if int8 {
+            if worst.saturating_mul(ACT8_MAX as u64) > i32::MAX as u64 {
+                return;
+            }
+            ACT8_MAX
+        } else {
+            if worst > i32::MAX as u64 {
+                // Not even 1-level activations could be summed in i32: stay f32.
+                return;
+            }
+            activation_limit(worst)
+        };
         self.quant = Some(Box::new(QuantB {
             k2,
             data,
             scale,
-            limit: activation_limit(worst),
+            limit,
             bits,
+            k4,
+            data8,
+            colsum,
+            pairs8: OnceLock::new(),
         }));
         self.data = Vec::new();
         self.off = 0;
@@ -424,7 +456,14 @@ impl PackedB {
     /// Int8 panel `p`: `k2 * NR * 2` values, `k2 = k.div_ceil(2)`.
     fn q_panel(&self, p: usize) -> &[i16] {
         match &self.quant {
-            Some(q) => &q.data[p * q.k2 * NR * 2..(p + 1) * q.k2 * NR * 2],
+            Some(q) => {
+                let data = if q.bits == 8 {
+                    q.pairs8.get_or_init(|| q.int8_pairs())
+                } else {
+                    &q.data
+                };
+                &data[p * q.k2 * NR * 2..(p + 1) * q.k2 * NR * 2]
+            }
             None => &[],
         }
     }
@@ -442,14 +481,41 @@ impl PackedB {
         self.quant.as_ref().map_or(0, |q| q.limit)
     }
 
+    /// Whether the weights are int8 for the int8 x int8 product ([`PackedB::quantize_int8`]):
+    /// the activations are then quantised by [`quantize_row_u8`].
+    fn is_int8(&self) -> bool {
+        self.quant.as_ref().is_some_and(|q| q.bits == 8)
+    }
+
+    /// Int8 panel `p` in `vpdpbusd`'s layout: `k4 * NR * 4` values, `k4 = k.div_ceil(4)`;
+    /// for each group `kq` of 4 rows, column `jj`'s `q[4kq..4kq+4][jj]` at
+    /// `(kq * NR + jj) * 4` (zero beyond `k` and `n`). Empty unless [`PackedB::is_int8`].
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    fn q8_panel(&self, p: usize) -> &[i8] {
+        match &self.quant {
+            Some(q) if q.bits == 8 => &q.data8[p * q.k4 * NR * 4..(p + 1) * q.k4 * NR * 4],
+            _ => &[],
+        }
+    }
+
+    /// Column sums `sum_k q_kj` of int8 panel `p` ([`NR`] values; zero padded), which undo
+    /// the activations' zero point in the i32 sums. Empty unless [`PackedB::is_int8`].
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    fn q_colsum(&self, p: usize) -> &[i32] {
+        match &self.quant {
+            Some(q) if q.bits == 8 => &q.colsum[p * NR..p * NR + NR],
+            _ => &[],
+        }
+    }
+
     /// Bytes held by the weights (and bias).
     pub fn bytes(&self) -> usize {
         self.data.len() * 4
             + self.bias.len() * 4
-            + self
-                .quant
-                .as_ref()
-                .map_or(0, |q| q.data.len() * 2 + q.scale.len() * 4)
+            + self.quant.as_ref().map_or(0, |q| {
+                let pairs = q.pairs8.get().map_or(0, Vec::len);
+                (q.data.len() + pairs) * 2 + q.scale.len() * 4 + q.data8.len() + q.colsum.len() * 4
+            })
             + self.bf16.as_ref().map_or(0, |h| h.data.len() * 2)
     }
 
@@ -516,7 +582,11 @@ impl PackedB {
     pub fn at(&self, kk: usize, j: usize) -> f32 {
         if let Some(q) = &self.quant {
             let (p, jj) = (j / NR, j % NR);
-            let v = q.data[((p * q.k2 + kk / 2) * NR + jj) * 2 + kk % 2];
+            let v = if q.bits == 8 {
+                q.data8[((p * q.k4 + kk / 4) * NR + jj) * 4 + kk % 4] as i16
+            } else {
+                q.data[((p * q.k2 + kk / 2) * NR + jj) * 2 + kk % 2]
+            };
             return v as f32 * q.scale[j];
         }
         self.panel(j / NR)[kk * NR + j % NR]
@@ -535,8 +605,10 @@ pub enum Precision {
     /// BF16 at twice f32's multiply rate; elsewhere the same arithmetic in the f32 kernels
     /// (bf16 accuracy at f32 speed).
     Bf16,
-    /// Weights int8 per output column (symmetric, scale = max |w| / 127), activations
-    /// 16-bit per row, i32 accumulation.
+    /// int8 x int8: weights int8 per output column (symmetric, scale = max |w| / 127),
+    /// activations 8-bit per row (u8 codes with a zero point, scale = range / 255), i32
+    /// accumulation: `vpdpbusd` on AVX-512 VNNI and AVX-VNNI, four times f32's multiplies
+    /// per instruction; i16 pairs on `vpmaddwd` (NEON `smlal`) elsewhere, the same integers.
     Int8,
     /// 16-bit integer operands: weights [`INT16_WEIGHT_BITS`] (13) bits per output column,
     /// activations per row with as many bits as cannot overflow the i32 sums (13 to 16
@@ -598,7 +670,7 @@ impl Precision {
             Precision::Int8 | Precision::Int16 => format!(
                 "{}, i32 accumulation, on the {:?} kernels{}",
                 if self == Precision::Int8 {
-                    "int8 weights x 16-bit activations".to_string()
+                    "int8 weights x 8-bit activations (u8 codes, per-row zero point)".to_string()
                 } else {
                     format!("int16: {INT16_WEIGHT_BITS}-bit weights x 13-16-bit activations")
                 },
@@ -606,11 +678,19 @@ impl Precision {
                 match ops().tier {
                     #[cfg(target_arch = "x86_64")]
                     Tier::Avx512 if avx512::vnni_gemm_int8().is_some() => {
-                        " (AVX-512 VNNI: vpdpwssd on zmm)"
+                        if self == Precision::Int8 {
+                            " (AVX-512 VNNI: vpdpbusd on zmm)"
+                        } else {
+                            " (AVX-512 VNNI: vpdpwssd on zmm)"
+                        }
                     }
                     #[cfg(target_arch = "x86_64")]
                     Tier::Avx2 if std::arch::is_x86_feature_detected!("avxvnni") => {
-                        " (AVX-VNNI: vpdpwssd on ymm)"
+                        if self == Precision::Int8 {
+                            " (AVX-VNNI: vpdpbusd on ymm)"
+                        } else {
+                            " (AVX-VNNI: vpdpwssd on ymm)"
+                        }
                     }
                     Tier::Avx2 | Tier::Avx512 if cpu_has_vnni() => {
                         " (vpmaddwd: this CPU's VNNI is for the other x86 tier, see CAI_KERNELS)"
@@ -723,6 +803,116 @@ pub fn quantize_row(a: &[f32], limit: i32, out: &mut [i16], stride2: usize) -> f
     amax / lim
 }
 
+/// Largest code of an int8 activation (`0..=255`), and so the largest |u - zero point|.
+pub const ACT8_MAX: i32 = 255;
+
+/// Whether int8 activations are quantised symmetrically (zero point 128, scale
+/// `max |a| / 127`) rather than asymmetrically (scale `(max - min) / 255` over the row's
+/// range widened to hold 0, zero point where 0 falls). See the module doc for the measured
+/// choice.
+const ACT8_SYMMETRIC: bool = false;
+
+/// How one row of activations maps to the unsigned 8-bit codes of the int8 product:
+/// `u = clamp(round(a * inv) + zp, 0, 255)` (round to nearest even, in f32), so that
+/// `a ≈ (u - zp) * scale`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Act8 {
+    /// Dequantisation step (0 for an all-zero row, NaN for a row with an infinity).
+    pub scale: f32,
+    /// The quantiser's multiplier (0 when `scale` is not a positive number).
+    pub inv: f32,
+    /// Zero point, a whole number in `0..=255` (the code of 0.0).
+    pub zp: f32,
+}
+
+impl Act8 {
+    /// The parameters for a row whose smallest and largest values (NaN ignored) are
+    /// `min` and `max`. The SIMD quantisers find `min` and `max` their own way and call
+    /// this, so every tier quantises with the same numbers.
+    pub fn new(min: f32, max: f32) -> Act8 {
+        let (lo, hi) = (min.min(0.0), max.max(0.0));
+        let (range, levels) = if ACT8_SYMMETRIC {
+            (hi.max(-lo), 127.0)
+        } else {
+            (hi - lo, ACT8_MAX as f32)
+        };
+        if !(range > 0.0 && range.is_finite()) {
+            let scale = if range == 0.0 { 0.0 } else { f32::NAN };
+            return Act8 {
+                scale,
+                inv: 0.0,
+                zp: 0.0,
+            };
+        }
+        let inv = levels / range;
+        let zp = if ACT8_SYMMETRIC {
+            128.0
+        } else {
+            (-lo * inv).round_ties_even().clamp(0.0, ACT8_MAX as f32)
+        };
+        Act8 {
+            scale: range / levels,
+            inv,
+            zp,
+        }
+    }
+
+    /// The code of `v` (NaN gives 0).
+    #[inline]
+    pub fn code(&self, v: f32) -> u8 {
+        ((v * self.inv).round_ties_even() + self.zp).clamp(0.0, ACT8_MAX as f32) as u8
+    }
+}
+
+/// The smallest and largest value of `a`, NaN ignored (0 and 0 for an empty row are as
+/// good as any: [`Act8::new`] widens the range to hold 0).
+fn min_max(a: &[f32]) -> (f32, f32) {
+    a.iter()
+        .fold((0.0f32, 0.0f32), |(lo, hi), v| (lo.min(*v), hi.max(*v)))
+}
+
+/// Quantises one row of activations to the unsigned codes of the int8 product
+/// ([`Act8`]): `out[kk]` for `kk < a.len()` (the rest of `out` is untouched). Returns the
+/// scale and the zero point. The SIMD quantisers give the same codes.
+///
+/// Panics if `out` is shorter than `a`.
+pub fn quantize_row_u8(a: &[f32], out: &mut [u8]) -> (f32, i32) {
+    let (lo, hi) = min_max(a);
+    let p = Act8::new(lo, hi);
+    for (o, v) in out[..a.len()].iter_mut().zip(a) {
+        *o = p.code(*v);
+    }
+    (p.scale, p.zp as i32)
+}
+
+/// [`quantize_row_u8`]'s codes minus the zero point, as i16 in [`quantize_row`]'s pair
+/// layout (element `kk` at `out[(kk / 2) * stride2 + kk % 2]`, the odd tail's partner 0):
+/// the int8 product for the tiers that multiply i16 pairs. Returns the scale.
+///
+/// Panics if `out` is too short.
+pub fn quantize_row_int8_pairs(a: &[f32], out: &mut [i16], stride2: usize) -> f32 {
+    let (lo, hi) = min_max(a);
+    let p = Act8::new(lo, hi);
+    let zp = p.zp as i16;
+    for (kk, v) in a.iter().enumerate() {
+        out[(kk / 2) * stride2 + kk % 2] = p.code(*v) as i16 - zp;
+    }
+    if a.len() % 2 == 1 {
+        out[(a.len() / 2) * stride2 + 1] = 0;
+    }
+    p.scale
+}
+
+/// Quantises a row of `A` for `b`'s integer product on i16 pairs: int8 weights take
+/// [`quantize_row_int8_pairs`], the others [`quantize_row`] at `b`'s activation limit.
+pub(crate) fn quantize_row_for(b: &PackedB, a: &[f32], out: &mut [i16], stride2: usize) -> f32 {
+    if b.is_int8() {
+        quantize_row_int8_pairs(a, out, stride2)
+    } else {
+        quantize_row(a, b.q_limit(), out, stride2)
+    }
+}
+
 /// The bf16 form of a [`PackedB`] (beside its bf16-rounded f32 weights, which tiers
 /// without `vdpbf16ps` use): per panel, for each pair of rows `kp`, the [`NR`] column pairs
 /// `(B[2kp][j], B[2kp+1][j])` as bf16 bits (zero beyond `k` and `n`).
@@ -732,9 +922,13 @@ struct Bf16B {
     data: Vec<u16>,
 }
 
-/// The integer form of a [`PackedB`]: per panel, for each pair of rows `kp`, the [`NR`]
-/// pairs `(q[2kp][j], q[2kp+1][j])` as i16 (zero beyond `k` and `n`), one scale per column,
-/// the activation limit and the weight bits.
+/// The integer form of a [`PackedB`]: one scale per column, the activation limit and the
+/// weight bits; 16-bit weights as, per panel and pair of rows `kp`, the [`NR`] pairs
+/// `(q[2kp][j], q[2kp+1][j])` as i16 (zero beyond `k` and `n`); int8 weights as, per panel
+/// and group of 4 rows `kq`, the [`NR`] quads `q[4kq..4kq+4][j]` as i8 (`vpdpbusd`'s
+/// operand), with each column's sum of `q`. The tiers without an 8-bit dot product read
+/// int8 weights as i16 pairs too, made on first use (`pairs8`), so VNNI CPUs hold one byte
+/// per weight.
 #[derive(Clone, Default)]
 struct QuantB {
     k2: usize,
@@ -742,6 +936,32 @@ struct QuantB {
     scale: Vec<f32>,
     limit: i32,
     bits: u32,
+    k4: usize,
+    data8: Vec<i8>,
+    colsum: Vec<i32>,
+    pairs8: OnceLock<Vec<i16>>,
+}
+
+impl QuantB {
+    /// The int8 weights in the i16 pair layout of 16-bit ones.
+    fn int8_pairs(&self) -> Vec<i16> {
+        let panels = self.colsum.len() / NR;
+        let mut out = vec![0i16; panels * self.k2 * NR * 2];
+        for p in 0..panels {
+            for kq in 0..self.k4 {
+                for jj in 0..NR {
+                    for d in 0..4 {
+                        let kk = kq * 4 + d;
+                        if kk < self.k2 * 2 {
+                            out[((p * self.k2 + kk / 2) * NR + jj) * 2 + kk % 2] =
+                                self.data8[((p * self.k4 + kq) * NR + jj) * 4 + d] as i16;
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
 }
 
 /// Which implementation a table uses.
@@ -1281,13 +1501,21 @@ mod tests {
                 let lim = q.activation_limit() as f32;
                 let qmax = ((1 << (bits - 1)) - 1) as f32;
                 for i in 0..m {
-                    let amax = a[i * k..(i + 1) * k]
-                        .iter()
-                        .fold(0f32, |x, v| x.max(v.abs()));
+                    let row = &a[i * k..(i + 1) * k];
+                    let amax = row.iter().fold(0f32, |x, v| x.max(v.abs()));
+                    // Half an activation step: int8 spreads 255 levels over the row's
+                    // range (widened to hold 0), int16 +-lim levels over +-amax.
+                    let ahalf = if bits == 8 {
+                        let (lo, hi) = min_max(row);
+                        (hi - lo) / (2.0 * lim)
+                    } else {
+                        amax / (2.0 * lim)
+                    };
                     for j in 0..n {
                         let wmax = (0..k).fold(0f32, |x, kk| x.max(w[j * k + kk].abs()));
-                        let step = 1.0 / (2.0 * qmax) + 1.0 / (2.0 * lim);
-                        let bound = k as f32 * amax * wmax * step + 1e-6;
+                        let whalf = wmax / (2.0 * qmax);
+                        let term = amax * whalf + wmax * ahalf + ahalf * whalf;
+                        let bound = k as f32 * term + 1e-6;
                         let d = (cf[i * n + j] - cq[i * n + j]).abs();
                         assert!(d <= bound, "w{bits} ({m},{n},{k}) [{i},{j}]: {d} > {bound}");
                         worst[wi] = worst[wi].max(d);
@@ -1337,6 +1565,85 @@ mod tests {
         b.quantize_int16();
         assert!(!b.is_quantized());
         assert_eq!(b.at(k - 1, 0), 1.0);
+        // int8 x int8: codes up to 255 from the zero point against weights up to 127.
+        let k = (i32::MAX as usize) / (127 * 255);
+        for (k, fits) in [(k, true), (k + 1, false)] {
+            let mut b = PackedB::pack_nk(&vec![1.0f32; k], 1, k, k, None);
+            b.quantize_int8();
+            assert_eq!(b.is_quantized(), fits, "k {k}");
+        }
+    }
+
+    /// Int8 weights in `vpdpbusd`'s layout (groups of 4 rows per column) hold the same
+    /// integers as the i16 pairs, zero past `k` and `n`, and their column sums.
+    #[test]
+    fn int8_layouts_agree() {
+        let (n, k) = (21, 11);
+        let w = lcg_vec(&mut 5, n * k);
+        let mut b = PackedB::pack_nk(&w, n, k, k, None);
+        b.quantize_int8();
+        assert!(b.is_int8() && b.weight_bits() == Some(8));
+        assert_eq!(b.activation_limit(), ACT8_MAX);
+        let k4 = k.div_ceil(4);
+        for p in 0..b.panels() {
+            let (quads, pairs, sums) = (b.q8_panel(p), b.q_panel(p), b.q_colsum(p));
+            assert_eq!(quads.len(), k4 * NR * 4);
+            for jj in 0..NR {
+                let mut sum = 0i32;
+                for kk in 0..k4 * 4 {
+                    let q8 = quads[((kk / 4) * NR + jj) * 4 + kk % 4];
+                    let pair = if kk < k {
+                        pairs[((kk / 2) * NR + jj) * 2 + kk % 2]
+                    } else {
+                        0
+                    };
+                    assert_eq!(q8 as i16, pair, "panel {p} k {kk} col {jj}");
+                    let j = p * NR + jj;
+                    if kk >= k || j >= n {
+                        assert_eq!(q8, 0);
+                    } else {
+                        let scale = b.q_scale(p)[jj];
+                        assert!((q8 as f32 * scale - w[j * k + kk]).abs() <= scale / 2.0 + 1e-7);
+                    }
+                    sum += q8 as i32;
+                }
+                assert_eq!(sums[jj], sum, "panel {p} col {jj}");
+            }
+        }
+        let mut b16 = PackedB::pack_nk(&w, n, k, k, None);
+        b16.quantize_int16();
+        assert!(!b16.is_int8() && b16.q8_panel(0).is_empty() && b16.q_colsum(0).is_empty());
+    }
+
+    #[test]
+    fn quantize_row_u8_codes() {
+        // Range [-0.5, 2] over 255 levels: inv 102, zero point 51.
+        let a = [1.0f32, -0.5, 0.0, 2.0, f32::NAN];
+        let mut out = [7u8; 6];
+        let (scale, zp) = quantize_row_u8(&a, &mut out);
+        assert_eq!((scale, zp), (2.5 / 255.0, 51));
+        assert_eq!(out, [153, 0, 51, 255, 0, 7]);
+        let mut pairs = [9i16; 10];
+        assert_eq!(quantize_row_int8_pairs(&a, &mut pairs, 4), scale);
+        assert_eq!(pairs, [102, -51, 9, 9, 0, 204, 9, 9, -51, 0]);
+        // All-zero, empty and all-negative rows; an infinity makes the scale NaN.
+        assert_eq!(quantize_row_u8(&[0.0; 3], &mut out), (0.0, 0));
+        assert_eq!(&out[..3], &[0, 0, 0]);
+        assert_eq!(quantize_row_u8(&[], &mut out), (0.0, 0));
+        let (s, z) = quantize_row_u8(&[-2.0, -1.0], &mut out);
+        assert_eq!((s, z), (2.0 / 255.0, 255));
+        assert_eq!(&out[..2], &[0, 127]); // -127.5 rounds to even
+        assert!(quantize_row_u8(&[1.0, f32::INFINITY], &mut out).0.is_nan());
+        // Every value within half a step of its code's value.
+        let row = lcg_vec(&mut 9, 1000);
+        let mut codes = vec![0u8; 1000];
+        let (s, z) = quantize_row_u8(&row, &mut codes);
+        for (v, u) in row.iter().zip(&codes) {
+            assert!(
+                (((*u as i32 - z) as f32) * s - v).abs() <= s * 0.5001,
+                "{v}"
+            );
+        }
     }
 
     #[test]

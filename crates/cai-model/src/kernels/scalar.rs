@@ -1,7 +1,7 @@
 //! Reference kernels in plain loops (f32 arithmetic, GELU's erf and softmax's exp in f64).
 //! Every SIMD kernel is tested against these.
 
-use super::{quantize_row, Act, Epilogue, Ops, PackedB, Tier, NR};
+use super::{quantize_row_for, Act, Epilogue, Ops, PackedB, Tier, NR};
 
 /// The scalar table.
 pub fn ops() -> Ops {
@@ -73,9 +73,10 @@ fn gemm(m: usize, a: &[f32], lda: usize, b: &PackedB, c: &mut [f32], ldc: usize,
     }
 }
 
-/// The int8 product, the reference for every tier: each row of `A` quantised by
-/// [`quantize_row`], exact i32 sums, then `acc * (row scale * column scale) + bias`
-/// (multiply, then add, in f32) and the epilogue.
+/// The integer product, the reference for every tier: each row of `A` quantised by
+/// [`quantize_row`] (int16 weights) or to u8 codes minus their zero point
+/// ([`super::quantize_row_int8_pairs`], int8 weights), exact i32 sums, then
+/// `acc * (row scale * column scale) + bias` (multiply, then add, in f32) and the epilogue.
 fn gemm_int8(
     m: usize,
     a: &[f32],
@@ -90,7 +91,7 @@ fn gemm_int8(
     let mut qa = vec![0i16; k2 * 2];
     let mut acc = [0i32; NR];
     for i in 0..m {
-        let sa = quantize_row(&a[i * lda..i * lda + k], b.q_limit(), &mut qa, 2);
+        let sa = quantize_row_for(b, &a[i * lda..i * lda + k], &mut qa, 2);
         for p in 0..b.panels() {
             let panel = b.q_panel(p);
             acc.fill(0);

@@ -25,8 +25,8 @@ use std::arch::x86_64::*;
 use std::cell::Cell;
 
 use super::{
-    cls_key_apart, quantize_row, AttentionScratch, Epilogue, HeadQkv, Ops, PackedB, Tier, ACT_GELU,
-    ACT_RELU, NR,
+    cls_key_apart, quantize_row, quantize_row_int8_pairs, Act8, AttentionScratch, Epilogue,
+    HeadQkv, Ops, PackedB, Tier, ACT_GELU, ACT_RELU, NR,
 };
 
 /// Rows of the register tile.
@@ -696,6 +696,16 @@ fn gemm_int8_avx2<const VNNI: bool>(
     ldc: usize,
     epi: Epilogue,
 ) {
+    if VNNI && b.is_int8() {
+        // SAFETY: as below; `quantized_blocks8` hands `block_q8_vnni` whole strips of u8
+        // rows, their scales and zero points, and a block of `c` of `rows` rows.
+        unsafe {
+            quantized_blocks8(m, a, lda, b, c, ldc, MRQ, |rows, ap, sp, zp, cp| {
+                per_epilogue!(epi, block_q8_vnni, [], (rows, ap, sp, zp, b, cp, ldc))
+            });
+        }
+        return;
+    }
     // SAFETY: reachable only through `avx2_ops` (AVX2 and FMA confirmed, and AVX-VNNI when
     // `VNNI`); `quantized_blocks` hands `block_q` whole strips of quantised rows and their
     // scales and a block of `c` with `rows` rows of `b.n()` values at stride `ldc`, which is
@@ -712,8 +722,8 @@ fn gemm_int8_avx2<const VNNI: bool>(
 }
 
 /// Quantises `A` a block of rows at a time (about [`A_BLOCK_Q`] values, at least 16
-/// strips) with [`quantize_row`]'s integers, into rows of `2 * k2` i16 and one scale per
-/// row, and calls `run(rows, qa, sa, c)` for each block: `qa` holds `rows.div_ceil(strip) *
+/// strips) with [`quantize_row`]'s integers (int8 weights: [`quantize_row_int8_pairs`]'s),
+/// into rows of `2 * k2` i16 and one scale per row, and calls `run(rows, qa, sa, c)` for each block: `qa` holds `rows.div_ceil(strip) *
 /// strip` rows (the rows past `rows` in the last strip are stale and must not be stored),
 /// `sa` as many scales, and `c` points to the block's first row of `C`. The integer kernels
 /// of every x86 tier share it.
@@ -733,7 +743,7 @@ pub(super) unsafe fn quantized_blocks(
     mut run: impl FnMut(usize, *const i16, *const f32, *mut f32),
 ) {
     let k = b.k();
-    let limit = b.q_limit();
+    let (limit, int8) = (b.q_limit(), b.is_int8());
     let rs = 2 * k.div_ceil(2);
     let mc = ((A_BLOCK_Q / rs.max(1)) / strip * strip).max(strip * 16);
     let (mut qa, mut sa) = QPACK.take();
@@ -749,11 +759,12 @@ pub(super) unsafe fn quantized_blocks(
         let rows = mc.min(m - m0);
         for r in 0..rows {
             let i = m0 + r;
-            sa[r] = quantize_row_avx2(
-                &a[i * lda..i * lda + k],
-                limit,
-                &mut qa[r * rs..(r + 1) * rs],
-            );
+            let (row, out) = (&a[i * lda..i * lda + k], &mut qa[r * rs..(r + 1) * rs]);
+            sa[r] = if int8 {
+                quantize_row_int8_pairs(row, out, 2)
+            } else {
+                quantize_row_avx2(row, limit, out)
+            };
         }
         run(rows, qa.as_ptr(), sa.as_ptr(), c[m0 * ldc..].as_mut_ptr());
         m0 += rows;
@@ -895,6 +906,227 @@ unsafe fn tile_q<const ACT: u8, const ACC: bool>(
             ),
             _mm256_add_ps(
                 _mm256_mul_ps(_mm256_cvtepi32_ps(accr[1]), _mm256_mul_ps(s, sc1)),
+                bias1,
+            ),
+        );
+        store_row::<ACC>(c.add(r * ldc), v0, v1, cols);
+    }
+}
+
+/// Target size (bytes) of a block of `A` rows quantised to u8.
+const A_BLOCK_Q8: usize = 96 * 1024;
+
+thread_local! {
+    /// Per-thread buffers for blocks of `A` quantised to u8, their scales and zero points.
+    static QPACK8: Cell<(Vec<u8>, Vec<f32>, Vec<i32>)> =
+        const { Cell::new((Vec::new(), Vec::new(), Vec::new())) };
+}
+
+/// The int8 x int8 analogue of [`quantized_blocks`]: blocks of `A` rows (about
+/// [`A_BLOCK_Q8`] bytes, at least 16 strips) quantised to u8 codes
+/// ([`quantize_row_u8_avx2`]) in rows of `4 * k4` bytes (zero past `k`), one scale and one
+/// zero point per row; `run(rows, qa, sa, zp, c)` for each block, as there (the rows past
+/// `rows` in the last strip are stale and must not be stored). The VNNI tiers share it.
+///
+/// Caller guarantees: AVX2 and FMA are present; `a` and `c` hold `m` rows of `b.k()` and
+/// `b.n()` values at strides `lda` and `ldc` (as [`super::Ops::gemm`] checks).
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn quantized_blocks8(
+    m: usize,
+    a: &[f32],
+    lda: usize,
+    b: &PackedB,
+    c: &mut [f32],
+    ldc: usize,
+    strip: usize,
+    mut run: impl FnMut(usize, *const u8, *const f32, *const i32, *mut f32),
+) {
+    let k = b.k();
+    let rs = 4 * k.div_ceil(4);
+    let mc = ((A_BLOCK_Q8 / rs.max(1)) / strip * strip).max(strip * 16);
+    let (mut qa, mut sa, mut zp) = QPACK8.take();
+    let padded = mc.min(m).div_ceil(strip) * strip;
+    if qa.len() < padded * rs {
+        qa.resize(padded * rs, 0);
+    }
+    if sa.len() < padded {
+        sa.resize(padded, 0.0);
+        zp.resize(padded, 0);
+    }
+    let mut m0 = 0;
+    while m0 < m {
+        let rows = mc.min(m - m0);
+        for r in 0..rows {
+            let i = m0 + r;
+            let out = &mut qa[r * rs..(r + 1) * rs];
+            (sa[r], zp[r]) = quantize_row_u8_avx2(&a[i * lda..i * lda + k], out);
+            out[k..].fill(0);
+        }
+        run(
+            rows,
+            qa.as_ptr(),
+            sa.as_ptr(),
+            zp.as_ptr(),
+            c[m0 * ldc..].as_mut_ptr(),
+        );
+        m0 += rows;
+    }
+    QPACK8.set((qa, sa, zp));
+}
+
+/// [`super::quantize_row_u8`] 32 values at a time: the same minimum and maximum (NaN
+/// ignored: `vminps` returns its second operand, the running minimum, when the first is
+/// NaN), the same [`Act8`] and the same f32 operations per value, so the same codes. Writes
+/// `out[..a.len()]`; returns the scale and the zero point.
+///
+/// Caller guarantees: AVX2 is present; `out` holds at least `a.len()` values.
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn quantize_row_u8_avx2(a: &[f32], out: &mut [u8]) -> (f32, i32) {
+    let k = a.len();
+    let (mut lo, mut hi) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    let body8 = k / 8 * 8;
+    for ch in a[..body8].chunks_exact(8) {
+        let v = _mm256_loadu_ps(ch.as_ptr());
+        lo = _mm256_min_ps(v, lo);
+        hi = _mm256_max_ps(v, hi);
+    }
+    let (mut mn, mut mx) = (-hmax(_mm256_sub_ps(_mm256_setzero_ps(), lo)), hmax(hi));
+    for v in &a[body8..] {
+        mn = mn.min(*v);
+        mx = mx.max(*v);
+    }
+    let p = Act8::new(mn, mx);
+    let (iv, zp, zero, top) = (
+        _mm256_set1_ps(p.inv),
+        _mm256_set1_ps(p.zp),
+        _mm256_setzero_ps(),
+        _mm256_set1_ps(super::ACT8_MAX as f32),
+    );
+    let q = |ptr: *const f32| {
+        let r = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+            _mm256_mul_ps(_mm256_loadu_ps(ptr), iv),
+        );
+        // `vmaxps` returns its second operand (0) for a NaN first one: NaN codes 0.
+        _mm256_cvttps_epi32(_mm256_min_ps(
+            _mm256_max_ps(_mm256_add_ps(r, zp), zero),
+            top,
+        ))
+    };
+    let body = k / 32 * 32;
+    let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    let mut kk = 0;
+    while kk < body {
+        let ap = a.as_ptr().add(kk);
+        let (q0, q1, q2, q3) = (q(ap), q(ap.add(8)), q(ap.add(16)), q(ap.add(24)));
+        // packs/packus work per 128-bit lane: dwords [q0 lo, q1 lo, q2 lo, q3 lo, q0 hi,
+        // q1 hi, q2 hi, q3 hi] (4 codes each); restore the order.
+        let u = _mm256_packus_epi16(_mm256_packs_epi32(q0, q1), _mm256_packs_epi32(q2, q3));
+        let u = _mm256_permutevar8x32_epi32(u, order);
+        _mm256_storeu_si256(out.as_mut_ptr().add(kk) as *mut __m256i, u);
+        kk += 32;
+    }
+    for (o, v) in out[body..k].iter_mut().zip(&a[body..]) {
+        *o = p.code(*v);
+    }
+    (p.scale, p.zp as i32)
+}
+
+/// All int8 panels of `b` over one block of `rows` rows quantised to u8, on AVX-VNNI's
+/// `vpdpbusd` (ymm): [`MRQ`] rows x 16 columns per tile, as [`block_q`].
+///
+/// Caller guarantees: `ap` holds `rows.div_ceil(MRQ) * MRQ` rows of `4*k4` codes, `sa`
+/// and `zp` as many scales and zero points, `c` points to `rows` writable
+/// rows of `b.n()` values at stride `ldc`, `b` is int8, and the CPU has AVX-VNNI.
+#[target_feature(enable = "avx2,fma,avxvnni")]
+unsafe fn block_q8_vnni<const ACT: u8, const ACC: bool>(
+    rows: usize,
+    ap: *const u8,
+    sa: *const f32,
+    zp: *const i32,
+    b: &PackedB,
+    c: *mut f32,
+    ldc: usize,
+) {
+    let (k4, n) = (b.k().div_ceil(4), b.n());
+    for p in 0..b.panels() {
+        let cols = NR.min(n - p * NR);
+        let mut s = 0;
+        while s * MRQ < rows {
+            let r = MRQ.min(rows - s * MRQ);
+            // SAFETY: strip `s` exists in `ap` (and its scales and zero points); its rows
+            // are < rows and columns p*NR .. p*NR + cols are < n, inside `c`.
+            tile_q8_vnni::<ACT, ACC>(
+                k4,
+                ap.add(s * MRQ * 4 * k4),
+                b,
+                p,
+                (sa.add(s * MRQ), zp.add(s * MRQ)),
+                c.add(s * MRQ * ldc + p * NR),
+                ldc,
+                r,
+                cols,
+            );
+            s += 1;
+        }
+    }
+}
+
+/// One u8 strip ([`MRQ`] rows) x one int8 panel: `vpdpbusd` sums of (code x weight) in
+/// i32, minus `zero point x column sum` (the exact `sum (u - zp) q`, the scalar reference's
+/// integer), then `acc * (row scale * column scale) + bias` and the epilogue in its order.
+///
+/// Caller guarantees: `a` points to [`MRQ`] rows of `4*k4` codes, `b` has int8 panel `p`,
+/// `(sa, zp)` to [`MRQ`] scales and zero points, `c` to `rows` writable rows of `cols`
+/// values at stride `ldc`, and the CPU has AVX-VNNI.
+#[target_feature(enable = "avx2,fma,avxvnni")]
+#[inline]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile_q8_vnni<const ACT: u8, const ACC: bool>(
+    k4: usize,
+    a: *const u8,
+    b: &PackedB,
+    p: usize,
+    (sa, zp): (*const f32, *const i32),
+    c: *mut f32,
+    ldc: usize,
+    rows: usize,
+    cols: usize,
+) {
+    let mut acc = [[_mm256_setzero_si256(); 2]; MRQ];
+    let (mut ap, mut bp) = (a.cast::<i32>(), b.q8_panel(p).as_ptr());
+    for _ in 0..k4 {
+        let b0 = _mm256_loadu_si256(bp as *const __m256i);
+        let b1 = _mm256_loadu_si256(bp.add(32) as *const __m256i);
+        for (r, accr) in acc.iter_mut().enumerate() {
+            let av = _mm256_set1_epi32(ap.add(r * k4).read_unaligned());
+            accr[0] = _mm256_dpbusd_avx_epi32(accr[0], av, b0);
+            accr[1] = _mm256_dpbusd_avx_epi32(accr[1], av, b1);
+        }
+        ap = ap.add(1);
+        bp = bp.add(4 * NR);
+    }
+    let (bias, scale, cs) = (
+        b.panel_bias(p).as_ptr(),
+        b.q_scale(p).as_ptr(),
+        b.q_colsum(p).as_ptr(),
+    );
+    let (bias0, bias1) = (_mm256_loadu_ps(bias), _mm256_loadu_ps(bias.add(8)));
+    let (sc0, sc1) = (_mm256_loadu_ps(scale), _mm256_loadu_ps(scale.add(8)));
+    let cs0 = _mm256_loadu_si256(cs as *const __m256i);
+    let cs1 = _mm256_loadu_si256(cs.add(8) as *const __m256i);
+    for (r, accr) in acc.iter().enumerate().take(rows) {
+        let s = _mm256_set1_ps(*sa.add(r));
+        let z = _mm256_set1_epi32(*zp.add(r));
+        let i0 = _mm256_sub_epi32(accr[0], _mm256_mullo_epi32(z, cs0));
+        let i1 = _mm256_sub_epi32(accr[1], _mm256_mullo_epi32(z, cs1));
+        let (v0, v1) = act::<ACT>(
+            _mm256_add_ps(
+                _mm256_mul_ps(_mm256_cvtepi32_ps(i0), _mm256_mul_ps(s, sc0)),
+                bias0,
+            ),
+            _mm256_add_ps(
+                _mm256_mul_ps(_mm256_cvtepi32_ps(i1), _mm256_mul_ps(s, sc1)),
                 bias1,
             ),
         );
@@ -1297,7 +1529,7 @@ mod tests {
     /// has AVX-VNNI.
     fn avxvnni_and_plain() -> Option<(Ops, Ops)> {
         let ops = avx2_ops()?;
-        if !is_x86_feature_detected!("avxvnni") {
+        if !check::available("avxvnni", is_x86_feature_detected!("avxvnni")) {
             return None;
         }
         let plain = Ops {
@@ -1321,6 +1553,54 @@ mod tests {
         }
         check::int_worst_case_sums(&ops);
         check::same_bits_on_model_shapes(&ops, &plain, &[Weights::Int8, Weights::Int16]);
+    }
+
+    /// The plain AVX2 integer product (no VNNI: int8 x int8 as i16 pairs on `vpmaddwd`)
+    /// against the scalar reference, wherever AVX2 is (`avx2_ops` picks AVX-VNNI when the
+    /// CPU has it, so this is the only test of the plain kernel on such CPUs).
+    #[test]
+    fn plain_avx2_integer_gemm_matches_scalar() {
+        let Some(ops) = avx2_ops() else { return };
+        let plain = Ops {
+            gemm_int8: gemm_int8_avx2::<false>,
+            ..ops
+        };
+        for w in [Weights::Int8, Weights::Int16] {
+            check::gemm_odd_shapes(&plain, w);
+            check::gemm(&plain, 300, 40, 3216, 3216, 40, Epilogue::RELU, 7, w);
+        }
+        check::int_worst_case_sums(&plain);
+    }
+
+    /// The AVX2 u8 quantiser gives [`super::super::quantize_row_u8`]'s codes, scale and
+    /// zero point on rows of every length around its 8- and 32-value steps, with NaN,
+    /// infinities, zeros of both signs and one-signed rows.
+    #[test]
+    fn u8_quantiser_matches_scalar() {
+        if !is_x86_feature_detected!("avx2") || !is_x86_feature_detected!("fma") {
+            return;
+        }
+        for len in 0..100usize {
+            for kind in 0..6u64 {
+                let mut a = check::lcg(len as u64 * 7 + kind, len, 3.0);
+                match kind {
+                    1 => a.iter_mut().for_each(|v| *v = v.abs()),
+                    2 => a.iter_mut().for_each(|v| *v = -v.abs() - 1.0),
+                    3 if len > 0 => a[len / 2] = f32::NAN,
+                    4 if len > 0 => a[len - 1] = f32::INFINITY,
+                    5 => a
+                        .iter_mut()
+                        .for_each(|v| *v = if *v > 0.0 { 0.0 } else { -0.0 }),
+                    _ => {}
+                }
+                let (mut want, mut got) = (vec![5u8; len + 3], vec![5u8; len + 3]);
+                let w = super::super::quantize_row_u8(&a, &mut want);
+                // SAFETY: AVX2 and FMA confirmed above; `got` holds `len` values.
+                let g = unsafe { quantize_row_u8_avx2(&a, &mut got) };
+                assert_eq!(want, got, "len {len} kind {kind}");
+                assert!(w.1 == g.1 && (w.0 == g.0 || (w.0.is_nan() && g.0.is_nan())));
+            }
+        }
     }
 
     #[test]

@@ -75,7 +75,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for r in &choice.rates {
         println!("rate {}: {:.1} GFLOP/CPU-s", r.precision, r.gflops);
     }
-    println!("{:<16} {:>6} {:>10} {:>10}", "layer", "prec", "|Δz|", "smoothed");
+    println!(
+        "{:<16} {:>6} {:>10} {:>10}",
+        "layer", "prec", "|Δz|", "smoothed"
+    );
     for s in &choice.sensitivities {
         println!(
             "{:<16} {:>6} {:>10.2e} {:>10}",

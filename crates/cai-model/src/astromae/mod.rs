@@ -479,14 +479,19 @@ impl AstroMae {
             let p = plan.get(l);
             self.layer_weights_mut(l, &mut |w, _| convert(w, p));
             self.plan.set(l, p);
-            self.plan.set_smoothing(l, plan.smoothing(l).map(<[f32]>::to_vec));
+            self.plan
+                .set_smoothing(l, plan.smoothing(l).map(<[f32]>::to_vec));
         }
         Ok(())
     }
 
     /// Visits the packed weights of one plan layer, each with the GEMM rows it runs on per
     /// galaxy.
-    fn layer_weights_mut(&mut self, layer: PlanLayer, f: &mut dyn FnMut(&mut kernels::PackedB, usize)) {
+    fn layer_weights_mut(
+        &mut self,
+        layer: PlanLayer,
+        f: &mut dyn FnMut(&mut kernels::PackedB, usize),
+    ) {
         match layer {
             PlanLayer::Cnn => self.cnn.trunk_weights_mut(f),
             PlanLayer::Head => {

@@ -317,7 +317,10 @@ mod tests {
         assert!(json.contains("\"fc2\":\"bf16\""), "{json}");
         let back: PrecisionPlan = serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(back, p);
-        assert_eq!(back.smoothing(PlanLayer::Qkv(2)), Some(&[0.5, 1.25, 3.0e-7, 7.1][..]));
+        assert_eq!(
+            back.smoothing(PlanLayer::Qkv(2)),
+            Some(&[0.5, 1.25, 3.0e-7, 7.1][..])
+        );
         assert!(serde_json::from_str::<PrecisionPlan>(&json.replace("bf16", "fp8")).is_err());
     }
 
@@ -342,7 +345,7 @@ mod tests {
         assert_eq!(
             p.summary(),
             "f32: blocks.0-3.qkv blocks.0-3.proj blocks.0-3.fc2 patch_embed cnn head; \
-             int8: blocks.2.fc1; int16: blocks.1,3.fc1 blocks.0.fc1~"
+             int8: blocks.2.fc1; int16: blocks.0.fc1~ blocks.1,3.fc1"
         );
         let u = PrecisionPlan::uniform(Precision::Bf16, 2);
         assert_eq!(u.as_uniform(), Some(Precision::Bf16));

@@ -475,11 +475,12 @@ impl Vit {
             merge(&mut a[1], xn);
             let hid = blk.mlp.fc1.out_features();
             let xn = &*xn;
-            blk.mlp.hidden_blocks(ops, rows, d, xn, &mut s.h, |r0, m, h| {
-                blk.mlp
-                    .fc2
-                    .forward(ops, m, h, hid, &mut x[r0 * d..], d, Epilogue::RESIDUAL);
-            });
+            blk.mlp
+                .hidden_blocks(ops, rows, d, xn, &mut s.h, |r0, m, h| {
+                    blk.mlp
+                        .fc2
+                        .forward(ops, m, h, hid, &mut x[r0 * d..], d, Epilogue::RESIDUAL);
+                });
         }
     }
 

@@ -31,7 +31,9 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use cai_model::kernels::Precision;
 use cai_model::mixed::{self, PrecisionMode};
-use cai_model::{clock, formula, init, kernels, AstroMae, Config, LoadOptions, Model, PrecisionPlan};
+use cai_model::{
+    clock, formula, init, kernels, AstroMae, Config, LoadOptions, Model, PrecisionPlan,
+};
 use serde::Serialize;
 
 use crate::cli::BenchArgs;
@@ -218,7 +220,11 @@ fn precisions(names: &[String]) -> Result<Vec<PrecisionMode>> {
 }
 
 /// `model` (f32) converted to `mode` (`auto`: `plan`).
-fn convert(model: &AstroMae, mode: PrecisionMode, plan: Option<&PrecisionPlan>) -> Result<AstroMae> {
+fn convert(
+    model: &AstroMae,
+    mode: PrecisionMode,
+    plan: Option<&PrecisionPlan>,
+) -> Result<AstroMae> {
     let mut m = model.clone();
     match (mode, plan) {
         (PrecisionMode::Fixed(p), _) => m.set_precision(p)?,
@@ -438,7 +444,14 @@ fn run(a: &BenchArgs, model: &AstroMae, source: String, quiet: bool) -> Result<O
         plan,
     )?;
     let dz_parity = match &parity {
-        Some((pm, part)) => Some(judge(pm, &part.images, &part.magnitudes, part.n, &precs, plan)?),
+        Some((pm, part)) => Some(judge(
+            pm,
+            &part.images,
+            &part.magnitudes,
+            part.n,
+            &precs,
+            plan,
+        )?),
         None => None,
     };
     drop(formula_model);
@@ -450,10 +463,7 @@ fn run(a: &BenchArgs, model: &AstroMae, source: String, quiet: bool) -> Result<O
             precision: p.name(),
             support: match p {
                 PrecisionMode::Fixed(q) => q.support(),
-                PrecisionMode::Auto => format!(
-                    "per-layer mix on the {:?} kernels",
-                    ops.tier
-                ),
+                PrecisionMode::Auto => format!("per-layer mix on the {:?} kernels", ops.tier),
             },
             dz_bench: dz_bench[i],
             dz_formula: dz_formula[i],
@@ -470,7 +480,11 @@ fn run(a: &BenchArgs, model: &AstroMae, source: String, quiet: bool) -> Result<O
                     "; max/mean |Δz| vs f32: {} on {} ({dz_set} bench inputs), {} on the \
                      formula model ({nj} galaxies), {} on the parity fixtures",
                     fmt_dz(info.dz_bench),
-                    if a.model.is_some() { "the model" } else { "seeded weights" },
+                    if a.model.is_some() {
+                        "the model"
+                    } else {
+                        "seeded weights"
+                    },
                     fmt_dz(info.dz_formula),
                     fmt_dz(info.dz_parity)
                 )

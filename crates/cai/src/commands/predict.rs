@@ -79,10 +79,7 @@ pub fn apply_auto(
                 .with_context(|| format!("cannot read {} to hash it", path.display()))?;
             let (stored, reuse) = mixed::auto_for_file(path, &bytes, model, &cal, &opts)?;
             let how = match reuse {
-                mixed::Reuse::Reused => format!(
-                    "reused {}",
-                    mixed::plan_path(path).display()
-                ),
+                mixed::Reuse::Reused => format!("reused {}", mixed::plan_path(path).display()),
                 mixed::Reuse::Chosen(why) => format!(
                     "measured now ({why}); stored in {}",
                     mixed::plan_path(path).display()

@@ -60,8 +60,13 @@ fn bench_reports_every_case_quiet_or_json() {
     let dz = int16["dz_bench"]["max"].as_f64().expect("int16 |Δz|");
     assert!(dz < 1e-2, "int16 max |Δz| {dz}");
     // Also judged on the full-size formula model (original structure), always available.
-    let dzf = int16["dz_formula"]["max"].as_f64().expect("int16 |Δz| on the formula model");
-    assert!(dzf > 0.0 && dzf < 1e-2, "int16 max |Δz| on the formula model {dzf}");
+    let dzf = int16["dz_formula"]["max"]
+        .as_f64()
+        .expect("int16 |Δz| on the formula model");
+    assert!(
+        dzf > 0.0 && dzf < 1e-2,
+        "int16 max |Δz| on the formula model {dzf}"
+    );
     assert_eq!(int16["dz_formula"]["galaxies"], 2);
     assert!(v["auto"].is_null());
 }

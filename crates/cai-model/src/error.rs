@@ -115,4 +115,13 @@ pub enum Error {
     /// Fitting the last layer failed (too few galaxies, singular normal equations).
     #[error("fitting the last layer: {0}")]
     Fit(String),
+
+    /// A stored precision plan (`<model>.precision.json`) cannot be read or written.
+    #[error("{path}: {message}")]
+    PlanFile {
+        /// The plan file.
+        path: String,
+        /// What went wrong.
+        message: String,
+    },
 }

@@ -7,6 +7,9 @@
 //!   [`Error::Shape`]); implements [`Model`], the seam the engine calls.
 //! * [`init::astromae_weights`]: seeded weights shaped like the original's.
 //! * [`fit::fit_last_layer`]: ridge regression of the last Linear on the features.
+//! * [`PrecisionPlan`]: the arithmetic (f32, bf16, int16, int8) of each layer;
+//!   [`mixed::choose`] picks the fastest mix within a bound on |Δz| by measurement, and
+//!   [`formula`] gives the full-size model of the committed parity fixture to judge on.
 //! * [`kernels`]: GEMM, LayerNorm and softmax behind a dispatch table (scalar reference,
 //!   AVX2+FMA, NEON), chosen once per process (`CAI_KERNELS` overrides).
 //!
@@ -31,11 +34,16 @@ pub mod checkpoint;
 pub mod clock;
 mod error;
 pub mod fit;
+pub mod formula;
 pub mod init;
 pub mod kernels;
+pub mod mixed;
 mod weights;
 
-pub use astromae::{AstroMae, BlockSpeed, Config, LoadOptions, CHUNK, HEAD_ROWS};
+pub use astromae::{
+    AstroMae, BlockPlan, BlockSpeed, Config, LoadOptions, PlanLayer, PrecisionPlan, CHUNK,
+    HEAD_ROWS,
+};
 pub use checkpoint::{
     build_model, load_model_file, read_model_weights, MappedFile, ModelFileInfo, ModelForm,
     ModelWeights,

@@ -211,6 +211,23 @@ fn formula_full_size_model_matches_pytorch() {
     assert!(d2 <= HARD_LIMIT);
 }
 
+/// The library's copy of the formula ([`cai_model::formula`], what `cai bench` judges
+/// accuracy on) is this file's: the same tensors, inputs and PyTorch's outputs.
+#[test]
+fn formula_module_is_the_fixture_model() {
+    let fx = fixture();
+    let w = formula_weights(&fx);
+    let lib = cai_model::formula::weights(&Config::astromae());
+    assert_eq!(lib.len(), w.len());
+    for (k, t) in w.iter() {
+        assert_eq!(lib.get(k), Some(t), "{k}");
+    }
+    assert_eq!(lib.metadata().get("heads"), w.metadata().get("heads"));
+    let n = fx["n"].as_u64().unwrap() as usize;
+    let (img, mag) = inputs(n);
+    assert_eq!(cai_model::formula::inputs(n, 5, 32), (img, mag));
+}
+
 fn parity_dir() -> Option<PathBuf> {
     std::env::var_os("CAI_PARITY_DIR").map(PathBuf::from)
 }
@@ -325,7 +342,7 @@ fn precision_deltas(
                 ..LoadOptions::default()
             };
             let m = AstroMae::load_with(w, name, &opts).unwrap();
-            assert_eq!(m.precision(), p);
+            assert_eq!(m.precision(), Some(p));
             let zp = m.predict(img, mag, n).unwrap();
             let d: Vec<f64> = z
                 .iter()

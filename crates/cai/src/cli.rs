@@ -235,9 +235,15 @@ pub struct PredictArgs {
     #[arg(long)]
     pub threads: Option<usize>,
     /// Arithmetic of the model's trunk weights: f32 (default), bf16, int8 or int16 (see
-    /// `cai run --help`).
+    /// `cai run --help`), or auto: the fastest per-layer mix whose max |Δz| against f32 on
+    /// the first galaxies of the input stays within --max-dz, measured on this CPU and
+    /// stored beside a local model as `<model>.precision.json` (reused while the model's
+    /// hash, the kernel tier and the bound match).
     #[arg(long, default_value = "f32", env = "CAI_PRECISION")]
-    pub precision: cai_model::kernels::Precision,
+    pub precision: cai_model::mixed::PrecisionMode,
+    /// Bound on max |Δz| against f32 for `--precision auto`.
+    #[arg(long, default_value_t = cai_model::mixed::DEFAULT_MAX_DZ)]
+    pub max_dz: f64,
 }
 
 /// `cai model …`
@@ -329,10 +335,20 @@ pub struct BenchArgs {
     /// Least seconds per round of the FMA peak probe (best of three rounds).
     #[arg(long, default_value_t = 0.3)]
     pub peak_seconds: f64,
-    /// Precisions to measure: `f32`, `bf16`, `int8`, `int16`, a list (`f32,int16`) or `all`. Each
-    /// reduced one also reports its max and mean |Δz| against f32.
+    /// Precisions to measure: `f32`, `bf16`, `int8`, `int16`, `auto` (the per-layer mix
+    /// chosen within --max-dz on the original-structure model), a list (`f32,int16,auto`)
+    /// or `all` (all of them). Each reduced one also reports its max and mean |Δz| against
+    /// f32 on the benchmarked weights and on the full-size formula model of the committed
+    /// parity fixture (and on --parity-dir's model).
     #[arg(long, value_delimiter = ',', default_value = "f32")]
     pub precision: Vec<String>,
+    /// Bound on max |Δz| against f32 for `auto`.
+    #[arg(long, default_value_t = cai_model::mixed::DEFAULT_MAX_DZ)]
+    pub max_dz: f64,
+    /// Galaxies of formula inputs on which each precision's |Δz| on the formula model is
+    /// measured (besides the 32 `auto` calibrates on).
+    #[arg(long, default_value_t = 64)]
+    pub judge_galaxies: usize,
     /// PyTorch parity fixtures (`model.pt` and `1.pt` from scripts/parity/make_fixtures.py)
     /// on which the reduced precisions' |Δz| against f32 is also measured.
     #[arg(long, env = "CAI_PARITY_DIR")]

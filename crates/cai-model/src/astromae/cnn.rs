@@ -241,10 +241,23 @@ impl VisInception {
         })
     }
 
-    /// Visits the packed weights of the convolutions (not `vis_inception.10/12`).
-    pub(crate) fn trunk_weights_mut(&mut self, f: &mut dyn FnMut(&mut PackedB)) {
-        self.conv0.weights_mut(f);
-        self.blocks.iter_mut().for_each(|b| b.weights_mut(f));
+    /// Visits the packed weights of the convolutions (not `vis_inception.10/12`), each
+    /// with the pixels (GEMM rows) it runs on per galaxy: the first convolution and blocks
+    /// 2 and 3 at half the image size, 5 and 6 at a quarter, 8 at an eighth.
+    pub(crate) fn trunk_weights_mut(&mut self, f: &mut dyn FnMut(&mut PackedB, usize)) {
+        let img = self.image;
+        let px = |div: usize| (img / div) * (img / div);
+        let rows = [px(2), px(2), px(4), px(4), px(8)];
+        self.conv0.weights_mut(&mut |w: &mut PackedB| f(w, px(2)));
+        for (b, r) in self.blocks.iter_mut().zip(rows) {
+            b.weights_mut(&mut |w: &mut PackedB| f(w, r));
+        }
+    }
+
+    /// Visits the packed weights of `vis_inception.10` and `.12`.
+    pub(crate) fn tail_weights_mut(&mut self, f: &mut dyn FnMut(&mut PackedB)) {
+        self.fc10.weights_mut(f);
+        self.fc12.weights_mut(f);
     }
 
     /// Output width (1096).
@@ -393,6 +406,11 @@ impl MagnitudeBlock {
 
     pub(crate) fn out_features(&self) -> usize {
         self.layers.last().map_or(0, Linear::out_features)
+    }
+
+    /// Visits the packed weights of every layer.
+    pub(crate) fn weights_mut(&mut self, f: &mut dyn FnMut(&mut PackedB)) {
+        self.layers.iter_mut().for_each(|l| l.weights_mut(f));
     }
 
     /// Widest hidden layer (scratch size per row).

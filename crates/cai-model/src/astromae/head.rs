@@ -2,7 +2,7 @@
 //! The ReLU output is the model's "features"; the last Linear is a dot product.
 
 use super::layers::Linear;
-use crate::kernels::{Epilogue, Ops};
+use crate::kernels::{Epilogue, Ops, PackedB};
 use crate::weights::Vb;
 use crate::Error;
 
@@ -30,6 +30,12 @@ impl ConcatBlock {
             last_b: b.data[0],
             inputs,
         })
+    }
+
+    /// Visits the packed weight of `concat_block.0` (the last Linear is a dot product in
+    /// f32, not a GEMM).
+    pub(crate) fn weights_mut(&mut self, f: &mut dyn FnMut(&mut PackedB)) {
+        self.fc0.weights_mut(f)
     }
 
     /// Width of the features (1024).

@@ -25,9 +25,10 @@
 mod cnn;
 mod head;
 mod layers;
-#[cfg(test)]
-mod quant_study;
+mod plan;
 mod vit;
+
+pub use plan::{BlockPlan, PlanLayer, PrecisionPlan};
 
 use std::cell::Cell;
 
@@ -238,7 +239,7 @@ pub struct AstroMae {
     head: ConcatBlock,
     params: usize,
     unused: Vec<String>,
-    precision: kernels::Precision,
+    plan: PrecisionPlan,
 }
 
 /// Per-thread working memory, reused across calls (grown on demand, never shrunk).
@@ -408,9 +409,10 @@ impl AstroMae {
             mag,
             head,
             params: param_count(weights),
+            plan: PrecisionPlan::f32(0),
             unused,
-            precision: kernels::Precision::F32,
         };
+        model.plan = PrecisionPlan::f32(model.cfg.depth);
         model.set_precision(opts.precision)?;
         Ok(model)
     }
@@ -420,38 +422,155 @@ impl AstroMae {
     /// weights, int8 and int16 quantise them per output column (8- and 13-bit integers) and
     /// drop their f32 copy. The per-galaxy MLPs (`head`, `vit_block`, `vis_inception.10/12`,
     /// `magnitude_block`, `concat_block`: ≈3% of the FLOPs) stay f32: on the parity fixtures
-    /// each of them alone moved z by 1e-3 to 2e-2 in bf16 or int8. Only an f32 model can be
-    /// converted (a conversion is not reversible); asking for the current precision does
-    /// nothing.
+    /// each of them alone moved z by 1e-3 to 2e-2 in bf16 or int8. This is
+    /// [`AstroMae::set_plan`] with [`PrecisionPlan::uniform`]; the same rules apply.
     pub fn set_precision(&mut self, precision: kernels::Precision) -> Result<(), Error> {
+        self.set_plan(&PrecisionPlan::uniform(precision, self.cfg.depth))
+    }
+
+    /// Converts each layer to the precision `plan` gives it, folding in the plan's
+    /// smoothing factors first. Only f32 layers can be converted (a conversion is not
+    /// reversible): a layer already in the plan's precision (and smoothing) is left alone,
+    /// any other non-f32 layer is an error (load the model again). Checks the plan's depth
+    /// and smoothing lengths first, so an error changes nothing.
+    pub fn set_plan(&mut self, plan: &PrecisionPlan) -> Result<(), Error> {
         use kernels::Precision;
-        if precision == self.precision {
-            return Ok(());
-        }
-        if self.precision != Precision::F32 {
-            return Err(Error::Config {
-                file: "(loaded model)".into(),
-                message: format!(
-                    "cannot convert a {} model to {precision}; load it again",
-                    self.precision
-                ),
-            });
-        }
-        let mut convert = |p: &mut kernels::PackedB| match precision {
-            Precision::F32 => {}
-            Precision::Bf16 => p.round_bf16(),
-            Precision::Int8 => p.quantize_int8(),
-            Precision::Int16 => p.quantize_int16(),
+        let err = |message: String| Error::Config {
+            file: "(precision plan)".into(),
+            message,
         };
-        self.vit.trunk_weights_mut(&mut convert);
-        self.cnn.trunk_weights_mut(&mut convert);
-        self.precision = precision;
+        if plan.blocks.len() != self.cfg.depth {
+            return Err(err(format!(
+                "the plan has {} blocks, the model {}",
+                plan.blocks.len(),
+                self.cfg.depth
+            )));
+        }
+        let layers = plan.layers();
+        let mut todo = Vec::new();
+        for &l in &layers {
+            let (cur, want) = (self.plan.get(l), plan.get(l));
+            let (cur_s, want_s) = (self.plan.smoothing(l), plan.smoothing(l));
+            if cur == want && cur_s == want_s {
+                continue;
+            }
+            if cur != Precision::F32 || cur_s.is_some() {
+                return Err(err(format!(
+                    "cannot convert {l} from {cur}{} to {want}{}; load the model again",
+                    if cur_s.is_some() { " (smoothed)" } else { "" },
+                    if want_s.is_some() { " (smoothed)" } else { "" },
+                )));
+            }
+            if let Some(s) = want_s {
+                let d = self.cfg.dim;
+                if s.len() != d || s.iter().any(|v| !v.is_finite() || *v <= 0.0) {
+                    return Err(err(format!(
+                        "{l}: smoothing needs {d} positive factors, the plan has {} values",
+                        s.len()
+                    )));
+                }
+            }
+            todo.push(l);
+        }
+        for l in todo {
+            if let Some(s) = plan.smoothing(l) {
+                self.vit.smooth(l, s);
+            }
+            let p = plan.get(l);
+            self.layer_weights_mut(l, &mut |w, _| convert(w, p));
+            self.plan.set(l, p);
+            self.plan
+                .set_smoothing(l, plan.smoothing(l).map(<[f32]>::to_vec));
+        }
         Ok(())
     }
 
-    /// The arithmetic of the weight matrices.
-    pub fn precision(&self) -> kernels::Precision {
-        self.precision
+    /// Visits the packed weights of one plan layer, each with the GEMM rows it runs on per
+    /// galaxy.
+    fn layer_weights_mut(
+        &mut self,
+        layer: PlanLayer,
+        f: &mut dyn FnMut(&mut kernels::PackedB, usize),
+    ) {
+        match layer {
+            PlanLayer::Cnn => self.cnn.trunk_weights_mut(f),
+            PlanLayer::Head => {
+                let mut g = |w: &mut kernels::PackedB| f(w, 1);
+                self.vit.tail_weights_mut(&mut g);
+                self.cnn.tail_weights_mut(&mut g);
+                self.mag.weights_mut(&mut g);
+                self.head.weights_mut(&mut g);
+            }
+            _ => self.vit.layer_mut(layer, f),
+        }
+    }
+
+    /// Multiply-add FLOPs (2 per MAC) per galaxy of each plan layer's weight matrices, in
+    /// [`PlanLayer::all`] order (attention's score products, norms and activations are in
+    /// no layer).
+    pub fn layer_flops(&self) -> Vec<(PlanLayer, u64)> {
+        let mut m = self.clone();
+        PlanLayer::all(self.cfg.depth)
+            .into_iter()
+            .map(|l| {
+                let mut flops = 0u64;
+                m.layer_weights_mut(l, &mut |w, rows| {
+                    flops += 2 * (rows * w.k() * w.n()) as u64;
+                });
+                (l, flops)
+            })
+            .collect()
+    }
+
+    /// The largest |value| per input channel of `layer`'s weight matrix (its rows of `B`),
+    /// for the layers that follow a LayerNorm (`qkv`, `fc1`); `None` for others.
+    pub fn input_channel_absmax(&self, layer: PlanLayer) -> Option<Vec<f32>> {
+        if !layer.follows_layer_norm() {
+            return None;
+        }
+        let mut m = self.clone();
+        let mut out = None;
+        m.layer_weights_mut(layer, &mut |w, _| {
+            out = Some(
+                (0..w.k())
+                    .map(|kk| (0..w.n()).fold(0.0f32, |a, j| a.max(w.at(kk, j).abs())))
+                    .collect(),
+            );
+        });
+        out
+    }
+
+    /// Per block, the largest |value| of each channel of the inputs of `qkv` (`norm1`'s
+    /// output) and of `fc1` (`norm2`'s) over `n` galaxies (inputs as for
+    /// [`Model::predict`]): the activation statistics SmoothQuant needs.
+    pub fn layer_norm_absmax(
+        &self,
+        images: &[f32],
+        magnitudes: &[f32],
+        n: usize,
+    ) -> Result<Vec<[Vec<f32>; 2]>, Error> {
+        self.check(images, magnitudes, n)?;
+        let ops = kernels::ops();
+        let img = self.cfg.channels * self.cfg.image * self.cfg.image;
+        let mut acc = Vec::new();
+        with_scratch(|s| {
+            for chunk in images.chunks(CHUNK * img) {
+                let g = chunk.len() / img;
+                self.vit.norm_absmax(ops, chunk, g, &mut s.vit, &mut acc);
+            }
+        });
+        Ok(acc)
+    }
+
+    /// The trunk's precision when the model runs a [`PrecisionPlan::uniform`] plan (what
+    /// [`AstroMae::set_precision`] sets), `None` for a mixed plan.
+    pub fn precision(&self) -> Option<kernels::Precision> {
+        self.plan.as_uniform()
+    }
+
+    /// The precision of every layer.
+    pub fn plan(&self) -> &PrecisionPlan {
+        &self.plan
     }
 
     /// The ViT shape and input size.
@@ -688,6 +807,17 @@ impl Model for AstroMae {
 
     fn input_shape(&self) -> (usize, usize, usize) {
         (self.cfg.channels, self.cfg.image, self.cfg.image)
+    }
+}
+
+/// Converts one packed matrix (f32) to `p`.
+pub(crate) fn convert(w: &mut kernels::PackedB, p: kernels::Precision) {
+    use kernels::Precision;
+    match p {
+        Precision::F32 => {}
+        Precision::Bf16 => w.round_bf16(),
+        Precision::Int8 => w.quantize_int8(),
+        Precision::Int16 => w.quantize_int16(),
     }
 }
 

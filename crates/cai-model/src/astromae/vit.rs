@@ -11,6 +11,7 @@
 
 use super::cnn::buf;
 use super::layers::{LayerNorm, Linear};
+use super::plan::PlanLayer;
 use super::Config;
 use crate::kernels::{AttentionScratch, Epilogue, HeadQkv, Ops, PackedB};
 use crate::weights::Vb;
@@ -368,19 +369,118 @@ impl Vit {
         })
     }
 
-    /// Visits the packed weights of the trunk: `patch_embed` and every block's `qkv`,
-    /// `proj`, `fc1` and `fc2` (not the per-galaxy `head` and `vit_block`).
-    pub(crate) fn trunk_weights_mut(&mut self, f: &mut dyn FnMut(&mut PackedB)) {
-        self.patch_embed.proj.weights_mut(f);
-        for b in &mut self.blocks {
-            for l in [
-                &mut b.attn.qkv,
-                &mut b.attn.proj,
-                &mut b.mlp.fc1,
-                &mut b.mlp.fc2,
-            ] {
-                l.weights_mut(f);
+    /// Visits the packed weight of one trunk layer (`patch_embed` or a block's `qkv`,
+    /// `proj`, `fc1`, `fc2`) with the rows it multiplies per galaxy (the last block's
+    /// `fc2` runs on the pooled row only). Other layers and blocks past the depth visit
+    /// nothing.
+    pub(crate) fn layer_mut(&mut self, layer: PlanLayer, f: &mut dyn FnMut(&mut PackedB, usize)) {
+        let (t, depth) = (self.cfg.tokens, self.blocks.len());
+        let t1 = t + 1;
+        match layer {
+            PlanLayer::PatchEmbed => f(&mut self.patch_embed.proj.w, t),
+            PlanLayer::Qkv(b) => {
+                if let Some(x) = self.blocks.get_mut(b) {
+                    f(&mut x.attn.qkv.w, t1)
+                }
             }
+            PlanLayer::Proj(b) => {
+                if let Some(x) = self.blocks.get_mut(b) {
+                    f(&mut x.attn.proj.w, t1)
+                }
+            }
+            PlanLayer::Fc1(b) => {
+                if let Some(x) = self.blocks.get_mut(b) {
+                    f(&mut x.mlp.fc1.w, t1)
+                }
+            }
+            PlanLayer::Fc2(b) => {
+                if let Some(x) = self.blocks.get_mut(b) {
+                    f(&mut x.mlp.fc2.w, if b + 1 == depth { 1 } else { t1 })
+                }
+            }
+            PlanLayer::Cnn | PlanLayer::Head => {}
+        }
+    }
+
+    /// Visits the packed weights of the per-galaxy MLPs `head` and `vit_block`.
+    pub(crate) fn tail_weights_mut(&mut self, f: &mut dyn FnMut(&mut PackedB)) {
+        self.head.weights_mut(f);
+        self.vit_block.iter_mut().for_each(|l| l.weights_mut(f));
+    }
+
+    /// Folds SmoothQuant factors into `layer` (a block's `qkv` or `fc1`) and the LayerNorm
+    /// before it: the LayerNorm's gamma and beta are divided by `s[j]`, the layer's input
+    /// channel `j` multiplied by it (the same function in exact arithmetic). The layer's
+    /// weights must still be f32. Returns false (and changes nothing) for other layers or
+    /// a length mismatch.
+    pub(crate) fn smooth(&mut self, layer: PlanLayer, s: &[f32]) -> bool {
+        let (norm, lin) = match layer {
+            PlanLayer::Qkv(b) => match self.blocks.get_mut(b) {
+                Some(x) => (&mut x.norm1, &mut x.attn.qkv),
+                None => return false,
+            },
+            PlanLayer::Fc1(b) => match self.blocks.get_mut(b) {
+                Some(x) => (&mut x.norm2, &mut x.mlp.fc1),
+                None => return false,
+            },
+            _ => return false,
+        };
+        let (k, n) = (lin.w.k(), lin.w.n());
+        if s.len() != k || norm.weight.len() != k || lin.w.is_quantized() || lin.w.is_bf16() {
+            return false;
+        }
+        for (j, sj) in s.iter().enumerate() {
+            norm.weight[j] /= sj;
+            norm.bias[j] /= sj;
+        }
+        let mut w = vec![0.0f32; n * k];
+        for (jo, row) in w.chunks_exact_mut(k.max(1)).enumerate().take(n) {
+            for (kk, v) in row.iter_mut().enumerate() {
+                *v = lin.w.at(kk, jo) * s[kk];
+            }
+        }
+        let bias = lin.w.bias().to_vec();
+        lin.w = PackedB::pack_nk(&w, n, k, k, Some(&bias));
+        true
+    }
+
+    /// Per block, the largest |value| of each channel of the `norm1` and `norm2` outputs
+    /// (the inputs of `qkv` and `fc1`) over `g` galaxies, merged into `acc` (one pair of
+    /// `dim`-long vectors per block, grown as needed). Runs the blocks unsplit.
+    pub(crate) fn norm_absmax(
+        &self,
+        ops: &Ops,
+        images: &[f32],
+        g: usize,
+        s: &mut VitScratch,
+        acc: &mut Vec<[Vec<f32>; 2]>,
+    ) {
+        let cfg = &self.cfg;
+        let (d, t1) = (cfg.dim, cfg.tokens + 1);
+        acc.resize_with(self.blocks.len(), || [vec![0.0; d], vec![0.0; d]]);
+        self.embed(ops, images, g, s, false);
+        let rows = g * t1;
+        let merge = |a: &mut Vec<f32>, x: &[f32]| {
+            for row in x.chunks_exact(d) {
+                for (m, v) in a.iter_mut().zip(row) {
+                    *m = m.max(v.abs());
+                }
+            }
+        };
+        for (blk, a) in self.blocks.iter().zip(acc.iter_mut()) {
+            blk.attend(ops, g, t1, d, s, false);
+            merge(&mut a[0], &s.xn[..rows * d]);
+            let (x, xn) = (&mut s.x[..rows * d], &mut s.xn[..rows * d]);
+            blk.norm2.forward(ops, rows, x, xn);
+            merge(&mut a[1], xn);
+            let hid = blk.mlp.fc1.out_features();
+            let xn = &*xn;
+            blk.mlp
+                .hidden_blocks(ops, rows, d, xn, &mut s.h, |r0, m, h| {
+                    blk.mlp
+                        .fc2
+                        .forward(ops, m, h, hid, &mut x[r0 * d..], d, Epilogue::RESIDUAL);
+                });
         }
     }
 
@@ -434,6 +534,25 @@ impl Vit {
         split: bool,
     ) {
         let cfg = &self.cfg;
+        let (d, t1) = (cfg.dim, cfg.tokens + 1);
+        self.embed(ops, images, g, s, split);
+        match self.blocks.split_last() {
+            Some((last, rest)) => {
+                for blk in rest {
+                    blk.forward(ops, g, t1, d, s, split);
+                }
+                last.forward_pooled(ops, g, t1, d, s, split);
+            }
+            None => mean_patch_rows(&s.x, g, t1, d, &mut s.pool),
+        }
+        let pooled = &s.pool[..g * d];
+        self.fc_norm.forward(ops, g, pooled, &mut out[..g * d]);
+    }
+
+    /// The patch embedding of `g` NCHW images plus the cls token and position embedding:
+    /// the blocks' input, `g x (tokens + 1) x dim` in `s.x`.
+    fn embed(&self, ops: &Ops, images: &[f32], g: usize, s: &mut VitScratch, split: bool) {
+        let cfg = &self.cfg;
         let (c, img, p, d) = (cfg.channels, cfg.image, cfg.patch, cfg.dim);
         let grid = img / p;
         let (t, t1) = (cfg.tokens, cfg.tokens + 1);
@@ -469,17 +588,6 @@ impl Vit {
                 *v += pe;
             }
         }
-        match self.blocks.split_last() {
-            Some((last, rest)) => {
-                for blk in rest {
-                    blk.forward(ops, g, t1, d, s, split);
-                }
-                last.forward_pooled(ops, g, t1, d, s, split);
-            }
-            None => mean_patch_rows(&s.x, g, t1, d, &mut s.pool),
-        }
-        let pooled = &s.pool[..g * d];
-        self.fc_norm.forward(ops, g, pooled, &mut out[..g * d]);
     }
 
     /// `head` -> `vit_block.0` -> ReLU -> `vit_block.2` for `m` pooled rows into `out`

@@ -40,8 +40,9 @@
 //! weights ([`activation_limit`]: `limit * max_j sum_k |q_kj|` fits in an i32, at most
 //! 32767), so no reduction length can overflow and no sum needs splitting.
 //!
-//! Why these widths (measured by `astromae/quant_study.rs`: fake quantisation of chosen
-//! layers, max |Δz| against f32 on the PyTorch parity fixtures, 8 galaxies):
+//! Why these widths (measured by a fake-quantisation study of chosen layers, now replaced
+//! by `examples/quant_study.rs` on the real kernels; max |Δz| against f32 on the PyTorch
+//! parity fixtures, 8 galaxies):
 //! * int8's error (max 1.1e-2) is all in the weights: 8-bit weights alone give 1.1e-2,
 //!   the 16-bit activations alone 1.3e-5. It is spread over every ViT layer (each of
 //!   `qkv`, `proj`, `fc1`, `fc2` alone 4e-3 to 5e-3, the CNN 6.5e-4), so keeping a few
@@ -176,10 +177,6 @@ pub struct PackedB {
     bias: Vec<f32>,
     quant: Option<Box<QuantB>>,
     bf16: Option<Box<Bf16B>>,
-    /// Test-only: when > 0 (and the weights are f32), [`Ops::gemm`] first rounds each row
-    /// of `A` to what [`quantize_row`] with this limit keeps (error studies).
-    #[cfg(test)]
-    pub(crate) study_act_limit: i32,
 }
 
 impl std::fmt::Debug for PackedB {
@@ -762,7 +759,7 @@ pub fn round_bf16(x: f32) -> f32 {
 const BF16_A_BLOCK: usize = 64 * 1024;
 const BF16_MIN_ROWS: usize = 96;
 
-/// Weight bits of [`Precision::Int16`]: the study in `astromae/quant_study.rs` measured
+/// Weight bits of [`Precision::Int16`]: the fake-quantisation study (module doc) measured
 /// max |Δz| on the parity fixtures of 5.7e-4 at 12 bits, 1.5e-4 at 13 and 2.3e-4 at 14 (more
 /// weight bits leave fewer for the activations, see [`activation_limit`]).
 pub const INT16_WEIGHT_BITS: u32 = 13;
@@ -1121,19 +1118,6 @@ impl Ops {
             ldc >= b.n() && c.len() >= (m - 1) * ldc + b.n(),
             "gemm: C too short"
         );
-        #[cfg(test)]
-        if b.study_act_limit > 0 && !b.is_quantized() {
-            let k = b.k();
-            let mut q = vec![0i16; k.div_ceil(2) * 2];
-            let mut fq = vec![0.0f32; m * k];
-            for (i, row) in fq.chunks_exact_mut(k.max(1)).enumerate().take(m) {
-                let s = quantize_row(&a[i * lda..i * lda + k], b.study_act_limit, &mut q, 2);
-                for (v, qi) in row.iter_mut().zip(&q) {
-                    *v = *qi as f32 * s;
-                }
-            }
-            return (self.gemm)(m, &fq, k, b, c, ldc, epi);
-        }
         if b.is_quantized() {
             (self.gemm_int8)(m, a, lda, b, c, ldc, epi)
         } else if b.is_bf16() {

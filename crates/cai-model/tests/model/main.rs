@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used)] // tests may unwrap (helpers are not #[test] fns)
 
+mod mixed;
 mod reference;
 
 use std::collections::BTreeMap;

@@ -16,15 +16,24 @@
 //! `i` is `15 + i % 7`) that `scripts/bench/` reproduces for PyTorch, and the first
 //! predictions are printed so the two can be checked against each other.
 //!
-//! `--precision f32,bf16,int8` (or `all`) measures each precision of the same weights;
-//! each reduced one reports its max and mean |Δz| against f32 on the benchmark inputs and,
-//! with `--parity-dir`, on the PyTorch parity fixtures (`model.pt` over `1.pt`).
+//! `--precision f32,bf16,int8,auto` (or `all`) measures each precision of the same weights;
+//! each reduced one reports its max and mean |Δz| against f32 on the benchmarked weights
+//! (seeded, or `--model`) over the benchmark inputs, on the full-size formula model of the
+//! committed parity fixture (an original-structure model, always available: seeded weights
+//! understate a precision's error many times over) and, with `--parity-dir`, on the
+//! PyTorch parity fixtures (`model.pt` over `1.pt`). `auto` is the per-layer mix
+//! [`cai_model::mixed::choose`] picks within `--max-dz` on the original-structure model
+//! (the parity fixtures' when given, else `--model`'s, else the formula model's), timed on
+//! the benchmarked weights (same shapes, same speed).
 
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use cai_model::kernels::Precision;
-use cai_model::{clock, init, kernels, AstroMae, Config, LoadOptions, Model};
+use cai_model::mixed::{self, PrecisionMode};
+use cai_model::{
+    clock, formula, init, kernels, AstroMae, Config, LoadOptions, Model, PrecisionPlan,
+};
 use serde::Serialize;
 
 use crate::cli::BenchArgs;
@@ -39,10 +48,32 @@ struct PrecisionInfo {
     precision: &'static str,
     /// How this CPU runs it.
     support: String,
-    /// max / mean |Δz| against f32 on the benchmark inputs (`galaxies` of them).
+    /// max / mean |Δz| against f32 on the benchmarked weights over the benchmark inputs
+    /// (`galaxies` of them).
     dz_bench: Option<Dz>,
+    /// The same on the full-size formula model (original structure) over formula inputs
+    /// that `auto` did not calibrate on.
+    dz_formula: Option<Dz>,
     /// The same on the parity fixtures (`--parity-dir`).
     dz_parity: Option<Dz>,
+}
+
+/// The mix `auto` chose.
+#[derive(Debug, Serialize)]
+struct AutoInfo {
+    /// The model it was chosen on.
+    chosen_on: String,
+    /// The mix, grouped by precision.
+    summary: String,
+    plan: PrecisionPlan,
+    /// max |Δz| against f32 on the calibration galaxies.
+    calibration_max_dz: f64,
+    calibration: usize,
+    bound: f64,
+    est_gemm_speedup: f64,
+    smoothing_tried: usize,
+    smoothing_helped: usize,
+    smoothing_used: usize,
 }
 
 /// |Δz| against f32.
@@ -129,6 +160,8 @@ struct Report {
     load_before: Option<[f64; 3]>,
     load_after: Option<[f64; 3]>,
     precisions: Vec<PrecisionInfo>,
+    /// The mix `auto` measured (with `--precision auto`).
+    auto: Option<AutoInfo>,
     /// The transformer blocks alone, one thread, per precision.
     vit_blocks: Vec<BlockRate>,
     cases: Vec<Case>,
@@ -157,14 +190,18 @@ pub async fn bench(a: BenchArgs, quiet: bool) -> Result<Outcome> {
         .context("the benchmark thread failed")?
 }
 
-/// The precisions `--precision` names, f32 first, without repeats.
-fn precisions(names: &[String]) -> Result<Vec<Precision>> {
+/// The precisions `--precision` names, f32 first and `auto` last, without repeats.
+fn precisions(names: &[String]) -> Result<Vec<PrecisionMode>> {
     let mut out = Vec::new();
     for n in names {
-        let add: Vec<Precision> = if n.trim().eq_ignore_ascii_case("all") {
-            Precision::ALL.to_vec()
+        let add: Vec<PrecisionMode> = if n.trim().eq_ignore_ascii_case("all") {
+            Precision::ALL
+                .iter()
+                .map(|p| PrecisionMode::Fixed(*p))
+                .chain([PrecisionMode::Auto])
+                .collect()
         } else {
-            vec![n.parse::<Precision>().map_err(anyhow::Error::msg)?]
+            vec![n.parse::<PrecisionMode>().map_err(anyhow::Error::msg)?]
         };
         for p in add {
             if !out.contains(&p) {
@@ -172,15 +209,55 @@ fn precisions(names: &[String]) -> Result<Vec<Precision>> {
             }
         }
     }
-    out.sort_by_key(|p| Precision::ALL.iter().position(|q| q == p));
+    out.sort_by_key(|p| match p {
+        PrecisionMode::Fixed(q) => Precision::ALL.iter().position(|x| x == q),
+        PrecisionMode::Auto => Some(Precision::ALL.len()),
+    });
     if out.is_empty() {
-        out.push(Precision::F32);
+        out.push(PrecisionMode::Fixed(Precision::F32));
     }
     Ok(out)
 }
 
-/// |Δz| of each reduced precision against f32 on the parity fixtures in `dir`.
-fn parity_dz(dir: &std::path::Path, precs: &[Precision]) -> Result<Vec<Option<Dz>>> {
+/// `model` (f32) converted to `mode` (`auto`: `plan`).
+fn convert(
+    model: &AstroMae,
+    mode: PrecisionMode,
+    plan: Option<&PrecisionPlan>,
+) -> Result<AstroMae> {
+    let mut m = model.clone();
+    match (mode, plan) {
+        (PrecisionMode::Fixed(p), _) => m.set_precision(p)?,
+        (PrecisionMode::Auto, Some(plan)) => m.set_plan(plan)?,
+        (PrecisionMode::Auto, None) => bail!("auto has no chosen mix"),
+    }
+    Ok(m)
+}
+
+/// |Δz| of each reduced mode against f32 for `model` (f32) on `n` galaxies.
+fn judge(
+    model: &AstroMae,
+    images: &[f32],
+    mags: &[f32],
+    n: usize,
+    modes: &[PrecisionMode],
+    plan: Option<&PrecisionPlan>,
+) -> Result<Vec<Option<Dz>>> {
+    let z = model.predict(images, mags, n)?;
+    modes
+        .iter()
+        .map(|m| {
+            if *m == PrecisionMode::Fixed(Precision::F32) {
+                return Ok(None);
+            }
+            let zp = convert(model, *m, plan)?.predict(images, mags, n)?;
+            Ok(Some(Dz::between(&z, &zp)))
+        })
+        .collect()
+}
+
+/// The parity fixtures in `dir`: the f32 model of `model.pt` and the galaxies of `1.pt`.
+fn parity_fixture(dir: &std::path::Path) -> Result<(AstroMae, cai_data::Partition)> {
     let mpath = dir.join("model.pt");
     let bytes =
         std::fs::read(&mpath).with_context(|| format!("cannot read {}", mpath.display()))?;
@@ -190,24 +267,11 @@ fn parity_dz(dir: &std::path::Path, precs: &[Precision]) -> Result<Vec<Option<Dz
     let pbytes =
         std::fs::read(&ppath).with_context(|| format!("cannot read {}", ppath.display()))?;
     let part = cai_data::read_partition(&ppath.display().to_string(), &pbytes)?;
-    let load = |precision| {
-        let opts = LoadOptions {
-            heads: mw.heads_attr,
-            precision,
-        };
-        AstroMae::load_with(&mw.weights, &name, &opts)
+    let opts = LoadOptions {
+        heads: mw.heads_attr,
+        ..LoadOptions::default()
     };
-    let z = load(Precision::F32)?.predict(&part.images, &part.magnitudes, part.n)?;
-    precs
-        .iter()
-        .map(|p| {
-            if *p == Precision::F32 {
-                return Ok(None);
-            }
-            let zp = load(*p)?.predict(&part.images, &part.magnitudes, part.n)?;
-            Ok(Some(Dz::between(&z, &zp)))
-        })
-        .collect()
+    Ok((AstroMae::load_with(&mw.weights, &name, &opts)?, part))
 }
 
 fn fmt_dz(d: Option<Dz>) -> String {
@@ -273,42 +337,155 @@ fn run(a: &BenchArgs, model: &AstroMae, source: String, quiet: bool) -> Result<O
     let mags: Vec<f32> = (0..most * nm).map(|i| 15.0 + (i % 7) as f32).collect();
     let z_first = model.predict(&images[..Z_CHECK * img], &mags[..Z_CHECK * nm], Z_CHECK)?;
 
-    // One model per precision, converted from the same f32 weights.
-    let mut models: Vec<(Precision, AstroMae)> = Vec::new();
-    let dz_set = most.min(512);
-    let z_ref = model.predict(&images[..dz_set * img], &mags[..dz_set * nm], dz_set)?;
+    // Accuracy is judged on an original-structure model: `auto` is chosen on the parity
+    // fixtures' model when given, else on --model's, else on the formula model.
     let parity = match &a.parity_dir {
         Some(dir) => Some(
-            parity_dz(dir, &precs)
-                .with_context(|| format!("parity fixtures in {}", dir.display()))?,
+            parity_fixture(dir).with_context(|| format!("parity fixtures in {}", dir.display()))?,
         ),
         None => None,
     };
+    let fcfg = Config::astromae();
+    let formula_model = AstroMae::load(&formula::weights(&fcfg), "formula")?;
+    let ncal = mixed::DEFAULT_CALIBRATION;
+    let nf = ncal + a.judge_galaxies.max(1);
+    let (fimg, fmag) = formula::inputs(nf, fcfg.channels, fcfg.image);
+    let fi = fcfg.channels * fcfg.image * fcfg.image;
+    let auto = if precs.contains(&PrecisionMode::Auto) {
+        let (on, m, im, mg, n): (String, &AstroMae, &[f32], &[f32], usize) = match &parity {
+            Some((pm, part)) => (
+                "the parity fixtures' model.pt over 1.pt".into(),
+                pm,
+                part.images.as_slice(),
+                part.magnitudes.as_slice(),
+                part.n.min(ncal),
+            ),
+            None if a.model.is_some() => (
+                format!("{source} over the benchmark inputs"),
+                model,
+                images.as_slice(),
+                mags.as_slice(),
+                most.min(ncal),
+            ),
+            None => (
+                "the formula model over formula inputs".into(),
+                &formula_model,
+                fimg.as_slice(),
+                fmag.as_slice(),
+                ncal,
+            ),
+        };
+        say(format!(
+            "auto: measuring each layer's error in each precision on {n} galaxies of {on} \
+             (bound {:e})...",
+            a.max_dz
+        ));
+        let cal = mixed::Calibration {
+            images: &im[..n * img],
+            magnitudes: &mg[..n * nm],
+            n,
+        };
+        let opts = mixed::AutoOptions {
+            max_dz: a.max_dz,
+            ..mixed::AutoOptions::default()
+        };
+        let c = mixed::choose(m, &cal, &opts)?;
+        out(format!(
+            "auto (chosen on {on}): {} | max |Δz| {:.2e} on {n} calibration galaxies; GEMMs \
+             ≈{:.2}x f32's speed by the measured rates ({}); SmoothQuant tried on {} \
+             layer/precision pairs, lowered the error in {}, used by {} layers",
+            c.plan.summary(),
+            c.max_dz,
+            c.est_gemm_speedup,
+            c.rates
+                .iter()
+                .map(|r| format!("{} {:.0} GFLOP/s", r.precision, r.gflops))
+                .collect::<Vec<_>>()
+                .join(", "),
+            c.smoothing_tried,
+            c.smoothing_helped,
+            c.smoothing_used
+        ));
+        Some(AutoInfo {
+            chosen_on: on,
+            summary: c.plan.summary(),
+            plan: c.plan,
+            calibration_max_dz: c.max_dz,
+            calibration: n,
+            bound: c.bound,
+            est_gemm_speedup: c.est_gemm_speedup,
+            smoothing_tried: c.smoothing_tried,
+            smoothing_helped: c.smoothing_helped,
+            smoothing_used: c.smoothing_used,
+        })
+    } else {
+        None
+    };
+    let plan = auto.as_ref().map(|x| &x.plan);
+
+    // One model per precision, converted from the same f32 weights.
+    let dz_set = most.min(512);
+    let dz_bench = judge(
+        model,
+        &images[..dz_set * img],
+        &mags[..dz_set * nm],
+        dz_set,
+        &precs,
+        plan,
+    )?;
+    // Formula galaxies `auto` did not calibrate on.
+    let nj = nf - ncal;
+    let dz_formula = judge(
+        &formula_model,
+        &fimg[ncal * fi..],
+        &fmag[ncal * nm..],
+        nj,
+        &precs,
+        plan,
+    )?;
+    let dz_parity = match &parity {
+        Some((pm, part)) => Some(judge(
+            pm,
+            &part.images,
+            &part.magnitudes,
+            part.n,
+            &precs,
+            plan,
+        )?),
+        None => None,
+    };
+    drop(formula_model);
+    let mut models: Vec<(PrecisionMode, AstroMae)> = Vec::new();
     let mut infos = Vec::new();
     for (i, &p) in precs.iter().enumerate() {
-        let mut m = model.clone();
-        m.set_precision(p)?;
-        let dz_bench = (p != Precision::F32).then(|| {
-            m.predict(&images[..dz_set * img], &mags[..dz_set * nm], dz_set)
-                .map(|z| Dz::between(&z_ref, &z))
-        });
+        let m = convert(model, p, plan)?;
         let info = PrecisionInfo {
             precision: p.name(),
-            support: p.support(),
-            dz_bench: dz_bench.transpose()?,
-            dz_parity: parity.as_ref().and_then(|v| v[i]),
+            support: match p {
+                PrecisionMode::Fixed(q) => q.support(),
+                PrecisionMode::Auto => format!("per-layer mix on the {:?} kernels", ops.tier),
+            },
+            dz_bench: dz_bench[i],
+            dz_formula: dz_formula[i],
+            dz_parity: dz_parity.as_ref().and_then(|v| v[i]),
         };
         out(format!(
             "{}: {}{}",
             p,
             info.support,
-            if p == Precision::F32 {
+            if p == PrecisionMode::Fixed(Precision::F32) {
                 String::new()
             } else {
                 format!(
-                    "; max/mean |Δz| vs f32: {} on {} bench inputs, {} on the parity fixtures",
+                    "; max/mean |Δz| vs f32: {} on {} ({dz_set} bench inputs), {} on the \
+                     formula model ({nj} galaxies), {} on the parity fixtures",
                     fmt_dz(info.dz_bench),
-                    dz_set,
+                    if a.model.is_some() {
+                        "the model"
+                    } else {
+                        "seeded weights"
+                    },
+                    fmt_dz(info.dz_formula),
                     fmt_dz(info.dz_parity)
                 )
             }
@@ -397,7 +574,7 @@ fn run(a: &BenchArgs, model: &AstroMae, source: String, quiet: bool) -> Result<O
                     case.peak_share_cpu
                         .map_or("-".into(), |s| format!("{:.1}%", 100.0 * s)),
                     case.load1.map_or("-".into(), |l| format!("{l:.2}")),
-                    fmt_dz(info.dz_parity.or(info.dz_bench)),
+                    fmt_dz(info.dz_parity.or(info.dz_formula).or(info.dz_bench)),
                 ));
                 cases.push(case);
             }
@@ -437,6 +614,7 @@ fn run(a: &BenchArgs, model: &AstroMae, source: String, quiet: bool) -> Result<O
         fma_peak_after_gflops_per_core: peak_after,
         probe_drift: drift,
         precisions: infos,
+        auto,
         vit_blocks,
         load_before,
         load_after: load_avg(),
@@ -472,7 +650,7 @@ fn probe_drift(rates: &[f64]) -> (f64, f64, f64) {
 
 /// Times `model`'s transformer blocks on this thread for about `seconds` of CPU time, in
 /// rounds alternating with the FMA probe.
-fn time_blocks(model: &AstroMae, p: Precision, seconds: f64) -> BlockRate {
+fn time_blocks(model: &AstroMae, p: PrecisionMode, seconds: f64) -> BlockRate {
     let b = model.measure_vit_blocks(seconds);
     BlockRate {
         precision: p.name(),
@@ -577,12 +755,16 @@ mod tests {
     #[test]
     fn precision_lists() {
         let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
-        assert_eq!(precisions(&s(&["all"])).unwrap(), Precision::ALL.to_vec());
+        let f = PrecisionMode::Fixed;
+        let all = precisions(&s(&["all"])).unwrap();
+        assert_eq!(all.len(), Precision::ALL.len() + 1);
+        assert_eq!(all[0], f(Precision::F32));
+        assert_eq!(all.last(), Some(&PrecisionMode::Auto));
         assert_eq!(
-            precisions(&s(&["int8", "f32", "int8"])).unwrap(),
-            vec![Precision::F32, Precision::Int8]
+            precisions(&s(&["auto", "int8", "f32", "int8"])).unwrap(),
+            vec![f(Precision::F32), f(Precision::Int8), PrecisionMode::Auto]
         );
-        assert_eq!(precisions(&[]).unwrap(), vec![Precision::F32]);
+        assert_eq!(precisions(&[]).unwrap(), vec![f(Precision::F32)]);
         assert!(precisions(&s(&["f16"])).is_err());
     }
 

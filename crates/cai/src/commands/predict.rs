@@ -8,6 +8,9 @@ use cai_core::StorageUrl;
 use cai_engine::local::available_cores;
 use cai_engine::stages::load_model_with;
 use cai_engine::worker::predict_partition;
+use cai_model::kernels::Precision;
+use cai_model::mixed::{self, PrecisionMode};
+use cai_model::{AstroMae, Model};
 
 use crate::cli::PredictArgs;
 use crate::progress::Progress;
@@ -42,10 +45,77 @@ pub fn thread_pool(threads: Option<usize>) -> Result<rayon::ThreadPool> {
         .with_context(|| format!("cannot start {n} threads"))
 }
 
+/// `--precision auto` for `model` (f32), loaded from `location`: the stored choice beside a
+/// local model file when it still fits, else a new one measured on the first
+/// [`mixed::DEFAULT_CALIBRATION`] galaxies of `images`/`magnitudes` (stored beside a local
+/// model). Prints the mix and its error unless `quiet`; returns the converted model.
+pub fn apply_auto(
+    model: &AstroMae,
+    location: &str,
+    images: &[f32],
+    magnitudes: &[f32],
+    n: usize,
+    max_dz: f64,
+    quiet: bool,
+) -> Result<AstroMae> {
+    let nc = n.min(mixed::DEFAULT_CALIBRATION);
+    let (c, h, w) = model.input_shape();
+    let nm = model.magnitudes();
+    let cal = mixed::Calibration {
+        images: &images[..nc * c * h * w],
+        magnitudes: &magnitudes[..nc * nm],
+        n: nc,
+    };
+    let opts = mixed::AutoOptions {
+        max_dz,
+        ..mixed::AutoOptions::default()
+    };
+    let local = StorageUrl::parse(location)
+        .ok()
+        .and_then(|u| u.local_path());
+    let (choice, how) = match &local {
+        Some(path) => {
+            let bytes = std::fs::read(path)
+                .with_context(|| format!("cannot read {} to hash it", path.display()))?;
+            let (stored, reuse) = mixed::auto_for_file(path, &bytes, model, &cal, &opts)?;
+            let how = match reuse {
+                mixed::Reuse::Reused => format!("reused {}", mixed::plan_path(path).display()),
+                mixed::Reuse::Chosen(why) => format!(
+                    "measured now ({why}); stored in {}",
+                    mixed::plan_path(path).display()
+                ),
+            };
+            (stored.choice, how)
+        }
+        None => (
+            mixed::choose(model, &cal, &opts)?,
+            "measured now (a remote model: not stored)".to_string(),
+        ),
+    };
+    if !quiet {
+        eprintln!(
+            "precision auto: {} | max |Δz| vs f32 {:.2e} on {} calibration galaxies (bound {:e}), \
+             GEMMs ≈{:.2}x f32's speed; {how}",
+            choice.plan.summary(),
+            choice.max_dz,
+            choice.calibration,
+            choice.bound,
+            choice.est_gemm_speedup,
+        );
+    }
+    let mut m = model.clone();
+    m.set_plan(&choice.plan)?;
+    Ok(m)
+}
+
 /// `cai predict`.
 pub async fn predict(a: PredictArgs, quiet: bool) -> Result<Outcome> {
-    if !quiet && a.precision != cai_model::kernels::Precision::F32 {
-        eprintln!("precision {}", a.precision.support());
+    let fixed = match a.precision {
+        PrecisionMode::Fixed(p) => p,
+        PrecisionMode::Auto => Precision::F32,
+    };
+    if !quiet && fixed != Precision::F32 {
+        eprintln!("precision {}", fixed.support());
     }
     let input = StorageUrl::parse(&a.input)?;
     let name = input.to_string();
@@ -58,11 +128,29 @@ pub async fn predict(a: PredictArgs, quiet: bool) -> Result<Outcome> {
             .map_err(anyhow::Error::from)
     };
     let load = async {
-        load_model_with(&a.model, a.precision)
+        load_model_with(&a.model, fixed)
             .await
             .with_context(|| format!("cannot load the model {}", a.model))
     };
-    let (model, partition) = tokio::try_join!(load, read)?;
+    let (mut model, mut partition) = tokio::try_join!(load, read)?;
+    if a.precision == PrecisionMode::Auto {
+        let (location, max_dz) = (a.model.clone(), a.max_dz);
+        let f32_model = model.clone();
+        let (m, p) = tokio::task::spawn_blocking(move || -> Result<_> {
+            let m = apply_auto(
+                &f32_model,
+                &location,
+                &partition.images,
+                &partition.magnitudes,
+                partition.n,
+                max_dz,
+                quiet,
+            )?;
+            Ok((m, partition))
+        })
+        .await??;
+        (model, partition) = (Arc::new(m), p);
+    }
     let pool = thread_pool(a.threads)?;
     let batch = a.batch_size.max(1);
     let preds = tokio::task::spawn_blocking(move || -> Result<Predictions> {

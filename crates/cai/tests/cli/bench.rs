@@ -23,6 +23,8 @@ fn bench_reports_every_case_quiet_or_json() {
         "0.01",
         "--precision",
         "f32,int16",
+        "--judge-galaxies",
+        "2",
     ];
     let quiet = d.ok(&[&["-q", "bench"][..], &args[..]].concat());
     assert!(quiet.contains("ViT blocks alone, int16"), "{quiet}");
@@ -57,4 +59,14 @@ fn bench_reports_every_case_quiet_or_json() {
     assert_eq!(int16["precision"], "int16");
     let dz = int16["dz_bench"]["max"].as_f64().expect("int16 |Δz|");
     assert!(dz < 1e-2, "int16 max |Δz| {dz}");
+    // Also judged on the full-size formula model (original structure), always available.
+    let dzf = int16["dz_formula"]["max"]
+        .as_f64()
+        .expect("int16 |Δz| on the formula model");
+    assert!(
+        dzf > 0.0 && dzf < 1e-2,
+        "int16 max |Δz| on the formula model {dzf}"
+    );
+    assert_eq!(int16["dz_formula"]["galaxies"], 2);
+    assert!(v["auto"].is_null());
 }

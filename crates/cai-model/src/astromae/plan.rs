@@ -1,0 +1,354 @@
+//! Per-layer precision: which arithmetic ([`Precision`]) each weight matrix of AstroMAE
+//! runs in, and the SmoothQuant factors folded into a layer before it is quantised.
+//!
+//! A plan names the patch embedding, the `qkv`, `proj`, `fc1` and `fc2` of every block, the
+//! convolutional trunk (all of `vis_inception`'s convolutions) and the head (the
+//! per-galaxy MLPs: the ViT's `head` and `vit_block`, `vis_inception.10/12`,
+//! `magnitude_block`, `concat_block.0`). [`PrecisionPlan::uniform`] is what
+//! [`crate::AstroMae::set_precision`] applies: every trunk layer in one precision, the head
+//! in f32. Plans serialise to JSON (precisions by name: `"f32"`, `"bf16"`, `"int8"`,
+//! `"int16"`).
+
+use serde::{Deserialize, Serialize};
+
+use crate::kernels::Precision;
+
+/// One layer (or group of layers) a [`PrecisionPlan`] sets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum PlanLayer {
+    /// `patch_embed.proj`.
+    PatchEmbed,
+    /// `blocks.{i}.attn.qkv`.
+    Qkv(usize),
+    /// `blocks.{i}.attn.proj`.
+    Proj(usize),
+    /// `blocks.{i}.mlp.fc1`.
+    Fc1(usize),
+    /// `blocks.{i}.mlp.fc2`.
+    Fc2(usize),
+    /// Every convolution of `inception_model.vis_inception`.
+    Cnn,
+    /// The per-galaxy MLPs (`head`, `vit_block`, `vis_inception.10/12`,
+    /// `magnitude_block`, `concat_block.0`).
+    Head,
+}
+
+impl PlanLayer {
+    /// Every layer of a model with `depth` blocks, in forward order (CNN and head last).
+    pub fn all(depth: usize) -> Vec<PlanLayer> {
+        let mut v = vec![PlanLayer::PatchEmbed];
+        for b in 0..depth {
+            v.extend([
+                PlanLayer::Qkv(b),
+                PlanLayer::Proj(b),
+                PlanLayer::Fc1(b),
+                PlanLayer::Fc2(b),
+            ]);
+        }
+        v.extend([PlanLayer::Cnn, PlanLayer::Head]);
+        v
+    }
+
+    /// Whether the layer reads a LayerNorm's output (`qkv` after `norm1`, `fc1` after
+    /// `norm2`), so that smoothing factors can fold into that LayerNorm.
+    pub fn follows_layer_norm(self) -> bool {
+        matches!(self, PlanLayer::Qkv(_) | PlanLayer::Fc1(_))
+    }
+}
+
+impl std::fmt::Display for PlanLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PlanLayer::PatchEmbed => f.write_str("patch_embed"),
+            PlanLayer::Qkv(b) => write!(f, "blocks.{b}.qkv"),
+            PlanLayer::Proj(b) => write!(f, "blocks.{b}.proj"),
+            PlanLayer::Fc1(b) => write!(f, "blocks.{b}.fc1"),
+            PlanLayer::Fc2(b) => write!(f, "blocks.{b}.fc2"),
+            PlanLayer::Cnn => f.write_str("cnn"),
+            PlanLayer::Head => f.write_str("head"),
+        }
+    }
+}
+
+/// Serde for [`Precision`] by name (the kernels' type has no serde of its own).
+mod by_name {
+    use super::Precision;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(p: &Precision, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(p.name())
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Precision, D::Error> {
+        let s = String::deserialize(d)?;
+        Precision::parse(&s).ok_or_else(|| {
+            serde::de::Error::custom(format!("unknown precision {s:?} (f32|bf16|int8|int16)"))
+        })
+    }
+}
+
+/// The precisions of one transformer block's four matrices, and the SmoothQuant factors
+/// (one per input channel) folded into `qkv` and `fc1` and their LayerNorms, if any.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BlockPlan {
+    /// `attn.qkv`.
+    #[serde(with = "by_name")]
+    pub qkv: Precision,
+    /// `attn.proj`.
+    #[serde(with = "by_name")]
+    pub proj: Precision,
+    /// `mlp.fc1`.
+    #[serde(with = "by_name")]
+    pub fc1: Precision,
+    /// `mlp.fc2`.
+    #[serde(with = "by_name")]
+    pub fc2: Precision,
+    /// Factors `s_j` for `qkv`: `norm1`'s gamma and beta divided by them, `qkv`'s input
+    /// channel `j` multiplied by `s_j` (the same function in exact arithmetic).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qkv_smooth: Option<Vec<f32>>,
+    /// The same for `fc1` and `norm2`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fc1_smooth: Option<Vec<f32>>,
+}
+
+impl BlockPlan {
+    fn uniform(p: Precision) -> Self {
+        Self {
+            qkv: p,
+            proj: p,
+            fc1: p,
+            fc2: p,
+            qkv_smooth: None,
+            fc1_smooth: None,
+        }
+    }
+}
+
+/// The precision of every weight matrix of an AstroMAE model (see the module doc).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PrecisionPlan {
+    /// `patch_embed.proj`.
+    #[serde(with = "by_name")]
+    pub patch_embed: Precision,
+    /// One entry per transformer block.
+    pub blocks: Vec<BlockPlan>,
+    /// The convolutions of the CNN branch.
+    #[serde(with = "by_name")]
+    pub cnn: Precision,
+    /// The per-galaxy MLPs.
+    #[serde(with = "by_name")]
+    pub head: Precision,
+}
+
+impl PrecisionPlan {
+    /// Every layer f32 (the reference).
+    pub fn f32(depth: usize) -> Self {
+        Self::uniform(Precision::F32, depth)
+    }
+
+    /// What [`crate::AstroMae::set_precision`] applies: the patch embedding, every block
+    /// and the CNN in `p`, the head in f32 (each of its MLPs alone moved z by 1e-3 to 2e-2
+    /// in bf16 or int8 on the parity fixtures, for ≈3% of the FLOPs).
+    pub fn uniform(p: Precision, depth: usize) -> Self {
+        Self {
+            patch_embed: p,
+            blocks: vec![BlockPlan::uniform(p); depth],
+            cnn: p,
+            head: Precision::F32,
+        }
+    }
+
+    /// The precision of `layer` (f32 for a block past the plan's depth).
+    pub fn get(&self, layer: PlanLayer) -> Precision {
+        let blk = |b: usize| self.blocks.get(b);
+        match layer {
+            PlanLayer::PatchEmbed => self.patch_embed,
+            PlanLayer::Qkv(b) => blk(b).map_or(Precision::F32, |x| x.qkv),
+            PlanLayer::Proj(b) => blk(b).map_or(Precision::F32, |x| x.proj),
+            PlanLayer::Fc1(b) => blk(b).map_or(Precision::F32, |x| x.fc1),
+            PlanLayer::Fc2(b) => blk(b).map_or(Precision::F32, |x| x.fc2),
+            PlanLayer::Cnn => self.cnn,
+            PlanLayer::Head => self.head,
+        }
+    }
+
+    /// Sets the precision of `layer`; a block past the plan's depth is ignored.
+    pub fn set(&mut self, layer: PlanLayer, p: Precision) {
+        match layer {
+            PlanLayer::PatchEmbed => self.patch_embed = p,
+            PlanLayer::Qkv(b) => self.blocks.get_mut(b).into_iter().for_each(|x| x.qkv = p),
+            PlanLayer::Proj(b) => self.blocks.get_mut(b).into_iter().for_each(|x| x.proj = p),
+            PlanLayer::Fc1(b) => self.blocks.get_mut(b).into_iter().for_each(|x| x.fc1 = p),
+            PlanLayer::Fc2(b) => self.blocks.get_mut(b).into_iter().for_each(|x| x.fc2 = p),
+            PlanLayer::Cnn => self.cnn = p,
+            PlanLayer::Head => self.head = p,
+        }
+    }
+
+    /// The smoothing factors of `layer` (only `qkv` and `fc1` can have them).
+    pub fn smoothing(&self, layer: PlanLayer) -> Option<&[f32]> {
+        match layer {
+            PlanLayer::Qkv(b) => self.blocks.get(b)?.qkv_smooth.as_deref(),
+            PlanLayer::Fc1(b) => self.blocks.get(b)?.fc1_smooth.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// Sets (or clears, with `None`) the smoothing factors of `layer`; ignored for layers
+    /// that do not follow a LayerNorm.
+    pub fn set_smoothing(&mut self, layer: PlanLayer, s: Option<Vec<f32>>) {
+        match layer {
+            PlanLayer::Qkv(b) => self
+                .blocks
+                .get_mut(b)
+                .into_iter()
+                .for_each(|x| x.qkv_smooth = s.clone()),
+            PlanLayer::Fc1(b) => self
+                .blocks
+                .get_mut(b)
+                .into_iter()
+                .for_each(|x| x.fc1_smooth = s.clone()),
+            _ => {}
+        }
+    }
+
+    /// Every layer of the plan, in forward order.
+    pub fn layers(&self) -> Vec<PlanLayer> {
+        PlanLayer::all(self.blocks.len())
+    }
+
+    /// The precision every layer of the plan shares, if they all share one.
+    pub fn single(&self) -> Option<Precision> {
+        let mut it = self.layers().into_iter().map(|l| self.get(l));
+        let first = it.next()?;
+        it.all(|p| p == first).then_some(first)
+    }
+
+    /// The trunk's precision when the plan is [`PrecisionPlan::uniform`] in it (head f32,
+    /// no smoothing).
+    pub fn as_uniform(&self) -> Option<Precision> {
+        let p = self.patch_embed;
+        (*self == Self::uniform(p, self.blocks.len())).then_some(p)
+    }
+
+    /// A short summary: the layers grouped by precision, e.g.
+    /// `int16: patch_embed blocks.0-11.{qkv,proj,fc1} cnn; f32: blocks.0-11.fc2 head`
+    /// (every layer named, smoothing marked with `~`).
+    pub fn summary(&self) -> String {
+        let mut parts = Vec::new();
+        for p in Precision::ALL {
+            let names: Vec<String> = self
+                .layers()
+                .into_iter()
+                .filter(|l| self.get(*l) == p)
+                .map(|l| {
+                    let mark = if self.smoothing(l).is_some() { "~" } else { "" };
+                    format!("{l}{mark}")
+                })
+                .collect();
+            if !names.is_empty() {
+                parts.push(format!("{p}: {}", compress(&names)));
+            }
+        }
+        parts.join("; ")
+    }
+}
+
+/// Groups `blocks.{i}.{x}` names by their tail, listing the block numbers as ranges
+/// (`blocks.0-3,5.fc1`); other names stay as they are.
+fn compress(names: &[String]) -> String {
+    let mut tails: Vec<(String, Vec<usize>)> = Vec::new();
+    let mut out: Vec<String> = Vec::new();
+    for n in names {
+        let parsed = n.strip_prefix("blocks.").and_then(|r| {
+            let (b, t) = r.split_once('.')?;
+            Some((b.parse::<usize>().ok()?, t.to_string()))
+        });
+        match parsed {
+            Some((b, t)) => match tails.iter_mut().find(|(x, _)| *x == t) {
+                Some((_, v)) => v.push(b),
+                None => tails.push((t, vec![b])),
+            },
+            None => out.push(n.clone()),
+        }
+    }
+    let mut blocks: Vec<String> = tails
+        .into_iter()
+        .map(|(t, mut v)| {
+            v.sort_unstable();
+            format!("blocks.{}.{t}", ranges(&v))
+        })
+        .collect();
+    blocks.append(&mut out);
+    blocks.join(" ")
+}
+
+/// `[0,1,2,5]` -> `0-2,5`.
+fn ranges(v: &[usize]) -> String {
+    let mut s = Vec::new();
+    let mut i = 0;
+    while i < v.len() {
+        let mut j = i;
+        while j + 1 < v.len() && v[j + 1] == v[j] + 1 {
+            j += 1;
+        }
+        s.push(if i == j {
+            v[i].to_string()
+        } else {
+            format!("{}-{}", v[i], v[j])
+        });
+        i = j + 1;
+    }
+    s.join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plan_json_round_trip() {
+        let mut p = PrecisionPlan::uniform(Precision::Int16, 3);
+        p.set(PlanLayer::Fc2(1), Precision::Bf16);
+        p.set(PlanLayer::Head, Precision::Int8);
+        p.set_smoothing(PlanLayer::Qkv(2), Some(vec![0.5, 1.25, 3.0e-7, 7.1]));
+        let json = serde_json::to_string(&p).unwrap_or_default();
+        assert!(json.contains("\"fc2\":\"bf16\""), "{json}");
+        let back: PrecisionPlan = serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(back, p);
+        assert_eq!(
+            back.smoothing(PlanLayer::Qkv(2)),
+            Some(&[0.5, 1.25, 3.0e-7, 7.1][..])
+        );
+        assert!(serde_json::from_str::<PrecisionPlan>(&json.replace("bf16", "fp8")).is_err());
+    }
+
+    #[test]
+    fn get_set_and_summary() {
+        let mut p = PrecisionPlan::f32(4);
+        assert_eq!(p.single(), Some(Precision::F32));
+        assert_eq!(p.as_uniform(), Some(Precision::F32));
+        assert_eq!(p.layers().len(), 1 + 4 * 4 + 2);
+        for b in 0..4 {
+            p.set(PlanLayer::Fc1(b), Precision::Int16);
+        }
+        p.set(PlanLayer::Fc1(2), Precision::Int8);
+        p.set(PlanLayer::Fc1(7), Precision::Int8); // past the depth: ignored
+        assert_eq!(p.get(PlanLayer::Fc1(7)), Precision::F32);
+        assert_eq!(p.get(PlanLayer::Fc1(2)), Precision::Int8);
+        assert_eq!(p.single(), None);
+        assert_eq!(p.as_uniform(), None);
+        p.set_smoothing(PlanLayer::Fc1(0), Some(vec![1.0]));
+        p.set_smoothing(PlanLayer::Proj(0), Some(vec![1.0])); // no LayerNorm before: ignored
+        assert_eq!(p.smoothing(PlanLayer::Proj(0)), None);
+        assert_eq!(
+            p.summary(),
+            "f32: blocks.0-3.qkv blocks.0-3.proj blocks.0-3.fc2 patch_embed cnn head; \
+             int8: blocks.2.fc1; int16: blocks.0.fc1~ blocks.1,3.fc1"
+        );
+        let u = PrecisionPlan::uniform(Precision::Bf16, 2);
+        assert_eq!(u.as_uniform(), Some(Precision::Bf16));
+        assert_eq!(u.get(PlanLayer::Head), Precision::F32);
+    }
+}

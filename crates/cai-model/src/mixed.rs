@@ -1,0 +1,642 @@
+//! Mixed precision chosen by measurement (`--precision auto`).
+//!
+//! [`choose`] picks a [`PrecisionPlan`] for an f32 model from measurements on calibration
+//! inputs, with the real kernels:
+//! 1. the speed of each precision on this CPU ([`measure_rates`]: one thread, the same
+//!    fc1-shaped GEMM in every precision, interleaved rounds, best of each);
+//! 2. each layer's sensitivity: max |Δz| against all-f32 when only that layer is lowered,
+//!    for each precision faster than f32, and for `qkv`/`fc1` in int8/int16 also with
+//!    SmoothQuant factors folded into the LayerNorm before them ([`smoothing_factors`]),
+//!    kept only where that lowers the measured error;
+//! 3. a greedy order of moves (a layer to a faster precision), the most time saved (layer
+//!    FLOPs over the precision's rate) per unit of added lone error first, leaving out
+//!    every move whose lone error alone passes the bound;
+//! 4. the longest prefix of those moves whose whole mix, measured end to end, stays within
+//!    the bound (bisection over the prefix length: a few full runs).
+//!
+//! [`auto_for_file`] stores the choice beside the model (`<model>.precision.json`, with
+//! the model file's SHA-256, the kernel tier and the bound) and reuses it while all three
+//! match.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::kernels::{self, Epilogue, PackedB, Precision};
+use crate::{AstroMae, Error, Model, PlanLayer, PrecisionPlan};
+
+/// The default bound on max |Δz| against f32 over the calibration set.
+pub const DEFAULT_MAX_DZ: f64 = 1e-3;
+/// SmoothQuant's migration strength `a` in `s_j = max|X_j|^a / max|W_j|^(1-a)`.
+pub const SMOOTH_ALPHA: f32 = 0.5;
+/// Galaxies of the calibration set when the caller has no reason to choose.
+pub const DEFAULT_CALIBRATION: usize = 32;
+/// A precision counts as faster than another only above this relative margin (timings of
+/// equal kernels differ by a few percent).
+const MIN_GAIN: f64 = 0.03;
+/// Format version of the stored plan file.
+const FORMAT: u32 = 1;
+
+/// How a model's precision is chosen: one precision for the trunk, or `auto`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PrecisionMode {
+    /// [`AstroMae::set_precision`] with this precision.
+    Fixed(Precision),
+    /// [`choose`] (or a stored choice).
+    #[default]
+    Auto,
+}
+
+impl PrecisionMode {
+    /// `auto` or a precision's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            PrecisionMode::Fixed(p) => p.name(),
+            PrecisionMode::Auto => "auto",
+        }
+    }
+}
+
+impl std::fmt::Display for PrecisionMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for PrecisionMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s.trim().eq_ignore_ascii_case("auto") {
+            return Ok(PrecisionMode::Auto);
+        }
+        Precision::parse(s)
+            .map(PrecisionMode::Fixed)
+            .ok_or_else(|| format!("unknown precision {s:?} (f32|bf16|int8|int16|auto)"))
+    }
+}
+
+/// Calibration inputs, as for [`Model::predict`].
+#[derive(Debug, Clone, Copy)]
+pub struct Calibration<'a> {
+    /// `n * C * H * W` image values (NCHW).
+    pub images: &'a [f32],
+    /// `n * 5` magnitudes.
+    pub magnitudes: &'a [f32],
+    /// Galaxies.
+    pub n: usize,
+}
+
+/// What [`choose`] may do.
+#[derive(Debug, Clone)]
+pub struct AutoOptions {
+    /// Bound on the mix's max |Δz| against f32 over the calibration set.
+    pub max_dz: f64,
+    /// Precisions a layer may be lowered to (those no faster than f32 here are skipped).
+    pub candidates: Vec<Precision>,
+    /// Try SmoothQuant factors on `qkv` and `fc1` before int8/int16.
+    pub smoothing: bool,
+    /// CPU seconds (one thread) for [`measure_rates`].
+    pub rate_seconds: f64,
+}
+
+impl Default for AutoOptions {
+    fn default() -> Self {
+        Self {
+            max_dz: DEFAULT_MAX_DZ,
+            candidates: vec![Precision::Bf16, Precision::Int16, Precision::Int8],
+            smoothing: true,
+            rate_seconds: 0.6,
+        }
+    }
+}
+
+/// Serde for [`Precision`] by name.
+mod by_name {
+    use super::Precision;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(p: &Precision, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(p.name())
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Precision, D::Error> {
+        let s = String::deserialize(d)?;
+        Precision::parse(&s)
+            .ok_or_else(|| serde::de::Error::custom(format!("unknown precision {s:?}")))
+    }
+}
+
+/// A precision's measured GEMM rate on this CPU.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct PrecisionRate {
+    /// The precision.
+    #[serde(with = "by_name")]
+    pub precision: Precision,
+    /// GFLOP per CPU-second on one thread (fc1's shape, 520 rows).
+    pub gflops: f64,
+}
+
+/// One layer's measured sensitivity to one precision.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Sensitivity {
+    /// The layer (`blocks.3.fc1`, `cnn`…).
+    pub layer: String,
+    /// The precision it alone was lowered to.
+    #[serde(with = "by_name")]
+    pub precision: Precision,
+    /// max |Δz| against all-f32 over the calibration set.
+    pub max_dz: f64,
+    /// The same with SmoothQuant factors folded in (int8/int16 `qkv` and `fc1`).
+    pub smoothed_max_dz: Option<f64>,
+}
+
+/// What [`choose`] found.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AutoChoice {
+    /// The chosen mix.
+    pub plan: PrecisionPlan,
+    /// Its max |Δz| against f32 over the calibration set, measured end to end.
+    pub max_dz: f64,
+    /// The bound it was chosen under.
+    pub bound: f64,
+    /// Galaxies of the calibration set.
+    pub calibration: usize,
+    /// Estimated speed-up of the layers' GEMMs over all-f32 (FLOPs over measured rates).
+    pub est_gemm_speedup: f64,
+    /// The rates the estimate used.
+    pub rates: Vec<PrecisionRate>,
+    /// Every lone-layer measurement.
+    pub sensitivities: Vec<Sensitivity>,
+    /// Lone-layer measurements where smoothing was tried, and where it lowered the error.
+    pub smoothing_tried: usize,
+    /// See `smoothing_tried`.
+    pub smoothing_helped: usize,
+    /// Layers of the chosen mix that run smoothed.
+    pub smoothing_used: usize,
+}
+
+/// max |a - b| (0 for empty slices).
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f64 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (f64::from(*x) - f64::from(*y)).abs())
+        .fold(0.0, f64::max)
+}
+
+/// max |Δz| of `model` converted to `plan` against `z_ref` (f32's predictions) on `cal`.
+/// `model` must be f32.
+pub fn plan_dz(
+    model: &AstroMae,
+    plan: &PrecisionPlan,
+    cal: &Calibration<'_>,
+    z_ref: &[f32],
+) -> Result<f64, Error> {
+    let mut m = model.clone();
+    m.set_plan(plan)?;
+    let z = m.predict(cal.images, cal.magnitudes, cal.n)?;
+    Ok(max_abs_diff(z_ref, &z))
+}
+
+/// GFLOP per CPU-second of each precision in `precs` on the calling thread: the same
+/// `520 x 192 -> 768` GEMM (a chunk of 8 galaxies through `fc1`, GELU epilogue) in each,
+/// in interleaved rounds for about `seconds` in all, the best round of each.
+pub fn measure_rates(precs: &[Precision], seconds: f64) -> Vec<PrecisionRate> {
+    let ops = kernels::ops();
+    let start = std::time::Instant::now();
+    let clock =
+        || crate::clock::thread_cpu_seconds().unwrap_or_else(|| start.elapsed().as_secs_f64());
+    let (m, k, n) = (520usize, 192usize, 768usize);
+    let w: Vec<f32> = (0..n * k)
+        .map(|i| (((i * 7919) % 1000) as f32 * 1e-3 - 0.5) * 0.1)
+        .collect();
+    let a: Vec<f32> = (0..m * k)
+        .map(|i| ((i * 104_729) % 997) as f32 * 2e-3 - 1.0)
+        .collect();
+    let bias = vec![0.01f32; n];
+    let mats: Vec<PackedB> = precs
+        .iter()
+        .map(|p| {
+            let mut b = PackedB::pack_nk(&w, n, k, k, Some(&bias));
+            crate::astromae::convert(&mut b, *p);
+            b
+        })
+        .collect();
+    let mut c = vec![0.0f32; m * n];
+    let flops = 2.0 * (m * k * n) as f64;
+    let mut best = vec![f64::INFINITY; precs.len()];
+    // Warm-up, and at least 3 rounds.
+    for b in &mats {
+        ops.gemm(m, &a, k, b, &mut c, n, Epilogue::GELU);
+    }
+    let t0 = clock();
+    let mut rounds = 0;
+    while rounds < 3 || clock() - t0 < seconds {
+        for (b, t) in mats.iter().zip(best.iter_mut()) {
+            let s = clock();
+            ops.gemm(m, &a, k, b, &mut c, n, Epilogue::GELU);
+            *t = t.min(clock() - s);
+        }
+        rounds += 1;
+        if rounds > 100_000 {
+            break;
+        }
+    }
+    std::hint::black_box(&c);
+    precs
+        .iter()
+        .zip(best)
+        .map(|(p, t)| PrecisionRate {
+            precision: *p,
+            gflops: flops / t.max(1e-9) / 1e9,
+        })
+        .collect()
+}
+
+/// SmoothQuant factors for a layer whose input channels reach `x_absmax` and whose
+/// weights' input channels reach `w_absmax`: `s_j = x_j^alpha / w_j^(1 - alpha)`, 1 where
+/// either is zero, clamped to [1e-4, 1e4].
+pub fn smoothing_factors(x_absmax: &[f32], w_absmax: &[f32], alpha: f32) -> Vec<f32> {
+    x_absmax
+        .iter()
+        .zip(w_absmax)
+        .map(|(x, w)| {
+            if *x > 0.0 && *w > 0.0 && x.is_finite() && w.is_finite() {
+                (x.powf(alpha) / w.powf(1.0 - alpha)).clamp(1e-4, 1e4)
+            } else {
+                1.0
+            }
+        })
+        .collect()
+}
+
+/// The error of each (layer, precision) alone, the precision's best form (smoothed or not)
+/// and its factors.
+struct LoneError {
+    layer: usize,
+    precision: Precision,
+    dz: f64,
+    smooth: Option<Vec<f32>>,
+}
+
+/// Picks the fastest mix within `opts.max_dz` on `cal` (see the module doc). `model` must
+/// be f32 (all layers).
+pub fn choose(
+    model: &AstroMae,
+    cal: &Calibration<'_>,
+    opts: &AutoOptions,
+) -> Result<AutoChoice, Error> {
+    let depth = model.config().depth;
+    if model.plan() != &PrecisionPlan::f32(depth) {
+        return Err(Error::Config {
+            file: "(precision auto)".into(),
+            message: "choosing a precision mix needs the f32 model".into(),
+        });
+    }
+    if cal.n == 0 {
+        return Err(Error::Input {
+            what: "calibration galaxies",
+            expected: 1,
+            got: 0,
+        });
+    }
+    let z_ref = model.predict(cal.images, cal.magnitudes, cal.n)?;
+    let mut precs = vec![Precision::F32];
+    for p in &opts.candidates {
+        if !precs.contains(p) {
+            precs.push(*p);
+        }
+    }
+    let rates = measure_rates(&precs, opts.rate_seconds);
+    let rate = |p: Precision| {
+        rates
+            .iter()
+            .find(|r| r.precision == p)
+            .map_or(0.0, |r| r.gflops)
+    };
+    let f32_rate = rate(Precision::F32);
+    let faster: Vec<Precision> = precs[1..]
+        .iter()
+        .copied()
+        .filter(|p| rate(*p) > f32_rate * (1.0 + MIN_GAIN))
+        .collect();
+    let layer_flops = model.layer_flops();
+    let layers: Vec<PlanLayer> = layer_flops.iter().map(|(l, _)| *l).collect();
+
+    // Activation statistics for smoothing.
+    let smooth_on = opts.smoothing
+        && faster
+            .iter()
+            .any(|p| matches!(p, Precision::Int8 | Precision::Int16));
+    let stats = if smooth_on {
+        Some(model.layer_norm_absmax(cal.images, cal.magnitudes, cal.n)?)
+    } else {
+        None
+    };
+
+    // Lone-layer sensitivities.
+    let mut lone: Vec<LoneError> = Vec::new();
+    let mut sens = Vec::new();
+    let (mut tried, mut helped) = (0, 0);
+    for (li, &l) in layers.iter().enumerate() {
+        let factors = match (&stats, l) {
+            (Some(st), PlanLayer::Qkv(b) | PlanLayer::Fc1(b)) => {
+                let x = &st[b][usize::from(matches!(l, PlanLayer::Fc1(_)))];
+                model
+                    .input_channel_absmax(l)
+                    .map(|w| smoothing_factors(x, &w, SMOOTH_ALPHA))
+            }
+            _ => None,
+        };
+        for &p in &faster {
+            let mut plan = PrecisionPlan::f32(depth);
+            plan.set(l, p);
+            let dz = plan_dz(model, &plan, cal, &z_ref)?;
+            let mut smoothed = None;
+            let mut best = (dz, None);
+            if let (Some(f), Precision::Int8 | Precision::Int16) = (&factors, p) {
+                plan.set_smoothing(l, Some(f.clone()));
+                let dzs = plan_dz(model, &plan, cal, &z_ref)?;
+                tried += 1;
+                if dzs < dz {
+                    helped += 1;
+                    best = (dzs, Some(f.clone()));
+                }
+                smoothed = Some(dzs);
+            }
+            tracing::debug!(layer = %l, precision = %p, dz, ?smoothed, "lone-layer error");
+            sens.push(Sensitivity {
+                layer: l.to_string(),
+                precision: p,
+                max_dz: dz,
+                smoothed_max_dz: smoothed,
+            });
+            lone.push(LoneError {
+                layer: li,
+                precision: p,
+                dz: best.0,
+                smooth: best.1,
+            });
+        }
+    }
+
+    // Greedy order of moves.
+    let time = |li: usize, p: Precision| layer_flops[li].1 as f64 / rate(p).max(1e-9);
+    let err = |li: usize, p: Precision| -> f64 {
+        lone.iter()
+            .find(|e| e.layer == li && e.precision == p)
+            .map_or(0.0, |e| e.dz)
+    };
+    let mut cur = vec![Precision::F32; layers.len()];
+    let mut moves: Vec<(usize, Precision)> = Vec::new();
+    loop {
+        let mut best: Option<(f64, usize, Precision)> = None;
+        for e in &lone {
+            let (li, p) = (e.layer, e.precision);
+            if e.dz > opts.max_dz || rate(p) <= rate(cur[li]) * (1.0 + MIN_GAIN) {
+                continue;
+            }
+            let dt = time(li, cur[li]) - time(li, p);
+            if dt <= 0.0 {
+                continue;
+            }
+            let de = (e.dz - err(li, cur[li])).max(1e-12);
+            let score = dt / de;
+            if best.is_none_or(|(s, _, _)| score > s) {
+                best = Some((score, li, p));
+            }
+        }
+        match best {
+            Some((_, li, p)) => {
+                cur[li] = p;
+                moves.push((li, p));
+            }
+            None => break,
+        }
+    }
+    let plan_of = |k: usize| {
+        let mut plan = PrecisionPlan::f32(depth);
+        for &(li, p) in &moves[..k] {
+            plan.set(layers[li], p);
+        }
+        for (li, &l) in layers.iter().enumerate() {
+            let p = plan.get(l);
+            let s = lone
+                .iter()
+                .find(|e| e.layer == li && e.precision == p)
+                .and_then(|e| e.smooth.clone());
+            plan.set_smoothing(l, s);
+        }
+        plan
+    };
+
+    // The longest prefix whose whole mix is within the bound.
+    let (mut lo, mut lo_dz) = (0usize, 0.0f64);
+    let full = moves.len();
+    if full > 0 {
+        let dz = plan_dz(model, &plan_of(full), cal, &z_ref)?;
+        if dz <= opts.max_dz {
+            (lo, lo_dz) = (full, dz);
+        } else {
+            let mut hi = full;
+            while hi - lo > 1 {
+                let mid = (lo + hi) / 2;
+                let dz = plan_dz(model, &plan_of(mid), cal, &z_ref)?;
+                if dz <= opts.max_dz {
+                    (lo, lo_dz) = (mid, dz);
+                } else {
+                    hi = mid;
+                }
+            }
+        }
+    }
+    let plan = plan_of(lo);
+    let t_f32: f64 = (0..layers.len()).map(|li| time(li, Precision::F32)).sum();
+    let t_plan: f64 = layers
+        .iter()
+        .enumerate()
+        .map(|(li, l)| time(li, plan.get(*l)))
+        .sum();
+    let used = layers
+        .iter()
+        .filter(|l| plan.smoothing(**l).is_some())
+        .count();
+    Ok(AutoChoice {
+        plan,
+        max_dz: lo_dz,
+        bound: opts.max_dz,
+        calibration: cal.n,
+        est_gemm_speedup: t_f32 / t_plan.max(1e-12),
+        rates,
+        sensitivities: sens,
+        smoothing_tried: tried,
+        smoothing_helped: helped,
+        smoothing_used: used,
+    })
+}
+
+/// A choice stored beside its model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredPlan {
+    /// File format version.
+    pub format: u32,
+    /// SHA-256 (hex) of the model file the choice was made for.
+    pub model_sha256: String,
+    /// The kernel tier it was measured on (`Avx512`, `Avx2`…).
+    pub kernels: String,
+    /// What was chosen.
+    pub choice: AutoChoice,
+}
+
+/// Why [`auto_for_file`] chose again rather than reuse a stored plan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reuse {
+    /// The stored plan matched (hash, tier, bound) and was used.
+    Reused,
+    /// Chosen now; the reason the stored one (if any) was not used.
+    Chosen(String),
+}
+
+/// `<model>.precision.json`: where [`auto_for_file`] keeps the choice for `model`.
+pub fn plan_path(model: &Path) -> PathBuf {
+    let mut s = model.as_os_str().to_os_string();
+    s.push(".precision.json");
+    PathBuf::from(s)
+}
+
+/// SHA-256 of a model file's bytes, hex.
+pub fn model_sha256(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// The kernel tier of this process, as stored plans name it.
+pub fn kernel_tier() -> String {
+    format!("{:?}", kernels::ops().tier)
+}
+
+/// Reads a stored plan; `Ok(None)` when there is no file.
+pub fn read_stored(path: &Path) -> Result<Option<StoredPlan>, Error> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(Error::PlanFile {
+                path: path.display().to_string(),
+                message: e.to_string(),
+            })
+        }
+    };
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| Error::PlanFile {
+            path: path.display().to_string(),
+            message: format!("not a stored precision plan: {e}"),
+        })
+}
+
+/// Writes a stored plan (pretty JSON), replacing any file there.
+pub fn write_stored(path: &Path, plan: &StoredPlan) -> Result<(), Error> {
+    let err = |message: String| Error::PlanFile {
+        path: path.display().to_string(),
+        message,
+    };
+    let json = serde_json::to_vec_pretty(plan).map_err(|e| err(e.to_string()))?;
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, json).map_err(|e| err(e.to_string()))?;
+    std::fs::rename(&tmp, path).map_err(|e| err(e.to_string()))
+}
+
+/// Why `stored` does not fit a model of hash `sha` under `bound` on this tier (`None`: it
+/// fits).
+fn mismatch(stored: &StoredPlan, sha: &str, bound: f64, depth: usize) -> Option<String> {
+    if stored.format != FORMAT {
+        return Some(format!("stored format {} (now {FORMAT})", stored.format));
+    }
+    if stored.model_sha256 != sha {
+        return Some("the model file changed (SHA-256 differs)".into());
+    }
+    if stored.kernels != kernel_tier() {
+        return Some(format!(
+            "measured on the {} kernels, running {}",
+            stored.kernels,
+            kernel_tier()
+        ));
+    }
+    if stored.choice.bound != bound {
+        return Some(format!(
+            "chosen for max |Δz| {:e}, asked {bound:e}",
+            stored.choice.bound
+        ));
+    }
+    if stored.choice.plan.blocks.len() != depth {
+        return Some("the plan's depth differs from the model's".into());
+    }
+    None
+}
+
+/// `--precision auto` for a model file: the stored choice at [`plan_path`]`(model_path)`
+/// when it was made for these bytes (SHA-256), this kernel tier and `opts.max_dz`; else
+/// [`choose`] on `cal` and store the result there (a failed write is logged, not fatal).
+/// `model` is the f32 model loaded from `model_bytes`.
+pub fn auto_for_file(
+    model_path: &Path,
+    model_bytes: &[u8],
+    model: &AstroMae,
+    cal: &Calibration<'_>,
+    opts: &AutoOptions,
+) -> Result<(StoredPlan, Reuse), Error> {
+    let sha = model_sha256(model_bytes);
+    let path = plan_path(model_path);
+    let depth = model.config().depth;
+    let reason = match read_stored(&path) {
+        Ok(Some(s)) => match mismatch(&s, &sha, opts.max_dz, depth) {
+            None => return Ok((s, Reuse::Reused)),
+            Some(r) => r,
+        },
+        Ok(None) => format!("no stored plan at {}", path.display()),
+        Err(e) => e.to_string(),
+    };
+    let choice = choose(model, cal, opts)?;
+    let stored = StoredPlan {
+        format: FORMAT,
+        model_sha256: sha,
+        kernels: kernel_tier(),
+        choice,
+    };
+    if let Err(e) = write_stored(&path, &stored) {
+        tracing::warn!(error = %e, "could not store the precision plan");
+    }
+    Ok((stored, Reuse::Chosen(reason)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modes_parse() {
+        assert_eq!("auto".parse::<PrecisionMode>(), Ok(PrecisionMode::Auto));
+        assert_eq!(
+            "Int16".parse::<PrecisionMode>(),
+            Ok(PrecisionMode::Fixed(Precision::Int16))
+        );
+        assert!("fp8".parse::<PrecisionMode>().is_err());
+        assert_eq!(PrecisionMode::Auto.to_string(), "auto");
+    }
+
+    #[test]
+    fn smoothing_factor_formula() {
+        let s = smoothing_factors(&[4.0, 0.0, 1.0], &[1.0, 2.0, 4.0], 0.5);
+        assert_eq!(s, vec![2.0, 1.0, 0.5]);
+        let s = smoothing_factors(&[1e12], &[1e-12], 0.5);
+        assert_eq!(s, vec![1e4]);
+    }
+
+    #[test]
+    fn plan_path_appends() {
+        assert_eq!(
+            plan_path(Path::new("/m/model.pt")),
+            PathBuf::from("/m/model.pt.precision.json")
+        );
+    }
+}

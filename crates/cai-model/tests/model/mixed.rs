@@ -1,0 +1,232 @@
+//! Per-layer precision plans and `--precision auto` ([`cai_model::mixed`]).
+
+use cai_model::kernels::Precision;
+use cai_model::mixed::{self, AutoOptions, Calibration, Reuse};
+use cai_model::{formula, init, AstroMae, Config, Model, PlanLayer, PrecisionPlan};
+
+use super::{inputs, small};
+
+fn seeded(cfg: &Config, seed: u64) -> AstroMae {
+    AstroMae::load(&init::astromae_weights(seed, cfg), "seeded").unwrap()
+}
+
+fn bits(z: &[f32]) -> Vec<u32> {
+    z.iter().map(|v| v.to_bits()).collect()
+}
+
+#[test]
+fn all_f32_plan_gives_the_same_bits_as_f32() {
+    let cfg = small();
+    let model = seeded(&cfg, 3);
+    let (img, mag) = inputs(5, &cfg, 1);
+    let z = model.predict(&img, &mag, 5).unwrap();
+    let mut m = model.clone();
+    m.set_plan(&PrecisionPlan::f32(cfg.depth)).unwrap();
+    assert_eq!(bits(&m.predict(&img, &mag, 5).unwrap()), bits(&z));
+    assert_eq!(m.precision(), Some(Precision::F32));
+    // A uniform plan is exactly what set_precision did before plans existed.
+    for p in [Precision::Bf16, Precision::Int8, Precision::Int16] {
+        let mut a = model.clone();
+        a.set_precision(p).unwrap();
+        let mut b = model.clone();
+        b.set_plan(&PrecisionPlan::uniform(p, cfg.depth)).unwrap();
+        assert_eq!(a.precision(), Some(p));
+        assert_eq!(
+            bits(&a.predict(&img, &mag, 5).unwrap()),
+            bits(&b.predict(&img, &mag, 5).unwrap())
+        );
+    }
+}
+
+#[test]
+fn lowering_one_layer_changes_only_that_layer() {
+    let cfg = small();
+    let model = seeded(&cfg, 4);
+    let (img, mag) = inputs(6, &cfg, 2);
+    let z = model.predict(&img, &mag, 6).unwrap();
+    let lone = |l: PlanLayer, p: Precision| {
+        let mut plan = PrecisionPlan::f32(cfg.depth);
+        plan.set(l, p);
+        let mut m = model.clone();
+        m.set_plan(&plan).unwrap();
+        assert_eq!(m.plan(), &plan);
+        assert_eq!(m.precision(), None);
+        m.predict(&img, &mag, 6).unwrap()
+    };
+    let mut seen = Vec::new();
+    for l in PlanLayer::all(cfg.depth) {
+        let zl = lone(l, Precision::Int8);
+        let dz = mixed::max_abs_diff(&z, &zl);
+        assert!(dz > 0.0, "{l}: lowering it changed nothing");
+        // Deterministic: the same plan gives the same bits.
+        assert_eq!(bits(&zl), bits(&lone(l, Precision::Int8)), "{l}");
+        // Each layer moves z its own way.
+        assert!(!seen.contains(&bits(&zl)), "{l} moved z like another layer");
+        seen.push(bits(&zl));
+    }
+    // Two layers lowered together: a mix of both, not either alone.
+    let mut plan = PrecisionPlan::f32(cfg.depth);
+    plan.set(PlanLayer::Fc1(0), Precision::Int8);
+    plan.set(PlanLayer::Proj(1), Precision::Int8);
+    let mut m = model.clone();
+    m.set_plan(&plan).unwrap();
+    let z2 = m.predict(&img, &mag, 6).unwrap();
+    assert_ne!(bits(&z2), bits(&lone(PlanLayer::Fc1(0), Precision::Int8)));
+    assert_ne!(bits(&z2), bits(&lone(PlanLayer::Proj(1), Precision::Int8)));
+    // Converting further is refused, and leaves the model as it was.
+    let mut plan3 = plan.clone();
+    plan3.set(PlanLayer::Fc1(0), Precision::Int16);
+    assert!(m.set_plan(&plan3).is_err());
+    assert_eq!(m.plan(), &plan);
+    // A plan of the wrong depth is refused.
+    assert!(m.set_plan(&PrecisionPlan::f32(cfg.depth + 1)).is_err());
+}
+
+#[test]
+fn smoothing_keeps_f32_results_and_is_recorded() {
+    let cfg = small();
+    let model = seeded(&cfg, 5);
+    let (img, mag) = inputs(4, &cfg, 3);
+    let z = model.predict(&img, &mag, 4).unwrap();
+    let stats = model.layer_norm_absmax(&img, &mag, 4).unwrap();
+    assert_eq!(stats.len(), cfg.depth);
+    assert!(stats[0][0].iter().all(|v| *v > 0.0) && stats[1][1].len() == cfg.dim);
+    let w = model.input_channel_absmax(PlanLayer::Fc1(1)).unwrap();
+    assert!(model.input_channel_absmax(PlanLayer::Proj(1)).is_none());
+    let s = mixed::smoothing_factors(&stats[1][1], &w, mixed::SMOOTH_ALPHA);
+    // In f32 smoothing is the same function: z moves by rounding only.
+    let mut plan = PrecisionPlan::f32(cfg.depth);
+    plan.set_smoothing(PlanLayer::Fc1(1), Some(s));
+    let mut m = model.clone();
+    m.set_plan(&plan).unwrap();
+    let zs = m.predict(&img, &mag, 4).unwrap();
+    assert!(mixed::max_abs_diff(&z, &zs) < 1e-4);
+    assert!(m.plan().smoothing(PlanLayer::Fc1(1)).is_some());
+    // Bad factors are refused before anything changes.
+    let mut bad = PrecisionPlan::f32(cfg.depth);
+    bad.set_smoothing(PlanLayer::Qkv(0), Some(vec![1.0; 3]));
+    assert!(model.clone().set_plan(&bad).is_err());
+}
+
+/// `auto` on the full-size formula model (the committed parity fixture's): the chosen mix,
+/// measured again here, is within the bound, and what `choose` reports for it.
+#[test]
+fn auto_mix_is_within_the_bound_on_the_formula_model() {
+    let cfg = Config::astromae();
+    let model = AstroMae::load(&formula::weights(&cfg), "formula").unwrap();
+    let n = 4;
+    let (img, mag) = formula::inputs(n, cfg.channels, cfg.image);
+    let cal = Calibration {
+        images: &img,
+        magnitudes: &mag,
+        n,
+    };
+    let opts = AutoOptions {
+        max_dz: 1e-3,
+        // int16 only (with and without smoothing) keeps the test to ~75 full-size runs.
+        candidates: vec![Precision::Int16],
+        smoothing: true,
+        rate_seconds: 0.2,
+    };
+    let choice = mixed::choose(&model, &cal, &opts).unwrap();
+    println!(
+        "auto: {} | max |Δz| {:.2e} | GEMM speed-up est. {:.2} | smoothing tried {} helped {} used {}",
+        choice.plan.summary(),
+        choice.max_dz,
+        choice.est_gemm_speedup,
+        choice.smoothing_tried,
+        choice.smoothing_helped,
+        choice.smoothing_used
+    );
+    assert!(choice.max_dz <= opts.max_dz);
+    let z = model.predict(&img, &mag, n).unwrap();
+    let again = mixed::plan_dz(&model, &choice.plan, &cal, &z).unwrap();
+    assert_eq!(again, choice.max_dz);
+    // Every lone-layer measurement of a precision faster than f32 is recorded.
+    let faster = choice
+        .rates
+        .iter()
+        .filter(|r| r.precision != Precision::F32)
+        .count();
+    assert!(choice.sensitivities.len() <= faster * PlanLayer::all(cfg.depth).len());
+    // No mix may hold a layer in a precision whose error alone passes the bound.
+    for s in &choice.sensitivities {
+        let best = s.smoothed_max_dz.map_or(s.max_dz, |v| v.min(s.max_dz));
+        if best > opts.max_dz {
+            let l = PlanLayer::all(cfg.depth)
+                .into_iter()
+                .find(|l| l.to_string() == s.layer)
+                .unwrap();
+            assert_ne!(choice.plan.get(l), s.precision, "{}", s.layer);
+        }
+    }
+}
+
+#[test]
+fn stored_plan_is_reused_and_recomputed_when_the_model_changes() {
+    let cfg = Config {
+        depth: 1,
+        ..Config::astromae()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("model.safetensors");
+    let write = |seed: u64| {
+        let w = init::astromae_weights(seed, &cfg);
+        let bytes = w.to_safetensors(w.metadata()).unwrap();
+        std::fs::write(&path, &bytes).unwrap();
+        (AstroMae::load(&w, "m").unwrap(), bytes)
+    };
+    let (img, mag) = inputs(3, &cfg, 9);
+    let cal = Calibration {
+        images: &img,
+        magnitudes: &mag,
+        n: 3,
+    };
+    let opts = AutoOptions {
+        candidates: vec![Precision::Int16],
+        smoothing: false,
+        rate_seconds: 0.05,
+        ..AutoOptions::default()
+    };
+    let (model, bytes) = write(1);
+    let (first, why) = mixed::auto_for_file(&path, &bytes, &model, &cal, &opts).unwrap();
+    assert!(
+        matches!(why, Reuse::Chosen(ref r) if r.contains("no stored plan")),
+        "{why:?}"
+    );
+    let stored = mixed::plan_path(&path);
+    assert!(stored.exists());
+    assert_eq!(mixed::read_stored(&stored).unwrap().as_ref(), Some(&first));
+    assert_eq!(first.model_sha256, mixed::model_sha256(&bytes));
+    let (second, why) = mixed::auto_for_file(&path, &bytes, &model, &cal, &opts).unwrap();
+    assert_eq!(why, Reuse::Reused);
+    assert_eq!(second, first);
+    // Another bound: chosen again.
+    let tighter = AutoOptions {
+        max_dz: 1e-9,
+        ..opts.clone()
+    };
+    let (t, why) = mixed::auto_for_file(&path, &bytes, &model, &cal, &tighter).unwrap();
+    assert!(
+        matches!(why, Reuse::Chosen(ref r) if r.contains("chosen for")),
+        "{why:?}"
+    );
+    assert!(t.choice.max_dz <= 1e-9);
+    // New weights in the same file: chosen again, for the new hash.
+    let (model2, bytes2) = write(2);
+    let (third, why) = mixed::auto_for_file(&path, &bytes2, &model2, &cal, &opts).unwrap();
+    assert!(
+        matches!(why, Reuse::Chosen(ref r) if r.contains("SHA-256")),
+        "{why:?}"
+    );
+    assert_eq!(third.model_sha256, mixed::model_sha256(&bytes2));
+    assert_ne!(third.model_sha256, first.model_sha256);
+    // A damaged file is reported, then replaced.
+    std::fs::write(&stored, b"{not json").unwrap();
+    assert!(mixed::read_stored(&stored).is_err());
+    let (_, why) = mixed::auto_for_file(&path, &bytes2, &model2, &cal, &opts).unwrap();
+    assert!(
+        matches!(why, Reuse::Chosen(ref r) if r.contains("not a stored")),
+        "{why:?}"
+    );
+}

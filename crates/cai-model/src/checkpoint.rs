@@ -4,7 +4,12 @@
 //! * a PyTorch `torch.save` zip holding the whole pickled module, bare or inside
 //!   `nn.DataParallel` (the original's published checkpoint), saved on a CPU or a GPU
 //!   machine (`cuda:0` storages load on the CPU);
-//! * a `state_dict` `.pt`, with or without DataParallel's `module.` key prefix.
+//! * a `state_dict` `.pt`, with or without DataParallel's `module.` key prefix;
+//! * either of those inside a dict, as training loops save checkpoints
+//!   (`{"epoch": …, "model_state_dict": …, "optimizer_state_dict": …}`, Lightning's
+//!   `{"state_dict": …}` with `model.`-prefixed keys, `{"model": module}`): the entry
+//!   holding AstroMAE's keys ([`MODEL_KEYS`]) is used, and its key is part of the
+//!   [`ModelForm`] that `cai model inspect` prints.
 //!
 //! `.pt` files are read by `cai-torch`, which interprets the pickle without executing
 //! anything. Every weight must be finite: a NaN or infinity is an [`Error::NonFinite`]
@@ -16,8 +21,12 @@ use rayon::prelude::*;
 
 use crate::{AstroMae, Error, LoadOptions, Tensor, Weights};
 
+/// Keys every AstroMAE state dict has, used to find the model inside a dict checkpoint
+/// (and under a prefix such as Lightning's `model.`).
+pub const MODEL_KEYS: [&str; 2] = ["patch_embed.proj.weight", "blocks.0.attn.qkv.weight"];
+
 /// How a model file was saved.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ModelForm {
     /// A safetensors file of `state_dict`-named tensors.
     Safetensors {
@@ -32,6 +41,16 @@ pub enum ModelForm {
     StateDict {
         /// Whether every key carried (and lost) a `module.` prefix.
         module_prefix: bool,
+    },
+    /// One of the forms above as an entry of a dict checkpoint (`torch.save({"epoch": …,
+    /// "model_state_dict": model.state_dict(), …})`).
+    Wrapped {
+        /// The dict key holding the model (`model_state_dict`, `state_dict`, `model`…).
+        key: String,
+        /// A prefix removed from the keys (Lightning's `model.`), if any.
+        prefix: Option<String>,
+        /// How the entry itself was saved.
+        inner: Box<ModelForm>,
     },
 }
 
@@ -54,6 +73,13 @@ impl std::fmt::Display for ModelForm {
             ModelForm::WholeModule => write!(f, "PyTorch whole module"),
             ModelForm::StateDict { module_prefix } => {
                 write!(f, "PyTorch state_dict{}", prefix(*module_prefix))
+            }
+            ModelForm::Wrapped { key, prefix, inner } => {
+                write!(f, "{inner} under key `{key}` of a checkpoint dict")?;
+                match prefix {
+                    Some(p) => write!(f, " (key prefix `{p}` removed)"),
+                    None => Ok(()),
+                }
             }
         }
     }
@@ -170,7 +196,7 @@ pub fn build_model(name: &str, mw: &ModelWeights) -> Result<(AstroMae, ModelFile
         }
     }
     let info = ModelFileInfo {
-        form: mw.form,
+        form: mw.form.clone(),
         classes: mw.classes.clone(),
         locations: mw.locations.clone(),
         heads_attr: mw.heads_attr,
@@ -234,14 +260,25 @@ fn check_finite(file: &str, key: &str, data: &[f32]) -> Result<(), Error> {
 }
 
 fn read_torch(name: &str, bytes: &[u8]) -> Result<ModelWeights, Error> {
-    let mut ck = cai_torch::read_checkpoint(name, bytes).map_err(Error::Torch)?;
-    let form = match ck.form {
+    let opts = cai_torch::ReadOptions {
+        model_keys: MODEL_KEYS.iter().map(|k| k.to_string()).collect(),
+        ..Default::default()
+    };
+    let mut ck = cai_torch::read_checkpoint_with(name, bytes, &opts).map_err(Error::Torch)?;
+    let mut form = match ck.form {
         cai_torch::CheckpointForm::WholeModuleDataParallel => ModelForm::WholeModuleDataParallel,
         cai_torch::CheckpointForm::WholeModule => ModelForm::WholeModule,
         cai_torch::CheckpointForm::StateDict { module_prefix } => {
             ModelForm::StateDict { module_prefix }
         }
     };
+    if let Some(key) = ck.wrapper_key.take() {
+        form = ModelForm::Wrapped {
+            key,
+            prefix: ck.stripped_prefix.take(),
+            inner: Box::new(form),
+        };
+    }
     let int_attr = |path: &str, attr: &str| -> Option<usize> {
         match ck.module(path)?.attr(attr)? {
             cai_torch::Attr::Int(v) => usize::try_from(*v).ok(),
@@ -292,12 +329,11 @@ mod tests {
         init::astromae_weights(3, &cfg)
     }
 
-    fn state_dict_pt(w: &Weights, prefix: &str) -> Vec<u8> {
-        // A state_dict pickle is a dict of tensors; cai-torch writes only TensorDatasets,
-        // so build the pickle by hand, like torch.save does.
-        let mut pkl = vec![0x80, 2, b'}', b'('];
-        let mut storages: Vec<Vec<u8>> = Vec::new();
-        for (i, (k, t)) in w.iter().enumerate() {
+    /// Appends `{key: tensor…}` SETITEMS items for `w` (keys prefixed), numbering
+    /// storages from `storages.len()`.
+    fn state_dict_items(w: &Weights, prefix: &str, pkl: &mut Vec<u8>, storages: &mut Vec<Vec<u8>>) {
+        for (k, t) in w.iter() {
+            let i = storages.len();
             let key = format!("{prefix}{k}");
             pkl.push(b'X');
             pkl.extend_from_slice(&(key.len() as u32).to_le_bytes());
@@ -330,13 +366,15 @@ mod tests {
             pkl.extend_from_slice(b"t\x89ccollections\nOrderedDict\n)RtR");
             storages.push(t.data.iter().flat_map(|v| v.to_le_bytes()).collect());
         }
-        pkl.extend_from_slice(b"u.");
+    }
+
+    fn zip_pt(pkl: &[u8], storages: &[Vec<u8>]) -> Vec<u8> {
         let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
         let o = zip::write::SimpleFileOptions::default()
             .compression_method(zip::CompressionMethod::Stored);
         use std::io::Write;
         zip.start_file("archive/data.pkl", o).unwrap();
-        zip.write_all(&pkl).unwrap();
+        zip.write_all(pkl).unwrap();
         zip.start_file("archive/byteorder", o).unwrap();
         zip.write_all(b"little").unwrap();
         for (i, s) in storages.iter().enumerate() {
@@ -346,6 +384,100 @@ mod tests {
         zip.start_file("archive/version", o).unwrap();
         zip.write_all(b"3\n").unwrap();
         zip.finish().unwrap().into_inner()
+    }
+
+    fn state_dict_pt(w: &Weights, prefix: &str) -> Vec<u8> {
+        // A state_dict pickle is a dict of tensors; cai-torch writes only TensorDatasets,
+        // so build the pickle by hand, like torch.save does.
+        let mut pkl = vec![0x80, 2, b'}', b'('];
+        let mut storages = Vec::new();
+        state_dict_items(w, prefix, &mut pkl, &mut storages);
+        pkl.extend_from_slice(b"u.");
+        zip_pt(&pkl, &storages)
+    }
+
+    /// `{"epoch": 3, <key>: {state dict with keys prefixed>}…, "optimizer_state_dict":
+    /// {"state": {}, "param_groups": []}}`, as a training loop saves it.
+    fn wrapped_pt(entries: &[(&str, &Weights, &str)]) -> Vec<u8> {
+        let mut pkl = vec![0x80, 2, b'}', b'('];
+        pkl.extend_from_slice(b"X\x05\0\0\0epochK\x03");
+        let mut storages = Vec::new();
+        for (key, w, prefix) in entries {
+            pkl.push(b'X');
+            pkl.extend_from_slice(&(key.len() as u32).to_le_bytes());
+            pkl.extend_from_slice(key.as_bytes());
+            pkl.extend_from_slice(b"ccollections\nOrderedDict\n)R(");
+            state_dict_items(w, prefix, &mut pkl, &mut storages);
+            pkl.push(b'u');
+        }
+        pkl.extend_from_slice(b"X\x14\0\0\0optimizer_state_dict}(X\x05\0\0\0state}");
+        pkl.extend_from_slice(b"X\x0c\0\0\0param_groups]u");
+        pkl.extend_from_slice(b"u.");
+        zip_pt(&pkl, &storages)
+    }
+
+    #[test]
+    fn wrapped_checkpoints_pick_the_astromae_entry() {
+        let w = small();
+        let (plain, _) = load_model_file("b.pt", &state_dict_pt(&w, "")).unwrap();
+        let img = vec![0.25f32; 5 * 32 * 32];
+        let mag = vec![18.0f32; 5];
+        use crate::Model;
+        let want = plain.predict(&img, &mag, 1).unwrap();
+        let mut other = Weights::new();
+        other.insert("head.weight", Tensor::new(vec![2, 2], vec![1.0; 4]));
+        for (entries, key, prefix) in [
+            (vec![("model_state_dict", &w, "")], "model_state_dict", None),
+            (
+                vec![("state_dict", &w, "model.")],
+                "state_dict",
+                Some("model."),
+            ),
+            // An EMA copy under another prefix does not match: the model's entry does.
+            (
+                vec![("ema", &other, ""), ("model_state_dict", &w, "module.")],
+                "model_state_dict",
+                None,
+            ),
+        ] {
+            let (m, info) = load_model_file("w.pt", &wrapped_pt(&entries)).unwrap();
+            let inner = if prefix.is_none() && entries.iter().any(|e| e.2 == "module.") {
+                ModelForm::StateDict {
+                    module_prefix: true,
+                }
+            } else {
+                ModelForm::StateDict {
+                    module_prefix: false,
+                }
+            };
+            assert_eq!(
+                info.form,
+                ModelForm::Wrapped {
+                    key: key.to_string(),
+                    prefix: prefix.map(str::to_string),
+                    inner: Box::new(inner),
+                }
+            );
+            let shown = info.form.to_string();
+            assert!(shown.contains(&format!("`{key}`")), "{shown}");
+            assert_eq!(m.predict(&img, &mag, 1).unwrap(), want);
+        }
+        // Two entries with AstroMAE's keys: an error naming both.
+        let e = load_model_file("two.pt", &wrapped_pt(&[("a", &w, ""), ("b", &w, "model.")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("two.pt") && e.contains("`a`") && e.contains("`b`"),
+            "{e}"
+        );
+        // No state dict at all: an error listing the top-level keys.
+        let e = load_model_file("none.pt", &wrapped_pt(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("`epoch`") && e.contains("`optimizer_state_dict`"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -68,6 +68,14 @@ pub struct Checkpoint {
     /// For whole-module forms, every module reached (pre-order, as `named_modules()` with
     /// duplicates kept); empty for state dicts.
     pub modules: Vec<ModuleInfo>,
+    /// For a checkpoint saved as a dict of several things (a training loop's
+    /// `{"epoch": …, "model_state_dict": …, "optimizer_state_dict": …}`, Lightning's
+    /// `{"state_dict": …}`, `{"model": module}`), the key whose entry is the model; `form`
+    /// then describes that entry.
+    pub wrapper_key: Option<String>,
+    /// A prefix removed from the tensor keys that had it (Lightning's `model.`): the one
+    /// under which [`crate::ReadOptions::model_keys`] were found.
+    pub stripped_prefix: Option<String>,
 }
 
 impl Checkpoint {
@@ -89,6 +97,60 @@ impl ModuleInfo {
     }
 }
 
+/// State-dict entries not yet read: key and tensor view, in `state_dict()` order.
+type Named = Vec<(String, Rc<TensorMeta>)>;
+
+/// One entry of a dict checkpoint that could be the model: a dict of tensors or a module.
+struct Candidate {
+    key: String,
+    form: CheckpointForm,
+    named: Named,
+    modules: Vec<ModuleInfo>,
+}
+
+/// The state-dict entries of `d` if every value is a tensor (string keys), `module.`
+/// prefixes stripped when all keys have one; `None` if it is not a state dict.
+fn state_dict_of(d: &pickle::Dict) -> Option<(CheckpointForm, Named)> {
+    let mut named = Vec::with_capacity(d.entries.len());
+    for (k, v) in &d.entries {
+        match (k.as_str(), v) {
+            (Some(k), Value::Tensor(t)) => named.push((k.to_string(), t.clone())),
+            _ => return None,
+        }
+    }
+    if named.is_empty() {
+        return None;
+    }
+    let module_prefix = named.iter().all(|(k, _)| k.starts_with("module."));
+    if module_prefix {
+        for (k, _) in &mut named {
+            k.drain(.."module.".len());
+        }
+    }
+    Some((CheckpointForm::StateDict { module_prefix }, named))
+}
+
+/// The prefix under which every one of `wanted` is a key of `named` (`""` first, then the
+/// shortest), if any.
+fn prefix_for(named: &[(String, Rc<TensorMeta>)], wanted: &[String]) -> Option<String> {
+    let first = wanted.first()?;
+    let keys: std::collections::HashSet<&str> = named.iter().map(|(k, _)| k.as_str()).collect();
+    let mut prefixes: Vec<&str> = keys
+        .iter()
+        .filter_map(|k| k.strip_suffix(first.as_str()))
+        .filter(|p| p.is_empty() || p.ends_with('.'))
+        .collect();
+    prefixes.sort_by_key(|p| (p.len(), *p));
+    prefixes
+        .into_iter()
+        .find(|p| {
+            wanted
+                .iter()
+                .all(|w| keys.contains(format!("{p}{w}").as_str()))
+        })
+        .map(str::to_string)
+}
+
 pub(crate) fn read(file: &str, bytes: &[u8], opts: &ReadOptions) -> Result<Checkpoint, Error> {
     let mut zip = TorchZip::open(file, bytes, &opts.limits)?;
     let pkl = zip.read_pickle()?;
@@ -100,24 +162,14 @@ pub(crate) fn read(file: &str, bytes: &[u8], opts: &ReadOptions) -> Result<Check
         max_modules: opts.limits.max_modules,
         visited: std::cell::Cell::new(0),
     };
-    let mut named: Vec<(String, Rc<TensorMeta>)> = Vec::new();
-    let mut modules = Vec::new();
     let unexpected = |found: String| Error::UnexpectedContent {
         file: file.to_string(),
-        expected: "a pickled module, a DataParallel or a state_dict",
+        expected: "a pickled module, a DataParallel, a state_dict, or a dict holding one",
         found,
     };
-    let form = match &loaded.root {
+    let mut wrapper_key = None;
+    let (form, mut named, modules) = match &loaded.root {
         Value::Ref(id) => match loaded.heap.get(*id) {
-            Some(HeapObj::Object(o)) if o.class.path == DATA_PARALLEL => {
-                let inner = walker
-                    .children(*id, "")?
-                    .into_iter()
-                    .find(|(k, _)| k == "module")
-                    .ok_or_else(|| unexpected("a DataParallel without `module`".to_string()))?;
-                walker.module(inner.1, "", 0, &mut Vec::new(), &mut named, &mut modules)?;
-                CheckpointForm::WholeModuleDataParallel
-            }
             Some(HeapObj::Object(o))
                 if o.class.path == "torch.utils.data.dataset.TensorDataset" =>
             {
@@ -125,40 +177,33 @@ pub(crate) fn read(file: &str, bytes: &[u8], opts: &ReadOptions) -> Result<Check
                     "a TensorDataset (a data partition, not a model)".into(),
                 ))
             }
-            Some(HeapObj::Object(_)) => {
-                walker.module(*id, "", 0, &mut Vec::new(), &mut named, &mut modules)?;
-                CheckpointForm::WholeModule
-            }
-            Some(HeapObj::Dict(d)) => {
-                for (k, v) in &d.entries {
-                    let key = k.as_str().ok_or_else(|| {
-                        unexpected(format!("a dict with a {} key", k.kind(&loaded.heap)))
-                    })?;
-                    match v {
-                        Value::Tensor(t) => named.push((key.to_string(), t.clone())),
-                        other => {
-                            return Err(unexpected(format!(
-                                "a dict whose entry `{key}` is {}",
-                                other.kind(&loaded.heap)
-                            )))
-                        }
-                    }
+            Some(HeapObj::Object(_)) => walker.whole(*id)?,
+            Some(HeapObj::Dict(d)) => match state_dict_of(d) {
+                Some((form, named)) => (form, named, Vec::new()),
+                None => {
+                    let c = choose(file, &walker, d, &opts.model_keys)?;
+                    wrapper_key = Some(c.key);
+                    (c.form, c.named, c.modules)
                 }
-                if named.is_empty() {
-                    return Err(unexpected("an empty dict".to_string()));
-                }
-                let module_prefix = named.iter().all(|(k, _)| k.starts_with("module."));
-                if module_prefix {
-                    for (k, _) in &mut named {
-                        k.drain(.."module.".len());
-                    }
-                }
-                CheckpointForm::StateDict { module_prefix }
-            }
+            },
             _ => return Err(unexpected(loaded.root.kind(&loaded.heap))),
         },
         other => return Err(unexpected(other.kind(&loaded.heap))),
     };
+    let stripped_prefix = prefix_for(&named, &opts.model_keys).filter(|p| !p.is_empty());
+    let mut modules = modules;
+    if let Some(p) = &stripped_prefix {
+        for (k, _) in &mut named {
+            if k.starts_with(p.as_str()) {
+                k.drain(..p.len());
+            }
+        }
+        for m in &mut modules {
+            if let Some(rest) = m.path.strip_prefix(p.as_str()) {
+                m.path = rest.to_string();
+            }
+        }
+    }
     let mut produced = 0u64;
     let mut tensors = Vec::with_capacity(named.len());
     let mut locations: Vec<String> = Vec::new();
@@ -175,6 +220,84 @@ pub(crate) fn read(file: &str, bytes: &[u8], opts: &ReadOptions) -> Result<Check
         classes: loaded.classes.clone(),
         locations,
         modules,
+        wrapper_key,
+        stripped_prefix,
+    })
+}
+
+/// Picks the entry of the dict checkpoint `d` that is the model: the only candidate, or
+/// the only one holding every key of `model_keys` (under a common prefix).
+fn choose(
+    file: &str,
+    walker: &Walker<'_>,
+    d: &pickle::Dict,
+    model_keys: &[String],
+) -> Result<Candidate, Error> {
+    let heap = &walker.loaded.heap;
+    let mut candidates = Vec::new();
+    let mut keys = Vec::new();
+    for (k, v) in &d.entries {
+        let Some(key) = k.as_str() else {
+            keys.push(format!("<{}>", k.kind(heap)));
+            continue;
+        };
+        keys.push(key.to_string());
+        let Value::Ref(id) = v else { continue };
+        match heap.get(*id) {
+            Some(HeapObj::Dict(inner)) => {
+                if let Some((form, named)) = state_dict_of(inner) {
+                    candidates.push(Candidate {
+                        key: key.to_string(),
+                        form,
+                        named,
+                        modules: Vec::new(),
+                    });
+                }
+            }
+            Some(HeapObj::Object(_)) if walker.is_module(*id) => {
+                let (form, named, modules) = walker.whole(*id)?;
+                candidates.push(Candidate {
+                    key: key.to_string(),
+                    form,
+                    named,
+                    modules,
+                });
+            }
+            _ => {}
+        }
+    }
+    if candidates.is_empty() {
+        return Err(Error::NoModelInCheckpoint {
+            file: file.to_string(),
+            keys,
+        });
+    }
+    if candidates.len() > 1 && !model_keys.is_empty() {
+        let matching: Vec<usize> = (0..candidates.len())
+            .filter(|&i| prefix_for(&candidates[i].named, model_keys).is_some())
+            .collect();
+        if let [one] = matching[..] {
+            return Ok(candidates.swap_remove(one));
+        }
+        if matching.len() > 1 {
+            return Err(Error::AmbiguousCheckpoint {
+                file: file.to_string(),
+                candidates: matching
+                    .iter()
+                    .map(|&i| candidates[i].key.clone())
+                    .collect(),
+            });
+        }
+    }
+    if candidates.len() > 1 {
+        return Err(Error::AmbiguousCheckpoint {
+            file: file.to_string(),
+            candidates: candidates.into_iter().map(|c| c.key).collect(),
+        });
+    }
+    candidates.pop().ok_or_else(|| Error::NoModelInCheckpoint {
+        file: file.to_string(),
+        keys: Vec::new(),
     })
 }
 
@@ -188,6 +311,50 @@ struct Walker<'a> {
 }
 
 impl Walker<'_> {
+    /// True if `id` is an object whose state has `_parameters` and `_modules` (an
+    /// `nn.Module`), so a dict entry holding it is a model candidate.
+    fn is_module(&self, id: ObjId) -> bool {
+        self.attrs(id, "")
+            .is_ok_and(|a| a.get("_parameters").is_some() && a.get("_modules").is_some())
+    }
+
+    /// A whole pickled module (bare or in `DataParallel`): its form, state-dict entries and
+    /// modules.
+    #[allow(clippy::type_complexity)]
+    fn whole(
+        &self,
+        id: ObjId,
+    ) -> Result<
+        (
+            CheckpointForm,
+            Vec<(String, Rc<TensorMeta>)>,
+            Vec<ModuleInfo>,
+        ),
+        Error,
+    > {
+        let mut named = Vec::new();
+        let mut modules = Vec::new();
+        let heap = &self.loaded.heap;
+        let data_parallel =
+            matches!(heap.get(id), Some(HeapObj::Object(o)) if o.class.path == DATA_PARALLEL);
+        if data_parallel {
+            let inner = self
+                .children(id, "")?
+                .into_iter()
+                .find(|(k, _)| k == "module")
+                .ok_or_else(|| Error::UnexpectedContent {
+                    file: self.file.to_string(),
+                    expected: "a pickled module, a DataParallel or a state_dict",
+                    found: "a DataParallel without `module`".to_string(),
+                })?;
+            self.module(inner.1, "", 0, &mut Vec::new(), &mut named, &mut modules)?;
+            Ok((CheckpointForm::WholeModuleDataParallel, named, modules))
+        } else {
+            self.module(id, "", 0, &mut Vec::new(), &mut named, &mut modules)?;
+            Ok((CheckpointForm::WholeModule, named, modules))
+        }
+    }
+
     fn bad(&self, path: &str, reason: String) -> Error {
         Error::UnexpectedContent {
             file: self.file.to_string(),

@@ -5,13 +5,12 @@
 //! `<archive>/version` (or `.data/version`), and optional bookkeeping entries.
 
 use std::borrow::Cow;
-use std::collections::{HashMap, HashSet};
-use std::io::{Cursor, Read};
+use std::collections::HashMap;
+use std::io::Read;
 use std::rc::Rc;
 
-use zip::ZipArchive;
-
 use crate::pickle::TensorMeta;
+use crate::zipindex::{self, ZipIndex, ZipMethod};
 use crate::{Error, Limits, TorchTensor};
 
 /// Zip local-file-header magic, which every `torch.save` zip starts with.
@@ -21,7 +20,8 @@ pub(crate) const ZIP_MAGIC: &[u8; 4] = b"PK\x03\x04";
 pub(crate) struct TorchZip<'a> {
     file: &'a str,
     bytes: &'a [u8],
-    zip: ZipArchive<Cursor<&'a [u8]>>,
+    index: ZipIndex,
+    by_name: HashMap<String, usize>,
     prefix: String,
     big_endian: bool,
     storages: HashMap<String, Rc<Cow<'a, [u8]>>>,
@@ -56,40 +56,15 @@ impl<'a> TorchZip<'a> {
                 reason: reason.to_string(),
             });
         }
-        let zip = ZipArchive::new(Cursor::new(bytes)).map_err(|source| Error::Zip {
-            file: file.to_string(),
-            source,
-        })?;
-        if zip.len() > limits.max_zip_entries {
-            return Err(Error::Limit {
-                file: file.to_string(),
-                what: "zip entries",
-                got: zip.len() as u64,
-                limit: limits.max_zip_entries as u64,
-            });
-        }
-        let mut names = HashSet::new();
+        let index = zipindex::index(file, bytes, limits)?;
+        let mut by_name = HashMap::with_capacity(index.entries.len());
         let mut prefix: Option<String> = None;
-        for i in 0..zip.len() {
-            let name = match zip.name_for_index(i) {
-                Some(Ok(n)) => n.to_string(),
-                Some(Err(source)) => {
-                    return Err(Error::Zip {
-                        file: file.to_string(),
-                        source,
-                    })
-                }
-                None => {
-                    return Err(Error::Layout {
-                        file: file.to_string(),
-                        reason: format!("entry {i} has no name"),
-                    })
-                }
-            };
-            if !safe_name(&name) {
+        for (i, e) in index.entries.iter().enumerate() {
+            let name = &e.name;
+            if !safe_name(name) {
                 return Err(Error::UnsafeEntryName {
                     file: file.to_string(),
-                    entry: name,
+                    entry: name.clone(),
                 });
             }
             let top = name.split('/').next().unwrap_or_default().to_string();
@@ -103,7 +78,7 @@ impl<'a> TorchZip<'a> {
                     })
                 }
             }
-            if !names.insert(name.clone()) {
+            if by_name.insert(name.clone(), i).is_some() {
                 return Err(Error::Layout {
                     file: file.to_string(),
                     reason: format!("duplicate entry `{name}`"),
@@ -119,7 +94,8 @@ impl<'a> TorchZip<'a> {
         let mut z = TorchZip {
             file,
             bytes,
-            zip,
+            index,
+            by_name,
             prefix,
             big_endian: false,
             storages: HashMap::new(),
@@ -179,32 +155,29 @@ impl<'a> TorchZip<'a> {
         what: &'static str,
     ) -> Result<Option<Cow<'a, [u8]>>, Error> {
         let name = self.full(rel);
-        let Some(index) = self.zip.index_for_name(&name) else {
+        let Some(&i) = self.by_name.get(&name) else {
             return Ok(None);
         };
+        let entry = &self.index.entries[i];
         let file = self.file;
         let corrupt = |reason: String| Error::CorruptEntry {
             file: file.to_string(),
             entry: name.clone(),
             reason,
         };
-        let entry = self
-            .zip
-            .by_index(index)
-            .map_err(|e| corrupt(e.to_string()))?;
-        let declared = entry.size();
-        let stored = entry.compression() == zip::CompressionMethod::Stored;
+        let declared = entry.size;
+        let stored = entry.method == ZipMethod::Stored;
         // Deflate expands at most ~1032:1; a larger claimed ratio is a decompression bomb.
         if !stored
             && declared
                 > entry
-                    .compressed_size()
+                    .compressed_size
                     .saturating_mul(1100)
                     .saturating_add(1024)
         {
             return Err(corrupt(format!(
                 "claims {declared} bytes from {} compressed bytes",
-                entry.compressed_size()
+                entry.compressed_size
             )));
         }
         if declared > max {
@@ -215,48 +188,43 @@ impl<'a> TorchZip<'a> {
                 limit: max,
             });
         }
-        if stored && !entry.encrypted() {
-            let start = entry.data_start();
-            let len = entry.compressed_size();
-            if len != declared {
+        // The index checked that the data lies inside the file.
+        let span = usize::try_from(entry.data_offset).ok().and_then(|s| {
+            let e = s.checked_add(usize::try_from(entry.compressed_size).ok()?)?;
+            self.bytes.get(s..e)
+        });
+        let Some(raw) = span else {
+            return Err(corrupt(
+                "the entry's data runs past the end of the file".into(),
+            ));
+        };
+        let data: Cow<'a, [u8]> = if stored {
+            Cow::Borrowed(raw)
+        } else {
+            // Read at most one byte more than declared (<= max), so the output is bounded
+            // whatever the data holds.
+            let cap = usize::try_from(declared).unwrap_or(0).min(1 << 30);
+            let mut out = Vec::with_capacity(cap);
+            flate2::read::DeflateDecoder::new(raw)
+                .take(declared.saturating_add(1))
+                .read_to_end(&mut out)
+                .map_err(|e| corrupt(format!("deflate data: {e}")))?;
+            if out.len() as u64 != declared {
                 return Err(corrupt(format!(
-                    "stored entry of {len} bytes declares {declared} uncompressed"
+                    "inflates to {} bytes, the zip declares {declared}",
+                    out.len()
                 )));
             }
-            let span = start.and_then(|s| {
-                let s = usize::try_from(s).ok()?;
-                let e = s.checked_add(usize::try_from(len).ok()?)?;
-                self.bytes.get(s..e)
-            });
-            let Some(data) = span else {
-                return Err(corrupt(
-                    "the entry's data runs past the end of the file".into(),
-                ));
-            };
-            let crc = crc32fast::hash(data);
-            if crc != entry.crc32() {
-                return Err(corrupt(format!(
-                    "Invalid checksum: CRC32 {crc:08x}, the zip says {:08x}",
-                    entry.crc32()
-                )));
-            }
-            return Ok(Some(Cow::Borrowed(data)));
-        }
-        // Compressed: read at most one byte more than declared (<= max), so the output
-        // is bounded whatever the data holds; reading to the end checks the CRC.
-        let cap = usize::try_from(declared).unwrap_or(0).min(1 << 30);
-        let mut out = Vec::with_capacity(cap);
-        entry
-            .take(declared.saturating_add(1))
-            .read_to_end(&mut out)
-            .map_err(|e| corrupt(e.to_string()))?;
-        if out.len() as u64 != declared {
+            Cow::Owned(out)
+        };
+        let crc = crc32fast::hash(&data);
+        if crc != entry.crc32 {
             return Err(corrupt(format!(
-                "read {} bytes, the zip declares {declared}",
-                out.len()
+                "Invalid checksum: CRC32 {crc:08x}, the zip says {:08x}",
+                entry.crc32
             )));
         }
-        Ok(Some(Cow::Owned(out)))
+        Ok(Some(data))
     }
 
     /// The pickle (`data.pkl`).
@@ -429,14 +397,13 @@ pub(crate) fn looks_like_torch_zip(bytes: &[u8]) -> bool {
     if !bytes.starts_with(ZIP_MAGIC) {
         return false;
     }
-    let Ok(zip) = ZipArchive::new(Cursor::new(bytes)) else {
+    let Ok(index) = zipindex::index("", bytes, &Limits::default()) else {
         return false;
     };
-    let found = zip.file_names().any(|n| {
-        n.as_deref().is_ok_and(|n| {
-            n.strip_suffix("/data.pkl")
-                .is_some_and(|top| !top.is_empty() && !top.contains('/'))
-        })
+    let found = index.entries.iter().any(|e| {
+        e.name
+            .strip_suffix("/data.pkl")
+            .is_some_and(|top| !top.is_empty() && !top.contains('/'))
     });
     found
 }

@@ -7,14 +7,15 @@
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// The bytes are not a zip archive the zip reader accepts (truncated, no central directory…).
-    #[error("{file}: not a readable zip archive: {source}")]
+    /// The bytes are not a zip archive this reader accepts: truncated, end records that
+    /// disagree with each other or with the file, overlapping entries…
+    #[error("{file}: not a readable zip archive: {problem}")]
     Zip {
         /// Source name of the file.
         file: String,
-        /// What the zip reader said.
+        /// What is wrong, and where.
         #[source]
-        source: zip::result::ZipError,
+        problem: ZipProblem,
     },
     /// A zip entry could not be read fully: bad CRC, truncated data, bad compression.
     #[error("{file}: entry `{entry}` is corrupt: {reason}")]
@@ -164,7 +165,119 @@ pub enum Error {
         /// Length of its data.
         len: usize,
     },
+    /// A checkpoint saved as a dict of several things holds more than one entry that
+    /// could be the model, and nothing tells them apart.
+    #[error(
+        "{file}: several entries could hold the model: {}; name the one to use",
+        .candidates.iter().map(|c| format!("`{c}`")).collect::<Vec<_>>().join(", ")
+    )]
+    AmbiguousCheckpoint {
+        /// Source name of the file.
+        file: String,
+        /// The candidate keys, in file order.
+        candidates: Vec<String>,
+    },
+    /// A checkpoint saved as a dict holds no state_dict and no module.
+    #[error(
+        "{file}: no entry holds a state_dict or a module; the top-level keys are {}",
+        .keys.iter().map(|c| format!("`{c}`")).collect::<Vec<_>>().join(", ")
+    )]
+    NoModelInCheckpoint {
+        /// Source name of the file.
+        file: String,
+        /// The dict's top-level keys (non-string keys as their Python kind).
+        keys: Vec<String>,
+    },
     /// Writing the zip failed.
     #[error("writing the .pt zip failed: {0}")]
     Write(#[source] zip::result::ZipError),
+}
+
+/// What is wrong with a zip, found while locating its entries ([`Error::Zip`]).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ZipProblem {
+    /// Fewer bytes than the smallest zip (an empty one, 22 bytes).
+    #[error("{len} bytes is too short for a zip archive (at least 22)")]
+    TooShort {
+        /// Length of the file.
+        len: u64,
+    },
+    /// No end of central directory record ends the file (truncated, or not a zip).
+    #[error(
+        "no end of central directory record ends the file (searched its last {searched} bytes); \
+         the file is truncated or not a zip"
+    )]
+    NoEndRecord {
+        /// How many bytes from the end were searched.
+        searched: u64,
+    },
+    /// A record lacks its signature or holds impossible values.
+    #[error("the {record} at offset {offset} {reason}")]
+    BadRecord {
+        /// Which record (`zip64 end of central directory record`, `local header of `x``…).
+        record: String,
+        /// Where it is (or should be).
+        offset: u64,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Records that must agree do not (counts, sizes, offsets).
+    #[error("{0}")]
+    Inconsistent(String),
+    /// A range a record names lies outside the file or the area it must stay in.
+    #[error("the {what} ({start}..{end}) runs past {len}, the end of the area it must lie in")]
+    OutOfRange {
+        /// What the range holds.
+        what: String,
+        /// Its first byte.
+        start: u64,
+        /// One past its last byte.
+        end: u64,
+        /// Where the area ends (the file's length, or the central directory's start).
+        len: u64,
+    },
+    /// Two entries share bytes (a zip bomb trick, or corruption).
+    #[error(
+        "entries `{first}` ({}..{}) and `{second}` (from {second_start}) overlap",
+        .first_span.0, .first_span.1
+    )]
+    Overlap {
+        /// The entry that starts first.
+        first: String,
+        /// Its bytes, local header to data descriptor.
+        first_span: (u64, u64),
+        /// The entry whose local header starts inside it.
+        second: String,
+        /// Where that local header starts.
+        second_start: u64,
+    },
+    /// A zip split over several disks.
+    #[error("multi-disk zip archives are not supported")]
+    MultiDisk,
+    /// An encrypted entry.
+    #[error("entry `{entry}` is encrypted")]
+    Encrypted {
+        /// The entry's name.
+        entry: String,
+    },
+    /// A compression method other than stored (0) or deflate (8).
+    #[error("entry `{entry}` uses compression method {method}; only stored (0) and deflate (8) are read")]
+    UnsupportedMethod {
+        /// The entry's name.
+        entry: String,
+        /// The method number.
+        method: u16,
+    },
+    /// Reading the file failed.
+    #[error("reading {len} bytes at offset {offset} failed")]
+    Io {
+        /// Where the read started.
+        offset: u64,
+        /// How many bytes were asked for.
+        len: u64,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
 }

@@ -43,11 +43,13 @@ mod error;
 mod limits;
 mod pickle;
 mod tensor;
+mod zipindex;
 
 pub use checkpoint::{Attr, Checkpoint, CheckpointForm, ModuleInfo};
-pub use error::Error;
+pub use error::{Error, ZipProblem};
 pub use limits::{Limits, ReadOptions};
 pub use tensor::{DType, TorchTensor};
+pub use zipindex::{ZipEntry, ZipIndex, ZipMethod};
 
 /// Reads a model checkpoint: a whole pickled module (bare or in `DataParallel`) or a
 /// `state_dict` (with or without `module.` prefixes), auto-detected.
@@ -90,6 +92,27 @@ pub fn read_tensor_dataset_with(
 /// Errors if a tensor's data length does not match its dtype and shape.
 pub fn write_tensor_dataset(tensors: &[TorchTensor]) -> Result<Vec<u8>, Error> {
     dataset::write(tensors)
+}
+
+/// Locates every entry of the zip in `reader` from its end records and central directory,
+/// checked against each other and the file (see [`ZipProblem`] for what is refused).
+///
+/// Reads only the end records, the central directory, and each entry's local header and
+/// data descriptor, so a multi-gigabyte file is indexed in a few reads. `source_name`
+/// labels errors. Uses [`Limits::default`] for the entry count and directory size.
+pub fn read_zip_index<R: std::io::Read + std::io::Seek>(
+    source_name: &str,
+    reader: R,
+) -> Result<ZipIndex, Error> {
+    let src = zipindex::SeekSource::new(reader).map_err(|source| Error::Zip {
+        file: source_name.to_string(),
+        problem: ZipProblem::Io {
+            offset: 0,
+            len: 0,
+            source,
+        },
+    })?;
+    zipindex::index(source_name, src, &Limits::default())
 }
 
 /// True if `bytes` look like a `torch.save` zip: a zip header, a readable central directory

@@ -31,6 +31,9 @@ pub struct Limits {
     pub max_total_tensor_bytes: u64,
     /// Most entries in the zip (default 100,000).
     pub max_zip_entries: usize,
+    /// Largest zip central directory, in bytes (default 64 MiB; 100,000 entries with
+    /// 100-byte names take ≈15 MB).
+    pub max_central_directory_bytes: u64,
 }
 
 impl Default for Limits {
@@ -47,6 +50,7 @@ impl Default for Limits {
             max_tensor_elements: 1 << 31,
             max_total_tensor_bytes: 8 << 30,
             max_zip_entries: 100_000,
+            max_central_directory_bytes: 64 << 20,
         }
     }
 }
@@ -61,4 +65,9 @@ pub struct ReadOptions {
     /// own). They are never called: an allowed class only names an object whose state is
     /// recorded.
     pub extra_classes: Vec<String>,
+    /// State-dict keys the caller's model has (e.g. `patch_embed.proj.weight`). In a
+    /// checkpoint saved as a dict of several things, the one entry whose tensors include
+    /// all of them is the model; a prefix they all sit under (Lightning's `model.`) is
+    /// removed from the keys. Empty: a dict checkpoint must hold exactly one candidate.
+    pub model_keys: Vec<String>,
 }

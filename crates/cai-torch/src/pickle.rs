@@ -77,6 +77,7 @@ impl Value {
                 Some(HeapObj::Dict(_)) => "a dict".into(),
                 Some(HeapObj::Set(_)) => "a set".into(),
                 Some(HeapObj::Object(o)) => format!("a `{}` object", o.class.path),
+                Some(HeapObj::NumpyDType { code, .. }) => format!("the numpy dtype `{code}`"),
                 None => "a dangling reference".into(),
             },
         }
@@ -126,6 +127,11 @@ pub(crate) enum GlobalKind {
     Class,
     /// A function that may be referenced as an attribute but is never called.
     Opaque,
+    /// `numpy.dtype`: called with a type code (`'f8'`), it yields a [`HeapObj::NumpyDType`].
+    NumpyDType,
+    /// `numpy.core.multiarray.scalar` (`numpy._core` in numpy 2): called with a dtype and
+    /// the value's bytes, it yields an int, float or bool.
+    NumpyScalar,
 }
 
 /// A mutable value in the arena.
@@ -135,6 +141,12 @@ pub(crate) enum HeapObj {
     Dict(Dict),
     Set(Vec<Value>),
     Object(Object),
+    /// A numpy dtype: its type code (`f8`, `i4`, `b1`…) and byte order (`<`, `>`, `|`,
+    /// `=`), which `BUILD` sets from the pickled state.
+    NumpyDType {
+        code: Rc<str>,
+        byteorder: u8,
+    },
 }
 
 /// An insertion-ordered dict (`dict` and `OrderedDict` alike).
@@ -284,6 +296,8 @@ pub(crate) fn classify(module: &str, name: &str, extra: &[String]) -> Option<Glo
         ("collections", "OrderedDict") => K::OrderedDict,
         ("builtins", "set" | "frozenset") => K::Set,
         ("_codecs", "encode") => K::CodecsEncode,
+        ("numpy", "dtype") => K::NumpyDType,
+        ("numpy.core.multiarray" | "numpy._core.multiarray", "scalar") => K::NumpyScalar,
         ("torch._C._nn" | "torch.nn.functional", n) if is_identifier(n) => K::Opaque,
         (m, n) if m.starts_with("torch.nn.modules.") && starts_upper(n) && is_identifier(n) => {
             K::Class
@@ -1151,6 +1165,26 @@ impl Machine<'_> {
                 class: g.clone(),
                 state: Value::None,
             })),
+            GlobalKind::NumpyDType => match a.as_slice() {
+                [Value::Str(code), align, copy]
+                    if code.len() <= 8 && align.as_int().is_some() && copy.as_int().is_some() =>
+                {
+                    self.alloc(HeapObj::NumpyDType {
+                        code: code.clone(),
+                        byteorder: b'=',
+                    })
+                }
+                _ => Err(self.err("numpy.dtype with unexpected arguments")),
+            },
+            GlobalKind::NumpyScalar => match a.as_slice() {
+                [Value::Ref(id), Value::Bytes(b)] => match self.heap.get(*id) {
+                    Some(HeapObj::NumpyDType { code, byteorder }) => {
+                        numpy_scalar(code, *byteorder, b).map_err(|r| self.err(r))
+                    }
+                    _ => Err(self.err("numpy scalar of a non-dtype")),
+                },
+                _ => Err(self.err("numpy scalar with unexpected arguments")),
+            },
             GlobalKind::TensorType
             | GlobalKind::Storage(_)
             | GlobalKind::DTypeConst(_)
@@ -1206,11 +1240,27 @@ impl Machine<'_> {
             _ => false,
         };
         let state_kind = state.kind(&self.heap);
+        // numpy's dtype state: (version, byteorder, subarray, names, fields, elsize,
+        // alignment, flags[, metadata]); only the byte order matters for a scalar.
+        let byteorder = match &state {
+            Value::Tuple(t) if (8..=9).contains(&t.items.len()) => t.items[1]
+                .as_str()
+                .filter(|b| matches!(*b, "<" | ">" | "|" | "="))
+                .map(|b| b.as_bytes()[0]),
+            _ => None,
+        };
         match self.heap_mut(target) {
             Some(HeapObj::Object(o)) => {
                 o.state = state;
                 Ok(())
             }
+            Some(HeapObj::NumpyDType { byteorder: bo, .. }) => match byteorder {
+                Some(b) => {
+                    *bo = b;
+                    Ok(())
+                }
+                None => Err(self.err(format!("BUILD on a numpy dtype with {state_kind}"))),
+            },
             // An OrderedDict's attributes (a state_dict's `_metadata`): checked, then dropped.
             Some(HeapObj::Dict(_)) if state_is_dict || matches!(state, Value::None) => Ok(()),
             Some(HeapObj::Dict(_)) => Err(self.err(format!("BUILD on a dict with {state_kind}"))),
@@ -1272,6 +1322,51 @@ impl Machine<'_> {
             numel,
         })))
     }
+}
+
+/// The value of a numpy scalar of dtype `code` (`f8`, `i4`, `u1`, `b1`…) and byte order
+/// `byteorder`, from its raw bytes.
+fn numpy_scalar(code: &str, byteorder: u8, b: &[u8]) -> Result<Value, String> {
+    let bad =
+        || format!("numpy scalar of dtype `{code}` is not supported (ints, floats and bools are)");
+    let (Some(kind), Some(size)) = (code.get(..1), code.get(1..)) else {
+        return Err(bad());
+    };
+    let size: usize = size.parse().map_err(|_| bad())?;
+    if b.len() != size {
+        return Err(format!(
+            "numpy `{code}` scalar of {} bytes, expected {size}",
+            b.len()
+        ));
+    }
+    let mut le = b.to_vec();
+    if byteorder == b'>' {
+        le.reverse();
+    }
+    let wide = |signed: bool| {
+        let fill = if signed && le.last().is_some_and(|x| x & 0x80 != 0) {
+            0xff
+        } else {
+            0
+        };
+        let mut a = [fill; 8];
+        a[..le.len()].copy_from_slice(&le);
+        a
+    };
+    Ok(match (kind, size) {
+        ("f", 2) => Value::Float(f64::from(crate::tensor::f16_to_f32(u16::from_le_bytes([
+            le[0], le[1],
+        ])))),
+        ("f", 4) => Value::Float(f64::from(f32::from_le_bytes([le[0], le[1], le[2], le[3]]))),
+        ("f", 8) => Value::Float(f64::from_le_bytes(wide(false))),
+        ("i", 1 | 2 | 4 | 8) => Value::Int(i64::from_le_bytes(wide(true))),
+        ("u", 1 | 2 | 4 | 8) => {
+            let v = u64::from_le_bytes(wide(false));
+            Value::Int(i64::try_from(v).map_err(|_| format!("numpy uint64 {v} exceeds i64"))?)
+        }
+        ("b", 1) => Value::Bool(le[0] != 0),
+        _ => return Err(bad()),
+    })
 }
 
 #[cfg(test)]
@@ -1415,5 +1510,77 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    /// `numpy.<core>.multiarray.scalar(numpy.dtype(code, False, True) + BUILD state, bytes)`
+    /// as protocol 2 pickles it (bytes through `_codecs.encode(latin1 text)`).
+    fn np_scalar(core: &str, code: &str, order: &str, bytes: &[u8]) -> Vec<u8> {
+        let mut p = vec![0x80, 2];
+        let s = |p: &mut Vec<u8>, t: &str| {
+            p.push(b'X');
+            p.extend((t.len() as u32).to_le_bytes());
+            p.extend(t.as_bytes());
+        };
+        p.extend(format!("c{core}.multiarray\nscalar\ncnumpy\ndtype\n").as_bytes());
+        s(&mut p, code);
+        p.extend([0x89, 0x88, 0x87, b'R', b'(', b'K', 3]);
+        s(&mut p, order);
+        p.extend(b"NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb");
+        p.extend(b"c_codecs\nencode\n");
+        let latin1: String = bytes.iter().map(|&b| char::from(b)).collect();
+        s(&mut p, &latin1);
+        s(&mut p, "latin1");
+        p.extend([0x86, b'R', 0x86, b'R', b'.']);
+        p
+    }
+
+    #[test]
+    fn numpy_scalars_become_values() {
+        let f = |core, code, order, b: &[u8]| run(&np_scalar(core, code, order, b)).map(|l| l.root);
+        let v = f("numpy._core", "f8", "<", &0.25f64.to_le_bytes()).unwrap();
+        assert!(matches!(v, Value::Float(x) if x == 0.25));
+        let v = f("numpy.core", "f4", "<", &1.5f32.to_le_bytes()).unwrap();
+        assert!(matches!(v, Value::Float(x) if x == 1.5));
+        let v = f("numpy.core", "f4", ">", &1.5f32.to_be_bytes()).unwrap();
+        assert!(matches!(v, Value::Float(x) if x == 1.5));
+        let v = f("numpy.core", "f2", "<", &0x3c00u16.to_le_bytes()).unwrap();
+        assert!(matches!(v, Value::Float(x) if x == 1.0));
+        assert_eq!(
+            f("numpy._core", "i8", "<", &(-42i64).to_le_bytes())
+                .unwrap()
+                .as_int(),
+            Some(-42)
+        );
+        assert_eq!(
+            f("numpy._core", "i2", "<", &(-2i16).to_le_bytes())
+                .unwrap()
+                .as_int(),
+            Some(-2)
+        );
+        assert_eq!(
+            f("numpy._core", "u4", "<", &u32::MAX.to_le_bytes())
+                .unwrap()
+                .as_int(),
+            Some(4294967295)
+        );
+        assert!(matches!(
+            f("numpy._core", "b1", "|", &[1]).unwrap(),
+            Value::Bool(true)
+        ));
+        // Refused without running anything: other dtypes, wrong lengths, huge uint64.
+        for (code, b) in [
+            ("c16", &[0u8; 16][..]),
+            ("f8", &[0u8; 4][..]),
+            ("u8", &[0xff; 8][..]),
+            ("O8", &[0u8; 8][..]),
+        ] {
+            assert!(
+                matches!(f("numpy._core", code, "<", b), Err(Error::Pickle { .. })),
+                "{code}"
+            );
+        }
+        // Other numpy callables stay forbidden.
+        let p = b"\x80\x02cnumpy.core.multiarray\n_reconstruct\n.";
+        assert!(matches!(run(p), Err(Error::ForbiddenGlobal { .. })));
     }
 }

@@ -259,7 +259,7 @@ pub fn corpus() -> Vec<(&'static str, Vec<u8>, &'static str)> {
     c.push((
         "state_dict_entry_not_tensor.pt",
         pk(b"\x80\x02}X\x01\x00\x00\x00wK\x01s.".to_vec()),
-        "UnexpectedContent",
+        "NoModelInCheckpoint",
     ));
 
     // Tensors that do not fit their storages, absurd shapes.
@@ -372,6 +372,7 @@ pub fn corpus() -> Vec<(&'static str, Vec<u8>, &'static str)> {
         "MissingEntry",
     ));
     c.push(("empty_zip.pt", zip_of(&[]), "Layout"));
+    zip_structure(&mut c);
     c.push((
         "not_a_zip.pt",
         b"hello, this is not a zip file".to_vec(),
@@ -404,6 +405,94 @@ pub fn corpus() -> Vec<(&'static str, Vec<u8>, &'static str)> {
     p.mark().tensor(&t).tuple().raw(b"sb");
     c.push(("ds_storage_too_short.pt", ds(p.stop()), "StorageTooShort"));
     c
+}
+
+fn put(b: &mut [u8], at: usize, v: &[u8]) {
+    b[at..at + v.len()].copy_from_slice(v);
+}
+
+/// Zips in torch's layout (tests/it/torchlike.rs) with their end records, central
+/// directory or local headers made to lie. Each is a `Zip` error naming what is wrong.
+fn zip_structure(c: &mut Vec<(&'static str, Vec<u8>, &'static str)>) {
+    use crate::torchlike::{torch_save_w, Layout, TorchLike};
+    let w = [1.0f32, 2.0, 3.0, 4.0];
+    let good = torch_save_w("astromae_finetuned_v2", &w, Layout::default());
+    let plain = torch_save_w(
+        "astromae_finetuned_v2",
+        &w,
+        Layout {
+            zip64_end: false,
+            descriptors: true,
+        },
+    );
+    let n = good.len();
+    let index = cai_torch::read_zip_index("g", std::io::Cursor::new(&good)).unwrap();
+    let cd = index.central_directory_offset as usize;
+    // The zip64 end record sits 98 bytes before the end, its locator 42, the end record 22.
+    let mut b = good.clone();
+    put(&mut b, n - 42 + 8, &u64::MAX.to_le_bytes());
+    c.push(("zip64_locator_out_of_range.pt", b, "Zip"));
+    let mut b = good.clone();
+    put(&mut b, n - 42 + 8, &((n - 99) as u64).to_le_bytes());
+    c.push(("zip64_locator_misplaced.pt", b, "Zip"));
+    let mut b = good.clone();
+    put(&mut b, n - 22 + 10, &6u16.to_le_bytes());
+    c.push(("end_record_count_disagrees.pt", b, "Zip"));
+    let mut b = good.clone();
+    put(&mut b, n - 98 + 32, &8u64.to_le_bytes());
+    put(&mut b, n - 98 + 24, &8u64.to_le_bytes());
+    put(&mut b, n - 22 + 8, &8u16.to_le_bytes());
+    put(&mut b, n - 22 + 10, &8u16.to_le_bytes());
+    c.push(("more_entries_than_headers.pt", b, "Zip"));
+    let mut b = plain.clone();
+    let m = b.len();
+    put(&mut b, m - 22 + 16, &((m + 100) as u32).to_le_bytes());
+    c.push(("central_directory_past_end.pt", b, "Zip"));
+    let mut b = plain.clone();
+    let size = u32::from_le_bytes(b[m - 22 + 12..m - 22 + 16].try_into().unwrap());
+    put(&mut b, m - 22 + 12, &(size - 1).to_le_bytes());
+    c.push(("central_directory_short_of_end.pt", b, "Zip"));
+    let mut b = plain.clone();
+    put(&mut b, m - 22 + 16, &u32::MAX.to_le_bytes());
+    c.push(("zip64_value_without_locator.pt", b, "Zip"));
+    let mut b = good.clone();
+    put(&mut b, cd + 8, &0x0809u16.to_le_bytes());
+    c.push(("encrypted_entry.pt", b, "Zip"));
+    let mut b = good.clone();
+    put(&mut b, cd + 10, &12u16.to_le_bytes());
+    c.push(("unsupported_method_bzip2.pt", b, "Zip"));
+    let mut b = good.clone();
+    let pkl = index.entry("astromae_finetuned_v2/data.pkl").unwrap();
+    b[pkl.header_offset as usize + 30] ^= 0x20;
+    c.push(("local_name_differs.pt", b, "Zip"));
+    let mut b = good.clone();
+    let d0 = index.entry("astromae_finetuned_v2/data/0").unwrap();
+    b[(d0.data_offset + d0.size + 4) as usize] ^= 1;
+    c.push(("descriptor_crc_differs.pt", b, "Zip"));
+    let mut b = good.clone();
+    put(&mut b, cd + 42, &((n + 5) as u32).to_le_bytes());
+    c.push(("local_header_after_directory.pt", b, "Zip"));
+    // A second entry whose local header hides inside the first one's data.
+    let mut hidden = Vec::new();
+    hidden.extend(0x0403_4b50u32.to_le_bytes());
+    hidden.extend([0u8; 2]);
+    hidden.extend(0x0800u16.to_le_bytes());
+    hidden.extend([0u8; 6]);
+    let inner = b"evil";
+    hidden.extend(crc32fast::hash(inner).to_le_bytes());
+    hidden.extend(4u32.to_le_bytes());
+    hidden.extend(4u32.to_le_bytes());
+    hidden.extend(8u16.to_le_bytes());
+    hidden.extend(0u16.to_le_bytes());
+    hidden.extend(b"m/hidden");
+    hidden.extend(inner);
+    let mut z = TorchLike::new(std::io::Cursor::new(Vec::new()), "m", Layout::default());
+    let pkl = one_linear(T::f32("0", &[4, 4]));
+    z.record("data.pkl", &pkl);
+    let at = z.record("data/0", &[&hidden[..], &[0u8; 64][..]].concat());
+    z.extra_central("m/hidden", crc32fast::hash(inner), 4, at);
+    c.push(("overlapping_entries.pt", z.finish().into_inner(), "Zip"));
+    c.push(("too_short.pt", b"PK\x03\x04PK\x05\x06".to_vec(), "Zip"));
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {

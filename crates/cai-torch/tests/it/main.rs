@@ -7,5 +7,8 @@ mod forms;
 mod hostile;
 mod mutation;
 mod parity;
+mod torchlike;
 mod util;
+mod wrapped;
 mod writer;
+mod zips;

@@ -51,6 +51,22 @@ proptest! {
         read_any(&torch_zip(&mutate(pkl, &edits), &storages));
     }
 
+    /// Mutate a file in torch's own layout (zip64 end records, data descriptors, `FB`
+    /// padding): never a panic, and an index that is returned keeps its promises.
+    #[test]
+    fn mutated_torch_layout_zips_never_panic(edits in prop::collection::vec((any::<usize>(), any::<u8>(), any::<u8>()), 1..8), n in 1usize..40) {
+        let stem: String = "m".repeat(n);
+        let bytes = mutate(crate::torchlike::torch_save_w(&stem, &[1.0, 2.0], crate::torchlike::Layout::default()), &edits);
+        read_any(&bytes);
+        if let Ok(index) = cai_torch::read_zip_index("m.pt", std::io::Cursor::new(&bytes)) {
+            let mut spans: Vec<(u64, u64)> = index.entries.iter().map(|e| (e.header_offset, e.end())).collect();
+            spans.sort();
+            prop_assert!(spans.windows(2).all(|w| w[0].1 <= w[1].0));
+            prop_assert!(spans.iter().all(|s| s.1 <= index.central_directory_offset));
+            prop_assert!(index.central_directory_offset + index.central_directory_size <= bytes.len() as u64);
+        }
+    }
+
     /// Mutate the whole file (zip headers, CRCs, data).
     #[test]
     fn mutated_zips_never_panic(edits in prop::collection::vec((any::<usize>(), any::<u8>(), any::<u8>()), 1..8)) {

@@ -222,3 +222,125 @@ fn parity_predict_csv_matches_pytorch() {
         assert!(delta <= 1e-4, "{m}: {delta:e}");
     }
 }
+
+/// `{"epoch": 3, key: {prefix + name: tensor}, "optimizer_state_dict": {"state": {},
+/// "param_groups": []}}` as `torch.save` pickles a training loop's checkpoint (protocol 2,
+/// stored entries), from the weights of a safetensors model.
+fn wrapped_checkpoint(weights: &cai_model::Weights, key: &str, prefix: &str) -> Vec<u8> {
+    use std::io::Write;
+    let s = |p: &mut Vec<u8>, t: &str| {
+        p.push(b'X');
+        p.extend((t.len() as u32).to_le_bytes());
+        p.extend(t.as_bytes());
+    };
+    let int = |p: &mut Vec<u8>, v: usize| {
+        p.push(b'J');
+        p.extend((v as u32).to_le_bytes());
+    };
+    let mut p = vec![0x80, 2, b'}', b'('];
+    s(&mut p, "epoch");
+    int(&mut p, 3);
+    s(&mut p, key);
+    p.extend(b"ccollections\nOrderedDict\n)R(");
+    let mut storages: Vec<Vec<u8>> = Vec::new();
+    for (k, t) in weights.iter() {
+        s(&mut p, &format!("{prefix}{k}"));
+        p.extend(b"ctorch._utils\n_rebuild_tensor_v2\n((");
+        s(&mut p, "storage");
+        p.extend(b"ctorch\nFloatStorage\n");
+        s(&mut p, &storages.len().to_string());
+        s(&mut p, "cpu");
+        int(&mut p, t.data.len());
+        p.extend(b"tQ");
+        int(&mut p, 0);
+        p.push(b'(');
+        for &d in &t.shape {
+            int(&mut p, d);
+        }
+        p.extend(b"t(");
+        let mut stride = vec![1usize; t.shape.len()];
+        for i in (0..t.shape.len().saturating_sub(1)).rev() {
+            stride[i] = stride[i + 1] * t.shape[i + 1];
+        }
+        for d in stride {
+            int(&mut p, d);
+        }
+        p.extend(b"t\x89ccollections\nOrderedDict\n)RtR");
+        storages.push(t.data.iter().flat_map(|v| v.to_le_bytes()).collect());
+    }
+    p.push(b'u');
+    s(&mut p, "optimizer_state_dict");
+    p.extend(b"}(");
+    s(&mut p, "state");
+    p.push(b'}');
+    s(&mut p, "param_groups");
+    p.extend(b"]uu.");
+    let mut z = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let o = zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Stored)
+        .with_alignment(64);
+    let mut put = |name: String, b: &[u8]| {
+        z.start_file(name, o).unwrap();
+        z.write_all(b).unwrap();
+    };
+    put("ckpt/data.pkl".into(), &p);
+    put("ckpt/byteorder".into(), b"little");
+    for (i, b) in storages.iter().enumerate() {
+        put(format!("ckpt/data/{i}"), b);
+    }
+    put("ckpt/version".into(), b"3\n");
+    z.finish().unwrap().into_inner()
+}
+
+/// A training loop's and a Lightning checkpoint load, and `cai model inspect` names the
+/// key the model came from.
+#[test]
+fn wrapped_checkpoints_load_and_inspect_names_the_key() {
+    let d = Dir::new();
+    let st = std::fs::read(&fixtures().model).unwrap();
+    let weights = cai_model::Weights::from_safetensors("model.safetensors", &st).unwrap();
+    for (file, key, prefix) in [
+        ("train.pt", "model_state_dict", ""),
+        ("lightning.pt", "state_dict", "model."),
+    ] {
+        std::fs::write(d.path(file), wrapped_checkpoint(&weights, key, prefix)).unwrap();
+        let js = d.ok(&["model", "inspect", "--json", &d.s(file)]);
+        let info: serde_json::Value = serde_json::from_str(&js).unwrap();
+        let form = info["form"].as_str().unwrap();
+        assert!(
+            form.contains(&format!("under key `{key}`")),
+            "{file}: {form}"
+        );
+        assert_eq!(
+            form.contains("`model.` removed"),
+            !prefix.is_empty(),
+            "{form}"
+        );
+        assert_eq!(info["parameters"], 15_764_649, "{file}");
+        let text = d.ok(&["model", "inspect", &d.s(file)]);
+        assert!(text.contains(&format!("`{key}`")), "{text}");
+    }
+}
+
+/// Real torch.save outputs whose stems are 15–27 characters long open (the zip layer);
+/// they hold `{"w": 4 floats}`, so the model load then names the missing AstroMAE key.
+#[test]
+fn torch_files_of_every_stem_length_open() {
+    let d = Dir::new();
+    for n in 15..=27 {
+        let dir = manifest_dir().join(format!("../cai-torch/tests/torch_files/stem_{n}"));
+        let f = std::fs::read_dir(&dir)
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        // Storage locations refuse `..` segments.
+        let f = f.canonicalize().unwrap();
+        let out = d.cai(&["model", "inspect", &f.display().to_string()]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(!stderr.contains("zip archive"), "stem of {n}: {stderr}");
+        assert!(stderr.contains("patch_embed"), "stem of {n}: {stderr}");
+    }
+}

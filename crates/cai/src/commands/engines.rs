@@ -43,6 +43,7 @@ pub(crate) fn request(a: &RunArgs) -> Result<RunRequest> {
 }
 
 /// Seconds as a poll interval, clamped to `min`..1 h (`default` when not a number).
+#[cfg_attr(not(any(feature = "slurm", feature = "aws")), allow(dead_code))]
 fn poll(secs: f64, min: f64, default: f64) -> Duration {
     Duration::from_secs_f64(if secs.is_finite() {
         secs.clamp(min, 3600.0)

@@ -137,10 +137,7 @@ where
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("CaiError", m.py().get_type::<CaiError>())?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
-    m.add(
-        "PREDICTIONS_KEY",
-        cai_engine::summarize::PREDICTIONS_KEY,
-    )?;
+    m.add("PREDICTIONS_KEY", cai_engine::summarize::PREDICTIONS_KEY)?;
     m.add("SUMMARY_KEY", cai_engine::summarize::SUMMARY_KEY)?;
     m.add_class::<model::Model>()?;
     m.add_function(wrap_pyfunction!(model::predict, m)?)?;

@@ -322,7 +322,11 @@ pub fn kernel_tier() -> String {
 /// `cai model init --seed SEED --out OUT` does (for examples and tests).
 #[pyfunction]
 #[pyo3(signature = (out, seed = 0))]
-pub fn init_model(py: Python<'_>, out: std::path::PathBuf, seed: u64) -> PyResult<std::path::PathBuf> {
+pub fn init_model(
+    py: Python<'_>,
+    out: std::path::PathBuf,
+    seed: u64,
+) -> PyResult<std::path::PathBuf> {
     let path = out.clone();
     py.detach(move || -> PyResult<()> {
         let weights = cai_model::init::astromae_weights(seed, &cai_model::Config::astromae());

@@ -22,14 +22,12 @@ pub fn read_object<'py>(
     let url = StorageUrl::parse(results).map_err(cai_err)?;
     let key = key.to_string();
     let bytes = py.detach(move || -> PyResult<bytes::Bytes> {
-        runtime()?
-            .block_on(url.get(&key))
-            .map_err(|e| match e {
-                cai_core::Error::NotFound { url } => CaiError::new_err(format!(
-                    "{url} not found: has the run finished and been summarized (`cai summarize`)?"
-                )),
-                other => cai_err(other),
-            })
+        runtime()?.block_on(url.get(&key)).map_err(|e| match e {
+            cai_core::Error::NotFound { url } => CaiError::new_err(format!(
+                "{url} not found: has the run finished and been summarized (`cai summarize`)?"
+            )),
+            other => cai_err(other),
+        })
     })?;
     Ok(PyBytes::new(py, &bytes))
 }
@@ -86,12 +84,15 @@ pub fn report(
             .map_err(cai_err)?;
         let report = build(&runs, &opts).map_err(cai_err)?;
         if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| {
-                CaiError::new_err(format!("cannot create {}: {e}", dir.display()))
-            })?;
+            std::fs::create_dir_all(dir)
+                .map_err(|e| CaiError::new_err(format!("cannot create {}: {e}", dir.display())))?;
         }
         std::fs::write(&out, &report.html).map_err(|e| {
-            CaiError::new_err(format!("cannot write {}: {}", out.display(), error_chain(&e)))
+            CaiError::new_err(format!(
+                "cannot write {}: {}",
+                out.display(),
+                error_chain(&e)
+            ))
         })?;
         Ok(report.figures.len())
     })

@@ -81,7 +81,9 @@ async fn plan_or_resume(o: &RunOptions) -> Result<(Arc<Plan>, Vec<usize>), BoxEr
         .results
         .clone()
         .or_else(|| o.payload.as_ref().and_then(Payload::results_url))
-        .ok_or_else(|| msg("no results location: give results (or a payload with bucket and result_path)"))?;
+        .ok_or_else(|| {
+            msg("no results location: give results (or a payload with bucket and result_path)")
+        })?;
     let results_url = StorageUrl::parse(&results)?;
     if o.resume {
         let Some(mut plan) = load_plan(&results_url).await? else {
@@ -99,7 +101,9 @@ async fn plan_or_resume(o: &RunOptions) -> Result<(Arc<Plan>, Vec<usize>), BoxEr
         .data
         .clone()
         .or_else(|| o.payload.as_ref().and_then(Payload::data_url))
-        .ok_or_else(|| msg("no data location: give data (or a payload with data_bucket and data_prefix)"))?;
+        .ok_or_else(|| {
+            msg("no data location: give data (or a payload with data_bucket and data_prefix)")
+        })?;
     let model = o.model.clone().ok_or_else(|| {
         msg("no model: give model=FILE (a safetensors state_dict; `cai model init` makes one)")
     })?;
@@ -132,7 +136,13 @@ async fn run_plan(
     }
     let model = load_model_with(&plan.model, o.precision)
         .await
-        .map_err(|e| msg(format!("cannot load the model {}: {}", plan.model, error_chain(&e))))?;
+        .map_err(|e| {
+            msg(format!(
+                "cannot load the model {}: {}",
+                plan.model,
+                error_chain(&e)
+            ))
+        })?;
     let cores = available_cores();
     let (dw, dt) = default_parallelism(ranks.len(), cores);
     let workers = o.workers.unwrap_or(dw).max(1);
@@ -207,9 +217,8 @@ pub fn run_local(
     }
     let payload = payload
         .map(|p| -> PyResult<Payload> {
-            let bytes = std::fs::read(&p).map_err(|e| {
-                CaiError::new_err(format!("cannot read the payload {p}: {e}"))
-            })?;
+            let bytes = std::fs::read(&p)
+                .map_err(|e| CaiError::new_err(format!("cannot read the payload {p}: {e}")))?;
             Payload::from_json(&p, &bytes).map_err(crate::cai_err)
         })
         .transpose()?;

@@ -34,7 +34,7 @@ fn partition_dict<'py>(py: Python<'py>, p: Partition) -> PyResult<Bound<'py, PyD
 /// Synthetic galaxies (the generator behind `cai synth`): written to `out` as the CLI
 /// writes them when `out` is given (returns the path), else returned as arrays.
 #[pyfunction]
-#[pyo3(signature = (n, seed = 0, out = None))]
+#[pyo3(signature = (n, seed = 1, out = None))]
 pub fn synth<'py>(
     py: Python<'py>,
     n: u64,

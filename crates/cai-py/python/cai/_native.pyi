@@ -56,7 +56,7 @@ def kernel_tier() -> str:
     """The SIMD kernel tier in use: ``scalar``, ``avx2``, ``avx512`` or ``neon``."""
 
 def synth(
-    n: int, seed: int = 0, out: Optional[Union[str, "os.PathLike[str]"]] = None
+    n: int, seed: int = 1, out: Optional[Union[str, "os.PathLike[str]"]] = None
 ) -> Any:
     """``n`` synthetic galaxies (seeded, as ``cai synth``): written to ``out`` (returns the
     path) or returned as a dict of arrays ``images``, ``magnitudes``, ``redshift``,

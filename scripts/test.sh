@@ -39,3 +39,29 @@ if [ -z "${CAI_TEST_BROWSER:-}" ] && [ "${CI:-}" = true ] && [ "$(id -u)" = 0 ];
     fi
 fi
 cargo test --workspace --locked "$@"
+
+# The Python package (crates/cai-py): build and install it into a venv under ~/.cache (kept
+# between runs), then run its pytest suite, which compares it with the `cai` binary that
+# the tests above built. CAI_TEST_PYTHON=0 skips this; under CI=true a missing tool fails.
+if [ "${CAI_TEST_PYTHON:-1}" != 0 ]; then
+    py_venv="${CAI_PY_VENV:-$HOME/.cache/cai-py-venv}"
+    py_missing() {
+        if [ "${CI:-}" = true ]; then
+            echo "test.sh: $1; the Python package cannot be tested" >&2
+            exit 1
+        fi
+        echo "test.sh: $1; the Python package's tests are skipped" >&2
+    }
+    if ! { [ -x "$py_venv/bin/python" ] || python3 -m venv "$py_venv"; }; then
+        py_missing "cannot make a Python venv at $py_venv (python3 -m venv)"
+    elif ! "$py_venv/bin/python" -c "import maturin, numpy, pandas, pyarrow, pytest" 2>/dev/null &&
+        ! "$py_venv/bin/python" -m pip install --quiet maturin numpy pandas pyarrow pytest; then
+        py_missing "cannot install maturin, numpy, pandas, pyarrow and pytest into $py_venv"
+    else
+        cargo build --locked --bin cai
+        # The venv's maturin builds the wheel (on PATH for pip's build backend).
+        PATH="$py_venv/bin:$PATH" "$py_venv/bin/python" -m pip install --quiet \
+            --no-build-isolation ./crates/cai-py
+        CAI_BIN="$CARGO_TARGET_DIR/debug/cai" "$py_venv/bin/python" -m pytest -q crates/cai-py/tests
+    fi
+fi

@@ -1,0 +1,283 @@
+//! `cai.run` for the local engine: plan, run the ranks on this machine, summarize, through
+//! the same cai-engine calls as `cai run` (crates/cai/src/commands/run.rs).
+//!
+//! The run goes on a helper thread with its own tokio runtime; the Python thread draws the
+//! progress and checks for Ctrl-C. On Ctrl-C every worker stops at its next batch (the
+//! model refuses to run once cancelled), the runtime is shut down without recording those
+//! ranks as failed, and `KeyboardInterrupt` is raised: `resume=True` runs what is left.
+//!
+//! When cai-engine's `Engine` trait lands, [`run_plan`] becomes a call of the local engine
+//! through that trait (and slurm/aws engines can be added the same way).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use cai_core::payload::Payload;
+use cai_core::plan::{Plan, PlanRequest};
+use cai_core::StorageUrl;
+use cai_engine::local::{available_cores, default_parallelism, LocalEngine};
+use cai_engine::stages::{clear_results, load_model_with, plan_run};
+use cai_engine::summarize::{load_plan, missing_ranks, summarize};
+use cai_model::{AstroMae, Model};
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+
+use crate::model::{kernel_tier, parse_precision};
+use crate::{error_chain, runtime, wait_interruptible, CaiError};
+
+/// A model that refuses to run once its run is cancelled, so every worker stops at its
+/// next batch.
+struct Cancellable {
+    inner: Arc<AstroMae>,
+    cancel: Arc<AtomicBool>,
+}
+
+impl Model for Cancellable {
+    fn predict(
+        &self,
+        images: &[f32],
+        magnitudes: &[f32],
+        n: usize,
+    ) -> Result<Vec<f32>, cai_model::Error> {
+        if self.cancel.load(Ordering::Relaxed) {
+            return Err(cai_model::Error::Config {
+                file: "cai.run".into(),
+                message: "interrupted (KeyboardInterrupt); run again with resume=True".into(),
+            });
+        }
+        self.inner.predict(images, magnitudes, n)
+    }
+
+    fn input_shape(&self) -> (usize, usize, usize) {
+        self.inner.input_shape()
+    }
+}
+
+/// What `cai.run` passes down: the CLI's `cai run` options for the local engine.
+struct RunOptions {
+    data: Option<String>,
+    results: Option<String>,
+    model: Option<String>,
+    payload: Option<Payload>,
+    batch_size: Option<usize>,
+    file_limit: Option<usize>,
+    world_size: Option<usize>,
+    workers: Option<usize>,
+    threads: Option<usize>,
+    precision: cai_model::kernels::Precision,
+    resume: bool,
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+fn msg(s: impl Into<String>) -> BoxError {
+    s.into().into()
+}
+
+/// Plan (or reload the plan with `resume`), as `cai run` does.
+async fn plan_or_resume(o: &RunOptions) -> Result<(Arc<Plan>, Vec<usize>), BoxError> {
+    let results = o
+        .results
+        .clone()
+        .or_else(|| o.payload.as_ref().and_then(Payload::results_url))
+        .ok_or_else(|| {
+            msg("no results location: give results (or a payload with bucket and result_path)")
+        })?;
+    let results_url = StorageUrl::parse(&results)?;
+    if o.resume {
+        let Some(mut plan) = load_plan(&results_url).await? else {
+            return Err(msg(format!(
+                "no plan.json under {results}: nothing to resume; run without resume=True first"
+            )));
+        };
+        if let Some(m) = &o.model {
+            plan.model = m.clone();
+        }
+        let ranks = missing_ranks(&results_url, plan.world_size).await?;
+        return Ok((Arc::new(plan), ranks));
+    }
+    let data = o
+        .data
+        .clone()
+        .or_else(|| o.payload.as_ref().and_then(Payload::data_url))
+        .ok_or_else(|| {
+            msg("no data location: give data (or a payload with data_bucket and data_prefix)")
+        })?;
+    let model = o.model.clone().ok_or_else(|| {
+        msg("no model: give model=FILE (a safetensors state_dict; `cai model init` makes one)")
+    })?;
+    let req = PlanRequest {
+        data,
+        results,
+        model,
+        batch_size: o.batch_size,
+        file_limit: o.file_limit,
+        world_size: o.world_size,
+        payload: o.payload.clone(),
+    };
+    let plan = plan_run(&req).await?;
+    clear_results(&results_url).await?;
+    let ranks = (0..plan.world_size).collect();
+    Ok((Arc::new(plan), ranks))
+}
+
+/// Run the plan's `ranks` on this machine, as `cai run --engine local` does; the summary
+/// as JSON. The one place that names the local engine (see the module doc).
+async fn run_plan(
+    o: &RunOptions,
+    cancel: Arc<AtomicBool>,
+    done: Arc<AtomicU64>,
+    total: Arc<AtomicU64>,
+) -> Result<String, BoxError> {
+    let (plan, ranks) = plan_or_resume(o).await?;
+    for w in &plan.warnings {
+        eprintln!("warning: {w}");
+    }
+    let model = load_model_with(&plan.model, o.precision)
+        .await
+        .map_err(|e| {
+            msg(format!(
+                "cannot load the model {}: {}",
+                plan.model,
+                error_chain(&e)
+            ))
+        })?;
+    let cores = available_cores();
+    let (dw, dt) = default_parallelism(ranks.len(), cores);
+    let workers = o.workers.unwrap_or(dw).max(1);
+    let threads = o
+        .threads
+        .unwrap_or(if o.workers.is_some() {
+            (cores / workers).max(1)
+        } else {
+            dt
+        })
+        .max(1);
+    let n: u64 = ranks
+        .iter()
+        .flat_map(|&r| plan.partitions_of(r))
+        .map(|p| p.galaxies.unwrap_or(0))
+        .sum();
+    total.store(n, Ordering::Relaxed);
+    let engine = LocalEngine {
+        workers,
+        threads,
+        kernels: kernel_tier(),
+    };
+    let model: Arc<dyn Model> = Arc::new(Cancellable {
+        inner: model,
+        cancel,
+    });
+    engine
+        .run(
+            plan.clone(),
+            &ranks,
+            model,
+            Some(Arc::new(move |k| {
+                done.fetch_add(k, Ordering::Relaxed);
+            })),
+            None,
+        )
+        .await?;
+    let results = StorageUrl::parse(&plan.results)?;
+    let summary = summarize(&results, Some(&plan)).await?;
+    Ok(serde_json::to_string(&summary)?)
+}
+
+/// Run on the local engine and summarize; returns `summary.json`'s text. `progress` is
+/// called as `progress(done, total)` about ten times a second and once at the end.
+#[pyfunction]
+#[pyo3(signature = (data, results, model, *, batch_size = None, file_limit = None, world_size = None, workers = None, threads = None, precision = "f32", resume = false, payload = None, progress = None))]
+#[allow(clippy::too_many_arguments)]
+pub fn run_local(
+    py: Python<'_>,
+    data: Option<String>,
+    results: Option<String>,
+    model: Option<String>,
+    batch_size: Option<usize>,
+    file_limit: Option<usize>,
+    world_size: Option<usize>,
+    workers: Option<usize>,
+    threads: Option<usize>,
+    precision: &str,
+    resume: bool,
+    payload: Option<String>,
+    progress: Option<Bound<'_, PyAny>>,
+) -> PyResult<String> {
+    for (name, v) in [
+        ("batch_size", batch_size),
+        ("world_size", world_size),
+        ("workers", workers),
+        ("threads", threads),
+    ] {
+        if v == Some(0) {
+            return Err(PyValueError::new_err(format!("{name}: must be at least 1")));
+        }
+    }
+    let payload = payload
+        .map(|p| -> PyResult<Payload> {
+            let bytes = std::fs::read(&p)
+                .map_err(|e| CaiError::new_err(format!("cannot read the payload {p}: {e}")))?;
+            Payload::from_json(&p, &bytes).map_err(crate::cai_err)
+        })
+        .transpose()?;
+    let opts = RunOptions {
+        data,
+        results,
+        model,
+        payload,
+        batch_size,
+        file_limit,
+        world_size,
+        workers,
+        threads,
+        precision: parse_precision(precision)?,
+        resume,
+    };
+    let cancel = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let total = Arc::new(AtomicU64::new(0));
+    let (c2, d2, t2) = (cancel.clone(), done.clone(), total.clone());
+    let work = move || -> Result<Option<String>, String> {
+        let rt = runtime().map_err(|e| e.to_string())?;
+        let out = rt.block_on(async {
+            let run = run_plan(&opts, c2.clone(), d2, t2);
+            let watch = async {
+                while !c2.load(Ordering::Relaxed) {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            };
+            tokio::select! {
+                r = run => Some(r),
+                () = watch => None,
+            }
+        });
+        // After Ctrl-C the workers' tasks are dropped here (no failure records); their
+        // blocking inference ends at the next batch.
+        rt.shutdown_timeout(Duration::from_secs(60));
+        match out {
+            Some(Ok(json)) => Ok(Some(json)),
+            Some(Err(e)) => Err(error_chain(&*e)),
+            None => Ok(None),
+        }
+    };
+    let draw = |py: Python<'_>| -> PyResult<()> {
+        if let Some(cb) = &progress {
+            cb.call1((done.load(Ordering::Relaxed), total.load(Ordering::Relaxed)))?;
+        }
+        let _ = py;
+        Ok(())
+    };
+    let out = wait_interruptible(py, &cancel, work, &draw)?;
+    match out {
+        Ok(Some(json)) => {
+            draw(py)?;
+            Ok(json)
+        }
+        Ok(None) => Err(pyo3::exceptions::PyKeyboardInterrupt::new_err(
+            "run interrupted",
+        )),
+        Err(chain) => Err(CaiError::new_err(chain)),
+    }
+}

@@ -1,0 +1,69 @@
+"""Fixtures for the `cai` Python package's tests: the CLI binary, a model, a dataset.
+
+The CLI (`cai`) is the reference the package must agree with. It is found through
+CAI_BIN, else $CARGO_TARGET_DIR/debug/cai, else target/debug/cai; without it the tests
+that compare with it are skipped, except under CI=true, where they fail.
+"""
+
+import os
+import pathlib
+import subprocess
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[3]
+
+
+def _cai_bin():
+    cands = []
+    if os.environ.get("CAI_BIN"):
+        cands.append(pathlib.Path(os.environ["CAI_BIN"]))
+    target = pathlib.Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
+    cands += [target / "debug" / "cai", target / "release" / "cai"]
+    for c in cands:
+        if c.is_file() and os.access(c, os.X_OK):
+            return c
+    return None
+
+
+@pytest.fixture(scope="session")
+def cai_bin():
+    b = _cai_bin()
+    if b is None:
+        msg = "no cai binary (set CAI_BIN or build it with `cargo build --bin cai`)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return b
+
+
+@pytest.fixture(scope="session")
+def work(tmp_path_factory):
+    return tmp_path_factory.mktemp("cai-py")
+
+
+@pytest.fixture(scope="session")
+def model_path(cai_bin, work):
+    out = work / "model.safetensors"
+    subprocess.run([str(cai_bin), "model", "init", "--seed", "7", "--out", str(out)], check=True)
+    return out
+
+
+@pytest.fixture(scope="session")
+def dataset(work):
+    import cai
+
+    path = work / "synth.safetensors"
+    cai.synth(120, seed=11, out=path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def parts(dataset, work):
+    import cai
+
+    out = work / "parts"
+    # About 20 KB a galaxy: several partitions of a few dozen galaxies.
+    info = cai.partition(dataset, out, size="600KB")
+    assert info["galaxies"] == 120 and info["partitions"] >= 3
+    return out

@@ -20,6 +20,18 @@
 //! [`write_tensor_dataset`] writes partitions that `torch.load` reads back as a
 //! `TensorDataset`.
 //!
+//! The zip itself is read by a reader of its own ([`read_zip_index`]): it takes the
+//! end records (zip64 included, which torch always writes) at their word and checks them
+//! against the central directory, the local headers and the data descriptors, instead of
+//! searching for a displaced central directory as general zip readers do (a search that
+//! misplaced it in every `torch.save` file with a 21-character name stem).
+//!
+//! Checkpoints saved as a dict of several things (a training loop's `{"epoch": …,
+//! "model_state_dict": …, "optimizer_state_dict": …}`, Lightning's `{"state_dict": …}`,
+//! `{"model": module}`) load from the one entry holding a state dict or a module, or the
+//! one holding [`ReadOptions::model_keys`]; numpy scalars in them (`numpy.core` and numpy
+//! 2's `numpy._core`) become plain values.
+//!
 //! Neighbours: `cai-model` maps checkpoint keys to layers, `cai-data` wraps partitions.
 //!
 //! ```

@@ -131,7 +131,7 @@ pub fn partition<'py>(
             return Err(cai_err(e));
         }
         let manifest = res.map_err(cai_err)?;
-        rt.block_on(dest.put(cai_engine::stages::MANIFEST_KEY, manifest.to_json()))
+        rt.block_on(dest.put(cai_core::layout::MANIFEST, manifest.to_json()))
             .map_err(cai_err)?;
         Ok((manifest.partitions.len(), manifest.total_galaxies))
     })?;

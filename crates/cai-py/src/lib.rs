@@ -137,8 +137,8 @@ where
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("CaiError", m.py().get_type::<CaiError>())?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
-    m.add("PREDICTIONS_KEY", cai_engine::summarize::PREDICTIONS_KEY)?;
-    m.add("SUMMARY_KEY", cai_engine::summarize::SUMMARY_KEY)?;
+    m.add("PREDICTIONS_KEY", cai_core::layout::PREDICTIONS)?;
+    m.add("SUMMARY_KEY", cai_core::layout::SUMMARY)?;
     m.add_class::<model::Model>()?;
     m.add_function(wrap_pyfunction!(model::predict, m)?)?;
     m.add_function(wrap_pyfunction!(model::kernel_tier, m)?)?;

@@ -6,19 +6,20 @@
 //! model refuses to run once cancelled), the runtime is shut down without recording those
 //! ranks as failed, and `KeyboardInterrupt` is raised: `resume=True` runs what is left.
 //!
-//! When cai-engine's `Engine` trait lands, [`run_plan`] becomes a call of the local engine
-//! through that trait (and slurm/aws engines can be added the same way).
+//! Planning is cai-engine's [`RunRequest::plan`] and the ranks run on
+//! [`LocalEngine::run_ranks`], as under `cai run`; the Slurm and AWS engines (the `Engine`
+//! trait's other implementations) are not offered from Python yet.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use cai_core::payload::Payload;
-use cai_core::plan::{Plan, PlanRequest};
 use cai_core::StorageUrl;
-use cai_engine::local::{available_cores, default_parallelism, LocalEngine};
-use cai_engine::stages::{clear_results, load_model_with, plan_run};
-use cai_engine::summarize::{load_plan, missing_ranks, summarize};
+use cai_engine::engine::{galaxies_in, RunEvent, RunEvents, RunRequest};
+use cai_engine::local::LocalEngine;
+use cai_engine::stages::load_model_with;
+use cai_engine::summarize::summarize;
 use cai_model::{AstroMae, Model};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -75,62 +76,28 @@ fn msg(s: impl Into<String>) -> BoxError {
     s.into().into()
 }
 
-/// Plan (or reload the plan with `resume`), as `cai run` does.
-async fn plan_or_resume(o: &RunOptions) -> Result<(Arc<Plan>, Vec<usize>), BoxError> {
-    let results = o
-        .results
-        .clone()
-        .or_else(|| o.payload.as_ref().and_then(Payload::results_url))
-        .ok_or_else(|| {
-            msg("no results location: give results (or a payload with bucket and result_path)")
-        })?;
-    let results_url = StorageUrl::parse(&results)?;
-    if o.resume {
-        let Some(mut plan) = load_plan(&results_url).await? else {
-            return Err(msg(format!(
-                "no plan.json under {results}: nothing to resume; run without resume=True first"
-            )));
-        };
-        if let Some(m) = &o.model {
-            plan.model = m.clone();
-        }
-        let ranks = missing_ranks(&results_url, plan.world_size).await?;
-        return Ok((Arc::new(plan), ranks));
-    }
-    let data = o
-        .data
-        .clone()
-        .or_else(|| o.payload.as_ref().and_then(Payload::data_url))
-        .ok_or_else(|| {
-            msg("no data location: give data (or a payload with data_bucket and data_prefix)")
-        })?;
-    let model = o.model.clone().ok_or_else(|| {
-        msg("no model: give model=FILE (a safetensors state_dict; `cai model init` makes one)")
-    })?;
-    let req = PlanRequest {
-        data,
-        results,
-        model,
-        batch_size: o.batch_size,
-        file_limit: o.file_limit,
-        world_size: o.world_size,
-        payload: o.payload.clone(),
-    };
-    let plan = plan_run(&req).await?;
-    clear_results(&results_url).await?;
-    let ranks = (0..plan.world_size).collect();
-    Ok((Arc::new(plan), ranks))
-}
-
-/// Run the plan's `ranks` on this machine, as `cai run --engine local` does; the summary
-/// as JSON. The one place that names the local engine (see the module doc).
+/// Run the plan's ranks on this machine, as `cai run --engine local` does; the summary as
+/// JSON. Planning (or resuming) is [`RunRequest::plan`], the ranks run through
+/// [`LocalEngine::run_ranks`] with a model that stops at the next batch once cancelled.
 async fn run_plan(
     o: &RunOptions,
     cancel: Arc<AtomicBool>,
     done: Arc<AtomicU64>,
     total: Arc<AtomicU64>,
 ) -> Result<String, BoxError> {
-    let (plan, ranks) = plan_or_resume(o).await?;
+    let req = RunRequest {
+        data: o.data.clone(),
+        results: o.results.clone(),
+        model: o.model.clone(),
+        payload: o.payload.clone(),
+        batch_size: o.batch_size,
+        file_limit: o.file_limit,
+        world_size: o.world_size,
+        precision: o.precision,
+        resume: o.resume,
+        detach: false,
+    };
+    let (plan, ranks) = req.plan().await?;
     for w in &plan.warnings {
         eprintln!("warning: {w}");
     }
@@ -143,26 +110,10 @@ async fn run_plan(
                 error_chain(&e)
             ))
         })?;
-    let cores = available_cores();
-    let (dw, dt) = default_parallelism(ranks.len(), cores);
-    let workers = o.workers.unwrap_or(dw).max(1);
-    let threads = o
-        .threads
-        .unwrap_or(if o.workers.is_some() {
-            (cores / workers).max(1)
-        } else {
-            dt
-        })
-        .max(1);
-    let n: u64 = ranks
-        .iter()
-        .flat_map(|&r| plan.partitions_of(r))
-        .map(|p| p.galaxies.unwrap_or(0))
-        .sum();
-    total.store(n, Ordering::Relaxed);
+    total.store(galaxies_in(&plan, &ranks), Ordering::Relaxed);
     let engine = LocalEngine {
-        workers,
-        threads,
+        workers: o.workers,
+        threads: o.threads,
         kernels: kernel_tier(),
     };
     let model: Arc<dyn Model> = Arc::new(Cancellable {
@@ -170,19 +121,22 @@ async fn run_plan(
         cancel,
     });
     engine
-        .run(
-            plan.clone(),
-            &ranks,
-            model,
-            Some(Arc::new(move |k| {
-                done.fetch_add(k, Ordering::Relaxed);
-            })),
-            None,
-        )
+        .run_ranks(plan.clone(), &ranks, model, Arc::new(Count(done)))
         .await?;
     let results = StorageUrl::parse(&plan.results)?;
     let summary = summarize(&results, Some(&plan)).await?;
     Ok(serde_json::to_string(&summary)?)
+}
+
+/// Counts the galaxies the workers report done.
+struct Count(Arc<AtomicU64>);
+
+impl RunEvents for Count {
+    fn event(&self, e: RunEvent) {
+        if let RunEvent::Advance(k) = e {
+            self.0.fetch_add(k, Ordering::Relaxed);
+        }
+    }
 }
 
 /// Run on the local engine and summarize; returns `summary.json`'s text. `progress` is

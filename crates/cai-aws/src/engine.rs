@@ -10,12 +10,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use aws_config::SdkConfig;
+use cai_core::cost::Arch;
+use cai_core::layout;
 use cai_core::summary::Summary;
 use cai_core::StorageUrl;
-use cai_core::cost::Arch;
 use cai_engine::aws::{AwsConfig, S3Prefix};
 use cai_engine::engine::{Engine, RunEnd, RunEvent, RunEvents, RunReport, RunRequest};
-use cai_core::layout;
 use sha2::{Digest, Sha256};
 
 use crate::{deploy, start_execution, watch, Deployed, Error, Package, Result, StackEvent};
@@ -305,7 +305,10 @@ impl AwsEngine {
         }
         let summary = match results.get_opt(layout::SUMMARY).await? {
             Some(b) => Some(serde_json::from_slice::<Summary>(&b).map_err(|e| {
-                Error::Invalid(format!("cannot read {}: {e}", results.url_of(layout::SUMMARY)))
+                Error::Invalid(format!(
+                    "cannot read {}: {e}",
+                    results.url_of(layout::SUMMARY)
+                ))
             })?),
             None => {
                 say(format!("no summary.json under {}", results.url_of("")));

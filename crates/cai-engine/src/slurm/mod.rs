@@ -220,7 +220,9 @@ impl SlurmEngine {
         let mut options = self.script.clone();
         options.log_dir = script_dir.join("logs");
         let probe = probe_token();
-        results.put(layout::SLURM_PROBE, probe.clone().into_bytes()).await?;
+        results
+            .put(layout::SLURM_PROBE, probe.clone().into_bytes())
+            .await?;
         for dir in [&script_dir, &options.log_dir] {
             std::fs::create_dir_all(dir).map_err(|source| Error::Io {
                 path: dir.clone(),

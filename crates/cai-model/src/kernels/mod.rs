@@ -31,35 +31,68 @@
 //! Reduced precision ([`Precision`]) is a property of a packed weight matrix:
 //! [`PackedB::round_bf16`] rounds it to bfloat16 values, and [`Ops::gemm`] then rounds the
 //! activations to bf16 too and sums the exact products in f32 (`vdpbf16ps` on AVX-512 BF16,
-//! the f32 kernels on the rounded values elsewhere); [`PackedB::quantize_int8`] and
-//! [`PackedB::quantize_int16`] replace it by integers with one symmetric scale per output column, 8 or
-//! [`INT16_WEIGHT_BITS`] (13) bits wide, stored as i16 either way. [`Ops::gemm`] then
-//! quantises each row of `A` on the fly to integers with one scale per row
-//! ([`quantize_row`]), accumulates `vpmaddwd` products in i32 and applies the epilogue in
-//! f32. The activations get the most bits that cannot overflow the i32 sum against these
-//! weights ([`activation_limit`]: `limit * max_j sum_k |q_kj|` fits in an i32, at most
-//! 32767), so no reduction length can overflow and no sum needs splitting.
+//! the f32 kernels on the rounded values elsewhere). [`PackedB::quantize_int16`] replaces it
+//! by [`INT16_WEIGHT_BITS`] (13) bit integers with one symmetric scale per output column,
+//! stored as i16; [`Ops::gemm`] then quantises each row of `A` on the fly to integers with
+//! one scale per row ([`quantize_row`]), accumulates `vpmaddwd` (`vpdpwssd`) products in
+//! i32 and applies the epilogue in f32. The activations get the most bits that cannot
+//! overflow the i32 sum against these weights ([`activation_limit`]: `limit * max_j sum_k
+//! |q_kj|` fits in an i32, at most 32767), so no reduction length can overflow and no sum
+//! needs splitting.
 //!
-//! Why these widths (measured by a fake-quantisation study of chosen layers, now replaced
-//! by `examples/quant_study.rs` on the real kernels; max |Δz| against f32 on the PyTorch
-//! parity fixtures, 8 galaxies):
-//! * int8's error (max 1.1e-2) is all in the weights: 8-bit weights alone give 1.1e-2,
-//!   the 16-bit activations alone 1.3e-5. It is spread over every ViT layer (each of
-//!   `qkv`, `proj`, `fc1`, `fc2` alone 4e-3 to 5e-3, the CNN 6.5e-4), so keeping a few
-//!   layers in f32 cannot fix it; finer weight scales barely help (per 64 rows of `k`
-//!   3.7e-3, per 16 4.9e-3): these weights have no outlier rows to isolate.
+//! [`PackedB::quantize_int8`] makes the product int8 x int8. The weights are int8 with one
+//! symmetric scale per output column, stored in groups of 4 consecutive rows per column
+//! (one 64-byte row of a panel: 16 columns x 4 rows, the operand `vpdpbusd` reads), with
+//! each column's sum of integers. Each row of `A` is quantised to u8 codes with its own
+//! scale and zero point ([`quantize_row_u8`], [`Act8`]: `a ≈ (u - zp) * scale`);
+//! `vpdpbusd` adds four `u x q` products into each i32 lane (64 per zmm instruction, twice
+//! `vpdpwssd`'s 32), and the epilogue subtracts `zp * colsum_j`, which leaves exactly
+//! `sum_k (u_k - zp) q_kj`, then applies `acc * (row scale * column scale) + bias`, the
+//! activation and the accumulation, as for int16 (the raw sums may wrap in i32; the
+//! subtraction wraps back, and [`PackedB::quantize_int8`] keeps the exact sum within i32).
+//! AVX-512 VNNI runs it on a 12 x 32 zmm tile, AVX-VNNI on the 6 x 16 ymm one. Tiers without
+//! an 8-bit dot product multiply the same integers (`u - zp` and `q` as i16 pairs, made
+//! from the int8 panels on first use) on `vpmaddwd` (plain AVX2) or `smlal` (NEON): every
+//! tier gives the scalar reference's integers and so its bits. Plain AVX2 does not use
+//! `vpmaddubsw`: its i16 sums of two u8 x i8 products saturate (2 * 255 * 127 > 32767), so
+//! it would need 7-bit codes (twice the activation error, and other integers than the VNNI
+//! tiers) for at most 4/3 of `vpmaddwd`'s rate (3 instructions per 32 products against 2
+//! per 16); the i16 path keeps int8's results identical across CPUs at int16's speed.
+//!
+//! Asymmetric activations (zero point where 0 falls in the row's range, 255 levels over
+//! `max - min`) rather than symmetric ones (zero point 128, 127 levels each side): the step
+//! is never coarser (`(max - min) / 255 <= 2 max|a| / 255`), and about half as coarse for
+//! one-sided rows such as `fc2`'s GELU outputs (down to -0.17), for the same kernel (the zero
+//! point is one `vpmulld` per tile row and panel in the epilogue). Measured through
+//! `tests/parity.rs` (8 galaxies, max/mean |Δz| against f32): on the original-structure
+//! `model.pt` fixture asymmetric 1.04e-2/5.7e-3, symmetric 1.29e-2/5.8e-3; on the formula
+//! fixture 6.7e-3/3.1e-3 against 7.1e-3/2.9e-3. The 16-bit activations int8 had before gave
+//! 1.1e-2 and 5.6e-3 (max): int8's error is its weights', 8-bit activations add little.
+//!
+//! Speed (Intel Xeon with AVX-512 VNNI/BF16 and AVX-VNNI, 2 vCPUs shared with other builds,
+//! load 12-14; `cai bench --threads 1 --batch 128 --seconds 2 --precision all`, per
+//! CPU-second): int8 237 galaxies/s against 173 with 16-bit activations on `vpdpwssd`
+//! (1.37x), int16 151, f32 127; the ViT blocks alone at 124% of the f32 FMA probe (int16
+//! 87%, f32 64%). `examples/gemm_speed` on the ViT shapes (260 rows): int8 1.3-1.6x int16's
+//! GFLOP/s in the same run (e.g. fc2 280-316 against 172-211), 2-3x f32's. Short of
+//! `vpdpbusd`'s 2x over `vpdpwssd`: the epilogue (zero point, dequantisation, GELU) and the
+//! quantisation of `A` now weigh twice as much against the shorter k loop.
+//!
+//! Why these widths (measured by a fake-quantisation study of chosen layers, since replaced
+//! by `examples/quant_study.rs` on the real kernels; max |Δz| against f32 on the PyTorch parity fixtures, 8 galaxies; with 16-bit
+//! activations, before int8 x int8):
+//! * int8 weights' error (max 1.1e-2) is spread over every ViT layer (each of `qkv`,
+//!   `proj`, `fc1`, `fc2` alone 4e-3 to 5e-3, the CNN 6.5e-4), so keeping a few layers in
+//!   f32 cannot fix it; finer weight scales barely help (per 64 rows of `k` 3.7e-3, per 16
+//!   4.9e-3): these weights have no outlier rows to isolate.
 //! * Only more weight bits do: 10 bits 1.4e-3, 12 bits 5.7e-4, 13 bits 1.5e-4 (each with
 //!   the activations it leaves). The i16 storage and `vpmaddwd` take them at no cost in
 //!   speed; the price is activation bits. Bounding the sums by the actual column sums of
 //!   |q| rather than by `k * wmax` lets the activations against 13-bit weights reach
 //!   |q| ≈ 2300 in `fc2` (k = 768), ≈ 7000 in `qkv`, `proj` and `fc1`, more elsewhere (with
 //!   the `k * wmax` bound: 3.7e-4 instead of 1.5e-4), and 13 bits is the best split
-//!   measured (14 bits: 2.3e-4). That is
-//!   [`Precision::Int16`]: 1.9e-4 through the integer kernels. int8 stays for what 8-bit
-//!   weights give (and for a future VNNI kernel, where 8 bits would double the rate).
-//! * Why not 8-bit activations: AVX2 has no 8-bit dot product that beats `vpmaddwd` (16
-//!   i16 products per instruction, like `vpmaddubsw` + `vpmaddwd` for 32 u8 x i8 products
-//!   in two), so 8-bit activations would cost accuracy and gain nothing.
+//!   measured (14 bits: 2.3e-4). That is [`Precision::Int16`]: 1.9e-4 through the integer
+//!   kernels. [`Precision::Int8`] is the fast one, for layers (or models) that tolerate it.
 
 use std::sync::OnceLock;
 
@@ -805,8 +838,9 @@ pub const ACT8_MAX: i32 = 255;
 
 /// Whether int8 activations are quantised symmetrically (zero point 128, scale
 /// `max |a| / 127`) rather than asymmetrically (scale `(max - min) / 255` over the row's
-/// range widened to hold 0, zero point where 0 falls). See the module doc for the measured
-/// choice.
+/// range widened to hold 0, zero point where 0 falls). Asymmetric measured better on the
+/// parity fixtures (max |Δz| 1.04e-2 against 1.29e-2 on `model.pt`; see the module doc);
+/// kept as a switch for such studies (the kernels take any zero point).
 const ACT8_SYMMETRIC: bool = false;
 
 /// How one row of activations maps to the unsigned 8-bit codes of the int8 product:

@@ -18,9 +18,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use cai_model::kernels::Precision;
-use cai_model::{
-    init, load_model_file, AstroMae, Config, LoadOptions, Model, ModelForm, Tensor, Weights,
-};
+use cai_model::{init, load_model_file, AstroMae, Config, LoadOptions, Model, ModelForm, Weights};
 
 const HARD_LIMIT: f64 = 1e-4;
 
@@ -30,57 +28,6 @@ const HARD_LIMIT: f64 = 1e-4;
 fn manifest_dir() -> PathBuf {
     std::env::var_os("CARGO_MANIFEST_DIR")
         .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
-}
-
-fn fnv1a64(s: &str) -> u64 {
-    let mut h = 0xCBF2_9CE4_8422_2325u64;
-    for b in s.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01B3);
-    }
-    h
-}
-
-/// u in [0, 1) for element `i` of `key` (see the Python docstring).
-fn unit(key_hash: u64, i: u64) -> f64 {
-    let x = key_hash ^ i.wrapping_mul(0xD1B5_4A32_D192_ED03);
-    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^= z >> 31;
-    (z >> 40) as f64 / (1u64 << 24) as f64
-}
-
-fn canonical(key: &str) -> String {
-    match key.strip_prefix("inception_model.conv2d_init.") {
-        Some(rest) => format!("inception_model.vis_inception.0.{rest}"),
-        None => key.to_string(),
-    }
-}
-
-fn formula(key: &str, shape: &[usize]) -> Vec<f32> {
-    let n: usize = shape.iter().product();
-    let h = fnv1a64(&canonical(key));
-    (0..n as u64)
-        .map(|i| {
-            let u = unit(h, i);
-            let s = 2.0 * u - 1.0;
-            let v = if key.ends_with("running_var") {
-                0.5 + u
-            } else if key.ends_with("running_mean") {
-                0.2 * s
-            } else if key == "cls_token" || key == "pos_embed" {
-                0.02 * s
-            } else if shape.len() >= 2 {
-                s * (3.0 / (n / shape[0]) as f64).sqrt()
-            } else if key.ends_with("weight") {
-                1.0 + 0.2 * s
-            } else {
-                0.1 * s
-            };
-            v as f32
-        })
-        .collect()
 }
 
 fn fixture() -> serde_json::Value {
@@ -96,33 +43,16 @@ fn floats(v: &serde_json::Value) -> Vec<f32> {
         .collect()
 }
 
-/// Formula weights with the key set and shapes the fixture lists.
-fn formula_weights(fx: &serde_json::Value) -> Weights {
-    let mut w = Weights::new();
-    for kv in fx["keys"].as_array().unwrap() {
-        let key = kv[0].as_str().unwrap();
-        let shape: Vec<usize> = kv[1]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|d| d.as_u64().unwrap() as usize)
-            .collect();
-        w.insert(key, Tensor::new(shape.clone(), formula(key, &shape)));
-    }
-    w.set_metadata("heads", fx["config"]["heads"].to_string());
-    w
+/// The formula model's weights, from the library (`cai_model::formula`, the code `cai
+/// bench` judges precisions on); [`formula_weights_match_the_python_side`] checks them
+/// against the fixture's key set, shapes and checksums.
+fn formula_weights(_fx: &serde_json::Value) -> Weights {
+    cai_model::formula::weights(&Config::astromae())
 }
 
+/// The fixture's inputs, from the library's formula.
 fn inputs(n: usize) -> (Vec<f32>, Vec<f32>) {
-    let hi = fnv1a64("input.images");
-    let hm = fnv1a64("input.magnitudes");
-    let img = (0..(n * 5 * 32 * 32) as u64)
-        .map(|i| (2.0 * unit(hi, i) - 1.0) as f32)
-        .collect();
-    let mag = (0..(n * 5) as u64)
-        .map(|i| (18.0 + 2.0 * (2.0 * unit(hm, i) - 1.0)) as f32)
-        .collect();
-    (img, mag)
+    cai_model::formula::inputs(n, 5, 32)
 }
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f64 {
@@ -144,6 +74,23 @@ fn formula_weights_match_the_python_side() {
         .collect();
     let theirs: Vec<String> = w.keys().map(str::to_string).collect();
     assert_eq!(ours, theirs);
+    // The key set and shapes the Python side wrote.
+    let listed = fx["keys"].as_array().unwrap();
+    assert_eq!(listed.len(), w.len());
+    for kv in listed {
+        let key = kv[0].as_str().unwrap();
+        let shape: Vec<usize> = kv[1]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d.as_u64().unwrap() as usize)
+            .collect();
+        assert_eq!(w.get(key).map(|t| t.shape.clone()), Some(shape), "{key}");
+    }
+    assert_eq!(
+        w.metadata().get("heads").map(String::as_str),
+        Some(fx["config"]["heads"].to_string().as_str())
+    );
     let (mut sum, mut abs) = (0.0f64, 0.0f64);
     for (_, t) in w.iter() {
         for v in &t.data {
@@ -213,21 +160,6 @@ fn formula_full_size_model_matches_pytorch() {
 
 /// The library's copy of the formula ([`cai_model::formula`], what `cai bench` judges
 /// accuracy on) is this file's: the same tensors, inputs and PyTorch's outputs.
-#[test]
-fn formula_module_is_the_fixture_model() {
-    let fx = fixture();
-    let w = formula_weights(&fx);
-    let lib = cai_model::formula::weights(&Config::astromae());
-    assert_eq!(lib.len(), w.len());
-    for (k, t) in w.iter() {
-        assert_eq!(lib.get(k), Some(t), "{k}");
-    }
-    assert_eq!(lib.metadata().get("heads"), w.metadata().get("heads"));
-    let n = fx["n"].as_u64().unwrap() as usize;
-    let (img, mag) = inputs(n);
-    assert_eq!(cai_model::formula::inputs(n, 5, 32), (img, mag));
-}
-
 fn parity_dir() -> Option<PathBuf> {
     std::env::var_os("CAI_PARITY_DIR").map(PathBuf::from)
 }

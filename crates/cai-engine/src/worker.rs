@@ -374,6 +374,70 @@ pub struct PartitionRun {
     pub nonfinite_galaxies: u64,
 }
 
+/// One batch made safe for the model: a galaxy holding a non-finite value (NaN or ±Inf in
+/// its pixels or magnitudes) is zeroed in a copy before the model sees it, and its
+/// prediction is set to NaN afterwards; a batch with none is passed in place. The rule of
+/// every caller that predicts from arrays (the worker, the Python package).
+#[derive(Debug, Default)]
+pub struct FiniteBatch {
+    images: Vec<f32>,
+    magnitudes: Vec<f32>,
+    bad: Vec<usize>,
+}
+
+impl FiniteBatch {
+    /// The batch to predict (`images` holds galaxies of `img_len` values, `magnitudes` the
+    /// same galaxies' values in equal shares) and the number of non-finite values in it.
+    pub fn prepare<'a>(
+        &'a mut self,
+        images: &'a [f32],
+        magnitudes: &'a [f32],
+        img_len: usize,
+    ) -> (&'a [f32], &'a [f32], u64) {
+        let m = images.len() / img_len.max(1);
+        let c = magnitudes.len() / m.max(1);
+        self.bad.clear();
+        let mut nonfinite = 0u64;
+        for g in 0..m {
+            let nf = images[g * img_len..(g + 1) * img_len]
+                .iter()
+                .chain(&magnitudes[g * c..(g + 1) * c])
+                .filter(|v| !v.is_finite())
+                .count() as u64;
+            if nf > 0 {
+                nonfinite += nf;
+                self.bad.push(g);
+            }
+        }
+        if self.bad.is_empty() {
+            return (images, magnitudes, 0);
+        }
+        self.images.clear();
+        self.images.extend_from_slice(images);
+        self.magnitudes.clear();
+        self.magnitudes.extend_from_slice(magnitudes);
+        for &g in &self.bad {
+            self.images[g * img_len..(g + 1) * img_len].fill(0.0);
+            self.magnitudes[g * c..(g + 1) * c].fill(0.0);
+        }
+        (&self.images, &self.magnitudes, nonfinite)
+    }
+
+    /// Galaxies of the last prepared batch that held a non-finite value.
+    pub fn bad(&self) -> &[usize] {
+        &self.bad
+    }
+
+    /// Set the predictions of those galaxies to NaN.
+    pub fn mark(&self, z: &mut [f32]) {
+        for &g in &self.bad {
+            if let Some(v) = z.get_mut(g) {
+                *v = f32::NAN;
+            }
+        }
+    }
+}
+
 /// Predict every galaxy of a partition, batch by batch, on `pool`.
 ///
 /// A galaxy with a non-finite input is counted, run on zeros (so the batch's other galaxies
@@ -402,41 +466,15 @@ pub fn predict_partition(
         z_pred: Vec::with_capacity(n),
         ..Default::default()
     };
-    // A batch is passed to the model in place; only one holding a non-finite value is
-    // copied, so that its bad galaxies can be zeroed.
-    let mut images = Vec::new();
-    let mut mags = Vec::new();
-    let mut bad = Vec::new();
+    let mut guard = FiniteBatch::default();
     for start in (0..n).step_by(batch_size.max(1)) {
         let m = batch_size.max(1).min(n - start);
-        let batch_images = &partition.images[start * img_len..(start + m) * img_len];
-        let batch_mags = &partition.magnitudes[start * c..(start + m) * c];
-        bad.clear();
-        for g in 0..m {
-            let nf = batch_images[g * img_len..(g + 1) * img_len]
-                .iter()
-                .chain(&batch_mags[g * c..(g + 1) * c])
-                .filter(|v| !v.is_finite())
-                .count() as u64;
-            if nf > 0 {
-                run.nonfinite_values += nf;
-                run.nonfinite_galaxies += 1;
-                bad.push(g);
-            }
-        }
-        let (batch_images, batch_mags) = if bad.is_empty() {
-            (batch_images, batch_mags)
-        } else {
-            images.clear();
-            images.extend_from_slice(batch_images);
-            mags.clear();
-            mags.extend_from_slice(batch_mags);
-            for &g in &bad {
-                images[g * img_len..(g + 1) * img_len].fill(0.0);
-                mags[g * c..(g + 1) * c].fill(0.0);
-            }
-            (&images[..], &mags[..])
-        };
+        let (batch_images, batch_mags, nonfinite) = guard.prepare(
+            &partition.images[start * img_len..(start + m) * img_len],
+            &partition.magnitudes[start * c..(start + m) * c],
+            img_len,
+        );
+        run.nonfinite_values += nonfinite;
         let t = Instant::now();
         let mut out = pool.install(|| model.predict(batch_images, batch_mags, m))?;
         run.infer_s += t.elapsed().as_secs_f64();
@@ -448,9 +486,8 @@ pub fn predict_partition(
                 got: out.len(),
             });
         }
-        for &g in &bad {
-            out[g] = f32::NAN;
-        }
+        guard.mark(&mut out);
+        run.nonfinite_galaxies += guard.bad().len() as u64;
         run.z_pred.extend_from_slice(&out[..m]);
         if let Some(p) = progress {
             p(m as u64);

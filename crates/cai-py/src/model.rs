@@ -9,6 +9,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use cai_engine::worker::FiniteBatch;
 use cai_model::kernels::Precision;
 use cai_model::{AstroMae, Model as _};
 use numpy::{
@@ -102,7 +103,8 @@ fn shape_text(shape: &[usize]) -> String {
 }
 
 /// Predict `n` galaxies batch by batch on `pool`; stops with `None` once `cancel` is set.
-/// The same batching and non-finite rule as cai-engine's `predict_partition`.
+/// The same batching as cai-engine's `predict_partition`, and its non-finite rule
+/// ([`FiniteBatch`]).
 #[allow(clippy::too_many_arguments)]
 fn predict_slices(
     model: &AstroMae,
@@ -116,44 +118,20 @@ fn predict_slices(
     let (c, h, w) = model.input_shape();
     let img_len = c * h * w;
     let mut z = Vec::with_capacity(n);
-    let (mut img_copy, mut mag_copy, mut bad) = (Vec::new(), Vec::new(), Vec::new());
+    let mut guard = FiniteBatch::default();
     for start in (0..n).step_by(batch_size.max(1)) {
         if cancel.load(Ordering::Relaxed) {
             return Ok(None);
         }
         let m = batch_size.max(1).min(n - start);
-        let bi = &images[start * img_len..(start + m) * img_len];
-        let bm = &mags[start * c..(start + m) * c];
-        bad.clear();
-        for g in 0..m {
-            let finite = bi[g * img_len..(g + 1) * img_len]
-                .iter()
-                .chain(&bm[g * c..(g + 1) * c])
-                .all(|v| v.is_finite());
-            if !finite {
-                bad.push(g);
-            }
-        }
-        let (bi, bm) = if bad.is_empty() {
-            (bi, bm)
-        } else {
-            img_copy.clear();
-            img_copy.extend_from_slice(bi);
-            mag_copy.clear();
-            mag_copy.extend_from_slice(bm);
-            for &g in &bad {
-                img_copy[g * img_len..(g + 1) * img_len].fill(0.0);
-                mag_copy[g * c..(g + 1) * c].fill(0.0);
-            }
-            (&img_copy[..], &mag_copy[..])
-        };
+        let (bi, bm, _) = guard.prepare(
+            &images[start * img_len..(start + m) * img_len],
+            &mags[start * c..(start + m) * c],
+            img_len,
+        );
         let mut out = pool.install(|| model.predict(bi, bm, m))?;
         out.truncate(m);
-        for &g in &bad {
-            if let Some(v) = out.get_mut(g) {
-                *v = f32::NAN;
-            }
-        }
+        guard.mark(&mut out);
         z.extend_from_slice(&out);
     }
     Ok(Some(z))

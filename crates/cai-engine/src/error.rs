@@ -118,3 +118,11 @@ pub enum Error {
 
 /// Result with cai-engine's error.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// Whether the run was cancelled by its caller rather than failed (see
+    /// [`cai_model::Error::Cancelled`]); cancelled ranks are not recorded as failed.
+    pub fn is_cancelled(&self) -> bool {
+        matches!(self, Error::Model(cai_model::Error::Cancelled { .. }))
+    }
+}

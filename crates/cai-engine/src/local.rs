@@ -110,6 +110,11 @@ impl LocalEngine {
                     let next = queue.lock().ok().and_then(|mut q| q.pop_front());
                     let Some(rank) = next else { break };
                     let res = worker.run_rank(&plan, rank, Some(progress.clone())).await;
+                    if matches!(&res, Err(e) if e.is_cancelled()) {
+                        // The caller stopped the run: this rank and the rest are not done,
+                        // nor failed.
+                        break;
+                    }
                     match &res {
                         Ok(r) => events.event(RunEvent::RankDone {
                             rank,

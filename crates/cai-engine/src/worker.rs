@@ -143,7 +143,9 @@ impl Worker {
         })
     }
 
-    /// Run one rank; on failure, record it as `failed/<rank>.json` and return the error.
+    /// Run one rank; on failure, record it as `failed/<rank>.json` and return the error. A
+    /// cancelled run ([`cai_model::Error::Cancelled`]) is not recorded: the rank is simply
+    /// not done, and a resumed run does it.
     pub async fn run_rank(
         &self,
         plan: &Plan,
@@ -154,7 +156,9 @@ impl Worker {
         match self.run_rank_inner(plan, rank, &results, progress).await {
             Ok(report) => Ok(report),
             Err(e) => {
-                record_failure(&results, plan, rank, &self.engine, &e).await;
+                if !e.is_cancelled() {
+                    record_failure(&results, plan, rank, &self.engine, &e).await;
+                }
                 Err(e)
             }
         }

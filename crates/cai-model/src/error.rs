@@ -81,6 +81,14 @@ pub enum Error {
         message: String,
     },
 
+    /// The caller cancelled the run (Ctrl-C in `cai.run`); not a failure of the rank, so
+    /// workers do not record it and a resumed run does the rank again.
+    #[error("cancelled: {reason}")]
+    Cancelled {
+        /// Who cancelled and how to go on.
+        reason: String,
+    },
+
     /// A caller passed buffers whose sizes do not fit the model.
     #[error("invalid input `{what}`: expected {expected} values, got {got}")]
     Input {

@@ -42,9 +42,8 @@ impl Model for Cancellable {
         n: usize,
     ) -> Result<Vec<f32>, cai_model::Error> {
         if self.cancel.load(Ordering::Relaxed) {
-            return Err(cai_model::Error::Config {
-                file: "cai.run".into(),
-                message: "interrupted (KeyboardInterrupt); run again with resume=True".into(),
+            return Err(cai_model::Error::Cancelled {
+                reason: "KeyboardInterrupt in cai.run; run again with resume=True".into(),
             });
         }
         self.inner.predict(images, magnitudes, n)

@@ -220,8 +220,7 @@ def test_ctrl_c_stops_a_run_and_resume_finishes_it(work, model_path):
     time.sleep(0.3)
     p.send_signal(signal.SIGINT)
     out, _ = p.communicate(timeout=120)
-    if out.strip() == "finished":
-        pytest.skip("the run finished before the signal arrived")
+    # 400 galaxies on one thread take seconds; the signal comes 0.3 s after the plan.
     assert out.strip() == "interrupted"
     assert not (results / "summary.json").exists()
     assert not (results / "failed").exists() or not os.listdir(results / "failed")

@@ -12,7 +12,7 @@ export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 if [ -z "${CAI_TEST_SLURM:-}" ]; then
     slurm_dir="${CAI_SLURM_DIR:-/tmp/cai-slurm}"
     if [ "$(id -u)" != 0 ]; then
-        echo "test.sh: not root, so no Slurm cluster is started; the Slurm engine's tests are skipped" >&2
+        echo "test.sh: not root, so no Slurm cluster is started; the Slurm engine's tests are skipped (they fail under CI=true)" >&2
     else
         was_up=0
         if [ -s "$slurm_dir/run/slurmctld.pid" ] && kill -0 "$(cat "$slurm_dir/run/slurmctld.pid")" 2>/dev/null; then
@@ -23,7 +23,7 @@ if [ -z "${CAI_TEST_SLURM:-}" ]; then
             export SLURM_CONF CAI_TEST_SLURM=1
             [ "$was_up" = 1 ] || trap 'scripts/slurm/stop.sh' EXIT
         else
-            echo "test.sh: could not start a Slurm cluster (above); the Slurm engine's tests are skipped" >&2
+            echo "test.sh: could not start a Slurm cluster (above); the Slurm engine's tests are skipped (they fail under CI=true)" >&2
         fi
     fi
 fi
@@ -35,7 +35,7 @@ if [ -z "${CAI_TEST_BROWSER:-}" ] && [ "${CI:-}" = true ] && [ "$(id -u)" = 0 ];
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; }; then
         export CAI_TEST_BROWSER=1
     else
-        echo "test.sh: could not install chromium; the report's browser test is skipped" >&2
+        echo "test.sh: could not install chromium; the report's browser test fails under CI=true" >&2
     fi
 fi
 cargo test --workspace --locked "$@"

@@ -32,6 +32,57 @@ pub async fn missing_ranks(results: &StorageUrl, world_size: usize) -> Result<Ve
     Ok((0..world_size).filter(|r| !done.contains(r)).collect())
 }
 
+/// How far the run at a results location is, from one listing: what `cai status` prints
+/// and `cai.Run.status()` returns.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RunStatus {
+    /// The results location.
+    pub results: String,
+    /// Ranks in the plan.
+    pub world_size: usize,
+    /// Ranks with a `<rank>.json`.
+    pub done: usize,
+    /// Ranks with a failure record and no result.
+    pub failed: Vec<usize>,
+    /// Ranks with neither (not run yet, or running).
+    pub pending: usize,
+    /// Whether `summary.json` is written.
+    pub summarized: bool,
+}
+
+impl RunStatus {
+    /// Read the status of the run at `results`; `None` when no run was planned there.
+    pub async fn read(results: &StorageUrl) -> Result<Option<Self>> {
+        let Some(plan) = load_plan(results).await? else {
+            return Ok(None);
+        };
+        let listing = ResultsListing::list(results).await?;
+        let done = listing
+            .done_ranks()
+            .into_iter()
+            .filter(|&r| r < plan.world_size)
+            .count();
+        let failed: Vec<usize> = listing
+            .failed_ranks()
+            .into_iter()
+            .filter(|&r| r < plan.world_size)
+            .collect();
+        Ok(Some(Self {
+            results: results.to_string(),
+            world_size: plan.world_size,
+            done,
+            pending: plan.world_size.saturating_sub(done + failed.len()),
+            failed,
+            summarized: listing.has(layout::SUMMARY),
+        }))
+    }
+
+    /// Whether every rank of the plan has a result.
+    pub fn complete(&self) -> bool {
+        self.done == self.world_size
+    }
+}
+
 /// Rank files read at once.
 const PARALLEL_READS: usize = 32;
 

@@ -9,6 +9,8 @@
 //! * [`data`]: `synth`, `partition`, `read_partition` (cai-data, as `cai synth` /
 //!   `cai partition` do).
 //! * [`run`]: a local run through cai-engine's stages and local engine, as `cai run`.
+//! * [`slurm`]: a Slurm run, following a run, its status (cai-engine's `Engine` trait, as
+//!   `cai run --engine slurm` and `cai status`).
 //! * [`results`]: results files, `stats` and `report` (cai-report, as `cai stats` /
 //!   `cai report`).
 //!
@@ -29,6 +31,7 @@ pub mod data;
 pub mod model;
 pub mod results;
 pub mod run;
+pub mod slurm;
 
 create_exception!(
     _native,
@@ -147,6 +150,9 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(data::partition, m)?)?;
     m.add_function(wrap_pyfunction!(data::read_partition, m)?)?;
     m.add_function(wrap_pyfunction!(run::run_local, m)?)?;
+    m.add_function(wrap_pyfunction!(slurm::run_slurm, m)?)?;
+    m.add_function(wrap_pyfunction!(slurm::attach, m)?)?;
+    m.add_function(wrap_pyfunction!(slurm::run_status, m)?)?;
     m.add_function(wrap_pyfunction!(results::read_object, m)?)?;
     m.add_function(wrap_pyfunction!(results::stats, m)?)?;
     m.add_function(wrap_pyfunction!(results::report, m)?)?;

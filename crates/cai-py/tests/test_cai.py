@@ -142,8 +142,16 @@ def test_local_run_predicts_every_galaxy_once(parts, work, model_path, cai_bin):
 
 
 def test_other_engines_and_bad_options(parts, work, model_path):
-    with pytest.raises(NotImplementedError, match="slurm"):
-        cai.run(parts, work / "r2", model_path, engine="slurm")
+    with pytest.raises(NotImplementedError, match="aws"):
+        cai.run(parts, work / "r2", model_path, engine="aws")
+    with pytest.raises(ValueError, match="cai_bin"):
+        cai.run(parts, work / "r2", model_path, engine="slurm", cai_bin=work / "no-such-cai")
+    with pytest.raises(ValueError, match="workers"):
+        cai.run(parts, work / "r2", model_path, engine="slurm", workers=2)
+    with pytest.raises(cai.CaiError, match="no plan.json"):
+        cai.status(work / "never-ran")
+    with pytest.raises(cai.CaiError, match="no Slurm jobs"):
+        cai.attach(work / "never-ran", progress=False)
     with pytest.raises(ValueError, match="engine"):
         cai.run(parts, work / "r2", model_path, engine="moon")
     with pytest.raises(ValueError, match="workers"):
@@ -228,3 +236,40 @@ def test_ctrl_c_stops_a_run_and_resume_finishes_it(work, model_path):
     assert summary["ranks_done"] == summary["ranks_total"]
     df = cai.read_predictions(results)
     assert len(df) == 400 and sorted(df["index"]) == list(range(400))
+
+
+def test_run_handle_status_and_wait(parts, work, model_path):
+    """wait=False returns a Run at once; status() counts ranks, wait() gives the summary."""
+    results = work / "handle-results"
+    handle = cai.run(parts, results, model_path, batch_size=16, threads=1, wait=False)
+    assert isinstance(handle, cai.Run) and handle.results == str(results)
+    summary = handle.wait()
+    assert handle.done()
+    assert summary["galaxies"] == 120 and summary["ranks_done"] == summary["ranks_total"]
+    st = handle.status()
+    assert st["done"] == st["world_size"] == summary["ranks_total"]
+    assert st["failed"] == [] and st["pending"] == 0 and st["summarized"]
+
+
+def test_slurm_run_from_python_equals_local(parts, work, model_path, cai_bin):
+    """engine="slurm" submits to the test cluster (scripts/test.sh starts it as root);
+    wait=False then Run.wait() follows the jobs; predictions equal a local run's."""
+    if os.environ.get("CAI_TEST_SLURM") != "1":
+        msg = "no Slurm cluster (CAI_TEST_SLURM=1; scripts/test.sh starts one as root)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(msg)
+        pytest.skip(msg)
+    local = work / "slurm-local"
+    cai.run(parts, local, model_path, batch_size=32, threads=1, progress=False)
+    results = work / "slurm-results"
+    handle = cai.run(parts, results, model_path, engine="slurm", cai_bin=cai_bin,
+                     batch_size=32, threads=1, poll=0.2, wait=False)
+    assert handle.engine == "slurm"
+    assert handle.status()["world_size"] >= 1
+    summary = handle.wait(progress=False, poll=0.2)
+    assert summary["galaxies"] == 120 and summary["ranks_done"] == summary["ranks_total"]
+    # Any process can follow it again once it is over.
+    assert cai.attach(results, progress=False, poll=0.2)["galaxies"] == 120
+    a = cai.read_predictions(local).sort_values("index").reset_index(drop=True)
+    b = cai.read_predictions(results).sort_values("index").reset_index(drop=True)
+    np.testing.assert_array_equal(a["z_pred"].to_numpy(), b["z_pred"].to_numpy())

@@ -131,6 +131,10 @@ fn chromium() -> Option<PathBuf> {
 #[tokio::test]
 async fn headless_browser_screenshot() {
     if std::env::var("CAI_TEST_BROWSER").as_deref() != Ok("1") {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI is set but CAI_TEST_BROWSER is not 1: scripts/test.sh installs chromium under CI"
+        );
         eprintln!("skipped: set CAI_TEST_BROWSER=1 (needs Debian's chromium)");
         return;
     }

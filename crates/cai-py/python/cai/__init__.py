@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import time
 import warnings
@@ -31,6 +32,8 @@ __version__: str = _native.__version__
 __all__ = [
     "CaiError",
     "Model",
+    "Run",
+    "attach",
     "init_model",
     "kernel_tier",
     "partition",
@@ -41,6 +44,7 @@ __all__ = [
     "report",
     "run",
     "stats",
+    "status",
     "synth",
 ]
 
@@ -58,7 +62,7 @@ class _ProgressLine:
         self.start = time.monotonic()
         self.last = ""
 
-    def __call__(self, done: int, total: int) -> None:
+    def __call__(self, done: int, total: int, unit: str = "galaxies") -> None:
         secs = max(time.monotonic() - self.start, 1e-9)
         rate = done / secs
         if total > 0:
@@ -68,9 +72,9 @@ class _ProgressLine:
             bar = "=" * filled + (">" if filled < width else "") + " " * (width - filled - 1)
             eta = (total - done) / rate if rate > 0 else float("nan")
             eta_s = f"{eta:.0f} s" if eta == eta else "?"
-            line = f"{self.label} [{bar[:width]}] {done}/{total} galaxies · {rate:.0f}/s · ETA {eta_s}"
+            line = f"{self.label} [{bar[:width]}] {done}/{total} {unit} · {rate:.0f}/s · ETA {eta_s}"
         else:
-            line = f"{self.label} {done} galaxies · {rate:.0f}/s"
+            line = f"{self.label} {done} {unit} · {rate:.0f}/s"
         if line != self.last:
             self.stream.write("\r" + line)
             self.stream.flush()
@@ -80,6 +84,69 @@ class _ProgressLine:
         if self.last:
             self.stream.write("\n")
             self.stream.flush()
+
+
+class Run:
+    """A run that goes on while Python does other things (``cai.run(..., wait=False)``).
+
+    ``status()`` reads how far it is from its results location (as ``cai status``);
+    ``wait()`` blocks until it ends and returns its summary, as ``cai.run`` does when it
+    waits. A Slurm run's jobs live on the cluster: another process (or a new notebook
+    kernel) follows them with ``cai.attach(results)``."""
+
+    def __init__(self, results: str, engine: str, thread: Any = None) -> None:
+        self.results = results
+        self.engine = engine
+        self._thread = thread
+        self._outcome: Dict[str, Any] = {}
+
+    def __repr__(self) -> str:
+        return f"cai.Run(results={self.results!r}, engine={self.engine!r})"
+
+    def status(self) -> Dict[str, Any]:
+        """``{"results", "world_size", "done", "failed", "pending", "summarized"}``: ranks
+        done, failed (their numbers), without a result yet, and whether ``summary.json``
+        is written. Raises :class:`CaiError` when no run was planned there (yet)."""
+        return status(self.results)
+
+    def done(self) -> bool:
+        """Whether the run has ended (its summary is written, or its thread is over)."""
+        if self._thread is not None:
+            return not self._thread.is_alive()
+        st = _native.run_status(self.results)
+        return st is not None and bool(json.loads(st)["summarized"])
+
+    def wait(self, progress: bool = True, poll: float = 2.0) -> Dict[str, Any]:
+        """Block until the run ends; its summary (``summary.json`` as a dict)."""
+        if self._thread is not None:
+            self._thread.join()
+            if "error" in self._outcome:
+                raise self._outcome["error"]
+            return _checked(self._outcome["summary"])
+        return attach(self.results, progress=progress, poll=poll)
+
+
+def status(results: _PathLike) -> Dict[str, Any]:
+    """How far the run at ``results`` is, as ``cai status`` prints it:
+    ``{"results", "world_size", "done", "failed", "pending", "summarized"}``."""
+    text = _native.run_status(os.fspath(results))
+    if text is None:
+        raise CaiError(f"no plan.json under {os.fspath(results)}: no run was started there")
+    out: Dict[str, Any] = json.loads(text)
+    return out
+
+
+def attach(results: _PathLike, progress: bool = True, poll: float = 2.0) -> Dict[str, Any]:
+    """Follow the Slurm run whose jobs are recorded at ``results`` (started with
+    ``wait=False``, by ``cai run --engine slurm --detach``, or by another process) until
+    it ends; returns its summary. Ctrl-C stops following; the jobs go on."""
+    line = _ProgressLine("ranks") if progress else None
+    try:
+        text = _native.attach(os.fspath(results), poll=poll, progress=line)
+    finally:
+        if line is not None:
+            line.close()
+    return _summary_of(text)
 
 
 def run(
@@ -97,8 +164,20 @@ def run(
     resume: bool = False,
     payload: Optional[_PathLike] = None,
     progress: bool = True,
-) -> Dict[str, Any]:
-    """Run the model over every partition under ``data``, as ``cai run`` does; blocks.
+    wait: bool = True,
+    cai_bin: Optional[_PathLike] = None,
+    slurm_partition: Optional[str] = None,
+    slurm_account: Optional[str] = None,
+    slurm_time: Optional[str] = None,
+    slurm_mem: Optional[str] = None,
+    cpus_per_task: Optional[int] = None,
+    max_running: Optional[int] = None,
+    setup: Optional[str] = None,
+    job_name: str = "cai",
+    retries: int = 0,
+    poll: float = 2.0,
+) -> Any:
+    """Run the model over every partition under ``data``, as ``cai run`` does.
 
     ``data`` is where ``partition`` wrote the partitions and ``results`` where the run
     writes ``plan.json``, one ``<rank>.json`` and ``predictions/<rank>.parquet`` per rank,
@@ -109,37 +188,126 @@ def run(
     ``int8``, ``int16``), ``resume`` (run only the ranks without a result), ``payload``
     (the original's ``payload.json``). ``progress`` draws a progress line on stderr.
 
-    Returns the run summary (``summary.json`` as a dict). A rank that fails is recorded
-    and the others go on: the summary lists it under ``failed`` and a warning is issued.
-    Ctrl-C stops the run at the next batch and raises ``KeyboardInterrupt``; ``resume=True``
-    then runs the rest. Only ``engine="local"`` runs from Python for now.
+    ``engine="local"`` runs on this machine; ``engine="slurm"`` submits a job array of
+    ``cai worker`` tasks and a summarize job (``cai run --engine slurm``): ``cai_bin`` is
+    the ``cai`` binary the tasks run (default: ``$CAI_SLURM_BIN``, else ``cai`` on PATH;
+    it must be on a file system the nodes mount), ``slurm_partition``, ``slurm_account``,
+    ``slurm_time``, ``slurm_mem``, ``cpus_per_task``, ``max_running``, ``setup``,
+    ``job_name``, ``retries`` and ``poll`` (seconds between looks at the queue) are the
+    CLI's ``--slurm-*`` options. ``engine="aws"`` is not offered from Python yet.
+
+    With ``wait=True`` (the default) blocks and returns the run summary (``summary.json``
+    as a dict); with ``wait=False`` returns a :class:`Run` at once, whose ``status()`` and
+    ``wait()`` follow it. A rank that fails is recorded and the others go on: the summary
+    lists it under ``failed`` and a warning is issued. Ctrl-C stops a local run at the next
+    batch and raises ``KeyboardInterrupt`` (``resume=True`` then runs the rest); on Slurm
+    it stops following, and the jobs go on.
     """
+    if engine == "slurm":
+        return _run_slurm(locals())
     if engine != "local":
-        if engine in ("slurm", "aws"):
+        if engine == "aws":
             raise NotImplementedError(
-                f"engine={engine!r} is not available from Python yet; use the CLI "
-                f"(`cai run --engine {engine}`), then cai.read_predictions(results)"
+                "engine='aws' is not available from Python yet; use the CLI "
+                "(`cai run --engine aws`), then cai.read_predictions(results)"
             )
         raise ValueError(f'engine: expected "local", "slurm" or "aws", got {engine!r}')
+    args = (_str(data), _str(results), _str(model))
+    kwargs: Dict[str, Any] = dict(
+        batch_size=batch_size,
+        file_limit=file_limit,
+        world_size=world_size,
+        workers=workers,
+        threads=threads,
+        precision=precision,
+        resume=resume,
+        payload=_str(payload),
+    )
+    if not wait:
+        import threading
+
+        if results is None:
+            raise ValueError("results: wait=False needs the results location to follow")
+        handle = Run(os.fspath(results), "local")
+
+        def work() -> None:
+            try:
+                handle._outcome["summary"] = _native.run_local(*args, progress=None, **kwargs)
+            except BaseException as e:  # handed to wait()
+                handle._outcome["error"] = e
+
+        handle._thread = threading.Thread(target=work, name="cai-run", daemon=True)
+        handle._thread.start()
+        return handle
     line = _ProgressLine("infer") if progress else None
     try:
-        text = _native.run_local(
-            _str(data),
-            _str(results),
-            _str(model),
-            batch_size=batch_size,
-            file_limit=file_limit,
-            world_size=world_size,
-            workers=workers,
-            threads=threads,
-            precision=precision,
-            resume=resume,
-            payload=_str(payload),
+        text = _native.run_local(*args, progress=line, **kwargs)
+    finally:
+        if line is not None:
+            line.close()
+    return _checked(text)
+
+
+def _run_slurm(a: Dict[str, Any]) -> Any:
+    """``run(engine="slurm", ...)``; ``a`` is ``run``'s arguments."""
+    if a["workers"] is not None:
+        raise ValueError("workers: a Slurm run has one task per rank; give world_size")
+    cai_bin = a["cai_bin"] or os.environ.get("CAI_SLURM_BIN") or shutil.which("cai")
+    if cai_bin is None:
+        raise ValueError(
+            "cai_bin: the Slurm tasks run the `cai` binary; give cai_bin=... (or set "
+            "CAI_SLURM_BIN, or put cai on PATH)"
+        )
+    line = _ProgressLine("ranks") if a["progress"] and a["wait"] else None
+    try:
+        text = _native.run_slurm(
+            _str(a["data"]),
+            _str(a["results"]),
+            _str(a["model"]),
+            cai_bin=os.fspath(cai_bin),
+            batch_size=a["batch_size"],
+            file_limit=a["file_limit"],
+            world_size=a["world_size"],
+            threads=a["threads"],
+            precision=a["precision"],
+            resume=a["resume"],
+            payload=_str(a["payload"]),
+            slurm_partition=a["slurm_partition"],
+            slurm_account=a["slurm_account"],
+            slurm_time=a["slurm_time"],
+            slurm_mem=a["slurm_mem"],
+            cpus_per_task=a["cpus_per_task"],
+            max_running=a["max_running"],
+            setup=a["setup"],
+            job_name=a["job_name"],
+            retries=a["retries"],
+            poll=a["poll"],
+            wait=a["wait"],
             progress=line,
         )
     finally:
         if line is not None:
             line.close()
+    if not a["wait"]:
+        return Run(json.loads(text)["results"], "slurm")
+    return _summary_of(text)
+
+
+def _summary_of(report_text: str) -> Dict[str, Any]:
+    """The summary in an engine report (``_native.run_slurm`` / ``attach``), warned about
+    as :func:`run` does; a run that ended without one is a :class:`CaiError`."""
+    report = json.loads(report_text)
+    if report.get("summary") is None:
+        failed = [f.get("rank") for f in report.get("failed", [])]
+        raise CaiError(
+            f"the run at {report.get('results')} ended without a summary "
+            f"(failed ranks: {failed}); cai.status(results) shows what is missing"
+        )
+    return _checked(json.dumps(report["summary"]))
+
+
+def _checked(text: str) -> Dict[str, Any]:
+    """A run's summary from its JSON, with a warning when ranks failed or are missing."""
     summary: Dict[str, Any] = json.loads(text)
     if summary.get("failed") or summary.get("missing_ranks"):
         warnings.warn(
@@ -147,7 +315,7 @@ def run(
             f"{len(summary.get('missing_ranks', []))} are missing; fix the named files, then "
             f"cai.run(..., resume=True)",
             RuntimeWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
     return summary
 

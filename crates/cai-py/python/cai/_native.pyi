@@ -81,6 +81,36 @@ def run_local(
     payload: Optional[str] = None,
     progress: Optional[Callable[[int, int], None]] = None,
 ) -> str: ...
+def run_slurm(
+    data: Optional[str],
+    results: Optional[str],
+    model: Optional[str],
+    *,
+    cai_bin: str,
+    batch_size: Optional[int] = None,
+    file_limit: Optional[int] = None,
+    world_size: Optional[int] = None,
+    threads: Optional[int] = None,
+    precision: str = "f32",
+    resume: bool = False,
+    payload: Optional[str] = None,
+    slurm_partition: Optional[str] = None,
+    slurm_account: Optional[str] = None,
+    slurm_time: Optional[str] = None,
+    slurm_mem: Optional[str] = None,
+    cpus_per_task: Optional[int] = None,
+    max_running: Optional[int] = None,
+    setup: Optional[str] = None,
+    job_name: str = "cai",
+    retries: int = 0,
+    poll: float = 2.0,
+    wait: bool = True,
+    progress: Optional[Callable[[int, int, str], None]] = None,
+) -> str: ...
+def attach(
+    results: str, *, poll: float = 2.0, progress: Optional[Callable[[int, int, str], None]] = None
+) -> str: ...
+def run_status(results: str) -> Optional[str]: ...
 def read_object(results: str, key: str) -> bytes: ...
 def stats(results: List[str]) -> str: ...
 def report(results: List[str], out: str, title: Optional[str] = None) -> int: ...

@@ -3,7 +3,7 @@
 //! with `--once`, shows them once).
 
 use anyhow::{bail, Result};
-use cai_core::results::{load_plan, ResultsListing};
+use cai_core::results::RunStatus;
 use cai_core::StorageUrl;
 
 use super::engines::{drive, engine_at, finish, Printer};
@@ -29,32 +29,25 @@ pub async fn status(a: StatusArgs, quiet: bool) -> Result<Outcome> {
             println!("{line}");
         }
     }
-    let Some(plan) = load_plan(&results).await? else {
+    let Some(st) = RunStatus::read(&results).await? else {
         bail!("no plan.json under {results}: no run was started there");
     };
-    let listing = ResultsListing::list(&results).await?;
-    let done = listing
-        .done_ranks()
-        .into_iter()
-        .filter(|&r| r < plan.world_size)
-        .count();
-    let failed: Vec<usize> = listing.failed_ranks().into_iter().collect();
-    let summarized = listing.has(cai_core::layout::SUMMARY);
     println!("results      {results}");
     println!(
-        "ranks        {done} done, {} failed, {} without a result (of {})",
-        failed.len(),
-        plan.world_size - done - failed.len().min(plan.world_size - done),
-        plan.world_size
+        "ranks        {} done, {} failed, {} without a result (of {})",
+        st.done,
+        st.failed.len(),
+        st.pending,
+        st.world_size
     );
-    if !failed.is_empty() {
-        println!("failed       ranks {failed:?}");
+    if !st.failed.is_empty() {
+        println!("failed       ranks {:?}", st.failed);
     }
     println!(
         "summary      {}",
-        if summarized { "written" } else { "not yet" }
+        if st.summarized { "written" } else { "not yet" }
     );
-    Ok(if done == plan.world_size {
+    Ok(if st.complete() {
         Outcome::Ok
     } else {
         Outcome::SomeFailed

@@ -246,11 +246,10 @@ fn state_machine_passes_asl_validator() {
         .output()
         .is_ok_and(|o| o.status.success());
     if !installed {
-        assert!(
-            std::env::var("CI").map_or(true, |v| v != "true"),
-            "CI is set but asl-validator is missing (.ci/run installs it with npm)"
+        crate::util::unavailable(
+            "the ASL validation test",
+            "asl-validator (npm install -g asl-validator)",
         );
-        eprintln!("NOTE: asl-validator not installed (npm install -g asl-validator); skipped");
         return;
     }
     let d = Dir::new();

@@ -33,17 +33,9 @@ const DATA_BUCKET: &str = "cosmicai-data";
 pub(crate) const RESULTS_BUCKET: &str = "cosmicai-results";
 pub(crate) const MODEL_URL: &str = "s3://cosmicai-results/models/astromae.safetensors";
 
-fn under_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
-}
-
 /// Print why the test is skipped; under CI, fail instead.
 fn unavailable(what: &str) {
-    assert!(
-        !under_ci(),
-        "CI is set but {what} is not available (.ci/run installs it)"
-    );
-    eprintln!("NOTE: skipping the Lambda test: {what} is not available");
+    crate::util::unavailable("the Lambda test", what);
 }
 
 /// `cargo lambda watch --only-lambda-apis` on a free port: the runtime API for one function

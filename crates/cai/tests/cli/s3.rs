@@ -63,9 +63,9 @@ impl Moto {
             .args(["-c", "import moto.server, boto3, flask"])
             .output();
         if !matches!(&probe, Ok(o) if o.status.success()) {
-            eprintln!(
-                "NOTE: skipping the S3 test: python3 with moto[server] is not available \
-                 (pip install \"moto[server]\")"
+            crate::util::unavailable(
+                "the S3 test",
+                "python3 with moto[server] (pip install \"moto[server]\")",
             );
             return None;
         }

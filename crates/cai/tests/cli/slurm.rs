@@ -20,7 +20,10 @@ static CLUSTER: Mutex<()> = Mutex::new(());
 
 pub(crate) fn cluster() -> Option<std::sync::MutexGuard<'static, ()>> {
     if std::env::var("CAI_TEST_SLURM").as_deref() != Ok("1") {
-        eprintln!("skipped: set CAI_TEST_SLURM=1 with a running Slurm (scripts/slurm/start.sh)");
+        crate::util::unavailable(
+            "the Slurm test",
+            "a Slurm cluster (CAI_TEST_SLURM=1; scripts/test.sh starts one as root)",
+        );
         return None;
     }
     Some(CLUSTER.lock().unwrap_or_else(|e| e.into_inner()))

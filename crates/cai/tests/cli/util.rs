@@ -129,3 +129,18 @@ pub fn read_json(path: PathBuf) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(&path).unwrap_or_else(|e| panic!("{path:?}: {e}")))
         .unwrap()
 }
+
+/// Whether the tests run under CI (`CI=true`), where a missing tool fails a test.
+pub(crate) fn under_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// Say why a test cannot run here (`what` is missing) and return; under CI, fail instead:
+/// `.ci/run` installs every tool the tests need, so nothing passes there by skipping.
+pub(crate) fn unavailable(test: &str, what: &str) {
+    assert!(
+        !under_ci(),
+        "CI is set but {what} is not available (.ci/run installs it), so {test} cannot run"
+    );
+    eprintln!("NOTE: skipping {test}: {what} is not available");
+}

@@ -188,7 +188,7 @@ fn pt_inputs(dir: &std::path::Path) -> (Vec<f32>, Vec<f32>, usize, Vec<f32>) {
 #[test]
 fn pt_every_form_matches_pytorch() {
     let Some(dir) = parity_dir() else {
-        eprintln!("CAI_PARITY_DIR not set: skipping");
+        skip_outside_ci("CAI_PARITY_DIR");
         return;
     };
     let (img, mag, n, expected) = pt_inputs(&dir);
@@ -317,7 +317,7 @@ fn formula_reduced_precisions_stay_close_to_f32() {
 #[test]
 fn pt_reduced_precisions_stay_close_to_f32() {
     let Some(dir) = parity_dir() else {
-        eprintln!("CAI_PARITY_DIR not set: skipping");
+        skip_outside_ci("CAI_PARITY_DIR");
         return;
     };
     let (img, mag, n, _) = pt_inputs(&dir);
@@ -328,4 +328,14 @@ fn pt_reduced_precisions_stay_close_to_f32() {
     for (p, max, _) in precision_deltas(&w, "model.pt", &img, &mag, n) {
         assert!(max <= limit(p), "{p}: max |Δz| {max:e} > {:e}", limit(p));
     }
+}
+
+/// Say the test is skipped for want of `var`; under CI (`CI=true`), where `.ci/run` makes
+/// the PyTorch fixtures, fail instead.
+fn skip_outside_ci(var: &str) {
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "CI is set but {var} is not (.ci/run makes the PyTorch fixtures)"
+    );
+    eprintln!("{var} not set: skipping");
 }

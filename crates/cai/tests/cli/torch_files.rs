@@ -190,7 +190,10 @@ fn pt_partitions_work_like_native_ones() {
 #[test]
 fn parity_predict_csv_matches_pytorch() {
     let Some(dir) = std::env::var_os("CAI_PARITY_DIR").map(PathBuf::from) else {
-        eprintln!("CAI_PARITY_DIR not set: skipping");
+        crate::util::unavailable(
+            "the PyTorch parity test",
+            "CAI_PARITY_DIR (scripts/parity/make_fixtures.py)",
+        );
         return;
     };
     let exp = cai_torch::read_checkpoint(

@@ -32,27 +32,26 @@ pub async fn missing_ranks(results: &StorageUrl, world_size: usize) -> Result<Ve
     Ok((0..world_size).filter(|r| !done.contains(r)).collect())
 }
 
-/// How far the run at a results location is, from one listing: what `cai status` prints
-/// and `cai.Run.status()` returns.
+/// How far a run is, from its results location alone (`cai status`).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct RunStatus {
+pub struct RunState {
     /// The results location.
     pub results: String,
+    /// Ranks of the plan with a result.
+    pub done: usize,
+    /// Ranks recorded as failed.
+    pub failed: Vec<usize>,
+    /// Ranks with neither.
+    pub without_result: usize,
     /// Ranks in the plan.
     pub world_size: usize,
-    /// Ranks with a `<rank>.json`.
-    pub done: usize,
-    /// Ranks with a failure record and no result.
-    pub failed: Vec<usize>,
-    /// Ranks with neither (not run yet, or running).
-    pub pending: usize,
-    /// Whether `summary.json` is written.
-    pub summarized: bool,
+    /// Whether `summary.json` is there.
+    pub summary_written: bool,
 }
 
-impl RunStatus {
-    /// Read the status of the run at `results`; `None` when no run was planned there.
-    pub async fn read(results: &StorageUrl) -> Result<Option<Self>> {
+impl RunState {
+    /// The state of the run at `results`, or `None` when no plan was written there.
+    pub async fn of(results: &StorageUrl) -> Result<Option<Self>> {
         let Some(plan) = load_plan(results).await? else {
             return Ok(None);
         };
@@ -62,22 +61,18 @@ impl RunStatus {
             .into_iter()
             .filter(|&r| r < plan.world_size)
             .count();
-        let failed: Vec<usize> = listing
-            .failed_ranks()
-            .into_iter()
-            .filter(|&r| r < plan.world_size)
-            .collect();
+        let failed: Vec<usize> = listing.failed_ranks().into_iter().collect();
         Ok(Some(Self {
             results: results.to_string(),
-            world_size: plan.world_size,
             done,
-            pending: plan.world_size.saturating_sub(done + failed.len()),
+            without_result: plan.world_size - done - failed.len().min(plan.world_size - done),
             failed,
-            summarized: listing.has(layout::SUMMARY),
+            world_size: plan.world_size,
+            summary_written: listing.has(layout::SUMMARY),
         }))
     }
 
-    /// Whether every rank of the plan has a result.
+    /// Whether every rank has a result.
     pub fn complete(&self) -> bool {
         self.done == self.world_size
     }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cai_core::payload::Payload;
-use cai_core::results::RunStatus;
+use cai_core::results::RunState;
 use cai_core::StorageUrl;
 use cai_engine::engine::{Engine, RunEvent, RunEvents, RunReport, RunRequest};
 use cai_engine::slurm::{JobsState, ScriptOptions, SlurmCommands, SlurmEngine};
@@ -263,7 +263,7 @@ pub fn run_status(py: Python<'_>, results: String) -> PyResult<Option<String>> {
     let url = StorageUrl::parse(&results).map_err(cai_err)?;
     let rt = runtime()?;
     let st = py
-        .detach(|| rt.block_on(RunStatus::read(&url)))
+        .detach(|| rt.block_on(RunState::of(&url)))
         .map_err(cai_err)?;
     st.map(|s| serde_json::to_string(&s).map_err(cai_err))
         .transpose()

@@ -248,7 +248,7 @@ def test_run_handle_status_and_wait(parts, work, model_path):
     assert summary["galaxies"] == 120 and summary["ranks_done"] == summary["ranks_total"]
     st = handle.status()
     assert st["done"] == st["world_size"] == summary["ranks_total"]
-    assert st["failed"] == [] and st["pending"] == 0 and st["summarized"]
+    assert st["failed"] == [] and st["without_result"] == 0 and st["summary_written"]
 
 
 def test_slurm_run_from_python_equals_local(parts, work, model_path, cai_bin):

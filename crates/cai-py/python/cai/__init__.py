@@ -104,7 +104,8 @@ class Run:
         return f"cai.Run(results={self.results!r}, engine={self.engine!r})"
 
     def status(self) -> Dict[str, Any]:
-        """``{"results", "world_size", "done", "failed", "pending", "summarized"}``: ranks
+        """``{"results", "world_size", "done", "failed", "without_result",
+        "summary_written"}``: ranks
         done, failed (their numbers), without a result yet, and whether ``summary.json``
         is written. Raises :class:`CaiError` when no run was planned there (yet)."""
         return status(self.results)
@@ -114,7 +115,7 @@ class Run:
         if self._thread is not None:
             return not self._thread.is_alive()
         st = _native.run_status(self.results)
-        return st is not None and bool(json.loads(st)["summarized"])
+        return st is not None and bool(json.loads(st)["summary_written"])
 
     def wait(self, progress: bool = True, poll: float = 2.0) -> Dict[str, Any]:
         """Block until the run ends; its summary (``summary.json`` as a dict)."""
@@ -128,7 +129,7 @@ class Run:
 
 def status(results: _PathLike) -> Dict[str, Any]:
     """How far the run at ``results`` is, as ``cai status`` prints it:
-    ``{"results", "world_size", "done", "failed", "pending", "summarized"}``."""
+    ``{"results", "world_size", "done", "failed", "without_result", "summary_written"}``."""
     text = _native.run_status(os.fspath(results))
     if text is None:
         raise CaiError(f"no plan.json under {os.fspath(results)}: no run was started there")

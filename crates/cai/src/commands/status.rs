@@ -3,7 +3,7 @@
 //! with `--once`, shows them once).
 
 use anyhow::{bail, Result};
-use cai_core::results::RunStatus;
+use cai_core::results::RunState;
 use cai_core::StorageUrl;
 
 use super::engines::{drive, engine_at, finish, Printer};
@@ -29,7 +29,7 @@ pub async fn status(a: StatusArgs, quiet: bool) -> Result<Outcome> {
             println!("{line}");
         }
     }
-    let Some(st) = RunStatus::read(&results).await? else {
+    let Some(st) = RunState::of(&results).await? else {
         bail!("no plan.json under {results}: no run was started there");
     };
     println!("results      {results}");
@@ -37,7 +37,7 @@ pub async fn status(a: StatusArgs, quiet: bool) -> Result<Outcome> {
         "ranks        {} done, {} failed, {} without a result (of {})",
         st.done,
         st.failed.len(),
-        st.pending,
+        st.without_result,
         st.world_size
     );
     if !st.failed.is_empty() {
@@ -45,7 +45,11 @@ pub async fn status(a: StatusArgs, quiet: bool) -> Result<Outcome> {
     }
     println!(
         "summary      {}",
-        if st.summarized { "written" } else { "not yet" }
+        if st.summary_written {
+            "written"
+        } else {
+            "not yet"
+        }
     );
     Ok(if st.complete() {
         Outcome::Ok

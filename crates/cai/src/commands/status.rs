@@ -3,7 +3,7 @@
 //! with `--once`, shows them once).
 
 use anyhow::{bail, Result};
-use cai_core::results::{load_plan, ResultsListing};
+use cai_core::results::RunState;
 use cai_core::StorageUrl;
 
 use super::engines::{drive, engine_at, finish, Printer};
@@ -11,50 +11,32 @@ use crate::cli::StatusArgs;
 use crate::Outcome;
 
 /// `cai status`.
-pub async fn status(a: StatusArgs, quiet: bool) -> Result<Outcome> {
-    let results = StorageUrl::parse(&a.results)?;
-    if let Some(engine) = engine_at(&results).await? {
+pub async fn status(a: StatusArgs, printer: &Printer) -> Result<Outcome> {
+    let printer = &printer.with_json(a.json.json);
+    let at = a.results.required()?;
+    let results = StorageUrl::parse(at)?;
+    if let Some(engine) = engine_at(&results, &a.poll).await? {
         if !a.once {
-            let printer = Printer::new(quiet);
             let report = drive(
                 &*engine,
-                &printer,
-                Some(a.results.clone()),
-                engine.attach(&a.results, None, &printer),
+                printer,
+                Some(at.to_string()),
+                engine.attach(at, None, printer),
             )
             .await?;
-            return finish(&report, a.json, quiet);
+            return finish(&report, printer);
         }
-        for line in engine.describe(&a.results).await? {
-            println!("{line}");
+        for line in engine.describe(at).await? {
+            printer.result(line);
         }
     }
-    let Some(plan) = load_plan(&results).await? else {
+    let Some(state) = RunState::of(&results).await? else {
         bail!("no plan.json under {results}: no run was started there");
     };
-    let listing = ResultsListing::list(&results).await?;
-    let done = listing
-        .done_ranks()
-        .into_iter()
-        .filter(|&r| r < plan.world_size)
-        .count();
-    let failed: Vec<usize> = listing.failed_ranks().into_iter().collect();
-    let summarized = listing.has(cai_core::layout::SUMMARY);
-    println!("results      {results}");
-    println!(
-        "ranks        {done} done, {} failed, {} without a result (of {})",
-        failed.len(),
-        plan.world_size - done - failed.len().min(plan.world_size - done),
-        plan.world_size
-    );
-    if !failed.is_empty() {
-        println!("failed       ranks {failed:?}");
+    if !printer.json(&state)? {
+        printer.result(&state);
     }
-    println!(
-        "summary      {}",
-        if summarized { "written" } else { "not yet" }
-    );
-    Ok(if done == plan.world_size {
+    Ok(if state.complete() {
         Outcome::Ok
     } else {
         Outcome::SomeFailed

@@ -26,15 +26,12 @@
 //! (the parity fixtures' when given, else a given model's, else the formula model's), timed on
 //! the benchmarked weights (same shapes, same speed).
 
-use std::time::Instant;
-
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use cai_model::kernels::Precision;
 use cai_model::mixed::{self, PrecisionMode};
-use cai_model::{
-    clock, formula, init, kernels, AstroMae, Config, LoadOptions, Model, PrecisionPlan,
-};
+use cai_model::{clock, formula, kernels, AstroMae, Config, LoadOptions, Model, PrecisionPlan};
 use serde::Serialize;
 
 use crate::local::available_cores;

@@ -58,11 +58,6 @@ impl Printer {
         self.quiet
     }
 
-    /// `--json`.
-    pub(crate) fn is_json(&self) -> bool {
-        self.json
-    }
-
     /// A note on stderr (what was written, what was chosen); none with `--quiet`.
     pub(crate) fn note(&self, msg: impl AsRef<str>) {
         if let Ok(st) = self.state.lock() {

@@ -385,14 +385,11 @@ pub async fn aws(cmd: AwsCommand, printer: &Printer) -> Result<Outcome> {
             })
             .await
             .with_context(|| format!("cannot delete the stack {}", a.stack))?;
-            printer.note(format!(
-                "{}",
-                if gone {
-                    format!("deleted the stack {}", a.stack)
-                } else {
-                    format!("no stack {}: nothing to delete", a.stack)
-                }
-            ));
+            printer.note(if gone {
+                format!("deleted the stack {}", a.stack)
+            } else {
+                format!("no stack {}: nothing to delete", a.stack)
+            });
         }
     }
     Ok(Outcome::Ok)

@@ -54,9 +54,10 @@ pub async fn partition_to(
 ) -> Result<PartitionSummary> {
     let size_bytes = parse_size(size)?;
     let input2 = input.to_path_buf();
-    let reader = tokio::task::spawn_blocking(move || open_dataset(&input2))
-        .await?
-        .with_context(|| format!("cannot open the dataset {}", input.display()))?;
+    let reader =
+        tokio::task::spawn_blocking(move || open_dataset(&input2).map_err(anyhow::Error::from))
+            .await?
+            .with_context(|| format!("cannot open the dataset {}", input.display()))?;
     let dest = StorageUrl::parse(out)?;
     let progress = Arc::new(Progress::new(
         "partition",

@@ -44,7 +44,7 @@ pub async fn demo(a: DemoArgs, printer: &Printer) -> Result<Outcome> {
             out: p("train.safetensors"),
             seed: 2,
         },
-        true,
+        &Printer::new(true),
     )
     .await?;
 

@@ -184,7 +184,7 @@ async fn ask_cancel(kind: &str, ids: &str) -> bool {
 /// ranks, and give the exit outcome.
 pub(crate) fn finish(report: &RunReport, printer: &Printer) -> Result<Outcome> {
     if let Some(s) = &report.summary {
-        super::run::print_summary(s, out)?;
+        super::run::print_summary(s, printer)?;
     }
     if let Some(f) = &report.footer {
         printer.result(f);

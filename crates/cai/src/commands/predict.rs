@@ -8,8 +8,7 @@ use cai_core::StorageUrl;
 use cai_engine::stages::{auto_precision, load_model_with};
 use cai_engine::worker::predict_partition;
 use cai_model::kernels::Precision;
-use cai_model::mixed::{self, PrecisionMode};
-use cai_model::{AstroMae, Model};
+use cai_model::mixed::PrecisionMode;
 
 use crate::cli::PredictArgs;
 use crate::printer::Printer;

@@ -61,9 +61,9 @@ pub async fn stats(a: StatsArgs, printer: &Printer) -> Result<Outcome> {
             printer.note(format!("wrote {}", path.display()));
         }
     }
-    printer.note(format!(
-            "means drop values outside [Q1 − 1.5·IQR, Q3 + 1.5·IQR] (type-7 quartiles), each column on its own"
-        ));
+    printer.note(
+        "means drop values outside [Q1 − 1.5·IQR, Q3 + 1.5·IQR] (type-7 quartiles), each column on its own",
+    );
     Ok(Outcome::Ok)
 }
 

@@ -188,6 +188,19 @@ pub fn parse_rank_report(file: &str, value: Value, index: usize) -> Result<RankR
     Ok(r)
 }
 
+/// Every `<rank>.json` under `results`, by rank (what `cai cost` prices).
+pub async fn rank_reports(results: &StorageUrl) -> Result<Vec<RankReport>> {
+    let mut out = Vec::new();
+    for o in results.list().await? {
+        if layout::rank_of_report(&o.key).is_some() {
+            let bytes = results.get(&o.key).await?;
+            out.push(RankReport::from_json(&results.url_of(&o.key), &bytes)?);
+        }
+    }
+    out.sort_by_key(|r| r.rank);
+    Ok(out)
+}
+
 /// How far a run is, from its results location alone (`cai status`).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct RunState {

@@ -3,9 +3,7 @@
 
 use anyhow::{bail, Context, Result};
 use cai_core::cost::{estimate, measured, Arch, PRICES};
-use cai_core::layout;
-use cai_core::report::RankReport;
-use cai_core::results::load_plan;
+use cai_core::results::{load_plan, rank_reports};
 use cai_core::StorageUrl;
 use clap::{Args, ValueEnum};
 
@@ -68,18 +66,6 @@ pub struct CostArgs {
     pub json: crate::cli::JsonArg,
 }
 
-async fn reports(results: &StorageUrl) -> Result<Vec<RankReport>> {
-    let mut out = Vec::new();
-    for o in results.list().await? {
-        if layout::rank_of_report(&o.key).is_some() {
-            let bytes = results.get(&o.key).await?;
-            out.push(RankReport::from_json(&results.url_of(&o.key), &bytes)?);
-        }
-    }
-    out.sort_by_key(|r| r.rank);
-    Ok(out)
-}
-
 /// `cai cost`.
 pub async fn cost(a: CostArgs, printer: &Printer) -> Result<Outcome> {
     let memory = f64::from(a.memory_mb);
@@ -129,7 +115,7 @@ pub async fn cost(a: CostArgs, printer: &Printer) -> Result<Outcome> {
         }
         (_, _, Some(results)) => {
             let url = StorageUrl::parse(results)?;
-            let reps = reports(&url)
+            let reps = rank_reports(&url)
                 .await
                 .with_context(|| format!("cannot read the rank reports under {results}"))?;
             if reps.is_empty() {

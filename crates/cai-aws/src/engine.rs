@@ -69,19 +69,19 @@ impl StackSettings {
     pub fn config(&self, data: S3Prefix, results: S3Prefix, model: S3Prefix) -> Result<AwsConfig> {
         if !(1..=900).contains(&self.timeout_s) {
             return Err(Error::Invalid(format!(
-                "--timeout-s must be 1..=900 (Lambda's limit), got {}",
+                "--lambda-timeout-s must be 1..=900 (Lambda's limit), got {}",
                 self.timeout_s
             )));
         }
         if !(128..=10_240).contains(&self.memory_mb) {
             return Err(Error::Invalid(format!(
-                "--memory-mb must be 128..=10240 (Lambda's range), got {}",
+                "--lambda-memory-mb must be 128..=10240 (Lambda's range), got {}",
                 self.memory_mb
             )));
         }
         if !(0.0..=100.0).contains(&self.tolerated_failure_percentage) {
             return Err(Error::Invalid(
-                "--tolerated-failure-percentage must be 0..=100".into(),
+                "--lambda-tolerated-failure-percentage must be 0..=100".into(),
             ));
         }
         let mut cfg = AwsConfig::new(&self.stack, data, results, model);
@@ -495,21 +495,21 @@ mod tests {
                     timeout_s: 901,
                     ..Default::default()
                 },
-                "--timeout-s must be 1..=900",
+                "--lambda-timeout-s must be 1..=900",
             ),
             (
                 StackSettings {
                     memory_mb: 64,
                     ..Default::default()
                 },
-                "--memory-mb must be 128..=10240",
+                "--lambda-memory-mb must be 128..=10240",
             ),
             (
                 StackSettings {
                     tolerated_failure_percentage: 101.0,
                     ..Default::default()
                 },
-                "--tolerated-failure-percentage",
+                "--lambda-tolerated-failure-percentage",
             ),
         ] {
             let e = s.config(loc(), loc(), loc()).unwrap_err().to_string();

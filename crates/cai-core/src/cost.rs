@@ -114,6 +114,42 @@ pub struct Cost {
     pub prices_as_of: String,
 }
 
+/// The cost as `cai cost` prints it: one `name  value` line per part.
+impl std::fmt::Display for Cost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "basis        {} ({} invocations, {} MB, {})",
+            self.basis,
+            self.invocations,
+            self.memory_mb,
+            self.arch.lambda_name()
+        )?;
+        writeln!(
+            f,
+            "duration     {:.1} s billed in all, longest {:.2} s",
+            self.billed_seconds, self.longest_s
+        )?;
+        writeln!(
+            f,
+            "lambda       {:.1} GB-s = ${:.4} compute + ${:.4} requests",
+            self.gb_seconds, self.lambda_compute_usd, self.lambda_requests_usd
+        )?;
+        writeln!(
+            f,
+            "stepfns      {} state transitions = ${:.4}",
+            self.state_transitions, self.step_functions_usd
+        )?;
+        writeln!(
+            f,
+            "s3           {} GET + {} PUT/LIST = ${:.5}",
+            self.s3_requests.0, self.s3_requests.1, self.s3_usd
+        )?;
+        writeln!(f, "total        ${:.4}", self.total_usd)?;
+        write!(f, "prices       {}", self.prices_as_of)
+    }
+}
+
 /// Lambda bills each invocation's duration rounded up to the next millisecond.
 pub fn billed_duration(seconds: f64) -> f64 {
     (seconds.max(0.0) * 1000.0).ceil() / 1000.0

@@ -32,52 +32,6 @@ pub async fn missing_ranks(results: &StorageUrl, world_size: usize) -> Result<Ve
     Ok((0..world_size).filter(|r| !done.contains(r)).collect())
 }
 
-/// How far a run is, from its results location alone (`cai status`).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct RunState {
-    /// The results location.
-    pub results: String,
-    /// Ranks of the plan with a result.
-    pub done: usize,
-    /// Ranks recorded as failed.
-    pub failed: Vec<usize>,
-    /// Ranks with neither.
-    pub without_result: usize,
-    /// Ranks in the plan.
-    pub world_size: usize,
-    /// Whether `summary.json` is there.
-    pub summary_written: bool,
-}
-
-impl RunState {
-    /// The state of the run at `results`, or `None` when no plan was written there.
-    pub async fn of(results: &StorageUrl) -> Result<Option<Self>> {
-        let Some(plan) = load_plan(results).await? else {
-            return Ok(None);
-        };
-        let listing = ResultsListing::list(results).await?;
-        let done = listing
-            .done_ranks()
-            .into_iter()
-            .filter(|&r| r < plan.world_size)
-            .count();
-        let failed: Vec<usize> = listing.failed_ranks().into_iter().collect();
-        Ok(Some(Self {
-            results: results.to_string(),
-            done,
-            without_result: plan.world_size - done - failed.len().min(plan.world_size - done),
-            failed,
-            world_size: plan.world_size,
-            summary_written: listing.has(layout::SUMMARY),
-        }))
-    }
-
-    /// Whether every rank has a result.
-    pub fn complete(&self) -> bool {
-        self.done == self.world_size
-    }
-}
-
 /// Rank files read at once.
 const PARALLEL_READS: usize = 32;
 
@@ -232,6 +186,89 @@ pub fn parse_rank_report(file: &str, value: Value, index: usize) -> Result<RankR
         r.total_bits = (r.throughput_bps * r.total_cpu_time).round() as u64;
     }
     Ok(r)
+}
+
+/// Every `<rank>.json` under `results`, by rank (what `cai cost` prices).
+pub async fn rank_reports(results: &StorageUrl) -> Result<Vec<RankReport>> {
+    let mut out = Vec::new();
+    for o in results.list().await? {
+        if layout::rank_of_report(&o.key).is_some() {
+            let bytes = results.get(&o.key).await?;
+            out.push(RankReport::from_json(&results.url_of(&o.key), &bytes)?);
+        }
+    }
+    out.sort_by_key(|r| r.rank);
+    Ok(out)
+}
+
+/// How far a run is, from its results location alone (`cai status`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RunState {
+    /// The results location.
+    pub results: String,
+    /// Ranks of the plan with a result.
+    pub done: usize,
+    /// Ranks recorded as failed.
+    pub failed: Vec<usize>,
+    /// Ranks with neither.
+    pub without_result: usize,
+    /// Ranks in the plan.
+    pub world_size: usize,
+    /// Whether `summary.json` is there.
+    pub summary_written: bool,
+}
+
+impl RunState {
+    /// The state of the run at `results`, or `None` when no plan was written there.
+    pub async fn of(results: &StorageUrl) -> Result<Option<Self>> {
+        let Some(plan) = load_plan(results).await? else {
+            return Ok(None);
+        };
+        let listing = ResultsListing::list(results).await?;
+        let done = listing
+            .done_ranks()
+            .into_iter()
+            .filter(|&r| r < plan.world_size)
+            .count();
+        let failed: Vec<usize> = listing.failed_ranks().into_iter().collect();
+        Ok(Some(Self {
+            results: results.to_string(),
+            done,
+            without_result: plan.world_size - done - failed.len().min(plan.world_size - done),
+            failed,
+            world_size: plan.world_size,
+            summary_written: listing.has(layout::SUMMARY),
+        }))
+    }
+
+    /// Whether every rank has a result.
+    pub fn complete(&self) -> bool {
+        self.done == self.world_size
+    }
+}
+
+/// The state as `cai status` prints it.
+impl std::fmt::Display for RunState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "results      {}", self.results)?;
+        write!(
+            f,
+            "ranks        {} done, {} failed, {} without a result (of {})",
+            self.done,
+            self.failed.len(),
+            self.without_result,
+            self.world_size
+        )?;
+        if !self.failed.is_empty() {
+            write!(f, "\nfailed       ranks {:?}", self.failed)?;
+        }
+        let summary = if self.summary_written {
+            "written"
+        } else {
+            "not yet"
+        };
+        write!(f, "\nsummary      {summary}")
+    }
 }
 
 #[cfg(test)]

@@ -18,13 +18,17 @@
 
 #[cfg(feature = "aws")]
 pub mod aws;
+#[cfg(feature = "bench")]
+pub mod bench;
 pub mod engine;
 pub mod error;
 pub mod local;
+pub mod partition;
 #[cfg(feature = "slurm")]
 pub mod slurm;
 pub mod stages;
 pub mod summarize;
+pub mod sweep;
 pub mod worker;
 
 pub use engine::{Engine, NoEvents, RunEnd, RunEvent, RunEvents, RunReport, RunRequest};

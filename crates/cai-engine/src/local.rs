@@ -42,6 +42,15 @@ pub fn available_cores() -> usize {
         .unwrap_or(1)
 }
 
+/// A rayon pool of `threads` inference threads (default: every core this process may use).
+pub fn thread_pool(threads: Option<usize>) -> Result<rayon::ThreadPool> {
+    let n = threads.unwrap_or_else(available_cores).max(1);
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .build()
+        .map_err(|source| Error::ThreadPool { threads: n, source })
+}
+
 /// The kernel tier this process dispatches to (`scalar`, `avx2`, `avx512`, `neon`), as the
 /// rank reports name it.
 pub fn kernel_tier() -> String {

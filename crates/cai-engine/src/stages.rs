@@ -7,7 +7,8 @@ use cai_core::layout;
 use cai_core::plan::{is_partition_key, make_plan, PartitionRef, Plan, PlanRequest};
 use cai_core::StorageUrl;
 use cai_data::partition::Manifest;
-use cai_model::{build_model, read_model_weights, AstroMae, ModelFileInfo, ModelWeights};
+use cai_model::mixed;
+use cai_model::{build_model, read_model_weights, AstroMae, Model, ModelFileInfo, ModelWeights};
 
 use crate::error::{Error, Result};
 
@@ -181,4 +182,129 @@ impl AsRef<[u8]> for ModelBytes {
 
 fn ms(t: std::time::Instant) -> f64 {
     (t.elapsed().as_secs_f64() * 1e4).round() / 10.0
+}
+
+/// A model with its last layer fitted ([`fit_last_layer`]): what `cai model fit` writes.
+#[derive(Debug, Clone)]
+pub struct Fitted {
+    /// The whole model, as a safetensors file.
+    pub safetensors: Vec<u8>,
+    /// R² of the fit on the training galaxies.
+    pub r2: f64,
+    /// Training galaxies.
+    pub galaxies: usize,
+}
+
+/// Fit only the last Linear layer (`concat_block.2`) of the model at `model` by ridge
+/// regression (penalty `ridge`) on the penultimate features of the labelled dataset file
+/// `train`, on `threads` threads; everything else stays as it is.
+pub async fn fit_last_layer(
+    model: &str,
+    train: &std::path::Path,
+    ridge: f64,
+    threads: Option<usize>,
+) -> Result<Fitted> {
+    let (mw, name) = read_weights(model).await.map_err(|e| Error::LoadModel {
+        model: model.to_string(),
+        source: Box::new(e),
+    })?;
+    let reader = cai_data::DatasetReader::open(train)?;
+    let data = reader.read_range(0, reader.len() as usize)?;
+    let Some(z) = data.redshift.clone() else {
+        return Err(Error::Request {
+            what: format!("{} has no redshift labels to fit on", train.display()),
+            hint: "give labelled galaxies (`cai synth` makes them)".into(),
+        });
+    };
+    let pool = crate::local::thread_pool(threads)?;
+    let source = model.to_string();
+    tokio::task::spawn_blocking(move || -> Result<Fitted> {
+        let mut m = build_model(&name, &mw)?.0;
+        let r2 = pool.install(|| {
+            cai_model::fit::fit_last_layer(&mut m, &data.images, &data.magnitudes, &z, data.n, ridge)
+        })?;
+        let mut meta = std::collections::BTreeMap::new();
+        meta.insert(
+            "cai.weights".to_string(),
+            format!(
+                "{source} with its last layer (concat_block.2) fitted by ridge regression on {} synthetic galaxies",
+                data.n
+            ),
+        );
+        let mut weights = mw.weights;
+        m.write_back(&mut weights);
+        Ok(Fitted {
+            safetensors: weights.to_safetensors(&meta)?,
+            r2,
+            galaxies: data.n,
+        })
+    })
+    .await
+    .map_err(|source| Error::Join {
+        task: "fitting".into(),
+        source,
+    })?
+}
+
+/// `--precision auto` for `model` (f32), loaded from `location`: the stored choice beside a
+/// local model file when it still fits, else a new one measured on the first
+/// [`mixed::DEFAULT_CALIBRATION`] galaxies of `images`/`magnitudes` (stored beside a local
+/// model). Returns the converted model and a line naming the mix and its error.
+pub fn auto_precision(
+    model: &AstroMae,
+    location: &str,
+    images: &[f32],
+    magnitudes: &[f32],
+    n: usize,
+    max_dz: f64,
+) -> Result<(AstroMae, String)> {
+    let nc = n.min(mixed::DEFAULT_CALIBRATION);
+    let (c, h, w) = model.input_shape();
+    let nm = model.magnitudes();
+    let cal = mixed::Calibration {
+        images: &images[..nc * c * h * w],
+        magnitudes: &magnitudes[..nc * nm],
+        n: nc,
+    };
+    let opts = mixed::AutoOptions {
+        max_dz,
+        ..mixed::AutoOptions::default()
+    };
+    let local = StorageUrl::parse(location)
+        .ok()
+        .and_then(|u| u.local_path());
+    let (choice, how) = match &local {
+        Some(path) => {
+            let bytes = std::fs::read(path).map_err(|source| cai_data::Error::Io {
+                op: "read (to hash it)",
+                path: path.clone(),
+                source,
+            })?;
+            let (stored, reuse) = mixed::auto_for_file(path, &bytes, model, &cal, &opts)?;
+            let how = match reuse {
+                mixed::Reuse::Reused => format!("reused {}", mixed::plan_path(path).display()),
+                mixed::Reuse::Chosen(why) => format!(
+                    "measured now ({why}); stored in {}",
+                    mixed::plan_path(path).display()
+                ),
+            };
+            (stored.choice, how)
+        }
+        None => (
+            mixed::choose(model, &cal, &opts)?,
+            "measured now (a remote model: not stored)".to_string(),
+        ),
+    };
+    let line = format!(
+        "precision auto: {} | max |Δz| vs f32 {:.2e} on {} calibration galaxies (bound {:e}), \
+         GEMMs ≈{:.2}x f32's speed; {how}",
+        choice.plan.summary(),
+        choice.max_dz,
+        choice.calibration,
+        choice.bound,
+        choice.est_gemm_speedup,
+    );
+    let mut m = model.clone();
+    m.set_plan(&choice.plan)?;
+    Ok((m, line))
 }

@@ -36,6 +36,7 @@ mod error;
 pub mod fit;
 pub mod formula;
 pub mod init;
+pub mod inspect;
 pub mod kernels;
 pub mod mixed;
 mod weights;

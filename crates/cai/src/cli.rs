@@ -1,5 +1,9 @@
-//! Command-line definitions (clap derive). Each flag is defined once here; help comes from
-//! the doc comments.
+//! Command-line definitions (clap derive). Each flag is defined once here, shared flags in
+//! the flag groups (`ModelArg`, `ResultsArg`, `ComputeArgs`, `BatchArg`, `PollArg`,
+//! `JsonArg`, `SlurmArgs`; the Lambda group is `commands::aws::StackOptions`); help comes
+//! from the doc comments. Engine options carry their engine's prefix (`--slurm-time`,
+//! `--lambda-memory-mb`); their old names stay as hidden aliases. `crate::settings` turns
+//! the parsed flags into settings.
 
 use std::path::PathBuf;
 
@@ -79,6 +83,88 @@ pub enum Command {
     Cost(crate::commands::cost::CostArgs),
 }
 
+// Flag groups: each shared flag is defined once here and flattened into the commands that
+// take it (`#[command(flatten)]`); `crate::settings` resolves them. A new shared flag goes
+// into its group (or a new group) here, never into a command's own struct.
+
+/// `--model`: the model file a command loads.
+#[derive(Debug, Default, Clone, Args)]
+pub struct ModelArg {
+    /// Model file (path or URL): safetensors, or the original's PyTorch `.pt` (whole module,
+    /// bare or in DataParallel, or a state_dict), auto-detected.
+    #[arg(long, env = "CAI_MODEL")]
+    pub model: Option<String>,
+}
+
+/// `--results`: a run's results location.
+#[derive(Debug, Default, Clone, Args)]
+pub struct ResultsArg {
+    /// Results location of a run (path or URL).
+    #[arg(long, env = "CAI_RESULTS")]
+    pub results: Option<String>,
+}
+
+/// `--threads`: inference threads.
+#[derive(Debug, Default, Clone, Args)]
+pub struct ThreadsArg {
+    /// Inference threads (default: the cores this process may use; for `cai run`, cores /
+    /// workers; for `cai worker`, $SLURM_CPUS_PER_TASK or the CPUs of this Slurm job).
+    #[arg(long, env = "CAI_THREADS")]
+    pub threads: Option<usize>,
+}
+
+/// `--precision`: the arithmetic of the model's trunk weights.
+#[derive(Debug, Default, Clone, Args)]
+pub struct PrecisionArg {
+    /// Arithmetic of the model's trunk weights: f32 (default, the reference), bf16 (bf16
+    /// weights and activations, f32 sums: z within about 3e-3 of f32; fast only on AVX-512
+    /// BF16), int8 (8-bit weights: faster, z within about 1e-2 of f32), int16 (13-bit
+    /// weights and 13-16-bit activations as i16: int8's speed, z within about 2e-4), or
+    /// auto (`cai predict` only): the fastest per-layer mix whose max |Δz| against f32 on
+    /// the first galaxies of the input stays within --max-dz, measured on this CPU and
+    /// stored beside a local model as `<model>.precision.json`; see `cai bench --precision
+    /// all`.
+    #[arg(long, default_value = "f32", env = "CAI_PRECISION")]
+    pub precision: cai_model::mixed::PrecisionMode,
+}
+
+/// Threads and precision: how a command computes.
+#[derive(Debug, Default, Clone, Args)]
+pub struct ComputeArgs {
+    /// Inference threads.
+    #[command(flatten)]
+    pub threads: ThreadsArg,
+    /// Arithmetic of the trunk weights.
+    #[command(flatten)]
+    pub precision: PrecisionArg,
+}
+
+/// `--batch-size`: galaxies per inference batch.
+#[derive(Debug, Default, Clone, Args)]
+pub struct BatchArg {
+    /// Galaxies per inference batch (default: `cai run` the payload's, else 512; `cai
+    /// predict` 256; `cai demo` 128).
+    #[arg(long, env = "CAI_BATCH_SIZE")]
+    pub batch_size: Option<usize>,
+}
+
+/// `--poll`: how often a followed run is looked at.
+#[derive(Debug, Default, Clone, Args)]
+pub struct PollArg {
+    /// Seconds between two looks at running jobs (default: Slurm 2, AWS 5; Slurm also
+    /// reads CAI_SLURM_POLL).
+    #[arg(long, env = "CAI_POLL")]
+    pub poll: Option<f64>,
+}
+
+/// `--json`: results as JSON on stdout.
+#[derive(Debug, Default, Clone, Args)]
+pub struct JsonArg {
+    /// Print the result as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
 /// `cai synth`
 #[derive(Debug, Args)]
 pub struct SynthArgs {
@@ -145,12 +231,11 @@ pub struct RunArgs {
     #[arg(long, env = "CAI_DATA")]
     pub data: Option<String>,
     /// Location of the results (default: s3://bucket/result_path from --payload).
-    #[arg(long, env = "CAI_RESULTS")]
-    pub results: Option<String>,
-    /// Model file: safetensors, or the original's PyTorch `.pt` (whole module, bare or in
-    /// DataParallel, or a state_dict), auto-detected.
-    #[arg(long, env = "CAI_MODEL")]
-    pub model: Option<String>,
+    #[command(flatten)]
+    pub results: ResultsArg,
+    /// The model.
+    #[command(flatten)]
+    pub model: ModelArg,
     /// The original's input payload JSON (bucket, file_limit, batch_size, result_path,
     /// data_bucket, data_prefix, …), accepted as it is. Flags override its values.
     #[arg(long)]
@@ -161,35 +246,27 @@ pub struct RunArgs {
     /// Number of ranks (default: one per partition).
     #[arg(long)]
     pub world_size: Option<usize>,
-    /// Galaxies per inference batch (default: the payload's, else 512).
-    #[arg(long)]
-    pub batch_size: Option<usize>,
+    /// Galaxies per inference batch.
+    #[command(flatten)]
+    pub batch: BatchArg,
     /// Where ranks run.
     #[arg(long, value_enum, default_value_t = EngineKind::Local, env = "CAI_ENGINE")]
     pub engine: EngineKind,
     /// Ranks run at once (default: fits the cores).
     #[arg(long, env = "CAI_WORKERS")]
     pub workers: Option<usize>,
-    /// Inference threads per worker (default: cores / workers).
-    #[arg(long, env = "CAI_THREADS")]
-    pub threads: Option<usize>,
-    /// Arithmetic of the model's trunk weights: f32 (default, the reference), bf16 (bf16
-    /// weights and activations, f32 sums: z within about 3e-3 of f32; fast only on AVX-512
-    /// BF16), int8 (8-bit weights: faster, z within about 1e-2 of f32) or int16 (13-bit
-    /// weights and 13-16-bit activations as i16: int8's speed, z within about 2e-4); see
-    /// `cai bench --precision all`.
-    #[arg(long, default_value = "f32", env = "CAI_PRECISION")]
-    pub precision: cai_model::kernels::Precision,
+    /// Threads per worker and precision.
+    #[command(flatten)]
+    pub compute: ComputeArgs,
     /// Run only the ranks of the existing plan that have no result yet.
     #[arg(long)]
     pub resume: bool,
-    /// Print the summary as JSON on stdout.
-    #[arg(long)]
-    pub json: bool,
-    /// Seconds between two looks at the running jobs (Slurm's queue, or the AWS execution
-    /// and the results location).
-    #[arg(long, default_value_t = 2.0, env = "CAI_POLL")]
-    pub poll: f64,
+    /// The summary as JSON.
+    #[command(flatten)]
+    pub json: JsonArg,
+    /// Polling of Slurm's queue, or of the AWS execution and the results location.
+    #[command(flatten)]
+    pub poll: PollArg,
     /// Submit (Slurm) or start (AWS) and return without following the run; `cai status`
     /// (Slurm) or `cai aws watch` (AWS) follows it later.
     #[arg(long)]
@@ -207,21 +284,20 @@ pub struct RunArgs {
 /// `cai summarize`
 #[derive(Debug, Args)]
 pub struct SummarizeArgs {
-    /// Results location of a run.
-    #[arg(long, env = "CAI_RESULTS")]
-    pub results: String,
-    /// Print the summary as JSON on stdout.
-    #[arg(long)]
-    pub json: bool,
+    /// The run (required).
+    #[command(flatten)]
+    pub results: ResultsArg,
+    /// The summary as JSON.
+    #[command(flatten)]
+    pub json: JsonArg,
 }
 
 /// `cai predict`
 #[derive(Debug, Args)]
 pub struct PredictArgs {
-    /// Model file: safetensors, or the original's PyTorch `.pt` (whole module, bare or in
-    /// DataParallel, or a state_dict), auto-detected.
-    #[arg(long, env = "CAI_MODEL")]
-    pub model: String,
+    /// The model (required).
+    #[command(flatten)]
+    pub model: ModelArg,
     /// One partition file: native safetensors or the original's `TensorDataset` `.pt`.
     #[arg(long, short)]
     pub input: String,
@@ -229,18 +305,12 @@ pub struct PredictArgs {
     #[arg(long, short)]
     pub out: PathBuf,
     /// Galaxies per batch.
-    #[arg(long, default_value_t = 256)]
-    pub batch_size: usize,
-    /// Inference threads (default: all cores).
-    #[arg(long)]
-    pub threads: Option<usize>,
-    /// Arithmetic of the model's trunk weights: f32 (default), bf16, int8 or int16 (see
-    /// `cai run --help`), or auto: the fastest per-layer mix whose max |Δz| against f32 on
-    /// the first galaxies of the input stays within --max-dz, measured on this CPU and
-    /// stored beside a local model as `<model>.precision.json` (reused while the model's
-    /// hash, the kernel tier and the bound match).
-    #[arg(long, default_value = "f32", env = "CAI_PRECISION")]
-    pub precision: cai_model::mixed::PrecisionMode,
+    #[command(flatten)]
+    pub batch: BatchArg,
+    /// Threads and precision (auto: reused from `<model>.precision.json` while the
+    /// model's hash, the kernel tier and the bound match).
+    #[command(flatten)]
+    pub compute: ComputeArgs,
     /// Bound on max |Δz| against f32 for `--precision auto`.
     #[arg(long, default_value_t = cai_model::mixed::DEFAULT_MAX_DZ)]
     pub max_dz: f64,
@@ -267,9 +337,9 @@ pub enum ModelCommand {
 pub struct ModelInspectArgs {
     /// Model file (path or URL).
     pub file: String,
-    /// Print JSON on stdout.
-    #[arg(long)]
-    pub json: bool,
+    /// The description as JSON.
+    #[command(flatten)]
+    pub json: JsonArg,
 }
 
 /// `cai model convert`
@@ -296,9 +366,9 @@ pub struct ModelInitArgs {
 /// `cai model fit`
 #[derive(Debug, Args)]
 pub struct ModelFitArgs {
-    /// Model to start from.
-    #[arg(long)]
-    pub model: String,
+    /// The model to start from (required).
+    #[command(flatten)]
+    pub model: ModelArg,
     /// Labelled training data (a dataset or partition file).
     #[arg(long)]
     pub train: PathBuf,
@@ -308,17 +378,17 @@ pub struct ModelFitArgs {
     /// Ridge penalty, relative to the mean feature variance.
     #[arg(long, default_value_t = 1e-3)]
     pub ridge: f64,
-    /// Inference threads (default: all cores).
-    #[arg(long)]
-    pub threads: Option<usize>,
+    /// Inference threads.
+    #[command(flatten)]
+    pub threads: ThreadsArg,
 }
 
 /// `cai bench`
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// Model file (default: seeded weights of the full-size AstroMAE).
-    #[arg(long)]
-    pub model: Option<String>,
+    /// The model (default: seeded weights of the full-size AstroMAE).
+    #[command(flatten)]
+    pub model: ModelArg,
     /// Seed of the seeded weights (without --model).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -353,9 +423,9 @@ pub struct BenchArgs {
     /// on which the reduced precisions' |Δz| against f32 is also measured.
     #[arg(long, env = "CAI_PARITY_DIR")]
     pub parity_dir: Option<PathBuf>,
-    /// Print the report as JSON on stdout.
-    #[arg(long)]
-    pub json: bool,
+    /// The report as JSON.
+    #[command(flatten)]
+    pub json: JsonArg,
 }
 
 /// `cai stats`
@@ -437,8 +507,8 @@ pub struct DemoArgs {
     #[arg(long, default_value = "25MB")]
     pub size: String,
     /// Galaxies per inference batch.
-    #[arg(long, default_value_t = 128)]
-    pub batch_size: usize,
+    #[command(flatten)]
+    pub batch: BatchArg,
 }
 
 /// `cai worker`
@@ -450,32 +520,31 @@ pub struct WorkerArgs {
     /// The rank to run.
     #[arg(long, env = "SLURM_ARRAY_TASK_ID")]
     pub rank: usize,
-    /// Inference threads (default: $SLURM_CPUS_PER_TASK, else the CPUs of this Slurm
-    /// job on the node, else all cores).
-    #[arg(long)]
-    pub threads: Option<usize>,
+    /// Threads and precision (`cai run --engine slurm` passes its --precision to every
+    /// task).
+    #[command(flatten)]
+    pub compute: ComputeArgs,
     /// Token that must be in the results location's slurm/probe (exit 3 if not: the
     /// results location is not shared with this node).
     #[arg(long)]
     pub probe: Option<String>,
-    /// Arithmetic of the model's trunk weights (see `cai run --help`); `cai run --engine
-    /// slurm --precision` passes it to every task.
-    #[arg(long, default_value = "f32", env = "CAI_PRECISION")]
-    pub precision: cai_model::kernels::Precision,
 }
 
 /// `cai status`
 #[derive(Debug, Args)]
 pub struct StatusArgs {
-    /// Results location of a run.
-    #[arg(long, env = "CAI_RESULTS")]
-    pub results: String,
+    /// The run (required).
+    #[command(flatten)]
+    pub results: ResultsArg,
     /// Print the state once and return instead of following the jobs.
     #[arg(long)]
     pub once: bool,
-    /// Print the summary as JSON on stdout.
-    #[arg(long)]
-    pub json: bool,
+    /// Polling of the jobs followed.
+    #[command(flatten)]
+    pub poll: PollArg,
+    /// The summary as JSON.
+    #[command(flatten)]
+    pub json: JsonArg,
 }
 
 /// Slurm options of `cai run --engine slurm` (ignored by other engines).
@@ -484,52 +553,61 @@ pub struct StatusArgs {
 #[command(next_help_heading = "Slurm (--engine slurm)")]
 pub struct SlurmArgs {
     /// sbatch --partition.
-    #[arg(long, env = "CAI_SLURM_PARTITION")]
+    #[arg(
+        long = "slurm-partition",
+        alias = "partition",
+        env = "CAI_SLURM_PARTITION"
+    )]
     pub partition: Option<String>,
     /// sbatch --account.
-    #[arg(long, env = "CAI_SLURM_ACCOUNT")]
+    #[arg(long = "slurm-account", alias = "account", env = "CAI_SLURM_ACCOUNT")]
     pub account: Option<String>,
     /// sbatch --qos.
-    #[arg(long)]
+    #[arg(long = "slurm-qos", alias = "qos", env = "CAI_SLURM_QOS")]
     pub qos: Option<String>,
     /// sbatch --time, per task (e.g. 1:00:00).
-    #[arg(long)]
+    #[arg(long = "slurm-time", alias = "time", env = "CAI_SLURM_TIME")]
     pub time: Option<String>,
     /// sbatch --mem, per task (e.g. 8G).
-    #[arg(long)]
+    #[arg(long = "slurm-mem", alias = "mem", env = "CAI_SLURM_MEM")]
     pub mem: Option<String>,
     /// sbatch --cpus-per-task; each task's worker uses exactly these CPUs.
-    #[arg(long)]
+    #[arg(long = "slurm-cpus-per-task", alias = "cpus-per-task")]
     pub cpus_per_task: Option<u32>,
     /// sbatch --gres (e.g. gpu:1).
-    #[arg(long)]
+    #[arg(long = "slurm-gres", alias = "gres")]
     pub gres: Option<String>,
     /// sbatch --constraint.
-    #[arg(long)]
+    #[arg(long = "slurm-constraint", alias = "constraint")]
     pub constraint: Option<String>,
     /// File of extra `#SBATCH` lines (or bare `--option=value` lines) for both jobs.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long = "slurm-extra", alias = "sbatch-extra", value_name = "FILE")]
     pub sbatch_extra: Option<PathBuf>,
     /// Shell run at the start of every job, e.g. "module load gcc".
-    #[arg(long, value_name = "SNIPPET")]
+    #[arg(long = "slurm-setup", alias = "setup", value_name = "SNIPPET")]
     pub setup: Option<String>,
     /// Array tasks run at once (`--array=…%MAX`; default: as many as the cluster gives).
-    #[arg(long, value_name = "MAX")]
+    #[arg(long = "slurm-max-running", alias = "max-running", value_name = "MAX")]
     pub max_running: Option<usize>,
     /// Resubmit a failed task up to N times (only the failed indices).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long = "slurm-retries", alias = "retries", default_value_t = 0)]
     pub retries: u32,
     /// Job name.
-    #[arg(long, default_value = "cai")]
+    #[arg(long = "slurm-job-name", alias = "job-name", default_value = "cai")]
     pub job_name: String,
     /// Where the batch scripts and logs go (default: <results>/slurm for a local results
     /// location, else ./cai-slurm).
     #[arg(long, value_name = "DIR")]
     pub slurm_dir: Option<PathBuf>,
     /// The cai binary the jobs run (default: this one; it must be on a shared file system).
-    #[arg(long, value_name = "PATH", env = "CAI_SLURM_BIN")]
+    #[arg(
+        long = "slurm-cai-bin",
+        alias = "cai-bin",
+        value_name = "PATH",
+        env = "CAI_SLURM_BIN"
+    )]
     pub cai_bin: Option<PathBuf>,
     /// Write the plan and batch scripts and print the sbatch commands; submit nothing.
-    #[arg(long)]
+    #[arg(long = "slurm-dry-run", alias = "dry-run")]
     pub dry_run: bool,
 }

@@ -3,7 +3,9 @@
 
 mod cli;
 mod commands;
+mod printer;
 mod progress;
+mod settings;
 
 use std::process::ExitCode;
 

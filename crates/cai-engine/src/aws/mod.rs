@@ -14,6 +14,8 @@
 
 mod asl;
 pub mod lambda;
+#[cfg(feature = "lambda")]
+pub mod runtime;
 mod template;
 
 pub use asl::{state_machine, FunctionArns, LAMBDA_RETRY_ERRORS};

@@ -15,6 +15,8 @@ use clap::{Args, Subcommand};
 
 use super::cost::ArchArg;
 use super::engines::Printer;
+use crate::cli::{JsonArg, ModelArg, PollArg, PrecisionArg, ResultsArg};
+use crate::settings::PollFor;
 use crate::Outcome;
 
 /// `cai aws …`
@@ -45,45 +47,65 @@ pub struct StackArgs {
     /// Partitions, read only (s3://bucket/prefix).
     #[arg(long, env = "CAI_DATA")]
     pub data: String,
-    /// Results location (s3://bucket/prefix); the functions may write only here.
-    #[arg(long, env = "CAI_RESULTS")]
-    pub results: String,
-    /// Model file, read only (s3://bucket/key.safetensors; `deploy` also takes a local file
-    /// and uploads it beside the zip).
-    #[arg(long, env = "CAI_MODEL")]
-    pub model: String,
+    /// Results location (s3://bucket/prefix; required); the functions may write only here.
+    #[command(flatten)]
+    pub results: ResultsArg,
+    /// Model file, read only (s3://bucket/key.safetensors; required; `deploy` also takes a
+    /// local file and uploads it beside the zip).
+    #[command(flatten)]
+    pub model: ModelArg,
     /// How the stack runs.
     #[command(flatten)]
     pub options: StackOptions,
-    /// Arithmetic of the model's trunk weights in the Infer function (see `cai run
-    /// --help`).
-    #[arg(long, default_value = "f32", env = "CAI_PRECISION")]
-    pub precision: cai_model::kernels::Precision,
+    /// Arithmetic of the model's trunk weights in the Infer function.
+    #[command(flatten)]
+    pub precision: PrecisionArg,
 }
 
 /// How the stack runs (shared by `cai aws …` and `cai run --engine aws`).
 #[derive(Debug, Default, Args)]
 pub struct StackOptions {
     /// Stack name (functions are `<stack>-initialize`, `<stack>-infer`, `<stack>-summarize`).
-    #[arg(long, default_value = "cai", env = "CAI_STACK")]
+    #[arg(
+        long = "aws-stack",
+        alias = "stack",
+        default_value = "cai",
+        env = "CAI_STACK"
+    )]
     pub stack: String,
     /// Memory of the Infer function in MB (1,769 MB = 1 vCPU; 10,240 MB = 6 vCPUs).
-    #[arg(long, default_value_t = 10_240)]
+    #[arg(
+        long = "lambda-memory-mb",
+        alias = "memory-mb",
+        default_value_t = 10_240
+    )]
     pub memory_mb: u32,
     /// CPU architecture of the functions.
-    #[arg(long, value_enum, default_value_t = ArchArg::X86_64)]
+    #[arg(long = "lambda-arch", alias = "arch", value_enum, default_value_t = ArchArg::X86_64)]
     pub arch: ArchArg,
     /// Ranks running at once (0: as many as Step Functions allows).
-    #[arg(long, default_value_t = 1000)]
+    #[arg(
+        long = "lambda-max-concurrency",
+        alias = "max-concurrency",
+        default_value_t = 1000
+    )]
     pub max_concurrency: u32,
     /// Percentage of ranks that may fail before the map stops (0–100).
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(
+        long = "lambda-tolerated-failure-percentage",
+        alias = "tolerated-failure-percentage",
+        default_value_t = 0.0
+    )]
     pub tolerated_failure_percentage: f64,
     /// Infer timeout in seconds (at most 900).
-    #[arg(long, default_value_t = 900)]
+    #[arg(long = "lambda-timeout-s", alias = "timeout-s", default_value_t = 900)]
     pub timeout_s: u32,
     /// Days the log groups keep logs.
-    #[arg(long, default_value_t = 14)]
+    #[arg(
+        long = "lambda-log-retention-days",
+        alias = "log-retention-days",
+        default_value_t = 14
+    )]
     pub log_retention_days: u32,
 }
 
@@ -91,10 +113,10 @@ pub struct StackOptions {
 #[derive(Debug, Default, Args)]
 pub struct AccountArgs {
     /// Named profile from ~/.aws/config and ~/.aws/credentials.
-    #[arg(long, env = "AWS_PROFILE")]
+    #[arg(long = "aws-profile", alias = "profile", env = "AWS_PROFILE")]
     pub profile: Option<String>,
     /// Region (default: the profile's or AWS_REGION).
-    #[arg(long)]
+    #[arg(long = "aws-region", alias = "region")]
     pub region: Option<String>,
 }
 
@@ -103,11 +125,11 @@ pub struct AccountArgs {
 pub struct ArtifactArgs {
     /// Where the zip (and a local --model) are uploaded
     /// (default: s3://<results bucket>/cai-artifacts/<stack>).
-    #[arg(long, value_name = "S3_URL")]
+    #[arg(long = "aws-artifacts", alias = "artifacts", value_name = "S3_URL")]
     pub artifacts: Option<String>,
     /// The cai binary to deploy (default: this one; for arm64 build one with
     /// scripts/aws/build.sh arm64).
-    #[arg(long, value_name = "PATH")]
+    #[arg(long = "lambda-binary", alias = "binary", value_name = "PATH")]
     pub binary: Option<PathBuf>,
 }
 
@@ -117,7 +139,11 @@ pub struct ArtifactArgs {
 pub struct AwsRunArgs {
     /// Start this existing state machine (ARN) instead of deploying the stack: for a stack
     /// deployed by `cai aws deploy` or by other tooling.
-    #[arg(long, value_name = "ARN")]
+    #[arg(
+        long = "aws-state-machine",
+        alias = "state-machine",
+        value_name = "ARN"
+    )]
     pub state_machine: Option<String>,
     /// How the stack runs.
     #[command(flatten)]
@@ -164,25 +190,30 @@ pub struct WatchArgs {
     /// The execution's ARN (printed by `cai run --engine aws`).
     #[arg(long)]
     pub execution: String,
-    /// The run's results location (s3://bucket/prefix).
-    #[arg(long, env = "CAI_RESULTS")]
-    pub results: String,
+    /// The run's results location (s3://bucket/prefix; required).
+    #[command(flatten)]
+    pub results: ResultsArg,
     /// Seconds between two looks.
-    #[arg(long, default_value_t = 5.0)]
-    pub poll: f64,
+    #[command(flatten)]
+    pub poll: PollArg,
     /// Which account.
     #[command(flatten)]
     pub account: AccountArgs,
-    /// Print the summary as JSON on stdout.
-    #[arg(long)]
-    pub json: bool,
+    /// The summary as JSON.
+    #[command(flatten)]
+    pub json: JsonArg,
 }
 
 /// `cai aws destroy`
 #[derive(Debug, Args)]
 pub struct DestroyArgs {
     /// Stack name.
-    #[arg(long, default_value = "cai", env = "CAI_STACK")]
+    #[arg(
+        long = "aws-stack",
+        alias = "stack",
+        default_value = "cai",
+        env = "CAI_STACK"
+    )]
     pub stack: String,
     /// Which account.
     #[command(flatten)]
@@ -249,32 +280,35 @@ fn config(a: &StackArgs, local_model: bool) -> Result<AwsConfig> {
     let model = if local_model {
         S3Prefix::new("unset", "unset")
     } else {
-        let model = s3_location("model", &a.model)?;
+        let at = a.model.required()?;
+        let model = s3_location("model", at)?;
         anyhow::ensure!(
             !model.prefix.is_empty(),
-            "--model must name an object (s3://bucket/key), got {:?}",
-            a.model
+            "--model must name an object (s3://bucket/key), got {at:?}"
         );
         model
     };
     let mut cfg = a.options.settings().config(
         s3_location("data", &a.data)?,
-        s3_location("results", &a.results)?,
+        s3_location("results", a.results.required()?)?,
         model,
     )?;
-    cfg.precision = a.precision;
+    cfg.precision = crate::settings::fixed(a.precision.precision, "cai aws")?;
     Ok(cfg)
 }
 
-fn write(out: &Option<PathBuf>, doc: &serde_json::Value, what: &str, quiet: bool) -> Result<()> {
+fn write(
+    out: &Option<PathBuf>,
+    doc: &serde_json::Value,
+    what: &str,
+    printer: &Printer,
+) -> Result<()> {
     let mut text = serde_json::to_string_pretty(doc)?;
     text.push('\n');
     match out {
         Some(path) => {
             super::predict::write_atomic(path, text.as_bytes())?;
-            if !quiet {
-                eprintln!("wrote the {what} to {}", path.display());
-            }
+            printer.note(format!("wrote the {what} to {}", path.display()));
         }
         None => print!("{text}"),
     }
@@ -286,8 +320,7 @@ async fn sdk(a: &AccountArgs) -> cai_aws::SdkConfig {
 }
 
 /// `cai aws …`.
-pub async fn aws(cmd: AwsCommand, quiet: bool) -> Result<Outcome> {
-    let printer = Printer::new(quiet);
+pub async fn aws(cmd: AwsCommand, printer: &Printer) -> Result<Outcome> {
     match cmd {
         AwsCommand::StateMachine(a) => {
             let cfg = config(&a.stack, false)?;
@@ -295,11 +328,16 @@ pub async fn aws(cmd: AwsCommand, quiet: bool) -> Result<Outcome> {
                 (Some(r), Some(acct)) => FunctionArns::of_stack(&cfg, r, acct),
                 _ => FunctionArns::placeholders(),
             };
-            write(&a.out, &state_machine(&cfg, &arns), "state machine", quiet)?;
+            write(
+                &a.out,
+                &state_machine(&cfg, &arns),
+                "state machine",
+                printer,
+            )?;
         }
         AwsCommand::Template(a) => {
             let cfg = config(&a.stack, false)?;
-            write(&a.out, &template(&cfg), "CloudFormation template", quiet)?;
+            write(&a.out, &template(&cfg), "CloudFormation template", printer)?;
         }
         AwsCommand::Package(a) => {
             let arch: Arch = a.arch.into();
@@ -308,14 +346,12 @@ pub async fn aws(cmd: AwsCommand, quiet: bool) -> Result<Outcome> {
                 .unwrap_or_else(|| PathBuf::from(format!("cai-lambda-{}.zip", arch.lambda_name())));
             let pkg = cai_aws::package_binary(a.binary.as_deref(), arch, &out)?;
             println!("{}", pkg.path.display());
-            if !quiet {
-                eprintln!(
-                    "zip {:.1} MB (sha256 {}), bootstrap: {}",
-                    pkg.zip_bytes as f64 / 1e6,
-                    &pkg.sha256[..16],
-                    pkg.binary.describe()
-                );
-            }
+            printer.note(format!(
+                "zip {:.1} MB (sha256 {}), bootstrap: {}",
+                pkg.zip_bytes as f64 / 1e6,
+                &pkg.sha256[..16],
+                pkg.binary.describe()
+            ));
         }
         AwsCommand::Deploy(a) => {
             let sdk = sdk(&a.account).await;
@@ -323,27 +359,24 @@ pub async fn aws(cmd: AwsCommand, quiet: bool) -> Result<Outcome> {
             let d = cai_aws::deploy_run(
                 &sdk,
                 &mut cfg,
-                &a.stack.model,
+                a.stack.model.required()?,
                 &a.artifacts.artifacts(),
-                &printer,
+                printer,
             )
             .await?;
             println!("{}", d.state_machine_arn);
         }
         AwsCommand::Watch(a) => {
+            let printer = &printer.with_json(a.json.json);
             let engine = AwsEngine {
-                poll: Duration::from_secs_f64(if a.poll.is_finite() {
-                    a.poll.clamp(0.05, 3600.0)
-                } else {
-                    5.0
-                }),
+                poll: a.poll.interval(PollFor::Aws),
                 ..AwsEngine::new(sdk(&a.account).await)
             };
             let report = engine
-                .attach(&a.results, Some(&a.execution), &printer)
+                .attach(a.results.required()?, Some(&a.execution), printer)
                 .await;
             printer.finish();
-            return super::engines::finish(&report?, a.json, quiet);
+            return super::engines::finish(&report?, printer);
         }
         AwsCommand::Destroy(a) => {
             let sdk = sdk(&a.account).await;
@@ -352,16 +385,11 @@ pub async fn aws(cmd: AwsCommand, quiet: bool) -> Result<Outcome> {
             })
             .await
             .with_context(|| format!("cannot delete the stack {}", a.stack))?;
-            if !quiet {
-                eprintln!(
-                    "{}",
-                    if gone {
-                        format!("deleted the stack {}", a.stack)
-                    } else {
-                        format!("no stack {}: nothing to delete", a.stack)
-                    }
-                );
-            }
+            printer.note(if gone {
+                format!("deleted the stack {}", a.stack)
+            } else {
+                format!("no stack {}: nothing to delete", a.stack)
+            });
         }
     }
     Ok(Outcome::Ok)

@@ -2,13 +2,12 @@
 //! files), or would cost (from its plan, or a galaxy count, and a throughput).
 
 use anyhow::{bail, Context, Result};
-use cai_core::cost::{estimate, measured, Arch, Cost, PRICES};
-use cai_core::layout;
-use cai_core::report::RankReport;
-use cai_core::results::load_plan;
+use cai_core::cost::{estimate, measured, Arch, PRICES};
+use cai_core::results::{load_plan, rank_reports};
 use cai_core::StorageUrl;
 use clap::{Args, ValueEnum};
 
+use crate::printer::Printer;
 use crate::Outcome;
 
 /// Lambda architectures on the command line.
@@ -37,13 +36,17 @@ impl From<ArchArg> for Arch {
 pub struct CostArgs {
     /// Results location of a run: prices its `<rank>.json` durations, or with --throughput
     /// its plan.json.
-    #[arg(long, env = "CAI_RESULTS", required_unless_present = "galaxies")]
-    pub results: Option<String>,
+    #[command(flatten)]
+    pub results: crate::cli::ResultsArg,
     /// Lambda memory of the Infer function in MB.
-    #[arg(long, default_value_t = 10_240)]
+    #[arg(
+        long = "lambda-memory-mb",
+        alias = "memory-mb",
+        default_value_t = 10_240
+    )]
     pub memory_mb: u32,
     /// Lambda architecture.
-    #[arg(long, value_enum, default_value_t = ArchArg::X86_64)]
+    #[arg(long = "lambda-arch", alias = "arch", value_enum, default_value_t = ArchArg::X86_64)]
     pub arch: ArchArg,
     /// Seconds added to every invocation (cold start, model load), beyond the rank's clock.
     #[arg(long, default_value_t = 0.0)]
@@ -58,58 +61,13 @@ pub struct CostArgs {
     /// Galaxies per partition (one partition per rank) for --galaxies; 25 MB ≈ 1,280.
     #[arg(long)]
     pub partition_galaxies: Option<u64>,
-    /// Print the cost as JSON on stdout.
-    #[arg(long)]
-    pub json: bool,
-}
-
-async fn reports(results: &StorageUrl) -> Result<Vec<RankReport>> {
-    let mut out = Vec::new();
-    for o in results.list().await? {
-        if layout::rank_of_report(&o.key).is_some() {
-            let bytes = results.get(&o.key).await?;
-            out.push(RankReport::from_json(&results.url_of(&o.key), &bytes)?);
-        }
-    }
-    out.sort_by_key(|r| r.rank);
-    Ok(out)
-}
-
-fn print(c: &Cost, json: bool) -> Result<()> {
-    if json {
-        println!("{}", serde_json::to_string_pretty(c)?);
-        return Ok(());
-    }
-    println!(
-        "basis        {} ({} invocations, {} MB, {})",
-        c.basis,
-        c.invocations,
-        c.memory_mb,
-        c.arch.lambda_name()
-    );
-    println!(
-        "duration     {:.1} s billed in all, longest {:.2} s",
-        c.billed_seconds, c.longest_s
-    );
-    println!(
-        "lambda       {:.1} GB-s = ${:.4} compute + ${:.4} requests",
-        c.gb_seconds, c.lambda_compute_usd, c.lambda_requests_usd
-    );
-    println!(
-        "stepfns      {} state transitions = ${:.4}",
-        c.state_transitions, c.step_functions_usd
-    );
-    println!(
-        "s3           {} GET + {} PUT/LIST = ${:.5}",
-        c.s3_requests.0, c.s3_requests.1, c.s3_usd
-    );
-    println!("total        ${:.4}", c.total_usd);
-    println!("prices       {}", c.prices_as_of);
-    Ok(())
+    /// The cost as JSON.
+    #[command(flatten)]
+    pub json: crate::cli::JsonArg,
 }
 
 /// `cai cost`.
-pub async fn cost(a: CostArgs) -> Result<Outcome> {
+pub async fn cost(a: CostArgs, printer: &Printer) -> Result<Outcome> {
     let memory = f64::from(a.memory_mb);
     let arch: Arch = a.arch.into();
     if let Some(t) = a.throughput {
@@ -118,7 +76,7 @@ pub async fn cost(a: CostArgs) -> Result<Outcome> {
             "--throughput must be > 0, got {t}"
         );
     }
-    let c = match (a.galaxies, a.throughput, &a.results) {
+    let c = match (a.galaxies, a.throughput, &a.results.results) {
         (Some(total), Some(t), _) => {
             let per = a.partition_galaxies.unwrap_or(0);
             anyhow::ensure!(per > 0, "--partition-galaxies must be > 0");
@@ -157,7 +115,7 @@ pub async fn cost(a: CostArgs) -> Result<Outcome> {
         }
         (_, _, Some(results)) => {
             let url = StorageUrl::parse(results)?;
-            let reps = reports(&url)
+            let reps = rank_reports(&url)
                 .await
                 .with_context(|| format!("cannot read the rank reports under {results}"))?;
             if reps.is_empty() {
@@ -167,6 +125,8 @@ pub async fn cost(a: CostArgs) -> Result<Outcome> {
         }
         _ => bail!("give --results, or --galaxies with --partition-galaxies and --throughput"),
     };
-    print(&c, a.json)?;
+    if !printer.with_json(a.json.json).json(&c)? {
+        printer.result(c);
+    }
     Ok(Outcome::Ok)
 }

@@ -18,16 +18,17 @@ use crate::commands::{data, model, run};
 use crate::Outcome;
 
 /// `cai demo`.
-pub async fn demo(a: DemoArgs, quiet: bool) -> Result<Outcome> {
+pub async fn demo(a: DemoArgs, printer: &Printer) -> Result<Outcome> {
     let t0 = Instant::now();
     let dir = a.dir.clone();
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let dir = std::path::absolute(&dir)?;
     let p = |name: &str| dir.join(name);
     let say = |msg: &str| {
-        if !quiet {
-            eprintln!("[demo {:>5.1} s] {msg}", t0.elapsed().as_secs_f64());
-        }
+        printer.note(format!(
+            "[demo {:>5.1} s] {msg}",
+            t0.elapsed().as_secs_f64()
+        ));
     };
 
     say("1/6 seeded AstroMAE weights (seed 0, PyTorch default init scales; untrained)");
@@ -43,7 +44,7 @@ pub async fn demo(a: DemoArgs, quiet: bool) -> Result<Outcome> {
             out: p("train.safetensors"),
             seed: 2,
         },
-        true,
+        &Printer::new(true),
     )
     .await?;
 
@@ -52,9 +53,8 @@ pub async fn demo(a: DemoArgs, quiet: bool) -> Result<Outcome> {
         &p("model-init.safetensors").display().to_string(),
         &p("train.safetensors"),
         &p("model-demo.safetensors"),
-        1e-3,
         None,
-        true,
+        &Printer::new(true),
     )
     .await?;
     say(&format!("    training R² {train_r2:.3}"));
@@ -69,13 +69,20 @@ pub async fn demo(a: DemoArgs, quiet: bool) -> Result<Outcome> {
             out: p("galaxies.safetensors"),
             seed: 1,
         },
-        quiet,
+        printer,
     )
     .await?;
 
     say(&format!("5/6 partitions of {}", a.size));
     let parts_dir = p("partitions").display().to_string();
-    let s = data::partition_to(&p("galaxies.safetensors"), &a.size, &parts_dir, true).await?;
+    let s = data::partition_to(
+        &p("galaxies.safetensors"),
+        &a.size,
+        &parts_dir,
+        cai_data::partition::FileFormat::Native,
+        &Printer::new(true),
+    )
+    .await?;
     say(&format!("    {} partitions", s.partitions));
     say("6/6 running the local engine and summarizing");
     let results_dir = p("results").display().to_string();
@@ -83,11 +90,10 @@ pub async fn demo(a: DemoArgs, quiet: bool) -> Result<Outcome> {
         data: Some(parts_dir.clone()),
         results: Some(results_dir.clone()),
         model: Some(p("model-demo.safetensors").display().to_string()),
-        batch_size: Some(a.batch_size),
+        batch_size: Some(a.batch.or(crate::settings::DEMO_BATCH)),
         ..Default::default()
     };
-    let printer = Printer::new(quiet);
-    let report = LocalEngine::default().run(&req, &printer).await;
+    let report = LocalEngine::default().run(&req, printer).await;
     printer.finish();
     let summary = report?
         .summary
@@ -99,7 +105,7 @@ pub async fn demo(a: DemoArgs, quiet: bool) -> Result<Outcome> {
         a.train_galaxies
     );
     println!();
-    run::print_summary(&summary, false)?;
+    run::print_summary(&summary, printer)?;
     println!();
     println!("outputs");
     for (what, path) in [

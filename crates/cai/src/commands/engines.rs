@@ -1,21 +1,21 @@
 //! The one place an engine is chosen and its run shown: [`engine_for`] turns `cai run`
 //! flags into a `Box<dyn Engine>` (for `run` and `sweep`), [`engine_at`] finds the engine of
-//! a run already going (for `status`), [`Printer`] shows an engine's events (progress bars,
-//! status lines, messages; nothing with `--quiet`), and [`finish`] prints the report and
-//! picks the exit code.
+//! a run already going (for `status`), [`drive`] runs or follows it (Ctrl-C offers to
+//! cancel), and [`finish`] prints the report and picks the exit code.
 
 use std::future::Future;
 use std::io::{IsTerminal, Write as _};
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use cai_core::payload::Payload;
-use cai_engine::engine::{Engine, RunEnd, RunEvent, RunEvents, RunReport, RunRequest};
+use cai_engine::engine::{Engine, RunEnd, RunReport, RunRequest};
 use cai_engine::local::LocalEngine;
 
-use crate::cli::{EngineKind, RunArgs};
-use crate::progress::Progress;
+pub(crate) use crate::printer::Printer;
+
+use crate::cli::{EngineKind, PollArg, RunArgs};
+#[cfg_attr(not(any(feature = "slurm", feature = "aws")), allow(unused_imports))]
+use crate::settings::PollFor;
 use crate::Outcome;
 
 /// Read the original's `payload.json` (`--payload`), for every engine.
@@ -30,25 +30,15 @@ pub(crate) fn read_payload(path: &std::path::Path) -> Result<Payload> {
 pub(crate) fn request(a: &RunArgs) -> Result<RunRequest> {
     Ok(RunRequest {
         data: a.data.clone(),
-        results: a.results.clone(),
-        model: a.model.clone(),
+        results: a.results.results.clone(),
+        model: a.model.model.clone(),
         payload: a.payload.as_deref().map(read_payload).transpose()?,
-        batch_size: a.batch_size,
+        batch_size: a.batch.batch_size,
         file_limit: a.file_limit,
         world_size: a.world_size,
-        precision: a.precision,
+        precision: a.compute.fixed("cai run")?,
         resume: a.resume,
         detach: a.detach,
-    })
-}
-
-/// Seconds as a poll interval, clamped to `min`..1 h (`default` when not a number).
-#[cfg_attr(not(any(feature = "slurm", feature = "aws")), allow(dead_code))]
-fn poll(secs: f64, min: f64, default: f64) -> Duration {
-    Duration::from_secs_f64(if secs.is_finite() {
-        secs.clamp(min, 3600.0)
-    } else {
-        default
     })
 }
 
@@ -57,7 +47,7 @@ pub(crate) async fn engine_for(a: &RunArgs) -> Result<Box<dyn Engine>> {
     Ok(match a.engine {
         EngineKind::Local => Box::new(LocalEngine {
             workers: a.workers,
-            threads: a.threads,
+            threads: a.compute.threads(),
             ..LocalEngine::default()
         }),
         #[cfg(feature = "slurm")]
@@ -73,7 +63,7 @@ pub(crate) async fn engine_for(a: &RunArgs) -> Result<Box<dyn Engine>> {
                 state_machine: o.state_machine.clone(),
                 stack: o.options.settings(),
                 artifacts: o.artifacts.artifacts(),
-                poll: poll(a.poll, 0.05, 5.0),
+                poll: a.poll.interval(PollFor::Aws),
             })
         }
     })
@@ -108,14 +98,14 @@ fn slurm_engine(a: &RunArgs) -> Result<cai_engine::slurm::SlurmEngine> {
             extra,
             setup: s.setup.clone(),
             max_running: s.max_running,
-            threads: a.threads,
-            precision: a.precision,
+            threads: a.compute.threads(),
+            precision: a.compute.fixed("cai run")?,
             cai_bin,
             ..ScriptOptions::default()
         },
         script_dir: s.slurm_dir.clone(),
         retries: s.retries,
-        poll: poll(a.poll, 0.1, 2.0),
+        poll: a.poll.interval(PollFor::Slurm),
         dry_run: s.dry_run,
     })
 }
@@ -123,16 +113,15 @@ fn slurm_engine(a: &RunArgs) -> Result<cai_engine::slurm::SlurmEngine> {
 /// The engine whose jobs are recorded at `results` (a run that outlives its `cai run`), if
 /// any: what `cai status` reattaches to.
 #[cfg_attr(not(feature = "slurm"), allow(unused_variables, clippy::unused_async))]
-pub(crate) async fn engine_at(results: &cai_core::StorageUrl) -> Result<Option<Box<dyn Engine>>> {
+pub(crate) async fn engine_at(
+    results: &cai_core::StorageUrl,
+    poll: &PollArg,
+) -> Result<Option<Box<dyn Engine>>> {
     #[cfg(feature = "slurm")]
     if let Some(state) = cai_engine::slurm::JobsState::load(results).await? {
-        let secs = std::env::var("CAI_SLURM_POLL")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(2.0);
         return Ok(Some(Box::new(cai_engine::slurm::SlurmEngine::for_state(
             &state,
-            poll(secs, 0.1, 2.0),
+            poll.interval(PollFor::Slurm),
         ))));
     }
     Ok(None)
@@ -193,12 +182,12 @@ async fn ask_cancel(kind: &str, ids: &str) -> bool {
 
 /// Print a finished run's summary (and the engine's footer), say what to do about failed
 /// ranks, and give the exit outcome.
-pub(crate) fn finish(report: &RunReport, json: bool, quiet: bool) -> Result<Outcome> {
+pub(crate) fn finish(report: &RunReport, printer: &Printer) -> Result<Outcome> {
     if let Some(s) = &report.summary {
-        super::run::print_summary(s, json)?;
+        super::run::print_summary(s, printer)?;
     }
-    if let (Some(f), false) = (&report.footer, json) {
-        println!("{f}");
+    if let Some(f) = &report.footer {
+        printer.result(f);
     }
     match &report.end {
         RunEnd::Detached => return Ok(Outcome::Ok),
@@ -208,141 +197,8 @@ pub(crate) fn finish(report: &RunReport, json: bool, quiet: bool) -> Result<Outc
     if report.complete() {
         return Ok(Outcome::Ok);
     }
-    if let (Some(next), false) = (&report.next, quiet) {
-        eprintln!("{next}");
+    if let Some(next) = &report.next {
+        printer.note(next);
     }
     Ok(Outcome::SomeFailed)
-}
-
-/// A followed run's status line as last printed.
-struct StatusLine {
-    /// The line without its time.
-    last: String,
-    /// When it was printed (off a terminal, an unchanged line is repeated every 30 s).
-    at: Instant,
-}
-
-#[derive(Default)]
-struct PrinterState {
-    bar: Option<Progress>,
-    status: Option<StatusLine>,
-}
-
-/// Shows a run's events on stderr (results on stdout): a progress bar with rate and ETA on a
-/// terminal and plain lines otherwise; a status line rewritten in place on a terminal;
-/// nothing but results with `--quiet`.
-pub(crate) struct Printer {
-    quiet: bool,
-    tty: bool,
-    state: Mutex<PrinterState>,
-}
-
-impl Printer {
-    /// A printer for this process's stderr.
-    pub(crate) fn new(quiet: bool) -> Self {
-        Self {
-            quiet,
-            tty: std::io::stderr().is_terminal(),
-            state: Mutex::new(PrinterState::default()),
-        }
-    }
-
-    fn line(&self, st: &PrinterState, msg: &str) {
-        if let Some(bar) = &st.bar {
-            bar.println(msg);
-            return;
-        }
-        if self.quiet {
-            return;
-        }
-        if self.tty && st.status.is_some() {
-            eprint!("\r\x1b[2K");
-        }
-        eprintln!("{msg}");
-    }
-
-    /// The run is over: end a status line rewritten in place.
-    pub(crate) fn finish(&self) {
-        let Ok(mut st) = self.state.lock() else {
-            return;
-        };
-        if let Some(bar) = st.bar.take() {
-            bar.finish();
-        }
-        if st.status.take().is_some() && self.tty && !self.quiet {
-            eprintln!();
-        }
-    }
-}
-
-impl RunEvents for Printer {
-    fn event(&self, e: RunEvent) {
-        let Ok(mut st) = self.state.lock() else {
-            return;
-        };
-        match e {
-            RunEvent::Warning(w) => self.line(&st, &format!("warning: {w}")),
-            RunEvent::Message(m) => self.line(&st, &m),
-            RunEvent::Output(o) => println!("{o}"),
-            RunEvent::Progress { label, total, unit } => {
-                st.bar = Some(Progress::new(&label, total, unit, self.quiet));
-            }
-            RunEvent::Advance(n) => {
-                if let Some(bar) = &st.bar {
-                    bar.inc(n);
-                }
-            }
-            RunEvent::ProgressDone => {
-                if let Some(bar) = st.bar.take() {
-                    bar.finish();
-                }
-            }
-            // A bar counts finished ranks already.
-            RunEvent::RankDone {
-                rank,
-                galaxies,
-                host,
-            } if st.bar.is_none() => self.line(
-                &st,
-                &format!("rank {rank} done: {galaxies} galaxies on {host}"),
-            ),
-            RunEvent::RankDone { .. } => {}
-            RunEvent::RankFailed {
-                rank,
-                task,
-                reason,
-                retried_as,
-            } => {
-                let task = task.map(|t| format!(" (task {t})")).unwrap_or_default();
-                let retry = retried_as
-                    .map(|j| format!("; resubmitted as job {j}"))
-                    .unwrap_or_default();
-                self.line(&st, &format!("rank {rank}{task} failed: {reason}{retry}"));
-            }
-            RunEvent::Status { line, elapsed_s } => {
-                if self.quiet {
-                    return;
-                }
-                let shown = format!("{line} · {elapsed_s:.0} s");
-                if self.tty {
-                    eprint!("\r\x1b[2K{shown}");
-                    let _ = std::io::stderr().flush();
-                    st.status = Some(StatusLine {
-                        last: line,
-                        at: Instant::now(),
-                    });
-                } else if st
-                    .status
-                    .as_ref()
-                    .is_none_or(|s| s.last != line || s.at.elapsed() > Duration::from_secs(30))
-                {
-                    eprintln!("{shown}");
-                    st.status = Some(StatusLine {
-                        last: line,
-                        at: Instant::now(),
-                    });
-                }
-            }
-        }
-    }
 }

@@ -5,14 +5,13 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use cai_core::predictions::Predictions;
 use cai_core::StorageUrl;
-use cai_engine::local::available_cores;
-use cai_engine::stages::load_model_with;
+use cai_engine::stages::{auto_precision, load_model_with};
 use cai_engine::worker::predict_partition;
 use cai_model::kernels::Precision;
-use cai_model::mixed::{self, PrecisionMode};
-use cai_model::{AstroMae, Model};
+use cai_model::mixed::PrecisionMode;
 
 use crate::cli::PredictArgs;
+use crate::printer::Printer;
 use crate::progress::Progress;
 use crate::Outcome;
 
@@ -36,86 +35,16 @@ pub fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// A rayon pool with `threads` threads (default: every core).
-pub fn thread_pool(threads: Option<usize>) -> Result<rayon::ThreadPool> {
-    let n = threads.unwrap_or_else(available_cores).max(1);
-    rayon::ThreadPoolBuilder::new()
-        .num_threads(n)
-        .build()
-        .with_context(|| format!("cannot start {n} threads"))
-}
-
-/// `--precision auto` for `model` (f32), loaded from `location`: the stored choice beside a
-/// local model file when it still fits, else a new one measured on the first
-/// [`mixed::DEFAULT_CALIBRATION`] galaxies of `images`/`magnitudes` (stored beside a local
-/// model). Prints the mix and its error unless `quiet`; returns the converted model.
-pub fn apply_auto(
-    model: &AstroMae,
-    location: &str,
-    images: &[f32],
-    magnitudes: &[f32],
-    n: usize,
-    max_dz: f64,
-    quiet: bool,
-) -> Result<AstroMae> {
-    let nc = n.min(mixed::DEFAULT_CALIBRATION);
-    let (c, h, w) = model.input_shape();
-    let nm = model.magnitudes();
-    let cal = mixed::Calibration {
-        images: &images[..nc * c * h * w],
-        magnitudes: &magnitudes[..nc * nm],
-        n: nc,
-    };
-    let opts = mixed::AutoOptions {
-        max_dz,
-        ..mixed::AutoOptions::default()
-    };
-    let local = StorageUrl::parse(location)
-        .ok()
-        .and_then(|u| u.local_path());
-    let (choice, how) = match &local {
-        Some(path) => {
-            let bytes = std::fs::read(path)
-                .with_context(|| format!("cannot read {} to hash it", path.display()))?;
-            let (stored, reuse) = mixed::auto_for_file(path, &bytes, model, &cal, &opts)?;
-            let how = match reuse {
-                mixed::Reuse::Reused => format!("reused {}", mixed::plan_path(path).display()),
-                mixed::Reuse::Chosen(why) => format!(
-                    "measured now ({why}); stored in {}",
-                    mixed::plan_path(path).display()
-                ),
-            };
-            (stored.choice, how)
-        }
-        None => (
-            mixed::choose(model, &cal, &opts)?,
-            "measured now (a remote model: not stored)".to_string(),
-        ),
-    };
-    if !quiet {
-        eprintln!(
-            "precision auto: {} | max |Δz| vs f32 {:.2e} on {} calibration galaxies (bound {:e}), \
-             GEMMs ≈{:.2}x f32's speed; {how}",
-            choice.plan.summary(),
-            choice.max_dz,
-            choice.calibration,
-            choice.bound,
-            choice.est_gemm_speedup,
-        );
-    }
-    let mut m = model.clone();
-    m.set_plan(&choice.plan)?;
-    Ok(m)
-}
-
 /// `cai predict`.
-pub async fn predict(a: PredictArgs, quiet: bool) -> Result<Outcome> {
-    let fixed = match a.precision {
+pub async fn predict(a: PredictArgs, printer: &Printer) -> Result<Outcome> {
+    let model_at = a.model.required()?.to_string();
+    let mode = a.compute.mode();
+    let fixed = match mode {
         PrecisionMode::Fixed(p) => p,
         PrecisionMode::Auto => Precision::F32,
     };
-    if !quiet && fixed != Precision::F32 {
-        eprintln!("precision {}", fixed.support());
+    if fixed != Precision::F32 {
+        printer.note(format!("precision {}", fixed.support()));
     }
     let input = StorageUrl::parse(&a.input)?;
     let name = input.to_string();
@@ -128,31 +57,32 @@ pub async fn predict(a: PredictArgs, quiet: bool) -> Result<Outcome> {
             .map_err(anyhow::Error::from)
     };
     let load = async {
-        load_model_with(&a.model, fixed)
+        load_model_with(&model_at, fixed)
             .await
-            .with_context(|| format!("cannot load the model {}", a.model))
+            .with_context(|| format!("cannot load the model {model_at}"))
     };
     let (mut model, mut partition) = tokio::try_join!(load, read)?;
-    if a.precision == PrecisionMode::Auto {
-        let (location, max_dz) = (a.model.clone(), a.max_dz);
+    if mode == PrecisionMode::Auto {
+        let (location, max_dz) = (model_at.clone(), a.max_dz);
         let f32_model = model.clone();
-        let (m, p) = tokio::task::spawn_blocking(move || -> Result<_> {
-            let m = apply_auto(
+        let (m, line, p) = tokio::task::spawn_blocking(move || -> Result<_> {
+            let (m, line) = auto_precision(
                 &f32_model,
                 &location,
                 &partition.images,
                 &partition.magnitudes,
                 partition.n,
                 max_dz,
-                quiet,
             )?;
-            Ok((m, partition))
+            Ok((m, line, partition))
         })
         .await??;
+        printer.note(line);
         (model, partition) = (Arc::new(m), p);
     }
-    let pool = thread_pool(a.threads)?;
-    let batch = a.batch_size.max(1);
+    let pool = cai_engine::local::thread_pool(a.compute.threads())?;
+    let batch = a.batch.or(crate::settings::PREDICT_BATCH);
+    let quiet = printer.quiet();
     let preds = tokio::task::spawn_blocking(move || -> Result<Predictions> {
         let progress = Arc::new(Progress::new(
             "predict",
@@ -180,8 +110,10 @@ pub async fn predict(a: PredictArgs, quiet: bool) -> Result<Outcome> {
     })
     .await??;
     write_atomic(&a.out, preds.to_csv().as_bytes())?;
-    if !quiet {
-        eprintln!("wrote {} predictions to {}", preds.len(), a.out.display());
-    }
+    printer.note(format!(
+        "wrote {} predictions to {}",
+        preds.len(),
+        a.out.display()
+    ));
     Ok(Outcome::Ok)
 }

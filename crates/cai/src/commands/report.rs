@@ -9,6 +9,7 @@ use cai_report::load::load_all;
 use cai_report::stats::{mean_rows, run_rows, Table};
 
 use crate::cli::{ReportArgs, StatsArgs};
+use crate::printer::Printer;
 use crate::Outcome;
 
 /// Sibling file of `path` with `suffix` before the extension: `t.csv` → `t.means.csv`.
@@ -25,7 +26,7 @@ fn sibling(path: &Path, suffix: &str) -> std::path::PathBuf {
 }
 
 /// `cai stats`.
-pub async fn stats(a: StatsArgs, quiet: bool) -> Result<Outcome> {
+pub async fn stats(a: StatsArgs, printer: &Printer) -> Result<Outcome> {
     let runs = load_all(&a.results, false).await?;
     let rows = run_rows(&runs);
     let means = mean_rows(&rows);
@@ -57,16 +58,12 @@ pub async fn stats(a: StatsArgs, quiet: bool) -> Result<Outcome> {
             };
             std::fs::write(&path, t.to_csv())
                 .with_context(|| format!("cannot write {}", path.display()))?;
-            if !quiet {
-                eprintln!("wrote {}", path.display());
-            }
+            printer.note(format!("wrote {}", path.display()));
         }
     }
-    if !quiet {
-        eprintln!(
-            "means drop values outside [Q1 − 1.5·IQR, Q3 + 1.5·IQR] (type-7 quartiles), each column on its own"
-        );
-    }
+    printer.note(
+        "means drop values outside [Q1 − 1.5·IQR, Q3 + 1.5·IQR] (type-7 quartiles), each column on its own",
+    );
     Ok(Outcome::Ok)
 }
 
@@ -90,7 +87,7 @@ pub async fn write_report(
 }
 
 /// `cai report`.
-pub async fn report(a: ReportArgs, quiet: bool) -> Result<Outcome> {
+pub async fn report(a: ReportArgs, printer: &Printer) -> Result<Outcome> {
     let opts = ReportOptions {
         lambda_memory_mb: a.lambda_memory_mb,
         title: a
@@ -100,12 +97,10 @@ pub async fn report(a: ReportArgs, quiet: bool) -> Result<Outcome> {
         ..ReportOptions::default()
     };
     let n = write_report(&a.results, &a.out, a.png.as_deref(), &opts).await?;
-    println!("{}", a.out.display());
-    if !quiet {
-        eprintln!("report with {n} figures written");
-        if let Some(d) = &a.png {
-            eprintln!("figures as PNG in {}", d.display());
-        }
+    printer.result(a.out.display());
+    printer.note(format!("report with {n} figures written"));
+    if let Some(d) = &a.png {
+        printer.note(format!("figures as PNG in {}", d.display()));
     }
     Ok(Outcome::Ok)
 }

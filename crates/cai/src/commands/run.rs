@@ -9,62 +9,67 @@ use super::engines::{drive, engine_for, finish, request, Printer};
 use crate::cli::{RunArgs, SummarizeArgs};
 use crate::Outcome;
 
-/// Print the summary table (stderr) or JSON (stdout).
-pub fn print_summary(summary: &Summary, json: bool) -> Result<()> {
-    if json {
-        println!("{}", serde_json::to_string_pretty(summary)?);
+/// Print the summary as a table, or as JSON with `--json` (stdout).
+pub fn print_summary(summary: &Summary, printer: &Printer) -> Result<()> {
+    if printer.json(summary)? {
         return Ok(());
     }
-    println!("results      {}", summary.results);
-    println!(
+    printer.result(format_args!("results      {}", summary.results));
+    printer.result(format_args!(
         "ranks        {} done, {} failed, {} missing (of {})",
         summary.ranks_done,
         summary.failed.len(),
         summary.missing_ranks.len(),
         summary.ranks_total
-    );
-    println!("galaxies     {}", summary.galaxies);
-    println!(
+    ));
+    printer.result(format_args!("galaxies     {}", summary.galaxies));
+    printer.result(format_args!(
         "wall time    {:.2} s  ({:.1} galaxies/s)",
         summary.wall_time_s, summary.galaxies_per_s
-    );
-    println!("peak memory  {:.0} MB", summary.peak_memory_mb);
+    ));
+    printer.result(format_args!(
+        "peak memory  {:.0} MB",
+        summary.peak_memory_mb
+    ));
     if summary.nonfinite_galaxies > 0 {
-        println!(
+        printer.result(format_args!(
             "non-finite   {} galaxies ({} values) predicted as NaN",
             summary.nonfinite_galaxies, summary.nonfinite_inputs
-        );
+        ));
     }
     if let Some(m) = &summary.metrics {
-        println!(
+        printer.result(format_args!(
             "accuracy     MAE {:.4}  MSE {:.5}  bias {:+.4}  NMAD {:.4}  R² {:.3}  η(|Δz|>0.05) {:.3}  (n={})",
             m.mae, m.mse, m.bias, m.nmad, m.r2, m.eta, m.n
-        );
+        ));
     }
     for f in &summary.failed {
-        println!("failed rank  {}: {}", f.rank, f.error);
+        printer.result(format_args!("failed rank  {}: {}", f.rank, f.error));
     }
     if !summary.missing_ranks.is_empty() {
-        println!("missing      ranks {:?}", summary.missing_ranks);
+        printer.result(format_args!(
+            "missing      ranks {:?}",
+            summary.missing_ranks
+        ));
     }
     Ok(())
 }
 
 /// `cai run`: the engine `--engine` names runs the request the flags describe.
-pub async fn run(a: RunArgs, quiet: bool) -> Result<Outcome> {
+pub async fn run(a: RunArgs, printer: &Printer) -> Result<Outcome> {
+    let printer = &printer.with_json(a.json.json);
     let engine = engine_for(&a).await?;
     let req = request(&a)?;
-    let printer = Printer::new(quiet);
     let results = req.results_location();
-    let report = drive(&*engine, &printer, results, engine.run(&req, &printer)).await?;
-    finish(&report, a.json, quiet)
+    let report = drive(&*engine, printer, results, engine.run(&req, printer)).await?;
+    finish(&report, printer)
 }
 
 /// `cai summarize`.
-pub async fn summarize(a: SummarizeArgs) -> Result<Outcome> {
-    let results = StorageUrl::parse(&a.results)?;
+pub async fn summarize(a: SummarizeArgs, printer: &Printer) -> Result<Outcome> {
+    let results = StorageUrl::parse(a.results.required()?)?;
     let summary = summarize_results(&results, None).await?;
-    print_summary(&summary, a.json)?;
+    print_summary(&summary, &printer.with_json(a.json.json))?;
     Ok(if summary.complete() {
         Outcome::Ok
     } else {

@@ -11,47 +11,32 @@ use crate::cli::StatusArgs;
 use crate::Outcome;
 
 /// `cai status`.
-pub async fn status(a: StatusArgs, quiet: bool) -> Result<Outcome> {
-    let results = StorageUrl::parse(&a.results)?;
-    if let Some(engine) = engine_at(&results).await? {
+pub async fn status(a: StatusArgs, printer: &Printer) -> Result<Outcome> {
+    let printer = &printer.with_json(a.json.json);
+    let at = a.results.required()?;
+    let results = StorageUrl::parse(at)?;
+    if let Some(engine) = engine_at(&results, &a.poll).await? {
         if !a.once {
-            let printer = Printer::new(quiet);
             let report = drive(
                 &*engine,
-                &printer,
-                Some(a.results.clone()),
-                engine.attach(&a.results, None, &printer),
+                printer,
+                Some(at.to_string()),
+                engine.attach(at, None, printer),
             )
             .await?;
-            return finish(&report, a.json, quiet);
+            return finish(&report, printer);
         }
-        for line in engine.describe(&a.results).await? {
-            println!("{line}");
+        for line in engine.describe(at).await? {
+            printer.result(line);
         }
     }
-    let Some(st) = RunState::of(&results).await? else {
+    let Some(state) = RunState::of(&results).await? else {
         bail!("no plan.json under {results}: no run was started there");
     };
-    println!("results      {results}");
-    println!(
-        "ranks        {} done, {} failed, {} without a result (of {})",
-        st.done,
-        st.failed.len(),
-        st.without_result,
-        st.world_size
-    );
-    if !st.failed.is_empty() {
-        println!("failed       ranks {:?}", st.failed);
+    if !printer.json(&state)? {
+        printer.result(&state);
     }
-    println!(
-        "summary      {}",
-        if st.summary_written {
-            "written"
-        } else {
-            "not yet"
-        }
-    );
-    Ok(if st.complete() {
+    Ok(if state.complete() {
         Outcome::Ok
     } else {
         Outcome::SomeFailed

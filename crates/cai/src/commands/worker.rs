@@ -10,12 +10,12 @@ use anyhow::{Context, Result};
 use cai_core::layout;
 use cai_core::plan::Plan;
 use cai_core::StorageUrl;
-use cai_engine::local::available_cores;
 use cai_engine::local::kernel_tier;
 use cai_engine::stages::load_model_with;
 use cai_engine::worker::{host_name, rank_failure, write_failure, Worker};
 
 use crate::cli::WorkerArgs;
+use crate::printer::Printer;
 use crate::progress::Progress;
 use crate::Outcome;
 
@@ -23,29 +23,13 @@ use crate::Outcome;
 /// reads it (`cai_engine::slurm::EXIT_NOT_SHARED`).
 const EXIT_NOT_SHARED: i32 = 3;
 
-fn env_usize(name: &str) -> Option<usize> {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.trim().parse().ok())
-        .filter(|&n| n > 0)
-}
-
-/// Threads for this worker: --threads, else what Slurm gave the task, else all cores.
-fn threads(a: &WorkerArgs) -> usize {
-    a.threads
-        .or_else(|| env_usize("SLURM_CPUS_PER_TASK"))
-        .or_else(|| std::env::var_os("SLURM_JOB_ID").and_then(|_| env_usize("SLURM_CPUS_ON_NODE")))
-        .unwrap_or_else(available_cores)
-        .max(1)
-}
-
 fn not_shared(msg: String) -> ! {
     eprintln!("error: {msg}");
     std::process::exit(EXIT_NOT_SHARED);
 }
 
 /// `cai worker`.
-pub async fn worker(a: WorkerArgs, quiet: bool) -> Result<Outcome> {
+pub async fn worker(a: WorkerArgs, printer: &Printer) -> Result<Outcome> {
     let host = host_name();
     let plan_url = StorageUrl::parse(&a.plan)?;
     let bytes = match plan_url.get("").await {
@@ -73,19 +57,18 @@ pub async fn worker(a: WorkerArgs, quiet: bool) -> Result<Outcome> {
         "local"
     };
     let rank = a.rank;
-    let threads = threads(&a);
+    let threads = a.compute.threads.for_worker();
+    let precision = a.compute.fixed("cai worker")?;
     let job = std::env::var("SLURM_JOB_ID").unwrap_or_default();
-    if !quiet {
-        eprintln!(
+    printer.note(format!(
             "rank {rank} of {} on {host} ({engine}{}), {threads} thread(s), kernels {}, precision {}: {} partition(s)",
             plan.world_size,
             if job.is_empty() { String::new() } else { format!(" job {job}") },
             kernel_tier(),
-            a.precision,
+            precision,
             plan.partitions_of(rank).len()
-        );
-    }
-    let model = load_model_with(&plan.model, a.precision)
+        ));
+    let model = load_model_with(&plan.model, precision)
         .await
         .with_context(|| format!("cannot load the model {}", plan.model))?;
     let worker = Worker::new(model, &plan.model, threads, engine, &kernel_tier())?;
@@ -98,7 +81,7 @@ pub async fn worker(a: WorkerArgs, quiet: bool) -> Result<Outcome> {
         &format!("rank {rank}"),
         total,
         "galaxies",
-        quiet,
+        printer.quiet(),
     ));
     let p2 = progress.clone();
 
@@ -120,12 +103,10 @@ pub async fn worker(a: WorkerArgs, quiet: bool) -> Result<Outcome> {
     progress.finish();
     match res {
         Ok(r) => {
-            if !quiet {
-                eprintln!(
-                    "rank {rank} done: {} galaxies in {:.2} s ({:.1} galaxies/s of inference)",
-                    r.galaxies, r.wall_time_s, r.sample_persec
-                );
-            }
+            printer.note(format!(
+                "rank {rank} done: {} galaxies in {:.2} s ({:.1} galaxies/s of inference)",
+                r.galaxies, r.wall_time_s, r.sample_persec
+            ));
             Ok(Outcome::Ok)
         }
         Err(e) => {

@@ -6,6 +6,7 @@ mod util;
 mod aws;
 mod bench;
 mod conformance;
+mod help;
 #[cfg(feature = "aws")]
 mod lambda;
 mod pipeline;

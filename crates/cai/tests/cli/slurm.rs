@@ -77,6 +77,69 @@ fn by_index(path: std::path::PathBuf) -> HashMap<i64, (String, i32, u32)> {
     m
 }
 
+/// The Slurm options of the dry run below, by their names; `old` gives the names they had
+/// before they carried the `--slurm-` prefix (hidden aliases now).
+fn sbatch_options(d: &Dir, old: bool) -> Vec<String> {
+    let opts = [
+        ("dry-run", None),
+        ("partition", Some("astro")),
+        ("account", Some("proj1")),
+        ("qos", Some("low")),
+        ("time", Some("0:30:00")),
+        ("mem", Some("4G")),
+        ("cpus-per-task", Some("2")),
+        ("gres", Some("gpu:1")),
+        ("constraint", Some("avx2")),
+        ("max-running", Some("2")),
+        ("setup", Some("module load gcc")),
+    ];
+    let mut v = Vec::new();
+    for (name, value) in opts {
+        v.push(if old {
+            format!("--{name}")
+        } else {
+            format!("--slurm-{name}")
+        });
+        v.extend(value.map(String::from));
+    }
+    v.push(
+        if old {
+            "--sbatch-extra"
+        } else {
+            "--slurm-extra"
+        }
+        .into(),
+    );
+    v.push(d.s("extra.sbatch"));
+    v
+}
+
+#[test]
+fn old_slurm_option_names_write_the_same_scripts() {
+    let d = partitioned();
+    std::fs::write(d.path("extra.sbatch"), "#SBATCH --mail-type=END\n").unwrap();
+    let script = |res: &str, old: bool| {
+        cai(
+            &d,
+            &slurm_args(&d, res, &[])
+                .into_iter()
+                .chain(sbatch_options(&d, old))
+                .collect::<Vec<_>>(),
+        );
+        let text = std::fs::read_to_string(d.path(&format!("{res}/slurm/array.sbatch")))
+            .unwrap()
+            .replace(&d.s(res), "RES");
+        // The options' lines (the worker line carries a per-submission probe token).
+        text.lines()
+            .filter(|l| l.starts_with("#SBATCH") || l.starts_with("module"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let new = script("new", false);
+    assert!(new.contains("#SBATCH --partition=astro"), "{new}");
+    assert_eq!(new, script("old", true));
+}
+
 #[test]
 fn dry_run_writes_scripts_and_prints_the_commands() {
     let d = partitioned();
@@ -85,42 +148,24 @@ fn dry_run_writes_scripts_and_prints_the_commands() {
         "# mine\n#SBATCH --mail-type=END\n--comment=cai\n",
     )
     .unwrap();
-    let out = d.ok(&[
+    let mut args: Vec<String> = [
         "run",
         "--engine",
         "slurm",
-        "--dry-run",
         "--data",
         &d.s("parts"),
         "--results",
         &d.s("res"),
         "--model",
         &model(),
-        "--partition",
-        "astro",
-        "--account",
-        "proj1",
-        "--qos",
-        "low",
-        "--time",
-        "0:30:00",
-        "--mem",
-        "4G",
-        "--cpus-per-task",
-        "2",
-        "--gres",
-        "gpu:1",
-        "--constraint",
-        "avx2",
-        "--max-running",
-        "2",
-        "--sbatch-extra",
-        &d.s("extra.sbatch"),
-        "--setup",
-        "module load gcc",
         "--precision",
         "int8",
-    ]);
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(sbatch_options(&d, false));
+    let out = d.ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(
         out.contains("sbatch --parsable") && out.contains("--dependency=afterany:"),
         "{out}"

@@ -1,0 +1,457 @@
+//! The original's experiments planned: every partition size × batch size (× data size),
+//! repeated, each a whole run into its own sub-folder of the results location
+//! (`p25MB-b128-r1/`, `d1GB-p25MB-b128-r1/` with data sizes), the layout `cai stats` and
+//! `cai report` read as a sweep. [`SweepPlan`] lists the runs and records them
+//! (`sweep.json`); [`find_source`] says where each size's partitions come from;
+//! [`file_limit`] turns a data size into the original's `file_limit`; [`SweepRow`] is one
+//! line of the final table. `cai sweep` cuts partitions and drives the runs.
+
+use std::path::PathBuf;
+
+use cai_core::plan::sort_partitions;
+use cai_core::summary::Summary;
+use cai_core::{layout, StorageUrl};
+use cai_data::partition::{parse_size, FileFormat};
+use serde::Serialize;
+
+use crate::partition::{open_dataset, open_partitions, partition_source, PartitionSummary};
+use crate::stages::find_partitions;
+use crate::{Error, Result};
+
+/// A request error naming `what` and what to do.
+fn request(what: impl Into<String>, hint: impl Into<String>) -> Error {
+    Error::Request {
+        what: what.into(),
+        hint: hint.into(),
+    }
+}
+
+/// A size as given (`25MB`) and in bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Size {
+    /// The text without spaces (it names folders).
+    pub label: String,
+    /// Bytes (1 MB = 2^20).
+    pub bytes: u64,
+}
+
+/// Parse a list of sizes given to `flag`; each size may be given once.
+pub fn sizes(list: &[String], flag: &str) -> Result<Vec<Size>> {
+    let mut out: Vec<Size> = Vec::new();
+    for text in list {
+        let bytes =
+            parse_size(text).map_err(|e| request(format!("{flag} {text:?}"), e.to_string()))?;
+        let label: String = text.chars().filter(|c| !c.is_whitespace()).collect();
+        if let Some(prev) = out.iter().find(|s| s.bytes == bytes) {
+            return Err(request(
+                format!(
+                    "{flag}: {:?} and {text:?} are the same size ({bytes} bytes)",
+                    prev.label
+                ),
+                "give each once",
+            ));
+        }
+        out.push(Size { label, bytes });
+    }
+    Ok(out)
+}
+
+/// One run of the sweep.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Experiment {
+    /// The data size it reads (none: all the data).
+    pub data: Option<Size>,
+    /// The partition size.
+    pub partition: Size,
+    /// Galaxies per batch.
+    pub batch: usize,
+    /// Which repetition (from 1).
+    pub repetition: usize,
+}
+
+impl Experiment {
+    /// The run's folder under the results location.
+    pub fn folder(&self) -> String {
+        let d = match &self.data {
+            Some(d) => format!("d{}-", d.label),
+            None => String::new(),
+        };
+        format!(
+            "{d}p{}-b{}-r{}",
+            self.partition.label, self.batch, self.repetition
+        )
+    }
+}
+
+/// The whole sweep: its sizes and every run in run order (data size, partition size, batch
+/// size, then repetition).
+#[derive(Debug, Clone)]
+pub struct SweepPlan {
+    /// Data sizes (empty: all the data).
+    pub data_sizes: Vec<Size>,
+    /// Partition sizes.
+    pub partition_sizes: Vec<Size>,
+    /// Batch sizes, without repeats in a row.
+    pub batch_sizes: Vec<usize>,
+    /// Runs of each configuration.
+    pub repeat: usize,
+    /// Every run.
+    pub experiments: Vec<Experiment>,
+}
+
+impl SweepPlan {
+    /// The plan for these lists (as given to `--partition-sizes`, `--batch-sizes`,
+    /// `--data-sizes`, `--repeat`).
+    pub fn new(
+        partition_sizes: &[String],
+        batch_sizes: &[usize],
+        data_sizes: &[String],
+        repeat: usize,
+    ) -> Result<Self> {
+        if repeat == 0 {
+            return Err(request("--repeat must be at least 1", "give 1 or more"));
+        }
+        if batch_sizes.contains(&0) {
+            return Err(request(
+                "--batch-sizes",
+                "a batch holds at least one galaxy",
+            ));
+        }
+        let mut batches = batch_sizes.to_vec();
+        batches.dedup();
+        let parts = sizes(partition_sizes, "--partition-sizes")?;
+        let data = sizes(data_sizes, "--data-sizes")?;
+        let experiments = experiments(&data, &parts, &batches, repeat);
+        Ok(Self {
+            data_sizes: data,
+            partition_sizes: parts,
+            batch_sizes: batches,
+            repeat,
+            experiments,
+        })
+    }
+
+    /// Fail if `results` already holds a sweep (its `sweep.json` or a run folder of this
+    /// plan): a fresh sweep does not overwrite another one.
+    pub async fn check_fresh(&self, results: &StorageUrl) -> Result<()> {
+        let existing = results.list().await?;
+        if let Some(o) = existing.iter().find(|o| {
+            o.key == layout::SWEEP
+                || self
+                    .experiments
+                    .iter()
+                    .any(|e| o.key.starts_with(&format!("{}/", e.folder())))
+        }) {
+            return Err(request(
+                format!("{results} already holds a sweep ({})", o.key),
+                "`--resume` runs only the experiments without a summary.json, or give another \
+                 --results",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The sweep's record (`sweep.json`): its inputs and run folders.
+    pub fn record(&self, data: &str, model: Option<&str>, engine: &str) -> serde_json::Value {
+        serde_json::json!({
+            "data": data,
+            "model": model,
+            "engine": engine,
+            "partition_sizes": self.partition_sizes,
+            "batch_sizes": self.batch_sizes,
+            "data_sizes": self.data_sizes,
+            "repeat": self.repeat,
+            "runs": self.experiments.iter().map(Experiment::folder).collect::<Vec<_>>(),
+        })
+    }
+
+    /// The line `cai sweep` starts with.
+    pub fn describe(&self, results: &StorageUrl) -> String {
+        format!(
+            "sweep: {} runs ({} data size(s) × {} partition size(s) × {} batch size(s) × {} repetition(s)) into {results}",
+            self.experiments.len(),
+            self.data_sizes.len().max(1),
+            self.partition_sizes.len(),
+            self.batch_sizes.len(),
+            self.repeat
+        )
+    }
+}
+
+/// Every experiment, in run order: data size, partition size, batch size, then repetition.
+pub fn experiments(
+    data: &[Size],
+    parts: &[Size],
+    batches: &[usize],
+    repeat: usize,
+) -> Vec<Experiment> {
+    let data: Vec<Option<Size>> = if data.is_empty() {
+        vec![None]
+    } else {
+        data.iter().cloned().map(Some).collect()
+    };
+    let mut out = Vec::new();
+    for d in &data {
+        for p in parts {
+            for &b in batches {
+                for r in 1..=repeat {
+                    out.push(Experiment {
+                        data: d.clone(),
+                        partition: p.clone(),
+                        batch: b,
+                        repetition: r,
+                    });
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Where the partitions of each size come from.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// `<data>/<size>/` holds partitions for every size (the original's layout).
+    PerSize(StorageUrl),
+    /// A dataset file on this machine, cut at each size.
+    File(PathBuf),
+    /// Partitions, re-cut at each size.
+    Partitions(StorageUrl),
+}
+
+/// Where the partitions of `parts`' sizes come from, for `--data data`.
+pub async fn find_source(data: &str, parts: &[Size]) -> Result<Source> {
+    let url = StorageUrl::parse(data)?;
+    let flag = format!("--data {data}");
+    if let Some(p) = url.local_path() {
+        if p.is_file() {
+            return Ok(Source::File(p));
+        }
+        if !p.exists() {
+            return Err(request(flag, "no such file or folder"));
+        }
+    }
+    let mut per_size = true;
+    for s in parts {
+        if find_partitions(&url.child(&s.label)).await?.0.is_empty() {
+            per_size = false;
+            break;
+        }
+    }
+    if per_size {
+        return Ok(Source::PerSize(url));
+    }
+    if !find_partitions(&url).await?.0.is_empty() {
+        return Ok(Source::Partitions(url));
+    }
+    // A folder holding one dataset file (a name without a partition number).
+    let files: Vec<String> = url
+        .list()
+        .await?
+        .into_iter()
+        .map(|o| o.key)
+        .filter(|k| !k.contains('/') && (k.ends_with(".safetensors") || k.ends_with(".pt")))
+        .collect();
+    match (files.as_slice(), url.local_path()) {
+        ([one], Some(dir)) => Ok(Source::File(dir.join(one))),
+        ([one], None) => Err(request(
+            flag,
+            format!(
+                "{one} is a whole dataset; cutting it needs it on this machine (download it, \
+                 or `cai partition` it into a folder per size)"
+            ),
+        )),
+        ([], _) => Err(request(
+            flag,
+            format!(
+                "no partitions, no sub-folder per partition size ({}) and no dataset file \
+                 here; give a dataset file (`cai synth` makes one) or partitions (`cai \
+                 partition` makes them)",
+                parts
+                    .iter()
+                    .map(|s| format!("{}/", s.label))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )),
+        (many, _) => Err(request(
+            flag,
+            format!(
+                "several dataset files ({}); give one of them as --data",
+                many.join(", ")
+            ),
+        )),
+    }
+}
+
+/// How the partitions of a size came to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Made {
+    /// They were in the data already (`<data>/<size>/`).
+    Given,
+    /// A cut of an earlier attempt (with `--resume`).
+    Reused,
+    /// Cut now.
+    Cut(PartitionSummary),
+}
+
+/// The partitions of `size` for the sweep, found in `source` or cut into `work/<size>/` in
+/// `format` (a finished earlier cut is reused when `reuse`); returns their location.
+pub async fn partitions_for(
+    source: &Source,
+    size: &Size,
+    work: &StorageUrl,
+    format: FileFormat,
+    reuse: bool,
+) -> Result<(StorageUrl, Made)> {
+    let dest = work.child(&size.label);
+    let reader = match source {
+        Source::PerSize(data) => return Ok((data.child(&size.label), Made::Given)),
+        _ if reuse && dest.exists(layout::MANIFEST).await? => return Ok((dest, Made::Reused)),
+        Source::File(path) => {
+            let path = path.clone();
+            tokio::task::spawn_blocking(move || open_dataset(&path))
+                .await
+                .map_err(|source| Error::Join {
+                    task: "opening the dataset".into(),
+                    source,
+                })??
+        }
+        Source::Partitions(src) => open_partitions(src).await?,
+    };
+    let made = partition_source(reader, size.bytes, &dest, format, None).await?;
+    Ok((dest, Made::Cut(made)))
+}
+
+/// The original's file_limit for a data size: the leading partitions (in plan order) that
+/// hold at most `bytes` together, at least one; and a warning when all of them hold less.
+pub async fn file_limit(parts_url: &StorageUrl, bytes: u64) -> Result<(usize, Option<String>)> {
+    let (mut parts, manifest) = find_partitions(parts_url).await?;
+    if manifest.is_none() {
+        sort_partitions(&mut parts);
+    }
+    let mut total = 0u64;
+    let mut n = 0;
+    for p in &parts {
+        if n > 0 && total + p.bytes > bytes {
+            break;
+        }
+        total += p.bytes;
+        n += 1;
+    }
+    let warning = (n == parts.len() && total < bytes).then(|| {
+        format!(
+            "{parts_url} holds {total} bytes, less than the data size of {bytes}; using all of it"
+        )
+    });
+    Ok((n.max(1), warning))
+}
+
+/// A finished run's summary.
+pub async fn read_summary(url: &StorageUrl) -> Result<Summary> {
+    let bytes = url.get(layout::SUMMARY).await?;
+    serde_json::from_slice(&bytes).map_err(|e| {
+        request(
+            format!("cannot parse {}", url.url_of(layout::SUMMARY)),
+            e.to_string(),
+        )
+    })
+}
+
+/// One line of the sweep's final table (also `cai sweep --json`).
+#[derive(Debug, Clone, Serialize)]
+pub struct SweepRow {
+    /// The run's folder.
+    pub run: String,
+    /// Its data size.
+    pub data_size: Option<String>,
+    /// Its partition size.
+    pub partition_size: String,
+    /// Its batch size.
+    pub batch_size: usize,
+    /// Its repetition.
+    pub repetition: usize,
+    /// `ran` or `skipped` (finished before).
+    pub status: &'static str,
+    /// Ranks done.
+    pub ranks_done: usize,
+    /// Ranks in the plan.
+    pub ranks_total: usize,
+    /// Ranks failed or missing.
+    pub failed: usize,
+    /// Galaxies predicted.
+    pub galaxies: u64,
+    /// Wall time of the ranks.
+    pub wall_time_s: f64,
+    /// Galaxies per second.
+    pub galaxies_per_s: f64,
+    /// The run's results location.
+    pub results: String,
+}
+
+impl SweepRow {
+    /// The row of experiment `e`, `status`, from its summary.
+    pub fn new(e: &Experiment, status: &'static str, s: &Summary, results: String) -> Self {
+        Self {
+            run: e.folder(),
+            data_size: e.data.as_ref().map(|d| d.label.clone()),
+            partition_size: e.partition.label.clone(),
+            batch_size: e.batch,
+            repetition: e.repetition,
+            status,
+            ranks_done: s.ranks_done,
+            ranks_total: s.ranks_total,
+            failed: s.failed.len() + s.missing_ranks.len(),
+            galaxies: s.galaxies,
+            wall_time_s: s.wall_time_s,
+            galaxies_per_s: s.galaxies_per_s,
+            results,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn folders_and_order() {
+        let p = sizes(&["25MB".into(), "50 MB".into()], "--partition-sizes").unwrap();
+        assert_eq!(p[1].label, "50MB");
+        let e = experiments(&[], &p, &[32, 128], 2);
+        let names: Vec<String> = e.iter().map(Experiment::folder).collect();
+        assert_eq!(
+            names[..5],
+            [
+                "p25MB-b32-r1",
+                "p25MB-b32-r2",
+                "p25MB-b128-r1",
+                "p25MB-b128-r2",
+                "p50MB-b32-r1"
+            ]
+        );
+        assert_eq!(e.len(), 8);
+        let d = sizes(&["1GB".into()], "--data-sizes").unwrap();
+        assert_eq!(
+            experiments(&d, &p, &[32], 1)[0].folder(),
+            "d1GB-p25MB-b32-r1"
+        );
+        let err = sizes(&["1MB".into(), "1024KB".into()], "--partition-sizes")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("same size"), "{err}");
+        assert!(sizes(&["big".into()], "--data-sizes").is_err());
+    }
+
+    #[test]
+    fn plan_checks_its_lists() {
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        let plan = SweepPlan::new(&s(&["25MB"]), &[32, 32, 64], &[], 2).unwrap();
+        assert_eq!(plan.batch_sizes, [32, 64]);
+        assert_eq!(plan.experiments.len(), 4);
+        assert!(SweepPlan::new(&s(&["25MB"]), &[32], &[], 0).is_err());
+        assert!(SweepPlan::new(&s(&["25MB"]), &[0], &[], 1).is_err());
+        let rec = plan.record("d", Some("m"), "local");
+        assert_eq!(rec["runs"][3], "p25MB-b64-r2");
+    }
+}

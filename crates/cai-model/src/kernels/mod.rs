@@ -6,12 +6,15 @@
 //! * [`avx512`] holds the f32 product and FMA probe on 512-bit registers, the integer
 //!   product on AVX-512 VNNI (`vpdpwssd`) and the bf16 one on AVX-512 BF16 (`vdpbf16ps`),
 //!   for CPUs with AVX-512F (and VNNI, BF16).
+//! * [`amx`] holds the int8 and bf16 products on AMX tiles (`tdpbusd`, `tdpbf16ps`) for
+//!   the `amx` tier: the `avx512` table with those two products, on CPUs with AMX whose
+//!   OS grants the tile state (Intel Sapphire Rapids and later).
 //! * `aarch64` holds NEON kernels (chosen on arm64, e.g. Graviton Lambdas), the integer
 //!   product on `smlal` (no faster than f32 there: NEON has no 16-bit dot product).
 //!
 //! [`ops`] detects the CPU on first use, caches the chosen [`Ops`] table in a `OnceLock`
 //! and logs the tier through `tracing`. The environment variable `CAI_KERNELS`
-//! (`scalar`, `avx2`, `avx512`, `neon`) forces a tier; a tier the CPU lacks falls back to
+//! (`scalar`, `avx2`, `avx512`, `amx`, `neon`) forces a tier; a tier the CPU lacks falls back to
 //! the best available one with a warning. The `avx512` tier ([`avx512`]) runs the f32
 //! product and the FMA probe on 512-bit registers, and the integer and bf16 products on
 //! AVX-512 VNNI and BF16 when the CPU has them; LayerNorm, softmax and attention are the

@@ -9,7 +9,7 @@
 # each one's best galaxies/s per case, with the range over the rounds beside it: on a shared
 # machine a single pass compares whatever moments each side happened to get.
 #
-# With --kernels, cai runs once per kernel tier listed (CAI_KERNELS: avx512, avx2, neon,
+# With --kernels, cai runs once per kernel tier listed (CAI_KERNELS: amx, avx512, avx2, neon,
 # scalar) in each round and the table labels each cai row with its tier: on an AVX-512 machine
 # `--kernels avx512,avx2` shows what the 512-bit kernels gain in the same run. A tier this CPU
 # lacks stops the run (cai would have fallen back to another).

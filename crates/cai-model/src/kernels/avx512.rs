@@ -220,7 +220,7 @@ unsafe fn store_f32_tile<const ACT: u8, const ACC: bool, const P: usize>(
 
 /// Store masks of the `P` panels of a tile whose first `cols` columns are stored.
 #[inline]
-fn col_masks<const P: usize>(cols: usize) -> [u16; P] {
+pub(super) fn col_masks<const P: usize>(cols: usize) -> [u16; P] {
     std::array::from_fn(|h| {
         let left = cols.saturating_sub(h * NR).min(NR);
         ((1u32 << left) - 1) as u16
@@ -232,7 +232,7 @@ fn col_masks<const P: usize>(cols: usize) -> [u16; P] {
 /// Caller guarantees: the selected lanes of `dst` are writable.
 #[target_feature(enable = "avx512f")]
 #[inline]
-unsafe fn store16<const ACC: bool>(dst: *mut f32, v: __m512, mask: u16) {
+pub(super) unsafe fn store16<const ACC: bool>(dst: *mut f32, v: __m512, mask: u16) {
     if mask == 0xFFFF {
         let v = if ACC {
             _mm512_add_ps(v, _mm512_loadu_ps(dst))
@@ -295,7 +295,7 @@ pub fn vnni_gemm_int8() -> Option<GemmFn> {
 /// The integer product (see [`super::Ops::gemm`]): blocks of `A` rows are quantised
 /// ([`super::x86::quantized_blocks`], the AVX2 tier's integers), then every pair of
 /// integer panels of `b` passes over the block, [`MRV`] rows at a time.
-fn gemm_int8_vnni(
+pub(super) fn gemm_int8_vnni(
     m: usize,
     a: &[f32],
     lda: usize,
@@ -308,9 +308,18 @@ fn gemm_int8_vnni(
         // SAFETY: as below; `quantized_blocks8` hands `block_vnni8` whole strips of u8
         // rows, their scales and zero points, and a block of `c` of `rows` rows.
         unsafe {
-            super::x86::quantized_blocks8(m, a, lda, b, c, ldc, MRV, |rows, ap, sp, zp, cp| {
-                per_epilogue!(epi, block_vnni8, [], (rows, ap, sp, zp, b, cp, ldc))
-            });
+            super::x86::quantized_blocks8(
+                m,
+                a,
+                lda,
+                b,
+                c,
+                ldc,
+                (MRV, 4),
+                |rows, ap, sp, zp, cp| {
+                    per_epilogue!(epi, block_vnni8, [], (rows, ap, sp, zp, b, cp, ldc))
+                },
+            );
         }
         return;
     }
@@ -511,7 +520,7 @@ thread_local! {
 /// rows are rounded to bf16 (`vcvtneps2bf16`, round to nearest even) into rows of `2 * k2`
 /// values, then every pair of bf16 panels of `b` passes over the block, [`MRV`] rows at a
 /// time.
-fn gemm_bf16(
+pub(super) fn gemm_bf16(
     m: usize,
     a: &[f32],
     lda: usize,
@@ -552,7 +561,7 @@ fn gemm_bf16(
 ///
 /// Caller guarantees: the CPU has AVX-512F/BW/VL/BF16.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
-unsafe fn to_bf16_row(a: &[f32], out: &mut [u16]) {
+pub(super) unsafe fn to_bf16_row(a: &[f32], out: &mut [u16]) {
     let k = a.len();
     let mut j = 0;
     while j + 16 <= k {
@@ -674,7 +683,7 @@ unsafe fn pair_products<T: Copy, const P: usize>(
 /// The epilogue's activation on one tile row of a panel.
 #[target_feature(enable = "avx512f")]
 #[inline]
-fn act<const ACT: u8>(v: __m512) -> __m512 {
+pub(super) fn act<const ACT: u8>(v: __m512) -> __m512 {
     if ACT == ACT_RELU {
         _mm512_max_ps(v, _mm512_setzero_ps())
     } else if ACT == ACT_GELU {

@@ -389,7 +389,7 @@ fn bf16_is_the_f32_product_of_rounded_values() {
     b.round_bf16();
     assert!(b.is_bf16() && !b.is_quantized());
     b.round_bf16(); // a second call changes nothing
-    let k2 = k.div_ceil(2);
+    let k2 = k.div_ceil(2).next_multiple_of(super::TILE_K_GROUPS);
     for p in 0..b.panels() {
         let panel = b.bf16_panel(p);
         assert_eq!(panel.len(), k2 * super::NR * 2);

@@ -6,12 +6,15 @@
 //! * [`avx512`] holds the f32 product and FMA probe on 512-bit registers, the integer
 //!   product on AVX-512 VNNI (`vpdpwssd`) and the bf16 one on AVX-512 BF16 (`vdpbf16ps`),
 //!   for CPUs with AVX-512F (and VNNI, BF16).
+//! * [`amx`] holds the int8 and bf16 products on AMX tiles (`tdpbusd`, `tdpbf16ps`) for
+//!   the `amx` tier: the `avx512` table with those two products, on CPUs with AMX whose
+//!   OS grants the tile state (Intel Sapphire Rapids and later).
 //! * `aarch64` holds NEON kernels (chosen on arm64, e.g. Graviton Lambdas), the integer
 //!   product on `smlal` (no faster than f32 there: NEON has no 16-bit dot product).
 //!
 //! [`ops`] detects the CPU on first use, caches the chosen [`Ops`] table in a `OnceLock`
 //! and logs the tier through `tracing`. The environment variable `CAI_KERNELS`
-//! (`scalar`, `avx2`, `avx512`, `neon`) forces a tier; a tier the CPU lacks falls back to
+//! (`scalar`, `avx2`, `avx512`, `amx`, `neon`) forces a tier; a tier the CPU lacks falls back to
 //! the best available one with a warning. The `avx512` tier ([`avx512`]) runs the f32
 //! product and the FMA probe on 512-bit registers, and the integer and bf16 products on
 //! AVX-512 VNNI and BF16 when the CPU has them; LayerNorm, softmax and attention are the
@@ -124,6 +127,8 @@ macro_rules! per_epilogue {
 #[cfg(target_arch = "aarch64")]
 pub mod aarch64;
 #[cfg(target_arch = "x86_64")]
+pub mod amx;
+#[cfg(target_arch = "x86_64")]
 pub mod avx512;
 #[cfg(test)]
 mod check;
@@ -152,6 +157,12 @@ pub const NR: usize = 16;
 
 /// Alignment (in f32 elements) of packed panel data: 64 bytes.
 const ALIGN: usize = 16;
+
+/// The bf16 pairs and int8 quads of a panel are padded with zeros to a multiple of this
+/// many groups of rows of `B` (32 bf16 or 64 int8 rows): a panel is then a column of whole
+/// AMX `B` tiles (16 rows of 64 bytes), so the AMX products need no repacking and no
+/// special tile for the reduction's tail. The other tiers read only the groups they need.
+const TILE_K_GROUPS: usize = 16;
 
 /// Activation applied in a GEMM epilogue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -341,7 +352,7 @@ impl PackedB {
             *v = round_bf16(*v);
         }
         let (k, n) = (self.k, self.n);
-        let k2 = k.div_ceil(2);
+        let k2 = k.div_ceil(2).next_multiple_of(TILE_K_GROUPS);
         let mut data = vec![0u16; self.panels() * k2 * NR * 2];
         for j in 0..n {
             let (p, jj) = (j / NR, j % NR);
@@ -359,7 +370,8 @@ impl PackedB {
         self.bf16.is_some()
     }
 
-    /// bf16 panel `p`: `k2 * NR * 2` values, `k2 = k.div_ceil(2)`, the pairs
+    /// bf16 panel `p`: `k2 * NR * 2` values, `k2` = `k.div_ceil(2)` rounded up to a
+    /// multiple of [`TILE_K_GROUPS`], the pairs
     /// `(B[2kp][j], B[2kp+1][j])` of each column as bf16 bits (zero beyond `k` and `n`).
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     fn bf16_panel(&self, p: usize) -> &[u16] {
@@ -401,7 +413,7 @@ impl PackedB {
             return;
         }
         let (k, n) = (self.k, self.n);
-        let (k2, k4) = (k.div_ceil(2), k.div_ceil(4));
+        let (k2, k4) = (k.div_ceil(2), k.div_ceil(4).next_multiple_of(TILE_K_GROUPS));
         let panels = self.panels();
         let wmax = ((1i32 << (bits - 1)) - 1) as f32;
         let int8 = bits == 8;
@@ -517,7 +529,8 @@ impl PackedB {
         self.quant.as_ref().is_some_and(|q| q.bits == 8)
     }
 
-    /// Int8 panel `p` in `vpdpbusd`'s layout: `k4 * NR * 4` values, `k4 = k.div_ceil(4)`;
+    /// Int8 panel `p` in `vpdpbusd`'s layout: `k4 * NR * 4` values, `k4` = `k.div_ceil(4)`
+    /// rounded up to a multiple of [`TILE_K_GROUPS`];
     /// for each group `kq` of 4 rows, column `jj`'s `q[4kq..4kq+4][jj]` at
     /// `(kq * NR + jj) * 4` (zero beyond `k` and `n`). Empty unless [`PackedB::is_int8`].
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
@@ -685,8 +698,13 @@ impl Precision {
             Precision::Bf16 => {
                 if ops().gemm_bf16.is_some() {
                     format!(
-                        "bf16 weights and activations, f32 sums, on the {:?} kernels (AVX-512 BF16: vdpbf16ps)",
-                        ops().tier
+                        "bf16 weights and activations, f32 sums, on the {:?} kernels ({})",
+                        ops().tier,
+                        if ops().tier == Tier::Amx {
+                            "AMX: tdpbf16ps on 16x32 tiles"
+                        } else {
+                            "AVX-512 BF16: vdpbf16ps"
+                        }
                     )
                 } else if cpu_has_avx512_bf16() {
                     format!(
@@ -707,7 +725,11 @@ impl Precision {
                 ops().tier,
                 match ops().tier {
                     #[cfg(target_arch = "x86_64")]
-                    Tier::Avx512 if avx512::vnni_gemm_int8().is_some() => {
+                    Tier::Amx if self == Precision::Int8 && amx::int8_gemm().is_some() => {
+                        " (AMX: tdpbusd on 16x64 tiles)"
+                    }
+                    #[cfg(target_arch = "x86_64")]
+                    Tier::Avx512 | Tier::Amx if avx512::vnni_gemm_int8().is_some() => {
                         if self == Precision::Int8 {
                             " (AVX-512 VNNI: vpdpbusd on zmm)"
                         } else {
@@ -1005,6 +1027,9 @@ pub enum Tier {
     /// AVX-512F: the f32 product and FMA probe on 512-bit registers, the integer product
     /// on AVX-512 VNNI when the CPU has it; the other kernels AVX2 + FMA.
     Avx512,
+    /// [`Tier::Avx512`] with the int8 and bf16 products on AMX tiles (`tdpbusd`,
+    /// `tdpbf16ps`; Intel Sapphire Rapids and later, with Linux's permission).
+    Amx,
     /// aarch64 NEON.
     Neon,
 }
@@ -1346,7 +1371,7 @@ fn select(wanted: Option<&str>) -> Ops {
     {
         None | Some("") | Some("auto") => best,
         Some("scalar") => scalar::ops(),
-        Some(name @ ("avx2" | "avx512" | "neon")) => match by_name(name) {
+        Some(name @ ("avx2" | "avx512" | "amx" | "neon")) => match by_name(name) {
             Some(o) => o,
             None => {
                 tracing::warn!(
@@ -1359,7 +1384,7 @@ fn select(wanted: Option<&str>) -> Ops {
         Some(other) => {
             tracing::warn!(
                 requested = other,
-                "unknown CAI_KERNELS value (scalar|avx2|avx512|neon); using the best available"
+                "unknown CAI_KERNELS value (scalar|avx2|avx512|amx|neon); using the best available"
             );
             best
         }
@@ -1371,6 +1396,7 @@ fn by_name(name: &str) -> Option<Ops> {
     match name {
         "avx2" => x86::avx2_ops(),
         "avx512" => x86::avx512_ops(),
+        "amx" => x86::amx_ops(),
         _ => None,
     }
 }
@@ -1391,6 +1417,9 @@ fn by_name(_name: &str) -> Option<Ops> {
 fn best() -> Ops {
     #[cfg(target_arch = "x86_64")]
     {
+        if let Some(o) = x86::amx_ops() {
+            return o;
+        }
         if let Some(o) = x86::avx512_ops() {
             return o;
         }
@@ -1512,7 +1541,9 @@ mod tests {
                 } else {
                     q.quantize_int16();
                 }
-                assert!(q.is_quantized() && q.bytes() < f.bytes());
+                // Int8 quads are padded to whole AMX tiles of 64 rows, more than f32's
+                // bytes for a shorter reduction.
+                assert!(q.is_quantized() && (q.bytes() < f.bytes() || k < 4 * TILE_K_GROUPS));
                 assert_eq!(q.weight_bits(), Some(bits));
                 let mut cq = vec![0.0; m * n];
                 ops.gemm(m, &a, k, &q, &mut cq, n, Epilogue::PLAIN);
@@ -1602,7 +1633,7 @@ mod tests {
         b.quantize_int8();
         assert!(b.is_int8() && b.weight_bits() == Some(8));
         assert_eq!(b.activation_limit(), ACT8_MAX);
-        let k4 = k.div_ceil(4);
+        let k4 = k.div_ceil(4).next_multiple_of(TILE_K_GROUPS);
         for p in 0..b.panels() {
             let (quads, pairs, sums) = (b.q8_panel(p), b.q_panel(p), b.q_colsum(p));
             assert_eq!(quads.len(), k4 * NR * 4);

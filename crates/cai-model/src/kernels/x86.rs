@@ -75,6 +75,23 @@ pub fn avx512_ops() -> Option<Ops> {
     })
 }
 
+/// The AMX table, if this CPU has the AVX-512 tier and AMX-INT8 or AMX-BF16 that Linux
+/// lets this process use ([`super::amx`]): the `avx512` table with the int8 product on
+/// `tdpbusd` and the bf16 one on `tdpbf16ps` tiles (int16 stays on AVX-512 VNNI).
+pub fn amx_ops() -> Option<Ops> {
+    let o = avx512_ops()?;
+    let (int8, bf16) = (super::amx::int8_gemm(), super::amx::bf16_gemm());
+    if int8.is_none() && bf16.is_none() {
+        return None;
+    }
+    Some(Ops {
+        tier: Tier::Amx,
+        gemm_int8: int8.unwrap_or(o.gemm_int8),
+        gemm_bf16: bf16.or(o.gemm_bf16),
+        ..o
+    })
+}
+
 thread_local! {
     /// Per-thread buffer for packed blocks of `A` (grows to the largest block, then reused).
     static APACK: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
@@ -700,7 +717,7 @@ fn gemm_int8_avx2<const VNNI: bool>(
         // SAFETY: as below; `quantized_blocks8` hands `block_q8_vnni` whole strips of u8
         // rows, their scales and zero points, and a block of `c` of `rows` rows.
         unsafe {
-            quantized_blocks8(m, a, lda, b, c, ldc, MRQ, |rows, ap, sp, zp, cp| {
+            quantized_blocks8(m, a, lda, b, c, ldc, (MRQ, 4), |rows, ap, sp, zp, cp| {
                 per_epilogue!(epi, block_q8_vnni, [], (rows, ap, sp, zp, b, cp, ldc))
             });
         }
@@ -924,9 +941,11 @@ thread_local! {
 
 /// The int8 x int8 analogue of [`quantized_blocks`]: blocks of `A` rows (about
 /// [`A_BLOCK_Q8`] bytes, at least 16 strips) quantised to u8 codes
-/// ([`quantize_row_u8_avx2`]) in rows of `4 * k4` bytes (zero past `k`), one scale and one
-/// zero point per row; `run(rows, qa, sa, zp, c)` for each block, as there (the rows past
-/// `rows` in the last strip are stale and must not be stored). The VNNI tiers share it.
+/// ([`quantize_row_u8_avx2`]) in rows of `k` bytes rounded up to a multiple of `align` (4
+/// for `vpdpbusd`, 64 for AMX tiles; zero past `k`), one scale and one zero point per row,
+/// in blocks of whole strips of `strip` rows; `run(rows, qa, sa, zp, c)` for each block, as
+/// there (the rows past `rows` in the last strip are stale and must not be stored). The
+/// VNNI and AMX products share it.
 ///
 /// Caller guarantees: AVX2 and FMA are present; `a` and `c` hold `m` rows of `b.k()` and
 /// `b.n()` values at strides `lda` and `ldc` (as [`super::Ops::gemm`] checks).
@@ -939,11 +958,11 @@ pub(super) unsafe fn quantized_blocks8(
     b: &PackedB,
     c: &mut [f32],
     ldc: usize,
-    strip: usize,
+    (strip, align): (usize, usize),
     mut run: impl FnMut(usize, *const u8, *const f32, *const i32, *mut f32),
 ) {
     let k = b.k();
-    let rs = 4 * k.div_ceil(4);
+    let rs = k.next_multiple_of(align);
     let mc = ((A_BLOCK_Q8 / rs.max(1)) / strip * strip).max(strip * 16);
     let (mut qa, mut sa, mut zp) = QPACK8.take();
     let padded = mc.min(m).div_ceil(strip) * strip;

@@ -449,7 +449,11 @@ impl Engine for AwsEngine {
     }
 
     async fn run(&self, req: &RunRequest, events: &dyn RunEvents) -> cai_engine::Result<RunReport> {
-        Ok(self.start(req, events).await?)
+        let lease = req.lease(ENGINE, events).await?;
+        cai_engine::engine::holding(lease, events, async {
+            Ok(self.start(req, events).await?)
+        })
+        .await
     }
 
     async fn attach(

@@ -238,10 +238,7 @@ impl Held {
             return Ok(Renewal::Lost);
         }
         {
-            let mut h = self
-                .holder
-                .lock()
-                .map_err(|_| poisoned(&self.location))?;
+            let mut h = self.holder.lock().map_err(|_| poisoned(&self.location))?;
             h.renewed_at = unix_now();
         }
         let (h, bytes) = self.doc()?;
@@ -265,10 +262,7 @@ impl Held {
         };
         match outcome {
             Some(v) => {
-                *self
-                    .version
-                    .lock()
-                    .map_err(|_| poisoned(&self.location))? = v;
+                *self.version.lock().map_err(|_| poisoned(&self.location))? = v;
                 Ok(Renewal::Renewed)
             }
             None => {

@@ -133,7 +133,28 @@ fn worst_rank_galaxies(sizes: &[(f64, u64)], world: usize) -> f64 {
 
 const MB: f64 = 1_048_576.0;
 
+/// Environment variable: measured galaxies per second per vCPU (`cai bench`'s figure for
+/// one thread), used for the plan-time check instead of [`DEFAULT_GALAXIES_PER_VCPU_S`].
+pub const ENV_GALAXIES_PER_VCPU_S: &str = "CAI_GALAXIES_PER_VCPU_S";
+
 impl RankCosts {
+    /// The defaults, with the throughput from `CAI_GALAXIES_PER_VCPU_S` when set.
+    pub fn from_env() -> Result<Self> {
+        let mut c = Self::default();
+        if let Ok(v) = std::env::var(ENV_GALAXIES_PER_VCPU_S) {
+            c.galaxies_per_vcpu_s = v
+                .trim()
+                .parse::<f64>()
+                .ok()
+                .filter(|r| r.is_finite() && *r > 0.0)
+                .ok_or_else(|| Error::Invalid {
+                    field: ENV_GALAXIES_PER_VCPU_S.into(),
+                    reason: format!("{v:?} is not a positive number of galaxies/s"),
+                })?;
+        }
+        Ok(c)
+    }
+
     /// Seconds a rank of `galaxies` takes on a function of `f`.
     pub fn rank_seconds(&self, galaxies: f64, f: &FunctionLimits) -> f64 {
         let rate = (self.galaxies_per_vcpu_s * lambda_vcpus(f.memory_mb)).max(f64::MIN_POSITIVE);
@@ -360,8 +381,12 @@ mod tests {
         }
         assert!(reason.contains("more than the 890 s"), "{reason}");
         // And that world size passes.
-        assert!(RankCosts::default().check(&plan(&[(Some(10_000), 200 << 20); 64], 8), &f).is_ok());
-        assert!(RankCosts::default().check(&plan(&[(Some(10_000), 200 << 20); 64], 7), &f).is_err());
+        assert!(RankCosts::default()
+            .check(&plan(&[(Some(10_000), 200 << 20); 64], 8), &f)
+            .is_ok());
+        assert!(RankCosts::default()
+            .check(&plan(&[(Some(10_000), 200 << 20); 64], 7), &f)
+            .is_err());
     }
 
     #[test]
@@ -417,12 +442,19 @@ mod tests {
             memory_mb: 10_240,
             timeout_s: 60,
         };
-        let msg = RankCosts::default().check(&p, &short).unwrap_err().to_string();
+        let msg = RankCosts::default()
+            .check(&p, &short)
+            .unwrap_err()
+            .to_string();
         assert!(msg.contains("a world size of"), "{msg}");
         let bad = RankCosts {
             galaxies_per_vcpu_s: f64::NAN,
             ..RankCosts::default()
         };
-        assert!(bad.check(&p, &f).unwrap_err().to_string().contains("throughput"));
+        assert!(bad
+            .check(&p, &f)
+            .unwrap_err()
+            .to_string()
+            .contains("throughput"));
     }
 }

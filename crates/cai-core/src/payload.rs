@@ -228,26 +228,46 @@ mod tests {
             (r#"{"world_size": -3}"#, "world_size", "got -3"),
             (r#"{"batch_size": "many"}"#, "batch_size", "\"many\""),
             (r#"{"file_limit": 1.5}"#, "file_limit", "whole number"),
-            (r#"{"bucket": 5, "batch_size": 4}"#, "bucket", "expected a string"),
+            (
+                r#"{"bucket": 5, "batch_size": 4}"#,
+                "bucket",
+                "expected a string",
+            ),
             (r#"{"data_prefix": ["a"]}"#, "data_prefix", "[\"a\"]"),
             (r#"{"world_size": true}"#, "world_size", "got true"),
             (r#"{"batch_size": 0}"#, "batch_size", "at least 1"),
-            (r#"{"world_size": 100001}"#, "world_size", "more than the 100000"),
-            (r#"{"batch_size": "99999999999"}"#, "batch_size", "more than"),
+            (
+                r#"{"world_size": 100001}"#,
+                "world_size",
+                "more than the 100000",
+            ),
+            (
+                r#"{"batch_size": "99999999999"}"#,
+                "batch_size",
+                "more than",
+            ),
             (r#"{"world_size": 1e300}"#, "world_size", "whole number"),
         ] {
             let e = Payload::from_json("in.json", doc.as_bytes()).unwrap_err();
             let msg = e.to_string();
             assert!(
-                msg.contains(&format!("payload field \"{field}\" in in.json")) && msg.contains(want),
+                msg.contains(&format!("payload field \"{field}\" in in.json"))
+                    && msg.contains(want),
                 "{doc}: {msg}"
             );
         }
         for doc in ["[1, 2]", "\"x\"", "null"] {
-            let msg = Payload::from_json("in.json", doc.as_bytes()).unwrap_err().to_string();
-            assert!(msg.contains("expected a JSON object") && msg.contains("in.json"), "{msg}");
+            let msg = Payload::from_json("in.json", doc.as_bytes())
+                .unwrap_err()
+                .to_string();
+            assert!(
+                msg.contains("expected a JSON object") && msg.contains("in.json"),
+                "{msg}"
+            );
         }
-        let msg = Payload::from_json("in.json", b"{\"bucket\": ").unwrap_err().to_string();
+        let msg = Payload::from_json("in.json", b"{\"bucket\": ")
+            .unwrap_err()
+            .to_string();
         assert!(msg.contains("in.json"), "{msg}");
     }
 

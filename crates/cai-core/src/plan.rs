@@ -478,7 +478,13 @@ mod tests {
 
     #[test]
     fn keys_that_leave_the_data_location_are_refused() {
-        for ok in ["1.pt", "100MB/00001.safetensors", "a b/c-d_e.pt", "..x/1.pt", "x../2.pt"] {
+        for ok in [
+            "1.pt",
+            "100MB/00001.safetensors",
+            "a b/c-d_e.pt",
+            "..x/1.pt",
+            "x../2.pt",
+        ] {
             assert_eq!(check_key(ok), Ok(()), "{ok}");
         }
         for (bad, want) in [
@@ -510,7 +516,10 @@ mod tests {
             ..Default::default()
         };
         let e = make_plan(&req, parts).unwrap_err().to_string();
-        assert!(e.contains("partition key \"../1.pt\" under s3://d/p"), "{e}");
+        assert!(
+            e.contains("partition key \"../1.pt\" under s3://d/p"),
+            "{e}"
+        );
         let good = vec![PartitionRef {
             key: "1.pt".into(),
             galaxies: Some(1),
@@ -524,7 +533,10 @@ mod tests {
         let e = Plan::from_json("r/plan.json", v.to_string().as_bytes())
             .unwrap_err()
             .to_string();
-        assert!(e.contains("plan r/plan.json") && e.contains("absolute path"), "{e}");
+        assert!(
+            e.contains("plan r/plan.json") && e.contains("absolute path"),
+            "{e}"
+        );
         let absurd = PlanRequest {
             batch_size: Some(usize::MAX),
             ..req.clone()

@@ -215,7 +215,11 @@ impl StorageUrl {
         let opts = PutOptions::from(PutMode::Create);
         match self
             .store
-            .put_opts(&self.path_of(key), PutPayload::from_bytes(bytes.into()), opts)
+            .put_opts(
+                &self.path_of(key),
+                PutPayload::from_bytes(bytes.into()),
+                opts,
+            )
             .await
         {
             Ok(r) => Ok(Some(ObjectVersion {
@@ -248,16 +252,20 @@ impl StorageUrl {
         }));
         match self
             .store
-            .put_opts(&self.path_of(key), PutPayload::from_bytes(bytes.into()), opts)
+            .put_opts(
+                &self.path_of(key),
+                PutPayload::from_bytes(bytes.into()),
+                opts,
+            )
             .await
         {
             Ok(r) => Ok(Some(ObjectVersion {
                 e_tag: r.e_tag,
                 version: r.version,
             })),
-            Err(object_store::Error::Precondition { .. } | object_store::Error::NotFound { .. }) => {
-                Ok(None)
-            }
+            Err(
+                object_store::Error::Precondition { .. } | object_store::Error::NotFound { .. },
+            ) => Ok(None),
             Err(object_store::Error::NotImplemented { .. }) => Err(Error::Unsupported {
                 url: self.url_of(key),
                 what: "conditional replace".into(),

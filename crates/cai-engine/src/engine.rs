@@ -88,7 +88,8 @@ impl RunRequest {
     /// Taking over a stale lease (a killed run's) is told to `events` as a warning.
     pub async fn lease(&self, engine: &str, events: &dyn RunEvents) -> Result<Lease> {
         let results = StorageUrl::parse(&self.require_results()?)?;
-        let (lease, took_over) = Lease::acquire(&results, engine, &LeaseConfig::from_env()?).await?;
+        let (lease, took_over) =
+            Lease::acquire(&results, engine, &LeaseConfig::from_env()?).await?;
         if let Some(old) = took_over {
             events.event(RunEvent::Warning(format!(
                 "took over the stale lease of {} at {}",

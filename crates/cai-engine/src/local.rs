@@ -12,7 +12,9 @@ use cai_core::report::{RankFailure, RankReport};
 use cai_core::StorageUrl;
 use cai_model::Model;
 
-use crate::engine::{galaxies_in, holding, warn_plan, Engine, RunEvent, RunEvents, RunReport, RunRequest};
+use crate::engine::{
+    galaxies_in, holding, warn_plan, Engine, RunEvent, RunEvents, RunReport, RunRequest,
+};
 use crate::error::{Error, Result};
 use crate::stages::load_model_with;
 use crate::summarize::summarize;

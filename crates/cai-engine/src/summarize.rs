@@ -10,9 +10,9 @@ use cai_core::plan::Plan;
 use cai_core::predictions::Predictions;
 use cai_core::report::RankReport;
 use cai_core::results::{load_plan, ResultsListing, PARALLEL_READS};
-use futures::StreamExt;
 use cai_core::summary::Summary;
 use cai_core::StorageUrl;
+use futures::StreamExt;
 use serde_json::Value;
 
 use crate::error::{Error, Result};
@@ -45,16 +45,14 @@ pub async fn summarize(results: &StorageUrl, plan: Option<&Plan>) -> Result<Summ
 
     // Every rank's predictions, PARALLEL_READS in flight, appended in rank order.
     let mut all = Predictions::default();
-    let mut parts = futures::stream::iter(
-        reports
-            .iter()
-            .filter(|r| !r.predictions.is_empty())
-            .map(|r| async move {
+    let mut parts =
+        futures::stream::iter(reports.iter().filter(|r| !r.predictions.is_empty()).map(
+            |r| async move {
                 let bytes = results.get(&r.predictions).await?;
                 Predictions::from_parquet(&results.url_of(&r.predictions), bytes)
-            }),
-    )
-    .buffered(PARALLEL_READS);
+            },
+        ))
+        .buffered(PARALLEL_READS);
     while let Some(p) = parts.next().await {
         all.append(p?);
     }

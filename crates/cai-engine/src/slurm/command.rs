@@ -278,8 +278,14 @@ JobId=1 ArrayJobId=1 ArrayTaskId=2-4%2 JobName=cai JobState=PENDING Reason=JobAr
     #[test]
     fn config_values() {
         let text = "Configuration data as of 2026-12-06T07:00:00\nMailProg                = /bin/mail\nMaxArraySize            = 5\nMaxJobCount             = 10000\n";
-        assert_eq!(parse_config_value(text, "MaxArraySize").as_deref(), Some("5"));
-        assert_eq!(parse_config_value(text, "MaxJobCount").as_deref(), Some("10000"));
+        assert_eq!(
+            parse_config_value(text, "MaxArraySize").as_deref(),
+            Some("5")
+        );
+        assert_eq!(
+            parse_config_value(text, "MaxJobCount").as_deref(),
+            Some("10000")
+        );
         assert_eq!(parse_config_value(text, "Nope"), None);
     }
 

@@ -99,7 +99,9 @@ impl Prepared {
                 chunk_options(*offset, ranks, self.max_running).join(" ")
             ));
         }
-        let deps: Vec<String> = (0..chunks.len()).map(|i| format!("${{a{i}%%;*}}")).collect();
+        let deps: Vec<String> = (0..chunks.len())
+            .map(|i| format!("${{a{i}%%;*}}"))
+            .collect();
         out.push(format!(
             "sbatch --parsable --dependency=afterany:{} {}",
             deps.join(":"),
@@ -447,7 +449,11 @@ mod tests {
         let c = chunk_ranks(&[3, 9, 4, 1_000, 1_003, 1_004, 9], 5);
         assert_eq!(
             c,
-            vec![(3, vec![3, 4]), (9, vec![9]), (1_000, vec![1_000, 1_003, 1_004])]
+            vec![
+                (3, vec![3, 4]),
+                (9, vec![9]),
+                (1_000, vec![1_000, 1_003, 1_004])
+            ]
         );
         assert_eq!(chunk_options(1_000, &c[2].1, None)[0], "--array=0,3-4");
         // 10,240 ranks in Slurm's default arrays: 11 of them, every task id ≤ 1000.

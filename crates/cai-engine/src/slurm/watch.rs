@@ -317,7 +317,9 @@ pub async fn watch(
         if !to_retry.is_empty() {
             let attempt = state.arrays.iter().map(|a| a.attempt).max().unwrap_or(0) + 1;
             let indices: Vec<usize> = to_retry.iter().map(|t| t.0).collect();
-            let max_array = state.max_array_size.unwrap_or(super::DEFAULT_MAX_ARRAY_SIZE);
+            let max_array = state
+                .max_array_size
+                .unwrap_or(super::DEFAULT_MAX_ARRAY_SIZE);
             let mut jobs = Vec::new();
             for (offset, ranks) in super::chunk_ranks(&indices, max_array) {
                 let job = engine.commands.sbatch(

@@ -8,6 +8,8 @@ mod bench;
 mod conformance;
 #[cfg(feature = "aws")]
 mod lambda;
+#[cfg(feature = "aws")]
+mod lease;
 mod pipeline;
 mod s3;
 #[cfg(feature = "aws")]

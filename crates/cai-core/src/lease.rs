@@ -146,7 +146,8 @@ impl LeaseHolder {
     /// Why this lease is stale at `now` as seen from `this_host`, or `None` while it holds.
     pub fn stale_reason(&self, now: f64, this_host: &str) -> Option<String> {
         let age = now - self.renewed_at;
-        if !(age <= self.stale_after_s) {
+        // NaN times (a damaged lease) count as stale rather than holding forever.
+        if age.is_nan() || age > self.stale_after_s {
             return Some(format!(
                 "not renewed for {age:.0} s (stale after {:.0} s)",
                 self.stale_after_s

@@ -8,6 +8,8 @@
 //! cargo run --release -p cai-engine --features aws --example scale_fixture -- manifest DATA N
 //! cargo run … -- plan DATA RESULTS MODEL
 //! cargo run … -- ranks RESULTS
+//! cargo run … -- summarize RESULTS     # the library call `cai summarize` makes
+//! cargo run … -- status RESULTS        # what `cai status --once` reads
 //! ```
 //! DATA and RESULTS are paths or `s3://` URLs. With no arguments it runs all three on a
 //! temporary directory with 64 ranks (so CI can run it in seconds).
@@ -150,7 +152,36 @@ async fn main() -> Res<()> {
         Some("manifest") => manifest(a(1)?, a(2)?.parse()?).await,
         Some("plan") => plan(a(1)?, a(2)?, a(3)?).await.map(|_| ()),
         Some("ranks") => ranks(a(1)?).await,
-        Some(other) => Err(format!("unknown step {other:?} (manifest, plan, ranks)").into()),
+        Some("summarize") => {
+            // What `cai summarize` runs.
+            let t = std::time::Instant::now();
+            let s = cai_engine::summarize::summarize(&StorageUrl::parse(a(1)?)?, None).await?;
+            eprintln!(
+                "summarized {} ranks, {} galaxies in {:.2} s",
+                s.ranks_done,
+                s.galaxies,
+                t.elapsed().as_secs_f64()
+            );
+            Ok(())
+        }
+        Some("status") => {
+            // What `cai status --once` reads: the plan and one listing.
+            let t = std::time::Instant::now();
+            let loc = StorageUrl::parse(a(1)?)?;
+            let plan = load_plan(&loc).await?.ok_or("no plan.json")?;
+            let l = cai_core::results::ResultsListing::list(&loc).await?;
+            eprintln!(
+                "status: {} of {} ranks done, {} failed, in {:.2} s",
+                l.done_ranks().len(),
+                plan.world_size,
+                l.failed_ranks().len(),
+                t.elapsed().as_secs_f64()
+            );
+            Ok(())
+        }
+        Some(other) => {
+            Err(format!("unknown step {other:?} (manifest, plan, ranks, summarize, status)").into())
+        }
         None => {
             let dir = std::env::temp_dir().join(format!("cai-scale-{}", std::process::id()));
             let (data, results) = (dir.join("data"), dir.join("results"));

@@ -12,6 +12,7 @@ use std::time::Duration;
 use aws_config::SdkConfig;
 use cai_core::cost::Arch;
 use cai_core::layout;
+use cai_core::limits::{FunctionLimits, RankCosts};
 use cai_core::summary::Summary;
 use cai_core::StorageUrl;
 use cai_engine::aws::{AwsConfig, S3Prefix};
@@ -384,6 +385,11 @@ impl AwsEngine {
                 "give --results s3://… (or --payload with bucket and result_path)",
             )
         })?;
+        if self.state_machine.is_none() {
+            // Deploying now: the Infer function's memory and timeout are known, so a rank
+            // that cannot fit one invocation is refused before anything is deployed.
+            check_limits(&data, &results, &payload, &self.stack).await?;
+        }
         let state_machine = match &self.state_machine {
             Some(arn) => {
                 if req.precision != Default::default() {
@@ -442,6 +448,42 @@ impl AwsEngine {
     }
 }
 
+/// Plan the run here as Initialize will (from the data location's manifest or listing,
+/// without writing anything) and refuse it when a rank would not fit one invocation of an
+/// Infer function with `stack`'s memory and timeout ([`RankCosts::check`]).
+async fn check_limits(
+    data: &str,
+    results: &str,
+    payload: &cai_core::payload::Payload,
+    stack: &StackSettings,
+) -> Result<()> {
+    let (parts, _) = cai_engine::stages::find_partitions(&StorageUrl::parse(data)?)
+        .await
+        .map_err(|e| Error::Engine(Box::new(e)))?;
+    if parts.is_empty() {
+        // Initialize says so, naming the location.
+        return Ok(());
+    }
+    let req = cai_core::plan::PlanRequest {
+        data: data.to_string(),
+        results: results.to_string(),
+        model: String::new(),
+        batch_size: None,
+        file_limit: None,
+        world_size: None,
+        payload: Some(payload.clone()),
+    };
+    let plan = cai_core::plan::make_plan(&req, parts)?;
+    RankCosts::from_env()?.check(
+        &plan,
+        &FunctionLimits {
+            memory_mb: stack.memory_mb,
+            timeout_s: stack.timeout_s,
+        },
+    )?;
+    Ok(())
+}
+
 #[async_trait::async_trait(?Send)]
 impl Engine for AwsEngine {
     fn name(&self) -> &'static str {
@@ -449,7 +491,11 @@ impl Engine for AwsEngine {
     }
 
     async fn run(&self, req: &RunRequest, events: &dyn RunEvents) -> cai_engine::Result<RunReport> {
-        Ok(self.start(req, events).await?)
+        let lease = req.lease(ENGINE, events).await?;
+        cai_engine::engine::holding(lease, events, async {
+            Ok::<_, cai_engine::Error>(self.start(req, events).await?)
+        })
+        .await
     }
 
     async fn attach(

@@ -46,6 +46,35 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// The store cannot do what was asked (a conditional write on local disk…).
+    #[error("{url}: the store does not support {what}")]
+    Unsupported {
+        /// Full URL of the object.
+        url: String,
+        /// The operation.
+        what: String,
+    },
+    /// Another run holds the results location's lease.
+    #[error(
+        "{url} is in use by another run: {holder}; wait for it to end (or stop it); a run that \
+         was killed frees the location once its lease is stale ({stale})"
+    )]
+    Leased {
+        /// URL of the lease object.
+        url: String,
+        /// Who holds it: engine, host, pid, start time, last renewal.
+        holder: String,
+        /// When the lease goes stale and how to free it by hand.
+        stale: String,
+    },
+    /// A rank of the plan would not fit one function invocation (time or memory).
+    #[error("rank {rank} {reason}")]
+    TooBig {
+        /// The worst rank.
+        rank: usize,
+        /// What it needs, what it has, and the world size or partition size that fits.
+        reason: String,
+    },
     /// A payload or plan field has a value that cannot be used.
     #[error("invalid {field}: {reason}")]
     Invalid {

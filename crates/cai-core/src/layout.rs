@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! <results>/plan.json                 the plan (Initialize)
+//! <results>/lease.json                the run holding the location (engine, host, pid)
 //! <results>/payload.json              the original's payload, as planned
 //! <results>/<rank>.json               a finished rank's report
 //! <results>/failed/<rank>.json        a failed rank's record (removed when it finishes)
@@ -31,6 +32,8 @@
 
 /// The plan (Initialize's output).
 pub const PLAN: &str = "plan.json";
+/// The lease of the run writing the location (see `cai_core::lease`).
+pub const LEASE: &str = "lease.json";
 /// The original's payload, as planned.
 pub const PAYLOAD: &str = "payload.json";
 /// The concatenated rank reports (the original's output).
@@ -157,6 +160,7 @@ mod tests {
             SLURM_JOBS,
             SLURM_PROBE,
             AWS_ITEMS,
+            LEASE,
             "failedx",
             "x/3.json",
         ] {

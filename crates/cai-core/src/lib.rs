@@ -4,7 +4,8 @@
 //! the original's input [`payload`], the [`plan`] (Initialize: which partitions each rank
 //! runs), the per-rank [`report`] (`<rank>.json` with the original's keys), the run
 //! [`summary`], the redshift [`metrics`], and [`storage`] locations as URLs. A results
-//! location's keys are named once in [`layout`] and read through [`results`]; the
+//! location's keys are named once in [`layout`] and read through [`results`]; one run at a
+//! time holds a location's [`lease`]; the
 //! per-galaxy [`predictions`] are Parquet; [`cost`] prices a run at AWS list prices.
 //!
 //! ```
@@ -18,6 +19,8 @@
 pub mod cost;
 pub mod error;
 pub mod layout;
+pub mod lease;
+pub mod limits;
 pub mod metrics;
 pub mod payload;
 pub mod plan;

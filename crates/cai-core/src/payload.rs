@@ -66,6 +66,32 @@ pub struct Payload {
     pub extra: serde_json::Map<String, Value>,
 }
 
+/// Most galaxies per batch a payload may ask for.
+pub const MAX_BATCH_SIZE: u64 = 1 << 20;
+/// Most ranks a payload may ask for (the plan's own limit).
+pub const MAX_WORLD_SIZE: u64 = crate::plan::MAX_WORLD_SIZE as u64;
+
+/// A JSON value's kind, for messages.
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// A value for a message, cut to 60 characters.
+fn short(v: &Value) -> String {
+    let s = v.to_string();
+    match s.char_indices().nth(60) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s,
+    }
+}
+
 /// Accept `12`, `"12"`, `12.0` or null for a count.
 fn flex_u64<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<u64>, D::Error> {
     use serde::de::Error as _;
@@ -76,7 +102,8 @@ fn flex_u64<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<u64>,
             .as_u64()
             .or_else(|| {
                 n.as_f64()
-                    .filter(|f| f.fract() == 0.0 && *f >= 0.0)
+                    // Below 2^64: `as` would saturate larger values to u64::MAX.
+                    .filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f < 18_446_744_073_709_551_616.0)
                     .map(|f| f as u64)
             })
             .map(Some)
@@ -96,11 +123,65 @@ fn flex_u64<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<u64>,
 impl Payload {
     /// Parse a payload document; `source_name` is used in errors.
     pub fn from_json(source_name: &str, bytes: &[u8]) -> Result<Self> {
-        serde_json::from_slice(bytes).map_err(|source| Error::Json {
+        let json_err = |source| Error::Json {
             what: "payload",
             source_name: source_name.to_string(),
             source,
-        })
+        };
+        let value: Value = serde_json::from_slice(bytes).map_err(json_err)?;
+        let Value::Object(fields) = &value else {
+            return Err(Error::Invalid {
+                field: format!("payload {source_name}"),
+                reason: format!("expected a JSON object, got {}", kind(&value)),
+            });
+        };
+        match serde_json::from_value::<Payload>(value.clone()) {
+            Ok(p) => {
+                p.check(source_name)?;
+                Ok(p)
+            }
+            // Name the field at fault: serde's message for a field of the wrong type
+            // names only the type.
+            Err(e) => Err(fields
+                .iter()
+                .find_map(|(k, v)| {
+                    let one = Value::Object([(k.clone(), v.clone())].into_iter().collect());
+                    serde_json::from_value::<Payload>(one)
+                        .err()
+                        .map(|e| Error::Invalid {
+                            field: format!("payload field {k:?} in {source_name}"),
+                            reason: format!("{e} (the value is {})", short(v)),
+                        })
+                })
+                .unwrap_or_else(|| json_err(e))),
+        }
+    }
+
+    /// Refuse counts no run can have: a zero or absurd batch size, world size or file
+    /// limit, naming the field.
+    pub fn check(&self, source_name: &str) -> Result<()> {
+        for (name, value, max) in [
+            ("batch_size", self.batch_size, MAX_BATCH_SIZE),
+            ("world_size", self.world_size, MAX_WORLD_SIZE),
+            ("file_limit", self.file_limit, u64::MAX),
+        ] {
+            match value {
+                Some(0) => {
+                    return Err(Error::Invalid {
+                        field: format!("payload field {name:?} in {source_name}"),
+                        reason: "must be at least 1".into(),
+                    })
+                }
+                Some(v) if v > max => {
+                    return Err(Error::Invalid {
+                        field: format!("payload field {name:?} in {source_name}"),
+                        reason: format!("{v} is more than the {max} supported"),
+                    })
+                }
+                _ => {}
+            }
+        }
+        Ok(())
     }
 
     /// `s3://data_bucket/data_prefix`, where the original lists partitions.
@@ -140,6 +221,85 @@ mod tests {
       "data_bucket": "cosmicai-data",
       "data_prefix": "100MB"
     }"#;
+
+    #[test]
+    fn bad_fields_are_named() {
+        for (doc, field, want) in [
+            (r#"{"world_size": -3}"#, "world_size", "got -3"),
+            (r#"{"batch_size": "many"}"#, "batch_size", "\"many\""),
+            (r#"{"file_limit": 1.5}"#, "file_limit", "whole number"),
+            (
+                r#"{"bucket": 5, "batch_size": 4}"#,
+                "bucket",
+                "expected a string",
+            ),
+            (r#"{"data_prefix": ["a"]}"#, "data_prefix", "[\"a\"]"),
+            (r#"{"world_size": true}"#, "world_size", "got true"),
+            (r#"{"batch_size": 0}"#, "batch_size", "at least 1"),
+            (
+                r#"{"world_size": 100001}"#,
+                "world_size",
+                "more than the 100000",
+            ),
+            (
+                r#"{"batch_size": "99999999999"}"#,
+                "batch_size",
+                "more than",
+            ),
+            (r#"{"world_size": 1e300}"#, "world_size", "whole number"),
+        ] {
+            let e = Payload::from_json("in.json", doc.as_bytes()).unwrap_err();
+            let msg = e.to_string();
+            assert!(
+                msg.contains(&format!("payload field \"{field}\" in in.json"))
+                    && msg.contains(want),
+                "{doc}: {msg}"
+            );
+        }
+        for doc in ["[1, 2]", "\"x\"", "null"] {
+            let msg = Payload::from_json("in.json", doc.as_bytes())
+                .unwrap_err()
+                .to_string();
+            assert!(
+                msg.contains("expected a JSON object") && msg.contains("in.json"),
+                "{msg}"
+            );
+        }
+        let msg = Payload::from_json("in.json", b"{\"bucket\": ")
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("in.json"), "{msg}");
+    }
+
+    proptest::proptest! {
+        /// Any JSON value as a payload (or any bytes): an answer or an error, never a panic.
+        #[test]
+        fn arbitrary_payloads_never_panic(
+            key in proptest::sample::select(vec![
+                "bucket", "file_limit", "batch_size", "world_size", "result_path",
+                "data_prefix", "S3_object_name", "other",
+            ]),
+            n in proptest::num::f64::ANY,
+            i in proptest::num::i64::ANY,
+            text in ".{0,12}",
+            bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..64),
+        ) {
+            let values = [
+                serde_json::json!(i),
+                serde_json::Number::from_f64(n).map(Value::Number).unwrap_or(Value::Null),
+                Value::String(text.clone()),
+                serde_json::json!([i, text.clone()]),
+                serde_json::json!({"x": i}),
+            ];
+            for v in values {
+                let doc = serde_json::json!({ key: v }).to_string();
+                if let Ok(p) = Payload::from_json("p.json", doc.as_bytes()) {
+                    proptest::prop_assert!(p.check("p.json").is_ok());
+                }
+            }
+            let _ = Payload::from_json("p.json", &bytes);
+        }
+    }
 
     #[test]
     fn the_originals_sample_payload_parses() {

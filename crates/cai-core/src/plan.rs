@@ -139,6 +139,42 @@ pub struct PlanRequest {
     pub payload: Option<Payload>,
 }
 
+/// Most ranks a plan may have.
+pub const MAX_WORLD_SIZE: usize = 100_000;
+
+/// Check that a partition key stays inside its data location: a relative path of plain
+/// segments (no `..` or `.`, no leading `/`, no empty segment, no backslash, no URL of another
+/// bucket, no control characters). The reason is returned when it does not.
+pub fn check_key(key: &str) -> std::result::Result<(), String> {
+    if key.is_empty() {
+        return Err("the key is empty".into());
+    }
+    if key.contains("://") {
+        return Err("a URL: partitions must be keys under the data location, not in another bucket or store".into());
+    }
+    if key.starts_with('/') {
+        return Err("an absolute path: partitions must be keys under the data location".into());
+    }
+    if key.contains('\\') {
+        return Err("contains a backslash".into());
+    }
+    if key.chars().any(char::is_control) {
+        return Err("contains a control character".into());
+    }
+    for seg in key.split('/') {
+        match seg {
+            "" => return Err("has an empty path segment (`//` or a trailing `/`)".into()),
+            "." | ".." => {
+                return Err(format!(
+                    "has a {seg:?} segment: partitions must stay under the data location"
+                ))
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// Default batch size, the original's.
 pub const DEFAULT_BATCH_SIZE: usize = 512;
 
@@ -262,11 +298,26 @@ pub fn make_plan(req: &PlanRequest, mut partitions: Vec<PartitionRef>) -> Result
             reason: "must be at least 1".into(),
         });
     }
-    if world_size > 100_000 {
+    if world_size > MAX_WORLD_SIZE {
         return Err(Error::Invalid {
             field: "world_size".into(),
             reason: format!("{world_size} ranks is more than the 100,000 supported"),
         });
+    }
+    if batch_size as u64 > crate::payload::MAX_BATCH_SIZE {
+        return Err(Error::Invalid {
+            field: "batch_size".into(),
+            reason: format!(
+                "{batch_size} galaxies per batch is more than the {} supported",
+                crate::payload::MAX_BATCH_SIZE
+            ),
+        });
+    }
+    for p in &partitions {
+        check_key(&p.key).map_err(|reason| Error::Invalid {
+            field: format!("partition key {:?} under {}", p.key, req.data),
+            reason,
+        })?;
     }
     if world_size > partitions.len() {
         warnings.push(format!(
@@ -374,6 +425,10 @@ impl Plan {
         if self.batch_size == 0 {
             return Err(bad("batch_size 0".into()));
         }
+        for p in &self.partitions {
+            check_key(&p.key)
+                .map_err(|reason| bad(format!("partition key {:?}: {reason}", p.key)))?;
+        }
         for (r, idx) in self.ranks.iter().enumerate() {
             if let Some(i) = idx.iter().find(|&&i| i >= self.partitions.len()) {
                 return Err(bad(format!(
@@ -420,6 +475,113 @@ impl Plan {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keys_that_leave_the_data_location_are_refused() {
+        for ok in [
+            "1.pt",
+            "100MB/00001.safetensors",
+            "a b/c-d_e.pt",
+            "..x/1.pt",
+            "x../2.pt",
+        ] {
+            assert_eq!(check_key(ok), Ok(()), "{ok}");
+        }
+        for (bad, want) in [
+            ("", "empty"),
+            ("../secret/1.pt", "\"..\" segment"),
+            ("a/../../1.pt", "\"..\" segment"),
+            ("./1.pt", "\".\" segment"),
+            ("/etc/passwd", "absolute path"),
+            ("s3://other-bucket/1.pt", "another bucket"),
+            ("file:///etc/1.pt", "another bucket"),
+            ("a//1.pt", "empty path segment"),
+            ("a/", "empty path segment"),
+            ("a\\..\\1.pt", "backslash"),
+            ("1\n.pt", "control character"),
+        ] {
+            let e = check_key(bad).unwrap_err();
+            assert!(e.contains(want), "{bad:?}: {e}");
+        }
+        // In a manifest being planned, and in a plan.json a worker reads.
+        let parts = vec![PartitionRef {
+            key: "../1.pt".into(),
+            galaxies: Some(1),
+            bytes: 1,
+            sha256: None,
+            first_galaxy: None,
+        }];
+        let req = PlanRequest {
+            data: "s3://d/p".into(),
+            ..Default::default()
+        };
+        let e = make_plan(&req, parts).unwrap_err().to_string();
+        assert!(
+            e.contains("partition key \"../1.pt\" under s3://d/p"),
+            "{e}"
+        );
+        let good = vec![PartitionRef {
+            key: "1.pt".into(),
+            galaxies: Some(1),
+            bytes: 1,
+            sha256: None,
+            first_galaxy: None,
+        }];
+        let plan = make_plan(&req, good).unwrap();
+        let mut v = serde_json::to_value(&plan).unwrap();
+        v["partitions"][0]["key"] = Value::String("/etc/passwd".into());
+        let e = Plan::from_json("r/plan.json", v.to_string().as_bytes())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("plan r/plan.json") && e.contains("absolute path"),
+            "{e}"
+        );
+        let absurd = PlanRequest {
+            batch_size: Some(usize::MAX),
+            ..req.clone()
+        };
+        let one = |k: &str| {
+            vec![PartitionRef {
+                key: k.into(),
+                galaxies: None,
+                bytes: 1,
+                sha256: None,
+                first_galaxy: None,
+            }]
+        };
+        let e = make_plan(&absurd, one("1.pt")).unwrap_err().to_string();
+        assert!(e.contains("batch_size"), "{e}");
+    }
+
+    proptest::proptest! {
+        /// Bytes as plan.json: a plan or an error, never a panic; a plan that parses has
+        /// ranks inside its partitions and keys inside its data location.
+        #[test]
+        fn arbitrary_plans_never_panic(
+            bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..128),
+            world in 0usize..5,
+            idx in proptest::collection::vec(0usize..6, 0..6),
+            key in "[a-z./\\\\:]{0,10}",
+        ) {
+            let _ = Plan::from_json("p", &bytes);
+            let doc = serde_json::json!({
+                "version": 1, "data": "d", "results": "r", "model": "m", "batch_size": 1,
+                "world_size": world,
+                "partitions": [{"key": key, "bytes": 1}, {"key": "2.pt", "bytes": 1}],
+                "ranks": vec![idx.clone(); world],
+                "items": [], "payload": {},
+            });
+            if let Ok(p) = Plan::from_json("p", doc.to_string().as_bytes()) {
+                for r in 0..p.world_size {
+                    proptest::prop_assert!(p.partitions_of(r).len() == idx.len());
+                }
+                for part in &p.partitions {
+                    proptest::prop_assert!(check_key(&part.key).is_ok());
+                }
+            }
+        }
+    }
     use proptest::prelude::*;
 
     fn parts(keys: &[&str]) -> Vec<PartitionRef> {

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use futures::TryStreamExt;
 use object_store::memory::InMemory;
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion};
 
 use crate::error::{Error, Result};
 
@@ -43,6 +43,16 @@ pub struct ObjectInfo {
     pub key: String,
     /// Size in bytes.
     pub size: u64,
+}
+
+/// The version of an object as its store reports it (ETag and/or version id), for
+/// conditional writes.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ObjectVersion {
+    /// The object's ETag.
+    pub e_tag: Option<String>,
+    /// The object's version id, on versioned stores.
+    pub version: Option<String>,
 }
 
 /// Named in-memory stores, so that every `memory://name` opened in one process is the same store.
@@ -194,6 +204,94 @@ impl StorageUrl {
             .map_err(|e| self.store_err(key, e))
     }
 
+    /// Write an object only if there is none at `key` yet (a conditional put: `If-None-Match`
+    /// on S3, a hard link on local disk), so that of two writers exactly one wins. Returns
+    /// the new object's version, or `None` when an object was already there.
+    pub async fn put_if_absent(
+        &self,
+        key: &str,
+        bytes: impl Into<Bytes>,
+    ) -> Result<Option<ObjectVersion>> {
+        let opts = PutOptions::from(PutMode::Create);
+        match self
+            .store
+            .put_opts(
+                &self.path_of(key),
+                PutPayload::from_bytes(bytes.into()),
+                opts,
+            )
+            .await
+        {
+            Ok(r) => Ok(Some(ObjectVersion {
+                e_tag: r.e_tag,
+                version: r.version,
+            })),
+            Err(object_store::Error::AlreadyExists { .. }) => Ok(None),
+            Err(e) => Err(self.store_err(key, e)),
+        }
+    }
+
+    /// Replace an object only if it is still at `version` (`If-Match` on S3). Returns the
+    /// new version, `None` when the object changed (or went) since, and
+    /// `Err(Error::Unsupported)` where the store cannot write conditionally (local disk).
+    pub async fn put_if_version(
+        &self,
+        key: &str,
+        bytes: impl Into<Bytes>,
+        version: &ObjectVersion,
+    ) -> Result<Option<ObjectVersion>> {
+        if version.e_tag.is_none() && version.version.is_none() {
+            return Err(Error::Unsupported {
+                url: self.url_of(key),
+                what: "conditional replace (the store gave the object no version)".into(),
+            });
+        }
+        let opts = PutOptions::from(PutMode::Update(UpdateVersion {
+            e_tag: version.e_tag.clone(),
+            version: version.version.clone(),
+        }));
+        match self
+            .store
+            .put_opts(
+                &self.path_of(key),
+                PutPayload::from_bytes(bytes.into()),
+                opts,
+            )
+            .await
+        {
+            Ok(r) => Ok(Some(ObjectVersion {
+                e_tag: r.e_tag,
+                version: r.version,
+            })),
+            Err(
+                object_store::Error::Precondition { .. } | object_store::Error::NotFound { .. },
+            ) => Ok(None),
+            Err(object_store::Error::NotImplemented { .. }) => Err(Error::Unsupported {
+                url: self.url_of(key),
+                what: "conditional replace".into(),
+            }),
+            Err(e) => Err(self.store_err(key, e)),
+        }
+    }
+
+    /// Read an object and its version (for [`StorageUrl::put_if_version`]), if it exists.
+    pub async fn get_versioned(&self, key: &str) -> Result<Option<(Bytes, ObjectVersion)>> {
+        let res = match self.store.get(&self.path_of(key)).await {
+            Ok(r) => r,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(self.store_err(key, e)),
+        };
+        let version = ObjectVersion {
+            e_tag: res.meta.e_tag.clone(),
+            version: res.meta.version.clone(),
+        };
+        match res.bytes().await {
+            Ok(b) => Ok(Some((b, version))),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.store_err(key, e)),
+        }
+    }
+
     /// Whether an object exists.
     pub async fn exists(&self, key: &str) -> Result<bool> {
         match self.store.head(&self.path_of(key)).await {
@@ -237,6 +335,43 @@ impl StorageUrl {
             .collect();
         out.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(out)
+    }
+
+    /// The objects directly under this location and the folders there (keys relative to
+    /// it, folders without their trailing `/`), in one delimited listing.
+    pub async fn list_top(&self) -> Result<(Vec<ObjectInfo>, Vec<String>)> {
+        let prefix = (!self.prefix.as_ref().is_empty()).then_some(&self.prefix);
+        let res = match self.store.list_with_delimiter(prefix).await {
+            Ok(r) => r,
+            Err(object_store::Error::NotFound { .. }) => return Ok((Vec::new(), Vec::new())),
+            Err(e) => return Err(self.store_err("", e)),
+        };
+        let base = self.prefix.as_ref();
+        let rel = |full: &str| -> Option<String> {
+            if base.is_empty() {
+                Some(full.to_string())
+            } else {
+                Some(full.strip_prefix(base)?.strip_prefix('/')?.to_string())
+            }
+        };
+        let mut objects: Vec<ObjectInfo> = res
+            .objects
+            .into_iter()
+            .filter_map(|m| {
+                Some(ObjectInfo {
+                    key: rel(m.location.as_ref())?,
+                    size: m.size,
+                })
+            })
+            .collect();
+        objects.sort_by(|a, b| a.key.cmp(&b.key));
+        let mut dirs: Vec<String> = res
+            .common_prefixes
+            .iter()
+            .filter_map(|p| rel(p.as_ref()))
+            .collect();
+        dirs.sort();
+        Ok((objects, dirs))
     }
 
     fn store_err(&self, key: &str, e: object_store::Error) -> Error {

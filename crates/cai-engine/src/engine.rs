@@ -27,6 +27,7 @@
 
 use std::sync::Arc;
 
+use cai_core::lease::{Lease, LeaseConfig};
 use cai_core::payload::Payload;
 use cai_core::plan::{Plan, PlanRequest};
 use cai_core::report::RankFailure;
@@ -80,6 +81,23 @@ impl RunRequest {
             what: "no results location".into(),
             hint: "give --results (or --payload with bucket and result_path)".into(),
         })
+    }
+
+    /// Take the results location's lease for a run of `engine` (see
+    /// [`cai_core::lease`]): a second run on the same location is refused, naming this one.
+    /// Taking over a stale lease (a killed run's) is told to `events` as a warning.
+    pub async fn lease(&self, engine: &str, events: &dyn RunEvents) -> Result<Lease> {
+        let results = StorageUrl::parse(&self.require_results()?)?;
+        let (lease, took_over) =
+            Lease::acquire(&results, engine, &LeaseConfig::from_env()?).await?;
+        if let Some(old) = took_over {
+            events.event(RunEvent::Warning(format!(
+                "took over the stale lease of {} at {}",
+                old.describe(lease.holder().started_at),
+                results.url_of(cai_core::layout::LEASE)
+            )));
+        }
+        Ok(lease)
     }
 
     /// Plan the run (writing `plan.json`, clearing an earlier run's outputs), or with
@@ -338,6 +356,27 @@ pub trait Engine: Send + Sync {
     async fn cancel(&self, _results: &str) -> Result<()> {
         Ok(())
     }
+}
+
+/// Run `run` holding `lease`, then release it: the lease is freed whether the run
+/// succeeded or failed, and a lease lost on the way (this process stalled past its stale
+/// time and another run took the location) is told as a warning.
+pub async fn holding<T>(
+    lease: Lease,
+    events: &dyn RunEvents,
+    run: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    let out = run.await;
+    if lease.is_lost() {
+        events.event(RunEvent::Warning(format!(
+            "this run lost the lease of its results location to another run ({}); its outputs may be mixed with that run's",
+            cai_core::layout::LEASE
+        )));
+    }
+    let released = lease.release().await;
+    let out = out?;
+    released?;
+    Ok(out)
 }
 
 /// Send each of the plan's warnings as a [`RunEvent::Warning`].

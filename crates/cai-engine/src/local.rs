@@ -12,7 +12,9 @@ use cai_core::report::{RankFailure, RankReport};
 use cai_core::StorageUrl;
 use cai_model::Model;
 
-use crate::engine::{galaxies_in, warn_plan, Engine, RunEvent, RunEvents, RunReport, RunRequest};
+use crate::engine::{
+    galaxies_in, holding, warn_plan, Engine, RunEvent, RunEvents, RunReport, RunRequest,
+};
 use crate::error::{Error, Result};
 use crate::stages::load_model_with;
 use crate::summarize::summarize;
@@ -177,6 +179,28 @@ impl Engine for LocalEngine {
     }
 
     async fn run(&self, req: &RunRequest, events: &dyn RunEvents) -> Result<RunReport> {
+        let lease = req.lease(ENGINE, events).await?;
+        holding(lease, events, self.run_holding(req, events)).await
+    }
+
+    async fn attach(
+        &self,
+        results: &str,
+        _id: Option<&str>,
+        _events: &dyn RunEvents,
+    ) -> Result<RunReport> {
+        Err(Error::Request {
+            what: format!("nothing runs at {results} to attach to"),
+            hint: format!(
+                "a local run stops with its process; `cai run --resume --results {results}` finishes it"
+            ),
+        })
+    }
+}
+
+impl LocalEngine {
+    /// [`Engine::run`] once the results location's lease is held.
+    async fn run_holding(&self, req: &RunRequest, events: &dyn RunEvents) -> Result<RunReport> {
         let (plan, ranks) = req.plan().await?;
         for w in &plan.warnings {
             tracing::warn!("{w}");
@@ -231,20 +255,6 @@ impl Engine for LocalEngine {
             report.results
         ));
         Ok(report)
-    }
-
-    async fn attach(
-        &self,
-        results: &str,
-        _id: Option<&str>,
-        _events: &dyn RunEvents,
-    ) -> Result<RunReport> {
-        Err(Error::Request {
-            what: format!("nothing runs at {results} to attach to"),
-            hint: format!(
-                "a local run stops with its process; `cai run --resume --results {results}` finishes it"
-            ),
-        })
     }
 }
 

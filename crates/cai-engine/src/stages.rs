@@ -83,11 +83,16 @@ pub(crate) fn pretty<T: serde::Serialize + ?Sized>(what: &'static str, v: &T) ->
 /// Remove the outputs of an earlier run at this location (rank reports, failures,
 /// predictions, combined and summary files), before a fresh run writes new ones.
 pub async fn clear_results(results: &StorageUrl) -> Result<()> {
-    for o in results.list().await? {
-        if layout::is_run_output(&o.key) {
-            results.delete(&o.key).await?;
-        }
-    }
+    use futures::{StreamExt, TryStreamExt};
+    let old = results.list().await?;
+    futures::stream::iter(
+        old.iter()
+            .filter(|o| layout::is_run_output(&o.key))
+            .map(|o| results.delete(&o.key)),
+    )
+    .buffer_unordered(cai_core::results::PARALLEL_READS)
+    .try_collect::<Vec<()>>()
+    .await?;
     Ok(())
 }
 

@@ -9,9 +9,10 @@ use cai_core::metrics::redshift_metrics;
 use cai_core::plan::Plan;
 use cai_core::predictions::Predictions;
 use cai_core::report::RankReport;
-use cai_core::results::{load_plan, ResultsListing};
+use cai_core::results::{load_plan, ResultsListing, PARALLEL_READS};
 use cai_core::summary::Summary;
 use cai_core::StorageUrl;
+use futures::StreamExt;
 use serde_json::Value;
 
 use crate::error::{Error, Result};
@@ -42,16 +43,18 @@ pub async fn summarize(results: &StorageUrl, plan: Option<&Plan>) -> Result<Summ
         )
         .await?;
 
+    // Every rank's predictions, PARALLEL_READS in flight, appended in rank order.
     let mut all = Predictions::default();
-    for r in &reports {
-        if r.predictions.is_empty() {
-            continue;
-        }
-        let bytes = results.get(&r.predictions).await?;
-        all.append(Predictions::from_parquet(
-            &results.url_of(&r.predictions),
-            bytes,
-        )?);
+    let mut parts =
+        futures::stream::iter(reports.iter().filter(|r| !r.predictions.is_empty()).map(
+            |r| async move {
+                let bytes = results.get(&r.predictions).await?;
+                Predictions::from_parquet(&results.url_of(&r.predictions), bytes)
+            },
+        ))
+        .buffered(PARALLEL_READS);
+    while let Some(p) = parts.next().await {
+        all.append(p?);
     }
     let mut seen = HashSet::with_capacity(all.len());
     for (p, &row) in all.partition.iter().zip(&all.row) {

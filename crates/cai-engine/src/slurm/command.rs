@@ -135,6 +135,14 @@ pub fn parse_jobs(text: &str) -> Vec<JobRecord> {
         .collect()
 }
 
+/// A value of `scontrol show config` output (`Key = value` lines).
+pub fn parse_config_value(text: &str, key: &str) -> Option<String> {
+    text.lines().find_map(|l| {
+        let (k, v) = l.split_once('=')?;
+        (k.trim() == key).then(|| v.trim().to_string())
+    })
+}
+
 /// The job id from `sbatch --parsable` output (`12` or `12;cluster`).
 pub fn parse_job_id(output: &str) -> Option<String> {
     let id = output.trim().lines().last()?.split(';').next()?.trim();
@@ -213,6 +221,12 @@ impl SlurmCommands {
         }
     }
 
+    /// The cluster's `MaxArraySize` (`scontrol show config`), if it says.
+    pub fn max_array_size(&self) -> Result<Option<usize>> {
+        let out = self.run("scontrol", &["show".to_string(), "config".to_string()])?;
+        Ok(parse_config_value(&out, "MaxArraySize").and_then(|v| v.parse().ok()))
+    }
+
     /// Change a pending job's dependency.
     pub fn set_dependency(&self, job_id: &str, dependency: &str) -> Result<()> {
         self.run(
@@ -259,6 +273,20 @@ JobId=1 ArrayJobId=1 ArrayTaskId=2-4%2 JobName=cai JobState=PENDING Reason=JobAr
             parse_fields(SHOW.lines().next().unwrap())["WorkDir"],
             "/tmp/a b"
         );
+    }
+
+    #[test]
+    fn config_values() {
+        let text = "Configuration data as of 2026-12-06T07:00:00\nMailProg                = /bin/mail\nMaxArraySize            = 5\nMaxJobCount             = 10000\n";
+        assert_eq!(
+            parse_config_value(text, "MaxArraySize").as_deref(),
+            Some("5")
+        );
+        assert_eq!(
+            parse_config_value(text, "MaxJobCount").as_deref(),
+            Some("10000")
+        );
+        assert_eq!(parse_config_value(text, "Nope"), None);
     }
 
     #[test]

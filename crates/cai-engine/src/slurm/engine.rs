@@ -5,7 +5,7 @@
 use cai_core::{layout, StorageUrl};
 
 use super::{watch, Event, JobsState, SlurmEngine};
-use crate::engine::{warn_plan, Engine, RunEvent, RunEvents, RunReport, RunRequest};
+use crate::engine::{holding, warn_plan, Engine, RunEvent, RunEvents, RunReport, RunRequest};
 use crate::error::{Error, Result};
 use crate::summarize::summarize;
 
@@ -13,6 +13,59 @@ use crate::summarize::summarize;
 const ENGINE: &str = "slurm";
 
 impl SlurmEngine {
+    /// [`Engine::run`] once the results location's lease is held.
+    async fn run_holding(&self, req: &RunRequest, events: &dyn RunEvents) -> Result<RunReport> {
+        let (plan, ranks) = req.plan().await?;
+        warn_plan(&plan, events);
+        let results = StorageUrl::parse(&plan.results)?;
+        if ranks.is_empty() {
+            events.event(RunEvent::Message(
+                "every rank already has a result; summarizing".into(),
+            ));
+            let summary = summarize(&results, Some(&plan)).await?;
+            return Ok(RunReport::finished(ENGINE, &results, summary));
+        }
+        let mut engine = self.clone();
+        engine.script.precision = req.precision;
+        let prepared = engine.prepare(&plan, &ranks).await?;
+        if self.dry_run {
+            let out = |l: String| events.event(RunEvent::Output(l));
+            out(format!(
+                "# dry run: plan {} ({} ranks, {} to run)",
+                prepared.plan_url,
+                plan.world_size,
+                ranks.len()
+            ));
+            out(format!(
+                "# batch scripts: {} and {}",
+                prepared.array_script.display(),
+                prepared.summarize_script.display()
+            ));
+            out("# submit by hand with:".into());
+            for c in prepared.shell_commands() {
+                out(c);
+            }
+            return Ok(RunReport::detached(ENGINE, &prepared.results, Vec::new()));
+        }
+        let state = engine.submit(&prepared).await?;
+        events.event(RunEvent::Message(format!(
+            "submitted array job {} ({} task(s), logs in {}) and summarize job {} (afterany:{})",
+            state.arrays[0].job_id,
+            ranks.len(),
+            prepared.log_dir.display(),
+            state.summarize_jobs[0],
+            state.arrays[0].job_id
+        )));
+        if req.detach {
+            events.event(RunEvent::Output(format!(
+                "submitted: follow with `cai status --results {}`",
+                state.results
+            )));
+            return Ok(RunReport::detached(ENGINE, &state.results, state.job_ids()));
+        }
+        self.follow(state, events).await
+    }
+
     /// Follow a submission to its summary, telling `events`.
     async fn follow(&self, mut state: JobsState, events: &dyn RunEvents) -> Result<RunReport> {
         let mut on = |s: &super::Snapshot, evs: &[Event]| {
@@ -78,55 +131,8 @@ impl Engine for SlurmEngine {
                 self.ensure_idle(&StorageUrl::parse(&r)?).await?;
             }
         }
-        let (plan, ranks) = req.plan().await?;
-        warn_plan(&plan, events);
-        let results = StorageUrl::parse(&plan.results)?;
-        if ranks.is_empty() {
-            events.event(RunEvent::Message(
-                "every rank already has a result; summarizing".into(),
-            ));
-            let summary = summarize(&results, Some(&plan)).await?;
-            return Ok(RunReport::finished(ENGINE, &results, summary));
-        }
-        let mut engine = self.clone();
-        engine.script.precision = req.precision;
-        let prepared = engine.prepare(&plan, &ranks).await?;
-        if self.dry_run {
-            let out = |l: String| events.event(RunEvent::Output(l));
-            out(format!(
-                "# dry run: plan {} ({} ranks, {} to run)",
-                prepared.plan_url,
-                plan.world_size,
-                ranks.len()
-            ));
-            out(format!(
-                "# batch scripts: {} and {}",
-                prepared.array_script.display(),
-                prepared.summarize_script.display()
-            ));
-            out("# submit by hand with:".into());
-            for c in prepared.shell_commands() {
-                out(c);
-            }
-            return Ok(RunReport::detached(ENGINE, &prepared.results, Vec::new()));
-        }
-        let state = engine.submit(&prepared).await?;
-        events.event(RunEvent::Message(format!(
-            "submitted array job {} ({} task(s), logs in {}) and summarize job {} (afterany:{})",
-            state.arrays[0].job_id,
-            ranks.len(),
-            prepared.log_dir.display(),
-            state.summarize_jobs[0],
-            state.arrays[0].job_id
-        )));
-        if req.detach {
-            events.event(RunEvent::Output(format!(
-                "submitted: follow with `cai status --results {}`",
-                state.results
-            )));
-            return Ok(RunReport::detached(ENGINE, &state.results, state.job_ids()));
-        }
-        self.follow(state, events).await
+        let lease = req.lease(ENGINE, events).await?;
+        holding(lease, events, self.run_holding(req, events)).await
     }
 
     async fn attach(

@@ -75,34 +75,103 @@ pub struct Prepared {
     pub probe: String,
     /// Where the tasks' logs go.
     pub log_dir: PathBuf,
+    /// Largest array Slurm takes here (task ids below it).
+    pub max_array_size: usize,
+    /// `%MAX` of the arrays.
+    pub max_running: Option<usize>,
 }
 
 impl Prepared {
+    /// The arrays this run is submitted as: `(offset, ranks)` ([`chunk_ranks`]).
+    pub fn chunks(&self) -> Vec<(usize, Vec<usize>)> {
+        chunk_ranks(&self.ranks, self.max_array_size)
+    }
+
     /// The shell commands that submit this run by hand (what `--dry-run` prints).
     pub fn shell_commands(&self) -> Vec<String> {
         use script::sh_quote;
-        vec![
-            format!(
-                "array=$(sbatch --parsable {})",
-                sh_quote(&self.array_script.display().to_string())
-            ),
-            format!(
-                "sbatch --parsable --dependency=afterany:${{array%%;*}} {}",
-                sh_quote(&self.summarize_script.display().to_string())
-            ),
-        ]
+        let script = sh_quote(&self.array_script.display().to_string());
+        let chunks = self.chunks();
+        let mut out = Vec::new();
+        for (i, (offset, ranks)) in chunks.iter().enumerate() {
+            out.push(format!(
+                "a{i}=$(sbatch --parsable {} {script})",
+                chunk_options(*offset, ranks, self.max_running).join(" ")
+            ));
+        }
+        let deps: Vec<String> = (0..chunks.len())
+            .map(|i| format!("${{a{i}%%;*}}"))
+            .collect();
+        out.push(format!(
+            "sbatch --parsable --dependency=afterany:{} {}",
+            deps.join(":"),
+            sh_quote(&self.summarize_script.display().to_string())
+        ));
+        out
     }
 }
 
-/// One submission of the array script (the first, or a retry of some indices).
+/// One submission of the array script (the first, or a retry of some ranks).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ArrayJob {
     /// Slurm job id of the array.
     pub job_id: String,
-    /// The indices (= ranks) it runs.
+    /// The ranks it runs: task `i` runs rank `offset + i`.
     pub indices: Vec<usize>,
     /// 0 for the first submission, n for the n-th retry.
     pub attempt: u32,
+    /// Added to the task index to give the rank (`CAI_RANK_OFFSET` in the task's
+    /// environment), so that runs of more ranks than the cluster's `MaxArraySize` go in
+    /// several arrays whose task ids stay below it.
+    #[serde(default)]
+    pub offset: usize,
+}
+
+impl ArrayJob {
+    /// The rank a task index of this array runs.
+    pub fn rank_of_task(&self, task: usize) -> usize {
+        self.offset + task
+    }
+
+    /// The task index that runs `rank` in this array.
+    pub fn task_of_rank(&self, rank: usize) -> Option<usize> {
+        rank.checked_sub(self.offset)
+    }
+}
+
+/// Environment variable a task adds to its array index to find its rank.
+pub const RANK_OFFSET_ENV: &str = "CAI_RANK_OFFSET";
+/// Environment variable that lowers the array size used below the cluster's `MaxArraySize`
+/// (for tests and for sites that want smaller arrays).
+pub const MAX_ARRAY_SIZE_ENV: &str = "CAI_SLURM_MAX_ARRAY_SIZE";
+/// Slurm's default `MaxArraySize` (task ids 0..=1000).
+pub const DEFAULT_MAX_ARRAY_SIZE: usize = 1001;
+
+/// Cut `ranks` into array submissions Slurm accepts: in each `(offset, ranks)`, every task id
+/// `rank − offset` is below `max_array_size` (Slurm's `MaxArraySize` bounds the task ids,
+/// not only their count). Ranks are sorted and deduplicated; a chunk starts at its first rank.
+pub fn chunk_ranks(ranks: &[usize], max_array_size: usize) -> Vec<(usize, Vec<usize>)> {
+    let max = max_array_size.max(1);
+    let mut v = ranks.to_vec();
+    v.sort_unstable();
+    v.dedup();
+    let mut out: Vec<(usize, Vec<usize>)> = Vec::new();
+    for r in v {
+        match out.last_mut() {
+            Some((offset, chunk)) if r - *offset < max => chunk.push(r),
+            _ => out.push((r, vec![r])),
+        }
+    }
+    out
+}
+
+/// `--array` and `--export` options that submit `ranks` at `offset` (`max_running`: `%MAX`).
+pub fn chunk_options(offset: usize, ranks: &[usize], max_running: Option<usize>) -> Vec<String> {
+    let tasks: Vec<usize> = ranks.iter().map(|r| r - offset).collect();
+    vec![
+        format!("--array={}", script::array_spec(&tasks, max_running)),
+        format!("--export=ALL,{RANK_OFFSET_ENV}={offset}"),
+    ]
 }
 
 /// What was submitted for a run: `slurm/jobs.json` under the results location.
@@ -122,6 +191,9 @@ pub struct JobsState {
     pub summarize_script: PathBuf,
     /// `%MAX` for resubmissions.
     pub max_running: Option<usize>,
+    /// Largest array submitted (task ids below it; the cluster's `MaxArraySize` or less).
+    #[serde(default)]
+    pub max_array_size: Option<usize>,
     /// Retries allowed per rank.
     pub retries: u32,
     /// Unix time of the first submission.
@@ -248,6 +320,8 @@ impl SlurmEngine {
             summarize_script,
             probe,
             log_dir: options.log_dir,
+            max_array_size: self.max_array_size(),
+            max_running: self.script.max_running,
         })
     }
 
@@ -280,14 +354,34 @@ impl SlurmEngine {
         let results = StorageUrl::parse(&p.results)?;
         results.delete(layout::SUMMARY).await?;
         let submitted_at = unix_now();
-        let array = self.commands.sbatch(&[], &p.array_script)?;
+        let mut arrays = Vec::new();
+        for (offset, ranks) in p.chunks() {
+            match self.commands.sbatch(
+                &chunk_options(offset, &ranks, self.script.max_running),
+                &p.array_script,
+            ) {
+                Ok(job_id) => arrays.push(ArrayJob {
+                    job_id,
+                    indices: ranks,
+                    attempt: 0,
+                    offset,
+                }),
+                Err(e) => {
+                    let ids: Vec<String> = arrays.iter().map(|a| a.job_id.clone()).collect();
+                    let _ = self.commands.scancel(&ids);
+                    return Err(e);
+                }
+            }
+        }
+        let ids: Vec<&str> = arrays.iter().map(|a| a.job_id.as_str()).collect();
         let summarize = match self.commands.sbatch(
-            &[format!("--dependency=afterany:{array}")],
+            &[format!("--dependency=afterany:{}", ids.join(":"))],
             &p.summarize_script,
         ) {
             Ok(id) => id,
             Err(e) => {
-                let _ = self.commands.scancel(std::slice::from_ref(&array));
+                let ids: Vec<String> = arrays.iter().map(|a| a.job_id.clone()).collect();
+                let _ = self.commands.scancel(&ids);
                 return Err(e);
             }
         };
@@ -299,21 +393,121 @@ impl SlurmEngine {
             array_script: p.array_script.clone(),
             summarize_script: p.summarize_script.clone(),
             max_running: self.script.max_running,
+            max_array_size: Some(p.max_array_size),
             retries: self.retries,
             submitted_at,
-            arrays: vec![ArrayJob {
-                job_id: array,
-                indices: p.ranks.clone(),
-                attempt: 0,
-            }],
+            arrays,
             summarize_jobs: vec![summarize],
         };
         state.save(&results).await?;
         Ok(state)
     }
 
+    /// The largest array to submit: the cluster's `MaxArraySize` (`scontrol show config`;
+    /// Slurm's default 1001 when it cannot be read), lowered by `CAI_SLURM_MAX_ARRAY_SIZE`.
+    pub fn max_array_size(&self) -> usize {
+        let cluster = self
+            .commands
+            .max_array_size()
+            .ok()
+            .flatten()
+            .unwrap_or(DEFAULT_MAX_ARRAY_SIZE);
+        let env = std::env::var(MAX_ARRAY_SIZE_ENV)
+            .ok()
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .filter(|&n| n > 0);
+        env.map_or(cluster, |e| e.min(cluster)).max(1)
+    }
+
     /// Cancel every job of a run.
     pub fn cancel(&self, state: &JobsState) -> Result<()> {
         self.commands.scancel(&state.job_ids())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_keep_task_ids_below_the_max_array_size() {
+        let ranks: Vec<usize> = (0..12).collect();
+        let c = chunk_ranks(&ranks, 5);
+        assert_eq!(
+            c,
+            vec![
+                (0, vec![0, 1, 2, 3, 4]),
+                (5, vec![5, 6, 7, 8, 9]),
+                (10, vec![10, 11])
+            ]
+        );
+        assert_eq!(
+            chunk_options(5, &c[1].1, Some(2)),
+            vec!["--array=0-4%2", "--export=ALL,CAI_RANK_OFFSET=5"]
+        );
+        // A resume of scattered ranks: each chunk spans less than the max from its start.
+        let c = chunk_ranks(&[3, 9, 4, 1_000, 1_003, 1_004, 9], 5);
+        assert_eq!(
+            c,
+            vec![
+                (3, vec![3, 4]),
+                (9, vec![9]),
+                (1_000, vec![1_000, 1_003, 1_004])
+            ]
+        );
+        assert_eq!(chunk_options(1_000, &c[2].1, None)[0], "--array=0,3-4");
+        // 10,240 ranks in Slurm's default arrays: 11 of them, every task id ≤ 1000.
+        let all: Vec<usize> = (0..10_240).collect();
+        let c = chunk_ranks(&all, DEFAULT_MAX_ARRAY_SIZE);
+        assert_eq!(c.len(), 11);
+        let mut back = Vec::new();
+        for (offset, ranks) in &c {
+            let a = ArrayJob {
+                job_id: "1".into(),
+                indices: ranks.clone(),
+                attempt: 0,
+                offset: *offset,
+            };
+            for &r in ranks {
+                let t = a.task_of_rank(r).unwrap();
+                assert!(t < DEFAULT_MAX_ARRAY_SIZE);
+                back.push(a.rank_of_task(t));
+            }
+        }
+        assert_eq!(back, all);
+        assert!(chunk_ranks(&[], 5).is_empty());
+    }
+
+    #[test]
+    fn old_job_records_read_with_offset_zero() {
+        let a: ArrayJob =
+            serde_json::from_str(r#"{"job_id":"7","indices":[0,1],"attempt":0}"#).unwrap();
+        assert_eq!(a.offset, 0);
+        assert_eq!(a.task_of_rank(1), Some(1));
+    }
+
+    #[test]
+    fn hand_submission_commands_cover_every_chunk() {
+        let p = Prepared {
+            results: "/r".into(),
+            plan_url: "/r/plan.json".into(),
+            ranks: (0..7).collect(),
+            array_script: "/r/slurm/array.sbatch".into(),
+            summarize_script: "/r/slurm/summarize.sbatch".into(),
+            probe: "t".into(),
+            log_dir: "/r/slurm/logs".into(),
+            max_array_size: 3,
+            max_running: None,
+        };
+        let c = p.shell_commands();
+        assert_eq!(c.len(), 4, "{c:?}");
+        assert_eq!(
+            c[2],
+            "a2=$(sbatch --parsable --array=0 --export=ALL,CAI_RANK_OFFSET=6 /r/slurm/array.sbatch)"
+        );
+        assert_eq!(
+            c[3],
+            "sbatch --parsable --dependency=afterany:${a0%%;*}:${a1%%;*}:${a2%%;*} /r/slurm/summarize.sbatch"
+        );
     }
 }

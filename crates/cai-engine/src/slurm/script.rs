@@ -201,7 +201,8 @@ fn tail(s: &mut String, o: &ScriptOptions) {
     }
 }
 
-/// The array job: task `i` runs rank `i` of the plan at `plan_url`. `probe` is the token the
+/// The array job: task `i` runs rank `$CAI_RANK_OFFSET + i` (offset 0 when unset) of the
+/// plan at `plan_url`. `probe` is the token the
 /// task must find in the results location (else it exits 3: not shared).
 pub fn array_script(o: &ScriptOptions, plan_url: &str, probe: &str, indices: &[usize]) -> String {
     let mut s = String::from("#!/bin/bash\n");
@@ -235,9 +236,10 @@ pub fn array_script(o: &ScriptOptions, plan_url: &str, probe: &str, indices: &[u
     tail(&mut s, o);
     let _ = write!(
         s,
-        "exec {} worker --plan {} --rank \"$SLURM_ARRAY_TASK_ID\" --probe {}",
+        "exec {} worker --plan {} --rank \"$((${{{}:-0}} + SLURM_ARRAY_TASK_ID))\" --probe {}",
         sh_quote(&o.cai_bin.display().to_string()),
         sh_quote(plan_url),
+        super::RANK_OFFSET_ENV,
         sh_quote(probe)
     );
     if let Some(t) = o.threads {
@@ -343,7 +345,7 @@ mod tests {
             "#SBATCH --constraint=avx2",
             "#SBATCH --mail-type=END",
             "module load foo\n",
-            "exec /opt/cai worker --plan /r/plan.json --rank \"$SLURM_ARRAY_TASK_ID\" --probe tok\n",
+            "exec /opt/cai worker --plan /r/plan.json --rank \"$((${CAI_RANK_OFFSET:-0} + SLURM_ARRAY_TASK_ID))\" --probe tok\n",
         ] {
             assert!(s.contains(want), "{want} missing from\n{s}");
         }

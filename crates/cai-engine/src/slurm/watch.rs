@@ -13,7 +13,6 @@ use cai_core::StorageUrl;
 
 use super::command::JobRecord;
 use super::error::{Error, Result};
-use super::script::array_spec;
 use super::{ArrayJob, JobsState, SlurmEngine, EXIT_NOT_SHARED};
 use crate::summarize::summarize;
 use crate::worker::{rank_failure, unix_now, write_failure};
@@ -158,24 +157,31 @@ pub async fn watch(
         arrays.sort_by_key(|a| a.attempt);
         for a in &arrays {
             let recs = engine.commands.show_job(&a.job_id)?;
-            for &i in &a.indices {
-                let rec = recs
-                    .iter()
-                    .find(|r| r.indices.contains(&i))
+            // The task ids of each record, as ranks of this array.
+            let by_task: HashMap<usize, &JobRecord> = recs
+                .iter()
+                .flat_map(|r| r.indices.iter().map(move |&t| (t, r)))
+                .collect();
+            for &rank in &a.indices {
+                let Some(t) = a.task_of_rank(rank) else {
+                    continue;
+                };
+                let rec = by_task
+                    .get(&t)
                     .map(|r| JobRecord {
-                        indices: vec![i],
+                        indices: vec![t],
                         array_job_id: Some(a.job_id.clone()),
-                        ..r.clone()
+                        ..(*r).clone()
                     })
                     .unwrap_or_else(|| JobRecord {
                         job_id: a.job_id.clone(),
                         array_job_id: Some(a.job_id.clone()),
-                        indices: vec![i],
+                        indices: vec![t],
                         state: "UNKNOWN".into(),
                         ..Default::default()
                     });
                 tasks.insert(
-                    i,
+                    rank,
                     Task {
                         rec,
                         attempt: a.attempt,
@@ -311,19 +317,25 @@ pub async fn watch(
         if !to_retry.is_empty() {
             let attempt = state.arrays.iter().map(|a| a.attempt).max().unwrap_or(0) + 1;
             let indices: Vec<usize> = to_retry.iter().map(|t| t.0).collect();
-            let job = engine.commands.sbatch(
-                &[format!(
-                    "--array={}",
-                    array_spec(&indices, state.max_running)
-                )],
-                &state.array_script,
-            )?;
+            let max_array = state
+                .max_array_size
+                .unwrap_or(super::DEFAULT_MAX_ARRAY_SIZE);
+            let mut jobs = Vec::new();
+            for (offset, ranks) in super::chunk_ranks(&indices, max_array) {
+                let job = engine.commands.sbatch(
+                    &super::chunk_options(offset, &ranks, state.max_running),
+                    &state.array_script,
+                )?;
+                jobs.push(job.clone());
+                state.arrays.push(ArrayJob {
+                    job_id: job,
+                    indices: ranks,
+                    attempt,
+                    offset,
+                });
+            }
             retries += 1;
-            state.arrays.push(ArrayJob {
-                job_id: job.clone(),
-                indices,
-                attempt,
-            });
+            let job = jobs.join(",");
             for (rank, task, reason) in to_retry {
                 events.push(Event::Failed {
                     rank,

@@ -9,6 +9,8 @@ mod conformance;
 mod help;
 #[cfg(feature = "aws")]
 mod lambda;
+#[cfg(feature = "aws")]
+mod lease;
 mod pipeline;
 mod s3;
 #[cfg(feature = "aws")]

@@ -421,3 +421,67 @@ fn an_unshared_results_location_is_detected() {
         "{err}"
     );
 }
+
+/// More ranks than the array size: the run goes in several arrays whose task ids stay below
+/// it (`CAI_SLURM_MAX_ARRAY_SIZE=2` lowers the cluster's `MaxArraySize`; a cluster with
+/// `MaxArraySize=2` in slurm.conf does the same), and every galaxy is predicted once.
+#[test]
+fn more_ranks_than_the_max_array_size_go_in_several_arrays() {
+    let Some(_c) = cluster() else { return };
+    let d = partitioned();
+    let args = slurm_args(&d, "res", &["--threads", "1"]);
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cai"))
+        .args(&a)
+        .current_dir(d.tmp.path())
+        .env("CAI_SLURM_MAX_ARRAY_SIZE", "2")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let jobs = read_json(d.path("res/slurm/jobs.json"));
+    let arrays = jobs["arrays"].as_array().unwrap();
+    let offsets: Vec<u64> = arrays
+        .iter()
+        .map(|a| a["offset"].as_u64().unwrap())
+        .collect();
+    assert_eq!(offsets, [0, 2, 4], "{jobs}");
+    assert_eq!(jobs["max_array_size"], 2);
+    let s = read_json(d.path("res/summary.json"));
+    assert_eq!(s["ranks_done"], 5);
+    assert_eq!(by_index(d.path("res/predictions.parquet")).len(), 300);
+    for r in 0..5 {
+        assert_eq!(read_json(d.path(&format!("res/{r}.json")))["rank"], r);
+    }
+}
+
+/// Without a cluster: the dry run prints one `sbatch` per array, each with its offset.
+#[test]
+fn a_dry_run_of_more_ranks_than_the_array_size_prints_each_array() {
+    let d = partitioned();
+    let args = slurm_args(&d, "res", &["--dry-run"]);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cai"))
+        .args(args.iter().map(String::as_str))
+        .current_dir(d.tmp.path())
+        .env("CAI_SLURM_MAX_ARRAY_SIZE", "2")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for want in [
+        "a0=$(sbatch --parsable --array=0-1 --export=ALL,CAI_RANK_OFFSET=0 ",
+        "a1=$(sbatch --parsable --array=0-1 --export=ALL,CAI_RANK_OFFSET=2 ",
+        "a2=$(sbatch --parsable --array=0 --export=ALL,CAI_RANK_OFFSET=4 ",
+        "--dependency=afterany:${a0%%;*}:${a1%%;*}:${a2%%;*} ",
+    ] {
+        assert!(stdout.contains(want), "{want:?} not in {stdout}");
+    }
+}

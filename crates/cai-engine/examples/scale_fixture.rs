@@ -1,0 +1,199 @@
+//! Makes the inputs of the scale benchmark (`scripts/bench/scale.sh`): a data location whose
+//! manifest lists N partitions, the plan of a run over it, and N finished ranks (each
+//! `<rank>.json` and a one-galaxy `predictions/<rank>.parquet`), in the formats the worker
+//! writes. Nothing here is timed by the benchmark except `plan`, which is the library's own
+//! planning (`stages::plan_run`, what `cai run` does before any rank starts).
+//!
+//! ```text
+//! cargo run --release -p cai-engine --features aws --example scale_fixture -- manifest DATA N
+//! cargo run … -- plan DATA RESULTS MODEL
+//! cargo run … -- ranks RESULTS
+//! cargo run … -- summarize RESULTS     # the library call `cai summarize` makes
+//! cargo run … -- status RESULTS        # what `cai status --once` reads
+//! ```
+//! DATA and RESULTS are paths or `s3://` URLs. With no arguments it runs all three on a
+//! temporary directory with 64 ranks (so CI can run it in seconds).
+
+use std::sync::Arc;
+
+use cai_core::layout;
+use cai_core::plan::{Plan, PlanRequest};
+use cai_core::predictions::Predictions;
+use cai_core::report::RankReport;
+use cai_core::results::{load_plan, PARALLEL_READS};
+use cai_core::StorageUrl;
+use cai_data::partition::{partition_key, Manifest, ManifestEntry};
+use futures::{StreamExt, TryStreamExt};
+
+type Res<T> = Result<T, Box<dyn std::error::Error>>;
+
+/// Bytes of a partition in the manifest (one 5×32×32 float32 galaxy and headers).
+const PARTITION_BYTES: u64 = 20_500;
+
+async fn manifest(data: &str, n: usize) -> Res<()> {
+    let partitions: Vec<ManifestEntry> = (0..n)
+        .map(|i| ManifestEntry {
+            key: partition_key(i + 1),
+            galaxies: 1,
+            bytes: PARTITION_BYTES,
+            sha256: format!("{:064x}", i + 1),
+            first_galaxy: i as u64,
+        })
+        .collect();
+    let m = Manifest {
+        format: cai_data::native::FORMAT_NAME.to_string(),
+        version: cai_data::partition::MANIFEST_VERSION,
+        total_galaxies: n as u64,
+        image_shape: [cai_data::native::NUM_BANDS, 32, 32],
+        labelled: true,
+        partitions,
+    };
+    StorageUrl::parse(data)?
+        .put(layout::MANIFEST, m.to_json().into_bytes())
+        .await?;
+    Ok(())
+}
+
+async fn plan(data: &str, results: &str, model: &str) -> Res<Plan> {
+    let t = std::time::Instant::now();
+    let plan = cai_engine::stages::plan_run(&PlanRequest {
+        data: data.into(),
+        results: results.into(),
+        model: model.into(),
+        ..Default::default()
+    })
+    .await?;
+    eprintln!(
+        "planned {} ranks in {:.2} s",
+        plan.world_size,
+        t.elapsed().as_secs_f64()
+    );
+    Ok(plan)
+}
+
+async fn ranks(results: &str) -> Res<()> {
+    let loc = StorageUrl::parse(results)?;
+    let plan = Arc::new(
+        load_plan(&loc)
+            .await?
+            .ok_or_else(|| format!("no plan.json under {results}"))?,
+    );
+    let t = std::time::Instant::now();
+    futures::stream::iter((0..plan.world_size).map(|rank| {
+        let (loc, plan) = (loc.clone(), plan.clone());
+        async move { write_rank(&loc, &plan, rank).await }
+    }))
+    .buffer_unordered(PARALLEL_READS)
+    .try_collect::<Vec<()>>()
+    .await?;
+    eprintln!(
+        "wrote {} finished ranks in {:.2} s",
+        plan.world_size,
+        t.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+async fn write_rank(loc: &StorageUrl, plan: &Plan, rank: usize) -> Res<()> {
+    let parts = plan.partitions_of(rank);
+    let mut p = Predictions::default();
+    for part in &parts {
+        let first = part.first_galaxy.unwrap_or(0);
+        for row in 0..part.galaxies.unwrap_or(0) {
+            p.index.push((first + row) as i64);
+            p.partition.push(part.key.clone());
+            p.row.push(row as i32);
+            p.rank.push(rank as i32);
+            p.z_pred.push(0.1 + (rank % 100) as f32 * 1e-3);
+            p.z_true.push(Some(0.1 + (rank % 97) as f32 * 1e-3));
+        }
+    }
+    let key = layout::rank_predictions(rank);
+    loc.put(&key, p.to_parquet(&loc.url_of(&key))?).await?;
+    let report = RankReport {
+        rank,
+        world_size: plan.world_size,
+        galaxies: p.len() as u64,
+        num_batches: 1,
+        batch_size: plan.batch_size as u64,
+        device: "cpu".into(),
+        engine: "local".into(),
+        host: "scale-fixture".into(),
+        model: plan.model.clone(),
+        predictions: key,
+        result_path: plan.results.clone(),
+        data_path: serde_json::Value::Array(
+            parts
+                .iter()
+                .map(|p| serde_json::Value::String(p.key.clone()))
+                .collect(),
+        ),
+        wall_time_s: 1.0,
+        total_cpu_time: 1.0,
+        ..Default::default()
+    };
+    loc.put(
+        &layout::rank_report(rank),
+        serde_json::to_vec_pretty(&report)?,
+    )
+    .await?;
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> Res<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let a = |i: usize| -> Res<&str> {
+        args.get(i)
+            .map(String::as_str)
+            .ok_or_else(|| format!("missing argument {i}; see the file's header").into())
+    };
+    match args.first().map(String::as_str) {
+        Some("manifest") => manifest(a(1)?, a(2)?.parse()?).await,
+        Some("plan") => plan(a(1)?, a(2)?, a(3)?).await.map(|_| ()),
+        Some("ranks") => ranks(a(1)?).await,
+        Some("summarize") => {
+            // What `cai summarize` runs.
+            let t = std::time::Instant::now();
+            let s = cai_engine::summarize::summarize(&StorageUrl::parse(a(1)?)?, None).await?;
+            eprintln!(
+                "summarized {} ranks, {} galaxies in {:.2} s",
+                s.ranks_done,
+                s.galaxies,
+                t.elapsed().as_secs_f64()
+            );
+            Ok(())
+        }
+        Some("status") => {
+            // What `cai status --once` reads: the plan and one listing.
+            let t = std::time::Instant::now();
+            let loc = StorageUrl::parse(a(1)?)?;
+            let plan = load_plan(&loc).await?.ok_or("no plan.json")?;
+            let l = cai_core::results::ResultsListing::list(&loc).await?;
+            eprintln!(
+                "status: {} of {} ranks done, {} failed, in {:.2} s",
+                l.done_ranks().len(),
+                plan.world_size,
+                l.failed_ranks().len(),
+                t.elapsed().as_secs_f64()
+            );
+            Ok(())
+        }
+        Some(other) => {
+            Err(format!("unknown step {other:?} (manifest, plan, ranks, summarize, status)").into())
+        }
+        None => {
+            let dir = std::env::temp_dir().join(format!("cai-scale-{}", std::process::id()));
+            let (data, results) = (dir.join("data"), dir.join("results"));
+            let (data, results) = (data.to_string_lossy(), results.to_string_lossy());
+            manifest(&data, 64).await?;
+            plan(&data, &results, "model.safetensors").await?;
+            ranks(&results).await?;
+            let s = cai_engine::summarize::summarize(&StorageUrl::parse(&results)?, None).await?;
+            assert_eq!((s.ranks_done, s.galaxies), (64, 64));
+            std::fs::remove_dir_all(&dir)?;
+            eprintln!("ok: 64 ranks planned, written and summarized");
+            Ok(())
+        }
+    }
+}

@@ -173,6 +173,11 @@ pub struct RunArgs {
     /// Inference threads per worker (default: cores / workers).
     #[arg(long, env = "CAI_THREADS")]
     pub threads: Option<usize>,
+    /// Local engine: once more than half the ranks have ended, a rank still running past
+    /// this many times the median rank time gets a second copy; the first copy to finish
+    /// counts (0: never).
+    #[arg(long, default_value_t = cai_engine::local::DEFAULT_SPECULATE, env = "CAI_SPECULATE")]
+    pub speculate: f64,
     /// Arithmetic of the model's trunk weights: f32 (default, the reference), bf16 (bf16
     /// weights and activations, f32 sums: z within about 3e-3 of f32; fast only on AVX-512
     /// BF16), int8 (8-bit weights: faster, z within about 1e-2 of f32) or int16 (13-bit

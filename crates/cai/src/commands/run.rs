@@ -47,6 +47,12 @@ pub fn print_summary(summary: &Summary, json: bool) -> Result<()> {
     if !summary.missing_ranks.is_empty() {
         println!("missing      ranks {:?}", summary.missing_ranks);
     }
+    if !summary.speculated_ranks.is_empty() {
+        println!(
+            "speculated   ranks {:?} (ran long; a second copy started, the first to finish counted)",
+            summary.speculated_ranks
+        );
+    }
     Ok(())
 }
 

@@ -50,6 +50,23 @@ pub async fn status(a: StatusArgs, quiet: bool) -> Result<Outcome> {
     if !failed.is_empty() {
         println!("failed       ranks {failed:?}");
     }
+    let done_set = listing.done_ranks();
+    let missing: Vec<usize> = (0..plan.world_size)
+        .filter(|r| !done_set.contains(r))
+        .collect();
+    if !missing.is_empty() {
+        let partitions: usize = missing.iter().map(|&r| plan.partitions_of(r).len()).sum();
+        let galaxies: u64 = missing
+            .iter()
+            .flat_map(|&r| plan.partitions_of(r))
+            .filter_map(|p| p.galaxies)
+            .sum();
+        println!(
+            "missing      ranks {} ({partitions} partitions, {galaxies} galaxies); \
+             `cai run --resume --results {results}` runs them",
+            ranges(&missing)
+        );
+    }
     println!(
         "summary      {}",
         if summarized { "written" } else { "not yet" }
@@ -59,4 +76,35 @@ pub async fn status(a: StatusArgs, quiet: bool) -> Result<Outcome> {
     } else {
         Outcome::SomeFailed
     })
+}
+
+/// Sorted numbers as ranges: `0, 3-5, 9`.
+fn ranges(v: &[usize]) -> String {
+    let mut out: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < v.len() {
+        let mut j = i;
+        while j + 1 < v.len() && v[j + 1] == v[j] + 1 {
+            j += 1;
+        }
+        out.push(if i == j {
+            v[i].to_string()
+        } else {
+            format!("{}-{}", v[i], v[j])
+        });
+        i = j + 1;
+    }
+    out.join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ranges;
+
+    #[test]
+    fn ranges_join_runs() {
+        assert_eq!(ranges(&[]), "");
+        assert_eq!(ranges(&[4]), "4");
+        assert_eq!(ranges(&[0, 3, 4, 5, 9, 10]), "0, 3-5, 9-10");
+    }
 }

@@ -86,6 +86,10 @@ pub struct RankReport {
     pub predictions: String,
     /// cai version that wrote this.
     pub cai_version: String,
+    /// Whether a second copy of this rank was started because it ran long (a straggler);
+    /// the copy that finished first wrote this report, the other's outputs were discarded.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub speculated: bool,
 }
 
 impl RankReport {

@@ -195,6 +195,8 @@ pub fn parse_rank_report(file: &str, value: Value, index: usize) -> Result<RankR
         Ok(Value::Object(m)) => m,
         _ => return Err(jerr("cannot build a default rank report".into())),
     };
+    // Written only when true, so not in the default's keys.
+    base.insert("speculated".to_string(), Value::Bool(false));
     for (k, v) in given {
         if base.contains_key(&k) && !v.is_null() {
             base.insert(k, v);

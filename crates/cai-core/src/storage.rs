@@ -16,6 +16,83 @@ use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload,
 
 use crate::error::{Error, Result};
 
+/// How S3 requests are bounded and retried (object_store's `RetryConfig` and request
+/// timeout, set on every `s3://` store [`StorageUrl::parse`] opens). A request answered
+/// 5xx/429 (S3's `SlowDown`, `InternalError`), cut before its answer, or not answered within
+/// `request_timeout`, is sent again after an exponential backoff (0.1 s doubling to 15 s,
+/// with jitter), at most `max_retries` times and not after `retry_timeout`; a GET whose body
+/// is cut resumes from the byte where it stopped. Each retry is logged at `info` (shown by
+/// default). A fault that outlasts these bounds is an error naming the object, so a rank
+/// fails rather than hangs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct S3Retry {
+    /// Retries of one request (`CAI_S3_RETRIES`, default 10).
+    pub max_retries: usize,
+    /// No retry starts later than this after the first attempt (`CAI_S3_RETRY_TIMEOUT`,
+    /// seconds, default 180).
+    pub retry_timeout: std::time::Duration,
+    /// One attempt, from connecting to the last byte of the answer (`CAI_S3_TIMEOUT`,
+    /// seconds, default 30).
+    pub request_timeout: std::time::Duration,
+}
+
+impl Default for S3Retry {
+    fn default() -> Self {
+        Self {
+            max_retries: 10,
+            retry_timeout: std::time::Duration::from_secs(180),
+            request_timeout: std::time::Duration::from_secs(30),
+        }
+    }
+}
+
+impl S3Retry {
+    /// The defaults, overridden by `CAI_S3_RETRIES`, `CAI_S3_RETRY_TIMEOUT` and
+    /// `CAI_S3_TIMEOUT` where set.
+    pub fn from_env() -> Result<Self> {
+        Self::from_vars(|k| std::env::var(k).ok())
+    }
+
+    /// [`S3Retry::from_env`] with the variables looked up by `var`.
+    pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<Self> {
+        let mut r = Self::default();
+        if let Some(v) = var("CAI_S3_RETRIES") {
+            r.max_retries = v.trim().parse().map_err(|_| Error::Invalid {
+                field: "CAI_S3_RETRIES".into(),
+                reason: format!("{v:?} is not a whole number of retries"),
+            })?;
+        }
+        let secs = |name: &str, v: String| {
+            v.trim()
+                .parse::<f64>()
+                .ok()
+                .filter(|s| s.is_finite() && *s > 0.0 && *s < 1e6)
+                .map(std::time::Duration::from_secs_f64)
+                .ok_or_else(|| Error::Invalid {
+                    field: name.into(),
+                    reason: format!("{v:?} is not a positive number of seconds"),
+                })
+        };
+        if let Some(v) = var("CAI_S3_RETRY_TIMEOUT") {
+            r.retry_timeout = secs("CAI_S3_RETRY_TIMEOUT", v)?;
+        }
+        if let Some(v) = var("CAI_S3_TIMEOUT") {
+            r.request_timeout = secs("CAI_S3_TIMEOUT", v)?;
+        }
+        Ok(r)
+    }
+
+    /// object_store's retry configuration for these bounds.
+    #[cfg(feature = "aws")]
+    fn config(&self) -> object_store::RetryConfig {
+        object_store::RetryConfig {
+            backoff: object_store::BackoffConfig::default(),
+            max_retries: self.max_retries,
+            retry_timeout: self.retry_timeout,
+        }
+    }
+}
+
 /// A storage location: an object store plus a prefix inside it.
 #[derive(Clone)]
 pub struct StorageUrl {
@@ -119,7 +196,16 @@ impl StorageUrl {
         if bucket.is_empty() {
             return Err(bad(location, "no bucket name"));
         }
-        let mut builder = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket);
+        let retry = S3Retry::from_env()?;
+        let mut builder = object_store::aws::AmazonS3Builder::from_env()
+            .with_bucket_name(bucket)
+            .with_retry(retry.config())
+            .with_config(
+                object_store::aws::AmazonS3ConfigKey::Client(
+                    object_store::ClientConfigKey::Timeout,
+                ),
+                format!("{}ms", retry.request_timeout.as_millis()),
+            );
         if let Ok(endpoint) = std::env::var("AWS_ENDPOINT_URL") {
             builder = builder
                 .with_endpoint(&endpoint)
@@ -440,6 +526,30 @@ mod tests {
         let file_url = StorageUrl::parse(&format!("file://{}", dir.display())).unwrap();
         assert_eq!(&file_url.get("x/y.bin").await.unwrap()[..], &[1, 2, 3]);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn s3_retry_bounds_come_from_the_environment() {
+        let none = S3Retry::from_vars(|_| None).unwrap();
+        assert_eq!(none, S3Retry::default());
+        assert_eq!(none.max_retries, 10);
+        let vars = |k: &str| match k {
+            "CAI_S3_RETRIES" => Some("2".to_string()),
+            "CAI_S3_TIMEOUT" => Some("1.5".to_string()),
+            _ => None,
+        };
+        let r = S3Retry::from_vars(vars).unwrap();
+        assert_eq!(r.max_retries, 2);
+        assert_eq!(r.request_timeout, std::time::Duration::from_millis(1500));
+        assert_eq!(r.retry_timeout, none.retry_timeout);
+        for bad in ["-1", "x", "inf", "0"] {
+            let e = S3Retry::from_vars(|k| (k == "CAI_S3_TIMEOUT").then(|| bad.to_string()));
+            assert!(
+                matches!(&e, Err(Error::Invalid { field, .. }) if field == "CAI_S3_TIMEOUT"),
+                "{bad}: {e:?}"
+            );
+        }
+        assert!(S3Retry::from_vars(|k| (k == "CAI_S3_RETRIES").then(|| "2.5".into())).is_err());
     }
 
     #[test]

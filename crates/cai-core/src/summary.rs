@@ -36,6 +36,9 @@ pub struct Summary {
     pub metrics: Option<Metrics>,
     /// Engine(s) that ran the ranks.
     pub engines: Vec<String>,
+    /// Ranks that ran long and got a second copy (the first copy to finish counted).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub speculated_ranks: Vec<usize>,
 }
 
 impl Summary {
@@ -90,6 +93,11 @@ impl Summary {
             nonfinite_galaxies: reports.iter().map(|r| r.nonfinite_galaxies).sum(),
             metrics: None,
             engines,
+            speculated_ranks: reports
+                .iter()
+                .filter(|r| r.speculated)
+                .map(|r| r.rank)
+                .collect(),
         }
     }
 
@@ -131,6 +139,11 @@ mod tests {
         assert_eq!(s.missing_ranks, vec![3]);
         assert_eq!(s.ranks_done, 2);
         assert_eq!(s.peak_memory_mb, 100.0);
+        assert!(s.speculated_ranks.is_empty());
         assert!(!s.complete());
+        let mut slow = r(3, 10.0, 20.0, 50);
+        slow.speculated = true;
+        let s = Summary::from_reports("x", 4, &[r(0, 10.0, 12.0, 100), slow], vec![]);
+        assert_eq!(s.speculated_ranks, vec![3]);
     }
 }

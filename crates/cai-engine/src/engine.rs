@@ -100,23 +100,44 @@ impl RunRequest {
         Ok(lease)
     }
 
+    /// Whether the request names the data and the model, so that a run can be planned.
+    fn can_plan(&self) -> bool {
+        self.model.is_some()
+            && (self.data.is_some() || self.payload.as_ref().and_then(Payload::data_url).is_some())
+    }
+
     /// Plan the run (writing `plan.json`, clearing an earlier run's outputs), or with
-    /// `resume` reload the plan; return it and the ranks to run.
+    /// `resume` reload the plan; return it and the ranks to run. With `resume` and no
+    /// `plan.json` yet (a run killed before it wrote one), plan afresh when data and model
+    /// are given.
     pub async fn plan(&self) -> Result<(Arc<Plan>, Vec<usize>)> {
         let results = self.require_results()?;
         let results_url = StorageUrl::parse(&results)?;
         if self.resume {
-            let Some(mut plan) = load_plan(&results_url).await? else {
-                return Err(Error::Request {
-                    what: format!("no plan.json under {results}"),
-                    hint: "nothing to resume; run without --resume first".into(),
-                });
-            };
-            if let Some(m) = &self.model {
-                plan.model = m.clone();
+            match load_plan(&results_url).await? {
+                Some(mut plan) => {
+                    if let Some(m) = &self.model {
+                        plan.model = m.clone();
+                    }
+                    let ranks = missing_ranks(&results_url, plan.world_size).await?;
+                    return Ok((Arc::new(plan), ranks));
+                }
+                // Killed before plan.json was written: no rank can have finished, so
+                // resuming is starting afresh, when the request says what to run.
+                None if self.can_plan() => {
+                    tracing::info!(
+                        "no plan.json under {results}: nothing was done, planning afresh"
+                    );
+                }
+                None => {
+                    return Err(Error::Request {
+                        what: format!("no plan.json under {results}"),
+                        hint: "nothing to resume; run without --resume first (or give --data \
+                               and --model with --resume)"
+                            .into(),
+                    });
+                }
             }
-            let ranks = missing_ranks(&results_url, plan.world_size).await?;
-            return Ok((Arc::new(plan), ranks));
         }
         let data = self
             .data

@@ -110,6 +110,13 @@ pub enum Error {
         #[source]
         source: Box<Error>,
     },
+    /// Another copy of a speculated rank committed its outputs first; this copy's are
+    /// discarded (not a failure).
+    #[error("rank {rank}: another copy finished first; this copy's outputs are discarded")]
+    Superseded {
+        /// The rank.
+        rank: usize,
+    },
     /// An engine's backend failed (Slurm refused a job, an AWS call failed…); the error is
     /// the backend's own, naming the command or call.
     #[error(transparent)]
@@ -124,5 +131,11 @@ impl Error {
     /// [`cai_model::Error::Cancelled`]); cancelled ranks are not recorded as failed.
     pub fn is_cancelled(&self) -> bool {
         matches!(self, Error::Model(cai_model::Error::Cancelled { .. }))
+    }
+
+    /// Whether this copy of a rank lost to another copy ([`Error::Superseded`]): not a
+    /// failure, and not recorded as one.
+    pub fn is_superseded(&self) -> bool {
+        matches!(self, Error::Superseded { .. })
     }
 }

@@ -5,7 +5,7 @@
 //! `predictions/<rank>.parquet` and, last, `<rank>.json`: a rank is done exactly when its
 //! `<rank>.json` exists. A failure writes `failed/<rank>.json` naming the file and the cause.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -110,12 +110,177 @@ pub async fn record_failure(
 /// What one partition's inference produced.
 struct PartitionOutcome {
     preds: Predictions,
+    download_s: f64,
+    bytes_read: u64,
     batches: u64,
     infer_s: f64,
     decode_s: f64,
     bits: u64,
     nonfinite_values: u64,
     nonfinite_galaxies: u64,
+}
+
+/// A rank's partitions, shared between the worker that runs the rank and idle workers that
+/// help it (the local engine): each partition is claimed once and its outcome lands in its
+/// slot, and the rank's outputs are put together in partition order, so they do not depend
+/// on who computed what.
+pub struct RankShare {
+    state: Mutex<ShareState>,
+    filled: tokio::sync::Notify,
+}
+
+struct ShareState {
+    next: usize,
+    stopped: bool,
+    slots: Vec<Option<Result<PartitionOutcome>>>,
+    helped: u64,
+}
+
+impl RankShare {
+    /// A share of `partitions` partitions, none claimed.
+    pub fn new(partitions: usize) -> Arc<Self> {
+        Arc::new(Self {
+            state: Mutex::new(ShareState {
+                next: 0,
+                stopped: false,
+                slots: (0..partitions).map(|_| None).collect(),
+                helped: 0,
+            }),
+            filled: tokio::sync::Notify::new(),
+        })
+    }
+
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, ShareState>> {
+        self.state.lock().map_err(|_| Error::Poisoned {
+            what: "rank partitions",
+        })
+    }
+
+    /// Partitions nobody has claimed yet (0 once the rank failed).
+    pub fn unclaimed(&self) -> usize {
+        self.lock()
+            .map(|s| if s.stopped { 0 } else { s.slots.len() - s.next })
+            .unwrap_or(0)
+    }
+
+    /// Partitions computed by helpers rather than the rank's own worker.
+    pub fn helped(&self) -> u64 {
+        self.lock().map(|s| s.helped).unwrap_or(0)
+    }
+
+    fn claim(&self) -> Option<usize> {
+        let mut s = self.lock().ok()?;
+        (!s.stopped && s.next < s.slots.len()).then(|| {
+            s.next += 1;
+            s.next - 1
+        })
+    }
+
+    fn fill(&self, i: usize, outcome: Result<PartitionOutcome>, helper: bool) {
+        if let Ok(mut s) = self.lock() {
+            if outcome.is_err() {
+                s.stopped = true;
+            }
+            if helper && outcome.is_ok() {
+                s.helped += 1;
+            }
+            if let Some(slot) = s.slots.get_mut(i) {
+                *slot = Some(outcome);
+            }
+        }
+        self.filled.notify_one();
+    }
+
+    fn stop(&self) {
+        if let Ok(mut s) = self.lock() {
+            s.stopped = true;
+        }
+    }
+
+    /// Every partition's outcome, in order, once all are in; the first error if any.
+    async fn wait_all(&self) -> Result<Vec<PartitionOutcome>> {
+        loop {
+            {
+                let mut s = self.lock()?;
+                if let Some(i) = s.slots.iter().position(|o| matches!(o, Some(Err(_)))) {
+                    if let Some(Some(Err(e))) = s.slots.get_mut(i).map(Option::take) {
+                        return Err(e);
+                    }
+                }
+                if s.slots.iter().all(Option::is_some) {
+                    return s
+                        .slots
+                        .iter_mut()
+                        .map(|o| {
+                            o.take().unwrap_or(Err(Error::Poisoned {
+                                what: "partition outcome",
+                            }))
+                        })
+                        .collect();
+                }
+            }
+            // A permit is kept when `fill` runs before this wait starts.
+            self.filled.notified().await;
+        }
+    }
+}
+
+/// Which copy of a rank writes its outputs when the rank runs more than once (a speculated
+/// straggler): the first copy to finish claims the commit and writes `predictions/<rank>`
+/// and `<rank>.json`; any other copy ends with [`Error::Superseded`], having written
+/// nothing, so each galaxy is in the results once.
+#[derive(Debug)]
+pub struct Commit {
+    state: Mutex<(u32, Option<u32>)>,
+    winner: tokio::sync::watch::Sender<Option<u32>>,
+}
+
+impl Commit {
+    /// A commit with no copy yet.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self {
+            state: Mutex::new((0, None)),
+            winner: tokio::sync::watch::channel(None).0,
+        })
+    }
+
+    /// Register one more copy of the rank; returns its id.
+    pub fn add_copy(&self) -> u32 {
+        self.state
+            .lock()
+            .map(|mut s| {
+                s.0 += 1;
+                s.0 - 1
+            })
+            .unwrap_or(u32::MAX)
+    }
+
+    /// Copies registered so far.
+    pub fn copies(&self) -> u32 {
+        self.state.lock().map(|s| s.0).unwrap_or(0)
+    }
+
+    /// Claim the commit for copy `id`: whether it is the first; also returns whether more
+    /// than one copy was started (the rank was speculated).
+    fn claim(&self, id: u32) -> (bool, bool) {
+        let Ok(mut s) = self.state.lock() else {
+            return (false, false);
+        };
+        let first = s.1.is_none();
+        if first {
+            s.1 = Some(id);
+            self.winner.send_replace(Some(id));
+        }
+        (first || s.1 == Some(id), s.0 > 1)
+    }
+
+    /// Resolves once a copy other than `id` has claimed the commit: copy `id` can stop.
+    pub async fn lost(&self, id: u32) {
+        let mut rx = self.winner.subscribe();
+        if rx.wait_for(|w| w.is_some_and(|w| w != id)).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
 }
 
 impl Worker {
@@ -152,14 +317,73 @@ impl Worker {
         rank: usize,
         progress: Option<ProgressFn>,
     ) -> Result<RankReport> {
+        let share = RankShare::new(plan.partitions_of(rank).len());
+        self.run_rank_with(plan, rank, &share, None, progress).await
+    }
+
+    /// [`Worker::run_rank`] with the rank's partitions in `share`, which idle workers may
+    /// [`help`](Worker::help) with, and, when the rank runs as several copies, the copy's
+    /// `commit` (the commit and this copy's id): only the first copy to finish writes. A
+    /// copy that lost ([`Error::Superseded`]) is not recorded as failed.
+    pub async fn run_rank_with(
+        &self,
+        plan: &Plan,
+        rank: usize,
+        share: &RankShare,
+        commit: Option<(&Commit, u32)>,
+        progress: Option<ProgressFn>,
+    ) -> Result<RankReport> {
         let results = StorageUrl::parse(&plan.results)?;
-        match self.run_rank_inner(plan, rank, &results, progress).await {
+        match self
+            .run_rank_inner(plan, rank, &results, share, commit, progress)
+            .await
+        {
             Ok(report) => Ok(report),
             Err(e) => {
-                if !e.is_cancelled() {
+                if !e.is_cancelled() && !e.is_superseded() {
                     record_failure(&results, plan, rank, &self.engine, &e).await;
                 }
                 Err(e)
+            }
+        }
+    }
+
+    /// Help rank `rank` of `plan`, which another worker runs with `share`: compute its
+    /// partitions nobody has claimed yet, until none is left. Outcomes (errors included)
+    /// go to the rank's worker, which reports them.
+    pub async fn help(
+        &self,
+        plan: &Plan,
+        rank: usize,
+        share: &RankShare,
+        progress: Option<ProgressFn>,
+    ) {
+        let Ok(data) = StorageUrl::parse(&plan.data) else {
+            return;
+        };
+        let parts = plan.partitions_of(rank);
+        while let Some(i) = share.claim() {
+            let Some(part) = parts.get(i) else { break };
+            let t = Instant::now();
+            let outcome = match data.get(&part.key).await.map_err(not_found) {
+                Ok(bytes) => {
+                    let waited = t.elapsed().as_secs_f64();
+                    let n = bytes.len() as u64;
+                    let url = data.url_of(&part.key);
+                    self.infer_partition(plan, rank, part, url, bytes, progress.clone())
+                        .await
+                        .map(|mut o| {
+                            o.download_s = waited;
+                            o.bytes_read = n;
+                            o
+                        })
+                }
+                Err(e) => Err(e),
+            };
+            let failed = outcome.is_err();
+            share.fill(i, outcome, true);
+            if failed {
+                break;
             }
         }
     }
@@ -169,6 +393,8 @@ impl Worker {
         plan: &Plan,
         rank: usize,
         results: &StorageUrl,
+        share: &RankShare,
+        commit: Option<(&Commit, u32)>,
         progress: Option<ProgressFn>,
     ) -> Result<RankReport> {
         if rank >= plan.world_size {
@@ -182,48 +408,72 @@ impl Worker {
         let data = StorageUrl::parse(&plan.data)?;
         let parts: Vec<PartitionRef> = plan.partitions_of(rank).into_iter().cloned().collect();
 
+        let fetch = |i: usize| {
+            let data = data.clone();
+            let key = parts.get(i).map(|p| p.key.clone()).unwrap_or_default();
+            (i, tokio::spawn(async move { data.get(&key).await }))
+        };
+        // Claim a partition, fetch it while the one before computes; helpers claim the rest.
+        let mut next = share.claim().map(fetch);
+        while let Some((i, handle)) = next.take() {
+            let Some(part) = parts.get(i) else { break };
+            let t = Instant::now();
+            let bytes = handle.await.map_err(|source| Error::Join {
+                task: format!("download of {}", data.url_of(&part.key)),
+                source,
+            });
+            let bytes = match bytes.and_then(|b| b.map_err(not_found)) {
+                Ok(b) => b,
+                Err(e) => {
+                    share.stop();
+                    return Err(e);
+                }
+            };
+            let waited = t.elapsed().as_secs_f64();
+            next = share.claim().map(fetch);
+            let n = bytes.len() as u64;
+            let url = data.url_of(&part.key);
+            match self
+                .infer_partition(plan, rank, part, url, bytes, progress.clone())
+                .await
+            {
+                Ok(mut o) => {
+                    o.download_s = waited;
+                    o.bytes_read = n;
+                    share.fill(i, Ok(o), false);
+                }
+                Err(e) => {
+                    share.stop();
+                    return Err(e);
+                }
+            }
+        }
+        // Partitions helpers took are in when they finish; a helper's error is the rank's.
+        let outcomes = share.wait_all().await?;
+
         let mut preds = Predictions::default();
         let (mut batches, mut bits, mut bytes_read) = (0u64, 0u64, 0u64);
         let (mut infer_s, mut decode_s, mut download_s) = (0.0f64, 0.0f64, 0.0f64);
         let (mut nf_values, mut nf_galaxies) = (0u64, 0u64);
-
-        let fetch = |p: &PartitionRef| {
-            let data = data.clone();
-            let key = p.key.clone();
-            tokio::spawn(async move { data.get(&key).await })
-        };
-        let mut next = parts.first().map(fetch);
-        for (i, part) in parts.iter().enumerate() {
-            let t = Instant::now();
-            let Some(handle) = next.take() else { break };
-            let bytes = handle
-                .await
-                .map_err(|source| Error::Join {
-                    task: format!("download of {}", data.url_of(&part.key)),
-                    source,
-                })?
-                .map_err(|e| match e {
-                    cai_core::Error::NotFound { url } => Error::Partition {
-                        file: url,
-                        reason: "partition not found".into(),
-                    },
-                    other => Error::Core(other),
-                })?;
-            download_s += t.elapsed().as_secs_f64();
-            next = parts.get(i + 1).map(fetch);
-            bytes_read += bytes.len() as u64;
-            let url = data.url_of(&part.key);
-            let outcome = self
-                .infer_partition(plan, rank, part, url, bytes, progress.clone())
-                .await?;
+        for outcome in outcomes {
             preds.append(outcome.preds);
             batches += outcome.batches;
             infer_s += outcome.infer_s;
             decode_s += outcome.decode_s;
+            download_s += outcome.download_s;
+            bytes_read += outcome.bytes_read;
             bits += outcome.bits;
             nf_values += outcome.nonfinite_values;
             nf_galaxies += outcome.nonfinite_galaxies;
         }
+        // One copy writes: a copy that finds another already committed writes nothing.
+        let speculated = match commit {
+            Some((c, id)) => match c.claim(id) {
+                (true, speculated) => speculated,
+                (false, _) => return Err(Error::Superseded { rank }),
+            },
+            None => false,
+        };
 
         let t = Instant::now();
         let pkey = layout::rank_predictions(rank);
@@ -282,6 +532,7 @@ impl Worker {
             model: self.model_url.clone(),
             predictions: pkey,
             cai_version: env!("CARGO_PKG_VERSION").to_string(),
+            speculated,
         };
         report.upload_s = t.elapsed().as_secs_f64();
         report.ended_at = unix_now();
@@ -360,7 +611,20 @@ fn infer_blocking(
         bits: 32 * (partition.images.len() + partition.magnitudes.len()) as u64,
         nonfinite_values: run.nonfinite_values,
         nonfinite_galaxies: run.nonfinite_galaxies,
+        download_s: 0.0,
+        bytes_read: 0,
     })
+}
+
+/// A partition that is not there, as a partition error naming it.
+fn not_found(e: cai_core::Error) -> Error {
+    match e {
+        cai_core::Error::NotFound { url } => Error::Partition {
+            file: url,
+            reason: "partition not found".into(),
+        },
+        other => Error::Core(other),
+    }
 }
 
 /// Predictions for one decoded partition and how they were made.
@@ -498,4 +762,84 @@ pub fn predict_partition(
         }
     }
     Ok(run)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outcome(key: &str, z: f32) -> PartitionOutcome {
+        PartitionOutcome {
+            preds: Predictions::for_partition(key, 0, 0, vec![z], None),
+            download_s: 0.5,
+            bytes_read: 10,
+            batches: 1,
+            infer_s: 1.0,
+            decode_s: 0.0,
+            bits: 32,
+            nonfinite_values: 0,
+            nonfinite_galaxies: 0,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_share_hands_out_each_partition_once_and_keeps_their_order() {
+        let share = RankShare::new(3);
+        assert_eq!(share.unclaimed(), 3);
+        assert_eq!(
+            [share.claim(), share.claim(), share.claim(), share.claim()],
+            [Some(0), Some(1), Some(2), None]
+        );
+        assert_eq!(share.unclaimed(), 0);
+        // Filled out of order, by a helper elsewhere; read back in partition order.
+        let s = share.clone();
+        let helper = tokio::spawn(async move {
+            s.fill(2, Ok(outcome("c", 3.0)), true);
+            s.fill(0, Ok(outcome("a", 1.0)), true);
+        });
+        share.fill(1, Ok(outcome("b", 2.0)), false);
+        let all = share.wait_all().await.unwrap();
+        helper.await.unwrap();
+        let z: Vec<f32> = all.iter().flat_map(|o| o.preds.z_pred.clone()).collect();
+        assert_eq!(z, [1.0, 2.0, 3.0]);
+        assert_eq!(share.helped(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_failed_partition_stops_the_share_and_is_the_ranks_error() {
+        let share = RankShare::new(3);
+        assert_eq!(share.claim(), Some(0));
+        share.fill(
+            0,
+            Err(Error::Partition {
+                file: "x/00001.safetensors".into(),
+                reason: "cut".into(),
+            }),
+            true,
+        );
+        assert_eq!(share.unclaimed(), 0);
+        assert_eq!(share.claim(), None);
+        let e = share.wait_all().await.err().unwrap();
+        assert!(e.to_string().contains("00001.safetensors"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn only_the_first_copy_to_finish_commits() {
+        let c = Commit::new();
+        let (a, b) = (c.add_copy(), c.add_copy());
+        assert_eq!(c.copies(), 2);
+        assert_eq!(c.claim(b), (true, true));
+        assert_eq!(c.claim(a), (false, true));
+        assert_eq!(c.claim(b), (true, true));
+        // The loser hears of it at once; the winner never does.
+        c.lost(a).await;
+        let winner = c.clone();
+        let pending = tokio::spawn(async move { winner.lost(b).await });
+        tokio::task::yield_now().await;
+        assert!(!pending.is_finished());
+        pending.abort();
+        let alone = Commit::new();
+        let only = alone.add_copy();
+        assert_eq!(alone.claim(only), (true, false));
+    }
 }

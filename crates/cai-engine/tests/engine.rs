@@ -72,6 +72,7 @@ async fn every_rank_once_every_galaxy_once_nonfinite_counted() {
         workers: Some(2),
         threads: Some(1),
         kernels: "test".into(),
+        ..LocalEngine::default()
     };
     let ranks: Vec<usize> = (0..plan.world_size).collect();
     let out = engine
@@ -116,6 +117,7 @@ async fn a_rank_with_a_bad_partition_fails_alone() {
         workers: Some(1),
         threads: Some(2),
         kernels: "test".into(),
+        ..LocalEngine::default()
     };
     let ranks: Vec<usize> = (0..plan.world_size).collect();
     let out = engine
@@ -204,6 +206,7 @@ async fn the_local_engine_through_the_trait() {
         workers: Some(2),
         threads: Some(1),
         kernels: "test".into(),
+        ..LocalEngine::default()
     });
     assert_eq!(engine.name(), "local");
     let mut req = RunRequest {
@@ -256,4 +259,60 @@ async fn the_local_engine_through_the_trait() {
         e.to_string(),
         "no results location: give --results (or --payload with bucket and result_path)"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_worker_helps_a_rank_with_unstarted_partitions() {
+    let data = data("h1", 36, 6, None).await;
+    let req = PlanRequest {
+        data,
+        results: "memory://h1/results".into(),
+        model: "seeded".into(),
+        batch_size: Some(3),
+        world_size: Some(2),
+        ..Default::default()
+    };
+    let mut plan = plan_run(&req).await.unwrap();
+    assert_eq!(plan.partitions.len(), 6);
+    // Rank 0 holds five partitions, rank 1 one: the worker done with rank 1 must not sit
+    // idle while rank 0's partitions wait.
+    plan.ranks = vec![vec![0, 1, 2, 3, 4], vec![5]];
+    let mut solo = plan.clone();
+    solo.results = "memory://h1/solo".into();
+    let model = small_model();
+    let engine = |workers| LocalEngine {
+        workers: Some(workers),
+        threads: Some(1),
+        kernels: "test".into(),
+        ..LocalEngine::default()
+    };
+    let out = engine(2)
+        .run_ranks(Arc::new(plan), &[0, 1], model.clone(), Arc::new(NoEvents))
+        .await
+        .unwrap();
+    assert!(out.failed.is_empty(), "{:?}", out.failed);
+    assert_eq!(out.done.len(), 2);
+    assert_eq!(out.done[0].galaxies, 30);
+    assert!(out.helped >= 1, "no partition of rank 0 was helped with");
+    assert!(out.speculated.is_empty());
+    // Whoever computed a partition, rank 0's predictions are those of one worker alone,
+    // in the same order.
+    let alone = engine(1)
+        .run_ranks(Arc::new(solo), &[0, 1], model, Arc::new(NoEvents))
+        .await
+        .unwrap();
+    assert_eq!(alone.helped, 0);
+    let read = |loc: &'static str| async move {
+        let url = StorageUrl::parse(loc).unwrap();
+        let key = layout::rank_predictions(0);
+        Predictions::from_parquet(&key, url.get(&key).await.unwrap()).unwrap()
+    };
+    let (a, b) = (
+        read("memory://h1/results").await,
+        read("memory://h1/solo").await,
+    );
+    assert_eq!(a.index, b.index);
+    let bits = |p: &Predictions| p.z_pred.iter().map(|z| z.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&a), bits(&b));
+    assert_eq!(out.done[0].num_batches, alone.done[0].num_batches);
 }

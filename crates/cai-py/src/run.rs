@@ -114,6 +114,7 @@ async fn run_plan(
         workers: o.workers,
         threads: o.threads,
         kernels: kernel_tier(),
+        ..LocalEngine::default()
     };
     let model: Arc<dyn Model> = Arc::new(Cancellable {
         inner: model,

@@ -587,6 +587,20 @@ fn rank_table(p: &mut Page, run: &Run, opts: &ReportOptions) {
             opts.max_table_rows
         );
     }
+    let speculated: Vec<String> = run
+        .reports
+        .iter()
+        .filter(|r| r.speculated)
+        .map(|r| r.rank.to_string())
+        .collect();
+    if !speculated.is_empty() {
+        let _ = write!(
+            p.html,
+            "<p class=\"note\">Speculated (ran long, so a second copy was started; the first copy \
+             to finish counted, the other's outputs were discarded): ranks {}.</p>",
+            speculated.join(", ")
+        );
+    }
     p.html.push_str(
         "<div class=\"scroll\"><table><thead><tr><th>rank</th><th class=\"l\">host</th><th class=\"l\">partitions</th>\
          <th>galaxies</th><th>start (s)</th><th>wall (s)</th><th>download (s)</th><th>decode (s)</th>\
@@ -608,7 +622,11 @@ fn rank_table(p: &mut Page, run: &Run, opts: &ReportOptions) {
              <td>{:.2}{}</td><td>{:.2}</td><td>{:.2}</td><td>{:.2}</td><td>{:.2}</td><td>{:.0}</td>\
              <td>{:.1}</td><td>{:.1}</td><td>{}</td><td class=\"l\">{}</td></tr>",
             if slow.contains(&r.rank) { " class=\"slow\"" } else { "" },
-            r.rank,
+            if r.speculated {
+                format!("{} (speculated)", r.rank)
+            } else {
+                r.rank.to_string()
+            },
             esc(&r.host),
             esc(&parts),
             r.galaxies,
@@ -907,6 +925,29 @@ mod tests {
         let one = timeline(&run, 100);
         assert_eq!((one.ranks_per_row, one.rows.len()), (1, 10));
         assert!(one.rows[0].span.is_none());
+    }
+
+    #[test]
+    fn the_rank_table_marks_speculated_ranks() {
+        let mut reports: Vec<RankReport> = (0..3).map(|i| rep(i, 1.0, 1.0)).collect();
+        reports[1].speculated = true;
+        let run = Run {
+            location: "x".into(),
+            plan: None,
+            summary: cai_core::summary::Summary::from_reports("x", 3, &reports, vec![]),
+            reports,
+            failures: vec![],
+            predictions: None,
+        };
+        assert_eq!(run.summary.speculated_ranks, vec![1]);
+        let mut p = Page {
+            html: String::new(),
+            figures: Vec::new(),
+        };
+        rank_table(&mut p, &run, &ReportOptions::default());
+        assert!(p.html.contains("Speculated"), "{}", p.html);
+        assert!(p.html.contains("<td>1 (speculated)</td>"), "{}", p.html);
+        assert!(!p.html.contains("<td>0 (speculated)</td>"));
     }
 
     #[test]

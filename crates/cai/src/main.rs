@@ -32,6 +32,13 @@ fn main() -> ExitCode {
         (false, 1) => "info",
         _ => "debug",
     };
+    // S3 requests that are retried (object_store logs each at info) are shown unless quiet:
+    // a run that slows down says why.
+    let level = if cli.quiet || cli.verbose > 0 {
+        level.to_string()
+    } else {
+        format!("{level},object_store::client=info")
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_env("CAI_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
     tracing_subscriber::fmt()

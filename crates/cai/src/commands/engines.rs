@@ -48,6 +48,7 @@ pub(crate) async fn engine_for(a: &RunArgs) -> Result<Box<dyn Engine>> {
         EngineKind::Local => Box::new(LocalEngine {
             workers: a.workers,
             threads: a.compute.threads(),
+            speculate: a.speculate,
             ..LocalEngine::default()
         }),
         #[cfg(feature = "slurm")]

@@ -52,6 +52,12 @@ pub fn print_summary(summary: &Summary, printer: &Printer) -> Result<()> {
             summary.missing_ranks
         ));
     }
+    if !summary.speculated_ranks.is_empty() {
+        println!(
+            "speculated   ranks {:?} (ran long; a second copy started, the first to finish counted)",
+            summary.speculated_ranks
+        );
+    }
     Ok(())
 }
 

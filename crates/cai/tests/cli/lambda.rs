@@ -140,7 +140,7 @@ impl Emulator {
         }
     }
 
-    fn invoke_ok(&self, event: &Value) -> Value {
+    pub(crate) fn invoke_ok(&self, event: &Value) -> Value {
         self.invoke(event)
             .unwrap_or_else(|e| panic!("invoke {event} failed:\n{e}"))
     }
@@ -278,7 +278,7 @@ impl Function {
 }
 
 /// The state machine the tests follow (the one `cai aws state-machine` writes).
-fn machine() -> Value {
+pub(crate) fn machine() -> Value {
     let cfg = AwsConfig::new(
         "cai",
         S3Prefix::new(DATA_BUCKET, "1MB"),
@@ -320,7 +320,7 @@ pub(crate) fn stage_data(s3: &Moto, d: &Dir) {
 }
 
 /// Initialize as Step Functions runs it; returns the state after it (`$.init` set).
-fn initialize(l: &Launch, sm: &Value, input: &Value) -> (Value, Duration) {
+pub(crate) fn initialize(l: &Launch, sm: &Value, input: &Value) -> (Value, Duration) {
     let task = &sm["States"]["Initialize"];
     let emu = Emulator::start();
     let f = l.start(&emu, "initialize", false, "info");
@@ -330,7 +330,7 @@ fn initialize(l: &Launch, sm: &Value, input: &Value) -> (Value, Duration) {
 }
 
 /// The map's items, read as its ItemReader does.
-fn items(s3: &Moto, d: &Dir, sm: &Value, state: &Value) -> Vec<Value> {
+pub(crate) fn items(s3: &Moto, d: &Dir, sm: &Value, state: &Value) -> Vec<Value> {
     let reader = apply_template(&sm["States"]["Infer"]["ItemReader"]["Parameters"], state).unwrap();
     let bytes = s3.download(
         reader["Bucket"].as_str().unwrap(),
@@ -341,7 +341,7 @@ fn items(s3: &Moto, d: &Dir, sm: &Value, state: &Value) -> Vec<Value> {
 }
 
 /// Summarize as Step Functions runs it, after the map; returns the final state.
-fn summarize(l: &Launch, sm: &Value, state: &Value) -> Value {
+pub(crate) fn summarize(l: &Launch, sm: &Value, state: &Value) -> Value {
     let task = &sm["States"]["Summarize"];
     let after_map = set_path(
         state,
@@ -356,12 +356,12 @@ fn summarize(l: &Launch, sm: &Value, state: &Value) -> Value {
     task_output(task, &after_map, answer).unwrap()
 }
 
-fn infer_task(sm: &Value) -> &Value {
+pub(crate) fn infer_task(sm: &Value) -> &Value {
     &sm["States"]["Infer"]["ItemProcessor"]["States"]["InferRank"]
 }
 
 /// Galaxies of a results prefix's `predictions.parquet`, and its `summary.json`.
-fn outputs(s3: &Moto, d: &Dir, prefix: &str) -> (BTreeMap<i64, u32>, Value) {
+pub(crate) fn outputs(s3: &Moto, d: &Dir, prefix: &str) -> (BTreeMap<i64, u32>, Value) {
     let preds = by_galaxy(s3.download(
         RESULTS_BUCKET,
         &format!("{prefix}/predictions.parquet"),

@@ -6,6 +6,8 @@ mod util;
 mod aws;
 mod bench;
 mod conformance;
+mod faults;
+mod kills;
 mod help;
 #[cfg(feature = "aws")]
 mod lambda;

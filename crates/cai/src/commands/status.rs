@@ -53,9 +53,7 @@ async fn missing_line(results: &StorageUrl, at: &str) -> Result<Option<String>> 
         return Ok(None);
     };
     let done = ResultsListing::list(results).await?.done_ranks();
-    let missing: Vec<usize> = (0..plan.world_size)
-        .filter(|r| !done.contains(r))
-        .collect();
+    let missing: Vec<usize> = (0..plan.world_size).filter(|r| !done.contains(r)).collect();
     if missing.is_empty() {
         return Ok(None);
     }

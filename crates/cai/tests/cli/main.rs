@@ -7,8 +7,8 @@ mod aws;
 mod bench;
 mod conformance;
 mod faults;
-mod kills;
 mod help;
+mod kills;
 #[cfg(feature = "aws")]
 mod lambda;
 #[cfg(feature = "aws")]

@@ -118,11 +118,15 @@ async fn run_plan(
     };
     let model: Arc<dyn Model> = Arc::new(Cancellable {
         inner: model,
-        cancel,
+        cancel: cancel.clone(),
     });
     engine
         .run_ranks(plan.clone(), &ranks, model, Arc::new(Count(done)))
         .await?;
+    if cancel.load(Ordering::SeqCst) {
+        // Ctrl-C: the ranks stopped early; summarizing now would write a partial summary.
+        return Err(msg("interrupted"));
+    }
     let results = StorageUrl::parse(&plan.results)?;
     let summary = summarize(&results, Some(&plan)).await?;
     Ok(serde_json::to_string(&summary)?)

@@ -156,8 +156,10 @@ def test_other_engines_and_bad_options(parts, work, model_path):
         cai.run(parts, work / "r2", model_path, engine="moon")
     with pytest.raises(ValueError, match="workers"):
         cai.run(parts, work / "r2", model_path, workers=0)
+    # --resume where nothing ran plans afresh when data and model are given; without the
+    # data there is nothing to resume.
     with pytest.raises(cai.CaiError, match="resume"):
-        cai.run(parts, work / "never-ran", model_path, resume=True, progress=False)
+        cai.run(None, work / "never-ran", model_path, resume=True, progress=False)
 
 
 def test_predict_releases_the_gil(model_path):

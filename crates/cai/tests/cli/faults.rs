@@ -20,21 +20,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::s3::{by_galaxy, json, local_run, Moto};
-use crate::util::{fixtures, Dir, SIZE};
-
-fn under_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
-}
-
-/// moto, or `None` with a note (a failure under CI).
-fn moto() -> Option<Moto> {
-    let s3 = Moto::start();
-    assert!(
-        s3.is_some() || !under_ci(),
-        "CI is set but python3 with moto[server] is not available (.ci/run installs it)"
-    );
-    s3
-}
+use crate::util::{content_length, fixtures, read_head, Dir, SIZE};
 
 /// What the proxy does to one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -227,35 +213,6 @@ impl FaultyS3 {
     }
 }
 
-/// Read up to the end of an HTTP head; returns the head and any bytes read past it.
-async fn read_head(s: &mut tokio::net::TcpStream) -> std::io::Result<(Vec<u8>, Vec<u8>)> {
-    use tokio::io::AsyncReadExt;
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 8192];
-    loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let rest = buf.split_off(i + 4);
-            return Ok((buf, rest));
-        }
-        let n = s.read(&mut chunk).await?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-}
-
-fn content_length(head: &str) -> usize {
-    head.lines()
-        .find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.trim()
-                .eq_ignore_ascii_case("content-length")
-                .then(|| v.trim().parse().ok())?
-        })
-        .unwrap_or(0)
-}
-
 /// A head with its `Connection` header replaced by `Connection: close`.
 fn closing(head: &str) -> String {
     let mut out: String = head
@@ -358,7 +315,7 @@ fn partitions_of(manifest: &[u8]) -> Value {
 
 #[test]
 fn partition_and_run_over_s3_through_faults_equal_a_fault_free_run() {
-    let Some(s3) = moto() else { return };
+    let Some(s3) = Moto::start() else { return };
     let d = Dir::new();
     let f = fixtures();
     for b in ["cai-data", "cai-results", "cai-models"] {
@@ -454,7 +411,7 @@ fn partition_and_run_over_s3_through_faults_equal_a_fault_free_run() {
 
 #[test]
 fn a_persistent_fault_fails_its_rank_by_name_and_resume_finishes() {
-    let Some(s3) = moto() else { return };
+    let Some(s3) = Moto::start() else { return };
     let d = Dir::new();
     let f = fixtures();
     for b in ["cai-data", "cai-results", "cai-models"] {
@@ -566,7 +523,7 @@ fn a_persistent_fault_fails_its_rank_by_name_and_resume_finishes() {
 
 #[test]
 fn a_partition_whose_first_read_stalls_gets_a_second_copy_that_wins() {
-    let Some(s3) = moto() else { return };
+    let Some(s3) = Moto::start() else { return };
     let d = Dir::new();
     let f = fixtures();
     for b in ["cai-data", "cai-results", "cai-models"] {

@@ -27,7 +27,7 @@ use serde_json::{json, Value};
 
 use crate::s3::{by_galaxy, free_port, json as parse_json, local_run, wait_listening, Moto};
 use crate::sfn::{apply_template, set_path, task_output, task_payload};
-use crate::util::{fixtures, Dir, SIZE};
+use crate::util::{content_length, fixtures, read_head, Dir, SIZE};
 
 const DATA_BUCKET: &str = "cosmicai-data";
 pub(crate) const RESULTS_BUCKET: &str = "cosmicai-results";
@@ -536,35 +536,6 @@ impl FaultProxy {
             _rt: rt,
         }
     }
-}
-
-/// Read up to the end of an HTTP head; returns the head and any bytes read past it.
-async fn read_head(s: &mut tokio::net::TcpStream) -> std::io::Result<(Vec<u8>, Vec<u8>)> {
-    use tokio::io::AsyncReadExt;
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 8192];
-    loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let rest = buf.split_off(i + 4);
-            return Ok((buf, rest));
-        }
-        let n = s.read(&mut chunk).await?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-}
-
-fn content_length(head: &str) -> usize {
-    head.lines()
-        .find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.trim()
-                .eq_ignore_ascii_case("content-length")
-                .then(|| v.trim().parse().ok())?
-        })
-        .unwrap_or(0)
 }
 
 /// An S3 error response (with `Connection: close`).

@@ -144,3 +144,35 @@ pub(crate) fn unavailable(test: &str, what: &str) {
     );
     eprintln!("NOTE: skipping {test}: {what} is not available");
 }
+
+/// Read up to the end of an HTTP head; returns the head and any bytes read past it.
+pub(crate) async fn read_head(
+    s: &mut tokio::net::TcpStream,
+) -> std::io::Result<(Vec<u8>, Vec<u8>)> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let rest = buf.split_off(i + 4);
+            return Ok((buf, rest));
+        }
+        let n = s.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// The `Content-Length` of an HTTP head (0 when absent): for the fault proxies.
+pub(crate) fn content_length(head: &str) -> usize {
+    head.lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim()
+                .eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().ok())?
+        })
+        .unwrap_or(0)
+}

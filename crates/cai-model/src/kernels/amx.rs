@@ -287,9 +287,19 @@ fn gemm_int8(
     // zero points, and a block of `c` of `rows` rows of `b.n()` values at stride `ldc`.
     unsafe {
         let _tiles = Tiles::configure();
-        super::x86::quantized_blocks8(m, a, lda, b, c, ldc, (MR, TB), |rows, ap, sp, zp, cp| {
-            per_epilogue!(epi, block_int8, [], (rows, ap, sp, zp, b, cp, ldc))
-        });
+        super::x86::quantized_blocks8(
+            m,
+            a,
+            lda,
+            b,
+            c,
+            ldc,
+            (MR, TB),
+            super::avx512::quantize_row_u8,
+            |rows, ap, sp, zp, cp| {
+                per_epilogue!(epi, block_int8, [], (rows, ap, sp, zp, b, cp, ldc))
+            },
+        );
     }
 }
 

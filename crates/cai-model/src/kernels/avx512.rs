@@ -316,6 +316,7 @@ pub(super) fn gemm_int8_vnni(
                 c,
                 ldc,
                 (MRV, 4),
+                quantize_row_u8,
                 |rows, ap, sp, zp, cp| {
                     per_epilogue!(epi, block_vnni8, [], (rows, ap, sp, zp, b, cp, ldc))
                 },
@@ -327,9 +328,17 @@ pub(super) fn gemm_int8_vnni(
     // confirmed); `quantized_blocks` hands `block_vnni` whole strips of quantised rows and their
     // scales and a block of `c` with `rows` rows of `b.n()` values at stride `ldc`.
     unsafe {
-        super::x86::quantized_blocks(m, a, lda, b, c, ldc, MRV, |rows, ap, sp, cp| {
-            per_epilogue!(epi, block_vnni, [], (rows, ap, sp, b, cp, ldc))
-        });
+        super::x86::quantized_blocks(
+            m,
+            a,
+            lda,
+            b,
+            c,
+            ldc,
+            MRV,
+            quantize_row_i16,
+            |rows, ap, sp, cp| per_epilogue!(epi, block_vnni, [], (rows, ap, sp, b, cp, ldc)),
+        );
     }
 }
 
@@ -584,6 +593,133 @@ pub(super) unsafe fn to_bf16_row(a: &[f32], out: &mut [u16]) {
     if k % 2 == 1 {
         out[k] = 0;
     }
+}
+
+/// Mask of the first `n` (< 16) lanes.
+#[inline]
+fn lanes(n: usize) -> u16 {
+    ((1u32 << n) - 1) as u16
+}
+
+/// `step(acc, v)` folded over `a` 16 values at a time on 4 accumulators (a single chain of
+/// `vminps`/`vmaxps` waits on each one's latency: the row quantisers spent most of their
+/// time there), the tail masked in as zeros; the accumulators start at 0 and are combined by
+/// `step` too, so `step` must be a commutative, associative reduction to which 0 is neutral
+/// for the result (min and max of a range that holds 0, max of |v|).
+///
+/// Caller guarantees: the CPU has AVX-512F.
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn fold16(a: &[f32], step: impl Fn(__m512, __m512) -> __m512) -> __m512 {
+    let (k, p) = (a.len(), a.as_ptr());
+    let mut acc = [_mm512_setzero_ps(); 4];
+    let mut j = 0;
+    while j + 64 <= k {
+        for (i, s) in acc.iter_mut().enumerate() {
+            *s = step(_mm512_loadu_ps(p.add(j + 16 * i)), *s);
+        }
+        j += 64;
+    }
+    while j + 16 <= k {
+        acc[0] = step(_mm512_loadu_ps(p.add(j)), acc[0]);
+        j += 16;
+    }
+    if j < k {
+        acc[1] = step(_mm512_maskz_loadu_ps(lanes(k - j), p.add(j)), acc[1]);
+    }
+    step(step(acc[0], acc[1]), step(acc[2], acc[3]))
+}
+
+/// [`super::quantize_row_u8`] on zmm registers for the AVX-512 and AMX int8 products: the
+/// same minimum and maximum (NaN ignored: `vminps`/`vmaxps` return the second operand, the
+/// running value, when the first is NaN) on 4 accumulators, the same [`super::Act8`], and per
+/// value `clamp(round(a * inv) + zp, 0, 255)` with the rounding (to nearest even) done by the
+/// conversion to i32 and the rest in integers, which is exact (|round(a * inv)| <= 255 < 2^24
+/// for the values of the row, and a NaN converts to `i32::MIN`, clamped to 0 as the reference
+/// codes it): the same codes. Writes `out[..a.len()]`; returns the scale and the zero point.
+///
+/// Caller guarantees: the CPU has AVX-512F/BW; `out` holds at least `a.len()` values.
+#[target_feature(enable = "avx512f,avx512bw")]
+pub(super) unsafe fn quantize_row_u8(a: &[f32], out: &mut [u8]) -> (f32, i32) {
+    let lo = fold16(a, |v, s| _mm512_min_ps(v, s));
+    let hi = fold16(a, |v, s| _mm512_max_ps(v, s));
+    let p = super::Act8::new(_mm512_reduce_min_ps(lo), _mm512_reduce_max_ps(hi));
+    let (iv, zp, top) = (
+        _mm512_set1_ps(p.inv),
+        _mm512_set1_epi32(p.zp as i32),
+        _mm512_set1_epi32(super::ACT8_MAX),
+    );
+    let code = |v: __m512| {
+        let r = _mm512_cvt_roundps_epi32::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+            _mm512_mul_ps(v, iv),
+        );
+        _mm512_min_epi32(
+            _mm512_max_epi32(_mm512_add_epi32(r, zp), _mm512_setzero_si512()),
+            top,
+        )
+    };
+    let (k, src, dst) = (a.len(), a.as_ptr(), out.as_mut_ptr());
+    let mut j = 0;
+    while j + 16 <= k {
+        let u = _mm512_cvtepi32_epi8(code(_mm512_loadu_ps(src.add(j))));
+        _mm_storeu_si128(dst.add(j).cast(), u);
+        j += 16;
+    }
+    if j < k {
+        let m = lanes(k - j);
+        let u = code(_mm512_maskz_loadu_ps(m, src.add(j)));
+        _mm512_mask_cvtepi32_storeu_epi8(dst.add(j).cast(), m, u);
+    }
+    (p.scale, p.zp as i32)
+}
+
+/// [`super::quantize_row`] with a stride of 2 on zmm registers, for the AVX-512 and AMX
+/// tiers' 16-bit products: the same max |a| (NaN ignored) on 4 accumulators, the same f32
+/// multiply, rounding to nearest even by the conversion to i32, the clamp to `±limit` in
+/// integers and NaN coded 0, as the reference does: the same integers and scale. Rows whose
+/// max is 0 or not finite go to the reference. `out` gets a zero after an odd count.
+///
+/// Caller guarantees: the CPU has AVX-512F/BW; `out` holds `a.len().div_ceil(2) * 2` values.
+#[target_feature(enable = "avx512f,avx512bw")]
+pub(super) unsafe fn quantize_row_i16(a: &[f32], limit: i32, out: &mut [i16]) -> f32 {
+    let abs = _mm512_castsi512_ps(_mm512_set1_epi32(i32::MAX));
+    let amax = _mm512_reduce_max_ps(fold16(a, |v, s| _mm512_max_ps(_mm512_and_ps(v, abs), s)));
+    if amax == 0.0 || !amax.is_finite() {
+        return super::quantize_row(a, limit, out, 2);
+    }
+    let lim = limit as f32;
+    let inv = lim / amax;
+    let (iv, hi, lo) = (
+        _mm512_set1_ps(inv),
+        _mm512_set1_epi32(limit),
+        _mm512_set1_epi32(-limit),
+    );
+    let q = |v: __m512| {
+        let r = _mm512_cvt_roundps_epi32::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+            _mm512_mul_ps(v, iv),
+        );
+        let ordered = _mm512_cmp_ps_mask::<_CMP_ORD_Q>(v, v);
+        _mm512_maskz_mov_epi32(ordered, _mm512_min_epi32(_mm512_max_epi32(r, lo), hi))
+    };
+    let (k, src, dst) = (a.len(), a.as_ptr(), out.as_mut_ptr());
+    let mut j = 0;
+    while j + 16 <= k {
+        let w = _mm512_cvtepi32_epi16(q(_mm512_loadu_ps(src.add(j))));
+        _mm256_storeu_si256(dst.add(j).cast(), w);
+        j += 16;
+    }
+    if j < k {
+        let m = lanes(k - j);
+        _mm512_mask_cvtepi32_storeu_epi16(
+            dst.add(j).cast(),
+            m,
+            q(_mm512_maskz_loadu_ps(m, src.add(j))),
+        );
+    }
+    if k % 2 == 1 {
+        out[k] = 0;
+    }
+    amax / lim
 }
 
 /// All bf16 panels of `b` over one rounded block of `rows` rows: two panels at a time, then
@@ -857,6 +993,82 @@ mod tests {
     fn vnni_gemm_worst_case_sums() {
         let Some(ops) = vnni_ops() else { return };
         check::int_worst_case_sums(&ops);
+    }
+
+    /// Whether this CPU has AVX-512F/BW (the row quantisers' instructions).
+    fn has_avx512bw() -> bool {
+        check::available(
+            "avx512bw",
+            is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw"),
+        )
+    }
+
+    /// Both zmm row quantisers against the scalar reference on `a`: the same codes,
+    /// integers, scales and zero points (NaN scales both NaN), nothing written past the row.
+    fn quantisers_match(a: &[f32], limit: i32) {
+        let len = a.len();
+        let (mut want, mut got) = (vec![5u8; len + 3], vec![5u8; len + 3]);
+        let w = super::super::quantize_row_u8(a, &mut want);
+        // SAFETY: AVX-512F/BW confirmed by the caller; `got` holds `len` values.
+        let g = unsafe { super::quantize_row_u8(a, &mut got) };
+        assert_eq!(want, got, "u8 codes, len {len}");
+        assert!(w.1 == g.1 && (w.0 == g.0 || (w.0.is_nan() && g.0.is_nan())));
+        let n = len.div_ceil(2) * 2;
+        let (mut want, mut got) = (vec![7i16; n + 2], vec![7i16; n + 2]);
+        let w = super::super::quantize_row(a, limit, &mut want, 2);
+        // SAFETY: as above; `got` holds `len.div_ceil(2) * 2` values.
+        let g = unsafe { super::quantize_row_i16(a, limit, &mut got) };
+        assert_eq!(want, got, "i16 integers, len {len}, limit {limit}");
+        assert!(
+            w == g || (w.is_nan() && g.is_nan()),
+            "scale {w} against {g}"
+        );
+    }
+
+    #[test]
+    fn row_quantisers_match_scalar() {
+        if !has_avx512bw() {
+            return;
+        }
+        for len in 0..200usize {
+            for kind in 0..7u64 {
+                let mut a = check::lcg(len as u64 * 7 + kind, len, 3.0);
+                match kind {
+                    1 => a.iter_mut().for_each(|v| *v = v.abs()),
+                    2 => a.iter_mut().for_each(|v| *v = -v.abs() - 1.0),
+                    3 if len > 0 => a[len / 2] = f32::NAN,
+                    4 if len > 0 => a[len - 1] = f32::INFINITY,
+                    5 => a
+                        .iter_mut()
+                        .for_each(|v| *v = if *v > 0.0 { 0.0 } else { -0.0 }),
+                    6 if len > 1 => a[len - 2] = f32::NAN,
+                    _ => {}
+                }
+                quantisers_match(&a, [32767, 7000, 2300, 1][(len + kind as usize) % 4]);
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+        #[test]
+        fn row_quantisers_prop(
+            a in proptest::collection::vec(
+                prop_oneof![
+                    8 => -1e3f32..1e3,
+                    1 => Just(0.0f32),
+                    1 => Just(-0.0f32),
+                    1 => Just(f32::NAN),
+                    1 => -1e-30f32..1e-30,
+                ],
+                0..300,
+            ),
+            limit in 1i32..=32767,
+        ) {
+            if has_avx512bw() {
+                quantisers_match(&a, limit);
+            }
+        }
     }
 
     proptest! {

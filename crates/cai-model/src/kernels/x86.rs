@@ -699,6 +699,13 @@ unsafe fn dot_avx2(a: *const f32, b: *const f32, n: usize) -> f32 {
     s
 }
 
+/// A row quantiser for the 16-bit products ([`super::quantize_row`] with a stride of 2, at
+/// an activation limit): each tier passes its widest, all giving the same integers.
+pub(super) type RowQuant16 = unsafe fn(&[f32], i32, &mut [i16]) -> f32;
+/// A row quantiser for the int8 products ([`super::quantize_row_u8`]): each tier passes its
+/// widest, all giving the same codes.
+pub(super) type RowQuant8 = unsafe fn(&[f32], &mut [u8]) -> (f32, i32);
+
 /// The int8 product (see [`super::Ops::gemm`]): blocks of `A` rows are quantised
 /// ([`quantized_blocks`]), then every int8 panel of `b` passes over the block, [`MRQ`]
 /// rows at a time. `VNNI`: on AVX-VNNI (Intel Alder Lake and later client cores, without
@@ -717,9 +724,19 @@ fn gemm_int8_avx2<const VNNI: bool>(
         // SAFETY: as below; `quantized_blocks8` hands `block_q8_vnni` whole strips of u8
         // rows, their scales and zero points, and a block of `c` of `rows` rows.
         unsafe {
-            quantized_blocks8(m, a, lda, b, c, ldc, (MRQ, 4), |rows, ap, sp, zp, cp| {
-                per_epilogue!(epi, block_q8_vnni, [], (rows, ap, sp, zp, b, cp, ldc))
-            });
+            quantized_blocks8(
+                m,
+                a,
+                lda,
+                b,
+                c,
+                ldc,
+                (MRQ, 4),
+                quantize_row_u8_avx2,
+                |rows, ap, sp, zp, cp| {
+                    per_epilogue!(epi, block_q8_vnni, [], (rows, ap, sp, zp, b, cp, ldc))
+                },
+            );
         }
         return;
     }
@@ -728,13 +745,23 @@ fn gemm_int8_avx2<const VNNI: bool>(
     // scales and a block of `c` with `rows` rows of `b.n()` values at stride `ldc`, which is
     // what it needs.
     unsafe {
-        quantized_blocks(m, a, lda, b, c, ldc, MRQ, |rows, ap, sp, cp| {
-            if VNNI {
-                per_epilogue!(epi, block_q_vnni, [], (rows, ap, sp, b, cp, ldc))
-            } else {
-                per_epilogue!(epi, block_q, [], (rows, ap, sp, b, cp, ldc))
-            }
-        });
+        quantized_blocks(
+            m,
+            a,
+            lda,
+            b,
+            c,
+            ldc,
+            MRQ,
+            quantize_row_avx2,
+            |rows, ap, sp, cp| {
+                if VNNI {
+                    per_epilogue!(epi, block_q_vnni, [], (rows, ap, sp, b, cp, ldc))
+                } else {
+                    per_epilogue!(epi, block_q, [], (rows, ap, sp, b, cp, ldc))
+                }
+            },
+        );
     }
 }
 
@@ -757,6 +784,7 @@ pub(super) unsafe fn quantized_blocks(
     c: &mut [f32],
     ldc: usize,
     strip: usize,
+    quantize: RowQuant16,
     mut run: impl FnMut(usize, *const i16, *const f32, *mut f32),
 ) {
     let k = b.k();
@@ -780,7 +808,7 @@ pub(super) unsafe fn quantized_blocks(
             sa[r] = if int8 {
                 quantize_row_int8_pairs(row, out, 2)
             } else {
-                quantize_row_avx2(row, limit, out)
+                quantize(row, limit, out)
             };
         }
         run(rows, qa.as_ptr(), sa.as_ptr(), c[m0 * ldc..].as_mut_ptr());
@@ -959,6 +987,7 @@ pub(super) unsafe fn quantized_blocks8(
     c: &mut [f32],
     ldc: usize,
     (strip, align): (usize, usize),
+    quantize: RowQuant8,
     mut run: impl FnMut(usize, *const u8, *const f32, *const i32, *mut f32),
 ) {
     let k = b.k();
@@ -979,7 +1008,7 @@ pub(super) unsafe fn quantized_blocks8(
         for r in 0..rows {
             let i = m0 + r;
             let out = &mut qa[r * rs..(r + 1) * rs];
-            (sa[r], zp[r]) = quantize_row_u8_avx2(&a[i * lda..i * lda + k], out);
+            (sa[r], zp[r]) = quantize(&a[i * lda..i * lda + k], out);
             out[k..].fill(0);
         }
         run(

@@ -24,7 +24,10 @@ use std::arch::x86_64::*;
 
 use std::cell::Cell;
 
-use super::{Epilogue, FmaProbeFn, GemmFn, PackedB, ACT_GELU, ACT_RELU, NR};
+use super::{
+    cls_key_apart, AttentionScratch, Epilogue, FmaProbeFn, GemmFn, HeadQkv, Ops, PackedB, ACT_GELU,
+    ACT_RELU, NR,
+};
 
 /// Rows of the register tiles (see the module doc).
 const MRV: usize = 12;
@@ -595,6 +598,160 @@ pub(super) unsafe fn to_bf16_row(a: &[f32], out: &mut [u16]) {
     }
 }
 
+/// No activation, like `ACT_NONE`, for attention's tiles: their own instantiation of
+/// [`tile_f32`], so the GEMM's stays as it was compiled.
+const ACT_NONE_ATTN: u8 = 3;
+
+/// One head's attention (see [`Ops::attention`]) fused per strip of [`MRV`] queries, as the
+/// AVX2 tier's (`x86::attention_avx2`: scores, exponentials and output back to back in L1,
+/// rows normalised at the end) on this tier's 12 x 32 zmm tiles: the strip's scores against
+/// the packed `Kᵀ` (with 65 tokens the cls key's column as dot products, stored last), the
+/// AVX2 tier's exponentials of each pair of rows, the output from the unnormalised weights
+/// over `V` packed in the same key order, each row scaled by 1 / its sum. Measured against
+/// the AVX2 kernel on AstroMAE's heads (65 tokens, 64 values): see `docs/performance.md`.
+pub(super) fn attention(
+    _ops: &Ops,
+    h: &HeadQkv<'_>,
+    scale: f32,
+    out: &mut [f32],
+    ldo: usize,
+    ws: &mut AttentionScratch,
+) {
+    let (t, hd, ld) = (h.t, h.hd, h.ld);
+    let k0 = usize::from(cls_key_apart(t));
+    ws.kp.repack_nk(&h.k[k0 * ld..], t - k0, hd, ld, None);
+    ws.vp.repack_kn_rotated(h.v, t, hd, ld, k0, None);
+    // Scores: MRV rows of `ls` values (a multiple of 16 holding t rounded up to 8 and every
+    // panel of keys), the first at a 64-byte boundary.
+    let ls = (t.div_ceil(8) * 8)
+        .max(ws.kp.panels() * NR)
+        .next_multiple_of(NR);
+    let need = MRV * ls + NR;
+    if ws.s.len() < need {
+        ws.s.resize(need, 0.0);
+    }
+    let off = ((64 - ws.s.as_ptr() as usize % 64) % 64) / 4;
+    if ws.q.len() < MRV * hd {
+        ws.q.resize(MRV * hd, 0.0);
+    }
+    let full = t / MRV * MRV;
+    if full < t {
+        // The last strip's rows, then zero rows to MRV.
+        let (rows, pad) = ws.q[..MRV * hd].split_at_mut((t - full) * hd);
+        for (i, row) in rows.chunks_exact_mut(hd).enumerate() {
+            row.copy_from_slice(&h.q[(full + i) * ld..][..hd]);
+        }
+        pad.fill(0.0);
+    }
+    // SAFETY: `Ops::attention` checked that q, k and v hold t rows of hd values at stride
+    // ld and `out` t rows of hd at stride ldo; `ws.s[off..]` holds MRV rows of `ls` values
+    // and `ws.q` MRV rows of hd; the packed panels hold hd (keys) and t (values) rows of
+    // NR; reachable only through `x86::avx512_ops` (AVX-512F, AVX2 and FMA confirmed).
+    unsafe {
+        let sp = ws.s.as_mut_ptr().add(off);
+        attention_strips(
+            h,
+            &ws.kp,
+            &ws.vp,
+            ws.q.as_ptr(),
+            sp,
+            ls,
+            k0 == 1,
+            scale,
+            out.as_mut_ptr(),
+            ldo,
+        );
+    }
+}
+
+/// The strips of [`attention`]. Caller guarantees as stated there: `qpad` holds the last,
+/// partial strip of queries padded with zero rows (MRV rows of hd), `sp` MRV rows of `ls`
+/// writable scores.
+#[target_feature(enable = "avx512f,avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn attention_strips(
+    h: &HeadQkv<'_>,
+    kp: &PackedB,
+    vp: &PackedB,
+    qpad: *const f32,
+    sp: *mut f32,
+    ls: usize,
+    cls_last: bool,
+    scale: f32,
+    out: *mut f32,
+    ldo: usize,
+) {
+    use super::x86::{dot_avx2, exp_rows_padded, scale_row};
+    let (t, hd, ld) = (h.t, h.hd, h.ld);
+    let nk = t - usize::from(cls_last);
+    let mut i0 = 0;
+    while i0 < t {
+        let rows = MRV.min(t - i0);
+        let (qa, lda) = if rows == MRV {
+            (h.q.as_ptr().add(i0 * ld), ld)
+        } else {
+            (qpad, hd)
+        };
+        let kpanels = kp.panels();
+        for p in (0..kpanels).step_by(2) {
+            let cols = (nk - p * NR).min(2 * NR);
+            if p + 1 < kpanels {
+                tile_f32::<ACT_NONE_ATTN, false, 2>(
+                    hd,
+                    qa,
+                    lda,
+                    kp,
+                    p,
+                    sp.add(p * NR),
+                    ls,
+                    MRV,
+                    cols,
+                );
+            } else {
+                tile_f32::<ACT_NONE_ATTN, false, 1>(
+                    hd,
+                    qa,
+                    lda,
+                    kp,
+                    p,
+                    sp.add(p * NR),
+                    ls,
+                    MRV,
+                    cols,
+                );
+            }
+        }
+        // The cls scores go to exp_rows_padded in registers (stored and loaded back as part
+        // of a vector, they would stall on store forwarding).
+        let cls = |r: usize| cls_last.then(|| dot_avx2(qa.add(r * lda), h.k.as_ptr(), hd));
+        let mut inv = [0.0f32; MRV];
+        let mut r = 0;
+        while r + 2 <= rows {
+            let pair = [sp.add(r * ls), sp.add((r + 1) * ls)];
+            let iv = exp_rows_padded::<2>(pair, t, [cls(r), cls(r + 1)], scale);
+            inv[r..r + 2].copy_from_slice(&iv);
+            r += 2;
+        }
+        if r < rows {
+            inv[r] = exp_rows_padded::<1>([sp.add(r * ls)], t, [cls(r)], scale)[0];
+        }
+        let vpanels = vp.panels();
+        for p in (0..vpanels).step_by(2) {
+            let cols = (hd - p * NR).min(2 * NR);
+            let c = out.add(i0 * ldo + p * NR);
+            if p + 1 < vpanels {
+                tile_f32::<ACT_NONE_ATTN, false, 2>(t, sp, ls, vp, p, c, ldo, rows, cols);
+            } else {
+                tile_f32::<ACT_NONE_ATTN, false, 1>(t, sp, ls, vp, p, c, ldo, rows, cols);
+            }
+        }
+        for (r, iv) in inv.iter().enumerate().take(rows) {
+            scale_row(out.add((i0 + r) * ldo), hd, *iv);
+        }
+        i0 += rows;
+    }
+}
+
 /// Mask of the first `n` (< 16) lanes.
 #[inline]
 fn lanes(n: usize) -> u16 {
@@ -854,7 +1011,7 @@ fn gelu16(x: __m512) -> __m512 {
 #[cfg(test)]
 mod tests {
     use super::super::check::{self, Weights, EPIS};
-    use super::super::{x86, Epilogue, Ops, PackedB};
+    use super::super::{x86, AttentionScratch, Epilogue, Ops, PackedB};
     use proptest::prelude::*;
 
     /// The AVX-512 table with the VNNI product, if this CPU has it (else the tests that
@@ -995,6 +1152,12 @@ mod tests {
         check::int_worst_case_sums(&ops);
     }
 
+    #[test]
+    fn attention_matches_definition() {
+        let Some(ops) = x86::avx512_ops() else { return };
+        check::attention_shapes(&ops);
+    }
+
     /// Whether this CPU has AVX-512F/BW (the row quantisers' instructions).
     fn has_avx512bw() -> bool {
         check::available(
@@ -1051,6 +1214,13 @@ mod tests {
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(256))]
+        #[test]
+        fn attention_prop(t in 1usize..80, hd in 1usize..70, scale in 0.05f32..1.0, seed in 0u64..1000) {
+            if let Some(ops) = x86::avx512_ops() {
+                check::attention(&ops, t, hd, scale, seed, &mut AttentionScratch::default());
+            }
+        }
+
         #[test]
         fn row_quantisers_prop(
             a in proptest::collection::vec(

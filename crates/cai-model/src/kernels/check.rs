@@ -301,7 +301,7 @@ pub fn attention(ops: &Ops, t: usize, hd: usize, scale: f32, seed: u64, ws: &mut
 pub fn attention_shapes(ops: &Ops) {
     let mut ws = AttentionScratch::default();
     for t in [1usize, 2, 5, 6, 7, 16, 17, 33, 65, 66, 97] {
-        for hd in [1usize, 8, 13, 32] {
+        for hd in [1usize, 8, 13, 32, 64] {
             attention(
                 ops,
                 t,

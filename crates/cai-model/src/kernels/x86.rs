@@ -70,6 +70,7 @@ pub fn avx512_ops() -> Option<Ops> {
         gemm,
         gemm_int8: super::avx512::vnni_gemm_int8().unwrap_or(o.gemm_int8),
         gemm_bf16: super::avx512::bf16_gemm(),
+        attention: super::avx512::attention,
         fma_probe,
         ..o
     })
@@ -590,7 +591,7 @@ impl Strips<'_> {
 /// `x[..n] *= s`. Caller guarantees `n` writable values at `x`.
 #[target_feature(enable = "avx2,fma")]
 #[inline]
-unsafe fn scale_row(x: *mut f32, n: usize, s: f32) {
+pub(super) unsafe fn scale_row(x: *mut f32, n: usize, s: f32) {
     let sv = _mm256_set1_ps(s);
     let body = n / 8 * 8;
     let mut j = 0;
@@ -613,7 +614,7 @@ unsafe fn scale_row(x: *mut f32, n: usize, s: f32) {
 /// Caller guarantees: each `x[r]` points to `n.div_ceil(8) * 8` writable values, `n >= 1`.
 #[target_feature(enable = "avx2,fma")]
 #[inline]
-unsafe fn exp_rows_padded<const R: usize>(
+pub(super) unsafe fn exp_rows_padded<const R: usize>(
     x: [*mut f32; R],
     n: usize,
     last_score: [Option<f32>; R],
@@ -687,7 +688,7 @@ fn exp_nonpos8(x: __m256) -> __m256 {
 /// `sum a[i] b[i]` for `i < n`. Caller guarantees `n` readable values at `a` and at `b`.
 #[target_feature(enable = "avx2,fma")]
 #[inline]
-unsafe fn dot_avx2(a: *const f32, b: *const f32, n: usize) -> f32 {
+pub(super) unsafe fn dot_avx2(a: *const f32, b: *const f32, n: usize) -> f32 {
     let body = n / 8 * 8;
     let v = fold4(body, |acc, j| {
         _mm256_fmadd_ps(_mm256_loadu_ps(a.add(j)), _mm256_loadu_ps(b.add(j)), acc)

@@ -752,6 +752,85 @@ unsafe fn attention_strips(
     }
 }
 
+/// Row-wise LayerNorm (see [`Ops::layer_norm`]) on zmm registers: per row the mean and the
+/// mean squared deviation (two passes, each on 4 accumulators, the tail masked in as
+/// zeros), then `(x - mean) * rstd * gamma + beta` 16 values at a time, as the AVX2 kernel
+/// does on 8.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn layer_norm(
+    rows: usize,
+    dim: usize,
+    x: &[f32],
+    ldx: usize,
+    gamma: &[f32],
+    beta: &[f32],
+    eps: f32,
+    out: &mut [f32],
+    ldo: usize,
+) {
+    for r in 0..rows {
+        let xr = &x[r * ldx..r * ldx + dim];
+        let or = &mut out[r * ldo..r * ldo + dim];
+        // SAFETY: reachable only through `x86::avx512_ops` (AVX-512F confirmed); the
+        // slices are exactly `dim` long (gamma and beta checked >= dim by `Ops::layer_norm`).
+        unsafe { layer_norm_row(xr, &gamma[..dim], &beta[..dim], eps, or) }
+    }
+}
+
+/// One row of [`layer_norm`]. Caller guarantees: the CPU has AVX-512F; `g`, `b` and `out`
+/// are as long as `x`.
+#[target_feature(enable = "avx512f")]
+unsafe fn layer_norm_row(x: &[f32], g: &[f32], b: &[f32], eps: f32, out: &mut [f32]) {
+    let dim = x.len();
+    let n = dim as f32;
+    let mean = _mm512_reduce_add_ps(fold16(x, |v, s| _mm512_add_ps(v, s))) / n;
+    let mv = _mm512_set1_ps(mean);
+    let (k, xp) = (dim, x.as_ptr());
+    // The squared deviations, the tail's masked lanes set to the mean (deviation 0).
+    let dev = |j: usize, m: u16| {
+        let d = _mm512_sub_ps(_mm512_mask_loadu_ps(mv, m, xp.add(j)), mv);
+        _mm512_mul_ps(d, d)
+    };
+    let mut acc = [_mm512_setzero_ps(); 4];
+    let mut j = 0;
+    while j + 64 <= k {
+        for (i, a) in acc.iter_mut().enumerate() {
+            *a = _mm512_add_ps(*a, dev(j + 16 * i, u16::MAX));
+        }
+        j += 64;
+    }
+    while j + 16 <= k {
+        acc[0] = _mm512_add_ps(acc[0], dev(j, u16::MAX));
+        j += 16;
+    }
+    if j < k {
+        acc[1] = _mm512_add_ps(acc[1], dev(j, lanes(k - j)));
+    }
+    let var = _mm512_reduce_add_ps(_mm512_add_ps(
+        _mm512_add_ps(acc[0], acc[1]),
+        _mm512_add_ps(acc[2], acc[3]),
+    )) / n;
+    let rv = _mm512_set1_ps(1.0 / (var + eps).sqrt());
+    let (gp, bp, op) = (g.as_ptr(), b.as_ptr(), out.as_mut_ptr());
+    let norm = |j: usize, m: u16| {
+        let d = _mm512_mul_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, xp.add(j)), mv), rv);
+        let y = _mm512_fmadd_ps(
+            d,
+            _mm512_maskz_loadu_ps(m, gp.add(j)),
+            _mm512_maskz_loadu_ps(m, bp.add(j)),
+        );
+        _mm512_mask_storeu_ps(op.add(j), m, y);
+    };
+    let mut j = 0;
+    while j + 16 <= k {
+        norm(j, u16::MAX);
+        j += 16;
+    }
+    if j < k {
+        norm(j, lanes(k - j));
+    }
+}
+
 /// Mask of the first `n` (< 16) lanes.
 #[inline]
 fn lanes(n: usize) -> u16 {
@@ -1158,6 +1237,14 @@ mod tests {
         check::attention_shapes(&ops);
     }
 
+    #[test]
+    fn layer_norm_matches_scalar_on_odd_shapes() {
+        let Some(ops) = x86::avx512_ops() else { return };
+        for dim in [1usize, 7, 15, 16, 17, 64, 192, 197, 768] {
+            check::layer_norm(&ops, 3, dim, dim as u64);
+        }
+    }
+
     /// Whether this CPU has AVX-512F/BW (the row quantisers' instructions).
     fn has_avx512bw() -> bool {
         check::available(
@@ -1218,6 +1305,13 @@ mod tests {
         fn attention_prop(t in 1usize..80, hd in 1usize..70, scale in 0.05f32..1.0, seed in 0u64..1000) {
             if let Some(ops) = x86::avx512_ops() {
                 check::attention(&ops, t, hd, scale, seed, &mut AttentionScratch::default());
+            }
+        }
+
+        #[test]
+        fn layer_norm_prop(rows in 1usize..5, dim in 1usize..300, seed in 0u64..1000) {
+            if let Some(ops) = x86::avx512_ops() {
+                check::layer_norm(&ops, rows, dim, seed);
             }
         }
 

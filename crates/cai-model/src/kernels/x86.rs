@@ -71,6 +71,7 @@ pub fn avx512_ops() -> Option<Ops> {
         gemm_int8: super::avx512::vnni_gemm_int8().unwrap_or(o.gemm_int8),
         gemm_bf16: super::avx512::bf16_gemm(),
         attention: super::avx512::attention,
+        layer_norm: super::avx512::layer_norm,
         fma_probe,
         ..o
     })

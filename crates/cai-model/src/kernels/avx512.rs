@@ -25,8 +25,7 @@ use std::arch::x86_64::*;
 use std::cell::Cell;
 
 use super::{
-    cls_key_apart, AttentionScratch, Epilogue, FmaProbeFn, GemmFn, HeadQkv, Ops, PackedB, ACT_GELU,
-    ACT_RELU, NR,
+    AttentionScratch, Epilogue, FmaProbeFn, GemmFn, HeadQkv, Ops, PackedB, ACT_GELU, ACT_RELU, NR,
 };
 
 /// Rows of the register tiles (see the module doc).
@@ -617,32 +616,7 @@ pub(super) fn attention(
     ldo: usize,
     ws: &mut AttentionScratch,
 ) {
-    let (t, hd, ld) = (h.t, h.hd, h.ld);
-    let k0 = usize::from(cls_key_apart(t));
-    ws.kp.repack_nk(&h.k[k0 * ld..], t - k0, hd, ld, None);
-    ws.vp.repack_kn_rotated(h.v, t, hd, ld, k0, None);
-    // Scores: MRV rows of `ls` values (a multiple of 16 holding t rounded up to 8 and every
-    // panel of keys), the first at a 64-byte boundary.
-    let ls = (t.div_ceil(8) * 8)
-        .max(ws.kp.panels() * NR)
-        .next_multiple_of(NR);
-    let need = MRV * ls + NR;
-    if ws.s.len() < need {
-        ws.s.resize(need, 0.0);
-    }
-    let off = ((64 - ws.s.as_ptr() as usize % 64) % 64) / 4;
-    if ws.q.len() < MRV * hd {
-        ws.q.resize(MRV * hd, 0.0);
-    }
-    let full = t / MRV * MRV;
-    if full < t {
-        // The last strip's rows, then zero rows to MRV.
-        let (rows, pad) = ws.q[..MRV * hd].split_at_mut((t - full) * hd);
-        for (i, row) in rows.chunks_exact_mut(hd).enumerate() {
-            row.copy_from_slice(&h.q[(full + i) * ld..][..hd]);
-        }
-        pad.fill(0.0);
-    }
+    let (k0, ls, off) = super::x86::prepare_strips(h, ws, MRV);
     // SAFETY: `Ops::attention` checked that q, k and v hold t rows of hd values at stride
     // ld and `out` t rows of hd at stride ldo; `ws.s[off..]` holds MRV rows of `ls` values
     // and `ws.q` MRV rows of hd; the packed panels hold hd (keys) and t (values) rows of
@@ -681,7 +655,7 @@ unsafe fn attention_strips(
     out: *mut f32,
     ldo: usize,
 ) {
-    use super::x86::{dot_avx2, exp_rows_padded, scale_row};
+    use super::x86::{dot_avx2, scale_row, strip_exponentials};
     let (t, hd, ld) = (h.t, h.hd, h.ld);
     let nk = t - usize::from(cls_last);
     let mut i0 = 0;
@@ -692,58 +666,18 @@ unsafe fn attention_strips(
         } else {
             (qpad, hd)
         };
-        let kpanels = kp.panels();
-        for p in (0..kpanels).step_by(2) {
+        for p in (0..kp.panels()).step_by(2) {
             let cols = (nk - p * NR).min(2 * NR);
-            if p + 1 < kpanels {
-                tile_f32::<ACT_NONE_ATTN, false, 2>(
-                    hd,
-                    qa,
-                    lda,
-                    kp,
-                    p,
-                    sp.add(p * NR),
-                    ls,
-                    MRV,
-                    cols,
-                );
-            } else {
-                tile_f32::<ACT_NONE_ATTN, false, 1>(
-                    hd,
-                    qa,
-                    lda,
-                    kp,
-                    p,
-                    sp.add(p * NR),
-                    ls,
-                    MRV,
-                    cols,
-                );
-            }
+            attention_tile(hd, qa, lda, kp, p, sp.add(p * NR), ls, MRV, cols);
         }
         // The cls scores go to exp_rows_padded in registers (stored and loaded back as part
         // of a vector, they would stall on store forwarding).
         let cls = |r: usize| cls_last.then(|| dot_avx2(qa.add(r * lda), h.k.as_ptr(), hd));
-        let mut inv = [0.0f32; MRV];
-        let mut r = 0;
-        while r + 2 <= rows {
-            let pair = [sp.add(r * ls), sp.add((r + 1) * ls)];
-            let iv = exp_rows_padded::<2>(pair, t, [cls(r), cls(r + 1)], scale);
-            inv[r..r + 2].copy_from_slice(&iv);
-            r += 2;
-        }
-        if r < rows {
-            inv[r] = exp_rows_padded::<1>([sp.add(r * ls)], t, [cls(r)], scale)[0];
-        }
-        let vpanels = vp.panels();
-        for p in (0..vpanels).step_by(2) {
+        let inv = strip_exponentials::<MRV>(sp, ls, rows, t, scale, cls);
+        for p in (0..vp.panels()).step_by(2) {
             let cols = (hd - p * NR).min(2 * NR);
             let c = out.add(i0 * ldo + p * NR);
-            if p + 1 < vpanels {
-                tile_f32::<ACT_NONE_ATTN, false, 2>(t, sp, ls, vp, p, c, ldo, rows, cols);
-            } else {
-                tile_f32::<ACT_NONE_ATTN, false, 1>(t, sp, ls, vp, p, c, ldo, rows, cols);
-            }
+            attention_tile(t, sp, ls, vp, p, c, ldo, rows, cols);
         }
         for (r, iv) in inv.iter().enumerate().take(rows) {
             scale_row(out.add((i0 + r) * ldo), hd, *iv);
@@ -752,30 +686,39 @@ unsafe fn attention_strips(
     }
 }
 
-/// Row-wise LayerNorm (see [`Ops::layer_norm`]) on zmm registers: per row the mean and the
-/// mean squared deviation (two passes, each on 4 accumulators, the tail masked in as
-/// zeros), then `(x - mean) * rstd * gamma + beta` 16 values at a time, as the AVX2 kernel
-/// does on 8.
+/// [`tile_f32`] for attention over panels `p` and `p + 1` of `b`, or `p` alone when it is
+/// the last.
+///
+/// Caller guarantees: as [`tile_f32`]'s.
+#[target_feature(enable = "avx512f")]
+#[inline]
 #[allow(clippy::too_many_arguments)]
-pub(super) fn layer_norm(
+unsafe fn attention_tile(
+    k: usize,
+    a: *const f32,
+    lda: usize,
+    b: &PackedB,
+    p: usize,
+    c: *mut f32,
+    ldc: usize,
     rows: usize,
-    dim: usize,
-    x: &[f32],
-    ldx: usize,
-    gamma: &[f32],
-    beta: &[f32],
-    eps: f32,
-    out: &mut [f32],
-    ldo: usize,
+    cols: usize,
 ) {
-    for r in 0..rows {
-        let xr = &x[r * ldx..r * ldx + dim];
-        let or = &mut out[r * ldo..r * ldo + dim];
-        // SAFETY: reachable only through `x86::avx512_ops` (AVX-512F confirmed); the
-        // slices are exactly `dim` long (gamma and beta checked >= dim by `Ops::layer_norm`).
-        unsafe { layer_norm_row(xr, &gamma[..dim], &beta[..dim], eps, or) }
+    if p + 1 < b.panels() {
+        tile_f32::<ACT_NONE_ATTN, false, 2>(k, a, lda, b, p, c, ldc, rows, cols);
+    } else {
+        tile_f32::<ACT_NONE_ATTN, false, 1>(k, a, lda, b, p, c, ldc, rows, cols);
     }
 }
+
+layer_norm_fn!(
+    pub(super) layer_norm,
+    layer_norm_row,
+    "Row-wise LayerNorm (see [`Ops::layer_norm`]) on zmm registers, for the AVX-512 table \
+     ([`super::x86::avx512_ops`], built after AVX-512F was confirmed): per row the mean and \
+     the mean squared deviation (two passes, each on 4 accumulators, the tail masked in as \
+     zeros), then `(x - mean) * rstd * gamma + beta` 16 values at a time."
+);
 
 /// One row of [`layer_norm`]. Caller guarantees: the CPU has AVX-512F; `g`, `b` and `out`
 /// are as long as `x`.
@@ -1281,19 +1224,8 @@ mod tests {
             return;
         }
         for len in 0..200usize {
-            for kind in 0..7u64 {
-                let mut a = check::lcg(len as u64 * 7 + kind, len, 3.0);
-                match kind {
-                    1 => a.iter_mut().for_each(|v| *v = v.abs()),
-                    2 => a.iter_mut().for_each(|v| *v = -v.abs() - 1.0),
-                    3 if len > 0 => a[len / 2] = f32::NAN,
-                    4 if len > 0 => a[len - 1] = f32::INFINITY,
-                    5 => a
-                        .iter_mut()
-                        .for_each(|v| *v = if *v > 0.0 { 0.0 } else { -0.0 }),
-                    6 if len > 1 => a[len - 2] = f32::NAN,
-                    _ => {}
-                }
+            for kind in 0..check::SPECIAL_ROWS {
+                let a = check::special_row(len, kind);
                 quantisers_match(&a, [32767, 7000, 2300, 1][(len + kind as usize) % 4]);
             }
         }

@@ -314,6 +314,28 @@ pub fn attention_shapes(ops: &Ops) {
     }
 }
 
+/// Kinds of [`special_row`].
+pub const SPECIAL_ROWS: u64 = 7;
+
+/// A row of `len` values for the row quantisers' tests, by `kind` (< [`SPECIAL_ROWS`]):
+/// random, all positive, all negative, a NaN in the middle, an infinity last, zeros of both
+/// signs, a NaN second to last.
+pub fn special_row(len: usize, kind: u64) -> Vec<f32> {
+    let mut a = lcg(len as u64 * 7 + kind, len, 3.0);
+    match kind {
+        1 => a.iter_mut().for_each(|v| *v = v.abs()),
+        2 => a.iter_mut().for_each(|v| *v = -v.abs() - 1.0),
+        3 if len > 0 => a[len / 2] = f32::NAN,
+        4 if len > 0 => a[len - 1] = f32::INFINITY,
+        5 => a
+            .iter_mut()
+            .for_each(|v| *v = if *v > 0.0 { 0.0 } else { -0.0 }),
+        6 if len > 1 => a[len - 2] = f32::NAN,
+        _ => {}
+    }
+    a
+}
+
 /// LayerNorm against the scalar one: 1e-5 (1 + |y|) (sums in a different order).
 pub fn layer_norm(ops: &Ops, rows: usize, dim: usize, seed: u64) {
     let ld = dim + 2;

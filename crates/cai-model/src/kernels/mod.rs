@@ -124,6 +124,38 @@ macro_rules! per_epilogue {
     }};
 }
 
+/// `layer_norm_fn!(name, row, "doc line")` defines `fn name`, a [`LayerNormFn`] that
+/// runs the `#[target_feature]` function `row(x, gamma, beta, eps, out)` on each row, every
+/// slice exactly `dim` long: the frame of the SIMD tiers' LayerNorms. The doc line says
+/// which table holds it, where the row's target features are confirmed.
+#[cfg(target_arch = "x86_64")]
+macro_rules! layer_norm_fn {
+    ($vis:vis $name:ident, $row:path, $safety:literal) => {
+        #[doc = $safety]
+        #[allow(clippy::too_many_arguments)]
+        $vis fn $name(
+            rows: usize,
+            dim: usize,
+            x: &[f32],
+            ldx: usize,
+            gamma: &[f32],
+            beta: &[f32],
+            eps: f32,
+            out: &mut [f32],
+            ldo: usize,
+        ) {
+            let (g, b) = (&gamma[..dim], &beta[..dim]);
+            for r in 0..rows {
+                let (xr, or) = (&x[r * ldx..r * ldx + dim], &mut out[r * ldo..r * ldo + dim]);
+                // SAFETY: the table holding `$name` is built only where `$row`'s target
+                // features were confirmed (the doc line above says where); the slices are
+                // exactly `dim` long (gamma and beta checked >= dim by `Ops::layer_norm`).
+                unsafe { $row(xr, g, b, eps, or) }
+            }
+        }
+    };
+}
+
 #[cfg(target_arch = "aarch64")]
 pub mod aarch64;
 #[cfg(target_arch = "x86_64")]

@@ -480,30 +480,7 @@ fn attention_avx2(
     ldo: usize,
     ws: &mut AttentionScratch,
 ) {
-    let (t, hd, ld) = (h.t, h.hd, h.ld);
-    let k0 = usize::from(cls_key_apart(t));
-    ws.kp.repack_nk(&h.k[k0 * ld..], t - k0, hd, ld, None);
-    ws.vp.repack_kn_rotated(h.v, t, hd, ld, k0, None);
-    // Scores: MR rows of `ls` values (a multiple of 16, at least t rounded up to 8), the
-    // first at a 64-byte boundary so the tiles' stores are aligned.
-    let ls = (t.div_ceil(8) * 8).max(ws.kp.panels() * NR).div_ceil(NR) * NR;
-    let need = MR * ls + NR;
-    if ws.s.len() < need {
-        ws.s.resize(need, 0.0);
-    }
-    let off = ((64 - ws.s.as_ptr() as usize % 64) % 64) / 4;
-    if ws.q.len() < MR * hd {
-        ws.q.resize(MR * hd, 0.0);
-    }
-    let full = t / MR * MR;
-    if full < t {
-        // The last strip's rows, then zero rows to MR.
-        let (rows, pad) = ws.q[..MR * hd].split_at_mut((t - full) * hd);
-        for (i, row) in rows.chunks_exact_mut(hd).enumerate() {
-            row.copy_from_slice(&h.q[(full + i) * ld..][..hd]);
-        }
-        pad.fill(0.0);
-    }
+    let (k0, ls, off) = prepare_strips(h, ws, MR);
     // SAFETY: `Ops::attention` checked that q, k and v hold t rows of hd values at stride
     // ld and `out` t rows of hd at stride ldo; `ws.s[off..]` holds MR rows of `ls` values
     // and `ws.q` MR rows of hd; the packed panels hold hd (keys) and t (values) rows of
@@ -519,6 +496,71 @@ fn attention_avx2(
         };
         strips.run(h, k0 == 1, scale, out.as_mut_ptr(), ldo);
     }
+}
+
+/// The setup of a fused attention kernel with strips of `mr` queries (this tier's and
+/// the `avx512` one's): packs `Kᵀ` (without the cls key when [`cls_key_apart`]) and `V` in
+/// the same key order, sizes the scores to `mr` rows of `ls` values (a multiple of 16 holding
+/// t rounded up to 8 and every panel of keys) from `off`, the first at a 64-byte boundary so
+/// the tiles' stores are aligned, and copies the last, partial strip of queries into `ws.q`
+/// padded with zero rows to `mr`. Returns the number of keys put apart (0 or 1), `ls` and
+/// `off`.
+pub(super) fn prepare_strips(
+    h: &HeadQkv<'_>,
+    ws: &mut AttentionScratch,
+    mr: usize,
+) -> (usize, usize, usize) {
+    let (t, hd, ld) = (h.t, h.hd, h.ld);
+    let k0 = usize::from(cls_key_apart(t));
+    ws.kp.repack_nk(&h.k[k0 * ld..], t - k0, hd, ld, None);
+    ws.vp.repack_kn_rotated(h.v, t, hd, ld, k0, None);
+    let ls = (t.div_ceil(8) * 8).max(ws.kp.panels() * NR).div_ceil(NR) * NR;
+    let need = mr * ls + NR;
+    if ws.s.len() < need {
+        ws.s.resize(need, 0.0);
+    }
+    let off = ((64 - ws.s.as_ptr() as usize % 64) % 64) / 4;
+    if ws.q.len() < mr * hd {
+        ws.q.resize(mr * hd, 0.0);
+    }
+    let full = t / mr * mr;
+    if full < t {
+        let (rows, pad) = ws.q[..mr * hd].split_at_mut((t - full) * hd);
+        for (i, row) in rows.chunks_exact_mut(hd).enumerate() {
+            row.copy_from_slice(&h.q[(full + i) * ld..][..hd]);
+        }
+        pad.fill(0.0);
+    }
+    (k0, ls, off)
+}
+
+/// The exponentials of a strip's `rows` rows of scores (`ls` apart from `sp`, `t` each),
+/// two rows at a time ([`exp_rows_padded`]), with the cls key's score of row `r` from
+/// `cls(r)` when it was put apart; returns 1 / each row's sum (the first `rows` of `M`).
+///
+/// Caller guarantees: as [`exp_rows_padded`] for each row; `rows <= M`.
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+pub(super) unsafe fn strip_exponentials<const M: usize>(
+    sp: *mut f32,
+    ls: usize,
+    rows: usize,
+    t: usize,
+    scale: f32,
+    cls: impl Fn(usize) -> Option<f32>,
+) -> [f32; M] {
+    let mut inv = [0.0f32; M];
+    let mut r = 0;
+    while r + 2 <= rows {
+        let pair = [sp.add(r * ls), sp.add((r + 1) * ls)];
+        let iv = exp_rows_padded::<2>(pair, t, [cls(r), cls(r + 1)], scale);
+        inv[r..r + 2].copy_from_slice(&iv);
+        r += 2;
+    }
+    if r < rows {
+        inv[r] = exp_rows_padded::<1>([sp.add(r * ls)], t, [cls(r)], scale)[0];
+    }
+    inv
 }
 
 /// The buffers [`attention_avx2`] hands to its strips.
@@ -564,17 +606,7 @@ impl Strips<'_> {
             // The cls scores go to exp_rows_padded in registers: stored here and loaded
             // back as part of a vector, they would stall on store forwarding.
             let cls = |r: usize| cls_last.then(|| dot_avx2(qa.add(r * lda), h.k.as_ptr(), hd));
-            let mut inv = [0.0f32; MR];
-            let mut r = 0;
-            while r + 2 <= rows {
-                let pair = [sp.add(r * ls), sp.add((r + 1) * ls)];
-                let iv = exp_rows_padded::<2>(pair, t, [cls(r), cls(r + 1)], scale);
-                inv[r..r + 2].copy_from_slice(&iv);
-                r += 2;
-            }
-            if r < rows {
-                inv[r] = exp_rows_padded::<1>([sp.add(r * ls)], t, [cls(r)], scale)[0];
-            }
+            let inv = strip_exponentials::<MR>(sp, ls, rows, t, scale, cls);
             for p in 0..self.vp.panels() {
                 let cols = NR.min(hd - p * NR);
                 let (bp, bias) = (self.vp.panel(p).as_ptr(), self.vp.panel_bias(p).as_ptr());
@@ -615,7 +647,7 @@ pub(super) unsafe fn scale_row(x: *mut f32, n: usize, s: f32) {
 /// Caller guarantees: each `x[r]` points to `n.div_ceil(8) * 8` writable values, `n >= 1`.
 #[target_feature(enable = "avx2,fma")]
 #[inline]
-pub(super) unsafe fn exp_rows_padded<const R: usize>(
+unsafe fn exp_rows_padded<const R: usize>(
     x: [*mut f32; R],
     n: usize,
     last_score: [Option<f32>; R],
@@ -1342,26 +1374,11 @@ fn hmax(v: __m256) -> f32 {
     _mm_cvtss_f32(s)
 }
 
-#[allow(clippy::too_many_arguments)]
-fn layer_norm_avx2(
-    rows: usize,
-    dim: usize,
-    x: &[f32],
-    ldx: usize,
-    gamma: &[f32],
-    beta: &[f32],
-    eps: f32,
-    out: &mut [f32],
-    ldo: usize,
-) {
-    for r in 0..rows {
-        let xr = &x[r * ldx..r * ldx + dim];
-        let or = &mut out[r * ldo..r * ldo + dim];
-        // SAFETY: reachable only through `avx2_ops` (AVX2+FMA confirmed); the slices are
-        // exactly `dim` long (gamma/beta checked >= dim by `Ops::layer_norm`).
-        unsafe { layer_norm_row(xr, &gamma[..dim], &beta[..dim], eps, or) }
-    }
-}
+layer_norm_fn!(
+    layer_norm_avx2,
+    layer_norm_row,
+    "LayerNorm of the AVX2 table ([`avx2_ops`], built after AVX2 and FMA were confirmed)."
+);
 
 /// One row of LayerNorm. The sum and the sum of squares run on 4 accumulators each: one
 /// chain of dependent adds over the row made it wait on the adder's latency.
@@ -1631,18 +1648,8 @@ mod tests {
             return;
         }
         for len in 0..100usize {
-            for kind in 0..6u64 {
-                let mut a = check::lcg(len as u64 * 7 + kind, len, 3.0);
-                match kind {
-                    1 => a.iter_mut().for_each(|v| *v = v.abs()),
-                    2 => a.iter_mut().for_each(|v| *v = -v.abs() - 1.0),
-                    3 if len > 0 => a[len / 2] = f32::NAN,
-                    4 if len > 0 => a[len - 1] = f32::INFINITY,
-                    5 => a
-                        .iter_mut()
-                        .for_each(|v| *v = if *v > 0.0 { 0.0 } else { -0.0 }),
-                    _ => {}
-                }
+            for kind in 0..check::SPECIAL_ROWS {
+                let a = check::special_row(len, kind);
                 let (mut want, mut got) = (vec![5u8; len + 3], vec![5u8; len + 3]);
                 let w = super::super::quantize_row_u8(&a, &mut want);
                 // SAFETY: AVX2 and FMA confirmed above; `got` holds `len` values.

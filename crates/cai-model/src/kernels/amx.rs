@@ -13,8 +13,8 @@
 //! * Weights: [`PackedB`]'s int8 quads and bf16 pairs are already AMX `B` tiles (per panel
 //!   and group of rows, 16 columns x 4 bytes = one 64-byte tile row), padded with zeros to
 //!   whole tiles of the reduction ([`super::TILE_K_GROUPS`]), so nothing is repacked.
-//! * Activations: rows quantised to u8 by the AVX2 quantiser (the same codes as every other
-//!   tier) or rounded to bf16 by `vcvtneps2bf16`, each row padded with zeros to a multiple
+//! * Activations: rows quantised to u8 by the AVX-512 quantiser (the same codes as every
+//!   other tier) or rounded to bf16 by `vcvtneps2bf16`, each row padded with zeros to a multiple
 //!   of 64 bytes, in blocks of whole 32-row strip pairs; the rows past `m` in the last strip
 //!   pair are computed and never stored, and a last single panel is paired with itself.
 //! * Exactness: the i32 sums are the exact integers of the scalar reference (integer sums

@@ -61,8 +61,8 @@ pub fn avx2_ops() -> Option<Ops> {
 
 /// The AVX-512 table, if this CPU has AVX-512F (and AVX2+FMA): the f32 product and the
 /// FMA probe on 512-bit registers, the integer product on AVX-512 VNNI and the bf16 one on
-/// AVX-512 BF16 when the CPU has them ([`super::avx512`]); LayerNorm, softmax and attention
-/// are the AVX2 kernels.
+/// AVX-512 BF16 when the CPU has them ([`super::avx512`]), LayerNorm and attention on zmm
+/// registers too; softmax is the AVX2 kernel.
 pub fn avx512_ops() -> Option<Ops> {
     let (gemm, fma_probe) = super::avx512::f32_kernels()?;
     avx2_ops().map(|o| Ops {

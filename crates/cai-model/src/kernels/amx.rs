@@ -39,7 +39,7 @@ use std::arch::x86_64::*;
 use std::cell::Cell;
 use std::sync::OnceLock;
 
-use super::avx512::{act, col_masks, store16};
+use super::avx512::{act, col_masks, panel_biases, store16, store_sums};
 use super::{Epilogue, GemmFn, PackedB, NR};
 
 /// Rows of a tile (and of a strip of `A`).
@@ -530,17 +530,11 @@ unsafe fn store_bf16<const ACT: u8, const ACC: bool, const P: usize>(
     rows: usize,
     cols: usize,
 ) {
-    let mut bias = [_mm512_setzero_ps(); P];
-    for (h, v) in bias.iter_mut().enumerate() {
-        *v = _mm512_loadu_ps(b.panel_bias(p + h).as_ptr());
-    }
-    let masks = col_masks::<P>(cols);
+    let (bias, masks) = (panel_biases::<P>(b, p), col_masks::<P>(cols));
     for r in 0..rows {
-        for h in 0..P {
-            let sum = _mm512_load_ps(acc.0.as_ptr().add(r * 2 * NR + h * NR));
-            let v = act::<ACT>(_mm512_add_ps(sum, bias[h]));
-            store16::<ACC>(c.add(r * ldc + h * NR), v, masks[h]);
-        }
+        let sums: [__m512; P] =
+            std::array::from_fn(|h| _mm512_load_ps(acc.0.as_ptr().add(r * 2 * NR + h * NR)));
+        store_sums::<ACT, ACC, P>(c.add(r * ldc), &sums, &bias, &masks);
     }
 }
 

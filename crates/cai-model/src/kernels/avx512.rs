@@ -206,18 +206,39 @@ unsafe fn store_f32_tile<const ACT: u8, const ACC: bool, const P: usize>(
     rows: usize,
     cols: usize,
 ) {
-    let mut bias = [_mm512_setzero_ps(); P];
-    for (h, v) in bias.iter_mut().enumerate() {
-        *v = _mm512_loadu_ps(b.panel_bias(p + h).as_ptr());
-    }
-    let masks = col_masks::<P>(cols);
+    let (bias, masks) = (panel_biases::<P>(b, p), col_masks::<P>(cols));
     let row = |r: usize, accr: &[__m512; P]| {
-        for h in 0..P {
-            let v = act::<ACT>(_mm512_add_ps(accr[h], bias[h]));
-            store16::<ACC>(c.add(r * ldc + h * NR), v, masks[h]);
-        }
+        store_sums::<ACT, ACC, P>(c.add(r * ldc), accr, &bias, &masks)
     };
     each_row(acc, rows, row);
+}
+
+/// The biases of panels `p .. p + P` of `b`.
+///
+/// Caller guarantees: `b` has those panels and the CPU has AVX-512F.
+#[target_feature(enable = "avx512f")]
+#[inline]
+pub(super) unsafe fn panel_biases<const P: usize>(b: &PackedB, p: usize) -> [__m512; P] {
+    std::array::from_fn(|h| _mm512_loadu_ps(b.panel_bias(p + h).as_ptr()))
+}
+
+/// One row of an f32 tile's epilogue: `c[h*16..] (=|+=) act(sums[h] + bias[h])` for each
+/// of the `P` panels, masked by `masks`.
+///
+/// Caller guarantees: `c` points to the row's writable columns that `masks` select, and the
+/// CPU has AVX-512F.
+#[target_feature(enable = "avx512f")]
+#[inline]
+pub(super) unsafe fn store_sums<const ACT: u8, const ACC: bool, const P: usize>(
+    c: *mut f32,
+    sums: &[__m512; P],
+    bias: &[__m512; P],
+    masks: &[u16; P],
+) {
+    for h in 0..P {
+        let v = act::<ACT>(_mm512_add_ps(sums[h], bias[h]));
+        store16::<ACC>(c.add(h * NR), v, masks[h]);
+    }
 }
 
 /// Store masks of the `P` panels of a tile whose first `cols` columns are stored.

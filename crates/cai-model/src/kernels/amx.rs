@@ -39,7 +39,7 @@ use std::arch::x86_64::*;
 use std::cell::Cell;
 use std::sync::OnceLock;
 
-use super::avx512::{act, col_masks, panel_biases, store16, store_sums};
+use super::avx512::{col_masks, panel_biases, store_sums, Int8Epilogue};
 use super::{Epilogue, GemmFn, PackedB, NR};
 
 /// Rows of a tile (and of a strip of `A`).
@@ -384,27 +384,12 @@ unsafe fn store_int8<const ACT: u8, const ACC: bool, const P: usize>(
     rows: usize,
     cols: usize,
 ) {
-    let mut bias = [_mm512_setzero_ps(); P];
-    let mut scale = [_mm512_setzero_ps(); P];
-    let mut colsum = [_mm512_setzero_si512(); P];
-    for h in 0..P {
-        bias[h] = _mm512_loadu_ps(b.panel_bias(p + h).as_ptr());
-        scale[h] = _mm512_loadu_ps(b.q_scale(p + h).as_ptr());
-        colsum[h] = _mm512_loadu_si512(b.q_colsum(p + h).as_ptr().cast());
-    }
-    let masks = col_masks::<P>(cols);
+    let epi = Int8Epilogue::<P>::new(b, p, cols);
     for r in 0..rows {
-        let s = _mm512_set1_ps(*sa.add(r));
-        let z = _mm512_set1_epi32(*zp.add(r));
-        for h in 0..P {
-            let sum = _mm512_load_si512(acc.0.as_ptr().add(r * 2 * NR + h * NR).cast());
-            let exact = _mm512_sub_epi32(sum, _mm512_mullo_epi32(z, colsum[h]));
-            let v = _mm512_add_ps(
-                _mm512_mul_ps(_mm512_cvtepi32_ps(exact), _mm512_mul_ps(s, scale[h])),
-                bias[h],
-            );
-            store16::<ACC>(c.add(r * ldc + h * NR), act::<ACT>(v), masks[h]);
-        }
+        let sums: [__m512i; P] = std::array::from_fn(|h| {
+            _mm512_load_si512(acc.0.as_ptr().add(r * 2 * NR + h * NR).cast())
+        });
+        epi.row::<ACT, ACC>(c.add(r * ldc), &sums, *sa.add(r), *zp.add(r));
     }
 }
 

@@ -506,28 +506,63 @@ unsafe fn tile_vnni8<const ACT: u8, const ACC: bool, const P: usize>(
     pair_products(k4, a.cast(), panels, &mut acc, |acc, av, bv| {
         _mm512_dpbusd_epi32(acc, av, bv)
     });
-    let mut bias = [_mm512_setzero_ps(); P];
-    let mut scale = [_mm512_setzero_ps(); P];
-    let mut colsum = [_mm512_setzero_si512(); P];
-    for h in 0..P {
-        bias[h] = _mm512_loadu_ps(b.panel_bias(p + h).as_ptr());
-        scale[h] = _mm512_loadu_ps(b.q_scale(p + h).as_ptr());
-        colsum[h] = _mm512_loadu_si512(b.q_colsum(p + h).as_ptr().cast());
-    }
-    let masks = col_masks::<P>(cols);
+    let epi = Int8Epilogue::<P>::new(b, p, cols);
     let row = |r: usize, accr: &[__m512i; P]| {
-        let s = _mm512_set1_ps(*sa.add(r));
-        let z = _mm512_set1_epi32(*zp.add(r));
-        for h in 0..P {
-            let exact = _mm512_sub_epi32(accr[h], _mm512_mullo_epi32(z, colsum[h]));
-            let v = _mm512_add_ps(
-                _mm512_mul_ps(_mm512_cvtepi32_ps(exact), _mm512_mul_ps(s, scale[h])),
-                bias[h],
-            );
-            store16::<ACC>(c.add(r * ldc + h * NR), act::<ACT>(v), masks[h]);
-        }
+        epi.row::<ACT, ACC>(c.add(r * ldc), accr, *sa.add(r), *zp.add(r));
     };
     each_row(&acc, rows, row);
+}
+
+/// The int8 products' epilogue for `P` panels (the AVX-512 VNNI tile's and the AMX one's):
+/// per row, `sum - zero point x column sum` (the exact `sum (u - zp) q` of the scalar
+/// reference), `* (row scale * column scale) + bias` and the activation, in the reference's
+/// order of f32 operations, columns past the tile's masked off.
+pub(super) struct Int8Epilogue<const P: usize> {
+    bias: [__m512; P],
+    scale: [__m512; P],
+    colsum: [__m512i; P],
+    masks: [u16; P],
+}
+
+impl<const P: usize> Int8Epilogue<P> {
+    /// The biases, column scales and column sums of int8 panels `p .. p + P` of `b`, for a
+    /// tile storing `cols` columns.
+    ///
+    /// Caller guarantees: `b` is int8 with those panels, and the CPU has AVX-512F.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    pub(super) unsafe fn new(b: &PackedB, p: usize, cols: usize) -> Self {
+        Self {
+            bias: panel_biases::<P>(b, p),
+            scale: std::array::from_fn(|h| _mm512_loadu_ps(b.q_scale(p + h).as_ptr())),
+            colsum: std::array::from_fn(|h| _mm512_loadu_si512(b.q_colsum(p + h).as_ptr().cast())),
+            masks: col_masks::<P>(cols),
+        }
+    }
+
+    /// One row: its i32 sums per panel, its scale `sa` and zero point `zp`, into `c`.
+    ///
+    /// Caller guarantees: `c` points to the row's writable columns that the masks select,
+    /// and the CPU has AVX-512F.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    pub(super) unsafe fn row<const ACT: u8, const ACC: bool>(
+        &self,
+        c: *mut f32,
+        sums: &[__m512i; P],
+        sa: f32,
+        zp: i32,
+    ) {
+        let (s, z) = (_mm512_set1_ps(sa), _mm512_set1_epi32(zp));
+        for (h, sum) in sums.iter().enumerate() {
+            let exact = _mm512_sub_epi32(*sum, _mm512_mullo_epi32(z, self.colsum[h]));
+            let v = _mm512_add_ps(
+                _mm512_mul_ps(_mm512_cvtepi32_ps(exact), _mm512_mul_ps(s, self.scale[h])),
+                self.bias[h],
+            );
+            store16::<ACC>(c.add(h * NR), act::<ACT>(v), self.masks[h]);
+        }
+    }
 }
 
 /// The bf16 product, if this CPU has AVX-512F, BW, VL and BF16 (and AVX2+FMA, which the rest

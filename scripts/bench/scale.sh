@@ -37,6 +37,7 @@ DIR="$TGT/$PROFILE"
 CAI="$DIR/cai"
 FIX="$DIR/examples/scale_fixture"
 BASE="${CAI_BENCH_BASE:-}"
+LOAD_BEFORE="$(cut -d' ' -f1-3 /proc/loadavg)"
 MODEL="$WORK/model.safetensors"
 "$CAI" model init --out "$MODEL" >/dev/null 2>&1 || touch "$MODEL"
 
@@ -94,7 +95,7 @@ else
 fi
 
 echo "scale benchmark: $N ranks, $(date -u '+%Y-%m-%d %H:%M UTC')"
-echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) cpus; load before: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) cpus; load before: $LOAD_BEFORE"
 row() { printf '%-10s  %-18s  %-18s' "$1" "$2" "$3"; [ -z "$BASE" ] || printf '  %-18s  %-18s' "$4" "$5"; echo; }
 row step "local disk" "moto S3" "local disk (base)" "moto S3 (base)"
 for step in plan summarize status report; do

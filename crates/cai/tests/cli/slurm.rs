@@ -367,29 +367,7 @@ fn a_task_killed_mid_rank_then_resume_gives_every_galaxy_once() {
     let text = String::from_utf8_lossy(&st.stdout);
     assert!(text.contains("missing      ranks 1 ("), "{text}");
 
-    let before = std::fs::read(d.path("res/0.json")).unwrap();
-    d.ok(&[
-        "run",
-        "--engine",
-        "slurm",
-        "--resume",
-        "--results",
-        &d.s("res"),
-        "--poll",
-        "0.2",
-    ]);
-    let jobs = read_json(d.path("res/slurm/jobs.json"));
-    assert_eq!(
-        jobs["ranks"],
-        serde_json::json!([1]),
-        "only the killed rank"
-    );
-    assert_eq!(std::fs::read(d.path("res/0.json")).unwrap(), before);
-    let s = read_json(d.path("res/summary.json"));
-    assert_eq!(s["failed"].as_array().unwrap().len(), 0);
-    assert_eq!(s["galaxies"], 300);
-    // by_index fails on a galaxy seen twice.
-    assert_eq!(by_index(d.path("res/predictions.parquet")).len(), 300);
+    resume_runs_only(&d, 1);
 }
 
 #[test]
@@ -426,8 +404,14 @@ fn a_corrupt_partition_is_named_and_resume_submits_only_it() {
         "{text}"
     );
 
-    let before = std::fs::read(d.path("res/0.json")).unwrap();
     std::fs::write(&victim, &good).unwrap();
+    resume_runs_only(&d, 2);
+}
+
+/// `cai run --engine slurm --resume` on `res` submits only `rank`, leaves rank 0's report as
+/// it was, and ends with all 300 galaxies, each once (by_index fails on one seen twice).
+fn resume_runs_only(d: &Dir, rank: usize) {
+    let before = std::fs::read(d.path("res/0.json")).unwrap();
     d.ok(&[
         "run",
         "--engine",
@@ -441,7 +425,7 @@ fn a_corrupt_partition_is_named_and_resume_submits_only_it() {
     let jobs = read_json(d.path("res/slurm/jobs.json"));
     assert_eq!(
         jobs["ranks"],
-        serde_json::json!([2]),
+        serde_json::json!([rank]),
         "only the missing rank"
     );
     assert_eq!(std::fs::read(d.path("res/0.json")).unwrap(), before);

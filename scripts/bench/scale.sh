@@ -5,6 +5,9 @@
 # its peak RSS, on local disk and on moto's S3 server; the figures side by side.
 #
 #   scripts/bench/scale.sh [N]          # N defaults to 10240
+#   CAI_BENCH_BASE=/path/to/old/cai scripts/bench/scale.sh [N]
+#                                       # also times that binary's summarize, status and
+#                                       # report on the same fixture, interleaved (A/B)
 #
 # Needs /usr/bin/time, and python3 with moto[server] + boto3 for the S3 column (skipped
 # with a note when missing). Binaries: release build of `cai` and the `scale_fixture`
@@ -33,6 +36,8 @@ DIR="$TGT/$PROFILE"
 [ "$PROFILE" = dev ] && DIR="$TGT/debug"
 CAI="$DIR/cai"
 FIX="$DIR/examples/scale_fixture"
+BASE="${CAI_BENCH_BASE:-}"
+LOAD_BEFORE="$(cut -d' ' -f1-3 /proc/loadavg)"
 MODEL="$WORK/model.safetensors"
 "$CAI" model init --out "$MODEL" >/dev/null 2>&1 || touch "$MODEL"
 
@@ -54,9 +59,18 @@ bench() {  # bench COLUMN DATA RESULTS
     timed "$col.plan" "$FIX" plan "$data" "$results" "$MODEL"
     say "$col: writing $N finished ranks under $results"
     "$FIX" ranks "$results" 2>&1 | sed 's/^/scale: /' >&2
-    timed "$col.summarize" "$CAI" summarize --results "$results"
-    timed "$col.status" "$CAI" status --results "$results" --once
-    timed "$col.report" "$CAI" report "$results" --out "$WORK/$col.html"
+    local bin tag
+    for step in summarize status report; do
+        for bin in ${BASE:+"$BASE"} "$CAI"; do
+            tag=""
+            [ "$bin" = "$CAI" ] || tag=".base"
+            case $step in
+            summarize) timed "$col.$step$tag" "$bin" summarize --results "$results" ;;
+            status) timed "$col.$step$tag" "$bin" status --results "$results" --once ;;
+            report) timed "$col.$step$tag" "$bin" report "$results" --out "$WORK/$col.html" ;;
+            esac
+        done
+    done
 }
 
 bench disk "$WORK/data" "$WORK/results"
@@ -81,11 +95,13 @@ else
 fi
 
 echo "scale benchmark: $N ranks, $(date -u '+%Y-%m-%d %H:%M UTC')"
-echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) cpus; load before: $(cut -d' ' -f1-3 /proc/loadavg)"
-printf '%-10s  %-18s  %-18s\n' step "local disk" "moto S3"
+echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) cpus; load before: $LOAD_BEFORE"
+row() { printf '%-10s  %-18s  %-18s' "$1" "$2" "$3"; [ -z "$BASE" ] || printf '  %-18s  %-18s' "$4" "$5"; echo; }
+row step "local disk" "moto S3" "local disk (base)" "moto S3 (base)"
 for step in plan summarize status report; do
-    s3="-"
-    [ "$S3" = yes ] && s3="${FIG[s3.$step]}"
-    printf '%-10s  %-18s  %-18s\n' "$step" "${FIG[disk.$step]}" "$s3"
+    s3="-" s3b="-"
+    [ "$S3" = yes ] && s3="${FIG[s3.$step]}" && s3b="${FIG[s3.$step.base]:--}"
+    row "$step" "${FIG[disk.$step]}" "$s3" "${FIG[disk.$step.base]:--}" "$s3b"
 done
+echo "reads in flight: ${CAI_PARALLEL_READS:-default}"
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"

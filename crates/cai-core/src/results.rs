@@ -32,9 +32,34 @@ pub async fn missing_ranks(results: &StorageUrl, world_size: usize) -> Result<Ve
     Ok((0..world_size).filter(|r| !done.contains(r)).collect())
 }
 
-/// Objects read at once from a results location (S3 answers each GET in tens of
-/// milliseconds; more in flight hides that).
+/// Objects read at once from a results location by default (S3 answers each GET in tens
+/// of milliseconds; more in flight hides that). `CAI_PARALLEL_READS` overrides it.
 pub const PARALLEL_READS: usize = 64;
+
+/// Most objects ever read at once, whatever `CAI_PARALLEL_READS` asks (each read in flight
+/// holds a connection and its buffer).
+pub const MAX_PARALLEL_READS: usize = 1024;
+
+/// Objects read at once from a results location: `CAI_PARALLEL_READS` when set (a whole
+/// number from 1 to [`MAX_PARALLEL_READS`]), else [`PARALLEL_READS`].
+pub fn parallel_reads() -> Result<usize> {
+    parallel_reads_from(std::env::var("CAI_PARALLEL_READS").ok())
+}
+
+/// [`parallel_reads`] with the variable's value given.
+pub fn parallel_reads_from(value: Option<String>) -> Result<usize> {
+    let Some(v) = value else {
+        return Ok(PARALLEL_READS);
+    };
+    v.trim()
+        .parse::<usize>()
+        .ok()
+        .filter(|n| (1..=MAX_PARALLEL_READS).contains(n))
+        .ok_or_else(|| Error::Invalid {
+            field: "CAI_PARALLEL_READS".into(),
+            reason: format!("{v:?} is not a whole number from 1 to {MAX_PARALLEL_READS}"),
+        })
+}
 
 /// One finished rank's `<rank>.json`: the JSON as written (what `combined_data.json`
 /// concatenates) and parsed.
@@ -122,31 +147,40 @@ impl ResultsListing {
             .filter_map(|o| layout::rank_of_report(&o.key).map(|r| (r, o.key.as_str())))
     }
 
-    /// Read the `<rank>.json` of every rank below `limit`, several at once; sorted by rank.
-    pub async fn read_reports(&self, limit: usize) -> Result<Vec<RankFile>> {
+    /// `(rank, key)` of the `<rank>.json` of every rank below `limit`, by rank; one key per
+    /// rank (`7.json` and `007.json` are one rank: the first in key order is kept).
+    pub fn report_keys(&self, limit: usize) -> Vec<(usize, &str)> {
+        let mut keys: Vec<(usize, &str)> = self.rank_keys().filter(|&(r, _)| r < limit).collect();
+        keys.sort_by_key(|k| k.0);
+        keys.dedup_by_key(|k| k.0);
+        keys
+    }
+
+    /// Read and parse one `<rank>.json`.
+    pub async fn read_report(&self, rank: usize, key: &str) -> Result<RankFile> {
         let loc = &self.location;
-        let mut files: Vec<(usize, RankFile)> =
-            futures::stream::iter(self.rank_keys().filter(|&(r, _)| r < limit).map(
-                |(rank, key)| async move {
-                    let url = loc.url_of(key);
-                    let bytes = loc.get(key).await?;
-                    let raw: Value =
-                        serde_json::from_slice(&bytes).map_err(|source| Error::Json {
-                            what: "rank report",
-                            source_name: url.clone(),
-                            source,
-                        })?;
-                    let report = parse_rank_report(&url, raw.clone(), rank)?;
-                    Ok::<_, Error>((rank, RankFile { raw, report }))
-                },
-            ))
-            .buffer_unordered(PARALLEL_READS)
-            .try_collect()
-            .await?;
-        // By the rank in the file name; `7.json` and `007.json` are one rank.
-        files.sort_by_key(|f| f.0);
-        files.dedup_by_key(|f| f.0);
-        Ok(files.into_iter().map(|f| f.1).collect())
+        let url = loc.url_of(key);
+        let bytes = loc.get(key).await?;
+        let raw: Value = serde_json::from_slice(&bytes).map_err(|source| Error::Json {
+            what: "rank report",
+            source_name: url.clone(),
+            source,
+        })?;
+        let report = parse_rank_report(&url, raw.clone(), rank)?;
+        Ok(RankFile { raw, report })
+    }
+
+    /// Read the `<rank>.json` of every rank below `limit`, [`parallel_reads`] at once;
+    /// sorted by rank.
+    pub async fn read_reports(&self, limit: usize) -> Result<Vec<RankFile>> {
+        futures::stream::iter(
+            self.report_keys(limit)
+                .into_iter()
+                .map(|(rank, key)| self.read_report(rank, key)),
+        )
+        .buffered(parallel_reads()?)
+        .try_collect()
+        .await
     }
 
     /// Read `failed/<rank>.json` of every rank below `limit` that is not in `done` (a rank
@@ -169,7 +203,7 @@ impl ResultsListing {
                 source,
             })
         }))
-        .buffer_unordered(PARALLEL_READS)
+        .buffer_unordered(parallel_reads()?)
         .try_collect()
         .await?;
         failures.sort_by_key(|f: &RankFailure| f.rank);
@@ -250,20 +284,26 @@ impl RunState {
             return Ok(None);
         };
         let listing = ResultsListing::list(results).await?;
+        Ok(Some(Self::from_listing(results, &plan, &listing)))
+    }
+
+    /// The state of the run planned as `plan`, from a listing of its results location
+    /// already made (so a caller that needs the listing too lists once).
+    pub fn from_listing(results: &StorageUrl, plan: &Plan, listing: &ResultsListing) -> Self {
         let done = listing
             .done_ranks()
             .into_iter()
             .filter(|&r| r < plan.world_size)
             .count();
         let failed: Vec<usize> = listing.failed_ranks().into_iter().collect();
-        Ok(Some(Self {
+        Self {
             results: results.to_string(),
             done,
             without_result: plan.world_size - done - failed.len().min(plan.world_size - done),
             failed,
             world_size: plan.world_size,
             summary_written: listing.has(layout::SUMMARY),
-        }))
+        }
     }
 
     /// Whether every rank has a result.
@@ -320,6 +360,19 @@ mod tests {
         assert!(e.to_string().contains("d.json"), "{e}");
     }
 
+    #[test]
+    fn reads_in_flight_come_from_the_variable_within_bounds() {
+        assert_eq!(parallel_reads_from(None).unwrap(), PARALLEL_READS);
+        assert_eq!(parallel_reads_from(Some(" 256 ".into())).unwrap(), 256);
+        assert_eq!(parallel_reads_from(Some("1".into())).unwrap(), 1);
+        for bad in ["0", "-3", "1025", "lots", ""] {
+            let e = parallel_reads_from(Some(bad.into()))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("CAI_PARALLEL_READS"), "{bad}: {e}");
+        }
+    }
+
     #[tokio::test]
     async fn listing_reads_reports_and_failures_once_per_rank() {
         let loc = StorageUrl::parse("memory://listing/results").unwrap();
@@ -350,6 +403,12 @@ mod tests {
         let files = l.read_reports(4).await.unwrap();
         let ranks: Vec<usize> = files.iter().map(|f| f.report.rank).collect();
         assert_eq!(ranks, [0, 2]);
+        // `002.json` is rank 2 again: one key per rank, the first in key order.
+        loc.put("002.json", rep(2)).await.unwrap();
+        let l2 = ResultsListing::list(&loc).await.unwrap();
+        assert_eq!(l2.report_keys(4), [(0, "0.json"), (2, "002.json")]);
+        assert_eq!(l2.read_reports(4).await.unwrap().len(), 2);
+        loc.delete("002.json").await.unwrap();
         assert_eq!(files[1].raw["galaxies"], 10);
         let done = ranks.iter().copied().collect();
         let failed = l.read_failures(4, &done).await.unwrap();

@@ -12,7 +12,8 @@
 //! cargo run … -- status RESULTS        # what `cai status --once` reads
 //! ```
 //! DATA and RESULTS are paths or `s3://` URLs. With no arguments it runs all three on a
-//! temporary directory with 64 ranks (so CI can run it in seconds).
+//! temporary directory with 64 ranks; `cargo test -p cai-engine --example scale_fixture` runs
+//! that as a test (`scripts/test.sh` does, so the fixture cannot rot).
 
 use std::sync::Arc;
 
@@ -182,18 +183,46 @@ async fn main() -> Res<()> {
         Some(other) => {
             Err(format!("unknown step {other:?} (manifest, plan, ranks, summarize, status)").into())
         }
-        None => {
-            let dir = std::env::temp_dir().join(format!("cai-scale-{}", std::process::id()));
-            let (data, results) = (dir.join("data"), dir.join("results"));
-            let (data, results) = (data.to_string_lossy(), results.to_string_lossy());
-            manifest(&data, 64).await?;
-            plan(&data, &results, "model.safetensors").await?;
-            ranks(&results).await?;
-            let s = cai_engine::summarize::summarize(&StorageUrl::parse(&results)?, None).await?;
-            assert_eq!((s.ranks_done, s.galaxies), (64, 64));
-            std::fs::remove_dir_all(&dir)?;
-            eprintln!("ok: 64 ranks planned, written and summarized");
-            Ok(())
-        }
+        None => quick(64).await,
+    }
+}
+
+/// Every step on a temporary directory with `n` ranks, checking the summary's counts (what
+/// the example does with no arguments, and what its test runs).
+async fn quick(n: usize) -> Res<()> {
+    let dir = std::env::temp_dir().join(format!("cai-scale-{}-{n}", std::process::id()));
+    let (data, results) = (dir.join("data"), dir.join("results"));
+    let (data, results) = (data.to_string_lossy(), results.to_string_lossy());
+    manifest(&data, n).await?;
+    plan(&data, &results, "model.safetensors").await?;
+    ranks(&results).await?;
+    let loc = StorageUrl::parse(&results)?;
+    let s = cai_engine::summarize::summarize(&loc, None).await?;
+    let p = Predictions::from_parquet(
+        &loc.url_of(layout::PREDICTIONS),
+        loc.get(layout::PREDICTIONS).await?,
+    )?;
+    let combined: serde_json::Value = serde_json::from_slice(&loc.get(layout::COMBINED).await?)?;
+    std::fs::remove_dir_all(&dir)?;
+    let ranks_in_combined = combined.as_array().map(Vec::len).unwrap_or(0);
+    let expected: Vec<i64> = (0..n as i64).collect();
+    if (s.ranks_done, s.galaxies as usize, ranks_in_combined) != (n, n, n) || p.index != expected {
+        return Err(format!(
+            "summary of {n} ranks: {} ranks done, {} galaxies, {ranks_in_combined} reports \
+             combined, predictions {:?}",
+            s.ranks_done, s.galaxies, p.index
+        )
+        .into());
+    }
+    eprintln!("ok: {n} ranks planned, written and summarized");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    /// The benchmark's fixture and the summary it times, at a size CI runs in seconds.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sixty_four_ranks_are_planned_written_and_summarized() {
+        super::quick(64).await.unwrap();
     }
 }

@@ -9,10 +9,10 @@ use cai_core::metrics::redshift_metrics;
 use cai_core::plan::Plan;
 use cai_core::predictions::Predictions;
 use cai_core::report::RankReport;
-use cai_core::results::{load_plan, ResultsListing, PARALLEL_READS};
+use cai_core::results::{load_plan, parallel_reads, ResultsListing};
 use cai_core::summary::Summary;
 use cai_core::StorageUrl;
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use serde_json::Value;
 
 use crate::error::{Error, Result};
@@ -30,11 +30,41 @@ pub async fn summarize(results: &StorageUrl, plan: Option<&Plan>) -> Result<Summ
     };
     let listing = ResultsListing::list(results).await?;
     let limit = plan.map(|p| p.world_size).unwrap_or(usize::MAX);
-    let files = listing.read_reports(limit).await?;
-    let done: BTreeSet<usize> = files.iter().map(|f| f.report.rank).collect();
-    let failures = listing.read_failures(limit, &done).await?;
-    let (raw, reports): (Vec<Value>, Vec<RankReport>) =
-        files.into_iter().map(|f| (f.raw, f.report)).unzip();
+    let keys = listing.report_keys(limit);
+    let done: BTreeSet<usize> = keys.iter().map(|k| k.0).collect();
+    let failures = listing.read_failures(limit, &done);
+    // Each rank's report and then its predictions in one task, parallel_reads() ranks in
+    // flight, in rank order: one pass over the location, not one for the reports and
+    // another for the predictions.
+    let ranks = futures::stream::iter(keys.into_iter().map(|(rank, key)| {
+        let listing = &listing;
+        async move {
+            let file = listing.read_report(rank, key).await?;
+            let key = &file.report.predictions;
+            let predictions = match key.is_empty() {
+                true => None,
+                false => {
+                    let bytes = results.get(key).await?;
+                    Some(Predictions::from_parquet(&results.url_of(key), bytes)?)
+                }
+            };
+            Ok::<_, Error>((file, predictions))
+        }
+    }))
+    .buffered(parallel_reads()?)
+    .try_fold(
+        (Vec::new(), Vec::new(), Predictions::default()),
+        |(mut raw, mut reports, mut all), (file, predictions)| async move {
+            raw.push(file.raw);
+            reports.push(file.report);
+            if let Some(p) = predictions {
+                all.append(p);
+            }
+            Ok((raw, reports, all))
+        },
+    );
+    let ((raw, reports, all), failures): ((Vec<Value>, Vec<RankReport>, Predictions), _) =
+        futures::try_join!(ranks, async { Ok(failures.await?) })?;
     let combined = Value::Array(raw);
     results
         .put(
@@ -43,19 +73,6 @@ pub async fn summarize(results: &StorageUrl, plan: Option<&Plan>) -> Result<Summ
         )
         .await?;
 
-    // Every rank's predictions, PARALLEL_READS in flight, appended in rank order.
-    let mut all = Predictions::default();
-    let mut parts =
-        futures::stream::iter(reports.iter().filter(|r| !r.predictions.is_empty()).map(
-            |r| async move {
-                let bytes = results.get(&r.predictions).await?;
-                Predictions::from_parquet(&results.url_of(&r.predictions), bytes)
-            },
-        ))
-        .buffered(PARALLEL_READS);
-    while let Some(p) = parts.next().await {
-        all.append(p?);
-    }
     let mut seen = HashSet::with_capacity(all.len());
     for (p, &row) in all.partition.iter().zip(&all.row) {
         if !seen.insert((p.as_str(), row)) {

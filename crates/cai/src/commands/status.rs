@@ -2,7 +2,10 @@
 //! location (Slurm's `slurm/jobs.json`), it reattaches and follows them to the summary (or,
 //! with `--once`, shows them once).
 
+use std::collections::BTreeSet;
+
 use anyhow::{bail, Result};
+use cai_core::plan::Plan;
 use cai_core::results::{load_plan, ResultsListing, RunState};
 use cai_core::StorageUrl;
 
@@ -30,12 +33,16 @@ pub async fn status(a: StatusArgs, printer: &Printer) -> Result<Outcome> {
             printer.result(line);
         }
     }
-    let Some(state) = RunState::of(&results).await? else {
+    let Some(plan) = load_plan(&results).await? else {
         bail!("no plan.json under {results}: no run was started there");
     };
+    // One listing for the state and the missing ranks (on S3 a listing of N ranks is
+    // N/1000 requests).
+    let listing = ResultsListing::list(&results).await?;
+    let state = RunState::from_listing(&results, &plan, &listing);
     if !printer.json(&state)? {
         printer.result(&state);
-        if let Some(line) = missing_line(&results, at).await? {
+        if let Some(line) = missing_line(&plan, &listing.done_ranks(), at) {
             printer.result(line);
         }
     }
@@ -46,16 +53,12 @@ pub async fn status(a: StatusArgs, printer: &Printer) -> Result<Outcome> {
     })
 }
 
-/// `missing      ranks 0, 3-5 (N partitions, M galaxies); …`: the ranks without a result and
-/// how to run them, or `None` when none is missing.
-async fn missing_line(results: &StorageUrl, at: &str) -> Result<Option<String>> {
-    let Some(plan) = load_plan(results).await? else {
-        return Ok(None);
-    };
-    let done = ResultsListing::list(results).await?.done_ranks();
+/// `missing      ranks 0, 3-5 (N partitions, M galaxies); …`: the ranks of `plan` not in
+/// `done` and how to run them, or `None` when none is missing.
+fn missing_line(plan: &Plan, done: &BTreeSet<usize>, at: &str) -> Option<String> {
     let missing: Vec<usize> = (0..plan.world_size).filter(|r| !done.contains(r)).collect();
     if missing.is_empty() {
-        return Ok(None);
+        return None;
     }
     let partitions: usize = missing.iter().map(|&r| plan.partitions_of(r).len()).sum();
     let galaxies: u64 = missing
@@ -63,11 +66,11 @@ async fn missing_line(results: &StorageUrl, at: &str) -> Result<Option<String>> 
         .flat_map(|&r| plan.partitions_of(r))
         .filter_map(|p| p.galaxies)
         .sum();
-    Ok(Some(format!(
+    Some(format!(
         "missing      ranks {} ({partitions} partitions, {galaxies} galaxies); \
          `cai run --resume --results {at}` runs them",
         ranges(&missing)
-    )))
+    ))
 }
 
 /// `0, 3-5, 9-10`: sorted numbers with runs joined.

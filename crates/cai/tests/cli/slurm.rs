@@ -1,6 +1,6 @@
 //! The Slurm engine against a real slurmctld (scripts/slurm/start.sh), beyond the
 //! conformance suite every engine passes (conformance.rs): logs and reattaching, a
-//! cancelled task retried, a corrupt partition named,
+//! cancelled task retried, a killed task resumed, a corrupt partition named,
 //! `--resume`, refused jobs and an unshared results location. Gated: these run only with
 //! `CAI_TEST_SLURM=1` (scripts/test.sh sets it when it could start the cluster); the
 //! cluster-free checks (dry run, no sbatch) always run.
@@ -274,12 +274,11 @@ fn wait_for(path: &std::path::Path, secs: u64) -> bool {
     false
 }
 
-#[test]
-fn a_task_cancelled_mid_rank_is_retried() {
-    let Some(_c) = cluster() else { return };
-    let d = partitioned();
-    // Small batches: each rank takes long enough to be caught running.
-    let mut args = slurm_args(&d, "res", &["--retries", "1", "--threads", "1"]);
+/// Start `cai run --engine slurm` with small batches (each rank takes long enough to be caught
+/// running) and `extra` options; once task 1's worker predicts, signal it with `scancel
+/// extra_scancel… <array>_1`. The run, still going.
+fn start_and_hit_task_1(d: &Dir, extra: &[&str], scancel: &[&str]) -> std::process::Child {
+    let mut args = slurm_args(d, "res", extra);
     let b = args.iter().position(|a| a == "16").unwrap();
     args[b] = "2".into();
     let child = Command::new(env!("CARGO_BIN_EXE_cai"))
@@ -295,7 +294,6 @@ fn a_task_cancelled_mid_rank_is_retried() {
     );
     let jobs = read_json(d.path("res/slurm/jobs.json"));
     let array = jobs["arrays"][0]["job_id"].as_str().unwrap().to_string();
-    // Kill task 1 once its worker has started predicting.
     let log = d.path(&format!("res/slurm/logs/cai-{array}_1.err"));
     let t = Instant::now();
     loop {
@@ -310,10 +308,19 @@ fn a_task_cancelled_mid_rank_is_retried() {
         std::thread::sleep(Duration::from_millis(50));
     }
     let st = Command::new("scancel")
+        .args(scancel)
         .arg(format!("{array}_1"))
         .status()
         .unwrap();
     assert!(st.success());
+    child
+}
+
+#[test]
+fn a_task_cancelled_mid_rank_is_retried() {
+    let Some(_c) = cluster() else { return };
+    let d = partitioned();
+    let child = start_and_hit_task_1(&d, &["--retries", "1", "--threads", "1"], &[]);
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
@@ -330,6 +337,37 @@ fn a_task_cancelled_mid_rank_is_retried() {
     assert_eq!(s["failed"].as_array().unwrap().len(), 0);
     assert!(!d.path("res/failed/1.json").exists());
     assert_eq!(by_index(d.path("res/predictions.parquet")).len(), 300);
+}
+
+/// A task SIGKILLed (batch shell and worker) while it works on a rank, with no retry: the
+/// run ends with that rank failed by name and no result of it, `cai status` names it as
+/// missing, and `--resume` runs only it; every galaxy is then in the results exactly once.
+#[test]
+fn a_task_killed_mid_rank_then_resume_gives_every_galaxy_once() {
+    let Some(_c) = cluster() else { return };
+    let d = partitioned();
+    let child = start_and_hit_task_1(
+        &d,
+        &["--retries", "0", "--threads", "1"],
+        &["--signal=KILL", "--full"],
+    );
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("rank 1"), "{stderr}");
+    assert!(!d.path("res/1.json").exists());
+    assert!(!d.path("res/predictions/1.parquet").exists());
+    let f = read_json(d.path("res/failed/1.json"));
+    assert_eq!(f["rank"], 1);
+    assert!(
+        f["error"].as_str().unwrap().contains("without a result"),
+        "{f}"
+    );
+    let st = d.cai(&["status", "--results", &d.s("res"), "--once"]);
+    let text = String::from_utf8_lossy(&st.stdout);
+    assert!(text.contains("missing      ranks 1 ("), "{text}");
+
+    resume_runs_only(&d, 1);
 }
 
 #[test]
@@ -366,8 +404,14 @@ fn a_corrupt_partition_is_named_and_resume_submits_only_it() {
         "{text}"
     );
 
-    let before = std::fs::read(d.path("res/0.json")).unwrap();
     std::fs::write(&victim, &good).unwrap();
+    resume_runs_only(&d, 2);
+}
+
+/// `cai run --engine slurm --resume` on `res` submits only `rank`, leaves rank 0's report as
+/// it was, and ends with all 300 galaxies, each once (by_index fails on one seen twice).
+fn resume_runs_only(d: &Dir, rank: usize) {
+    let before = std::fs::read(d.path("res/0.json")).unwrap();
     d.ok(&[
         "run",
         "--engine",
@@ -381,7 +425,7 @@ fn a_corrupt_partition_is_named_and_resume_submits_only_it() {
     let jobs = read_json(d.path("res/slurm/jobs.json"));
     assert_eq!(
         jobs["ranks"],
-        serde_json::json!([2]),
+        serde_json::json!([rank]),
         "only the missing rank"
     );
     assert_eq!(std::fs::read(d.path("res/0.json")).unwrap(), before);

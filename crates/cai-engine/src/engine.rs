@@ -50,6 +50,8 @@ pub struct RunRequest {
     pub results: Option<String>,
     /// Model file (with `resume`, replaces the plan's).
     pub model: Option<String>,
+    /// Model inputs bound to data tensors of other names, `(INPUT, TENSOR)` (`--bind`).
+    pub binds: Vec<(String, String)>,
     /// The original's payload; the fields above override its values.
     pub payload: Option<Payload>,
     /// Galaxies per inference batch.
@@ -155,12 +157,16 @@ impl RunRequest {
             data,
             results,
             model,
+            binds: self.binds.clone(),
             batch_size: self.batch_size,
             file_limit: self.file_limit,
             world_size: self.world_size,
             payload: self.payload.clone(),
         };
         let plan = plan_run(&req).await?;
+        // An ONNX model that cannot run, or whose inputs do not bind, stops here: no rank,
+        // Slurm job or Lambda call starts.
+        crate::stages::check_plan_model(&plan).await?;
         clear_results(&results_url).await?;
         let ranks = (0..plan.world_size).collect();
         Ok((Arc::new(plan), ranks))

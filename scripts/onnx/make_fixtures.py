@@ -5,16 +5,16 @@ Run with the parity venv (torch, onnx, onnxruntime; scripts/parity/setup_venv.sh
 
     ~/.cache/cai-parity-venv/bin/python scripts/onnx/make_fixtures.py [--out DIR] [--astromae-out DIR2] [--depth D]
 
-DIR2 (not committed: the export is ≈43 MB at depth 1) defaults to $CAI_PARITY_DIR/onnx
-(~/.cache/cai-parity/onnx); the test reading it runs when CAI_PARITY_DIR is set. Written there:
+DIR2 (not committed: the export is ≈60 MB) defaults to $CAI_PARITY_DIR/onnx
+(~/.cache/cai-parity/onnx); .ci/run makes it with --astromae-only, and the test reading it
+runs when CAI_PARITY_DIR is set (under CI=true it must). Written there:
 
-  astromae_d1.onnx   AstroMAE (the parity re-creation, scripts/parity/blocks) with one ViT
-                     block instead of twelve (the committed file stays small), seeded random
-                     weights, exported with inputs `images` f32[N,5,32,32] and `magnitudes`
+  astromae_d12.onnx  AstroMAE (the parity re-creation, scripts/parity/blocks) with the
+                     original's twelve ViT blocks, seeded random (original-structure) weights, exported with inputs `images` f32[N,5,32,32] and `magnitudes`
                      f32[N,5], output `z` f32[N], the batch dimension symbolic
-  astromae_d1.json   8 galaxies' inputs and PyTorch's z (eval mode, f32, one thread), plus
+  astromae_d12.json  8 galaxies' inputs and PyTorch's z (eval mode, f32, one thread), plus
                      ONNX Runtime's z on the same file
-  (with --depth D: astromae_dD.*)
+  (with --depth D: astromae_dD.*, e.g. --depth 1 for a quick look)
 
 DIR (committed, ≈260 KB) defaults to crates/cai-model/tests/fixtures/onnx. Written there:
 
@@ -240,15 +240,21 @@ def main():
     ap.add_argument("--out", default=os.path.join(ROOT, "crates/cai-model/tests/fixtures/onnx"))
     parity = os.environ.get("CAI_PARITY_DIR", os.path.expanduser("~/.cache/cai-parity"))
     ap.add_argument("--astromae-out", default=os.path.join(parity, "onnx"))
-    ap.add_argument("--depth", type=int, default=1, help="ViT blocks of the AstroMAE export")
+    ap.add_argument("--depth", type=int, default=12,
+                    help="ViT blocks of the AstroMAE export (12: the original's)")
     ap.add_argument("--seed", type=int, default=23)
     ap.add_argument("--skip-astromae", action="store_true",
                     help="only the committed fixtures (the CNN then draws other inputs)")
+    ap.add_argument("--astromae-only", action="store_true",
+                    help="only the AstroMAE export (what .ci/run makes; the committed fixtures stay)")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
     os.makedirs(args.astromae_out, exist_ok=True)
     torch.set_num_threads(1)
     gen = torch.Generator().manual_seed(args.seed)
+    if args.astromae_only:
+        make_astromae(args.astromae_out, gen, args.depth)
+        return
     make_refusals(args.out)
     if not args.skip_astromae:
         make_astromae(args.astromae_out, gen, args.depth)

@@ -6,7 +6,6 @@
 //! Inputs follow `cai bench`'s formula: value `i` of every tensor is
 //! `((i * 7919) % 1000) * 1e-3`, except `magnitudes` (`15 + i % 7`).
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use cai_model::{clock, init, AstroMae, Config, NamedBatch, TensorModel, TensorSpec};
@@ -29,7 +28,7 @@ pub struct CompareOptions {
 
 /// One path's rate in one case.
 #[derive(Debug, Serialize)]
-pub pub struct Rate {
+pub struct Rate {
     /// Galaxies per wall-clock second.
     pub galaxies_per_s: f64,
     /// Galaxies per CPU-second of the inference thread (one thread only).
@@ -157,7 +156,7 @@ pub fn compare(
             // Warm-up, then alternate until each path has had `seconds`.
             call(model, &pool, &specs, &data, b)?;
             call(&native, &pool, &native_specs, &native_data, b)?;
-            let (mut wo, mut wn, mut co, mut cn, mut k) = (0.0, 0.0, 0.0, 0.0, 0u64);
+            let (mut wo, mut wn, mut co, mut cn, mut k) = (0.0f64, 0.0f64, 0.0, 0.0, 0u64);
             while k < 2 || wo.min(wn) < opts.seconds {
                 let (w, c) = call(model, &pool, &specs, &data, b)?;
                 wo += w;

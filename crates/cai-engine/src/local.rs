@@ -419,7 +419,7 @@ impl LocalEngine {
         for w in &plan.warnings {
             tracing::warn!("{w}");
         }
-        warn_plan(&plan, events);
+        warn_plan(req, &plan, events);
         let model = load_plan_model(&plan, req.precision)
             .await
             .map_err(|e| Error::LoadModel {

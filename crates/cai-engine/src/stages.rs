@@ -109,6 +109,46 @@ pub fn is_onnx_location(location: &str) -> bool {
         .is_some_and(|n| n.to_ascii_lowercase().ends_with(".onnx"))
 }
 
+/// File names a model can have: ONNX, the original's PyTorch files, safetensors.
+const MODEL_EXTENSIONS: [&str; 4] = [".onnx", ".pt", ".pth", ".safetensors"];
+
+/// The one model file under `folder` (any depth), for the original's code-folder payload
+/// (`"object_type": "folder"` without `--model`). None or several is an error listing
+/// what was found and how to choose.
+pub async fn find_folder_model(folder: &str) -> Result<String> {
+    let url = StorageUrl::parse(folder)?;
+    let found: Vec<String> = url
+        .list()
+        .await?
+        .into_iter()
+        .map(|o| o.key)
+        .filter(|k| {
+            let lower = k.to_ascii_lowercase();
+            MODEL_EXTENSIONS.iter().any(|e| lower.ends_with(e))
+        })
+        .collect();
+    match found.as_slice() {
+        [one] => Ok(url.url_of(one)),
+        [] => Err(Error::Request {
+            what: format!(
+                "no model file (.onnx, .pt, .pth, .safetensors) in the payload's code folder {url}"
+            ),
+            hint: "put the model file there, or give --model FILE".into(),
+        }),
+        several => Err(Error::Request {
+            what: format!(
+                "{} model files in the payload's code folder {url}: {}",
+                several.len(),
+                several.join(", ")
+            ),
+            hint: format!(
+                "choose one with --model, e.g. --model {}",
+                url.url_of(&several[0])
+            ),
+        }),
+    }
+}
+
 /// The tensors every partition holds, by name, with their per-galaxy shapes: `images`
 /// `[C, H, W]`, `magnitudes` `[C]`, and `redshift` `[]` when labelled. What model inputs
 /// bind to.
@@ -439,4 +479,40 @@ pub fn auto_precision(
     let mut m = model.clone();
     m.set_plan(&choice.plan)?;
     Ok((m, line))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[tokio::test]
+    async fn a_code_folder_with_one_model_file_names_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let folder = dir.path().join("Anomaly Detection");
+        std::fs::create_dir_all(folder.join("Inference")).unwrap();
+        std::fs::write(folder.join("Inference/inference.py"), b"print()").unwrap();
+        std::fs::write(folder.join("Inference/model.onnx"), b"x").unwrap();
+        let f = folder.to_str().unwrap();
+        let got = find_folder_model(f).await.unwrap();
+        assert!(got.ends_with("Inference/model.onnx"), "{got}");
+
+        std::fs::write(folder.join("weights.safetensors"), b"x").unwrap();
+        let e = find_folder_model(f).await.unwrap_err().to_string();
+        assert!(e.contains("2 model files"), "{e}");
+        assert!(
+            e.contains("model.onnx") && e.contains("weights.safetensors"),
+            "{e}"
+        );
+        assert!(e.contains("--model"), "{e}");
+
+        let empty = dir.path().join("empty");
+        std::fs::create_dir_all(&empty).unwrap();
+        std::fs::write(empty.join("inference.py"), b"").unwrap();
+        let e = find_folder_model(empty.to_str().unwrap())
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no model file"), "{e}");
+    }
 }

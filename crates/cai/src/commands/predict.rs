@@ -67,7 +67,9 @@ pub async fn predict(a: PredictArgs, printer: &Printer) -> Result<Outcome> {
     let load = async {
         if onnx || !binds.is_empty() {
             // load_any_model refuses --bind with the native model, naming it.
-            load_any_model(&model_at, &binds, fixed).await.map(Loaded::Any)
+            load_any_model(&model_at, &binds, fixed)
+                .await
+                .map(Loaded::Any)
         } else {
             load_model_with(&model_at, fixed).await.map(Loaded::Native)
         }

@@ -1,7 +1,9 @@
 //! Any model through ONNX (issue 23): a 5-band CNN classifier that is not AstroMAE, made and
-//! exported by scripts/onnx/make_fixtures.py, runs through `cai run` (local engine) and
-//! `cai predict`, and its outputs equal ONNX Runtime's; inputs that do not bind and graphs
-//! tract cannot run are refused before any rank starts.
+//! exported by scripts/onnx/make_fixtures.py, runs through `cai run` (the local and Slurm
+//! engines), the Lambda handlers (on moto's S3, in Step Functions' order) and `cai
+//! predict`, and its outputs equal ONNX Runtime's; inputs that do not bind and graphs tract
+//! cannot run are refused before any rank starts; the original's code-folder payload finds
+//! the model in its folder.
 
 use std::path::PathBuf;
 
@@ -70,8 +72,16 @@ fn a_cnn_classifier_runs_through_cai_run_and_equals_onnxruntime() {
         "--batch-size",
         "5",
     ]);
-    let bytes = std::fs::read(d.path("res/predictions.parquet")).unwrap();
-    let p = cai_core::predictions::Predictions::from_parquet("p", bytes.into()).unwrap();
+    assert_cnn_results(
+        std::fs::read(d.path("res/predictions.parquet")).unwrap(),
+        &read_json(d.path("res/summary.json")),
+    );
+}
+
+/// `predictions.parquet` and `summary.json` of a CNN run: one column per output, equal to
+/// ONNX Runtime's; no redshift.
+fn assert_cnn_results(parquet: Vec<u8>, summary: &serde_json::Value) {
+    let p = cai_core::predictions::Predictions::from_parquet("p", parquet.into()).unwrap();
     assert_eq!(p.len(), 12);
     let names: Vec<&str> = p.outputs.iter().map(|c| c.name.as_str()).collect();
     assert_eq!(names, ["probs", "confidence"]);
@@ -79,12 +89,155 @@ fn a_cnn_classifier_runs_through_cai_run_and_equals_onnxruntime() {
     assert_eq!(p.outputs[1].width, None);
     // No `z` output: no redshift predicted, no redshift metrics.
     assert!(p.z_pred.iter().all(|z| z.is_nan()));
-    let summary = read_json(d.path("res/summary.json"));
     assert_eq!(summary["galaxies"], 12);
     assert!(summary["metrics"].is_null());
     let (probs, conf) = onnxruntime_outputs();
     assert_close("probs", &p.outputs[0].values, &probs);
     assert_close("confidence", &p.outputs[1].values, &conf);
+}
+
+#[test]
+fn a_cnn_classifier_runs_on_slurm_and_equals_onnxruntime() {
+    let Some(_cluster) = crate::slurm::cluster() else {
+        return;
+    };
+    let d = Dir::new();
+    let data = cnn_data(&d);
+    let model = onnx_fixture("cnn5.onnx").display().to_string();
+    d.ok(&[
+        "run",
+        "--engine",
+        "slurm",
+        "--poll",
+        "0.2",
+        "--data",
+        &data,
+        "--results",
+        &d.s("res"),
+        "--model",
+        &model,
+        "--batch-size",
+        "5",
+    ]);
+    let rank0 = read_json(d.path("res/0.json"));
+    assert_eq!(rank0["engine"], "slurm");
+    assert_cnn_results(
+        std::fs::read(d.path("res/predictions.parquet")).unwrap(),
+        &read_json(d.path("res/summary.json")),
+    );
+}
+
+/// The Lambda handlers in Step Functions' order (as lambda.rs drives them) with the CNN as
+/// the functions' model, on moto's S3.
+#[cfg(feature = "aws")]
+#[test]
+fn a_cnn_classifier_runs_in_the_lambda_handlers_and_equals_onnxruntime() {
+    use crate::lambda::{
+        infer_task, initialize, items, machine, summarize, tools, Emulator, Launch, DATA_BUCKET,
+        RESULTS_BUCKET,
+    };
+    use crate::sfn::task_payload;
+    let Some(s3) = tools() else { return };
+    let d = Dir::new();
+    s3.make_bucket(DATA_BUCKET);
+    s3.make_bucket(RESULTS_BUCKET);
+    s3.upload(
+        &onnx_fixture("cnn5.onnx"),
+        RESULTS_BUCKET,
+        "models/cnn5.onnx",
+    );
+    s3.upload(&onnx_fixture("cnn5_partition.pt"), DATA_BUCKET, "cnn/1.pt");
+    let l = Launch::new(&s3, &s3.endpoint, d.tmp.path()).with_model(
+        &format!("s3://{RESULTS_BUCKET}/models/cnn5.onnx"),
+        &format!("s3://{DATA_BUCKET}/cnn"),
+    );
+    let sm = machine();
+    let input = serde_json::json!({
+        "bucket": RESULTS_BUCKET, "batch_size": 5, "result_path": "lambda/cnn",
+        "data_bucket": DATA_BUCKET, "data_prefix": "cnn", "world_size": 1
+    });
+    let (state, _) = initialize(&l, &sm, &input);
+    let items = items(&s3, &d, &sm, &state);
+    assert_eq!(items.len(), 1);
+    let emu = Emulator::start();
+    let f = l.start(&emu, "infer", true, "info");
+    let out = emu.invoke_ok(&task_payload(infer_task(&sm), &items[0]).unwrap());
+    assert_eq!(out["galaxies"], 12, "{out}");
+    drop(f);
+    let end = summarize(&l, &sm, &state);
+    assert_eq!(end["summary"]["complete"], true, "{end}");
+    let summary = crate::s3::json(&s3.download(
+        RESULTS_BUCKET,
+        "lambda/cnn/summary.json",
+        &d.path("summary.json"),
+    ));
+    assert_cnn_results(
+        s3.download(
+            RESULTS_BUCKET,
+            "lambda/cnn/predictions.parquet",
+            &d.path("p.parquet"),
+        ),
+        &summary,
+    );
+}
+
+/// The original's payload with `"object_type": "folder"` and no `--model`: the one model
+/// file in the folder named by `S3_object_name` is used and named; with two, the error
+/// lists them and says to choose with `--model`.
+#[test]
+fn a_code_folder_payload_finds_its_model() {
+    let d = Dir::new();
+    let data = cnn_data(&d);
+    let folder = d.path("Anomaly Detection/Inference");
+    std::fs::create_dir_all(&folder).unwrap();
+    std::fs::copy(onnx_fixture("cnn5.onnx"), folder.join("cnn5.onnx")).unwrap();
+    std::fs::write(folder.join("inference.py"), "print('not run')\n").unwrap();
+    std::fs::write(
+        d.path("payload.json"),
+        r#"{"bucket": "b", "batch_size": 5, "object_type": "folder",
+            "S3_object_name": "Anomaly Detection",
+            "script": "/tmp/Anomaly Detection/Inference/inference.py"}"#,
+    )
+    .unwrap();
+    let out = d.cai(&[
+        "run",
+        "--payload",
+        "payload.json",
+        "--data",
+        &data,
+        "--results",
+        &d.s("res"),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("cnn5.onnx"), "the model used is named: {err}");
+    assert_cnn_results(
+        std::fs::read(d.path("res/predictions.parquet")).unwrap(),
+        &read_json(d.path("res/summary.json")),
+    );
+
+    std::fs::copy(
+        onnx_fixture("cnn5.onnx"),
+        d.path("Anomaly Detection/other.onnx"),
+    )
+    .unwrap();
+    let out = d.cai(&[
+        "run",
+        "--payload",
+        "payload.json",
+        "--data",
+        &data,
+        "--results",
+        &d.s("res2"),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success());
+    assert!(err.contains("2 model files"), "{err}");
+    assert!(
+        err.contains("other.onnx") && err.contains("cnn5.onnx"),
+        "{err}"
+    );
+    assert!(err.contains("--model"), "{err}");
 }
 
 #[test]

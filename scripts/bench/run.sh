@@ -5,6 +5,9 @@
 #   scripts/bench/run.sh [--threads 1,2] [--batch 1,32,128,512] [--seconds 3] [--onnx]
 #                        [--precision f32|bf16|int8|int16|all] [--rounds 1] [--kernels avx512,avx2]
 #
+# With --onnx, ONNX Runtime runs the same weights exported to ONNX, and cai runs that file
+# through its ONNX path (tract) beside its native path at the end.
+#
 # With --rounds N, cai and PyTorch (and ONNX Runtime) take turns N times and the table keeps
 # each one's best galaxies/s per case, with the range over the rounds beside it: on a shared
 # machine a single pass compares whatever moments each side happened to get.
@@ -97,4 +100,11 @@ for r in $(seq 1 "$ROUNDS"); do
     ROUND_FILES+=("$OUT/torch.$r.json")
 done
 "$VENV/bin/python" "$HERE/torch_bench.py" --table "${ROUND_FILES[@]}"
+if [ "$ONNX" = 1 ] && [ -s "$OUT/astromae.onnx" ]; then
+    # The same ONNX file through cai's ONNX path (tract), beside cai's native path in
+    # alternating calls: tract's galaxies per CPU-second compare with the table's rows.
+    echo "cai's ONNX path (tract) on $OUT/astromae.onnx, beside cai's native f32:"
+    "$CAI_BIN" bench --model "$OUT/astromae.onnx" --threads "$THREADS" --batch "$BATCH" \
+        --seconds "$SECONDS_PER_CASE"
+fi
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"

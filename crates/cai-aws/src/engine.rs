@@ -404,12 +404,17 @@ impl AwsEngine {
             }
             None => {
                 // With --state-machine, the model is the one the stack was deployed with.
-                let model = req.model.clone().ok_or_else(|| {
+                let model = req.model_location().await?.ok_or_else(|| {
                     missing(
                         "no model",
                         "give --model (s3://bucket/key, or a local file to upload)",
                     )
                 })?;
+                if req.model.is_none() {
+                    events.event(RunEvent::Message(format!(
+                        "model: {model} (the only model file in the payload's code folder)"
+                    )));
+                }
                 let mut cfg = self.stack.config(
                     s3_location("data", &data)?,
                     s3_location("results", &results)?,
@@ -468,6 +473,7 @@ async fn check_limits(
         data: data.to_string(),
         results: results.to_string(),
         model: String::new(),
+        binds: Vec::new(),
         batch_size: None,
         file_limit: None,
         world_size: None,

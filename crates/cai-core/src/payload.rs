@@ -190,6 +190,23 @@ impl Payload {
         Some(s3_url(bucket, self.data_prefix.as_deref().unwrap_or("")))
     }
 
+    /// The code folder the original's workers run (`"object_type": "folder"` and
+    /// `S3_object_name`): where a model file is looked for when none is given. A local
+    /// folder of that name when one exists here, else `s3://bucket/<S3_object_name>`.
+    pub fn model_folder(&self) -> Option<String> {
+        if self.object_type.as_deref() != Some("folder") {
+            return None;
+        }
+        let name = self.s3_object_name.as_deref()?.trim_matches('/');
+        if name.is_empty() {
+            return None;
+        }
+        if std::path::Path::new(name).is_dir() {
+            return Some(name.to_string());
+        }
+        Some(s3_url(self.bucket.as_deref()?, name))
+    }
+
     /// `s3://bucket/result_path`, where the original writes its results.
     pub fn results_url(&self) -> Option<String> {
         let bucket = self.bucket.as_deref()?;

@@ -103,6 +103,10 @@ pub struct Plan {
     pub results: String,
     /// Location of the model file.
     pub model: String,
+    /// Model inputs fed from differently named data tensors, `(INPUT, TENSOR)` pairs
+    /// (`--bind INPUT=TENSOR`; ONNX models only). Absent from older plans.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub binds: Vec<(String, String)>,
     /// Galaxies per batch.
     pub batch_size: usize,
     /// Number of ranks.
@@ -129,6 +133,8 @@ pub struct PlanRequest {
     pub results: String,
     /// Location of the model file.
     pub model: String,
+    /// Model inputs bound to data tensors of other names, `(INPUT, TENSOR)`.
+    pub binds: Vec<(String, String)>,
     /// Galaxies per batch (default 512 as in the original's runs).
     pub batch_size: Option<usize>,
     /// Keep only the first N partitions.
@@ -378,6 +384,7 @@ pub fn make_plan(req: &PlanRequest, mut partitions: Vec<PartitionRef>) -> Result
         data: req.data.clone(),
         results: req.results.clone(),
         model: req.model.clone(),
+        binds: req.binds.clone(),
         batch_size,
         world_size,
         partitions,

@@ -2,18 +2,22 @@
 //!
 //! Columns: `index` (the galaxy's index in the dataset when the manifest knows where the
 //! partition starts, else its row in the partition), `partition` (key), `row` (index in the
-//! partition), `rank`, `z_pred`, and `z_true` (null when the data carries no redshift).
+//! partition), `rank`, `z_pred`, and `z_true` (null when the data carries no redshift);
+//! then one column per other model output ([`OutputColumn`]), named after it: a scalar per
+//! galaxy as a float column, a vector per galaxy as a list of floats (every list of a column
+//! has the same length). A model without a `z` output leaves `z_pred` NaN.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
-use parquet::basic::Compression;
+use parquet::basic::{Compression, ConvertedType, LogicalType, Repetition, Type as PhysicalType};
 use parquet::column::reader::get_typed_column_reader;
 use parquet::data_type::{ByteArray, ByteArrayType, DataType, FloatType, Int32Type, Int64Type};
 use parquet::file::properties::WriterProperties;
 use parquet::file::reader::{FileReader, RowGroupReader, SerializedFileReader};
 use parquet::file::writer::SerializedFileWriter;
 use parquet::schema::parser::parse_message_type;
+use parquet::schema::types::Type;
 
 use crate::error::{Error, Result};
 
@@ -41,6 +45,26 @@ pub struct Predictions {
     pub z_pred: Vec<f32>,
     /// True redshift where known.
     pub z_true: Vec<Option<f32>>,
+    /// The model's other outputs, one column each (empty for a redshift model).
+    pub outputs: Vec<OutputColumn>,
+}
+
+/// One model output per galaxy, saved as its own column.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct OutputColumn {
+    /// The output's name (the column's).
+    pub name: String,
+    /// `None` for a scalar per galaxy, `Some(k)` for a vector of `k` values per galaxy.
+    pub width: Option<usize>,
+    /// Values, galaxy first (`len × width`).
+    pub values: Vec<f32>,
+}
+
+impl OutputColumn {
+    /// Values per galaxy.
+    pub fn per_galaxy(&self) -> usize {
+        self.width.unwrap_or(1)
+    }
 }
 
 impl Predictions {
@@ -73,7 +97,14 @@ impl Predictions {
                 Some(z) => z.iter().take(n).map(|&v| Some(v)).collect(),
                 None => vec![None; n],
             },
+            outputs: Vec::new(),
         }
+    }
+
+    /// The same predictions with the model's other outputs as columns.
+    pub fn with_outputs(mut self, outputs: Vec<OutputColumn>) -> Self {
+        self.outputs = outputs;
+        self
     }
 
     /// Append another set.
@@ -84,6 +115,57 @@ impl Predictions {
         self.rank.extend(other.rank);
         self.z_pred.extend(other.z_pred);
         self.z_true.extend(other.z_true);
+        if self.outputs.is_empty() {
+            self.outputs = other.outputs;
+        } else {
+            for col in other.outputs {
+                if let Some(mine) = self.outputs.iter_mut().find(|c| c.name == col.name) {
+                    mine.values.extend(col.values);
+                }
+            }
+        }
+    }
+
+    /// The Parquet schema: the fixed columns, then one per output.
+    fn schema(&self, name: &str) -> Result<Arc<Type>> {
+        let perr = |e: parquet::errors::ParquetError| Error::Parquet {
+            file: name.to_string(),
+            reason: e.to_string(),
+        };
+        let base = parse_message_type(SCHEMA).map_err(perr)?;
+        let mut fields: Vec<Arc<Type>> = base.get_fields().to_vec();
+        for col in &self.outputs {
+            let float = |n: &str, rep: Repetition| {
+                Type::primitive_type_builder(n, PhysicalType::FLOAT)
+                    .with_repetition(rep)
+                    .build()
+            };
+            let field = match col.width {
+                None => float(&col.name, Repetition::REQUIRED).map_err(perr)?,
+                Some(_) => {
+                    let element = float("element", Repetition::REQUIRED).map_err(perr)?;
+                    let list = Type::group_type_builder("list")
+                        .with_repetition(Repetition::REPEATED)
+                        .with_fields(vec![Arc::new(element)])
+                        .build()
+                        .map_err(perr)?;
+                    Type::group_type_builder(&col.name)
+                        .with_repetition(Repetition::REQUIRED)
+                        .with_logical_type(Some(LogicalType::List))
+                        .with_converted_type(ConvertedType::LIST)
+                        .with_fields(vec![Arc::new(list)])
+                        .build()
+                        .map_err(perr)?
+                }
+            };
+            fields.push(Arc::new(field));
+        }
+        Ok(Arc::new(
+            Type::group_type_builder("prediction")
+                .with_fields(fields)
+                .build()
+                .map_err(perr)?,
+        ))
     }
 
     /// Encode as a Parquet file (snappy).
@@ -92,7 +174,21 @@ impl Predictions {
             file: name.to_string(),
             reason: e.to_string(),
         };
-        let schema = Arc::new(parse_message_type(SCHEMA).map_err(perr)?);
+        let schema = self.schema(name)?;
+        let n = self.len();
+        for col in &self.outputs {
+            if col.values.len() != n * col.per_galaxy() {
+                return Err(Error::Parquet {
+                    file: name.to_string(),
+                    reason: format!(
+                        "output `{}` has {} values for {n} galaxies of {} each",
+                        col.name,
+                        col.values.len(),
+                        col.per_galaxy()
+                    ),
+                });
+            }
+        }
         let props = Arc::new(
             WriterProperties::builder()
                 .set_compression(Compression::SNAPPY)
@@ -131,13 +227,42 @@ impl Predictions {
                             .write_batch(&self.z_pred, None, None)
                             .map_err(perr)?;
                     }
-                    _ => {
+                    5 => {
                         let def: Vec<i16> =
                             self.z_true.iter().map(|z| i16::from(z.is_some())).collect();
                         let vals: Vec<f32> = self.z_true.iter().flatten().copied().collect();
                         cw.typed::<FloatType>()
                             .write_batch(&vals, Some(&def), None)
                             .map_err(perr)?;
+                    }
+                    c => {
+                        let Some(out) = self.outputs.get(c - 6) else {
+                            return Err(Error::Parquet {
+                                file: name.to_string(),
+                                reason: format!("no data for column {c}"),
+                            });
+                        };
+                        let w = cw.typed::<FloatType>();
+                        let written = match out.width {
+                            None => w.write_batch(&out.values, None, None),
+                            Some(k) => {
+                                // A list per galaxy: repetition level 0 starts a galaxy's
+                                // list; an empty list is one null-level entry.
+                                let (mut def, mut rep) = (Vec::new(), Vec::new());
+                                for _ in 0..n {
+                                    if k == 0 {
+                                        def.push(0);
+                                        rep.push(0);
+                                    }
+                                    for j in 0..k {
+                                        def.push(1);
+                                        rep.push(i16::from(j > 0));
+                                    }
+                                }
+                                w.write_batch(&out.values, Some(&def), Some(&rep))
+                            }
+                        };
+                        written.map_err(perr)?;
                     }
                 }
                 cw.close().map_err(perr)?;
@@ -161,13 +286,22 @@ impl Predictions {
             .file_metadata()
             .schema_descr()
             .num_columns();
-        if cols != 6 {
+        if cols < 6 {
             return Err(Error::Parquet {
                 file: name.to_string(),
-                reason: format!("expected 6 prediction columns, found {cols}"),
+                reason: format!("expected at least 6 prediction columns, found {cols}"),
             });
         }
+        let descr = reader.metadata().file_metadata().schema_descr_ptr();
         let mut out = Predictions::default();
+        for c in 6..cols {
+            let col = descr.column(c);
+            out.outputs.push(OutputColumn {
+                name: col.path().parts().first().cloned().unwrap_or_default(),
+                width: (col.max_rep_level() > 0).then_some(0),
+                values: Vec::new(),
+            });
+        }
         for g in 0..reader.num_row_groups() {
             let rg = reader.get_row_group(g).map_err(perr)?;
             let n = rg.metadata().num_rows() as usize;
@@ -206,25 +340,97 @@ impl Predictions {
             out.rank.extend(rank);
             out.z_pred.extend(z_pred);
             out.z_true.extend(z_true);
+            for (k, col) in out.outputs.iter_mut().enumerate() {
+                if col.width.is_none() {
+                    let v = read_column::<FloatType>(&*rg, 6 + k, n, None).map_err(perr)?;
+                    if v.len() != n {
+                        return Err(Error::Parquet {
+                            file: name.to_string(),
+                            reason: format!(
+                                "row group {g}: `{}` has {} rows for {n}",
+                                col.name,
+                                v.len()
+                            ),
+                        });
+                    }
+                    col.values.extend(v);
+                    continue;
+                }
+                let (mut def, mut rep, mut vals) = (Vec::new(), Vec::new(), Vec::new());
+                get_typed_column_reader::<FloatType>(rg.get_column_reader(6 + k).map_err(perr)?)
+                    .read_records(n, Some(&mut def), Some(&mut rep), &mut vals)
+                    .map_err(perr)?;
+                let starts = rep.iter().filter(|&&r| r == 0).count();
+                let width = if n == 0 { 0 } else { vals.len() / n };
+                if starts != n || vals.len() != n * width {
+                    return Err(Error::Parquet {
+                        file: name.to_string(),
+                        reason: format!(
+                            "row group {g}: `{}` is not one list of equal length per row ({} values, {starts} lists, {n} rows)",
+                            col.name,
+                            vals.len()
+                        ),
+                    });
+                }
+                match col.width {
+                    Some(w) if w != 0 && w != width && n > 0 => {
+                        return Err(Error::Parquet {
+                            file: name.to_string(),
+                            reason: format!("`{}` has lists of {w} and of {width}", col.name),
+                        })
+                    }
+                    _ if n > 0 => col.width = Some(width),
+                    _ => {}
+                }
+                col.values.extend(vals);
+            }
         }
         Ok(out)
     }
 
-    /// Encode as CSV: `index,z_pred` plus `z_true` when every galaxy has one.
+    /// Encode as CSV: `index,z_pred` plus `z_true` when every galaxy has one (a model
+    /// without a `z` output: `index` only), then one column per scalar output and
+    /// `name_0`, `name_1`, … per vector output.
     pub fn to_csv(&self) -> String {
+        use std::fmt::Write as _;
         let labelled = !self.z_true.is_empty() && self.z_true.iter().all(Option::is_some);
+        let has_z = self.outputs.is_empty() || self.z_pred.iter().any(|z| !z.is_nan());
         let mut s = String::with_capacity(self.len() * 24 + 32);
-        s.push_str(if labelled {
-            "index,z_pred,z_true\n"
-        } else {
-            "index,z_pred\n"
-        });
+        s.push_str("index");
+        if has_z {
+            s.push_str(if labelled {
+                ",z_pred,z_true"
+            } else {
+                ",z_pred"
+            });
+        }
+        for col in &self.outputs {
+            match col.width {
+                None => {
+                    let _ = write!(s, ",{}", col.name);
+                }
+                Some(k) => {
+                    for j in 0..k {
+                        let _ = write!(s, ",{}_{j}", col.name);
+                    }
+                }
+            }
+        }
+        s.push('\n');
         for i in 0..self.len() {
-            use std::fmt::Write as _;
-            let _ = write!(s, "{},{}", self.index[i], self.z_pred[i]);
-            if labelled {
-                if let Some(z) = self.z_true[i] {
-                    let _ = write!(s, ",{z}");
+            let _ = write!(s, "{}", self.index[i]);
+            if has_z {
+                let _ = write!(s, ",{}", self.z_pred[i]);
+                if labelled {
+                    if let Some(z) = self.z_true[i] {
+                        let _ = write!(s, ",{z}");
+                    }
+                }
+            }
+            for col in &self.outputs {
+                let k = col.per_galaxy();
+                for v in col.values.get(i * k..(i + 1) * k).unwrap_or(&[]) {
+                    let _ = write!(s, ",{v}");
                 }
             }
             s.push('\n');
@@ -264,6 +470,7 @@ mod tests {
             rank: vec![0; 3],
             z_pred: vec![0.1, f32::NAN, 0.3],
             z_true: vec![Some(0.12), None, Some(0.29)],
+            outputs: Vec::new(),
         };
         let bytes = p.to_parquet("t").unwrap();
         let back = Predictions::from_parquet("t", Bytes::from(bytes)).unwrap();
@@ -283,10 +490,37 @@ mod tests {
             rank: vec![0],
             z_pred: vec![0.5],
             z_true: vec![Some(0.25)],
+            outputs: Vec::new(),
         };
         assert_eq!(p.to_csv(), "index,z_pred,z_true\n0,0.5,0.25\n");
         p.z_true = vec![None];
         assert_eq!(p.to_csv(), "index,z_pred\n0,0.5\n");
+    }
+
+    #[test]
+    fn output_columns_round_trip_and_name_the_csv() {
+        let p = Predictions::for_partition("p", 5, 1, vec![f32::NAN; 3], None).with_outputs(vec![
+            OutputColumn {
+                name: "probs".into(),
+                width: Some(2),
+                values: vec![0.25, 0.75, 0.5, 0.5, 1.0, 0.0],
+            },
+            OutputColumn {
+                name: "confidence".into(),
+                width: None,
+                values: vec![0.75, 0.5, 1.0],
+            },
+        ]);
+        let back = Predictions::from_parquet("t", Bytes::from(p.to_parquet("t").unwrap())).unwrap();
+        assert_eq!(back.outputs, p.outputs);
+        assert_eq!(back.index, vec![5, 6, 7]);
+        let mut twice = back.clone();
+        twice.append(back);
+        assert_eq!(twice.outputs[0].values.len(), 12);
+        assert_eq!(
+            p.to_csv(),
+            "index,probs_0,probs_1,confidence\n5,0.25,0.75,0.75\n6,0.5,0.5,0.5\n7,1,0,1\n"
+        );
     }
 
     #[test]

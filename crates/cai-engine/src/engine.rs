@@ -50,6 +50,8 @@ pub struct RunRequest {
     pub results: Option<String>,
     /// Model file (with `resume`, replaces the plan's).
     pub model: Option<String>,
+    /// Model inputs bound to data tensors of other names, `(INPUT, TENSOR)` (`--bind`).
+    pub binds: Vec<(String, String)>,
     /// The original's payload; the fields above override its values.
     pub payload: Option<Payload>,
     /// Galaxies per inference batch.
@@ -102,8 +104,26 @@ impl RunRequest {
 
     /// Whether the request names the data and the model, so that a run can be planned.
     fn can_plan(&self) -> bool {
-        self.model.is_some()
+        (self.model.is_some()
+            || self
+                .payload
+                .as_ref()
+                .and_then(Payload::model_folder)
+                .is_some())
             && (self.data.is_some() || self.payload.as_ref().and_then(Payload::data_url).is_some())
+    }
+
+    /// The model to run: `model`, or else the one model file in the payload's code folder
+    /// (`"object_type": "folder"`, `S3_object_name`; see [`Payload::model_folder`]), which
+    /// is logged. `None` when neither names one.
+    pub async fn model_location(&self) -> Result<Option<String>> {
+        if let Some(m) = &self.model {
+            return Ok(Some(m.clone()));
+        }
+        let Some(folder) = self.payload.as_ref().and_then(Payload::model_folder) else {
+            return Ok(None);
+        };
+        Ok(Some(crate::stages::find_folder_model(&folder).await?))
     }
 
     /// Plan the run (writing `plan.json`, clearing an earlier run's outputs), or with
@@ -147,20 +167,26 @@ impl RunRequest {
                 what: "no data location".into(),
                 hint: "give --data (or --payload with data_bucket and data_prefix)".into(),
             })?;
-        let model = self.model.clone().ok_or_else(|| Error::Request {
+        let model = self.model_location().await?.ok_or_else(|| Error::Request {
             what: "no model".into(),
-            hint: "give --model FILE (a safetensors state_dict; `cai model init` makes one)".into(),
+            hint: "give --model FILE (safetensors, the original's .pt, or .onnx; `cai model \
+                   init` makes one), or a payload whose code folder holds one"
+                .into(),
         })?;
         let req = PlanRequest {
             data,
             results,
             model,
+            binds: self.binds.clone(),
             batch_size: self.batch_size,
             file_limit: self.file_limit,
             world_size: self.world_size,
             payload: self.payload.clone(),
         };
         let plan = plan_run(&req).await?;
+        // An ONNX model that cannot run, or whose inputs do not bind, stops here: no rank,
+        // Slurm job or Lambda call starts.
+        crate::stages::check_plan_model(&plan).await?;
         clear_results(&results_url).await?;
         let ranks = (0..plan.world_size).collect();
         Ok((Arc::new(plan), ranks))
@@ -400,10 +426,17 @@ pub async fn holding<T>(
     Ok(out)
 }
 
-/// Send each of the plan's warnings as a [`RunEvent::Warning`].
-pub fn warn_plan(plan: &Plan, events: &dyn RunEvents) {
+/// Send each of the plan's warnings as a [`RunEvent::Warning`], and name the model when
+/// the payload's code folder chose it.
+pub fn warn_plan(req: &RunRequest, plan: &Plan, events: &dyn RunEvents) {
     for w in &plan.warnings {
         events.event(RunEvent::Warning(w.clone()));
+    }
+    if req.model.is_none() && !req.resume {
+        events.event(RunEvent::Message(format!(
+            "model: {} (the only model file in the payload's code folder)",
+            plan.model
+        )));
     }
 }
 

@@ -20,6 +20,8 @@
 pub mod aws;
 #[cfg(feature = "bench")]
 pub mod bench;
+#[cfg(feature = "bench")]
+pub mod bench_tensor;
 pub mod engine;
 pub mod error;
 pub mod local;

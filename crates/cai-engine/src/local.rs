@@ -11,13 +11,13 @@ use std::time::{Duration, Instant};
 use cai_core::plan::Plan;
 use cai_core::report::{RankFailure, RankReport};
 use cai_core::StorageUrl;
-use cai_model::Model;
+use cai_model::TensorModel;
 
 use crate::engine::{
     galaxies_in, holding, warn_plan, Engine, RunEvent, RunEvents, RunReport, RunRequest,
 };
 use crate::error::{Error, Result};
-use crate::stages::load_model_with;
+use crate::stages::load_plan_model;
 use crate::summarize::summarize;
 use crate::worker::{host_name, rank_failure, Commit, ProgressFn, RankShare, Worker};
 
@@ -122,7 +122,7 @@ impl LocalEngine {
         &self,
         plan: Arc<Plan>,
         ranks: &[usize],
-        model: Arc<dyn Model>,
+        model: Arc<dyn TensorModel>,
         events: Arc<dyn RunEvents>,
     ) -> Result<RunOutcome> {
         let (workers, threads) = self.parallelism(ranks.len());
@@ -419,8 +419,8 @@ impl LocalEngine {
         for w in &plan.warnings {
             tracing::warn!("{w}");
         }
-        warn_plan(&plan, events);
-        let model = load_model_with(&plan.model, req.precision)
+        warn_plan(req, &plan, events);
+        let model = load_plan_model(&plan, req.precision)
             .await
             .map_err(|e| Error::LoadModel {
                 model: plan.model.clone(),
@@ -428,10 +428,11 @@ impl LocalEngine {
             })?;
         let (workers, threads) = self.parallelism(ranks.len());
         events.event(RunEvent::Message(format!(
-            "running {} of {} ranks ({} partitions) on {workers} worker(s) × {threads} thread(s), kernels: {}, {}",
+            "running {} of {} ranks ({} partitions) on {workers} worker(s) × {threads} thread(s), {}, kernels: {}, {}",
             ranks.len(),
             plan.world_size,
             plan.partitions.len(),
+            model.kind(),
             self.kernels,
             req.precision.support()
         )));

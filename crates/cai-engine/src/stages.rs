@@ -7,8 +7,12 @@ use cai_core::layout;
 use cai_core::plan::{is_partition_key, make_plan, PartitionRef, Plan, PlanRequest};
 use cai_core::StorageUrl;
 use cai_data::partition::Manifest;
+use cai_model::kernels::Precision;
 use cai_model::mixed;
-use cai_model::{build_model, read_model_weights, AstroMae, Model, ModelFileInfo, ModelWeights};
+use cai_model::{
+    build_model, read_model_weights, AstroMae, Model, ModelFileInfo, ModelWeights, TensorModel,
+    TensorSpec,
+};
 
 use crate::error::{Error, Result};
 
@@ -94,6 +98,169 @@ pub async fn clear_results(results: &StorageUrl) -> Result<()> {
     .try_collect::<Vec<()>>()
     .await?;
     Ok(())
+}
+
+/// True when `location` names an ONNX model (`.onnx`), which [`load_any_model`] runs with
+/// tract instead of the native AstroMAE.
+pub fn is_onnx_location(location: &str) -> bool {
+    location
+        .rsplit('/')
+        .next()
+        .is_some_and(|n| n.to_ascii_lowercase().ends_with(".onnx"))
+}
+
+/// File names a model can have: ONNX, the original's PyTorch files, safetensors.
+const MODEL_EXTENSIONS: [&str; 4] = [".onnx", ".pt", ".pth", ".safetensors"];
+
+/// The one model file under `folder` (any depth), for the original's code-folder payload
+/// (`"object_type": "folder"` without `--model`). None or several is an error listing
+/// what was found and how to choose.
+pub async fn find_folder_model(folder: &str) -> Result<String> {
+    let url = StorageUrl::parse(folder)?;
+    let found: Vec<String> = url
+        .list()
+        .await?
+        .into_iter()
+        .map(|o| o.key)
+        .filter(|k| {
+            let lower = k.to_ascii_lowercase();
+            MODEL_EXTENSIONS.iter().any(|e| lower.ends_with(e))
+        })
+        .collect();
+    match found.as_slice() {
+        [one] => Ok(url.url_of(one)),
+        [] => Err(Error::Request {
+            what: format!(
+                "no model file (.onnx, .pt, .pth, .safetensors) in the payload's code folder {url}"
+            ),
+            hint: "put the model file there, or give --model FILE".into(),
+        }),
+        several => Err(Error::Request {
+            what: format!(
+                "{} model files in the payload's code folder {url}: {}",
+                several.len(),
+                several.join(", ")
+            ),
+            hint: format!(
+                "choose one with --model, e.g. --model {}",
+                url.url_of(&several[0])
+            ),
+        }),
+    }
+}
+
+/// The tensors every partition holds, by name, with their per-galaxy shapes: `images`
+/// `[C, H, W]`, `magnitudes` `[C]`, and `redshift` `[]` when labelled. What model inputs
+/// bind to.
+pub fn partition_specs(image_shape: [usize; 3], labelled: bool) -> Vec<TensorSpec> {
+    let [c, h, w] = image_shape;
+    let mut v = vec![
+        TensorSpec::f32("images", &[c, h, w]),
+        TensorSpec::f32("magnitudes", &[c]),
+    ];
+    if labelled {
+        v.push(TensorSpec::f32("redshift", &[]));
+    }
+    v
+}
+
+/// Load any model the workers run: an ONNX file (`.onnx`; inputs bound by `binds`, pairs
+/// `(INPUT, TENSOR)`) or the native AstroMAE at `precision` (safetensors or `.pt`). The one
+/// loader of every engine's workers, so Slurm and Lambda run what `cai run` runs.
+pub async fn load_any_model(
+    location: &str,
+    binds: &[(String, String)],
+    precision: Precision,
+) -> Result<Arc<dyn TensorModel>> {
+    if is_onnx_location(location) {
+        if precision != Precision::F32 {
+            return Err(Error::Request {
+                what: format!("--precision {precision} with the ONNX model {location}"),
+                hint:
+                    "precisions other than f32 apply to the native AstroMAE only; drop --precision"
+                        .into(),
+            });
+        }
+        return load_onnx(location, binds).await;
+    }
+    if !binds.is_empty() {
+        return Err(Error::Request {
+            what: format!("--bind with the native model {location}"),
+            hint: "the native AstroMAE always reads `images` and `magnitudes`; --bind is for .onnx models"
+                .into(),
+        });
+    }
+    let model: Arc<dyn TensorModel> = load_model_with(location, precision).await?;
+    Ok(model)
+}
+
+/// The model of `plan` (its `model` and `binds`), as every engine's workers load it.
+pub async fn load_plan_model(plan: &Plan, precision: Precision) -> Result<Arc<dyn TensorModel>> {
+    load_any_model(&plan.model, &plan.binds, precision).await
+}
+
+/// Refuse a plan whose model cannot run, before any rank starts: an ONNX model is loaded
+/// (an operator tract lacks, a shape it cannot resolve fail here, naming the node,
+/// operator or input) and its inputs are bound to the data's tensors: those the manifest
+/// describes, or (without one) those of the plan's first partition. A native model is
+/// checked when the engine loads it.
+pub async fn check_plan_model(plan: &Plan) -> Result<()> {
+    if !is_onnx_location(&plan.model) {
+        return Ok(());
+    }
+    let model = load_plan_model(plan, Precision::F32).await?;
+    let data = StorageUrl::parse(&plan.data)?;
+    let specs = match find_partitions(&data).await? {
+        (_, Some(manifest)) => partition_specs(manifest.image_shape, manifest.labelled),
+        (_, None) => {
+            let Some(first) = plan.partitions.first() else {
+                return Ok(());
+            };
+            let url = data.url_of(&first.key);
+            let bytes = data.get(&first.key).await?;
+            let p = tokio::task::spawn_blocking(move || cai_data::read_partition(&url, &bytes))
+                .await
+                .map_err(|source| Error::Join {
+                    task: format!("reading {} to bind the model's inputs", first.key),
+                    source,
+                })??;
+            crate::worker::partition_tensors(&p)
+        }
+    };
+    cai_model::check_bindings(&*model, &specs)?;
+    Ok(())
+}
+
+#[cfg(feature = "onnx")]
+async fn load_onnx(location: &str, binds: &[(String, String)]) -> Result<Arc<dyn TensorModel>> {
+    let url = StorageUrl::parse(location)?;
+    let name = url.to_string();
+    let bytes = url.get("").await?;
+    let binds = binds.to_vec();
+    tokio::task::spawn_blocking(move || -> Result<Arc<dyn TensorModel>> {
+        let t = std::time::Instant::now();
+        let model = cai_model::OnnxModel::load(&name, &bytes)?.with_bindings(&binds)?;
+        tracing::debug!(
+            ms = ms(t),
+            "model: loaded and optimised the ONNX graph {name}"
+        );
+        let model: Arc<dyn TensorModel> = Arc::new(model);
+        Ok(model)
+    })
+    .await
+    .map_err(|source| Error::Join {
+        task: format!("ONNX loader ({location})"),
+        source,
+    })?
+}
+
+#[cfg(not(feature = "onnx"))]
+async fn load_onnx(location: &str, _: &[(String, String)]) -> Result<Arc<dyn TensorModel>> {
+    Err(Error::Request {
+        what: format!("the ONNX model {location}"),
+        hint: "this cai was built without the `onnx` feature; build it with default features"
+            .into(),
+    })
 }
 
 /// Read a model file from a location: safetensors, or the original's PyTorch `.pt` (whole
@@ -312,4 +479,40 @@ pub fn auto_precision(
     let mut m = model.clone();
     m.set_plan(&choice.plan)?;
     Ok((m, line))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[tokio::test]
+    async fn a_code_folder_with_one_model_file_names_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let folder = dir.path().join("Anomaly Detection");
+        std::fs::create_dir_all(folder.join("Inference")).unwrap();
+        std::fs::write(folder.join("Inference/inference.py"), b"print()").unwrap();
+        std::fs::write(folder.join("Inference/model.onnx"), b"x").unwrap();
+        let f = folder.to_str().unwrap();
+        let got = find_folder_model(f).await.unwrap();
+        assert!(got.ends_with("Inference/model.onnx"), "{got}");
+
+        std::fs::write(folder.join("weights.safetensors"), b"x").unwrap();
+        let e = find_folder_model(f).await.unwrap_err().to_string();
+        assert!(e.contains("2 model files"), "{e}");
+        assert!(
+            e.contains("model.onnx") && e.contains("weights.safetensors"),
+            "{e}"
+        );
+        assert!(e.contains("--model"), "{e}");
+
+        let empty = dir.path().join("empty");
+        std::fs::create_dir_all(&empty).unwrap();
+        std::fs::write(empty.join("inference.py"), b"").unwrap();
+        let e = find_folder_model(empty.to_str().unwrap())
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no model file"), "{e}");
+    }
 }

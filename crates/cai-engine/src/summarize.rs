@@ -100,7 +100,12 @@ pub async fn summarize(results: &StorageUrl, plan: Option<&Plan>) -> Result<Summ
             zt.push(*t);
         }
     }
-    summary.metrics = redshift_metrics(&zp, &zt);
+    // A model without a `z` output (a classifier) has no redshift to judge.
+    summary.metrics = if zp.iter().any(|z| !z.is_nan()) {
+        redshift_metrics(&zp, &zt)
+    } else {
+        None
+    };
     results
         .put(layout::SUMMARY, pretty("summary", &summary)?)
         .await?;

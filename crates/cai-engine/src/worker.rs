@@ -11,11 +11,11 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use cai_core::layout;
 use cai_core::plan::{PartitionRef, Plan};
-use cai_core::predictions::Predictions;
+use cai_core::predictions::{OutputColumn, Predictions};
 use cai_core::report::{RankFailure, RankReport};
 use cai_core::StorageUrl;
 use cai_data::Partition;
-use cai_model::Model;
+use cai_model::{NamedBatch, TensorModel, TensorSpec, REDSHIFT_OUTPUT};
 use serde_json::Value;
 
 use crate::error::{Error, Result};
@@ -25,7 +25,7 @@ pub type ProgressFn = Arc<dyn Fn(u64) + Send + Sync>;
 
 /// A worker: a model, a thread pool for it, and where it runs.
 pub struct Worker {
-    model: Arc<dyn Model>,
+    model: Arc<dyn TensorModel>,
     pool: Arc<rayon::ThreadPool>,
     threads: usize,
     engine: String,
@@ -286,7 +286,7 @@ impl Commit {
 impl Worker {
     /// A worker running `model` on its own pool of `threads` threads.
     pub fn new(
-        model: Arc<dyn Model>,
+        model: Arc<dyn TensorModel>,
         model_url: &str,
         threads: usize,
         engine: &str,
@@ -570,7 +570,7 @@ impl Worker {
 /// Decode one partition and predict every galaxy in it, batch by batch.
 #[allow(clippy::too_many_arguments)]
 fn infer_blocking(
-    model: &dyn Model,
+    model: &dyn TensorModel,
     pool: &rayon::ThreadPool,
     rank: usize,
     part: &PartitionRef,
@@ -602,7 +602,8 @@ fn infer_blocking(
         rank,
         run.z_pred,
         partition.redshift.as_deref(),
-    );
+    )
+    .with_outputs(run.outputs);
     Ok(PartitionOutcome {
         preds,
         batches: run.batches,
@@ -630,8 +631,11 @@ fn not_found(e: cai_core::Error) -> Error {
 /// Predictions for one decoded partition and how they were made.
 #[derive(Debug, Clone, Default)]
 pub struct PartitionRun {
-    /// Predicted redshift per galaxy (NaN where an input was not finite).
+    /// Predicted redshift per galaxy (NaN where an input was not finite, and everywhere
+    /// for a model without a `z` output).
     pub z_pred: Vec<f32>,
+    /// The model's other outputs, one column each (NaN where an input was not finite).
+    pub outputs: Vec<OutputColumn>,
     /// Batches run.
     pub batches: u64,
     /// Seconds in the model.
@@ -706,32 +710,54 @@ impl FiniteBatch {
     }
 }
 
+/// The tensors of a decoded partition by name, with their per-galaxy shapes: what model
+/// inputs bind to (see [`crate::stages::partition_specs`]).
+pub fn partition_tensors(partition: &Partition) -> Vec<TensorSpec> {
+    crate::stages::partition_specs(
+        [partition.channels, partition.height, partition.width],
+        partition.redshift.is_some(),
+    )
+}
+
 /// Predict every galaxy of a partition, batch by batch, on `pool`.
 ///
-/// A galaxy with a non-finite input is counted, run on zeros (so the batch's other galaxies
-/// are untouched) and reported as NaN. `url` names the partition in errors.
+/// The model's inputs are bound to the partition's tensors by name first (the error lists
+/// both sides). A galaxy with a non-finite input is counted, run on zeros (so the batch's
+/// other galaxies are untouched) and reported as NaN in every output. The output `z` (a
+/// scalar) becomes `z_pred`; every other output becomes a column. `url` names the
+/// partition in errors.
 pub fn predict_partition(
-    model: &dyn Model,
+    model: &dyn TensorModel,
     pool: &rayon::ThreadPool,
     partition: &Partition,
     url: &str,
     batch_size: usize,
     progress: Option<&ProgressFn>,
 ) -> Result<PartitionRun> {
-    let (c, h, w) = model.input_shape();
-    if (partition.channels, partition.height, partition.width) != (c, h, w) {
-        return Err(Error::Partition {
-            file: url.to_string(),
-            reason: format!(
-                "images are [{}, {}, {}, {}] but the model takes [N, {c}, {h}, {w}]",
-                partition.n, partition.channels, partition.height, partition.width
-            ),
-        });
-    }
+    let specs = partition_tensors(partition);
+    cai_model::check_bindings(model, &specs).map_err(|e| Error::Partition {
+        file: url.to_string(),
+        reason: e.to_string(),
+    })?;
+    let (c, h, w) = (partition.channels, partition.height, partition.width);
     let n = partition.n;
     let img_len = c * h * w;
+    let out_specs = model.outputs();
+    let z_out = out_specs
+        .iter()
+        .position(|s| s.name == REDSHIFT_OUTPUT && s.shape.is_empty());
     let mut run = PartitionRun {
         z_pred: Vec::with_capacity(n),
+        outputs: out_specs
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| Some(*i) != z_out)
+            .map(|(_, s)| OutputColumn {
+                name: s.name.clone(),
+                width: (!s.shape.is_empty()).then(|| s.per_galaxy()),
+                values: Vec::with_capacity(n * s.per_galaxy()),
+            })
+            .collect(),
         ..Default::default()
     };
     let mut guard = FiniteBatch::default();
@@ -743,20 +769,50 @@ pub fn predict_partition(
             img_len,
         );
         run.nonfinite_values += nonfinite;
+        let mut tensors = vec![
+            (specs[0].clone(), batch_images),
+            (specs[1].clone(), batch_mags),
+        ];
+        if let (Some(z), Some(spec)) = (&partition.redshift, specs.get(2)) {
+            tensors.push((spec.clone(), &z[start..start + m]));
+        }
+        let batch = NamedBatch { n: m, tensors };
         let t = Instant::now();
-        let mut out = pool.install(|| model.predict(batch_images, batch_mags, m))?;
+        let out = pool.install(|| model.run(&batch))?;
         run.infer_s += t.elapsed().as_secs_f64();
         run.batches += 1;
-        if out.len() < m {
-            return Err(Error::ShortBatch {
-                file: url.to_string(),
-                expected: m,
-                got: out.len(),
-            });
+        let mut cols = run.outputs.iter_mut();
+        for (i, spec) in out_specs.iter().enumerate() {
+            let per = spec.per_galaxy();
+            let got = out
+                .get(&spec.name)
+                .map(|o| o.values.as_slice())
+                .unwrap_or(&[]);
+            if got.len() < m * per {
+                return Err(Error::ShortBatch {
+                    file: url.to_string(),
+                    expected: m * per,
+                    got: got.len(),
+                });
+            }
+            let dst = if Some(i) == z_out {
+                &mut run.z_pred
+            } else {
+                match cols.next() {
+                    Some(col) => &mut col.values,
+                    None => break,
+                }
+            };
+            let at = dst.len();
+            dst.extend_from_slice(&got[..m * per]);
+            for &g in guard.bad() {
+                dst[at + g * per..at + (g + 1) * per].fill(f32::NAN);
+            }
         }
-        guard.mark(&mut out);
+        if z_out.is_none() {
+            run.z_pred.resize(run.z_pred.len() + m, f32::NAN);
+        }
         run.nonfinite_galaxies += guard.bad().len() as u64;
-        run.z_pred.extend_from_slice(&out[..m]);
         if let Some(p) = progress {
             p(m as u64);
         }

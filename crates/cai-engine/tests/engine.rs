@@ -14,9 +14,9 @@ use cai_engine::local::LocalEngine;
 use cai_engine::stages::plan_run;
 use cai_engine::summarize::summarize;
 use cai_engine::{Engine, NoEvents, RunEnd, RunEvent, RunEvents, RunRequest};
-use cai_model::{init, AstroMae, Config, Model};
+use cai_model::{init, AstroMae, Config, TensorModel};
 
-fn small_model() -> Arc<dyn Model> {
+fn small_model() -> Arc<dyn TensorModel> {
     let mut cfg = Config::astromae();
     cfg.depth = 1;
     let w = init::astromae_weights(11, &cfg);

@@ -132,4 +132,22 @@ pub enum Error {
         /// What went wrong.
         message: String,
     },
+
+    /// A model's inputs do not bind to the data's tensors (names, shapes or dtypes); the
+    /// message lists both sides.
+    #[error("the model's inputs do not match the data: {message}")]
+    Binding {
+        /// What does not match, and the inputs and tensors side by side.
+        message: String,
+    },
+
+    /// An ONNX model that cannot be loaded, optimised or run (the message names the node,
+    /// operator or input).
+    #[error("{file}: {message}")]
+    Onnx {
+        /// The model file.
+        file: String,
+        /// What the runtime reported.
+        message: String,
+    },
 }

@@ -10,6 +10,9 @@
 //! * [`PrecisionPlan`]: the arithmetic (f32, bf16, int16, int8) of each layer;
 //!   [`mixed::choose`] picks the fastest mix within a bound on |Δz| by measurement, and
 //!   [`formula`] gives the full-size model of the committed parity fixture to judge on.
+//! * [`TensorModel`]: the general seam (named input tensors in, named outputs out, a galaxy
+//!   dimension first); every [`Model`] is one, and so is [`OnnxModel`] (feature `onnx`, on
+//!   by default), any ONNX graph run by `tract`.
 //! * [`kernels`]: GEMM, LayerNorm and softmax behind a dispatch table (scalar reference,
 //!   AVX2+FMA, NEON), chosen once per process (`CAI_KERNELS` overrides).
 //!
@@ -39,6 +42,9 @@ pub mod init;
 pub mod inspect;
 pub mod kernels;
 pub mod mixed;
+#[cfg(feature = "onnx")]
+pub mod onnx;
+pub mod tensors;
 mod weights;
 
 pub use astromae::{
@@ -50,6 +56,12 @@ pub use checkpoint::{
     ModelWeights,
 };
 pub use error::Error;
+#[cfg(feature = "onnx")]
+pub use onnx::OnnxModel;
+pub use tensors::{
+    check_bindings, DType, NamedBatch, NamedOutput, NamedOutputs, TensorModel, TensorSpec,
+    REDSHIFT_OUTPUT,
+};
 pub use weights::{Tensor, Weights};
 
 /// A redshift model: what the engine's workers call.

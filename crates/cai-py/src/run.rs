@@ -88,6 +88,7 @@ async fn run_plan(
         data: o.data.clone(),
         results: o.results.clone(),
         model: o.model.clone(),
+        binds: Vec::new(),
         payload: o.payload.clone(),
         batch_size: o.batch_size,
         file_limit: o.file_limit,
@@ -116,7 +117,7 @@ async fn run_plan(
         kernels: kernel_tier(),
         ..LocalEngine::default()
     };
-    let model: Arc<dyn Model> = Arc::new(Cancellable {
+    let model: Arc<dyn cai_model::TensorModel> = Arc::new(Cancellable {
         inner: model,
         cancel: cancel.clone(),
     });

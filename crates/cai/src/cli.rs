@@ -1,5 +1,5 @@
 //! Command-line definitions (clap derive). Each flag is defined once here, shared flags in
-//! the flag groups (`ModelArg`, `ResultsArg`, `ComputeArgs`, `BatchArg`, `PollArg`,
+//! the flag groups (`ModelArg`, `BindArg`, `ResultsArg`, `ComputeArgs`, `BatchArg`, `PollArg`,
 //! `JsonArg`, `SlurmArgs`; the Lambda group is `commands::aws::StackOptions`); help comes
 //! from the doc comments. Engine options carry their engine's prefix (`--slurm-time`,
 //! `--lambda-memory-mb`); their old names stay as hidden aliases. `crate::settings` turns
@@ -91,9 +91,18 @@ pub enum Command {
 #[derive(Debug, Default, Clone, Args)]
 pub struct ModelArg {
     /// Model file (path or URL): safetensors, or the original's PyTorch `.pt` (whole module,
-    /// bare or in DataParallel, or a state_dict), auto-detected.
+    /// bare or in DataParallel, or a state_dict), auto-detected; or any ONNX model (`.onnx`).
     #[arg(long, env = "CAI_MODEL")]
     pub model: Option<String>,
+}
+
+/// `--bind INPUT=TENSOR`: which data tensor feeds each input of an ONNX model.
+#[derive(Debug, Default, Clone, Args)]
+pub struct BindArg {
+    /// Feed the ONNX model's input INPUT from the data tensor TENSOR (`images`,
+    /// `magnitudes`, `redshift`); repeatable. Inputs not named take the tensor of their name.
+    #[arg(long = "bind", value_name = "INPUT=TENSOR", value_parser = parse_bind)]
+    pub binds: Vec<(String, String)>,
 }
 
 /// `--results`: a run's results location.
@@ -236,6 +245,9 @@ pub struct RunArgs {
     /// The model.
     #[command(flatten)]
     pub model: ModelArg,
+    /// ONNX input bindings.
+    #[command(flatten)]
+    pub bind: BindArg,
     /// The original's input payload JSON (bucket, file_limit, batch_size, result_path,
     /// data_bucket, data_prefix, …), accepted as it is. Flags override its values.
     #[arg(long)]
@@ -303,10 +315,14 @@ pub struct PredictArgs {
     /// The model (required).
     #[command(flatten)]
     pub model: ModelArg,
+    /// ONNX input bindings.
+    #[command(flatten)]
+    pub bind: BindArg,
     /// One partition file: native safetensors or the original's `TensorDataset` `.pt`.
     #[arg(long, short)]
     pub input: String,
-    /// CSV to write: `index,z_pred` plus `z_true` when the partition is labelled.
+    /// CSV to write: `index,z_pred` plus `z_true` when the partition is labelled; then one
+    /// column per other model output (`name`, or `name_0`, `name_1`, … for a vector).
     #[arg(long, short)]
     pub out: PathBuf,
     /// Galaxies per batch.
@@ -615,4 +631,16 @@ pub struct SlurmArgs {
     /// Write the plan and batch scripts and print the sbatch commands; submit nothing.
     #[arg(long = "slurm-dry-run", alias = "dry-run")]
     pub dry_run: bool,
+}
+
+/// `--bind INPUT=TENSOR` as `(INPUT, TENSOR)`.
+pub fn parse_bind(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((i, t)) if !i.trim().is_empty() && !t.trim().is_empty() => {
+            Ok((i.trim().to_string(), t.trim().to_string()))
+        }
+        _ => Err(format!(
+            "`{s}` is not INPUT=TENSOR (e.g. --bind input_1=images)"
+        )),
+    }
 }

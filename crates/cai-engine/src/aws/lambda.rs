@@ -37,7 +37,7 @@ use serde_json::Value;
 use super::S3Prefix;
 use crate::error::Error;
 use crate::local::available_cores;
-use crate::stages::{clear_results, load_model_with, plan_run, pretty};
+use crate::stages::{clear_results, load_any_model, plan_run, pretty};
 use crate::summarize::summarize;
 use crate::worker::{record_failure, ProgressFn, Worker};
 
@@ -368,6 +368,10 @@ impl Handlers {
             ..Default::default()
         };
         let plan = plan_run(&req).await.map_err(|e| LambdaError::stage(h, e))?;
+        // An ONNX model that cannot run stops the state machine here, before any rank.
+        crate::stages::check_plan_model(&plan)
+            .await
+            .map_err(|e| LambdaError::stage(h, e))?;
         let store = StorageUrl::parse(&plan.results).map_err(|e| LambdaError::stage(h, e))?;
         clear_results(&store)
             .await
@@ -426,7 +430,7 @@ impl Handlers {
             tracing::info!("rank {rank} is already done: returning its outputs unchanged");
             return Ok(infer_output(&results, &done, true));
         }
-        let worker = match self.worker_for(&plan.model).await {
+        let worker = match self.worker_for(&plan.model, &plan.binds).await {
             Ok(w) => w,
             Err(e) => {
                 record_failure(&results, &plan, rank, ENGINE, &e).await;
@@ -485,18 +489,28 @@ impl Handlers {
     /// first rank does not wait for it. Errors are left for the first event to report.
     pub async fn preload(&self) -> Option<Error> {
         let model = self.cfg.model.clone()?;
-        self.worker_for(&model).await.err()
+        self.worker_for(&model, &[]).await.err()
     }
 
     /// The worker for `model`, loading it on first use (or when the plan names another).
-    async fn worker_for(&self, model: &str) -> Result<Arc<Worker>, Error> {
+    async fn worker_for(
+        &self,
+        model: &str,
+        binds: &[(String, String)],
+    ) -> Result<Arc<Worker>, Error> {
+        // A worker is for one model with one set of input bindings.
+        let key = if binds.is_empty() {
+            model.to_string()
+        } else {
+            format!("{model} {binds:?}")
+        };
         let mut slot = self.worker.lock().await;
         if let Some((url, w)) = slot.as_ref() {
-            if url == model {
+            if url == &key {
                 return Ok(w.clone());
             }
         }
-        let loaded = load_model_with(model, self.cfg.precision).await?;
+        let loaded = load_any_model(model, binds, self.cfg.precision).await?;
         let worker = Arc::new(Worker::new(
             loaded,
             model,
@@ -504,7 +518,7 @@ impl Handlers {
             ENGINE,
             &self.cfg.kernels,
         )?);
-        *slot = Some((model.to_string(), worker.clone()));
+        *slot = Some((key, worker.clone()));
         Ok(worker)
     }
 }

@@ -16,7 +16,7 @@ impl SlurmEngine {
     /// [`Engine::run`] once the results location's lease is held.
     async fn run_holding(&self, req: &RunRequest, events: &dyn RunEvents) -> Result<RunReport> {
         let (plan, ranks) = req.plan().await?;
-        warn_plan(&plan, events);
+        warn_plan(req, &plan, events);
         let results = StorageUrl::parse(&plan.results)?;
         if ranks.is_empty() {
             events.event(RunEvent::Message(

@@ -3,6 +3,8 @@
 
 use anyhow::{Context, Result};
 use cai_engine::bench::{self, BenchOptions, Line};
+use cai_engine::bench_tensor;
+use cai_model::kernels::Precision;
 use cai_model::{init, AstroMae, Config};
 
 use crate::cli::BenchArgs;
@@ -11,6 +13,14 @@ use crate::Outcome;
 
 /// `cai bench`.
 pub async fn bench(a: BenchArgs, printer: &Printer) -> Result<Outcome> {
+    if let Some(path) = a
+        .model
+        .model
+        .clone()
+        .filter(|m| cai_engine::stages::is_onnx_location(m))
+    {
+        return bench_tensor(a, path, printer).await;
+    }
     let opts = BenchOptions {
         threads: a.threads,
         batch: a.batch,
@@ -47,5 +57,26 @@ pub async fn bench(a: BenchArgs, printer: &Printer) -> Result<Outcome> {
     });
     let (report, printer) = report.await.context("the benchmark thread failed")?;
     printer.json(&report?)?;
+    Ok(Outcome::Ok)
+}
+
+/// `cai bench --model X.onnx`: the model beside the native AstroMAE
+/// ([`cai_engine::bench_tensor`]).
+async fn bench_tensor(a: BenchArgs, path: String, printer: &Printer) -> Result<Outcome> {
+    let model = cai_engine::stages::load_any_model(&path, &[], Precision::F32)
+        .await
+        .with_context(|| format!("cannot load the model {path}"))?;
+    let opts = bench_tensor::CompareOptions {
+        threads: a.threads,
+        batch: a.batch,
+        seconds: a.seconds,
+        seed: a.seed,
+    };
+    let report = tokio::task::spawn_blocking(move || bench_tensor::compare(&*model, &path, &opts))
+        .await
+        .context("the benchmark thread failed")??;
+    if !printer.with_json(a.json.json).json(&report)? {
+        printer.result(report);
+    }
     Ok(Outcome::Ok)
 }

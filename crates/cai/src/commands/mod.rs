@@ -3,6 +3,7 @@
 #[cfg(feature = "aws")]
 pub(crate) mod aws;
 mod bench;
+#[cfg(feature = "onnx")]
 pub(crate) mod cost;
 mod data;
 mod demo;

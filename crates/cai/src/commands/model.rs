@@ -67,6 +67,25 @@ pub async fn fit(a: ModelFitArgs, printer: &Printer) -> Result<Outcome> {
 
 /// `cai model inspect`.
 pub async fn inspect(a: ModelInspectArgs, printer: &Printer) -> Result<Outcome> {
+    #[cfg(feature = "onnx")]
+    {
+        if cai_engine::stages::is_onnx_location(&a.file) {
+            let url = cai_core::StorageUrl::parse(&a.file)?;
+            let bytes = url
+                .get("")
+                .await
+                .with_context(|| format!("cannot read the model {}", a.file))?;
+            let file = a.file.clone();
+            let i = tokio::task::spawn_blocking(move || {
+                cai_model::onnx::OnnxInspection::read(&file, &bytes)
+            })
+            .await??;
+            if !printer.with_json(a.json.json).json(&i)? {
+                printer.result(i);
+            }
+            return Ok(Outcome::Ok);
+        }
+    }
     let (model, info) = load_model_info(&a.file)
         .await
         .with_context(|| format!("cannot load the model {}", a.file))?;

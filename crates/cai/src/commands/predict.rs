@@ -5,10 +5,11 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use cai_core::predictions::Predictions;
 use cai_core::StorageUrl;
-use cai_engine::stages::{auto_precision, load_model_with};
+use cai_engine::stages::{auto_precision, is_onnx_location, load_any_model, load_model_with};
 use cai_engine::worker::predict_partition;
 use cai_model::kernels::Precision;
 use cai_model::mixed::PrecisionMode;
+use cai_model::{AstroMae, TensorModel};
 
 use crate::cli::PredictArgs;
 use crate::printer::Printer;
@@ -38,6 +39,7 @@ pub fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
 /// `cai predict`.
 pub async fn predict(a: PredictArgs, printer: &Printer) -> Result<Outcome> {
     let model_at = a.model.required()?.to_string();
+    let binds = a.bind.binds.clone();
     let mode = a.compute.mode();
     let fixed = match mode {
         PrecisionMode::Fixed(p) => p,
@@ -45,6 +47,12 @@ pub async fn predict(a: PredictArgs, printer: &Printer) -> Result<Outcome> {
     };
     if fixed != Precision::F32 {
         printer.note(format!("precision {}", fixed.support()));
+    }
+    let onnx = is_onnx_location(&model_at);
+    if onnx && mode == PrecisionMode::Auto {
+        anyhow::bail!(
+            "--precision auto applies to the native AstroMAE only, not to the ONNX model {model_at}"
+        );
     }
     let input = StorageUrl::parse(&a.input)?;
     let name = input.to_string();
@@ -57,11 +65,21 @@ pub async fn predict(a: PredictArgs, printer: &Printer) -> Result<Outcome> {
             .map_err(anyhow::Error::from)
     };
     let load = async {
-        load_model_with(&model_at, fixed)
-            .await
-            .with_context(|| format!("cannot load the model {model_at}"))
+        if onnx || !binds.is_empty() {
+            // load_any_model refuses --bind with the native model, naming it.
+            load_any_model(&model_at, &binds, fixed)
+                .await
+                .map(Loaded::Any)
+        } else {
+            load_model_with(&model_at, fixed).await.map(Loaded::Native)
+        }
+        .with_context(|| format!("cannot load the model {model_at}"))
     };
-    let (mut model, mut partition) = tokio::try_join!(load, read)?;
+    let (loaded, mut partition) = tokio::try_join!(load, read)?;
+    let mut model = match loaded {
+        Loaded::Native(m) => m,
+        Loaded::Any(m) => return predict_with(m, partition, name, &a, printer).await,
+    };
     if mode == PrecisionMode::Auto {
         let (location, max_dz) = (model_at.clone(), a.max_dz);
         let f32_model = model.clone();
@@ -80,6 +98,24 @@ pub async fn predict(a: PredictArgs, printer: &Printer) -> Result<Outcome> {
         printer.note(line);
         (model, partition) = (Arc::new(m), p);
     }
+    predict_with(model, partition, name, &a, printer).await
+}
+
+/// What `cai predict` loaded: the native model (which `--precision auto` may convert) or
+/// any other.
+enum Loaded {
+    Native(Arc<AstroMae>),
+    Any(Arc<dyn TensorModel>),
+}
+
+/// Predict every galaxy of `partition` with `model` and write the CSV to `a.out`.
+async fn predict_with(
+    model: Arc<dyn TensorModel>,
+    partition: cai_data::Partition,
+    name: String,
+    a: &PredictArgs,
+    printer: &Printer,
+) -> Result<Outcome> {
     let pool = cai_engine::local::thread_pool(a.compute.threads())?;
     let batch = a.batch.or(crate::settings::PREDICT_BATCH);
     let quiet = printer.quiet();
@@ -100,13 +136,10 @@ pub async fn predict(a: PredictArgs, printer: &Printer) -> Result<Outcome> {
             Some(&(Arc::new(move |n| p2.inc(n)) as _)),
         )?;
         progress.finish();
-        Ok(Predictions::for_partition(
-            &name,
-            0,
-            0,
-            run.z_pred,
-            partition.redshift.as_deref(),
-        ))
+        Ok(
+            Predictions::for_partition(&name, 0, 0, run.z_pred, partition.redshift.as_deref())
+                .with_outputs(run.outputs),
+        )
     })
     .await??;
     write_atomic(&a.out, preds.to_csv().as_bytes())?;

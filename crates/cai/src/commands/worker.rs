@@ -11,7 +11,7 @@ use cai_core::layout;
 use cai_core::plan::Plan;
 use cai_core::StorageUrl;
 use cai_engine::local::kernel_tier;
-use cai_engine::stages::load_model_with;
+use cai_engine::stages::load_plan_model;
 use cai_engine::worker::{host_name, rank_failure, write_failure, Worker};
 
 use crate::cli::WorkerArgs;
@@ -68,7 +68,7 @@ pub async fn worker(a: WorkerArgs, printer: &Printer) -> Result<Outcome> {
             precision,
             plan.partitions_of(rank).len()
         ));
-    let model = load_model_with(&plan.model, precision)
+    let model = load_plan_model(&plan, precision)
         .await
         .with_context(|| format!("cannot load the model {}", plan.model))?;
     let worker = Worker::new(model, &plan.model, threads, engine, &kernel_tier())?;

@@ -29,7 +29,7 @@ use crate::s3::{by_galaxy, free_port, json as parse_json, local_run, wait_listen
 use crate::sfn::{apply_template, set_path, task_output, task_payload};
 use crate::util::{content_length, fixtures, read_head, Dir, SIZE};
 
-const DATA_BUCKET: &str = "cosmicai-data";
+pub(crate) const DATA_BUCKET: &str = "cosmicai-data";
 pub(crate) const RESULTS_BUCKET: &str = "cosmicai-results";
 pub(crate) const MODEL_URL: &str = "s3://cosmicai-results/models/astromae.safetensors";
 
@@ -168,6 +168,8 @@ pub(crate) struct Launch<'a> {
     endpoint: String,
     results_root: String,
     data_root: String,
+    /// The function's `CAI_MODEL`.
+    model: String,
     /// Directory holding a `bootstrap` link to the cai binary.
     bootstrap: PathBuf,
 }
@@ -185,8 +187,16 @@ impl Launch<'_> {
             endpoint: endpoint.to_string(),
             results_root: format!("s3://{RESULTS_BUCKET}/default"),
             data_root: format!("s3://{DATA_BUCKET}/1MB"),
+            model: MODEL_URL.to_string(),
             bootstrap: link,
         }
+    }
+
+    /// The same launch with another model (`CAI_MODEL`) and data root (`CAI_DATA_ROOT`).
+    pub(crate) fn with_model(mut self, model: &str, data_root: &str) -> Self {
+        self.model = model.to_string();
+        self.data_root = data_root.to_string();
+        self
     }
 
     /// Start `handler` against `emu`, as Lambda does (`bootstrap`) or as `cai lambda`, and
@@ -211,7 +221,7 @@ impl Launch<'_> {
             .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "3538")
             .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
             .env("CAI_HANDLER", handler)
-            .env("CAI_MODEL", MODEL_URL)
+            .env("CAI_MODEL", &self.model)
             .env("CAI_RESULTS_ROOT", &self.results_root)
             .env("CAI_DATA_ROOT", &self.data_root)
             .env("CAI_LOG", log)

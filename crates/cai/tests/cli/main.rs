@@ -13,6 +13,8 @@ mod kills;
 mod lambda;
 #[cfg(feature = "aws")]
 mod lease;
+#[cfg(feature = "onnx")]
+mod onnx;
 mod pipeline;
 mod s3;
 #[cfg(feature = "aws")]

@@ -361,7 +361,7 @@ impl Predictions {
                     .read_records(n, Some(&mut def), Some(&mut rep), &mut vals)
                     .map_err(perr)?;
                 let starts = rep.iter().filter(|&&r| r == 0).count();
-                let width = if n == 0 { 0 } else { vals.len() / n };
+                let width = vals.len().checked_div(n).unwrap_or(0);
                 if starts != n || vals.len() != n * width {
                     return Err(Error::Parquet {
                         file: name.to_string(),

@@ -187,6 +187,7 @@ pub fn run_slurm(
         data,
         results,
         model,
+        binds: Vec::new(),
         payload,
         batch_size,
         file_limit,

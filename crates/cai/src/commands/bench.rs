@@ -72,9 +72,11 @@ async fn bench_tensor(a: BenchArgs, path: String, printer: &Printer) -> Result<O
         seconds: a.seconds,
         seed: a.seed,
     };
-    let report = tokio::task::spawn_blocking(move || bench_tensor::compare(&*model, &path, &opts))
-        .await
-        .context("the benchmark thread failed")??;
+    let report = tokio::task::spawn_blocking(move || {
+        bench_tensor::compare(&*model, &path, &opts).map_err(anyhow::Error::from)
+    })
+    .await
+    .context("the benchmark thread failed")??;
     if !printer.with_json(a.json.json).json(&report)? {
         printer.result(report);
     }

@@ -145,6 +145,24 @@ fn bad(url: &str, reason: impl Into<String>) -> Error {
     }
 }
 
+/// `path` with `.` dropped and each `..` taking away the component before it (as a shell's
+/// `cd` does), so that `../models/m.onnx` or `crates/x/../y` is a location object_store's
+/// paths accept (they refuse `..` segments).
+fn normalize(path: &std::path::Path) -> std::path::PathBuf {
+    use std::path::Component;
+    let mut out = std::path::PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other.as_os_str()),
+        }
+    }
+    out
+}
+
 impl StorageUrl {
     /// Parse a location: `/abs/path`, `rel/path`, `file:///abs`, `memory://name/prefix`,
     /// or `s3://bucket/prefix` (S3 needs the `aws` feature; credentials, region and
@@ -181,7 +199,7 @@ impl StorageUrl {
             ));
         }
         let raw = location.strip_prefix("file://").unwrap_or(location);
-        let abs = std::path::absolute(raw).map_err(|e| bad(location, e.to_string()))?;
+        let abs = normalize(&std::path::absolute(raw).map_err(|e| bad(location, e.to_string()))?);
         let prefix = Path::from_absolute_path(&abs).map_err(|e| bad(location, e.to_string()))?;
         Ok(Self {
             store: Arc::new(object_store::local::LocalFileSystem::new()),
@@ -487,6 +505,20 @@ fn join_display(base: &str, rel: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn local_paths_with_dot_dot_resolve() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("a/b")).unwrap();
+        std::fs::write(dir.path().join("a/m.onnx"), b"x").unwrap();
+        let via = dir.path().join("a/b/../m.onnx");
+        let loc = StorageUrl::parse(via.to_str().unwrap()).unwrap();
+        assert_eq!(&loc.get("").await.unwrap()[..], b"x");
+        assert!(!loc.to_string().contains(".."), "{loc}");
+        let dot = dir.path().join("a/./b/..");
+        let loc = StorageUrl::parse(dot.to_str().unwrap()).unwrap();
+        assert_eq!(loc.to_string(), dir.path().join("a").display().to_string());
+    }
 
     #[tokio::test]
     async fn memory_round_trip_and_list() {

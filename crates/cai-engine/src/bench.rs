@@ -736,13 +736,14 @@ fn process_cpu_seconds() -> Option<f64> {
 }
 
 /// The 1, 5 and 15 minute load averages.
-fn load_avg() -> Option<[f64; 3]> {
+pub(crate) fn load_avg() -> Option<[f64; 3]> {
     let s = std::fs::read_to_string("/proc/loadavg").ok()?;
     let mut it = s.split_whitespace().map(|v| v.parse::<f64>().ok());
     Some([it.next()??, it.next()??, it.next()??])
 }
 
-fn fmt_load(l: Option<[f64; 3]>) -> String {
+/// `1.96 1.95 2.07`, or `unknown`.
+pub(crate) fn fmt_load(l: Option<[f64; 3]>) -> String {
     l.map_or("unknown".into(), |l| {
         format!("{:.2} {:.2} {:.2}", l[0], l[1], l[2])
     })

@@ -11,7 +11,7 @@ use std::time::Instant;
 use cai_model::{clock, init, AstroMae, Config, NamedBatch, TensorModel, TensorSpec};
 use serde::Serialize;
 
-use crate::bench::{Error, Result};
+use crate::bench::{fmt_load, load_avg, Error, Result};
 
 /// What to measure.
 #[derive(Debug, Clone)]
@@ -63,10 +63,10 @@ pub struct CompareReport {
     pub inputs: Vec<TensorSpec>,
     /// Its outputs per galaxy.
     pub outputs: Vec<TensorSpec>,
-    /// /proc/loadavg before.
-    pub load_before: Option<String>,
-    /// /proc/loadavg after.
-    pub load_after: Option<String>,
+    /// The 1, 5 and 15 minute load averages before.
+    pub load_before: Option<[f64; 3]>,
+    /// The same after.
+    pub load_after: Option<[f64; 3]>,
     /// One per threads x batch.
     pub cases: Vec<Case>,
 }
@@ -145,7 +145,7 @@ pub fn compare(
     let most = batches.iter().copied().max().unwrap_or(1);
     let data = inputs(&specs, most);
     let native_data = inputs(&native_specs, most);
-    let load_before = loadavg();
+    let load_before = load_avg();
     let mut cases = Vec::new();
     for &t in &threads {
         let pool = rayon::ThreadPoolBuilder::new()
@@ -187,15 +187,9 @@ pub fn compare(
         inputs: specs,
         outputs: model.outputs(),
         load_before,
-        load_after: loadavg(),
+        load_after: load_avg(),
         cases,
     })
-}
-
-fn loadavg() -> Option<String> {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .map(|s| s.trim().to_string())
 }
 
 /// The text table `cai bench --model X.onnx` prints.
@@ -206,8 +200,8 @@ impl std::fmt::Display for CompareReport {
         writeln!(
             f,
             "load          before {} | after {}",
-            self.load_before.as_deref().unwrap_or("?"),
-            self.load_after.as_deref().unwrap_or("?")
+            fmt_load(self.load_before),
+            fmt_load(self.load_after)
         )?;
         write!(
             f,

@@ -199,17 +199,21 @@ fn a_code_folder_payload_finds_its_model() {
             "script": "/tmp/Anomaly Detection/Inference/inference.py"}"#,
     )
     .unwrap();
-    let out = d.cai(&[
-        "run",
-        "--payload",
-        "payload.json",
-        "--data",
-        &data,
-        "--results",
-        &d.s("res"),
-    ]);
-    let err = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(out.status.success(), "{err}");
+    let run = |results: &str| {
+        let out = d.cai(&[
+            "run",
+            "--payload",
+            "payload.json",
+            "--data",
+            &data,
+            "--results",
+            &d.s(results),
+        ]);
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        (out.status.success(), err)
+    };
+    let (ok, err) = run("res");
+    assert!(ok, "{err}");
     assert!(err.contains("cnn5.onnx"), "the model used is named: {err}");
     assert_cnn_results(
         std::fs::read(d.path("res/predictions.parquet")).unwrap(),
@@ -221,17 +225,8 @@ fn a_code_folder_payload_finds_its_model() {
         d.path("Anomaly Detection/other.onnx"),
     )
     .unwrap();
-    let out = d.cai(&[
-        "run",
-        "--payload",
-        "payload.json",
-        "--data",
-        &data,
-        "--results",
-        &d.s("res2"),
-    ]);
-    let err = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(!out.status.success());
+    let (ok, err) = run("res2");
+    assert!(!ok, "{err}");
     assert!(err.contains("2 model files"), "{err}");
     assert!(
         err.contains("other.onnx") && err.contains("cnn5.onnx"),

@@ -411,9 +411,7 @@ impl AwsEngine {
                     )
                 })?;
                 if req.model.is_none() {
-                    events.event(RunEvent::Message(format!(
-                        "model: {model} (the only model file in the payload's code folder)"
-                    )));
+                    events.event(cai_engine::engine::folder_model_chosen(&model));
                 }
                 let mut cfg = self.stack.config(
                     s3_location("data", &data)?,

@@ -433,11 +433,15 @@ pub fn warn_plan(req: &RunRequest, plan: &Plan, events: &dyn RunEvents) {
         events.event(RunEvent::Warning(w.clone()));
     }
     if req.model.is_none() && !req.resume {
-        events.event(RunEvent::Message(format!(
-            "model: {} (the only model file in the payload's code folder)",
-            plan.model
-        )));
+        events.event(folder_model_chosen(&plan.model));
     }
+}
+
+/// The line naming the model the payload's code folder gave ([`RunRequest::model_location`]).
+pub fn folder_model_chosen(model: &str) -> RunEvent {
+    RunEvent::Message(format!(
+        "model: {model} (the only model file in the payload's code folder)"
+    ))
 }
 
 /// Galaxies in `ranks` of `plan` (0 for partitions whose count the plan does not know).

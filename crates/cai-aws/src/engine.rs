@@ -19,6 +19,7 @@ use cai_engine::aws::{AwsConfig, S3Prefix};
 use cai_engine::engine::{Engine, RunEnd, RunEvent, RunEvents, RunReport, RunRequest};
 use sha2::{Digest, Sha256};
 
+use crate::execution::{execution_status, stop_execution, ExecutionRecord};
 use crate::{deploy, start_execution, watch, Deployed, Error, Package, Result, StackEvent};
 
 /// The engine's name in rank reports.
@@ -93,6 +94,29 @@ impl StackSettings {
         cfg.timeout_s = self.timeout_s;
         cfg.log_retention_days = self.log_retention_days;
         Ok(cfg)
+    }
+
+    /// [`StackSettings::config`] for locations given as `s3://` URLs; `model` names an
+    /// object, or is `None` while a local model is still to be uploaded ([`deploy_run`]
+    /// sets it then).
+    pub fn config_at(&self, data: &str, results: &str, model: Option<&str>) -> Result<AwsConfig> {
+        let model = match model {
+            Some(at) => {
+                let m = s3_location("model", at)?;
+                if m.prefix.is_empty() {
+                    return Err(Error::Invalid(format!(
+                        "--model must name an object (s3://bucket/key), got {at:?}"
+                    )));
+                }
+                m
+            }
+            None => S3Prefix::new("unset", "unset"),
+        };
+        self.config(
+            s3_location("data", data)?,
+            s3_location("results", results)?,
+            model,
+        )
     }
 }
 
@@ -337,15 +361,6 @@ impl AwsEngine {
     }
 
     async fn start(&self, req: &RunRequest, events: &dyn RunEvents) -> Result<RunReport> {
-        if req.resume {
-            return Err(cai_engine::Error::Request {
-                what: "--resume is for the local and Slurm engines".into(),
-                hint: "on AWS run again: ranks are idempotent, and Step Functions retries \
-                       failed ranks itself"
-                    .into(),
-            }
-            .into());
-        }
         let mut payload = req.payload.clone().unwrap_or_default();
         // Flags override the payload, as for the other engines.
         if let Some(d) = &req.data {
@@ -373,6 +388,20 @@ impl AwsEngine {
                 hint: hint.into(),
             })
         };
+        // Resuming: Initialize keeps the plan and lists only the ranks without a result;
+        // what the flags leave out (data, model) is the plan's.
+        let planned = match payload.results_url() {
+            Some(r) if req.resume => {
+                payload.resume = Some(true);
+                cai_core::results::load_plan(&StorageUrl::parse(&r)?).await?
+            }
+            _ => None,
+        };
+        if let (None, Some(p)) = (payload.data_url(), &planned) {
+            let d = s3_location("data", &p.data)?;
+            payload.data_bucket = Some(d.bucket);
+            payload.data_prefix = Some(d.prefix);
+        }
         let data = payload.data_url().ok_or_else(|| {
             missing(
                 "no data location",
@@ -403,21 +432,24 @@ impl AwsEngine {
                 arn.clone()
             }
             None => {
-                // With --state-machine, the model is the one the stack was deployed with.
-                let model = req.model_location().await?.ok_or_else(|| {
-                    missing(
-                        "no model",
-                        "give --model (s3://bucket/key, or a local file to upload)",
-                    )
-                })?;
-                if req.model.is_none() {
-                    events.event(cai_engine::engine::folder_model_chosen(&model));
-                }
-                let mut cfg = self.stack.config(
-                    s3_location("data", &data)?,
-                    s3_location("results", &results)?,
-                    S3Prefix::new("unset", "unset"),
-                )?;
+                // With --state-machine, the model is the one the stack was deployed with;
+                // resuming without --model, the plan's.
+                let model = match (&req.model, planned) {
+                    (None, Some(p)) => p.model,
+                    _ => {
+                        let model = req.model_location().await?.ok_or_else(|| {
+                            missing(
+                                "no model",
+                                "give --model (s3://bucket/key, or a local file to upload)",
+                            )
+                        })?;
+                        if req.model.is_none() {
+                            events.event(cai_engine::engine::folder_model_chosen(&model));
+                        }
+                        model
+                    }
+                };
+                let mut cfg = self.stack.config_at(&data, &results, None)?;
                 cfg.precision = req.precision;
                 deploy_run(&self.sdk, &mut cfg, &model, &self.artifacts, events)
                     .await?
@@ -432,6 +464,10 @@ impl AwsEngine {
                 what: "cannot start the workflow".into(),
                 source: Box::new(e),
             })?;
+        // Recorded beside the results (Initialize leaves it), for `cai status` to reattach.
+        ExecutionRecord::new(&execution)
+            .save(&StorageUrl::parse(&results)?)
+            .await?;
         let region = self
             .sdk
             .region()
@@ -442,7 +478,7 @@ impl AwsEngine {
         )));
         if req.detach {
             events.event(RunEvent::Message(format!(
-                "follow it with: cai aws watch --execution {execution} --results {results}"
+                "follow it with: cai status --results {results}"
             )));
             return Ok(RunReport::detached(ENGINE, &results, vec![execution]));
         }
@@ -508,12 +544,52 @@ impl Engine for AwsEngine {
         id: Option<&str>,
         events: &dyn RunEvents,
     ) -> cai_engine::Result<RunReport> {
-        let execution = id.ok_or_else(|| cai_engine::Error::Request {
-            what: format!("no execution to follow for {results}"),
-            hint: "give its ARN (`cai aws watch --execution ARN`)".into(),
-        })?;
         let results = StorageUrl::parse(results)?;
-        Ok(self.follow(execution, &results, events).await?)
+        let execution = match id {
+            Some(id) => id.to_string(),
+            None => recorded(&results).await?,
+        };
+        Ok(self.follow(&execution, &results, events).await?)
+    }
+
+    async fn describe(&self, results: &str) -> cai_engine::Result<Vec<String>> {
+        let execution = recorded(&StorageUrl::parse(results)?).await?;
+        let (status, started) = execution_status(&self.sdk, &execution).await?;
+        Ok(vec![format!(
+            "execution  {execution}: {status} (started {started})"
+        )])
+    }
+
+    fn outlives_process(&self) -> bool {
+        true
+    }
+
+    fn job_kind(&self) -> &'static str {
+        "Step Functions execution"
+    }
+
+    fn cancel_command(&self, ids: &str) -> String {
+        format!("aws stepfunctions stop-execution --execution-arn {ids}")
+    }
+
+    async fn jobs(&self, results: &str) -> cai_engine::Result<Vec<String>> {
+        Ok(vec![recorded(&StorageUrl::parse(results)?).await?])
+    }
+
+    async fn cancel(&self, results: &str) -> cai_engine::Result<()> {
+        let execution = recorded(&StorageUrl::parse(results)?).await?;
+        Ok(stop_execution(&self.sdk, &execution).await?)
+    }
+}
+
+/// The execution recorded at `results`, or an error saying how to name one.
+async fn recorded(results: &StorageUrl) -> Result<String> {
+    match ExecutionRecord::load(results).await? {
+        Some(r) => Ok(r.execution),
+        None => Err(Error::from(cai_engine::Error::Request {
+            what: format!("no execution recorded under {results}"),
+            hint: "give its ARN (`cai aws watch --execution ARN --results …`)".into(),
+        })),
     }
 }
 

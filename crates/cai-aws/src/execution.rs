@@ -11,8 +11,10 @@ use aws_config::SdkConfig;
 use aws_sdk_sfn as sfn;
 use serde_json::Value;
 
+use cai_core::layout;
 use cai_core::results::{load_plan, ResultsListing};
 use cai_core::StorageUrl;
+use serde::{Deserialize, Serialize};
 
 use crate::{aws_err, Error, Result};
 
@@ -74,6 +76,79 @@ pub async fn start_execution(
         .await
         .map_err(|e| aws_err("StartExecution", e))?;
     Ok(out.execution_arn)
+}
+
+/// The execution of a run, recorded at its results location ([`layout::AWS_EXECUTION`]) when
+/// it starts, so that `cai status --results …` can find and follow it from anywhere.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecutionRecord {
+    /// The execution's ARN.
+    pub execution: String,
+    /// The region it runs in (the ARN's), for the client that follows it.
+    pub region: Option<String>,
+}
+
+impl ExecutionRecord {
+    /// The record of `execution`, its region read from the ARN
+    /// (`arn:aws:states:REGION:ACCOUNT:execution:…`).
+    pub fn new(execution: &str) -> Self {
+        Self {
+            execution: execution.to_string(),
+            region: execution
+                .split(':')
+                .nth(3)
+                .filter(|r| !r.is_empty())
+                .map(String::from),
+        }
+    }
+
+    /// Write it under `results`.
+    pub async fn save(&self, results: &StorageUrl) -> Result<()> {
+        let json = serde_json::to_vec_pretty(self)
+            .map_err(|e| Error::Invalid(format!("cannot encode the execution record: {e}")))?;
+        results.put(layout::AWS_EXECUTION, json).await?;
+        Ok(())
+    }
+
+    /// The record under `results`, if a run on AWS left one.
+    pub async fn load(results: &StorageUrl) -> Result<Option<Self>> {
+        let Some(bytes) = results.get_opt(layout::AWS_EXECUTION).await? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+            Error::Invalid(format!(
+                "{}: not an execution record: {e}",
+                results.url_of(layout::AWS_EXECUTION)
+            ))
+        })
+    }
+}
+
+/// Stop the execution `execution_arn` (its running ranks end; the results stay).
+pub async fn stop_execution(sdk: &SdkConfig, execution_arn: &str) -> Result<()> {
+    sfn::Client::new(sdk)
+        .stop_execution()
+        .execution_arn(execution_arn)
+        .cause("stopped from cai")
+        .send()
+        .await
+        .map_err(|e| aws_err("StopExecution", e))?;
+    Ok(())
+}
+
+/// The execution's status (`RUNNING`, `SUCCEEDED`, …) and start time (RFC 3339).
+pub async fn execution_status(sdk: &SdkConfig, execution_arn: &str) -> Result<(String, String)> {
+    let d = sfn::Client::new(sdk)
+        .describe_execution()
+        .execution_arn(execution_arn)
+        .send()
+        .await
+        .map_err(|e| aws_err("DescribeExecution", e))?;
+    let started = d
+        .start_date
+        .fmt(aws_smithy_types::date_time::Format::DateTime)
+        .unwrap_or_default();
+    Ok((d.status.as_str().to_string(), started))
 }
 
 /// Count done and failed ranks under `results`.

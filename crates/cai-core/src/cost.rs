@@ -227,6 +227,17 @@ pub fn measured(
     price("measured", &durations, partitions, memory_mb, arch, prices)
 }
 
+/// Galaxies per rank when `total` galaxies are cut into partitions of `per_partition`
+/// (the last one smaller), one partition per rank: what `cai cost --galaxies` prices.
+pub fn split_galaxies(total: u64, per_partition: u64) -> Vec<u64> {
+    let per = per_partition.max(1);
+    let mut ranks = vec![per; (total / per) as usize];
+    if total % per > 0 {
+        ranks.push(total % per);
+    }
+    ranks
+}
+
 /// What a run would cost before it runs: each rank's galaxies at `throughput` galaxies/s
 /// per invocation, plus `overhead_s` per invocation.
 pub fn estimate(
@@ -249,6 +260,13 @@ pub fn estimate(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn galaxies_split_into_partitions() {
+        assert_eq!(split_galaxies(2_560, 1_280), [1_280, 1_280]);
+        assert_eq!(split_galaxies(3_000, 1_280), [1_280, 1_280, 440]);
+        assert_eq!(split_galaxies(10, 0), [1; 10]);
+    }
 
     fn close(a: f64, b: f64, tol: f64) {
         assert!((a - b).abs() <= tol, "{a} vs {b}");

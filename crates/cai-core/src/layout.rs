@@ -59,6 +59,9 @@ pub const SLURM_JOBS: &str = "slurm/jobs.json";
 pub const SLURM_PROBE: &str = "slurm/probe";
 /// The AWS Distributed Map's items (one per rank).
 pub const AWS_ITEMS: &str = "items.json";
+/// The AWS engine's record of a run's Step Functions execution (what `cai status`
+/// reattaches to); a fresh run's Initialize leaves it, the next run replaces it.
+pub const AWS_EXECUTION: &str = "aws/execution.json";
 /// Folder the AWS Distributed Map writes its own result files to.
 pub const AWS_MAP_RESULTS: &str = "stepfunctions";
 /// `cai sweep`'s list of experiments, at the sweep's root.

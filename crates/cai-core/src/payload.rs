@@ -61,6 +61,10 @@ pub struct Payload {
         skip_serializing_if = "Option::is_none"
     )]
     pub world_size: Option<u64>,
+    /// CAI's own key: finish the run already planned at the results location, running only
+    /// the ranks without a result (`cai run --engine aws --resume`); the original never sends it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume: Option<bool>,
     /// Every other key, kept as given.
     #[serde(flatten)]
     pub extra: serde_json::Map<String, Value>,

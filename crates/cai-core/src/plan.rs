@@ -455,6 +455,20 @@ impl Plan {
             .unwrap_or_default()
     }
 
+    /// Galaxies of one rank (0 for partitions whose count the plan does not know: no
+    /// manifest).
+    pub fn galaxies_of(&self, rank: usize) -> u64 {
+        self.partitions_of(rank)
+            .iter()
+            .map(|p| p.galaxies.unwrap_or(0))
+            .sum()
+    }
+
+    /// Galaxies of each rank, in rank order ([`Plan::galaxies_of`]).
+    pub fn galaxies_per_rank(&self) -> Vec<u64> {
+        (0..self.world_size).map(|r| self.galaxies_of(r)).collect()
+    }
+
     /// The original's `payload.json`: the payload, the rank→files map and the items.
     pub fn payload_json(&self) -> Value {
         let mut v = serde_json::to_value(&self.payload).unwrap_or(Value::Null);

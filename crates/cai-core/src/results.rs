@@ -275,6 +275,12 @@ pub struct RunState {
     pub world_size: usize,
     /// Whether `summary.json` is there.
     pub summary_written: bool,
+    /// Ranks of the plan without a `<rank>.json` (failed or not run), which `--resume` runs.
+    pub missing: Vec<usize>,
+    /// Partitions of the missing ranks.
+    pub missing_partitions: usize,
+    /// Galaxies of the missing ranks (0 where the plan does not know them).
+    pub missing_galaxies: u64,
 }
 
 impl RunState {
@@ -296,7 +302,14 @@ impl RunState {
             .filter(|&r| r < plan.world_size)
             .count();
         let failed: Vec<usize> = listing.failed_ranks().into_iter().collect();
+        let finished = listing.done_ranks();
+        let missing: Vec<usize> = (0..plan.world_size)
+            .filter(|r| !finished.contains(r))
+            .collect();
         Self {
+            missing_partitions: missing.iter().map(|&r| plan.partitions_of(r).len()).sum(),
+            missing_galaxies: missing.iter().map(|&r| plan.galaxies_of(r)).sum(),
+            missing,
             results: results.to_string(),
             done,
             without_result: plan.world_size - done - failed.len().min(plan.world_size - done),
@@ -332,13 +345,51 @@ impl std::fmt::Display for RunState {
         } else {
             "not yet"
         };
-        write!(f, "\nsummary      {summary}")
+        write!(f, "\nsummary      {summary}")?;
+        if !self.missing.is_empty() {
+            write!(
+                f,
+                "\nmissing      ranks {} ({} partitions, {} galaxies); \
+                 `cai run --resume --results {}` runs them",
+                ranges(&self.missing),
+                self.missing_partitions,
+                self.missing_galaxies,
+                self.results
+            )?;
+        }
+        Ok(())
     }
+}
+
+/// `0, 3-5, 9-10`: sorted numbers with runs joined.
+pub fn ranges(v: &[usize]) -> String {
+    let mut out: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < v.len() {
+        let mut j = i;
+        while j + 1 < v.len() && v[j + 1] == v[j] + 1 {
+            j += 1;
+        }
+        out.push(if i == j {
+            v[i].to_string()
+        } else {
+            format!("{}-{}", v[i], v[j])
+        });
+        i = j + 1;
+    }
+    out.join(", ")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ranges_join_runs() {
+        assert_eq!(ranges(&[]), "");
+        assert_eq!(ranges(&[4]), "4");
+        assert_eq!(ranges(&[0, 3, 4, 5, 9, 10]), "0, 3-5, 9-10");
+    }
 
     #[test]
     fn original_only_keys_read_with_defaults() {

@@ -16,6 +16,29 @@ use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload,
 
 use crate::error::{Error, Result};
 
+/// Write a local file atomically: a temporary file beside it, renamed into place, so a
+/// reader (or a process killed mid-write) never sees half of it. Creates the folder.
+pub fn write_file_atomic(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
+    let err = |p: &std::path::Path| {
+        let path = p.display().to_string();
+        move |source| Error::Write { path, source }
+    };
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    std::fs::create_dir_all(dir).map_err(err(dir))?;
+    let name = path
+        .file_name()
+        .map_or_else(|| "out".into(), |n| n.to_string_lossy().into_owned());
+    let tmp = dir.join(format!(".{name}.partial-{}", std::process::id()));
+    std::fs::write(&tmp, bytes).map_err(err(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        err(path)(e)
+    })
+}
+
 /// How S3 requests are bounded and retried (object_store's `RetryConfig` and request
 /// timeout, set on every `s3://` store [`StorageUrl::parse`] opens). A request answered
 /// 5xx/429 (S3's `SlowDown`, `InternalError`), cut before its answer, or not answered within
@@ -505,6 +528,22 @@ fn join_display(base: &str, rel: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn atomic_writes_leave_only_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("new/sub/out.csv");
+        write_file_atomic(&out, b"a,b\n").unwrap();
+        write_file_atomic(&out, b"c\n").unwrap();
+        assert_eq!(std::fs::read(&out).unwrap(), b"c\n");
+        let names: Vec<_> = std::fs::read_dir(out.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["out.csv"]);
+        let e = write_file_atomic(dir.path(), b"x").unwrap_err().to_string();
+        assert!(e.starts_with("cannot write"), "{e}");
+    }
 
     #[tokio::test]
     async fn local_paths_with_dot_dot_resolve() {

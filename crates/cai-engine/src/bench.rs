@@ -46,6 +46,15 @@ pub enum Error {
     /// A parity fixture could not be decoded.
     #[error(transparent)]
     Data(#[from] cai_data::Error),
+    /// The model to measure could not be loaded.
+    #[error("cannot load the model {model}")]
+    Load {
+        /// Its location.
+        model: String,
+        /// Why.
+        #[source]
+        source: Box<crate::Error>,
+    },
     /// A parity fixture could not be read.
     #[error("cannot read {}: {source}", path.display())]
     Read {
@@ -239,6 +248,32 @@ pub struct Report {
     vit_blocks: Vec<BlockRate>,
     cases: Vec<Case>,
     z_first: Vec<f32>,
+}
+
+/// The model `cai bench` measures: the file at `model`, else the full-size AstroMAE with
+/// `seed`'s seeded weights; and its name in the report (`seeded:0`).
+pub async fn bench_model(
+    model: Option<&str>,
+    seed: u64,
+) -> Result<(std::sync::Arc<AstroMae>, String)> {
+    Ok(match model {
+        Some(path) => (
+            crate::stages::load_model(path)
+                .await
+                .map_err(|e| Error::Load {
+                    model: path.to_string(),
+                    source: Box::new(e),
+                })?,
+            path.to_string(),
+        ),
+        None => {
+            let w = cai_model::init::astromae_weights(seed, &Config::astromae());
+            (
+                std::sync::Arc::new(AstroMae::load(&w, "seeded")?),
+                format!("seeded:{seed}"),
+            )
+        }
+    })
 }
 
 /// The precisions a list of names gives (`all` is every one), f32 first and `auto` last,

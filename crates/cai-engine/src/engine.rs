@@ -446,9 +446,5 @@ pub fn folder_model_chosen(model: &str) -> RunEvent {
 
 /// Galaxies in `ranks` of `plan` (0 for partitions whose count the plan does not know).
 pub fn galaxies_in(plan: &Plan, ranks: &[usize]) -> u64 {
-    ranks
-        .iter()
-        .flat_map(|&r| plan.partitions_of(r))
-        .map(|p| p.galaxies.unwrap_or(0))
-        .sum()
+    ranks.iter().map(|&r| plan.galaxies_of(r)).sum()
 }

@@ -117,6 +117,31 @@ pub enum Error {
         /// The rank.
         rank: usize,
     },
+    /// A `cai worker` task cannot see the results location its plan was written to (the
+    /// Slurm probe is missing or stale): the location is not shared with this node.
+    #[error("{message}")]
+    NotShared {
+        /// What was looked for, where, on which host.
+        message: String,
+    },
+    /// A rank's process was stopped by SIGTERM (scancel, a time limit, preemption); the
+    /// failure is recorded.
+    #[error("{message}")]
+    Terminated {
+        /// The rank.
+        rank: usize,
+        /// What stopped it, where.
+        message: String,
+    },
+    /// One run of a sweep failed (not a failed rank: the run itself could not go on).
+    #[error("run {run} failed")]
+    SweepRun {
+        /// The run's folder (`p25MB-b128-r1`).
+        run: String,
+        /// Why.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// An engine's backend failed (Slurm refused a job, an AWS call failed…); the error is
     /// the backend's own, naming the command or call.
     #[error(transparent)]

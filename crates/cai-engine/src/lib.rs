@@ -8,7 +8,8 @@
 //! `slurm`) runs them as a Slurm job array; `aws` (feature `aws`) generates the Step
 //! Functions + Lambda workflow and serves its handlers (the engine that deploys and starts
 //! it is `cai_aws::AwsEngine`, beside the AWS SDK); `cai_core::cost` prices a run at AWS list
-//! prices.
+//! prices. [`task::RankTask`] is one rank as its own process (`cai worker`, each Slurm
+//! array task).
 //!
 //! What a run writes under its results location is named in `cai_core::layout` and read
 //! back through `cai_core::results`; the predictions' Parquet schema is
@@ -22,6 +23,7 @@ pub mod aws;
 pub mod bench;
 #[cfg(feature = "bench")]
 pub mod bench_tensor;
+pub mod demo;
 pub mod engine;
 pub mod error;
 pub mod local;
@@ -31,6 +33,7 @@ pub mod slurm;
 pub mod stages;
 pub mod summarize;
 pub mod sweep;
+pub mod task;
 pub mod worker;
 
 pub use engine::{Engine, NoEvents, RunEnd, RunEvent, RunEvents, RunReport, RunRequest};

@@ -4,7 +4,8 @@
 //! `cai report` read as a sweep. [`SweepPlan`] lists the runs and records them
 //! (`sweep.json`); [`find_source`] says where each size's partitions come from;
 //! [`file_limit`] turns a data size into the original's `file_limit`; [`SweepRow`] is one
-//! line of the final table. `cai sweep` cuts partitions and drives the runs.
+//! line of the final table; [`run_sweep`] cuts the partitions and drives the runs through
+//! any engine.
 
 use std::path::PathBuf;
 
@@ -14,6 +15,7 @@ use cai_core::{layout, StorageUrl};
 use cai_data::partition::{parse_size, FileFormat};
 use serde::Serialize;
 
+use crate::engine::{RunEnd, RunEvent, RunEvents, RunReport, RunRequest};
 use crate::partition::{open_dataset, open_partitions, partition_source, PartitionSummary};
 use crate::stages::find_partitions;
 use crate::{Error, Result};
@@ -408,6 +410,172 @@ impl SweepRow {
             results,
         }
     }
+}
+
+/// A whole sweep: the grid, where its data and results are, and the request every run
+/// starts from.
+#[derive(Debug, Clone)]
+pub struct SweepRequest {
+    /// The experiments.
+    pub plan: SweepPlan,
+    /// A dataset file, a folder of partitions, or a folder with one sub-folder per size.
+    pub data: String,
+    /// The sweep's root: each run goes into its own sub-folder.
+    pub results: StorageUrl,
+    /// Where re-cut partitions go (default: `<results>/partitions/`).
+    pub work: Option<StorageUrl>,
+    /// Format of re-cut partitions.
+    pub format: FileFormat,
+    /// The engine's name, recorded in `sweep.json`.
+    pub engine: String,
+    /// Skip the runs that have a `summary.json`, rerun the others from scratch.
+    pub resume: bool,
+    /// What every run shares (model, binds, precision, `file_limit`); data, results, batch
+    /// size and `resume` are set per run.
+    pub run: RunRequest,
+}
+
+/// What a sweep did: one row per experiment, and whether any run has failed ranks.
+#[derive(Debug, Clone)]
+pub struct SweepOutcome {
+    /// The final table's rows.
+    pub rows: Vec<SweepRow>,
+    /// Whether some run has failed or missing ranks.
+    pub any_failed: bool,
+}
+
+/// Run every experiment of `s` in order, each as a whole run given to `run` (which runs it
+/// on the engine and returns its report); partitions of each size are found or cut once.
+/// A run that ends without a summary (detached, a dry run) or aborted stops the sweep.
+pub async fn run_sweep<F, Fut>(
+    s: &SweepRequest,
+    events: &dyn RunEvents,
+    mut run: F,
+) -> Result<SweepOutcome>
+where
+    F: FnMut(RunRequest) -> Fut,
+    Fut: std::future::Future<Output = Result<RunReport>>,
+{
+    let say = |m: String| events.event(RunEvent::Message(m));
+    let exps = &s.plan.experiments;
+    if !s.resume {
+        s.plan.check_fresh(&s.results).await?;
+    }
+    let source = find_source(&s.data, &s.plan.partition_sizes).await?;
+    let work = match &s.work {
+        Some(w) => w.clone(),
+        None => s.results.child(layout::SWEEP_PARTITIONS_DIR),
+    };
+    let record = s.plan.record(&s.data, s.run.model.as_deref(), &s.engine);
+    s.results
+        .put(
+            layout::SWEEP,
+            serde_json::to_vec_pretty(&record).map_err(|source| Error::Encode {
+                what: "sweep.json",
+                source,
+            })?,
+        )
+        .await?;
+    say(s.plan.describe(&s.results));
+
+    let mut out = SweepOutcome {
+        rows: Vec::new(),
+        any_failed: false,
+    };
+    let mut part_urls: Vec<(u64, StorageUrl)> = Vec::new();
+    for (i, e) in exps.iter().enumerate() {
+        let n = format!("[{}/{}]", i + 1, exps.len());
+        let url = s.results.child(&e.folder());
+        if s.resume && url.exists(layout::SUMMARY).await? {
+            let summary = read_summary(&url).await?;
+            out.any_failed |= !summary.complete();
+            say(format!("{n} {}: finished before, skipped", e.folder()));
+            out.rows
+                .push(SweepRow::new(e, "skipped", &summary, url.to_string()));
+            continue;
+        }
+        let parts_url = match part_urls.iter().find(|(b, _)| *b == e.partition.bytes) {
+            Some((_, u)) => u.clone(),
+            None => {
+                let label = &e.partition.label;
+                let (u, made) =
+                    partitions_for(&source, &e.partition, &work, s.format, s.resume).await?;
+                match made {
+                    Made::Given => {}
+                    Made::Reused => say(format!("partitions of {label}: reusing {u}")),
+                    Made::Cut(m) => say(format!(
+                        "partitions of {label}: {} ({} galaxies) in {u}",
+                        m.partitions, m.galaxies
+                    )),
+                }
+                part_urls.push((e.partition.bytes, u.clone()));
+                u
+            }
+        };
+        let mut req = s.run.clone();
+        if let Some(d) = &e.data {
+            let (limit, warning) = file_limit(&parts_url, d.bytes).await?;
+            if let Some(w) = warning {
+                events.event(RunEvent::Warning(w));
+            }
+            req.file_limit = Some(limit);
+        }
+        req.data = Some(parts_url.to_string());
+        req.results = Some(url.to_string());
+        req.batch_size = Some(e.batch);
+        req.resume = false;
+        say(format!(
+            "{n} {}: partitions {}, batch {}, repetition {}{}",
+            e.folder(),
+            e.partition.label,
+            e.batch,
+            e.repetition,
+            match (&e.data, req.file_limit) {
+                (Some(d), Some(l)) => format!(", data {} ({l} partition(s))", d.label),
+                _ => String::new(),
+            }
+        ));
+        let t = std::time::Instant::now();
+        let failed_run = |source: Box<dyn std::error::Error + Send + Sync>| Error::SweepRun {
+            run: e.folder(),
+            source,
+        };
+        let report = run(req).await.map_err(|err| failed_run(err.into()))?;
+        if let RunEnd::Aborted { status, id } = &report.end {
+            return Err(failed_run(
+                format!("the execution ended {status}: {id}").into(),
+            ));
+        }
+        let Some(summary) = report.summary else {
+            return Err(request(
+                format!(
+                    "run {} ended without {}",
+                    e.folder(),
+                    url.url_of(layout::SUMMARY)
+                ),
+                "a sweep follows every run to its summary (no --detach or --dry-run)",
+            ));
+        };
+        out.any_failed |= !summary.complete();
+        say(format!(
+            "{n} {}: {} galaxies, {}/{} ranks{}, wall {:.2} s ({:.1} galaxies/s), {:.1} s with planning and summary",
+            e.folder(),
+            summary.galaxies,
+            summary.ranks_done,
+            summary.ranks_total,
+            if summary.complete() {
+                String::new()
+            } else {
+                format!(" ({} failed or missing)", summary.failed.len() + summary.missing_ranks.len())
+            },
+            summary.wall_time_s,
+            summary.galaxies_per_s,
+            t.elapsed().as_secs_f64()
+        ));
+        out.rows
+            .push(SweepRow::new(e, "ran", &summary, url.to_string()));
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

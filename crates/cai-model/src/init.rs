@@ -95,6 +95,16 @@ pub fn sincos_pos_embed(dim: usize, grid: usize) -> Vec<f32> {
     out
 }
 
+/// The seeded (untrained) AstroMAE as a safetensors file, its metadata saying so: what
+/// `cai model init` writes.
+pub fn seeded_safetensors(seed: u64) -> Result<Vec<u8>, crate::Error> {
+    let meta = std::collections::BTreeMap::from([(
+        "cai.weights".to_string(),
+        format!("seeded init, seed {seed}, untrained"),
+    )]);
+    astromae_weights(seed, &Config::astromae()).to_safetensors(&meta)
+}
+
 /// Deterministic AstroMAE weights for `seed` and the ViT shape `cfg` (the CNN, magnitude
 /// and head widths are the original's fixed ones).
 pub fn astromae_weights(seed: u64, cfg: &Config) -> Weights {

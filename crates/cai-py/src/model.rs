@@ -307,15 +307,8 @@ pub fn init_model(
 ) -> PyResult<std::path::PathBuf> {
     let path = out.clone();
     py.detach(move || -> PyResult<()> {
-        let weights = cai_model::init::astromae_weights(seed, &cai_model::Config::astromae());
-        let mut meta = std::collections::BTreeMap::new();
-        meta.insert(
-            "cai.weights".to_string(),
-            format!("seeded init, seed {seed}, untrained"),
-        );
-        let bytes = weights.to_safetensors(&meta).map_err(cai_err)?;
-        std::fs::write(&path, bytes)
-            .map_err(|e| CaiError::new_err(format!("cannot write {}: {e}", path.display())))
+        let bytes = cai_model::init::seeded_safetensors(seed).map_err(cai_err)?;
+        cai_core::storage::write_file_atomic(&path, &bytes).map_err(cai_err)
     })?;
     Ok(out)
 }

@@ -4,13 +4,13 @@
 use std::path::PathBuf;
 
 use cai_core::StorageUrl;
-use cai_report::html::{build, ReportOptions};
+use cai_report::html::{write_report, ReportOptions};
 use cai_report::load::load_all;
 use cai_report::stats::run_rows;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
-use crate::{cai_err, error_chain, runtime, CaiError};
+use crate::{cai_err, runtime, CaiError};
 
 /// The bytes of `key` under the location `results` (a path, `file://` or `s3://` URL).
 #[pyfunction]
@@ -79,21 +79,8 @@ pub fn report(
             title: title.unwrap_or_else(|| ReportOptions::default().title),
             ..ReportOptions::default()
         };
-        let runs = runtime()?
-            .block_on(load_all(&results, true))
-            .map_err(cai_err)?;
-        let report = build(&runs, &opts).map_err(cai_err)?;
-        if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| CaiError::new_err(format!("cannot create {}: {e}", dir.display())))?;
-        }
-        std::fs::write(&out, &report.html).map_err(|e| {
-            CaiError::new_err(format!(
-                "cannot write {}: {}",
-                out.display(),
-                error_chain(&e)
-            ))
-        })?;
-        Ok(report.figures.len())
+        runtime()?
+            .block_on(write_report(&results, &out, None, &opts))
+            .map_err(cai_err)
     })
 }

@@ -841,6 +841,24 @@ pub fn build(runs: &[Run], opts: &ReportOptions) -> Result<Report> {
     })
 }
 
+/// Read the runs at `results`, write their report to `out` (atomically, creating its
+/// folder) and, with `png`, each figure as a PNG there; returns the number of figures.
+/// What `cai report` and the Python package's `cai.report` do.
+pub async fn write_report(
+    results: &[String],
+    out: &std::path::Path,
+    png: Option<&std::path::Path>,
+    opts: &ReportOptions,
+) -> Result<usize> {
+    let runs = crate::load::load_all(results, true).await?;
+    let report = build(&runs, opts)?;
+    cai_core::storage::write_file_atomic(out, report.html.as_bytes())?;
+    if let Some(dir) = png {
+        write_pngs(&report.figures, dir)?;
+    }
+    Ok(report.figures.len())
+}
+
 /// Write each figure as `<dir>/<id>.png`; returns the paths written.
 pub fn write_pngs(figures: &[Figure], dir: &std::path::Path) -> Result<Vec<std::path::PathBuf>> {
     let ioerr = |path: &std::path::Path, source| crate::Error::Io {

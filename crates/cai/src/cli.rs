@@ -285,7 +285,7 @@ pub struct RunArgs {
     #[command(flatten)]
     pub poll: PollArg,
     /// Submit (Slurm) or start (AWS) and return without following the run; `cai status`
-    /// (Slurm) or `cai aws watch` (AWS) follows it later.
+    /// follows it later.
     #[arg(long)]
     pub detach: bool,
     /// Slurm options (with --engine slurm).

@@ -1,9 +1,10 @@
 //! The three Lambda handlers' logic, on the same stage functions as `cai run`.
 //!
-//! - [`Handlers::initialize`]: the original's payload in; [`plan_run`] writes `plan.json` and
-//!   `payload.json`, [`clear_results`] removes an earlier run's outputs, and the rank items
-//!   go to `items.json` (a JSON array, one item per rank) for the Distributed Map's
-//!   ItemReader. Returns [`InitializeOutput`].
+//! - [`Handlers::initialize`]: the original's payload in; [`RunRequest::plan`] plans as
+//!   `cai run` does (writes `plan.json` and `payload.json`, removes an earlier run's outputs;
+//!   with the payload's `resume`, keeps the plan and picks the ranks without a result), and
+//!   the rank items to run go to `items.json` (a JSON array, one item per rank) for the
+//!   Distributed Map's ItemReader. Returns [`InitializeOutput`].
 //! - [`Handlers::infer`]: one rank item in; [`Worker::run_rank`] streams the rank's partitions
 //!   (the next one downloads while this one computes) through the model on a thread pool
 //!   sized from the CPUs the function gets, and writes `predictions/<rank>.parquet`, then
@@ -28,16 +29,17 @@ use std::time::{Duration, SystemTime};
 
 use cai_core::layout;
 use cai_core::payload::Payload;
-use cai_core::plan::{Plan, PlanRequest, RankItem};
+use cai_core::plan::{Plan, RankItem};
 use cai_core::report::RankReport;
 use cai_core::StorageUrl;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::S3Prefix;
+use crate::engine::RunRequest;
 use crate::error::Error;
 use crate::local::available_cores;
-use crate::stages::{clear_results, load_any_model, plan_run, pretty};
+use crate::stages::{load_any_model, pretty};
 use crate::summarize::summarize;
 use crate::worker::{record_failure, ProgressFn, Worker};
 
@@ -360,23 +362,24 @@ impl Handlers {
                 format!("results location {results} is not s3://bucket/prefix (the Distributed Map reads items from S3)"),
             ));
         };
-        let req = PlanRequest {
-            data,
-            results: results.clone(),
-            model,
+        // The same planning as `cai run`: a fresh plan (checked, earlier outputs cleared), or
+        // with the payload's `resume` the existing plan and only its ranks without a result.
+        let req = RunRequest {
+            data: Some(data),
+            results: Some(results.clone()),
+            model: Some(model),
+            resume: payload.resume.unwrap_or(false),
             payload: Some(payload),
             ..Default::default()
         };
-        let plan = plan_run(&req).await.map_err(|e| LambdaError::stage(h, e))?;
-        // An ONNX model that cannot run stops the state machine here, before any rank.
-        crate::stages::check_plan_model(&plan)
-            .await
-            .map_err(|e| LambdaError::stage(h, e))?;
+        let (plan, ranks) = req.plan().await.map_err(|e| LambdaError::stage(h, e))?;
         let store = StorageUrl::parse(&plan.results).map_err(|e| LambdaError::stage(h, e))?;
-        clear_results(&store)
-            .await
-            .map_err(|e| LambdaError::stage(h, e))?;
-        let items = pretty("rank items", &plan.items).map_err(|e| LambdaError::stage(h, e))?;
+        let to_run: Vec<&RankItem> = plan
+            .items
+            .iter()
+            .filter(|i| ranks.binary_search(&i.rank).is_ok())
+            .collect();
+        let items = pretty("rank items", &to_run).map_err(|e| LambdaError::stage(h, e))?;
         store
             .put(layout::AWS_ITEMS, items)
             .await
@@ -627,6 +630,7 @@ mod tests {
     /// A plan over 12 synthetic galaxies in 3 partitions (2 ranks) on the in-memory store,
     /// and handlers whose worker runs a depth-1 AstroMAE.
     async fn memory_run(name: &str) -> (Handlers, Plan) {
+        use crate::stages::plan_run;
         use cai_core::plan::PlanRequest;
         use cai_data::partition::{bytes_per_galaxy, partition_dataset};
         let synth = cai_data::SynthConfig {

@@ -124,13 +124,6 @@ fn log_tail(path: &str, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join(" | ")
 }
 
-fn galaxies_of(plan: &Plan, rank: usize) -> u64 {
-    plan.partitions_of(rank)
-        .iter()
-        .map(|p| p.galaxies.unwrap_or(0))
-        .sum()
-}
-
 /// Follow a run until every rank has a result or has failed for good and the summary is
 /// there. `on` is called after every look with the state and what happened since the last.
 pub async fn watch(
@@ -143,7 +136,7 @@ pub async fn watch(
         results: results.to_string(),
         key: layout::PLAN.into(),
     })?;
-    let galaxies_total: u64 = state.ranks.iter().map(|&r| galaxies_of(&plan, r)).sum();
+    let galaxies_total: u64 = state.ranks.iter().map(|&r| plan.galaxies_of(r)).sum();
     let mut seen_done: HashMap<usize, u64> = HashMap::new();
     let mut handled: HashSet<(usize, u32)> = HashSet::new();
     let mut final_failed: BTreeMap<usize, String> = BTreeMap::new();
@@ -207,9 +200,9 @@ pub async fn watch(
                         Some(b) => {
                             RankReport::from_json(&results.url_of(&layout::rank_report(rank)), &b)
                                 .map(|r| (r.galaxies, r.host))
-                                .unwrap_or((galaxies_of(&plan, rank), String::new()))
+                                .unwrap_or((plan.galaxies_of(rank), String::new()))
                         }
-                        None => (galaxies_of(&plan, rank), String::new()),
+                        None => (plan.galaxies_of(rank), String::new()),
                     };
                     e.insert(galaxies);
                     events.push(Event::Done {

@@ -7,9 +7,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use cai_aws::{s3_location, Artifacts, AwsEngine, StackSettings};
+use cai_aws::{Artifacts, AwsEngine, StackSettings};
 use cai_core::cost::Arch;
-use cai_engine::aws::{state_machine, template, AwsConfig, FunctionArns, S3Prefix};
+use cai_engine::aws::{state_machine, template, AwsConfig, FunctionArns};
 use cai_engine::engine::{Engine, RunEvent, RunEvents};
 use clap::{Args, Subcommand};
 
@@ -187,9 +187,10 @@ pub struct DeployArgs {
 /// `cai aws watch`
 #[derive(Debug, Args)]
 pub struct WatchArgs {
-    /// The execution's ARN (printed by `cai run --engine aws`).
+    /// The execution's ARN (printed by `cai run --engine aws`; default: the one recorded at
+    /// the results location).
     #[arg(long)]
-    pub execution: String,
+    pub execution: Option<String>,
     /// The run's results location (s3://bucket/prefix; required).
     #[command(flatten)]
     pub results: ResultsArg,
@@ -278,21 +279,14 @@ impl ArtifactArgs {
 /// `local_model`: `deploy` uploads it).
 fn config(a: &StackArgs, local_model: bool) -> Result<AwsConfig> {
     let model = if local_model {
-        S3Prefix::new("unset", "unset")
+        None
     } else {
-        let at = a.model.required()?;
-        let model = s3_location("model", at)?;
-        anyhow::ensure!(
-            !model.prefix.is_empty(),
-            "--model must name an object (s3://bucket/key), got {at:?}"
-        );
-        model
+        Some(a.model.required()?)
     };
-    let mut cfg = a.options.settings().config(
-        s3_location("data", &a.data)?,
-        s3_location("results", a.results.required()?)?,
-        model,
-    )?;
+    let mut cfg = a
+        .options
+        .settings()
+        .config_at(&a.data, a.results.required()?, model)?;
     cfg.precision = crate::settings::fixed(a.precision.precision, "cai aws")?;
     Ok(cfg)
 }
@@ -307,7 +301,7 @@ fn write(
     text.push('\n');
     match out {
         Some(path) => {
-            super::predict::write_atomic(path, text.as_bytes())?;
+            cai_core::storage::write_file_atomic(path, text.as_bytes())?;
             printer.note(format!("wrote the {what} to {}", path.display()));
         }
         None => print!("{text}"),
@@ -373,7 +367,7 @@ pub async fn aws(cmd: AwsCommand, printer: &Printer) -> Result<Outcome> {
                 ..AwsEngine::new(sdk(&a.account).await)
             };
             let report = engine
-                .attach(a.results.required()?, Some(&a.execution), printer)
+                .attach(a.results.required()?, a.execution.as_deref(), printer)
                 .await;
             printer.finish();
             return super::engines::finish(&report?, printer);

@@ -5,7 +5,6 @@ use anyhow::{Context, Result};
 use cai_engine::bench::{self, BenchOptions, Line};
 use cai_engine::bench_tensor;
 use cai_model::kernels::Precision;
-use cai_model::{init, AstroMae, Config};
 
 use crate::cli::BenchArgs;
 use crate::printer::Printer;
@@ -32,21 +31,7 @@ pub async fn bench(a: BenchArgs, printer: &Printer) -> Result<Outcome> {
         parity_dir: a.parity_dir,
         model_given: a.model.model.is_some(),
     };
-    let (model, source) = match &a.model.model {
-        Some(path) => (
-            cai_engine::stages::load_model(path)
-                .await
-                .with_context(|| format!("cannot load the model {path}"))?,
-            path.clone(),
-        ),
-        None => {
-            let w = init::astromae_weights(a.seed, &Config::astromae());
-            (
-                std::sync::Arc::new(AstroMae::load(&w, "seeded")?),
-                format!("seeded:{}", a.seed),
-            )
-        }
-    };
+    let (model, source) = bench::bench_model(a.model.model.as_deref(), a.seed).await?;
     let printer = printer.with_json(a.json.json);
     let report = tokio::task::spawn_blocking(move || {
         let report = bench::run(&opts, &model, source, &mut |line| match line {

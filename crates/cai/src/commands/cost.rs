@@ -76,42 +76,26 @@ pub async fn cost(a: CostArgs, printer: &Printer) -> Result<Outcome> {
             "--throughput must be > 0, got {t}"
         );
     }
+    let est = |ranks: &[u64], partitions, t| {
+        estimate(ranks, partitions, t, a.overhead_s, memory, arch, &PRICES)
+    };
     let c = match (a.galaxies, a.throughput, &a.results.results) {
         (Some(total), Some(t), _) => {
             let per = a.partition_galaxies.unwrap_or(0);
             anyhow::ensure!(per > 0, "--partition-galaxies must be > 0");
-            let mut ranks = vec![per; (total / per) as usize];
-            if total % per > 0 {
-                ranks.push(total % per);
-            }
-            let n = ranks.len() as u64;
-            estimate(&ranks, n, t, a.overhead_s, memory, arch, &PRICES)
+            let ranks = cai_core::cost::split_galaxies(total, per);
+            est(&ranks, ranks.len() as u64, t)
         }
         (None, Some(t), Some(results)) => {
             let url = StorageUrl::parse(results)?;
             let Some(plan) = load_plan(&url).await? else {
                 bail!("no plan.json under {results}: run `cai run` (or plan) first");
             };
-            let ranks: Vec<u64> = (0..plan.world_size)
-                .map(|r| {
-                    plan.partitions_of(r)
-                        .iter()
-                        .map(|p| p.galaxies.unwrap_or(0))
-                        .sum()
-                })
-                .collect();
+            let ranks = plan.galaxies_per_rank();
             if ranks.iter().all(|&g| g == 0) {
                 bail!("the plan under {results} has no galaxy counts (no manifest.json): give --galaxies and --partition-galaxies");
             }
-            estimate(
-                &ranks,
-                plan.partitions.len() as u64,
-                t,
-                a.overhead_s,
-                memory,
-                arch,
-                &PRICES,
-            )
+            est(&ranks, plan.partitions.len() as u64, t)
         }
         (_, _, Some(results)) => {
             let url = StorageUrl::parse(results)?;

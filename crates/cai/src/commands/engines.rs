@@ -114,7 +114,10 @@ fn slurm_engine(a: &RunArgs) -> Result<cai_engine::slurm::SlurmEngine> {
 
 /// The engine whose jobs are recorded at `results` (a run that outlives its `cai run`), if
 /// any: what `cai status` reattaches to.
-#[cfg_attr(not(feature = "slurm"), allow(unused_variables, clippy::unused_async))]
+#[cfg_attr(
+    not(any(feature = "slurm", feature = "aws")),
+    allow(unused_variables, clippy::unused_async)
+)]
 pub(crate) async fn engine_at(
     results: &cai_core::StorageUrl,
     poll: &PollArg,
@@ -125,6 +128,13 @@ pub(crate) async fn engine_at(
             &state,
             poll.interval(PollFor::Slurm),
         ))));
+    }
+    #[cfg(feature = "aws")]
+    if let Some(r) = cai_aws::execution::ExecutionRecord::load(results).await? {
+        return Ok(Some(Box::new(cai_aws::AwsEngine {
+            poll: poll.interval(PollFor::Aws),
+            ..cai_aws::AwsEngine::new(cai_aws::sdk_config(None, r.region.as_deref()).await)
+        })));
     }
     Ok(None)
 }

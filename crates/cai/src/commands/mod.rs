@@ -3,7 +3,6 @@
 #[cfg(feature = "aws")]
 pub(crate) mod aws;
 mod bench;
-#[cfg(feature = "onnx")]
 pub(crate) mod cost;
 mod data;
 mod demo;

@@ -4,27 +4,15 @@ use std::collections::BTreeMap;
 
 use anyhow::{Context, Result};
 use cai_engine::stages::{fit_last_layer, load_model_info, read_weights};
-use cai_model::{init, Config};
 
 use crate::cli::{ModelConvertArgs, ModelFitArgs, ModelInitArgs, ModelInspectArgs};
-use crate::commands::predict::write_atomic;
 use crate::printer::Printer;
 use crate::Outcome;
-
-/// Write seeded AstroMAE weights.
-pub fn write_init(seed: u64, out: &std::path::Path) -> Result<()> {
-    let weights = init::astromae_weights(seed, &Config::astromae());
-    let mut meta = BTreeMap::new();
-    meta.insert(
-        "cai.weights".to_string(),
-        format!("seeded init, seed {seed}, untrained"),
-    );
-    write_atomic(out, &weights.to_safetensors(&meta)?)
-}
+use cai_core::storage::write_file_atomic;
 
 /// `cai model init`.
 pub async fn init(a: ModelInitArgs, printer: &Printer) -> Result<Outcome> {
-    write_init(a.seed, &a.out)?;
+    write_file_atomic(&a.out, &cai_model::init::seeded_safetensors(a.seed)?)?;
     printer.note(format!(
         "wrote seeded (untrained) AstroMAE weights, seed {}, to {}",
         a.seed,
@@ -33,29 +21,11 @@ pub async fn init(a: ModelInitArgs, printer: &Printer) -> Result<Outcome> {
     Ok(Outcome::Ok)
 }
 
-/// Fit the last layer of `model` on the labelled dataset file `train` and write the model
-/// to `out`; returns the training R².
-pub async fn fit_to(
-    model: &str,
-    train: &std::path::Path,
-    out: &std::path::Path,
-    threads: Option<usize>,
-    printer: &Printer,
-) -> Result<f64> {
-    let f = fit_last_layer(model, train, 1e-3, threads).await?;
-    write_atomic(out, &f.safetensors)?;
-    printer.note(format!(
-        "fitted the last layer on {} labelled galaxies",
-        f.galaxies
-    ));
-    Ok(f.r2)
-}
-
 /// `cai model fit`.
 pub async fn fit(a: ModelFitArgs, printer: &Printer) -> Result<Outcome> {
     let model = a.model.required()?;
     let f = fit_last_layer(model, &a.train, a.ridge, a.threads.threads).await?;
-    write_atomic(&a.out, &f.safetensors)?;
+    write_file_atomic(&a.out, &f.safetensors)?;
     printer.note(format!(
         "wrote {} (fitted on {} labelled galaxies, training R² {:.3})",
         a.out.display(),
@@ -111,7 +81,7 @@ pub async fn convert(a: ModelConvertArgs, printer: &Printer) -> Result<Outcome> 
     );
     let mut weights = mw.weights;
     model.write_back(&mut weights);
-    write_atomic(&a.out, &weights.to_safetensors(&meta)?)?;
+    write_file_atomic(&a.out, &weights.to_safetensors(&meta)?)?;
     printer.note(format!(
         "wrote {} ({} parameters, from {})",
         a.out.display(),

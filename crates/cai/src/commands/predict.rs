@@ -16,26 +16,6 @@ use crate::printer::Printer;
 use crate::progress::Progress;
 use crate::Outcome;
 
-/// Write a file atomically: a temporary file beside it, renamed into place.
-pub fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(std::path::Path::new("."));
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "out".into());
-    let tmp = dir.join(format!(".{name}.partial-{}", std::process::id()));
-    std::fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| {
-        let _ = std::fs::remove_file(&tmp);
-        format!("cannot move the output into place at {}", path.display())
-    })?;
-    Ok(())
-}
-
 /// `cai predict`.
 pub async fn predict(a: PredictArgs, printer: &Printer) -> Result<Outcome> {
     let model_at = a.model.required()?.to_string();
@@ -142,7 +122,7 @@ async fn predict_with(
         )
     })
     .await??;
-    write_atomic(&a.out, preds.to_csv().as_bytes())?;
+    cai_core::storage::write_file_atomic(&a.out, preds.to_csv().as_bytes())?;
     printer.note(format!(
         "wrote {} predictions to {}",
         preds.len(),

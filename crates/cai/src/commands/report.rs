@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use cai_report::html::{build, write_pngs, ReportOptions};
+use cai_report::html::{write_report, ReportOptions};
 use cai_report::load::load_all;
 use cai_report::stats::{mean_rows, run_rows, Table};
 
@@ -65,25 +65,6 @@ pub async fn stats(a: StatsArgs, printer: &Printer) -> Result<Outcome> {
         "means drop values outside [Q1 − 1.5·IQR, Q3 + 1.5·IQR] (type-7 quartiles), each column on its own",
     );
     Ok(Outcome::Ok)
-}
-
-/// Write the report of `results` to `out` (and PNGs to `png`); returns the figure count.
-pub async fn write_report(
-    results: &[String],
-    out: &Path,
-    png: Option<&Path>,
-    opts: &ReportOptions,
-) -> Result<usize> {
-    let runs = load_all(results, true).await?;
-    let report = build(&runs, opts)?;
-    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    }
-    std::fs::write(out, &report.html).with_context(|| format!("cannot write {}", out.display()))?;
-    if let Some(dir) = png {
-        write_pngs(&report.figures, dir)?;
-    }
-    Ok(report.figures.len())
 }
 
 /// `cai report`.

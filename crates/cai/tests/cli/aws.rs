@@ -172,12 +172,7 @@ fn deploy_start_and_destroy_on_moto() {
             "--detach",
         ],
     );
-    let execution = out
-        .lines()
-        .find_map(|l| l.strip_prefix("execution"))
-        .expect("execution ARN printed")
-        .trim()
-        .to_string();
+    let execution = crate::lambda::execution_arn(&out);
     let v = cfn_py(
         &moto,
         "e = sf.describe_execution(executionArn=sys.argv[1])\n\

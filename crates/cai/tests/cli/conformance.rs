@@ -7,7 +7,7 @@
 //! - report a failed rank and name it: a corrupt partition fails its rank alone, and the
 //!   summary names the rank, the engine and the file;
 //! - with `--resume`, run only what is missing: the finished ranks' reports are left as they
-//!   were (engines without `--resume` must refuse it and say so).
+//!   were.
 //!
 //! The local engine always runs it; Slurm with `CAI_TEST_SLURM=1` on scripts/slurm/start.sh's
 //! cluster; AWS on moto's Step Functions calling the handlers under `cargo lambda` (the
@@ -52,10 +52,6 @@ trait Backend {
     fn get_data(&self, key: &str) -> Vec<u8>;
     /// Replace a partition.
     fn put_data(&self, key: &str, bytes: &[u8]);
-    /// Whether the engine takes `--resume`.
-    fn resumes(&self) -> bool {
-        true
-    }
     /// Exit code of a run with a failed rank.
     fn failed_exit(&self) -> i32 {
         1
@@ -129,8 +125,7 @@ fn every_rank_once_and_as_local(b: &dyn Backend, expected: &BTreeMap<i64, u32>) 
     );
 }
 
-/// A corrupt partition fails its rank alone, named; `--resume` then runs only that rank
-/// (or is refused, by an engine without it).
+/// A corrupt partition fails its rank alone, named; `--resume` then runs only that rank.
 fn a_failed_rank_is_named_and_resume_runs_only_it(b: &dyn Backend, expected: &BTreeMap<i64, u32>) {
     let res = b.results("part");
     let good = b.get_data(VICTIM);
@@ -167,12 +162,6 @@ fn a_failed_rank_is_named_and_resume_runs_only_it(b: &dyn Backend, expected: &BT
         .map(|s| s.to_string())
         .collect();
     args.extend(b.engine_args());
-    if !b.resumes() {
-        let out = b.cai(&args);
-        assert_eq!(out.status.code(), Some(2), "{}: {}", b.name(), text(&out));
-        assert!(text(&out).contains("--resume"), "{}", text(&out));
-        return;
-    }
     let before: Vec<Vec<u8>> = [0, 2]
         .iter()
         .map(|r| b.get(&res, &format!("{r}.json")).expect("rank report"))
@@ -266,7 +255,6 @@ fn slurm() {
 struct OnAws<'a> {
     moto: &'a Moto,
     d: &'a Dir,
-    arn: String,
 }
 
 #[cfg(feature = "aws")]
@@ -284,17 +272,12 @@ impl Backend for OnAws<'_> {
         format!("s3://{RESULTS_BUCKET}/{run}")
     }
     fn engine_args(&self) -> Vec<String> {
-        [
-            "--engine",
-            "aws",
-            "--state-machine",
-            &self.arn,
-            "--poll",
-            "0.5",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
+        // A fresh state machine per run (see workflow::new_state_machine).
+        let arn = crate::workflow::new_state_machine(self.moto, self.d);
+        ["--engine", "aws", "--state-machine", &arn, "--poll", "0.5"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
     }
     fn cai(&self, args: &[String]) -> Output {
         let a: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -315,9 +298,6 @@ impl Backend for OnAws<'_> {
         std::fs::write(&file, bytes).expect("write");
         self.moto
             .upload(&file, "cosmicai-data", &format!("1MB/{key}"));
-    }
-    fn resumes(&self) -> bool {
-        false
     }
     fn failed_exit(&self) -> i32 {
         // The workflow ends in its RanksFailed state: the execution failed.
@@ -348,29 +328,11 @@ fn s3_get(moto: &Moto, d: &Dir, bucket: &str, key: &str) -> Option<Vec<u8>> {
     Some(std::fs::read(&to).expect("downloaded"))
 }
 
-// moto runs one execution per server: each run gets its own workflow.
+/// On moto's Step Functions running the generated workflow on the handlers.
 #[cfg(feature = "aws")]
 #[test]
-fn aws_every_rank_once_and_as_local() {
-    crate::workflow::with_workflow(|moto, d, arn| {
-        let b = OnAws {
-            moto,
-            d,
-            arn: arn.to_string(),
-        };
-        every_rank_once_and_as_local(&b, &reference(d));
-    });
-}
-
-#[cfg(feature = "aws")]
-#[test]
-fn aws_a_failed_rank_is_named_and_resume_is_refused() {
-    crate::workflow::with_workflow(|moto, d, arn| {
-        let b = OnAws {
-            moto,
-            d,
-            arn: arn.to_string(),
-        };
-        a_failed_rank_is_named_and_resume_runs_only_it(&b, &reference(d));
+fn aws_conformance() {
+    crate::workflow::with_workflow(|moto, d, _| {
+        conformance(&OnAws { moto, d }, &reference(d));
     });
 }

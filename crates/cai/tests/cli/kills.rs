@@ -129,25 +129,6 @@ fn done_ranks(dir: &Path) -> BTreeSet<usize> {
         .collect()
 }
 
-/// Sorted numbers as `cai status` writes them: `0, 3-5, 9`.
-fn ranges(v: &[usize]) -> String {
-    let mut out: Vec<String> = Vec::new();
-    let mut i = 0;
-    while i < v.len() {
-        let mut j = i;
-        while j + 1 < v.len() && v[j + 1] == v[j] + 1 {
-            j += 1;
-        }
-        out.push(if i == j {
-            v[i].to_string()
-        } else {
-            format!("{}-{}", v[i], v[j])
-        });
-        i = j + 1;
-    }
-    out.join(", ")
-}
-
 /// The fixture cut into 0.4 MB partitions under `parts/`, and the predictions of an
 /// uninterrupted run with how long it took.
 fn reference(d: &Dir) -> (BTreeMap<i64, u32>, Duration) {
@@ -215,7 +196,10 @@ fn a_run_killed_at_random_moments_resumes_to_every_galaxy_once() {
                 );
             } else {
                 partial += 1;
-                let line = format!("missing      ranks {} (", ranges(&missing));
+                let line = format!(
+                    "missing      ranks {} (",
+                    cai_core::results::ranges(&missing)
+                );
                 assert!(
                     stdout.contains(&line),
                     "{context}: no {line:?} in\n{stdout}"

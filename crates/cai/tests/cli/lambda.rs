@@ -287,6 +287,15 @@ impl Function {
     }
 }
 
+/// The execution ARN `cai run --engine aws` prints (`execution  arn:…`).
+pub(crate) fn execution_arn(out: &str) -> String {
+    out.lines()
+        .find_map(|l| l.strip_prefix("execution"))
+        .expect("execution ARN printed")
+        .trim()
+        .to_string()
+}
+
 /// The state machine the tests follow (the one `cai aws state-machine` writes).
 pub(crate) fn machine() -> Value {
     let cfg = AwsConfig::new(

@@ -28,8 +28,10 @@ impl Drop for Router {
 
 /// Start moto (its Step Functions executing), the three functions on their emulators and
 /// the router, create the generated state machine, and call `check(moto, dir, arn)`.
-/// moto's interpreter runs one execution per server (a second fails with HTTP 500: it cannot
-/// deepcopy its lock), so each test gets its own.
+/// moto's interpreter starts an execution only while no other state machine with a finished
+/// execution exists (starting one deep-copies the machine, which reaches every machine's
+/// executions and their locks: HTTP 500), so each run gets a fresh state machine
+/// ([`new_state_machine`]), the earlier ones deleted.
 pub(crate) fn with_workflow(check: impl FnOnce(&Moto, &Dir, &str)) {
     // Probe the tools (and fail under CI when missing) with a throwaway server.
     if tools().is_none() {
@@ -99,17 +101,27 @@ pub(crate) fn with_workflow(check: impl FnOnce(&Moto, &Dir, &str)) {
         "--out",
         "sm.json",
     ]);
-    let arn = moto
-        .py(
-            "sf = boto3.client('stepfunctions', endpoint_url=os.environ['AWS_ENDPOINT_URL'])\n\
-             print(sf.create_state_machine(name='cai-workflow', definition=open(sys.argv[1]).read(),\n\
-                 roleArn='arn:aws:iam::123456789012:role/cai-workflow')['stateMachineArn'])",
-            &[&d.s("sm.json")],
-        )
-        .trim()
-        .to_string();
+    let arn = new_state_machine(&moto, &d);
     check(&moto, &d, &arn);
     drop(router);
+}
+
+/// Delete every state machine (their executions are over) and create a new one from the
+/// workflow's definition (`sm.json` in `d`), for one more execution on this moto server;
+/// its ARN.
+pub(crate) fn new_state_machine(moto: &Moto, d: &Dir) -> String {
+    static MADE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = MADE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    moto.py(
+        "sf = boto3.client('stepfunctions', endpoint_url=os.environ['AWS_ENDPOINT_URL'])\n\
+         for m in sf.list_state_machines()['stateMachines']:\n\
+         \x20   sf.delete_state_machine(stateMachineArn=m['stateMachineArn'])\n\
+         print(sf.create_state_machine(name=sys.argv[2], definition=open(sys.argv[1]).read(),\n\
+             roleArn='arn:aws:iam::123456789012:role/cai-workflow')['stateMachineArn'])",
+        &[&d.s("sm.json"), &format!("cai-workflow-{n}")],
+    )
+    .trim()
+    .to_string()
 }
 
 #[test]
@@ -162,6 +174,48 @@ fn run_checks(moto: &Moto, d: &Dir, arn: &str) {
     );
     let s = parse_json(&moto.download(RESULTS_BUCKET, "wf/summary.json", &d.path("s.json")));
     assert_eq!(s["galaxies"], 300);
+
+    // A detached run is recorded at its results location: `cai status` finds the execution
+    // there, shows it once, then follows it to the summary.
+    let results = format!("s3://{RESULTS_BUCKET}/wf-detached");
+    let arn2 = new_state_machine(moto, d);
+    let out = moto.cai_ok(
+        d,
+        &[
+            "run",
+            "--engine",
+            "aws",
+            "--state-machine",
+            &arn2,
+            "--data",
+            "s3://cosmicai-data/1MB",
+            "--results",
+            &results,
+            "--world-size",
+            "3",
+            "--batch-size",
+            "16",
+            "--detach",
+        ],
+    );
+    let execution = crate::lambda::execution_arn(&out);
+    let record = parse_json(&moto.download(
+        RESULTS_BUCKET,
+        "wf-detached/aws/execution.json",
+        &d.path("e.json"),
+    ));
+    assert_eq!(record["execution"], execution.as_str());
+    let once = moto.cai(d, &["status", "--results", &results, "--once"]);
+    let text = String::from_utf8_lossy(&once.stdout).into_owned();
+    assert!(text.contains(&execution), "{text}");
+    let out = moto.cai_ok(
+        d,
+        &["status", "--results", &results, "--poll", "0.5", "--json"],
+    );
+    let summary: Value =
+        serde_json::from_str(&out[out.find('{').expect("JSON")..]).expect("summary JSON");
+    assert_eq!(summary["galaxies"], 300, "{summary}");
+    assert_eq!(summary["ranks_done"], 3, "{summary}");
 }
 
 /// `cai sweep --engine aws`: the partitions in S3 re-cut at another size, each run a whole

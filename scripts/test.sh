@@ -40,6 +40,11 @@ if [ -z "${CAI_TEST_BROWSER:-}" ] && [ "${CI:-}" = true ] && [ "$(id -u)" = 0 ];
 fi
 cargo test --workspace --locked "$@"
 
+# Every example, briefly, so none rots (CAI_TEST_EXAMPLES=0 skips them).
+if [ "${CAI_TEST_EXAMPLES:-1}" != 0 ]; then
+    scripts/examples.sh
+fi
+
 # The Python package (crates/cai-py): build and install it into a venv under ~/.cache (kept
 # between runs), then run its pytest suite, which compares it with the `cai` binary that
 # the tests above built. CAI_TEST_PYTHON=0 skips this; under CI=true a missing tool fails.

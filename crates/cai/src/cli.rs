@@ -201,11 +201,19 @@ pub enum PartitionFormat {
 /// `cai partition`
 #[derive(Debug, Args)]
 pub struct PartitionArgs {
-    /// Dataset file to cut: native (as written by `cai synth`; streamed) or the original's
-    /// whole-dataset `TensorDataset` `.pt` (read whole, without executing its pickle: memory
-    /// is about the file's size, e.g. 12.6 GB for the original's full set).
+    /// File to cut, detected from its bytes: a native dataset (as written by `cai synth`;
+    /// streamed), a safetensors file of any tensors, the original's whole-dataset
+    /// `TensorDataset` `.pt`, a NumPy `.npy` (one tensor, named after the file) or `.npz`
+    /// (one tensor per member, named after it). All but the native dataset are read whole
+    /// (a `.pt`'s pickle is interpreted, never executed): memory is about the file's size.
+    /// Every tensor's first dimension is the galaxy.
     #[arg(long, short)]
     pub input: PathBuf,
+    /// Names for the input's tensors, in order: a `.pt`'s positional tensors (default:
+    /// AstroMAE's images,magnitudes,redshift, or else 0,1,…), an `.npy`'s one tensor, an
+    /// `.npz`'s members.
+    #[arg(long, value_delimiter = ',', value_name = "NAME,…")]
+    pub names: Option<Vec<String>>,
     /// Partition size: `25MB`, `100MB`, `1.5GB` … (1 MB = 2^20 bytes, as the original's
     /// 25MB ≈ 1,280 galaxies).
     #[arg(long, short, default_value = "25MB")]

@@ -75,8 +75,9 @@ pub async fn demo(a: DemoArgs, printer: &Printer) -> Result<Outcome> {
 
     say(&format!("5/6 partitions of {}", a.size));
     let parts_dir = p("partitions").display().to_string();
-    let s = data::partition_to(
+    let (s, _) = data::partition_to(
         &p("galaxies.safetensors"),
+        None,
         &a.size,
         &parts_dir,
         cai_data::partition::FileFormat::Native,

@@ -20,7 +20,7 @@ use std::borrow::Cow;
 use std::io::Read;
 
 use crate::error::{Error, Result};
-use crate::tensors::{RawNamed, StoredDtype};
+use crate::tensors::{NamedTensor, RawNamed, StoredDtype, TensorSet, TensorValues};
 
 /// The first bytes of every `.npy` file.
 pub const NPY_MAGIC: &[u8] = b"\x93NUMPY";
@@ -186,6 +186,63 @@ pub fn parse_npz(file: &str, bytes: &[u8]) -> Result<Vec<RawNamed<'static>>> {
         return Err(bad(file, "the archive holds no arrays"));
     }
     Ok(out)
+}
+
+/// Writes `n` galaxies of `tensor` as an `.npy` file (version 1.0, C order, `<f4` for
+/// float values, `<i8` for integer ones, the header padded to 64 bytes as NumPy pads it).
+pub fn write_npy(tensor: &NamedTensor, n: usize) -> Vec<u8> {
+    let dims: Vec<String> = std::iter::once(n)
+        .chain(tensor.shape.iter().copied())
+        .map(|d| d.to_string())
+        .collect();
+    let tuple = match dims.as_slice() {
+        [one] => format!("({one},)"),
+        _ => format!("({})", dims.join(", ")),
+    };
+    let descr = match tensor.values {
+        TensorValues::F32(_) => "<f4",
+        TensorValues::I64(_) => "<i8",
+    };
+    let mut h = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {tuple}, }}");
+    while (NPY_MAGIC.len() + 4 + h.len() + 1) % 64 != 0 {
+        h.push(' ');
+    }
+    h.push('\n');
+    let mut out = NPY_MAGIC.to_vec();
+    out.extend_from_slice(&[1, 0]);
+    out.extend_from_slice(&(h.len() as u16).to_le_bytes());
+    out.extend_from_slice(h.as_bytes());
+    match &tensor.values {
+        TensorValues::F32(v) => v
+            .iter()
+            .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+        TensorValues::I64(v) => v
+            .iter()
+            .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+    }
+    out
+}
+
+/// Writes a set as an `.npz` archive (as `np.savez`: one stored `<name>.npy` member per
+/// tensor, in order), e.g. to export tensors for NumPy.
+pub fn write_npz(set: &TensorSet) -> Result<Vec<u8>> {
+    use std::io::Write;
+    set.validate("the .npz being written")?;
+    let err = |e: String| Error::Writer {
+        path: "the .npz being written".into(),
+        reason: e,
+    };
+    let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let opts = zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Stored)
+        .large_file(false);
+    for t in &set.tensors {
+        zip.start_file(format!("{}.npy", t.name), opts)
+            .map_err(|e| err(e.to_string()))?;
+        zip.write_all(&write_npy(t, set.n))
+            .map_err(|e| err(e.to_string()))?;
+    }
+    Ok(zip.finish().map_err(|e| err(e.to_string()))?.into_inner())
 }
 
 /// The three keys of an `.npy` header.
@@ -556,6 +613,38 @@ mod tests {
         for cut in 0..good.len() {
             assert!(read_tensors("d.npz", &good[..cut], None).is_err());
         }
+    }
+
+    #[test]
+    fn written_npy_and_npz_read_back() {
+        let set = read_tensors(
+            "m.npz",
+            &npz(
+                &[
+                    (
+                        "a",
+                        npy(
+                            "<f4",
+                            false,
+                            &[2, 3],
+                            &f32s(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]),
+                        ),
+                    ),
+                    ("b", npy("<i8", false, &[2], &[7u8; 16])),
+                ],
+                false,
+            ),
+            None,
+        )
+        .unwrap();
+        let back = read_tensors("w.npz", &write_npz(&set).unwrap(), None).unwrap();
+        assert_eq!(back, set);
+        let one = write_npy(&set.tensors[0], set.n);
+        assert_eq!(one.len() % 64, 24); // 64-byte header, then 6 f32
+        assert_eq!(
+            read_tensors("a.npy", &one, None).unwrap().tensors[0],
+            set.tensors[0]
+        );
     }
 
     #[test]

@@ -1,0 +1,241 @@
+//! Any tensors per galaxy (issue 23 part 3): `cai partition` cuts NumPy `.npz` and `.npy`
+//! files and a `.pt` renamed with `--names` into native partitions whose manifest records
+//! the tensors, and `cai run` binds the 5-band CNN fixture's inputs to them with `--bind`:
+//! its outputs equal ONNX Runtime's on the same galaxies fed as the original's `.pt`.
+//! AstroMAE's tensors from an `.npz` are cut byte for byte as from the `.pt`.
+
+use cai_data::npy::write_npz;
+use cai_data::{read_tensors, TensorSet};
+
+use crate::onnx::{assert_cnn_results, onnx_fixture};
+use crate::util::{read_json, Dir};
+
+/// The CNN fixture's 12 galaxies (images, magnitudes, redshift) as the `.pt` holds them.
+fn cnn_galaxies() -> TensorSet {
+    let path = onnx_fixture("cnn5_partition.pt");
+    read_tensors(
+        &path.display().to_string(),
+        &std::fs::read(&path).unwrap(),
+        None,
+    )
+    .unwrap()
+}
+
+/// `set` with its tensors renamed (`(old, new)`), the others dropped.
+fn renamed(set: &TensorSet, names: &[(&str, &str)]) -> TensorSet {
+    let tensors = names
+        .iter()
+        .map(|(old, new)| {
+            let mut t = set.get(old).unwrap().clone();
+            t.name = new.to_string();
+            t
+        })
+        .collect();
+    TensorSet { n: set.n, tensors }
+}
+
+/// `cai run` of the CNN over `data`, with `binds`; checks its results against ONNX
+/// Runtime's.
+fn run_cnn(d: &Dir, data: &str, results: &str, binds: &[&str]) {
+    let model = onnx_fixture("cnn5.onnx").display().to_string();
+    let mut args = vec![
+        "run",
+        "--data",
+        data,
+        "--results",
+        results,
+        "--model",
+        &model,
+        "--batch-size",
+        "5",
+    ];
+    for b in binds {
+        args.extend(["--bind", b]);
+    }
+    d.ok(&args);
+    assert_cnn_results(
+        std::fs::read(d.path(&format!("{results}/predictions.parquet"))).unwrap(),
+        &read_json(d.path(&format!("{results}/summary.json"))),
+    );
+}
+
+fn manifest_tensors(d: &Dir, dir: &str) -> Vec<String> {
+    let m = read_json(d.path(&format!("{dir}/manifest.json")));
+    m["tensors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            format!(
+                "{} {} {}",
+                t["name"].as_str().unwrap(),
+                t["dtype"].as_str().unwrap(),
+                t["shape"]
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn an_npz_with_other_names_runs_the_cnn_through_bind() {
+    let d = Dir::new();
+    let set = renamed(
+        &cnn_galaxies(),
+        &[("images", "pixels"), ("magnitudes", "mags")],
+    );
+    std::fs::write(d.path("cnn.npz"), write_npz(&set).unwrap()).unwrap();
+    // 100KB holds 4 galaxies of 5x32x32 + 5 f32: 3 partitions.
+    let out = d.cai(&[
+        "partition",
+        "--input",
+        &d.s("cnn.npz"),
+        "--out",
+        &d.s("parts"),
+        "--size",
+        "100KB",
+    ]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}");
+    assert!(
+        said.contains("tensors: pixels F32[N, 5, 32, 32], mags F32[N, 5]"),
+        "{said}"
+    );
+    assert_eq!(
+        manifest_tensors(&d, "parts"),
+        ["pixels F32 [5,32,32]", "mags F32 [5]"]
+    );
+    let m = read_json(d.path("parts/manifest.json"));
+    assert_eq!(m["partitions"].as_array().unwrap().len(), 3);
+    assert!(m.get("image_shape").is_none());
+    run_cnn(
+        &d,
+        &d.s("parts"),
+        "res",
+        &["images=pixels", "magnitudes=mags"],
+    );
+    // Without --bind: refused before any rank, both sides listed.
+    let model = onnx_fixture("cnn5.onnx").display().to_string();
+    let out = d.cai(&[
+        "run",
+        "--data",
+        &d.s("parts"),
+        "--results",
+        &d.s("res2"),
+        "--model",
+        &model,
+    ]);
+    assert!(!out.status.success());
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        e.contains("model inputs")
+            && e.contains("data tensors")
+            && e.contains("images f32[N, 5, 32, 32]")
+            && e.contains("pixels f32[N, 5, 32, 32]"),
+        "{e}"
+    );
+    assert!(!d.path("res2/0.json").exists());
+}
+
+#[test]
+fn a_pt_renamed_with_names_runs_the_cnn_and_an_npy_is_one_tensor() {
+    let d = Dir::new();
+    let pt = onnx_fixture("cnn5_partition.pt").display().to_string();
+    let n = cnn_galaxies().tensors.len();
+    let names = ["px", "mg", "zz"][..n].join(",");
+    d.ok(&[
+        "partition",
+        "--input",
+        &pt,
+        "--names",
+        &names,
+        "--out",
+        &d.s("parts"),
+    ]);
+    assert_eq!(
+        manifest_tensors(&d, "parts")[..2],
+        ["px F32 [5,32,32]", "mg F32 [5]"]
+    );
+    run_cnn(&d, &d.s("parts"), "res", &["images=px", "magnitudes=mg"]);
+    // Too few names: the file and both counts named.
+    let out = d.cai(&[
+        "partition",
+        "--input",
+        &pt,
+        "--names",
+        "a",
+        "--out",
+        &d.s("x"),
+    ]);
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && e.contains("cnn5_partition.pt") && e.contains("1 names given"),
+        "{e}"
+    );
+    // One .npy: one tensor, named after the file; the CNN's other input is missing.
+    let set = renamed(&cnn_galaxies(), &[("images", "cube")]);
+    std::fs::write(
+        d.path("cube.npy"),
+        cai_data::npy::write_npy(&set.tensors[0], set.n),
+    )
+    .unwrap();
+    d.ok(&[
+        "partition",
+        "--input",
+        &d.s("cube.npy"),
+        "--out",
+        &d.s("cube"),
+    ]);
+    assert_eq!(manifest_tensors(&d, "cube"), ["cube F32 [5,32,32]"]);
+    let model = onnx_fixture("cnn5.onnx").display().to_string();
+    let out = d.cai(&[
+        "run",
+        "--data",
+        &d.s("cube"),
+        "--results",
+        &d.s("r"),
+        "--model",
+        &model,
+        "--bind",
+        "images=cube",
+    ]);
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && e.contains("input `magnitudes` has no tensor")
+            && e.contains("cube f32[N, 5, 32, 32]"),
+        "{e}"
+    );
+}
+
+#[test]
+fn astromae_tensors_from_an_npz_cut_byte_for_byte_as_from_the_pt() {
+    let d = Dir::new();
+    let pt = onnx_fixture("cnn5_partition.pt").display().to_string();
+    std::fs::write(d.path("g.npz"), write_npz(&cnn_galaxies()).unwrap()).unwrap();
+    for (input, out) in [(pt.as_str(), "a"), (&d.s("g.npz"), "b")] {
+        d.ok(&[
+            "partition",
+            "--input",
+            input,
+            "--out",
+            &d.s(out),
+            "--size",
+            "100KB",
+        ]);
+    }
+    let (a, b) = (
+        read_json(d.path("a/manifest.json")),
+        read_json(d.path("b/manifest.json")),
+    );
+    assert_eq!(a, b);
+    assert_eq!(a["image_shape"], serde_json::json!([5, 32, 32]));
+    for e in a["partitions"].as_array().unwrap() {
+        let key = e["key"].as_str().unwrap();
+        assert_eq!(
+            std::fs::read(d.path(&format!("a/{key}"))).unwrap(),
+            std::fs::read(d.path(&format!("b/{key}"))).unwrap()
+        );
+    }
+    // And the CNN runs on them without --bind.
+    run_cnn(&d, &d.s("b"), "res", &[]);
+}

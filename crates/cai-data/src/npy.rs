@@ -204,7 +204,7 @@ pub fn write_npy(tensor: &NamedTensor, n: usize) -> Vec<u8> {
         TensorValues::I64(_) => "<i8",
     };
     let mut h = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {tuple}, }}");
-    while (NPY_MAGIC.len() + 4 + h.len() + 1) % 64 != 0 {
+    while !(NPY_MAGIC.len() + 4 + h.len() + 1).is_multiple_of(64) {
         h.push(' ');
     }
     h.push('\n');

@@ -857,7 +857,7 @@ pub fn write_tensors(set: &TensorSet) -> Result<Vec<u8>> {
         at += len;
     }
     json.push('}');
-    while json.len() % 8 != 0 {
+    while !json.len().is_multiple_of(8) {
         json.push(' ');
     }
     let total =

@@ -326,7 +326,8 @@ pub struct PredictArgs {
     /// ONNX input bindings.
     #[command(flatten)]
     pub bind: BindArg,
-    /// One partition file: native safetensors or the original's `TensorDataset` `.pt`.
+    /// One partition file: native safetensors (any tensors), the original's `TensorDataset`
+    /// `.pt`, or a NumPy `.npy` / `.npz` (tensors named as `cai partition` names them).
     #[arg(long, short)]
     pub input: String,
     /// CSV to write: `index,z_pred` plus `z_true` when the partition is labelled; then one

@@ -134,6 +134,40 @@ fn an_npz_with_other_names_runs_the_cnn_through_bind() {
         "{e}"
     );
     assert!(!d.path("res2/0.json").exists());
+    // `cai predict` reads the .npz directly: the same values as `cai run` on the partitions.
+    d.ok(&[
+        "predict",
+        "--input",
+        &d.s("cnn.npz"),
+        "--model",
+        &model,
+        "--bind",
+        "images=pixels",
+        "--bind",
+        "magnitudes=mags",
+        "--out",
+        &d.s("p.csv"),
+    ]);
+    let csv = std::fs::read_to_string(d.path("p.csv")).unwrap();
+    let run = cai_core::predictions::Predictions::from_parquet(
+        "p",
+        std::fs::read(d.path("res/predictions.parquet"))
+            .unwrap()
+            .into(),
+    )
+    .unwrap();
+    assert!(
+        csv.starts_with("index,probs_0,probs_1,probs_2,confidence\n"),
+        "{csv}"
+    );
+    let rows: Vec<&str> = csv.lines().skip(1).collect();
+    assert_eq!(rows.len(), 12);
+    for (g, row) in rows.iter().enumerate() {
+        let cells: Vec<f32> = row.split(',').skip(1).map(|v| v.parse().unwrap()).collect();
+        let mut want: Vec<f32> = run.outputs[0].values[g * 3..g * 3 + 3].to_vec();
+        want.push(run.outputs[1].values[g]);
+        assert_eq!(cells, want, "galaxy {g}: {row}");
+    }
 }
 
 #[test]

@@ -191,19 +191,28 @@ pub fn parse_npz(file: &str, bytes: &[u8]) -> Result<Vec<RawNamed<'static>>> {
 /// Writes `n` galaxies of `tensor` as an `.npy` file (version 1.0, C order, `<f4` for
 /// float values, `<i8` for integer ones, the header padded to 64 bytes as NumPy pads it).
 pub fn write_npy(tensor: &NamedTensor, n: usize) -> Vec<u8> {
-    let dims: Vec<String> = std::iter::once(n)
-        .chain(tensor.shape.iter().copied())
-        .map(|d| d.to_string())
-        .collect();
-    let tuple = match dims.as_slice() {
-        [one] => format!("({one},)"),
-        _ => format!("({})", dims.join(", ")),
-    };
     let descr = match tensor.values {
         TensorValues::F32(_) => "<f4",
         TensorValues::I64(_) => "<i8",
     };
-    let mut h = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {tuple}, }}");
+    let shape: Vec<usize> = std::iter::once(n)
+        .chain(tensor.shape.iter().copied())
+        .collect();
+    let mut out = npy_header(descr, false, &shape);
+    tensor.values.append_le(&mut out);
+    out
+}
+
+/// The magic, version 1.0, length and header of an `.npy` file, padded with spaces and a
+/// newline to a multiple of 64 bytes.
+fn npy_header(descr: &str, fortran: bool, shape: &[usize]) -> Vec<u8> {
+    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+    let tuple = match dims.as_slice() {
+        [one] => format!("({one},)"),
+        _ => format!("({})", dims.join(", ")),
+    };
+    let order = if fortran { "True" } else { "False" };
+    let mut h = format!("{{'descr': '{descr}', 'fortran_order': {order}, 'shape': {tuple}, }}");
     while !(NPY_MAGIC.len() + 4 + h.len() + 1).is_multiple_of(64) {
         h.push(' ');
     }
@@ -212,14 +221,6 @@ pub fn write_npy(tensor: &NamedTensor, n: usize) -> Vec<u8> {
     out.extend_from_slice(&[1, 0]);
     out.extend_from_slice(&(h.len() as u16).to_le_bytes());
     out.extend_from_slice(h.as_bytes());
-    match &tensor.values {
-        TensorValues::F32(v) => v
-            .iter()
-            .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
-        TensorValues::I64(v) => v
-            .iter()
-            .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
-    }
     out
 }
 
@@ -442,21 +443,7 @@ mod tests {
 
     /// An `.npy` file as NumPy writes it (version 1.0, header padded to 64 bytes).
     pub(crate) fn npy(descr: &str, fortran: bool, shape: &[usize], data: &[u8]) -> Vec<u8> {
-        let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
-        let tuple = match dims.len() {
-            1 => format!("({},)", dims[0]),
-            _ => format!("({})", dims.join(", ")),
-        };
-        let order = if fortran { "True" } else { "False" };
-        let mut h = format!("{{'descr': '{descr}', 'fortran_order': {order}, 'shape': {tuple}, }}");
-        while (10 + h.len() + 1) % 64 != 0 {
-            h.push(' ');
-        }
-        h.push('\n');
-        let mut out = NPY_MAGIC.to_vec();
-        out.extend_from_slice(&[1, 0]);
-        out.extend_from_slice(&(h.len() as u16).to_le_bytes());
-        out.extend_from_slice(h.as_bytes());
+        let mut out = npy_header(descr, fortran, shape);
         out.extend_from_slice(data);
         out
     }

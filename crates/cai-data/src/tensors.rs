@@ -182,6 +182,18 @@ impl TensorValues {
         self.len() == 0
     }
 
+    /// Appends the values to `out` as little-endian f32 or i64, as files hold them.
+    pub fn append_le(&self, out: &mut Vec<u8>) {
+        match self {
+            TensorValues::F32(v) => v
+                .iter()
+                .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+            TensorValues::I64(v) => v
+                .iter()
+                .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+        }
+    }
+
     fn slice(&self, from: usize, to: usize) -> TensorValues {
         match self {
             TensorValues::F32(v) => TensorValues::F32(v.get(from..to).unwrap_or(&[]).to_vec()),
@@ -868,14 +880,7 @@ pub fn write_tensors(set: &TensorSet) -> Result<Vec<u8>> {
     out.extend_from_slice(&(json.len() as u64).to_le_bytes());
     out.extend_from_slice(json.as_bytes());
     for t in order {
-        match &t.values {
-            TensorValues::F32(v) => v
-                .iter()
-                .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
-            TensorValues::I64(v) => v
-                .iter()
-                .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
-        }
+        t.values.append_le(&mut out);
     }
     Ok(out)
 }

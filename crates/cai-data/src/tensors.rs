@@ -770,9 +770,31 @@ fn read_safetensors(file: &str, bytes: &[u8]) -> Result<TensorSet> {
                 "header is not a JSON object ({e}); this is not a safetensors file"
             ))
         })?;
+    let astromae = [IMAGES, MAGNITUDES, REDSHIFT, OBJECT_ID, "__metadata__"];
     if map.contains_key(IMAGES) {
-        return read_partition(file, bytes).map(TensorSet::from_partition);
+        if map.keys().all(|k| astromae.contains(&k.as_str())) {
+            return read_partition(file, bytes).map(TensorSet::from_partition);
+        }
+        // AstroMAE's tensors and others: all of them, or (when the others do not share the
+        // galaxy dimension, as other tools' extras may not) AstroMAE's alone.
+        return safetensors_set(file, bytes, hl, map)
+            .or_else(|_| read_partition(file, bytes).map(TensorSet::from_partition));
     }
+    safetensors_set(file, bytes, hl, map)
+}
+
+/// Every tensor of a safetensors file whose header (`hl` bytes) is `map`.
+fn safetensors_set(
+    file: &str,
+    bytes: &[u8],
+    hl: u64,
+    map: serde_json::Map<String, serde_json::Value>,
+) -> Result<TensorSet> {
+    let total = bytes.len() as u64;
+    let bad = |reason: String| Error::BadHeader {
+        file: file.to_string(),
+        reason,
+    };
     let data_start = 8 + hl;
     let mut raw = Vec::new();
     for (key, value) in map {
@@ -951,6 +973,14 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("drop --names"), "{e}");
+        // AstroMAE's tensors with others: all read.
+        let mut mixed = TensorSet::from_partition(astromae(3));
+        mixed.tensors.push(set.slice(0, 3).tensors[1].clone());
+        let back = read_tensors("m.safetensors", &write_tensors(&mixed).unwrap(), None).unwrap();
+        assert_eq!(
+            back.names(),
+            ["images", "label", "magnitudes", "object_id", "redshift"]
+        );
         // AstroMAE's files read exactly as before, errors included.
         let good = write_partition(&astromae(2)).unwrap();
         let e = read_tensors("f.safetensors", &good[..good.len() - 1], None)

@@ -555,11 +555,20 @@ impl Worker {
         let model = self.model.clone();
         let pool = self.pool.clone();
         let batch_size = plan.batch_size;
+        let label = plan.label.clone();
         let part = part.clone();
         let task = format!("inference on {url}");
         tokio::task::spawn_blocking(move || {
             infer_blocking(
-                &*model, &pool, rank, &part, &url, &bytes, batch_size, progress,
+                &*model,
+                &pool,
+                rank,
+                &part,
+                &url,
+                &bytes,
+                batch_size,
+                label.as_deref(),
+                progress,
             )
         })
         .await
@@ -577,6 +586,7 @@ fn infer_blocking(
     url: &str,
     bytes: &[u8],
     batch_size: usize,
+    label: Option<&str>,
     progress: Option<ProgressFn>,
 ) -> Result<PartitionOutcome> {
     let t = Instant::now();
@@ -594,9 +604,10 @@ fn infer_blocking(
     }
     let set: TensorSet = cai_data::read_tensors(url, bytes, None)?;
     let decode_s = t.elapsed().as_secs_f64();
+    let labels = labels_of(&set, label, url)?;
     let run = predict_tensors(model, pool, &set, url, batch_size, progress.as_ref())?;
     let first = part.first_galaxy.map(|f| f as i64).unwrap_or(0);
-    let preds = Predictions::for_partition(&part.key, first, rank, run.z_pred, set.redshift())
+    let preds = Predictions::for_partition(&part.key, first, rank, run.z_pred, labels.as_deref())
         .with_outputs(run.outputs);
     Ok(PartitionOutcome {
         preds,
@@ -609,6 +620,34 @@ fn infer_blocking(
         download_s: 0.0,
         bytes_read: 0,
     })
+}
+
+/// The labels of a partition, one per galaxy, as f32: the tensor `label` (`--label`; an
+/// error naming the partition's tensors when it lacks it or holds more than one value per
+/// galaxy) or, by default, `redshift` when the partition has it.
+pub fn labels_of(set: &TensorSet, label: Option<&str>, url: &str) -> Result<Option<Vec<f32>>> {
+    let Some(name) = label else {
+        return Ok(set.redshift().map(<[f32]>::to_vec));
+    };
+    match set.get(name) {
+        Some(t) if t.per_galaxy() == 1 => Ok(Some(t.to_f32().into_owned())),
+        other => Err(Error::Partition {
+            file: url.to_string(),
+            reason: format!(
+                "--label {name}: {}; the partition has {}",
+                if other.is_some() {
+                    "the tensor holds more than one value per galaxy"
+                } else {
+                    "no such tensor"
+                },
+                set.tensors
+                    .iter()
+                    .map(|t| t.describe())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }),
+    }
 }
 
 /// A partition that is not there, as a partition error naming it.

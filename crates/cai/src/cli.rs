@@ -103,6 +103,12 @@ pub struct BindArg {
     /// `magnitudes`, `redshift`); repeatable. Inputs not named take the tensor of their name.
     #[arg(long = "bind", value_name = "INPUT=TENSOR", value_parser = parse_bind)]
     pub binds: Vec<(String, String)>,
+    /// The data tensor holding each galaxy's label (default `redshift`): judged against the
+    /// model's `z` output as redshift (MAE, NMAD, η…), or, for a model without one, against
+    /// its first vector output as class scores (accuracy, per-class precision/recall,
+    /// confusion matrix, ROC AUC) in summary.json.
+    #[arg(long, value_name = "TENSOR")]
+    pub label: Option<String>,
 }
 
 /// `--results`: a run's results location.

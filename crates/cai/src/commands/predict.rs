@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 use cai_core::predictions::Predictions;
 use cai_core::StorageUrl;
 use cai_engine::stages::{auto_precision, is_onnx_location, load_any_model, load_model_with};
-use cai_engine::worker::predict_tensors;
+use cai_engine::worker::{labels_of, predict_tensors};
 use cai_model::kernels::Precision;
 use cai_model::mixed::PrecisionMode;
 use cai_model::{AstroMae, TensorModel};
@@ -126,6 +126,7 @@ async fn predict_with(
     let pool = cai_engine::local::thread_pool(a.compute.threads())?;
     let batch = a.batch.or(crate::settings::PREDICT_BATCH);
     let quiet = printer.quiet();
+    let labels = labels_of(&partition, a.bind.label.as_deref(), &name)?;
     let preds = tokio::task::spawn_blocking(move || -> Result<Predictions> {
         let progress = Arc::new(Progress::new(
             "predict",
@@ -144,7 +145,7 @@ async fn predict_with(
         )?;
         progress.finish();
         Ok(
-            Predictions::for_partition(&name, 0, 0, run.z_pred, partition.redshift())
+            Predictions::for_partition(&name, 0, 0, run.z_pred, labels.as_deref())
                 .with_outputs(run.outputs),
         )
     })

@@ -171,6 +171,89 @@ fn an_npz_with_other_names_runs_the_cnn_through_bind() {
 }
 
 #[test]
+fn class_labels_give_accuracy_confusion_and_roc_auc_in_the_summary() {
+    let d = Dir::new();
+    let doc = read_json(onnx_fixture("cnn5.json"));
+    let labels: Vec<i64> = doc["label"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_i64().unwrap())
+        .collect();
+    let mut set = renamed(
+        &cnn_galaxies(),
+        &[("images", "images"), ("magnitudes", "magnitudes")],
+    );
+    set.tensors.push(cai_data::NamedTensor {
+        name: "kind".into(),
+        dtype: cai_data::StoredDtype::I64,
+        shape: vec![],
+        values: cai_data::TensorValues::I64(labels.clone()),
+    });
+    std::fs::write(d.path("c.npz"), write_npz(&set).unwrap()).unwrap();
+    d.ok(&[
+        "partition",
+        "--input",
+        &d.s("c.npz"),
+        "--out",
+        &d.s("parts"),
+    ]);
+    let model = onnx_fixture("cnn5.onnx").display().to_string();
+    d.ok(&[
+        "run",
+        "--data",
+        &d.s("parts"),
+        "--results",
+        &d.s("res"),
+        "--model",
+        &model,
+        "--label",
+        "kind",
+    ]);
+    let s = read_json(d.path("res/summary.json"));
+    let m = &s["class_metrics"];
+    assert_eq!(m["output"], "probs");
+    assert_eq!(m["n"], 12);
+    // Expected from ONNX Runtime's probabilities and the fixture's labels.
+    let probs = doc["probs_onnxruntime"].as_array().unwrap();
+    let mut confusion = [[0u64; 3]; 3];
+    for (row, &l) in probs.iter().zip(&labels) {
+        let row: Vec<f64> = row
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        let best = (0..3).max_by(|&a, &b| row[a].total_cmp(&row[b])).unwrap();
+        confusion[l as usize][best] += 1;
+    }
+    assert_eq!(m["confusion"], serde_json::json!(confusion));
+    let correct: u64 = (0..3).map(|c| confusion[c][c]).sum();
+    assert_eq!(m["accuracy"].as_f64().unwrap(), correct as f64 / 12.0);
+    assert_eq!(m["classes"].as_array().unwrap().len(), 3);
+    assert!(m["macro_roc_auc"].as_f64().unwrap() > 0.5);
+    // A label tensor the data lacks: the partition's tensors named.
+    let out = d.cai(&[
+        "run",
+        "--data",
+        &d.s("parts"),
+        "--results",
+        &d.s("r2"),
+        "--model",
+        &model,
+        "--label",
+        "nope",
+    ]);
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && e.contains("--label nope: no such tensor")
+            && e.contains("kind I64[N]"),
+        "{e}"
+    );
+}
+
+#[test]
 fn a_pt_renamed_with_names_runs_the_cnn_and_an_npy_is_one_tensor() {
     let d = Dir::new();
     let pt = onnx_fixture("cnn5_partition.pt").display().to_string();

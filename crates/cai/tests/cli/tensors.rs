@@ -34,25 +34,37 @@ fn renamed(set: &TensorSet, names: &[(&str, &str)]) -> TensorSet {
     TensorSet { n: set.n, tensors }
 }
 
-/// `cai run` of the CNN over `data`, with `binds`; checks its results against ONNX
-/// Runtime's.
-fn run_cnn(d: &Dir, data: &str, results: &str, binds: &[&str]) {
+/// `cai run` of the CNN fixture over the folder `data` into `results` (both under `d`),
+/// with `extra` flags.
+fn cai_run_cnn(d: &Dir, data: &str, results: &str, extra: &[&str]) -> std::process::Output {
     let model = onnx_fixture("cnn5.onnx").display().to_string();
+    let (data, results) = (d.s(data), d.s(results));
     let mut args = vec![
         "run",
         "--data",
-        data,
+        &data,
         "--results",
-        results,
+        &results,
         "--model",
         &model,
-        "--batch-size",
-        "5",
     ];
+    args.extend_from_slice(extra);
+    d.cai(&args)
+}
+
+/// `cai run` of the CNN over `data` in batches of 5, with `binds`; checks its results
+/// against ONNX Runtime's.
+fn run_cnn(d: &Dir, data: &str, results: &str, binds: &[&str]) {
+    let mut extra = vec!["--batch-size", "5"];
     for b in binds {
-        args.extend(["--bind", b]);
+        extra.extend(["--bind", b]);
     }
-    d.ok(&args);
+    let out = cai_run_cnn(d, data, results, &extra);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_cnn_results(
         std::fs::read(d.path(&format!("{results}/predictions.parquet"))).unwrap(),
         &read_json(d.path(&format!("{results}/summary.json"))),
@@ -114,16 +126,7 @@ fn an_npz_with_other_names_runs_the_cnn_through_bind() {
         &["images=pixels", "magnitudes=mags"],
     );
     // Without --bind: refused before any rank, both sides listed.
-    let model = onnx_fixture("cnn5.onnx").display().to_string();
-    let out = d.cai(&[
-        "run",
-        "--data",
-        &d.s("parts"),
-        "--results",
-        &d.s("res2"),
-        "--model",
-        &model,
-    ]);
+    let out = cai_run_cnn(&d, "parts", "res2", &[]);
     assert!(!out.status.success());
     let e = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -135,6 +138,7 @@ fn an_npz_with_other_names_runs_the_cnn_through_bind() {
     );
     assert!(!d.path("res2/0.json").exists());
     // `cai predict` reads the .npz directly: the same values as `cai run` on the partitions.
+    let model = onnx_fixture("cnn5.onnx").display().to_string();
     d.ok(&[
         "predict",
         "--input",
@@ -198,18 +202,12 @@ fn class_labels_give_accuracy_confusion_and_roc_auc_in_the_summary() {
         "--out",
         &d.s("parts"),
     ]);
-    let model = onnx_fixture("cnn5.onnx").display().to_string();
-    d.ok(&[
-        "run",
-        "--data",
-        &d.s("parts"),
-        "--results",
-        &d.s("res"),
-        "--model",
-        &model,
-        "--label",
-        "kind",
-    ]);
+    let out = cai_run_cnn(&d, "parts", "res", &["--label", "kind"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let s = read_json(d.path("res/summary.json"));
     let m = &s["class_metrics"];
     assert_eq!(m["output"], "probs");
@@ -233,17 +231,7 @@ fn class_labels_give_accuracy_confusion_and_roc_auc_in_the_summary() {
     assert_eq!(m["classes"].as_array().unwrap().len(), 3);
     assert!(m["macro_roc_auc"].as_f64().unwrap() > 0.5);
     // A label tensor the data lacks: the partition's tensors named.
-    let out = d.cai(&[
-        "run",
-        "--data",
-        &d.s("parts"),
-        "--results",
-        &d.s("r2"),
-        "--model",
-        &model,
-        "--label",
-        "nope",
-    ]);
+    let out = cai_run_cnn(&d, "parts", "r2", &["--label", "nope"]);
     let e = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success()
@@ -272,7 +260,7 @@ fn a_pt_renamed_with_names_runs_the_cnn_and_an_npy_is_one_tensor() {
         manifest_tensors(&d, "parts")[..2],
         ["px F32 [5,32,32]", "mg F32 [5]"]
     );
-    run_cnn(&d, &d.s("parts"), "res", &["images=px", "magnitudes=mg"]);
+    run_cnn(&d, "parts", "res", &["images=px", "magnitudes=mg"]);
     // Too few names: the file and both counts named.
     let out = d.cai(&[
         "partition",
@@ -303,18 +291,7 @@ fn a_pt_renamed_with_names_runs_the_cnn_and_an_npy_is_one_tensor() {
         &d.s("cube"),
     ]);
     assert_eq!(manifest_tensors(&d, "cube"), ["cube F32 [5,32,32]"]);
-    let model = onnx_fixture("cnn5.onnx").display().to_string();
-    let out = d.cai(&[
-        "run",
-        "--data",
-        &d.s("cube"),
-        "--results",
-        &d.s("r"),
-        "--model",
-        &model,
-        "--bind",
-        "images=cube",
-    ]);
+    let out = cai_run_cnn(&d, "cube", "r", &["--bind", "images=cube"]);
     let e = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success()
@@ -354,5 +331,5 @@ fn astromae_tensors_from_an_npz_cut_byte_for_byte_as_from_the_pt() {
         );
     }
     // And the CNN runs on them without --bind.
-    run_cnn(&d, &d.s("b"), "res", &[]);
+    run_cnn(&d, "b", "res", &[]);
 }

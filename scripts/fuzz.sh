@@ -50,6 +50,8 @@ seed cai-torch pickle_in_zip
 seed cai-torch zip_index "${hostile[@]}" "${torch_files[@]}"
 seed cai-data read_partition "${hostile[@]}" "${torch_files[@]}"
 seed cai-data manifest_from_json
+numpy_files=(crates/cai-data/tests/fixtures/numpy/*.npy crates/cai-data/tests/fixtures/numpy/*.npz)
+seed cai-data read_tensors "${numpy_files[@]}" "${torch_files[@]}"
 # A valid manifest (cai-data's partition.rs) to start the JSON target from.
 printf '%s' '{"format":"cai-partition","version":1,"total_galaxies":3,"image_shape":[5,32,32],"labelled":true,"partitions":[{"key":"00001.safetensors","galaxies":3,"bytes":61952,"sha256":"0000000000000000000000000000000000000000000000000000000000000001","first_galaxy":0}]}' \
     >"$SEEDS/cai-data/manifest_from_json/manifest.json"

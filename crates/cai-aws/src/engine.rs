@@ -508,6 +508,7 @@ async fn check_limits(
         results: results.to_string(),
         model: String::new(),
         binds: Vec::new(),
+        label: None,
         batch_size: None,
         file_limit: None,
         world_size: None,

@@ -81,6 +81,150 @@ pub fn redshift_metrics(pred: &[f32], truth: &[f32]) -> Option<Metrics> {
     })
 }
 
+/// One class's precision and recall (one-vs-rest), with its support.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClassStats {
+    /// Class index (the position in the score vector).
+    pub class: usize,
+    /// Galaxies labelled with this class.
+    pub support: u64,
+    /// Of the galaxies predicted as this class, the share that are (NaN when none is).
+    pub precision: f64,
+    /// Of the galaxies of this class, the share predicted as it (NaN when there are none).
+    pub recall: f64,
+    /// ROC AUC of this class's score against the rest (NaN when the labels hold only one
+    /// side).
+    pub roc_auc: f64,
+}
+
+/// Accuracy of class scores (a vector output per galaxy) against integer labels.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClassMetrics {
+    /// The output judged.
+    pub output: String,
+    /// Galaxies compared (finite scores and a label in `0..classes`).
+    pub n: u64,
+    /// Share of galaxies whose highest score is their label.
+    pub accuracy: f64,
+    /// Per class: precision, recall, one-vs-rest ROC AUC.
+    pub classes: Vec<ClassStats>,
+    /// Mean of the per-class ROC AUCs that are defined (macro average).
+    pub macro_roc_auc: f64,
+    /// `confusion[label][predicted]`: galaxy counts.
+    pub confusion: Vec<Vec<u64>>,
+}
+
+/// Judge `scores` (`width` values per galaxy, higher = more likely; probabilities or
+/// logits) against `labels` (the class index, as a float). Galaxies with a non-finite
+/// score or a label that is not an integer in `0..width` are skipped; None when none is
+/// left or `width` is 0.
+pub fn class_metrics(
+    output: &str,
+    scores: &[f32],
+    width: usize,
+    labels: &[f32],
+) -> Option<ClassMetrics> {
+    if width == 0 {
+        return None;
+    }
+    let mut rows: Vec<(&[f32], usize)> = Vec::new();
+    for (row, &l) in scores.chunks_exact(width).zip(labels) {
+        let ok = l.is_finite() && l >= 0.0 && l.fract() == 0.0 && (l as usize) < width;
+        if ok && row.iter().all(|v| v.is_finite()) {
+            rows.push((row, l as usize));
+        }
+    }
+    if rows.is_empty() {
+        return None;
+    }
+    let argmax = |row: &[f32]| {
+        row.iter()
+            .enumerate()
+            .fold((0, f32::NEG_INFINITY), |best, (i, &v)| {
+                if v > best.1 {
+                    (i, v)
+                } else {
+                    best
+                }
+            })
+            .0
+    };
+    let mut confusion = vec![vec![0u64; width]; width];
+    for (row, l) in &rows {
+        confusion[*l][argmax(row)] += 1;
+    }
+    let n = rows.len() as u64;
+    let correct: u64 = (0..width).map(|c| confusion[c][c]).sum();
+    let classes: Vec<ClassStats> = (0..width)
+        .map(|c| {
+            let support: u64 = confusion[c].iter().sum();
+            let predicted: u64 = confusion.iter().map(|r| r[c]).sum();
+            let ratio = |a: u64, b: u64| {
+                if b == 0 {
+                    f64::NAN
+                } else {
+                    a as f64 / b as f64
+                }
+            };
+            let pairs: Vec<(f64, bool)> = rows
+                .iter()
+                .map(|(row, l)| (f64::from(row[c]), *l == c))
+                .collect();
+            ClassStats {
+                class: c,
+                support,
+                precision: ratio(confusion[c][c], predicted),
+                recall: ratio(confusion[c][c], support),
+                roc_auc: roc_auc(&pairs),
+            }
+        })
+        .collect();
+    let aucs: Vec<f64> = classes
+        .iter()
+        .map(|c| c.roc_auc)
+        .filter(|a| a.is_finite())
+        .collect();
+    Some(ClassMetrics {
+        output: output.to_string(),
+        n,
+        accuracy: correct as f64 / n as f64,
+        macro_roc_auc: if aucs.is_empty() {
+            f64::NAN
+        } else {
+            aucs.iter().sum::<f64>() / aucs.len() as f64
+        },
+        classes,
+        confusion,
+    })
+}
+
+/// ROC AUC of `(score, positive)` pairs: the probability that a random positive scores
+/// above a random negative, ties counting half (the Mann-Whitney U statistic over
+/// average ranks). NaN when either side is empty.
+pub fn roc_auc(pairs: &[(f64, bool)]) -> f64 {
+    let pos = pairs.iter().filter(|p| p.1).count();
+    let neg = pairs.len() - pos;
+    if pos == 0 || neg == 0 {
+        return f64::NAN;
+    }
+    let mut sorted: Vec<(f64, bool)> = pairs.to_vec();
+    sorted.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let mut rank_sum = 0.0;
+    let mut i = 0;
+    while i < sorted.len() {
+        let mut j = i;
+        while j < sorted.len() && sorted[j].0 == sorted[i].0 {
+            j += 1;
+        }
+        // Ranks i+1..=j share their average.
+        let avg = (i + 1 + j) as f64 / 2.0;
+        rank_sum += avg * sorted[i..j].iter().filter(|p| p.1).count() as f64;
+        i = j;
+    }
+    let (p, q) = (pos as f64, neg as f64);
+    (rank_sum - p * (p + 1.0) / 2.0) / (p * q)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -120,5 +264,67 @@ mod tests {
         assert_eq!(m.mae, 0.0);
         assert!(close(m.r2, 1.0));
         assert!(redshift_metrics(&[f32::NAN], &[0.1]).is_none());
+    }
+
+    #[test]
+    fn class_metrics_by_hand() {
+        // 3 classes, 5 galaxies; galaxy 3's scores hold a NaN and galaxy 4's label is 7:
+        // both skipped.
+        let scores = [
+            0.7,
+            0.2,
+            0.1, // label 0, predicted 0
+            0.1,
+            0.5,
+            0.4, // label 2, predicted 1
+            0.2,
+            0.2,
+            0.6, // label 2, predicted 2
+            f32::NAN,
+            0.0,
+            0.0, // skipped
+            0.3,
+            0.3,
+            0.4, // label 7: skipped
+        ];
+        let labels = [0.0, 2.0, 2.0, 1.0, 7.0];
+        let m = class_metrics("probs", &scores, 3, &labels).unwrap();
+        assert_eq!(m.n, 3);
+        assert!(close(m.accuracy, 2.0 / 3.0));
+        assert_eq!(m.confusion, [[1, 0, 0], [0, 0, 0], [0, 1, 1]]);
+        assert!(close(m.classes[0].precision, 1.0) && close(m.classes[0].recall, 1.0));
+        assert!(m.classes[1].precision == 0.0 && m.classes[1].recall.is_nan());
+        assert!(close(m.classes[2].precision, 1.0) && close(m.classes[2].recall, 0.5));
+        // Class 0's score separates it perfectly; class 1 has no positives; class 2: the
+        // positives score 0.4 and 0.6 against the negative's 0.1: AUC 1.
+        assert!(close(m.classes[0].roc_auc, 1.0));
+        assert!(m.classes[1].roc_auc.is_nan());
+        assert!(close(m.classes[2].roc_auc, 1.0));
+        assert!(close(m.macro_roc_auc, 1.0));
+        assert!(class_metrics("p", &scores, 3, &[f32::NAN; 5]).is_none());
+    }
+
+    #[test]
+    fn roc_auc_counts_ties_half_and_matches_pair_counting() {
+        assert!(close(roc_auc(&[(0.5, true), (0.5, false)]), 0.5));
+        assert!(close(roc_auc(&[(0.1, true), (0.9, false)]), 0.0));
+        // Against the definition: share of (pos, neg) pairs ordered right, ties half.
+        let pairs: Vec<(f64, bool)> = (0..40)
+            .map(|i| (((i * 37) % 11) as f64, (i * 7) % 3 == 0))
+            .collect();
+        let (mut good, mut all) = (0.0, 0.0);
+        for a in pairs.iter().filter(|p| p.1) {
+            for b in pairs.iter().filter(|p| !p.1) {
+                all += 1.0;
+                good += if a.0 > b.0 {
+                    1.0
+                } else if a.0 == b.0 {
+                    0.5
+                } else {
+                    0.0
+                };
+            }
+        }
+        assert!(close(roc_auc(&pairs), good / all));
     }
 }

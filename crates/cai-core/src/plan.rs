@@ -107,6 +107,11 @@ pub struct Plan {
     /// (`--bind INPUT=TENSOR`; ONNX models only). Absent from older plans.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub binds: Vec<(String, String)>,
+    /// The data tensor holding each galaxy's label (`--label`; default `redshift`): the
+    /// predictions' `z_true`, judged against a scalar output as redshift, against a vector
+    /// output as class scores. Absent from older plans.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
     /// Galaxies per batch.
     pub batch_size: usize,
     /// Number of ranks.
@@ -135,6 +140,8 @@ pub struct PlanRequest {
     pub model: String,
     /// Model inputs bound to data tensors of other names, `(INPUT, TENSOR)`.
     pub binds: Vec<(String, String)>,
+    /// The data tensor of the labels (`--label`; default `redshift`).
+    pub label: Option<String>,
     /// Galaxies per batch (default 512 as in the original's runs).
     pub batch_size: Option<usize>,
     /// Keep only the first N partitions.
@@ -385,6 +392,7 @@ pub fn make_plan(req: &PlanRequest, mut partitions: Vec<PartitionRef>) -> Result
         results: req.results.clone(),
         model: req.model.clone(),
         binds: req.binds.clone(),
+        label: req.label.clone(),
         batch_size,
         world_size,
         partitions,

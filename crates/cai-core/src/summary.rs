@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::metrics::Metrics;
+use crate::metrics::{ClassMetrics, Metrics};
 use crate::report::{RankFailure, RankReport};
 
 /// The run as a whole.
@@ -34,6 +34,10 @@ pub struct Summary {
     pub nonfinite_galaxies: u64,
     /// Accuracy, when the partitions carried redshifts.
     pub metrics: Option<Metrics>,
+    /// Accuracy of class scores, for a model without a `z` output whose partitions carry
+    /// labels (`--label`): its first vector output against them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class_metrics: Option<ClassMetrics>,
     /// Engine(s) that ran the ranks.
     pub engines: Vec<String>,
     /// Ranks that ran long and got a second copy (the first copy to finish counted).
@@ -92,6 +96,7 @@ impl Summary {
             nonfinite_inputs: reports.iter().map(|r| r.nonfinite_inputs).sum(),
             nonfinite_galaxies: reports.iter().map(|r| r.nonfinite_galaxies).sum(),
             metrics: None,
+            class_metrics: None,
             engines,
             speculated_ranks: reports
                 .iter()

@@ -105,6 +105,30 @@ pub enum Error {
         got: u64,
     },
 
+    /// Two tensors of one input disagree on the number of galaxies (their first dimension).
+    #[error("{file}: tensor `{tensor}` has {got} galaxies (first dimension) but `{other}` has {expected}")]
+    GalaxyCount {
+        /// The input file.
+        file: String,
+        /// The tensor that differs.
+        tensor: String,
+        /// Its first dimension.
+        got: u64,
+        /// The tensor it was compared with.
+        other: String,
+        /// That tensor's first dimension.
+        expected: u64,
+    },
+
+    /// A NumPy `.npy` array or `.npz` archive that cannot be read.
+    #[error("{file}: {reason}")]
+    BadNpy {
+        /// The file (an `.npz` member as `archive.npz:member.npy`).
+        file: String,
+        /// What is wrong.
+        reason: String,
+    },
+
     /// A tensor's byte range disagrees with its shape or with the file.
     #[error("{file}: tensor `{tensor}` data is inconsistent: {reason}")]
     BadTensorData {

@@ -9,6 +9,9 @@
 //!   writes to `<path>.partial`, renamed on finish).
 //! - [`synth`]: deterministic, plausible synthetic SDSS-like galaxies.
 //! - [`partition`]: cutting a dataset into partitions plus a `manifest.json`.
+//! - [`tensors`]: partitions of any model, [`TensorSet`] (named tensors sharing the
+//!   galaxy dimension), read from safetensors, `.pt`, `.npy` or `.npz` by
+//!   [`read_tensors`] and written by [`write_tensors`]; [`npy`] parses NumPy files.
 //!
 //! This crate knows nothing about object stores or async: it works on bytes,
 //! files and callbacks, and the caller moves the bytes.
@@ -29,8 +32,10 @@
 pub mod dataset;
 pub mod error;
 pub mod native;
+pub mod npy;
 pub mod partition;
 pub mod synth;
+pub mod tensors;
 
 pub use dataset::{DatasetReader, DatasetSpec, DatasetWriter, GalaxySource};
 pub use error::{Error, Result};
@@ -42,5 +47,8 @@ pub use native::{read_torch, write_torch};
 pub use partition::{
     galaxies_per_partition, parse_size, partition_dataset, Manifest, ManifestEntry, PartitionFile,
 };
-pub use partition::{partition_dataset_as, partition_key_as, FileFormat};
+pub use partition::{partition_dataset_as, partition_key_as, partition_tensor_set, FileFormat};
 pub use synth::{galaxy_params, generate, generate_into, write_dataset, GalaxyParams, SynthConfig};
+pub use tensors::{
+    read_tensors, write_tensors, NamedTensor, StoredDtype, TensorInfo, TensorSet, TensorValues,
+};

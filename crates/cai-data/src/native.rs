@@ -250,6 +250,8 @@ pub enum Format {
     TorchZip,
     /// A zip archive of `.npy` arrays (`.npz`).
     Npz,
+    /// A NumPy `.npy` array.
+    Npy,
     /// A PyTorch file in the legacy (pre-1.6, non-zip) pickle format.
     TorchLegacy,
 }
@@ -259,6 +261,9 @@ pub fn detect_format(bytes: &[u8]) -> Format {
     // A safetensors header is a JSON object right after the 8-byte length.
     if bytes.get(8) == Some(&b'{') {
         return Format::Native;
+    }
+    if bytes.starts_with(crate::npy::NPY_MAGIC) {
+        return Format::Npy;
     }
     if bytes.starts_with(b"PK\x03\x04") {
         // First local file header: name length at 26, name at 30.
@@ -289,10 +294,10 @@ pub fn read_partition(source_name: &str, bytes: &[u8]) -> Result<Partition> {
     match detect_format(bytes) {
         Format::Native => read_native(source_name, bytes),
         Format::TorchZip => read_torch(source_name, bytes),
-        Format::Npz => Err(Error::UnsupportedFormat {
+        Format::Npz | Format::Npy => Err(Error::UnsupportedFormat {
             file: source_name.to_string(),
-            detected: "a NumPy .npz archive".into(),
-            hint: "convert it with `cai partition` once .npz input is supported, or export images/magnitudes/redshift to safetensors".into(),
+            detected: "a NumPy array (.npy or .npz)".into(),
+            hint: "cut it into native partitions with `cai partition --input FILE` first".into(),
         }),
         Format::TorchLegacy => Err(Error::UnsupportedFormat {
             file: source_name.to_string(),
@@ -312,6 +317,14 @@ pub fn read_partition(source_name: &str, bytes: &[u8]) -> Result<Partition> {
 /// absurd shapes…) come back as [`Error::Torch`].
 pub fn read_torch(source_name: &str, bytes: &[u8]) -> Result<Partition> {
     let tensors = cai_torch::read_tensor_dataset(source_name, bytes).map_err(Error::Torch)?;
+    partition_of_torch(source_name, &tensors)
+}
+
+/// AstroMAE's partition from a `TensorDataset`'s positional tensors (see [`read_torch`]).
+pub(crate) fn partition_of_torch(
+    source_name: &str,
+    tensors: &[cai_torch::TorchTensor],
+) -> Result<Partition> {
     let raw: Vec<RawTensor<'_>> = tensors
         .iter()
         .enumerate()

@@ -17,6 +17,7 @@ use crate::error::{Error, Result};
 use crate::native::{
     read_partition, write_partition, write_torch, Partition, FORMAT_NAME, NUM_BANDS,
 };
+use crate::tensors::{write_tensors, StoredDtype, TensorInfo, TensorSet};
 
 /// The manifest `version` this crate writes and reads.
 pub const MANIFEST_VERSION: u32 = 1;
@@ -102,10 +103,16 @@ pub struct Manifest {
     pub version: u32,
     /// Galaxies in all partitions together.
     pub total_galaxies: u64,
-    /// `[channels, height, width]` of every image.
-    pub image_shape: [usize; 3],
+    /// `[channels, height, width]` of every image: AstroMAE's data only (absent for
+    /// other tensors).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_shape: Option<[usize; 3]>,
     /// Whether the partitions carry redshift labels.
     pub labelled: bool,
+    /// Every partition's tensors: name, stored dtype and per-galaxy shape (absent in
+    /// manifests written before any model's tensors were cut).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tensors: Option<Vec<TensorInfo>>,
     /// The partitions, in dataset order.
     pub partitions: Vec<ManifestEntry>,
 }
@@ -141,12 +148,36 @@ impl Manifest {
                 m.version
             )));
         }
-        let [c, h, w] = m.image_shape;
-        if c != NUM_BANDS || h == 0 || w == 0 {
-            return Err(bad(format!(
-                "image_shape {:?} is not [5, H, W] with H, W > 0",
-                m.image_shape
-            )));
+        if let Some([c, h, w]) = m.image_shape {
+            if c != NUM_BANDS || h == 0 || w == 0 {
+                return Err(bad(format!(
+                    "image_shape {:?} is not [5, H, W] with H, W > 0",
+                    [c, h, w]
+                )));
+            }
+        }
+        match &m.tensors {
+            None if m.image_shape.is_none() => {
+                return Err(bad("neither image_shape nor tensors is given".into()))
+            }
+            None => {}
+            Some(tensors) => {
+                let mut names = std::collections::HashSet::new();
+                for t in tensors {
+                    if t.name.is_empty() || !names.insert(t.name.as_str()) {
+                        return Err(bad(format!(
+                            "tensor name {:?} is empty or listed twice",
+                            t.name
+                        )));
+                    }
+                    if StoredDtype::from_name(&t.dtype).is_none() {
+                        return Err(bad(format!(
+                            "tensor `{}` has unknown dtype {:?}",
+                            t.name, t.dtype
+                        )));
+                    }
+                }
+            }
         }
         let mut keys = std::collections::HashSet::new();
         let mut next = 0u64;
@@ -186,6 +217,37 @@ impl Manifest {
     pub fn entry(&self, key: &str) -> Option<&ManifestEntry> {
         self.partitions.iter().find(|e| e.key == key)
     }
+
+    /// The partitions' tensors: as recorded, or (in an older manifest) AstroMAE's
+    /// `images`, `magnitudes`, `redshift` when labelled, and `object_id`.
+    pub fn tensor_infos(&self) -> Vec<TensorInfo> {
+        match (&self.tensors, self.image_shape) {
+            (Some(t), _) => t.clone(),
+            (None, Some(shape)) => astromae_infos(shape, self.labelled, true),
+            (None, None) => Vec::new(),
+        }
+    }
+}
+
+/// AstroMAE's tensors as a manifest records them: `images` F32 `[C, H, W]`,
+/// `magnitudes` F32 `[C]`, `redshift` F32 `[]` when labelled, `object_id` I64 `[]`.
+pub fn astromae_infos(image_shape: [usize; 3], labelled: bool, object_id: bool) -> Vec<TensorInfo> {
+    let info = |name: &str, dtype: &str, shape: &[usize]| TensorInfo {
+        name: name.to_string(),
+        dtype: dtype.to_string(),
+        shape: shape.to_vec(),
+    };
+    let mut v = vec![
+        info("images", "F32", &image_shape),
+        info("magnitudes", "F32", &image_shape[..1]),
+    ];
+    if labelled {
+        v.push(info("redshift", "F32", &[]));
+    }
+    if object_id {
+        v.push(info("object_id", "I64", &[]));
+    }
+    v
 }
 
 /// Lowercase hex SHA-256 of `bytes`.
@@ -288,8 +350,64 @@ where
         format: FORMAT_NAME.to_string(),
         version: MANIFEST_VERSION,
         total_galaxies: total,
-        image_shape: shape,
+        image_shape: Some(shape),
         labelled: source.has_redshift(),
+        tensors: Some(astromae_infos(
+            shape,
+            source.has_redshift(),
+            format == FileFormat::Native,
+        )),
+        partitions: entries,
+    })
+}
+
+/// Cuts a [`TensorSet`] (any model's tensors) in index order into native partitions of
+/// `max(1, size_bytes / set.bytes_per_galaxy())` galaxies (the last one holds the rest),
+/// handing each to `sink`, and returns the manifest, which records the tensors. An
+/// AstroMAE-shaped set is written exactly as [`partition_dataset`] writes its galaxies
+/// (without adding object ids it lacks).
+pub fn partition_tensor_set<F>(set: &TensorSet, size_bytes: u64, mut sink: F) -> Result<Manifest>
+where
+    F: FnMut(PartitionFile) -> Result<()>,
+{
+    set.validate("the tensors being cut")?;
+    let per =
+        usize::try_from((size_bytes / set.bytes_per_galaxy().max(1)).max(1)).unwrap_or(usize::MAX);
+    let mut entries = Vec::new();
+    let mut first = 0usize;
+    while first < set.n {
+        let part = set.slice(first, per);
+        let bytes = write_tensors(&part)?;
+        let index = entries.len() + 1;
+        let key = partition_key(index);
+        let count = part.n as u64;
+        entries.push(ManifestEntry {
+            key: key.clone(),
+            galaxies: count,
+            bytes: bytes.len() as u64,
+            sha256: sha256_hex(&bytes),
+            first_galaxy: first as u64,
+        });
+        sink(PartitionFile {
+            key,
+            index,
+            first_galaxy: first as u64,
+            galaxies: count,
+            bytes,
+        })?;
+        first += part.n;
+    }
+    let image_shape = match set.get("images").map(|t| t.shape.as_slice()) {
+        Some(&[c, h, w]) if set.to_partition().is_some() => Some([c, h, w]),
+        _ => None,
+    };
+    Ok(Manifest {
+        format: FORMAT_NAME.to_string(),
+        version: MANIFEST_VERSION,
+        total_galaxies: set.n as u64,
+        image_shape,
+        labelled: set.redshift().is_some(),
+        tensors: Some(set.infos()),
         partitions: entries,
     })
 }
@@ -518,6 +636,69 @@ mod tests {
             redshift: labels.then(|| (0..n).map(|i| i as f32 * 0.001).collect()),
             object_id: None,
         }
+    }
+
+    /// A manifest as written before tensors were recorded (no `tensors` field).
+    const OLD_MANIFEST: &str = r#"{"format":"cai-partition","version":1,"total_galaxies":3,"image_shape":[5,32,32],"labelled":true,"partitions":[{"key":"00001.safetensors","galaxies":3,"bytes":61952,"sha256":"0000000000000000000000000000000000000000000000000000000000000001","first_galaxy":0}]}"#;
+
+    #[test]
+    fn old_manifests_load_and_new_ones_round_trip_with_tensors() {
+        let old = Manifest::from_json("old.json", OLD_MANIFEST.as_bytes()).unwrap();
+        assert_eq!(old.image_shape, Some([5, 32, 32]));
+        assert_eq!(old.tensors, None);
+        let names: Vec<String> = old
+            .tensor_infos()
+            .iter()
+            .map(TensorInfo::describe)
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "images F32[N, 5, 32, 32]",
+                "magnitudes F32[N, 5]",
+                "redshift F32[N]",
+                "object_id I64[N]"
+            ]
+        );
+        // Written back without the absent field.
+        assert!(!old.to_json().contains("\"tensors\""), "{}", old.to_json());
+        // Any tensors: cut, recorded, reloaded.
+        let set = crate::tensors::read_tensors(
+            "x.pt",
+            &write_torch(&source(5, true)).unwrap(),
+            Some(&["a".into(), "b".into(), "c".into()]),
+        )
+        .unwrap();
+        let mut files = Vec::new();
+        let m = partition_tensor_set(&set, 2 * set.bytes_per_galaxy(), |f| {
+            files.push(f);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(m.partitions.len(), 3);
+        assert_eq!(m.image_shape, None);
+        let back = Manifest::from_json("m.json", m.to_json().as_bytes()).unwrap();
+        assert_eq!(back, m);
+        assert_eq!(back.tensor_infos()[0].describe(), "a F32[N, 5, 2, 2]");
+        let mut whole = crate::tensors::read_tensors(&files[0].key, &files[0].bytes, None).unwrap();
+        for f in &files[1..] {
+            m.entry(&f.key).unwrap().verify(&f.bytes).unwrap();
+            whole
+                .extend(&crate::tensors::read_tensors(&f.key, &f.bytes, None).unwrap())
+                .unwrap();
+        }
+        assert_eq!(whole, set);
+        // Neither field, or a bad dtype: refused.
+        let none = OLD_MANIFEST.replace(r#""image_shape":[5,32,32],"#, "");
+        assert!(Manifest::from_json("n.json", none.as_bytes()).is_err());
+        let bad = OLD_MANIFEST.replace(
+            r#""labelled":true,"#,
+            r#""labelled":true,"tensors":[{"name":"a","dtype":"Q7","shape":[]}],"#,
+        );
+        let e = Manifest::from_json("b.json", bad.as_bytes())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown dtype"), "{e}");
     }
 
     #[test]

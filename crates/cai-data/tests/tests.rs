@@ -165,3 +165,91 @@ mod pipeline {
         );
     }
 }
+
+/// Files NumPy itself wrote (scripts/data/make_numpy_fixtures.py), read by
+/// `read_tensors`: every array's dtype, shape and values as NumPy saw them.
+mod numpy_files {
+    use cai_data::{read_tensors, NamedTensor, TensorValues};
+    use std::path::PathBuf;
+
+    fn dir() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/numpy")
+    }
+
+    fn expected(key: &str) -> (String, Vec<usize>, Vec<f64>) {
+        let doc: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir().join("values.json")).unwrap()).unwrap();
+        let e = &doc[key];
+        let shape = e["shape"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d.as_u64().unwrap() as usize)
+            .collect();
+        let values = e["values"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        (e["dtype"].as_str().unwrap().to_string(), shape, values)
+    }
+
+    /// `t` holds NumPy's array `key` (f32 values compared as NumPy's cast to f32).
+    fn check(t: &NamedTensor, n: usize, key: &str) {
+        let (_, shape, want) = expected(key);
+        assert_eq!(shape[0], n, "{key}");
+        assert_eq!(t.shape, shape[1..], "{key}");
+        match &t.values {
+            TensorValues::F32(v) => {
+                let want: Vec<f32> = want.iter().map(|&x| x as f32).collect();
+                assert_eq!(v, &want, "{key}");
+            }
+            TensorValues::I64(v) => {
+                let want: Vec<i64> = want.iter().map(|&x| x as i64).collect();
+                assert_eq!(v, &want, "{key}");
+            }
+        }
+    }
+
+    #[test]
+    fn npy_files_numpy_wrote_read_with_their_values() {
+        for (file, dtype) in [
+            ("flux.npy", "F32"),
+            ("cube_fortran.npy", "F64"),
+            ("flux_bigendian.npy", "F32"),
+            ("half.npy", "F16"),
+        ] {
+            let bytes = std::fs::read(dir().join(file)).unwrap();
+            let set = read_tensors(&format!("fixtures/{file}"), &bytes, None).unwrap();
+            assert_eq!(set.tensors.len(), 1);
+            let t = &set.tensors[0];
+            assert_eq!(t.name, file.trim_end_matches(".npy"));
+            assert_eq!(t.dtype.name(), dtype, "{file}");
+            check(t, set.n, file);
+        }
+    }
+
+    #[test]
+    fn npz_archives_numpy_wrote_read_member_by_member() {
+        let bytes = std::fs::read(dir().join("members.npz")).unwrap();
+        let set = read_tensors("members.npz", &bytes, None).unwrap();
+        assert_eq!(set.names(), ["flux", "ids", "mask"]);
+        check(set.get("flux").unwrap(), 4, "flux.npy");
+        check(set.get("ids").unwrap(), 4, "ids");
+        check(set.get("mask").unwrap(), 4, "mask");
+        assert_eq!(set.get("ids").unwrap().dtype.name(), "I64");
+        assert_eq!(set.get("mask").unwrap().dtype.name(), "BOOL");
+        let bytes = std::fs::read(dir().join("members_compressed.npz")).unwrap();
+        let names = ["a".to_string(), "b".into(), "c".into()];
+        let set = read_tensors("c.npz", &bytes, Some(&names)).unwrap();
+        assert_eq!(set.names(), ["a", "b", "c"]);
+        check(&set.tensors[0], 4, "flux.npy");
+        check(&set.tensors[1], 4, "cube");
+        check(&set.tensors[2], 4, "half.npy");
+        // Cut and written back as native partitions, the values survive.
+        let bytes = cai_data::write_tensors(&set).unwrap();
+        let back = read_tensors("c.safetensors", &bytes, None).unwrap();
+        assert_eq!(back.get("b").unwrap().values, set.tensors[1].values);
+    }
+}

@@ -45,7 +45,8 @@ async fn manifest(data: &str, n: usize) -> Res<()> {
         format: cai_data::native::FORMAT_NAME.to_string(),
         version: cai_data::partition::MANIFEST_VERSION,
         total_galaxies: n as u64,
-        image_shape: [cai_data::native::NUM_BANDS, 32, 32],
+        image_shape: Some([cai_data::native::NUM_BANDS, 32, 32]),
+        tensors: None,
         labelled: true,
         partitions,
     };

@@ -52,6 +52,8 @@ pub struct RunRequest {
     pub model: Option<String>,
     /// Model inputs bound to data tensors of other names, `(INPUT, TENSOR)` (`--bind`).
     pub binds: Vec<(String, String)>,
+    /// The data tensor of the labels (`--label`; default `redshift`).
+    pub label: Option<String>,
     /// The original's payload; the fields above override its values.
     pub payload: Option<Payload>,
     /// Galaxies per inference batch.
@@ -178,6 +180,7 @@ impl RunRequest {
             results,
             model,
             binds: self.binds.clone(),
+            label: self.label.clone(),
             batch_size: self.batch_size,
             file_limit: self.file_limit,
             world_size: self.world_size,

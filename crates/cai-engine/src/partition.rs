@@ -9,8 +9,10 @@ use std::sync::{Arc, Mutex};
 use cai_core::layout::MANIFEST;
 use cai_core::plan::sort_partitions;
 use cai_core::StorageUrl;
-use cai_data::partition::{partition_dataset_as, FileFormat, PartitionSeq};
-use cai_data::{DatasetReader, GalaxySource};
+use cai_data::partition::{
+    partition_dataset_as, partition_tensor_set, FileFormat, Manifest, PartitionFile, PartitionSeq,
+};
+use cai_data::{DatasetReader, GalaxySource, TensorInfo, TensorSet};
 
 use crate::stages::find_partitions;
 use crate::worker::ProgressFn;
@@ -28,23 +30,17 @@ pub struct PartitionSummary {
 /// A galaxy source to cut: a native dataset file is streamed; the original's whole-dataset
 /// `TensorDataset` `.pt` is read whole (its pickle interpreted, never executed).
 pub fn open_dataset(input: &Path) -> Result<Box<dyn GalaxySource + Send>> {
-    let io = |op, source| cai_data::Error::Io {
-        op,
-        path: input.to_path_buf(),
-        source,
-    };
-    let mut head = [0u8; 64];
-    let got = {
-        use std::io::Read;
-        let mut f = std::fs::File::open(input).map_err(|e| io("open", e))?;
-        f.read(&mut head).map_err(|e| io("read", e))?
-    };
-    if cai_data::detect_format(&head[..got]) == cai_data::Format::TorchZip {
-        let bytes = std::fs::read(input).map_err(|e| io("read", e))?;
-        let p = cai_data::read_torch(&input.display().to_string(), &bytes)?;
-        return Ok(Box::new(p));
+    match open_input(input, None)? {
+        PartitionInput::Galaxies(source) => Ok(source),
+        PartitionInput::Tensors(set) => Err(Error::Request {
+            what: format!(
+                "{}: tensors {} are not AstroMAE's galaxies",
+                input.display(),
+                set.names().join(", ")
+            ),
+            hint: "cut them once with `cai partition` and give that folder as the data".into(),
+        }),
     }
-    Ok(Box::new(DatasetReader::open(input)?))
 }
 
 /// The partitions under `src` (in plan order) as one galaxy source, read a partition at a
@@ -77,6 +73,84 @@ pub async fn open_partitions(src: &StorageUrl) -> Result<Box<dyn GalaxySource + 
     Ok(Box::new(seq))
 }
 
+/// What `cai partition` cuts: AstroMAE's galaxies (streamed from a native dataset file, or
+/// read whole) or any model's tensors (read whole).
+pub enum PartitionInput {
+    /// AstroMAE's galaxies: cut as always (object ids added, `.pt` output possible).
+    Galaxies(Box<dyn GalaxySource + Send>),
+    /// Any named tensors sharing the galaxy dimension.
+    Tensors(TensorSet),
+}
+
+/// Opens any input `cai partition` takes, detected from its bytes: a native dataset file
+/// (AstroMAE's is streamed), the original's `.pt` `TensorDataset`, NumPy `.npy` or `.npz`,
+/// or a safetensors file of any tensors. `names` renames the tensors of a `.pt`, `.npy` or
+/// `.npz` in order (see [`cai_data::read_tensors`]). Without `names`, AstroMAE's tensors
+/// (however stored) are cut as galaxies.
+pub fn open_input(input: &Path, names: Option<&[String]>) -> Result<PartitionInput> {
+    let io = |op, source| cai_data::Error::Io {
+        op,
+        path: input.to_path_buf(),
+        source,
+    };
+    let mut head = [0u8; 64];
+    let got = {
+        use std::io::Read;
+        let mut f = std::fs::File::open(input).map_err(|e| io("open", e))?;
+        f.read(&mut head).map_err(|e| io("read", e))?
+    };
+    let format = cai_data::detect_format(&head[..got]);
+    if names.is_none() && format == cai_data::Format::Native {
+        if let Ok(reader) = DatasetReader::open(input) {
+            return Ok(PartitionInput::Galaxies(Box::new(reader)));
+        }
+    }
+    let name = input.display().to_string();
+    let bytes = std::fs::read(input).map_err(|e| io("read", e))?;
+    if names.is_none() && format == cai_data::Format::TorchZip {
+        if let Ok(p) = cai_data::read_torch(&name, &bytes) {
+            return Ok(PartitionInput::Galaxies(Box::new(p)));
+        }
+    }
+    let set = cai_data::read_tensors(&name, &bytes, names)?;
+    drop(bytes);
+    match set.to_partition() {
+        Some(p) if names.is_none() => Ok(PartitionInput::Galaxies(Box::new(p))),
+        _ => Ok(PartitionInput::Tensors(set)),
+    }
+}
+
+/// Cut `input` (see [`open_input`]) into partitions of about `size_bytes` under `dest`,
+/// writing `manifest.json` last; `progress` is told the galaxies of each partition
+/// written. AstroMAE's galaxies are cut in `format`; other tensors into native files only.
+/// Returns what was made and the tensors the manifest records.
+pub async fn partition_input(
+    input: PartitionInput,
+    size_bytes: u64,
+    dest: &StorageUrl,
+    format: FileFormat,
+    progress: Option<ProgressFn>,
+) -> Result<(PartitionSummary, Vec<TensorInfo>)> {
+    match input {
+        PartitionInput::Galaxies(reader) => {
+            cut_into(dest, progress, move |sink| {
+                partition_dataset_as(&*reader, size_bytes, format, sink)
+            })
+            .await
+        }
+        PartitionInput::Tensors(_) if format != FileFormat::Native => Err(Error::Request {
+            what: "--format pt with tensors other than AstroMAE's".into(),
+            hint: "the original's .pt layout holds images, magnitudes and redshift only; cut any other tensors with --format native".into(),
+        }),
+        PartitionInput::Tensors(set) => {
+            cut_into(dest, progress, move |sink| {
+                partition_tensor_set(&set, size_bytes, sink)
+            })
+            .await
+        }
+    }
+}
+
 /// Cut `reader` into partitions of `size_bytes` under `dest` in `format`, writing
 /// `manifest.json` last; `progress` is told the galaxies of each partition written.
 pub async fn partition_source(
@@ -86,11 +160,30 @@ pub async fn partition_source(
     format: FileFormat,
     progress: Option<ProgressFn>,
 ) -> Result<PartitionSummary> {
+    cut_into(dest, progress, move |sink| {
+        partition_dataset_as(&*reader, size_bytes, format, sink)
+    })
+    .await
+    .map(|(summary, _)| summary)
+}
+
+/// Run `cut` on a blocking thread, putting each partition it makes under `dest` as it is
+/// made (a storage error stops the cut and is returned), then `manifest.json`.
+async fn cut_into<C>(
+    dest: &StorageUrl,
+    progress: Option<ProgressFn>,
+    cut: C,
+) -> Result<(PartitionSummary, Vec<TensorInfo>)>
+where
+    C: FnOnce(&mut dyn FnMut(PartitionFile) -> cai_data::Result<()>) -> cai_data::Result<Manifest>
+        + Send
+        + 'static,
+{
     let handle = tokio::runtime::Handle::current();
     let dest2 = dest.clone();
     let manifest = tokio::task::spawn_blocking(move || -> Result<_> {
         let store_error: Arc<Mutex<Option<cai_core::Error>>> = Arc::default();
-        let res = partition_dataset_as(&*reader, size_bytes, format, |file| {
+        let res = cut(&mut |file: PartitionFile| {
             let n = file.galaxies;
             match handle.block_on(dest2.put(&file.key, file.bytes)) {
                 Ok(()) => {
@@ -122,8 +215,11 @@ pub async fn partition_source(
         source,
     })??;
     dest.put(MANIFEST, manifest.to_json()).await?;
-    Ok(PartitionSummary {
-        partitions: manifest.partitions.len(),
-        galaxies: manifest.total_galaxies,
-    })
+    Ok((
+        PartitionSummary {
+            partitions: manifest.partitions.len(),
+            galaxies: manifest.total_galaxies,
+        },
+        manifest.tensor_infos(),
+    ))
 }

@@ -149,19 +149,15 @@ pub async fn find_folder_model(folder: &str) -> Result<String> {
     }
 }
 
-/// The tensors every partition holds, by name, with their per-galaxy shapes: `images`
-/// `[C, H, W]`, `magnitudes` `[C]`, and `redshift` `[]` when labelled. What model inputs
-/// bind to.
-pub fn partition_specs(image_shape: [usize; 3], labelled: bool) -> Vec<TensorSpec> {
-    let [c, h, w] = image_shape;
-    let mut v = vec![
-        TensorSpec::f32("images", &[c, h, w]),
-        TensorSpec::f32("magnitudes", &[c]),
-    ];
-    if labelled {
-        v.push(TensorSpec::f32("redshift", &[]));
-    }
-    v
+/// The tensors a manifest says every partition holds, by name, with their per-galaxy
+/// shapes (as fed: f32): what model inputs bind to. An older manifest gives AstroMAE's
+/// (`images` `[C, H, W]`, `magnitudes` `[C]`, `redshift` `[]` when labelled, `object_id`).
+pub fn manifest_specs(manifest: &Manifest) -> Vec<TensorSpec> {
+    manifest
+        .tensor_infos()
+        .iter()
+        .map(|t| TensorSpec::f32(&t.name, &t.shape))
+        .collect()
 }
 
 /// Load any model the workers run: an ONNX file (`.onnx`; inputs bound by `binds`, pairs
@@ -211,20 +207,20 @@ pub async fn check_plan_model(plan: &Plan) -> Result<()> {
     let model = load_plan_model(plan, Precision::F32).await?;
     let data = StorageUrl::parse(&plan.data)?;
     let specs = match find_partitions(&data).await? {
-        (_, Some(manifest)) => partition_specs(manifest.image_shape, manifest.labelled),
+        (_, Some(manifest)) => manifest_specs(&manifest),
         (_, None) => {
             let Some(first) = plan.partitions.first() else {
                 return Ok(());
             };
             let url = data.url_of(&first.key);
             let bytes = data.get(&first.key).await?;
-            let p = tokio::task::spawn_blocking(move || cai_data::read_partition(&url, &bytes))
+            let p = tokio::task::spawn_blocking(move || cai_data::read_tensors(&url, &bytes, None))
                 .await
                 .map_err(|source| Error::Join {
                     task: format!("reading {} to bind the model's inputs", first.key),
                     source,
                 })??;
-            crate::worker::partition_tensors(&p)
+            crate::worker::tensor_specs(&p)
         }
     };
     cai_model::check_bindings(&*model, &specs)?;

@@ -5,7 +5,7 @@
 use std::collections::{BTreeSet, HashSet};
 
 use cai_core::layout;
-use cai_core::metrics::redshift_metrics;
+use cai_core::metrics::{class_metrics, redshift_metrics};
 use cai_core::plan::Plan;
 use cai_core::predictions::Predictions;
 use cai_core::report::RankReport;
@@ -100,12 +100,17 @@ pub async fn summarize(results: &StorageUrl, plan: Option<&Plan>) -> Result<Summ
             zt.push(*t);
         }
     }
-    // A model without a `z` output (a classifier) has no redshift to judge.
-    summary.metrics = if zp.iter().any(|z| !z.is_nan()) {
-        redshift_metrics(&zp, &zt)
-    } else {
-        None
-    };
+    // A model without a `z` output (a classifier) has no redshift to judge: its first
+    // vector output is judged as class scores against the labels.
+    if zp.iter().any(|z| !z.is_nan()) {
+        summary.metrics = redshift_metrics(&zp, &zt);
+    } else if let Some(col) = all.outputs.iter().find(|c| c.width.is_some()) {
+        let width = col.width.unwrap_or(0);
+        if all.z_true.iter().any(Option::is_some) {
+            let labels: Vec<f32> = all.z_true.iter().map(|t| t.unwrap_or(f32::NAN)).collect();
+            summary.class_metrics = class_metrics(&col.name, &col.values, width, &labels);
+        }
+    }
     results
         .put(layout::SUMMARY, pretty("summary", &summary)?)
         .await?;

@@ -14,7 +14,7 @@ use cai_core::plan::{PartitionRef, Plan};
 use cai_core::predictions::{OutputColumn, Predictions};
 use cai_core::report::{RankFailure, RankReport};
 use cai_core::StorageUrl;
-use cai_data::Partition;
+use cai_data::{Partition, TensorSet};
 use cai_model::{NamedBatch, TensorModel, TensorSpec, REDSHIFT_OUTPUT};
 use serde_json::Value;
 
@@ -555,11 +555,20 @@ impl Worker {
         let model = self.model.clone();
         let pool = self.pool.clone();
         let batch_size = plan.batch_size;
+        let label = plan.label.clone();
         let part = part.clone();
         let task = format!("inference on {url}");
         tokio::task::spawn_blocking(move || {
             infer_blocking(
-                &*model, &pool, rank, &part, &url, &bytes, batch_size, progress,
+                &*model,
+                &pool,
+                rank,
+                &part,
+                &url,
+                &bytes,
+                batch_size,
+                label.as_deref(),
+                progress,
             )
         })
         .await
@@ -577,6 +586,7 @@ fn infer_blocking(
     url: &str,
     bytes: &[u8],
     batch_size: usize,
+    label: Option<&str>,
     progress: Option<ProgressFn>,
 ) -> Result<PartitionOutcome> {
     let t = Instant::now();
@@ -592,29 +602,52 @@ fn infer_blocking(
             });
         }
     }
-    let partition: Partition = cai_data::read_partition(url, bytes)?;
+    let set: TensorSet = cai_data::read_tensors(url, bytes, None)?;
     let decode_s = t.elapsed().as_secs_f64();
-    let run = predict_partition(model, pool, &partition, url, batch_size, progress.as_ref())?;
+    let labels = labels_of(&set, label, url)?;
+    let run = predict_tensors(model, pool, &set, url, batch_size, progress.as_ref())?;
     let first = part.first_galaxy.map(|f| f as i64).unwrap_or(0);
-    let preds = Predictions::for_partition(
-        &part.key,
-        first,
-        rank,
-        run.z_pred,
-        partition.redshift.as_deref(),
-    )
-    .with_outputs(run.outputs);
+    let preds = Predictions::for_partition(&part.key, first, rank, run.z_pred, labels.as_deref())
+        .with_outputs(run.outputs);
     Ok(PartitionOutcome {
         preds,
         batches: run.batches,
         infer_s: run.infer_s,
         decode_s,
-        bits: 32 * (partition.images.len() + partition.magnitudes.len()) as u64,
+        bits: run.bits,
         nonfinite_values: run.nonfinite_values,
         nonfinite_galaxies: run.nonfinite_galaxies,
         download_s: 0.0,
         bytes_read: 0,
     })
+}
+
+/// The labels of a partition, one per galaxy, as f32: the tensor `label` (`--label`; an
+/// error naming the partition's tensors when it lacks it or holds more than one value per
+/// galaxy) or, by default, `redshift` when the partition has it.
+pub fn labels_of(set: &TensorSet, label: Option<&str>, url: &str) -> Result<Option<Vec<f32>>> {
+    let Some(name) = label else {
+        return Ok(set.redshift().map(<[f32]>::to_vec));
+    };
+    match set.get(name) {
+        Some(t) if t.per_galaxy() == 1 => Ok(Some(t.to_f32().into_owned())),
+        other => Err(Error::Partition {
+            file: url.to_string(),
+            reason: format!(
+                "--label {name}: {}; the partition has {}",
+                if other.is_some() {
+                    "the tensor holds more than one value per galaxy"
+                } else {
+                    "no such tensor"
+                },
+                set.tensors
+                    .iter()
+                    .map(|t| t.describe())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }),
+    }
 }
 
 /// A partition that is not there, as a partition error naming it.
@@ -644,6 +677,8 @@ pub struct PartitionRun {
     pub nonfinite_values: u64,
     /// Galaxies with such a value.
     pub nonfinite_galaxies: u64,
+    /// Bits of input fed to the model (32 per f32 value of every bound tensor).
+    pub bits: u64,
 }
 
 /// One batch made safe for the model: a galaxy holding a non-finite value (NaN or ±Inf in
@@ -652,8 +687,7 @@ pub struct PartitionRun {
 /// every caller that predicts from arrays (the worker, the Python package).
 #[derive(Debug, Default)]
 pub struct FiniteBatch {
-    images: Vec<f32>,
-    magnitudes: Vec<f32>,
+    copies: Vec<Vec<f32>>,
     bad: Vec<usize>,
 }
 
@@ -667,32 +701,51 @@ impl FiniteBatch {
         img_len: usize,
     ) -> (&'a [f32], &'a [f32], u64) {
         let m = images.len() / img_len.max(1);
-        let c = magnitudes.len() / m.max(1);
+        let (out, nonfinite) = self.prepare_all(&[images, magnitudes], m);
+        match out.as_slice() {
+            [i, g] => (i, g, nonfinite),
+            _ => (images, magnitudes, nonfinite),
+        }
+    }
+
+    /// The same for any tensors of `m` galaxies each (every slice holds `m` equal shares):
+    /// the slices to feed, in order, and the number of non-finite values in them.
+    pub fn prepare_all<'a>(&'a mut self, tensors: &[&'a [f32]], m: usize) -> (Vec<&'a [f32]>, u64) {
         self.bad.clear();
         let mut nonfinite = 0u64;
         for g in 0..m {
-            let nf = images[g * img_len..(g + 1) * img_len]
+            let nf: usize = tensors
                 .iter()
-                .chain(&magnitudes[g * c..(g + 1) * c])
-                .filter(|v| !v.is_finite())
-                .count() as u64;
+                .map(|t| {
+                    let per = t.len() / m.max(1);
+                    t[g * per..(g + 1) * per]
+                        .iter()
+                        .filter(|v| !v.is_finite())
+                        .count()
+                })
+                .sum();
             if nf > 0 {
-                nonfinite += nf;
+                nonfinite += nf as u64;
                 self.bad.push(g);
             }
         }
         if self.bad.is_empty() {
-            return (images, magnitudes, 0);
+            return (tensors.to_vec(), 0);
         }
-        self.images.clear();
-        self.images.extend_from_slice(images);
-        self.magnitudes.clear();
-        self.magnitudes.extend_from_slice(magnitudes);
-        for &g in &self.bad {
-            self.images[g * img_len..(g + 1) * img_len].fill(0.0);
-            self.magnitudes[g * c..(g + 1) * c].fill(0.0);
+        self.copies.resize_with(tensors.len(), Vec::new);
+        for (copy, t) in self.copies.iter_mut().zip(tensors) {
+            let per = t.len() / m.max(1);
+            copy.clear();
+            copy.extend_from_slice(t);
+            for &g in &self.bad {
+                copy[g * per..(g + 1) * per].fill(0.0);
+            }
         }
-        (&self.images, &self.magnitudes, nonfinite)
+        let out = self.copies[..tensors.len()]
+            .iter()
+            .map(Vec::as_slice)
+            .collect();
+        (out, nonfinite)
     }
 
     /// Galaxies of the last prepared batch that held a non-finite value.
@@ -710,22 +763,17 @@ impl FiniteBatch {
     }
 }
 
-/// The tensors of a decoded partition by name, with their per-galaxy shapes: what model
-/// inputs bind to (see [`crate::stages::partition_specs`]).
-pub fn partition_tensors(partition: &Partition) -> Vec<TensorSpec> {
-    crate::stages::partition_specs(
-        [partition.channels, partition.height, partition.width],
-        partition.redshift.is_some(),
-    )
+/// The tensors of a decoded partition by name, with their per-galaxy shapes (as fed: f32):
+/// what model inputs bind to.
+pub fn tensor_specs(set: &TensorSet) -> Vec<TensorSpec> {
+    set.tensors
+        .iter()
+        .map(|t| TensorSpec::f32(&t.name, &t.shape))
+        .collect()
 }
 
-/// Predict every galaxy of a partition, batch by batch, on `pool`.
-///
-/// The model's inputs are bound to the partition's tensors by name first (the error lists
-/// both sides). A galaxy with a non-finite input is counted, run on zeros (so the batch's
-/// other galaxies are untouched) and reported as NaN in every output. The output `z` (a
-/// scalar) becomes `z_pred`; every other output becomes a column. `url` names the
-/// partition in errors.
+/// [`predict_tensors`] over AstroMAE's partition (its tensors `images`, `magnitudes`,
+/// `redshift`, `object_id`).
 pub fn predict_partition(
     model: &dyn TensorModel,
     pool: &rayon::ThreadPool,
@@ -734,14 +782,42 @@ pub fn predict_partition(
     batch_size: usize,
     progress: Option<&ProgressFn>,
 ) -> Result<PartitionRun> {
-    let specs = partition_tensors(partition);
+    let set = TensorSet::from_partition(partition.clone());
+    predict_tensors(model, pool, &set, url, batch_size, progress)
+}
+
+/// Predict every galaxy of a partition, batch by batch, on `pool`.
+///
+/// The model's inputs are bound to the partition's tensors by name (or `--bind`) first
+/// (the error lists both sides); integer tensors are fed as f32. A galaxy with a
+/// non-finite value in a bound tensor is counted, run on zeros (so the batch's other
+/// galaxies are untouched) and reported as NaN in every output. The output `z` (a scalar)
+/// becomes `z_pred`; every other output becomes a column. `url` names the partition in
+/// errors.
+pub fn predict_tensors(
+    model: &dyn TensorModel,
+    pool: &rayon::ThreadPool,
+    set: &TensorSet,
+    url: &str,
+    batch_size: usize,
+    progress: Option<&ProgressFn>,
+) -> Result<PartitionRun> {
+    let specs = tensor_specs(set);
     cai_model::check_bindings(model, &specs).map_err(|e| Error::Partition {
         file: url.to_string(),
         reason: e.to_string(),
     })?;
-    let (c, h, w) = (partition.channels, partition.height, partition.width);
-    let n = partition.n;
-    let img_len = c * h * w;
+    // The bound tensors, in the model's input order, as f32 (converted once).
+    let mut bound: Vec<(TensorSpec, std::borrow::Cow<'_, [f32]>)> = Vec::new();
+    for (_, name) in model.bindings() {
+        if bound.iter().any(|(s, _)| s.name == name) {
+            continue;
+        }
+        if let (Some(t), Some(spec)) = (set.get(&name), specs.iter().find(|s| s.name == name)) {
+            bound.push((spec.clone(), t.to_f32()));
+        }
+    }
+    let n = set.n;
     let out_specs = model.outputs();
     let z_out = out_specs
         .iter()
@@ -763,19 +839,17 @@ pub fn predict_partition(
     let mut guard = FiniteBatch::default();
     for start in (0..n).step_by(batch_size.max(1)) {
         let m = batch_size.max(1).min(n - start);
-        let (batch_images, batch_mags, nonfinite) = guard.prepare(
-            &partition.images[start * img_len..(start + m) * img_len],
-            &partition.magnitudes[start * c..(start + m) * c],
-            img_len,
-        );
+        let slices: Vec<&[f32]> = bound
+            .iter()
+            .map(|(s, v)| {
+                let per = s.per_galaxy();
+                &v[start * per..(start + m) * per]
+            })
+            .collect();
+        run.bits += 32 * slices.iter().map(|v| v.len() as u64).sum::<u64>();
+        let (fed, nonfinite) = guard.prepare_all(&slices, m);
         run.nonfinite_values += nonfinite;
-        let mut tensors = vec![
-            (specs[0].clone(), batch_images),
-            (specs[1].clone(), batch_mags),
-        ];
-        if let (Some(z), Some(spec)) = (&partition.redshift, specs.get(2)) {
-            tensors.push((spec.clone(), &z[start..start + m]));
-        }
+        let tensors = bound.iter().map(|(s, _)| s.clone()).zip(fed).collect();
         let batch = NamedBatch { n: m, tensors };
         let t = Instant::now();
         let out = pool.install(|| model.run(&batch))?;

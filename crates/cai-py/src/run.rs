@@ -89,6 +89,7 @@ async fn run_plan(
         results: o.results.clone(),
         model: o.model.clone(),
         binds: Vec::new(),
+        label: None,
         payload: o.payload.clone(),
         batch_size: o.batch_size,
         file_limit: o.file_limit,

@@ -188,6 +188,7 @@ pub fn run_slurm(
         results,
         model,
         binds: Vec::new(),
+        label: None,
         payload,
         batch_size,
         file_limit,

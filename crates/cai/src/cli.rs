@@ -103,6 +103,12 @@ pub struct BindArg {
     /// `magnitudes`, `redshift`); repeatable. Inputs not named take the tensor of their name.
     #[arg(long = "bind", value_name = "INPUT=TENSOR", value_parser = parse_bind)]
     pub binds: Vec<(String, String)>,
+    /// The data tensor holding each galaxy's label (default `redshift`): judged against the
+    /// model's `z` output as redshift (MAE, NMAD, η…), or, for a model without one, against
+    /// its first vector output as class scores (accuracy, per-class precision/recall,
+    /// confusion matrix, ROC AUC) in summary.json.
+    #[arg(long, value_name = "TENSOR")]
+    pub label: Option<String>,
 }
 
 /// `--results`: a run's results location.
@@ -201,11 +207,19 @@ pub enum PartitionFormat {
 /// `cai partition`
 #[derive(Debug, Args)]
 pub struct PartitionArgs {
-    /// Dataset file to cut: native (as written by `cai synth`; streamed) or the original's
-    /// whole-dataset `TensorDataset` `.pt` (read whole, without executing its pickle: memory
-    /// is about the file's size, e.g. 12.6 GB for the original's full set).
+    /// File to cut, detected from its bytes: a native dataset (as written by `cai synth`;
+    /// streamed), a safetensors file of any tensors, the original's whole-dataset
+    /// `TensorDataset` `.pt`, a NumPy `.npy` (one tensor, named after the file) or `.npz`
+    /// (one tensor per member, named after it). All but the native dataset are read whole
+    /// (a `.pt`'s pickle is interpreted, never executed): memory is about the file's size.
+    /// Every tensor's first dimension is the galaxy.
     #[arg(long, short)]
     pub input: PathBuf,
+    /// Names for the input's tensors, in order: a `.pt`'s positional tensors (default:
+    /// AstroMAE's images,magnitudes,redshift, or else 0,1,…), an `.npy`'s one tensor, an
+    /// `.npz`'s members.
+    #[arg(long, value_delimiter = ',', value_name = "NAME,…")]
+    pub names: Option<Vec<String>>,
     /// Partition size: `25MB`, `100MB`, `1.5GB` … (1 MB = 2^20 bytes, as the original's
     /// 25MB ≈ 1,280 galaxies).
     #[arg(long, short, default_value = "25MB")]
@@ -318,7 +332,8 @@ pub struct PredictArgs {
     /// ONNX input bindings.
     #[command(flatten)]
     pub bind: BindArg,
-    /// One partition file: native safetensors or the original's `TensorDataset` `.pt`.
+    /// One partition file: native safetensors (any tensors), the original's `TensorDataset`
+    /// `.pt`, or a NumPy `.npy` / `.npz` (tensors named as `cai partition` names them).
     #[arg(long, short)]
     pub input: String,
     /// CSV to write: `index,z_pred` plus `z_true` when the partition is labelled; then one

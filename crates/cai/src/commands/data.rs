@@ -6,8 +6,8 @@ use anyhow::{Context, Result};
 use cai_core::layout::MANIFEST;
 use cai_core::StorageUrl;
 use cai_data::partition::{parse_size, FileFormat};
-use cai_data::SynthConfig;
-use cai_engine::partition::{open_dataset, partition_source, PartitionSummary};
+use cai_data::{SynthConfig, TensorInfo};
+use cai_engine::partition::{open_input, partition_input, PartitionInput, PartitionSummary};
 
 use crate::cli::{PartitionArgs, PartitionFormat, SynthArgs};
 use crate::printer::Printer;
@@ -43,31 +43,39 @@ pub async fn synth(a: SynthArgs, printer: &Printer) -> Result<Outcome> {
     Ok(Outcome::Ok)
 }
 
-/// Cut a dataset file into partitions of `size` under `out` in `format`, `manifest.json`
-/// last, with a progress bar.
+/// Cut an input file (a dataset, `.pt`, `.npy`, `.npz` or safetensors of any tensors) into
+/// partitions of `size` under `out` in `format`, `manifest.json` last, with a progress bar;
+/// `names` renames the tensors of a `.pt`, `.npy` or `.npz`. Returns what was made and the
+/// tensors each partition holds.
 pub async fn partition_to(
     input: &std::path::Path,
+    names: Option<Vec<String>>,
     size: &str,
     out: &str,
     format: FileFormat,
     printer: &Printer,
-) -> Result<PartitionSummary> {
+) -> Result<(PartitionSummary, Vec<TensorInfo>)> {
     let size_bytes = parse_size(size)?;
     let input2 = input.to_path_buf();
-    let reader =
-        tokio::task::spawn_blocking(move || open_dataset(&input2).map_err(anyhow::Error::from))
-            .await?
-            .with_context(|| format!("cannot open the dataset {}", input.display()))?;
+    let source = tokio::task::spawn_blocking(move || {
+        open_input(&input2, names.as_deref()).map_err(anyhow::Error::from)
+    })
+    .await?
+    .with_context(|| format!("cannot read the input {}", input.display()))?;
     let dest = StorageUrl::parse(out)?;
+    let galaxies = match &source {
+        PartitionInput::Galaxies(g) => g.len(),
+        PartitionInput::Tensors(t) => t.n as u64,
+    };
     let progress = Arc::new(Progress::new(
         "partition",
-        reader.len(),
+        galaxies,
         "galaxies",
         printer.quiet(),
     ));
     let p2 = progress.clone();
-    let s = partition_source(
-        reader,
+    let s = partition_input(
+        source,
         size_bytes,
         &dest,
         format,
@@ -84,10 +92,13 @@ pub async fn partition(a: PartitionArgs, printer: &Printer) -> Result<Outcome> {
         PartitionFormat::Native => FileFormat::Native,
         PartitionFormat::Pt => FileFormat::Torch,
     };
-    let s = partition_to(&a.input, &a.size, &a.out, format, printer).await?;
+    let (s, tensors) =
+        partition_to(&a.input, a.names.clone(), &a.size, &a.out, format, printer).await?;
     printer.note(format!(
         "wrote {} partitions ({} galaxies) and {MANIFEST} to {}",
         s.partitions, s.galaxies, a.out
     ));
+    let list: Vec<String> = tensors.iter().map(TensorInfo::describe).collect();
+    printer.note(format!("tensors: {}", list.join(", ")));
     Ok(Outcome::Ok)
 }

@@ -33,6 +33,7 @@ pub(crate) fn request(a: &RunArgs) -> Result<RunRequest> {
         results: a.results.results.clone(),
         model: a.model.model.clone(),
         binds: a.bind.binds.clone(),
+        label: a.bind.label.clone(),
         payload: a.payload.as_deref().map(read_payload).transpose()?,
         batch_size: a.batch.batch_size,
         file_limit: a.file_limit,

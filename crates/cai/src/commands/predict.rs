@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 use cai_core::predictions::Predictions;
 use cai_core::StorageUrl;
 use cai_engine::stages::{auto_precision, is_onnx_location, load_any_model, load_model_with};
-use cai_engine::worker::predict_partition;
+use cai_engine::worker::{labels_of, predict_tensors};
 use cai_model::kernels::Precision;
 use cai_model::mixed::PrecisionMode;
 use cai_model::{AstroMae, TensorModel};
@@ -40,7 +40,7 @@ pub async fn predict(a: PredictArgs, printer: &Printer) -> Result<Outcome> {
     let read = async {
         let bytes = input.get("").await?;
         let name = name.clone();
-        tokio::task::spawn_blocking(move || cai_data::read_partition(&name, &bytes))
+        tokio::task::spawn_blocking(move || cai_data::read_tensors(&name, &bytes, None))
             .await?
             .map_err(anyhow::Error::from)
     };
@@ -64,11 +64,18 @@ pub async fn predict(a: PredictArgs, printer: &Printer) -> Result<Outcome> {
         let (location, max_dz) = (model_at.clone(), a.max_dz);
         let f32_model = model.clone();
         let (m, line, p) = tokio::task::spawn_blocking(move || -> Result<_> {
+            let (Some(images), Some(magnitudes)) = (partition.images(), partition.magnitudes())
+            else {
+                anyhow::bail!(
+                    "--precision auto needs AstroMAE's `images` and `magnitudes`; the partition has {}",
+                    partition.names().join(", ")
+                );
+            };
             let (m, line) = auto_precision(
                 &f32_model,
                 &location,
-                &partition.images,
-                &partition.magnitudes,
+                images,
+                magnitudes,
                 partition.n,
                 max_dz,
             )?;
@@ -91,7 +98,7 @@ enum Loaded {
 /// Predict every galaxy of `partition` with `model` and write the CSV to `a.out`.
 async fn predict_with(
     model: Arc<dyn TensorModel>,
-    partition: cai_data::Partition,
+    partition: cai_data::TensorSet,
     name: String,
     a: &PredictArgs,
     printer: &Printer,
@@ -99,6 +106,7 @@ async fn predict_with(
     let pool = cai_engine::local::thread_pool(a.compute.threads())?;
     let batch = a.batch.or(crate::settings::PREDICT_BATCH);
     let quiet = printer.quiet();
+    let labels = labels_of(&partition, a.bind.label.as_deref(), &name)?;
     let preds = tokio::task::spawn_blocking(move || -> Result<Predictions> {
         let progress = Arc::new(Progress::new(
             "predict",
@@ -107,7 +115,7 @@ async fn predict_with(
             quiet,
         ));
         let p2 = progress.clone();
-        let run = predict_partition(
+        let run = predict_tensors(
             &*model,
             &pool,
             &partition,
@@ -117,7 +125,7 @@ async fn predict_with(
         )?;
         progress.finish();
         Ok(
-            Predictions::for_partition(&name, 0, 0, run.z_pred, partition.redshift.as_deref())
+            Predictions::for_partition(&name, 0, 0, run.z_pred, labels.as_deref())
                 .with_outputs(run.outputs),
         )
     })

@@ -21,6 +21,8 @@ mod s3;
 mod sfn;
 mod slurm;
 mod sweep;
+#[cfg(feature = "onnx")]
+mod tensors;
 mod torch_files;
 #[cfg(feature = "aws")]
 mod workflow;

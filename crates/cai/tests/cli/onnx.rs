@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use crate::util::{manifest_dir, read_json, Dir};
 
 /// The committed ONNX fixtures (crates/cai-model/tests/fixtures/onnx).
-fn onnx_fixture(name: &str) -> PathBuf {
+pub(crate) fn onnx_fixture(name: &str) -> PathBuf {
     manifest_dir()
         .join("../cai-model/tests/fixtures/onnx")
         .join(name)
@@ -80,7 +80,7 @@ fn a_cnn_classifier_runs_through_cai_run_and_equals_onnxruntime() {
 
 /// `predictions.parquet` and `summary.json` of a CNN run: one column per output, equal to
 /// ONNX Runtime's; no redshift.
-fn assert_cnn_results(parquet: Vec<u8>, summary: &serde_json::Value) {
+pub(crate) fn assert_cnn_results(parquet: Vec<u8>, summary: &serde_json::Value) {
     let p = cai_core::predictions::Predictions::from_parquet("p", parquet.into()).unwrap();
     assert_eq!(p.len(), 12);
     let names: Vec<&str> = p.outputs.iter().map(|c| c.name.as_str()).collect();

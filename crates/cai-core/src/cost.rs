@@ -232,7 +232,7 @@ pub fn measured(
 pub fn split_galaxies(total: u64, per_partition: u64) -> Vec<u64> {
     let per = per_partition.max(1);
     let mut ranks = vec![per; (total / per) as usize];
-    if total % per > 0 {
+    if !total.is_multiple_of(per) {
         ranks.push(total % per);
     }
     ranks

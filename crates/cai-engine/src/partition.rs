@@ -82,6 +82,16 @@ pub enum PartitionInput {
     Tensors(TensorSet),
 }
 
+impl PartitionInput {
+    /// Galaxies in the input (what a progress bar counts).
+    pub fn galaxies(&self) -> u64 {
+        match self {
+            PartitionInput::Galaxies(g) => g.len(),
+            PartitionInput::Tensors(t) => t.n as u64,
+        }
+    }
+}
+
 /// Opens any input `cai partition` takes, detected from its bytes: a native dataset file
 /// (AstroMAE's is streamed), the original's `.pt` `TensorDataset`, NumPy `.npy` or `.npz`,
 /// or a safetensors file of any tensors. `names` renames the tensors of a `.pt`, `.npy` or

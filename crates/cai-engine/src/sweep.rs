@@ -392,6 +392,46 @@ pub struct SweepRow {
 }
 
 impl SweepRow {
+    /// The final table's column names (`data` only when some run has a data size).
+    pub fn header(with_data: bool) -> Vec<String> {
+        let mut h = vec!["run"];
+        if with_data {
+            h.push("data");
+        }
+        h.extend([
+            "partition",
+            "batch",
+            "rep",
+            "status",
+            "ranks",
+            "failed",
+            "galaxies",
+            "wall (s)",
+            "galaxies/s",
+        ]);
+        h.into_iter().map(String::from).collect()
+    }
+
+    /// This row's cells under [`SweepRow::header`].
+    pub fn cells(&self, with_data: bool) -> Vec<String> {
+        let mut v = vec![self.run.clone()];
+        if with_data {
+            v.push(self.data_size.clone().unwrap_or_default());
+        }
+        v.extend([
+            self.partition_size.clone(),
+            self.batch_size.to_string(),
+            self.repetition.to_string(),
+            self.status.to_string(),
+            format!("{}/{}", self.ranks_done, self.ranks_total),
+            self.failed.to_string(),
+            self.galaxies.to_string(),
+            format!("{:.2}", self.wall_time_s),
+            format!("{:.1}", self.galaxies_per_s),
+        ]);
+        v
+    }
+
     /// The row of experiment `e`, `status`, from its summary.
     pub fn new(e: &Experiment, status: &'static str, s: &Summary, results: String) -> Self {
         Self {

@@ -7,7 +7,7 @@ use cai_core::layout::MANIFEST;
 use cai_core::StorageUrl;
 use cai_data::partition::{parse_size, FileFormat};
 use cai_data::{SynthConfig, TensorInfo};
-use cai_engine::partition::{open_input, partition_input, PartitionInput, PartitionSummary};
+use cai_engine::partition::{open_input, partition_input};
 
 use crate::cli::{PartitionArgs, PartitionFormat, SynthArgs};
 use crate::printer::Printer;
@@ -43,57 +43,38 @@ pub async fn synth(a: SynthArgs, printer: &Printer) -> Result<Outcome> {
     Ok(Outcome::Ok)
 }
 
-/// Cut an input file (a dataset, `.pt`, `.npy`, `.npz` or safetensors of any tensors) into
-/// partitions of `size` under `out` in `format`, `manifest.json` last, with a progress bar;
-/// `names` renames the tensors of a `.pt`, `.npy` or `.npz`. Returns what was made and the
-/// tensors each partition holds.
-pub async fn partition_to(
-    input: &std::path::Path,
-    names: Option<Vec<String>>,
-    size: &str,
-    out: &str,
-    format: FileFormat,
-    printer: &Printer,
-) -> Result<(PartitionSummary, Vec<TensorInfo>)> {
-    let size_bytes = parse_size(size)?;
-    let input2 = input.to_path_buf();
-    let source = tokio::task::spawn_blocking(move || {
-        open_input(&input2, names.as_deref()).map_err(anyhow::Error::from)
-    })
-    .await?
-    .with_context(|| format!("cannot read the input {}", input.display()))?;
-    let dest = StorageUrl::parse(out)?;
-    let galaxies = match &source {
-        PartitionInput::Galaxies(g) => g.len(),
-        PartitionInput::Tensors(t) => t.n as u64,
-    };
-    let progress = Arc::new(Progress::new(
-        "partition",
-        galaxies,
-        "galaxies",
-        printer.quiet(),
-    ));
-    let p2 = progress.clone();
-    let s = partition_input(
-        source,
-        size_bytes,
-        &dest,
-        format,
-        Some(Arc::new(move |n| p2.inc(n))),
-    )
-    .await;
-    progress.finish();
-    Ok(s?)
-}
-
-/// `cai partition`.
+/// `cai partition`: cut an input file (a dataset, `.pt`, `.npy`, `.npz` or safetensors of any
+/// tensors) into partitions, `manifest.json` last, with a progress bar; `--names` renames
+/// the tensors of a `.pt`, `.npy` or `.npz`.
 pub async fn partition(a: PartitionArgs, printer: &Printer) -> Result<Outcome> {
     let format = match a.format {
         PartitionFormat::Native => FileFormat::Native,
         PartitionFormat::Pt => FileFormat::Torch,
     };
-    let (s, tensors) =
-        partition_to(&a.input, a.names.clone(), &a.size, &a.out, format, printer).await?;
+    let (input, names) = (a.input.clone(), a.names.clone());
+    let source = tokio::task::spawn_blocking(move || {
+        open_input(&input, names.as_deref()).map_err(anyhow::Error::from)
+    })
+    .await?
+    .with_context(|| format!("cannot read the input {}", a.input.display()))?;
+    let progress = Arc::new(Progress::new(
+        "partition",
+        source.galaxies(),
+        "galaxies",
+        printer.quiet(),
+    ));
+    let p2 = progress.clone();
+    let (size, dest) = (parse_size(&a.size)?, StorageUrl::parse(&a.out)?);
+    let done = partition_input(
+        source,
+        size,
+        &dest,
+        format,
+        Some(Arc::new(move |n| p2.inc(n))),
+    );
+    let made = done.await;
+    progress.finish();
+    let (s, tensors) = made?;
     printer.note(format!(
         "wrote {} partitions ({} galaxies) and {MANIFEST} to {}",
         s.partitions, s.galaxies, a.out

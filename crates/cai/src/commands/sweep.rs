@@ -25,45 +25,10 @@ use crate::Outcome;
 
 /// The final table.
 fn table(rows: &[SweepRow]) -> Table {
-    let mut header = vec!["run"];
     let with_data = rows.iter().any(|r| r.data_size.is_some());
-    if with_data {
-        header.push("data");
-    }
-    header.extend([
-        "partition",
-        "batch",
-        "rep",
-        "status",
-        "ranks",
-        "failed",
-        "galaxies",
-        "wall (s)",
-        "galaxies/s",
-    ]);
     Table {
-        header: header.into_iter().map(String::from).collect(),
-        rows: rows
-            .iter()
-            .map(|r| {
-                let mut v = vec![r.run.clone()];
-                if with_data {
-                    v.push(r.data_size.clone().unwrap_or_default());
-                }
-                v.extend([
-                    r.partition_size.clone(),
-                    r.batch_size.to_string(),
-                    r.repetition.to_string(),
-                    r.status.to_string(),
-                    format!("{}/{}", r.ranks_done, r.ranks_total),
-                    r.failed.to_string(),
-                    r.galaxies.to_string(),
-                    format!("{:.2}", r.wall_time_s),
-                    format!("{:.1}", r.galaxies_per_s),
-                ]);
-                v
-            })
-            .collect(),
+        header: SweepRow::header(with_data),
+        rows: rows.iter().map(|r| r.cells(with_data)).collect(),
     }
 }
 

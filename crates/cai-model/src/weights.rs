@@ -205,11 +205,46 @@ impl Weights {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         meta.extend(metadata.iter().map(|(k, v)| (k.clone(), v.clone())));
+        let sorted: BTreeMap<&String, &String> = meta.iter().collect();
+        let sorted = serde_json::to_string(&sorted).ok();
         let meta = if meta.is_empty() { None } else { Some(meta) };
-        safetensors::serialize(views, meta).map_err(|e| Error::Safetensors {
+        let mut bytes = safetensors::serialize(views, meta).map_err(|e| Error::Safetensors {
             file: "<in memory>".to_string(),
             message: e.to_string(),
-        })
+        })?;
+        if let Some(sorted) = sorted {
+            sort_metadata(&mut bytes, &sorted);
+        }
+        Ok(bytes)
+    }
+}
+
+/// safetensors writes the metadata map in `HashMap` order, which differs from process to
+/// process; rewrite it in key order (`sorted`: the same map, compact JSON, so the same
+/// length) so that the same weights always give the same bytes. Leaves `bytes` as they are
+/// when the header is not laid out as expected.
+fn sort_metadata(bytes: &mut [u8], sorted: &str) {
+    const KEY: &[u8] = b"\"__metadata__\":";
+    let Some(len) = bytes
+        .get(..8)
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map(|b| u64::from_le_bytes(b) as usize)
+    else {
+        return;
+    };
+    let Some(header) = bytes.get_mut(8..8usize.saturating_add(len)) else {
+        return;
+    };
+    let Some(at) = header.windows(KEY.len()).position(|w| w == KEY) else {
+        return;
+    };
+    let start = at + KEY.len();
+    let Some(old) = header.get(start..start + sorted.len()) else {
+        return;
+    };
+    let same_map = |b: &[u8]| serde_json::from_slice::<BTreeMap<String, String>>(b).ok();
+    if same_map(old).is_some() && same_map(old) == same_map(sorted.as_bytes()) {
+        header[start..start + sorted.len()].copy_from_slice(sorted.as_bytes());
     }
 }
 
@@ -412,6 +447,24 @@ impl<'a> Vb<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn metadata_is_written_in_key_order() {
+        let mut w = Weights::default();
+        w.tensors
+            .insert("a".into(), Tensor::new(vec![2], vec![1.0, 2.0]));
+        let meta: BTreeMap<String, String> =
+            (0..8).map(|i| (format!("k{i}"), format!("v{i}"))).collect();
+        let bytes = w.to_safetensors(&meta).unwrap();
+        let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        let header = std::str::from_utf8(&bytes[8..8 + n]).unwrap();
+        let order: Vec<usize> = (0..8)
+            .map(|i| header.find(&format!("\"k{i}\"")).unwrap())
+            .collect();
+        assert!(order.windows(2).all(|p| p[0] < p[1]), "{header}");
+        let back = Weights::from_safetensors("t", &bytes).unwrap();
+        assert_eq!(back.metadata.len(), 8);
+    }
 
     #[test]
     fn f16_conversion() {

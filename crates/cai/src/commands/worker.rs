@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use cai_engine::task::RankTask;
 
 use crate::cli::WorkerArgs;
@@ -25,7 +25,7 @@ pub async fn worker(a: WorkerArgs, printer: &Printer) -> Result<Outcome> {
             eprintln!("error: {e}");
             std::process::exit(EXIT_NOT_SHARED);
         }
-        t => t?,
+        t => t.with_context(|| format!("cannot read the plan {}", a.plan))?,
     };
     let rank = a.rank;
     let threads = a.compute.threads.for_worker();

@@ -296,16 +296,12 @@ impl RunState {
     /// The state of the run planned as `plan`, from a listing of its results location
     /// already made (so a caller that needs the listing too lists once).
     pub fn from_listing(results: &StorageUrl, plan: &Plan, listing: &ResultsListing) -> Self {
-        let done = listing
-            .done_ranks()
-            .into_iter()
-            .filter(|&r| r < plan.world_size)
-            .count();
-        let failed: Vec<usize> = listing.failed_ranks().into_iter().collect();
         let finished = listing.done_ranks();
         let missing: Vec<usize> = (0..plan.world_size)
             .filter(|r| !finished.contains(r))
             .collect();
+        let done = plan.world_size - missing.len();
+        let failed: Vec<usize> = listing.failed_ranks().into_iter().collect();
         Self {
             missing_partitions: missing.iter().map(|&r| plan.partitions_of(r).len()).sum(),
             missing_galaxies: missing.iter().map(|&r| plan.galaxies_of(r)).sum(),

@@ -6,7 +6,6 @@
 //! `cai partition` and `cai run`); the caller prints the outcome and draws the report.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Instant;
 
 use cai_core::storage::write_file_atomic;
@@ -16,7 +15,7 @@ use cai_data::partition::{parse_size, FileFormat};
 
 use crate::engine::{Engine, RunEvent, RunEvents, RunRequest};
 use crate::local::LocalEngine;
-use crate::partition::{open_dataset, partition_source};
+use crate::partition::{open_dataset, partition_source, write_synthetic};
 use crate::stages::fit_last_layer;
 use crate::{Error, Result};
 
@@ -75,7 +74,7 @@ pub async fn run_demo(o: &DemoOptions, events: &dyn RunEvents) -> Result<DemoOut
         "2/6 {} labelled training galaxies (seed 2)",
         o.train_galaxies
     ));
-    synth(&p("train.safetensors"), o.train_galaxies, 2, None).await?;
+    write_synthetic(&p("train.safetensors"), o.train_galaxies, 2, None).await?;
 
     say("3/6 fitting the last Linear layer (concat_block.2) by ridge regression");
     let model = p("model-demo.safetensors");
@@ -88,7 +87,7 @@ pub async fn run_demo(o: &DemoOptions, events: &dyn RunEvents) -> Result<DemoOut
         o.galaxies
     ));
     let galaxies = p("galaxies.safetensors");
-    synth(&galaxies, o.galaxies, 1, Some(events)).await?;
+    write_synthetic(&galaxies, o.galaxies, 1, Some(events)).await?;
 
     say(&format!("5/6 partitions of {}", o.size));
     let parts = s(p("partitions"));
@@ -142,54 +141,4 @@ pub async fn run_demo(o: &DemoOptions, events: &dyn RunEvents) -> Result<DemoOut
         ],
         results,
     })
-}
-
-/// Write `galaxies` synthetic galaxies of `seed` to `path` on a blocking thread; with
-/// `events`, a progress bar of galaxies written.
-async fn synth(
-    path: &Path,
-    galaxies: u64,
-    seed: u64,
-    events: Option<&dyn RunEvents>,
-) -> Result<()> {
-    let cfg = cai_data::SynthConfig {
-        galaxies,
-        seed,
-        ..Default::default()
-    };
-    let written = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let (path, count) = (path.to_path_buf(), written.clone());
-    let mut job = tokio::task::spawn_blocking(move || {
-        cai_data::write_dataset(&path, &cfg, &mut |n| {
-            count.store(n, std::sync::atomic::Ordering::Relaxed);
-        })
-    });
-    if let Some(e) = events {
-        e.event(RunEvent::Progress {
-            label: "synth".into(),
-            total: galaxies,
-            unit: "galaxies",
-        });
-    }
-    let mut shown = 0;
-    let done = loop {
-        tokio::select! {
-            r = &mut job => break r,
-            _ = tokio::time::sleep(std::time::Duration::from_millis(100)) => {}
-        }
-        let now = written.load(std::sync::atomic::Ordering::Relaxed);
-        if let (Some(e), true) = (events, now > shown) {
-            e.event(RunEvent::Advance(now - shown));
-            shown = now;
-        }
-    };
-    if let Some(e) = events {
-        e.event(RunEvent::Advance(galaxies.saturating_sub(shown)));
-        e.event(RunEvent::ProgressDone);
-    }
-    done.map_err(|source| Error::Join {
-        task: "synthesizing galaxies".into(),
-        source,
-    })?
-    .map_err(Error::from)
 }

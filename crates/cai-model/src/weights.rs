@@ -242,8 +242,9 @@ fn sort_metadata(bytes: &mut [u8], sorted: &str) {
     let Some(old) = header.get(start..start + sorted.len()) else {
         return;
     };
-    let same_map = |b: &[u8]| serde_json::from_slice::<BTreeMap<String, String>>(b).ok();
-    if same_map(old).is_some() && same_map(old) == same_map(sorted.as_bytes()) {
+    let map = |b: &[u8]| serde_json::from_slice::<BTreeMap<String, String>>(b).ok();
+    let old = map(old);
+    if old.is_some() && old == map(sorted.as_bytes()) {
         header[start..start + sorted.len()].copy_from_slice(sorted.as_bytes());
     }
 }

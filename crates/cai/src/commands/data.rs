@@ -6,34 +6,20 @@ use anyhow::{Context, Result};
 use cai_core::layout::MANIFEST;
 use cai_core::StorageUrl;
 use cai_data::partition::{parse_size, FileFormat};
-use cai_data::{SynthConfig, TensorInfo};
-use cai_engine::partition::{open_input, partition_input};
+use cai_data::TensorInfo;
+use cai_engine::partition::{open_input, partition_input, write_synthetic};
 
 use crate::cli::{PartitionArgs, PartitionFormat, SynthArgs};
 use crate::printer::Printer;
 use crate::progress::Progress;
 use crate::Outcome;
 
-/// `cai synth`: stream a synthetic dataset to a file.
+/// `cai synth`: stream a synthetic dataset to a file, with a progress bar.
 pub async fn synth(a: SynthArgs, printer: &Printer) -> Result<Outcome> {
-    let cfg = SynthConfig {
-        galaxies: a.galaxies,
-        seed: a.seed,
-        ..Default::default()
-    };
-    let path = a.out.clone();
-    let progress = Progress::new("synth", a.galaxies, "galaxies", printer.quiet());
-    tokio::task::spawn_blocking(move || {
-        let mut last = 0;
-        let res = cai_data::write_dataset(&path, &cfg, &mut |written| {
-            progress.inc(written - last);
-            last = written;
-        });
-        progress.finish();
-        res
-    })
-    .await?
-    .with_context(|| format!("cannot write {}", a.out.display()))?;
+    write_synthetic(&a.out, a.galaxies, a.seed, Some(printer))
+        .await
+        .with_context(|| format!("cannot write {}", a.out.display()))?;
+    printer.finish();
     printer.note(format!(
         "wrote {} galaxies (seed {}) to {}",
         a.galaxies,

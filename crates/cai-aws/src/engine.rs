@@ -382,6 +382,12 @@ impl AwsEngine {
         if let Some(w) = req.world_size {
             payload.world_size = Some(w as u64);
         }
+        if !req.binds.is_empty() {
+            payload.bind = Some(req.binds.iter().cloned().collect());
+        }
+        if let Some(l) = &req.label {
+            payload.label = Some(l.clone());
+        }
         let missing = |what: &str, hint: &str| {
             Error::from(cai_engine::Error::Request {
                 what: what.into(),

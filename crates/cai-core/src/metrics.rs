@@ -127,13 +127,7 @@ pub fn class_metrics(
     if width == 0 {
         return None;
     }
-    let mut rows: Vec<(&[f32], usize)> = Vec::new();
-    for (row, &l) in scores.chunks_exact(width).zip(labels) {
-        let ok = l.is_finite() && l >= 0.0 && l.fract() == 0.0 && (l as usize) < width;
-        if ok && row.iter().all(|v| v.is_finite()) {
-            rows.push((row, l as usize));
-        }
-    }
+    let rows: Vec<(&[f32], usize)> = judged_rows(scores, width, labels).collect();
     if rows.is_empty() {
         return None;
     }
@@ -166,10 +160,7 @@ pub fn class_metrics(
                     a as f64 / b as f64
                 }
             };
-            let pairs: Vec<(f64, bool)> = rows
-                .iter()
-                .map(|(row, l)| (f64::from(row[c]), *l == c))
-                .collect();
+            let pairs = one_vs_rest(scores, width, labels, c);
             ClassStats {
                 class: c,
                 support,
@@ -223,6 +214,69 @@ pub fn roc_auc(pairs: &[(f64, bool)]) -> f64 {
     }
     let (p, q) = (pos as f64, neg as f64);
     (rank_sum - p * (p + 1.0) / 2.0) / (p * q)
+}
+
+/// The galaxies class metrics judge: rows of `width` finite scores whose label is an
+/// integer in `0..width`, with that label.
+fn judged_rows<'a>(
+    scores: &'a [f32],
+    width: usize,
+    labels: &'a [f32],
+) -> impl Iterator<Item = (&'a [f32], usize)> + 'a {
+    scores
+        .chunks_exact(width.max(1))
+        .zip(labels)
+        .filter(move |(row, &l)| {
+            width > 0
+                && l.is_finite()
+                && l >= 0.0
+                && l.fract() == 0.0
+                && (l as usize) < width
+                && row.iter().all(|v| v.is_finite())
+        })
+        .map(|(row, &l)| (row, l as usize))
+}
+
+/// The ROC curve of `(score, positive)` pairs, one-vs-rest: `(false positive rate, true
+/// positive rate)` points from (0, 0) to (1, 1), one per distinct score taken as the
+/// threshold (ties step together, so the trapezoid area under it is [`roc_auc`]). Empty
+/// when either side is empty.
+pub fn roc_curve(pairs: &[(f64, bool)]) -> Vec<(f64, f64)> {
+    let pos = pairs.iter().filter(|p| p.1).count();
+    let neg = pairs.len() - pos;
+    if pos == 0 || neg == 0 {
+        return Vec::new();
+    }
+    let mut sorted: Vec<(f64, bool)> = pairs.to_vec();
+    sorted.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let mut points = vec![(0.0, 0.0)];
+    let (mut tp, mut fp) = (0usize, 0usize);
+    let mut i = 0;
+    while i < sorted.len() {
+        let mut j = i;
+        while j < sorted.len() && sorted[j].0 == sorted[i].0 {
+            if sorted[j].1 {
+                tp += 1;
+            } else {
+                fp += 1;
+            }
+            j += 1;
+        }
+        points.push((fp as f64 / neg as f64, tp as f64 / pos as f64));
+        i = j;
+    }
+    points
+}
+
+/// The `(score, is this class)` pairs of class `class` over the galaxies [`class_metrics`]
+/// judges (finite scores, an integer label in `0..width`).
+pub fn one_vs_rest(scores: &[f32], width: usize, labels: &[f32], class: usize) -> Vec<(f64, bool)> {
+    if width == 0 {
+        return Vec::new();
+    }
+    judged_rows(scores, width, labels)
+        .map(|(row, l)| (f64::from(row[class]), l == class))
+        .collect()
 }
 
 #[cfg(test)]
@@ -326,5 +380,31 @@ mod tests {
             }
         }
         assert!(close(roc_auc(&pairs), good / all));
+    }
+
+    #[test]
+    fn roc_curve_runs_corner_to_corner_and_its_area_is_the_auc() {
+        let pairs: Vec<(f64, bool)> = (0..60)
+            .map(|i| (((i * 37) % 13) as f64, (i * 5) % 4 == 0))
+            .collect();
+        let curve = roc_curve(&pairs);
+        assert_eq!(curve.first(), Some(&(0.0, 0.0)));
+        assert_eq!(curve.last(), Some(&(1.0, 1.0)));
+        assert!(curve
+            .windows(2)
+            .all(|w| w[1].0 >= w[0].0 && w[1].1 >= w[0].1));
+        let area: f64 = curve
+            .windows(2)
+            .map(|w| (w[1].0 - w[0].0) * (w[1].1 + w[0].1) / 2.0)
+            .sum();
+        assert!(close(area, roc_auc(&pairs)));
+        assert!(roc_curve(&[(0.3, true)]).is_empty());
+        // One-vs-rest pairs skip rows class metrics skip (NaN score, label out of range).
+        let scores = [0.9f32, 0.1, f32::NAN, 0.5, 0.2, 0.8, 0.6, 0.4];
+        let labels = [0.0f32, 1.0, 1.0, 7.0];
+        assert_eq!(
+            one_vs_rest(&scores, 2, &labels, 1),
+            vec![(0.1f32 as f64, false), (0.8f32 as f64, true)]
+        );
     }
 }

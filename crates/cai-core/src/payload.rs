@@ -7,6 +7,8 @@
 //! ```
 //! Numbers may be JSON numbers or strings (the original's sample has `"file_limit": "11"`).
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 
@@ -65,6 +67,14 @@ pub struct Payload {
     /// the ranks without a result (`cai run --engine aws --resume`); the original never sends it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resume: Option<bool>,
+    /// CAI's own key: model inputs fed from data tensors of other names (`cai run --bind
+    /// INPUT=TENSOR`), as `{"INPUT": "TENSOR"}`; the original never sends it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bind: Option<BTreeMap<String, String>>,
+    /// CAI's own key: the data tensor holding each galaxy's label (`cai run --label`;
+    /// default `redshift`); the original never sends it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
     /// Every other key, kept as given.
     #[serde(flatten)]
     pub extra: serde_json::Map<String, Value>,

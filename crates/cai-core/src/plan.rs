@@ -391,8 +391,12 @@ pub fn make_plan(req: &PlanRequest, mut partitions: Vec<PartitionRef>) -> Result
         data: req.data.clone(),
         results: req.results.clone(),
         model: req.model.clone(),
-        binds: req.binds.clone(),
-        label: req.label.clone(),
+        // Flags first, then the payload's own keys (how the Lambda Initialize gets them).
+        binds: match (&req.binds[..], &payload.bind) {
+            ([], Some(b)) => b.iter().map(|(i, t)| (i.clone(), t.clone())).collect(),
+            _ => req.binds.clone(),
+        },
+        label: req.label.clone().or_else(|| payload.label.clone()),
         batch_size,
         world_size,
         partitions,
@@ -720,6 +724,29 @@ mod tests {
         assert_eq!(back, plan);
         let pj = plan.payload_json();
         assert_eq!(pj["files"]["1"], "25MB/3.pt");
+    }
+
+    #[test]
+    fn bindings_and_labels_come_from_flags_else_the_payload() {
+        let payload = Payload::from_json(
+            "p",
+            br#"{"bind": {"images": "cube"}, "label": "kind", "extra": 1}"#,
+        )
+        .unwrap();
+        let mut req = PlanRequest {
+            payload: Some(payload),
+            ..Default::default()
+        };
+        let plan = make_plan(&req, parts(&["1.pt"])).unwrap();
+        assert_eq!(plan.binds, [("images".into(), "cube".into())]);
+        assert_eq!(plan.label.as_deref(), Some("kind"));
+        req.binds = vec![("images".into(), "x".into())];
+        req.label = Some("y".into());
+        let plan = make_plan(&req, parts(&["1.pt"])).unwrap();
+        assert_eq!(plan.binds, [("images".into(), "x".into())]);
+        assert_eq!(plan.label.as_deref(), Some("y"));
+        let bad = Payload::from_json("p", br#"{"bind": ["images=cube"]}"#).unwrap_err();
+        assert!(bad.to_string().contains("bind"), "{bad}");
     }
 
     #[test]

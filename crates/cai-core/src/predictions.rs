@@ -68,6 +68,18 @@ impl OutputColumn {
 }
 
 impl Predictions {
+    /// The output a classifier's labels are judged against, with the labels (`z_true`,
+    /// NaN where missing): the first vector output, when the run has labels and no
+    /// redshift prediction. None otherwise.
+    pub fn class_scores(&self) -> Option<(&OutputColumn, Vec<f32>)> {
+        if self.z_pred.iter().any(|z| !z.is_nan()) || self.z_true.iter().all(Option::is_none) {
+            return None;
+        }
+        let col = self.outputs.iter().find(|c| c.width.is_some())?;
+        let labels = self.z_true.iter().map(|t| t.unwrap_or(f32::NAN)).collect();
+        Some((col, labels))
+    }
+
     /// Number of galaxies.
     pub fn len(&self) -> usize {
         self.index.len()

@@ -2,7 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::metrics::{ClassMetrics, Metrics};
+use crate::metrics::{class_metrics, redshift_metrics, ClassMetrics, Metrics};
+use crate::predictions::Predictions;
 use crate::report::{RankFailure, RankReport};
 
 /// The run as a whole.
@@ -103,6 +104,25 @@ impl Summary {
                 .filter(|r| r.speculated)
                 .map(|r| r.rank)
                 .collect(),
+        }
+    }
+
+    /// Judge the predictions against their labels (the `z_true` column): a redshift model's
+    /// `z` gets the redshift [`Metrics`]; a model without `z` (a classifier) has its first
+    /// vector output judged as class scores ([`ClassMetrics`]). Leaves both `None` when
+    /// nothing is labelled.
+    pub fn judge(&mut self, all: &Predictions) {
+        let (mut zp, mut zt) = (Vec::new(), Vec::new());
+        for (p, t) in all.z_pred.iter().zip(&all.z_true) {
+            if let Some(t) = t {
+                zp.push(*p);
+                zt.push(*t);
+            }
+        }
+        if zp.iter().any(|z| !z.is_nan()) {
+            self.metrics = redshift_metrics(&zp, &zt);
+        } else if let Some((col, labels)) = all.class_scores() {
+            self.class_metrics = class_metrics(&col.name, &col.values, col.per_galaxy(), &labels);
         }
     }
 

@@ -5,7 +5,6 @@
 use std::collections::{BTreeSet, HashSet};
 
 use cai_core::layout;
-use cai_core::metrics::{class_metrics, redshift_metrics};
 use cai_core::plan::Plan;
 use cai_core::predictions::Predictions;
 use cai_core::report::RankReport;
@@ -93,24 +92,7 @@ pub async fn summarize(results: &StorageUrl, plan: Option<&Plan>) -> Result<Summ
         .map(|p| p.world_size)
         .unwrap_or_else(|| reports.iter().map(|r| r.rank + 1).max().unwrap_or(0));
     let mut summary = Summary::from_reports(&results.to_string(), ranks_total, &reports, failures);
-    let (mut zp, mut zt) = (Vec::new(), Vec::new());
-    for (p, t) in all.z_pred.iter().zip(&all.z_true) {
-        if let Some(t) = t {
-            zp.push(*p);
-            zt.push(*t);
-        }
-    }
-    // A model without a `z` output (a classifier) has no redshift to judge: its first
-    // vector output is judged as class scores against the labels.
-    if zp.iter().any(|z| !z.is_nan()) {
-        summary.metrics = redshift_metrics(&zp, &zt);
-    } else if let Some(col) = all.outputs.iter().find(|c| c.width.is_some()) {
-        let width = col.width.unwrap_or(0);
-        if all.z_true.iter().any(Option::is_some) {
-            let labels: Vec<f32> = all.z_true.iter().map(|t| t.unwrap_or(f32::NAN)).collect();
-            summary.class_metrics = class_metrics(&col.name, &col.values, width, &labels);
-        }
-    }
+    summary.judge(&all);
     results
         .put(layout::SUMMARY, pretty("summary", &summary)?)
         .await?;

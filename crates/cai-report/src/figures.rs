@@ -4,7 +4,8 @@
 //! system font library is needed).
 //!
 //! Kinds: a [`Density`] map (2D histogram coloured by log count, viridis), a per-rank
-//! [`Timeline`], and [`Sweep`] panels (a measure against data size or batch size).
+//! [`Timeline`], [`Sweep`] panels (a measure against data size or batch size), and a
+//! classifier's [`Confusion`] matrix and [`Roc`] curves.
 
 use std::sync::OnceLock;
 
@@ -525,6 +526,139 @@ impl Sweep {
     }
 }
 
+/// A confusion matrix: galaxy counts by true class (rows) and predicted class (columns),
+/// each cell coloured by its share of the row (the class's recall on the diagonal).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Confusion {
+    /// Class names, in index order.
+    pub classes: Vec<String>,
+    /// `counts[true][predicted]`.
+    pub counts: Vec<Vec<u64>>,
+}
+
+/// Largest number of classes whose cells carry their count as text.
+const CONFUSION_TEXT_UP_TO: usize = 16;
+
+impl Confusion {
+    fn draw<DB: DrawingBackend>(&self, area: &DrawingArea<DB, Shift>) -> DResult<DB> {
+        let k = self.classes.len().max(1) as i32;
+        // Rows from the top (class 0 first, as a table reads): row `t` sits at `y = k-1-t`.
+        let name = |i: i32| {
+            self.classes
+                .get(usize::try_from(i).unwrap_or(usize::MAX))
+                .cloned()
+                .unwrap_or_default()
+        };
+        let x_name = |v: &SegmentValue<i32>| match v {
+            SegmentValue::CenterOf(i) | SegmentValue::Exact(i) => name(*i),
+            SegmentValue::Last => String::new(),
+        };
+        let y_name = |v: &SegmentValue<i32>| match v {
+            SegmentValue::CenterOf(i) | SegmentValue::Exact(i) => name(k - 1 - *i),
+            SegmentValue::Last => String::new(),
+        };
+        // `(0..k-1).into_segmented()` has one segment per value of 0..=k-1: k cells.
+        let mut chart = ChartBuilder::on(area)
+            .margin(12)
+            .x_label_area_size(44)
+            .y_label_area_size(70)
+            .build_cartesian_2d((0..k - 1).into_segmented(), (0..k - 1).into_segmented())?;
+        chart
+            .configure_mesh()
+            .disable_mesh()
+            .x_desc("predicted class")
+            .y_desc("true class")
+            .x_labels(self.classes.len().min(24))
+            .y_labels(self.classes.len().min(24))
+            .x_label_formatter(&x_name)
+            .y_label_formatter(&y_name)
+            .label_style((FAMILY, 14))
+            .axis_desc_style((FAMILY, 15))
+            .draw()?;
+        let text = self.classes.len() <= CONFUSION_TEXT_UP_TO;
+        for (t, row) in self.counts.iter().enumerate() {
+            let total = row.iter().sum::<u64>().max(1) as f64;
+            for (p, &c) in row.iter().enumerate() {
+                let share = c as f64 / total;
+                let (x, y) = (p as i32, k - 1 - t as i32);
+                chart.draw_series(std::iter::once(Rectangle::new(
+                    [
+                        (SegmentValue::Exact(x), SegmentValue::Exact(y)),
+                        (SegmentValue::Exact(x + 1), SegmentValue::Exact(y + 1)),
+                    ],
+                    viridis(share).filled(),
+                )))?;
+                if text {
+                    let colour = if share > 0.6 { &BLACK } else { &WHITE };
+                    chart.draw_series(std::iter::once(Text::new(
+                        c.to_string(),
+                        (SegmentValue::CenterOf(x), SegmentValue::CenterOf(y)),
+                        (FAMILY, 15).into_font().color(colour).pos(
+                            plotters::style::text_anchor::Pos::new(
+                                plotters::style::text_anchor::HPos::Center,
+                                plotters::style::text_anchor::VPos::Center,
+                            ),
+                        ),
+                    )))?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One-vs-rest ROC curves, one per class, with the chance diagonal.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Roc {
+    /// Per class: its legend label (name and AUC) and its (false, true positive rate) points.
+    pub curves: Vec<(String, Vec<(f64, f64)>)>,
+}
+
+impl Roc {
+    fn draw<DB: DrawingBackend>(&self, area: &DrawingArea<DB, Shift>) -> DResult<DB> {
+        let mut chart = ChartBuilder::on(area)
+            .margin(12)
+            .x_label_area_size(44)
+            .y_label_area_size(56)
+            .build_cartesian_2d(0f64..1f64, 0f64..1.0001f64)?;
+        chart
+            .configure_mesh()
+            .light_line_style(WHITE.mix(0.0))
+            .bold_line_style(BLACK.mix(0.08))
+            .x_desc("false positive rate")
+            .y_desc("true positive rate")
+            .x_label_formatter(&tick)
+            .y_label_formatter(&tick)
+            .label_style((FAMILY, 14))
+            .axis_desc_style((FAMILY, 15))
+            .draw()?;
+        chart.draw_series(LineSeries::new(
+            vec![(0.0, 0.0), (1.0, 1.0)],
+            BLACK.mix(0.35).stroke_width(1),
+        ))?;
+        for (i, (label, points)) in self.curves.iter().enumerate() {
+            let colour = PALETTE[i % PALETTE.len()];
+            chart
+                .draw_series(LineSeries::new(
+                    points.iter().copied(),
+                    colour.stroke_width(2),
+                ))?
+                .label(label.as_str())
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 18, y)], colour.stroke_width(2))
+                });
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::LowerRight)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK.mix(0.4))
+            .label_font((FAMILY, 14))
+            .draw()?;
+        Ok(())
+    }
+}
+
 type DResult<DB> = std::result::Result<(), DrawingAreaErrorKind<<DB as DrawingBackend>::ErrorType>>;
 
 /// What a figure shows.
@@ -536,6 +670,10 @@ pub enum Plot {
     Timeline(Timeline),
     /// Sweep panels.
     Sweep(Sweep),
+    /// A confusion matrix.
+    Confusion(Confusion),
+    /// ROC curves.
+    Roc(Roc),
 }
 
 /// A figure: an id (file name of its PNG), a title, a caption, a size and what to draw.
@@ -564,6 +702,8 @@ impl Figure {
             Plot::Density(d) => d.draw(area),
             Plot::Timeline(t) => t.draw(area),
             Plot::Sweep(s) => s.draw(area),
+            Plot::Confusion(c) => c.draw(area),
+            Plot::Roc(r) => r.draw(area),
         }
         .map_err(|e| err(e.to_string()))?;
         area.present().map_err(|e| err(e.to_string()))
@@ -696,6 +836,28 @@ mod tests {
                         y_label: "s".into(),
                         series: vec![("25 MB".into(), vec![(32.0, 3.0), (512.0, 2.0)])],
                     }],
+                }),
+            },
+            Figure {
+                id: "cm".into(),
+                title: "t".into(),
+                caption: String::new(),
+                size: (560, 480),
+                plot: Plot::Confusion(Confusion {
+                    classes: vec!["0".into(), "1".into(), "2".into()],
+                    counts: vec![vec![5, 1, 0], vec![2, 7, 1], vec![0, 0, 9]],
+                }),
+            },
+            Figure {
+                id: "roc".into(),
+                title: "t".into(),
+                caption: String::new(),
+                size: (560, 480),
+                plot: Plot::Roc(Roc {
+                    curves: vec![(
+                        "class 0 (AUC 0.75)".into(),
+                        vec![(0.0, 0.0), (0.0, 0.5), (0.5, 1.0), (1.0, 1.0)],
+                    )],
                 }),
             },
         ]

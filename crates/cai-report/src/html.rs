@@ -1,6 +1,6 @@
 //! One self-contained HTML report: no script, no network reference, small inline CSS and
 //! inline SVG figures. Sections: summary numbers (with a Lambda cost estimate), accuracy
-//! with the density plots, the per-rank timeline, sweeps (when several runs are given),
+//! with the density plots (a classifier's: per-class table, confusion matrix, ROC curves), the per-rank timeline, sweeps (when several runs are given),
 //! the stats tables and a per-rank table.
 //!
 //! **Stragglers**: ranks whose wall time exceeds median + 3·1.4826·MAD (MAD = median
@@ -22,7 +22,12 @@ use cai_core::cost::{Arch, PRICES};
 use cai_core::report::RankReport;
 
 use crate::error::Result;
-use crate::figures::{Density, Figure, Panel, Plot, Sweep, Timeline, TimelineRow, PHASES};
+use cai_core::metrics::{one_vs_rest, roc_curve, ClassMetrics};
+use cai_core::predictions::Predictions;
+
+use crate::figures::{
+    Confusion, Density, Figure, Panel, Plot, Roc, Sweep, Timeline, TimelineRow, PHASES,
+};
 use crate::load::{labelled_pairs, Run};
 use crate::stats::{mean_rows, median, run_rows, MeanRow, Table, MB};
 
@@ -460,11 +465,14 @@ fn run_section(p: &mut Page, i: usize, run: &Run, opts: &ReportOptions) -> Resul
                  η = share with |Δz| &gt; 0.05. Galaxies with a NaN prediction are left out.</p>\n",
             );
         }
-        None => p.html.push_str(
-            "<p class=\"note\">No accuracy: the data carried no true redshifts (or no predictions file was found).</p>\n",
-        ),
+        None => match &s.class_metrics {
+            Some(c) => class_section(p, &id, c, run.predictions.as_ref())?,
+            None => p.html.push_str(
+                "<p class=\"note\">No accuracy: the data carried no labels (true redshifts or classes), or no predictions file was found.</p>\n",
+            ),
+        },
     }
-    if let Some(pred) = &run.predictions {
+    if let (Some(pred), None) = (&run.predictions, &s.class_metrics) {
         let (zp, zt) = labelled_pairs(pred);
         if !zt.is_empty() {
             let d = Density::predicted_vs_true(&zp, &zt, opts.bins);
@@ -568,6 +576,123 @@ fn run_section(p: &mut Page, i: usize, run: &Run, opts: &ReportOptions) -> Resul
     // Per-rank table.
     let _ = writeln!(p.html, "<h2>Run {} — ranks</h2>", i + 1);
     rank_table(p, run, opts);
+    Ok(())
+}
+
+/// Most classes drawn as ROC curves (beyond it the curves are unreadable; the table has all).
+const ROC_CLASSES: usize = 10;
+
+/// A classifier's accuracy: the table of per-class figures, the confusion matrix and the
+/// one-vs-rest ROC curves (from the predictions, when loaded).
+fn class_section(
+    p: &mut Page,
+    id: &str,
+    c: &ClassMetrics,
+    pred: Option<&Predictions>,
+) -> Result<()> {
+    let pct = |v: f64| {
+        if v.is_finite() {
+            format!("{:.1} %", 100.0 * v)
+        } else {
+            "—".into()
+        }
+    };
+    let auc = |v: f64| {
+        if v.is_finite() {
+            format!("{v:.3}")
+        } else {
+            "—".into()
+        }
+    };
+    let _ = writeln!(
+        p.html,
+        "<p>Output <code>{}</code> judged as class scores against the labels: {} galaxies, \
+         accuracy {}, macro ROC AUC {}.</p>",
+        esc(&c.output),
+        fmt_int(c.n),
+        pct(c.accuracy),
+        auc(c.macro_roc_auc)
+    );
+    let t = Table {
+        header: [
+            "class",
+            "galaxies",
+            "precision",
+            "recall",
+            "ROC AUC (one vs rest)",
+        ]
+        .map(String::from)
+        .to_vec(),
+        rows: c
+            .classes
+            .iter()
+            .map(|k| {
+                vec![
+                    k.class.to_string(),
+                    fmt_int(k.support),
+                    pct(k.precision),
+                    pct(k.recall),
+                    auc(k.roc_auc),
+                ]
+            })
+            .collect(),
+    };
+    p.table(&t, &[0]);
+    p.html.push_str(
+        "<p class=\"note\">The predicted class is the highest score. Precision: of the galaxies \
+         predicted as a class, the share that are; recall: of a class's galaxies, the share \
+         predicted as it. ROC AUC: the chance that a galaxy of the class scores higher than one \
+         of another (ties count half). Galaxies with a non-finite score or a label that is not a \
+         class index are left out.</p>\n",
+    );
+    let classes: Vec<String> = (0..c.confusion.len()).map(|k| k.to_string()).collect();
+    p.figure(Figure {
+        id: format!("{id}-confusion"),
+        title: "Confusion matrix".into(),
+        caption: format!(
+            "Galaxies by true class (rows) and predicted class (columns); colour = the cell's \
+             share of its row, so the diagonal shows each class's recall. {} galaxies.",
+            fmt_int(c.n)
+        ),
+        size: (620, 560),
+        plot: Plot::Confusion(Confusion {
+            classes,
+            counts: c.confusion.clone(),
+        }),
+    })?;
+    if let Some((col, labels)) = pred.and_then(Predictions::class_scores) {
+        let width = col.per_galaxy();
+        let curves: Vec<(String, Vec<(f64, f64)>)> = c
+            .classes
+            .iter()
+            .take(ROC_CLASSES)
+            .filter(|k| k.roc_auc.is_finite())
+            .map(|k| {
+                let pairs = one_vs_rest(&col.values, width, &labels, k.class);
+                (
+                    format!("class {} (AUC {:.3})", k.class, k.roc_auc),
+                    roc_curve(&pairs),
+                )
+            })
+            .collect();
+        if !curves.is_empty() {
+            p.figure(Figure {
+                id: format!("{id}-roc"),
+                title: "ROC curves, one class against the rest".into(),
+                caption: format!(
+                    "True against false positive rate as the threshold on a class's score falls; \
+                     grey: chance.{}",
+                    if c.classes.len() > ROC_CLASSES {
+                        format!(" The first {ROC_CLASSES} of {} classes.", c.classes.len())
+                    } else {
+                        String::new()
+                    }
+                ),
+                size: (620, 560),
+                plot: Plot::Roc(Roc { curves }),
+            })?;
+        }
+    }
     Ok(())
 }
 

@@ -211,10 +211,9 @@ pub async fn load_run(location: &StorageUrl, predictions: bool) -> Result<Run> {
         None
     };
     let mut summary: Summary = summary;
-    if summary.metrics.is_none() {
+    if summary.metrics.is_none() && summary.class_metrics.is_none() {
         if let Some(p) = &predictions {
-            let (zp, zt) = labelled_pairs(p);
-            summary.metrics = cai_core::metrics::redshift_metrics(&zp, &zt);
+            summary.judge(p);
         }
     }
     Ok(Run {

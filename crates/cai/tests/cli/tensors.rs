@@ -174,9 +174,10 @@ fn an_npz_with_other_names_runs_the_cnn_through_bind() {
     }
 }
 
-#[test]
-fn class_labels_give_accuracy_confusion_and_roc_auc_in_the_summary() {
-    let d = Dir::new();
+/// The CNN's 12 galaxies with their images named `images`, and a `kind` tensor of class
+/// labels (the fixture's), cut by `cai partition` into `d`'s folder `parts`; returns the
+/// confusion matrix expected from ONNX Runtime's probabilities and those labels.
+fn labelled_cnn_parts(d: &Dir, images: &str) -> [[u64; 3]; 3] {
     let doc = read_json(onnx_fixture("cnn5.json"));
     let labels: Vec<i64> = doc["label"]
         .as_array()
@@ -186,7 +187,7 @@ fn class_labels_give_accuracy_confusion_and_roc_auc_in_the_summary() {
         .collect();
     let mut set = renamed(
         &cnn_galaxies(),
-        &[("images", "images"), ("magnitudes", "magnitudes")],
+        &[("images", images), ("magnitudes", "magnitudes")],
     );
     set.tensors.push(cai_data::NamedTensor {
         name: "kind".into(),
@@ -202,17 +203,6 @@ fn class_labels_give_accuracy_confusion_and_roc_auc_in_the_summary() {
         "--out",
         &d.s("parts"),
     ]);
-    let out = cai_run_cnn(&d, "parts", "res", &["--label", "kind"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let s = read_json(d.path("res/summary.json"));
-    let m = &s["class_metrics"];
-    assert_eq!(m["output"], "probs");
-    assert_eq!(m["n"], 12);
-    // Expected from ONNX Runtime's probabilities and the fixture's labels.
     let probs = doc["probs_onnxruntime"].as_array().unwrap();
     let mut confusion = [[0u64; 3]; 3];
     for (row, &l) in probs.iter().zip(&labels) {
@@ -225,11 +215,45 @@ fn class_labels_give_accuracy_confusion_and_roc_auc_in_the_summary() {
         let best = (0..3).max_by(|&a, &b| row[a].total_cmp(&row[b])).unwrap();
         confusion[l as usize][best] += 1;
     }
+    confusion
+}
+
+/// `summary.json`'s class metrics are those of `confusion` over the 12 galaxies.
+fn assert_class_metrics(s: &serde_json::Value, confusion: &[[u64; 3]; 3]) {
+    let m = &s["class_metrics"];
+    assert_eq!(m["output"], "probs", "{s}");
+    assert_eq!(m["n"], 12);
     assert_eq!(m["confusion"], serde_json::json!(confusion));
     let correct: u64 = (0..3).map(|c| confusion[c][c]).sum();
     assert_eq!(m["accuracy"].as_f64().unwrap(), correct as f64 / 12.0);
     assert_eq!(m["classes"].as_array().unwrap().len(), 3);
     assert!(m["macro_roc_auc"].as_f64().unwrap() > 0.5);
+}
+
+#[test]
+fn class_labels_give_accuracy_confusion_and_roc_auc_in_the_summary() {
+    let d = Dir::new();
+    let confusion = labelled_cnn_parts(&d, "images");
+    let out = cai_run_cnn(&d, "parts", "res", &["--label", "kind"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s = read_json(d.path("res/summary.json"));
+    assert_class_metrics(&s, &confusion);
+    // The report shows a classifier's accuracy: its table and figures, no redshift plots.
+    d.ok(&["report", &d.s("res"), "--out", &d.s("report.html")]);
+    let html = std::fs::read_to_string(d.path("report.html")).unwrap();
+    for want in [
+        "judged as class scores",
+        "id=\"fig-run1-confusion\"",
+        "id=\"fig-run1-roc\"",
+        "class 0 (AUC ",
+    ] {
+        assert!(html.contains(want), "the report lacks {want}");
+    }
+    assert!(!html.contains("No accuracy") && !html.contains("fig-run1-pred-vs-true"));
     // A label tensor the data lacks: the partition's tensors named.
     let out = cai_run_cnn(&d, "parts", "r2", &["--label", "nope"]);
     let e = String::from_utf8_lossy(&out.stderr);
@@ -332,4 +356,65 @@ fn astromae_tensors_from_an_npz_cut_byte_for_byte_as_from_the_pt() {
     }
     // And the CNN runs on them without --bind.
     run_cnn(&d, "b", "res", &[]);
+}
+
+/// `--bind` and `--label` travel to the Lambda handlers as the payload's own `bind` and
+/// `label` keys: the CNN, whose `images` input is the data's `cube`, runs in the handlers
+/// (Step Functions' order, moto's S3) and its summary judges the `kind` labels.
+#[cfg(feature = "aws")]
+#[test]
+fn bindings_and_labels_travel_in_the_lambda_payload() {
+    use crate::lambda::{
+        infer_task, initialize, items, machine, summarize, tools, Emulator, Launch, DATA_BUCKET,
+        RESULTS_BUCKET,
+    };
+    use crate::sfn::task_payload;
+    let Some(s3) = tools() else { return };
+    let d = Dir::new();
+    let confusion = labelled_cnn_parts(&d, "cube");
+    s3.make_bucket(DATA_BUCKET);
+    s3.make_bucket(RESULTS_BUCKET);
+    s3.upload(
+        &onnx_fixture("cnn5.onnx"),
+        RESULTS_BUCKET,
+        "models/cnn5.onnx",
+    );
+    for f in std::fs::read_dir(d.path("parts")).unwrap() {
+        let f = f.unwrap();
+        let key = format!("labelled/{}", f.file_name().to_string_lossy());
+        s3.upload(&f.path(), DATA_BUCKET, &key);
+    }
+    let l = Launch::new(&s3, &s3.endpoint, d.tmp.path()).with_model(
+        &format!("s3://{RESULTS_BUCKET}/models/cnn5.onnx"),
+        &format!("s3://{DATA_BUCKET}/labelled"),
+    );
+    let sm = machine();
+    let input = serde_json::json!({
+        "bucket": RESULTS_BUCKET, "batch_size": 5, "result_path": "lambda/labelled",
+        "data_bucket": DATA_BUCKET, "data_prefix": "labelled", "world_size": 1,
+        "bind": {"images": "cube"}, "label": "kind"
+    });
+    let (state, _) = initialize(&l, &sm, &input);
+    let items = items(&s3, &d, &sm, &state);
+    assert_eq!(items.len(), 1);
+    let emu = Emulator::start();
+    let f = l.start(&emu, "infer", true, "info");
+    let out = emu.invoke_ok(&task_payload(infer_task(&sm), &items[0]).unwrap());
+    assert_eq!(out["galaxies"], 12, "{out}");
+    drop(f);
+    let end = summarize(&l, &sm, &state);
+    assert_eq!(end["summary"]["complete"], true, "{end}");
+    let summary = crate::s3::json(&s3.download(
+        RESULTS_BUCKET,
+        "lambda/labelled/summary.json",
+        &d.path("summary.json"),
+    ));
+    assert_class_metrics(&summary, &confusion);
+    let plan = crate::s3::json(&s3.download(
+        RESULTS_BUCKET,
+        "lambda/labelled/plan.json",
+        &d.path("plan.json"),
+    ));
+    assert_eq!(plan["label"], "kind");
+    assert_eq!(plan["binds"], serde_json::json!([["images", "cube"]]));
 }

@@ -74,6 +74,38 @@ pub async fn open_partitions(src: &StorageUrl) -> Result<Box<dyn GalaxySource + 
     Ok(Box::new(seq))
 }
 
+/// The partitions under `src` (in plan order) to cut again at another size: AstroMAE's
+/// galaxies as a source read a partition at a time ([`open_partitions`]); any other
+/// model's tensors read whole and joined (a sweep's data sizes fit in memory).
+pub async fn open_partitions_input(src: &StorageUrl) -> Result<PartitionInput> {
+    let (mut parts, manifest) = find_partitions(src).await?;
+    if manifest.is_none() {
+        sort_partitions(&mut parts);
+    }
+    let read = |key: String| async move {
+        let url = src.url_of(&key);
+        let bytes = src.get(&key).await?;
+        let set = cai_data::read_tensors(&url, &bytes, None)?;
+        Ok::<_, Error>((url, set))
+    };
+    let mut keys = parts.into_iter().map(|p| p.key);
+    let Some(first) = keys.next() else {
+        return Ok(PartitionInput::Galaxies(open_partitions(src).await?));
+    };
+    let (_, mut set) = read(first).await?;
+    if set.to_partition().is_some() {
+        return Ok(PartitionInput::Galaxies(open_partitions(src).await?));
+    }
+    for key in keys {
+        let (url, more) = read(key).await?;
+        set.extend(&more)
+            .map_err(|e| cai_data::Error::InvalidPartition {
+                reason: format!("{url}: {e} (the partitions' tensors must all be alike)"),
+            })?;
+    }
+    Ok(PartitionInput::Tensors(set))
+}
+
 /// What `cai partition` cuts: AstroMAE's galaxies (streamed from a native dataset file, or
 /// read whole) or any model's tensors (read whole).
 pub enum PartitionInput {

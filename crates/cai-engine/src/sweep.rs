@@ -16,9 +16,13 @@ use cai_data::partition::{parse_size, FileFormat};
 use serde::Serialize;
 
 use crate::engine::{RunEnd, RunEvent, RunEvents, RunReport, RunRequest};
-use crate::partition::{open_dataset, open_partitions, partition_source, PartitionSummary};
+use crate::partition::{open_input, open_partitions_input, partition_input, PartitionSummary};
 use crate::stages::find_partitions;
 use crate::{Error, Result};
+
+/// Endings of the dataset files a sweep cuts: native or any safetensors, the original's
+/// `.pt`, NumPy's `.npy` and `.npz`.
+const DATASET_FILES: [&str; 4] = [".safetensors", ".pt", ".npy", ".npz"];
 
 /// A request error naming `what` and what to do.
 fn request(what: impl Into<String>, hint: impl Into<String>) -> Error {
@@ -252,7 +256,7 @@ pub async fn find_source(data: &str, parts: &[Size]) -> Result<Source> {
         .await?
         .into_iter()
         .map(|o| o.key)
-        .filter(|k| !k.contains('/') && (k.ends_with(".safetensors") || k.ends_with(".pt")))
+        .filter(|k| !k.contains('/') && DATASET_FILES.iter().any(|e| k.ends_with(e)))
         .collect();
     match (files.as_slice(), url.local_path()) {
         ([one], Some(dir)) => Ok(Source::File(dir.join(one))),
@@ -307,21 +311,21 @@ pub async fn partitions_for(
     reuse: bool,
 ) -> Result<(StorageUrl, Made)> {
     let dest = work.child(&size.label);
-    let reader = match source {
+    let input = match source {
         Source::PerSize(data) => return Ok((data.child(&size.label), Made::Given)),
         _ if reuse && dest.exists(layout::MANIFEST).await? => return Ok((dest, Made::Reused)),
         Source::File(path) => {
             let path = path.clone();
-            tokio::task::spawn_blocking(move || open_dataset(&path))
+            tokio::task::spawn_blocking(move || open_input(&path, None))
                 .await
                 .map_err(|source| Error::Join {
                     task: "opening the dataset".into(),
                     source,
                 })??
         }
-        Source::Partitions(src) => open_partitions(src).await?,
+        Source::Partitions(src) => open_partitions_input(src).await?,
     };
-    let made = partition_source(reader, size.bytes, &dest, format, None).await?;
+    let (made, _) = partition_input(input, size.bytes, &dest, format, None).await?;
     Ok((dest, Made::Cut(made)))
 }
 

@@ -358,6 +358,53 @@ fn astromae_tensors_from_an_npz_cut_byte_for_byte_as_from_the_pt() {
     run_cnn(&d, "b", "res", &[]);
 }
 
+/// `cai sweep` of the CNN re-cuts any model's tensors: from the `.npz` file and again from
+/// partitions of it, at two partition sizes; every run holds the 12 galaxies once, with
+/// ONNX Runtime's outputs and the labels judged.
+#[test]
+fn a_sweep_recuts_other_tensors_from_a_file_and_from_partitions() {
+    let d = Dir::new();
+    let confusion = labelled_cnn_parts(&d, "images");
+    std::fs::create_dir_all(d.path("file")).unwrap();
+    std::fs::rename(d.path("c.npz"), d.path("file/c.npz")).unwrap();
+    let model = onnx_fixture("cnn5.onnx").display().to_string();
+    for (data, res) in [("file", "sw-file"), ("parts", "sw-parts")] {
+        let (data, res) = (d.s(data), d.s(res));
+        d.ok(&[
+            "sweep",
+            "--data",
+            &data,
+            "--results",
+            &res,
+            "--model",
+            &model,
+            "--partition-sizes",
+            "50KB,120KB",
+            "--batch-sizes",
+            "5",
+            "--label",
+            "kind",
+            "--workers",
+            "2",
+        ]);
+        for (size, parts) in [("50KB", 6), ("120KB", 3)] {
+            let run = format!("{res}/p{size}-b5-r1");
+            let m = read_json(std::path::PathBuf::from(format!(
+                "{res}/partitions/{size}/manifest.json"
+            )));
+            assert_eq!(m["partitions"].as_array().unwrap().len(), parts, "{m}");
+            assert_cnn_results(
+                std::fs::read(format!("{run}/predictions.parquet")).unwrap(),
+                &read_json(std::path::PathBuf::from(format!("{run}/summary.json"))),
+            );
+            assert_class_metrics(
+                &read_json(std::path::PathBuf::from(format!("{run}/summary.json"))),
+                &confusion,
+            );
+        }
+    }
+}
+
 /// `--bind` and `--label` travel to the Lambda handlers as the payload's own `bind` and
 /// `label` keys: the CNN, whose `images` input is the data's `cube`, runs in the handlers
 /// (Step Functions' order, moto's S3) and its summary judges the `kind` labels.

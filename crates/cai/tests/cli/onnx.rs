@@ -127,37 +127,42 @@ fn a_cnn_classifier_runs_on_slurm_and_equals_onnxruntime() {
     );
 }
 
-/// The Lambda handlers in Step Functions' order (as lambda.rs drives them) with the CNN as
-/// the functions' model, on moto's S3.
+/// The CNN as the Lambda functions' model, run over `s3://DATA_BUCKET/<data>` (one rank,
+/// batches of 5) by the handlers in Step Functions' order (as lambda.rs drives them) on
+/// moto's S3, with `extra` keys in the payload; returns the run's `summary.json` and
+/// `plan.json`, and its predictions file's bytes.
 #[cfg(feature = "aws")]
-#[test]
-fn a_cnn_classifier_runs_in_the_lambda_handlers_and_equals_onnxruntime() {
+pub(crate) fn cnn_in_lambda_handlers(
+    s3: &crate::s3::Moto,
+    d: &Dir,
+    data: &str,
+    extra: serde_json::Value,
+) -> (serde_json::Value, serde_json::Value, Vec<u8>) {
     use crate::lambda::{
-        infer_task, initialize, items, machine, summarize, tools, Emulator, Launch, DATA_BUCKET,
+        infer_task, initialize, items, machine, summarize, Emulator, Launch, DATA_BUCKET,
         RESULTS_BUCKET,
     };
     use crate::sfn::task_payload;
-    let Some(s3) = tools() else { return };
-    let d = Dir::new();
-    s3.make_bucket(DATA_BUCKET);
-    s3.make_bucket(RESULTS_BUCKET);
     s3.upload(
         &onnx_fixture("cnn5.onnx"),
         RESULTS_BUCKET,
         "models/cnn5.onnx",
     );
-    s3.upload(&onnx_fixture("cnn5_partition.pt"), DATA_BUCKET, "cnn/1.pt");
-    let l = Launch::new(&s3, &s3.endpoint, d.tmp.path()).with_model(
+    let l = Launch::new(s3, &s3.endpoint, d.tmp.path()).with_model(
         &format!("s3://{RESULTS_BUCKET}/models/cnn5.onnx"),
-        &format!("s3://{DATA_BUCKET}/cnn"),
+        &format!("s3://{DATA_BUCKET}/{data}"),
     );
     let sm = machine();
-    let input = serde_json::json!({
-        "bucket": RESULTS_BUCKET, "batch_size": 5, "result_path": "lambda/cnn",
-        "data_bucket": DATA_BUCKET, "data_prefix": "cnn", "world_size": 1
+    let result_path = format!("lambda/{data}");
+    let mut input = serde_json::json!({
+        "bucket": RESULTS_BUCKET, "batch_size": 5, "result_path": result_path,
+        "data_bucket": DATA_BUCKET, "data_prefix": data, "world_size": 1
     });
+    if let (Some(i), serde_json::Value::Object(e)) = (input.as_object_mut(), extra) {
+        i.extend(e);
+    }
     let (state, _) = initialize(&l, &sm, &input);
-    let items = items(&s3, &d, &sm, &state);
+    let items = items(s3, d, &sm, &state);
     assert_eq!(items.len(), 1);
     let emu = Emulator::start();
     let f = l.start(&emu, "infer", true, "info");
@@ -166,19 +171,32 @@ fn a_cnn_classifier_runs_in_the_lambda_handlers_and_equals_onnxruntime() {
     drop(f);
     let end = summarize(&l, &sm, &state);
     assert_eq!(end["summary"]["complete"], true, "{end}");
-    let summary = crate::s3::json(&s3.download(
-        RESULTS_BUCKET,
-        "lambda/cnn/summary.json",
-        &d.path("summary.json"),
-    ));
-    assert_cnn_results(
-        s3.download(
+    let json = |name: &str| {
+        crate::s3::json(&s3.download(
             RESULTS_BUCKET,
-            "lambda/cnn/predictions.parquet",
-            &d.path("p.parquet"),
-        ),
-        &summary,
+            &format!("{result_path}/{name}"),
+            &d.path(name),
+        ))
+    };
+    let predictions = s3.download(
+        RESULTS_BUCKET,
+        &format!("{result_path}/predictions.parquet"),
+        &d.path("p.parquet"),
     );
+    (json("summary.json"), json("plan.json"), predictions)
+}
+
+#[cfg(feature = "aws")]
+#[test]
+fn a_cnn_classifier_runs_in_the_lambda_handlers_and_equals_onnxruntime() {
+    use crate::lambda::{tools, DATA_BUCKET, RESULTS_BUCKET};
+    let Some(s3) = tools() else { return };
+    let d = Dir::new();
+    s3.make_bucket(DATA_BUCKET);
+    s3.make_bucket(RESULTS_BUCKET);
+    s3.upload(&onnx_fixture("cnn5_partition.pt"), DATA_BUCKET, "cnn/1.pt");
+    let (summary, _, predictions) = cnn_in_lambda_handlers(&s3, &d, "cnn", serde_json::json!({}));
+    assert_cnn_results(predictions, &summary);
 }
 
 /// The original's payload with `"object_type": "folder"` and no `--model`: the one model

@@ -411,57 +411,22 @@ fn a_sweep_recuts_other_tensors_from_a_file_and_from_partitions() {
 #[cfg(feature = "aws")]
 #[test]
 fn bindings_and_labels_travel_in_the_lambda_payload() {
-    use crate::lambda::{
-        infer_task, initialize, items, machine, summarize, tools, Emulator, Launch, DATA_BUCKET,
-        RESULTS_BUCKET,
-    };
-    use crate::sfn::task_payload;
+    use crate::lambda::{tools, DATA_BUCKET, RESULTS_BUCKET};
     let Some(s3) = tools() else { return };
     let d = Dir::new();
     let confusion = labelled_cnn_parts(&d, "cube");
     s3.make_bucket(DATA_BUCKET);
     s3.make_bucket(RESULTS_BUCKET);
-    s3.upload(
-        &onnx_fixture("cnn5.onnx"),
-        RESULTS_BUCKET,
-        "models/cnn5.onnx",
-    );
     for f in std::fs::read_dir(d.path("parts")).unwrap() {
         let f = f.unwrap();
         let key = format!("labelled/{}", f.file_name().to_string_lossy());
         s3.upload(&f.path(), DATA_BUCKET, &key);
     }
-    let l = Launch::new(&s3, &s3.endpoint, d.tmp.path()).with_model(
-        &format!("s3://{RESULTS_BUCKET}/models/cnn5.onnx"),
-        &format!("s3://{DATA_BUCKET}/labelled"),
-    );
-    let sm = machine();
-    let input = serde_json::json!({
-        "bucket": RESULTS_BUCKET, "batch_size": 5, "result_path": "lambda/labelled",
-        "data_bucket": DATA_BUCKET, "data_prefix": "labelled", "world_size": 1,
-        "bind": {"images": "cube"}, "label": "kind"
-    });
-    let (state, _) = initialize(&l, &sm, &input);
-    let items = items(&s3, &d, &sm, &state);
-    assert_eq!(items.len(), 1);
-    let emu = Emulator::start();
-    let f = l.start(&emu, "infer", true, "info");
-    let out = emu.invoke_ok(&task_payload(infer_task(&sm), &items[0]).unwrap());
-    assert_eq!(out["galaxies"], 12, "{out}");
-    drop(f);
-    let end = summarize(&l, &sm, &state);
-    assert_eq!(end["summary"]["complete"], true, "{end}");
-    let summary = crate::s3::json(&s3.download(
-        RESULTS_BUCKET,
-        "lambda/labelled/summary.json",
-        &d.path("summary.json"),
-    ));
+    let extra = serde_json::json!({"bind": {"images": "cube"}, "label": "kind"});
+    let (summary, plan, predictions) =
+        crate::onnx::cnn_in_lambda_handlers(&s3, &d, "labelled", extra);
+    assert_cnn_results(predictions, &summary);
     assert_class_metrics(&summary, &confusion);
-    let plan = crate::s3::json(&s3.download(
-        RESULTS_BUCKET,
-        "lambda/labelled/plan.json",
-        &d.path("plan.json"),
-    ));
     assert_eq!(plan["label"], "kind");
     assert_eq!(plan["binds"], serde_json::json!([["images", "cube"]]));
 }

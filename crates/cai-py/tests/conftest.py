@@ -37,6 +37,30 @@ def cai_bin():
     return b
 
 
+def need(what):
+    """Skip for lack of `what`, except under CI=true, where a missing tool or fixture fails."""
+    msg = f"no {what}"
+    if os.environ.get("CI") == "true":
+        pytest.fail(msg)
+    pytest.skip(msg)
+
+
+# The committed ONNX fixtures the CLI's tests use (crates/cai-model/tests/fixtures/onnx):
+# a 5-band CNN classifier (inputs `images`; outputs `probs` (3,) and `confidence`) and its
+# 12 galaxies as the original's `.pt` partition.
+ONNX_FIXTURES = ROOT / "crates" / "cai-model" / "tests" / "fixtures" / "onnx"
+
+
+@pytest.fixture(scope="session")
+def parity_dir():
+    """The PyTorch parity fixtures (scripts/parity/make_fixtures.py; .ci/run sets
+    CAI_PARITY_DIR): the original's checkpoint forms and a `1.pt` partition."""
+    d = os.environ.get("CAI_PARITY_DIR")
+    if not d or not (pathlib.Path(d) / "1.pt").is_file():
+        need("PyTorch parity fixtures (CAI_PARITY_DIR; scripts/parity/make_fixtures.py)")
+    return pathlib.Path(d)
+
+
 @pytest.fixture(scope="session")
 def work(tmp_path_factory):
     return tmp_path_factory.mktemp("cai-py")

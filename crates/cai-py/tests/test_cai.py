@@ -142,8 +142,14 @@ def test_local_run_predicts_every_galaxy_once(parts, work, model_path, cai_bin):
 
 
 def test_other_engines_and_bad_options(parts, work, model_path):
-    with pytest.raises(NotImplementedError, match="aws"):
-        cai.run(parts, work / "r2", model_path, engine="aws")
+    with pytest.raises(ValueError, match="workers"):
+        cai.run(parts, work / "r2", model_path, engine="aws", workers=2)
+    with pytest.raises(ValueError, match="lambda_binary"):
+        cai.run("s3://b/d", "s3://b/r", model_path, engine="aws",
+                lambda_binary=work / "no-such-cai")
+    with pytest.raises(ValueError, match="lambda_arch"):
+        cai.run("s3://b/d", "s3://b/r", model_path, engine="aws", aws_state_machine="arn:x",
+                lambda_arch="sparc")
     with pytest.raises(ValueError, match="cai_bin"):
         cai.run(parts, work / "r2", model_path, engine="slurm", cai_bin=work / "no-such-cai")
     with pytest.raises(ValueError, match="workers"):

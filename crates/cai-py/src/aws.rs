@@ -18,7 +18,7 @@ use pyo3::exceptions::{PyKeyboardInterrupt, PyValueError};
 use pyo3::prelude::*;
 
 use crate::model::parse_precision;
-use crate::slurm::{check_counts, follow};
+use crate::slurm::{check_counts, follow, poll_interval};
 
 /// The AWS options of `cai run --engine aws`, with the CLI's defaults.
 #[derive(Debug, Clone)]
@@ -112,11 +112,7 @@ pub fn run_aws(
     progress: Option<Bound<'_, PyAny>>,
 ) -> PyResult<Option<String>> {
     check_counts(&[("batch_size", batch_size), ("world_size", world_size)])?;
-    if !(poll.is_finite() && poll > 0.0) {
-        return Err(PyValueError::new_err(format!(
-            "poll: expected seconds > 0, got {poll}"
-        )));
-    }
+    let poll = poll_interval(poll, 0.05)?;
     if let Some(b) = &lambda_binary {
         if !b.is_file() {
             return Err(PyValueError::new_err(format!(
@@ -130,8 +126,6 @@ pub fn run_aws(
         data,
         results,
         model,
-        binds: Vec::new(),
-        label: None,
         payload: crate::read_payload(payload)?,
         batch_size,
         file_limit,
@@ -139,6 +133,7 @@ pub fn run_aws(
         precision,
         resume,
         detach: !wait,
+        ..RunRequest::default()
     };
     let options = AwsOptions {
         state_machine: aws_state_machine,
@@ -157,7 +152,7 @@ pub fn run_aws(
             location: aws_artifacts,
             binary: lambda_binary,
         },
-        poll: Duration::from_secs_f64(poll.clamp(0.05, 3600.0)),
+        poll,
     };
     let out = follow(py, progress, Arc::default(), move |ev| {
         Box::pin(async move { engine(options).await.run(&req, &*ev).await })

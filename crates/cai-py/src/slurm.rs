@@ -131,6 +131,17 @@ pub(crate) fn check_counts(counts: &[(&str, Option<usize>)]) -> PyResult<()> {
     Ok(())
 }
 
+/// `poll` seconds as a duration clamped to `floor` .. 1 h, as the CLI's `--poll`; `ValueError`
+/// unless it is a number of seconds > 0.
+pub(crate) fn poll_interval(poll: f64, floor: f64) -> PyResult<Duration> {
+    if !(poll.is_finite() && poll > 0.0) {
+        return Err(PyValueError::new_err(format!(
+            "poll: expected seconds > 0, got {poll}"
+        )));
+    }
+    Ok(Duration::from_secs_f64(poll.clamp(floor, 3600.0)))
+}
+
 /// Submit a run to Slurm (a job array of `cai worker` tasks and a summarize job, as `cai
 /// run --engine slurm`); with `wait`, follow it to its summary. Returns the run report as
 /// JSON (see [`report_json`]).
@@ -168,11 +179,7 @@ pub fn run_slurm(
         ("world_size", world_size),
         ("threads", threads),
     ])?;
-    if !(poll.is_finite() && poll > 0.0) {
-        return Err(PyValueError::new_err(format!(
-            "poll: expected seconds > 0, got {poll}"
-        )));
-    }
+    let poll = poll_interval(poll, 0.1)?;
     if !cai_bin.is_file() {
         return Err(PyValueError::new_err(format!(
             "cai_bin: {} is not a file; the Slurm tasks run this `cai` binary (it must be on a \
@@ -180,21 +187,19 @@ pub fn run_slurm(
             cai_bin.display()
         )));
     }
-    let payload = crate::read_payload(payload)?;
     let precision = parse_precision(precision)?;
     let req = RunRequest {
         data,
         results,
         model,
-        binds: Vec::new(),
-        label: None,
-        payload,
+        payload: crate::read_payload(payload)?,
         batch_size,
         file_limit,
         world_size,
         precision,
         resume,
         detach: !wait,
+        ..RunRequest::default()
     };
     let engine = SlurmEngine {
         commands: SlurmCommands::default(),
@@ -214,7 +219,7 @@ pub fn run_slurm(
         },
         script_dir: None,
         retries,
-        poll: Duration::from_secs_f64(poll.clamp(0.1, 3600.0)),
+        poll,
         dry_run: false,
     };
     let out = follow(py, progress, Arc::default(), move |ev| {

@@ -5,6 +5,7 @@ CAI_BIN, else $CARGO_TARGET_DIR/debug/cai, else target/debug/cai; without it the
 that compare with it are skipped, except under CI=true, where they fail.
 """
 
+import csv
 import os
 import pathlib
 import subprocess
@@ -35,6 +36,20 @@ def cai_bin():
             pytest.fail(msg)
         pytest.skip(msg)
     return b
+
+
+def cli_columns(cai_bin, model, partition, out, threads, batch):
+    """`cai predict`'s CSV on one partition as {column: float32 array}: the reference."""
+    import numpy as np
+
+    subprocess.run(
+        [str(cai_bin), "--quiet", "predict", "--model", str(model), "--input", str(partition),
+         "--out", str(out), "--threads", str(threads), "--batch-size", str(batch)],
+        check=True,
+    )
+    with open(out, newline="") as f:
+        rows = list(csv.DictReader(f))
+    return {k: np.array([r[k] for r in rows]).astype(np.float32) for k in rows[0]}
 
 
 def need(what):

@@ -1,7 +1,5 @@
 """The `cai` Python package against the CLI it wraps."""
 
-import csv
-import json
 import os
 import subprocess
 import threading
@@ -11,17 +9,11 @@ import numpy as np
 import pytest
 
 import cai
+from conftest import cli_columns
 
 
 def cli_predict(cai_bin, model, partition, out, threads, batch):
-    subprocess.run(
-        [str(cai_bin), "--quiet", "predict", "--model", str(model), "--input", str(partition),
-         "--out", str(out), "--threads", str(threads), "--batch-size", str(batch)],
-        check=True,
-    )
-    with open(out, newline="") as f:
-        rows = list(csv.DictReader(f))
-    return np.array([r["z_pred"] for r in rows]).astype(np.float32)
+    return cli_columns(cai_bin, model, partition, out, threads, batch)["z_pred"]
 
 
 def test_predict_equals_cli_bit_for_bit(cai_bin, model_path, parts, work):

@@ -1,26 +1,11 @@
 """Every model form `cai` reads, from Python: ONNX (run by tract) with any named inputs,
 and the original's PyTorch checkpoints; outputs equal the CLI's `cai predict`."""
 
-import csv
-import subprocess
-
 import numpy as np
 import pytest
 
 import cai
-from conftest import ONNX_FIXTURES
-
-
-def cli_columns(cai_bin, model, partition, out, threads, batch):
-    """`cai predict`'s CSV as {column: float32 array}."""
-    subprocess.run(
-        [str(cai_bin), "--quiet", "predict", "--model", str(model), "--input", str(partition),
-         "--out", str(out), "--threads", str(threads), "--batch-size", str(batch)],
-        check=True,
-    )
-    with open(out, newline="") as f:
-        rows = list(csv.DictReader(f))
-    return {k: np.array([r[k] for r in rows]).astype(np.float32) for k in rows[0]}
+from conftest import ONNX_FIXTURES, cli_columns
 
 
 def test_onnx_model_runs_named_inputs_and_equals_cli(cai_bin, work):

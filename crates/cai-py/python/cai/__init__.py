@@ -22,7 +22,7 @@ import shutil
 import sys
 import time
 import warnings
-from typing import Any, Dict, Optional, Sequence, Union
+from typing import Any, Callable, Dict, Optional, Sequence, Union
 
 from . import _native
 from ._native import CaiError, Model, init_model, kernel_tier, predict, read_partition, synth
@@ -145,12 +145,9 @@ def attach(
     Functions execution; started with ``wait=False``, by ``cai run --detach``, or by
     another process) until it ends; returns its summary. ``poll``: seconds between looks
     (default 2 for Slurm, 5 for AWS). Ctrl-C stops following; the jobs go on."""
-    line = _ProgressLine("ranks") if progress else None
-    try:
-        text = _native.attach(os.fspath(results), poll=poll, progress=line)
-    finally:
-        if line is not None:
-            line.close()
+    text = _with_progress(
+        "ranks", progress, lambda line: _native.attach(os.fspath(results), poll=poll, progress=line)
+    )
     return _summary_of(text)
 
 
@@ -262,13 +259,47 @@ def run(
         handle._thread = threading.Thread(target=work, name="cai-run", daemon=True)
         handle._thread.start()
         return handle
-    line = _ProgressLine("infer") if progress else None
+    text = _with_progress(
+        "infer", progress, lambda line: _native.run_local(*args, progress=line, **kwargs)
+    )
+    return _checked(text)
+
+
+def _with_progress(label: str, show: bool, call: Callable[[Any], str]) -> str:
+    """``call(progress)`` with a progress line on stderr when ``show`` (else ``None``)."""
+    line = _ProgressLine(label) if show else None
     try:
-        text = _native.run_local(*args, progress=line, **kwargs)
+        return call(line)
     finally:
         if line is not None:
             line.close()
-    return _checked(text)
+
+
+def _submit(native: Callable[..., str], engine: str, a: Dict[str, Any], **extra: Any) -> Any:
+    """Start a run on an engine whose work outlives this process (``_native.run_slurm`` or
+    ``run_aws``) with ``run``'s arguments ``a`` and the engine's own ``extra``; a
+    :class:`Run` when not waiting, else the summary."""
+    text = _with_progress(
+        "ranks",
+        a["progress"] and a["wait"],
+        lambda line: native(
+            _str(a["data"]),
+            _str(a["results"]),
+            _str(a["model"]),
+            batch_size=a["batch_size"],
+            file_limit=a["file_limit"],
+            world_size=a["world_size"],
+            precision=a["precision"],
+            resume=a["resume"],
+            payload=_str(a["payload"]),
+            wait=a["wait"],
+            progress=line,
+            **extra,
+        ),
+    )
+    if not a["wait"]:
+        return Run(json.loads(text)["results"], engine)
+    return _summary_of(text)
 
 
 def _run_slurm(a: Dict[str, Any]) -> Any:
@@ -281,39 +312,26 @@ def _run_slurm(a: Dict[str, Any]) -> Any:
             "cai_bin: the Slurm tasks run the `cai` binary; give cai_bin=... (or set "
             "CAI_SLURM_BIN, or put cai on PATH)"
         )
-    line = _ProgressLine("ranks") if a["progress"] and a["wait"] else None
-    try:
-        text = _native.run_slurm(
-            _str(a["data"]),
-            _str(a["results"]),
-            _str(a["model"]),
-            cai_bin=os.fspath(cai_bin),
-            batch_size=a["batch_size"],
-            file_limit=a["file_limit"],
-            world_size=a["world_size"],
-            threads=a["threads"],
-            precision=a["precision"],
-            resume=a["resume"],
-            payload=_str(a["payload"]),
-            slurm_partition=a["slurm_partition"],
-            slurm_account=a["slurm_account"],
-            slurm_time=a["slurm_time"],
-            slurm_mem=a["slurm_mem"],
-            cpus_per_task=a["cpus_per_task"],
-            max_running=a["max_running"],
-            setup=a["setup"],
-            job_name=a["job_name"],
-            retries=a["retries"],
-            poll=2.0 if a["poll"] is None else a["poll"],
-            wait=a["wait"],
-            progress=line,
-        )
-    finally:
-        if line is not None:
-            line.close()
-    if not a["wait"]:
-        return Run(json.loads(text)["results"], "slurm")
-    return _summary_of(text)
+    slurm = (
+        "slurm_partition",
+        "slurm_account",
+        "slurm_time",
+        "slurm_mem",
+        "cpus_per_task",
+        "max_running",
+        "setup",
+        "job_name",
+        "retries",
+        "threads",
+    )
+    return _submit(
+        _native.run_slurm,
+        "slurm",
+        a,
+        cai_bin=os.fspath(cai_bin),
+        poll=2.0 if a["poll"] is None else a["poll"],
+        **{k: a[k] for k in slurm},
+    )
 
 
 _AWS_OPTIONS = (
@@ -351,30 +369,14 @@ def _run_aws(a: Dict[str, Any]) -> Any:
                 "lambda_binary=... (or put cai on PATH), or aws_state_machine=ARN of a stack "
                 "already deployed"
             )
-    line = _ProgressLine("ranks") if a["progress"] and a["wait"] else None
-    try:
-        text = native(
-            _str(a["data"]),
-            _str(a["results"]),
-            _str(a["model"]),
-            batch_size=a["batch_size"],
-            file_limit=a["file_limit"],
-            world_size=a["world_size"],
-            precision=a["precision"],
-            resume=a["resume"],
-            payload=_str(a["payload"]),
-            lambda_binary=_str(binary),
-            poll=5.0 if a["poll"] is None else a["poll"],
-            wait=a["wait"],
-            progress=line,
-            **{k: a[k] for k in _AWS_OPTIONS},
-        )
-    finally:
-        if line is not None:
-            line.close()
-    if not a["wait"]:
-        return Run(json.loads(text)["results"], "aws")
-    return _summary_of(text)
+    return _submit(
+        native,
+        "aws",
+        a,
+        lambda_binary=_str(binary),
+        poll=5.0 if a["poll"] is None else a["poll"],
+        **{k: a[k] for k in _AWS_OPTIONS},
+    )
 
 
 def _summary_of(report_text: str) -> Dict[str, Any]:

@@ -24,13 +24,13 @@ def main():
     model_path = work / "model.safetensors"
     if mode == "write":
         cai.init_model(model_path, seed=3)
-        g = cai.synth(16, seed=4)
+        g = cai.synth(4, seed=4)
         np.save(work / "images.npy", g["images"])
         np.save(work / "magnitudes.npy", g["magnitudes"])
     images, mags = np.load(work / "images.npy"), np.load(work / "magnitudes.npy")
     t = time.perf_counter()
     model = cai.Model.load(str(model_path), threads=2)
-    z = model.predict(images, mags, batch_size=8)
+    z = model.predict(images, mags, batch_size=2)
     cnn = cai.Model.load(str(ONNX / "cnn5.onnx"), threads=2)
     a = cai.read_partition(str(ONNX / "cnn5_partition.pt"))
     probs = cnn.run(images=a["images"], magnitudes=a["magnitudes"], batch_size=5)["probs"]

@@ -3,7 +3,8 @@
 
 Prints, for the same threads and batch size, `model.predict`'s galaxies/s on a NumPy batch
 beside `cai bench`'s model-only figure, taken in alternating rounds (A/B) so both see the
-same load; then import + load to the first prediction (a fresh interpreter, best of 3);
+same load; then import + load to the first prediction (fresh interpreters, best of --first-rounds),
+with each stage's wall and CPU time (import numpy, import cai, Model.load, first predict);
 then the size of the wheel (--wheel) or, without one, of the installed extension module.
 
 Usage: python scripts/bench/python_predict.py --cai target/release/cai \
@@ -47,13 +48,38 @@ def py_bench(model, batch, seconds):
 
 
 FIRST = r"""
-import time, sys
-t = time.perf_counter()
-import numpy as np, cai
+import resource, sys, time
+
+
+def cpu():
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+marks = [("start", time.perf_counter(), cpu())]
+import numpy as np
+marks.append(("import_numpy", time.perf_counter(), cpu()))
+import cai
+marks.append(("import_cai", time.perf_counter(), cpu()))
 m = cai.Model.load(sys.argv[1])
+marks.append(("Model.load", time.perf_counter(), cpu()))
 m.predict(np.zeros((1, 5, 32, 32), np.float32), np.zeros((1, 5), np.float32), batch_size=1)
-print(time.perf_counter() - t)
+marks.append(("first_predict", time.perf_counter(), cpu()))
+print(" ".join(f"{n}={w - w0:.4f}/{c - c0:.4f}"
+               for (n, w, c), (_, w0, c0) in zip(marks[1:], marks)))
 """
+
+
+def first_prediction(model_path):
+    """Import + load + first prediction in a fresh interpreter: {stage: (wall s, CPU s)}."""
+    out = subprocess.run([sys.executable, "-c", FIRST, model_path], check=True,
+                         capture_output=True, text=True)
+    stages = {}
+    for part in out.stdout.split():
+        name, _, secs = part.rpartition("=")
+        wall, cpu = secs.split("/")
+        stages[name] = (float(wall), float(cpu))
+    return stages
 
 
 def main():
@@ -65,6 +91,8 @@ def main():
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--wheel", help="a built wheel whose size to print")
+    ap.add_argument("--first-rounds", type=int, default=5,
+                    help="fresh interpreters timed for import + load + first prediction")
     a = ap.parse_args()
 
     tmp = tempfile.mkdtemp(prefix="cai-pybench-")
@@ -82,12 +110,14 @@ def main():
     print(f"model.predict / cai bench: median {ratios[len(ratios) // 2]:.3f} "
           f"(min {ratios[0]:.3f}, max {ratios[-1]:.3f}) over {a.rounds} rounds")
 
-    firsts = []
-    for _ in range(3):
-        out = subprocess.run([sys.executable, "-c", FIRST, model_path], check=True,
-                             capture_output=True, text=True)
-        firsts.append(float(out.stdout.strip()))
-    print(f"import + load + first prediction: best {min(firsts):.3f} s of {firsts}")
+    runs = [first_prediction(model_path) for _ in range(a.first_rounds)]
+    totals = sorted((sum(w for w, _ in r.values()), sum(c for _, c in r.values()), i)
+                    for i, r in enumerate(runs))
+    wall, cpu_s, best = totals[0]
+    print(f"import + load + first prediction: best {wall:.3f} s wall ({cpu_s:.3f} s CPU) of "
+          f"{[round(t[0], 3) for t in sorted(totals, key=lambda t: t[2])]}")
+    print("  stages of the best (wall/CPU s): " + ", ".join(
+        f"{n} {w:.3f}/{c:.3f}" for n, (w, c) in runs[best].items()))
 
     if a.wheel:
         print(f"wheel {os.path.basename(a.wheel)}: {os.path.getsize(a.wheel) / 1e6:.2f} MB")

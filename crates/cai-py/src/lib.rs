@@ -9,8 +9,10 @@
 //! * [`data`]: `synth`, `partition`, `read_partition` (cai-data, as `cai synth` /
 //!   `cai partition` do).
 //! * [`run`]: a local run through cai-engine's stages and local engine, as `cai run`.
-//! * [`slurm`]: a Slurm run, following a run, its status (cai-engine's `Engine` trait, as
-//!   `cai run --engine slurm` and `cai status`).
+//! * [`slurm`]: a Slurm run, following a run (Slurm or AWS), its status (cai-engine's
+//!   `Engine` trait, as `cai run --engine slurm` and `cai status`).
+//! * `aws` (feature `aws`, on by default): an AWS run (cai-aws's `AwsEngine`, as
+//!   `cai run --engine aws`).
 //! * [`results`]: results files, `stats` and `report` (cai-report, as `cai stats` /
 //!   `cai report`).
 //!
@@ -27,6 +29,8 @@ use pyo3::create_exception;
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 
+#[cfg(feature = "aws")]
+pub mod aws;
 pub mod data;
 pub mod model;
 pub mod results;
@@ -64,6 +68,16 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 /// A Rust error as a Python [`CaiError`] carrying its chain.
 pub fn cai_err(e: impl std::error::Error) -> PyErr {
     CaiError::new_err(error_chain(&e))
+}
+
+/// The original's `payload.json` at `path`, if given (as `cai run --payload` reads it).
+pub fn read_payload(path: Option<String>) -> PyResult<Option<cai_core::payload::Payload>> {
+    path.map(|p| {
+        let bytes = std::fs::read(&p)
+            .map_err(|e| CaiError::new_err(format!("cannot read the payload {p}: {e}")))?;
+        cai_core::payload::Payload::from_json(&p, &bytes).map_err(cai_err)
+    })
+    .transpose()
 }
 
 /// A tokio runtime for one call's storage and engine work.
@@ -151,6 +165,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(data::read_partition, m)?)?;
     m.add_function(wrap_pyfunction!(run::run_local, m)?)?;
     m.add_function(wrap_pyfunction!(slurm::run_slurm, m)?)?;
+    #[cfg(feature = "aws")]
+    m.add_function(wrap_pyfunction!(aws::run_aws, m)?)?;
     m.add_function(wrap_pyfunction!(slurm::attach, m)?)?;
     m.add_function(wrap_pyfunction!(slurm::run_status, m)?)?;
     m.add_function(wrap_pyfunction!(results::read_object, m)?)?;

@@ -1,30 +1,41 @@
-//! `cai.Model` and `cai.predict`: the model on NumPy arrays.
+//! `cai.Model` and `cai.predict`: any model `cai` runs, on NumPy arrays.
 //!
-//! Batches go to [`cai_model::Model::predict`] on the model's own rayon pool, exactly as
-//! cai-engine's `predict_partition` sends a partition's batches (the CLI's `cai predict`),
-//! including its rule for non-finite inputs: such a galaxy is run on zeros and reported as
-//! NaN. The arrays are read in place when they are float32, C-ordered and aligned;
-//! anything else float is converted once by NumPy.
+//! A model is the native AstroMAE (safetensors or the original's `.pt`) or an ONNX graph
+//! run by tract (`.onnx`), loaded by the same cai-engine loaders as `cai predict`.
+//! `Model.predict(images, magnitudes)` sends AstroMAE's batches to
+//! [`cai_model::Model::predict`] on the model's own rayon pool, exactly as cai-engine's
+//! `predict_partition` does, including its rule for non-finite inputs: such a galaxy is
+//! run on zeros and reported as NaN. The arrays are read in place when they are float32,
+//! C-ordered and aligned; anything else float is converted once by NumPy.
+//! `Model.run({name: array})` feeds any model its named inputs and returns every output by
+//! name, one batch at a time through cai-engine's [`predict_tensors`] (what `cai predict`
+//! and the workers run), so its outputs are the CLI's.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use cai_engine::worker::FiniteBatch;
+use cai_data::{NamedTensor, StoredDtype, TensorSet, TensorValues};
+use cai_engine::stages::{is_onnx_location, load_any_model, load_model_with};
+use cai_engine::worker::{predict_tensors, FiniteBatch};
 use cai_model::kernels::Precision;
-use cai_model::{AstroMae, Model as _};
+use cai_model::{AstroMae, Model as _, TensorModel, TensorSpec, REDSHIFT_OUTPUT};
 use numpy::{
     PyArray1, PyArrayDescrMethods, PyArrayDyn, PyArrayMethods, PyUntypedArray,
     PyUntypedArrayMethods,
 };
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
+use pyo3::types::PyDict;
 
 use crate::{cai_err, runtime, wait_interruptible, CaiError};
 
-/// A loaded AstroMAE model with its own inference thread pool.
+/// A loaded model (AstroMAE or ONNX) with its own inference thread pool.
 #[pyclass(module = "cai", frozen)]
 pub struct Model {
-    model: Arc<AstroMae>,
+    /// The native AstroMAE, read in place by `predict`; `None` for an ONNX model.
+    native: Option<Arc<AstroMae>>,
+    /// The model as named tensors in, named tensors out (either kind): what `run` feeds.
+    model: Arc<dyn TensorModel>,
     pool: Arc<rayon::ThreadPool>,
     threads: usize,
     path: String,
@@ -137,6 +148,132 @@ fn predict_slices(
     Ok(Some(z))
 }
 
+/// One named input array checked against the model, read in place (see [`as_f32`]).
+struct Feed<'py> {
+    /// The tensor name the model reads it as (the dict key).
+    name: String,
+    /// Per-galaxy shape, as the model declares it.
+    shape: Vec<usize>,
+    array: Bound<'py, PyArrayDyn<f32>>,
+}
+
+/// The arrays of `given` that `model` reads, in its input order, checked: each present,
+/// float, of the declared per-galaxy shape, all with the same number of galaxies (that
+/// number is returned). Errors are `ValueError`s naming the array (or the missing name).
+fn feeds<'py>(
+    py: Python<'py>,
+    model: &dyn TensorModel,
+    given: &[(String, Bound<'py, PyAny>)],
+) -> PyResult<(Vec<Feed<'py>>, usize)> {
+    let mut out: Vec<Feed<'py>> = Vec::new();
+    let mut n: Option<(usize, String)> = None;
+    for (spec, tensor) in model.bindings() {
+        if out.iter().any(|f| f.name == tensor) {
+            continue;
+        }
+        let Some((_, obj)) = given.iter().find(|(k, _)| *k == tensor) else {
+            let takes: Vec<String> = model.inputs().iter().map(TensorSpec::describe).collect();
+            let got: Vec<&str> = given.iter().map(|(k, _)| k.as_str()).collect();
+            return Err(PyValueError::new_err(format!(
+                "{tensor}: missing; the model takes {} and was given {}",
+                takes.join(", "),
+                if got.is_empty() {
+                    "nothing".to_string()
+                } else {
+                    got.join(", ")
+                }
+            )));
+        };
+        let array = as_f32(py, obj, &tensor)?;
+        let shape = array.shape().to_vec();
+        if shape.len() != spec.shape.len() + 1 || shape[1..] != spec.shape[..] {
+            let want: Vec<String> = std::iter::once("N".to_string())
+                .chain(spec.shape.iter().map(|d| d.to_string()))
+                .collect();
+            return Err(PyValueError::new_err(format!(
+                "{tensor}: expected shape ({}{}), got {}",
+                want.join(", "),
+                if want.len() == 1 { "," } else { "" },
+                shape_text(&shape)
+            )));
+        }
+        match &n {
+            Some((k, first)) if *k != shape[0] => {
+                return Err(PyValueError::new_err(format!(
+                    "{tensor}: {} galaxies, but {first} has {k}",
+                    shape[0]
+                )))
+            }
+            Some(_) => {}
+            None => n = Some((shape[0], tensor.clone())),
+        }
+        out.push(Feed {
+            name: tensor,
+            shape: spec.shape.clone(),
+            array,
+        });
+    }
+    Ok((out, n.map(|(k, _)| k).unwrap_or(0)))
+}
+
+/// Run `n` galaxies of `inputs` (name, per-galaxy shape, values) through `model` one batch
+/// at a time with cai-engine's [`predict_tensors`] (as `cai predict` runs a partition);
+/// every output's values in the model's output order, or `None` once `cancel` is set.
+fn run_batches(
+    model: &dyn TensorModel,
+    pool: &rayon::ThreadPool,
+    file: &str,
+    inputs: &[(&str, &[usize], &[f32])],
+    n: usize,
+    batch_size: usize,
+    cancel: &AtomicBool,
+) -> Result<Option<Vec<Vec<f32>>>, Box<cai_engine::Error>> {
+    let specs = model.outputs();
+    let z_out = specs
+        .iter()
+        .position(|s| s.name == REDSHIFT_OUTPUT && s.shape.is_empty());
+    let mut outs: Vec<Vec<f32>> = specs
+        .iter()
+        .map(|s| Vec::with_capacity(n * s.per_galaxy()))
+        .collect();
+    for start in (0..n).step_by(batch_size.max(1)) {
+        if cancel.load(Ordering::Relaxed) {
+            return Ok(None);
+        }
+        let m = batch_size.max(1).min(n - start);
+        let set = TensorSet {
+            n: m,
+            tensors: inputs
+                .iter()
+                .map(|&(name, shape, values)| {
+                    let per: usize = shape.iter().product();
+                    NamedTensor {
+                        name: name.to_string(),
+                        dtype: StoredDtype::F32,
+                        shape: shape.to_vec(),
+                        values: TensorValues::F32(values[start * per..(start + m) * per].to_vec()),
+                    }
+                })
+                .collect(),
+        };
+        let run = predict_tensors(model, pool, &set, file, batch_size, None).map_err(Box::new)?;
+        let mut cols = run.outputs.into_iter();
+        for (i, out) in outs.iter_mut().enumerate() {
+            if Some(i) == z_out {
+                out.extend_from_slice(&run.z_pred);
+            } else if let Some(col) = cols.next() {
+                out.extend(col.values);
+            }
+        }
+    }
+    Ok(Some(outs))
+}
+
+/// A per-galaxy shape as a Python tuple.
+fn shape_tuple<'py>(py: Python<'py>, shape: &[usize]) -> PyResult<Bound<'py, PyAny>> {
+    Ok(pyo3::types::PyTuple::new(py, shape)?.into_any())
+}
+
 impl Model {
     fn load_inner(
         py: Python<'_>,
@@ -147,12 +284,24 @@ impl Model {
         let precision = parse_precision(precision)?;
         let (pool, threads) = thread_pool(threads)?;
         let location = path.to_string();
-        let model = py.detach(move || -> PyResult<_> {
+        let (native, model) = py.detach(move || -> PyResult<_> {
             let rt = runtime()?;
-            rt.block_on(cai_engine::stages::load_model_with(&location, precision))
-                .map_err(cai_err)
+            rt.block_on(async {
+                if is_onnx_location(&location) {
+                    // The CLI's loader: refuses a precision other than f32, and a graph
+                    // tract cannot run (naming the node).
+                    let m = load_any_model(&location, &[], precision).await?;
+                    Ok((None, m))
+                } else {
+                    let m = load_model_with(&location, precision).await?;
+                    let t: Arc<dyn TensorModel> = m.clone();
+                    Ok((Some(m), t))
+                }
+            })
+            .map_err(|e: cai_engine::Error| cai_err(e))
         })?;
         Ok(Model {
+            native,
             model,
             pool: Arc::new(pool),
             threads,
@@ -171,7 +320,10 @@ impl Model {
         if batch_size == 0 {
             return Err(PyValueError::new_err("batch_size: must be at least 1"));
         }
-        let (c, h, w) = self.model.input_shape();
+        let Some(native) = &self.native else {
+            return self.predict_any(py, images, magnitudes, batch_size);
+        };
+        let (c, h, w) = native.input_shape();
         let images = as_f32(py, images, "images")?;
         let magnitudes = as_f32(py, magnitudes, "magnitudes")?;
         let ishape = images.shape().to_vec();
@@ -202,7 +354,7 @@ impl Model {
             .as_slice()
             .map_err(|e| PyValueError::new_err(format!("magnitudes: {e}")))?;
         let cancel = AtomicBool::new(false);
-        let (model, pool) = (&*self.model, &*self.pool);
+        let (model, pool) = (&**native, &*self.pool);
         let out = wait_interruptible(
             py,
             &cancel,
@@ -214,12 +366,124 @@ impl Model {
             None => Err(CaiError::new_err("prediction interrupted")),
         }
     }
+
+    /// `predict` for a model other than the native AstroMAE: `run` with the arrays named
+    /// `images` and `magnitudes`, and its redshift output `z`.
+    fn predict_any<'py>(
+        &self,
+        py: Python<'py>,
+        images: &Bound<'py, PyAny>,
+        magnitudes: &Bound<'py, PyAny>,
+        batch_size: usize,
+    ) -> PyResult<Bound<'py, PyArray1<f32>>> {
+        let specs = self.model.outputs();
+        if !specs
+            .iter()
+            .any(|s| s.name == REDSHIFT_OUTPUT && s.shape.is_empty())
+        {
+            let outs: Vec<String> = specs.iter().map(TensorSpec::describe).collect();
+            return Err(PyValueError::new_err(format!(
+                "predict: {} gives no redshift output `{REDSHIFT_OUTPUT}` (it gives {}); \
+                 model.run({{name: array}}) returns every output",
+                self.path,
+                outs.join(", ")
+            )));
+        }
+        let given = vec![
+            ("images".to_string(), images.clone()),
+            ("magnitudes".to_string(), magnitudes.clone()),
+        ];
+        let out = self.run_inner(py, &given, batch_size)?;
+        let z = out
+            .get_item(REDSHIFT_OUTPUT)?
+            .ok_or_else(|| CaiError::new_err("the model gave no `z`"))?;
+        z.cast_into::<PyArray1<f32>>()
+            .map_err(|e| CaiError::new_err(format!("output `z`: {e}")))
+    }
+
+    /// Every output of the model on the named arrays `given`, as a dict of float32 arrays
+    /// of shape (N, *per-galaxy shape).
+    fn run_inner<'py>(
+        &self,
+        py: Python<'py>,
+        given: &[(String, Bound<'py, PyAny>)],
+        batch_size: usize,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        if batch_size == 0 {
+            return Err(PyValueError::new_err("batch_size: must be at least 1"));
+        }
+        let (feeds, n) = feeds(py, &*self.model, given)?;
+        let mut held = Vec::with_capacity(feeds.len());
+        for f in &feeds {
+            held.push(
+                f.array
+                    .try_readonly()
+                    .map_err(|e| PyValueError::new_err(format!("{}: {e}", f.name)))?,
+            );
+        }
+        let mut inputs: Vec<(&str, &[usize], &[f32])> = Vec::with_capacity(feeds.len());
+        for (f, r) in feeds.iter().zip(&held) {
+            let values = r
+                .as_slice()
+                .map_err(|e| PyValueError::new_err(format!("{}: {e}", f.name)))?;
+            inputs.push((f.name.as_str(), f.shape.as_slice(), values));
+        }
+        let cancel = AtomicBool::new(false);
+        let (model, pool, file) = (&*self.model, &*self.pool, self.path.as_str());
+        let out = wait_interruptible(
+            py,
+            &cancel,
+            || run_batches(model, pool, file, &inputs, n, batch_size, &cancel),
+            |_| Ok(()),
+        )?;
+        let Some(values) = out.map_err(|e| cai_err(*e))? else {
+            return Err(CaiError::new_err("prediction interrupted"));
+        };
+        let d = PyDict::new(py);
+        for (spec, v) in self.model.outputs().iter().zip(values) {
+            let dims: Vec<usize> = std::iter::once(n)
+                .chain(spec.shape.iter().copied())
+                .collect();
+            d.set_item(&spec.name, PyArray1::from_vec(py, v).reshape(dims)?)?;
+        }
+        Ok(d)
+    }
+}
+
+/// `(name, array)` pairs from a dict and keyword arguments; keys must be strings.
+fn named_arrays<'py>(
+    inputs: Option<&Bound<'py, PyDict>>,
+    kwargs: Option<&Bound<'py, PyDict>>,
+) -> PyResult<Vec<(String, Bound<'py, PyAny>)>> {
+    let mut out: Vec<(String, Bound<'py, PyAny>)> = Vec::new();
+    for d in [inputs, kwargs].into_iter().flatten() {
+        for (k, v) in d.iter() {
+            let name: String = k
+                .extract()
+                .map_err(|_| PyTypeError::new_err(format!("inputs: names must be str, got {k}")))?;
+            if out.iter().any(|(n, _)| *n == name) {
+                return Err(PyValueError::new_err(format!("{name}: given twice")));
+            }
+            out.push((name, v));
+        }
+    }
+    Ok(out)
+}
+
+/// A model's tensors as `{name: per-galaxy shape}`, in the model's order.
+fn spec_dict<'py>(py: Python<'py>, specs: &[TensorSpec]) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    for s in specs {
+        d.set_item(&s.name, shape_tuple(py, &s.shape)?)?;
+    }
+    Ok(d)
 }
 
 #[pymethods]
 impl Model {
-    /// Load a model file (safetensors, or the original's PyTorch `.pt`: whole module, bare
-    /// or in DataParallel, or a state_dict), from a path, `file://` or `s3://` URL.
+    /// Load a model file: safetensors, the original's PyTorch `.pt` (whole module, bare or
+    /// in DataParallel, or a state_dict), or ONNX (`.onnx`, run by tract), from a path,
+    /// `file://` or `s3://` URL.
     #[staticmethod]
     #[pyo3(signature = (path, precision = "f32", threads = None))]
     fn load(py: Python<'_>, path: &str, precision: &str, threads: Option<usize>) -> PyResult<Self> {
@@ -228,6 +492,8 @@ impl Model {
 
     /// Predicted redshift of each galaxy: `images` (N, 5, 32, 32), `magnitudes` (N, 5),
     /// float32 or float64; returns a float32 array of N (NaN where an input is not finite).
+    /// An ONNX model is fed the arrays as its inputs `images` / `magnitudes` and must give
+    /// a `z` output; `run` takes any inputs.
     #[pyo3(signature = (images, magnitudes, batch_size = 512))]
     fn predict<'py>(
         &self,
@@ -239,10 +505,44 @@ impl Model {
         self.predict_inner(py, images, magnitudes, batch_size)
     }
 
-    /// `(channels, height, width)` of the images the model takes.
+    /// Every output of the model on named arrays (a dict, keyword arguments, or both),
+    /// each float32 or float64 of shape (N, *the input's per-galaxy shape): a dict of
+    /// float32 arrays (N, *the output's shape), NaN for a galaxy with a non-finite input.
+    #[pyo3(signature = (inputs = None, *, batch_size = 512, **tensors))]
+    fn run<'py>(
+        &self,
+        py: Python<'py>,
+        inputs: Option<&Bound<'py, PyDict>>,
+        batch_size: usize,
+        tensors: Option<&Bound<'py, PyDict>>,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let given = named_arrays(inputs, tensors)?;
+        self.run_inner(py, &given, batch_size)
+    }
+
+    /// The inputs the model reads, `{name: per-galaxy shape}` (float32).
     #[getter]
-    fn input_shape(&self) -> (usize, usize, usize) {
-        self.model.input_shape()
+    fn inputs<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        spec_dict(py, &self.model.inputs())
+    }
+
+    /// The outputs it gives, `{name: per-galaxy shape}` (`()` is one value per galaxy).
+    #[getter]
+    fn outputs<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        spec_dict(py, &self.model.outputs())
+    }
+
+    /// What kind of model this is: `native AstroMAE` or `onnx`.
+    #[getter]
+    fn kind(&self) -> &'static str {
+        self.model.kind()
+    }
+
+    /// `(channels, height, width)` of the images the native AstroMAE takes; `None` for an
+    /// ONNX model (see `inputs`).
+    #[getter]
+    fn input_shape(&self) -> Option<(usize, usize, usize)> {
+        self.native.as_ref().map(|m| m.input_shape())
     }
 
     /// Where the model was loaded from.
@@ -264,12 +564,19 @@ impl Model {
     }
 
     fn __repr__(&self) -> String {
-        let (c, h, w) = self.model.input_shape();
+        let ins: Vec<String> = self
+            .model
+            .inputs()
+            .iter()
+            .map(TensorSpec::describe)
+            .collect();
         format!(
-            "cai.Model({:?}, precision={:?}, threads={}, input_shape=({c}, {h}, {w}))",
+            "cai.Model({:?}, kind={:?}, precision={:?}, threads={}, inputs=[{}])",
             self.path,
+            self.model.kind(),
             self.precision.name(),
-            self.threads
+            self.threads,
+            ins.join(", ")
         )
     }
 }

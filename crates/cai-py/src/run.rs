@@ -21,7 +21,6 @@ use cai_engine::local::LocalEngine;
 use cai_engine::stages::load_model_with;
 use cai_engine::summarize::summarize;
 use cai_model::{AstroMae, Model};
-use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
 use crate::model::{kernel_tier, parse_precision};
@@ -165,23 +164,13 @@ pub fn run_local(
     payload: Option<String>,
     progress: Option<Bound<'_, PyAny>>,
 ) -> PyResult<String> {
-    for (name, v) in [
+    crate::slurm::check_counts(&[
         ("batch_size", batch_size),
         ("world_size", world_size),
         ("workers", workers),
         ("threads", threads),
-    ] {
-        if v == Some(0) {
-            return Err(PyValueError::new_err(format!("{name}: must be at least 1")));
-        }
-    }
-    let payload = payload
-        .map(|p| -> PyResult<Payload> {
-            let bytes = std::fs::read(&p)
-                .map_err(|e| CaiError::new_err(format!("cannot read the payload {p}: {e}")))?;
-            Payload::from_json(&p, &bytes).map_err(crate::cai_err)
-        })
-        .transpose()?;
+    ])?;
+    let payload = crate::read_payload(payload)?;
     let opts = RunOptions {
         data,
         results,

@@ -11,7 +11,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use cai_core::payload::Payload;
 use cai_core::results::RunState;
 use cai_core::StorageUrl;
 use cai_engine::engine::{Engine, RunEvent, RunEvents, RunReport, RunRequest};
@@ -25,7 +24,7 @@ use crate::{cai_err, error_chain, runtime, wait_interruptible, CaiError};
 
 /// Work done and in all, and its unit (galaxies, ranks), as the engine reports them.
 #[derive(Default)]
-struct Progress {
+pub(crate) struct Progress {
     done: AtomicU64,
     total: AtomicU64,
     unit: Mutex<&'static str>,
@@ -51,7 +50,7 @@ impl RunEvents for Progress {
 
 /// What a run or a follow returns to Python: `{"results", "engine", "complete", "jobs",
 /// "failed", "summary"}` as JSON (`summary` is `summary.json`'s content once written).
-fn report_json(r: &RunReport) -> PyResult<String> {
+pub(crate) fn report_json(r: &RunReport) -> PyResult<String> {
     let v = serde_json::json!({
         "results": r.results,
         "engine": r.engine,
@@ -65,7 +64,7 @@ fn report_json(r: &RunReport) -> PyResult<String> {
 
 /// Drive `work` (an engine's run or attach) on a helper thread while Python waits, draws
 /// `progress(done, total, unit)` and checks for Ctrl-C; `Ok(None)` when interrupted.
-fn follow<W>(
+pub(crate) fn follow<W>(
     py: Python<'_>,
     progress: Option<Bound<'_, PyAny>>,
     events: Arc<Progress>,
@@ -122,6 +121,27 @@ where
     }
 }
 
+/// `ValueError` for a count given as 0 (`batch_size`, `world_size`, …: at least 1).
+pub(crate) fn check_counts(counts: &[(&str, Option<usize>)]) -> PyResult<()> {
+    for (name, v) in counts {
+        if *v == Some(0) {
+            return Err(PyValueError::new_err(format!("{name}: must be at least 1")));
+        }
+    }
+    Ok(())
+}
+
+/// `poll` seconds as a duration clamped to `floor` .. 1 h, as the CLI's `--poll`; `ValueError`
+/// unless it is a number of seconds > 0.
+pub(crate) fn poll_interval(poll: f64, floor: f64) -> PyResult<Duration> {
+    if !(poll.is_finite() && poll > 0.0) {
+        return Err(PyValueError::new_err(format!(
+            "poll: expected seconds > 0, got {poll}"
+        )));
+    }
+    Ok(Duration::from_secs_f64(poll.clamp(floor, 3600.0)))
+}
+
 /// Submit a run to Slurm (a job array of `cai worker` tasks and a summarize job, as `cai
 /// run --engine slurm`); with `wait`, follow it to its summary. Returns the run report as
 /// JSON (see [`report_json`]).
@@ -154,20 +174,12 @@ pub fn run_slurm(
     wait: bool,
     progress: Option<Bound<'_, PyAny>>,
 ) -> PyResult<String> {
-    for (name, v) in [
+    check_counts(&[
         ("batch_size", batch_size),
         ("world_size", world_size),
         ("threads", threads),
-    ] {
-        if v == Some(0) {
-            return Err(PyValueError::new_err(format!("{name}: must be at least 1")));
-        }
-    }
-    if !(poll.is_finite() && poll > 0.0) {
-        return Err(PyValueError::new_err(format!(
-            "poll: expected seconds > 0, got {poll}"
-        )));
-    }
+    ])?;
+    let poll = poll_interval(poll, 0.1)?;
     if !cai_bin.is_file() {
         return Err(PyValueError::new_err(format!(
             "cai_bin: {} is not a file; the Slurm tasks run this `cai` binary (it must be on a \
@@ -175,27 +187,19 @@ pub fn run_slurm(
             cai_bin.display()
         )));
     }
-    let payload = payload
-        .map(|p| -> PyResult<Payload> {
-            let bytes = std::fs::read(&p)
-                .map_err(|e| CaiError::new_err(format!("cannot read the payload {p}: {e}")))?;
-            Payload::from_json(&p, &bytes).map_err(cai_err)
-        })
-        .transpose()?;
     let precision = parse_precision(precision)?;
     let req = RunRequest {
         data,
         results,
         model,
-        binds: Vec::new(),
-        label: None,
-        payload,
+        payload: crate::read_payload(payload)?,
         batch_size,
         file_limit,
         world_size,
         precision,
         resume,
         detach: !wait,
+        ..RunRequest::default()
     };
     let engine = SlurmEngine {
         commands: SlurmCommands::default(),
@@ -215,7 +219,7 @@ pub fn run_slurm(
         },
         script_dir: None,
         retries,
-        poll: Duration::from_secs_f64(poll.clamp(0.1, 3600.0)),
+        poll,
         dry_run: false,
     };
     let out = follow(py, progress, Arc::default(), move |ev| {
@@ -229,29 +233,47 @@ pub fn run_slurm(
     })
 }
 
-/// Follow the run at `results` whose jobs are recorded there (a Slurm run submitted with
+/// Follow the run at `results` whose work is recorded there (Slurm jobs in
+/// `slurm/jobs.json`, an AWS execution in `aws/execution.json`: a run submitted with
 /// `wait=False`, by the CLI, or by another process) to its summary, as `cai status` does.
 #[pyfunction]
-#[pyo3(signature = (results, *, poll = 2.0, progress = None))]
+#[pyo3(signature = (results, *, poll = None, progress = None))]
 pub fn attach(
     py: Python<'_>,
     results: String,
-    poll: f64,
+    poll: Option<f64>,
     progress: Option<Bound<'_, PyAny>>,
 ) -> PyResult<String> {
     let url = StorageUrl::parse(&results).map_err(cai_err)?;
+    let secs = |default: f64, floor: f64| {
+        Duration::from_secs_f64(poll.unwrap_or(default).clamp(floor, 3600.0))
+    };
     let rt = runtime()?;
-    let state = py
-        .detach(|| rt.block_on(JobsState::load(&url)))
-        .map_err(cai_err)?;
+    let engine: Option<Box<dyn Engine + Send + Sync>> = py
+        .detach(|| {
+            rt.block_on(async {
+                if let Some(state) = JobsState::load(&url).await.map_err(|e| error_chain(&e))? {
+                    let e = SlurmEngine::for_state(&state, secs(2.0, 0.1));
+                    return Ok::<_, String>(Some(Box::new(e) as Box<dyn Engine + Send + Sync>));
+                }
+                #[cfg(feature = "aws")]
+                if let Some(e) = crate::aws::recorded_engine(&url, secs(5.0, 0.05))
+                    .await
+                    .map_err(|e| error_chain(&e))?
+                {
+                    return Ok(Some(Box::new(e) as Box<dyn Engine + Send + Sync>));
+                }
+                Ok(None)
+            })
+        })
+        .map_err(CaiError::new_err)?;
     drop(rt);
-    let Some(state) = state else {
+    let Some(engine) = engine else {
         return Err(CaiError::new_err(format!(
-            "no Slurm jobs are recorded under {results} (slurm/jobs.json): nothing to follow; \
-             cai.status(results) shows what is there"
+            "no Slurm jobs or AWS execution are recorded under {results} (slurm/jobs.json, \
+             aws/execution.json): nothing to follow; cai.status(results) shows what is there"
         )));
     };
-    let engine = SlurmEngine::for_state(&state, Duration::from_secs_f64(poll.clamp(0.1, 3600.0)));
     let out = follow(py, progress, Arc::default(), move |ev| {
         Box::pin(async move { engine.attach(&results, None, &*ev).await })
     })?;

@@ -5,6 +5,7 @@ CAI_BIN, else $CARGO_TARGET_DIR/debug/cai, else target/debug/cai; without it the
 that compare with it are skipped, except under CI=true, where they fail.
 """
 
+import csv
 import os
 import pathlib
 import subprocess
@@ -35,6 +36,44 @@ def cai_bin():
             pytest.fail(msg)
         pytest.skip(msg)
     return b
+
+
+def cli_columns(cai_bin, model, partition, out, threads, batch):
+    """`cai predict`'s CSV on one partition as {column: float32 array}: the reference."""
+    import numpy as np
+
+    subprocess.run(
+        [str(cai_bin), "--quiet", "predict", "--model", str(model), "--input", str(partition),
+         "--out", str(out), "--threads", str(threads), "--batch-size", str(batch)],
+        check=True,
+    )
+    with open(out, newline="") as f:
+        rows = list(csv.DictReader(f))
+    return {k: np.array([r[k] for r in rows]).astype(np.float32) for k in rows[0]}
+
+
+def need(what):
+    """Skip for lack of `what`, except under CI=true, where a missing tool or fixture fails."""
+    msg = f"no {what}"
+    if os.environ.get("CI") == "true":
+        pytest.fail(msg)
+    pytest.skip(msg)
+
+
+# The committed ONNX fixtures the CLI's tests use (crates/cai-model/tests/fixtures/onnx):
+# a 5-band CNN classifier (inputs `images`; outputs `probs` (3,) and `confidence`) and its
+# 12 galaxies as the original's `.pt` partition.
+ONNX_FIXTURES = ROOT / "crates" / "cai-model" / "tests" / "fixtures" / "onnx"
+
+
+@pytest.fixture(scope="session")
+def parity_dir():
+    """The PyTorch parity fixtures (scripts/parity/make_fixtures.py; .ci/run sets
+    CAI_PARITY_DIR): the original's checkpoint forms and a `1.pt` partition."""
+    d = os.environ.get("CAI_PARITY_DIR")
+    if not d or not (pathlib.Path(d) / "1.pt").is_file():
+        need("PyTorch parity fixtures (CAI_PARITY_DIR; scripts/parity/make_fixtures.py)")
+    return pathlib.Path(d)
 
 
 @pytest.fixture(scope="session")

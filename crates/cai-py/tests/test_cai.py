@@ -1,7 +1,5 @@
 """The `cai` Python package against the CLI it wraps."""
 
-import csv
-import json
 import os
 import subprocess
 import threading
@@ -11,17 +9,11 @@ import numpy as np
 import pytest
 
 import cai
+from conftest import cli_columns
 
 
 def cli_predict(cai_bin, model, partition, out, threads, batch):
-    subprocess.run(
-        [str(cai_bin), "--quiet", "predict", "--model", str(model), "--input", str(partition),
-         "--out", str(out), "--threads", str(threads), "--batch-size", str(batch)],
-        check=True,
-    )
-    with open(out, newline="") as f:
-        rows = list(csv.DictReader(f))
-    return np.array([r["z_pred"] for r in rows]).astype(np.float32)
+    return cli_columns(cai_bin, model, partition, out, threads, batch)["z_pred"]
 
 
 def test_predict_equals_cli_bit_for_bit(cai_bin, model_path, parts, work):
@@ -142,8 +134,14 @@ def test_local_run_predicts_every_galaxy_once(parts, work, model_path, cai_bin):
 
 
 def test_other_engines_and_bad_options(parts, work, model_path):
-    with pytest.raises(NotImplementedError, match="aws"):
-        cai.run(parts, work / "r2", model_path, engine="aws")
+    with pytest.raises(ValueError, match="workers"):
+        cai.run(parts, work / "r2", model_path, engine="aws", workers=2)
+    with pytest.raises(ValueError, match="lambda_binary"):
+        cai.run("s3://b/d", "s3://b/r", model_path, engine="aws",
+                lambda_binary=work / "no-such-cai")
+    with pytest.raises(ValueError, match="lambda_arch"):
+        cai.run("s3://b/d", "s3://b/r", model_path, engine="aws", aws_state_machine="arn:x",
+                lambda_arch="sparc")
     with pytest.raises(ValueError, match="cai_bin"):
         cai.run(parts, work / "r2", model_path, engine="slurm", cai_bin=work / "no-such-cai")
     with pytest.raises(ValueError, match="workers"):

@@ -22,7 +22,7 @@ import shutil
 import sys
 import time
 import warnings
-from typing import Any, Dict, Optional, Sequence, Union
+from typing import Any, Callable, Dict, Optional, Sequence, Union
 
 from . import _native
 from ._native import CaiError, Model, init_model, kernel_tier, predict, read_partition, synth
@@ -91,8 +91,9 @@ class Run:
 
     ``status()`` reads how far it is from its results location (as ``cai status``);
     ``wait()`` blocks until it ends and returns its summary, as ``cai.run`` does when it
-    waits. A Slurm run's jobs live on the cluster: another process (or a new notebook
-    kernel) follows them with ``cai.attach(results)``."""
+    waits. A Slurm run's jobs live on the cluster, an AWS run's execution in Step
+    Functions: another process (or a new notebook kernel) follows them with
+    ``cai.attach(results)``."""
 
     def __init__(self, results: str, engine: str, thread: Any = None) -> None:
         self.results = results
@@ -117,7 +118,7 @@ class Run:
         st = _native.run_status(self.results)
         return st is not None and bool(json.loads(st)["summary_written"])
 
-    def wait(self, progress: bool = True, poll: float = 2.0) -> Dict[str, Any]:
+    def wait(self, progress: bool = True, poll: Optional[float] = None) -> Dict[str, Any]:
         """Block until the run ends; its summary (``summary.json`` as a dict)."""
         if self._thread is not None:
             self._thread.join()
@@ -137,16 +138,16 @@ def status(results: _PathLike) -> Dict[str, Any]:
     return out
 
 
-def attach(results: _PathLike, progress: bool = True, poll: float = 2.0) -> Dict[str, Any]:
-    """Follow the Slurm run whose jobs are recorded at ``results`` (started with
-    ``wait=False``, by ``cai run --engine slurm --detach``, or by another process) until
-    it ends; returns its summary. Ctrl-C stops following; the jobs go on."""
-    line = _ProgressLine("ranks") if progress else None
-    try:
-        text = _native.attach(os.fspath(results), poll=poll, progress=line)
-    finally:
-        if line is not None:
-            line.close()
+def attach(
+    results: _PathLike, progress: bool = True, poll: Optional[float] = None
+) -> Dict[str, Any]:
+    """Follow the run whose work is recorded at ``results`` (Slurm jobs, or an AWS Step
+    Functions execution; started with ``wait=False``, by ``cai run --detach``, or by
+    another process) until it ends; returns its summary. ``poll``: seconds between looks
+    (default 2 for Slurm, 5 for AWS). Ctrl-C stops following; the jobs go on."""
+    text = _with_progress(
+        "ranks", progress, lambda line: _native.attach(os.fspath(results), poll=poll, progress=line)
+    )
     return _summary_of(text)
 
 
@@ -176,7 +177,19 @@ def run(
     setup: Optional[str] = None,
     job_name: str = "cai",
     retries: int = 0,
-    poll: float = 2.0,
+    poll: Optional[float] = None,
+    aws_state_machine: Optional[str] = None,
+    aws_stack: str = "cai",
+    lambda_memory_mb: int = 10_240,
+    lambda_arch: str = "x86_64",
+    lambda_max_concurrency: int = 1000,
+    lambda_tolerated_failure_percentage: float = 0.0,
+    lambda_timeout_s: int = 900,
+    lambda_log_retention_days: int = 14,
+    aws_profile: Optional[str] = None,
+    aws_region: Optional[str] = None,
+    aws_artifacts: Optional[str] = None,
+    lambda_binary: Optional[_PathLike] = None,
 ) -> Any:
     """Run the model over every partition under ``data``, as ``cai run`` does.
 
@@ -194,8 +207,17 @@ def run(
     the ``cai`` binary the tasks run (default: ``$CAI_SLURM_BIN``, else ``cai`` on PATH;
     it must be on a file system the nodes mount), ``slurm_partition``, ``slurm_account``,
     ``slurm_time``, ``slurm_mem``, ``cpus_per_task``, ``max_running``, ``setup``,
-    ``job_name``, ``retries`` and ``poll`` (seconds between looks at the queue) are the
-    CLI's ``--slurm-*`` options. ``engine="aws"`` is not offered from Python yet.
+    ``job_name``, ``retries`` and ``poll`` (seconds between looks at the queue; default 2)
+    are the CLI's ``--slurm-*`` options.
+
+    ``engine="aws"`` runs on Step Functions over Lambda (``cai run --engine aws``; ``data``,
+    ``results`` and ``model`` are ``s3://`` URLs, or ``model`` a local file to upload). It
+    deploys the stack ``aws_stack`` unless ``aws_state_machine`` (an ARN) is given; the
+    ``lambda_*`` options are the CLI's ``--lambda-*`` flags with the same defaults, and
+    ``lambda_binary`` is the ``cai`` binary deployed (default: ``cai`` on PATH).
+    ``aws_profile``, ``aws_region``: the account (default: the usual ``AWS_*`` variables
+    and ``~/.aws`` files; ``AWS_ENDPOINT_URL`` for a test endpoint); ``aws_artifacts``:
+    where the zip and a local model go; ``poll``: seconds between looks (default 5).
 
     With ``wait=True`` (the default) blocks and returns the run summary (``summary.json``
     as a dict); with ``wait=False`` returns a :class:`Run` at once, whose ``status()`` and
@@ -206,12 +228,9 @@ def run(
     """
     if engine == "slurm":
         return _run_slurm(locals())
+    if engine == "aws":
+        return _run_aws(locals())
     if engine != "local":
-        if engine == "aws":
-            raise NotImplementedError(
-                "engine='aws' is not available from Python yet; use the CLI "
-                "(`cai run --engine aws`), then cai.read_predictions(results)"
-            )
         raise ValueError(f'engine: expected "local", "slurm" or "aws", got {engine!r}')
     args = (_str(data), _str(results), _str(model))
     kwargs: Dict[str, Any] = dict(
@@ -240,13 +259,47 @@ def run(
         handle._thread = threading.Thread(target=work, name="cai-run", daemon=True)
         handle._thread.start()
         return handle
-    line = _ProgressLine("infer") if progress else None
+    text = _with_progress(
+        "infer", progress, lambda line: _native.run_local(*args, progress=line, **kwargs)
+    )
+    return _checked(text)
+
+
+def _with_progress(label: str, show: bool, call: Callable[[Any], str]) -> str:
+    """``call(progress)`` with a progress line on stderr when ``show`` (else ``None``)."""
+    line = _ProgressLine(label) if show else None
     try:
-        text = _native.run_local(*args, progress=line, **kwargs)
+        return call(line)
     finally:
         if line is not None:
             line.close()
-    return _checked(text)
+
+
+def _submit(native: Callable[..., str], engine: str, a: Dict[str, Any], **extra: Any) -> Any:
+    """Start a run on an engine whose work outlives this process (``_native.run_slurm`` or
+    ``run_aws``) with ``run``'s arguments ``a`` and the engine's own ``extra``; a
+    :class:`Run` when not waiting, else the summary."""
+    text = _with_progress(
+        "ranks",
+        a["progress"] and a["wait"],
+        lambda line: native(
+            _str(a["data"]),
+            _str(a["results"]),
+            _str(a["model"]),
+            batch_size=a["batch_size"],
+            file_limit=a["file_limit"],
+            world_size=a["world_size"],
+            precision=a["precision"],
+            resume=a["resume"],
+            payload=_str(a["payload"]),
+            wait=a["wait"],
+            progress=line,
+            **extra,
+        ),
+    )
+    if not a["wait"]:
+        return Run(json.loads(text)["results"], engine)
+    return _summary_of(text)
 
 
 def _run_slurm(a: Dict[str, Any]) -> Any:
@@ -259,39 +312,71 @@ def _run_slurm(a: Dict[str, Any]) -> Any:
             "cai_bin: the Slurm tasks run the `cai` binary; give cai_bin=... (or set "
             "CAI_SLURM_BIN, or put cai on PATH)"
         )
-    line = _ProgressLine("ranks") if a["progress"] and a["wait"] else None
-    try:
-        text = _native.run_slurm(
-            _str(a["data"]),
-            _str(a["results"]),
-            _str(a["model"]),
-            cai_bin=os.fspath(cai_bin),
-            batch_size=a["batch_size"],
-            file_limit=a["file_limit"],
-            world_size=a["world_size"],
-            threads=a["threads"],
-            precision=a["precision"],
-            resume=a["resume"],
-            payload=_str(a["payload"]),
-            slurm_partition=a["slurm_partition"],
-            slurm_account=a["slurm_account"],
-            slurm_time=a["slurm_time"],
-            slurm_mem=a["slurm_mem"],
-            cpus_per_task=a["cpus_per_task"],
-            max_running=a["max_running"],
-            setup=a["setup"],
-            job_name=a["job_name"],
-            retries=a["retries"],
-            poll=a["poll"],
-            wait=a["wait"],
-            progress=line,
+    slurm = (
+        "slurm_partition",
+        "slurm_account",
+        "slurm_time",
+        "slurm_mem",
+        "cpus_per_task",
+        "max_running",
+        "setup",
+        "job_name",
+        "retries",
+        "threads",
+    )
+    return _submit(
+        _native.run_slurm,
+        "slurm",
+        a,
+        cai_bin=os.fspath(cai_bin),
+        poll=2.0 if a["poll"] is None else a["poll"],
+        **{k: a[k] for k in slurm},
+    )
+
+
+_AWS_OPTIONS = (
+    "aws_state_machine",
+    "aws_stack",
+    "lambda_memory_mb",
+    "lambda_arch",
+    "lambda_max_concurrency",
+    "lambda_tolerated_failure_percentage",
+    "lambda_timeout_s",
+    "lambda_log_retention_days",
+    "aws_profile",
+    "aws_region",
+    "aws_artifacts",
+)
+
+
+def _run_aws(a: Dict[str, Any]) -> Any:
+    """``run(engine="aws", ...)``; ``a`` is ``run``'s arguments."""
+    native = getattr(_native, "run_aws", None)
+    if native is None:
+        raise NotImplementedError(
+            "this build of cai has no AWS engine (built without the `aws` feature); "
+            "rebuild it with default features, or use `cai run --engine aws`"
         )
-    finally:
-        if line is not None:
-            line.close()
-    if not a["wait"]:
-        return Run(json.loads(text)["results"], "slurm")
-    return _summary_of(text)
+    for name in ("workers", "threads"):
+        if a[name] is not None:
+            raise ValueError(f"{name}: an AWS run's ranks are Lambda invocations; give world_size")
+    binary = a["lambda_binary"]
+    if binary is None and a["aws_state_machine"] is None:
+        binary = shutil.which("cai")
+        if binary is None:
+            raise ValueError(
+                "lambda_binary: deploying the stack packages the `cai` binary for Lambda; give "
+                "lambda_binary=... (or put cai on PATH), or aws_state_machine=ARN of a stack "
+                "already deployed"
+            )
+    return _submit(
+        native,
+        "aws",
+        a,
+        lambda_binary=_str(binary),
+        poll=5.0 if a["poll"] is None else a["poll"],
+        **{k: a[k] for k in _AWS_OPTIONS},
+    )
 
 
 def _summary_of(report_text: str) -> Dict[str, Any]:

@@ -16,14 +16,52 @@ class CaiError(RuntimeError):
 _Float = Union[npt.NDArray[np.float32], npt.NDArray[np.float64]]
 
 class Model:
-    """A loaded AstroMAE model with its own inference thread pool."""
+    """A loaded model (the native AstroMAE, or an ONNX graph run by tract) with its own
+    inference thread pool."""
 
     @staticmethod
     def load(path: str, precision: str = "f32", threads: Optional[int] = None) -> "Model":
-        """Load a model file (safetensors or the original's ``.pt`` forms) from a path,
-        ``file://`` or ``s3://`` URL. ``precision``: ``f32``, ``bf16``, ``int8``,
-        ``int16``; ``threads``: inference threads (default every core)."""
+        """Load a model file (safetensors, the original's ``.pt`` forms, or ``.onnx``) from
+        a path, ``file://`` or ``s3://`` URL. ``precision``: ``f32``, ``bf16``, ``int8``,
+        ``int16`` (ONNX: ``f32`` only); ``threads``: inference threads (default every
+        core)."""
     def predict(
+        self, images: _Float, magnitudes: _Float, batch_size: int = 512
+    ) -> npt.NDArray[np.float32]:
+        """Predicted redshift per galaxy: ``images`` (N, 5, 32, 32), ``magnitudes``
+        (N, 5), float32 or float64, any order (float32 C-ordered is read in place).
+        Releases the GIL; NaN where an input is not finite. An ONNX model is fed its
+        inputs ``images`` / ``magnitudes`` and must give a ``z`` output."""
+    def run(
+        self,
+        inputs: Optional[Dict[str, _Float]] = None,
+        *,
+        batch_size: int = 512,
+        **tensors: _Float,
+    ) -> Dict[str, npt.NDArray[np.float32]]:
+        """Every output of the model on named arrays (a dict and/or keyword arguments),
+        each (N, *the input's per-galaxy shape): ``{output: (N, *shape) float32}``, NaN
+        for a galaxy with a non-finite input. Releases the GIL."""
+    @property
+    def inputs(self) -> Dict[str, Tuple[int, ...]]:
+        """``{name: per-galaxy shape}`` of the inputs, in the model's order."""
+    @property
+    def outputs(self) -> Dict[str, Tuple[int, ...]]:
+        """``{name: per-galaxy shape}`` of the outputs (``()``: one value per galaxy)."""
+    @property
+    def kind(self) -> str:
+        """``native AstroMAE`` or ``onnx``."""
+    @property
+    def input_shape(self) -> Optional[Tuple[int, int, int]]:
+        """AstroMAE's ``(channels, height, width)``; ``None`` for an ONNX model."""
+    @property
+    def path(self) -> str: ...
+    @property
+    def precision(self) -> str: ...
+    @property
+    def threads(self) -> int: ...
+
+def predict(
         self, images: _Float, magnitudes: _Float, batch_size: int = 512
     ) -> npt.NDArray[np.float32]:
         """Predicted redshift per galaxy: ``images`` (N, 5, 32, 32), ``magnitudes``
@@ -107,8 +145,39 @@ def run_slurm(
     wait: bool = True,
     progress: Optional[Callable[[int, int, str], None]] = None,
 ) -> str: ...
+def run_aws(
+    data: Optional[str],
+    results: Optional[str],
+    model: Optional[str],
+    *,
+    batch_size: Optional[int] = None,
+    file_limit: Optional[int] = None,
+    world_size: Optional[int] = None,
+    precision: str = "f32",
+    resume: bool = False,
+    payload: Optional[str] = None,
+    aws_state_machine: Optional[str] = None,
+    aws_stack: str = "cai",
+    lambda_memory_mb: int = 10240,
+    lambda_arch: str = "x86_64",
+    lambda_max_concurrency: int = 1000,
+    lambda_tolerated_failure_percentage: float = 0.0,
+    lambda_timeout_s: int = 900,
+    lambda_log_retention_days: int = 14,
+    aws_profile: Optional[str] = None,
+    aws_region: Optional[str] = None,
+    aws_artifacts: Optional[str] = None,
+    lambda_binary: Optional[str] = None,
+    poll: float = 5.0,
+    wait: bool = True,
+    progress: Optional[Callable[[int, int, str], None]] = None,
+) -> str:
+    """Only in builds with the ``aws`` feature (the default)."""
 def attach(
-    results: str, *, poll: float = 2.0, progress: Optional[Callable[[int, int, str], None]] = None
+    results: str,
+    *,
+    poll: Optional[float] = None,
+    progress: Optional[Callable[[int, int, str], None]] = None,
 ) -> str: ...
 def run_status(results: str) -> Optional[str]: ...
 def read_object(results: str, key: str) -> bytes: ...

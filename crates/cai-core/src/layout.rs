@@ -48,6 +48,9 @@ pub const REPORT_HTML: &str = "report.html";
 pub const FAILED_DIR: &str = "failed";
 /// Folder of per-rank predictions.
 pub const PREDICTIONS_DIR: &str = "predictions";
+/// Key, in the footer metadata of a rank's predictions file, of a copy of its `<rank>.json`
+/// (the same bytes), so summarize reads one object per rank instead of two.
+pub const RANK_REPORT_METADATA: &str = "cai.rank_report";
 /// Folder of the Slurm engine's files (and, on a local results location, its scripts and
 /// logs).
 pub const SLURM_DIR: &str = "slurm";

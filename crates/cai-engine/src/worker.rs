@@ -477,8 +477,6 @@ impl Worker {
 
         let t = Instant::now();
         let pkey = layout::rank_predictions(rank);
-        let parquet = preds.to_parquet(&results.url_of(&pkey))?;
-        results.put(&pkey, parquet).await?;
         let galaxies = preds.len() as u64;
         let data_path = plan
             .items
@@ -530,14 +528,32 @@ impl Worker {
             engine: self.engine.clone(),
             host: host_name(),
             model: self.model_url.clone(),
-            predictions: pkey,
+            predictions: pkey.clone(),
             cai_version: env!("CARGO_PKG_VERSION").to_string(),
             speculated,
         };
-        report.upload_s = t.elapsed().as_secs_f64();
-        report.ended_at = unix_now();
-        report.wall_time_s = wall.elapsed().as_secs_f64();
-        let json = crate::stages::pretty("rank report", &report)?;
+        // The report travels in the predictions' footer too (summarize then reads one
+        // object per rank), so it is finished once the predictions are encoded: the same
+        // bytes go to `<rank>.json`, written last, which marks the rank done.
+        let mut json = None;
+        let parquet = preds.to_parquet_with(&results.url_of(&pkey), || {
+            report.upload_s = t.elapsed().as_secs_f64();
+            report.ended_at = unix_now();
+            report.wall_time_s = wall.elapsed().as_secs_f64();
+            let encoded = crate::stages::pretty("rank report", &report);
+            let carried = encoded
+                .as_ref()
+                .ok()
+                .and_then(|j| String::from_utf8(j.clone()).ok())
+                .map(|j| (layout::RANK_REPORT_METADATA.to_string(), j));
+            json = Some(encoded);
+            carried.into_iter().collect()
+        })?;
+        let json = match json {
+            Some(j) => j?,
+            None => crate::stages::pretty("rank report", &report)?,
+        };
+        results.put(&pkey, parquet).await?;
         results.put(&layout::rank_report(rank), json).await?;
         results.delete(&layout::failure(rank)).await?;
         Ok(report)

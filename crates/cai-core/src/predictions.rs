@@ -296,7 +296,11 @@ impl Predictions {
 
     /// Decode a Parquet file written by [`Predictions::to_parquet_with`], with the value of
     /// its footer's metadata `key` (`None` when the file has no such key).
-    pub fn from_parquet_with(name: &str, bytes: Bytes, key: &str) -> Result<(Self, Option<String>)> {
+    pub fn from_parquet_with(
+        name: &str,
+        bytes: Bytes,
+        key: &str,
+    ) -> Result<(Self, Option<String>)> {
         let perr = |e: parquet::errors::ParquetError| Error::Parquet {
             file: name.to_string(),
             reason: e.to_string(),

@@ -77,19 +77,23 @@ pub struct RankFile {
 #[derive(Debug, Clone)]
 pub struct ResultsListing {
     location: StorageUrl,
-    /// The objects under the location (all but those in `predictions/` and
+    /// The objects under the location (all but those in `predictions/`, `claims/` and
     /// `stepfunctions/`), keys relative to it, sorted.
     pub objects: Vec<ObjectInfo>,
 }
 
 impl ResultsListing {
     /// List a results location: its top level and every folder below it except the
-    /// per-rank predictions and the AWS map's own files (as many objects again as there
+    /// per-rank predictions, the Slurm tasks' commit claims and the AWS map's own files (as many objects again as there
     /// are ranks, and read through the rank reports' keys instead), so a run of N ranks
     /// costs about N/1000 listing requests on S3, not 2N/1000.
     pub async fn list(location: &StorageUrl) -> Result<Self> {
         let (mut objects, dirs) = location.list_top().await?;
-        let skipped = [layout::PREDICTIONS_DIR, layout::AWS_MAP_RESULTS];
+        let skipped = [
+            layout::PREDICTIONS_DIR,
+            layout::AWS_MAP_RESULTS,
+            layout::CLAIMS_DIR,
+        ];
         let below = dirs
             .into_iter()
             .filter(|d| !skipped.contains(&d.as_str()))
@@ -177,13 +181,20 @@ impl ResultsListing {
     /// ([`layout::RANK_REPORT_METADATA`]) is the only object read, when the copy it carries
     /// has the listed size of `<rank>.json` at `key` and names that file as its predictions;
     /// otherwise (an older layout) `<rank>.json` is read too, and the predictions it names.
-    pub async fn read_rank(&self, rank: usize, key: &str) -> Result<(RankFile, Option<Predictions>)> {
+    pub async fn read_rank(
+        &self,
+        rank: usize,
+        key: &str,
+    ) -> Result<(RankFile, Option<Predictions>)> {
         let loc = &self.location;
         let pkey = layout::rank_predictions(rank);
         let mut fetched = None;
         if let Some(bytes) = loc.get_opt(&pkey).await? {
-            let (preds, carried) =
-                Predictions::from_parquet_with(&loc.url_of(&pkey), bytes, layout::RANK_REPORT_METADATA)?;
+            let (preds, carried) = Predictions::from_parquet_with(
+                &loc.url_of(&pkey),
+                bytes,
+                layout::RANK_REPORT_METADATA,
+            )?;
             if let Some(json) = carried.filter(|j| Some(j.len() as u64) == self.size_of(key)) {
                 let file = parse_rank_file(&loc.url_of(key), json.as_bytes(), rank)?;
                 if file.report.predictions == pkey && file.report.rank == rank {
@@ -197,7 +208,10 @@ impl ResultsListing {
         let preds = match (pk.is_empty(), fetched) {
             (true, _) => None,
             (false, Some(p)) if *pk == pkey => Some(p),
-            (false, _) => Some(Predictions::from_parquet(&loc.url_of(pk), loc.get(pk).await?)?),
+            (false, _) => Some(Predictions::from_parquet(
+                &loc.url_of(pk),
+                loc.get(pk).await?,
+            )?),
         };
         Ok((file, preds))
     }

@@ -228,19 +228,35 @@ impl RankShare {
 /// Which copy of a rank writes its outputs when the rank runs more than once (a speculated
 /// straggler): the first copy to finish claims the commit and writes `predictions/<rank>`
 /// and `<rank>.json`; any other copy ends with [`Error::Superseded`], having written
-/// nothing, so each galaxy is in the results once.
+/// nothing, so each galaxy is in the results once. Copies in one process claim in memory;
+/// copies in separate processes (Slurm tasks) also claim `claims/<rank>` in the results
+/// location with a conditional put, so of those too exactly one writes.
 #[derive(Debug)]
 pub struct Commit {
     state: Mutex<(u32, Option<u32>)>,
     winner: tokio::sync::watch::Sender<Option<u32>>,
+    /// The results location, rank and this process's tag, when copies in other processes
+    /// claim the rank too.
+    shared: Option<(StorageUrl, usize, String)>,
 }
 
 impl Commit {
-    /// A commit with no copy yet.
+    /// A commit with no copy yet, among copies in this process.
     pub fn new() -> Arc<Self> {
+        Self::with(None)
+    }
+
+    /// A commit for rank `rank` among copies in any process: the winner also claims
+    /// `claims/<rank>` under `results`, writing `tag` (which copy it was) there.
+    pub fn shared(results: &StorageUrl, rank: usize, tag: &str) -> Arc<Self> {
+        Self::with(Some((results.clone(), rank, tag.to_string())))
+    }
+
+    fn with(shared: Option<(StorageUrl, usize, String)>) -> Arc<Self> {
         Arc::new(Self {
             state: Mutex::new((0, None)),
             winner: tokio::sync::watch::channel(None).0,
+            shared,
         })
     }
 
@@ -260,18 +276,30 @@ impl Commit {
         self.state.lock().map(|s| s.0).unwrap_or(0)
     }
 
-    /// Claim the commit for copy `id`: whether it is the first; also returns whether more
-    /// than one copy was started (the rank was speculated).
-    fn claim(&self, id: u32) -> (bool, bool) {
-        let Ok(mut s) = self.state.lock() else {
-            return (false, false);
+    /// Claim the commit for copy `id`: whether it is the first; also returns whether the
+    /// rank was speculated (more than one copy started here, or a second copy marked in
+    /// the results location).
+    async fn claim(&self, id: u32) -> Result<(bool, bool)> {
+        let (won, copies) = {
+            let Ok(mut s) = self.state.lock() else {
+                return Ok((false, false));
+            };
+            let first = s.1.is_none();
+            if first {
+                s.1 = Some(id);
+                self.winner.send_replace(Some(id));
+            }
+            (first || s.1 == Some(id), s.0)
         };
-        let first = s.1.is_none();
-        if first {
-            s.1 = Some(id);
-            self.winner.send_replace(Some(id));
+        let Some((results, rank, tag)) = self.shared.as_ref().filter(|_| won) else {
+            return Ok((won, copies > 1));
+        };
+        let claim = layout::rank_claim(*rank);
+        if results.put_if_absent(&claim, tag.clone()).await?.is_none() {
+            return Ok((false, false));
         }
-        (first || s.1 == Some(id), s.0 > 1)
+        let marked = results.exists(&layout::rank_speculated(*rank)).await?;
+        Ok((true, copies > 1 || marked))
     }
 
     /// Resolves once a copy other than `id` has claimed the commit: copy `id` can stop.
@@ -468,7 +496,7 @@ impl Worker {
         }
         // One copy writes: a copy that finds another already committed writes nothing.
         let speculated = match commit {
-            Some((c, id)) => match c.claim(id) {
+            Some((c, id)) => match c.claim(id).await? {
                 (true, speculated) => speculated,
                 (false, _) => return Err(Error::Superseded { rank }),
             },

@@ -216,6 +216,7 @@ pub fn run_slurm(
         script_dir: None,
         retries,
         poll: Duration::from_secs_f64(poll.clamp(0.1, 3600.0)),
+        speculate: cai_engine::local::DEFAULT_SPECULATE,
         dry_run: false,
     };
     let out = follow(py, progress, Arc::default(), move |ev| {

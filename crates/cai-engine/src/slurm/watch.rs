@@ -203,6 +203,7 @@ pub async fn watch(
         let failed_records = listing.failure_record_ranks();
 
         let (mut pending, mut running) = (0, 0);
+        let mut running_now = HashSet::new();
         let mut to_retry = Vec::new();
         for &rank in &state.ranks {
             if done.contains(&rank) {
@@ -262,6 +263,7 @@ pub async fn watch(
                 let runs = |t: &Task| matches!(t.rec.state.as_str(), "RUNNING" | "COMPLETING");
                 if runs(task) || copy.is_some_and(runs) {
                     running += 1;
+                    running_now.insert(rank);
                     running_since
                         .entry(rank)
                         .or_insert_with(std::time::Instant::now);
@@ -407,7 +409,9 @@ pub async fn watch(
             state.save(&results).await?;
         }
 
-        running_since.retain(|r, _| !done.contains(r));
+        // A rank's time counts from when its current task was first seen running (a retry
+        // starts afresh; a rank that ended is no straggler).
+        running_since.retain(|r, _| running_now.contains(r));
         let ended = state.ranks.iter().filter(|r| done.contains(r)).count() + final_failed.len();
         if let Some(median) =
             crate::local::straggler_bound(&walls, ended, state.ranks.len(), state.speculate)

@@ -171,7 +171,7 @@ impl Predictions {
 
     /// Encode as a Parquet file (snappy).
     pub fn to_parquet(&self, name: &str) -> Result<Vec<u8>> {
-        self.to_parquet_with(name, || Vec::new())
+        self.to_parquet_with(name, Vec::new)
     }
 
     /// Encode as a Parquet file (snappy) whose footer carries key-value metadata: `metadata`

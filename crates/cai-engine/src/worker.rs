@@ -1002,9 +1002,9 @@ mod tests {
         let c = Commit::new();
         let (a, b) = (c.add_copy(), c.add_copy());
         assert_eq!(c.copies(), 2);
-        assert_eq!(c.claim(b), (true, true));
-        assert_eq!(c.claim(a), (false, true));
-        assert_eq!(c.claim(b), (true, true));
+        assert_eq!(c.claim(b).await.unwrap(), (true, true));
+        assert_eq!(c.claim(a).await.unwrap(), (false, true));
+        assert_eq!(c.claim(b).await.unwrap(), (true, true));
         // The loser hears of it at once; the winner never does.
         c.lost(a).await;
         let winner = c.clone();
@@ -1014,6 +1014,29 @@ mod tests {
         pending.abort();
         let alone = Commit::new();
         let only = alone.add_copy();
-        assert_eq!(alone.claim(only), (true, false));
+        assert_eq!(alone.claim(only).await.unwrap(), (true, false));
+    }
+
+    #[tokio::test]
+    async fn copies_in_separate_processes_commit_once_through_the_results_location() {
+        let results = StorageUrl::parse("memory://commit/shared").unwrap();
+        // Two tasks of rank 4 (each its own process, so its own Commit).
+        let (first, second) = (
+            Commit::shared(&results, 4, "node1 job 7"),
+            Commit::shared(&results, 4, "node2 job 9"),
+        );
+        let (a, b) = (first.add_copy(), second.add_copy());
+        assert_eq!(second.claim(b).await.unwrap(), (true, false));
+        assert_eq!(first.claim(a).await.unwrap(), (false, false));
+        let claim = results.get(&layout::rank_claim(4)).await.unwrap();
+        assert_eq!(&claim[..], b"node2 job 9");
+        // A rank the follower marked as speculated says so in the winner's report.
+        results
+            .put(&layout::rank_speculated(5), Vec::new())
+            .await
+            .unwrap();
+        let marked = Commit::shared(&results, 5, "node1 job 8");
+        let id = marked.add_copy();
+        assert_eq!(marked.claim(id).await.unwrap(), (true, true));
     }
 }

@@ -2,15 +2,21 @@
 # Scale benchmark (issue 24 part 2): a plan of N ranks (N partitions in a manifest) and a
 # summary of N finished ranks (each <rank>.json and a one-galaxy predictions file), then
 # `cai summarize`, `cai status` and `cai report` on that results location, each timed with
-# its peak RSS, on local disk and on moto's S3 server; the figures side by side.
+# its peak RSS, on local disk, on moto's S3 server (one request at a time, what the tests
+# use) and on s3s-fs (a Rust S3 server over a folder that serves requests in parallel); the
+# figures side by side. Each location also gets a copy of the ranks in the older layout
+# (predictions without the rank report inside: two reads per rank), whose summarize is
+# timed alternately with the current one ("summarize (old layout)").
 #
 #   scripts/bench/scale.sh [N]          # N defaults to 10240
 #   CAI_BENCH_BASE=/path/to/old/cai scripts/bench/scale.sh [N]
 #                                       # also times that binary's summarize, status and
 #                                       # report on the same fixture, interleaved (A/B)
 #
-# Needs /usr/bin/time, and python3 with moto[server] + boto3 for the S3 column (skipped
-# with a note when missing). Binaries: release build of `cai` and the `scale_fixture`
+# Needs /usr/bin/time; python3 with moto[server] + boto3 for the moto column, and s3s-fs
+# (`cargo install s3s-fs --features binary`, 0.14.1 for rustc 1.95; on PATH or as
+# $S3S_FS) for the s3s column; a column whose server is missing is skipped with a note.
+# Binaries: release build of `cai` and the `scale_fixture`
 # example (built here; CARGO_TARGET_DIR is respected). Not a test: figures depend on the
 # machine and its load, which is printed with them.
 set -euo pipefail
@@ -21,8 +27,13 @@ TGT="${CARGO_TARGET_DIR:-$ROOT/target}"
 PROFILE="${CAI_BENCH_PROFILE:-release}"
 WORK="$(mktemp -d /tmp/cai-scale.XXXXXX)"
 MOTO_PID=""
+S3S_PID=""
+stop() {  # stop PID: end a server this script started
+    if [ -n "$1" ]; then kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; fi
+}
 cleanup() {
-    if [ -n "$MOTO_PID" ]; then kill "$MOTO_PID" 2>/dev/null || true; wait "$MOTO_PID" 2>/dev/null || true; fi
+    stop "$MOTO_PID"
+    stop "$S3S_PID"
     rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -57,15 +68,19 @@ bench() {  # bench COLUMN DATA RESULTS
     say "$col: manifest of $N partitions at $data"
     "$FIX" manifest "$data" "$N"
     timed "$col.plan" "$FIX" plan "$data" "$results" "$MODEL"
-    say "$col: writing $N finished ranks under $results"
+    "$FIX" plan "$data" "$results-old" "$MODEL" 2>/dev/null
+    say "$col: writing $N finished ranks under $results (and $results-old, older layout)"
     "$FIX" ranks "$results" 2>&1 | sed 's/^/scale: /' >&2
+    "$FIX" ranks "$results-old" old 2>&1 | sed 's/^/scale: /' >&2
     local bin tag
     for step in summarize status report; do
         for bin in ${BASE:+"$BASE"} "$CAI"; do
             tag=""
             [ "$bin" = "$CAI" ] || tag=".base"
             case $step in
-            summarize) timed "$col.$step$tag" "$bin" summarize --results "$results" ;;
+            summarize)
+                timed "$col.summarize-old$tag" "$bin" summarize --results "$results-old"
+                timed "$col.$step$tag" "$bin" summarize --results "$results" ;;
             status) timed "$col.$step$tag" "$bin" status --results "$results" --once ;;
             report) timed "$col.$step$tag" "$bin" report "$results" --out "$WORK/$col.html" ;;
             esac
@@ -73,35 +88,67 @@ bench() {  # bench COLUMN DATA RESULTS
     done
 }
 
-bench disk "$WORK/data" "$WORK/results"
-
-S3=no
-if python3 -c "import moto.server, boto3, flask" 2>/dev/null; then
-    PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
-    python3 -m moto.server -H 127.0.0.1 -p "$PORT" >/dev/null 2>&1 &
-    MOTO_PID=$!
-    export AWS_ENDPOINT_URL="http://127.0.0.1:$PORT" AWS_ACCESS_KEY_ID=testing \
-        AWS_SECRET_ACCESS_KEY=testing AWS_REGION=us-east-1 AWS_DEFAULT_REGION=us-east-1 AWS_ALLOW_HTTP=true
-    unset AWS_PROFILE AWS_SESSION_TOKEN AWS_ENDPOINT_URL_S3
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() {
     for _ in $(seq 600); do
-        python3 -c "import socket; socket.create_connection(('127.0.0.1', $PORT), 1)" 2>/dev/null && break
+        python3 -c "import socket; socket.create_connection(('127.0.0.1', $1), 1)" 2>/dev/null && return 0
         sleep 0.1
     done
+}
+s3_env() {  # s3_env PORT: point the AWS client at a loopback server
+    export AWS_ENDPOINT_URL="http://127.0.0.1:$1" AWS_ACCESS_KEY_ID=testing \
+        AWS_SECRET_ACCESS_KEY=testing AWS_REGION=us-east-1 AWS_DEFAULT_REGION=us-east-1 AWS_ALLOW_HTTP=true
+    unset AWS_PROFILE AWS_SESSION_TOKEN AWS_ENDPOINT_URL_S3
+}
+
+bench disk "$WORK/data" "$WORK/results"
+
+COLS="disk"
+if python3 -c "import moto.server, boto3, flask" 2>/dev/null; then
+    PORT="$(free_port)"
+    python3 -m moto.server -H 127.0.0.1 -p "$PORT" >/dev/null 2>&1 &
+    MOTO_PID=$!
+    s3_env "$PORT"
+    wait_port "$PORT"
     python3 -c "import boto3, os; boto3.client('s3', endpoint_url=os.environ['AWS_ENDPOINT_URL']).create_bucket(Bucket='scale')"
-    bench s3 "s3://scale/data" "s3://scale/results"
-    S3=yes
+    bench moto "s3://scale/data" "s3://scale/results"
+    stop "$MOTO_PID"; MOTO_PID=""
+    COLS="$COLS moto"
 else
-    say "no python3 with moto[server] and boto3: S3 column skipped"
+    say "no python3 with moto[server] and boto3: moto column skipped"
+fi
+
+S3S="${S3S_FS:-$(command -v s3s-fs || true)}"
+if [ -n "$S3S" ] && [ -x "$S3S" ]; then
+    PORT="$(free_port)"
+    mkdir -p "$WORK/s3s/scale"
+    "$S3S" --host 127.0.0.1 --port "$PORT" --access-key testing --secret-key testing "$WORK/s3s" >/dev/null 2>&1 &
+    S3S_PID=$!
+    s3_env "$PORT"
+    wait_port "$PORT"
+    bench s3s "s3://scale/data" "s3://scale/results"
+    stop "$S3S_PID"; S3S_PID=""
+    COLS="$COLS s3s"
+else
+    say "no s3s-fs (cargo install s3s-fs --features binary, or set S3S_FS): s3s column skipped"
 fi
 
 echo "scale benchmark: $N ranks, $(date -u '+%Y-%m-%d %H:%M UTC')"
 echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) cpus; load before: $LOAD_BEFORE"
-row() { printf '%-10s  %-18s  %-18s' "$1" "$2" "$3"; [ -z "$BASE" ] || printf '  %-18s  %-18s' "$4" "$5"; echo; }
-row step "local disk" "moto S3" "local disk (base)" "moto S3 (base)"
-for step in plan summarize status report; do
-    s3="-" s3b="-"
-    [ "$S3" = yes ] && s3="${FIG[s3.$step]}" && s3b="${FIG[s3.$step.base]:--}"
-    row "$step" "${FIG[disk.$step]}" "$s3" "${FIG[disk.$step.base]:--}" "$s3b"
+declare -A NAME=([disk]="local disk" [moto]="moto S3" [s3s]="s3s-fs S3")
+row() { printf '%-24s' "$1"; shift; printf '  %-18s' "$@"; echo; }
+head=(step)
+for c in $COLS; do head+=("${NAME[$c]}"); [ -z "$BASE" ] || head+=("${NAME[$c]} (base)"); done
+row "${head[@]}"
+for step in plan summarize summarize-old status report; do
+    cells=()
+    for c in $COLS; do
+        cells+=("${FIG[$c.$step]:--}")
+        [ -z "$BASE" ] || cells+=("${FIG[$c.$step.base]:--}")
+    done
+    label=$step
+    [ "$step" = summarize-old ] && label="summarize (old layout)"
+    row "$label" "${cells[@]}"
 done
 echo "reads in flight: ${CAI_PARALLEL_READS:-default}"
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"

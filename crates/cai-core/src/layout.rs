@@ -48,6 +48,12 @@ pub const REPORT_HTML: &str = "report.html";
 pub const FAILED_DIR: &str = "failed";
 /// Folder of per-rank predictions.
 pub const PREDICTIONS_DIR: &str = "predictions";
+/// Folder of the claims by which, of several copies of a rank in separate processes (a
+/// speculated Slurm task), the first to finish alone writes the rank's outputs.
+pub const CLAIMS_DIR: &str = "claims";
+/// Key, in the footer metadata of a rank's predictions file, of a copy of its `<rank>.json`
+/// (the same bytes), so summarize reads one object per rank instead of two.
+pub const RANK_REPORT_METADATA: &str = "cai.rank_report";
 /// Folder of the Slurm engine's files (and, on a local results location, its scripts and
 /// logs).
 pub const SLURM_DIR: &str = "slurm";
@@ -89,6 +95,29 @@ pub fn rank_predictions(rank: usize) -> String {
     format!("{PREDICTIONS_DIR}/{rank}.parquet")
 }
 
+/// Key of a rank's commit claim: `claims/<rank>` (written once, by the copy that writes
+/// the rank's outputs).
+pub fn rank_claim(rank: usize) -> String {
+    format!("{CLAIMS_DIR}/{rank}")
+}
+
+/// Key of the mark that a rank got a second copy: `claims/<rank>.speculated`.
+pub fn rank_speculated(rank: usize) -> String {
+    format!("{CLAIMS_DIR}/{rank}.speculated")
+}
+
+/// The rank of a `claims/<rank>.speculated` key, if it is one.
+pub fn rank_of_speculated(key: &str) -> Option<usize> {
+    let stem = key
+        .strip_prefix(CLAIMS_DIR)?
+        .strip_prefix('/')?
+        .strip_suffix(".speculated")?;
+    if stem.is_empty() || !stem.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    stem.parse().ok()
+}
+
 /// The rank of a top-level `<rank>.json` key, if it is one.
 pub fn rank_of_report(key: &str) -> Option<usize> {
     let stem = key.strip_suffix(".json")?;
@@ -123,6 +152,9 @@ pub fn is_run_output(key: &str) -> bool {
         || key
             .strip_prefix(PREDICTIONS_DIR)
             .is_some_and(|k| k.starts_with('/'))
+        || key
+            .strip_prefix(CLAIMS_DIR)
+            .is_some_and(|k| k.starts_with('/'))
         || [COMBINED, PREDICTIONS, SUMMARY].contains(&key)
 }
 
@@ -143,6 +175,9 @@ mod tests {
             assert_eq!(rank_of_failure(&failure(r)), Some(r));
             assert_eq!(rank_of_report(&failure(r)), None);
             assert!(is_run_output(&rank_predictions(r)));
+            assert!(is_run_output(&rank_claim(r)));
+            assert_eq!(rank_of_speculated(&rank_speculated(r)), Some(r));
+            assert_eq!(rank_of_speculated(&rank_claim(r)), None);
         }
         assert_eq!(rank_of_report("12.json"), Some(12));
         assert_eq!(rank_of_report("plan.json"), None);

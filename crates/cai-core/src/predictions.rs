@@ -13,6 +13,7 @@ use bytes::Bytes;
 use parquet::basic::{Compression, ConvertedType, LogicalType, Repetition, Type as PhysicalType};
 use parquet::column::reader::get_typed_column_reader;
 use parquet::data_type::{ByteArray, ByteArrayType, DataType, FloatType, Int32Type, Int64Type};
+use parquet::file::metadata::KeyValue;
 use parquet::file::properties::WriterProperties;
 use parquet::file::reader::{FileReader, RowGroupReader, SerializedFileReader};
 use parquet::file::writer::SerializedFileWriter;
@@ -182,6 +183,17 @@ impl Predictions {
 
     /// Encode as a Parquet file (snappy).
     pub fn to_parquet(&self, name: &str) -> Result<Vec<u8>> {
+        self.to_parquet_with(name, Vec::new)
+    }
+
+    /// Encode as a Parquet file (snappy) whose footer carries key-value metadata: `metadata`
+    /// is called once the columns are encoded, so what it returns can say how long that took
+    /// (a worker puts its rank report there: summarize then reads one object per rank).
+    pub fn to_parquet_with(
+        &self,
+        name: &str,
+        metadata: impl FnOnce() -> Vec<(String, String)>,
+    ) -> Result<Vec<u8>> {
         let perr = |e: parquet::errors::ParquetError| Error::Parquet {
             file: name.to_string(),
             reason: e.to_string(),
@@ -281,6 +293,9 @@ impl Predictions {
                 col += 1;
             }
             rg.close().map_err(perr)?;
+            for (key, value) in metadata() {
+                writer.append_key_value_metadata(KeyValue::new(key, value));
+            }
             writer.close().map_err(perr)?;
         }
         Ok(out)
@@ -288,11 +303,27 @@ impl Predictions {
 
     /// Decode a Parquet file written by [`Predictions::to_parquet`].
     pub fn from_parquet(name: &str, bytes: Bytes) -> Result<Self> {
+        Ok(Self::from_parquet_with(name, bytes, "")?.0)
+    }
+
+    /// Decode a Parquet file written by [`Predictions::to_parquet_with`], with the value of
+    /// its footer's metadata `key` (`None` when the file has no such key).
+    pub fn from_parquet_with(
+        name: &str,
+        bytes: Bytes,
+        key: &str,
+    ) -> Result<(Self, Option<String>)> {
         let perr = |e: parquet::errors::ParquetError| Error::Parquet {
             file: name.to_string(),
             reason: e.to_string(),
         };
         let reader = SerializedFileReader::new(bytes).map_err(perr)?;
+        let value = reader
+            .metadata()
+            .file_metadata()
+            .key_value_metadata()
+            .and_then(|kv| kv.iter().find(|e| !key.is_empty() && e.key == key))
+            .and_then(|e| e.value.clone());
         let cols = reader
             .metadata()
             .file_metadata()
@@ -397,7 +428,7 @@ impl Predictions {
                 col.values.extend(vals);
             }
         }
-        Ok(out)
+        Ok((out, value))
     }
 
     /// Encode as CSV: `index,z_pred` plus `z_true` when every galaxy has one (a model
@@ -485,12 +516,33 @@ mod tests {
             outputs: Vec::new(),
         };
         let bytes = p.to_parquet("t").unwrap();
-        let back = Predictions::from_parquet("t", Bytes::from(bytes)).unwrap();
+        let back = Predictions::from_parquet("t", Bytes::from(bytes.clone())).unwrap();
         assert_eq!(back.index, p.index);
         assert_eq!(back.partition, p.partition);
         assert_eq!(back.z_true, p.z_true);
         assert!(back.z_pred[1].is_nan());
         assert_eq!(back.z_pred[2], 0.3);
+
+        // Metadata rides in the footer; the columns are the same bytes with or without it.
+        let with = p
+            .to_parquet_with("t", || vec![("cai.k".into(), "{\"rank\": 0}".into())])
+            .unwrap();
+        let (again, value) =
+            Predictions::from_parquet_with("t", Bytes::from(with.clone()), "cai.k").unwrap();
+        assert_eq!(value.as_deref(), Some("{\"rank\": 0}"));
+        assert_eq!(again.index, p.index);
+        let columns = |b: &[u8]| {
+            let n = b.len();
+            let footer = u32::from_le_bytes([b[n - 8], b[n - 7], b[n - 6], b[n - 5]]) as usize;
+            b[..n - 8 - footer].to_vec()
+        };
+        assert_eq!(columns(&with), columns(&bytes));
+        assert_ne!(with, bytes);
+        let (_, none) =
+            Predictions::from_parquet_with("t", Bytes::from(bytes.clone()), "cai.k").unwrap();
+        assert_eq!(none, None);
+        let (_, other) = Predictions::from_parquet_with("t", Bytes::from(with), "x").unwrap();
+        assert_eq!(other, None);
     }
 
     #[test]

@@ -66,7 +66,8 @@ pub struct RankReport {
     pub download_s: f64,
     /// Seconds decoding partitions.
     pub decode_s: f64,
-    /// Seconds writing predictions.
+    /// Seconds encoding the predictions (this report travels inside them, so their upload
+    /// comes after it and is not counted).
     pub upload_s: f64,
     /// Values in the inputs that were NaN or infinite (their galaxies get a NaN prediction).
     pub nonfinite_inputs: u64,

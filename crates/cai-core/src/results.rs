@@ -10,6 +10,7 @@ use serde_json::Value;
 use crate::error::{Error, Result};
 use crate::layout;
 use crate::plan::Plan;
+use crate::predictions::Predictions;
 use crate::report::{RankFailure, RankReport};
 use crate::storage::ObjectInfo;
 use crate::StorageUrl;
@@ -76,19 +77,23 @@ pub struct RankFile {
 #[derive(Debug, Clone)]
 pub struct ResultsListing {
     location: StorageUrl,
-    /// The objects under the location (all but those in `predictions/` and
+    /// The objects under the location (all but those in `predictions/`, `claims/` and
     /// `stepfunctions/`), keys relative to it, sorted.
     pub objects: Vec<ObjectInfo>,
 }
 
 impl ResultsListing {
     /// List a results location: its top level and every folder below it except the
-    /// per-rank predictions and the AWS map's own files (as many objects again as there
+    /// per-rank predictions, the Slurm tasks' commit claims and the AWS map's own files (as many objects again as there
     /// are ranks, and read through the rank reports' keys instead), so a run of N ranks
     /// costs about N/1000 listing requests on S3, not 2N/1000.
     pub async fn list(location: &StorageUrl) -> Result<Self> {
         let (mut objects, dirs) = location.list_top().await?;
-        let skipped = [layout::PREDICTIONS_DIR, layout::AWS_MAP_RESULTS];
+        let skipped = [
+            layout::PREDICTIONS_DIR,
+            layout::AWS_MAP_RESULTS,
+            layout::CLAIMS_DIR,
+        ];
         let below = dirs
             .into_iter()
             .filter(|d| !skipped.contains(&d.as_str()))
@@ -156,18 +161,59 @@ impl ResultsListing {
         keys
     }
 
+    /// Size of the object `key`, when listed.
+    pub fn size_of(&self, key: &str) -> Option<u64> {
+        self.objects
+            .binary_search_by(|o| o.key.as_str().cmp(key))
+            .ok()
+            .and_then(|i| self.objects.get(i))
+            .map(|o| o.size)
+    }
+
     /// Read and parse one `<rank>.json`.
     pub async fn read_report(&self, rank: usize, key: &str) -> Result<RankFile> {
+        let bytes = self.location.get(key).await?;
+        parse_rank_file(&self.location.url_of(key), &bytes, rank)
+    }
+
+    /// Read one finished rank's report and predictions (`None` when its report names none).
+    /// A predictions file written since rank reports travel inside it
+    /// ([`layout::RANK_REPORT_METADATA`]) is the only object read, when the copy it carries
+    /// has the listed size of `<rank>.json` at `key` and names that file as its predictions;
+    /// otherwise (an older layout) `<rank>.json` is read too, and the predictions it names.
+    pub async fn read_rank(
+        &self,
+        rank: usize,
+        key: &str,
+    ) -> Result<(RankFile, Option<Predictions>)> {
         let loc = &self.location;
-        let url = loc.url_of(key);
-        let bytes = loc.get(key).await?;
-        let raw: Value = serde_json::from_slice(&bytes).map_err(|source| Error::Json {
-            what: "rank report",
-            source_name: url.clone(),
-            source,
-        })?;
-        let report = parse_rank_report(&url, raw.clone(), rank)?;
-        Ok(RankFile { raw, report })
+        let pkey = layout::rank_predictions(rank);
+        let mut fetched = None;
+        if let Some(bytes) = loc.get_opt(&pkey).await? {
+            let (preds, carried) = Predictions::from_parquet_with(
+                &loc.url_of(&pkey),
+                bytes,
+                layout::RANK_REPORT_METADATA,
+            )?;
+            if let Some(json) = carried.filter(|j| Some(j.len() as u64) == self.size_of(key)) {
+                let file = parse_rank_file(&loc.url_of(key), json.as_bytes(), rank)?;
+                if file.report.predictions == pkey && file.report.rank == rank {
+                    return Ok((file, Some(preds)));
+                }
+            }
+            fetched = Some(preds);
+        }
+        let file = self.read_report(rank, key).await?;
+        let pk = &file.report.predictions;
+        let preds = match (pk.is_empty(), fetched) {
+            (true, _) => None,
+            (false, Some(p)) if *pk == pkey => Some(p),
+            (false, _) => Some(Predictions::from_parquet(
+                &loc.url_of(pk),
+                loc.get(pk).await?,
+            )?),
+        };
+        Ok((file, preds))
     }
 
     /// Read the `<rank>.json` of every rank below `limit`, [`parallel_reads`] at once;
@@ -209,6 +255,17 @@ impl ResultsListing {
         failures.sort_by_key(|f: &RankFailure| f.rank);
         Ok(failures)
     }
+}
+
+/// Parse the bytes of one `<rank>.json` (named `url`) of rank `rank`.
+fn parse_rank_file(url: &str, bytes: &[u8], rank: usize) -> Result<RankFile> {
+    let raw: Value = serde_json::from_slice(bytes).map_err(|source| Error::Json {
+        what: "rank report",
+        source_name: url.to_string(),
+        source,
+    })?;
+    let report = parse_rank_report(url, raw.clone(), rank)?;
+    Ok(RankFile { raw, report })
 }
 
 /// Parse one rank report leniently: keys it lacks take their defaults, so the original's
@@ -418,6 +475,51 @@ mod tests {
                 .to_string();
             assert!(e.contains("CAI_PARALLEL_READS"), "{bad}: {e}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_rank_whose_predictions_carry_its_report_is_one_read() {
+        let loc = StorageUrl::parse("memory://listing/carried").unwrap();
+        let preds = Predictions::for_partition("00001.safetensors", 0, 0, vec![0.5], None);
+        for (rank, carry) in [(0, true), (1, false)] {
+            let key = layout::rank_predictions(rank);
+            let json = serde_json::to_string_pretty(&RankReport {
+                rank,
+                galaxies: 1,
+                predictions: key.clone(),
+                ..Default::default()
+            })
+            .unwrap();
+            let meta = match carry {
+                true => vec![(layout::RANK_REPORT_METADATA.to_string(), json.clone())],
+                false => Vec::new(),
+            };
+            let parquet = preds.to_parquet_with("p", || meta).unwrap();
+            loc.put(&key, parquet).await.unwrap();
+            loc.put(&layout::rank_report(rank), json.into_bytes())
+                .await
+                .unwrap();
+        }
+        let l = ResultsListing::list(&loc).await.unwrap();
+        let (new, p0) = l.read_rank(0, "0.json").await.unwrap();
+        let (old, p1) = l.read_rank(1, "1.json").await.unwrap();
+        assert_eq!((new.report.rank, old.report.rank), (0, 1));
+        assert_eq!(p0.unwrap().z_pred, [0.5]);
+        assert_eq!(p1.unwrap().z_pred, [0.5]);
+        // With the `<rank>.json` files gone (but still listed), the rank carrying its report
+        // still reads (one object), the older layout does not.
+        loc.delete("0.json").await.unwrap();
+        loc.delete("1.json").await.unwrap();
+        let (again, _) = l.read_rank(0, "0.json").await.unwrap();
+        assert_eq!(again.raw, new.raw);
+        let e = l.read_rank(1, "1.json").await.unwrap_err().to_string();
+        assert!(e.contains("1.json"), "{e}");
+        // A carried copy that does not match the listed `<rank>.json` is not trusted.
+        loc.put("0.json", b"{\"rank\": 0}".to_vec()).await.unwrap();
+        let l = ResultsListing::list(&loc).await.unwrap();
+        let (listed, p) = l.read_rank(0, "0.json").await.unwrap();
+        assert_eq!(listed.report.predictions, "");
+        assert!(p.is_none());
     }
 
     #[tokio::test]

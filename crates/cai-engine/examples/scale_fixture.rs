@@ -7,7 +7,7 @@
 //! ```text
 //! cargo run --release -p cai-engine --features aws --example scale_fixture -- manifest DATA N
 //! cargo run … -- plan DATA RESULTS MODEL
-//! cargo run … -- ranks RESULTS
+//! cargo run … -- ranks RESULTS [old]   # old: predictions without the report inside
 //! cargo run … -- summarize RESULTS     # the library call `cai summarize` makes
 //! cargo run … -- status RESULTS        # what `cai status --once` reads
 //! ```
@@ -73,7 +73,7 @@ async fn plan(data: &str, results: &str, model: &str) -> Res<Plan> {
     Ok(plan)
 }
 
-async fn ranks(results: &str) -> Res<()> {
+async fn ranks(results: &str, old_layout: bool) -> Res<()> {
     let loc = StorageUrl::parse(results)?;
     let plan = Arc::new(
         load_plan(&loc)
@@ -83,7 +83,7 @@ async fn ranks(results: &str) -> Res<()> {
     let t = std::time::Instant::now();
     futures::stream::iter((0..plan.world_size).map(|rank| {
         let (loc, plan) = (loc.clone(), plan.clone());
-        async move { write_rank(&loc, &plan, rank).await }
+        async move { write_rank(&loc, &plan, rank, old_layout).await }
     }))
     .buffer_unordered(PARALLEL_READS)
     .try_collect::<Vec<()>>()
@@ -96,7 +96,7 @@ async fn ranks(results: &str) -> Res<()> {
     Ok(())
 }
 
-async fn write_rank(loc: &StorageUrl, plan: &Plan, rank: usize) -> Res<()> {
+async fn write_rank(loc: &StorageUrl, plan: &Plan, rank: usize, old_layout: bool) -> Res<()> {
     let parts = plan.partitions_of(rank);
     let mut p = Predictions::default();
     for part in &parts {
@@ -111,7 +111,6 @@ async fn write_rank(loc: &StorageUrl, plan: &Plan, rank: usize) -> Res<()> {
         }
     }
     let key = layout::rank_predictions(rank);
-    loc.put(&key, p.to_parquet(&loc.url_of(&key))?).await?;
     let report = RankReport {
         rank,
         world_size: plan.world_size,
@@ -122,7 +121,7 @@ async fn write_rank(loc: &StorageUrl, plan: &Plan, rank: usize) -> Res<()> {
         engine: "local".into(),
         host: "scale-fixture".into(),
         model: plan.model.clone(),
-        predictions: key,
+        predictions: key.clone(),
         result_path: plan.results.clone(),
         data_path: serde_json::Value::Array(
             parts
@@ -134,11 +133,17 @@ async fn write_rank(loc: &StorageUrl, plan: &Plan, rank: usize) -> Res<()> {
         total_cpu_time: 1.0,
         ..Default::default()
     };
-    loc.put(
-        &layout::rank_report(rank),
-        serde_json::to_vec_pretty(&report)?,
-    )
-    .await?;
+    let json = serde_json::to_string_pretty(&report)?;
+    // As the worker writes them: the predictions carry the report (an older layout without
+    // it, when asked, to time summarize's fallback).
+    let carried = match old_layout {
+        true => Vec::new(),
+        false => vec![(layout::RANK_REPORT_METADATA.to_string(), json.clone())],
+    };
+    loc.put(&key, p.to_parquet_with(&loc.url_of(&key), || carried)?)
+        .await?;
+    loc.put(&layout::rank_report(rank), json.into_bytes())
+        .await?;
     Ok(())
 }
 
@@ -153,7 +158,7 @@ async fn main() -> Res<()> {
     match args.first().map(String::as_str) {
         Some("manifest") => manifest(a(1)?, a(2)?.parse()?).await,
         Some("plan") => plan(a(1)?, a(2)?, a(3)?).await.map(|_| ()),
-        Some("ranks") => ranks(a(1)?).await,
+        Some("ranks") => ranks(a(1)?, args.get(2).is_some_and(|a| a == "old")).await,
         Some("summarize") => {
             // What `cai summarize` runs.
             let t = std::time::Instant::now();
@@ -188,17 +193,31 @@ async fn main() -> Res<()> {
     }
 }
 
-/// Every step on a temporary directory with `n` ranks, checking the summary's counts (what
-/// the example does with no arguments, and what its test runs).
+/// Every step on a temporary directory with `n` ranks, checking the summary's counts and that
+/// both layouts of a rank's outputs summarize alike (what the example does with no
+/// arguments, and what its test runs).
 async fn quick(n: usize) -> Res<()> {
     let dir = std::env::temp_dir().join(format!("cai-scale-{}-{n}", std::process::id()));
     let (data, results) = (dir.join("data"), dir.join("results"));
     let (data, results) = (data.to_string_lossy(), results.to_string_lossy());
     manifest(&data, n).await?;
     plan(&data, &results, "model.safetensors").await?;
-    ranks(&results).await?;
     let loc = StorageUrl::parse(&results)?;
+    // The older layout (predictions without the report inside) summarizes to the same bytes.
+    ranks(&results, true).await?;
+    cai_engine::summarize::summarize(&loc, None).await?;
+    let outputs = [layout::COMBINED, layout::PREDICTIONS, layout::SUMMARY];
+    let mut old = Vec::new();
+    for key in outputs {
+        old.push(loc.get(key).await?);
+    }
+    ranks(&results, false).await?;
     let s = cai_engine::summarize::summarize(&loc, None).await?;
+    for (key, old) in outputs.iter().zip(old) {
+        if loc.get(key).await? != old {
+            return Err(format!("{key} differs between the two layouts").into());
+        }
+    }
     let p = Predictions::from_parquet(
         &loc.url_of(layout::PREDICTIONS),
         loc.get(layout::PREDICTIONS).await?,

@@ -374,7 +374,12 @@ impl Board {
 /// The median wall time of the finished ranks (`walls`), once more than half of `total`
 /// ranks have ended (`ended`, failed ones too; before that the median says little); `None`
 /// otherwise or when off.
-fn straggler_bound(walls: &[f64], ended: usize, total: usize, speculate: f64) -> Option<f64> {
+pub(crate) fn straggler_bound(
+    walls: &[f64],
+    ended: usize,
+    total: usize,
+    speculate: f64,
+) -> Option<f64> {
     if speculate <= 0.0 || walls.is_empty() || ended * 2 <= total {
         return None;
     }

@@ -32,23 +32,11 @@ pub async fn summarize(results: &StorageUrl, plan: Option<&Plan>) -> Result<Summ
     let keys = listing.report_keys(limit);
     let done: BTreeSet<usize> = keys.iter().map(|k| k.0).collect();
     let failures = listing.read_failures(limit, &done);
-    // Each rank's report and then its predictions in one task, parallel_reads() ranks in
-    // flight, in rank order: one pass over the location, not one for the reports and
-    // another for the predictions.
+    // Each rank's report and predictions in one task (one object when the predictions
+    // carry the report), parallel_reads() ranks in flight, in rank order.
     let ranks = futures::stream::iter(keys.into_iter().map(|(rank, key)| {
         let listing = &listing;
-        async move {
-            let file = listing.read_report(rank, key).await?;
-            let key = &file.report.predictions;
-            let predictions = match key.is_empty() {
-                true => None,
-                false => {
-                    let bytes = results.get(key).await?;
-                    Some(Predictions::from_parquet(&results.url_of(key), bytes)?)
-                }
-            };
-            Ok::<_, Error>((file, predictions))
-        }
+        async move { Ok::<_, Error>(listing.read_rank(rank, key).await?) }
     }))
     .buffered(parallel_reads()?)
     .try_fold(

@@ -11,7 +11,9 @@ use cai_model::kernels::Precision;
 
 use crate::local::kernel_tier;
 use crate::stages::load_plan_model;
-use crate::worker::{host_name, rank_failure, write_failure, ProgressFn, Worker};
+use crate::worker::{
+    host_name, rank_failure, write_failure, Commit, ProgressFn, RankShare, Worker,
+};
 use crate::{Error, Result};
 
 /// A rank to run here, from a plan.
@@ -117,9 +119,21 @@ impl RankTask {
         )?;
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .map_err(|e| Error::Backend(Box::new(e)))?;
+        // A Slurm task may be one of two copies of its rank (a straggler's second copy, or
+        // the straggler itself): the first to finish writes, through a claim in the
+        // results location.
+        let tag = format!("{}{}", self.host, self.job_suffix(" "));
+        let commit = Commit::shared(&self.results, rank, &tag);
+        let copy = commit.add_copy();
+        let commit = (self.engine == "slurm").then_some((&*commit, copy));
+        let share = RankShare::new(self.plan.partitions_of(rank).len());
         tokio::select! {
-            r = worker.run_rank(&self.plan, rank, progress) => Ok(r),
+            r = worker.run_rank_with(&self.plan, rank, &share, commit, progress) => Ok(r),
             _ = term.recv() => {
+                // A copy cancelled because the other copy finished is no failure.
+                if self.results.exists(&layout::rank_report(rank)).await.unwrap_or(false) {
+                    return Ok(Err(Error::Superseded { rank }));
+                }
                 let error = format!(
                     "stopped by SIGTERM on {}{} (scancel, time limit or preemption)",
                     self.host,

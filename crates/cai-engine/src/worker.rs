@@ -228,19 +228,35 @@ impl RankShare {
 /// Which copy of a rank writes its outputs when the rank runs more than once (a speculated
 /// straggler): the first copy to finish claims the commit and writes `predictions/<rank>`
 /// and `<rank>.json`; any other copy ends with [`Error::Superseded`], having written
-/// nothing, so each galaxy is in the results once.
+/// nothing, so each galaxy is in the results once. Copies in one process claim in memory;
+/// copies in separate processes (Slurm tasks) also claim `claims/<rank>` in the results
+/// location with a conditional put, so of those too exactly one writes.
 #[derive(Debug)]
 pub struct Commit {
     state: Mutex<(u32, Option<u32>)>,
     winner: tokio::sync::watch::Sender<Option<u32>>,
+    /// The results location, rank and this process's tag, when copies in other processes
+    /// claim the rank too.
+    shared: Option<(StorageUrl, usize, String)>,
 }
 
 impl Commit {
-    /// A commit with no copy yet.
+    /// A commit with no copy yet, among copies in this process.
     pub fn new() -> Arc<Self> {
+        Self::with(None)
+    }
+
+    /// A commit for rank `rank` among copies in any process: the winner also claims
+    /// `claims/<rank>` under `results`, writing `tag` (which copy it was) there.
+    pub fn shared(results: &StorageUrl, rank: usize, tag: &str) -> Arc<Self> {
+        Self::with(Some((results.clone(), rank, tag.to_string())))
+    }
+
+    fn with(shared: Option<(StorageUrl, usize, String)>) -> Arc<Self> {
         Arc::new(Self {
             state: Mutex::new((0, None)),
             winner: tokio::sync::watch::channel(None).0,
+            shared,
         })
     }
 
@@ -260,18 +276,30 @@ impl Commit {
         self.state.lock().map(|s| s.0).unwrap_or(0)
     }
 
-    /// Claim the commit for copy `id`: whether it is the first; also returns whether more
-    /// than one copy was started (the rank was speculated).
-    fn claim(&self, id: u32) -> (bool, bool) {
-        let Ok(mut s) = self.state.lock() else {
-            return (false, false);
+    /// Claim the commit for copy `id`: whether it is the first; also returns whether the
+    /// rank was speculated (more than one copy started here, or a second copy marked in
+    /// the results location).
+    async fn claim(&self, id: u32) -> Result<(bool, bool)> {
+        let (won, copies) = {
+            let Ok(mut s) = self.state.lock() else {
+                return Ok((false, false));
+            };
+            let first = s.1.is_none();
+            if first {
+                s.1 = Some(id);
+                self.winner.send_replace(Some(id));
+            }
+            (first || s.1 == Some(id), s.0)
         };
-        let first = s.1.is_none();
-        if first {
-            s.1 = Some(id);
-            self.winner.send_replace(Some(id));
+        let Some((results, rank, tag)) = self.shared.as_ref().filter(|_| won) else {
+            return Ok((won, copies > 1));
+        };
+        let claim = layout::rank_claim(*rank);
+        if results.put_if_absent(&claim, tag.clone()).await?.is_none() {
+            return Ok((false, false));
         }
-        (first || s.1 == Some(id), s.0 > 1)
+        let marked = results.exists(&layout::rank_speculated(*rank)).await?;
+        Ok((true, copies > 1 || marked))
     }
 
     /// Resolves once a copy other than `id` has claimed the commit: copy `id` can stop.
@@ -468,7 +496,7 @@ impl Worker {
         }
         // One copy writes: a copy that finds another already committed writes nothing.
         let speculated = match commit {
-            Some((c, id)) => match c.claim(id) {
+            Some((c, id)) => match c.claim(id).await? {
                 (true, speculated) => speculated,
                 (false, _) => return Err(Error::Superseded { rank }),
             },
@@ -477,8 +505,6 @@ impl Worker {
 
         let t = Instant::now();
         let pkey = layout::rank_predictions(rank);
-        let parquet = preds.to_parquet(&results.url_of(&pkey))?;
-        results.put(&pkey, parquet).await?;
         let galaxies = preds.len() as u64;
         let data_path = plan
             .items
@@ -530,14 +556,32 @@ impl Worker {
             engine: self.engine.clone(),
             host: host_name(),
             model: self.model_url.clone(),
-            predictions: pkey,
+            predictions: pkey.clone(),
             cai_version: env!("CARGO_PKG_VERSION").to_string(),
             speculated,
         };
-        report.upload_s = t.elapsed().as_secs_f64();
-        report.ended_at = unix_now();
-        report.wall_time_s = wall.elapsed().as_secs_f64();
-        let json = crate::stages::pretty("rank report", &report)?;
+        // The report travels in the predictions' footer too (summarize then reads one
+        // object per rank), so it is finished once the predictions are encoded: the same
+        // bytes go to `<rank>.json`, written last, which marks the rank done.
+        let mut json = None;
+        let parquet = preds.to_parquet_with(&results.url_of(&pkey), || {
+            report.upload_s = t.elapsed().as_secs_f64();
+            report.ended_at = unix_now();
+            report.wall_time_s = wall.elapsed().as_secs_f64();
+            let encoded = crate::stages::pretty("rank report", &report);
+            let carried = encoded
+                .as_ref()
+                .ok()
+                .and_then(|j| String::from_utf8(j.clone()).ok())
+                .map(|j| (layout::RANK_REPORT_METADATA.to_string(), j));
+            json = Some(encoded);
+            carried.into_iter().collect()
+        })?;
+        let json = match json {
+            Some(j) => j?,
+            None => crate::stages::pretty("rank report", &report)?,
+        };
+        results.put(&pkey, parquet).await?;
         results.put(&layout::rank_report(rank), json).await?;
         results.delete(&layout::failure(rank)).await?;
         Ok(report)
@@ -958,9 +1002,9 @@ mod tests {
         let c = Commit::new();
         let (a, b) = (c.add_copy(), c.add_copy());
         assert_eq!(c.copies(), 2);
-        assert_eq!(c.claim(b), (true, true));
-        assert_eq!(c.claim(a), (false, true));
-        assert_eq!(c.claim(b), (true, true));
+        assert_eq!(c.claim(b).await.unwrap(), (true, true));
+        assert_eq!(c.claim(a).await.unwrap(), (false, true));
+        assert_eq!(c.claim(b).await.unwrap(), (true, true));
         // The loser hears of it at once; the winner never does.
         c.lost(a).await;
         let winner = c.clone();
@@ -970,6 +1014,29 @@ mod tests {
         pending.abort();
         let alone = Commit::new();
         let only = alone.add_copy();
-        assert_eq!(alone.claim(only), (true, false));
+        assert_eq!(alone.claim(only).await.unwrap(), (true, false));
+    }
+
+    #[tokio::test]
+    async fn copies_in_separate_processes_commit_once_through_the_results_location() {
+        let results = StorageUrl::parse("memory://commit/shared").unwrap();
+        // Two tasks of rank 4 (each its own process, so its own Commit).
+        let (first, second) = (
+            Commit::shared(&results, 4, "node1 job 7"),
+            Commit::shared(&results, 4, "node2 job 9"),
+        );
+        let (a, b) = (first.add_copy(), second.add_copy());
+        assert_eq!(second.claim(b).await.unwrap(), (true, false));
+        assert_eq!(first.claim(a).await.unwrap(), (false, false));
+        let claim = results.get(&layout::rank_claim(4)).await.unwrap();
+        assert_eq!(&claim[..], b"node2 job 9");
+        // A rank the follower marked as speculated says so in the winner's report.
+        results
+            .put(&layout::rank_speculated(5), Vec::new())
+            .await
+            .unwrap();
+        let marked = Commit::shared(&results, 5, "node1 job 8");
+        let id = marked.add_copy();
+        assert_eq!(marked.claim(id).await.unwrap(), (true, true));
     }
 }

@@ -220,6 +220,7 @@ pub fn run_slurm(
         script_dir: None,
         retries,
         poll,
+        speculate: cai_engine::local::DEFAULT_SPECULATE,
         dry_run: false,
     };
     let out = follow(py, progress, Arc::default(), move |ev| {

@@ -54,6 +54,9 @@ pub struct SlurmEngine {
     pub retries: u32,
     /// Time between two looks at the queue.
     pub poll: Duration,
+    /// Once more than half the ranks have ended, a rank still running past this many times
+    /// the median rank time gets a second task (the local engine's `--speculate`; 0: never).
+    pub speculate: f64,
     /// Only write the plan and the scripts and tell the commands that would submit them.
     pub dry_run: bool,
 }
@@ -125,6 +128,9 @@ pub struct ArrayJob {
     /// several arrays whose task ids stay below it.
     #[serde(default)]
     pub offset: usize,
+    /// A second copy of a straggling rank (not a retry): the first copy to finish counts.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub speculative: bool,
 }
 
 impl ArrayJob {
@@ -196,6 +202,9 @@ pub struct JobsState {
     pub max_array_size: Option<usize>,
     /// Retries allowed per rank.
     pub retries: u32,
+    /// [`SlurmEngine::speculate`] of the submission (0 in records from before it).
+    #[serde(default)]
+    pub speculate: f64,
     /// Unix time of the first submission.
     pub submitted_at: f64,
     /// Every array submission, first to last.
@@ -344,6 +353,7 @@ impl SlurmEngine {
             script_dir: state.array_script.parent().map(PathBuf::from),
             retries: state.retries,
             poll,
+            speculate: state.speculate,
             dry_run: false,
         }
     }
@@ -353,6 +363,19 @@ impl SlurmEngine {
     pub async fn submit(&self, p: &Prepared) -> Result<JobsState> {
         let results = StorageUrl::parse(&p.results)?;
         results.delete(layout::SUMMARY).await?;
+        // Claims left by an earlier, killed submission of these ranks would refuse their
+        // outputs (see `worker::Commit`).
+        let ranks: std::collections::HashSet<usize> = p.ranks.iter().copied().collect();
+        for o in results.child(layout::CLAIMS_DIR).list().await? {
+            let rank = o
+                .key
+                .split('.')
+                .next()
+                .and_then(|r| r.parse::<usize>().ok());
+            if rank.is_some_and(|r| ranks.contains(&r)) {
+                results.child(layout::CLAIMS_DIR).delete(&o.key).await?;
+            }
+        }
         let submitted_at = unix_now();
         let mut arrays = Vec::new();
         for (offset, ranks) in p.chunks() {
@@ -365,6 +388,7 @@ impl SlurmEngine {
                     indices: ranks,
                     attempt: 0,
                     offset,
+                    speculative: false,
                 }),
                 Err(e) => {
                     let ids: Vec<String> = arrays.iter().map(|a| a.job_id.clone()).collect();
@@ -395,6 +419,7 @@ impl SlurmEngine {
             max_running: self.script.max_running,
             max_array_size: Some(p.max_array_size),
             retries: self.retries,
+            speculate: self.speculate,
             submitted_at,
             arrays,
             summarize_jobs: vec![summarize],
@@ -467,6 +492,7 @@ mod tests {
                 indices: ranks.clone(),
                 attempt: 0,
                 offset: *offset,
+                speculative: false,
             };
             for &r in ranks {
                 let t = a.task_of_rank(r).unwrap();

@@ -140,12 +140,23 @@ pub async fn watch(
     let mut seen_done: HashMap<usize, u64> = HashMap::new();
     let mut handled: HashSet<(usize, u32)> = HashSet::new();
     let mut final_failed: BTreeMap<usize, String> = BTreeMap::new();
-    let mut retries = state.arrays.iter().filter(|a| a.attempt > 0).count();
+    let mut retries = state
+        .arrays
+        .iter()
+        .filter(|a| a.attempt > 0 && !a.speculative)
+        .count();
+    // Stragglers: wall times of the ranks that finished, when each running rank was first
+    // seen running, and which losing copies were cancelled.
+    let mut walls: Vec<f64> = Vec::new();
+    let mut running_since: HashMap<usize, std::time::Instant> = HashMap::new();
+    let mut cancelled: HashSet<usize> = HashSet::new();
 
     loop {
         let mut events = Vec::new();
         // Slurm first, then the results: a task Slurm calls finished wrote its result before.
         let mut tasks: HashMap<usize, Task> = HashMap::new();
+        // Second copies of straggling ranks, beside their latest task.
+        let mut copies: HashMap<usize, Task> = HashMap::new();
         let mut arrays = state.arrays.clone();
         arrays.sort_by_key(|a| a.attempt);
         for a in &arrays {
@@ -173,13 +184,14 @@ pub async fn watch(
                         state: "UNKNOWN".into(),
                         ..Default::default()
                     });
-                tasks.insert(
-                    rank,
-                    Task {
-                        rec,
-                        attempt: a.attempt,
-                    },
-                );
+                let task = Task {
+                    rec,
+                    attempt: a.attempt,
+                };
+                match a.speculative {
+                    true => copies.insert(rank, task),
+                    false => tasks.insert(rank, task),
+                };
             }
         }
         let summarize_rec = match state.summarize_jobs.last() {
@@ -191,6 +203,7 @@ pub async fn watch(
         let failed_records = listing.failure_record_ranks();
 
         let (mut pending, mut running) = (0, 0);
+        let mut running_now = HashSet::new();
         let mut to_retry = Vec::new();
         for &rank in &state.ranks {
             if done.contains(&rank) {
@@ -198,9 +211,16 @@ pub async fn watch(
                     let (galaxies, host) = match results.get_opt(&layout::rank_report(rank)).await?
                     {
                         Some(b) => {
-                            RankReport::from_json(&results.url_of(&layout::rank_report(rank)), &b)
-                                .map(|r| (r.galaxies, r.host))
-                                .unwrap_or((plan.galaxies_of(rank), String::new()))
+                            match RankReport::from_json(
+                                &results.url_of(&layout::rank_report(rank)),
+                                &b,
+                            ) {
+                                Ok(r) => {
+                                    walls.push(r.wall_time_s);
+                                    (r.galaxies, r.host)
+                                }
+                                Err(_) => (plan.galaxies_of(rank), String::new()),
+                            }
                         }
                         None => (plan.galaxies_of(rank), String::new()),
                     };
@@ -211,6 +231,24 @@ pub async fn watch(
                         host,
                     });
                 }
+                // The copy of a speculated rank still running lost: stop it (it writes
+                // nothing, see `worker::Commit`).
+                if copies.contains_key(&rank) && cancelled.insert(rank) {
+                    let losers: Vec<String> = [tasks.get(&rank), copies.get(&rank)]
+                        .into_iter()
+                        .flatten()
+                        .filter(|t| t.rec.active())
+                        .map(|t| t.rec.task_name())
+                        .collect();
+                    if !losers.is_empty() {
+                        if let Err(e) = engine.commands.scancel(&losers) {
+                            events.push(Event::Note(format!(
+                                "could not cancel the losing copy {} of rank {rank}: {e}",
+                                losers.join(", ")
+                            )));
+                        }
+                    }
+                }
                 continue;
             }
             if final_failed.contains_key(&rank) {
@@ -220,9 +258,15 @@ pub async fn watch(
                 pending += 1;
                 continue;
             };
-            if task.rec.active() {
-                if matches!(task.rec.state.as_str(), "RUNNING" | "COMPLETING") {
+            let copy = copies.get(&rank).filter(|c| c.rec.active());
+            if task.rec.active() || copy.is_some() {
+                let runs = |t: &Task| matches!(t.rec.state.as_str(), "RUNNING" | "COMPLETING");
+                if runs(task) || copy.is_some_and(runs) {
                     running += 1;
+                    running_now.insert(rank);
+                    running_since
+                        .entry(rank)
+                        .or_insert_with(std::time::Instant::now);
                 } else {
                     pending += 1;
                 }
@@ -310,6 +354,10 @@ pub async fn watch(
         if !to_retry.is_empty() {
             let attempt = state.arrays.iter().map(|a| a.attempt).max().unwrap_or(0) + 1;
             let indices: Vec<usize> = to_retry.iter().map(|t| t.0).collect();
+            // A task that died after claiming its rank would refuse its retry's outputs.
+            for &rank in &indices {
+                results.delete(&layout::rank_claim(rank)).await?;
+            }
             let max_array = state
                 .max_array_size
                 .unwrap_or(super::DEFAULT_MAX_ARRAY_SIZE);
@@ -325,6 +373,7 @@ pub async fn watch(
                     indices: ranks,
                     attempt,
                     offset,
+                    speculative: false,
                 });
             }
             retries += 1;
@@ -358,6 +407,35 @@ pub async fn watch(
                 }
             }
             state.save(&results).await?;
+        }
+
+        // A rank's time counts from when its current task was first seen running (a retry
+        // starts afresh; a rank that ended is no straggler).
+        running_since.retain(|r, _| running_now.contains(r));
+        let ended = state.ranks.iter().filter(|r| done.contains(r)).count() + final_failed.len();
+        if let Some(median) =
+            crate::local::straggler_bound(&walls, ended, state.ranks.len(), state.speculate)
+        {
+            let speculated: HashSet<usize> = state
+                .arrays
+                .iter()
+                .filter(|a| a.speculative)
+                .flat_map(|a| a.indices.iter().copied())
+                .collect();
+            let mut stragglers: Vec<(usize, f64)> = running_since
+                .iter()
+                .map(|(&r, t)| (r, t.elapsed().as_secs_f64()))
+                .filter(|&(r, t)| t > state.speculate * median && !speculated.contains(&r))
+                .collect();
+            stragglers.sort_unstable_by_key(|s| s.0);
+            for (rank, secs) in stragglers {
+                let job = speculate(engine, state, &results, rank).await?;
+                events.push(Event::Note(format!(
+                    "rank {rank} has run {secs:.1} s, over {}× the median rank time ({median:.1} s): \
+                     started a second copy as job {job}; the first to finish counts",
+                    state.speculate
+                )));
+            }
         }
 
         let elapsed_s = unix_now() - state.submitted_at;
@@ -398,6 +476,40 @@ pub async fn watch(
         on(&snapshot, &events);
         tokio::time::sleep(engine.poll).await;
     }
+}
+
+/// Start a second copy of the straggling `rank`: mark it (`claims/<rank>.speculated`, so
+/// the winner's report says so), then submit the array script for that rank alone and
+/// record it. Returns the new job's id.
+async fn speculate(
+    engine: &SlurmEngine,
+    state: &mut JobsState,
+    results: &StorageUrl,
+    rank: usize,
+) -> Result<String> {
+    results
+        .put(&layout::rank_speculated(rank), Vec::new())
+        .await?;
+    let attempt = state
+        .arrays
+        .iter()
+        .filter(|a| a.indices.contains(&rank))
+        .map(|a| a.attempt)
+        .max()
+        .unwrap_or(0);
+    let job = engine.commands.sbatch(
+        &super::chunk_options(rank, &[rank], state.max_running),
+        &state.array_script,
+    )?;
+    state.arrays.push(ArrayJob {
+        job_id: job.clone(),
+        indices: vec![rank],
+        attempt,
+        offset: rank,
+        speculative: true,
+    });
+    state.save(results).await?;
+    Ok(job)
 }
 
 /// Use the summarize job's `summary.json` when it covers every rank's final state, else

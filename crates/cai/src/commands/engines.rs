@@ -109,6 +109,7 @@ fn slurm_engine(a: &RunArgs) -> Result<cai_engine::slurm::SlurmEngine> {
         script_dir: s.slurm_dir.clone(),
         retries: s.retries,
         poll: a.poll.interval(PollFor::Slurm),
+        speculate: a.speculate,
         dry_run: s.dry_run,
     })
 }

@@ -529,3 +529,85 @@ fn a_dry_run_of_more_ranks_than_the_array_size_prints_each_array() {
         assert!(stdout.contains(want), "{want:?} not in {stdout}");
     }
 }
+
+/// A straggler on Slurm: rank 2's partition stalls on its first read (through the fault
+/// proxy in front of moto) far longer than the run should take. Once more than half the
+/// ranks are done, the follower submits a second task for rank 2; that copy wins, the
+/// stalled task is cancelled, the summary and rank 2's report mark it speculated, and every
+/// galaxy is in the results exactly once.
+#[test]
+fn a_straggling_task_gets_a_second_copy_that_wins() {
+    use crate::faults::{Fault, FaultyS3, Schedule};
+    let Some(_c) = cluster() else { return };
+    let Some(s3) = crate::s3::Moto::start() else {
+        return;
+    };
+    let d = Dir::new();
+    s3.make_bucket("cai-data");
+    let part = s3
+        .command(env!("CARGO_BIN_EXE_cai"))
+        .args([
+            "partition",
+            "--input",
+            &fixtures().dataset.display().to_string(),
+            "--size",
+            crate::util::SIZE,
+            "--out",
+            "s3://cai-data/parts",
+        ])
+        .output()
+        .unwrap();
+    assert!(part.status.success(), "{part:?}");
+    let stall = Duration::from_secs(300);
+    let proxy = FaultyS3::start(
+        &s3.endpoint,
+        Schedule {
+            seed: 1,
+            per_mille: 0,
+            stall: Duration::ZERO,
+            always: Vec::new(),
+            first: vec![("00003.safetensors".into(), Fault::Stall(stall))],
+        },
+    );
+    let mut args = slurm_args(
+        &d,
+        "res",
+        &["--world-size", "5", "--speculate", "2", "--threads", "1"],
+    );
+    let at = args.iter().position(|a| a == "--data").unwrap();
+    args[at + 1] = "s3://cai-data/parts".into();
+    let t = Instant::now();
+    let out = s3
+        .command(env!("CARGO_BIN_EXE_cai"))
+        .env("AWS_ENDPOINT_URL", proxy.endpoint())
+        .env("CAI_S3_TIMEOUT", "600")
+        .args(&args)
+        .current_dir(d.tmp.path())
+        .output()
+        .unwrap();
+    let took = t.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("started a second copy"), "{stderr}");
+    assert!(took < stall, "the run took {took:?}, as long as the stall");
+    let s = read_json(d.path("res/summary.json"));
+    assert_eq!(s["speculated_ranks"], serde_json::json!([2]), "{s}");
+    assert_eq!(s["ranks_done"], 5);
+    assert_eq!(s["galaxies"], 300);
+    assert_eq!(s["failed"].as_array().unwrap().len(), 0, "{s}");
+    assert_eq!(read_json(d.path("res/2.json"))["speculated"], true);
+    assert!(read_json(d.path("res/0.json")).get("speculated").is_none());
+    assert!(!d.path("res/failed/2.json").exists());
+    let jobs = read_json(d.path("res/slurm/jobs.json"));
+    let copies: Vec<&serde_json::Value> = jobs["arrays"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["speculative"] == true)
+        .collect();
+    assert_eq!(copies.len(), 1, "{jobs}");
+    assert_eq!(copies[0]["indices"], serde_json::json!([2]));
+    // Every galaxy once (by_index fails on a second row for one galaxy).
+    assert_eq!(by_index(d.path("res/predictions.parquet")).len(), 300);
+    eprintln!("slurm straggler: rank 2's first read stalled {stall:?}; the run took {took:?}");
+}

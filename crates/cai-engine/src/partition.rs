@@ -47,10 +47,24 @@ pub fn open_dataset(input: &Path) -> Result<Box<dyn GalaxySource + Send>> {
 /// The partitions under `src` (in plan order) as one galaxy source, read a partition at a
 /// time, to cut again at another size.
 pub async fn open_partitions(src: &StorageUrl) -> Result<Box<dyn GalaxySource + Send>> {
+    let parts = partitions_in_order(src).await?;
+    seq_of(src, &parts).await
+}
+
+/// The partitions under `src`, in plan order (the manifest's, else by number).
+async fn partitions_in_order(src: &StorageUrl) -> Result<Vec<cai_core::plan::PartitionRef>> {
     let (mut parts, manifest) = find_partitions(src).await?;
     if manifest.is_none() {
         sort_partitions(&mut parts);
     }
+    Ok(parts)
+}
+
+/// `parts` under `src` as one galaxy source, read a partition at a time.
+async fn seq_of(
+    src: &StorageUrl,
+    parts: &[cai_core::plan::PartitionRef],
+) -> Result<Box<dyn GalaxySource + Send>> {
     let keys: Vec<String> = parts.iter().map(|p| p.key.clone()).collect();
     let counts: Option<Vec<u64>> = parts.iter().map(|p| p.galaxies).collect();
     let handle = tokio::runtime::Handle::current();
@@ -78,25 +92,22 @@ pub async fn open_partitions(src: &StorageUrl) -> Result<Box<dyn GalaxySource + 
 /// galaxies as a source read a partition at a time ([`open_partitions`]); any other
 /// model's tensors read whole and joined (a sweep's data sizes fit in memory).
 pub async fn open_partitions_input(src: &StorageUrl) -> Result<PartitionInput> {
-    let (mut parts, manifest) = find_partitions(src).await?;
-    if manifest.is_none() {
-        sort_partitions(&mut parts);
-    }
+    let parts = partitions_in_order(src).await?;
     let read = |key: String| async move {
         let url = src.url_of(&key);
         let bytes = src.get(&key).await?;
         let set = cai_data::read_tensors(&url, &bytes, None)?;
         Ok::<_, Error>((url, set))
     };
-    let mut keys = parts.into_iter().map(|p| p.key);
-    let Some(first) = keys.next() else {
-        return Ok(PartitionInput::Galaxies(open_partitions(src).await?));
+    let Some(first) = parts.first() else {
+        return Ok(PartitionInput::Galaxies(seq_of(src, &parts).await?));
     };
-    let (_, mut set) = read(first).await?;
+    let (_, mut set) = read(first.key.clone()).await?;
     if set.to_partition().is_some() {
-        return Ok(PartitionInput::Galaxies(open_partitions(src).await?));
+        // AstroMAE's: streamed a partition at a time (the first is read again then).
+        return Ok(PartitionInput::Galaxies(seq_of(src, &parts).await?));
     }
-    for key in keys {
+    for key in parts[1..].iter().map(|p| p.key.clone()) {
         let (url, more) = read(key).await?;
         set.extend(&more)
             .map_err(|e| cai_data::Error::InvalidPartition {

@@ -1,6 +1,6 @@
 //! AstroMAE exported to ONNX (scripts/onnx/make_fixtures.py, the parity re-creation with the
 //! original's twelve ViT blocks and seeded weights) gives PyTorch's z within 1e-5 through
-//! [`OnnxModel`].
+//! [`OnnxModel`], its blocks lowered onto CAI's kernels.
 //!
 //! The export is ≈60 MB, so it is not committed: the script writes it to
 //! `$CAI_PARITY_DIR/onnx/`, and this test runs when `CAI_PARITY_DIR` is set (as the other
@@ -64,4 +64,15 @@ fn astromae_exported_to_onnx_matches_pytorch() {
         .fold(0.0f32, f32::max);
     eprintln!("AstroMAE through ONNX/tract: max |z - z_torch| = {worst:e} over {n} galaxies");
     assert!(worst <= 1e-5, "max |z - z_torch| = {worst:e}");
+    // The twelve blocks run on CAI's kernels: every attention, and at least the four
+    // products of each block (qkv, proj, fc1, fc2) with their GELU and (all but the first
+    // block's attention) residual.
+    let lowered = model.lowered();
+    eprintln!("lowered onto CAI's kernels: {lowered:?}");
+    assert_eq!(lowered.attention, 12, "{lowered:?}");
+    assert_eq!(lowered.gelu, 12, "{lowered:?}");
+    assert!(
+        lowered.linear >= 48 && lowered.residual >= 23,
+        "{lowered:?}"
+    );
 }

@@ -626,6 +626,15 @@ impl PackedB {
         self.bias[n..].fill(0.0);
     }
 
+    /// Replaces the bias added in the epilogue by `bias` (`n` values): a bias found after
+    /// the weights were packed (the ONNX lowering fuses a following `Add` this way).
+    ///
+    /// Panics if `bias` has fewer than `n` values.
+    pub fn set_bias(&mut self, bias: &[f32]) {
+        let n = self.n;
+        self.bias[..n].copy_from_slice(&bias[..n]);
+    }
+
     /// Rows of `B` (the reduction length).
     pub fn k(&self) -> usize {
         self.k

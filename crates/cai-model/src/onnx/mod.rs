@@ -21,10 +21,27 @@ use tract_onnx::prelude::*;
 use crate::tensors::{DType, NamedBatch, NamedOutput, NamedOutputs, TensorModel, TensorSpec};
 use crate::Error;
 
+mod lower;
+mod native;
+
+pub use lower::Lowered;
+
+/// How a loaded graph is run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Lowering {
+    /// CAI's kernels for what [`lower`] recognises (products with constant weights, their
+    /// bias, GELU and residual, LayerNorm, attention), tract for the rest: the default.
+    #[default]
+    Native,
+    /// tract for everything (for comparison: the same graph without the lowering).
+    Tract,
+}
+
 /// An ONNX graph, optimised for a symbolic batch dimension and ready to run.
 pub struct OnnxModel {
     file: String,
     plan: Arc<TypedRunnableModel>,
+    lowered: Lowered,
     inputs: Vec<TensorSpec>,
     outputs: Vec<TensorSpec>,
     binds: Vec<(String, String)>,
@@ -206,6 +223,22 @@ impl OnnxInfo {
     }
 }
 
+/// Types the graph, lowers it (unless `lowering` says not), declutters, fuses and
+/// optimises it.
+fn optimise(model: InferenceModel, lowering: Lowering) -> TractResult<(TypedModel, Lowered)> {
+    let mut typed = model.into_typed()?;
+    let mut lowered = Lowered::default();
+    if lowering == Lowering::Native {
+        lowered = lower::lower(&mut typed)?;
+    }
+    typed.declutter()?;
+    if lowering == Lowering::Native {
+        lower::fuse(&mut typed, &mut lowered)?;
+    }
+    typed.optimize()?;
+    Ok((typed, lowered))
+}
+
 impl OnnxModel {
     /// Load, check and optimise the ONNX model in `bytes` (`file` names it in errors).
     ///
@@ -213,8 +246,17 @@ impl OnnxModel {
     /// node and operator), an input whose non-batch dimension is not a number, a non-f32
     /// input, an output whose per-galaxy shape cannot be resolved.
     pub fn load(file: &str, bytes: &[u8]) -> Result<Self, Error> {
-        let proto = decode_proto(file, bytes)?;
-        let info = OnnxInfo::from_proto(file, &proto)?;
+        Self::load_with(file, bytes, Lowering::Native)
+    }
+
+    /// [`OnnxModel::load`], choosing whether the graph is lowered onto CAI's kernels.
+    pub fn load_with(file: &str, bytes: &[u8], lowering: Lowering) -> Result<Self, Error> {
+        Self::from_proto(file, &decode_proto(file, bytes)?, lowering)
+    }
+
+    /// [`OnnxModel::load_with`] from a decoded model.
+    fn from_proto(file: &str, proto: &pb::ModelProto, lowering: Lowering) -> Result<Self, Error> {
+        let info = OnnxInfo::from_proto(file, proto)?;
         if !info.unsupported.is_empty() {
             let list: Vec<String> = info
                 .unsupported
@@ -230,9 +272,12 @@ impl OnnxModel {
                 ),
             ));
         }
-        let onnx = tract_onnx::onnx();
+        let onnx = match lowering {
+            Lowering::Native => native::onnx_with_native_ops(),
+            Lowering::Tract => tract_onnx::onnx(),
+        };
         let mut model = onnx
-            .model_for_proto_model(&proto)
+            .model_for_proto_model(proto)
             .map_err(|e| onnx_err(file, format!("cannot translate the graph: {e:#}")))?;
         let batch = model.symbols.sym("N");
         let mut inputs = Vec::new();
@@ -279,9 +324,9 @@ impl OnnxModel {
                 .map_err(|e| onnx_err(file, format!("input `{}`: {e:#}", decl.name)))?;
             inputs.push(TensorSpec::f32(&decl.name, &per_galaxy));
         }
-        let typed = model
-            .into_optimized()
+        let (typed, lowered) = optimise(model, lowering)
             .map_err(|e| onnx_err(file, format!("cannot type and optimise the graph: {e:#}")))?;
+        tracing::debug!(file, ?lowered, "ONNX graph lowered onto CAI's kernels");
         let mut outputs = Vec::new();
         for (i, decl) in info.outputs.iter().enumerate() {
             let fact = typed
@@ -325,10 +370,16 @@ impl OnnxModel {
         Ok(Self {
             file: file.to_string(),
             plan,
+            lowered,
             inputs,
             outputs,
             binds: Vec::new(),
         })
+    }
+
+    /// What the lowering put on CAI's kernels (all zero under [`Lowering::Tract`]).
+    pub fn lowered(&self) -> Lowered {
+        self.lowered
     }
 
     /// Feed input `INPUT` from the data's tensor `TENSOR` for each `(INPUT, TENSOR)` (the

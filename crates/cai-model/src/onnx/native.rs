@@ -1,0 +1,381 @@
+//! tract operators that run on CAI's own kernels ([`crate::kernels`]): what
+//! [`super::lower`] puts in place of the subgraphs a transformer spends its time in.
+//!
+//! * [`NativeLinear`]: `act(x·W + b)` (optionally `+ residual`) on the packed GEMM with the
+//!   bias, GELU and residual fused into its epilogue, the weights packed once at load.
+//! * [`NativeLayerNorm`]: ONNX `LayerNormalization` in one pass per row (tract decomposes it
+//!   into nine element-wise and reduction operators).
+//! * [`NativeAttention`]: `softmax(scale · q·kᵀ)·v` per batch and head on the fused attention
+//!   kernel (tract runs it as two matrix products with their packing and a softmax).
+//!
+//! Each takes and returns f32 tensors in the layout tract gives it (dense, row-major).
+
+use std::cell::RefCell;
+
+use tract_onnx::prelude::*;
+use tract_onnx::tract_core::internal::*;
+use tract_onnx::tract_hir::internal::*;
+
+use crate::kernels::{self, Act, AttentionScratch, Epilogue, HeadQkv, PackedB};
+
+/// A tensor's f32 values (tract's tensors are dense and row-major).
+pub(super) fn f32s(t: &Tensor) -> TractResult<&[f32]> {
+    t.to_plain_array_view::<f32>()?
+        .to_slice()
+        .ok_or_else(|| format_err!("tensor of shape {:?} is not contiguous", t.shape()))
+}
+
+/// A tensor's f32 values, to write.
+fn f32s_mut(t: &mut Tensor) -> TractResult<&mut [f32]> {
+    let shape = t.shape().to_vec();
+    t.to_plain_array_view_mut::<f32>()?
+        .into_slice()
+        .ok_or_else(|| format_err!("tensor of shape {shape:?} is not contiguous"))
+}
+
+/// `act(x·W + b)` over the last axis of `x` (`k` values) into `n` values, on
+/// [`kernels::Ops::gemm`] with weights packed once. With `residual`, a second input of the
+/// output's shape is added (`out = residual + act(x·W + b)`, the GEMM accumulating into it).
+#[derive(Debug, Clone)]
+pub struct NativeLinear {
+    /// The weights `k x n` and bias, packed for the GEMM.
+    pub w: Arc<PackedB>,
+    /// Activation fused into the epilogue.
+    pub act: Act,
+    /// Whether a second input is accumulated into.
+    pub residual: bool,
+}
+
+impl PartialEq for NativeLinear {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.w, &other.w) && self.act == other.act && self.residual == other.residual
+    }
+}
+
+impl Eq for NativeLinear {}
+
+impl Op for NativeLinear {
+    fn name(&self) -> StaticName {
+        "CaiLinear".into()
+    }
+
+    fn info(&self) -> TractResult<Vec<String>> {
+        Ok(vec![format!(
+            "k={} n={} act={:?} residual={}",
+            self.w.k(),
+            self.w.n(),
+            self.act,
+            self.residual
+        )])
+    }
+
+    op_as_typed_op!();
+}
+
+impl EvalOp for NativeLinear {
+    op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, mut inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let (k, n) = (self.w.k(), self.w.n());
+        let residual = if self.residual { inputs.pop() } else { None };
+        let x = inputs
+            .pop()
+            .ok_or_else(|| format_err!("CaiLinear needs an input"))?;
+        let shape = x.shape().to_vec();
+        ensure!(
+            shape.last() == Some(&k),
+            "CaiLinear: input {shape:?} does not end in {k} values"
+        );
+        let m = x.len() / k.max(1);
+        let mut out_shape = shape;
+        if let Some(last) = out_shape.last_mut() {
+            *last = n;
+        }
+        let (mut out, accumulate) = match residual {
+            Some(r) => {
+                ensure!(
+                    r.shape() == out_shape.as_slice(),
+                    "CaiLinear: residual {:?} is not the output's shape {out_shape:?}",
+                    r.shape()
+                );
+                (r.into_tensor(), true)
+            }
+            None => (Tensor::zero::<f32>(&out_shape)?, false),
+        };
+        let a = f32s(&x)?;
+        let c = f32s_mut(&mut out)?;
+        let epi = Epilogue {
+            act: self.act,
+            accumulate,
+        };
+        kernels::ops().gemm(m, a, k, &self.w, c, n, epi);
+        Ok(tvec![out.into_tvalue()])
+    }
+}
+
+impl TypedOp for NativeLinear {
+    as_op!();
+
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        let x = inputs[0];
+        ensure!(x.datum_type == f32::datum_type(), "CaiLinear takes f32");
+        ensure!(
+            x.shape.last() == Some(&self.w.k().to_dim()),
+            "CaiLinear: input {:?} does not end in {} values",
+            x.shape,
+            self.w.k()
+        );
+        let mut dims: TVec<TDim> = x.shape.iter().cloned().collect();
+        if let Some(last) = dims.last_mut() {
+            *last = self.w.n().to_dim();
+        }
+        Ok(tvec!(f32::fact(dims)))
+    }
+}
+
+/// ONNX `LayerNormalization` over the axes from `axis` on (rows of `dim` values), with
+/// `scale` (and `bias`) inputs of `dim` values, in f32 on [`kernels::Ops::layer_norm`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NativeLayerNorm {
+    /// First normalised axis (non-negative).
+    pub axis: usize,
+    /// `epsilon`, as its bits (so the op is `Eq`).
+    pub eps_bits: u32,
+}
+
+impl Op for NativeLayerNorm {
+    fn name(&self) -> StaticName {
+        "CaiLayerNorm".into()
+    }
+
+    fn info(&self) -> TractResult<Vec<String>> {
+        Ok(vec![format!(
+            "axis={} eps={}",
+            self.axis,
+            f32::from_bits(self.eps_bits)
+        )])
+    }
+
+    op_as_typed_op!();
+}
+
+/// `values` as exactly `dim` f32s: as they are, or one value repeated (a broadcast scalar).
+fn per_column(t: &Tensor, dim: usize, what: &str) -> TractResult<Vec<f32>> {
+    let t = t.cast_to::<f32>()?;
+    let v = f32s(&t)?;
+    match v.len() {
+        l if l == dim => Ok(v.to_vec()),
+        1 => Ok(vec![v[0]; dim]),
+        l => bail!("LayerNormalization: {what} has {l} values for rows of {dim}"),
+    }
+}
+
+impl EvalOp for NativeLayerNorm {
+    op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let x = &inputs[0];
+        let dt = x.datum_type();
+        let shape = x.shape().to_vec();
+        ensure!(
+            self.axis < shape.len(),
+            "LayerNormalization: axis out of range"
+        );
+        let dim: usize = shape[self.axis..].iter().product();
+        let rows = x.len() / dim.max(1);
+        let gamma = per_column(&inputs[1], dim, "scale")?;
+        let beta = match inputs.get(2) {
+            Some(b) => per_column(b, dim, "bias")?,
+            None => vec![0.0; dim],
+        };
+        let xf = x.cast_to::<f32>()?;
+        let mut out = Tensor::zero::<f32>(&shape)?;
+        kernels::ops().layer_norm(
+            rows,
+            dim,
+            f32s(&xf)?,
+            dim,
+            &gamma,
+            &beta,
+            f32::from_bits(self.eps_bits),
+            f32s_mut(&mut out)?,
+            dim,
+        );
+        if dt != f32::datum_type() {
+            out = out.cast_to_dt(dt)?.into_owned();
+        }
+        Ok(tvec![out.into_tvalue()])
+    }
+}
+
+impl TypedOp for NativeLayerNorm {
+    as_op!();
+
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        Ok(tvec!(inputs[0].datum_type.fact(inputs[0].shape.clone())))
+    }
+}
+
+/// The ONNX `LayerNormalization` node as parsed: wired as [`NativeLayerNorm`].
+#[derive(Debug, Clone)]
+struct LayerNormExpansion {
+    axis: i64,
+    eps: f32,
+    inputs: usize,
+}
+
+impl Expansion for LayerNormExpansion {
+    fn name(&self) -> StaticName {
+        "CaiLayerNorm".into()
+    }
+
+    fn rules<'r, 'p: 'r, 's: 'r>(
+        &'s self,
+        s: &mut Solver<'r>,
+        inputs: &'p [TensorProxy],
+        outputs: &'p [TensorProxy],
+    ) -> InferenceResult {
+        check_input_arity(inputs, self.inputs)?;
+        check_output_arity(outputs, 1)?;
+        s.equals(&inputs[0].datum_type, &outputs[0].datum_type)?;
+        s.equals(&inputs[0].shape, &outputs[0].shape)?;
+        Ok(())
+    }
+
+    fn wire(
+        &self,
+        prefix: &str,
+        model: &mut TypedModel,
+        inputs: &[OutletId],
+    ) -> TractResult<TVec<OutletId>> {
+        let rank = model.outlet_fact(inputs[0])?.rank() as i64;
+        let axis = if self.axis < 0 {
+            self.axis + rank
+        } else {
+            self.axis
+        };
+        ensure!(
+            (0..rank).contains(&axis),
+            "LayerNormalization axis {} for a rank {rank} input",
+            self.axis
+        );
+        let op = NativeLayerNorm {
+            axis: axis as usize,
+            eps_bits: self.eps.to_bits(),
+        };
+        model.wire_node(prefix, op, inputs)
+    }
+}
+
+/// Parses an ONNX `LayerNormalization` into [`NativeLayerNorm`] when only its first output
+/// is used (the mean and inverse deviation outputs, and a `stash_type` other than f32, go to
+/// tract's own decomposition).
+fn layer_norm_builder(
+    ctx: &tract_onnx::model::ParsingContext,
+    node: &tract_onnx::pb::NodeProto,
+) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
+    let attr = |name: &str| node.attribute.iter().find(|a| a.name == name);
+    let axis = attr("axis").map(|a| a.i).unwrap_or(-1);
+    let eps = attr("epsilon").map(|a| a.f).unwrap_or(1e-5);
+    let stash_f32 = attr("stash_type").is_none_or(|a| a.i == 1);
+    let extra_outputs = node.output.iter().skip(1).any(|o| !o.is_empty());
+    if extra_outputs || !stash_f32 || !(2..=3).contains(&node.input.len()) {
+        let tract = tract_onnx::onnx();
+        let builder = tract
+            .op_register
+            .0
+            .get("LayerNormalization")
+            .ok_or_else(|| format_err!("tract has no LayerNormalization"))?;
+        return builder(ctx, node);
+    }
+    Ok((
+        expand(LayerNormExpansion {
+            axis,
+            eps,
+            inputs: node.input.len(),
+        }),
+        vec![],
+    ))
+}
+
+/// tract's ONNX front end with CAI's operators registered in place of tract's own where
+/// they parse (today `LayerNormalization`).
+pub fn onnx_with_native_ops() -> tract_onnx::Onnx {
+    let mut onnx = tract_onnx::onnx();
+    onnx.op_register
+        .insert("LayerNormalization", layer_norm_builder);
+    onnx
+}
+
+/// Scaled dot-product attention `softmax(scale · q·kᵀ)·v` over the last two axes: `q`, `k`
+/// and `v` are `[.., t, hd]` of one shape, one head per leading index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NativeAttention {
+    /// The positive scale of the scores, as its bits.
+    pub scale_bits: u32,
+}
+
+thread_local! {
+    static ATTENTION_SCRATCH: RefCell<AttentionScratch> = RefCell::new(AttentionScratch::default());
+}
+
+impl Op for NativeAttention {
+    fn name(&self) -> StaticName {
+        "CaiAttention".into()
+    }
+
+    fn info(&self) -> TractResult<Vec<String>> {
+        Ok(vec![format!("scale={}", f32::from_bits(self.scale_bits))])
+    }
+
+    op_as_typed_op!();
+}
+
+impl EvalOp for NativeAttention {
+    op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let (q, k, v) = (&inputs[0], &inputs[1], &inputs[2]);
+        let shape = q.shape().to_vec();
+        ensure!(
+            shape.len() >= 2 && k.shape() == shape.as_slice() && v.shape() == shape.as_slice(),
+            "CaiAttention: q {:?}, k {:?} and v {:?} differ",
+            q.shape(),
+            k.shape(),
+            v.shape()
+        );
+        let (t, hd) = (shape[shape.len() - 2], shape[shape.len() - 1]);
+        let head = t * hd;
+        let mut out = Tensor::zero::<f32>(&shape)?;
+        let (qs, ks, vs) = (f32s(q)?, f32s(k)?, f32s(v)?);
+        let scale = f32::from_bits(self.scale_bits);
+        let ops = kernels::ops();
+        let o = f32s_mut(&mut out)?;
+        ATTENTION_SCRATCH.with_borrow_mut(|ws| {
+            for (i, dst) in o.chunks_exact_mut(head.max(1)).enumerate() {
+                let h = HeadQkv {
+                    t,
+                    hd,
+                    ld: hd,
+                    q: &qs[i * head..][..head],
+                    k: &ks[i * head..][..head],
+                    v: &vs[i * head..][..head],
+                };
+                ops.attention(&h, scale, dst, hd, ws);
+            }
+        });
+        Ok(tvec![out.into_tvalue()])
+    }
+}
+
+impl TypedOp for NativeAttention {
+    as_op!();
+
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        ensure!(
+            inputs.iter().all(|f| f.datum_type == f32::datum_type()),
+            "CaiAttention takes f32"
+        );
+        Ok(tvec!(f32::fact(inputs[0].shape.clone())))
+    }
+}

@@ -46,6 +46,7 @@ pub async fn engine(o: AwsOptions) -> AwsEngine {
         stack: o.stack,
         artifacts: o.artifacts,
         poll: o.poll,
+        speculate: cai_engine::local::DEFAULT_SPECULATE,
     }
 }
 

@@ -20,6 +20,7 @@ use cai_engine::engine::{Engine, RunEnd, RunEvent, RunEvents, RunReport, RunRequ
 use sha2::{Digest, Sha256};
 
 use crate::execution::{execution_status, stop_execution, ExecutionRecord};
+use crate::straggler::Stragglers;
 use crate::{deploy, start_execution, watch, Deployed, Error, Package, Result, StackEvent};
 
 /// The engine's name in rank reports.
@@ -268,6 +269,10 @@ pub struct AwsEngine {
     pub artifacts: Artifacts,
     /// Time between two looks at the execution and the results.
     pub poll: Duration,
+    /// Once more than half the ranks have ended, a rank running past this many times the
+    /// median rank time gets a second copy, invoked by the follower (0: never); the local
+    /// and Slurm engines' `--speculate`.
+    pub speculate: f64,
 }
 
 impl AwsEngine {
@@ -279,11 +284,13 @@ impl AwsEngine {
             stack: StackSettings::default(),
             artifacts: Artifacts::default(),
             poll: Duration::from_secs(2),
+            speculate: cai_engine::local::DEFAULT_SPECULATE,
         }
     }
 
     /// Follow the execution `execution` of the run at `results` to its end, then read the
-    /// summary.
+    /// summary. A rank that runs long gets a second copy ([`Stragglers`]), by the run's
+    /// recorded `speculate` when there is one, else this engine's.
     pub async fn follow(
         &self,
         execution: &str,
@@ -291,30 +298,43 @@ impl AwsEngine {
         events: &dyn RunEvents,
     ) -> Result<RunReport> {
         let say = |m: String| events.event(RunEvent::Message(m));
+        let speculate = match ExecutionRecord::load(results).await {
+            Ok(Some(r)) if r.execution == execution => r.speculate.unwrap_or(self.speculate),
+            _ => self.speculate,
+        };
+        let mut stragglers = Stragglers::new(&self.sdk, execution, speculate);
         let mut started = false;
         let mut shown = 0u64;
-        let finished = watch(&self.sdk, execution, results, self.poll, |p| {
-            let Some(world) = p.world_size else {
-                say(format!("{}: initializing", p.status));
-                return;
-            };
-            if !started {
-                started = true;
-                events.event(RunEvent::Progress {
-                    label: "ranks".into(),
-                    total: world as u64,
-                    unit: "ranks",
-                });
-            }
-            let now = (p.done + p.failed) as u64;
-            if now > shown {
-                events.event(RunEvent::Advance(now - shown));
-                shown = now;
-            }
-            if p.failed > 0 {
-                say(format!("{} rank(s) failed so far", p.failed));
-            }
-        })
+        let finished = watch(
+            &self.sdk,
+            execution,
+            results,
+            self.poll,
+            Some(&mut stragglers),
+            |p| {
+                let Some(world) = p.world_size else {
+                    say(format!("{}: initializing", p.status));
+                    return;
+                };
+                if !started {
+                    started = true;
+                    events.event(RunEvent::Progress {
+                        label: "ranks".into(),
+                        total: world as u64,
+                        unit: "ranks",
+                    });
+                }
+                let now = (p.done + p.failed) as u64;
+                if now > shown {
+                    events.event(RunEvent::Advance(now - shown));
+                    shown = now;
+                }
+                if p.failed > 0 {
+                    say(format!("{} rank(s) failed so far", p.failed));
+                }
+            },
+            say,
+        )
         .await
         .map_err(|e| Error::Context {
             what: "lost track of the execution".into(),
@@ -472,6 +492,7 @@ impl AwsEngine {
             })?;
         // Recorded beside the results (Initialize leaves it), for `cai status` to reattach.
         ExecutionRecord::new(&execution)
+            .with_speculate(self.speculate)
             .save(&StorageUrl::parse(&results)?)
             .await?;
         let region = self

@@ -16,6 +16,7 @@ use cai_core::results::{load_plan, ResultsListing};
 use cai_core::StorageUrl;
 use serde::{Deserialize, Serialize};
 
+use crate::straggler::Stragglers;
 use crate::{aws_err, Error, Result};
 
 /// Where a run is.
@@ -80,12 +81,15 @@ pub async fn start_execution(
 
 /// The execution of a run, recorded at its results location ([`layout::AWS_EXECUTION`]) when
 /// it starts, so that `cai status --results …` can find and follow it from anywhere.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ExecutionRecord {
     /// The execution's ARN.
     pub execution: String,
     /// The region it runs in (the ARN's), for the client that follows it.
     pub region: Option<String>,
+    /// The run's straggler factor (`--speculate`), for whoever follows it later.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub speculate: Option<f64>,
 }
 
 impl ExecutionRecord {
@@ -99,7 +103,14 @@ impl ExecutionRecord {
                 .nth(3)
                 .filter(|r| !r.is_empty())
                 .map(String::from),
+            speculate: None,
         }
+    }
+
+    /// The record with the run's straggler factor.
+    pub fn with_speculate(mut self, speculate: f64) -> Self {
+        self.speculate = Some(speculate);
+        self
     }
 
     /// Write it under `results`.
@@ -158,13 +169,17 @@ pub async fn count_ranks(results: &StorageUrl) -> Result<(usize, usize)> {
 }
 
 /// Poll the execution and the results location every `poll` until the execution ends,
-/// calling `on_progress` whenever the counts or the status change.
+/// calling `on_progress` whenever the counts or the status change. With `stragglers`, each
+/// look while the execution runs also gives a straggling rank a second copy; `on_note`
+/// gets a line for each (and for a copy that could not be started).
 pub async fn watch(
     sdk: &SdkConfig,
     execution_arn: &str,
     results: &StorageUrl,
     poll: Duration,
+    mut stragglers: Option<&mut Stragglers>,
     mut on_progress: impl FnMut(&Progress),
+    mut on_note: impl FnMut(String),
 ) -> Result<Finished> {
     let client = sfn::Client::new(sdk);
     let mut last = Progress::default();
@@ -184,7 +199,16 @@ pub async fn watch(
                 .flatten()
                 .map(|p| p.world_size),
         };
-        let (done, failed) = count_ranks(results).await?;
+        let listing = ResultsListing::list(results).await?;
+        let (done, failed) = (listing.done_ranks().len(), listing.failed_ranks().len());
+        if let (Some(s), Some(world), "RUNNING") =
+            (stragglers.as_deref_mut(), world_size, status.as_str())
+        {
+            match s.look(results, &listing, world).await {
+                Ok(notes) => notes.into_iter().for_each(&mut on_note),
+                Err(e) => on_note(format!("cannot give a straggler a second copy: {e}")),
+            }
+        }
         let now = Progress {
             status: status.clone(),
             world_size,

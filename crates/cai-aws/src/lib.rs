@@ -8,6 +8,8 @@
 //!   wait for it, report why it failed; delete it again.
 //! - [`execution`]: start the workflow with the original's payload and watch it: ranks done
 //!   and failed (read from the results location), the execution's status and output.
+//! - [`straggler`]: the follower's second copy of a rank that runs long (the Infer function
+//!   invoked directly with the rank's map item).
 //! - [`engine`]: [`AwsEngine`], all of the above behind `cai_engine`'s `Engine` trait (what
 //!   `cai run --engine aws` and `cai aws watch` use), and [`deploy_run`], which packages,
 //!   uploads the code and model, and deploys.
@@ -24,6 +26,7 @@ pub mod deploy;
 pub mod engine;
 pub mod execution;
 pub mod package;
+pub mod straggler;
 
 pub use aws_config::SdkConfig;
 pub use deploy::{delete_stack, deploy, Deployed, StackEvent};

@@ -108,10 +108,26 @@ pub fn rank_speculated(rank: usize) -> String {
 
 /// The rank of a `claims/<rank>.speculated` key, if it is one.
 pub fn rank_of_speculated(key: &str) -> Option<usize> {
+    rank_of_claims_mark(key, ".speculated")
+}
+
+/// Key of the mark a Lambda copy of a rank leaves when it starts: `claims/<rank>.started`
+/// (the AWS follower times running ranks from when it first sees it).
+pub fn rank_started(rank: usize) -> String {
+    format!("{CLAIMS_DIR}/{rank}.started")
+}
+
+/// The rank of a `claims/<rank>.started` key, if it is one.
+pub fn rank_of_started(key: &str) -> Option<usize> {
+    rank_of_claims_mark(key, ".started")
+}
+
+/// The rank of a `claims/<rank><suffix>` key.
+fn rank_of_claims_mark(key: &str, suffix: &str) -> Option<usize> {
     let stem = key
         .strip_prefix(CLAIMS_DIR)?
         .strip_prefix('/')?
-        .strip_suffix(".speculated")?;
+        .strip_suffix(suffix)?;
     if stem.is_empty() || !stem.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
@@ -178,6 +194,8 @@ mod tests {
             assert!(is_run_output(&rank_claim(r)));
             assert_eq!(rank_of_speculated(&rank_speculated(r)), Some(r));
             assert_eq!(rank_of_speculated(&rank_claim(r)), None);
+            assert_eq!(rank_of_started(&rank_started(r)), Some(r));
+            assert_eq!(rank_of_started(&rank_speculated(r)), None);
         }
         assert_eq!(rank_of_report("12.json"), Some(12));
         assert_eq!(rank_of_report("plan.json"), None);

@@ -88,7 +88,15 @@ impl ResultsListing {
     /// are ranks, and read through the rank reports' keys instead), so a run of N ranks
     /// costs about N/1000 listing requests on S3, not 2N/1000.
     pub async fn list(location: &StorageUrl) -> Result<Self> {
-        let (mut objects, dirs) = location.list_top().await?;
+        Self::list_below(location, location.list_top().await?).await
+    }
+
+    /// [`ResultsListing::list`] given the location's top level already listed
+    /// ([`StorageUrl::list_top`]'s objects and folders): lists only the folders below.
+    pub async fn list_below(
+        location: &StorageUrl,
+        (mut objects, dirs): (Vec<ObjectInfo>, Vec<String>),
+    ) -> Result<Self> {
         let skipped = [
             layout::PREDICTIONS_DIR,
             layout::AWS_MAP_RESULTS,

@@ -373,13 +373,9 @@ impl Board {
 
 /// The median wall time of the finished ranks (`walls`), once more than half of `total`
 /// ranks have ended (`ended`, failed ones too; before that the median says little); `None`
-/// otherwise or when off.
-pub(crate) fn straggler_bound(
-    walls: &[f64],
-    ended: usize,
-    total: usize,
-    speculate: f64,
-) -> Option<f64> {
+/// otherwise or when off. Every engine's straggler rule: a rank running past `speculate`
+/// times this gets a second copy (local, Slurm, and the AWS follower in `cai-aws`).
+pub fn straggler_bound(walls: &[f64], ended: usize, total: usize, speculate: f64) -> Option<f64> {
     if speculate <= 0.0 || walls.is_empty() || ended * 2 <= total {
         return None;
     }

@@ -302,6 +302,25 @@ impl Commit {
         Ok((true, copies > 1 || marked))
     }
 
+    /// Resolves once a copy in another process has claimed this shared commit
+    /// (`claims/<rank>` holds another copy's tag), looking every `every`: this copy can stop,
+    /// where nothing else would stop it (a Lambda invocation cannot be cancelled). Never
+    /// resolves for a commit that is not shared.
+    pub async fn lost_elsewhere(&self, every: std::time::Duration) {
+        let Some((results, rank, tag)) = &self.shared else {
+            return std::future::pending().await;
+        };
+        let claim = layout::rank_claim(*rank);
+        loop {
+            tokio::time::sleep(every).await;
+            if let Ok(Some(holder)) = results.get_opt(&claim).await {
+                if holder.as_ref() != tag.as_bytes() {
+                    return;
+                }
+            }
+        }
+    }
+
     /// Resolves once a copy other than `id` has claimed the commit: copy `id` can stop.
     pub async fn lost(&self, id: u32) {
         let mut rx = self.winner.subscribe();
@@ -1038,5 +1057,31 @@ mod tests {
         let marked = Commit::shared(&results, 5, "node1 job 8");
         let id = marked.add_copy();
         assert_eq!(marked.claim(id).await.unwrap(), (true, true));
+    }
+
+    #[tokio::test]
+    async fn a_copy_sees_that_another_process_won_but_not_its_own_claim() {
+        let results = StorageUrl::parse("memory://commit/lost-elsewhere").unwrap();
+        let (first, second) = (
+            Commit::shared(&results, 6, "lambda a"),
+            Commit::shared(&results, 6, "lambda b"),
+        );
+        let every = std::time::Duration::from_millis(1);
+        let b = second.add_copy();
+        assert_eq!(second.claim(b).await.unwrap(), (true, false));
+        // The loser learns of it; the winner's own claim does not stop it.
+        first.lost_elsewhere(every).await;
+        let own = tokio::spawn({
+            let second = second.clone();
+            async move { second.lost_elsewhere(every).await }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        assert!(!own.is_finished());
+        own.abort();
+        let alone = Commit::new();
+        let never = tokio::spawn(async move { alone.lost_elsewhere(every).await });
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        assert!(!never.is_finished());
+        never.abort();
     }
 }

@@ -13,12 +13,11 @@ use std::time::Duration;
 
 use cai_aws::{Artifacts, AwsEngine, StackSettings};
 use cai_core::cost::Arch;
-use cai_engine::engine::{Engine, RunRequest};
+use cai_engine::engine::Engine;
 use pyo3::exceptions::{PyKeyboardInterrupt, PyValueError};
 use pyo3::prelude::*;
 
-use crate::model::parse_precision;
-use crate::slurm::{check_counts, follow, poll_interval};
+use crate::slurm::{follow, poll_interval};
 
 /// The AWS options of `cai run --engine aws`, with the CLI's defaults.
 #[derive(Debug, Clone)]
@@ -47,6 +46,7 @@ pub async fn engine(o: AwsOptions) -> AwsEngine {
         stack: o.stack,
         artifacts: o.artifacts,
         poll: o.poll,
+        speculate: cai_engine::local::DEFAULT_SPECULATE,
     }
 }
 
@@ -111,7 +111,6 @@ pub fn run_aws(
     wait: bool,
     progress: Option<Bound<'_, PyAny>>,
 ) -> PyResult<Option<String>> {
-    check_counts(&[("batch_size", batch_size), ("world_size", world_size)])?;
     let poll = poll_interval(poll, 0.05)?;
     if let Some(b) = &lambda_binary {
         if !b.is_file() {
@@ -121,20 +120,9 @@ pub fn run_aws(
             )));
         }
     }
-    let precision = parse_precision(precision)?;
-    let req = RunRequest {
-        data,
-        results,
-        model,
-        payload: crate::read_payload(payload)?,
-        batch_size,
-        file_limit,
-        world_size,
-        precision,
-        resume,
-        detach: !wait,
-        ..RunRequest::default()
-    };
+    let req = crate::run_request(
+        data, results, model, payload, batch_size, file_limit, world_size, precision, resume, !wait,
+    )?;
     let options = AwsOptions {
         state_machine: aws_state_machine,
         stack: StackSettings {

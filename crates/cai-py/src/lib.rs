@@ -25,6 +25,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::Duration;
 
+use cai_engine::engine::RunRequest;
 use pyo3::create_exception;
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
@@ -78,6 +79,39 @@ pub fn read_payload(path: Option<String>) -> PyResult<Option<cai_core::payload::
         cai_core::payload::Payload::from_json(&p, &bytes).map_err(cai_err)
     })
     .transpose()
+}
+
+/// The [`RunRequest`] a `cai.run` call plans from, whatever its engine: its locations,
+/// payload file (read here) and run options, checked as the CLI checks them (`batch_size`,
+/// `world_size` at least 1; a known precision), with the CLI's defaults for the rest (no
+/// `--bind`, no `--label`). `detach`: start the run and return (`wait=False`).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn run_request(
+    data: Option<String>,
+    results: Option<String>,
+    model: Option<String>,
+    payload: Option<String>,
+    batch_size: Option<usize>,
+    file_limit: Option<usize>,
+    world_size: Option<usize>,
+    precision: &str,
+    resume: bool,
+    detach: bool,
+) -> PyResult<RunRequest> {
+    slurm::check_counts(&[("batch_size", batch_size), ("world_size", world_size)])?;
+    Ok(RunRequest {
+        data,
+        results,
+        model,
+        payload: read_payload(payload)?,
+        batch_size,
+        file_limit,
+        world_size,
+        precision: model::parse_precision(precision)?,
+        resume,
+        detach,
+        ..RunRequest::default()
+    })
 }
 
 /// A tokio runtime for one call's storage and engine work.

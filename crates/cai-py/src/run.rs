@@ -14,7 +14,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use cai_core::payload::Payload;
 use cai_core::StorageUrl;
 use cai_engine::engine::{galaxies_in, RunEvent, RunEvents, RunRequest};
 use cai_engine::local::LocalEngine;
@@ -23,7 +22,7 @@ use cai_engine::summarize::summarize;
 use cai_model::{AstroMae, Model};
 use pyo3::prelude::*;
 
-use crate::model::{kernel_tier, parse_precision};
+use crate::model::kernel_tier;
 use crate::{error_chain, runtime, wait_interruptible, CaiError};
 
 /// A model that refuses to run once its run is cancelled, so every worker stops at its
@@ -53,19 +52,12 @@ impl Model for Cancellable {
     }
 }
 
-/// What `cai.run` passes down: the CLI's `cai run` options for the local engine.
+/// What `cai.run` passes down: the run's request and the local engine's options, as
+/// `cai run --engine local` takes them.
 struct RunOptions {
-    data: Option<String>,
-    results: Option<String>,
-    model: Option<String>,
-    payload: Option<Payload>,
-    batch_size: Option<usize>,
-    file_limit: Option<usize>,
-    world_size: Option<usize>,
+    request: RunRequest,
     workers: Option<usize>,
     threads: Option<usize>,
-    precision: cai_model::kernels::Precision,
-    resume: bool,
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -83,25 +75,11 @@ async fn run_plan(
     done: Arc<AtomicU64>,
     total: Arc<AtomicU64>,
 ) -> Result<String, BoxError> {
-    let req = RunRequest {
-        data: o.data.clone(),
-        results: o.results.clone(),
-        model: o.model.clone(),
-        binds: Vec::new(),
-        label: None,
-        payload: o.payload.clone(),
-        batch_size: o.batch_size,
-        file_limit: o.file_limit,
-        world_size: o.world_size,
-        precision: o.precision,
-        resume: o.resume,
-        detach: false,
-    };
-    let (plan, ranks) = req.plan().await?;
+    let (plan, ranks) = o.request.plan().await?;
     for w in &plan.warnings {
         eprintln!("warning: {w}");
     }
-    let model = load_model_with(&plan.model, o.precision)
+    let model = load_model_with(&plan.model, o.request.precision)
         .await
         .map_err(|e| {
             msg(format!(
@@ -164,25 +142,14 @@ pub fn run_local(
     payload: Option<String>,
     progress: Option<Bound<'_, PyAny>>,
 ) -> PyResult<String> {
-    crate::slurm::check_counts(&[
-        ("batch_size", batch_size),
-        ("world_size", world_size),
-        ("workers", workers),
-        ("threads", threads),
-    ])?;
-    let payload = crate::read_payload(payload)?;
+    crate::slurm::check_counts(&[("workers", workers), ("threads", threads)])?;
     let opts = RunOptions {
-        data,
-        results,
-        model,
-        payload,
-        batch_size,
-        file_limit,
-        world_size,
+        request: crate::run_request(
+            data, results, model, payload, batch_size, file_limit, world_size, precision, resume,
+            false,
+        )?,
         workers,
         threads,
-        precision: parse_precision(precision)?,
-        resume,
     };
     let cancel = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicU64::new(0));

@@ -13,13 +13,12 @@ use std::time::Duration;
 
 use cai_core::results::RunState;
 use cai_core::StorageUrl;
-use cai_engine::engine::{Engine, RunEvent, RunEvents, RunReport, RunRequest};
+use cai_engine::engine::{Engine, RunEvent, RunEvents, RunReport};
 use cai_engine::slurm::{JobsState, ScriptOptions, SlurmCommands, SlurmEngine};
 use pyo3::exceptions::{PyKeyboardInterrupt, PyValueError};
 use pyo3::prelude::*;
 use std::sync::Mutex;
 
-use crate::model::parse_precision;
 use crate::{cai_err, error_chain, runtime, wait_interruptible, CaiError};
 
 /// Work done and in all, and its unit (galaxies, ranks), as the engine reports them.
@@ -174,11 +173,7 @@ pub fn run_slurm(
     wait: bool,
     progress: Option<Bound<'_, PyAny>>,
 ) -> PyResult<String> {
-    check_counts(&[
-        ("batch_size", batch_size),
-        ("world_size", world_size),
-        ("threads", threads),
-    ])?;
+    check_counts(&[("threads", threads)])?;
     let poll = poll_interval(poll, 0.1)?;
     if !cai_bin.is_file() {
         return Err(PyValueError::new_err(format!(
@@ -187,20 +182,9 @@ pub fn run_slurm(
             cai_bin.display()
         )));
     }
-    let precision = parse_precision(precision)?;
-    let req = RunRequest {
-        data,
-        results,
-        model,
-        payload: crate::read_payload(payload)?,
-        batch_size,
-        file_limit,
-        world_size,
-        precision,
-        resume,
-        detach: !wait,
-        ..RunRequest::default()
-    };
+    let req = crate::run_request(
+        data, results, model, payload, batch_size, file_limit, world_size, precision, resume, !wait,
+    )?;
     let engine = SlurmEngine {
         commands: SlurmCommands::default(),
         script: ScriptOptions {
@@ -213,7 +197,7 @@ pub fn run_slurm(
             setup,
             max_running,
             threads,
-            precision,
+            precision: req.precision,
             cai_bin,
             ..ScriptOptions::default()
         },

@@ -93,10 +93,19 @@ impl Run {
 /// folder below it that holds a `plan.json`, `summary.json`, `combined_data.json` or
 /// `<rank>.json` (not inside another run), sorted by path.
 pub async fn find_runs(location: &StorageUrl) -> Result<Vec<StorageUrl>> {
-    let objects = location.list().await?;
-    if objects.iter().any(|o| layout::marks_a_run(&o.key)) {
-        return Ok(vec![location.clone()]);
+    Ok(runs_at(location).await?.into_iter().map(|r| r.0).collect())
+}
+
+/// [`find_runs`], with the listing of the location's top level when the location is itself
+/// the run (for [`load_listed`]: the run's listing then costs one delimited listing, not a
+/// listing of every object below it and another of its top level).
+async fn runs_at(location: &StorageUrl) -> Result<Vec<(StorageUrl, Option<ResultsListing>)>> {
+    let top = location.list_top().await?;
+    if top.0.iter().any(|o| layout::marks_a_run(&o.key)) {
+        let listing = ResultsListing::list_below(location, top).await?;
+        return Ok(vec![(location.clone(), Some(listing))]);
     }
+    let objects = location.list().await?;
     let mut dirs = BTreeSet::new();
     for o in &objects {
         if let Some((dir, name)) = o.key.rsplit_once('/') {
@@ -114,7 +123,10 @@ pub async fn find_runs(location: &StorageUrl) -> Result<Vec<StorageUrl>> {
             location: location.to_string(),
         });
     }
-    Ok(dirs.into_iter().map(|d| location.child(&d)).collect())
+    Ok(dirs
+        .into_iter()
+        .map(|d| (location.child(&d), None))
+        .collect())
 }
 
 fn parse_json(file: &str, bytes: &[u8]) -> Result<Value> {
@@ -127,6 +139,15 @@ fn parse_json(file: &str, bytes: &[u8]) -> Result<Value> {
 /// Read one run. `predictions`: also read `predictions.parquet` (for figures).
 pub async fn load_run(location: &StorageUrl, predictions: bool) -> Result<Run> {
     let listing = ResultsListing::list(location).await?;
+    load_listed(location, listing, predictions).await
+}
+
+/// [`load_run`] of a run already listed.
+async fn load_listed(
+    location: &StorageUrl,
+    listing: ResultsListing,
+    predictions: bool,
+) -> Result<Run> {
     let rank_files = listing.rank_keys().count();
     if rank_files == 0
         && !listing.has(layout::PLAN)
@@ -244,8 +265,11 @@ pub async fn load_all(locations: &[String], predictions: bool) -> Result<Vec<Run
     let mut runs = Vec::new();
     for l in locations {
         let url = StorageUrl::parse(l)?;
-        for r in find_runs(&url).await? {
-            runs.push(load_run(&r, predictions).await?);
+        for (r, listing) in runs_at(&url).await? {
+            runs.push(match listing {
+                Some(l) => load_listed(&r, l, predictions).await?,
+                None => load_run(&r, predictions).await?,
+            });
         }
     }
     Ok(runs)

@@ -284,9 +284,9 @@ pub struct RunArgs {
     /// Threads per worker and precision.
     #[command(flatten)]
     pub compute: ComputeArgs,
-    /// Local and Slurm engines: once more than half the ranks have ended, a rank still
-    /// running past this many times the median rank time gets a second copy (on Slurm,
-    /// another task); the first copy to finish counts (0: never).
+    /// Once more than half the ranks have ended, a rank still running past this many times
+    /// the median rank time gets a second copy (on Slurm, another task; on AWS, the follower
+    /// invokes the Infer function for it); the first copy to finish counts (0: never).
     #[arg(long, default_value_t = cai_engine::local::DEFAULT_SPECULATE, env = "CAI_SPECULATE")]
     pub speculate: f64,
     /// Run only the ranks of the existing plan that have no result yet.

@@ -179,6 +179,17 @@ pub fn state_machine(cfg: &AwsConfig, arns: &FunctionArns) -> Value {
     })
 }
 
+/// The Infer function a state machine's Distributed Map invokes (its `InferRank` task's
+/// `FunctionName`), read from the definition, so that the follower of an execution can
+/// invoke it for one rank (a straggler's second copy) with the same item the map sends.
+pub fn infer_function(definition: &Value) -> Option<String> {
+    definition
+        .pointer("/States/Infer/ItemProcessor/States/InferRank/Parameters/FunctionName")
+        .and_then(Value::as_str)
+        .filter(|f| !f.is_empty())
+        .map(String::from)
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::{BTreeSet, VecDeque};
@@ -290,6 +301,12 @@ mod tests {
             task["Parameters"]["FunctionName"],
             "arn:aws:lambda:us-east-1:123456789012:function:cai-infer"
         );
+        // The follower finds the function it invokes for a straggler there.
+        assert_eq!(
+            infer_function(&sm).as_deref(),
+            Some("arn:aws:lambda:us-east-1:123456789012:function:cai-infer")
+        );
+        assert_eq!(infer_function(&json!({"States": {}})), None);
         let retry = &task["Retry"][0];
         let errors: Vec<&str> = retry["ErrorEquals"]
             .as_array()

@@ -41,7 +41,7 @@ use crate::error::Error;
 use crate::local::available_cores;
 use crate::stages::{load_any_model, pretty};
 use crate::summarize::summarize;
-use crate::worker::{record_failure, ProgressFn, Worker};
+use crate::worker::{host_name, record_failure, Commit, ProgressFn, RankShare, Worker};
 
 /// Which handler a function serves: `initialize`, `infer` or `summarize`.
 pub const HANDLER_ENV: &str = "CAI_HANDLER";
@@ -56,6 +56,9 @@ pub const THREADS_ENV: &str = "CAI_THREADS";
 /// Arithmetic of the model's weights (`f32`, `bf16`, `int8`, `int16`; default f32), as
 /// `cai run --precision`; the template sets it from `cai run --engine aws --precision`.
 pub const PRECISION_ENV: &str = "CAI_PRECISION";
+/// How often a running copy of a rank looks whether another copy (a straggler's second
+/// copy, or the straggler) has won its commit.
+pub const LOST_POLL: Duration = Duration::from_secs(5);
 /// Engine name written into rank reports made on Lambda.
 pub const ENGINE: &str = "aws";
 /// How long before an invocation's deadline a rank stops and records its failure.
@@ -256,6 +259,10 @@ pub struct InferOutput {
     /// True when an earlier invocation had already finished this rank and its outputs were
     /// returned unchanged (a retry).
     pub reused: bool,
+    /// True when this copy of a speculated rank lost: another copy finished first and wrote
+    /// the rank's outputs, this one wrote nothing (a success, not a failure).
+    #[serde(default)]
+    pub superseded: bool,
 }
 
 /// Summarize's answer; the state machine's `Complete?` choice reads `complete`.
@@ -446,23 +453,87 @@ impl Handlers {
             plan.partitions_of(rank).len(),
             self.cfg.threads()
         );
-        let run = worker.run_rank(&plan, rank, progress);
+        // The follower times running ranks from this mark (a straggler gets a second copy).
+        if let Err(e) = results.put(&layout::rank_started(rank), Vec::new()).await {
+            tracing::warn!("cannot mark rank {rank} as started: {e}");
+        }
         let left = deadline.and_then(|d| d.duration_since(SystemTime::now()).ok());
-        let report = match left {
+        let mut report = self
+            .run_copy(&worker, &plan, &results, rank, progress.clone(), left)
+            .await;
+        if matches!(report, Err(Error::Superseded { .. }))
+            && !results
+                .exists(&layout::rank_speculated(rank))
+                .await
+                .unwrap_or(true)
+        {
+            // No second copy was ever started, so the claim is an earlier attempt's that
+            // died before writing the rank's outputs (Step Functions retried the item): it
+            // holds nothing; drop it and run the rank again.
+            tracing::warn!("rank {rank}: an earlier attempt claimed it and died; running again");
+            results
+                .delete(&layout::rank_claim(rank))
+                .await
+                .map_err(|e| failed(e.into()))?;
+            report = self
+                .run_copy(&worker, &plan, &results, rank, progress, left)
+                .await;
+        }
+        match report {
+            Ok(report) => Ok(infer_output(&results, &report, false)),
+            Err(Error::Superseded { .. }) => {
+                tracing::info!("rank {rank}: another copy finished first; this one wrote nothing");
+                let none = RankReport {
+                    rank,
+                    ..RankReport::default()
+                };
+                let mut out = infer_output(&results, &none, false);
+                out.superseded = true;
+                Ok(out)
+            }
+            Err(e) => Err(failed(e)),
+        }
+    }
+
+    /// Run one copy of `rank`, committing through `claims/<rank>` (another copy, started by
+    /// the follower for a straggler, may run at once: the first to finish writes), stopped
+    /// [`DEADLINE_MARGIN`] before `left` runs out.
+    async fn run_copy(
+        &self,
+        worker: &Worker,
+        plan: &Plan,
+        results: &StorageUrl,
+        rank: usize,
+        progress: Option<ProgressFn>,
+        left: Option<Duration>,
+    ) -> Result<RankReport, Error> {
+        let tag = format!("aws {} pid {}", host_name(), std::process::id());
+        let commit = Commit::shared(results, rank, &tag);
+        let copy = commit.add_copy();
+        let share = RankShare::new(plan.partitions_of(rank).len());
+        let run = worker.run_rank_with(plan, rank, &share, Some((&commit, copy)), progress);
+        // A copy that lost stops (nothing cancels a Lambda invocation), so the map does not
+        // wait for a stalled straggler once its second copy has won.
+        let run = async {
+            tokio::select! {
+                r = run => r,
+                _ = commit.lost_elsewhere(LOST_POLL) => Err(Error::Superseded { rank }),
+            }
+        };
+        match left {
             Some(left) => tokio::select! {
-                r = run => r.map_err(failed)?,
+                r = run => r,
                 _ = tokio::time::sleep(left.saturating_sub(DEADLINE_MARGIN)) => {
                     let e = Error::Deadline {
                         rank,
                         margin_s: DEADLINE_MARGIN.as_secs(),
                     };
-                    record_failure(&results, &plan, rank, ENGINE, &e).await;
-                    return Err(failed(e));
+                    record_failure(results, plan, rank, ENGINE, &e).await;
+                    Err(e)
                 }
             },
-            None => run.await.map_err(failed)?,
-        };
-        Ok(infer_output(&results, &report, false))
+            None => run.await,
+        }
     }
 
     /// Summarize: gather the ranks' outputs under `{results}`.
@@ -591,6 +662,7 @@ fn infer_output(results: &StorageUrl, r: &RankReport, reused: bool) -> InferOutp
         predictions: results.url_of(&predictions),
         wall_time_s: r.wall_time_s,
         reused,
+        superseded: false,
     }
 }
 

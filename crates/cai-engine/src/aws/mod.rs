@@ -18,7 +18,7 @@ pub mod lambda;
 pub mod runtime;
 mod template;
 
-pub use asl::{state_machine, FunctionArns, LAMBDA_RETRY_ERRORS};
+pub use asl::{infer_function, state_machine, FunctionArns, LAMBDA_RETRY_ERRORS};
 pub use template::template;
 
 use serde::{Deserialize, Serialize};

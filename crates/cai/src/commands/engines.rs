@@ -67,6 +67,7 @@ pub(crate) async fn engine_for(a: &RunArgs) -> Result<Box<dyn Engine>> {
                 stack: o.options.settings(),
                 artifacts: o.artifacts.artifacts(),
                 poll: a.poll.interval(PollFor::Aws),
+                speculate: a.speculate,
             })
         }
     })

@@ -165,6 +165,26 @@ impl Decider {
     }
 }
 
+/// How long the straggler tests' stalled read lasts: far longer than a whole run should
+/// take, even on a loaded machine (ranks took 20 s at load 10).
+pub(crate) const STRAGGLER_STALL: Duration = Duration::from_secs(300);
+
+/// The straggler tests' proxy in front of `upstream`: the first read of partition 00003
+/// (rank 2's, with one partition per rank) stalls [`STRAGGLER_STALL`]; every other request
+/// passes untouched, the read of that partition by a second copy of rank 2 included.
+pub(crate) fn first_read_stalls(upstream: &str) -> FaultyS3 {
+    FaultyS3::start(
+        upstream,
+        Schedule {
+            seed: 1,
+            per_mille: 0,
+            stall: Duration::ZERO,
+            always: Vec::new(),
+            first: vec![("00003.safetensors".into(), Fault::Stall(STRAGGLER_STALL))],
+        },
+    )
+}
+
 /// A TCP proxy in front of moto that injects the faults of a [`Schedule`]. Every request
 /// gets its own connection (`Connection: close` both ways), so each meets the schedule.
 pub(crate) struct FaultyS3 {
@@ -544,18 +564,8 @@ fn a_partition_whose_first_read_stalls_gets_a_second_copy_that_wins() {
     );
     // One partition per rank; rank 2's partition (00003) stalls on its first read for
     // longer than the whole run should take.
-    // Much longer than 2x a rank even on a loaded machine (ranks took 20 s at load 10).
-    let stall = Duration::from_secs(300);
-    let proxy = FaultyS3::start(
-        &s3.endpoint,
-        Schedule {
-            seed: 1,
-            per_mille: 0,
-            stall: Duration::ZERO,
-            always: Vec::new(),
-            first: vec![("00003.safetensors".into(), Fault::Stall(stall))],
-        },
-    );
+    let stall = STRAGGLER_STALL;
+    let proxy = first_read_stalls(&s3.endpoint);
     let common = ["--batch-size", "16", "--world-size", "5"];
     let t = Instant::now();
     let out = cai_via(

@@ -172,6 +172,8 @@ pub(crate) struct Launch<'a> {
     model: String,
     /// Directory holding a `bootstrap` link to the cai binary.
     bootstrap: PathBuf,
+    /// More environment for the function.
+    env: Vec<(String, String)>,
 }
 
 impl Launch<'_> {
@@ -189,7 +191,14 @@ impl Launch<'_> {
             data_root: format!("s3://{DATA_BUCKET}/1MB"),
             model: MODEL_URL.to_string(),
             bootstrap: link,
+            env: Vec::new(),
         }
+    }
+
+    /// The same launch with `key=value` in the function's environment.
+    pub(crate) fn with_env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_string(), value.to_string()));
+        self
     }
 
     /// The same launch with another model (`CAI_MODEL`) and data root (`CAI_DATA_ROOT`).
@@ -227,6 +236,7 @@ impl Launch<'_> {
             .env("CAI_LOG", log)
             // As the local runs compared with (`--threads 2`).
             .env("CAI_THREADS", "2")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         let t = Instant::now();

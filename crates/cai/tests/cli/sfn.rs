@@ -218,6 +218,7 @@ fn event_shapes_match_the_generated_state_machine() {
         predictions: "s3://cosmicai-results/runs/1/predictions/1.parquet".into(),
         wall_time_s: 1.0,
         reused: false,
+        superseded: false,
     };
     let ans = serde_json::to_value(&out).unwrap();
     assert_eq!(task_output(task, item, ans.clone()).unwrap(), ans);

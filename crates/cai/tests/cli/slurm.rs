@@ -537,7 +537,7 @@ fn a_dry_run_of_more_ranks_than_the_array_size_prints_each_array() {
 /// galaxy is in the results exactly once.
 #[test]
 fn a_straggling_task_gets_a_second_copy_that_wins() {
-    use crate::faults::{Fault, FaultyS3, Schedule};
+    use crate::faults::{first_read_stalls, STRAGGLER_STALL};
     let Some(_c) = cluster() else { return };
     let Some(s3) = crate::s3::Moto::start() else {
         return;
@@ -558,17 +558,8 @@ fn a_straggling_task_gets_a_second_copy_that_wins() {
         .output()
         .unwrap();
     assert!(part.status.success(), "{part:?}");
-    let stall = Duration::from_secs(300);
-    let proxy = FaultyS3::start(
-        &s3.endpoint,
-        Schedule {
-            seed: 1,
-            per_mille: 0,
-            stall: Duration::ZERO,
-            always: Vec::new(),
-            first: vec![("00003.safetensors".into(), Fault::Stall(stall))],
-        },
-    );
+    let stall = STRAGGLER_STALL;
+    let proxy = first_read_stalls(&s3.endpoint);
     let mut args = slurm_args(
         &d,
         "res",

@@ -33,6 +33,27 @@ impl Drop for Router {
 /// executions and their locks: HTTP 500), so each run gets a fresh state machine
 /// ([`new_state_machine`]), the earlier ones deleted.
 pub(crate) fn with_workflow(check: impl FnOnce(&Moto, &Dir, &str)) {
+    with_workflow_via(1, |_| None, |w| check(w.moto, w.dir, &w.arn));
+}
+
+/// A running workflow setup, for the check.
+pub(crate) struct Workflow<'a> {
+    pub moto: &'a Moto,
+    pub dir: &'a Dir,
+    /// The state machine's ARN.
+    pub arn: String,
+    /// The router's endpoint: Lambda's Invoke API for our functions (and moto for the rest).
+    pub router: String,
+}
+
+/// [`with_workflow`] with `infer_copies` Infer function instances (each serves one
+/// invocation at a time) and, when `proxy` gives one, the functions' S3 requests through
+/// that fault proxy in front of moto.
+pub(crate) fn with_workflow_via(
+    infer_copies: usize,
+    proxy: impl FnOnce(&Moto) -> Option<crate::faults::FaultyS3>,
+    check: impl FnOnce(&Workflow),
+) {
     // Probe the tools (and fail under CI when missing) with a throwaway server.
     if tools().is_none() {
         return;
@@ -57,12 +78,26 @@ pub(crate) fn with_workflow(check: impl FnOnce(&Moto, &Dir, &str)) {
 
     let d = Dir::new();
     stage_data(&moto, &d);
-    let l = Launch::new(&moto, &moto.endpoint, d.tmp.path());
+    let faulty = proxy(&moto);
+    let endpoint = faulty
+        .as_ref()
+        .map_or_else(|| moto.endpoint.clone(), |p| p.endpoint());
+    // A stalled read must stall, not time out and be retried at once.
+    let l = Launch::new(&moto, &endpoint, d.tmp.path()).with_env("CAI_S3_TIMEOUT", "600");
     let emulators: Vec<Emulator> = (0..3).map(|_| Emulator::start()).collect();
     let _functions: Vec<_> = ["initialize", "infer", "summarize"]
         .iter()
         .zip(&emulators)
-        .map(|(h, emu)| l.start(emu, h, true, "info"))
+        .flat_map(|(h, emu)| {
+            let copies = if *h == "infer" {
+                infer_copies.max(1)
+            } else {
+                1
+            };
+            (0..copies)
+                .map(|_| l.start(emu, h, true, "info"))
+                .collect::<Vec<_>>()
+        })
         .collect();
     let router = Router(
         Command::new("python3")
@@ -102,8 +137,14 @@ pub(crate) fn with_workflow(check: impl FnOnce(&Moto, &Dir, &str)) {
         "sm.json",
     ]);
     let arn = new_state_machine(&moto, &d);
-    check(&moto, &d, &arn);
+    check(&Workflow {
+        moto: &moto,
+        dir: &d,
+        arn,
+        router: format!("http://127.0.0.1:{router_port}"),
+    });
     drop(router);
+    drop(faulty);
 }
 
 /// Delete every state machine (their executions are over) and create a new one from the
@@ -257,4 +298,92 @@ fn sweep_runs_on_the_aws_engine() {
         assert_eq!(s["ranks_total"], 3, "2 MB partitions of the 300 galaxies");
         assert!(out.contains("p2MB-b32-r1"), "{out}");
     });
+}
+
+/// A straggler on AWS: rank 2's partition stalls on its first read (through the fault proxy
+/// in front of moto) far longer than the run should take. Once more than half the ranks are
+/// done, the follower (`cai run --engine aws`) invokes the Infer function for rank 2 with
+/// its map item; that copy wins, the stalled copy sees it and ends as superseded (a
+/// success without output), the execution succeeds, the summary and rank 2's report mark
+/// it speculated, and every galaxy is in the results exactly once.
+#[test]
+fn a_straggling_rank_gets_a_second_invocation_that_wins() {
+    use crate::faults::{first_read_stalls, STRAGGLER_STALL};
+    // Two instances for the map's five ranks and one for the second copy.
+    with_workflow_via(
+        3,
+        |moto| Some(first_read_stalls(&moto.endpoint)),
+        |w| {
+            let t = std::time::Instant::now();
+            let out = w
+                .moto
+                .command(env!("CARGO_BIN_EXE_cai"))
+                .env("AWS_ENDPOINT_URL_LAMBDA", &w.router)
+                .args([
+                    "run",
+                    "--engine",
+                    "aws",
+                    "--state-machine",
+                    &w.arn,
+                    "--data",
+                    "s3://cosmicai-data/1MB",
+                    "--results",
+                    "s3://cosmicai-results/straggler",
+                    "--world-size",
+                    "5",
+                    "--batch-size",
+                    "16",
+                    "--speculate",
+                    "2",
+                    "--poll",
+                    "0.5",
+                    "--json",
+                ])
+                .current_dir(w.dir.tmp.path())
+                .output()
+                .expect("run cai");
+            let took = t.elapsed();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(out.status.success(), "{stderr}");
+            assert!(stderr.contains("for a second copy"), "{stderr}");
+            assert!(
+                took < STRAGGLER_STALL,
+                "the run took {took:?}, as long as the stall"
+            );
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            let summary: Value =
+                serde_json::from_str(&stdout[stdout.find('{').expect("JSON")..]).expect("JSON");
+            assert_eq!(
+                summary["speculated_ranks"],
+                serde_json::json!([2]),
+                "{summary}"
+            );
+            assert_eq!(summary["ranks_done"], 5, "{summary}");
+            assert_eq!(summary["galaxies"], 300, "{summary}");
+            assert_eq!(
+                summary["failed"].as_array().map(Vec::len),
+                Some(0),
+                "{summary}"
+            );
+            let rank = |r: usize| {
+                parse_json(&w.moto.download(
+                    RESULTS_BUCKET,
+                    &format!("straggler/{r}.json"),
+                    &w.dir.path(&format!("{r}.json")),
+                ))
+            };
+            assert_eq!(rank(2)["speculated"], true);
+            assert!(rank(0).get("speculated").is_none());
+            let keys = w.moto.keys(RESULTS_BUCKET, "straggler");
+            assert!(!keys.iter().any(|k| k == "failed/2.json"), "{keys:?}");
+            // Every galaxy once (by_galaxy fails on a second row for one galaxy).
+            let preds = by_galaxy(w.moto.download(
+                RESULTS_BUCKET,
+                "straggler/predictions.parquet",
+                &w.dir.path("p.parquet"),
+            ));
+            assert_eq!(preds.len(), 300);
+            eprintln!("aws straggler: rank 2's first read stalled {STRAGGLER_STALL:?}; the run took {took:?}");
+        },
+    );
 }

@@ -225,6 +225,20 @@ impl RankShare {
     }
 }
 
+/// Whether the marker object `key` is in `results`. S3 answers 403, not 404, for a missing
+/// key when the role may not list the bucket, so a 403 here means "not there"; a real lack
+/// of access shows when the rank writes its outputs.
+pub(crate) async fn marked(results: &StorageUrl, key: &str) -> Result<bool> {
+    match results.exists(key).await {
+        Ok(there) => Ok(there),
+        Err(cai_core::Error::Store {
+            source: object_store::Error::PermissionDenied { .. },
+            ..
+        }) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Which copy of a rank writes its outputs when the rank runs more than once (a speculated
 /// straggler): the first copy to finish claims the commit and writes `predictions/<rank>`
 /// and `<rank>.json`; any other copy ends with [`Error::Superseded`], having written
@@ -296,9 +310,14 @@ impl Commit {
         };
         let claim = layout::rank_claim(*rank);
         if results.put_if_absent(&claim, tag.clone()).await?.is_none() {
-            return Ok((false, false));
+            // A put retried after its answer was lost (a 500 or a cut connection) finds its
+            // own first try there: that is this copy's claim, not another's.
+            let holder = results.get_opt(&claim).await.ok().flatten();
+            if holder.as_deref() != Some(tag.as_bytes()) {
+                return Ok((false, false));
+            }
         }
-        let marked = results.exists(&layout::rank_speculated(*rank)).await?;
+        let marked = marked(results, &layout::rank_speculated(*rank)).await?;
         Ok((true, copies > 1 || marked))
     }
 

@@ -462,8 +462,7 @@ impl Handlers {
             .run_copy(&worker, &plan, &results, rank, progress.clone(), left)
             .await;
         if matches!(report, Err(Error::Superseded { .. }))
-            && !results
-                .exists(&layout::rank_speculated(rank))
+            && !crate::worker::marked(&results, &layout::rank_speculated(rank))
                 .await
                 .unwrap_or(true)
         {

@@ -225,18 +225,22 @@ impl RankShare {
     }
 }
 
-/// Whether the marker object `key` is in `results`. S3 answers 403, not 404, for a missing
-/// key when the role may not list the bucket, so a 403 here means "not there"; a real lack
-/// of access shows when the rank writes its outputs.
-pub(crate) async fn marked(results: &StorageUrl, key: &str) -> Result<bool> {
-    match results.exists(key).await {
-        Ok(there) => Ok(there),
+/// A read of a key that may be missing, with S3's 403 for a missing key (when the role may
+/// not list the bucket) taken as "not there" (`None`, `false`); a real lack of access shows
+/// when the rank writes its outputs.
+pub(crate) fn denied_is_absent<T: Default>(r: cai_core::Result<T>) -> Result<T> {
+    match r {
         Err(cai_core::Error::Store {
             source: object_store::Error::PermissionDenied { .. },
             ..
-        }) => Ok(false),
-        Err(e) => Err(e.into()),
+        }) => Ok(T::default()),
+        r => Ok(r?),
     }
+}
+
+/// Whether the marker object `key` is in `results` (a 403 means not: [`denied_is_absent`]).
+pub(crate) async fn marked(results: &StorageUrl, key: &str) -> Result<bool> {
+    denied_is_absent(results.exists(key).await)
 }
 
 /// Which copy of a rank writes its outputs when the rank runs more than once (a speculated

@@ -41,7 +41,9 @@ use crate::error::Error;
 use crate::local::available_cores;
 use crate::stages::{load_any_model, pretty};
 use crate::summarize::summarize;
-use crate::worker::{host_name, record_failure, Commit, ProgressFn, RankShare, Worker};
+use crate::worker::{
+    denied_is_absent, host_name, record_failure, Commit, ProgressFn, RankShare, Worker,
+};
 
 /// Which handler a function serves: `initialize`, `infer` or `summarize`.
 pub const HANDLER_ENV: &str = "CAI_HANDLER";
@@ -630,17 +632,9 @@ async fn read_plan(plan_url: &str) -> Result<Plan, Error> {
 /// predictions are there.
 async fn finished_rank(results: &StorageUrl, rank: usize) -> Result<Option<RankReport>, Error> {
     let key = layout::rank_report(rank);
-    let bytes = match results.get_opt(&key).await {
-        Ok(Some(bytes)) => bytes,
-        Ok(None) => return Ok(None),
-        // S3 answers 403, not 404, for a missing key when the role may not list the bucket
-        // (the template grants ListBucket; a hand-made role may not): not done yet. A real
-        // lack of access shows when the rank writes its outputs.
-        Err(cai_core::Error::Store {
-            source: object_store::Error::PermissionDenied { .. },
-            ..
-        }) => return Ok(None),
-        Err(e) => return Err(e.into()),
+    // Not there yet, or (S3 without ListBucket) a 403: not done yet.
+    let Some(bytes) = denied_is_absent(results.get_opt(&key).await)? else {
+        return Ok(None);
     };
     let report = RankReport::from_json(&results.url_of(&key), &bytes)?;
     let complete = report.rank == rank

@@ -6,7 +6,8 @@
 #                        [--precision f32|bf16|int8|int16|all] [--rounds 1] [--kernels avx512,avx2]
 #
 # With --onnx, ONNX Runtime runs the same weights exported to ONNX, and cai runs that file
-# through its ONNX path (tract) beside its native path at the end.
+# through its ONNX path (`cai bench --model astromae.onnx`) in every round after PyTorch: the
+# table's "cai onnx" rows, beside "cai f32" (the native path), "torch" and "onnxruntime".
 #
 # With --rounds N, cai and PyTorch (and ONNX Runtime) take turns N times and the table keeps
 # each one's best galaxies/s per case, with the range over the rounds beside it: on a shared
@@ -97,14 +98,14 @@ for r in $(seq 1 "$ROUNDS"); do
     "$VENV/bin/python" "$HERE/torch_bench.py" --weights "$OUT/weights.safetensors" --cai "$OUT/cai.$r.json" \
         --threads "$THREADS" --batch "$BATCH" --seconds "$SECONDS_PER_CASE" "${ONNX_FLAG[@]}" \
         --json-out "$OUT/torch.$r.json" --no-table
+    if [ "$ONNX" = 1 ] && [ -s "$OUT/astromae.onnx" ]; then
+        # The file ONNX Runtime just ran (exported from the same weights), through cai's
+        # ONNX path: the round's "cai onnx" rows.
+        "$CAI_BIN" -q bench --model "$OUT/astromae.onnx" --threads "$THREADS" --batch "$BATCH" \
+            --seconds "$SECONDS_PER_CASE" --json > "$OUT/cai.$r.onnx.json"
+        "$VENV/bin/python" "$HERE/torch_bench.py" --add-onnx-path "$OUT/torch.$r.json" "$OUT/cai.$r.onnx.json"
+    fi
     ROUND_FILES+=("$OUT/torch.$r.json")
 done
 "$VENV/bin/python" "$HERE/torch_bench.py" --table "${ROUND_FILES[@]}"
-if [ "$ONNX" = 1 ] && [ -s "$OUT/astromae.onnx" ]; then
-    # The same ONNX file through cai's ONNX path (tract), beside cai's native path in
-    # alternating calls: tract's galaxies per CPU-second compare with the table's rows.
-    echo "cai's ONNX path (tract) on $OUT/astromae.onnx, beside cai's native f32:"
-    "$CAI_BIN" bench --model "$OUT/astromae.onnx" --threads "$THREADS" --batch "$BATCH" \
-        --seconds "$SECONDS_PER_CASE"
-fi
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -9,6 +9,7 @@ sizes, and prints a table beside the `cai bench --json` report with the ratios.
         [--threads 1,2] [--batch 1,32,128,512] [--seconds 3] [--onnx] [--json-out F] [--no-table]
     $VENV/bin/python scripts/bench/torch_bench.py --table round1.json round2.json ...
     $VENV/bin/python scripts/bench/torch_bench.py --merge-cai OUT.json avx512=a.json avx2=b.json
+    $VENV/bin/python scripts/bench/torch_bench.py --add-onnx-path ROUND.json ONNX_BENCH.json
 
 The second form prints one table from several rounds (each a --json-out file, which holds
 that round's cai report too): every engine's best galaxies/s over the rounds, with the
@@ -20,6 +21,10 @@ batch size, against PyTorch f32, best over the rounds and round by round (with t
 
 The third form joins `cai bench --json` reports of several kernel tiers (run.sh --kernels)
 into one, each precision labelled with its tier ("f32 avx2").
+
+The fourth form adds to a round's --json-out file what `cai bench --model X.onnx --json`
+measured in that round: cai's ONNX path as the engine "cai onnx" (run.sh --onnx), so that
+the table and the headline put it beside PyTorch and ONNX Runtime round by round.
 
 Inputs follow `cai bench`: image value i is ((i * 7919) % 1000) * 1e-3 (float32, NCHW),
 magnitude i is 15 + i % 7. Speed is measured in wall time and in process CPU time
@@ -145,7 +150,12 @@ def main():
                     help="print one table from these rounds' --json-out files (no measuring)")
     ap.add_argument("--merge-cai", nargs="+", metavar="OUT TIER=FILE",
                     help="join cai bench --json reports of kernel tiers into OUT (no measuring)")
+    ap.add_argument("--add-onnx-path", nargs=2, metavar=("ROUND_JSON", "ONNX_BENCH_JSON"),
+                    help="add cai's ONNX path (cai bench --model X.onnx --json) to a round (no measuring)")
     args = ap.parse_args()
+    if args.add_onnx_path:
+        add_onnx_path(*args.add_onnx_path)
+        return
     if args.merge_cai:
         merge_cai(args.merge_cai[0], args.merge_cai[1:])
         return
@@ -274,6 +284,26 @@ def merge_cai(out, parts):
         json.dump(merged, f)
 
 
+def add_onnx_path(round_path, onnx_path):
+    """Adds the ONNX path's cases of a `cai bench --model X.onnx --json` report to a round's
+    results as the engine "cai onnx" (its native f32 cases are the round's "cai f32" already)."""
+    with open(onnx_path) as f:
+        onnx = json.load(f)
+    with open(round_path) as f:
+        rd = json.load(f)
+    load = (onnx.get("load_after") or [None])[0]
+    for c in onnx.get("cases", []):
+        o = c.get("onnx")
+        if not o:
+            continue
+        rd.setdefault("results", []).append(
+            {"engine": "cai onnx", "threads": c["threads"], "batch": c["batch"],
+             "galaxies_per_s": o["galaxies_per_s"], "galaxies_per_cpu_s": o.get("galaxies_per_cpu_s"),
+             "load1": load})
+    with open(round_path, "w") as f:
+        json.dump(rd, f, indent=1)
+
+
 def table(rounds):
     """Every cai precision beside each engine, ratios against PyTorch f32, best of the rounds."""
     gflop = next((r["gflop_per_galaxy"] for r in rounds if r.get("gflop_per_galaxy")), 0.765)
@@ -295,7 +325,8 @@ def table(rounds):
     # cai's precisions in the order its report lists them (with --kernels, each tier's).
     listed = next(([p["precision"] for p in (r.get("cai") or {}).get("precisions", [])]
                    for r in rounds if (r.get("cai") or {}).get("precisions")), [])
-    order = [f"cai {p}" for p in listed or ("f32", "bf16", "int8", "int16")] + ["torch", "onnxruntime"]
+    order = ([f"cai {p}" for p in listed or ("f32", "bf16", "int8", "int16")]
+             + ["cai onnx", "torch", "onnxruntime"])
     w = max([10] + [len(k[2]) for k in samples])
     n = len(rounds)
     hdr = (f"{'threads':>7} {'batch':>5} {'engine':>{w}} {'gal/s':>8} {'gal/CPU-s':>9} {'GFLOP/s':>8} "

@@ -234,29 +234,29 @@ pub fn lower(model: &mut TypedModel) -> TractResult<Lowered> {
         let Some((inputs, scale)) = match_attention(model, node) else {
             return Ok(None);
         };
-        let mut patch = TypedModelPatch::default();
-        let taps = patch.taps(model, &inputs)?;
         let op = NativeAttention {
             scale_bits: scale.to_bits(),
         };
-        let out = patch.wire_node(format!("{}.cai_attention", node.name), op, &taps)?;
-        patch.shunt_outside(model, node.id.into(), out[0])?;
-        Ok(Some(patch))
+        let name = format!("{}.cai_attention", node.name);
+        Ok(Some(replace_by(model, &name, op, &inputs, node.id)?))
     })?;
     let linear = rewrite(model, |model, node| {
         let Some(w) = match_linear(model, node) else {
             return Ok(None);
         };
-        let mut patch = TypedModelPatch::default();
-        let taps = patch.taps(model, &node.inputs[..1])?;
         let op = NativeLinear {
             w: Arc::new(w),
             act: Act::None,
             residual: false,
         };
-        let out = patch.wire_node(format!("{}.cai_linear", node.name), op, &taps)?;
-        patch.shunt_outside(model, node.id.into(), out[0])?;
-        Ok(Some(patch))
+        let name = format!("{}.cai_linear", node.name);
+        Ok(Some(replace_by(
+            model,
+            &name,
+            op,
+            &node.inputs[..1],
+            node.id,
+        )?))
     })?;
     Ok(Lowered {
         linear,
@@ -286,11 +286,12 @@ fn linear_then_add<'m>(
     Some((lin, succ, other))
 }
 
-/// Replaces `last`'s output by a [`NativeLinear`] `op` on `inputs`.
-fn replace_by_linear(
+/// A patch replacing `last`'s output by `op` (one of ours) on `inputs`; what fed only `last`
+/// is left unused and dropped when the model is compacted.
+fn replace_by(
     model: &TypedModel,
     name: &str,
-    op: NativeLinear,
+    op: impl Into<Box<dyn TypedOp>>,
     inputs: &[OutletId],
     last: usize,
 ) -> TractResult<TypedModelPatch> {
@@ -330,7 +331,7 @@ pub fn fuse(model: &mut TypedModel, lowered: &mut Lowered) -> TractResult<()> {
             act: Act::None,
             residual: false,
         };
-        Ok(Some(replace_by_linear(
+        Ok(Some(replace_by(
             model,
             &node.name,
             op,
@@ -359,7 +360,7 @@ pub fn fuse(model: &mut TypedModel, lowered: &mut Lowered) -> TractResult<()> {
             act: Act::Gelu,
             residual: false,
         };
-        Ok(Some(replace_by_linear(
+        Ok(Some(replace_by(
             model,
             &node.name,
             op,
@@ -388,9 +389,7 @@ pub fn fuse(model: &mut TypedModel, lowered: &mut Lowered) -> TractResult<()> {
             residual: true,
         };
         let inputs = [node.inputs[0], other];
-        Ok(Some(replace_by_linear(
-            model, &node.name, op, &inputs, add.id,
-        )?))
+        Ok(Some(replace_by(model, &node.name, op, &inputs, add.id)?))
     })?;
     Ok(())
 }

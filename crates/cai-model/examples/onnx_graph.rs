@@ -1,5 +1,9 @@
 //! Prints tract's decluttered graph of an ONNX model (batch dimension `N`), one node a
-//! line: what the ONNX lowering sees. `cargo run --example onnx_graph --features onnx -- X.onnx`
+//! line: what the ONNX lowering sees. `--typed`: before the declutter. `--profile`: runs the
+//! plan `cai` runs (lowered onto CAI's kernels; `--tract` for tract's own) on 32 galaxies
+//! (`PROFILE_N` for another batch) and prints the time per operator (`BY_NAME=1`: per node
+//! name). `cargo run --release -p cai-model --features onnx --example onnx_graph -- X.onnx`
+use cai_model::onnx::{Lowering, OnnxModel};
 use tract_onnx::prelude::*;
 
 fn main() -> TractResult<()> {
@@ -8,6 +12,16 @@ fn main() -> TractResult<()> {
         .expect("usage: onnx_graph MODEL.onnx");
     let bytes = std::fs::read(&path)?;
     let info = cai_model::onnx::OnnxInfo::read(&path, &bytes)?;
+    if std::env::args().any(|a| a == "--profile") {
+        let lowering = if std::env::args().any(|a| a == "--tract") {
+            Lowering::Tract
+        } else {
+            Lowering::Native
+        };
+        let model = OnnxModel::load_with(&path, &bytes, lowering)?;
+        println!("lowered: {:?}", model.lowered());
+        return profile(model.plan(), &info);
+    }
     let mut model = tract_onnx::onnx().model_for_path(&path)?;
     let n = model.symbols.sym("N");
     for (i, decl) in info.inputs.iter().enumerate() {
@@ -26,9 +40,6 @@ fn main() -> TractResult<()> {
     } else {
         typed.into_decluttered()?
     };
-    if std::env::args().any(|a| a == "--profile") {
-        return profile(typed, &info);
-    }
     for id in typed.eval_order()? {
         let node = typed.node(id);
         let ins: Vec<String> = node
@@ -51,10 +62,13 @@ fn main() -> TractResult<()> {
     Ok(())
 }
 
-/// Runs the optimised plan on 32 random galaxies 5 times and prints the time per operator.
-fn profile(typed: TypedModel, info: &cai_model::onnx::OnnxInfo) -> TractResult<()> {
-    let plan = typed.into_optimized()?.into_runnable()?;
-    let n = 32usize;
+/// Runs `plan` on 32 (`PROFILE_N`) made-up galaxies 6 times and prints the time per
+/// operator over the last 5.
+fn profile(plan: &Arc<TypedRunnableModel>, info: &cai_model::onnx::OnnxInfo) -> TractResult<()> {
+    let n: usize = std::env::var("PROFILE_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(32);
     let inputs: TVec<TValue> = info
         .inputs
         .iter()

@@ -70,6 +70,8 @@ fn astromae_exported_to_onnx_matches_pytorch() {
     let lowered = model.lowered();
     eprintln!("lowered onto CAI's kernels: {lowered:?}");
     assert_eq!(lowered.attention, 12, "{lowered:?}");
+    // q, k and v read in place from each block's qkv product (no transposed copies).
+    assert_eq!(lowered.heads_in_place, 12, "{lowered:?}");
     assert_eq!(lowered.gelu, 12, "{lowered:?}");
     assert!(
         lowered.linear >= 48 && lowered.residual >= 23,

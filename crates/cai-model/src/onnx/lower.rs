@@ -9,7 +9,10 @@
 //! * a product with a constant 2-D weight over the last axis (`MatMul`, `Gemm`) becomes a
 //!   [`NativeLinear`] on weights packed once;
 //! * `q·kᵀ`, an optional scalar scale, a softmax over the last axis and the product with `v`
-//!   become one [`NativeAttention`].
+//!   become one [`NativeAttention`];
+//! * where q, k and v are cut from one `qkv` product (reshape to heads, transpose, gather)
+//!   and the heads merged again after it, the whole of it becomes one
+//!   [`NativeHeadsAttention`] reading the product in place.
 //!
 //! [`fuse`] runs after the declutter: a [`NativeLinear`] absorbs the constant bias `Add`
 //! that follows it, then an exact GELU, then the residual `Add` (its epilogue accumulates
@@ -17,6 +20,7 @@
 //! [`super::native::NativeLayerNorm`].
 
 use tract_onnx::prelude::*;
+use tract_onnx::tract_core::ops::array::Gather;
 use tract_onnx::tract_core::ops::binary::TypedBinOp;
 use tract_onnx::tract_core::ops::change_axes::AxisOp;
 use tract_onnx::tract_core::ops::einsum::EinSum;
@@ -24,7 +28,7 @@ use tract_onnx::tract_core::ops::element_wise::ElementWiseOp;
 use tract_onnx::tract_core::ops::math::{Add, Div, Mul};
 use tract_onnx::tract_core::ops::nn::{GeluExact, Softmax, SoftmaxKind};
 
-use super::native::{NativeAttention, NativeLinear};
+use super::native::{NativeAttention, NativeHeadsAttention, NativeLinear};
 use crate::kernels::{Act, PackedB};
 
 /// What the passes changed, for the log and the tests.
@@ -34,6 +38,8 @@ pub struct Lowered {
     pub linear: usize,
     /// Attention blocks now on the fused kernel.
     pub attention: usize,
+    /// Of those, the ones reading q, k and v in place from their `qkv` product.
+    pub heads_in_place: usize,
     /// Bias additions fused into a product's epilogue.
     pub bias: usize,
     /// GELUs fused into a product's epilogue.
@@ -201,6 +207,97 @@ fn match_attention(model: &TypedModel, node: &TypedNode) -> Option<([OutletId; 3
     Some(([q, k, v], scale))
 }
 
+/// The input of `node` when it is an [`AxisOp`], with the op.
+fn axis_op(model: &TypedModel, outlet: OutletId) -> Option<(&AxisOp, &TypedNode)> {
+    let node = model.node(outlet.node);
+    Some((node.op_as::<AxisOp>()?, node))
+}
+
+/// The heads of a [`NativeAttention`] cut from one `qkv` product and merged again after it,
+/// as PyTorch exports `qkv.reshape(.., t, 3, heads, hd).permute(2, .., 3, 1, 4)`, `q, k, v
+/// = qkv[0], qkv[1], qkv[2]`, then `(attn @ v).transpose(1, 2).reshape(.., t, heads·hd)`;
+/// matched at that last reshape: `(the qkv product, heads, the scale's bits)`.
+fn match_heads_in_place(model: &TypedModel, node: &TypedNode) -> Option<(OutletId, usize, u32)> {
+    // The heads merged: [.., t, heads, hd] -> [.., t, heads·hd].
+    let AxisOp::Reshape(at, from, to) = node.op_as::<AxisOp>()? else {
+        return None;
+    };
+    let rank = model.outlet_fact(node.inputs[0]).ok()?.rank();
+    if rank < 4 || *at != rank - 2 || from.len() != 2 || to.len() != 1 {
+        return None;
+    }
+    // [.., heads, t, hd] -> [.., t, heads, hd].
+    let (mv, swap) = axis_op(model, node.inputs[0])?;
+    if !matches!(mv, AxisOp::Move(a, b) if (*a, *b) == (rank - 3, rank - 2) || (*a, *b) == (rank - 2, rank - 3))
+        || sole_successor(model, swap) != Some(node.id)
+    {
+        return None;
+    }
+    let attention = model.node(swap.inputs[0].node);
+    let att = attention.op_as::<NativeAttention>()?;
+    if sole_successor(model, attention) != Some(swap.id) {
+        return None;
+    }
+    // q, k and v: indices 0, 1 and 2 of axis 0 of one tensor.
+    let mut stacked = None;
+    for (i, input) in attention.inputs.iter().enumerate() {
+        let g = model.node(input.node);
+        let gather = g.op_as::<Gather>()?;
+        let index = model.outlet_fact(g.inputs[1]).ok()?.konst.clone()?;
+        let index = index.cast_to_scalar::<i64>().ok()?;
+        if gather.axis != 0 || index != i as i64 || model.outlet_fact(g.inputs[1]).ok()?.rank() != 0
+        {
+            return None;
+        }
+        if *stacked.get_or_insert(g.inputs[0]) != g.inputs[0] {
+            return None;
+        }
+    }
+    // Back through the transpositions to the split into heads, composing them.
+    let mut moves = Vec::new();
+    let mut at_outlet = stacked?;
+    let (split, x) = loop {
+        let (op, n) = axis_op(model, at_outlet)?;
+        match op {
+            AxisOp::Move(a, b) => moves.push((*a, *b)),
+            AxisOp::Reshape(..) => break (op, n.inputs[0]),
+            _ => return None,
+        }
+        at_outlet = n.inputs[0];
+    };
+    // [.., t, 3·heads·hd] -> [.., t, 3, heads, hd].
+    let AxisOp::Reshape(at, from, to) = split else {
+        return None;
+    };
+    let xrank = model.outlet_fact(x).ok()?.rank();
+    if xrank + 2 != rank + 1 || *at != xrank - 1 || from.len() != 1 || to.len() != 3 {
+        return None;
+    }
+    let dims: Vec<usize> = to
+        .iter()
+        .map(|d| d.to_i64().ok()?.try_into().ok())
+        .collect::<Option<_>>()?;
+    let heads = dims[1];
+    if dims[0] != 3 || heads == 0 || dims[2] == 0 {
+        return None;
+    }
+    // The moves must take [b.., t, 3, heads, hd] to [3, b.., heads, t, hd].
+    let p = xrank - 2; // leading (batch) axes
+    let mut axes: Vec<usize> = (0..xrank + 2).collect();
+    for (a, b) in moves.iter().rev() {
+        if *a >= axes.len() || *b >= axes.len() {
+            return None;
+        }
+        let ax = axes.remove(*a);
+        axes.insert(*b, ax);
+    }
+    let want: Vec<usize> = std::iter::once(p + 1)
+        .chain(0..p)
+        .chain([p + 2, p, p + 3])
+        .collect();
+    (axes == want).then_some((x, heads, att.scale_bits))
+}
+
 /// Applies the first patch `find` makes, until it makes none; returns how many applied.
 fn rewrite(
     model: &mut TypedModel,
@@ -240,6 +337,14 @@ pub fn lower(model: &mut TypedModel) -> TractResult<Lowered> {
         let name = format!("{}.cai_attention", node.name);
         Ok(Some(replace_by(model, &name, op, &inputs, node.id)?))
     })?;
+    let heads_in_place = rewrite(model, |model, node| {
+        let Some((x, heads, scale_bits)) = match_heads_in_place(model, node) else {
+            return Ok(None);
+        };
+        let op = NativeHeadsAttention { heads, scale_bits };
+        let name = format!("{}.cai_heads_attention", node.name);
+        Ok(Some(replace_by(model, &name, op, &[x], node.id)?))
+    })?;
     let linear = rewrite(model, |model, node| {
         let Some(w) = match_linear(model, node) else {
             return Ok(None);
@@ -261,6 +366,7 @@ pub fn lower(model: &mut TypedModel) -> TractResult<Lowered> {
     Ok(Lowered {
         linear,
         attention,
+        heads_in_place,
         ..Lowered::default()
     })
 }
@@ -601,6 +707,7 @@ mod tests {
             Lowered {
                 linear: 6,
                 attention: 1,
+                heads_in_place: 0,
                 bias: 4,
                 gelu: 1,
                 residual: 2

@@ -7,6 +7,8 @@
 //!   into nine element-wise and reduction operators).
 //! * [`NativeAttention`]: `softmax(scale · q·kᵀ)·v` per batch and head on the fused attention
 //!   kernel (tract runs it as two matrix products with their packing and a softmax).
+//! * [`NativeHeadsAttention`]: the same over every head of a fused `qkv` product, read in
+//!   place (no transposed copies of q, k and v).
 //!
 //! Each takes and returns f32 tensors in the layout tract gives it (dense, row-major).
 
@@ -377,5 +379,99 @@ impl TypedOp for NativeAttention {
             "CaiAttention takes f32"
         );
         Ok(tvec!(f32::fact(inputs[0].shape.clone())))
+    }
+}
+
+/// Multi-head attention read in place from one fused `qkv` product: the input is
+/// `[.., t, 3·heads·hd]` (per token: every head's queries, then keys, then values, as
+/// PyTorch's and timm's attention lay them out), the output `[.., t, heads·hd]` with the heads
+/// merged. It replaces [`NativeAttention`] together with the reshape, the transpositions and
+/// the three gathers around it, which copied the whole `qkv` tensor twice per block.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NativeHeadsAttention {
+    /// Heads.
+    pub heads: usize,
+    /// The positive scale of the scores, as its bits.
+    pub scale_bits: u32,
+}
+
+impl Op for NativeHeadsAttention {
+    fn name(&self) -> StaticName {
+        "CaiHeadsAttention".into()
+    }
+
+    fn info(&self) -> TractResult<Vec<String>> {
+        Ok(vec![format!(
+            "heads={} scale={}",
+            self.heads,
+            f32::from_bits(self.scale_bits)
+        )])
+    }
+
+    op_as_typed_op!();
+}
+
+impl EvalOp for NativeHeadsAttention {
+    op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let x = &inputs[0];
+        let shape = x.shape().to_vec();
+        let r = shape.len();
+        ensure!(
+            r >= 2 && self.heads > 0 && shape[r - 1].is_multiple_of(3 * self.heads),
+            "CaiHeadsAttention: input {shape:?} is not [.., t, 3·{}·hd]",
+            self.heads
+        );
+        let (t, c3) = (shape[r - 2], shape[r - 1]);
+        let c = c3 / 3;
+        let hd = c / self.heads;
+        let mut out_shape = shape.clone();
+        out_shape[r - 1] = c;
+        let mut out = Tensor::zero::<f32>(&out_shape)?;
+        let xs = f32s(x)?;
+        let scale = f32::from_bits(self.scale_bits);
+        let ops = kernels::ops();
+        let o = f32s_mut(&mut out)?;
+        if t > 0 && hd > 0 {
+            ATTENTION_SCRATCH.with_borrow_mut(|ws| {
+                for (src, dst) in xs.chunks_exact(t * c3).zip(o.chunks_exact_mut(t * c)) {
+                    for h in 0..self.heads {
+                        let head = HeadQkv {
+                            t,
+                            hd,
+                            ld: c3,
+                            q: &src[h * hd..],
+                            k: &src[c + h * hd..],
+                            v: &src[2 * c + h * hd..],
+                        };
+                        ops.attention(&head, scale, &mut dst[h * hd..], c, ws);
+                    }
+                }
+            });
+        }
+        Ok(tvec![out.into_tvalue()])
+    }
+}
+
+impl TypedOp for NativeHeadsAttention {
+    as_op!();
+
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        let x = inputs[0];
+        ensure!(
+            x.datum_type == f32::datum_type(),
+            "CaiHeadsAttention takes f32"
+        );
+        let r = x.rank();
+        let c3 = x
+            .shape
+            .last()
+            .and_then(|d| d.to_usize().ok())
+            .filter(|c3| r >= 2 && self.heads > 0 && c3.is_multiple_of(3 * self.heads))
+            .ok_or_else(|| format_err!("CaiHeadsAttention: input {:?}", x.shape))?;
+        let mut shape: TVec<TDim> = x.shape.iter().cloned().collect();
+        shape[r - 1] = (c3 / 3).into();
+        Ok(tvec!(f32::fact(shape)))
     }
 }

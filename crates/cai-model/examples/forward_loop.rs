@@ -1,6 +1,9 @@
-//! Runs the parity fixtures' model (`$CAI_PARITY_DIR/model.pt`) forward on one thread, over
-//! and over (timed by the process's CPU clock), in one precision or the mix `--precision auto` picks on its 8 galaxies, so a
-//! profiler (`perf record -e cpu-clock`) sees only the forward pass after a printed mark:
+//! Runs a model forward on one thread, over and over (timed by the process's CPU clock), in
+//! one precision or the mix `--precision auto` picks on 8 calibration galaxies, so a
+//! profiler (`perf record -e cpu-clock`) sees only the forward pass after a printed mark; it
+//! ends with a hash of the predictions' bits, to check that a change kept them. The model is
+//! the PyTorch parity fixtures' (`$CAI_PARITY_DIR/model.pt` over `1.pt`) when
+//! `CAI_PARITY_DIR` is set, else the full-size formula model on formula inputs:
 //! `CAI_PARITY_DIR=~/.cache/cai-parity cargo run --release -p cai-model --example forward_loop [auto|f32|bf16|int8|int16] [batch] [seconds]`
 #![allow(clippy::print_stdout)]
 
@@ -8,7 +11,7 @@ use std::time::Instant;
 
 use cai_model::kernels::Precision;
 use cai_model::mixed::{self, AutoOptions, Calibration};
-use cai_model::{AstroMae, LoadOptions, Model, PrecisionPlan};
+use cai_model::{formula, AstroMae, Config, LoadOptions, Model, PrecisionPlan};
 
 /// CPU time of the whole process (its threads included), in seconds.
 fn process_cpu_seconds() -> f64 {
@@ -29,20 +32,28 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mode = args.next().unwrap_or_else(|| "auto".to_string());
     let batch: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(128);
     let seconds: f64 = args.next().and_then(|s| s.parse().ok()).unwrap_or(10.0);
-    let dir = std::path::PathBuf::from(
-        std::env::var_os("CAI_PARITY_DIR").ok_or("set CAI_PARITY_DIR to the parity fixtures")?,
-    );
-    let bytes = std::fs::read(dir.join("model.pt"))?;
-    let mw = cai_model::read_model_weights("model.pt", &bytes)?;
-    let opts = LoadOptions {
-        heads: mw.heads_attr,
-        ..LoadOptions::default()
-    };
-    let mut model = AstroMae::load_with(&mw.weights, "model.pt", &opts)?;
-    let ds = cai_torch::read_tensor_dataset("1.pt", &std::fs::read(dir.join("1.pt"))?)?;
-    let (images, mags) = match (ds.first(), ds.get(1)) {
-        (Some(i), Some(m)) => (i.to_f32()?, m.to_f32()?),
-        _ => return Err("1.pt holds fewer than two tensors".into()),
+    let (mut model, images, mags) = match std::env::var_os("CAI_PARITY_DIR") {
+        Some(dir) => {
+            let dir = std::path::PathBuf::from(dir);
+            let bytes = std::fs::read(dir.join("model.pt"))?;
+            let mw = cai_model::read_model_weights("model.pt", &bytes)?;
+            let opts = LoadOptions {
+                heads: mw.heads_attr,
+                ..LoadOptions::default()
+            };
+            let model = AstroMae::load_with(&mw.weights, "model.pt", &opts)?;
+            let ds = cai_torch::read_tensor_dataset("1.pt", &std::fs::read(dir.join("1.pt"))?)?;
+            match (ds.first(), ds.get(1)) {
+                (Some(i), Some(m)) => (model, i.to_f32()?, m.to_f32()?),
+                _ => return Err("1.pt holds fewer than two tensors".into()),
+            }
+        }
+        None => {
+            let cfg = Config::astromae();
+            let model = AstroMae::load(&formula::weights(&cfg), "formula")?;
+            let (img, mag) = formula::inputs(8, cfg.channels, cfg.image);
+            (model, img, mag)
+        }
     };
     let (c, h, w) = model.input_shape();
     let n = images.len() / (c * h * w);

@@ -19,9 +19,11 @@ use crate::Error;
 
 /// timm's ViT LayerNorm eps.
 const LN_EPS: f32 = 1e-6;
-/// Rows per MLP block (hidden activations of `ROWS x mlp` stay in L2); a multiple of the
-/// GEMM's 6-row tile so no block ends in a part-empty strip.
-const MLP_ROWS: usize = 66;
+/// Rows per MLP block (hidden activations of `ROWS x mlp`, 295 KB at mlp 768, stay in L2);
+/// a multiple of every tier's strip height (6 on AVX2 and NEON, 12 on AVX-512, 32 for a
+/// strip pair of AMX tiles) so no block but the last ends in a part-empty strip (66 rows
+/// made AMX compute 96).
+const MLP_ROWS: usize = 96;
 /// Where [`split_rows`] cuts: a multiple of every tier's GEMM strip height (6 on AVX2 and
 /// NEON, 12 on AVX-512), so the first half ends on a whole strip.
 const SPLIT_ALIGN: usize = 24;

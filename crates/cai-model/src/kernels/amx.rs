@@ -199,14 +199,17 @@ struct Acc<T>([T; MR * 2 * NR]);
 
 /// `kb` steps of 64 bytes along rows of `A` (strips at `a0`, `a1`, row stride `rs` bytes)
 /// and 16 tile rows of 64 bytes of two panels (`b0`, `b1`), summed by `tdpbusd` (or with
-/// `BF16`, `tdpbf16ps`) into four tiles, which are stored to `out` (128-byte rows).
+/// `BF16`, `tdpbf16ps`) into four tiles, which are stored to `out` (128-byte rows). With
+/// `TWO` false only the first strip (`a0`) is multiplied, into two tiles stored as the
+/// first 16 rows of `out` (`a1` is not read): the last strip pair of a block whose rows
+/// end within its first strip costs half the products.
 ///
-/// Caller guarantees: [`Tiles::configure`] ran on this thread; `kb >= 1`; `a0` and `a1`
-/// point to 16 rows of `64 * kb` readable bytes at stride `rs`, `b0` and `b1` to
-/// `1024 * kb` readable bytes, and `out` to 4 KiB of writable bytes.
+/// Caller guarantees: [`Tiles::configure`] ran on this thread; `kb >= 1`; `a0` (and with
+/// `TWO`, `a1`) point to 16 rows of `64 * kb` readable bytes at stride `rs`, `b0` and `b1`
+/// to `1024 * kb` readable bytes, and `out` to 4 KiB of writable bytes.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn tiles_2x2<const BF16: bool>(
+unsafe fn tiles_2x2<const BF16: bool, const TWO: bool>(
     kb: usize,
     a0: *const u8,
     a1: *const u8,
@@ -254,13 +257,78 @@ unsafe fn tiles_2x2<const BF16: bool>(
             )
         };
     }
+    macro_rules! steps_one {
+        ($op:literal) => {
+            asm!(
+                "tilezero tmm0",
+                "tilezero tmm1",
+                "2:",
+                "tileloadd tmm4, [{a0} + {rs}*1]",
+                "tileloadd tmm6, [{b0} + {s64}*1]",
+                "tileloadd tmm7, [{b1} + {s64}*1]",
+                concat!($op, " tmm0, tmm4, tmm6"),
+                concat!($op, " tmm1, tmm4, tmm7"),
+                "add {a0}, 64",
+                "add {b0}, 1024",
+                "add {b1}, 1024",
+                "dec {n}",
+                "jnz 2b",
+                "tilestored [{c} + {s128}*1], tmm0",
+                "tilestored [{c} + {s128}*1 + 64], tmm1",
+                a0 = inout(reg) a0 => _,
+                b0 = inout(reg) b0 => _,
+                b1 = inout(reg) b1 => _,
+                n = inout(reg) kb => _,
+                rs = in(reg) rs,
+                s64 = in(reg) TB,
+                s128 = in(reg) 2 * TB,
+                c = in(reg) out,
+                options(nostack),
+            )
+        };
+    }
     // SAFETY: per the caller: the tiles are configured and every load and store is in
     // bounds.
     unsafe {
-        if BF16 {
-            steps!("tdpbf16ps")
+        match (BF16, TWO) {
+            (true, true) => steps!("tdpbf16ps"),
+            (false, true) => steps!("tdpbusd"),
+            (true, false) => {
+                let _ = a1;
+                steps_one!("tdpbf16ps")
+            }
+            (false, false) => {
+                let _ = a1;
+                steps_one!("tdpbusd")
+            }
+        }
+    }
+}
+
+/// [`tiles_2x2`] for strip pair `s` of a block of `rows` rows: both strips, or only the
+/// first when the block's rows end within it.
+///
+/// Caller guarantees: those of [`tiles_2x2`] for the strips at `ap + s * 32 * rs` and 16
+/// rows further.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn strip_pair<const BF16: bool>(
+    rows: usize,
+    s: usize,
+    ap: *const u8,
+    rs: usize,
+    b0: *const u8,
+    b1: *const u8,
+    out: *mut u8,
+) {
+    let a0 = ap.add(s * MR * rs);
+    let a1 = a0.add(TR * rs);
+    // SAFETY: per the caller.
+    unsafe {
+        if rows - s * MR > TR {
+            tiles_2x2::<BF16, true>(rs / TB, a0, a1, rs, b0, b1, out);
         } else {
-            steps!("tdpbusd")
+            tiles_2x2::<BF16, false>(rs / TB, a0, a1, rs, b0, b1, out);
         }
     }
 }
@@ -334,19 +402,10 @@ unsafe fn block_int8<const ACT: u8, const ACC: bool>(
             b0
         };
         for s in 0..rows.div_ceil(MR) {
-            let a0 = ap.add(s * MR * rs);
             // SAFETY: strip pair `s` exists in `ap` (rows padded to whole pairs), each row
             // `rs / 64` tile rows long; a panel holds `rs / 64` tiles of `B` (its quads
             // padded to whole tiles); `acc` is 4 KiB.
-            tiles_2x2::<false>(
-                rs / TB,
-                a0,
-                a0.add(TR * rs),
-                rs,
-                b0,
-                b1,
-                acc.0.as_mut_ptr().cast(),
-            );
+            strip_pair::<false>(rows, s, ap, rs, b0, b1, acc.0.as_mut_ptr().cast());
             let r = MR.min(rows - s * MR);
             let (sz, cs) = (
                 (sa.add(s * MR), zp.add(s * MR)),
@@ -475,18 +534,9 @@ unsafe fn block_bf16<const ACT: u8, const ACC: bool>(
             b0
         };
         for s in 0..rows.div_ceil(MR) {
-            let a0 = ap.add(s * MR * rs);
             // SAFETY: as in `block_int8`: strip pair `s` exists, rows and panels hold
             // `rs / 64` whole tiles, `acc` is 4 KiB.
-            tiles_2x2::<true>(
-                rs / TB,
-                a0,
-                a0.add(TR * rs),
-                rs,
-                b0,
-                b1,
-                acc.0.as_mut_ptr().cast(),
-            );
+            strip_pair::<true>(rows, s, ap, rs, b0, b1, acc.0.as_mut_ptr().cast());
             let r = MR.min(rows - s * MR);
             let cs = c.add(s * MR * ldc + p * NR);
             // SAFETY: rows and columns inside `c`, panels exist, as in `block_int8`.
@@ -570,6 +620,22 @@ mod tests {
             check::gemm(&ops, 1100, 40, 3216, 3216, 40, Epilogue::RELU, 7, w);
         }
         check::int_worst_case_sums(&ops);
+    }
+
+    /// Every row count from 1 to 80 at the ViT's reductions: blocks whose last strip pair
+    /// has 1-16 rows (only its first strip multiplied) and 17-32 rows (both), against the
+    /// scalar reference, with each epilogue.
+    #[test]
+    fn amx_gemm_single_strip_tails() {
+        let Some(ops) = amx_ops() else { return };
+        for w in [Weights::Int8, Weights::Bf16] {
+            for m in 1..=80 {
+                for (n, k) in [(40, 192), (24, 768)] {
+                    let epi = EPIS[m % EPIS.len()];
+                    check::gemm(&ops, m, n, k, k, n, epi, m as u64, w);
+                }
+            }
+        }
     }
 
     /// int8 on AMX gives the AVX-512 VNNI tier's bits (the same integers and epilogue),

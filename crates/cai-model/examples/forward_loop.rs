@@ -1,0 +1,104 @@
+//! Runs a model forward on one thread, over and over (timed by the process's CPU clock), in
+//! one precision or the mix `--precision auto` picks on 8 calibration galaxies, so a
+//! profiler (`perf record -e cpu-clock`) sees only the forward pass after a printed mark; it
+//! ends with a hash of the predictions' bits, to check that a change kept them. The model is
+//! the PyTorch parity fixtures' (`$CAI_PARITY_DIR/model.pt` over `1.pt`) when
+//! `CAI_PARITY_DIR` is set, else the full-size formula model on formula inputs:
+//! `CAI_PARITY_DIR=~/.cache/cai-parity cargo run --release -p cai-model --example forward_loop [auto|f32|bf16|int8|int16] [batch] [seconds]`
+#![allow(clippy::print_stdout)]
+
+use std::time::Instant;
+
+use cai_model::kernels::Precision;
+use cai_model::mixed::{self, AutoOptions, Calibration};
+use cai_model::{formula, AstroMae, Config, LoadOptions, Model, PrecisionPlan};
+
+/// CPU time of the whole process (its threads included), in seconds.
+fn process_cpu_seconds() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; the clock id is a constant Linux knows.
+    let r = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    if r != 0 {
+        return 0.0;
+    }
+    ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let mut args = std::env::args().skip(1);
+    let mode = args.next().unwrap_or_else(|| "auto".to_string());
+    let batch: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(128);
+    let seconds: f64 = args.next().and_then(|s| s.parse().ok()).unwrap_or(10.0);
+    let (mut model, images, mags) = match std::env::var_os("CAI_PARITY_DIR") {
+        Some(dir) => {
+            let dir = std::path::PathBuf::from(dir);
+            let bytes = std::fs::read(dir.join("model.pt"))?;
+            let mw = cai_model::read_model_weights("model.pt", &bytes)?;
+            let opts = LoadOptions {
+                heads: mw.heads_attr,
+                ..LoadOptions::default()
+            };
+            let model = AstroMae::load_with(&mw.weights, "model.pt", &opts)?;
+            let ds = cai_torch::read_tensor_dataset("1.pt", &std::fs::read(dir.join("1.pt"))?)?;
+            match (ds.first(), ds.get(1)) {
+                (Some(i), Some(m)) => (model, i.to_f32()?, m.to_f32()?),
+                _ => return Err("1.pt holds fewer than two tensors".into()),
+            }
+        }
+        None => {
+            let cfg = Config::astromae();
+            let model = AstroMae::load(&formula::weights(&cfg), "formula")?;
+            let (img, mag) = formula::inputs(8, cfg.channels, cfg.image);
+            (model, img, mag)
+        }
+    };
+    let (c, h, w) = model.input_shape();
+    let n = images.len() / (c * h * w);
+    let cal = Calibration {
+        images: &images,
+        magnitudes: &mags[..n * 5],
+        n,
+    };
+    let z = model.predict(&images, &mags[..n * 5], n)?;
+    let depth = model.config().depth;
+    let plan = match mode.as_str() {
+        "auto" => mixed::choose(&model, &cal, &AutoOptions::default())?.plan,
+        "f32" => PrecisionPlan::f32(depth),
+        "bf16" => PrecisionPlan::uniform(Precision::Bf16, depth),
+        "int8" => PrecisionPlan::uniform(Precision::Int8, depth),
+        "int16" => PrecisionPlan::uniform(Precision::Int16, depth),
+        other => return Err(format!("unknown precision {other}").into()),
+    };
+    let dz = mixed::plan_dz(&model, &plan, &cal, &z)?;
+    model.set_plan(&plan)?;
+    println!("{mode}: {} | max |Δz| {dz:.2e}", plan.summary());
+    let img: Vec<f32> = (0..batch)
+        .flat_map(|i| images[(i % n) * c * h * w..][..c * h * w].iter().copied())
+        .collect();
+    let mag: Vec<f32> = (0..batch)
+        .flat_map(|i| mags[(i % n) * 5..][..5].iter().copied())
+        .collect();
+    println!("mark: forward loop starts");
+    let (t0, c0, mut galaxies) = (Instant::now(), process_cpu_seconds(), 0usize);
+    while process_cpu_seconds() - c0 < seconds {
+        std::hint::black_box(model.predict(&img, &mag, batch)?);
+        galaxies += batch;
+    }
+    let (wall, cpu) = (t0.elapsed().as_secs_f64(), process_cpu_seconds() - c0);
+    let z = model.predict(&img, &mag, batch)?;
+    let bits = z.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, v| {
+        (h ^ u64::from(v.to_bits())).wrapping_mul(0x100_0000_01b3)
+    });
+    println!(
+        "predictions' bits hashed: {bits:016x}; first: {:?}",
+        &z[..z.len().min(4)]
+    );
+    println!(
+        "{galaxies} galaxies in {cpu:.2} CPU-s ({wall:.2} s wall): {:.1} per CPU-s",
+        galaxies as f64 / cpu
+    );
+    Ok(())
+}

@@ -750,24 +750,9 @@ fn measure_peak(min_seconds: f64) -> f64 {
     kernels::fma_peak(kernels::ops(), &clock, min_seconds)
 }
 
-/// This process's CPU time: the sum over its threads' `schedstat` (ns resolution), else
-/// user + system ticks from `/proc/self/stat`.
+/// This process's CPU time (all its threads), to the nanosecond.
 fn process_cpu_seconds() -> Option<f64> {
-    let from_tasks = || -> Option<f64> {
-        let mut total = 0.0;
-        for e in std::fs::read_dir("/proc/self/task").ok()? {
-            let s = std::fs::read_to_string(e.ok()?.path().join("schedstat")).ok()?;
-            total += s.split_whitespace().next()?.parse::<f64>().ok()? / 1e9;
-        }
-        Some(total)
-    };
-    from_tasks().or_else(|| {
-        let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-        let rest = &stat[stat.rfind(')')? + 2..];
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        let ticks = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
-        Some(ticks / 100.0)
-    })
+    clock::process_cpu_seconds()
 }
 
 /// The 1, 5 and 15 minute load averages.

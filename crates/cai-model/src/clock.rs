@@ -1,5 +1,6 @@
-//! The calling thread's CPU clock, for the benchmarks: time a thread spends descheduled by
-//! other load does not count, so figures from a shared machine stay comparable.
+//! CPU clocks (the calling thread's, the whole process's), for the benchmarks: time spent
+//! descheduled by other load does not count, so figures from a shared machine stay
+//! comparable.
 
 /// Seconds of CPU time the calling thread has used, to the nanosecond
 /// (`clock_gettime(CLOCK_THREAD_CPUTIME_ID)`, which includes the slice running now;
@@ -8,18 +9,36 @@
 pub fn thread_cpu_seconds() -> Option<f64> {
     #[cfg(unix)]
     {
-        let mut ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: `ts` is a valid, writable timespec for the duration of the call.
-        let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-        (rc == 0).then_some(ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9)
+        cpu_clock(libc::CLOCK_THREAD_CPUTIME_ID)
     }
     #[cfg(not(unix))]
     {
         None
     }
+}
+
+/// Seconds of CPU time the whole process (all its threads) has used, to the nanosecond
+/// (`clock_gettime(CLOCK_PROCESS_CPUTIME_ID)`). `None` where there is no such clock.
+pub fn process_cpu_seconds() -> Option<f64> {
+    #[cfg(unix)]
+    {
+        cpu_clock(libc::CLOCK_PROCESS_CPUTIME_ID)
+    }
+    #[cfg(not(unix))]
+    {
+        None
+    }
+}
+
+#[cfg(unix)]
+fn cpu_clock(id: libc::clockid_t) -> Option<f64> {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec for the duration of the call.
+    let rc = unsafe { libc::clock_gettime(id, &mut ts) };
+    (rc == 0).then_some(ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9)
 }
 
 #[cfg(test)]

@@ -24,4 +24,4 @@ GEMM_M=8 run gemm_speed
 # One galaxy of the parity model when CAI_PARITY_DIR is set (CI), else the formula model.
 run quant_study 1
 # The forward pass alone (the profiler's target): one galaxy in f32, one pass.
-run forward_loop f32 1 0
+run forward_loop f32 1 0.01

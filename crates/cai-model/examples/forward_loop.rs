@@ -11,7 +11,9 @@ use std::time::Instant;
 
 use cai_model::kernels::Precision;
 use cai_model::mixed::{self, AutoOptions, Calibration};
-use cai_model::{formula, AstroMae, Config, LoadOptions, Model, PrecisionPlan};
+use cai_model::{Model, PrecisionPlan};
+
+mod common;
 
 /// CPU time of the whole process (its threads included), in seconds.
 fn process_cpu_seconds() -> f64 {
@@ -23,29 +25,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mode = args.next().unwrap_or_else(|| "auto".to_string());
     let batch: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(128);
     let seconds: f64 = args.next().and_then(|s| s.parse().ok()).unwrap_or(10.0);
-    let (mut model, images, mags) = match std::env::var_os("CAI_PARITY_DIR") {
-        Some(dir) => {
-            let dir = std::path::PathBuf::from(dir);
-            let bytes = std::fs::read(dir.join("model.pt"))?;
-            let mw = cai_model::read_model_weights("model.pt", &bytes)?;
-            let opts = LoadOptions {
-                heads: mw.heads_attr,
-                ..LoadOptions::default()
-            };
-            let model = AstroMae::load_with(&mw.weights, "model.pt", &opts)?;
-            let ds = cai_torch::read_tensor_dataset("1.pt", &std::fs::read(dir.join("1.pt"))?)?;
-            match (ds.first(), ds.get(1)) {
-                (Some(i), Some(m)) => (model, i.to_f32()?, m.to_f32()?),
-                _ => return Err("1.pt holds fewer than two tensors".into()),
-            }
-        }
-        None => {
-            let cfg = Config::astromae();
-            let model = AstroMae::load(&formula::weights(&cfg), "formula")?;
-            let (img, mag) = formula::inputs(8, cfg.channels, cfg.image);
-            (model, img, mag)
-        }
-    };
+    let common::Setup {
+        mut model,
+        images,
+        magnitudes: mags,
+        source,
+    } = common::model_and_inputs(8)?;
+    println!("{source}");
     let (c, h, w) = model.input_shape();
     let n = images.len() / (c * h * w);
     let cal = Calibration {

@@ -12,7 +12,9 @@
 
 use cai_model::kernels::Precision;
 use cai_model::mixed::{self, AutoOptions, Calibration};
-use cai_model::{formula, AstroMae, Config, LoadOptions, Model, PrecisionPlan};
+use cai_model::{Model, PrecisionPlan};
+
+mod common;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
@@ -21,44 +23,25 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .next()
         .and_then(|s| s.parse().ok())
         .unwrap_or(mixed::DEFAULT_MAX_DZ);
-    let (model, img, mag, n, source) = match std::env::var_os("CAI_PARITY_DIR") {
-        Some(dir) => {
-            let dir = std::path::PathBuf::from(dir);
-            let bytes = std::fs::read(dir.join("model.pt"))?;
-            let mw = cai_model::read_model_weights("model.pt", &bytes)?;
-            let opts = LoadOptions {
-                heads: mw.heads_attr,
-                ..LoadOptions::default()
-            };
-            let model = AstroMae::load_with(&mw.weights, "model.pt", &opts)?;
-            let ds = cai_torch::read_tensor_dataset("1.pt", &std::fs::read(dir.join("1.pt"))?)?;
-            let (images, mags) = match (ds.first(), ds.get(1)) {
-                (Some(i), Some(m)) => (i.to_f32()?, m.to_f32()?),
-                _ => return Err("1.pt holds fewer than two tensors".into()),
-            };
-            let (c, h, w) = model.input_shape();
-            let n = (images.len() / (c * h * w)).min(n_max);
-            let img = images[..n * c * h * w].to_vec();
-            let mag = mags[..n * 5].to_vec();
-            (model, img, mag, n, format!("{}", dir.display()))
-        }
-        None => {
-            let cfg = Config::astromae();
-            let model = AstroMae::load(&formula::weights(&cfg), "formula")?;
-            let (img, mag) = formula::inputs(n_max, cfg.channels, cfg.image);
-            (model, img, mag, n_max, "the formula model".to_string())
-        }
-    };
+    let common::Setup {
+        model,
+        images,
+        magnitudes: mags,
+        source,
+    } = common::model_and_inputs(n_max)?;
+    let (c, h, w) = model.input_shape();
+    let n = (images.len() / (c * h * w)).min(n_max);
+    let (img, mag) = (&images[..n * c * h * w], &mags[..n * 5]);
     println!(
         "{source}: {n} galaxies, kernels {}, bound {max_dz:e}",
         mixed::kernel_tier()
     );
     let cal = Calibration {
-        images: &img,
-        magnitudes: &mag,
+        images: img,
+        magnitudes: mag,
         n,
     };
-    let z = model.predict(&img, &mag, n)?;
+    let z = model.predict(img, mag, n)?;
     let depth = model.config().depth;
     for p in [Precision::Bf16, Precision::Int16, Precision::Int8] {
         let dz = mixed::plan_dz(&model, &PrecisionPlan::uniform(p, depth), &cal, &z)?;

@@ -2,7 +2,7 @@
 # Creates the Python venv used by the PyTorch parity scripts in this directory.
 #
 # Location: ${CAI_PARITY_VENV:-$HOME/.cache/cai-parity-venv}. Idempotent: an existing venv
-# whose torch/timm/torchvision versions match is left as it is.
+# whose torch/timm versions match and that has onnx and onnxruntime is left as it is.
 #
 # torch from the registry is the CUDA build even for CPU use (~4 GB venv, ~70 s warm);
 # timm and torchvision are installed with --no-deps to keep the torch pin.
@@ -15,7 +15,7 @@ TORCHVISION_VERSION="${CAI_PARITY_TORCHVISION:-0.29.2}"
 PY="${PYTHON:-python3}"
 
 if [ -x "$VENV/bin/python" ] && "$VENV/bin/python" - "$TORCH_VERSION" "$TIMM_VERSION" <<'PYEOF' 2>/dev/null
-import sys, torch, timm
+import sys, torch, timm, onnx, onnxruntime
 ok = torch.__version__.split("+")[0] == sys.argv[1] and timm.__version__ == sys.argv[2]
 sys.exit(0 if ok else 1)
 PYEOF
@@ -30,5 +30,8 @@ fi
 "$VENV/bin/python" -m pip install --quiet --no-deps "timm==$TIMM_VERSION" "torchvision==$TORCHVISION_VERSION"
 # timm 0.4.12 imports torchvision, which imports PIL.
 "$VENV/bin/python" -m pip install --quiet pillow
-"$VENV/bin/python" -c "import torch, timm, torchvision; print('torch', torch.__version__, 'timm', timm.__version__, 'torchvision', torchvision.__version__)"
+# The ONNX fixtures (scripts/onnx/make_fixtures.py) export with onnx and check against
+# ONNX Runtime; .ci/run makes them right after this script.
+"$VENV/bin/python" -m pip install --quiet onnx onnxruntime
+"$VENV/bin/python" -c "import torch, timm, torchvision, onnx, onnxruntime; print('torch', torch.__version__, 'timm', timm.__version__, 'torchvision', torchvision.__version__, 'onnxruntime', onnxruntime.__version__)"
 echo "parity venv ready: $VENV"

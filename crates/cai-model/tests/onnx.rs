@@ -73,6 +73,10 @@ fn astromae_exported_to_onnx_matches_pytorch() {
     // q, k and v read in place from each block's qkv product (no transposed copies).
     assert_eq!(lowered.heads_in_place, 12, "{lowered:?}");
     assert_eq!(lowered.gelu, 12, "{lowered:?}");
+    // Every convolution of the CNN branch and the patch embedding, with its ReLU where one
+    // follows.
+    assert_eq!(lowered.conv, 30, "{lowered:?}");
+    assert!(lowered.relu >= 29, "{lowered:?}");
     assert!(
         lowered.linear >= 48 && lowered.residual >= 23,
         "{lowered:?}"

@@ -22,7 +22,7 @@
 //! The model keeps only its packed layers, not the weights it was loaded from: whoever
 //! saves a model keeps those weights and [`AstroMae::write_back`] updates them.
 
-mod cnn;
+pub(crate) mod cnn;
 mod head;
 mod layers;
 mod plan;

@@ -12,23 +12,30 @@
 //!   become one [`NativeAttention`];
 //! * where q, k and v are cut from one `qkv` product (reshape to heads, transpose, gather)
 //!   and the heads merged again after it, the whole of it becomes one
-//!   [`NativeHeadsAttention`] reading the product in place.
+//!   [`NativeHeadsAttention`] reading the product in place;
+//! * a 2-D convolution with constant weights becomes a [`NativeConv`] (im2col + the packed
+//!   GEMM).
 //!
 //! [`fuse`] runs after the declutter: a [`NativeLinear`] absorbs the constant bias `Add`
-//! that follows it, then an exact GELU, then the residual `Add` (its epilogue accumulates
-//! into the other operand). `LayerNormalization` needs no pass: it is parsed straight into
+//! that follows it, then an exact GELU or a ReLU (a [`NativeConv`] a ReLU too), then the
+//! residual `Add` (its epilogue accumulates into the other operand). `LayerNormalization` needs no pass: it is parsed straight into
 //! [`super::native::NativeLayerNorm`].
 
 use tract_onnx::prelude::*;
+use tract_onnx::tract_core::internal::DimLike;
 use tract_onnx::tract_core::ops::array::Gather;
 use tract_onnx::tract_core::ops::binary::TypedBinOp;
 use tract_onnx::tract_core::ops::change_axes::AxisOp;
+use tract_onnx::tract_core::ops::cnn::{Conv, KernelFormat};
 use tract_onnx::tract_core::ops::einsum::EinSum;
 use tract_onnx::tract_core::ops::element_wise::ElementWiseOp;
-use tract_onnx::tract_core::ops::math::{Add, Div, Mul};
+use tract_onnx::tract_core::ops::math::{Add, Div, Max, Mul};
+use tract_onnx::tract_core::ops::nn::DataFormat;
 use tract_onnx::tract_core::ops::nn::{GeluExact, Softmax, SoftmaxKind};
 
-use super::native::{NativeAttention, NativeHeadsAttention, NativeLinear};
+use super::native::{
+    ConvGeometry, NativeAttention, NativeConv, NativeHeadsAttention, NativeLinear,
+};
 use crate::kernels::{Act, PackedB};
 
 /// What the passes changed, for the log and the tests.
@@ -46,6 +53,10 @@ pub struct Lowered {
     pub gelu: usize,
     /// Residual additions fused into a product's epilogue.
     pub residual: usize,
+    /// 2-D convolutions now on im2col + the packed GEMM.
+    pub conv: usize,
+    /// ReLUs fused into a convolution's or a product's epilogue.
+    pub relu: usize,
 }
 
 /// An `EinSum` of two f32 inputs, as its axis strings: `(a, b, out)`, e.g.
@@ -298,6 +309,68 @@ fn match_heads_in_place(model: &TypedModel, node: &TypedNode) -> Option<(OutletI
     (axes == want).then_some((x, heads, att.scale_bits))
 }
 
+/// A 2-D convolution of an f32 channels-first input of known channels and size, with
+/// constant `OIHW` weights and bias, one group and no dilation: its operator on the GEMM.
+fn match_conv(model: &TypedModel, node: &TypedNode) -> Option<NativeConv> {
+    let op = node.op_as::<Conv>()?;
+    let spec = &op.pool_spec;
+    if op.q_params.is_some()
+        || op.group != 1
+        || op.kernel_fmt != KernelFormat::OIHW
+        || spec.data_format != DataFormat::NCHW
+        || spec.rank() != 2
+        || spec.dilations().iter().any(|&d| d != 1)
+        || node.inputs.len() != 3
+    {
+        return None;
+    }
+    let x = model.outlet_fact(node.inputs[0]).ok()?;
+    if x.datum_type != f32::datum_type() || x.rank() != 4 {
+        return None;
+    }
+    let dims: Vec<usize> = x.shape[1..]
+        .iter()
+        .map(|d| d.to_usize().ok())
+        .collect::<Option<_>>()?;
+    let [cin, h, w] = dims[..] else {
+        return None;
+    };
+    let kernel = model.outlet_fact(node.inputs[1]).ok()?.konst.clone()?;
+    let bias = model.outlet_fact(node.inputs[2]).ok()?.konst.clone()?;
+    let [kh, kw] = spec.kernel_shape[..] else {
+        return None;
+    };
+    let cout = spec.output_channels;
+    if kernel.datum_type() != f32::datum_type()
+        || kernel.shape() != [cout, cin, kh, kw]
+        || bias.datum_type() != f32::datum_type()
+        || !(bias.len() == cout || bias.len() == 1)
+    {
+        return None;
+    }
+    let pads = spec.computed_padding(&[h, w]);
+    let geo = ConvGeometry {
+        cin,
+        h,
+        w,
+        kh,
+        kw,
+        sh: spec.stride(0),
+        sw: spec.stride(1),
+        pad_top: pads[0].pad_before,
+        pad_left: pads[1].pad_before,
+        oh: pads[0].convoluted,
+        ow: pads[1].convoluted,
+    };
+    let bias = super::native::f32s(&bias).ok()?;
+    let bias = if bias.len() == cout {
+        bias.to_vec()
+    } else {
+        vec![bias[0]; cout]
+    };
+    NativeConv::new(super::native::f32s(&kernel).ok()?, &bias, geo).ok()
+}
+
 /// Applies the first patch `find` makes, until it makes none; returns how many applied.
 fn rewrite(
     model: &mut TypedModel,
@@ -345,6 +418,19 @@ pub fn lower(model: &mut TypedModel) -> TractResult<Lowered> {
         let name = format!("{}.cai_heads_attention", node.name);
         Ok(Some(replace_by(model, &name, op, &[x], node.id)?))
     })?;
+    let conv = rewrite(model, |model, node| {
+        let Some(op) = match_conv(model, node) else {
+            return Ok(None);
+        };
+        let name = format!("{}.cai_conv", node.name);
+        Ok(Some(replace_by(
+            model,
+            &name,
+            op,
+            &node.inputs[..1],
+            node.id,
+        )?))
+    })?;
     let linear = rewrite(model, |model, node| {
         let Some(w) = match_linear(model, node) else {
             return Ok(None);
@@ -367,6 +453,7 @@ pub fn lower(model: &mut TypedModel) -> TractResult<Lowered> {
         linear,
         attention,
         heads_in_place,
+        conv,
         ..Lowered::default()
     })
 }
@@ -392,6 +479,29 @@ fn linear_then_add<'m>(
     Some((lin, succ, other))
 }
 
+/// The node's sole successor when it is a ReLU as ONNX's `Relu` arrives in tract: `max(x, 0)`
+/// with a constant of zeros broadcast over `x`.
+fn relu_successor<'m>(model: &'m TypedModel, node: &TypedNode) -> Option<&'m TypedNode> {
+    let succ = model.node(sole_successor(model, node)?);
+    let max = succ.op_as::<TypedBinOp>()?;
+    if !max.0.is::<Max>() || succ.inputs.len() != 2 {
+        return None;
+    }
+    let me: OutletId = node.id.into();
+    let other = match (succ.inputs[0] == me, succ.inputs[1] == me) {
+        (true, false) => succ.inputs[1],
+        (false, true) => succ.inputs[0],
+        _ => return None,
+    };
+    let zeros = model.outlet_fact(other).ok()?.konst.clone()?;
+    let rank = model.outlet_fact(me).ok()?.rank();
+    let broadcast = zeros.rank() <= rank && zeros.shape().iter().all(|&d| d == 1);
+    let all_zero = super::native::f32s(&zeros)
+        .ok()
+        .is_some_and(|v| v.iter().all(|&z| z == 0.0));
+    (broadcast && all_zero).then_some(succ)
+}
+
 /// A patch replacing `last`'s output by `op` (one of ours) on `inputs`; what fed only `last`
 /// is left unused and dropped when the model is compacted.
 fn replace_by(
@@ -408,8 +518,8 @@ fn replace_by(
     Ok(patch)
 }
 
-/// The fusions after tract's declutter: bias, then GELU, then residual into the
-/// [`NativeLinear`] epilogues.
+/// The fusions after tract's declutter: bias, then GELU or ReLU, then residual into the
+/// [`NativeLinear`] epilogues; ReLU into the [`NativeConv`] epilogues.
 pub fn fuse(model: &mut TypedModel, lowered: &mut Lowered) -> TractResult<()> {
     lowered.bias += rewrite(model, |model, node| {
         let Some((lin, add, other)) = linear_then_add(model, node) else {
@@ -472,6 +582,37 @@ pub fn fuse(model: &mut TypedModel, lowered: &mut Lowered) -> TractResult<()> {
             op,
             &node.inputs,
             succ.id,
+        )?))
+    })?;
+    lowered.relu += rewrite(model, |model, node| {
+        let op: Box<dyn TypedOp> = if let Some(lin) = node.op_as::<NativeLinear>() {
+            if lin.residual || lin.act != Act::None {
+                return Ok(None);
+            }
+            Box::new(NativeLinear {
+                act: Act::Relu,
+                ..lin.clone()
+            })
+        } else if let Some(conv) = node.op_as::<NativeConv>() {
+            if conv.act != Act::None {
+                return Ok(None);
+            }
+            Box::new(NativeConv {
+                act: Act::Relu,
+                ..conv.clone()
+            })
+        } else {
+            return Ok(None);
+        };
+        let Some(relu) = relu_successor(model, node) else {
+            return Ok(None);
+        };
+        Ok(Some(replace_by(
+            model,
+            &node.name,
+            op,
+            &node.inputs,
+            relu.id,
         )?))
     })?;
     lowered.residual += rewrite(model, |model, node| {
@@ -577,12 +718,14 @@ mod tests {
     }
 
     fn value(name: &str) -> pb::ValueInfoProto {
+        value_of(name, &[T, D])
+    }
+
+    /// An f32 value of shape `[N, dims..]`, `N` symbolic.
+    fn value_of(name: &str, dims: &[usize]) -> pb::ValueInfoProto {
         use pb::tensor_shape_proto::{dimension::Value, Dimension};
-        let dims = [
-            Value::DimParam("N".into()),
-            Value::DimValue(T as i64),
-            Value::DimValue(D as i64),
-        ];
+        let dims = std::iter::once(Value::DimParam("N".into()))
+            .chain(dims.iter().map(|&d| Value::DimValue(d as i64)));
         pb::ValueInfoProto {
             name: name.into(),
             r#type: Some(pb::TypeProto {
@@ -590,7 +733,6 @@ mod tests {
                     elem_type: 1,
                     shape: Some(pb::TensorShapeProto {
                         dim: dims
-                            .into_iter()
                             .map(|v| Dimension {
                                 value: Some(v),
                                 ..Default::default()
@@ -687,6 +829,93 @@ mod tests {
         }
     }
 
+    /// Three convolutions as PyTorch exports them: 3x3 with padding and a ReLU, 2x3 with
+    /// strides 2x1 and uneven padding, 1x1 and a ReLU; `[N, 3, 9, 7]` in, `[N, 6, 5, 6]` out.
+    fn convs() -> pb::ModelProto {
+        let mut seed = 11u64;
+        let init = vec![
+            tensor("w1", &[4, 3, 3, 3], &mut seed, 0.5),
+            tensor("b1", &[4], &mut seed, 0.2),
+            tensor("w2", &[5, 4, 2, 3], &mut seed, 0.5),
+            tensor("b2", &[5], &mut seed, 0.2),
+            tensor("w3", &[6, 5, 1, 1], &mut seed, 0.5),
+            tensor("b3", &[6], &mut seed, 0.2),
+        ];
+        let nodes = vec![
+            node(
+                "Conv",
+                &["x", "w1", "b1"],
+                "c1",
+                vec![ints("kernel_shape", &[3, 3]), ints("pads", &[1, 1, 1, 1])],
+            ),
+            node("Relu", &["c1"], "r1", vec![]),
+            node(
+                "Conv",
+                &["r1", "w2", "b2"],
+                "c2",
+                vec![
+                    ints("kernel_shape", &[2, 3]),
+                    ints("strides", &[2, 1]),
+                    ints("pads", &[0, 1, 1, 0]),
+                ],
+            ),
+            node("Conv", &["c2", "w3", "b3"], "c3", vec![]),
+            node("Relu", &["c3"], "y", vec![]),
+        ];
+        pb::ModelProto {
+            ir_version: 8,
+            opset_import: vec![pb::OperatorSetIdProto {
+                domain: String::new(),
+                version: 17,
+            }],
+            graph: Some(pb::GraphProto {
+                node: nodes,
+                initializer: init,
+                input: vec![value_of("x", &[3, 9, 7])],
+                output: vec![value_of("y", &[6, 5, 6])],
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn convolutions_lower_onto_the_gemm_and_keep_their_values() {
+        let proto = convs();
+        let native =
+            OnnxModel::from_proto("convs.onnx", &proto, Lowering::Native).expect("lowered");
+        let tract = OnnxModel::from_proto("convs.onnx", &proto, Lowering::Tract).expect("tract");
+        assert_eq!(
+            (native.lowered().conv, native.lowered().relu),
+            (3, 2),
+            "{:?}",
+            native.lowered()
+        );
+        for n in [1, 2, 9] {
+            let x: Vec<f32> = (0..n * 3 * 9 * 7)
+                .map(|i| ((i * 7919) % 1000) as f32 / 250.0 - 2.0)
+                .collect();
+            let batch = NamedBatch {
+                n,
+                tensors: vec![(TensorSpec::f32("x", &[3, 9, 7]), &x[..])],
+            };
+            let out = |m: &OnnxModel| {
+                let o = m.run(&batch).expect("the convolutions run");
+                o.outputs.into_iter().next().expect("one output").values
+            };
+            let (a, b) = (out(&native), out(&tract));
+            assert_eq!(a.len(), n * 6 * 5 * 6);
+            assert_eq!(a.len(), b.len());
+            let worst = a
+                .iter()
+                .zip(&b)
+                .map(|(p, q)| (p - q).abs())
+                .fold(0.0f32, f32::max);
+            assert!(worst <= 1e-5, "n={n}: lowered and tract differ by {worst}");
+            assert!(a.iter().all(|&v| v >= 0.0), "the last ReLU is applied");
+        }
+    }
+
     fn run(model: &OnnxModel, x: &[f32], n: usize) -> Vec<f32> {
         let batch = NamedBatch {
             n,
@@ -710,7 +939,9 @@ mod tests {
                 heads_in_place: 0,
                 bias: 4,
                 gelu: 1,
-                residual: 2
+                residual: 2,
+                conv: 0,
+                relu: 0,
             },
             "every product, the attention and the epilogues are on CAI's kernels"
         );

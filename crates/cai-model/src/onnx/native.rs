@@ -475,3 +475,259 @@ impl TypedOp for NativeHeadsAttention {
         Ok(tvec!(f32::fact(shape)))
     }
 }
+
+/// Where a 2-D convolution reads: input channels and size, kernel size, strides and the
+/// zero padding before each axis (the padding after is implied by the output size).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConvGeometry {
+    /// Input channels.
+    pub cin: usize,
+    /// Input height and width.
+    pub h: usize,
+    /// Input width.
+    pub w: usize,
+    /// Kernel height.
+    pub kh: usize,
+    /// Kernel width.
+    pub kw: usize,
+    /// Vertical stride.
+    pub sh: usize,
+    /// Horizontal stride.
+    pub sw: usize,
+    /// Zero rows above the input.
+    pub pad_top: usize,
+    /// Zero columns left of the input.
+    pub pad_left: usize,
+    /// Output height.
+    pub oh: usize,
+    /// Output width.
+    pub ow: usize,
+}
+
+impl ConvGeometry {
+    /// Values in one output pixel's patch: the GEMM's reduction length.
+    pub fn patch(&self) -> usize {
+        self.kh * self.kw * self.cin
+    }
+
+    /// Whether each output pixel reads exactly its own input pixel (a 1x1 convolution
+    /// without stride or padding): the channels-last input is then the GEMM's `A` as it is.
+    fn pointwise(&self) -> bool {
+        self.kh == 1
+            && self.kw == 1
+            && self.sh == 1
+            && self.sw == 1
+            && self.pad_top == 0
+            && self.pad_left == 0
+            && (self.oh, self.ow) == (self.h, self.w)
+    }
+
+    /// The patches of `n` channels-last images (`[n, h, w, cin]`) as rows of `out`
+    /// (`[n·oh·ow, kh·kw·cin]`, `(ky, kx, c)` within a row), zeros where the patch leaves the
+    /// image.
+    fn im2col(&self, hwc: &[f32], n: usize, out: &mut [f32]) {
+        let (row, c) = (self.patch(), self.cin);
+        let image = self.h * self.w * c;
+        for (i, dst) in out
+            .chunks_exact_mut(row)
+            .take(n * self.oh * self.ow)
+            .enumerate()
+        {
+            let g = i / (self.oh * self.ow);
+            let (oy, ox) = ((i / self.ow) % self.oh, i % self.ow);
+            let img = &hwc[g * image..][..image];
+            for ky in 0..self.kh {
+                let y = (oy * self.sh + ky)
+                    .checked_sub(self.pad_top)
+                    .filter(|&y| y < self.h);
+                for kx in 0..self.kw {
+                    let x = (ox * self.sw + kx)
+                        .checked_sub(self.pad_left)
+                        .filter(|&x| x < self.w);
+                    let d = &mut dst[(ky * self.kw + kx) * c..][..c];
+                    match (y, x) {
+                        (Some(y), Some(x)) => d.copy_from_slice(&img[(y * self.w + x) * c..][..c]),
+                        _ => d.fill(0.0),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// ONNX `Conv` (2-D, channels-first, one group, no dilation) with constant weights and bias
+/// (PyTorch's export has already folded an eval-mode BatchNorm into them), `act` fused, on
+/// the packed GEMM: the images are read channels-last (one transposed copy), every output
+/// pixel's patch is one row of `A` (im2col; none for a 1x1 convolution), and the product,
+/// pixels by output channels, is transposed back to channels-first. tract runs the same
+/// convolution as its own im2col and product between layout changes, which for the small
+/// convolutions of a CNN branch costs several times the arithmetic.
+#[derive(Debug, Clone)]
+pub struct NativeConv {
+    /// The weights, `(ky, kx, c)` by output channel, and the bias, packed for the GEMM.
+    pub w: Arc<PackedB>,
+    /// Input and output sizes, kernel, strides, padding.
+    pub geo: ConvGeometry,
+    /// Activation fused into the epilogue.
+    pub act: Act,
+}
+
+impl NativeConv {
+    /// Packs ONNX `OIHW` weights `[cout, cin, kh, kw]` and `cout` biases for `geo`.
+    pub fn new(weights: &[f32], bias: &[f32], geo: ConvGeometry) -> TractResult<Self> {
+        let k = geo.patch();
+        let cout = bias.len();
+        ensure!(
+            cout > 0 && weights.len() == cout * k,
+            "CaiConv: {} weights for {cout} outputs of {k} values",
+            weights.len()
+        );
+        let mut w = vec![0.0f32; cout * k];
+        for (o, dst) in w.chunks_exact_mut(k).enumerate() {
+            for c in 0..geo.cin {
+                for ky in 0..geo.kh {
+                    for kx in 0..geo.kw {
+                        dst[(ky * geo.kw + kx) * geo.cin + c] =
+                            weights[((o * geo.cin + c) * geo.kh + ky) * geo.kw + kx];
+                    }
+                }
+            }
+        }
+        Ok(Self {
+            w: Arc::new(PackedB::pack_nk(&w, cout, k, k, Some(bias))),
+            geo,
+            act: Act::None,
+        })
+    }
+}
+
+impl PartialEq for NativeConv {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.w, &other.w) && self.geo == other.geo && self.act == other.act
+    }
+}
+
+impl Eq for NativeConv {}
+
+impl Op for NativeConv {
+    fn name(&self) -> StaticName {
+        "CaiConv".into()
+    }
+
+    fn info(&self) -> TractResult<Vec<String>> {
+        let g = &self.geo;
+        Ok(vec![format!(
+            "{}x{}x{} -> {}x{}x{}, kernel {}x{} stride {}x{} act={:?}",
+            g.cin,
+            g.h,
+            g.w,
+            self.w.n(),
+            g.oh,
+            g.ow,
+            g.kh,
+            g.kw,
+            g.sh,
+            g.sw,
+            self.act
+        )])
+    }
+
+    op_as_typed_op!();
+}
+
+/// Per-thread buffers of [`NativeConv`]: the channels-last input, the patches, the product.
+#[derive(Default)]
+struct ConvScratch {
+    hwc: Vec<f32>,
+    col: Vec<f32>,
+    out: Vec<f32>,
+}
+
+thread_local! {
+    static CONV_SCRATCH: RefCell<ConvScratch> = RefCell::default();
+}
+
+impl EvalOp for NativeConv {
+    op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let g = self.geo;
+        let x = &inputs[0];
+        let shape = x.shape();
+        ensure!(
+            shape.len() == 4 && shape[1..] == [g.cin, g.h, g.w],
+            "CaiConv: input {shape:?} is not [n, {}, {}, {}]",
+            g.cin,
+            g.h,
+            g.w
+        );
+        let n = shape[0];
+        let (cout, k, pixels) = (self.w.n(), g.patch(), g.h * g.w);
+        let (opix, rows) = (g.oh * g.ow, n * g.oh * g.ow);
+        let mut out = Tensor::zero::<f32>(&[n, cout, g.oh, g.ow])?;
+        let xs = f32s(x)?;
+        let o = f32s_mut(&mut out)?;
+        CONV_SCRATCH.with_borrow_mut(|s| {
+            let hwc = crate::astromae::cnn::buf(&mut s.hwc, n * pixels * g.cin);
+            for (src, dst) in xs
+                .chunks_exact(g.cin * pixels)
+                .zip(hwc.chunks_exact_mut(pixels * g.cin))
+            {
+                for (c, plane) in src.chunks_exact(pixels).enumerate() {
+                    for (p, &v) in plane.iter().enumerate() {
+                        dst[p * g.cin + c] = v;
+                    }
+                }
+            }
+            let a: &[f32] = if g.pointwise() {
+                hwc
+            } else {
+                let col = crate::astromae::cnn::buf(&mut s.col, rows * k);
+                g.im2col(hwc, n, col);
+                col
+            };
+            let prod = crate::astromae::cnn::buf(&mut s.out, rows * cout);
+            let epi = Epilogue {
+                act: self.act,
+                accumulate: false,
+            };
+            kernels::ops().gemm(rows, a, k, &self.w, prod, cout, epi);
+            for (src, dst) in prod
+                .chunks_exact(opix * cout)
+                .zip(o.chunks_exact_mut(cout * opix))
+            {
+                for (p, px) in src.chunks_exact(cout).enumerate() {
+                    for (c, &v) in px.iter().enumerate() {
+                        dst[c * opix + p] = v;
+                    }
+                }
+            }
+        });
+        Ok(tvec![out.into_tvalue()])
+    }
+}
+
+impl TypedOp for NativeConv {
+    as_op!();
+
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        let x = inputs[0];
+        let g = &self.geo;
+        ensure!(
+            x.datum_type == f32::datum_type()
+                && x.rank() == 4
+                && x.shape[1..] == [g.cin.to_dim(), g.h.to_dim(), g.w.to_dim()],
+            "CaiConv: input {:?} is not f32 [n, {}, {}, {}]",
+            x.shape,
+            g.cin,
+            g.h,
+            g.w
+        );
+        Ok(tvec!(f32::fact([
+            x.shape[0].clone(),
+            self.w.n().to_dim(),
+            g.oh.to_dim(),
+            g.ow.to_dim()
+        ])))
+    }
+}

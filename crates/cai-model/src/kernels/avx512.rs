@@ -1,11 +1,14 @@
 //! x86-64 kernels that need AVX-512: the f32 product and the FMA probe on 512-bit
 //! registers, the integer product on AVX-512 VNNI and the bf16 product on AVX-512 BF16.
 //!
-//! All three products use a tile of 12 rows x two [`NR`]-wide panels (32 columns): 24 zmm
+//! All three products use a tile of 13 rows x two [`NR`]-wide panels (32 columns): 26 zmm
 //! accumulators and the two panels' weights for one k step in two registers, with each
 //! row's activation broadcast straight from memory (`{1to16}`), within the 32 zmm
 //! registers (the AVX2 tile, 6 x 16 in 16 ymm registers, loads 8 values per 12 FMAs; this
-//! one 14 per 24 of twice the width). Columns past `n` are masked on store, not handled by a
+//! one 15 per 26 of twice the width). 13 rows, not 12: AstroMAE's 65 tokens are 5 strips
+//! of 13 (6 of 12 computed 72 rows for a galaxy's `qkv`, its attention and its 64-row
+//! patch embedding), and a chunk of 8 galaxies (520 rows) 40; see `docs/performance.md`
+//! (Zen 4) for the A/B. Columns past `n` are masked on store, not handled by a
 //! scalar tail. f32: the same FMAs in the same order per output as the AVX2 tile, so the
 //! same results to the bit. Integers: `vpdpwssd` multiplies 32 pairs of i16 and adds each
 //! pair's sum into 16 i32 lanes in one instruction, where AVX2 needs two (`vpmaddwd`, then
@@ -17,8 +20,9 @@
 //!
 //! Tested against the scalar reference like the AVX2 kernels; on a CPU without AVX-512 the
 //! tests skip, and `scripts/test-avx512.sh` runs them in an emulated one
-//! (`CAI_AVX512_CPU=sapphire_rapids` for BF16). Not yet timed on a real AVX-512 CPU:
-//! on one, `scripts/bench/run.sh --kernels avx512,avx2` compares both tiers and PyTorch.
+//! (`CAI_AVX512_CPU=sapphire_rapids` for BF16). Timed on Sapphire Rapids and Zen 4
+//! (`docs/performance.md`); `scripts/bench/run.sh --kernels avx512,avx2` compares both
+//! tiers and PyTorch.
 
 use std::arch::x86_64::*;
 
@@ -29,7 +33,7 @@ use super::{
 };
 
 /// Rows of the register tiles (see the module doc).
-const MRV: usize = 12;
+const MRV: usize = 13;
 /// Target size (f32 values) of the block of `A` rows kept hot while panels pass over it.
 const A_BLOCK: usize = 24 * 1024;
 
@@ -659,7 +663,7 @@ const ACT_NONE_ATTN: u8 = 3;
 
 /// One head's attention (see [`Ops::attention`]) fused per strip of [`MRV`] queries, as the
 /// AVX2 tier's (`x86::attention_avx2`: scores, exponentials and output back to back in L1,
-/// rows normalised at the end) on this tier's 12 x 32 zmm tiles: the strip's scores against
+/// rows normalised at the end) on this tier's 13 x 32 zmm tiles: the strip's scores against
 /// the packed `Kᵀ` (with 65 tokens the cls key's column as dot products, stored last), the
 /// AVX2 tier's exponentials of each pair of rows, the output from the unnormalised weights
 /// over `V` packed in the same key order, each row scaled by 1 / its sum. Measured against

@@ -13,25 +13,41 @@ use super::cnn::buf;
 use super::layers::{LayerNorm, Linear};
 use super::plan::PlanLayer;
 use super::Config;
-use crate::kernels::{AttentionScratch, Epilogue, HeadQkv, Ops, PackedB};
+use crate::kernels::{AttentionScratch, Epilogue, HeadQkv, Ops, PackedB, Tier};
 use crate::weights::Vb;
 use crate::Error;
 
 /// timm's ViT LayerNorm eps.
 const LN_EPS: f32 = 1e-6;
 /// Rows per MLP block (hidden activations of `ROWS x mlp`, 295 KB at mlp 768, stay in L2);
-/// a multiple of every tier's strip height (6 on AVX2 and NEON, 12 on AVX-512, 32 for a
-/// strip pair of AMX tiles) so no block but the last ends in a part-empty strip (66 rows
-/// made AMX compute 96).
+/// a multiple of the AVX2 and NEON strip height (6) and of AMX's strip pair (32), so no
+/// block but the last ends in a part-empty strip (66 rows made AMX compute 96). On the
+/// `amx` tier the layers that run on the zmm tiles (13 rows, f32 and int16) compute 104
+/// rows of each 96-row block.
 const MLP_ROWS: usize = 96;
-/// Where [`split_rows`] cuts: a multiple of every tier's GEMM strip height (6 on AVX2 and
-/// NEON, 12 on AVX-512), so the first half ends on a whole strip.
+/// [`MLP_ROWS`] on the `avx512` tier: 8 strips of its 13-row tile, and a chunk of 8
+/// galaxies (520 rows) is 5 such blocks (96-row blocks leave one of 40, 4 strips of 13).
+const MLP_ROWS_AVX512: usize = 104;
+/// Where [`split_rows`] cuts: a multiple of the AVX2 and NEON GEMM strip height (6), so the
+/// first half ends on a whole strip (kept on the `amx` tier, whose zmm tiles have 13 rows
+/// and AMX tiles 16).
 const SPLIT_ALIGN: usize = 24;
 
-/// The first row of the second half when `m` rows are split in two: `m` itself (no second
-/// half) when there are too few rows to split.
-fn split_point(m: usize) -> usize {
-    ((m / 2).div_ceil(SPLIT_ALIGN) * SPLIT_ALIGN).min(m)
+/// The rows of the tier's row blocks and split points: [`MLP_ROWS`] and [`SPLIT_ALIGN`],
+/// on the `avx512` tier [`MLP_ROWS_AVX512`] and its 13-row strips (65 tokens are 5 of
+/// them: a galaxy's `qkv`, split as 39 + 26 rows, computes no padding row).
+fn row_blocks(ops: &Ops) -> (usize, usize) {
+    if ops.tier == Tier::Avx512 {
+        (MLP_ROWS_AVX512, 13)
+    } else {
+        (MLP_ROWS, SPLIT_ALIGN)
+    }
+}
+
+/// The first row of the second half when `m` rows are split in two on a multiple of
+/// `align`: `m` itself (no second half) when there are too few rows to split.
+fn split_point(m: usize, align: usize) -> usize {
+    ((m / 2).div_ceil(align) * align).min(m)
 }
 
 /// Runs `f(first row, rows, their rows of c)` over the `m` rows of `c` (`ldc` apart): with
@@ -39,13 +55,14 @@ fn split_point(m: usize) -> usize {
 /// second core), else once. Every row is computed the same way either way, so results do
 /// not change.
 fn split_rows(
+    ops: &Ops,
     split: bool,
     m: usize,
     ldc: usize,
     c: &mut [f32],
     f: impl Fn(usize, usize, &mut [f32]) + Sync,
 ) {
-    let m0 = split_point(m);
+    let m0 = split_point(m, row_blocks(ops).1);
     if !split || m0 == 0 || m0 == m {
         f(0, m, c);
         return;
@@ -89,7 +106,7 @@ pub(crate) struct Mlp {
 }
 
 impl Mlp {
-    /// GELU(fc1(`xn`)) for `rows` rows in blocks of [`MLP_ROWS`] (so they stay in cache),
+    /// GELU(fc1(`xn`)) for `rows` rows in blocks of [`row_blocks`] rows (so they stay in cache),
     /// each block handed to `f(first row, rows, hidden activations)` before the next.
     fn hidden_blocks(
         &self,
@@ -101,10 +118,11 @@ impl Mlp {
         mut f: impl FnMut(usize, usize, &[f32]),
     ) {
         let hid = self.fc1.out_features();
-        let hbuf = &mut h[..MLP_ROWS.min(rows) * hid];
+        let block = row_blocks(ops).0;
+        let hbuf = &mut h[..block.min(rows) * hid];
         let mut r0 = 0;
         while r0 < rows {
-            let m = MLP_ROWS.min(rows - r0);
+            let m = block.min(rows - r0);
             self.fc1
                 .forward(ops, m, &xn[r0 * d..], d, hbuf, hid, Epilogue::GELU);
             f(r0, m, &hbuf[..m * hid]);
@@ -143,7 +161,7 @@ impl Block {
     }
 
     /// One block over `g` galaxies of `t1` rows each, in place on `s.x`; with `split` (only
-    /// for chunks of at most [`MLP_ROWS`] rows) its GEMMs run in two halves of rows on two
+    /// for chunks of at most one MLP block of rows, [`row_blocks`]) its GEMMs run in two halves of rows on two
     /// threads.
     fn forward(&self, ops: &Ops, g: usize, t1: usize, d: usize, s: &mut VitScratch, split: bool) {
         self.attend(ops, g, t1, d, s, split);
@@ -152,8 +170,9 @@ impl Block {
         self.norm2.forward(ops, rows, x, xn);
         let xn = &*xn;
         let hid = self.mlp.fc1.out_features();
-        let m0 = split_point(rows);
-        if split && rows <= MLP_ROWS && m0 > 0 && m0 < rows {
+        let (block, align) = row_blocks(ops);
+        let m0 = split_point(rows, align);
+        if split && rows <= block && m0 > 0 && m0 < rows {
             // Each half of the rows on its own thread: its hidden activations (in its own
             // part of `s.h`, which holds `rows` of them), then fc2 into its rows of x.
             let (h0, h1) = s.h[..rows * hid].split_at_mut(m0 * hid);
@@ -199,11 +218,11 @@ impl Block {
         let hid = self.mlp.fc1.out_features();
         let hbar = &mut s.hbar[..g * hid];
         hbar.fill(0.0);
-        if split && rows <= MLP_ROWS {
+        if split && rows <= row_blocks(ops).0 {
             // fc1 in two halves of rows on two threads, then the sums as below.
             let h = &mut s.h[..rows * hid];
             let xn = &*xn;
-            split_rows(true, rows, hid, h, |r0, m, hc| {
+            split_rows(ops, true, rows, hid, h, |r0, m, hc| {
                 self.mlp
                     .fc1
                     .forward(ops, m, &xn[r0 * d..], d, hc, hid, Epilogue::GELU);
@@ -237,7 +256,7 @@ impl Block {
         let qkv = &mut s.qkv[..t1 * 3 * d];
         let xn = &*xn;
         for gi in 0..g {
-            split_rows(split, t1, 3 * d, qkv, |r0, m, c| {
+            split_rows(ops, split, t1, 3 * d, qkv, |r0, m, c| {
                 let a = &xn[(gi * t1 + r0) * d..];
                 self.attn
                     .qkv
@@ -257,7 +276,7 @@ impl Block {
             }
         }
         let att = &*att;
-        split_rows(split, rows, d, x, |r0, m, c| {
+        split_rows(ops, split, rows, d, x, |r0, m, c| {
             let a = &att[r0 * d..];
             self.attn
                 .proj
@@ -322,7 +341,10 @@ impl VitScratch {
         buf(&mut self.xn, rows * d);
         buf(&mut self.qkv, t1 * 3 * d);
         buf(&mut self.att, rows * d);
-        buf(&mut self.h, MLP_ROWS.min(rows) * cfg.mlp);
+        buf(
+            &mut self.h,
+            MLP_ROWS.max(MLP_ROWS_AVX512).min(rows) * cfg.mlp,
+        );
         buf(&mut self.pool, g * d);
         buf(&mut self.hbar, g * cfg.mlp);
     }
@@ -579,7 +601,7 @@ impl Vit {
         for gi in 0..g {
             let xg = &mut x[gi * t1 * d..(gi + 1) * t1 * d];
             let pg = &patches[gi * t * kp..];
-            split_rows(split, t, d, &mut xg[d..], |r0, m, c| {
+            split_rows(ops, split, t, d, &mut xg[d..], |r0, m, c| {
                 let a = &pg[r0 * kp..];
                 self.patch_embed
                     .proj

@@ -1,11 +1,14 @@
 //! x86-64 kernels that need AVX-512: the f32 product and the FMA probe on 512-bit
 //! registers, the integer product on AVX-512 VNNI and the bf16 product on AVX-512 BF16.
 //!
-//! All three products use a tile of 12 rows x two [`NR`]-wide panels (32 columns): 24 zmm
+//! All three products use a tile of 13 rows x two [`NR`]-wide panels (32 columns): 26 zmm
 //! accumulators and the two panels' weights for one k step in two registers, with each
 //! row's activation broadcast straight from memory (`{1to16}`), within the 32 zmm
 //! registers (the AVX2 tile, 6 x 16 in 16 ymm registers, loads 8 values per 12 FMAs; this
-//! one 14 per 24 of twice the width). Columns past `n` are masked on store, not handled by a
+//! one 15 per 26 of twice the width). 13 rows, not 12: AstroMAE's 65 tokens are 5 strips
+//! of 13 (6 of 12 computed 72 rows for a galaxy's `qkv`, its attention and its 64-row
+//! patch embedding), and a chunk of 8 galaxies (520 rows) 40; see `docs/performance.md`
+//! (Zen 4) for the A/B. Columns past `n` are masked on store, not handled by a
 //! scalar tail. f32: the same FMAs in the same order per output as the AVX2 tile, so the
 //! same results to the bit. Integers: `vpdpwssd` multiplies 32 pairs of i16 and adds each
 //! pair's sum into 16 i32 lanes in one instruction, where AVX2 needs two (`vpmaddwd`, then
@@ -17,8 +20,9 @@
 //!
 //! Tested against the scalar reference like the AVX2 kernels; on a CPU without AVX-512 the
 //! tests skip, and `scripts/test-avx512.sh` runs them in an emulated one
-//! (`CAI_AVX512_CPU=sapphire_rapids` for BF16). Not yet timed on a real AVX-512 CPU:
-//! on one, `scripts/bench/run.sh --kernels avx512,avx2` compares both tiers and PyTorch.
+//! (`CAI_AVX512_CPU=sapphire_rapids` for BF16). Timed on Sapphire Rapids and Zen 4
+//! (`docs/performance.md`); `scripts/bench/run.sh --kernels avx512,avx2` compares both
+//! tiers and PyTorch.
 
 use std::arch::x86_64::*;
 
@@ -29,7 +33,7 @@ use super::{
 };
 
 /// Rows of the register tiles (see the module doc).
-const MRV: usize = 12;
+const MRV: usize = 13;
 /// Target size (f32 values) of the block of `A` rows kept hot while panels pass over it.
 const A_BLOCK: usize = 24 * 1024;
 
@@ -659,7 +663,7 @@ const ACT_NONE_ATTN: u8 = 3;
 
 /// One head's attention (see [`Ops::attention`]) fused per strip of [`MRV`] queries, as the
 /// AVX2 tier's (`x86::attention_avx2`: scores, exponentials and output back to back in L1,
-/// rows normalised at the end) on this tier's 12 x 32 zmm tiles: the strip's scores against
+/// rows normalised at the end) on this tier's 13 x 32 zmm tiles: the strip's scores against
 /// the packed `Kᵀ` (with 65 tokens the cls key's column as dot products, stored last), the
 /// AVX2 tier's exponentials of each pair of rows, the output from the unnormalised weights
 /// over `V` packed in the same key order, each row scaled by 1 / its sum. Measured against
@@ -867,18 +871,47 @@ unsafe fn fold16(a: &[f32], step: impl Fn(__m512, __m512) -> __m512) -> __m512 {
 
 /// [`super::quantize_row_u8`] on zmm registers for the AVX-512 and AMX int8 products: the
 /// same minimum and maximum (NaN ignored: `vminps`/`vmaxps` return the second operand, the
-/// running value, when the first is NaN) on 4 accumulators, the same [`super::Act8`], and per
-/// value `clamp(round(a * inv) + zp, 0, 255)` with the rounding (to nearest even) done by the
-/// conversion to i32 and the rest in integers, which is exact (|round(a * inv)| <= 255 < 2^24
-/// for the values of the row, and a NaN converts to `i32::MIN`, clamped to 0 as the reference
-/// codes it): the same codes. Writes `out[..a.len()]`; returns the scale and the zero point.
+/// running value, when the first is NaN), both in one pass over the row on 4 accumulators
+/// each, the same [`super::Act8`], and per value `clamp(round(a * inv) + zp, 0, 255)` with
+/// the rounding (to nearest even) done by the conversion to i32 and the rest in integers,
+/// which is exact (|round(a * inv)| <= 255 < 2^24 for the values of the row, and a NaN
+/// converts to `i32::MIN`, which stays far below 0; a row whose `inv` is not finite goes to
+/// the reference): the same codes. The clamp is the
+/// saturation of the packs that narrow 64 values at a time (`vpackssdw` to i16, then
+/// `vpackuswb` to u8, `vpermd` back into order), 4 instructions where `vpmaxsd`, `vpminsd`
+/// and `vpmovdb` took 12 (`vpmovdb` is two micro-ops on Zen 4). Writes `out[..a.len()]`;
+/// returns the scale and the zero point.
 ///
 /// Caller guarantees: the CPU has AVX-512F/BW; `out` holds at least `a.len()` values.
 #[target_feature(enable = "avx512f,avx512bw")]
 pub(super) unsafe fn quantize_row_u8(a: &[f32], out: &mut [u8]) -> (f32, i32) {
-    let lo = fold16(a, |v, s| _mm512_min_ps(v, s));
-    let hi = fold16(a, |v, s| _mm512_max_ps(v, s));
+    let (k, src, dst) = (a.len(), a.as_ptr(), out.as_mut_ptr());
+    let mut lo = [_mm512_setzero_ps(); 4];
+    let mut hi = [_mm512_setzero_ps(); 4];
+    let mut j = 0;
+    while j + 64 <= k {
+        for i in 0..4 {
+            let v = _mm512_loadu_ps(src.add(j + 16 * i));
+            lo[i] = _mm512_min_ps(v, lo[i]);
+            hi[i] = _mm512_max_ps(v, hi[i]);
+        }
+        j += 64;
+    }
+    while j < k {
+        // Masked-off lanes load as 0, which the range holds anyway.
+        let v = _mm512_maskz_loadu_ps(lanes((k - j).min(16)), src.add(j));
+        lo[0] = _mm512_min_ps(v, lo[0]);
+        hi[0] = _mm512_max_ps(v, hi[0]);
+        j += 16;
+    }
+    let lo = _mm512_min_ps(_mm512_min_ps(lo[0], lo[1]), _mm512_min_ps(lo[2], lo[3]));
+    let hi = _mm512_max_ps(_mm512_max_ps(hi[0], hi[1]), _mm512_max_ps(hi[2], hi[3]));
     let p = super::Act8::new(_mm512_reduce_min_ps(lo), _mm512_reduce_max_ps(hi));
+    if !p.inv.is_finite() {
+        // A range of subnormals: `255 / range` overflows, and the conversion would code
+        // the infinite products as `i32::MIN`, not 255 (the reference's clamp).
+        return super::quantize_row_u8(a, out);
+    }
     let (iv, zp, top) = (
         _mm512_set1_ps(p.inv),
         _mm512_set1_epi32(p.zp as i32),
@@ -888,68 +921,108 @@ pub(super) unsafe fn quantize_row_u8(a: &[f32], out: &mut [u8]) -> (f32, i32) {
         let r = _mm512_cvt_roundps_epi32::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
             _mm512_mul_ps(v, iv),
         );
-        _mm512_min_epi32(
-            _mm512_max_epi32(_mm512_add_epi32(r, zp), _mm512_setzero_si512()),
-            top,
-        )
+        _mm512_add_epi32(r, zp)
     };
-    let (k, src, dst) = (a.len(), a.as_ptr(), out.as_mut_ptr());
+    // The packs interleave their operands per 128-bit lane: dword i of the result holds
+    // codes 4i.. of vector (i % 4) of the four, so `vpermd` by this order restores them.
+    let order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
     let mut j = 0;
-    while j + 16 <= k {
-        let u = _mm512_cvtepi32_epi8(code(_mm512_loadu_ps(src.add(j))));
-        _mm_storeu_si128(dst.add(j).cast(), u);
-        j += 16;
+    while j + 64 <= k {
+        let c: [__m512i; 4] = std::array::from_fn(|i| code(_mm512_loadu_ps(src.add(j + 16 * i))));
+        let w = _mm512_packus_epi16(
+            _mm512_packs_epi32(c[0], c[1]),
+            _mm512_packs_epi32(c[2], c[3]),
+        );
+        _mm512_storeu_si512(dst.add(j).cast(), _mm512_permutexvar_epi32(order, w));
+        j += 64;
     }
-    if j < k {
-        let m = lanes(k - j);
-        let u = code(_mm512_maskz_loadu_ps(m, src.add(j)));
+    while j < k {
+        let m = lanes((k - j).min(16));
+        let u = _mm512_min_epi32(
+            _mm512_max_epi32(
+                code(_mm512_maskz_loadu_ps(m, src.add(j))),
+                _mm512_setzero_si512(),
+            ),
+            top,
+        );
         _mm512_mask_cvtepi32_storeu_epi8(dst.add(j).cast(), m, u);
+        j += 16;
     }
     (p.scale, p.zp as i32)
 }
 
 /// [`super::quantize_row`] with a stride of 2 on zmm registers, for the AVX-512 and AMX
-/// tiers' 16-bit products: the same max |a| (NaN ignored) on 4 accumulators, the same f32
-/// multiply, rounding to nearest even by the conversion to i32, the clamp to `±limit` in
-/// integers and NaN coded 0, as the reference does: the same integers and scale. Rows whose
-/// max is 0 or not finite go to the reference. `out` gets a zero after an odd count.
+/// tiers' 16-bit products, giving the reference's integers and scale in two passes over the
+/// row. The first takes the largest |a| as the largest integer of the sign-cleared bit
+/// patterns (4 accumulators): for non-negative floats the integer order is the numeric one,
+/// and any NaN's pattern is above infinity's, so one `vpmaxud` per 16 values finds the
+/// maximum and whether the row holds a NaN or an infinity (those rows, all-zero rows and
+/// rows whose `limit / max` is not finite go to the reference). The second multiplies by
+/// the same `inv`, rounds to nearest even by the conversion to i32 and packs pairs of
+/// vectors to i16 (`vpackssdw`, then `vpermq` back into order). No clamp is needed: with
+/// `|a| <= max`, `|a * inv| <= limit (1 + 2^-22)`, which rounds to at most `limit`, so the
+/// reference's clamp to `±limit` never changes a value (measured on Zen 4: a third of the
+/// int16 GEMM's non-product time went to the former clamp, NaN mask and `vpmovdw`).
+/// `out` gets a zero after an odd count.
 ///
 /// Caller guarantees: the CPU has AVX-512F/BW; `out` holds `a.len().div_ceil(2) * 2` values.
 #[target_feature(enable = "avx512f,avx512bw")]
 pub(super) unsafe fn quantize_row_i16(a: &[f32], limit: i32, out: &mut [i16]) -> f32 {
-    let abs = _mm512_castsi512_ps(_mm512_set1_epi32(i32::MAX));
-    let amax = _mm512_reduce_max_ps(fold16(a, |v, s| _mm512_max_ps(_mm512_and_ps(v, abs), s)));
-    if amax == 0.0 || !amax.is_finite() {
-        return super::quantize_row(a, limit, out, 2);
-    }
-    let lim = limit as f32;
-    let inv = lim / amax;
-    let (iv, hi, lo) = (
-        _mm512_set1_ps(inv),
-        _mm512_set1_epi32(limit),
-        _mm512_set1_epi32(-limit),
-    );
-    let q = |v: __m512| {
-        let r = _mm512_cvt_roundps_epi32::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
-            _mm512_mul_ps(v, iv),
-        );
-        let ordered = _mm512_cmp_ps_mask::<_CMP_ORD_Q>(v, v);
-        _mm512_maskz_mov_epi32(ordered, _mm512_min_epi32(_mm512_max_epi32(r, lo), hi))
-    };
     let (k, src, dst) = (a.len(), a.as_ptr(), out.as_mut_ptr());
+    let abs = _mm512_set1_epi32(i32::MAX);
+    let bits =
+        |j: usize, m: u16| _mm512_and_si512(_mm512_maskz_loadu_epi32(m, src.add(j).cast()), abs);
+    let mut acc = [_mm512_setzero_si512(); 4];
     let mut j = 0;
+    while j + 64 <= k {
+        for (i, s) in acc.iter_mut().enumerate() {
+            *s = _mm512_max_epu32(bits(j + 16 * i, u16::MAX), *s);
+        }
+        j += 64;
+    }
     while j + 16 <= k {
-        let w = _mm512_cvtepi32_epi16(q(_mm512_loadu_ps(src.add(j))));
-        _mm256_storeu_si256(dst.add(j).cast(), w);
+        acc[0] = _mm512_max_epu32(bits(j, u16::MAX), acc[0]);
         j += 16;
     }
     if j < k {
-        let m = lanes(k - j);
+        acc[1] = _mm512_max_epu32(bits(j, lanes(k - j)), acc[1]);
+    }
+    let top = _mm512_max_epu32(
+        _mm512_max_epu32(acc[0], acc[1]),
+        _mm512_max_epu32(acc[2], acc[3]),
+    );
+    let amax = f32::from_bits(_mm512_reduce_max_epu32(top));
+    let lim = limit as f32;
+    let inv = lim / amax;
+    if amax == 0.0 || !amax.is_finite() || !inv.is_finite() {
+        return super::quantize_row(a, limit, out, 2);
+    }
+    let iv = _mm512_set1_ps(inv);
+    let q = |v: __m512| {
+        _mm512_cvt_roundps_epi32::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+            _mm512_mul_ps(v, iv),
+        )
+    };
+    // `vpackssdw` interleaves its operands per 128-bit lane; this puts the 64-bit groups back.
+    let order = _mm512_setr_epi64(0, 2, 4, 6, 1, 3, 5, 7);
+    let mut j = 0;
+    while j + 32 <= k {
+        let (r0, r1) = (
+            q(_mm512_loadu_ps(src.add(j))),
+            q(_mm512_loadu_ps(src.add(j + 16))),
+        );
+        let w = _mm512_permutexvar_epi64(order, _mm512_packs_epi32(r0, r1));
+        _mm512_storeu_si512(dst.add(j).cast(), w);
+        j += 32;
+    }
+    while j < k {
+        let m = lanes((k - j).min(16));
         _mm512_mask_cvtepi32_storeu_epi16(
             dst.add(j).cast(),
             m,
             q(_mm512_maskz_loadu_ps(m, src.add(j))),
         );
+        j += 16;
     }
     if k % 2 == 1 {
         out[k] = 0;

@@ -315,11 +315,12 @@ pub fn attention_shapes(ops: &Ops) {
 }
 
 /// Kinds of [`special_row`].
-pub const SPECIAL_ROWS: u64 = 7;
+pub const SPECIAL_ROWS: u64 = 9;
 
 /// A row of `len` values for the row quantisers' tests, by `kind` (< [`SPECIAL_ROWS`]):
 /// random, all positive, all negative, a NaN in the middle, an infinity last, zeros of both
-/// signs, a NaN second to last.
+/// signs, a NaN second to last, subnormals only (`limit / max` overflows), values near
+/// `f32::MAX / 10` (their range overflows).
 pub fn special_row(len: usize, kind: u64) -> Vec<f32> {
     let mut a = lcg(len as u64 * 7 + kind, len, 3.0);
     match kind {
@@ -331,6 +332,8 @@ pub fn special_row(len: usize, kind: u64) -> Vec<f32> {
             .iter_mut()
             .for_each(|v| *v = if *v > 0.0 { 0.0 } else { -0.0 }),
         6 if len > 1 => a[len - 2] = f32::NAN,
+        7 => a.iter_mut().for_each(|v| *v *= 1e-40),
+        8 => a.iter_mut().for_each(|v| *v *= 1e37),
         _ => {}
     }
     a

@@ -27,7 +27,7 @@
 //!
 //! Attention ([`Ops::attention`]) is one call per galaxy and head. The AVX2 tier fuses it
 //! per strip of 6 queries (scores, exponentials and output back to back in L1, the rows
-//! normalised at the end), the AVX-512 tier (and so AMX's) per strip of 12 on its zmm f32
+//! normalised at the end), the AVX-512 tier (and so AMX's) per strip of 13 on its zmm f32
 //! tile, with the same bits; the other tiers compose it of their GEMM and softmax. Measured
 //! by interleaved A/B on one thread (65 tokens, 6 heads of 32): the fused kernel runs
 //! attention 11-13% faster than the composition on AVX2; on the Intel Xeon of 2026-12-06
@@ -57,7 +57,7 @@
 //! `sum_k (u_k - zp) q_kj`, then applies `acc * (row scale * column scale) + bias`, the
 //! activation and the accumulation, as for int16 (the raw sums may wrap in i32; the
 //! subtraction wraps back, and [`PackedB::quantize_int8`] keeps the exact sum within i32).
-//! AVX-512 VNNI runs it on a 12 x 32 zmm tile, AVX-VNNI on the 6 x 16 ymm one. Tiers without
+//! AVX-512 VNNI runs it on a 13 x 32 zmm tile, AVX-VNNI on the 6 x 16 ymm one. Tiers without
 //! an 8-bit dot product multiply the same integers (`u - zp` and `q` as i16 pairs, made
 //! from the int8 panels on first use) on `vpmaddwd` (plain AVX2) or `smlal` (NEON): every
 //! tier gives the scalar reference's integers and so its bits. Plain AVX2 does not use

@@ -25,3 +25,5 @@ GEMM_M=8 run gemm_speed
 run quant_study 1
 # The forward pass alone (the profiler's target): one galaxy in f32, one pass.
 run forward_loop f32 1 0.01
+# Each multiply instruction's rate on this CPU (a few milliseconds each).
+run isa_rates 0.005

@@ -24,7 +24,7 @@
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::DimLike;
 use tract_onnx::tract_core::ops::array::Gather;
-use tract_onnx::tract_core::ops::binary::TypedBinOp;
+use tract_onnx::tract_core::ops::binary::{BinMiniOp, TypedBinOp};
 use tract_onnx::tract_core::ops::change_axes::AxisOp;
 use tract_onnx::tract_core::ops::cnn::{Conv, KernelFormat};
 use tract_onnx::tract_core::ops::einsum::EinSum;
@@ -465,9 +465,19 @@ fn linear_then_add<'m>(
     node: &'m TypedNode,
 ) -> Option<(&'m NativeLinear, &'m TypedNode, OutletId)> {
     let lin = node.op_as::<NativeLinear>()?;
+    let (succ, other) = binary_successor::<Add>(model, node)?;
+    Some((lin, succ, other))
+}
+
+/// The node's sole successor when it is the binary operator `B` (`Add`, `Max`) of the node's
+/// output and one other operand: `(successor, other operand)`.
+fn binary_successor<'m, B: BinMiniOp>(
+    model: &'m TypedModel,
+    node: &TypedNode,
+) -> Option<(&'m TypedNode, OutletId)> {
     let succ = model.node(sole_successor(model, node)?);
-    let add = succ.op_as::<TypedBinOp>()?;
-    if !add.0.is::<Add>() || succ.inputs.len() != 2 {
+    let bin = succ.op_as::<TypedBinOp>()?;
+    if !bin.0.is::<B>() || succ.inputs.len() != 2 {
         return None;
     }
     let me: OutletId = node.id.into();
@@ -476,25 +486,15 @@ fn linear_then_add<'m>(
         (false, true) => succ.inputs[0],
         _ => return None,
     };
-    Some((lin, succ, other))
+    Some((succ, other))
 }
 
 /// The node's sole successor when it is a ReLU as ONNX's `Relu` arrives in tract: `max(x, 0)`
 /// with a constant of zeros broadcast over `x`.
 fn relu_successor<'m>(model: &'m TypedModel, node: &TypedNode) -> Option<&'m TypedNode> {
-    let succ = model.node(sole_successor(model, node)?);
-    let max = succ.op_as::<TypedBinOp>()?;
-    if !max.0.is::<Max>() || succ.inputs.len() != 2 {
-        return None;
-    }
-    let me: OutletId = node.id.into();
-    let other = match (succ.inputs[0] == me, succ.inputs[1] == me) {
-        (true, false) => succ.inputs[1],
-        (false, true) => succ.inputs[0],
-        _ => return None,
-    };
+    let (succ, other) = binary_successor::<Max>(model, node)?;
     let zeros = model.outlet_fact(other).ok()?.konst.clone()?;
-    let rank = model.outlet_fact(me).ok()?.rank();
+    let rank = model.outlet_fact(node.id.into()).ok()?.rank();
     let broadcast = zeros.rank() <= rank && zeros.shape().iter().all(|&d| d == 1);
     let all_zero = super::native::f32s(&zeros)
         .ok()

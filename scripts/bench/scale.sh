@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Scale benchmark (issue 24 part 2): a plan of N ranks (N partitions in a manifest) and a
 # summary of N finished ranks (each <rank>.json and a one-galaxy predictions file), then
-# `cai summarize`, `cai status` and `cai report` on that results location, each timed with
+# `cai summarize` (from scratch, and as at the end of a run `cai run` followed: with the
+# summary checkpoint holding all but the last tenth of the ranks), `cai status` and
+# `cai report` on that results location, each timed with
 # its peak RSS, on local disk, on moto's S3 server (one request at a time, what the tests
 # use) and on s3s-fs (a Rust S3 server over a folder that serves requests in parallel); the
 # figures side by side. Each location also gets a copy of the ranks in the older layout
@@ -80,7 +82,14 @@ bench() {  # bench COLUMN DATA RESULTS
             case $step in
             summarize)
                 timed "$col.summarize-old$tag" "$bin" summarize --results "$results-old"
-                timed "$col.$step$tag" "$bin" summarize --results "$results" ;;
+                timed "$col.$step$tag" "$bin" summarize --results "$results"
+                if [ "$bin" = "$CAI" ]; then
+                    # The end of a followed run: its checkpoint holds the ranks finished
+                    # before the last tenth; those written again since must be read.
+                    say "$col: writing the last tenth of the ranks again"
+                    "$FIX" ranks "$results" new $((N * 9 / 10)) "$N" 2>&1 | sed 's/^/scale: /' >&2
+                    timed "$col.summarize-ckpt" "$bin" summarize --results "$results"
+                fi ;;
             status) timed "$col.$step$tag" "$bin" status --results "$results" --once ;;
             report) timed "$col.$step$tag" "$bin" report "$results" --out "$WORK/$col.html" ;;
             esac
@@ -140,7 +149,7 @@ row() { printf '%-24s' "$1"; shift; printf '  %-18s' "$@"; echo; }
 head=(step)
 for c in $COLS; do head+=("${NAME[$c]}"); [ -z "$BASE" ] || head+=("${NAME[$c]} (base)"); done
 row "${head[@]}"
-for step in plan summarize summarize-old status report; do
+for step in plan summarize summarize-ckpt summarize-old status report; do
     cells=()
     for c in $COLS; do
         cells+=("${FIG[$c.$step]:--}")
@@ -148,6 +157,8 @@ for step in plan summarize summarize-old status report; do
     done
     label=$step
     [ "$step" = summarize-old ] && label="summarize (old layout)"
+    [ "$step" = summarize ] && label="summarize (from scratch)"
+    [ "$step" = summarize-ckpt ] && label="summarize (checkpoint)"
     row "$label" "${cells[@]}"
 done
 echo "reads in flight: ${CAI_PARALLEL_READS:-default}"

@@ -42,6 +42,13 @@ pub const COMBINED: &str = "combined_data.json";
 pub const PREDICTIONS: &str = "predictions.parquet";
 /// The run summary.
 pub const SUMMARY: &str = "summary.json";
+/// What summarize has gathered so far (every rank report it read and those ranks'
+/// predictions, with the listed identity of each `<rank>.json`): a later summarize reads only
+/// the ranks finished or changed since. Written during a run by the driver and by each
+/// summarize; a cache, never an output (a stale or unreadable one is ignored).
+pub const SUMMARY_CHECKPOINT: &str = "summary-checkpoint.parquet";
+/// The footer metadata key of [`SUMMARY_CHECKPOINT`] holding its index (JSON).
+pub const SUMMARY_CHECKPOINT_METADATA: &str = "cai.summary_checkpoint";
 /// The HTML report `cai demo` writes beside the results.
 pub const REPORT_HTML: &str = "report.html";
 /// Folder of failed ranks' records.
@@ -171,7 +178,7 @@ pub fn is_run_output(key: &str) -> bool {
         || key
             .strip_prefix(CLAIMS_DIR)
             .is_some_and(|k| k.starts_with('/'))
-        || [COMBINED, PREDICTIONS, SUMMARY].contains(&key)
+        || [COMBINED, PREDICTIONS, SUMMARY, SUMMARY_CHECKPOINT].contains(&key)
 }
 
 /// Does a key with this name show that its folder holds a run (a plan, a summary, the
@@ -207,7 +214,13 @@ mod tests {
 
     #[test]
     fn run_outputs_are_what_a_fresh_run_replaces() {
-        for k in ["3.json", "failed/3.json", "predictions/3.parquet", COMBINED] {
+        for k in [
+            "3.json",
+            "failed/3.json",
+            "predictions/3.parquet",
+            COMBINED,
+            SUMMARY_CHECKPOINT,
+        ] {
             assert!(is_run_output(k), "{k}");
         }
         for k in [

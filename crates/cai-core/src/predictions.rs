@@ -120,6 +120,36 @@ impl Predictions {
         self
     }
 
+    /// The galaxies at positions `range` (clamped to the set), as a set of their own.
+    pub fn rows(&self, range: std::ops::Range<usize>) -> Predictions {
+        let end = range.end.min(self.len());
+        let r = range.start.min(end)..end;
+        Predictions {
+            index: self.index.get(r.clone()).unwrap_or_default().to_vec(),
+            partition: self.partition.get(r.clone()).unwrap_or_default().to_vec(),
+            row: self.row.get(r.clone()).unwrap_or_default().to_vec(),
+            rank: self.rank.get(r.clone()).unwrap_or_default().to_vec(),
+            z_pred: self.z_pred.get(r.clone()).unwrap_or_default().to_vec(),
+            z_true: self.z_true.get(r.clone()).unwrap_or_default().to_vec(),
+            outputs: self
+                .outputs
+                .iter()
+                .map(|c| {
+                    let w = c.per_galaxy();
+                    OutputColumn {
+                        name: c.name.clone(),
+                        width: c.width,
+                        values: c
+                            .values
+                            .get(r.start * w..r.end * w)
+                            .unwrap_or_default()
+                            .to_vec(),
+                    }
+                })
+                .collect(),
+        }
+    }
+
     /// Append another set.
     pub fn append(&mut self, other: Predictions) {
         self.index.extend(other.index);
@@ -543,6 +573,32 @@ mod tests {
         assert_eq!(none, None);
         let (_, other) = Predictions::from_parquet_with("t", Bytes::from(with), "x").unwrap();
         assert_eq!(other, None);
+    }
+
+    #[test]
+    fn rows_cut_a_set_into_pieces_that_append_back_to_it() {
+        let p = Predictions::for_partition("p", 5, 1, vec![0.1, 0.2, 0.3, 0.4], None).with_outputs(
+            vec![
+                OutputColumn {
+                    name: "probs".into(),
+                    width: Some(2),
+                    values: (0..8).map(|v| v as f32).collect(),
+                },
+                OutputColumn {
+                    name: "s".into(),
+                    width: None,
+                    values: vec![1.0, 2.0, 3.0, 4.0],
+                },
+            ],
+        );
+        for cut in 0..=4 {
+            let mut back = p.rows(0..cut);
+            assert_eq!(back.len(), cut);
+            back.append(p.rows(cut..9));
+            assert_eq!(back, p, "cut at {cut}");
+        }
+        assert_eq!(p.rows(1..2).outputs[0].values, vec![2.0, 3.0]);
+        assert!(p.rows(7..9).is_empty());
     }
 
     #[test]

@@ -110,6 +110,7 @@ impl ResultsListing {
                 Ok::<_, Error>(inner.into_iter().map(move |o| ObjectInfo {
                     key: format!("{d}/{}", o.key),
                     size: o.size,
+                    e_tag: o.e_tag,
                 }))
             });
         let lists: Vec<_> = futures::stream::iter(below)
@@ -171,11 +172,20 @@ impl ResultsListing {
 
     /// Size of the object `key`, when listed.
     pub fn size_of(&self, key: &str) -> Option<u64> {
+        self.info(key).map(|o| o.size)
+    }
+
+    /// The listed object `key`.
+    pub fn info(&self, key: &str) -> Option<&ObjectInfo> {
         self.objects
             .binary_search_by(|o| o.key.as_str().cmp(key))
             .ok()
             .and_then(|i| self.objects.get(i))
-            .map(|o| o.size)
+    }
+
+    /// The location listed.
+    pub fn location(&self) -> &StorageUrl {
+        &self.location
     }
 
     /// Read and parse one `<rank>.json`.

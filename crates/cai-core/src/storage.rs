@@ -143,6 +143,9 @@ pub struct ObjectInfo {
     pub key: String,
     /// Size in bytes.
     pub size: u64,
+    /// The store's entity tag, when it gives one (S3 does; on local disk object_store makes
+    /// one from the inode, the modification time and the size): a changed object has a new one.
+    pub e_tag: Option<String>,
 }
 
 /// The version of an object as its store reports it (ETag and/or version id), for
@@ -457,6 +460,7 @@ impl StorageUrl {
                 Some(ObjectInfo {
                     key: rel.to_string(),
                     size: m.size,
+                    e_tag: m.e_tag,
                 })
             })
             .collect();
@@ -488,6 +492,7 @@ impl StorageUrl {
                 Some(ObjectInfo {
                     key: rel(m.location.as_ref())?,
                     size: m.size,
+                    e_tag: m.e_tag,
                 })
             })
             .collect();

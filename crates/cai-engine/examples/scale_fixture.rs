@@ -7,12 +7,15 @@
 //! ```text
 //! cargo run --release -p cai-engine --features aws --example scale_fixture -- manifest DATA N
 //! cargo run … -- plan DATA RESULTS MODEL
-//! cargo run … -- ranks RESULTS [old]   # old: predictions without the report inside
+//! cargo run … -- ranks RESULTS [old|new] [FROM] [TO]
+//!                                      # old: predictions without the report inside;
+//!                                      # FROM..TO: only those ranks (default all)
+//! cargo run … -- checkpoint RESULTS    # gather the finished ranks, as `cai run` does
 //! cargo run … -- summarize RESULTS     # the library call `cai summarize` makes
 //! cargo run … -- status RESULTS        # what `cai status --once` reads
 //! ```
 //! DATA and RESULTS are paths or `s3://` URLs. With no arguments it runs all three on a
-//! temporary directory with 64 ranks; `cargo test -p cai-engine --example scale_fixture` runs
+//! temporary directory with 64 ranks, then checks the summary checkpoint on 40; `cargo test -p cai-engine --example scale_fixture` runs
 //! that as a test (`scripts/test.sh` does, so the fixture cannot rot).
 
 use std::sync::Arc;
@@ -74,6 +77,11 @@ async fn plan(data: &str, results: &str, model: &str) -> Res<Plan> {
 }
 
 async fn ranks(results: &str, old_layout: bool) -> Res<()> {
+    ranks_in(results, old_layout, 0..usize::MAX).await
+}
+
+/// Write the finished ranks in `range` (clamped to the plan's).
+async fn ranks_in(results: &str, old_layout: bool, range: std::ops::Range<usize>) -> Res<()> {
     let loc = StorageUrl::parse(results)?;
     let plan = Arc::new(
         load_plan(&loc)
@@ -81,7 +89,9 @@ async fn ranks(results: &str, old_layout: bool) -> Res<()> {
             .ok_or_else(|| format!("no plan.json under {results}"))?,
     );
     let t = std::time::Instant::now();
-    futures::stream::iter((0..plan.world_size).map(|rank| {
+    let range = range.start.min(plan.world_size)..range.end.min(plan.world_size);
+    let count = range.len();
+    futures::stream::iter(range.map(|rank| {
         let (loc, plan) = (loc.clone(), plan.clone());
         async move { write_rank(&loc, &plan, rank, old_layout).await }
     }))
@@ -89,8 +99,7 @@ async fn ranks(results: &str, old_layout: bool) -> Res<()> {
     .try_collect::<Vec<()>>()
     .await?;
     eprintln!(
-        "wrote {} finished ranks in {:.2} s",
-        plan.world_size,
+        "wrote {count} finished ranks in {:.2} s",
         t.elapsed().as_secs_f64()
     );
     Ok(())
@@ -158,7 +167,27 @@ async fn main() -> Res<()> {
     match args.first().map(String::as_str) {
         Some("manifest") => manifest(a(1)?, a(2)?.parse()?).await,
         Some("plan") => plan(a(1)?, a(2)?, a(3)?).await.map(|_| ()),
-        Some("ranks") => ranks(a(1)?, args.get(2).is_some_and(|a| a == "old")).await,
+        Some("ranks") => {
+            let bound = |i: usize, default: usize| -> Res<usize> {
+                Ok(args
+                    .get(i)
+                    .map(|v| v.parse())
+                    .transpose()?
+                    .unwrap_or(default))
+            };
+            let old = args.get(2).is_some_and(|a| a == "old");
+            ranks_in(a(1)?, old, bound(3, 0)?..bound(4, usize::MAX)?).await
+        }
+        Some("checkpoint") => {
+            // What `cai run` does while it follows a run (one step, always written).
+            let t = std::time::Instant::now();
+            let read = cai_engine::summarize::checkpoint(&StorageUrl::parse(a(1)?)?).await?;
+            eprintln!(
+                "checkpoint: read {read} ranks in {:.2} s",
+                t.elapsed().as_secs_f64()
+            );
+            Ok(())
+        }
         Some("summarize") => {
             // What `cai summarize` runs.
             let t = std::time::Instant::now();
@@ -186,10 +215,14 @@ async fn main() -> Res<()> {
             );
             Ok(())
         }
-        Some(other) => {
-            Err(format!("unknown step {other:?} (manifest, plan, ranks, summarize, status)").into())
+        Some(other) => Err(format!(
+            "unknown step {other:?} (manifest, plan, ranks, checkpoint, summarize, status)"
+        )
+        .into()),
+        None => {
+            quick(64).await?;
+            checkpointed(40).await
         }
-        None => quick(64).await,
     }
 }
 
@@ -238,11 +271,106 @@ async fn quick(n: usize) -> Res<()> {
     Ok(())
 }
 
+/// The summary checkpoint: ranks gathered while a run goes are not read again, a rank
+/// rewritten since is, and a checkpoint that does not read is ignored; each time the outputs
+/// are those of a summary from scratch.
+async fn checkpointed(n: usize) -> Res<()> {
+    let dir = std::env::temp_dir().join(format!("cai-checkpoint-{}-{n}", std::process::id()));
+    let (data, results) = (dir.join("data"), dir.join("results"));
+    let (data, results) = (data.to_string_lossy(), results.to_string_lossy());
+    manifest(&data, n).await?;
+    plan(&data, &results, "model.safetensors").await?;
+    let loc = &StorageUrl::parse(&results)?;
+    let summarize = || cai_engine::summarize::summarize(loc, None);
+    let outputs = [layout::COMBINED, layout::PREDICTIONS, layout::SUMMARY];
+    let from_scratch = || async {
+        let kept = loc.get(layout::SUMMARY_CHECKPOINT).await?;
+        loc.delete(layout::SUMMARY_CHECKPOINT).await?;
+        summarize().await?;
+        let mut out = Vec::new();
+        for key in outputs {
+            out.push(loc.get(key).await?);
+        }
+        loc.put(layout::SUMMARY_CHECKPOINT, kept.to_vec()).await?;
+        Ok::<_, Box<dyn std::error::Error>>(out)
+    };
+    let check = |what: &'static str| async move {
+        summarize().await?;
+        let mut got = Vec::new();
+        for key in outputs {
+            got.push(loc.get(key).await?);
+        }
+        if got != from_scratch().await? {
+            return Err(format!("{what}: the outputs differ from a summary from scratch").into());
+        }
+        Ok::<_, Box<dyn std::error::Error>>(())
+    };
+
+    let first = n * 3 / 4;
+    ranks_in(&results, false, 0..first).await?;
+    let read = cai_engine::summarize::checkpoint(loc).await?;
+    if read != first {
+        return Err(format!("the first checkpoint read {read} ranks, not {first}").into());
+    }
+    ranks_in(&results, false, first..n).await?;
+    // Rank 0 is in the checkpoint: without its predictions file, only the checkpoint can
+    // give its galaxy to the summary.
+    let p0 = layout::rank_predictions(0);
+    let kept = loc.get(&p0).await?;
+    loc.delete(&p0).await?;
+    let s = summarize().await?;
+    if (s.ranks_done, s.galaxies) != (n, n as u64) {
+        return Err(format!(
+            "checkpointed summary: {} ranks, {} galaxies",
+            s.ranks_done, s.galaxies
+        )
+        .into());
+    }
+    if cai_engine::summarize::checkpoint(loc).await? != 0 {
+        return Err("a checkpoint after the summary read ranks again".into());
+    }
+    loc.put(&p0, kept.to_vec()).await?;
+    check("after the rest finished").await?;
+
+    // A rank written again (a new prediction) is read again.
+    let key = layout::rank_predictions(1);
+    let mut p = Predictions::from_parquet(&loc.url_of(&key), loc.get(&key).await?)?;
+    p.z_pred = vec![9.5; p.len()];
+    loc.put(&key, p.to_parquet(&key)?).await?;
+    let report = loc.get(&layout::rank_report(1)).await?;
+    loc.put(&layout::rank_report(1), [&report[..], b"\n"].concat())
+        .await?;
+    check("after rank 1 was rewritten").await?;
+    let all = Predictions::from_parquet("p", loc.get(layout::PREDICTIONS).await?)?;
+    if !all.z_pred.contains(&9.5) {
+        return Err("rank 1's new prediction is not in the summary".into());
+    }
+
+    // A checkpoint that does not read is ignored.
+    loc.put(layout::SUMMARY_CHECKPOINT, b"not parquet".to_vec())
+        .await?;
+    let s = summarize().await?;
+    std::fs::remove_dir_all(&dir)?;
+    if (s.ranks_done, s.galaxies) != (n, n as u64) {
+        return Err(format!(
+            "after a broken checkpoint: {} ranks, {} galaxies",
+            s.ranks_done, s.galaxies
+        )
+        .into());
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     /// The benchmark's fixture and the summary it times, at a size CI runs in seconds.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn sixty_four_ranks_are_planned_written_and_summarized() {
         super::quick(64).await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_summary_reads_only_what_its_checkpoint_lacks() {
+        super::checkpointed(40).await.unwrap();
     }
 }

@@ -18,7 +18,7 @@ use cai_core::StorageUrl;
 use cai_engine::engine::{galaxies_in, RunEvent, RunEvents, RunRequest};
 use cai_engine::local::LocalEngine;
 use cai_engine::stages::load_model_with;
-use cai_engine::summarize::summarize;
+use cai_engine::summarize::{checkpointing, summarize};
 use cai_model::{AstroMae, Model};
 use pyo3::prelude::*;
 
@@ -99,9 +99,12 @@ async fn run_plan(
         inner: model,
         cancel: cancel.clone(),
     });
-    engine
-        .run_ranks(plan.clone(), &ranks, model, Arc::new(Count(done)))
-        .await?;
+    // Finished ranks are gathered while the run goes, so the summary reads only the last.
+    checkpointing(
+        Some(&plan.results),
+        engine.run_ranks(plan.clone(), &ranks, model, Arc::new(Count(done))),
+    )
+    .await?;
     if cancel.load(Ordering::SeqCst) {
         // Ctrl-C: the ranks stopped early; summarizing now would write a partial summary.
         return Err(msg("interrupted"));

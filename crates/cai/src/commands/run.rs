@@ -3,7 +3,7 @@
 use anyhow::Result;
 use cai_core::summary::Summary;
 use cai_core::StorageUrl;
-use cai_engine::summarize::summarize as summarize_results;
+use cai_engine::summarize::{checkpointing, summarize as summarize_results};
 
 use super::engines::{drive, engine_for, finish, request, Printer};
 use crate::cli::{RunArgs, SummarizeArgs};
@@ -67,7 +67,10 @@ pub async fn run(a: RunArgs, printer: &Printer) -> Result<Outcome> {
     let engine = engine_for(&a).await?;
     let req = request(&a)?;
     let results = req.results_location();
-    let report = drive(&*engine, printer, results, engine.run(&req, printer)).await?;
+    // While the run is followed, its finished ranks are gathered so that the summary at its
+    // end reads only the last ones.
+    let work = checkpointing(results.as_deref(), engine.run(&req, printer));
+    let report = drive(&*engine, printer, results.clone(), work).await?;
     finish(&report, printer)
 }
 

@@ -5,6 +5,7 @@
 use anyhow::{bail, Result};
 use cai_core::results::{load_plan, ResultsListing, RunState};
 use cai_core::StorageUrl;
+use cai_engine::summarize::checkpointing;
 
 use super::engines::{drive, engine_at, finish, Printer};
 use crate::cli::StatusArgs;
@@ -21,7 +22,7 @@ pub async fn status(a: StatusArgs, printer: &Printer) -> Result<Outcome> {
                 &*engine,
                 printer,
                 Some(at.to_string()),
-                engine.attach(at, None, printer),
+                checkpointing(Some(at), engine.attach(at, None, printer)),
             )
             .await?;
             return finish(&report, printer);

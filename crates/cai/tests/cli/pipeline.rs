@@ -56,6 +56,37 @@ fn full_run_writes_every_output_and_every_original_key() {
     assert!(p.z_pred.iter().all(|z| z.is_finite()));
 }
 
+/// While `cai run` goes, its finished ranks are gathered into the summary checkpoint (here
+/// every few milliseconds, racing the workers and the final summary): the outputs are those a
+/// summary from scratch makes.
+#[test]
+fn a_run_checkpointed_as_it_goes_summarizes_as_from_scratch() {
+    let d = partitioned();
+    let model = fixtures().model.display().to_string();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cai"))
+        .args(["run", "--data", &d.s("parts"), "--results", &d.s("res")])
+        .args(["--model", &model, "--batch-size", "8", "--world-size", "5"])
+        .args(["--workers", "1", "--threads", "1", "-v"])
+        .env("CAI_CHECKPOINT_SECS", "0.005")
+        .current_dir(d.tmp.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "cai run failed:\n{stderr}");
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("ranks from the checkpoint"));
+    eprintln!("{line:?}");
+    assert!(line.is_some(), "{stderr}");
+    let outputs = ["combined_data.json", "predictions.parquet", "summary.json"];
+    let read = |k: &str| std::fs::read(d.path(&format!("res/{k}"))).unwrap();
+    let checkpointed = outputs.map(read);
+    std::fs::remove_file(d.path("res/summary-checkpoint.parquet")).unwrap();
+    d.ok(&["summarize", "--results", &d.s("res")]);
+    assert_eq!(checkpointed, outputs.map(read));
+    assert_eq!(read_json(d.path("res/summary.json"))["galaxies"], 300);
+}
+
 #[test]
 fn a_corrupt_partition_fails_its_rank_only_and_resume_finishes() {
     let d = partitioned();

@@ -7,7 +7,9 @@
 //! 2. each layer's sensitivity: max |Δz| against all-f32 when only that layer is lowered,
 //!    for each precision faster than f32, and for `qkv`/`fc1` in int8/int16 also with
 //!    SmoothQuant factors folded into the LayerNorm before them ([`smoothing_factors`]),
-//!    kept only where that lowers the measured error;
+//!    kept only where that lowers the measured error; int8 and int16 block layers
+//!    (`qkv`, `proj`, `fc1`, `fc2`) always with bias correction from their input means on
+//!    the calibration inputs ([`PrecisionPlan::input_mean`]), here and in every mix;
 //! 3. a greedy order of moves (a layer to a faster precision), the most time saved (layer
 //!    FLOPs over the precision's rate) per unit of added lone error first, leaving out
 //!    every move whose lone error alone passes the bound;
@@ -42,8 +44,9 @@ pub const DEFAULT_CALIBRATION: usize = 32;
 /// A precision counts as faster than another only above this relative margin (timings of
 /// equal kernels differ by a few percent).
 const MIN_GAIN: f64 = 0.03;
-/// Format version of the stored plan file.
-const FORMAT: u32 = 1;
+/// Format version of the stored plan file (2: plans carry the input means of their
+/// bias-corrected layers; a plan chosen without them is chosen again).
+const FORMAT: u32 = 2;
 
 /// How a model's precision is chosen: one precision for the trunk, or `auto`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -341,6 +344,32 @@ pub fn choose(
         None
     };
 
+    // Input means for bias correction of the int8/int16 block layers.
+    let means = if faster
+        .iter()
+        .any(|p| matches!(p, Precision::Int8 | Precision::Int16))
+    {
+        Some(model.layer_input_means(cal.images, cal.magnitudes, cal.n)?)
+    } else {
+        None
+    };
+    // Gives every int8/int16 block layer of `plan` its input means (and the others none).
+    let correct = |plan: &mut PrecisionPlan| {
+        for &l in &layers {
+            let m = match (&means, l, plan.get(l)) {
+                (Some(m), _, Precision::Int8 | Precision::Int16) => match l {
+                    PlanLayer::Qkv(b) => m.get(b).map(|x| x[0].clone()),
+                    PlanLayer::Proj(b) => m.get(b).map(|x| x[1].clone()),
+                    PlanLayer::Fc1(b) => m.get(b).map(|x| x[2].clone()),
+                    PlanLayer::Fc2(b) => m.get(b).map(|x| x[3].clone()),
+                    _ => None,
+                },
+                _ => None,
+            };
+            plan.set_input_mean(l, m);
+        }
+    };
+
     // Lone-layer sensitivities.
     let mut lone: Vec<LoneError> = Vec::new();
     let mut sens = Vec::new();
@@ -358,6 +387,7 @@ pub fn choose(
         for &p in &faster {
             let mut plan = PrecisionPlan::f32(depth);
             plan.set(l, p);
+            correct(&mut plan);
             let dz = plan_dz(model, &plan, cal, &z_ref)?;
             let mut smoothed = None;
             let mut best = (dz, None);
@@ -435,6 +465,7 @@ pub fn choose(
                 .and_then(|e| e.smooth.clone());
             plan.set_smoothing(l, s);
         }
+        correct(&mut plan);
         plan
     };
     let plan_of = |k: usize| plan_of_kept(&(0..moves.len()).map(|i| i < k).collect::<Vec<_>>());

@@ -475,11 +475,20 @@ pub fn run(
         };
         let c = mixed::choose(m, &cal, &opts)?;
         say(Line::Result(format!(
-            "auto (chosen on {on}): {} | max |Δz| {:.2e} on {n} calibration galaxies; GEMMs \
-             ≈{:.2}x f32's speed by the measured rates ({}); SmoothQuant tried on {} \
+            "auto (chosen on {on}): {} | max |Δz| {:.2e} on {n} calibration galaxies ({}); \
+             GEMMs ≈{:.2}x f32's speed by the measured rates ({}); SmoothQuant tried on {} \
              layer/precision pairs, lowered the error in {}, used by {} layers",
             c.plan.summary(),
             c.max_dz,
+            match c.held_out_max_dz {
+                Some(d) => format!(
+                    "chosen on {} under {:.1e}, {d:.2e} on the {} held out",
+                    c.calibration - c.held_out,
+                    c.target,
+                    c.held_out
+                ),
+                None => "none held out".into(),
+            },
             c.est_gemm_speedup,
             c.rates
                 .iter()

@@ -18,8 +18,6 @@ use std::time::Instant;
 use cai_model::kernels::Precision;
 use cai_model::mixed::{self, AutoOptions, Calibration};
 use cai_model::{AstroMae, Model};
-use rand::{Rng, SeedableRng};
-use rand_distr::{Distribution, StandardNormal};
 
 mod common;
 
@@ -37,19 +35,7 @@ fn draw(model: &AstroMae, source: &str, n: usize, seed: u64) -> (Vec<f32>, Vec<f
             let p = cai_data::synth::generate(&cfg, 0, n);
             (p.images, p.magnitudes)
         }
-        _ => {
-            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-            let images = (0..n * c * h * w)
-                .map(|_| {
-                    let x: f32 = StandardNormal.sample(&mut rng);
-                    0.5 * x
-                })
-                .collect();
-            let mags = (0..n * nm)
-                .map(|_| 18.0 + 2.0 * rng.random::<f32>())
-                .collect();
-            (images, mags)
-        }
+        _ => mixed::noise_galaxies(n, c * h * w, nm, seed),
     }
 }
 

@@ -46,8 +46,11 @@ use crate::{AstroMae, Error, Model, PlanLayer, PrecisionPlan};
 pub const DEFAULT_MAX_DZ: f64 = 1e-3;
 /// SmoothQuant's migration strength `a` in `s_j = max|X_j|^a / max|W_j|^(1-a)`.
 pub const SMOOTH_ALPHA: f32 = 0.5;
-/// Galaxies of the calibration set when the caller has no reason to choose.
-pub const DEFAULT_CALIBRATION: usize = 32;
+/// Galaxies of the calibration set when the caller has no reason to choose (half of them
+/// held out, [`AutoOptions::hold_out`]). On the parity model, `auto` chosen on 8, 32 and 64
+/// galaxies within 1e-3 gave max |Δz| 4.4e-4, 1.21e-3 and 8.4e-4 on 256 others
+/// (`examples/auto_heldout`, 2026-12-07).
+pub const DEFAULT_CALIBRATION: usize = 64;
 /// A precision counts as faster than another only above this relative margin (timings of
 /// equal kernels differ by a few percent).
 const MIN_GAIN: f64 = 0.03;
@@ -211,6 +214,32 @@ pub struct AutoChoice {
     pub smoothing_helped: usize,
     /// Layers of the chosen mix that run smoothed.
     pub smoothing_used: usize,
+}
+
+/// `n` galaxies drawn as the parity fixtures' are (`scripts/parity/make_fixtures.py`):
+/// `image_len` image values per galaxy, each 0.5·N(0, 1), and `magnitudes` magnitudes,
+/// each uniform in [18, 20), from a ChaCha8 stream seeded with `seed`. Calibration inputs
+/// when a model comes without galaxies (`cai bench --parity-dir` chooses `auto` on them and
+/// judges it on the fixtures' own galaxies).
+pub fn noise_galaxies(
+    n: usize,
+    image_len: usize,
+    magnitudes: usize,
+    seed: u64,
+) -> (Vec<f32>, Vec<f32>) {
+    use rand::{Rng, SeedableRng};
+    use rand_distr::{Distribution, StandardNormal};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let images = (0..n * image_len)
+        .map(|_| {
+            let x: f32 = StandardNormal.sample(&mut rng);
+            0.5 * x
+        })
+        .collect();
+    let mags = (0..n * magnitudes)
+        .map(|_| 18.0 + 2.0 * rng.random::<f32>())
+        .collect();
+    (images, mags)
 }
 
 /// max |a - b| (0 for empty slices).

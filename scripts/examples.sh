@@ -23,6 +23,8 @@ run tile_ceiling 1
 GEMM_M=8 run gemm_speed
 # One galaxy of the parity model when CAI_PARITY_DIR is set (CI), else the formula model.
 run quant_study 1
+# auto chosen on 2 galaxies (one held out), checked on 2 others.
+run auto_heldout parity 2 1e-3 2 on
 # The forward pass alone (the profiler's target): one galaxy in f32, one pass.
 run forward_loop f32 1 0.01
 # Each multiply instruction's rate on this CPU (a few milliseconds each).

@@ -435,23 +435,30 @@ pub fn run(
     let nf = ncal + a.judge_galaxies.max(1);
     let (fimg, fmag) = formula::inputs(nf, fcfg.channels, fcfg.image);
     let fi = fcfg.channels * fcfg.image * fcfg.image;
+    // On the parity model, `auto` is chosen on galaxies drawn as 1.pt's are, so that its
+    // error on 1.pt's own is measured on galaxies it was not chosen on.
+    let drawn = parity
+        .as_ref()
+        .map(|_| mixed::noise_galaxies(ncal, img, nm, 1));
     let auto = if precs.contains(&PrecisionMode::Auto) {
-        let (on, m, im, mg, n): (String, &AstroMae, &[f32], &[f32], usize) = match &parity {
-            Some((pm, part)) => (
-                "the parity fixtures' model.pt over 1.pt".into(),
+        let (on, m, im, mg, n): (String, &AstroMae, &[f32], &[f32], usize) = match (&parity, &drawn)
+        {
+            (Some((pm, _)), Some((di, dm))) => (
+                "the parity fixtures' model.pt over galaxies drawn as 1.pt's (not 1.pt's own)"
+                    .into(),
                 pm,
-                part.images.as_slice(),
-                part.magnitudes.as_slice(),
-                part.n.min(ncal),
+                di.as_slice(),
+                dm.as_slice(),
+                ncal,
             ),
-            None if a.model_given => (
+            _ if a.model_given => (
                 format!("{source} over the benchmark inputs"),
                 model,
                 images.as_slice(),
                 mags.as_slice(),
                 most.min(ncal),
             ),
-            None => (
+            _ => (
                 "the formula model over formula inputs".into(),
                 &formula_model,
                 fimg.as_slice(),
@@ -475,11 +482,20 @@ pub fn run(
         };
         let c = mixed::choose(m, &cal, &opts)?;
         say(Line::Result(format!(
-            "auto (chosen on {on}): {} | max |Δz| {:.2e} on {n} calibration galaxies; GEMMs \
-             ≈{:.2}x f32's speed by the measured rates ({}); SmoothQuant tried on {} \
+            "auto (chosen on {on}): {} | max |Δz| {:.2e} on {n} calibration galaxies ({}); \
+             GEMMs ≈{:.2}x f32's speed by the measured rates ({}); SmoothQuant tried on {} \
              layer/precision pairs, lowered the error in {}, used by {} layers",
             c.plan.summary(),
             c.max_dz,
+            match c.held_out_max_dz {
+                Some(d) => format!(
+                    "chosen on {} under {:.1e}, {d:.2e} on the {} held out",
+                    c.calibration - c.held_out,
+                    c.target,
+                    c.held_out
+                ),
+                None => "none held out".into(),
+            },
             c.est_gemm_speedup,
             c.rates
                 .iter()

@@ -464,17 +464,31 @@ pub fn auto_precision(
         ),
     };
     let line = format!(
-        "precision auto: {} | max |Δz| vs f32 {:.2e} on {} calibration galaxies (bound {:e}), \
-         GEMMs ≈{:.2}x f32's speed; {how}",
+        "precision auto: {} | max |Δz| vs f32 {:.2e} on {} calibration galaxies (bound {:e}; \
+         {}), GEMMs ≈{:.2}x f32's speed; {how}",
         choice.plan.summary(),
         choice.max_dz,
         choice.calibration,
         choice.bound,
+        held_out(&choice),
         choice.est_gemm_speedup,
     );
     let mut m = model.clone();
     m.set_plan(&choice.plan)?;
     Ok((m, line))
+}
+
+/// How `choice` was checked on galaxies it was not chosen on, for the summary line.
+fn held_out(choice: &mixed::AutoChoice) -> String {
+    match choice.held_out_max_dz {
+        Some(d) => format!(
+            "chosen on {} under {:.1e}, {d:.2e} on the {} held out",
+            choice.calibration - choice.held_out,
+            choice.target,
+            choice.held_out
+        ),
+        None => "none held out".to_string(),
+    }
 }
 
 #[cfg(test)]

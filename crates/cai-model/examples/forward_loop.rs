@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use cai_model::kernels::Precision;
 use cai_model::mixed::{self, AutoOptions, Calibration};
-use cai_model::{Model, PrecisionPlan};
+use cai_model::{Model, PlanLayer, PrecisionPlan};
 
 mod common;
 
@@ -41,7 +41,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let z = model.predict(&images, &mags[..n * 5], n)?;
     let depth = model.config().depth;
-    let plan = match mode.as_str() {
+    // A trailing `+` (`int8+`): bias correction of the int8/int16 block layers from their
+    // input means on the calibration galaxies (what `auto` applies).
+    let (mode, fix) = match mode.strip_suffix('+') {
+        Some(m) => (m.to_string(), true),
+        None => (mode, false),
+    };
+    let mut plan = match mode.as_str() {
         "auto" => mixed::choose(&model, &cal, &AutoOptions::default())?.plan,
         "f32" => PrecisionPlan::f32(depth),
         "bf16" => PrecisionPlan::uniform(Precision::Bf16, depth),
@@ -49,6 +55,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "int16" => PrecisionPlan::uniform(Precision::Int16, depth),
         other => return Err(format!("unknown precision {other}").into()),
     };
+    if fix {
+        let means = model.layer_input_means(&images, &mags[..n * 5], n)?;
+        for (b, m) in means.into_iter().enumerate() {
+            let [q, p, f1, f2] = m;
+            for (l, v) in [
+                (PlanLayer::Qkv(b), q),
+                (PlanLayer::Proj(b), p),
+                (PlanLayer::Fc1(b), f1),
+                (PlanLayer::Fc2(b), f2),
+            ] {
+                if matches!(plan.get(l), Precision::Int8 | Precision::Int16) {
+                    plan.set_input_mean(l, Some(v));
+                }
+            }
+        }
+    }
     let dz = mixed::plan_dz(&model, &plan, &cal, &z)?;
     model.set_plan(&plan)?;
     println!("{mode}: {} | max |Δz| {dz:.2e}", plan.summary());

@@ -12,7 +12,7 @@
 
 use cai_model::kernels::Precision;
 use cai_model::mixed::{self, AutoOptions, Calibration};
-use cai_model::{Model, PrecisionPlan};
+use cai_model::{Model, PlanLayer, PrecisionPlan};
 
 mod common;
 
@@ -50,10 +50,37 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let dz_all = mixed::plan_dz(&model, &all, &cal, &z)?;
         println!("uniform {p}: max |Δz| {dz:.2e} (head f32), {dz_all:.2e} (head {p} too)");
     }
+    let means = model.layer_input_means(img, mag, n)?;
+    for p in [Precision::Int16, Precision::Int8] {
+        let plan = with_means(PrecisionPlan::uniform(p, depth), &means);
+        let dz = mixed::plan_dz(&model, &plan, &cal, &z)?;
+        println!("uniform {p} with bias correction: max |Δz| {dz:.2e} (head f32)");
+    }
     let opts = AutoOptions {
         max_dz,
         ..AutoOptions::default()
     };
+    // Held out: `auto` (and its input means) chosen on one half of the galaxies, its error
+    // measured on the other half.
+    let (px, half) = (c * h * w, n / 2);
+    if half > 0 {
+        for (a, b) in [(0..half, half..n), (half..n, 0..half)] {
+            let part = |r: &std::ops::Range<usize>| Calibration {
+                images: &img[r.start * px..r.end * px],
+                magnitudes: &mag[r.start * 5..r.end * 5],
+                n: r.len(),
+            };
+            let (ca, cb) = (part(&a), part(&b));
+            let zb = model.predict(cb.images, cb.magnitudes, cb.n)?;
+            let ch = mixed::choose(&model, &ca, &opts)?;
+            let dz = mixed::plan_dz(&model, &ch.plan, &cb, &zb)?;
+            println!(
+                "held out: auto chosen on galaxies {a:?} (max |Δz| {:.2e} there), {dz:.2e} on {b:?}",
+                ch.max_dz
+            );
+            println!("  {}", ch.plan.summary());
+        }
+    }
     let choice = mixed::choose(&model, &cal, &opts)?;
     for r in &choice.rates {
         println!("rate {}: {:.1} GFLOP/CPU-s", r.precision, r.gflops);
@@ -83,4 +110,24 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         choice.est_gemm_speedup
     );
     Ok(())
+}
+
+/// `plan` with the input means of its int8/int16 block layers set (bias correction).
+fn with_means(mut plan: PrecisionPlan, means: &[[Vec<f32>; 4]]) -> PrecisionPlan {
+    for (b, m) in means.iter().enumerate() {
+        for (i, l) in [
+            PlanLayer::Qkv(b),
+            PlanLayer::Proj(b),
+            PlanLayer::Fc1(b),
+            PlanLayer::Fc2(b),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            if matches!(plan.get(l), Precision::Int8 | Precision::Int16) {
+                plan.set_input_mean(l, Some(m[i].clone()));
+            }
+        }
+    }
+    plan
 }

@@ -451,10 +451,11 @@ impl AstroMae {
         for &l in &layers {
             let (cur, want) = (self.plan.get(l), plan.get(l));
             let (cur_s, want_s) = (self.plan.smoothing(l), plan.smoothing(l));
-            if cur == want && cur_s == want_s {
+            let (cur_m, want_m) = (self.plan.input_mean(l), plan.input_mean(l));
+            if cur == want && cur_s == want_s && cur_m == want_m {
                 continue;
             }
-            if cur != Precision::F32 || cur_s.is_some() {
+            if cur != Precision::F32 || cur_s.is_some() || cur_m.is_some() {
                 return Err(err(format!(
                     "cannot convert {l} from {cur}{} to {want}{}; load the model again",
                     if cur_s.is_some() { " (smoothed)" } else { "" },
@@ -470,17 +471,43 @@ impl AstroMae {
                     )));
                 }
             }
+            if let Some(m) = want_m {
+                let k = if matches!(l, PlanLayer::Fc2(_)) {
+                    self.cfg.mlp
+                } else {
+                    self.cfg.dim
+                };
+                if m.len() != k || m.iter().any(|v| !v.is_finite()) {
+                    return Err(err(format!(
+                        "{l}: bias correction needs {k} finite input means, the plan has {} values",
+                        m.len()
+                    )));
+                }
+            }
             todo.push(l);
         }
         for l in todo {
-            if let Some(s) = plan.smoothing(l) {
+            let s = plan.smoothing(l);
+            if let Some(s) = s {
                 self.vit.smooth(l, s);
             }
             let p = plan.get(l);
-            self.layer_weights_mut(l, &mut |w, _| convert(w, p));
+            // The means of the inputs the (smoothed) weights see: x_j / s_j.
+            let mean = plan
+                .input_mean(l)
+                .filter(|_| matches!(p, Precision::Int8 | Precision::Int16))
+                .map(|m| match s {
+                    Some(s) => m.iter().zip(s).map(|(v, f)| v / f).collect(),
+                    None => m.to_vec(),
+                });
+            self.layer_weights_mut(l, &mut |w, _| match &mean {
+                Some(m) => convert_corrected(w, p, m),
+                None => convert(w, p),
+            });
             self.plan.set(l, p);
+            self.plan.set_smoothing(l, s.map(<[f32]>::to_vec));
             self.plan
-                .set_smoothing(l, plan.smoothing(l).map(<[f32]>::to_vec));
+                .set_input_mean(l, plan.input_mean(l).map(<[f32]>::to_vec));
         }
         Ok(())
     }
@@ -560,6 +587,38 @@ impl AstroMae {
             }
         });
         Ok(acc)
+    }
+
+    /// Per block, the mean of each input channel of `qkv`, `proj`, `fc1` and `fc2` (in
+    /// that order) over `n` galaxies (inputs as for [`Model::predict`]), as the f32 forward
+    /// pass computes them (the last block's `fc2` sees the mean of the patch tokens' hidden
+    /// activations, so its mean is over those rows): what bias correction needs
+    /// ([`PrecisionPlan::input_mean`]).
+    pub fn layer_input_means(
+        &self,
+        images: &[f32],
+        magnitudes: &[f32],
+        n: usize,
+    ) -> Result<Vec<[Vec<f32>; 4]>, Error> {
+        self.check(images, magnitudes, n)?;
+        let ops = kernels::ops();
+        let img = self.cfg.channels * self.cfg.image * self.cfg.image;
+        let mut acc = Vec::new();
+        with_scratch(|s| {
+            for chunk in images.chunks(CHUNK * img) {
+                let g = chunk.len() / img;
+                self.vit.input_sums(ops, chunk, g, &mut s.vit, &mut acc);
+            }
+        });
+        Ok(acc
+            .into_iter()
+            .map(|(sums, rows)| {
+                std::array::from_fn(|i| {
+                    let r = rows[i].max(1) as f64;
+                    sums[i].iter().map(|v| (v / r) as f32).collect()
+                })
+            })
+            .collect())
     }
 
     /// The trunk's precision when the model runs a [`PrecisionPlan::uniform`] plan (what
@@ -821,6 +880,31 @@ pub(crate) fn convert(w: &mut kernels::PackedB, p: kernels::Precision) {
     }
 }
 
+/// [`convert`] with the bias corrected for the rounding of the weights, given the mean
+/// `mean` of each input channel (`w.k()` values): `bias_j += sum_k mean_k (W_kj - Q_kj)`
+/// with `Q` the converted (dequantised) weights, summed in f64, so that the layer's output
+/// over inputs with that mean keeps its mean (see [`PrecisionPlan::input_mean`]). A
+/// `mean` of another length converts without correction.
+pub(crate) fn convert_corrected(w: &mut kernels::PackedB, p: kernels::Precision, mean: &[f32]) {
+    let (k, n) = (w.k(), w.n());
+    if mean.len() != k {
+        convert(w, p);
+        return;
+    }
+    let dot = |w: &kernels::PackedB, j: usize| -> f64 {
+        mean.iter()
+            .enumerate()
+            .map(|(kk, m)| f64::from(*m) * f64::from(w.at(kk, j)))
+            .sum()
+    };
+    let before: Vec<f64> = (0..n).map(|j| dot(w, j)).collect();
+    convert(w, p);
+    let bias: Vec<f32> = (0..n)
+        .map(|j| (f64::from(w.bias()[j]) + before[j] - dot(w, j)) as f32)
+        .collect();
+    w.set_bias(&bias);
+}
+
 /// What [`AstroMae::measure_vit_blocks`] measured: FLOPs and CPU seconds of the blocks and
 /// of the FMA probe, over the same alternating rounds.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -851,5 +935,62 @@ impl BlockSpeed {
     /// The blocks' rate over the probe's: the share of the peak reached in the blocks.
     pub fn peak_share(&self) -> f64 {
         self.block_gflops() / self.probe_gflops().max(1e-12)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{convert, convert_corrected};
+    use crate::kernels::{PackedB, Precision};
+
+    /// `sum_k mean_k B[k][j] + bias_j` per column.
+    fn at_mean(w: &PackedB, mean: &[f32]) -> Vec<f64> {
+        (0..w.n())
+            .map(|j| {
+                f64::from(w.bias()[j])
+                    + mean
+                        .iter()
+                        .enumerate()
+                        .map(|(kk, m)| f64::from(*m) * f64::from(w.at(kk, j)))
+                        .sum::<f64>()
+            })
+            .collect()
+    }
+
+    /// Bias correction: at the input means, the converted layer gives the f32 layer's
+    /// outputs (to f32 rounding of the bias); without it, int8 weights move them.
+    #[test]
+    fn corrected_bias_keeps_outputs_at_the_mean() {
+        let (n, k) = (37, 29);
+        let w: Vec<f32> = (0..n * k)
+            .map(|i| ((i * 7919) % 1013) as f32 / 1013.0 - 0.4)
+            .collect();
+        let bias: Vec<f32> = (0..n).map(|j| j as f32 * 0.01 - 0.1).collect();
+        let mean: Vec<f32> = (0..k).map(|kk| 0.3 + (kk % 5) as f32 * 0.2).collect();
+        let f = PackedB::pack_nk(&w, n, k, k, Some(&bias));
+        let want = at_mean(&f, &mean);
+        for p in [Precision::Int8, Precision::Int16] {
+            let (mut plain, mut fixed) = (f.clone(), f.clone());
+            convert(&mut plain, p);
+            convert_corrected(&mut fixed, p, &mean);
+            let err = |w: &PackedB| {
+                at_mean(w, &mean)
+                    .iter()
+                    .zip(&want)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0.0f64, f64::max)
+            };
+            assert!(err(&fixed) < 1e-6, "{p}: {}", err(&fixed));
+            if p == Precision::Int8 {
+                assert!(err(&plain) > 1e-4, "{p}: {}", err(&plain));
+            }
+            // The same weights: only the bias moved.
+            assert!((0..n).all(|j| (0..k).all(|kk| plain.at(kk, j) == fixed.at(kk, j))));
+        }
+        // A mean of the wrong length: plain conversion.
+        let (mut a, mut b) = (f.clone(), f);
+        convert(&mut a, Precision::Int8);
+        convert_corrected(&mut b, Precision::Int8, &mean[1..]);
+        assert_eq!(a.bias(), b.bias());
     }
 }

@@ -110,6 +110,20 @@ pub struct BlockPlan {
     /// The same for `fc1` and `norm2`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fc1_smooth: Option<Vec<f32>>,
+    /// The mean of each input channel of `qkv` over calibration inputs (before smoothing):
+    /// when set and `qkv` is int8 or int16, its bias is corrected for the rounding of its
+    /// weights ([`PrecisionPlan::input_mean`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qkv_mean: Option<Vec<f32>>,
+    /// The same for `proj`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proj_mean: Option<Vec<f32>>,
+    /// The same for `fc1`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fc1_mean: Option<Vec<f32>>,
+    /// The same for `fc2`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fc2_mean: Option<Vec<f32>>,
 }
 
 impl BlockPlan {
@@ -121,6 +135,10 @@ impl BlockPlan {
             fc2: p,
             qkv_smooth: None,
             fc1_smooth: None,
+            qkv_mean: None,
+            proj_mean: None,
+            fc1_mean: None,
+            fc2_mean: None,
         }
     }
 }
@@ -213,6 +231,45 @@ impl PrecisionPlan {
         }
     }
 
+    /// The mean of each input channel of `layer` over calibration inputs, if the plan has
+    /// it (only the blocks' `qkv`, `proj`, `fc1` and `fc2`). A layer converted to int8 or
+    /// int16 with a mean gets its bias corrected for the rounding of its weights: `bias_j
+    /// += sum_k mean_k (W_kj - Q_kj)` with `Q` the dequantised weights, so that its outputs
+    /// keep their mean over those inputs ("bias correction"; the rounding errors of 8-bit
+    /// weights otherwise shift every output by a fixed amount, which the pooling over
+    /// tokens does not average out: on the parity fixtures int8 everywhere went from
+    /// max |Δz| 1.1e-2 to 2.9e-3 in a PyTorch simulation, see `docs/kernels.md`).
+    pub fn input_mean(&self, layer: PlanLayer) -> Option<&[f32]> {
+        let b = |i: usize| self.blocks.get(i);
+        match layer {
+            PlanLayer::Qkv(i) => b(i)?.qkv_mean.as_deref(),
+            PlanLayer::Proj(i) => b(i)?.proj_mean.as_deref(),
+            PlanLayer::Fc1(i) => b(i)?.fc1_mean.as_deref(),
+            PlanLayer::Fc2(i) => b(i)?.fc2_mean.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// Sets (or clears, with `None`) the input means of `layer`; ignored for layers outside
+    /// the blocks (see [`PrecisionPlan::input_mean`]).
+    pub fn set_input_mean(&mut self, layer: PlanLayer, m: Option<Vec<f32>>) {
+        let (i, which) = match layer {
+            PlanLayer::Qkv(i) => (i, 0),
+            PlanLayer::Proj(i) => (i, 1),
+            PlanLayer::Fc1(i) => (i, 2),
+            PlanLayer::Fc2(i) => (i, 3),
+            _ => return,
+        };
+        if let Some(x) = self.blocks.get_mut(i) {
+            *[
+                &mut x.qkv_mean,
+                &mut x.proj_mean,
+                &mut x.fc1_mean,
+                &mut x.fc2_mean,
+            ][which] = m;
+        }
+    }
+
     /// Every layer of the plan, in forward order.
     pub fn layers(&self) -> Vec<PlanLayer> {
         PlanLayer::all(self.blocks.len())
@@ -234,7 +291,7 @@ impl PrecisionPlan {
 
     /// A short summary: the layers grouped by precision, e.g.
     /// `int16: patch_embed blocks.0-11.{qkv,proj,fc1} cnn; f32: blocks.0-11.fc2 head`
-    /// (every layer named, smoothing marked with `~`).
+    /// (every layer named, smoothing marked with `~`, bias correction with `+`).
     pub fn summary(&self) -> String {
         let mut parts = Vec::new();
         for p in Precision::ALL {
@@ -244,7 +301,14 @@ impl PrecisionPlan {
                 .filter(|l| self.get(*l) == p)
                 .map(|l| {
                     let mark = if self.smoothing(l).is_some() { "~" } else { "" };
-                    format!("{l}{mark}")
+                    let fix = if self.input_mean(l).is_some()
+                        && matches!(p, Precision::Int8 | Precision::Int16)
+                    {
+                        "+"
+                    } else {
+                        ""
+                    };
+                    format!("{l}{mark}{fix}")
                 })
                 .collect();
             if !names.is_empty() {
@@ -322,6 +386,16 @@ mod tests {
             Some(&[0.5, 1.25, 3.0e-7, 7.1][..])
         );
         assert!(serde_json::from_str::<PrecisionPlan>(&json.replace("bf16", "fp8")).is_err());
+        // Input means (bias correction) round-trip too, and older plans without them read.
+        p.set_input_mean(PlanLayer::Fc2(0), Some(vec![0.25, -1.5]));
+        p.set_input_mean(PlanLayer::Head, Some(vec![1.0])); // not a block layer: ignored
+        assert_eq!(p.input_mean(PlanLayer::Head), None);
+        let json2 = serde_json::to_string(&p).unwrap_or_default();
+        assert!(json2.contains("\"fc2_mean\":[0.25,-1.5]"), "{json2}");
+        let back: PrecisionPlan = serde_json::from_str(&json2).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(back.input_mean(PlanLayer::Fc2(0)), Some(&[0.25, -1.5][..]));
+        assert_eq!(back.input_mean(PlanLayer::Fc2(1)), None);
+        assert!(!json.contains("_mean"), "{json}");
     }
 
     #[test]
@@ -346,6 +420,13 @@ mod tests {
             p.summary(),
             "f32: blocks.0-3.qkv blocks.0-3.proj blocks.0-3.fc2 patch_embed cnn head; \
              int8: blocks.2.fc1; int16: blocks.0.fc1~ blocks.1,3.fc1"
+        );
+        p.set_input_mean(PlanLayer::Fc1(2), Some(vec![0.5]));
+        p.set_input_mean(PlanLayer::Qkv(1), Some(vec![0.5])); // f32: not marked
+        assert!(
+            p.summary().contains("int8: blocks.2.fc1+;"),
+            "{}",
+            p.summary()
         );
         let u = PrecisionPlan::uniform(Precision::Bf16, 2);
         assert_eq!(u.as_uniform(), Some(Precision::Bf16));

@@ -508,6 +508,66 @@ impl Vit {
         }
     }
 
+    /// Per block, the sums (f64) of each input channel of `qkv`, `proj`, `fc1` and `fc2` over
+    /// `g` galaxies and the rows summed, added into `acc` (grown as needed). Runs the blocks
+    /// unsplit, as [`Vit::trunk`] computes them; the last block's `fc2` input is the mean
+    /// of the patch tokens' hidden activations ([`Block::forward_pooled`]), so only those
+    /// rows are summed there (the mean of their means is theirs: every galaxy has as many).
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn input_sums(
+        &self,
+        ops: &Ops,
+        images: &[f32],
+        g: usize,
+        s: &mut VitScratch,
+        acc: &mut Vec<([Vec<f64>; 4], [usize; 4])>,
+    ) {
+        let cfg = &self.cfg;
+        let (d, t1) = (cfg.dim, cfg.tokens + 1);
+        let depth = self.blocks.len();
+        acc.resize_with(depth, || {
+            (
+                [vec![0.0; d], vec![0.0; d], vec![0.0; d], vec![0.0; cfg.mlp]],
+                [0; 4],
+            )
+        });
+        self.embed(ops, images, g, s, false);
+        let rows = g * t1;
+        let add = |a: &mut Vec<f64>, x: &[f32], w: usize, keep: &dyn Fn(usize) -> bool| {
+            let mut n = 0;
+            for (r, row) in x.chunks_exact(w).enumerate() {
+                if keep(r) {
+                    for (m, v) in a.iter_mut().zip(row) {
+                        *m += f64::from(*v);
+                    }
+                    n += 1;
+                }
+            }
+            n
+        };
+        let all = |_: usize| true;
+        for (bi, (blk, (sums, n))) in self.blocks.iter().zip(acc.iter_mut()).enumerate() {
+            blk.attend(ops, g, t1, d, s, false);
+            n[0] += add(&mut sums[0], &s.xn[..rows * d], d, &all);
+            n[1] += add(&mut sums[1], &s.att[..rows * d], d, &all);
+            let (x, xn) = (&mut s.x[..rows * d], &mut s.xn[..rows * d]);
+            blk.norm2.forward(ops, rows, x, xn);
+            n[2] += add(&mut sums[2], xn, d, &all);
+            let hid = blk.mlp.fc1.out_features();
+            let last = bi + 1 == depth;
+            let xn = &*xn;
+            let (s3, n3) = (&mut sums[3], &mut n[3]);
+            blk.mlp
+                .hidden_blocks(ops, rows, d, xn, &mut s.h, |r0, m, h| {
+                    let patch = |r: usize| !last || !(r0 + r).is_multiple_of(t1);
+                    *n3 += add(s3, h, hid, &patch);
+                    blk.mlp
+                        .fc2
+                        .forward(ops, m, h, hid, &mut x[r0 * d..], d, Epilogue::RESIDUAL);
+                });
+        }
+    }
+
     /// Runs only the transformer blocks over `g` galaxies, `reps` times, on this thread, and
     /// returns the `clock` seconds they took and their multiply-add FLOPs (for `cai bench`'s
     /// in-block efficiency; token values are synthetic: the blocks' work does not depend on

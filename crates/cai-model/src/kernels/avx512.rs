@@ -505,14 +505,20 @@ unsafe fn tile_vnni8<const ACT: u8, const ACC: bool, const P: usize>(
     rows: usize,
     cols: usize,
 ) {
-    let mut acc = [[_mm512_setzero_si512(); P]; MRV];
+    let epi = Int8Epilogue::<P>::new(b, p, cols);
+    // The sums start at `-zero point x column sum` rather than 0: the same exact
+    // `sum (u - zp) q` in wrapping i32 arithmetic, without a subtraction per row and
+    // panel after the loop (nor the zeroing of the accumulator array).
+    let mut acc: [[__m512i; P]; MRV] = std::array::from_fn(|r| {
+        let z = _mm512_set1_epi32(zp.add(r).read().wrapping_neg());
+        std::array::from_fn(|h| _mm512_mullo_epi32(z, epi.colsum[h]))
+    });
     let panels = std::array::from_fn(|h| b.q8_panel(p + h).as_ptr().cast::<i32>());
     pair_products(k4, a.cast(), panels, &mut acc, |acc, av, bv| {
         _mm512_dpbusd_epi32(acc, av, bv)
     });
-    let epi = Int8Epilogue::<P>::new(b, p, cols);
     let row = |r: usize, accr: &[__m512i; P]| {
-        epi.row::<ACT, ACC>(c.add(r * ldc), accr, *sa.add(r), *zp.add(r));
+        epi.row_exact::<ACT, ACC>(c.add(r * ldc), accr, *sa.add(r));
     };
     each_row(&acc, rows, row);
 }
@@ -557,11 +563,28 @@ impl<const P: usize> Int8Epilogue<P> {
         sa: f32,
         zp: i32,
     ) {
-        let (s, z) = (_mm512_set1_ps(sa), _mm512_set1_epi32(zp));
-        for (h, sum) in sums.iter().enumerate() {
-            let exact = _mm512_sub_epi32(*sum, _mm512_mullo_epi32(z, self.colsum[h]));
+        let z = _mm512_set1_epi32(zp);
+        let exact: [__m512i; P] = std::array::from_fn(|h| {
+            _mm512_sub_epi32(sums[h], _mm512_mullo_epi32(z, self.colsum[h]))
+        });
+        self.row_exact::<ACT, ACC>(c, &exact, sa);
+    }
+
+    /// [`Int8Epilogue::row`] for sums from which the zero point's share is already taken.
+    ///
+    /// Caller guarantees: as [`Int8Epilogue::row`]'s.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    pub(super) unsafe fn row_exact<const ACT: u8, const ACC: bool>(
+        &self,
+        c: *mut f32,
+        exact: &[__m512i; P],
+        sa: f32,
+    ) {
+        let s = _mm512_set1_ps(sa);
+        for (h, e) in exact.iter().enumerate() {
             let v = _mm512_add_ps(
-                _mm512_mul_ps(_mm512_cvtepi32_ps(exact), _mm512_mul_ps(s, self.scale[h])),
+                _mm512_mul_ps(_mm512_cvtepi32_ps(*e), _mm512_mul_ps(s, self.scale[h])),
                 self.bias[h],
             );
             store16::<ACC>(c.add(h * NR), act::<ACT>(v), self.masks[h]);

@@ -127,6 +127,7 @@ fn auto_mix_is_within_the_bound_on_the_formula_model() {
         candidates: vec![Precision::Int16],
         smoothing: true,
         rate_seconds: 0.2,
+        hold_out: true,
     };
     let choice = mixed::choose(&model, &cal, &opts).unwrap();
     println!(
@@ -139,6 +140,10 @@ fn auto_mix_is_within_the_bound_on_the_formula_model() {
         choice.smoothing_used
     );
     assert!(choice.max_dz <= opts.max_dz);
+    // Half the galaxies were held out of the choice, and the mix is within the bound there.
+    assert_eq!(choice.held_out, n / 2);
+    assert!(choice.held_out_max_dz.is_some_and(|d| d <= opts.max_dz));
+    assert!(choice.target > 0.0 && choice.target <= opts.max_dz);
     let z = model.predict(&img, &mag, n).unwrap();
     let again = mixed::plan_dz(&model, &choice.plan, &cal, &z).unwrap();
     assert_eq!(again, choice.max_dz);

@@ -487,15 +487,7 @@ pub fn run(
              layer/precision pairs, lowered the error in {}, used by {} layers",
             c.plan.summary(),
             c.max_dz,
-            match c.held_out_max_dz {
-                Some(d) => format!(
-                    "chosen on {} under {:.1e}, {d:.2e} on the {} held out",
-                    c.calibration - c.held_out,
-                    c.target,
-                    c.held_out
-                ),
-                None => "none held out".into(),
-            },
+            crate::stages::held_out(&c),
             c.est_gemm_speedup,
             c.rates
                 .iter()

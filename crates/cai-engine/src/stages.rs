@@ -479,7 +479,7 @@ pub fn auto_precision(
 }
 
 /// How `choice` was checked on galaxies it was not chosen on, for the summary line.
-fn held_out(choice: &mixed::AutoChoice) -> String {
+pub(crate) fn held_out(choice: &mixed::AutoChoice) -> String {
     match choice.held_out_max_dz {
         Some(d) => format!(
             "chosen on {} under {:.1e}, {d:.2e} on the {} held out",

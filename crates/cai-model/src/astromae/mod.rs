@@ -567,6 +567,34 @@ impl AstroMae {
         out
     }
 
+    /// Runs `pass` (a statistics pass of the ViT trunk) over `n` galaxies in chunks on this
+    /// thread's scratch, accumulating into one value: the calibration statistics' loop.
+    fn over_vit_chunks<A: Default>(
+        &self,
+        images: &[f32],
+        magnitudes: &[f32],
+        n: usize,
+        pass: impl Fn(&Vit, &kernels::Ops, &[f32], usize, &mut VitScratch, &mut A),
+    ) -> Result<A, Error> {
+        self.check(images, magnitudes, n)?;
+        let ops = kernels::ops();
+        let img = self.cfg.channels * self.cfg.image * self.cfg.image;
+        let mut acc = A::default();
+        with_scratch(|s| {
+            for chunk in images.chunks(CHUNK * img) {
+                pass(
+                    &self.vit,
+                    ops,
+                    chunk,
+                    chunk.len() / img,
+                    &mut s.vit,
+                    &mut acc,
+                );
+            }
+        });
+        Ok(acc)
+    }
+
     /// Per block, the largest |value| of each channel of the inputs of `qkv` (`norm1`'s
     /// output) and of `fc1` (`norm2`'s) over `n` galaxies (inputs as for
     /// [`Model::predict`]): the activation statistics SmoothQuant needs.
@@ -576,17 +604,7 @@ impl AstroMae {
         magnitudes: &[f32],
         n: usize,
     ) -> Result<Vec<[Vec<f32>; 2]>, Error> {
-        self.check(images, magnitudes, n)?;
-        let ops = kernels::ops();
-        let img = self.cfg.channels * self.cfg.image * self.cfg.image;
-        let mut acc = Vec::new();
-        with_scratch(|s| {
-            for chunk in images.chunks(CHUNK * img) {
-                let g = chunk.len() / img;
-                self.vit.norm_absmax(ops, chunk, g, &mut s.vit, &mut acc);
-            }
-        });
-        Ok(acc)
+        self.over_vit_chunks(images, magnitudes, n, Vit::norm_absmax)
     }
 
     /// Per block, the mean of each input channel of `qkv`, `proj`, `fc1` and `fc2` (in
@@ -600,16 +618,7 @@ impl AstroMae {
         magnitudes: &[f32],
         n: usize,
     ) -> Result<Vec<[Vec<f32>; 4]>, Error> {
-        self.check(images, magnitudes, n)?;
-        let ops = kernels::ops();
-        let img = self.cfg.channels * self.cfg.image * self.cfg.image;
-        let mut acc = Vec::new();
-        with_scratch(|s| {
-            for chunk in images.chunks(CHUNK * img) {
-                let g = chunk.len() / img;
-                self.vit.input_sums(ops, chunk, g, &mut s.vit, &mut acc);
-            }
-        });
+        let acc = self.over_vit_chunks(images, magnitudes, n, Vit::input_sums)?;
         Ok(acc
             .into_iter()
             .map(|(sums, rows)| {

@@ -430,14 +430,10 @@ pub fn choose(
     // Gives every int8/int16 block layer of `plan` its input means (and the others none).
     let correct = |plan: &mut PrecisionPlan| {
         for &l in &layers {
-            let m = match (&means, l, plan.get(l)) {
-                (Some(m), _, Precision::Int8 | Precision::Int16) => match l {
-                    PlanLayer::Qkv(b) => m.get(b).map(|x| x[0].clone()),
-                    PlanLayer::Proj(b) => m.get(b).map(|x| x[1].clone()),
-                    PlanLayer::Fc1(b) => m.get(b).map(|x| x[2].clone()),
-                    PlanLayer::Fc2(b) => m.get(b).map(|x| x[3].clone()),
-                    _ => None,
-                },
+            let m = match (&means, plan.get(l)) {
+                (Some(m), Precision::Int8 | Precision::Int16) => l
+                    .block_linear()
+                    .and_then(|(b, which)| Some(m.get(b)?[which].clone())),
                 _ => None,
             };
             plan.set_input_mean(l, m);
@@ -497,8 +493,8 @@ pub fn choose(
             .find(|e| e.layer == li && e.precision == p)
             .map_or(0.0, |e| e.dz)
     };
-    // The fastest mix within `target` on the selection galaxies, and its error there.
-    let select = |target: f64| -> Result<(PrecisionPlan, f64), Error> {
+    // The fastest mix within `target` on the selection galaxies.
+    let select = |target: f64| -> Result<PrecisionPlan, Error> {
         // Greedy order of moves.
         let mut cur = vec![Precision::F32; layers.len()];
         let mut moves: Vec<(usize, Precision)> = Vec::new();
@@ -597,10 +593,10 @@ pub fn choose(
             layers.iter().for_each(|l| plain.set_smoothing(*l, None));
             let dz = plan_dz(model, &plain, cal, z_ref)?;
             if dz <= lo_dz {
-                (plan, lo_dz) = (plain, dz);
+                plan = plain;
             }
         }
-        Ok((plan, lo_dz))
+        Ok(plan)
     };
 
     // Chosen on the selection galaxies; while the held-out ones are not within the bound,
@@ -608,7 +604,7 @@ pub fn choose(
     let mut target = opts.max_dz;
     let mut tries = 0;
     let (plan, held_dz) = loop {
-        let (plan, _) = select(target)?;
+        let plan = select(target)?;
         let held = match &check {
             Some(c) => Some(plan_dz(model, &plan, c, z_check)?),
             None => None,

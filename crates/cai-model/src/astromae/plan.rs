@@ -34,6 +34,18 @@ pub enum PlanLayer {
 }
 
 impl PlanLayer {
+    /// For a block's `qkv`, `proj`, `fc1` or `fc2`: the block and the layer's place in that
+    /// order (the order of [`crate::AstroMae::layer_input_means`]); `None` for the others.
+    pub fn block_linear(self) -> Option<(usize, usize)> {
+        match self {
+            PlanLayer::Qkv(i) => Some((i, 0)),
+            PlanLayer::Proj(i) => Some((i, 1)),
+            PlanLayer::Fc1(i) => Some((i, 2)),
+            PlanLayer::Fc2(i) => Some((i, 3)),
+            _ => None,
+        }
+    }
+
     /// Every layer of a model with `depth` blocks, in forward order (CNN and head last).
     pub fn all(depth: usize) -> Vec<PlanLayer> {
         let mut v = vec![PlanLayer::PatchEmbed];
@@ -240,25 +252,16 @@ impl PrecisionPlan {
     /// tokens does not average out: on the parity fixtures int8 everywhere went from
     /// max |Δz| 1.1e-2 to 2.9e-3 in a PyTorch simulation, see `docs/kernels.md`).
     pub fn input_mean(&self, layer: PlanLayer) -> Option<&[f32]> {
-        let b = |i: usize| self.blocks.get(i);
-        match layer {
-            PlanLayer::Qkv(i) => b(i)?.qkv_mean.as_deref(),
-            PlanLayer::Proj(i) => b(i)?.proj_mean.as_deref(),
-            PlanLayer::Fc1(i) => b(i)?.fc1_mean.as_deref(),
-            PlanLayer::Fc2(i) => b(i)?.fc2_mean.as_deref(),
-            _ => None,
-        }
+        let (i, which) = layer.block_linear()?;
+        let x = self.blocks.get(i)?;
+        [&x.qkv_mean, &x.proj_mean, &x.fc1_mean, &x.fc2_mean][which].as_deref()
     }
 
     /// Sets (or clears, with `None`) the input means of `layer`; ignored for layers outside
     /// the blocks (see [`PrecisionPlan::input_mean`]).
     pub fn set_input_mean(&mut self, layer: PlanLayer, m: Option<Vec<f32>>) {
-        let (i, which) = match layer {
-            PlanLayer::Qkv(i) => (i, 0),
-            PlanLayer::Proj(i) => (i, 1),
-            PlanLayer::Fc1(i) => (i, 2),
-            PlanLayer::Fc2(i) => (i, 3),
-            _ => return,
+        let Some((i, which)) = layer.block_linear() else {
+            return;
         };
         if let Some(x) = self.blocks.get_mut(i) {
             *[

@@ -86,7 +86,7 @@ pub async fn summarize(results: &StorageUrl, plan: Option<&Plan>) -> Result<Summ
         .await?;
     if gathered.read > 0 || !listing.has(layout::SUMMARY_CHECKPOINT) {
         // A cache: the summary stands without it.
-        if let Err(e) = gathered.save(results).await {
+        if let Err(e) = gathered.save(results, &all).await {
             tracing::warn!("could not write the summary checkpoint: {e}");
         }
     }
@@ -102,7 +102,7 @@ pub async fn checkpoint(results: &StorageUrl) -> Result<usize> {
     let mut g = Gathered::load(&listing).await;
     let limit = plan.map(|p| p.world_size).unwrap_or(usize::MAX);
     g.update(&listing, limit).await?;
-    g.save(results).await?;
+    g.save(results, &g.predictions()).await?;
     Ok(g.read)
 }
 
@@ -173,7 +173,7 @@ impl Checkpointer {
         let left = plan.world_size.saturating_sub(self.written);
         let new = g.len().saturating_sub(self.written);
         if new > 0 && new >= (left / 2).max(plan.world_size / 100) {
-            g.save(results).await?;
+            g.save(results, &g.predictions()).await?;
             self.written = g.len();
         }
         Ok(())
@@ -371,22 +371,24 @@ impl Gathered {
 
     /// The rank reports as written and parsed, and all predictions, in rank order.
     fn combined(&self) -> (Vec<Value>, Vec<RankReport>, Predictions) {
-        let mut all = Predictions::default();
-        let mut raw = Vec::with_capacity(self.ranks.len());
-        let mut reports = Vec::with_capacity(self.ranks.len());
-        for g in self.ranks.values() {
-            raw.push(g.file.raw.clone());
-            reports.push(g.file.report.clone());
-            if let Some(p) = &g.predictions {
-                all.append(p.clone());
-            }
-        }
-        (raw, reports, all)
+        let raw = self.ranks.values().map(|g| g.file.raw.clone()).collect();
+        let reports = self.ranks.values().map(|g| g.file.report.clone()).collect();
+        (raw, reports, self.predictions())
     }
 
-    /// Write the checkpoint (one object: the predictions with the index in the footer).
-    async fn save(&self, results: &StorageUrl) -> Result<()> {
-        let (_, _, all) = self.combined();
+    /// All gathered predictions, in rank order.
+    fn predictions(&self) -> Predictions {
+        let mut all = Predictions::default();
+        for p in self.ranks.values().filter_map(|g| g.predictions.as_ref()) {
+            all.append(p.clone());
+        }
+        all
+    }
+
+    /// Write the checkpoint (one object: `all`, this checkpoint's [`Gathered::predictions`],
+    /// with the index in the footer); the caller passes them so a summarize that has just
+    /// combined them does not build them twice.
+    async fn save(&self, results: &StorageUrl, all: &Predictions) -> Result<()> {
         let index = Index {
             format: INDEX_FORMAT,
             plan: self.plan.clone(),

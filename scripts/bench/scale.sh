@@ -6,7 +6,9 @@
 # `cai report` on that results location, each timed with
 # its peak RSS, on local disk, on moto's S3 server (one request at a time, what the tests
 # use) and on s3s-fs (a Rust S3 server over a folder that serves requests in parallel); the
-# figures side by side. Each location also gets a copy of the ranks in the older layout
+# figures side by side; and s3s-fs again behind a proxy that holds each request 20 ms
+# (CAI_BENCH_LATENCY_MS; 0 leaves that column out), about a real S3 GET's time from
+# inside its region, so only requests in flight hide it. Each location also gets a copy of the ranks in the older layout
 # (predictions without the rank report inside: two reads per rank), whose summarize is
 # timed alternately with the current one ("summarize (old layout)").
 #
@@ -30,12 +32,15 @@ PROFILE="${CAI_BENCH_PROFILE:-release}"
 WORK="$(mktemp -d /tmp/cai-scale.XXXXXX)"
 MOTO_PID=""
 S3S_PID=""
+PROXY_PID=""
+LATENCY_MS="${CAI_BENCH_LATENCY_MS:-20}"
 stop() {  # stop PID: end a server this script started
     if [ -n "$1" ]; then kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; fi
 }
 cleanup() {
     stop "$MOTO_PID"
     stop "$S3S_PID"
+    stop "$PROXY_PID"
     rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -65,15 +70,21 @@ timed() {
     FIG[$label]="$(printf '%6.2f s %5.0f MB' "$secs" "$((kb / 1024))")"
 }
 
+# fx ARGS...: the fixture writer, straight to the server when FIX_ENDPOINT is set (the
+# latency column times only cai's own steps through the delaying proxy).
+fx() {
+    if [ -n "${FIX_ENDPOINT:-}" ]; then AWS_ENDPOINT_URL="$FIX_ENDPOINT" "$FIX" "$@"; else "$FIX" "$@"; fi
+}
+
 bench() {  # bench COLUMN DATA RESULTS
     local col="$1" data="$2" results="$3"
     say "$col: manifest of $N partitions at $data"
-    "$FIX" manifest "$data" "$N"
+    fx manifest "$data" "$N"
     timed "$col.plan" "$FIX" plan "$data" "$results" "$MODEL"
-    "$FIX" plan "$data" "$results-old" "$MODEL" 2>/dev/null
+    fx plan "$data" "$results-old" "$MODEL" 2>/dev/null
     say "$col: writing $N finished ranks under $results (and $results-old, older layout)"
-    "$FIX" ranks "$results" 2>&1 | sed 's/^/scale: /' >&2
-    "$FIX" ranks "$results-old" old 2>&1 | sed 's/^/scale: /' >&2
+    fx ranks "$results" 2>&1 | sed 's/^/scale: /' >&2
+    fx ranks "$results-old" old 2>&1 | sed 's/^/scale: /' >&2
     local bin tag
     for step in summarize status report; do
         for bin in ${BASE:+"$BASE"} "$CAI"; do
@@ -87,7 +98,7 @@ bench() {  # bench COLUMN DATA RESULTS
                     # The end of a followed run: its checkpoint holds the ranks finished
                     # before the last tenth; those written again since must be read.
                     say "$col: writing the last tenth of the ranks again"
-                    "$FIX" ranks "$results" new $((N * 9 / 10)) "$N" 2>&1 | sed 's/^/scale: /' >&2
+                    fx ranks "$results" new $((N * 9 / 10)) "$N" 2>&1 | sed 's/^/scale: /' >&2
                     timed "$col.summarize-ckpt" "$bin" summarize --results "$results"
                 fi ;;
             status) timed "$col.$step$tag" "$bin" status --results "$results" --once ;;
@@ -136,15 +147,29 @@ if [ -n "$S3S" ] && [ -x "$S3S" ]; then
     s3_env "$PORT"
     wait_port "$PORT"
     bench s3s "s3://scale/data" "s3://scale/results"
-    stop "$S3S_PID"; S3S_PID=""
     COLS="$COLS s3s"
+    if [ "$LATENCY_MS" != 0 ]; then
+        # The same server at a real S3's distance: every request held LATENCY_MS first.
+        PROXY_PORT="$(free_port)"
+        python3 "$ROOT/scripts/bench/latency_proxy.py" "$PROXY_PORT" "$PORT" "$LATENCY_MS" &
+        PROXY_PID=$!
+        wait_port "$PROXY_PORT"
+        mkdir -p "$WORK/s3s/lat"
+        FIX_ENDPOINT="$AWS_ENDPOINT_URL"
+        s3_env "$PROXY_PORT"
+        bench lat "s3://lat/data" "s3://lat/results"
+        FIX_ENDPOINT=""
+        stop "$PROXY_PID"; PROXY_PID=""
+        COLS="$COLS lat"
+    fi
+    stop "$S3S_PID"; S3S_PID=""
 else
     say "no s3s-fs (cargo install s3s-fs --features binary, or set S3S_FS): s3s column skipped"
 fi
 
 echo "scale benchmark: $N ranks, $(date -u '+%Y-%m-%d %H:%M UTC')"
 echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) cpus; load before: $LOAD_BEFORE"
-declare -A NAME=([disk]="local disk" [moto]="moto S3" [s3s]="s3s-fs S3")
+declare -A NAME=([disk]="local disk" [moto]="moto S3" [s3s]="s3s-fs S3" [lat]="s3s-fs +${LATENCY_MS} ms")
 row() { printf '%-24s' "$1"; shift; printf '  %-18s' "$@"; echo; }
 head=(step)
 for c in $COLS; do head+=("${NAME[$c]}"); [ -z "$BASE" ] || head+=("${NAME[$c]} (base)"); done

@@ -8,7 +8,7 @@ use std::process::Command;
 
 use serde_json::Value;
 
-use crate::s3::Moto;
+use crate::s3::S3Server;
 use crate::util::{fixtures, Dir};
 
 /// The cai binary of this test build, stripped (the debug build is over Lambda's 250 MB).
@@ -61,7 +61,7 @@ fn package_checks_the_binary_and_zips_bootstrap() {
     assert!(!d.path("y.zip").exists(), "nothing half-written");
 }
 
-fn cfn_py(moto: &Moto, code: &str, args: &[&str]) -> Value {
+fn cfn_py(moto: &S3Server, code: &str, args: &[&str]) -> Value {
     let script = format!(
         "import json\n\
          cf = boto3.client('cloudformation', endpoint_url=os.environ['AWS_ENDPOINT_URL'])\n\
@@ -74,7 +74,7 @@ fn cfn_py(moto: &Moto, code: &str, args: &[&str]) -> Value {
 
 #[test]
 fn deploy_start_and_destroy_on_moto() {
-    let Some(moto) = Moto::start() else { return };
+    let Some(moto) = S3Server::moto() else { return };
     let d = Dir::new();
     let bin = stripped_cai(&d).display().to_string();
     moto.make_bucket("sky");

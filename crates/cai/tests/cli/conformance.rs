@@ -21,7 +21,7 @@ use serde_json::Value;
 #[cfg(feature = "aws")]
 use crate::lambda::RESULTS_BUCKET;
 #[cfg(feature = "aws")]
-use crate::s3::Moto;
+use crate::s3::S3Server;
 use crate::s3::{by_galaxy, json, local_run};
 use crate::util::{fixtures, partitioned, Dir};
 
@@ -253,7 +253,7 @@ fn slurm() {
 /// Data and results in moto's S3, runs on moto's Step Functions.
 #[cfg(feature = "aws")]
 struct OnAws<'a> {
-    moto: &'a Moto,
+    moto: &'a S3Server,
     d: &'a Dir,
 }
 
@@ -307,7 +307,7 @@ impl Backend for OnAws<'_> {
 
 /// An object from moto's S3, `None` when there is no such key.
 #[cfg(feature = "aws")]
-fn s3_get(moto: &Moto, d: &Dir, bucket: &str, key: &str) -> Option<Vec<u8>> {
+fn s3_get(moto: &S3Server, d: &Dir, bucket: &str, key: &str) -> Option<Vec<u8>> {
     let to = d.path("download.bin");
     let out = moto
         .command("python3")

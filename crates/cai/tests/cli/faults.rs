@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::s3::{by_galaxy, json, local_run, Moto};
+use crate::s3::{by_galaxy, json, local_run, S3Server};
 use crate::util::{content_length, fixtures, read_head, Dir, SIZE};
 
 /// What the proxy does to one request.
@@ -318,7 +318,7 @@ fn text(out: &Output) -> String {
 }
 
 /// `cai args…` against S3 through `endpoint` with extra environment.
-fn cai_via(s3: &Moto, d: &Dir, endpoint: &str, env: &[(&str, &str)], args: &[&str]) -> Output {
+fn cai_via(s3: &S3Server, d: &Dir, endpoint: &str, env: &[(&str, &str)], args: &[&str]) -> Output {
     s3.command(env!("CARGO_BIN_EXE_cai"))
         .env("AWS_ENDPOINT_URL", endpoint)
         .envs(env.iter().copied())
@@ -335,7 +335,7 @@ fn partitions_of(manifest: &[u8]) -> Value {
 
 #[test]
 fn partition_and_run_over_s3_through_faults_equal_a_fault_free_run() {
-    let Some(s3) = Moto::start() else { return };
+    let Some(s3) = S3Server::moto() else { return };
     let d = Dir::new();
     let f = fixtures();
     for b in ["cai-data", "cai-results", "cai-models"] {
@@ -431,7 +431,7 @@ fn partition_and_run_over_s3_through_faults_equal_a_fault_free_run() {
 
 #[test]
 fn a_persistent_fault_fails_its_rank_by_name_and_resume_finishes() {
-    let Some(s3) = Moto::start() else { return };
+    let Some(s3) = S3Server::moto() else { return };
     let d = Dir::new();
     let f = fixtures();
     for b in ["cai-data", "cai-results", "cai-models"] {
@@ -543,7 +543,7 @@ fn a_persistent_fault_fails_its_rank_by_name_and_resume_finishes() {
 
 #[test]
 fn a_partition_whose_first_read_stalls_gets_a_second_copy_that_wins() {
-    let Some(s3) = Moto::start() else { return };
+    let Some(s3) = S3Server::moto() else { return };
     let d = Dir::new();
     let f = fixtures();
     for b in ["cai-data", "cai-results", "cai-models"] {

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use cai_engine::aws::{state_machine, AwsConfig, FunctionArns, S3Prefix};
 use serde_json::{json, Value};
 
-use crate::s3::{by_galaxy, free_port, json as parse_json, local_run, wait_listening, Moto};
+use crate::s3::{by_galaxy, free_port, json as parse_json, local_run, wait_listening, S3Server};
 use crate::sfn::{apply_template, set_path, task_output, task_payload};
 use crate::util::{content_length, fixtures, read_head, Dir, SIZE};
 
@@ -163,7 +163,7 @@ impl Drop for Function {
 
 /// How a function instance is started.
 pub(crate) struct Launch<'a> {
-    s3: &'a Moto,
+    s3: &'a S3Server,
     /// The S3 endpoint the function talks to (moto, or a fault proxy in front of it).
     endpoint: String,
     results_root: String,
@@ -177,7 +177,7 @@ pub(crate) struct Launch<'a> {
 }
 
 impl Launch<'_> {
-    pub(crate) fn new<'a>(s3: &'a Moto, endpoint: &str, tmp: &Path) -> Launch<'a> {
+    pub(crate) fn new<'a>(s3: &'a S3Server, endpoint: &str, tmp: &Path) -> Launch<'a> {
         let dir = tmp.join("lambda-task");
         std::fs::create_dir_all(&dir).unwrap();
         let link = dir.join("bootstrap");
@@ -329,7 +329,7 @@ pub(crate) fn payload(result_path: &str, world_size: usize, batch_size: usize) -
 }
 
 /// Buckets, the model and the fixture dataset partitioned into `cosmicai-data/1MB`.
-pub(crate) fn stage_data(s3: &Moto, d: &Dir) {
+pub(crate) fn stage_data(s3: &S3Server, d: &Dir) {
     s3.make_bucket(DATA_BUCKET);
     s3.make_bucket(RESULTS_BUCKET);
     let f = fixtures();
@@ -359,7 +359,7 @@ pub(crate) fn initialize(l: &Launch, sm: &Value, input: &Value) -> (Value, Durat
 }
 
 /// The map's items, read as its ItemReader does.
-pub(crate) fn items(s3: &Moto, d: &Dir, sm: &Value, state: &Value) -> Vec<Value> {
+pub(crate) fn items(s3: &S3Server, d: &Dir, sm: &Value, state: &Value) -> Vec<Value> {
     let reader = apply_template(&sm["States"]["Infer"]["ItemReader"]["Parameters"], state).unwrap();
     let bytes = s3.download(
         reader["Bucket"].as_str().unwrap(),
@@ -390,7 +390,7 @@ pub(crate) fn infer_task(sm: &Value) -> &Value {
 }
 
 /// Galaxies of a results prefix's `predictions.parquet`, and its `summary.json`.
-pub(crate) fn outputs(s3: &Moto, d: &Dir, prefix: &str) -> (BTreeMap<i64, u32>, Value) {
+pub(crate) fn outputs(s3: &S3Server, d: &Dir, prefix: &str) -> (BTreeMap<i64, u32>, Value) {
     let preds = by_galaxy(s3.download(
         RESULTS_BUCKET,
         &format!("{prefix}/predictions.parquet"),
@@ -404,12 +404,12 @@ pub(crate) fn outputs(s3: &Moto, d: &Dir, prefix: &str) -> (BTreeMap<i64, u32>, 
     (preds, summary)
 }
 
-pub(crate) fn tools() -> Option<Moto> {
+pub(crate) fn tools() -> Option<S3Server> {
     if !Emulator::available() {
         unavailable("cargo-lambda (pip install cargo-lambda)");
         return None;
     }
-    let s3 = Moto::start();
+    let s3 = S3Server::moto();
     if s3.is_none() {
         unavailable("python3 with moto[server]");
     }

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use serde_json::{json, Value};
 
-use crate::s3::Moto;
+use crate::s3::S3Server;
 use crate::util::{fixtures, partitioned, Dir};
 
 fn now() -> f64 {
@@ -111,7 +111,7 @@ fn a_second_run_is_refused_and_a_stale_lease_taken_over_on_disk() {
 
 #[test]
 fn a_second_run_is_refused_and_a_stale_lease_taken_over_on_s3() {
-    let Some(moto) = Moto::start() else {
+    let Some(moto) = S3Server::moto() else {
         assert!(
             std::env::var("CI").as_deref() != Ok("true"),
             "CI: python3 with moto[server] is required for the S3 lease test"

@@ -133,7 +133,7 @@ fn a_cnn_classifier_runs_on_slurm_and_equals_onnxruntime() {
 /// `plan.json`, and its predictions file's bytes.
 #[cfg(feature = "aws")]
 pub(crate) fn cnn_in_lambda_handlers(
-    s3: &crate::s3::Moto,
+    s3: &crate::s3::S3Server,
     d: &Dir,
     data: &str,
     extra: serde_json::Value,

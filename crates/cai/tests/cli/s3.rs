@@ -1,9 +1,13 @@
-//! S3 for real: every command on `s3://` URLs against an S3-compatible server (moto) on
-//! loopback, compared galaxy for galaxy with the same run on local paths.
+//! S3 for real: every command on `s3://` URLs against an S3-compatible server on loopback,
+//! compared galaxy for galaxy with the same run on local paths. Two servers: moto (Python;
+//! it also serves the Lambda and Step Functions APIs the other suites need, and answers one
+//! request at a time) and s3s-fs (Rust, over a folder, serving requests in parallel as S3
+//! does; the scale benchmark's S3 figures are judged there, scripts/bench/scale.sh).
 //!
-//! Each test starts its own `python3 -m moto.server` on a free port and stops it when done.
-//! Without python3 + moto the tests print a note and pass (`pip install "moto[server]"`;
-//! `.ci/run` installs it). Buckets are made and objects read back with boto3 (moto needs it).
+//! Each test starts its own server on a free port and stops it when done. Without the
+//! server the tests print a note and pass, except under `CI=true` (`pip install
+//! "moto[server]"`, `cargo install s3s-fs --version 0.14.1 --features binary --locked`;
+//! `.ci/run` installs both). Buckets are made and objects read back with boto3.
 
 use std::collections::BTreeMap;
 use std::net::{TcpListener, TcpStream};
@@ -17,13 +21,15 @@ use crate::util::{fixtures, Dir};
 
 const PY: &str = "python3";
 
-/// A moto S3 server on 127.0.0.1, killed on drop.
-pub(crate) struct Moto {
+/// An S3-compatible server on 127.0.0.1 (moto or s3s-fs), killed on drop.
+pub(crate) struct S3Server {
     child: Child,
     pub(crate) endpoint: String,
+    /// s3s-fs's folder (its buckets are directories in it), removed after the server stops.
+    _root: Option<tempfile::TempDir>,
 }
 
-impl Drop for Moto {
+impl Drop for S3Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -50,15 +56,50 @@ pub(crate) fn wait_listening(port: u16, what: &str) {
     }
 }
 
-impl Moto {
+impl S3Server {
     /// Start moto, or `None` (with a note) when python3 or moto is not installed.
-    pub(crate) fn start() -> Option<Self> {
-        Self::start_with_env(&[])
+    pub(crate) fn moto() -> Option<Self> {
+        Self::moto_with_env(&[])
     }
 
-    /// [`Moto::start`] with extra environment for the server (e.g. `MOTO_PORT`, the
+    /// Start s3s-fs (`$S3S_FS` or `s3s-fs` on PATH) over a new temporary folder, or `None`
+    /// (with a note) when it or python3 with boto3 is not installed.
+    pub(crate) fn s3s_fs() -> Option<Self> {
+        let program = std::env::var("S3S_FS").unwrap_or_else(|_| "s3s-fs".into());
+        let found = Command::new(&program).arg("--help").output();
+        let boto = Command::new(PY).args(["-c", "import boto3"]).output();
+        if !matches!(&found, Ok(o) if o.status.success())
+            || !matches!(&boto, Ok(o) if o.status.success())
+        {
+            crate::util::unavailable(
+                "the s3s-fs S3 test",
+                "s3s-fs (cargo install s3s-fs --version 0.14.1 --features binary --locked) \
+                 and python3 with boto3",
+            );
+            return None;
+        }
+        let root = tempfile::tempdir().expect("s3s-fs folder");
+        let port = free_port();
+        let child = Command::new(&program)
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--access-key", "testing", "--secret-key", "testing"])
+            .arg(root.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start s3s-fs");
+        let server = S3Server {
+            child,
+            endpoint: format!("http://127.0.0.1:{port}"),
+            _root: Some(root),
+        };
+        wait_listening(port, "s3s-fs");
+        Some(server)
+    }
+
+    /// [`S3Server::moto`] with extra environment for the server (e.g. `MOTO_PORT`, the
     /// endpoint its Step Functions interpreter calls Lambda at).
-    pub(crate) fn start_with_env(env: &[(&str, String)]) -> Option<Self> {
+    pub(crate) fn moto_with_env(env: &[(&str, String)]) -> Option<Self> {
         let probe = Command::new(PY)
             .args(["-c", "import moto.server, boto3, flask"])
             .output();
@@ -84,9 +125,10 @@ impl Moto {
             .stderr(Stdio::null())
             .spawn()
             .expect("start moto");
-        let moto = Moto {
+        let moto = S3Server {
             child,
             endpoint: format!("http://127.0.0.1:{port}"),
+            _root: None,
         };
         wait_listening(port, "moto");
         Some(moto)
@@ -247,7 +289,19 @@ pub(crate) fn local_run(d: &Dir, extra: &[&str]) -> BTreeMap<i64, u32> {
 
 #[test]
 fn partition_run_summarize_predict_on_s3_equal_a_local_run() {
-    let Some(s3) = Moto::start() else { return };
+    let Some(s3) = S3Server::moto() else { return };
+    partition_run_summarize_predict(&s3);
+}
+
+#[test]
+fn partition_run_summarize_predict_on_s3s_fs_equal_a_local_run() {
+    let Some(s3) = S3Server::s3s_fs() else { return };
+    partition_run_summarize_predict(&s3);
+}
+
+/// partition → run (with its lease, checkpoint and summary) → summarize again → predict, all
+/// on `s3://` at `s3`, equal galaxy for galaxy to the same steps on local paths.
+fn partition_run_summarize_predict(s3: &S3Server) {
     let d = Dir::new();
     let f = fixtures();
     for b in ["cai-data", "cai-results", "cai-models"] {
@@ -388,7 +442,7 @@ fn partition_run_summarize_predict_on_s3_equal_a_local_run() {
 
 #[test]
 fn the_originals_payload_runs_on_its_buckets_without_location_flags() {
-    let Some(s3) = Moto::start() else { return };
+    let Some(s3) = S3Server::moto() else { return };
     let d = Dir::new();
     let f = fixtures();
     s3.make_bucket("cosmicai-data");

@@ -539,7 +539,7 @@ fn a_dry_run_of_more_ranks_than_the_array_size_prints_each_array() {
 fn a_straggling_task_gets_a_second_copy_that_wins() {
     use crate::faults::{first_read_stalls, STRAGGLER_STALL};
     let Some(_c) = cluster() else { return };
-    let Some(s3) = crate::s3::Moto::start() else {
+    let Some(s3) = crate::s3::S3Server::moto() else {
         return;
     };
     let d = Dir::new();

@@ -13,7 +13,7 @@ use serde_json::Value;
 use crate::util::manifest_dir;
 
 use crate::lambda::{payload, stage_data, tools, Emulator, Launch, MODEL_URL, RESULTS_BUCKET};
-use crate::s3::{by_galaxy, free_port, json as parse_json, wait_listening, Moto};
+use crate::s3::{by_galaxy, free_port, json as parse_json, wait_listening, S3Server};
 use crate::util::Dir;
 
 /// The router process, killed on drop.
@@ -32,13 +32,13 @@ impl Drop for Router {
 /// execution exists (starting one deep-copies the machine, which reaches every machine's
 /// executions and their locks: HTTP 500), so each run gets a fresh state machine
 /// ([`new_state_machine`]), the earlier ones deleted.
-pub(crate) fn with_workflow(check: impl FnOnce(&Moto, &Dir, &str)) {
+pub(crate) fn with_workflow(check: impl FnOnce(&S3Server, &Dir, &str)) {
     with_workflow_via(1, |_| None, |w| check(w.moto, w.dir, &w.arn));
 }
 
 /// A running workflow setup, for the check.
 pub(crate) struct Workflow<'a> {
-    pub moto: &'a Moto,
+    pub moto: &'a S3Server,
     pub dir: &'a Dir,
     /// The state machine's ARN.
     pub arn: String,
@@ -51,7 +51,7 @@ pub(crate) struct Workflow<'a> {
 /// that fault proxy in front of moto.
 pub(crate) fn with_workflow_via(
     infer_copies: usize,
-    proxy: impl FnOnce(&Moto) -> Option<crate::faults::FaultyS3>,
+    proxy: impl FnOnce(&S3Server) -> Option<crate::faults::FaultyS3>,
     check: impl FnOnce(&Workflow),
 ) {
     // Probe the tools (and fail under CI when missing) with a throwaway server.
@@ -59,7 +59,7 @@ pub(crate) fn with_workflow_via(
         return;
     }
     let router_port = free_port();
-    let moto = Moto::start_with_env(&[("MOTO_PORT", router_port.to_string())])
+    let moto = S3Server::moto_with_env(&[("MOTO_PORT", router_port.to_string())])
         .expect("moto started a moment ago");
     let moto_port = moto
         .endpoint
@@ -150,7 +150,7 @@ pub(crate) fn with_workflow_via(
 /// Delete every state machine (their executions are over) and create a new one from the
 /// workflow's definition (`sm.json` in `d`), for one more execution on this moto server;
 /// its ARN.
-pub(crate) fn new_state_machine(moto: &Moto, d: &Dir) -> String {
+pub(crate) fn new_state_machine(moto: &S3Server, d: &Dir) -> String {
     static MADE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = MADE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     moto.py(
@@ -170,7 +170,7 @@ fn step_functions_runs_the_generated_workflow_on_the_handlers() {
     with_workflow(run_checks);
 }
 
-fn run_checks(moto: &Moto, d: &Dir, arn: &str) {
+fn run_checks(moto: &S3Server, d: &Dir, arn: &str) {
     // The original's payload, as a user would pass it.
     std::fs::write(
         d.path("payload.json"),

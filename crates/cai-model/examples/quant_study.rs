@@ -156,6 +156,47 @@ fn diagnose(model: &cai_model::AstroMae, n: usize) -> Result<(), Box<dyn std::er
         "layer", "w-only", "int8", "gptq w", "gptq int8", "relerr", "gptq rel"
     );
     let depth = model.config().depth;
+    // Every block layer int8 (bias corrected; the rest f32), with and without GPTQ.
+    let mut all = PrecisionPlan::f32(depth);
+    let mut all_g = PrecisionPlan::f32(depth);
+    for b in 0..depth {
+        for (i, l) in [
+            PlanLayer::Qkv(b),
+            PlanLayer::Proj(b),
+            PlanLayer::Fc1(b),
+            PlanLayer::Fc2(b),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            for p in [&mut all, &mut all_g] {
+                p.set(l, Precision::Int8);
+                p.set_input_mean(l, Some(means[b][i].clone()));
+            }
+            all_g.set_gptq(l, Some(model.gptq_codes(l, &grams[b][i], None)?));
+        }
+    }
+    let dz_all = mixed::plan_dz(model, &all, &judge, zj)?;
+    let dz_all_g = mixed::plan_dz(model, &all_g, &judge, zj)?;
+    println!("all block layers int8 (rest f32): max |Δz| {dz_all:.2e} RTN, {dz_all_g:.2e} GPTQ");
+    let (mut wr, mut wg) = (model.clone(), model.clone());
+    for l in all.layers() {
+        if let (Some(m), true) = (all.input_mean(l), all.get(l) == Precision::Int8) {
+            wr.study_round_weights(l, Some(m), None);
+            wg.study_round_weights(l, Some(m), all_g.gptq(l));
+        }
+    }
+    let wz = |m: &cai_model::AstroMae| -> Result<f64, cai_model::Error> {
+        Ok(mixed::max_abs_diff(
+            zj,
+            &m.predict(judge.images, judge.magnitudes, judge.n)?,
+        ))
+    };
+    println!(
+        "  the same with f32 activations (weights only): {:.2e} RTN, {:.2e} GPTQ",
+        wz(&wr)?,
+        wz(&wg)?
+    );
     let (mut sum_w, mut sum_f, mut sum_gf) = (0.0, 0.0, 0.0);
     for b in 0..depth {
         for (i, l) in [

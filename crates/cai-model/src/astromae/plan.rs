@@ -476,6 +476,18 @@ mod tests {
         assert_eq!(back.input_mean(PlanLayer::Fc2(0)), Some(&[0.25, -1.5][..]));
         assert_eq!(back.input_mean(PlanLayer::Fc2(1)), None);
         assert!(!json.contains("_mean"), "{json}");
+        // GPTQ codes round-trip as hex (two's complement).
+        p.set_gptq(PlanLayer::Proj(1), Some(vec![-127, 0, 5, 127, -1]));
+        p.set_gptq(PlanLayer::Cnn, Some(vec![1])); // not a block layer: ignored
+        assert_eq!(p.gptq(PlanLayer::Cnn), None);
+        let json3 = serde_json::to_string(&p).unwrap_or_default();
+        assert!(json3.contains("\"proj_gptq\":\"8100057fff\""), "{json3}");
+        let back: PrecisionPlan = serde_json::from_str(&json3).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            back.gptq(PlanLayer::Proj(1)),
+            Some(&[-127, 0, 5, 127, -1][..])
+        );
+        assert!(!json2.contains("_gptq"), "{json2}");
     }
 
     #[test]

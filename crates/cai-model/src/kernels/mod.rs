@@ -1532,6 +1532,37 @@ fn best() -> Ops {
 mod tests {
     use super::*;
 
+    /// Given scales: RTN's own scales quantise as `quantize_int8`; weights that are
+    /// `code * scale` keep exactly those codes (GPTQ's, however far from RTN's).
+    #[test]
+    fn int8_with_given_scales() {
+        let (n, k) = (21, 37);
+        let w: Vec<f32> = (0..n * k)
+            .map(|i| ((i * 7919) % 1013) as f32 / 1013.0 - 0.45)
+            .collect();
+        let f = PackedB::pack_nk(&w, n, k, k, None);
+        let sc = f.int8_scales();
+        let (mut a, mut b) = (f.clone(), f.clone());
+        a.quantize_int8();
+        b.quantize_int8_scaled(&sc);
+        assert_eq!(a.weights_kn(), b.weights_kn());
+        // Codes anywhere in -127..=127, as f32 weights, with those scales.
+        let codes: Vec<i8> = (0..k * n).map(|i| ((i * 37) % 255) as i8).collect();
+        let codes: Vec<i8> = codes.iter().map(|c| (*c).max(-127)).collect();
+        let deq: Vec<f32> = codes
+            .iter()
+            .enumerate()
+            .map(|(i, c)| f32::from(*c) * sc[i % n])
+            .collect();
+        let mut g = PackedB::pack_kn(&deq, k, n, n, None);
+        g.quantize_int8_scaled(&sc);
+        assert_eq!(g.weights_kn(), deq);
+        // Scales of another length: plain int8.
+        let mut c = f.clone();
+        c.quantize_int8_scaled(&sc[1..]);
+        assert_eq!(c.weights_kn(), a.weights_kn());
+    }
+
     #[test]
     fn pack_layouts_agree() {
         let (n, k) = (19, 5);

@@ -156,6 +156,36 @@ fn diagnose(model: &cai_model::AstroMae, n: usize) -> Result<(), Box<dyn std::er
         "layer", "w-only", "int8", "gptq w", "gptq int8", "relerr", "gptq rel"
     );
     let depth = model.config().depth;
+    // Centred Hessians: X^T X - N m m^T (bias correction removes the mean's error anyway).
+    let t1 = model.config().tokens + 1;
+    let centred: Vec<[Vec<f64>; 4]> = grams
+        .iter()
+        .enumerate()
+        .map(|(b, g)| {
+            std::array::from_fn(|i| {
+                let m = &means[b][i];
+                let k = m.len();
+                let rows = if i == 3 && b + 1 == depth {
+                    fit.n * (t1 - 1)
+                } else {
+                    fit.n * t1
+                } as f64;
+                let mut h = g[i].clone();
+                for a in 0..k {
+                    for c in 0..k {
+                        h[a * k + c] -= rows * f64::from(m[a]) * f64::from(m[c]);
+                    }
+                }
+                h
+            })
+        })
+        .collect();
+    let grams = if std::env::var("CAI_GPTQ_CENTRED").is_ok() {
+        println!("GPTQ on centred Hessians");
+        centred
+    } else {
+        grams
+    };
     // Every block layer int8 (bias corrected; the rest f32), with and without GPTQ.
     let mut all = PrecisionPlan::f32(depth);
     let mut all_g = PrecisionPlan::f32(depth);

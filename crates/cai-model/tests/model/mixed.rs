@@ -172,6 +172,48 @@ fn gptq_codes_through_a_plan() {
         .is_err());
 }
 
+/// `auto` with int8 and GPTQ on a small model: GPTQ is tried for every block layer, the
+/// chosen plan (codes and all) survives the stored JSON, and converting a fresh model to it
+/// gives the error `choose` reported.
+#[test]
+fn auto_with_gptq_stores_and_reapplies_its_codes() {
+    let cfg = small();
+    let model = seeded(&cfg, 8);
+    let (img, mag) = inputs(6, &cfg, 5);
+    let cal = Calibration {
+        images: &img,
+        magnitudes: &mag,
+        n: 6,
+    };
+    let opts = AutoOptions {
+        max_dz: 1.0,
+        candidates: vec![Precision::Int8],
+        rate_seconds: 0.05,
+        hold_out: false,
+        ..AutoOptions::default()
+    };
+    let ch = mixed::choose(&model, &cal, &opts).unwrap();
+    // Every block layer: unsmoothed, and smoothed for qkv/fc1 (when int8 is faster here).
+    let rate = |p: Precision| {
+        ch.rates
+            .iter()
+            .find(|r| r.precision == p)
+            .map_or(0.0, |r| r.gflops)
+    };
+    if rate(Precision::Int8) > 1.03 * rate(Precision::F32) {
+        assert_eq!(ch.gptq_tried, 6 * cfg.depth);
+        assert!(ch.gptq_used <= 4 * cfg.depth);
+    }
+    let json = serde_json::to_string(&ch).unwrap();
+    let back: mixed::AutoChoice = serde_json::from_str(&json).unwrap();
+    assert_eq!(back.plan, ch.plan);
+    let mut m = model.clone();
+    m.set_plan(&back.plan).unwrap();
+    let z = model.predict(&img, &mag, 6).unwrap();
+    let dz = mixed::max_abs_diff(&z, &m.predict(&img, &mag, 6).unwrap());
+    assert_eq!(dz, ch.max_dz);
+}
+
 /// `auto` on the full-size formula model (the committed parity fixture's): the chosen mix,
 /// measured again here, is within the bound, and what `choose` reports for it.
 #[test]

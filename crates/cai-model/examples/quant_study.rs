@@ -96,22 +96,27 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("rate {}: {:.1} GFLOP/CPU-s", r.precision, r.gflops);
     }
     println!(
-        "{:<16} {:>6} {:>10} {:>10}",
-        "layer", "prec", "|Δz|", "smoothed"
+        "{:<16} {:>6} {:>10} {:>10} {:>10}",
+        "layer", "prec", "|Δz|", "smoothed", "gptq"
     );
+    let opt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2e}"));
     for s in &choice.sensitivities {
         println!(
-            "{:<16} {:>6} {:>10.2e} {:>10}",
+            "{:<16} {:>6} {:>10.2e} {:>10} {:>10}",
             s.layer,
             s.precision.name(),
             s.max_dz,
-            s.smoothed_max_dz
-                .map_or("-".to_string(), |v| format!("{v:.2e}"))
+            opt(s.smoothed_max_dz),
+            opt(s.gptq_max_dz)
         );
     }
     println!(
         "smoothing: tried {}, lowered the error in {}, used in the mix by {} layers",
         choice.smoothing_tried, choice.smoothing_helped, choice.smoothing_used
+    );
+    println!(
+        "GPTQ: tried {}, lowered the error in {} layers, used in the mix by {} layers",
+        choice.gptq_tried, choice.gptq_helped, choice.gptq_used
     );
     println!(
         "auto: {} | max |Δz| {:.2e} | GEMM speed-up est. {:.2}x",
@@ -180,12 +185,28 @@ fn diagnose(model: &cai_model::AstroMae, n: usize) -> Result<(), Box<dyn std::er
             })
         })
         .collect();
-    let grams = if std::env::var("CAI_GPTQ_CENTRED").is_ok() {
+    let mut grams = if std::env::var("CAI_GPTQ_CENTRED").is_ok() {
         println!("GPTQ on centred Hessians");
         centred
     } else {
         grams
     };
+    // Galaxy-coherent inputs weighted up: H = X^T X + lambda * T * sum_g m_g m_g^T.
+    if let Some(lambda) = std::env::var("CAI_GPTQ_POOLED")
+        .ok()
+        .and_then(|v| v.parse::<f64>().ok())
+    {
+        println!("GPTQ on X^T X + {lambda} T sum_g m_g m_g^T");
+        let pooled = model.layer_input_pooled_grams(fit.images, fit.magnitudes, fit.n)?;
+        for (b, (g, p)) in grams.iter_mut().zip(&pooled).enumerate() {
+            for (i, (g, p)) in g.iter_mut().zip(p).enumerate() {
+                let t = if i == 3 && b + 1 == depth { t1 - 1 } else { t1 } as f64;
+                for (a, v) in g.iter_mut().zip(p) {
+                    *a += lambda * t * v;
+                }
+            }
+        }
+    }
     // Every block layer int8 (bias corrected; the rest f32), with and without GPTQ.
     let mut all = PrecisionPlan::f32(depth);
     let mut all_g = PrecisionPlan::f32(depth);
@@ -227,6 +248,9 @@ fn diagnose(model: &cai_model::AstroMae, n: usize) -> Result<(), Box<dyn std::er
         wz(&wr)?,
         wz(&wg)?
     );
+    if std::env::var("CAI_DIAG_QUICK").is_ok() {
+        return Ok(());
+    }
     let (mut sum_w, mut sum_f, mut sum_gf) = (0.0, 0.0, 0.0);
     for b in 0..depth {
         for (i, l) in [

@@ -654,6 +654,19 @@ impl AstroMae {
         self.over_vit_chunks(images, magnitudes, n, Vit::input_grams)
     }
 
+    /// Per block, `sum_g m_g m_g^T` (f64, `k x k` row-major) over `n` galaxies, `m_g` the
+    /// mean of galaxy `g`'s input rows of `qkv`, `proj`, `fc1` and `fc2` (in that order; rows
+    /// as for [`AstroMae::layer_input_grams`]): the inputs' part that survives the pooling
+    /// over tokens.
+    pub fn layer_input_pooled_grams(
+        &self,
+        images: &[f32],
+        magnitudes: &[f32],
+        n: usize,
+    ) -> Result<Vec<[Vec<f64>; 4]>, Error> {
+        self.over_vit_chunks(images, magnitudes, n, Vit::input_pooled_grams)
+    }
+
     /// `(k, n)` of a block layer's weight matrix (`(0, 0)` for other layers).
     fn layer_shape(&self, layer: PlanLayer) -> (usize, usize) {
         let (d, m) = (self.cfg.dim, self.cfg.mlp);

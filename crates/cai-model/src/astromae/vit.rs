@@ -287,6 +287,9 @@ impl Block {
 
 /// The mean over the patch tokens (rows 1.. of each galaxy's `t1`) of `g` galaxies' rows
 /// of `x`, into `pool` (`g x d`).
+/// What [`Vit::visit_inputs`] calls: `(block, which, first row, rows, width)`.
+type InputVisitor<'a> = dyn FnMut(usize, usize, usize, &[f32], usize) + 'a;
+
 fn mean_patch_rows(x: &[f32], g: usize, t1: usize, d: usize, pool: &mut [f32]) {
     let pool = &mut pool[..g * d];
     pool.fill(0.0);
@@ -522,7 +525,7 @@ impl Vit {
         images: &[f32],
         g: usize,
         s: &mut VitScratch,
-        f: &mut dyn FnMut(usize, usize, usize, &[f32], usize),
+        f: &mut InputVisitor<'_>,
     ) {
         let cfg = &self.cfg;
         let (d, t1) = (cfg.dim, cfg.tokens + 1);

@@ -9,8 +9,10 @@
 //! `cai_data::synth`, SDSS-like galaxies in nanomaggies). The model is the parity fixtures'
 //! (`$CAI_PARITY_DIR/model.pt`) when `CAI_PARITY_DIR` is set, else the full-size formula
 //! model:
-//! `CAI_PARITY_DIR=~/.cache/cai-parity cargo run --release -p cai-model --example auto_heldout [parity|sdss] [8,16,32,64] [1e-3,5e-4] [held-out galaxies] [on|off|both]`
-//! (the last: `AutoOptions::hold_out`, half the calibration galaxies held out of the choice).
+//! `CAI_PARITY_DIR=~/.cache/cai-parity cargo run --release -p cai-model --example auto_heldout [parity|sdss] [8,16,32,64] [1e-3,5e-4] [held-out galaxies] [on|off|both] [on|off|both]`
+//! (the fifth: `AutoOptions::hold_out`, half the calibration galaxies held out of the
+//! choice; the sixth: `AutoOptions::gptq`, GPTQ's rounding tried for int8 block layers,
+//! default on).
 #![allow(clippy::print_stdout)]
 
 use std::time::Instant;
@@ -69,6 +71,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Some("off") => vec![false],
         _ => vec![false, true],
     };
+    let gptqs: Vec<bool> = match args.next().as_deref() {
+        Some("off") => vec![false],
+        Some("both") => vec![false, true],
+        _ => vec![true],
+    };
     let common::Setup {
         model,
         images: fix_img,
@@ -89,10 +96,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         mixed::kernel_tier()
     );
     println!(
-        "{:>4} {:>8} {:>5} {:>8} {:>9} {:>9} {:>9} {:>5} {:>9} {:>6} {:>5} {:>5} {:>6}  mix",
+        "{:>4} {:>8} {:>5} {:>4} {:>8} {:>9} {:>9} {:>9} {:>5} {:>9} {:>6} {:>5} {:>5} {:>6}  mix",
         "cal",
         "bound",
         "hold",
+        "gptq",
         "target",
         "cal max",
         "held max",
@@ -110,10 +118,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             magnitudes: &cal_mag[..n * nm],
             n,
         };
-        for (&bound, &hold_out) in bounds
+        let runs: Vec<(f64, bool, bool)> = bounds
             .iter()
-            .flat_map(|b| hold_outs.iter().map(move |h| (b, h)))
-        {
+            .flat_map(|b| hold_outs.iter().map(move |h| (*b, *h)))
+            .flat_map(|(b, h)| gptqs.iter().map(move |g| (b, h, *g)))
+            .collect();
+        for (bound, hold_out, gptq) in runs {
             let t = Instant::now();
             let ch = mixed::choose(
                 &model,
@@ -121,6 +131,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 &AutoOptions {
                     max_dz: bound,
                     hold_out,
+                    gptq,
                     ..AutoOptions::default()
                 },
             )?;
@@ -141,9 +152,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     .count()
             };
             println!(
-                "{n:>4} {bound:>8.1e} {:>5} {:>8.1e} {:>9.2e} {hmax:>9.2e} {hmean:>9.2e} {over:>5} \
+                "{n:>4} {bound:>8.1e} {:>5} {:>4} {:>8.1e} {:>9.2e} {hmax:>9.2e} {hmean:>9.2e} {over:>5} \
                  {fmax:>9.2e} {:>6.2} {:>5} {:>5} {secs:>6.0}  {}",
                 if hold_out { "half" } else { "none" },
+                ch.gptq_used,
                 ch.target,
                 ch.max_dz,
                 ch.est_gemm_speedup,

@@ -7,7 +7,14 @@
 //! The model is the PyTorch parity fixtures' (`$CAI_PARITY_DIR/model.pt` over `1.pt`) when
 //! `CAI_PARITY_DIR` is set, else the full-size formula model of the committed fixture on
 //! formula inputs:
-//! `CAI_PARITY_DIR=~/.cache/cai-parity cargo run --release -p cai-model --example quant_study [galaxies] [max-dz]`
+//! `CAI_PARITY_DIR=~/.cache/cai-parity cargo run --release -p cai-model --example quant_study [galaxies] [max-dz] [diag]`
+//!
+//! With `diag` it only prints, for each block layer alone in int8 (bias corrected), where
+//! the error comes from: max |Δz| with int8 weights and f32 activations (the weights'
+//! share), with the real int8 x int8 kernels, and both again with GPTQ's codes (means and
+//! Hessians from `galaxies` drawn as the parity fixtures' are, seed 1; errors on as many
+//! others, seed 2), and the GEMM's output error `||X(W - Q)||^2 / ||XW||^2` on the other
+//! galaxies' inputs, for RTN and GPTQ.
 #![allow(clippy::print_stdout)]
 
 use cai_model::kernels::Precision;
@@ -43,6 +50,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let z = model.predict(img, mag, n)?;
     let depth = model.config().depth;
+    if args.next().as_deref() == Some("diag") {
+        return diagnose(&model, n_max);
+    }
     for p in [Precision::Bf16, Precision::Int16, Precision::Int8] {
         let dz = mixed::plan_dz(&model, &PrecisionPlan::uniform(p, depth), &cal, &z)?;
         let mut all = PrecisionPlan::uniform(p, depth);
@@ -86,22 +96,27 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("rate {}: {:.1} GFLOP/CPU-s", r.precision, r.gflops);
     }
     println!(
-        "{:<16} {:>6} {:>10} {:>10}",
-        "layer", "prec", "|Δz|", "smoothed"
+        "{:<16} {:>6} {:>10} {:>10} {:>10}",
+        "layer", "prec", "|Δz|", "smoothed", "gptq"
     );
+    let opt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2e}"));
     for s in &choice.sensitivities {
         println!(
-            "{:<16} {:>6} {:>10.2e} {:>10}",
+            "{:<16} {:>6} {:>10.2e} {:>10} {:>10}",
             s.layer,
             s.precision.name(),
             s.max_dz,
-            s.smoothed_max_dz
-                .map_or("-".to_string(), |v| format!("{v:.2e}"))
+            opt(s.smoothed_max_dz),
+            opt(s.gptq_max_dz)
         );
     }
     println!(
         "smoothing: tried {}, lowered the error in {}, used in the mix by {} layers",
         choice.smoothing_tried, choice.smoothing_helped, choice.smoothing_used
+    );
+    println!(
+        "GPTQ: tried {}, lowered the error in {} layers, used in the mix by {} layers",
+        choice.gptq_tried, choice.gptq_helped, choice.gptq_used
     );
     println!(
         "auto: {} | max |Δz| {:.2e} | GEMM speed-up est. {:.2}x",
@@ -110,6 +125,201 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         choice.est_gemm_speedup
     );
     Ok(())
+}
+
+/// Per block layer alone in int8: weight-only vs full error, RTN vs GPTQ (see the module
+/// doc). Means and Hessians from the first half of `cal`, errors on the second half.
+fn diagnose(model: &cai_model::AstroMae, n: usize) -> Result<(), Box<dyn std::error::Error>> {
+    let (c, h, w) = model.input_shape();
+    let nm = model.magnitudes();
+    let (fi, fm) = mixed::noise_galaxies(n, c * h * w, nm, 1);
+    let (ji, jm) = mixed::noise_galaxies(n, c * h * w, nm, 2);
+    let fit = Calibration {
+        images: &fi,
+        magnitudes: &fm,
+        n,
+    };
+    let judge = Calibration {
+        images: &ji,
+        magnitudes: &jm,
+        n,
+    };
+    let z = model.predict(judge.images, judge.magnitudes, n)?;
+    let zj = &z[..];
+    let grams_judge = model.layer_input_grams(judge.images, judge.magnitudes, n)?;
+    let means = model.layer_input_means(fit.images, fit.magnitudes, fit.n)?;
+    let t = std::time::Instant::now();
+    let grams = model.layer_input_grams(fit.images, fit.magnitudes, fit.n)?;
+    println!(
+        "Hessians of {} galaxies in {:.1} s; errors on {} others",
+        fit.n,
+        t.elapsed().as_secs_f64(),
+        judge.n
+    );
+    println!(
+        "{:<16} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "layer", "w-only", "int8", "gptq w", "gptq int8", "relerr", "gptq rel"
+    );
+    let depth = model.config().depth;
+    // Centred Hessians: X^T X - N m m^T (bias correction removes the mean's error anyway).
+    let t1 = model.config().tokens + 1;
+    let centred: Vec<[Vec<f64>; 4]> = grams
+        .iter()
+        .enumerate()
+        .map(|(b, g)| {
+            std::array::from_fn(|i| {
+                let m = &means[b][i];
+                let k = m.len();
+                let rows = if i == 3 && b + 1 == depth {
+                    fit.n * (t1 - 1)
+                } else {
+                    fit.n * t1
+                } as f64;
+                let mut h = g[i].clone();
+                for a in 0..k {
+                    for c in 0..k {
+                        h[a * k + c] -= rows * f64::from(m[a]) * f64::from(m[c]);
+                    }
+                }
+                h
+            })
+        })
+        .collect();
+    let mut grams = if std::env::var("CAI_GPTQ_CENTRED").is_ok() {
+        println!("GPTQ on centred Hessians");
+        centred
+    } else {
+        grams
+    };
+    // Galaxy-coherent inputs weighted up: H = X^T X + lambda * T * sum_g m_g m_g^T.
+    if let Some(lambda) = std::env::var("CAI_GPTQ_POOLED")
+        .ok()
+        .and_then(|v| v.parse::<f64>().ok())
+    {
+        println!("GPTQ on X^T X + {lambda} T sum_g m_g m_g^T");
+        let pooled = model.layer_input_pooled_grams(fit.images, fit.magnitudes, fit.n)?;
+        for (b, (g, p)) in grams.iter_mut().zip(&pooled).enumerate() {
+            for (i, (g, p)) in g.iter_mut().zip(p).enumerate() {
+                let t = if i == 3 && b + 1 == depth { t1 - 1 } else { t1 } as f64;
+                for (a, v) in g.iter_mut().zip(p) {
+                    *a += lambda * t * v;
+                }
+            }
+        }
+    }
+    // Every block layer int8 (bias corrected; the rest f32), with and without GPTQ.
+    let mut all = PrecisionPlan::f32(depth);
+    let mut all_g = PrecisionPlan::f32(depth);
+    for b in 0..depth {
+        for (i, l) in [
+            PlanLayer::Qkv(b),
+            PlanLayer::Proj(b),
+            PlanLayer::Fc1(b),
+            PlanLayer::Fc2(b),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            for p in [&mut all, &mut all_g] {
+                p.set(l, Precision::Int8);
+                p.set_input_mean(l, Some(means[b][i].clone()));
+            }
+            all_g.set_gptq(l, Some(model.gptq_codes(l, &grams[b][i], None)?));
+        }
+    }
+    let dz_all = mixed::plan_dz(model, &all, &judge, zj)?;
+    let dz_all_g = mixed::plan_dz(model, &all_g, &judge, zj)?;
+    println!("all block layers int8 (rest f32): max |Δz| {dz_all:.2e} RTN, {dz_all_g:.2e} GPTQ");
+    let (mut wr, mut wg) = (model.clone(), model.clone());
+    for l in all.layers() {
+        if let (Some(m), true) = (all.input_mean(l), all.get(l) == Precision::Int8) {
+            wr.study_round_weights(l, Some(m), None);
+            wg.study_round_weights(l, Some(m), all_g.gptq(l));
+        }
+    }
+    let wz = |m: &cai_model::AstroMae| -> Result<f64, cai_model::Error> {
+        Ok(mixed::max_abs_diff(
+            zj,
+            &m.predict(judge.images, judge.magnitudes, judge.n)?,
+        ))
+    };
+    println!(
+        "  the same with f32 activations (weights only): {:.2e} RTN, {:.2e} GPTQ",
+        wz(&wr)?,
+        wz(&wg)?
+    );
+    if std::env::var("CAI_DIAG_QUICK").is_ok() {
+        return Ok(());
+    }
+    let (mut sum_w, mut sum_f, mut sum_gf) = (0.0, 0.0, 0.0);
+    for b in 0..depth {
+        for (i, l) in [
+            PlanLayer::Qkv(b),
+            PlanLayer::Proj(b),
+            PlanLayer::Fc1(b),
+            PlanLayer::Fc2(b),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let mean = &means[b][i];
+            let t = std::time::Instant::now();
+            let codes = model.gptq_codes(l, &grams[b][i], None)?;
+            let gsecs = t.elapsed().as_secs_f64();
+            let lone =
+                |codes: Option<&[i8]>, weights_only: bool| -> Result<f64, cai_model::Error> {
+                    let mut m = model.clone();
+                    if weights_only {
+                        m.study_round_weights(l, Some(mean), codes);
+                    } else {
+                        let mut plan = PrecisionPlan::f32(depth);
+                        plan.set(l, Precision::Int8);
+                        plan.set_input_mean(l, Some(mean.clone()));
+                        plan.set_gptq(l, codes.map(<[i8]>::to_vec));
+                        m.set_plan(&plan)?;
+                    }
+                    let zz = m.predict(judge.images, judge.magnitudes, judge.n)?;
+                    Ok(mixed::max_abs_diff(zj, &zz))
+                };
+            let (w, f) = (lone(None, true)?, lone(None, false)?);
+            let (gw, gf) = (lone(Some(&codes), true)?, lone(Some(&codes), false)?);
+            let (rel, grel) = relative_errors(model, l, &grams_judge[b][i], &codes);
+            sum_w += w / f.max(1e-12);
+            sum_f += 1.0;
+            sum_gf += gf / f.max(1e-12);
+            println!(
+                "{:<16} {w:>9.2e} {f:>9.2e} {gw:>9.2e} {gf:>9.2e} {rel:>9.2e} {grel:>9.2e}  ({gsecs:.1} s)",
+                l.to_string()
+            );
+        }
+    }
+    println!(
+        "mean over layers: weights-only / int8 {:.2}, GPTQ int8 / int8 {:.2}",
+        sum_w / sum_f,
+        sum_gf / sum_f
+    );
+    Ok(())
+}
+
+/// `||X(W - Q)||^2 / ||X W||^2` on inputs of Gram matrix `h` for RTN's and for `codes`.
+fn relative_errors(
+    model: &cai_model::AstroMae,
+    l: PlanLayer,
+    h: &[f64],
+    codes: &[i8],
+) -> (f64, f64) {
+    use cai_model::gptq;
+    let Some((w, k, n)) = model.study_layer_weights(l) else {
+        return (f64::NAN, f64::NAN);
+    };
+    let sc: Vec<f32> = (0..n)
+        .map(|j| (0..k).fold(0.0f32, |m, kk| m.max(w[kk * n + j].abs())) / 127.0)
+        .collect();
+    let zero = vec![0i8; k * n];
+    let norm = gptq::output_error(&w, &zero, k, n, h, &sc);
+    let rtn = gptq::output_error(&w, &gptq::rtn_int8(&w, n, &sc), k, n, h, &sc);
+    let g = gptq::output_error(&w, codes, k, n, h, &sc);
+    (rtn / norm, g / norm)
 }
 
 /// `plan` with the input means of its int8/int16 block layers set (bias correction).

@@ -38,6 +38,7 @@ pub mod clock;
 mod error;
 pub mod fit;
 pub mod formula;
+pub mod gptq;
 pub mod init;
 pub mod inspect;
 pub mod kernels;

@@ -452,10 +452,11 @@ impl AstroMae {
             let (cur, want) = (self.plan.get(l), plan.get(l));
             let (cur_s, want_s) = (self.plan.smoothing(l), plan.smoothing(l));
             let (cur_m, want_m) = (self.plan.input_mean(l), plan.input_mean(l));
-            if cur == want && cur_s == want_s && cur_m == want_m {
+            let (cur_g, want_g) = (self.plan.gptq(l), plan.gptq(l));
+            if cur == want && cur_s == want_s && cur_m == want_m && cur_g == want_g {
                 continue;
             }
-            if cur != Precision::F32 || cur_s.is_some() || cur_m.is_some() {
+            if cur != Precision::F32 || cur_s.is_some() || cur_m.is_some() || cur_g.is_some() {
                 return Err(err(format!(
                     "cannot convert {l} from {cur}{} to {want}{}; load the model again",
                     if cur_s.is_some() { " (smoothed)" } else { "" },
@@ -484,6 +485,15 @@ impl AstroMae {
                     )));
                 }
             }
+            if let Some(g) = want_g {
+                let (k, n) = self.layer_shape(l);
+                if g.len() != k * n {
+                    return Err(err(format!(
+                        "{l}: GPTQ codes for a {k} x {n} layer, the plan has {} values",
+                        g.len()
+                    )));
+                }
+            }
             todo.push(l);
         }
         for l in todo {
@@ -500,14 +510,15 @@ impl AstroMae {
                     Some(s) => m.iter().zip(s).map(|(v, f)| v / f).collect(),
                     None => m.to_vec(),
                 });
-            self.layer_weights_mut(l, &mut |w, _| match &mean {
-                Some(m) => convert_corrected(w, p, m),
-                None => convert(w, p),
+            let codes = plan.gptq(l).filter(|_| p == Precision::Int8);
+            self.layer_weights_mut(l, &mut |w, _| {
+                convert_layer(w, p, mean.as_deref(), codes);
             });
             self.plan.set(l, p);
             self.plan.set_smoothing(l, s.map(<[f32]>::to_vec));
             self.plan
                 .set_input_mean(l, plan.input_mean(l).map(<[f32]>::to_vec));
+            self.plan.set_gptq(l, plan.gptq(l).map(<[i8]>::to_vec));
         }
         Ok(())
     }
@@ -628,6 +639,133 @@ impl AstroMae {
                 })
             })
             .collect())
+    }
+
+    /// Per block, the Gram matrices `X^T X` (f64, `k x k` row-major) of the inputs `X` of
+    /// `qkv`, `proj`, `fc1` and `fc2` (in that order; rows as for
+    /// [`AstroMae::layer_input_means`]) over `n` galaxies, as the f32 forward pass computes
+    /// them: the Hessians [`AstroMae::gptq_codes`] rounds with.
+    pub fn layer_input_grams(
+        &self,
+        images: &[f32],
+        magnitudes: &[f32],
+        n: usize,
+    ) -> Result<Vec<[Vec<f64>; 4]>, Error> {
+        self.over_vit_chunks(images, magnitudes, n, Vit::input_grams)
+    }
+
+    /// Per block, `sum_g m_g m_g^T` (f64, `k x k` row-major) over `n` galaxies, `m_g` the
+    /// mean of galaxy `g`'s input rows of `qkv`, `proj`, `fc1` and `fc2` (in that order; rows
+    /// as for [`AstroMae::layer_input_grams`]): the inputs' part that survives the pooling
+    /// over tokens.
+    pub fn layer_input_pooled_grams(
+        &self,
+        images: &[f32],
+        magnitudes: &[f32],
+        n: usize,
+    ) -> Result<Vec<[Vec<f64>; 4]>, Error> {
+        self.over_vit_chunks(images, magnitudes, n, Vit::input_pooled_grams)
+    }
+
+    /// `(k, n)` of a block layer's weight matrix (`(0, 0)` for other layers).
+    fn layer_shape(&self, layer: PlanLayer) -> (usize, usize) {
+        let (d, m) = (self.cfg.dim, self.cfg.mlp);
+        match layer {
+            PlanLayer::Qkv(_) => (d, 3 * d),
+            PlanLayer::Proj(_) => (d, d),
+            PlanLayer::Fc1(_) => (d, m),
+            PlanLayer::Fc2(_) => (m, d),
+            _ => (0, 0),
+        }
+    }
+
+    /// GPTQ's int8 codes ([`crate::gptq::gptq_int8`]) for a block layer of this f32 model
+    /// whose inputs have the Gram matrix `gram` (from [`AstroMae::layer_input_grams`]),
+    /// with `smoothing` folded in first when given (the weights' input channel `j` times
+    /// `s_j`, the inputs' divided by it), as [`AstroMae::set_plan`] folds it: the codes a
+    /// plan stores for the layer ([`PrecisionPlan::gptq`]).
+    ///
+    /// # Errors
+    /// [`Error::Config`] for a layer outside the blocks, a converted layer, or a Gram matrix
+    /// or factors of the wrong length.
+    pub fn gptq_codes(
+        &self,
+        layer: PlanLayer,
+        gram: &[f64],
+        smoothing: Option<&[f32]>,
+    ) -> Result<Vec<i8>, Error> {
+        let err = |message: String| Error::Config {
+            file: "(gptq)".into(),
+            message,
+        };
+        let (k, n) = self.layer_shape(layer);
+        if k == 0 || self.plan.get(layer) != kernels::Precision::F32 {
+            return Err(err(format!("{layer}: GPTQ needs an f32 block layer")));
+        }
+        let mut m = self.clone();
+        let mut h = gram.to_vec();
+        if let Some(s) = smoothing {
+            if s.len() != k || !m.vit.smooth(layer, s) {
+                return Err(err(format!("{layer}: cannot fold {} factors", s.len())));
+            }
+            for a in 0..k {
+                for b in 0..k {
+                    h[a * k + b] /= f64::from(s[a]) * f64::from(s[b]);
+                }
+            }
+        }
+        let mut out = Err(err(format!("{layer}: no weights")));
+        m.layer_weights_mut(layer, &mut |w, _| {
+            out = crate::gptq::gptq_int8(&w.weights_kn(), k, n, &h, &w.int8_scales());
+        });
+        out
+    }
+
+    /// For studies (`examples/quant_study`): a block layer's weights as a dense row-major
+    /// `k x n` matrix (dequantised if converted) with `k` and `n`.
+    #[doc(hidden)]
+    pub fn study_layer_weights(&self, layer: PlanLayer) -> Option<(Vec<f32>, usize, usize)> {
+        let (k, n) = self.layer_shape(layer);
+        if k == 0 {
+            return None;
+        }
+        let mut m = self.clone();
+        let mut out = None;
+        m.layer_weights_mut(layer, &mut |w, _| out = Some(w.weights_kn()));
+        out.map(|w| (w, k, n))
+    }
+
+    /// For studies of where int8's error comes from (`examples/quant_study`): rounds the
+    /// weights of `layer` to int8 values (to nearest, or `codes`), bias corrected with
+    /// `mean` when given, but keeps them (and so the activations) f32: the error of the
+    /// weights alone. The plan still names the layer f32.
+    #[doc(hidden)]
+    pub fn study_round_weights(
+        &mut self,
+        layer: PlanLayer,
+        mean: Option<&[f32]>,
+        codes: Option<&[i8]>,
+    ) {
+        self.layer_weights_mut(layer, &mut |w, _| {
+            let before = mean.map(|m| at_mean(w, m));
+            let (k, n) = (w.k(), w.n());
+            let sc = w.int8_scales();
+            let wk = w.weights_kn();
+            let q = match codes {
+                Some(c) if c.len() == k * n => c.to_vec(),
+                _ => crate::gptq::rtn_int8(&wk, n, &sc),
+            };
+            let deq: Vec<f32> = q
+                .iter()
+                .enumerate()
+                .map(|(i, c)| f32::from(*c) * sc[i % n])
+                .collect();
+            let bias = w.bias().to_vec();
+            w.repack_kn(&deq, k, n, n, Some(&bias));
+            if let (Some(b), Some(m)) = (before, mean) {
+                fix_bias(w, &b, m);
+            }
+        });
     }
 
     /// The trunk's precision when the model runs a [`PrecisionPlan::uniform`] plan (what
@@ -894,24 +1032,63 @@ pub(crate) fn convert(w: &mut kernels::PackedB, p: kernels::Precision) {
 /// with `Q` the converted (dequantised) weights, summed in f64, so that the layer's output
 /// over inputs with that mean keeps its mean (see [`PrecisionPlan::input_mean`]). A
 /// `mean` of another length converts without correction.
+#[cfg(test)]
 pub(crate) fn convert_corrected(w: &mut kernels::PackedB, p: kernels::Precision, mean: &[f32]) {
-    let (k, n) = (w.k(), w.n());
-    if mean.len() != k {
-        convert(w, p);
-        return;
-    }
-    let dot = |w: &kernels::PackedB, j: usize| -> f64 {
-        mean.iter()
-            .enumerate()
-            .map(|(kk, m)| f64::from(*m) * f64::from(w.at(kk, j)))
-            .sum()
-    };
-    let before: Vec<f64> = (0..n).map(|j| dot(w, j)).collect();
-    convert(w, p);
-    let bias: Vec<f32> = (0..n)
-        .map(|j| (f64::from(w.bias()[j]) + before[j] - dot(w, j)) as f32)
+    convert_layer(w, p, Some(mean), None);
+}
+
+/// `sum_k mean_k B[k][j]` per column (f64).
+fn at_mean(w: &kernels::PackedB, mean: &[f32]) -> Vec<f64> {
+    (0..w.n())
+        .map(|j| {
+            mean.iter()
+                .enumerate()
+                .map(|(kk, m)| f64::from(*m) * f64::from(w.at(kk, j)))
+                .sum()
+        })
+        .collect()
+}
+
+/// Adds `before_j - sum_k mean_k B[k][j]` to each bias (bias correction after the weights
+/// changed from those that gave `before`).
+fn fix_bias(w: &mut kernels::PackedB, before: &[f64], mean: &[f32]) {
+    let after = at_mean(w, mean);
+    let bias: Vec<f32> = (0..w.n())
+        .map(|j| (f64::from(w.bias()[j]) + before[j] - after[j]) as f32)
         .collect();
     w.set_bias(&bias);
+}
+
+/// Converts one packed matrix (f32) to `p` as a plan layer is converted: int8 with the
+/// given GPTQ `codes` (`k * n`, [`AstroMae::gptq_codes`]) when `p` is int8 and they fit,
+/// else [`convert`]; then, with a `mean` of `k` values, the bias corrected as in
+/// [`convert_corrected`].
+pub(crate) fn convert_layer(
+    w: &mut kernels::PackedB,
+    p: kernels::Precision,
+    mean: Option<&[f32]>,
+    codes: Option<&[i8]>,
+) {
+    let (k, n) = (w.k(), w.n());
+    let mean = mean.filter(|m| m.len() == k);
+    let before = mean.map(|m| at_mean(w, m));
+    match codes {
+        Some(c) if p == kernels::Precision::Int8 && c.len() == k * n && !w.is_quantized() => {
+            let sc = w.int8_scales();
+            let deq: Vec<f32> = c
+                .iter()
+                .enumerate()
+                .map(|(i, q)| f32::from(*q) * sc[i % n])
+                .collect();
+            let bias = w.bias().to_vec();
+            w.repack_kn(&deq, k, n, n, Some(&bias));
+            w.quantize_int8_scaled(&sc);
+        }
+        _ => convert(w, p),
+    }
+    if let (Some(b), Some(m)) = (before, mean) {
+        fix_bias(w, &b, m);
+    }
 }
 
 /// What [`AstroMae::measure_vit_blocks`] measured: FLOPs and CPU seconds of the blocks and

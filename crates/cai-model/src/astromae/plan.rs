@@ -136,6 +136,47 @@ pub struct BlockPlan {
     /// The same for `fc2`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fc2_mean: Option<Vec<f32>>,
+    /// GPTQ's int8 codes for `qkv` (`k * n`, row-major `k x n`, of the smoothed weights
+    /// when `qkv_smooth` is set; [`PrecisionPlan::gptq`]), stored as hex.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "codes_hex")]
+    pub qkv_gptq: Option<Vec<i8>>,
+    /// The same for `proj`.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "codes_hex")]
+    pub proj_gptq: Option<Vec<i8>>,
+    /// The same for `fc1`.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "codes_hex")]
+    pub fc1_gptq: Option<Vec<i8>>,
+    /// The same for `fc2`.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "codes_hex")]
+    pub fc2_gptq: Option<Vec<i8>>,
+}
+
+/// Serde for optional int8 codes as one hex string (two digits per code, two's
+/// complement).
+mod codes_hex {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(c: &Option<Vec<i8>>, s: S) -> Result<S::Ok, S::Error> {
+        match c {
+            Some(c) => {
+                let bytes: Vec<u8> = c.iter().map(|v| v.to_le_bytes()[0]).collect();
+                s.serialize_some(&hex::encode(bytes))
+            }
+            None => s.serialize_none(),
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Vec<i8>>, D::Error> {
+        let Some(h) = Option::<String>::deserialize(d)? else {
+            return Ok(None);
+        };
+        let bytes = hex::decode(h).map_err(serde::de::Error::custom)?;
+        Ok(Some(
+            bytes.into_iter().map(|b| i8::from_le_bytes([b])).collect(),
+        ))
+    }
 }
 
 impl BlockPlan {
@@ -151,6 +192,10 @@ impl BlockPlan {
             proj_mean: None,
             fc1_mean: None,
             fc2_mean: None,
+            qkv_gptq: None,
+            proj_gptq: None,
+            fc1_gptq: None,
+            fc2_gptq: None,
         }
     }
 }
@@ -273,6 +318,32 @@ impl PrecisionPlan {
         }
     }
 
+    /// GPTQ's int8 codes for `layer` (only the blocks' `qkv`, `proj`, `fc1` and `fc2`), if
+    /// the plan has them: when set and the layer is int8, its integers are these codes
+    /// (chosen once on calibration inputs, [`crate::AstroMae::gptq_codes`]) rather than its
+    /// weights rounded to nearest, with the same per-column scales.
+    pub fn gptq(&self, layer: PlanLayer) -> Option<&[i8]> {
+        let (i, which) = layer.block_linear()?;
+        let x = self.blocks.get(i)?;
+        [&x.qkv_gptq, &x.proj_gptq, &x.fc1_gptq, &x.fc2_gptq][which].as_deref()
+    }
+
+    /// Sets (or clears, with `None`) the GPTQ codes of `layer`; ignored for layers outside
+    /// the blocks (see [`PrecisionPlan::gptq`]).
+    pub fn set_gptq(&mut self, layer: PlanLayer, c: Option<Vec<i8>>) {
+        let Some((i, which)) = layer.block_linear() else {
+            return;
+        };
+        if let Some(x) = self.blocks.get_mut(i) {
+            *[
+                &mut x.qkv_gptq,
+                &mut x.proj_gptq,
+                &mut x.fc1_gptq,
+                &mut x.fc2_gptq,
+            ][which] = c;
+        }
+    }
+
     /// Every layer of the plan, in forward order.
     pub fn layers(&self) -> Vec<PlanLayer> {
         PlanLayer::all(self.blocks.len())
@@ -294,7 +365,8 @@ impl PrecisionPlan {
 
     /// A short summary: the layers grouped by precision, e.g.
     /// `int16: patch_embed blocks.0-11.{qkv,proj,fc1} cnn; f32: blocks.0-11.fc2 head`
-    /// (every layer named, smoothing marked with `~`, bias correction with `+`).
+    /// (every layer named, smoothing marked with `~`, bias correction with `+`, GPTQ
+    /// rounding with `*`).
     pub fn summary(&self) -> String {
         let mut parts = Vec::new();
         for p in Precision::ALL {
@@ -311,7 +383,12 @@ impl PrecisionPlan {
                     } else {
                         ""
                     };
-                    format!("{l}{mark}{fix}")
+                    let g = if self.gptq(l).is_some() && p == Precision::Int8 {
+                        "*"
+                    } else {
+                        ""
+                    };
+                    format!("{l}{mark}{fix}{g}")
                 })
                 .collect();
             if !names.is_empty() {
@@ -399,6 +476,18 @@ mod tests {
         assert_eq!(back.input_mean(PlanLayer::Fc2(0)), Some(&[0.25, -1.5][..]));
         assert_eq!(back.input_mean(PlanLayer::Fc2(1)), None);
         assert!(!json.contains("_mean"), "{json}");
+        // GPTQ codes round-trip as hex (two's complement).
+        p.set_gptq(PlanLayer::Proj(1), Some(vec![-127, 0, 5, 127, -1]));
+        p.set_gptq(PlanLayer::Cnn, Some(vec![1])); // not a block layer: ignored
+        assert_eq!(p.gptq(PlanLayer::Cnn), None);
+        let json3 = serde_json::to_string(&p).unwrap_or_default();
+        assert!(json3.contains("\"proj_gptq\":\"8100057fff\""), "{json3}");
+        let back: PrecisionPlan = serde_json::from_str(&json3).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            back.gptq(PlanLayer::Proj(1)),
+            Some(&[-127, 0, 5, 127, -1][..])
+        );
+        assert!(!json2.contains("_gptq"), "{json2}");
     }
 
     #[test]

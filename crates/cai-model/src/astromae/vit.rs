@@ -287,6 +287,9 @@ impl Block {
 
 /// The mean over the patch tokens (rows 1.. of each galaxy's `t1`) of `g` galaxies' rows
 /// of `x`, into `pool` (`g x d`).
+/// What [`Vit::visit_inputs`] calls: `(block, which, first row, rows, width)`.
+type InputVisitor<'a> = dyn FnMut(usize, usize, usize, &[f32], usize) + 'a;
+
 fn mean_patch_rows(x: &[f32], g: usize, t1: usize, d: usize, pool: &mut [f32]) {
     let pool = &mut pool[..g * d];
     pool.fill(0.0);
@@ -508,11 +511,58 @@ impl Vit {
         }
     }
 
+    /// Runs the blocks unsplit over `g` galaxies, as [`Vit::trunk`] computes them, and
+    /// hands `f` the input rows of each block's `qkv`, `proj`, `fc1` and `fc2` (`f(block,
+    /// which, first, rows, width)`, `which` in that order, `first` the index of the first
+    /// row among the `g * (tokens + 1)` rows, galaxy by galaxy; possibly several calls per
+    /// layer). The
+    /// last block's `fc2` input is the mean of the patch tokens' hidden activations
+    /// ([`Block::forward_pooled`]); those patch rows are what `f` gets there (the mean of
+    /// their means is theirs: every galaxy has as many).
+    fn visit_inputs(
+        &self,
+        ops: &Ops,
+        images: &[f32],
+        g: usize,
+        s: &mut VitScratch,
+        f: &mut InputVisitor<'_>,
+    ) {
+        let cfg = &self.cfg;
+        let (d, t1) = (cfg.dim, cfg.tokens + 1);
+        let depth = self.blocks.len();
+        self.embed(ops, images, g, s, false);
+        let rows = g * t1;
+        for (bi, blk) in self.blocks.iter().enumerate() {
+            blk.attend(ops, g, t1, d, s, false);
+            f(bi, 0, 0, &s.xn[..rows * d], d);
+            f(bi, 1, 0, &s.att[..rows * d], d);
+            let (x, xn) = (&mut s.x[..rows * d], &mut s.xn[..rows * d]);
+            blk.norm2.forward(ops, rows, x, xn);
+            f(bi, 2, 0, xn, d);
+            let hid = blk.mlp.fc1.out_features();
+            let last = bi + 1 == depth;
+            let xn = &*xn;
+            blk.mlp
+                .hidden_blocks(ops, rows, d, xn, &mut s.h, |r0, m, h| {
+                    if last {
+                        for (r, row) in h[..m * hid].chunks_exact(hid).enumerate() {
+                            if !(r0 + r).is_multiple_of(t1) {
+                                f(bi, 3, r0 + r, row, hid);
+                            }
+                        }
+                    } else {
+                        f(bi, 3, r0, &h[..m * hid], hid);
+                    }
+                    blk.mlp
+                        .fc2
+                        .forward(ops, m, h, hid, &mut x[r0 * d..], d, Epilogue::RESIDUAL);
+                });
+        }
+    }
+
     /// Per block, the sums (f64) of each input channel of `qkv`, `proj`, `fc1` and `fc2` over
-    /// `g` galaxies and the rows summed, added into `acc` (grown as needed). Runs the blocks
-    /// unsplit, as [`Vit::trunk`] computes them; the last block's `fc2` input is the mean
-    /// of the patch tokens' hidden activations ([`Block::forward_pooled`]), so only those
-    /// rows are summed there (the mean of their means is theirs: every galaxy has as many).
+    /// `g` galaxies and the rows summed, added into `acc` (grown as needed); the rows are
+    /// those of [`Vit::visit_inputs`].
     #[allow(clippy::type_complexity)]
     pub(crate) fn input_sums(
         &self,
@@ -522,49 +572,102 @@ impl Vit {
         s: &mut VitScratch,
         acc: &mut Vec<([Vec<f64>; 4], [usize; 4])>,
     ) {
-        let cfg = &self.cfg;
-        let (d, t1) = (cfg.dim, cfg.tokens + 1);
-        let depth = self.blocks.len();
-        acc.resize_with(depth, || {
+        let (d, m) = (self.cfg.dim, self.cfg.mlp);
+        acc.resize_with(self.blocks.len(), || {
             (
-                [vec![0.0; d], vec![0.0; d], vec![0.0; d], vec![0.0; cfg.mlp]],
+                [vec![0.0; d], vec![0.0; d], vec![0.0; d], vec![0.0; m]],
                 [0; 4],
             )
         });
-        self.embed(ops, images, g, s, false);
-        let rows = g * t1;
-        let add = |a: &mut Vec<f64>, x: &[f32], w: usize, keep: &dyn Fn(usize) -> bool| {
-            let mut n = 0;
+        self.visit_inputs(ops, images, g, s, &mut |b, which, _, x, w| {
+            let (sums, n) = &mut acc[b];
+            for row in x.chunks_exact(w) {
+                for (a, v) in sums[which].iter_mut().zip(row) {
+                    *a += f64::from(*v);
+                }
+                n[which] += 1;
+            }
+        });
+    }
+
+    /// Per block, the Gram matrices `X^T X` (f64, row-major) of the inputs of `qkv`,
+    /// `proj`, `fc1` and `fc2` over `g` galaxies (the rows of [`Vit::visit_inputs`]), added
+    /// into `acc` (grown as needed): the Hessians GPTQ rounds with ([`crate::gptq`]).
+    pub(crate) fn input_grams(
+        &self,
+        ops: &Ops,
+        images: &[f32],
+        g: usize,
+        s: &mut VitScratch,
+        acc: &mut Vec<[Vec<f64>; 4]>,
+    ) {
+        let (d, m) = (self.cfg.dim, self.cfg.mlp);
+        acc.resize_with(self.blocks.len(), || {
+            [
+                vec![0.0; d * d],
+                vec![0.0; d * d],
+                vec![0.0; d * d],
+                vec![0.0; m * m],
+            ]
+        });
+        self.visit_inputs(ops, images, g, s, &mut |b, which, _, x, w| {
+            crate::gptq::add_gram(&mut acc[b][which], x, w);
+        });
+    }
+
+    /// Per block, `sum_g m_g m_g^T` (f64, row-major) over the `g` galaxies, `m_g` the mean
+    /// of a galaxy's input rows of `qkv`, `proj`, `fc1` and `fc2` (the rows of
+    /// [`Vit::visit_inputs`]), added into `acc` (grown as needed): the part of the inputs
+    /// that the pooling over tokens does not average out.
+    pub(crate) fn input_pooled_grams(
+        &self,
+        ops: &Ops,
+        images: &[f32],
+        g: usize,
+        s: &mut VitScratch,
+        acc: &mut Vec<[Vec<f64>; 4]>,
+    ) {
+        let (d, m, t1) = (self.cfg.dim, self.cfg.mlp, self.cfg.tokens + 1);
+        let depth = self.blocks.len();
+        acc.resize_with(depth, || {
+            [
+                vec![0.0; d * d],
+                vec![0.0; d * d],
+                vec![0.0; d * d],
+                vec![0.0; m * m],
+            ]
+        });
+        // Per block and layer, each galaxy's row sums and row count.
+        let mut sums: Vec<[(Vec<f64>, Vec<usize>); 4]> = (0..depth)
+            .map(|_| {
+                std::array::from_fn(|i| {
+                    let w = if i == 3 { m } else { d };
+                    (vec![0.0; g * w], vec![0; g])
+                })
+            })
+            .collect();
+        self.visit_inputs(ops, images, g, s, &mut |b, which, first, x, w| {
+            let (sum, n) = &mut sums[b][which];
             for (r, row) in x.chunks_exact(w).enumerate() {
-                if keep(r) {
-                    for (m, v) in a.iter_mut().zip(row) {
-                        *m += f64::from(*v);
-                    }
-                    n += 1;
+                let gal = (first + r) / t1;
+                for (a, v) in sum[gal * w..gal * w + w].iter_mut().zip(row) {
+                    *a += f64::from(*v);
+                }
+                n[gal] += 1;
+            }
+        });
+        for (b, layers) in sums.iter().enumerate() {
+            for (which, (sum, n)) in layers.iter().enumerate() {
+                let w = if which == 3 { m } else { d };
+                for gal in 0..g {
+                    let c = n[gal].max(1) as f64;
+                    let mean: Vec<f32> = sum[gal * w..gal * w + w]
+                        .iter()
+                        .map(|v| (v / c) as f32)
+                        .collect();
+                    crate::gptq::add_gram(&mut acc[b][which], &mean, w);
                 }
             }
-            n
-        };
-        let all = |_: usize| true;
-        for (bi, (blk, (sums, n))) in self.blocks.iter().zip(acc.iter_mut()).enumerate() {
-            blk.attend(ops, g, t1, d, s, false);
-            n[0] += add(&mut sums[0], &s.xn[..rows * d], d, &all);
-            n[1] += add(&mut sums[1], &s.att[..rows * d], d, &all);
-            let (x, xn) = (&mut s.x[..rows * d], &mut s.xn[..rows * d]);
-            blk.norm2.forward(ops, rows, x, xn);
-            n[2] += add(&mut sums[2], xn, d, &all);
-            let hid = blk.mlp.fc1.out_features();
-            let last = bi + 1 == depth;
-            let xn = &*xn;
-            let (s3, n3) = (&mut sums[3], &mut n[3]);
-            blk.mlp
-                .hidden_blocks(ops, rows, d, xn, &mut s.h, |r0, m, h| {
-                    let patch = |r: usize| !last || !(r0 + r).is_multiple_of(t1);
-                    *n3 += add(s3, h, hid, &patch);
-                    blk.mlp
-                        .fc2
-                        .forward(ops, m, h, hid, &mut x[r0 * d..], d, Epilogue::RESIDUAL);
-                });
         }
     }
 

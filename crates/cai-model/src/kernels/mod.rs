@@ -424,7 +424,44 @@ impl PackedB {
     /// and keeps f32 weights for a reduction so long (over 2^31 / (127 * 255) rows) that
     /// the i32 sums could overflow.
     pub fn quantize_int8(&mut self) {
-        self.quantize(8);
+        self.quantize(8, None);
+    }
+
+    /// [`PackedB::quantize_int8`] with the given column scales (`n` values, e.g. those of
+    /// [`PackedB::int8_scales`] taken before the weights were changed): each weight becomes
+    /// `round(w / scale_j)` clamped to ±127. Weights that are already `q * scale_j`
+    /// (GPTQ's, [`crate::gptq`]) keep exactly those integers. Scales of another length
+    /// quantise as [`PackedB::quantize_int8`] does.
+    pub fn quantize_int8_scaled(&mut self, scales: &[f32]) {
+        self.quantize(8, (scales.len() == self.n).then_some(scales));
+    }
+
+    /// The column scales [`PackedB::quantize_int8`] would use: `max_k |B[k][j]| / 127`
+    /// (0 for an all-zero column, NaN for a non-finite one).
+    pub fn int8_scales(&self) -> Vec<f32> {
+        (0..self.n)
+            .map(|j| {
+                let amax = (0..self.k).fold(0.0f32, |m, kk| m.max(self.at(kk, j).abs()));
+                if amax.is_finite() {
+                    amax / 127.0
+                } else {
+                    f32::NAN
+                }
+            })
+            .collect()
+    }
+
+    /// The weights as a dense row-major `k x n` matrix (`B[kk][j]` at `kk * n + j`;
+    /// dequantised for integer weights).
+    pub fn weights_kn(&self) -> Vec<f32> {
+        let n = self.n;
+        let mut w = vec![0.0f32; self.k * n];
+        for (kk, row) in w.chunks_exact_mut(n.max(1)).enumerate().take(self.k) {
+            for (j, v) in row.iter_mut().enumerate() {
+                *v = self.at(kk, j);
+            }
+        }
+        w
     }
 
     /// Replaces the f32 weights by [`INT16_WEIGHT_BITS`]-bit integers (stored, like int8
@@ -435,7 +472,7 @@ impl PackedB {
     /// about 2300 at k = 768, 500 at k = 3216), so the gain over int8 shrinks with `k`.
     /// Does nothing if already quantised, and keeps f32 weights beyond 2^31 / 4095 rows.
     pub fn quantize_int16(&mut self) {
-        self.quantize(INT16_WEIGHT_BITS);
+        self.quantize(INT16_WEIGHT_BITS, None);
     }
 
     /// Symmetric per-column quantisation to `bits`-bit integers (`2 <= bits <= 15`). Leaves
@@ -444,7 +481,8 @@ impl PackedB {
     /// `2^31 / (2^(bits-1) - 1)` rows for 16-bit activations, `2^31 / (127 * 255)` for int8),
     /// where the i32 sums could overflow. Int8 weights also get the layout of
     /// `vpdpbusd` (groups of 4 consecutive rows per column) and their column sums.
-    fn quantize(&mut self, bits: u32) {
+    /// `scales` (`n` values), when given, replace the per-column `max |w| / (2^(bits-1)-1)`.
+    fn quantize(&mut self, bits: u32, scales: Option<&[f32]>) {
         if self.quant.is_some() {
             return;
         }
@@ -462,13 +500,24 @@ impl PackedB {
         };
         let mut worst = 0u64;
         for (j, sj) in scale.iter_mut().enumerate().take(n) {
-            let amax = (0..k).fold(0.0f32, |m, kk| m.max(self.at(kk, j).abs()));
+            let amax = match scales {
+                Some(s) => s[j] * wmax,
+                None => (0..k).fold(0.0f32, |m, kk| m.max(self.at(kk, j).abs())),
+            };
             if amax == 0.0 || !amax.is_finite() {
                 *sj = if amax == 0.0 { 0.0 } else { f32::NAN };
                 continue;
             }
-            *sj = amax / wmax;
-            let inv = wmax / amax;
+            let inv = match scales {
+                Some(s) => {
+                    *sj = s[j];
+                    1.0 / s[j]
+                }
+                None => {
+                    *sj = amax / wmax;
+                    wmax / amax
+                }
+            };
             let (p, jj) = (j / NR, j % NR);
             let (mut sum, mut signed) = (0u64, 0i64);
             for kk in 0..k {
@@ -1482,6 +1531,37 @@ fn best() -> Ops {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Given scales: RTN's own scales quantise as `quantize_int8`; weights that are
+    /// `code * scale` keep exactly those codes (GPTQ's, however far from RTN's).
+    #[test]
+    fn int8_with_given_scales() {
+        let (n, k) = (21, 37);
+        let w: Vec<f32> = (0..n * k)
+            .map(|i| ((i * 7919) % 1013) as f32 / 1013.0 - 0.45)
+            .collect();
+        let f = PackedB::pack_nk(&w, n, k, k, None);
+        let sc = f.int8_scales();
+        let (mut a, mut b) = (f.clone(), f.clone());
+        a.quantize_int8();
+        b.quantize_int8_scaled(&sc);
+        assert_eq!(a.weights_kn(), b.weights_kn());
+        // Codes anywhere in -127..=127, as f32 weights, with those scales.
+        let codes: Vec<i8> = (0..k * n).map(|i| ((i * 37) % 255) as i8).collect();
+        let codes: Vec<i8> = codes.iter().map(|c| (*c).max(-127)).collect();
+        let deq: Vec<f32> = codes
+            .iter()
+            .enumerate()
+            .map(|(i, c)| f32::from(*c) * sc[i % n])
+            .collect();
+        let mut g = PackedB::pack_kn(&deq, k, n, n, None);
+        g.quantize_int8_scaled(&sc);
+        assert_eq!(g.weights_kn(), deq);
+        // Scales of another length: plain int8.
+        let mut c = f.clone();
+        c.quantize_int8_scaled(&sc[1..]);
+        assert_eq!(c.weights_kn(), a.weights_kn());
+    }
 
     #[test]
     fn pack_layouts_agree() {

@@ -108,6 +108,112 @@ fn smoothing_keeps_f32_results_and_is_recorded() {
     assert!(model.clone().set_plan(&bad).is_err());
 }
 
+/// GPTQ's codes through a plan: the int8 layer gets exactly those integers (same results
+/// as RTN when the codes are RTN's), a plan with them is recorded, and codes of the wrong
+/// length are refused before anything changes.
+#[test]
+fn gptq_codes_through_a_plan() {
+    let cfg = small();
+    let model = seeded(&cfg, 6);
+    let (img, mag) = inputs(6, &cfg, 4);
+    let z = model.predict(&img, &mag, 6).unwrap();
+    let grams = model.layer_input_grams(&img, &mag, 6).unwrap();
+    assert_eq!(grams.len(), cfg.depth);
+    assert_eq!(grams[0][3].len(), cfg.mlp * cfg.mlp);
+    let l = PlanLayer::Fc2(0);
+    let codes = model.gptq_codes(l, &grams[0][3], None).unwrap();
+    assert_eq!(codes.len(), cfg.mlp * cfg.dim);
+    assert_eq!(model.gptq_codes(l, &grams[0][3], None).unwrap(), codes);
+    let run = |g: Option<Vec<i8>>| {
+        let mut plan = PrecisionPlan::f32(cfg.depth);
+        plan.set(l, Precision::Int8);
+        plan.set_gptq(l, g);
+        let mut m = model.clone();
+        m.set_plan(&plan).unwrap();
+        assert_eq!(m.plan(), &plan);
+        m.predict(&img, &mag, 6).unwrap()
+    };
+    // RTN's codes given explicitly are plain int8.
+    let (w, k, n) = model.study_layer_weights(l).unwrap();
+    let sc: Vec<f32> = (0..n)
+        .map(|j| (0..k).fold(0.0f32, |m, kk| m.max(w[kk * n + j].abs())) / 127.0)
+        .collect();
+    let rtn = cai_model::gptq::rtn_int8(&w, n, &sc);
+    assert_eq!(bits(&run(Some(rtn))), bits(&run(None)));
+    let zg = run(Some(codes.clone()));
+    assert_ne!(bits(&zg), bits(&run(None)));
+    assert!(mixed::max_abs_diff(&z, &zg) < 0.05);
+    // The codes are what the layer holds.
+    let mut plan = PrecisionPlan::f32(cfg.depth);
+    plan.set(l, Precision::Int8);
+    plan.set_gptq(l, Some(codes.clone()));
+    let mut m = model.clone();
+    m.set_plan(&plan).unwrap();
+    let (wq, _, _) = m.study_layer_weights(l).unwrap();
+    for (i, (a, c)) in wq.iter().zip(&codes).enumerate() {
+        assert_eq!(*a, f32::from(*c) * sc[i % n], "weight {i}");
+    }
+    let mut bad = plan.clone();
+    bad.set_gptq(l, Some(codes[1..].to_vec()));
+    assert!(model.clone().set_plan(&bad).is_err());
+    // Smoothed codes: the same layer smoothed.
+    let stats = model.layer_norm_absmax(&img, &mag, 6).unwrap();
+    let f = mixed::smoothing_factors(
+        &stats[0][1],
+        &model.input_channel_absmax(PlanLayer::Fc1(0)).unwrap(),
+        mixed::SMOOTH_ALPHA,
+    );
+    let sc = model
+        .gptq_codes(PlanLayer::Fc1(0), &grams[0][2], Some(&f))
+        .unwrap();
+    assert_eq!(sc.len(), cfg.dim * cfg.mlp);
+    assert!(model
+        .gptq_codes(PlanLayer::Cnn, &grams[0][2], None)
+        .is_err());
+}
+
+/// `auto` with int8 and GPTQ on a small model: GPTQ is tried for every block layer, the
+/// chosen plan (codes and all) survives the stored JSON, and converting a fresh model to it
+/// gives the error `choose` reported.
+#[test]
+fn auto_with_gptq_stores_and_reapplies_its_codes() {
+    let cfg = small();
+    let model = seeded(&cfg, 8);
+    let (img, mag) = inputs(6, &cfg, 5);
+    let cal = Calibration {
+        images: &img,
+        magnitudes: &mag,
+        n: 6,
+    };
+    let opts = AutoOptions {
+        max_dz: 1.0,
+        candidates: vec![Precision::Int8],
+        rate_seconds: 0.05,
+        hold_out: false,
+        ..AutoOptions::default()
+    };
+    let ch = mixed::choose(&model, &cal, &opts).unwrap();
+    // Every block layer: unsmoothed, and smoothed for qkv/fc1 (when int8 is faster here).
+    let rate = |p: Precision| {
+        ch.rates
+            .iter()
+            .find(|r| r.precision == p)
+            .map_or(0.0, |r| r.gflops)
+    };
+    if rate(Precision::Int8) > 1.03 * rate(Precision::F32) {
+        assert_eq!(ch.gptq_tried, 6 * cfg.depth);
+        assert!(ch.gptq_used <= 4 * cfg.depth);
+    }
+    let json = serde_json::to_string(&ch).unwrap();
+    let back: mixed::AutoChoice = serde_json::from_str(&json).unwrap();
+    assert_eq!(back.plan, ch.plan);
+    let mut m = model.clone();
+    m.set_plan(&back.plan).unwrap();
+    let z = model.predict(&img, &mag, 6).unwrap();
+    let dz = mixed::max_abs_diff(&z, &m.predict(&img, &mag, 6).unwrap());
+    assert_eq!(dz, ch.max_dz);
+}
+
 /// `auto` on the full-size formula model (the committed parity fixture's): the chosen mix,
 /// measured again here, is within the bound, and what `choose` reports for it.
 #[test]
@@ -126,6 +232,7 @@ fn auto_mix_is_within_the_bound_on_the_formula_model() {
         // int16 only (with and without smoothing) keeps the test to ~75 full-size runs.
         candidates: vec![Precision::Int16],
         smoothing: true,
+        gptq: true,
         rate_seconds: 0.2,
         hold_out: true,
     };

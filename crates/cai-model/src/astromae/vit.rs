@@ -602,14 +602,7 @@ impl Vit {
         acc: &mut Vec<[Vec<f64>; 4]>,
     ) {
         let (d, m) = (self.cfg.dim, self.cfg.mlp);
-        acc.resize_with(self.blocks.len(), || {
-            [
-                vec![0.0; d * d],
-                vec![0.0; d * d],
-                vec![0.0; d * d],
-                vec![0.0; m * m],
-            ]
-        });
+        acc.resize_with(self.blocks.len(), || zero_grams(d, m));
         self.visit_inputs(ops, images, g, s, &mut |b, which, _, x, w| {
             crate::gptq::add_gram(&mut acc[b][which], x, w);
         });
@@ -629,14 +622,7 @@ impl Vit {
     ) {
         let (d, m, t1) = (self.cfg.dim, self.cfg.mlp, self.cfg.tokens + 1);
         let depth = self.blocks.len();
-        acc.resize_with(depth, || {
-            [
-                vec![0.0; d * d],
-                vec![0.0; d * d],
-                vec![0.0; d * d],
-                vec![0.0; m * m],
-            ]
-        });
+        acc.resize_with(depth, || zero_grams(d, m));
         // Per block and layer, each galaxy's row sums and row count.
         let mut sums: Vec<[(Vec<f64>, Vec<usize>); 4]> = (0..depth)
             .map(|_| {
@@ -796,4 +782,15 @@ impl Vit {
         self.vit_block[0].forward(ops, m, t1, d, t2, hd, Epilogue::RELU);
         self.vit_block[1].forward(ops, m, t2, hd, out, ldo, Epilogue::PLAIN);
     }
+}
+
+/// Zeroed Gram matrices (f64, row-major) of one block's `qkv`, `proj`, `fc1` and `fc2`
+/// inputs: three of width `d`, `fc2`'s of width `m`.
+fn zero_grams(d: usize, m: usize) -> [Vec<f64>; 4] {
+    [
+        vec![0.0; d * d],
+        vec![0.0; d * d],
+        vec![0.0; d * d],
+        vec![0.0; m * m],
+    ]
 }

@@ -185,28 +185,12 @@ fn diagnose(model: &cai_model::AstroMae, n: usize) -> Result<(), Box<dyn std::er
             })
         })
         .collect();
-    let mut grams = if std::env::var("CAI_GPTQ_CENTRED").is_ok() {
+    let grams = if std::env::var("CAI_GPTQ_CENTRED").is_ok() {
         println!("GPTQ on centred Hessians");
         centred
     } else {
         grams
     };
-    // Galaxy-coherent inputs weighted up: H = X^T X + lambda * T * sum_g m_g m_g^T.
-    if let Some(lambda) = std::env::var("CAI_GPTQ_POOLED")
-        .ok()
-        .and_then(|v| v.parse::<f64>().ok())
-    {
-        println!("GPTQ on X^T X + {lambda} T sum_g m_g m_g^T");
-        let pooled = model.layer_input_pooled_grams(fit.images, fit.magnitudes, fit.n)?;
-        for (b, (g, p)) in grams.iter_mut().zip(&pooled).enumerate() {
-            for (i, (g, p)) in g.iter_mut().zip(p).enumerate() {
-                let t = if i == 3 && b + 1 == depth { t1 - 1 } else { t1 } as f64;
-                for (a, v) in g.iter_mut().zip(p) {
-                    *a += lambda * t * v;
-                }
-            }
-        }
-    }
     // Every block layer int8 (bias corrected; the rest f32), with and without GPTQ.
     let mut all = PrecisionPlan::f32(depth);
     let mut all_g = PrecisionPlan::f32(depth);

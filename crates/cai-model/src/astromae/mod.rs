@@ -654,19 +654,6 @@ impl AstroMae {
         self.over_vit_chunks(images, magnitudes, n, Vit::input_grams)
     }
 
-    /// Per block, `sum_g m_g m_g^T` (f64, `k x k` row-major) over `n` galaxies, `m_g` the
-    /// mean of galaxy `g`'s input rows of `qkv`, `proj`, `fc1` and `fc2` (in that order; rows
-    /// as for [`AstroMae::layer_input_grams`]): the inputs' part that survives the pooling
-    /// over tokens.
-    pub fn layer_input_pooled_grams(
-        &self,
-        images: &[f32],
-        magnitudes: &[f32],
-        n: usize,
-    ) -> Result<Vec<[Vec<f64>; 4]>, Error> {
-        self.over_vit_chunks(images, magnitudes, n, Vit::input_pooled_grams)
-    }
-
     /// `(k, n)` of a block layer's weight matrix (`(0, 0)` for other layers).
     fn layer_shape(&self, layer: PlanLayer) -> (usize, usize) {
         let (d, m) = (self.cfg.dim, self.cfg.mlp);
@@ -755,13 +742,7 @@ impl AstroMae {
                 Some(c) if c.len() == k * n => c.to_vec(),
                 _ => crate::gptq::rtn_int8(&wk, n, &sc),
             };
-            let deq: Vec<f32> = q
-                .iter()
-                .enumerate()
-                .map(|(i, c)| f32::from(*c) * sc[i % n])
-                .collect();
-            let bias = w.bias().to_vec();
-            w.repack_kn(&deq, k, n, n, Some(&bias));
+            repack_codes(w, &q, &sc);
             if let (Some(b), Some(m)) = (before, mean) {
                 fix_bias(w, &b, m);
             }
@@ -1059,6 +1040,19 @@ fn fix_bias(w: &mut kernels::PackedB, before: &[f64], mean: &[f32]) {
     w.set_bias(&bias);
 }
 
+/// Repacks `w` (f32, `k x n`) as the int8 `codes` (`k * n`, row-major) times the
+/// per-column `scales`, bias kept: the weights those codes stand for, still f32.
+fn repack_codes(w: &mut kernels::PackedB, codes: &[i8], scales: &[f32]) {
+    let (k, n) = (w.k(), w.n());
+    let deq: Vec<f32> = codes
+        .iter()
+        .enumerate()
+        .map(|(i, c)| f32::from(*c) * scales[i % n])
+        .collect();
+    let bias = w.bias().to_vec();
+    w.repack_kn(&deq, k, n, n, Some(&bias));
+}
+
 /// Converts one packed matrix (f32) to `p` as a plan layer is converted: int8 with the
 /// given GPTQ `codes` (`k * n`, [`AstroMae::gptq_codes`]) when `p` is int8 and they fit,
 /// else [`convert`]; then, with a `mean` of `k` values, the bias corrected as in
@@ -1075,13 +1069,7 @@ pub(crate) fn convert_layer(
     match codes {
         Some(c) if p == kernels::Precision::Int8 && c.len() == k * n && !w.is_quantized() => {
             let sc = w.int8_scales();
-            let deq: Vec<f32> = c
-                .iter()
-                .enumerate()
-                .map(|(i, q)| f32::from(*q) * sc[i % n])
-                .collect();
-            let bias = w.bias().to_vec();
-            w.repack_kn(&deq, k, n, n, Some(&bias));
+            repack_codes(w, c, &sc);
             w.quantize_int8_scaled(&sc);
         }
         _ => convert(w, p),

@@ -285,11 +285,11 @@ impl Block {
     }
 }
 
+/// What [`Vit::visit_inputs`] calls: `(block, which, rows, width)`.
+type InputVisitor<'a> = dyn FnMut(usize, usize, &[f32], usize) + 'a;
+
 /// The mean over the patch tokens (rows 1.. of each galaxy's `t1`) of `g` galaxies' rows
 /// of `x`, into `pool` (`g x d`).
-/// What [`Vit::visit_inputs`] calls: `(block, which, first row, rows, width)`.
-type InputVisitor<'a> = dyn FnMut(usize, usize, usize, &[f32], usize) + 'a;
-
 fn mean_patch_rows(x: &[f32], g: usize, t1: usize, d: usize, pool: &mut [f32]) {
     let pool = &mut pool[..g * d];
     pool.fill(0.0);
@@ -513,9 +513,7 @@ impl Vit {
 
     /// Runs the blocks unsplit over `g` galaxies, as [`Vit::trunk`] computes them, and
     /// hands `f` the input rows of each block's `qkv`, `proj`, `fc1` and `fc2` (`f(block,
-    /// which, first, rows, width)`, `which` in that order, `first` the index of the first
-    /// row among the `g * (tokens + 1)` rows, galaxy by galaxy; possibly several calls per
-    /// layer). The
+    /// which, rows, width)`, `which` in that order; possibly several calls per layer). The
     /// last block's `fc2` input is the mean of the patch tokens' hidden activations
     /// ([`Block::forward_pooled`]); those patch rows are what `f` gets there (the mean of
     /// their means is theirs: every galaxy has as many).
@@ -534,11 +532,11 @@ impl Vit {
         let rows = g * t1;
         for (bi, blk) in self.blocks.iter().enumerate() {
             blk.attend(ops, g, t1, d, s, false);
-            f(bi, 0, 0, &s.xn[..rows * d], d);
-            f(bi, 1, 0, &s.att[..rows * d], d);
+            f(bi, 0, &s.xn[..rows * d], d);
+            f(bi, 1, &s.att[..rows * d], d);
             let (x, xn) = (&mut s.x[..rows * d], &mut s.xn[..rows * d]);
             blk.norm2.forward(ops, rows, x, xn);
-            f(bi, 2, 0, xn, d);
+            f(bi, 2, xn, d);
             let hid = blk.mlp.fc1.out_features();
             let last = bi + 1 == depth;
             let xn = &*xn;
@@ -547,11 +545,11 @@ impl Vit {
                     if last {
                         for (r, row) in h[..m * hid].chunks_exact(hid).enumerate() {
                             if !(r0 + r).is_multiple_of(t1) {
-                                f(bi, 3, r0 + r, row, hid);
+                                f(bi, 3, row, hid);
                             }
                         }
                     } else {
-                        f(bi, 3, r0, &h[..m * hid], hid);
+                        f(bi, 3, &h[..m * hid], hid);
                     }
                     blk.mlp
                         .fc2
@@ -579,7 +577,7 @@ impl Vit {
                 [0; 4],
             )
         });
-        self.visit_inputs(ops, images, g, s, &mut |b, which, _, x, w| {
+        self.visit_inputs(ops, images, g, s, &mut |b, which, x, w| {
             let (sums, n) = &mut acc[b];
             for row in x.chunks_exact(w) {
                 for (a, v) in sums[which].iter_mut().zip(row) {
@@ -603,58 +601,9 @@ impl Vit {
     ) {
         let (d, m) = (self.cfg.dim, self.cfg.mlp);
         acc.resize_with(self.blocks.len(), || zero_grams(d, m));
-        self.visit_inputs(ops, images, g, s, &mut |b, which, _, x, w| {
+        self.visit_inputs(ops, images, g, s, &mut |b, which, x, w| {
             crate::gptq::add_gram(&mut acc[b][which], x, w);
         });
-    }
-
-    /// Per block, `sum_g m_g m_g^T` (f64, row-major) over the `g` galaxies, `m_g` the mean
-    /// of a galaxy's input rows of `qkv`, `proj`, `fc1` and `fc2` (the rows of
-    /// [`Vit::visit_inputs`]), added into `acc` (grown as needed): the part of the inputs
-    /// that the pooling over tokens does not average out.
-    pub(crate) fn input_pooled_grams(
-        &self,
-        ops: &Ops,
-        images: &[f32],
-        g: usize,
-        s: &mut VitScratch,
-        acc: &mut Vec<[Vec<f64>; 4]>,
-    ) {
-        let (d, m, t1) = (self.cfg.dim, self.cfg.mlp, self.cfg.tokens + 1);
-        let depth = self.blocks.len();
-        acc.resize_with(depth, || zero_grams(d, m));
-        // Per block and layer, each galaxy's row sums and row count.
-        let mut sums: Vec<[(Vec<f64>, Vec<usize>); 4]> = (0..depth)
-            .map(|_| {
-                std::array::from_fn(|i| {
-                    let w = if i == 3 { m } else { d };
-                    (vec![0.0; g * w], vec![0; g])
-                })
-            })
-            .collect();
-        self.visit_inputs(ops, images, g, s, &mut |b, which, first, x, w| {
-            let (sum, n) = &mut sums[b][which];
-            for (r, row) in x.chunks_exact(w).enumerate() {
-                let gal = (first + r) / t1;
-                for (a, v) in sum[gal * w..gal * w + w].iter_mut().zip(row) {
-                    *a += f64::from(*v);
-                }
-                n[gal] += 1;
-            }
-        });
-        for (b, layers) in sums.iter().enumerate() {
-            for (which, (sum, n)) in layers.iter().enumerate() {
-                let w = if which == 3 { m } else { d };
-                for gal in 0..g {
-                    let c = n[gal].max(1) as f64;
-                    let mean: Vec<f32> = sum[gal * w..gal * w + w]
-                        .iter()
-                        .map(|v| (v / c) as f32)
-                        .collect();
-                    crate::gptq::add_gram(&mut acc[b][which], &mean, w);
-                }
-            }
-        }
     }
 
     /// Runs only the transformer blocks over `g` galaxies, `reps` times, on this thread, and

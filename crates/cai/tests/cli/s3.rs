@@ -80,21 +80,28 @@ impl S3Server {
         }
         let root = tempfile::tempdir().expect("s3s-fs folder");
         let port = free_port();
-        let child = Command::new(&program)
-            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+        let mut cmd = Command::new(&program);
+        cmd.args(["--host", "127.0.0.1", "--port", &port.to_string()])
             .args(["--access-key", "testing", "--secret-key", "testing"])
-            .arg(root.path())
+            .arg(root.path());
+        Some(Self::serve(cmd, port, "s3s-fs", Some(root)))
+    }
+
+    /// Spawns `cmd` (a server that will listen on `port` of loopback), quiet, and waits
+    /// until it listens; `root` is the folder it serves, removed after it stops.
+    fn serve(mut cmd: Command, port: u16, what: &str, root: Option<tempfile::TempDir>) -> Self {
+        let child = cmd
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("start s3s-fs");
+            .unwrap_or_else(|e| panic!("start {what}: {e}"));
         let server = S3Server {
             child,
             endpoint: format!("http://127.0.0.1:{port}"),
-            _root: Some(root),
+            _root: root,
         };
-        wait_listening(port, "s3s-fs");
-        Some(server)
+        wait_listening(port, what);
+        server
     }
 
     /// [`S3Server::moto`] with extra environment for the server (e.g. `MOTO_PORT`, the
@@ -111,27 +118,17 @@ impl S3Server {
             return None;
         }
         let port = free_port();
-        let child = Command::new(PY)
-            .args([
-                "-m",
-                "moto.server",
-                "-H",
-                "127.0.0.1",
-                "-p",
-                &port.to_string(),
-            ])
-            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start moto");
-        let moto = S3Server {
-            child,
-            endpoint: format!("http://127.0.0.1:{port}"),
-            _root: None,
-        };
-        wait_listening(port, "moto");
-        Some(moto)
+        let mut cmd = Command::new(PY);
+        cmd.args([
+            "-m",
+            "moto.server",
+            "-H",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+        ])
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())));
+        Some(Self::serve(cmd, port, "moto", None))
     }
 
     /// The environment every S3 client here gets (object_store in cai, boto3 in python).

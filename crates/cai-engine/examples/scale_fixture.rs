@@ -226,15 +226,25 @@ async fn main() -> Res<()> {
     }
 }
 
+/// A manifest of `n` partitions and a run planned over it, in a new temporary directory
+/// named after `name`: the directory and the results location.
+async fn planned(name: &str, n: usize) -> Res<(std::path::PathBuf, String)> {
+    let dir = std::env::temp_dir().join(format!("{name}-{}-{n}", std::process::id()));
+    let (data, results) = (dir.join("data"), dir.join("results"));
+    let (data, results) = (
+        data.to_string_lossy(),
+        results.to_string_lossy().into_owned(),
+    );
+    manifest(&data, n).await?;
+    plan(&data, &results, "model.safetensors").await?;
+    Ok((dir, results))
+}
+
 /// Every step on a temporary directory with `n` ranks, checking the summary's counts and that
 /// both layouts of a rank's outputs summarize alike (what the example does with no
 /// arguments, and what its test runs).
 async fn quick(n: usize) -> Res<()> {
-    let dir = std::env::temp_dir().join(format!("cai-scale-{}-{n}", std::process::id()));
-    let (data, results) = (dir.join("data"), dir.join("results"));
-    let (data, results) = (data.to_string_lossy(), results.to_string_lossy());
-    manifest(&data, n).await?;
-    plan(&data, &results, "model.safetensors").await?;
+    let (dir, results) = planned("cai-scale", n).await?;
     let loc = StorageUrl::parse(&results)?;
     // The older layout (predictions without the report inside) summarizes to the same bytes.
     ranks(&results, true).await?;
@@ -275,11 +285,7 @@ async fn quick(n: usize) -> Res<()> {
 /// rewritten since is, and a checkpoint that does not read is ignored; each time the outputs
 /// are those of a summary from scratch.
 async fn checkpointed(n: usize) -> Res<()> {
-    let dir = std::env::temp_dir().join(format!("cai-checkpoint-{}-{n}", std::process::id()));
-    let (data, results) = (dir.join("data"), dir.join("results"));
-    let (data, results) = (data.to_string_lossy(), results.to_string_lossy());
-    manifest(&data, n).await?;
-    plan(&data, &results, "model.safetensors").await?;
+    let (dir, results) = planned("cai-checkpoint", n).await?;
     let loc = &StorageUrl::parse(&results)?;
     let summarize = || cai_engine::summarize::summarize(loc, None);
     let outputs = [layout::COMBINED, layout::PREDICTIONS, layout::SUMMARY];

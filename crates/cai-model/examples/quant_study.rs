@@ -194,22 +194,12 @@ fn diagnose(model: &cai_model::AstroMae, n: usize) -> Result<(), Box<dyn std::er
     // Every block layer int8 (bias corrected; the rest f32), with and without GPTQ.
     let mut all = PrecisionPlan::f32(depth);
     let mut all_g = PrecisionPlan::f32(depth);
-    for b in 0..depth {
-        for (i, l) in [
-            PlanLayer::Qkv(b),
-            PlanLayer::Proj(b),
-            PlanLayer::Fc1(b),
-            PlanLayer::Fc2(b),
-        ]
-        .into_iter()
-        .enumerate()
-        {
-            for p in [&mut all, &mut all_g] {
-                p.set(l, Precision::Int8);
-                p.set_input_mean(l, Some(means[b][i].clone()));
-            }
-            all_g.set_gptq(l, Some(model.gptq_codes(l, &grams[b][i], None)?));
+    for (l, b, i) in block_layers(depth) {
+        for p in [&mut all, &mut all_g] {
+            p.set(l, Precision::Int8);
+            p.set_input_mean(l, Some(means[b][i].clone()));
         }
+        all_g.set_gptq(l, Some(model.gptq_codes(l, &grams[b][i], None)?));
     }
     let dz_all = mixed::plan_dz(model, &all, &judge, zj)?;
     let dz_all_g = mixed::plan_dz(model, &all_g, &judge, zj)?;
@@ -236,46 +226,35 @@ fn diagnose(model: &cai_model::AstroMae, n: usize) -> Result<(), Box<dyn std::er
         return Ok(());
     }
     let (mut sum_w, mut sum_f, mut sum_gf) = (0.0, 0.0, 0.0);
-    for b in 0..depth {
-        for (i, l) in [
-            PlanLayer::Qkv(b),
-            PlanLayer::Proj(b),
-            PlanLayer::Fc1(b),
-            PlanLayer::Fc2(b),
-        ]
-        .into_iter()
-        .enumerate()
-        {
-            let mean = &means[b][i];
-            let t = std::time::Instant::now();
-            let codes = model.gptq_codes(l, &grams[b][i], None)?;
-            let gsecs = t.elapsed().as_secs_f64();
-            let lone =
-                |codes: Option<&[i8]>, weights_only: bool| -> Result<f64, cai_model::Error> {
-                    let mut m = model.clone();
-                    if weights_only {
-                        m.study_round_weights(l, Some(mean), codes);
-                    } else {
-                        let mut plan = PrecisionPlan::f32(depth);
-                        plan.set(l, Precision::Int8);
-                        plan.set_input_mean(l, Some(mean.clone()));
-                        plan.set_gptq(l, codes.map(<[i8]>::to_vec));
-                        m.set_plan(&plan)?;
-                    }
-                    let zz = m.predict(judge.images, judge.magnitudes, judge.n)?;
-                    Ok(mixed::max_abs_diff(zj, &zz))
-                };
-            let (w, f) = (lone(None, true)?, lone(None, false)?);
-            let (gw, gf) = (lone(Some(&codes), true)?, lone(Some(&codes), false)?);
-            let (rel, grel) = relative_errors(model, l, &grams_judge[b][i], &codes);
-            sum_w += w / f.max(1e-12);
-            sum_f += 1.0;
-            sum_gf += gf / f.max(1e-12);
-            println!(
-                "{:<16} {w:>9.2e} {f:>9.2e} {gw:>9.2e} {gf:>9.2e} {rel:>9.2e} {grel:>9.2e}  ({gsecs:.1} s)",
-                l.to_string()
-            );
-        }
+    for (l, b, i) in block_layers(depth) {
+        let mean = &means[b][i];
+        let t = std::time::Instant::now();
+        let codes = model.gptq_codes(l, &grams[b][i], None)?;
+        let gsecs = t.elapsed().as_secs_f64();
+        let lone = |codes: Option<&[i8]>, weights_only: bool| -> Result<f64, cai_model::Error> {
+            let mut m = model.clone();
+            if weights_only {
+                m.study_round_weights(l, Some(mean), codes);
+            } else {
+                let mut plan = PrecisionPlan::f32(depth);
+                plan.set(l, Precision::Int8);
+                plan.set_input_mean(l, Some(mean.clone()));
+                plan.set_gptq(l, codes.map(<[i8]>::to_vec));
+                m.set_plan(&plan)?;
+            }
+            let zz = m.predict(judge.images, judge.magnitudes, judge.n)?;
+            Ok(mixed::max_abs_diff(zj, &zz))
+        };
+        let (w, f) = (lone(None, true)?, lone(None, false)?);
+        let (gw, gf) = (lone(Some(&codes), true)?, lone(Some(&codes), false)?);
+        let (rel, grel) = relative_errors(model, l, &grams_judge[b][i], &codes);
+        sum_w += w / f.max(1e-12);
+        sum_f += 1.0;
+        sum_gf += gf / f.max(1e-12);
+        println!(
+            "{:<16} {w:>9.2e} {f:>9.2e} {gw:>9.2e} {gf:>9.2e} {rel:>9.2e} {grel:>9.2e}  ({gsecs:.1} s)",
+            l.to_string()
+        );
     }
     println!(
         "mean over layers: weights-only / int8 {:.2}, GPTQ int8 / int8 {:.2}",
@@ -293,12 +272,9 @@ fn relative_errors(
     codes: &[i8],
 ) -> (f64, f64) {
     use cai_model::gptq;
-    let Some((w, k, n)) = model.study_layer_weights(l) else {
+    let Some((w, sc, k, n)) = model.study_layer_weights(l) else {
         return (f64::NAN, f64::NAN);
     };
-    let sc: Vec<f32> = (0..n)
-        .map(|j| (0..k).fold(0.0f32, |m, kk| m.max(w[kk * n + j].abs())) / 127.0)
-        .collect();
     let zero = vec![0i8; k * n];
     let norm = gptq::output_error(&w, &zero, k, n, h, &sc);
     let rtn = gptq::output_error(&w, &gptq::rtn_int8(&w, n, &sc), k, n, h, &sc);
@@ -308,20 +284,18 @@ fn relative_errors(
 
 /// `plan` with the input means of its int8/int16 block layers set (bias correction).
 fn with_means(mut plan: PrecisionPlan, means: &[[Vec<f32>; 4]]) -> PrecisionPlan {
-    for (b, m) in means.iter().enumerate() {
-        for (i, l) in [
-            PlanLayer::Qkv(b),
-            PlanLayer::Proj(b),
-            PlanLayer::Fc1(b),
-            PlanLayer::Fc2(b),
-        ]
-        .into_iter()
-        .enumerate()
-        {
-            if matches!(plan.get(l), Precision::Int8 | Precision::Int16) {
-                plan.set_input_mean(l, Some(m[i].clone()));
-            }
+    for (l, b, i) in block_layers(means.len()) {
+        if matches!(plan.get(l), Precision::Int8 | Precision::Int16) {
+            plan.set_input_mean(l, Some(means[b][i].clone()));
         }
     }
     plan
+}
+
+/// Each block layer of a model of `depth` blocks with its block and its place in `qkv`,
+/// `proj`, `fc1`, `fc2` order ([`PlanLayer::block_linear`]).
+fn block_layers(depth: usize) -> impl Iterator<Item = (PlanLayer, usize, usize)> {
+    PlanLayer::all(depth)
+        .into_iter()
+        .filter_map(|l| l.block_linear().map(|(b, i)| (l, b, i)))
 }

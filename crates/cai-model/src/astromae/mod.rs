@@ -709,17 +709,24 @@ impl AstroMae {
     }
 
     /// For studies (`examples/quant_study`): a block layer's weights as a dense row-major
-    /// `k x n` matrix (dequantised if converted) with `k` and `n`.
+    /// `k x n` matrix (dequantised if converted), their int8 per-column scales
+    /// ([`kernels::PackedB::int8_scales`]), `k` and `n`.
     #[doc(hidden)]
-    pub fn study_layer_weights(&self, layer: PlanLayer) -> Option<(Vec<f32>, usize, usize)> {
+    #[allow(clippy::type_complexity)]
+    pub fn study_layer_weights(
+        &self,
+        layer: PlanLayer,
+    ) -> Option<(Vec<f32>, Vec<f32>, usize, usize)> {
         let (k, n) = self.layer_shape(layer);
         if k == 0 {
             return None;
         }
         let mut m = self.clone();
         let mut out = None;
-        m.layer_weights_mut(layer, &mut |w, _| out = Some(w.weights_kn()));
-        out.map(|w| (w, k, n))
+        m.layer_weights_mut(layer, &mut |w, _| {
+            out = Some((w.weights_kn(), w.int8_scales()))
+        });
+        out.map(|(w, sc)| (w, sc, k, n))
     }
 
     /// For studies of where int8's error comes from (`examples/quant_study`): rounds the

@@ -134,7 +134,7 @@ fn gptq_codes_through_a_plan() {
         m.predict(&img, &mag, 6).unwrap()
     };
     // RTN's codes given explicitly are plain int8.
-    let (w, k, n) = model.study_layer_weights(l).unwrap();
+    let (w, _, k, n) = model.study_layer_weights(l).unwrap();
     let sc: Vec<f32> = (0..n)
         .map(|j| (0..k).fold(0.0f32, |m, kk| m.max(w[kk * n + j].abs())) / 127.0)
         .collect();
@@ -149,7 +149,7 @@ fn gptq_codes_through_a_plan() {
     plan.set_gptq(l, Some(codes.clone()));
     let mut m = model.clone();
     m.set_plan(&plan).unwrap();
-    let (wq, _, _) = m.study_layer_weights(l).unwrap();
+    let (wq, ..) = m.study_layer_weights(l).unwrap();
     for (i, (a, c)) in wq.iter().zip(&codes).enumerate() {
         assert_eq!(*a, f32::from(*c) * sc[i % n], "weight {i}");
     }

@@ -11,7 +11,9 @@
 # On aarch64 the dispatch picks the NEON tier (kernels/aarch64.rs: f32 and integer
 # products), so this checks the NEON kernels against the scalar reference
 # (odd shapes, proptests), the scalar kernels themselves, and, without `--lib`, the
-# full-model tests on NEON. qemu says nothing about NEON speed. Set CARGO_TARGET_DIR (e.g.
+# full-model tests on NEON. qemu's default CPU has DotProd, so int8 runs on `sdot`; with
+# QEMU_CPU=cortex-a72 (no DotProd) on `smlal` (the lib tests cover both either way).
+# qemu says nothing about NEON speed. Set CARGO_TARGET_DIR (e.g.
 # /root/.cache/cai-target-arm64) to keep the arm64 build apart from the x86 one.
 # Measured 2026-11-25 on 2 shared x86 vCPUs (load 3-4), with `--release`: a cold build
 # about 7 min, 1.3 min after a cai-model change; `--lib` 26 s of tests (27 passed; on

@@ -31,14 +31,31 @@
 //! does, so this gives int16's accuracy without f32's speed being passed (unmeasured on
 //! arm64 hardware); what it replaces is the scalar reference, several times slower.
 //!
+//! int8 x int8 on `sdot` (FEAT_DotProd: Graviton2 and later, Apple M1 and later), when the
+//! CPU has it: 16 multiply-adds of i8 per instruction, four times `fmla`'s. Each row of `A`
+//! becomes the reference's u8 codes ([`quantize_row_u8_neon`], the same codes as
+//! [`super::quantize_row_u8`]) stored as `u - 128` (an i8), in strips of 6 rows whose 4
+//! codes per group of 4 columns of `A` lie side by side; the weights are read in the
+//! `vpdpbusd` layout the x86 tiers use (per panel, 4 consecutive rows of each column in 4
+//! bytes). A 6x16 tile of 24 `int32x4_t` sums takes one `sdot` by element per 4 rows of `A`,
+//! 4 columns and 1 row of the tile. Since `sum (u - zp) q = sum (u - 128) q + (128 - zp) sum
+//! q`, the sums start at `(128 - zp) x column sum`, which leaves the reference's exact i32
+//! sums (in wrapping arithmetic, as on x86), then the reference's f32 epilogue: the same
+//! results bit for bit. `sdot` is not yet a stable intrinsic in Rust, so it is written as
+//! inline assembly (`sdot_lane`). Tested under qemu (`scripts/test-aarch64.sh`, whose CPU
+//! has DotProd; `QEMU_CPU=cortex-a72` for a CPU without it); unmeasured on arm64 hardware.
+//!
 //! The table is built only after `is_aarch64_feature_detected!("neon")` confirmed NEON
 //! (every aarch64 Linux CPU has it, and the target enables it by default), which is what
 //! makes the `unsafe` calls into `#[target_feature]` functions sound.
 
 use std::arch::aarch64::*;
+use std::arch::asm;
 use std::cell::Cell;
 
-use super::{quantize_row_for, Epilogue, Ops, PackedB, Tier, ACT_GELU, ACT_RELU, NR};
+use super::{
+    quantize_row_for, Act8, Epilogue, Ops, PackedB, Tier, ACT8_MAX, ACT_GELU, ACT_RELU, NR,
+};
 
 /// Rows of the register tile.
 const MR: usize = 6;
@@ -54,7 +71,11 @@ pub fn neon_ops() -> Option<Ops> {
         Some(Ops {
             tier: Tier::Neon,
             gemm: gemm_neon,
-            gemm_int8: gemm_int_neon,
+            gemm_int8: if has_dotprod() {
+                gemm_int_dot
+            } else {
+                gemm_int_neon
+            },
             gemm_bf16: None,
             layer_norm: layer_norm_neon,
             softmax: softmax_neon,
@@ -66,15 +87,28 @@ pub fn neon_ops() -> Option<Ops> {
     }
 }
 
+/// Whether this CPU has `sdot` (FEAT_DotProd), for the int8 x int8 product.
+pub fn has_dotprod() -> bool {
+    std::arch::is_aarch64_feature_detected!("dotprod")
+}
+
 /// Target size (i16 values) of a quantised block of `A` rows.
 const A_BLOCK_Q: usize = 48 * 1024;
+/// Target size (bytes) of a block of `A` rows as codes for `sdot`.
+const A_BLOCK_Q8: usize = 64 * 1024;
 
 thread_local! {
     /// Per-thread buffer for packed blocks of `A` (grows to the largest block, then reused).
     static APACK: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
     /// Per-thread buffers for quantised blocks of `A` and their row scales.
     static QPACK: Cell<(Vec<i16>, Vec<f32>)> = const { Cell::new((Vec::new(), Vec::new())) };
+    /// Per-thread buffers for blocks of `A` as `sdot` codes: the strips, the row scales,
+    /// the zero points and one row's u8 codes.
+    static Q8PACK: Cell<Q8Buffers> = const { Cell::new((Vec::new(), Vec::new(), Vec::new(), Vec::new())) };
 }
+
+/// See `Q8PACK`.
+type Q8Buffers = (Vec<i8>, Vec<f32>, Vec<i32>, Vec<u8>);
 
 fn gemm_neon(
     m: usize,
@@ -446,6 +480,257 @@ unsafe fn tile_q<const ACT: u8, const ACC: bool>(
     }
 }
 
+/// The int8 x int8 product on `sdot` (see the module doc); 16-bit weights go to
+/// [`gemm_int_neon`]. Blocks of `A` rows become strips of `u - 128` codes, then
+/// [`block_dot`] per block.
+fn gemm_int_dot(
+    m: usize,
+    a: &[f32],
+    lda: usize,
+    b: &PackedB,
+    c: &mut [f32],
+    ldc: usize,
+    epi: Epilogue,
+) {
+    if !b.is_int8() {
+        return gemm_int_neon(m, a, lda, b, c, ldc, epi);
+    }
+    let k = b.k();
+    let k4 = k.div_ceil(4);
+    let strip = MR * 4 * k4;
+    let mc = ((A_BLOCK_Q8 / (4 * k4).max(1)) / MR * MR).max(MIN_BLOCK_ROWS);
+    let padded = mc.min(m.div_ceil(MR) * MR);
+    let (mut qa, mut sa, mut za, mut row) = Q8PACK.take();
+    if qa.len() < padded / MR * strip {
+        qa.resize(padded / MR * strip, 0);
+    }
+    if sa.len() < padded {
+        sa.resize(padded, 0.0);
+        za.resize(padded, 0);
+    }
+    // One row's codes, padded with 128 (0 once shifted) to whole groups of 4.
+    row.clear();
+    row.resize(4 * k4, 128);
+    let mut m0 = 0;
+    while m0 < m {
+        let rows = mc.min(m - m0);
+        // The rows of a last part strip past `rows` keep what the buffer held: the tile
+        // never stores their sums.
+        for r in 0..rows {
+            let i = m0 + r;
+            // SAFETY: `neon_ops` confirmed NEON before handing out this function; `row`
+            // holds at least k codes.
+            let (s, z) = unsafe { quantize_row_u8_neon(&a[i * lda..i * lda + k], &mut row) };
+            sa[r] = s;
+            za[r] = z;
+            let base = (r / MR) * strip + 4 * (r % MR);
+            for (kq, quad) in row.chunks_exact(4).enumerate() {
+                let dst = &mut qa[base + kq * 4 * MR..][..4];
+                for (d, u) in dst.iter_mut().zip(quad) {
+                    *d = (*u ^ 0x80) as i8;
+                }
+            }
+        }
+        let cblk = &mut c[m0 * ldc..];
+        // SAFETY: `qa` holds rows.div_ceil(MR) strips of `strip` codes and `sa`, `za` as
+        // many scales and zero points; `Ops::gemm` checked that `c` holds `m` rows of
+        // `b.n()` values at stride `ldc` and that `b` is quantised (int8 here); this
+        // function is only reachable through `neon_ops`, which confirmed NEON and DotProd.
+        unsafe {
+            let (ap, sp, zp, cp) = (qa.as_ptr(), sa.as_ptr(), za.as_ptr(), cblk.as_mut_ptr());
+            per_epilogue!(epi, block_dot, [], (rows, ap, sp, zp, b, cp, ldc))
+        }
+        m0 += rows;
+    }
+    Q8PACK.set((qa, sa, za, row));
+}
+
+/// All int8 panels of `b` over one block of `rows` rows of `sdot` codes.
+///
+/// Caller guarantees: NEON and DotProd; `ap` holds `rows.div_ceil(MR)` strips of
+/// `MR*4*k4` codes, `sa` and `zp` as many row scales and zero points, `c` points to `rows`
+/// writable rows of `b.n()` values at stride `ldc`, and `b` is int8.
+#[target_feature(enable = "neon,dotprod")]
+unsafe fn block_dot<const ACT: u8, const ACC: bool>(
+    rows: usize,
+    ap: *const i8,
+    sa: *const f32,
+    zp: *const i32,
+    b: &PackedB,
+    c: *mut f32,
+    ldc: usize,
+) {
+    let k4 = b.k().div_ceil(4);
+    each_panel_strip(rows, b, |p, s, r, cols| {
+        // SAFETY: strip `s` exists in `ap` (and its scales and zero points in `sa`, `zp`);
+        // its rows s*MR .. s*MR + r are < rows and columns p*NR .. p*NR + cols are < n,
+        // inside `c`; panel p exists.
+        tile_dot::<ACT, ACC>(
+            k4,
+            ap.add(s * MR * 4 * k4),
+            b,
+            p,
+            (sa.add(s * MR), zp.add(s * MR)),
+            c.add(s * MR * ldc + p * NR),
+            ldc,
+            r,
+            cols,
+        );
+    });
+}
+
+/// `acc += ` the 4 products of each i32 lane of `b` (4 weights of one column) with the 4
+/// codes in lane `L` of `a` (one row of `A`): `sdot` by element, as inline assembly while
+/// its intrinsic is unstable.
+///
+/// Caller guarantees: the CPU has DotProd.
+#[inline(always)]
+unsafe fn sdot_lane<const L: usize>(acc: int32x4_t, b: int8x16_t, a: int8x16_t) -> int32x4_t {
+    let mut acc = acc;
+    macro_rules! sdot {
+        ($lane:literal) => {
+            asm!(
+                concat!("sdot {0:v}.4s, {1:v}.16b, {2:v}.4b[", $lane, "]"),
+                inout(vreg) acc,
+                in(vreg) b,
+                in(vreg) a,
+                options(pure, nomem, nostack, preserves_flags)
+            )
+        };
+    }
+    match L {
+        0 => sdot!("0"),
+        1 => sdot!("1"),
+        2 => sdot!("2"),
+        _ => sdot!("3"),
+    }
+    acc
+}
+
+/// One strip of `sdot` codes ([`MR`] rows) x one int8 panel (16 columns): exact i32 sums
+/// (started at `(128 - zp) x column sum`), then `C[r][..cols] (=|+=) act(sum * (row scale
+/// * column scale) + bias)` for `r < rows`, as [`tile_q`].
+///
+/// Caller guarantees: NEON and DotProd; `a` points to `k4*4*MR` codes, `b` is int8 with
+/// panel `p`, `(sa, zp)` to [`MR`] scales and zero points, `c` to `rows` writable rows of
+/// `cols` values at stride `ldc`.
+#[target_feature(enable = "neon,dotprod")]
+#[inline]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile_dot<const ACT: u8, const ACC: bool>(
+    k4: usize,
+    a: *const i8,
+    b: &PackedB,
+    p: usize,
+    (sa, zp): (*const f32, *const i32),
+    c: *mut f32,
+    ldc: usize,
+    rows: usize,
+    cols: usize,
+) {
+    let cs = b.q_colsum(p).as_ptr();
+    let colsum = [
+        vld1q_s32(cs),
+        vld1q_s32(cs.add(4)),
+        vld1q_s32(cs.add(8)),
+        vld1q_s32(cs.add(12)),
+    ];
+    // Wrapping products, as the sums are: the exact value is what fits in i32 at the end.
+    let mut acc: [[int32x4_t; 4]; MR] = std::array::from_fn(|r| {
+        let z = 128i32.wrapping_sub(zp.add(r).read());
+        std::array::from_fn(|j| vmulq_n_s32(colsum[j], z))
+    });
+    let (mut ap, mut bp) = (a, b.q8_panel(p).as_ptr());
+    for _ in 0..k4 {
+        // Columns 0-3, 4-7, 8-11, 12-15: 4 weights (rows 4kq..4kq+4) per column.
+        let bv = [
+            vld1q_s8(bp),
+            vld1q_s8(bp.add(16)),
+            vld1q_s8(bp.add(32)),
+            vld1q_s8(bp.add(48)),
+        ];
+        // 4 codes of rows 0-3, then of rows 4-5 (the upper half unused).
+        let a03 = vld1q_s8(ap);
+        let a45 = vcombine_s8(vld1_s8(ap.add(16)), vdup_n_s8(0));
+        for j in 0..4 {
+            acc[0][j] = sdot_lane::<0>(acc[0][j], bv[j], a03);
+            acc[1][j] = sdot_lane::<1>(acc[1][j], bv[j], a03);
+            acc[2][j] = sdot_lane::<2>(acc[2][j], bv[j], a03);
+            acc[3][j] = sdot_lane::<3>(acc[3][j], bv[j], a03);
+            acc[4][j] = sdot_lane::<0>(acc[4][j], bv[j], a45);
+            acc[5][j] = sdot_lane::<1>(acc[5][j], bv[j], a45);
+        }
+        ap = ap.add(4 * MR);
+        bp = bp.add(4 * NR);
+    }
+    let sc = vld1q_f32_x4(b.q_scale(p).as_ptr());
+    let sc = [sc.0, sc.1, sc.2, sc.3];
+    let bv = vld1q_f32_x4(b.panel_bias(p).as_ptr());
+    let bias = [bv.0, bv.1, bv.2, bv.3];
+    for (r, accr) in acc.iter().enumerate().take(rows) {
+        let s = *sa.add(r);
+        let mut v = [vdupq_n_f32(0.0); 4];
+        for j in 0..4 {
+            // The reference's `sum as f32 * (sa * scale) + bias`: two roundings, no FMA.
+            let f = vmulq_f32(vcvtq_f32_s32(accr[j]), vmulq_n_f32(sc[j], s));
+            v[j] = act::<ACT>(vaddq_f32(f, bias[j]));
+        }
+        store_row::<ACC>(c.add(r * ldc), v, cols);
+    }
+}
+
+/// [`super::quantize_row_u8`] on NEON: the row's smallest and largest values (NaN
+/// ignored, as the reference's `min`/`max` do: `fminnm`/`fmaxnm`), [`Act8::new`]'s
+/// parameters, then `clamp(round_ties_even(a * inv) + zp, 0, 255)` 16 values at a time
+/// (`fcvtns` rounds to nearest even and saturates; a NaN product gives code 0 as in the
+/// reference). The same codes as the reference for every input (tested); returns the scale
+/// and the zero point.
+///
+/// Caller guarantees: NEON; `out` holds at least `a.len()` codes.
+#[target_feature(enable = "neon")]
+unsafe fn quantize_row_u8_neon(a: &[f32], out: &mut [u8]) -> (f32, i32) {
+    let n = a.len();
+    let ap = a.as_ptr();
+    let (mut lo, mut hi) = (vdupq_n_f32(0.0), vdupq_n_f32(0.0));
+    let mut j = 0;
+    while j + 4 <= n {
+        let v = vld1q_f32(ap.add(j));
+        lo = vminnmq_f32(lo, v);
+        hi = vmaxnmq_f32(hi, v);
+        j += 4;
+    }
+    let (mut l, mut h) = (vminnmvq_f32(lo), vmaxnmvq_f32(hi));
+    for v in &a[j..] {
+        l = l.min(*v);
+        h = h.max(*v);
+    }
+    let p = Act8::new(l, h);
+    let (inv, zp) = (vdupq_n_f32(p.inv), vdupq_n_s32(p.zp as i32));
+    let (zero, top) = (vdupq_n_s32(0), vdupq_n_s32(ACT8_MAX));
+    let code4 = |v: float32x4_t| {
+        // `fcvtns` saturates an infinite product (a subnormal row's `inv` overflows), and
+        // so must the addition, as the reference's f32 sum does.
+        let x = vmulq_f32(v, inv);
+        let q = vqaddq_s32(vcvtnq_s32_f32(x), zp);
+        let q = vminq_s32(vmaxq_s32(q, zero), top);
+        // NaN products (a NaN, or 0 x an infinite `inv`) to 0, as the reference's cast.
+        vandq_s32(q, vreinterpretq_s32_u32(vceqq_f32(x, x)))
+    };
+    let op = out.as_mut_ptr();
+    let mut j = 0;
+    while j + 16 <= n {
+        let q: [int32x4_t; 4] = std::array::from_fn(|i| code4(vld1q_f32(ap.add(j + 4 * i))));
+        let lo16 = vcombine_s16(vqmovn_s32(q[0]), vqmovn_s32(q[1]));
+        let hi16 = vcombine_s16(vqmovn_s32(q[2]), vqmovn_s32(q[3]));
+        vst1q_u8(op.add(j), vcombine_u8(vqmovun_s16(lo16), vqmovun_s16(hi16)));
+        j += 16;
+    }
+    for (o, v) in out[j..n].iter_mut().zip(&a[j..]) {
+        *o = p.code(*v);
+    }
+    (p.scale, p.zp as i32)
+}
+
 /// Stores (or, with `ACC`, adds) the first `cols` of the 16 values `v` at `cr`.
 ///
 /// Caller guarantees: NEON; `cr` points to `cols` writable values.
@@ -748,6 +1033,81 @@ mod tests {
             ops.gemm(5, &a, 33, &b, &mut c1, 20, epi);
             let bits = |c: &[f32]| c.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&c0), bits(&c1), "{epi:?}");
+        }
+    }
+
+    /// The table with the `smlal` integer product whatever the CPU (the int8 path of CPUs
+    /// without DotProd), so both are tested under a qemu CPU that has it.
+    fn smlal_ops() -> Option<Ops> {
+        neon_ops().map(|o| Ops {
+            gemm_int8: gemm_int_neon,
+            ..o
+        })
+    }
+
+    /// Where the CPU has DotProd, int8 runs on `sdot` (the test says it skips otherwise,
+    /// and fails where `CAI_TEST_REQUIRE` names `dotprod`, see [`check::available`]); both
+    /// int8 paths give the scalar reference's results.
+    #[test]
+    fn gemm_int8_both_paths_equal_scalar() {
+        let (Some(ops), Some(smlal)) = (neon_ops(), smlal_ops()) else {
+            return;
+        };
+        let dot = gemm_int_dot as *const () as usize;
+        assert_eq!(ops.gemm_int8 as *const () as usize == dot, has_dotprod());
+        let mut tables = vec![&smlal];
+        if check::available("dotprod", has_dotprod()) {
+            tables.push(&ops);
+        }
+        for o in tables {
+            check::gemm_odd_shapes(o, Weights::Int8);
+            check::gemm(o, 131, 576, 192, 192, 576, Epilogue::GELU, 9, Weights::Int8);
+            check::gemm(o, 70, 40, 3216, 3216, 40, Epilogue::RELU, 7, Weights::Int8);
+        }
+    }
+
+    /// The NEON u8 quantiser gives the reference's codes, scale and zero point on every
+    /// kind of [`check::special_row`] (NaN, infinities, signed zeros, subnormals, ranges
+    /// that overflow) and length.
+    #[test]
+    fn quantize_row_u8_equals_reference() {
+        for len in [0usize, 1, 3, 4, 15, 16, 17, 31, 63, 64, 65, 192, 768] {
+            for kind in 0..check::SPECIAL_ROWS {
+                let a = check::special_row(len, kind);
+                let (mut want, mut got) = (vec![7u8; len], vec![7u8; len]);
+                let w = super::super::quantize_row_u8(&a, &mut want);
+                // SAFETY: the test runs only where NEON was confirmed.
+                let g = unsafe { quantize_row_u8_neon(&a, &mut got) };
+                assert_eq!(want, got, "len {len} kind {kind}");
+                assert_eq!(
+                    (w.0.to_bits(), w.1),
+                    (g.0.to_bits(), g.1),
+                    "len {len} kind {kind}"
+                );
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        #[test]
+        fn quantize_row_u8_prop(v in proptest::collection::vec(-1e4f32..1e4, 0..200), shift in -100f32..100.0) {
+            if neon_ops().is_some() {
+                let a: Vec<f32> = v.iter().map(|x| x + shift).collect();
+                let (mut want, mut got) = (vec![0u8; a.len()], vec![0u8; a.len()]);
+                let w = super::super::quantize_row_u8(&a, &mut want);
+                // SAFETY: NEON confirmed.
+                let g = unsafe { quantize_row_u8_neon(&a, &mut got) };
+                prop_assert_eq!(want, got);
+                prop_assert_eq!((w.0.to_bits(), w.1), (g.0.to_bits(), g.1));
+            }
+        }
+
+        #[test]
+        fn gemm_int8_smlal_prop(m in 0usize..40, n in 0usize..50, k in 0usize..70, pad_a in 0usize..4, pad_c in 0usize..4, e in 0usize..5, seed in 0u64..1000) {
+            if let Some(ops) = smlal_ops() {
+                check::gemm(&ops, m, n, k, k + pad_a, n + pad_c, check::EPIS[e], seed, Weights::Int8);
+            }
         }
     }
 

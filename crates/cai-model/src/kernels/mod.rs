@@ -618,7 +618,10 @@ impl PackedB {
     /// rounded up to a multiple of [`TILE_K_GROUPS`];
     /// for each group `kq` of 4 rows, column `jj`'s `q[4kq..4kq+4][jj]` at
     /// `(kq * NR + jj) * 4` (zero beyond `k` and `n`). Empty unless [`PackedB::is_int8`].
-    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    #[cfg_attr(
+        not(any(target_arch = "x86_64", target_arch = "aarch64")),
+        allow(dead_code)
+    )]
     fn q8_panel(&self, p: usize) -> &[i8] {
         match &self.quant {
             Some(q) if q.bits == 8 => &q.data8[p * q.k4 * NR * 4..(p + 1) * q.k4 * NR * 4],
@@ -628,7 +631,10 @@ impl PackedB {
 
     /// Column sums `sum_k q_kj` of int8 panel `p` ([`NR`] values; zero padded), which undo
     /// the activations' zero point in the i32 sums. Empty unless [`PackedB::is_int8`].
-    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    #[cfg_attr(
+        not(any(target_arch = "x86_64", target_arch = "aarch64")),
+        allow(dead_code)
+    )]
     fn q_colsum(&self, p: usize) -> &[i32] {
         match &self.quant {
             Some(q) if q.bits == 8 => &q.colsum[p * NR..p * NR + NR],
@@ -842,6 +848,10 @@ impl Precision {
                         " (vpmaddwd: this CPU's VNNI is for the other x86 tier, see CAI_KERNELS)"
                     }
                     Tier::Avx2 | Tier::Avx512 => " (no VNNI on this CPU: vpmaddwd)",
+                    #[cfg(target_arch = "aarch64")]
+                    Tier::Neon if self == Precision::Int8 && aarch64::has_dotprod() => {
+                        " (NEON sdot: 16 multiply-adds per instruction, four times f32's fmla)"
+                    }
                     Tier::Neon => {
                         " (NEON smlal: 4 multiply-adds per instruction, as f32's fmla does: at best f32's speed)"
                     }

@@ -672,6 +672,9 @@ pub fn run(
             }
         }
     }
+    for line in scaling_lines(&cases) {
+        say(Line::Result(line));
+    }
     // The probe again: with the rates the block rounds measured, how far this machine's
     // speed moved during the run (other load), i.e. how far apart figures taken at
     // different moments can be for that reason alone.
@@ -718,6 +721,55 @@ pub fn run(
         report.z_first
     )));
     Ok(report)
+}
+
+/// For each precision and thread count above one: wall-clock galaxies/s on that many
+/// threads over one thread's, at each precision's best batch on those threads (and at
+/// that batch on one thread), one line per precision, e.g. `two threads: f32 1.99x
+/// (batch 128)`. Nothing without one-thread cases to compare with.
+fn scaling_lines(cases: &[Case]) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut precisions: Vec<&str> = Vec::new();
+    for c in cases {
+        if !precisions.contains(&c.precision) {
+            precisions.push(c.precision);
+        }
+    }
+    for p in precisions {
+        let of = |t: usize| {
+            cases
+                .iter()
+                .filter(move |c| c.precision == p && c.threads == t)
+        };
+        let mut threads: Vec<usize> = cases
+            .iter()
+            .filter(|c| c.precision == p && c.threads > 1)
+            .map(|c| c.threads)
+            .collect();
+        threads.sort_unstable();
+        threads.dedup();
+        let parts: Vec<String> = threads
+            .iter()
+            .filter_map(|&t| {
+                let best = of(t).max_by(|a, b| a.galaxies_per_s.total_cmp(&b.galaxies_per_s))?;
+                let one = of(1).find(|c| c.batch == best.batch)?;
+                (one.galaxies_per_s > 0.0).then(|| {
+                    format!(
+                        "{t} threads {:.2}x (batch {})",
+                        best.galaxies_per_s / one.galaxies_per_s,
+                        best.batch
+                    )
+                })
+            })
+            .collect();
+        if !parts.is_empty() {
+            out.push(format!(
+                "{p}: wall galaxies/s over one thread's at the same batch: {}",
+                parts.join(", ")
+            ));
+        }
+    }
+    out
 }
 
 /// Above this drift ([`probe_drift`]) the report warns that other load moved the machine's speed.
@@ -850,6 +902,42 @@ mod tests {
         assert_eq!((lo, hi), (90.0, 100.0));
         assert!((drift - 0.1).abs() < 1e-12);
         assert_eq!(probe_drift(&[0.0, 0.0]).2, 0.0);
+    }
+
+    #[test]
+    fn scaling_over_threads() {
+        let case = |precision, threads, batch, galaxies_per_s| Case {
+            precision,
+            threads,
+            batch,
+            calls: 1,
+            galaxies: batch,
+            wall_s: 1.0,
+            cpu_s: None,
+            galaxies_per_s,
+            galaxies_per_cpu_s: None,
+            gflops: 0.0,
+            peak_share_cpu: None,
+            peak_share_wall: 0.0,
+            load1: None,
+        };
+        let cases = [
+            case("f32", 1, 32, 100.0),
+            case("f32", 1, 128, 110.0),
+            case("int8", 1, 128, 300.0),
+            case("f32", 2, 32, 190.0),
+            case("f32", 2, 128, 217.8),
+            case("int8", 2, 128, 585.0),
+        ];
+        assert_eq!(
+            scaling_lines(&cases),
+            [
+                "f32: wall galaxies/s over one thread's at the same batch: 2 threads 1.98x (batch 128)",
+                "int8: wall galaxies/s over one thread's at the same batch: 2 threads 1.95x (batch 128)",
+            ]
+        );
+        assert!(scaling_lines(&cases[..3]).is_empty());
+        assert!(scaling_lines(&cases[3..]).is_empty());
     }
 
     #[test]

@@ -566,16 +566,12 @@ impl AstroMae {
         if !layer.follows_layer_norm() {
             return None;
         }
-        let mut m = self.clone();
-        let mut out = None;
-        m.layer_weights_mut(layer, &mut |w, _| {
-            out = Some(
-                (0..w.k())
-                    .map(|kk| (0..w.n()).fold(0.0f32, |a, j| a.max(w.at(kk, j).abs())))
-                    .collect(),
-            );
-        });
-        out
+        let w = self.vit.block_weights(layer)?;
+        Some(
+            (0..w.k())
+                .map(|kk| (0..w.n()).fold(0.0f32, |a, j| a.max(w.at(kk, j).abs())))
+                .collect(),
+        )
     }
 
     /// Runs `pass` (a statistics pass of the ViT trunk) over `n` galaxies in chunks on this
@@ -686,14 +682,26 @@ impl AstroMae {
             message,
         };
         let (k, n) = self.layer_shape(layer);
-        if k == 0 || self.plan.get(layer) != kernels::Precision::F32 {
-            return Err(err(format!("{layer}: GPTQ needs an f32 block layer")));
-        }
-        let mut m = self.clone();
+        let w = match self.vit.block_weights(layer) {
+            Some(w) if self.plan.get(layer) == kernels::Precision::F32 && !w.is_quantized() => w,
+            _ => return Err(err(format!("{layer}: GPTQ needs an f32 block layer"))),
+        };
+        let mut wk = w.weights_kn();
         let mut h = gram.to_vec();
+        if h.len() != k * k {
+            return Err(err(format!(
+                "{layer}: a {k} x {k} Gram matrix, not {} values",
+                h.len()
+            )));
+        }
         if let Some(s) = smoothing {
-            if s.len() != k || !m.vit.smooth(layer, s) {
+            // As `Vit::smooth` folds them (and `set_plan` will): row kk of the weights times
+            // s_kk, the same f32 products it packs; the inputs, so their Gram matrix, / s.
+            if s.len() != k || !layer.follows_layer_norm() || w.is_bf16() {
                 return Err(err(format!("{layer}: cannot fold {} factors", s.len())));
+            }
+            for (row, sk) in wk.chunks_exact_mut(n.max(1)).zip(s) {
+                row.iter_mut().for_each(|v| *v *= sk);
             }
             for a in 0..k {
                 for b in 0..k {
@@ -701,11 +709,8 @@ impl AstroMae {
                 }
             }
         }
-        let mut out = Err(err(format!("{layer}: no weights")));
-        m.layer_weights_mut(layer, &mut |w, _| {
-            out = crate::gptq::gptq_int8(&w.weights_kn(), k, n, &h, &w.int8_scales());
-        });
-        out
+        let scales = kernels::int8_column_scales(&wk, k, n);
+        crate::gptq::gptq_int8(&wk, k, n, &h, &scales)
     }
 
     /// For studies (`examples/quant_study`): a block layer's weights as a dense row-major
@@ -717,16 +722,8 @@ impl AstroMae {
         &self,
         layer: PlanLayer,
     ) -> Option<(Vec<f32>, Vec<f32>, usize, usize)> {
-        let (k, n) = self.layer_shape(layer);
-        if k == 0 {
-            return None;
-        }
-        let mut m = self.clone();
-        let mut out = None;
-        m.layer_weights_mut(layer, &mut |w, _| {
-            out = Some((w.weights_kn(), w.int8_scales()))
-        });
-        out.map(|(w, sc)| (w, sc, k, n))
+        let w = self.vit.block_weights(layer)?;
+        Some((w.weights_kn(), w.int8_scales(), w.k(), w.n()))
     }
 
     /// For studies of where int8's error comes from (`examples/quant_study`): rounds the

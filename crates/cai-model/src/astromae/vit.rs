@@ -429,6 +429,19 @@ impl Vit {
         }
     }
 
+    /// The packed weights of a block layer (`qkv`, `proj`, `fc1`, `fc2`); `None` for the
+    /// other layers or a block past the model's depth.
+    pub(crate) fn block_weights(&self, layer: PlanLayer) -> Option<&PackedB> {
+        let (b, i) = layer.block_linear()?;
+        let x = self.blocks.get(b)?;
+        Some(match i {
+            0 => &x.attn.qkv.w,
+            1 => &x.attn.proj.w,
+            2 => &x.mlp.fc1.w,
+            _ => &x.mlp.fc2.w,
+        })
+    }
+
     /// Visits the packed weights of the per-galaxy MLPs `head` and `vit_block`.
     pub(crate) fn tail_weights_mut(&mut self, f: &mut dyn FnMut(&mut PackedB)) {
         self.head.weights_mut(f);

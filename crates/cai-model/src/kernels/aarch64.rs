@@ -464,6 +464,25 @@ unsafe fn tile_q<const ACT: u8, const ACC: bool>(
         ap = ap.add(2 * MR);
         bp = bp.add(2 * NR);
     }
+    int_epilogue::<ACT, ACC>(&acc, [sa, scale, bias], c, ldc, rows, cols);
+}
+
+/// The integer tiles' epilogue: for each of the first `rows` rows of exact i32 sums,
+/// `C[r][..cols] (=|+=) act(sum * (row scale * column scale) + bias)` in the reference's
+/// order of f32 operations.
+///
+/// Caller guarantees: NEON; `[sa, scale, bias]` point to `rows`, [`NR`] and [`NR`] values,
+/// `c` to `rows` writable rows of `cols` values at stride `ldc`.
+#[target_feature(enable = "neon")]
+#[inline]
+unsafe fn int_epilogue<const ACT: u8, const ACC: bool>(
+    acc: &[[int32x4_t; 4]; MR],
+    [sa, scale, bias]: [*const f32; 3],
+    c: *mut f32,
+    ldc: usize,
+    rows: usize,
+    cols: usize,
+) {
     let sc = vld1q_f32_x4(scale);
     let sc = [sc.0, sc.1, sc.2, sc.3];
     let bv = vld1q_f32_x4(bias);
@@ -663,20 +682,8 @@ unsafe fn tile_dot<const ACT: u8, const ACC: bool>(
         ap = ap.add(4 * MR);
         bp = bp.add(4 * NR);
     }
-    let sc = vld1q_f32_x4(b.q_scale(p).as_ptr());
-    let sc = [sc.0, sc.1, sc.2, sc.3];
-    let bv = vld1q_f32_x4(b.panel_bias(p).as_ptr());
-    let bias = [bv.0, bv.1, bv.2, bv.3];
-    for (r, accr) in acc.iter().enumerate().take(rows) {
-        let s = *sa.add(r);
-        let mut v = [vdupq_n_f32(0.0); 4];
-        for j in 0..4 {
-            // The reference's `sum as f32 * (sa * scale) + bias`: two roundings, no FMA.
-            let f = vmulq_f32(vcvtq_f32_s32(accr[j]), vmulq_n_f32(sc[j], s));
-            v[j] = act::<ACT>(vaddq_f32(f, bias[j]));
-        }
-        store_row::<ACC>(c.add(r * ldc), v, cols);
-    }
+    let (scale, bias) = (b.q_scale(p).as_ptr(), b.panel_bias(p).as_ptr());
+    int_epilogue::<ACT, ACC>(&acc, [sa, scale, bias], c, ldc, rows, cols);
 }
 
 /// [`super::quantize_row_u8`] on NEON: the row's smallest and largest values (NaN

@@ -439,16 +439,7 @@ impl PackedB {
     /// The column scales [`PackedB::quantize_int8`] would use: `max_k |B[k][j]| / 127`
     /// (0 for an all-zero column, NaN for a non-finite one).
     pub fn int8_scales(&self) -> Vec<f32> {
-        (0..self.n)
-            .map(|j| {
-                let amax = (0..self.k).fold(0.0f32, |m, kk| m.max(self.at(kk, j).abs()));
-                if amax.is_finite() {
-                    amax / 127.0
-                } else {
-                    f32::NAN
-                }
-            })
-            .collect()
+        int8_column_scales(&self.weights_kn(), self.k, self.n)
     }
 
     /// The weights as a dense row-major `k x n` matrix (`B[kk][j]` at `kk * n + j`;
@@ -1068,6 +1059,24 @@ pub(crate) fn quantize_row_for(b: &PackedB, a: &[f32], out: &mut [i16], stride2:
     } else {
         quantize_row(a, b.q_limit(), out, stride2)
     }
+}
+
+/// The int8 column scales of a dense row-major `k x n` matrix (`w[kk * n + j]`):
+/// `max_k |w_kj| / 127` (0 for an all-zero column, NaN for a non-finite one), as
+/// [`PackedB::int8_scales`] gives them for its weights.
+///
+/// Panics if `w` holds fewer than `k * n` values.
+pub fn int8_column_scales(w: &[f32], k: usize, n: usize) -> Vec<f32> {
+    (0..n)
+        .map(|j| {
+            let amax = (0..k).fold(0.0f32, |m, kk| m.max(w[kk * n + j].abs()));
+            if amax.is_finite() {
+                amax / 127.0
+            } else {
+                f32::NAN
+            }
+        })
+        .collect()
 }
 
 /// The bf16 form of a [`PackedB`] (beside its bf16-rounded f32 weights, which tiers

@@ -167,6 +167,29 @@ fn gptq_codes_through_a_plan() {
         .gptq_codes(PlanLayer::Fc1(0), &grams[0][2], Some(&f))
         .unwrap();
     assert_eq!(sc.len(), cfg.dim * cfg.mlp);
+    // They are GPTQ's codes for the layer as `set_plan` smooths it (the same f32 weights,
+    // the inputs' Gram matrix divided by the factors), found without a copy of the model.
+    let mut smooth = PrecisionPlan::f32(cfg.depth);
+    smooth.set_smoothing(PlanLayer::Fc1(0), Some(f.clone()));
+    let mut smoothed = model.clone();
+    smoothed.set_plan(&smooth).unwrap();
+    let (ws, scs, k1, n1) = smoothed.study_layer_weights(PlanLayer::Fc1(0)).unwrap();
+    let h: Vec<f64> = (0..k1 * k1)
+        .map(|i| grams[0][2][i] / (f64::from(f[i / k1]) * f64::from(f[i % k1])))
+        .collect();
+    assert_eq!(
+        cai_model::gptq::gptq_int8(&ws, k1, n1, &h, &scs).unwrap(),
+        sc
+    );
+    assert!(model
+        .gptq_codes(PlanLayer::Fc1(0), &grams[0][2][1..], Some(&f))
+        .is_err());
+    assert!(model
+        .gptq_codes(PlanLayer::Proj(0), &grams[0][1], Some(&f))
+        .is_err());
+    assert!(smoothed
+        .gptq_codes(PlanLayer::Fc1(0), &grams[0][2], None)
+        .is_ok());
     assert!(model
         .gptq_codes(PlanLayer::Cnn, &grams[0][2], None)
         .is_err());

@@ -681,11 +681,11 @@ impl AstroMae {
             file: "(gptq)".into(),
             message,
         };
-        let (k, n) = self.layer_shape(layer);
         let w = match self.vit.block_weights(layer) {
             Some(w) if self.plan.get(layer) == kernels::Precision::F32 && !w.is_quantized() => w,
             _ => return Err(err(format!("{layer}: GPTQ needs an f32 block layer"))),
         };
+        let (k, n) = (w.k(), w.n());
         let mut wk = w.weights_kn();
         let mut h = gram.to_vec();
         if h.len() != k * k {

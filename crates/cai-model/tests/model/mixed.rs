@@ -134,10 +134,11 @@ fn gptq_codes_through_a_plan() {
         m.predict(&img, &mag, 6).unwrap()
     };
     // RTN's codes given explicitly are plain int8.
-    let (w, _, k, n) = model.study_layer_weights(l).unwrap();
+    let (w, scales, k, n) = model.study_layer_weights(l).unwrap();
     let sc: Vec<f32> = (0..n)
         .map(|j| (0..k).fold(0.0f32, |m, kk| m.max(w[kk * n + j].abs())) / 127.0)
         .collect();
+    assert_eq!(scales, sc);
     let rtn = cai_model::gptq::rtn_int8(&w, n, &sc);
     assert_eq!(bits(&run(Some(rtn))), bits(&run(None)));
     let zg = run(Some(codes.clone()));

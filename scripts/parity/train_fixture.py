@@ -10,6 +10,7 @@ fixture and 2.2e-4 on a checkpoint trained for only 150 steps. Run with the pari
 
     $VENV/bin/python scripts/parity/train_fixture.py [--out DIR] [--cai PATH]
         [--galaxies 8192] [--steps 150] [--minutes 60] [--seed 3] [--threads 2]
+        [--save-every N] [--resume]
 
 DIR defaults to $CAI_TRAINED_DIR or ~/.cache/cai-trained. Written there, as make_fixtures.py
 writes them, so `cai bench --model DIR/model.pt --parity-dir DIR` and the examples'
@@ -22,7 +23,10 @@ writes them, so `cai bench --model DIR/model.pt --parity-dir DIR` and the exampl
   meta.json   steps, minutes, held-out MAE and NMAD, seed, versions
 
 Training stops at --steps or after --minutes, whichever comes first; on 2 shared vCPUs a step
-takes 5-15 s. The last 512 galaxies are held out and never trained on.
+takes 5-15 s. The last 512 galaxies are held out and never trained on. --save-every N writes
+the three files every N steps as well (each replaced whole, never half-written), so a run cut
+short leaves its last checkpoint; --resume continues from DIR/model.pt (a fresh optimiser) and
+counts its steps on from meta.json's.
 """
 import argparse
 import json
@@ -82,6 +86,10 @@ def main():
     ap.add_argument("--minutes", type=float, default=60.0)
     ap.add_argument("--seed", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--save-every", type=int, default=0,
+                    help="also write the checkpoint every N steps (0: only at the end)")
+    ap.add_argument("--resume", action="store_true",
+                    help="continue training DIR/model.pt instead of a fresh model")
     args = ap.parse_args()
     if args.galaxies <= HELD_OUT + 64:
         sys.exit(f"train_fixture.py: --galaxies must exceed {HELD_OUT + 64}")
@@ -100,11 +108,19 @@ def main():
     train = args.galaxies - HELD_OUT
     test = (images[train:], mags[train:], z[train:])
 
-    model = ViT_Astro()
+    model, step = ViT_Astro(), 0
+    if args.resume:
+        model = torch.load(os.path.join(args.out, "model.pt"), weights_only=False)
+        with open(os.path.join(args.out, "meta.json")) as f:
+            step = json.load(f)["steps"]
+        print(f"train_fixture.py: resuming {args.out} at step {step}", flush=True)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=0.01)
+    start, first, minutes_before = time.time(), step, 0.0
+    if args.resume:
+        with open(os.path.join(args.out, "meta.json")) as f:
+            minutes_before = json.load(f).get("minutes", 0.0)
     model.train()
-    start, step = time.time(), 0
-    while step < args.steps and time.time() - start < 60 * args.minutes:
+    while step - first < args.steps and time.time() - start < 60 * args.minutes:
         idx = torch.randint(0, train, (64,))
         loss = ((model(images[idx], mags[idx]).squeeze(1) - z[idx]) ** 2).mean()
         opt.zero_grad()
@@ -115,19 +131,39 @@ def main():
             mae, nmad, sd = held_out_metrics(model, *test)
             print(f"step {step} ({time.time() - start:.0f} s): loss {loss.item():.5f}, "
                   f"held-out MAE {mae:.4f}, NMAD {nmad:.4f}, z sd {sd:.3f}", flush=True)
-    mae, nmad, _ = held_out_metrics(model, *test)
-    model.eval()
-    torch.save(model, os.path.join(args.out, "model.pt"))
-    torch.save(TensorDataset(images[-8:].clone(), mags[-8:].double().clone(), z[-8:].clone()),
-               os.path.join(args.out, "1.pt"))
-    meta = {"steps": step, "minutes": (time.time() - start) / 60, "held_out": HELD_OUT,
-            "held_out_mae": mae, "held_out_nmad": nmad, "galaxies": args.galaxies,
-            "seed": args.seed, "torch": torch.__version__}
-    with open(os.path.join(args.out, "meta.json"), "w") as f:
-        json.dump(meta, f, indent=1)
+        if args.save_every and step % args.save_every == 0:
+            save(model, images, mags, z, test, step, minutes_before + (time.time() - start) / 60,
+                 args)
+            model.train()
+    mae, nmad = save(model, images, mags, z, test, step,
+                     minutes_before + (time.time() - start) / 60, args)
     print(f"train_fixture.py: {step} steps, held-out MAE {mae:.4f}, NMAD {nmad:.4f}; "
           f"wrote {args.out}")
 
+
+def save(model, images, mags, z, test, step, minutes, args):
+    """Writes model.pt, 1.pt and meta.json into args.out, each through a temporary file and a
+    rename, so a reader never sees half a checkpoint. Returns the held-out MAE and NMAD."""
+    mae, nmad, _ = held_out_metrics(model, *test)
+    model.eval()
+
+    def write(name, fn):
+        tmp = os.path.join(args.out, f".{name}.tmp")
+        fn(tmp)
+        os.replace(tmp, os.path.join(args.out, name))
+
+    write("model.pt", lambda p: torch.save(model, p))
+    write("1.pt", lambda p: torch.save(
+        TensorDataset(images[-8:].clone(), mags[-8:].double().clone(), z[-8:].clone()), p))
+    meta = {"steps": step, "minutes": minutes, "held_out": HELD_OUT,
+            "held_out_mae": mae, "held_out_nmad": nmad, "galaxies": args.galaxies,
+            "seed": args.seed, "torch": torch.__version__}
+
+    def dump(p):
+        with open(p, "w") as f:
+            json.dump(meta, f, indent=1)
+    write("meta.json", dump)
+    return mae, nmad
 
 if __name__ == "__main__":
     main()

@@ -5,7 +5,8 @@
 //! 1. the speed of each precision on this CPU ([`measure_rates`]: one thread, the same
 //!    fc1-shaped GEMM in every precision, interleaved rounds, best of each);
 //! 2. each layer's sensitivity: max |Δz| against all-f32 when only that layer is lowered,
-//!    for each precision faster than f32, and for `qkv`/`fc1` in int8/int16 also with
+//!    for each precision faster than f32 (for a block's attention products, bf16 where
+//!    [`measure_attention_rates`] finds it faster on the model's head shape), and for `qkv`/`fc1` in int8/int16 also with
 //!    SmoothQuant factors folded into the LayerNorm before them ([`smoothing_factors`]),
 //!    kept only where that lowers the measured error; for int8 block layers also with
 //!    GPTQ's codes ([`crate::gptq`], Hessians of the layers' inputs on the calibration
@@ -59,8 +60,9 @@ pub const DEFAULT_CALIBRATION: usize = 64;
 const MIN_GAIN: f64 = 0.03;
 /// Format version of the stored plan file (2: plans carry the input means of their
 /// bias-corrected layers; 3: chosen with half the calibration galaxies held out; 4: int8
-/// block layers may carry GPTQ codes; a plan of another format is chosen again).
-const FORMAT: u32 = 4;
+/// block layers may carry GPTQ codes; 5: the attention products may run in bf16; a plan of
+/// another format is chosen again).
+const FORMAT: u32 = 5;
 /// How many times [`choose`] lowers its bound when the held-out galaxies are not within
 /// it, before it falls back to all-f32.
 const MAX_TRIES: usize = 6;
@@ -219,6 +221,10 @@ pub struct AutoChoice {
     pub est_gemm_speedup: f64,
     /// The rates the estimate used.
     pub rates: Vec<PrecisionRate>,
+    /// The attention products' rates (f32, and bf16 when a candidate) on the model's head
+    /// shape, which the `attn` layers' estimate used.
+    #[serde(default)]
+    pub attention_rates: Vec<PrecisionRate>,
     /// Every lone-layer measurement.
     pub sensitivities: Vec<Sensitivity>,
     /// Lone-layer measurements where smoothing was tried, and where it lowered the error.
@@ -342,6 +348,78 @@ pub fn measure_rates(precs: &[Precision], seconds: f64) -> Vec<PrecisionRate> {
         .collect()
 }
 
+/// GFLOP per CPU-second of one attention head (`t` tokens, `hd` values per head, rows of
+/// a fused qkv of `3 ld`) in each of `precs` that attention runs in (f32, bf16; others
+/// are left out): [`kernels::Ops::attention`] and [`kernels::Ops::attention_bf16`] in
+/// interleaved rounds for about `seconds` in all, the best round of each.
+pub fn measure_attention_rates(
+    precs: &[Precision],
+    t: usize,
+    hd: usize,
+    seconds: f64,
+) -> Vec<PrecisionRate> {
+    let ops = kernels::ops();
+    let start = std::time::Instant::now();
+    let clock =
+        || crate::clock::thread_cpu_seconds().unwrap_or_else(|| start.elapsed().as_secs_f64());
+    let precs: Vec<Precision> = precs
+        .iter()
+        .copied()
+        .filter(|p| matches!(p, Precision::F32 | Precision::Bf16))
+        .collect();
+    let ld = 3 * hd;
+    let qkv: Vec<f32> = (0..t * ld)
+        .map(|i| ((i * 7919) % 1000) as f32 * 2e-3 - 1.0)
+        .collect();
+    let head = kernels::HeadQkv {
+        t,
+        hd,
+        ld,
+        q: &qkv,
+        k: &qkv[hd..],
+        v: &qkv[2 * hd..],
+    };
+    let scale = (hd.max(1) as f32).powf(-0.5);
+    let mut out = vec![0.0f32; t * hd];
+    let mut ws = kernels::AttentionScratch::default();
+    let run = |p: Precision, out: &mut [f32], ws: &mut kernels::AttentionScratch| {
+        for _ in 0..16 {
+            if p == Precision::Bf16 {
+                ops.attention_bf16(&head, scale, out, hd, ws);
+            } else {
+                ops.attention(&head, scale, out, hd, ws);
+            }
+        }
+    };
+    let flops = 16.0 * 4.0 * (t * t * hd) as f64;
+    let mut best = vec![f64::INFINITY; precs.len()];
+    for &p in &precs {
+        run(p, &mut out, &mut ws);
+    }
+    let t0 = clock();
+    let mut rounds = 0;
+    while rounds < 3 || clock() - t0 < seconds {
+        for (&p, b) in precs.iter().zip(best.iter_mut()) {
+            let s = clock();
+            run(p, &mut out, &mut ws);
+            *b = b.min(clock() - s);
+        }
+        rounds += 1;
+        if rounds > 100_000 {
+            break;
+        }
+    }
+    std::hint::black_box(&out);
+    precs
+        .iter()
+        .zip(best)
+        .map(|(p, t)| PrecisionRate {
+            precision: *p,
+            gflops: flops / t.max(1e-9) / 1e9,
+        })
+        .collect()
+}
+
 /// SmoothQuant factors for a layer whose input channels reach `x_absmax` and whose
 /// weights' input channels reach `w_absmax`: `s_j = x_j^alpha / w_j^(1 - alpha)`, 1 where
 /// either is zero, clamped to [1e-4, 1e4].
@@ -434,6 +512,34 @@ pub fn choose(
         .collect();
     let layer_flops = model.layer_flops();
     let layers: Vec<PlanLayer> = layer_flops.iter().map(|(l, _)| *l).collect();
+    // The attention products run in f32 or bf16, at rates of their own.
+    let cfg = model.config();
+    let att_rates = measure_attention_rates(
+        &precs,
+        cfg.tokens + 1,
+        cfg.dim / cfg.heads.max(1),
+        opts.rate_seconds / 4.0,
+    );
+    let att_rate = |p: Precision| {
+        att_rates
+            .iter()
+            .find(|r| r.precision == p)
+            .map_or(0.0, |r| r.gflops)
+    };
+    let att_faster: Vec<Precision> = att_rates
+        .iter()
+        .filter(|r| r.precision != Precision::F32)
+        .filter(|r| r.gflops > att_rate(Precision::F32) * (1.0 + MIN_GAIN))
+        .map(|r| r.precision)
+        .collect();
+    let is_attn = |li: usize| matches!(layers[li], PlanLayer::Attn(_));
+    let lrate = |li: usize, p: Precision| {
+        if is_attn(li) {
+            att_rate(p)
+        } else {
+            rate(p)
+        }
+    };
 
     // Activation statistics for smoothing.
     let smooth_on = opts.smoothing
@@ -490,7 +596,8 @@ pub fn choose(
             }
             _ => None,
         };
-        for &p in &faster {
+        let cands = if is_attn(li) { &att_faster } else { &faster };
+        for &p in cands {
             let mut plan = PrecisionPlan::f32(depth);
             plan.set(l, p);
             correct(&mut plan);
@@ -557,7 +664,7 @@ pub fn choose(
         }
     }
 
-    let time = |li: usize, p: Precision| layer_flops[li].1 as f64 / rate(p).max(1e-9);
+    let time = |li: usize, p: Precision| layer_flops[li].1 as f64 / lrate(li, p).max(1e-9);
     let err = |li: usize, p: Precision| -> f64 {
         lone.iter()
             .find(|e| e.layer == li && e.precision == p)
@@ -572,7 +679,7 @@ pub fn choose(
             let mut best: Option<(f64, usize, Precision)> = None;
             for e in &lone {
                 let (li, p) = (e.layer, e.precision);
-                if e.dz > target || rate(p) <= rate(cur[li]) * (1.0 + MIN_GAIN) {
+                if e.dz > target || lrate(li, p) <= lrate(li, cur[li]) * (1.0 + MIN_GAIN) {
                     continue;
                 }
                 let dt = time(li, cur[li]) - time(li, p);
@@ -728,6 +835,7 @@ pub fn choose(
         target,
         est_gemm_speedup: t_f32 / t_plan.max(1e-12),
         rates,
+        attention_rates: att_rates,
         sensitivities: sens,
         smoothing_tried: tried,
         smoothing_helped: helped,

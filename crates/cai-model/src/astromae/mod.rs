@@ -485,6 +485,11 @@ impl AstroMae {
                     )));
                 }
             }
+            if matches!(l, PlanLayer::Attn(_))
+                && !matches!(want, Precision::F32 | Precision::Bf16)
+            {
+                return Err(err(format!("{l} runs in f32 or bf16, not {want}")));
+            }
             if let Some(g) = want_g {
                 let (k, n) = self.layer_shape(l);
                 if g.len() != k * n {
@@ -511,6 +516,9 @@ impl AstroMae {
                     None => m.to_vec(),
                 });
             let codes = plan.gptq(l).filter(|_| p == Precision::Int8);
+            if let PlanLayer::Attn(b) = l {
+                self.vit.set_attention_bf16(b, p == Precision::Bf16);
+            }
             self.layer_weights_mut(l, &mut |w, _| {
                 convert_layer(w, p, mean.as_deref(), codes);
             });
@@ -543,14 +551,18 @@ impl AstroMae {
         }
     }
 
-    /// Multiply-add FLOPs (2 per MAC) per galaxy of each plan layer's weight matrices, in
-    /// [`PlanLayer::all`] order (attention's score products, norms and activations are in
-    /// no layer).
+    /// Multiply-add FLOPs (2 per MAC) per galaxy of each plan layer's weight matrices, and
+    /// of the attention's two products for `attn` layers, in [`PlanLayer::all`] order
+    /// (norms and activations are in no layer).
     pub fn layer_flops(&self) -> Vec<(PlanLayer, u64)> {
         let mut m = self.clone();
+        let t1 = self.cfg.tokens + 1;
         PlanLayer::all(self.cfg.depth)
             .into_iter()
             .map(|l| {
+                if matches!(l, PlanLayer::Attn(_)) {
+                    return (l, 4 * (t1 * t1 * self.cfg.dim) as u64);
+                }
                 let mut flops = 0u64;
                 m.layer_weights_mut(l, &mut |w, rows| {
                     flops += 2 * (rows * w.k() * w.n()) as u64;

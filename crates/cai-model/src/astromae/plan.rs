@@ -1,7 +1,8 @@
 //! Per-layer precision: which arithmetic ([`Precision`]) each weight matrix of AstroMAE
 //! runs in, and the SmoothQuant factors folded into a layer before it is quantised.
 //!
-//! A plan names the patch embedding, the `qkv`, `proj`, `fc1` and `fc2` of every block, the
+//! A plan names the patch embedding, the `qkv`, attention products (`attn`, f32 or bf16),
+//! `proj`, `fc1` and `fc2` of every block, the
 //! convolutional trunk (all of `vis_inception`'s convolutions) and the head (the
 //! per-galaxy MLPs: the ViT's `head` and `vit_block`, `vis_inception.10/12`,
 //! `magnitude_block`, `concat_block.0`). [`PrecisionPlan::uniform`] is what
@@ -20,6 +21,9 @@ pub enum PlanLayer {
     PatchEmbed,
     /// `blocks.{i}.attn.qkv`.
     Qkv(usize),
+    /// `blocks.{i}.attn`'s two products without weights (scores `QKᵀ`, then the softmax
+    /// weights times `V`): f32 or bf16 only.
+    Attn(usize),
     /// `blocks.{i}.attn.proj`.
     Proj(usize),
     /// `blocks.{i}.mlp.fc1`.
@@ -52,6 +56,7 @@ impl PlanLayer {
         for b in 0..depth {
             v.extend([
                 PlanLayer::Qkv(b),
+                PlanLayer::Attn(b),
                 PlanLayer::Proj(b),
                 PlanLayer::Fc1(b),
                 PlanLayer::Fc2(b),
@@ -73,6 +78,7 @@ impl std::fmt::Display for PlanLayer {
         match self {
             PlanLayer::PatchEmbed => f.write_str("patch_embed"),
             PlanLayer::Qkv(b) => write!(f, "blocks.{b}.qkv"),
+            PlanLayer::Attn(b) => write!(f, "blocks.{b}.attn"),
             PlanLayer::Proj(b) => write!(f, "blocks.{b}.proj"),
             PlanLayer::Fc1(b) => write!(f, "blocks.{b}.fc1"),
             PlanLayer::Fc2(b) => write!(f, "blocks.{b}.fc2"),
@@ -106,6 +112,9 @@ pub struct BlockPlan {
     /// `attn.qkv`.
     #[serde(with = "by_name")]
     pub qkv: Precision,
+    /// The attention's products (f32 or bf16; f32 in plans from before it was a choice).
+    #[serde(default = "f32_precision", with = "by_name", skip_serializing_if = "is_f32")]
+    pub attn: Precision,
     /// `attn.proj`.
     #[serde(with = "by_name")]
     pub proj: Precision,
@@ -179,10 +188,21 @@ mod codes_hex {
     }
 }
 
+fn f32_precision() -> Precision {
+    Precision::F32
+}
+
+fn is_f32(p: &Precision) -> bool {
+    *p == Precision::F32
+}
+
 impl BlockPlan {
+    /// Every matrix in `p`; the attention's products stay f32 (a uniform precision is about
+    /// the weights; `auto` moves attention to bf16 where it measures worth it).
     fn uniform(p: Precision) -> Self {
         Self {
             qkv: p,
+            attn: Precision::F32,
             proj: p,
             fc1: p,
             fc2: p,
@@ -240,6 +260,7 @@ impl PrecisionPlan {
         match layer {
             PlanLayer::PatchEmbed => self.patch_embed,
             PlanLayer::Qkv(b) => blk(b).map_or(Precision::F32, |x| x.qkv),
+            PlanLayer::Attn(b) => blk(b).map_or(Precision::F32, |x| x.attn),
             PlanLayer::Proj(b) => blk(b).map_or(Precision::F32, |x| x.proj),
             PlanLayer::Fc1(b) => blk(b).map_or(Precision::F32, |x| x.fc1),
             PlanLayer::Fc2(b) => blk(b).map_or(Precision::F32, |x| x.fc2),
@@ -253,6 +274,7 @@ impl PrecisionPlan {
         match layer {
             PlanLayer::PatchEmbed => self.patch_embed = p,
             PlanLayer::Qkv(b) => self.blocks.get_mut(b).into_iter().for_each(|x| x.qkv = p),
+            PlanLayer::Attn(b) => self.blocks.get_mut(b).into_iter().for_each(|x| x.attn = p),
             PlanLayer::Proj(b) => self.blocks.get_mut(b).into_iter().for_each(|x| x.proj = p),
             PlanLayer::Fc1(b) => self.blocks.get_mut(b).into_iter().for_each(|x| x.fc1 = p),
             PlanLayer::Fc2(b) => self.blocks.get_mut(b).into_iter().for_each(|x| x.fc2 = p),
@@ -349,9 +371,14 @@ impl PrecisionPlan {
         PlanLayer::all(self.blocks.len())
     }
 
-    /// The precision every layer of the plan shares, if they all share one.
+    /// The precision every weight matrix of the plan shares, if they all share one (the
+    /// attention's products, without weights, do not count).
     pub fn single(&self) -> Option<Precision> {
-        let mut it = self.layers().into_iter().map(|l| self.get(l));
+        let mut it = self
+            .layers()
+            .into_iter()
+            .filter(|l| !matches!(l, PlanLayer::Attn(_)))
+            .map(|l| self.get(l));
         let first = it.next()?;
         it.all(|p| p == first).then_some(first)
     }
@@ -488,6 +515,14 @@ mod tests {
             Some(&[-127, 0, 5, 127, -1][..])
         );
         assert!(!json2.contains("_gptq"), "{json2}");
+        // The attention's precision: written only when not f32, f32 when absent.
+        assert!(!json3.contains("\"attn\""), "{json3}");
+        p.set(PlanLayer::Attn(1), Precision::Bf16);
+        let json4 = serde_json::to_string(&p).unwrap_or_default();
+        assert_eq!(json4.matches("\"attn\":\"bf16\"").count(), 1, "{json4}");
+        let back: PrecisionPlan = serde_json::from_str(&json4).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(back.get(PlanLayer::Attn(1)), Precision::Bf16);
+        assert_eq!(back.get(PlanLayer::Attn(2)), Precision::F32);
     }
 
     #[test]
@@ -495,7 +530,7 @@ mod tests {
         let mut p = PrecisionPlan::f32(4);
         assert_eq!(p.single(), Some(Precision::F32));
         assert_eq!(p.as_uniform(), Some(Precision::F32));
-        assert_eq!(p.layers().len(), 1 + 4 * 4 + 2);
+        assert_eq!(p.layers().len(), 1 + 5 * 4 + 2);
         for b in 0..4 {
             p.set(PlanLayer::Fc1(b), Precision::Int16);
         }
@@ -510,7 +545,7 @@ mod tests {
         assert_eq!(p.smoothing(PlanLayer::Proj(0)), None);
         assert_eq!(
             p.summary(),
-            "f32: blocks.0-3.qkv blocks.0-3.proj blocks.0-3.fc2 patch_embed cnn head; \
+            "f32: blocks.0-3.qkv blocks.0-3.attn blocks.0-3.proj blocks.0-3.fc2 patch_embed cnn head; \
              int8: blocks.2.fc1; int16: blocks.0.fc1~ blocks.1,3.fc1"
         );
         p.set_input_mean(PlanLayer::Fc1(2), Some(vec![0.5]));

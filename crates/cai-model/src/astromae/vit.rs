@@ -96,6 +96,8 @@ pub(crate) struct Attention {
     qkv: Linear,
     proj: Linear,
     heads: usize,
+    /// The two products in bf16 ([`Ops::attention_bf16`]) rather than f32.
+    bf16: bool,
 }
 
 /// `timm Mlp`: `fc1` -> GELU (erf) -> `fc2`.
@@ -151,6 +153,7 @@ impl Block {
                 qkv: Linear::load(&a.pp("qkv"), d, 3 * d)?,
                 proj: Linear::load(&a.pp("proj"), d, d)?,
                 heads: cfg.heads,
+                bf16: false,
             },
             norm2: LayerNorm::load(&vb.pp("norm2"), d, LN_EPS)?,
             mlp: Mlp {
@@ -272,7 +275,11 @@ impl Block {
                     v: &qkv[2 * d + h * hd..],
                 };
                 let dst = &mut att[gi * t1 * d + h * hd..];
-                ops.attention(&head, scale, dst, d, &mut s.attn);
+                if self.attn.bf16 {
+                    ops.attention_bf16(&head, scale, dst, d, &mut s.attn);
+                } else {
+                    ops.attention(&head, scale, dst, d, &mut s.attn);
+                }
             }
         }
         let att = &*att;
@@ -425,7 +432,15 @@ impl Vit {
                     f(&mut x.mlp.fc2.w, if b + 1 == depth { 1 } else { t1 })
                 }
             }
-            PlanLayer::Cnn | PlanLayer::Head => {}
+            PlanLayer::Attn(_) | PlanLayer::Cnn | PlanLayer::Head => {}
+        }
+    }
+
+    /// Runs block `b`'s attention products in bf16 (`true`) or f32; a block past the
+    /// model's depth is ignored.
+    pub(crate) fn set_attention_bf16(&mut self, b: usize, on: bool) {
+        if let Some(x) = self.blocks.get_mut(b) {
+            x.attn.bf16 = on;
         }
     }
 

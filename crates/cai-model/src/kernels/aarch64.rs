@@ -80,6 +80,7 @@ pub fn neon_ops() -> Option<Ops> {
             layer_norm: layer_norm_neon,
             softmax: softmax_neon,
             attention: super::attention_composed,
+            attention_bf16: None,
             fma_probe: fma_probe_neon,
         })
     } else {

@@ -29,7 +29,8 @@ use std::arch::x86_64::*;
 use std::cell::Cell;
 
 use super::{
-    AttentionScratch, Epilogue, FmaProbeFn, GemmFn, HeadQkv, Ops, PackedB, ACT_GELU, ACT_RELU, NR,
+    AttentionFn, AttentionScratch, Epilogue, FmaProbeFn, GemmFn, HeadQkv, Ops, PackedB, ACT_GELU,
+    ACT_RELU, NR,
 };
 
 /// Rows of the register tiles (see the module doc).
@@ -794,6 +795,227 @@ unsafe fn attention_tile(
     }
 }
 
+/// The bf16 attention ([`super::Ops::attention_bf16`]) if this CPU has AVX-512 BF16.
+pub fn bf16_attention() -> Option<AttentionFn> {
+    bf16_gemm().map(|_| attention_bf16 as AttentionFn)
+}
+
+/// [`attention`] with bf16 products (`vdpbf16ps`, twice the f32 FMA's multiply-adds per
+/// instruction): the keys rounded to bf16 and laid out as panels of `Kᵀ`'s column pairs,
+/// the values as panels of `V`'s (token pairs, the cls token last), each strip of queries
+/// rounded, its scores by `vdpbf16ps` (the cls key's column a dot product of the rounded
+/// values), the f32 exponentials of [`attention`], those weights rounded for `V`'s
+/// product and each row scaled by 1 / the sum of its unrounded weights.
+fn attention_bf16(
+    _ops: &Ops,
+    h: &HeadQkv<'_>,
+    scale: f32,
+    out: &mut [f32],
+    ldo: usize,
+    ws: &mut AttentionScratch,
+) {
+    let (t, hd) = (h.t, h.hd);
+    let k0 = usize::from(super::cls_key_apart(t));
+    let (hp, tp) = (hd.div_ceil(2), t.div_ceil(2));
+    let kpanels = (t - k0).div_ceil(NR);
+    let ls = (t.div_ceil(8) * 8).max(kpanels * NR).div_ceil(NR) * NR;
+    if ws.s.len() < MRV * ls + NR {
+        ws.s.resize(MRV * ls + NR, 0.0);
+    }
+    let off = ((64 - ws.s.as_ptr() as usize % 64) % 64) / 4;
+    let b = &mut ws.bf16;
+    b.keys.resize(kpanels * NR * hp, 0.0);
+    b.kt.resize(kpanels * hp * NR, 0.0);
+    b.vt.resize(hd.div_ceil(NR) * tp * NR, 0);
+    b.kcls.resize(2 * hp, 0);
+    b.q.resize(MRV * 2 * hp, 0);
+    b.p.resize(MRV * 2 * tp, 0);
+    // SAFETY: `Ops::attention_bf16` checked that q, k and v hold t rows of hd values at
+    // stride ld and `out` t rows of hd at stride ldo; the buffers were sized just above for
+    // this head; reachable only through `bf16_attention` (AVX-512F/BW/VL/BF16, AVX2 and FMA
+    // confirmed).
+    unsafe {
+        let sp = ws.s.as_mut_ptr().add(off);
+        bf16_strips(h, b, k0 == 1, sp, ls, scale, out.as_mut_ptr(), ldo);
+    }
+}
+
+/// The body of [`attention_bf16`]. Caller guarantees as stated there: `sp` points to
+/// [`MRV`] rows of `ls` writable scores, `b`'s buffers are sized for this head.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16,avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn bf16_strips(
+    h: &HeadQkv<'_>,
+    b: &mut super::Bf16Attention,
+    cls_last: bool,
+    sp: *mut f32,
+    ls: usize,
+    scale: f32,
+    out: *mut f32,
+    ldo: usize,
+) {
+    use super::x86::{scale_row, strip_exponentials};
+    let (t, hd, ld) = (h.t, h.hd, h.ld);
+    let k0 = usize::from(cls_last);
+    let nk = t - k0;
+    let (hp, tp) = (hd.div_ceil(2), t.div_ceil(2));
+    let (kpanels, vpanels) = (nk.div_ceil(NR), hd.div_ceil(NR));
+    // Keys k0.. as rows of bf16 pairs (the rows past nk zero), then Kᵀ's panels: pair kp of
+    // the panel's NR keys side by side.
+    // (Pairs travel as f32 bit patterns through the f32 transpose: moves only, exact.)
+    for j in 0..kpanels * NR {
+        let row = &mut b.keys[j * hp..(j + 1) * hp];
+        if j < nk {
+            // SAFETY: a u32 slice viewed as twice as many u16 (same memory, u16's alignment
+            // is smaller).
+            let row16 = std::slice::from_raw_parts_mut(row.as_mut_ptr().cast::<u16>(), 2 * hp);
+            to_bf16_row(&h.k[(k0 + j) * ld..][..hd], row16);
+        } else {
+            row.fill(0.0);
+        }
+    }
+    for p in 0..kpanels {
+        let (src, dst) = (&b.keys[p * NR * hp..], &mut b.kt[p * hp * NR..]);
+        if !super::x86::pack_panel_nk(src, hp, hp, dst) {
+            for kp in 0..hp {
+                for jj in 0..NR {
+                    dst[kp * NR + jj] = src[jj * hp + kp];
+                }
+            }
+        }
+    }
+    if cls_last {
+        to_bf16_row(&h.k[..hd], &mut b.kcls);
+    }
+    // V's panels: for each pair of tokens (in the scores' order: k0.., then the cls token)
+    // and NR columns, the two tokens' values rounded and paired.
+    let tok = |i: usize| if i + k0 < t { i + k0 } else { i + k0 - t };
+    for kp in 0..tp {
+        let (ta, tb) = (tok(2 * kp), (2 * kp + 1 < t).then(|| tok(2 * kp + 1)));
+        for p in 0..vpanels {
+            let m = lanes_or_all(hd - p * NR);
+            let half = |tk: usize| {
+                let x = _mm512_maskz_loadu_ps(m, h.v.as_ptr().add(tk * ld + p * NR));
+                _mm512_cvtepu16_epi32(std::mem::transmute::<__m256bh, __m256i>(
+                    _mm512_cvtneps_pbh(x),
+                ))
+            };
+            let lo = half(ta);
+            let pair = match tb {
+                Some(tb) => _mm512_or_si512(lo, _mm512_slli_epi32::<16>(half(tb))),
+                None => lo,
+            };
+            _mm512_storeu_si512(b.vt.as_mut_ptr().add((p * tp + kp) * NR).cast(), pair);
+        }
+    }
+    let (kt, vt) = (b.kt.as_ptr().cast::<u32>(), b.vt.as_ptr());
+    let (qs, ps) = (b.q.as_mut_ptr(), b.p.as_mut_ptr());
+    let kcls = b.kcls.as_ptr();
+    let mut i0 = 0;
+    while i0 < t {
+        let rows = MRV.min(t - i0);
+        for r in 0..rows {
+            let dst = std::slice::from_raw_parts_mut(qs.add(r * 2 * hp), 2 * hp);
+            to_bf16_row(&h.q[(i0 + r) * ld..][..hd], dst);
+        }
+        for p in (0..kpanels).step_by(2) {
+            let cols = (nk - p * NR).min(2 * NR);
+            let c = sp.add(p * NR);
+            let pa = kt.add(p * hp * NR);
+            if p + 1 < kpanels {
+                bf16_attention_tile::<2>(hp, qs, [pa, pa.add(hp * NR)], c, ls, MRV, cols);
+            } else {
+                bf16_attention_tile::<1>(hp, qs, [pa], c, ls, MRV, cols);
+            }
+        }
+        let cls = |r: usize| cls_last.then(|| dot_bf16(qs.add(r * 2 * hp), kcls, hd));
+        let inv = strip_exponentials::<MRV>(sp, ls, rows, t, scale, cls);
+        for r in 0..rows {
+            let dst = std::slice::from_raw_parts_mut(ps.add(r * 2 * tp), 2 * tp);
+            to_bf16_row(std::slice::from_raw_parts(sp.add(r * ls), t), dst);
+        }
+        for p in (0..vpanels).step_by(2) {
+            let cols = (hd - p * NR).min(2 * NR);
+            let c = out.add(i0 * ldo + p * NR);
+            let pa = vt.add(p * tp * NR);
+            if p + 1 < vpanels {
+                bf16_attention_tile::<2>(tp, ps, [pa, pa.add(tp * NR)], c, ldo, rows, cols);
+            } else {
+                bf16_attention_tile::<1>(tp, ps, [pa], c, ldo, rows, cols);
+            }
+        }
+        for (r, iv) in inv.iter().enumerate().take(rows) {
+            scale_row(out.add((i0 + r) * ldo), hd, *iv);
+        }
+        i0 += rows;
+    }
+}
+
+/// Mask of the first `n` lanes, all 16 when `n >= 16`.
+#[inline]
+fn lanes_or_all(n: usize) -> u16 {
+    if n >= 16 {
+        u16::MAX
+    } else {
+        ((1u32 << n) - 1) as u16
+    }
+}
+
+/// `sum a[i] b[i]` over `n` bf16 values (exact products, f32 sums).
+///
+/// Caller guarantees: `n` readable values at `a` and at `b`; AVX-512F/BW/VL.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+#[inline]
+unsafe fn dot_bf16(a: *const u16, b: *const u16, n: usize) -> f32 {
+    let widen = |p: *const u16, m: u16| {
+        let v = _mm256_maskz_loadu_epi16(m, p.cast());
+        _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(v)))
+    };
+    let mut acc = _mm512_setzero_ps();
+    let mut j = 0;
+    while j < n {
+        let m = lanes_or_all(n - j);
+        acc = _mm512_fmadd_ps(widen(a.add(j), m), widen(b.add(j), m), acc);
+        j += 16;
+    }
+    _mm512_reduce_add_ps(acc)
+}
+
+/// One strip ([`MRV`] rows of `k2` bf16 pairs at `a`) x `P` panels of `k2` x [`NR`] pairs:
+/// the f32 sums of `vdpbf16ps`, stored (no bias, no activation) into `rows` rows of `cols`
+/// values at stride `ldc`.
+///
+/// Caller guarantees: as stated; the CPU has AVX-512F/BW/BF16.
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+#[inline]
+unsafe fn bf16_attention_tile<const P: usize>(
+    k2: usize,
+    a: *const u16,
+    panels: [*const u32; P],
+    c: *mut f32,
+    ldc: usize,
+    rows: usize,
+    cols: usize,
+) {
+    let mut acc = [[_mm512_setzero_ps(); P]; MRV];
+    pair_products(k2, a.cast(), panels.map(|p| p.cast::<i32>()), &mut acc, |acc, av, bv| {
+        // SAFETY: same-size plain-bits vector types (bf16 pairs as 32 x u16).
+        let (av, bv) = unsafe {
+            (
+                std::mem::transmute::<__m512i, __m512bh>(av),
+                std::mem::transmute::<__m512i, __m512bh>(bv),
+            )
+        };
+        _mm512_dpbf16_ps(acc, av, bv)
+    });
+    let masks = col_masks::<P>(cols);
+    each_row(&acc, rows, |r, accr| {
+        for h in 0..P {
+            store16::<false>(c.add(r * ldc + h * NR), accr[h], masks[h]);
+        }
+    });
+}
+
 layer_norm_fn!(
     pub(super) layer_norm,
     layer_norm_row,
@@ -1267,6 +1489,16 @@ mod tests {
     }
 
     #[test]
+    fn bf16_attention_matches_reference() {
+        if !check::available("avx512bf16", super::bf16_attention().is_some()) {
+            return;
+        }
+        let Some(ops) = bf16_ops() else { return };
+        assert!(ops.has_bf16_attention());
+        check::attention_bf16_shapes(&ops);
+    }
+
+    #[test]
     fn bf16_gemm_matches_scalar() {
         let Some(ops) = bf16_ops() else { return };
         check::gemm_odd_shapes(&ops, Weights::Bf16);
@@ -1432,6 +1664,13 @@ mod tests {
         fn bf16_gemm_prop(m in 0usize..40, n in 0usize..70, k in 0usize..70, pad_a in 0usize..4, pad_c in 0usize..4, e in 0usize..5, seed in 0u64..1000) {
             if let Some(ops) = bf16_ops() {
                 check::gemm(&ops, m, n, k, k + pad_a, n + pad_c, EPIS[e], seed, Weights::Bf16);
+            }
+        }
+
+        #[test]
+        fn bf16_attention_prop(t in 1usize..80, hd in 1usize..70, scale in 0.05f32..1.0, seed in 0u64..1000) {
+            if let Some(ops) = bf16_ops() {
+                check::attention_bf16(&ops, t, hd, scale, seed, &mut AttentionScratch::default());
             }
         }
 

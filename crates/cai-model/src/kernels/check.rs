@@ -314,6 +314,66 @@ pub fn attention_shapes(ops: &Ops) {
     }
 }
 
+/// [`Ops::attention_bf16`] on `t` tokens of `hd` values against
+/// [`super::attention_bf16_reference`] (the same roundings: apart from the order of the f32
+/// sums, a softmax weight may round to the other bf16 neighbour, one part in 256) and,
+/// loosely, against exact attention (bf16's error); columns past `hd` untouched.
+pub fn attention_bf16(
+    ops: &Ops,
+    t: usize,
+    hd: usize,
+    scale: f32,
+    seed: u64,
+    ws: &mut AttentionScratch,
+) {
+    let (ld, ldo) = (3 * hd + 5, hd + 3);
+    let qkv = lcg(seed, t * ld, 1.0);
+    let head = HeadQkv {
+        t,
+        hd,
+        ld,
+        q: &qkv,
+        k: &qkv[hd..],
+        v: &qkv[2 * hd..],
+    };
+    let out0 = lcg(seed + 1, t * ldo, 1.0);
+    let (mut got, mut want, mut exact) = (out0.clone(), out0.clone(), out0.clone());
+    ops.attention_bf16(&head, scale, &mut got, ldo, ws);
+    super::attention_bf16_reference(&head, scale, &mut want, ldo);
+    scalar::ops().attention(&head, scale, &mut exact, ldo, &mut AttentionScratch::default());
+    let vmax = (0..t * hd)
+        .map(|i| head.v[(i / hd) * ld + i % hd].abs())
+        .fold(0.0f32, f32::max);
+    for i in 0..t {
+        for c in 0..ldo {
+            let (g, w, e) = (got[i * ldo + c], want[i * ldo + c], exact[i * ldo + c]);
+            if c >= hd {
+                assert_eq!(g, out0[i * ldo + c], "t{t} hd{hd}: row {i} col {c} touched");
+                continue;
+            }
+            assert!(
+                (g - w).abs() <= vmax / 256.0 + 1e-5,
+                "t{t} hd{hd}: out[{i}][{c}] = {g}, reference {w}"
+            );
+            assert!(
+                (g - e).abs() <= 0.05 * vmax + 1e-5,
+                "t{t} hd{hd}: out[{i}][{c}] = {g}, f32 attention {e}"
+            );
+        }
+    }
+}
+
+/// [`attention_bf16`] over the shapes of [`attention_shapes`], reusing one scratch.
+pub fn attention_bf16_shapes(ops: &Ops) {
+    let mut ws = AttentionScratch::default();
+    for t in [1usize, 2, 5, 6, 7, 16, 17, 33, 65, 66, 97] {
+        for hd in [1usize, 8, 13, 32, 64] {
+            let scale = (hd as f32).powf(-0.5);
+            attention_bf16(ops, t, hd, scale, (t * 100 + hd) as u64, &mut ws);
+        }
+    }
+}
+
 /// Kinds of [`special_row`].
 pub const SPECIAL_ROWS: u64 = 9;
 
@@ -389,6 +449,7 @@ fn best_tier_matches_scalar() {
     gemm_odd_shapes(&ops, Weights::Bf16);
     softmax_odd_shapes(&ops);
     attention_shapes(&ops);
+    attention_bf16_shapes(&ops);
     for dim in [1usize, 3, 4, 7, 8, 192, 197] {
         layer_norm(&ops, 3, dim, dim as u64);
     }

@@ -1173,6 +1173,9 @@ pub struct Ops {
     layer_norm: LayerNormFn,
     softmax: SoftmaxFn,
     attention: AttentionFn,
+    /// Attention with bf16 products where the CPU has `vdpbf16ps`; `None`:
+    /// [`Ops::attention_bf16`] runs [`attention_bf16_reference`].
+    attention_bf16: Option<AttentionFn>,
     fma_probe: FmaProbeFn,
 }
 
@@ -1205,6 +1208,24 @@ pub struct AttentionScratch {
     /// A fused kernel's last, partial strip of queries, padded with zero rows.
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     q: Vec<f32>,
+    /// The bf16 kernel's operands ([`Ops::attention_bf16`]).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    bf16: Bf16Attention,
+}
+
+/// Operands of the bf16 attention kernel, as bf16 bits: the keys row by row, `Kᵀ` and `V`
+/// in panels of column pairs (one u32 per pair, low half first), a strip of queries and one
+/// of unnormalised softmax weights.
+#[derive(Debug, Clone, Default)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+struct Bf16Attention {
+    /// Pairs as f32 bit patterns (so the f32 panel transpose moves them).
+    keys: Vec<f32>,
+    kt: Vec<f32>,
+    vt: Vec<u32>,
+    kcls: Vec<u16>,
+    q: Vec<u16>,
+    p: Vec<u16>,
 }
 
 /// With `t % NR == 1` tokens (65 in AstroMAE: the cls token and 64 patches) the cls key
@@ -1258,6 +1279,42 @@ fn attention_composed(
     ops.softmax_rows(t, t, sc, t, scale);
     ws.vp.repack_kn(h.v, t, hd, ld, None);
     ops.gemm(t, sc, t, &ws.vp, out, ldo, Epilogue::PLAIN);
+}
+
+/// The arithmetic of [`Ops::attention_bf16`] in plain code: `q`, `k`, `v` rounded to bf16,
+/// scores and sums in f64, each row's weights `exp(scale (s - max s))` rounded to bf16 in
+/// the products and exact in the normalising sum. The tiers without `vdpbf16ps` run it, and
+/// the kernels are tested against it.
+pub fn attention_bf16_reference(h: &HeadQkv<'_>, scale: f32, out: &mut [f32], ldo: usize) {
+    let (t, hd, ld) = (h.t, h.hd, h.ld);
+    let round = |x: &[f32], rows: usize| -> Vec<f64> {
+        (0..rows * hd)
+            .map(|i| round_bf16(x[(i / hd) * ld + i % hd]) as f64)
+            .collect()
+    };
+    let (q, k, v) = (round(h.q, t), round(h.k, t), round(h.v, t));
+    let mut s = vec![0.0f64; t];
+    let mut acc = vec![0.0f64; hd];
+    for i in 0..t {
+        let qi = &q[i * hd..(i + 1) * hd];
+        for (j, sj) in s.iter_mut().enumerate() {
+            *sj = qi.iter().zip(&k[j * hd..(j + 1) * hd]).map(|(a, b)| a * b).sum();
+        }
+        let m = s.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let mut sum = 0.0;
+        acc.fill(0.0);
+        for (j, sj) in s.iter().enumerate() {
+            let e = ((scale as f64) * (sj - m)).exp() as f32;
+            sum += e as f64;
+            let w = round_bf16(e) as f64;
+            for (a, vv) in acc.iter_mut().zip(&v[j * hd..(j + 1) * hd]) {
+                *a += w * vv;
+            }
+        }
+        for (o, a) in out[i * ldo..i * ldo + hd].iter_mut().zip(&acc) {
+            *o = (a / sum) as f32;
+        }
+    }
 }
 
 impl Ops {
@@ -1419,6 +1476,46 @@ impl Ops {
             "attention: out too short"
         );
         (self.attention)(self, h, scale, out, ldo, ws)
+    }
+
+    /// [`Ops::attention`] with bf16 products: queries, keys, values and the softmax weights
+    /// (before their normalisation) rounded to bfloat16 (ties to even), the exact products
+    /// summed in f32 (`vdpbf16ps`), exponentials and normalisation in f32. Where the CPU has
+    /// no `vdpbf16ps` the same arithmetic runs as [`attention_bf16_reference`] (bf16
+    /// accuracy, below f32 speed: `auto` only picks it where it measures faster).
+    ///
+    /// Panics as [`Ops::attention`].
+    pub fn attention_bf16(
+        &self,
+        h: &HeadQkv<'_>,
+        scale: f32,
+        out: &mut [f32],
+        ldo: usize,
+        ws: &mut AttentionScratch,
+    ) {
+        let (t, hd, ld) = (h.t, h.hd, h.ld);
+        if t == 0 || hd == 0 {
+            return;
+        }
+        let need = (t - 1) * ld + hd;
+        assert!(
+            ld >= hd && h.q.len() >= need && h.k.len() >= need && h.v.len() >= need,
+            "attention: q, k or v too short"
+        );
+        assert!(
+            ldo >= hd && out.len() >= (t - 1) * ldo + hd,
+            "attention: out too short"
+        );
+        match self.attention_bf16 {
+            Some(f) => f(self, h, scale, out, ldo, ws),
+            None => attention_bf16_reference(h, scale, out, ldo),
+        }
+    }
+
+    /// Whether [`Ops::attention_bf16`] has a kernel of its own on this tier (else it runs
+    /// the slower reference).
+    pub fn has_bf16_attention(&self) -> bool {
+        self.attention_bf16.is_some()
     }
 
     /// Runs this tier's peak-rate probe: `iters` rounds of independent f32 multiply-add

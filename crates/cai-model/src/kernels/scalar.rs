@@ -13,6 +13,7 @@ pub fn ops() -> Ops {
         layer_norm,
         softmax,
         attention: super::attention_composed,
+        attention_bf16: None,
         fma_probe,
     }
 }

@@ -52,6 +52,7 @@ pub fn avx2_ops() -> Option<Ops> {
             layer_norm: layer_norm_avx2,
             softmax: softmax_avx2,
             attention: attention_avx2,
+            attention_bf16: None,
             fma_probe: fma_probe_avx2,
         })
     } else {
@@ -71,6 +72,7 @@ pub fn avx512_ops() -> Option<Ops> {
         gemm_int8: super::avx512::vnni_gemm_int8().unwrap_or(o.gemm_int8),
         gemm_bf16: super::avx512::bf16_gemm(),
         attention: super::avx512::attention,
+        attention_bf16: super::avx512::bf16_attention(),
         layer_norm: super::avx512::layer_norm,
         fma_probe,
         ..o

@@ -35,7 +35,9 @@ fn main() {
     let mut out = vec![0.0f32; t * d];
     let mut ws = AttentionScratch::default();
     let kinds: [(&str, Run); 2] = [
-        ("f32", |o, h, s, out, ldo, ws| o.attention(h, s, out, ldo, ws)),
+        ("f32", |o, h, s, out, ldo, ws| {
+            o.attention(h, s, out, ldo, ws)
+        }),
         ("bf16", |o, h, s, out, ldo, ws| {
             o.attention_bf16(h, s, out, ldo, ws)
         }),

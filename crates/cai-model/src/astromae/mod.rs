@@ -485,8 +485,7 @@ impl AstroMae {
                     )));
                 }
             }
-            if matches!(l, PlanLayer::Attn(_))
-                && !matches!(want, Precision::F32 | Precision::Bf16)
+            if matches!(l, PlanLayer::Attn(_)) && !matches!(want, Precision::F32 | Precision::Bf16)
             {
                 return Err(err(format!("{l} runs in f32 or bf16, not {want}")));
             }

@@ -113,7 +113,11 @@ pub struct BlockPlan {
     #[serde(with = "by_name")]
     pub qkv: Precision,
     /// The attention's products (f32 or bf16; f32 in plans from before it was a choice).
-    #[serde(default = "f32_precision", with = "by_name", skip_serializing_if = "is_f32")]
+    #[serde(
+        default = "f32_precision",
+        with = "by_name",
+        skip_serializing_if = "is_f32"
+    )]
     pub attn: Precision,
     /// `attn.proj`.
     #[serde(with = "by_name")]

@@ -998,16 +998,22 @@ unsafe fn bf16_attention_tile<const P: usize>(
     cols: usize,
 ) {
     let mut acc = [[_mm512_setzero_ps(); P]; MRV];
-    pair_products(k2, a.cast(), panels.map(|p| p.cast::<i32>()), &mut acc, |acc, av, bv| {
-        // SAFETY: same-size plain-bits vector types (bf16 pairs as 32 x u16).
-        let (av, bv) = unsafe {
-            (
-                std::mem::transmute::<__m512i, __m512bh>(av),
-                std::mem::transmute::<__m512i, __m512bh>(bv),
-            )
-        };
-        _mm512_dpbf16_ps(acc, av, bv)
-    });
+    pair_products(
+        k2,
+        a.cast(),
+        panels.map(|p| p.cast::<i32>()),
+        &mut acc,
+        |acc, av, bv| {
+            // SAFETY: same-size plain-bits vector types (bf16 pairs as 32 x u16).
+            let (av, bv) = unsafe {
+                (
+                    std::mem::transmute::<__m512i, __m512bh>(av),
+                    std::mem::transmute::<__m512i, __m512bh>(bv),
+                )
+            };
+            _mm512_dpbf16_ps(acc, av, bv)
+        },
+    );
     let masks = col_masks::<P>(cols);
     each_row(&acc, rows, |r, accr| {
         for h in 0..P {

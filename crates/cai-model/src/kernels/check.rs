@@ -340,7 +340,13 @@ pub fn attention_bf16(
     let (mut got, mut want, mut exact) = (out0.clone(), out0.clone(), out0.clone());
     ops.attention_bf16(&head, scale, &mut got, ldo, ws);
     super::attention_bf16_reference(&head, scale, &mut want, ldo);
-    scalar::ops().attention(&head, scale, &mut exact, ldo, &mut AttentionScratch::default());
+    scalar::ops().attention(
+        &head,
+        scale,
+        &mut exact,
+        ldo,
+        &mut AttentionScratch::default(),
+    );
     let vmax = (0..t * hd)
         .map(|i| head.v[(i / hd) * ld + i % hd].abs())
         .fold(0.0f32, f32::max);

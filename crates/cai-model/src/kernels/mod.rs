@@ -1298,7 +1298,11 @@ pub fn attention_bf16_reference(h: &HeadQkv<'_>, scale: f32, out: &mut [f32], ld
     for i in 0..t {
         let qi = &q[i * hd..(i + 1) * hd];
         for (j, sj) in s.iter_mut().enumerate() {
-            *sj = qi.iter().zip(&k[j * hd..(j + 1) * hd]).map(|(a, b)| a * b).sum();
+            *sj = qi
+                .iter()
+                .zip(&k[j * hd..(j + 1) * hd])
+                .map(|(a, b)| a * b)
+                .sum();
         }
         let m = s.iter().copied().fold(f64::NEG_INFINITY, f64::max);
         let mut sum = 0.0;

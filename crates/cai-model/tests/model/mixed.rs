@@ -60,7 +60,10 @@ fn lowering_one_layer_changes_only_that_layer() {
             let mut plan = PrecisionPlan::f32(cfg.depth);
             plan.set(l, Precision::Int8);
             let err = model.clone().set_plan(&plan).err().map(|e| e.to_string());
-            assert!(err.as_deref().is_some_and(|e| e.contains("f32 or bf16")), "{err:?}");
+            assert!(
+                err.as_deref().is_some_and(|e| e.contains("f32 or bf16")),
+                "{err:?}"
+            );
             Precision::Bf16
         } else {
             Precision::Int8

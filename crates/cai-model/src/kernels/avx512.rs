@@ -739,7 +739,7 @@ unsafe fn attention_strips(
     out: *mut f32,
     ldo: usize,
 ) {
-    use super::x86::{dot_avx2, scale_row, strip_exponentials};
+    use super::x86::{dot_avx2, scale_row};
     let (t, hd, ld) = (h.t, h.hd, h.ld);
     let nk = t - usize::from(cls_last);
     let mut i0 = 0;
@@ -757,7 +757,7 @@ unsafe fn attention_strips(
         // The cls scores go to exp_rows_padded in registers (stored and loaded back as part
         // of a vector, they would stall on store forwarding).
         let cls = |r: usize| cls_last.then(|| dot_avx2(qa.add(r * lda), h.k.as_ptr(), hd));
-        let inv = strip_exponentials::<MRV>(sp, ls, rows, t, scale, cls);
+        let inv = strip_exponentials16::<MRV>(sp, ls, rows, t, scale, cls);
         for p in (0..vp.panels()).step_by(2) {
             let cols = (hd - p * NR).min(2 * NR);
             let c = out.add(i0 * ldo + p * NR);
@@ -854,7 +854,7 @@ unsafe fn bf16_strips(
     out: *mut f32,
     ldo: usize,
 ) {
-    use super::x86::{scale_row, strip_exponentials};
+    use super::x86::scale_row;
     let (t, hd, ld) = (h.t, h.hd, h.ld);
     let k0 = usize::from(cls_last);
     let nk = t - k0;
@@ -929,7 +929,7 @@ unsafe fn bf16_strips(
             }
         }
         let cls = |r: usize| cls_last.then(|| dot_bf16(qs.add(r * 2 * hp), kcls, hd));
-        let inv = strip_exponentials::<MRV>(sp, ls, rows, t, scale, cls);
+        let inv = strip_exponentials16::<MRV>(sp, ls, rows, t, scale, cls);
         for r in 0..rows {
             let dst = std::slice::from_raw_parts_mut(ps.add(r * 2 * tp), 2 * tp);
             to_bf16_row(std::slice::from_raw_parts(sp.add(r * ls), t), dst);
@@ -949,6 +949,118 @@ unsafe fn bf16_strips(
         }
         i0 += rows;
     }
+}
+
+/// [`super::x86::strip_exponentials`] on zmm registers ([`exp_rows16`]): the
+/// exponentials of a strip's `rows` rows of scores (`ls` apart from `sp`, `t` each), two
+/// rows at a time, the cls key's score of row `r` from `cls(r)` when it was put apart;
+/// returns 1 / each row's sum.
+///
+/// Caller guarantees: as [`exp_rows16`] for each row; `rows <= M`.
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn strip_exponentials16<const M: usize>(
+    sp: *mut f32,
+    ls: usize,
+    rows: usize,
+    t: usize,
+    scale: f32,
+    cls: impl Fn(usize) -> Option<f32>,
+) -> [f32; M] {
+    let mut inv = [0.0f32; M];
+    let mut r = 0;
+    while r + 2 <= rows {
+        let pair = [sp.add(r * ls), sp.add((r + 1) * ls)];
+        let iv = exp_rows16::<2>(pair, t, [cls(r), cls(r + 1)], scale);
+        inv[r..r + 2].copy_from_slice(&iv);
+        r += 2;
+    }
+    if r < rows {
+        inv[r] = exp_rows16::<1>([sp.add(r * ls)], t, [cls(r)], scale)[0];
+    }
+    inv
+}
+
+/// In place on each of `R` rows of `n` scores: `e_j = exp(scale (x_j - max x))`; returns
+/// 1 / sum e_j per row: `x86::exp_rows_padded`'s arithmetic per value (the same
+/// exponential, [`exp_nonpos16`]) on 16 lanes. The last vector's lanes past `n` are stored
+/// as 0; with `last_score[r]`, row r's value `n - 1` is that, not memory's (`n - 1` a
+/// multiple of 16).
+///
+/// Caller guarantees: each `x[r]` points to `n.div_ceil(16) * 16` writable values, `n >= 1`.
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn exp_rows16<const R: usize>(
+    x: [*mut f32; R],
+    n: usize,
+    last_score: [Option<f32>; R],
+    scale: f32,
+) -> [f32; R] {
+    let last = (n - 1) / 16 * 16;
+    let live = lanes_or_all(n - last);
+    let ninf = _mm512_set1_ps(f32::NEG_INFINITY);
+    assert!(
+        last_score.iter().all(Option::is_none) || last == n - 1,
+        "exp_rows16: a last score needs n - 1 a multiple of 16"
+    );
+    let tail: [__m512; R] = std::array::from_fn(|r| match last_score[r] {
+        Some(v) => _mm512_mask_mov_ps(ninf, 1, _mm512_set1_ps(v)),
+        None => _mm512_mask_loadu_ps(ninf, live, x[r].add(last)),
+    });
+    let mut mx = tail;
+    let mut j = 0;
+    while j < last {
+        for r in 0..R {
+            mx[r] = _mm512_max_ps(mx[r], _mm512_loadu_ps(x[r].add(j)));
+        }
+        j += 16;
+    }
+    let sc = _mm512_set1_ps(scale);
+    let shift: [__m512; R] =
+        std::array::from_fn(|r| _mm512_set1_ps(-_mm512_reduce_max_ps(mx[r]) * scale));
+    let mut sum: [__m512; R] = std::array::from_fn(|r| {
+        let e = _mm512_maskz_mov_ps(live, exp_nonpos16(_mm512_fmadd_ps(tail[r], sc, shift[r])));
+        _mm512_storeu_ps(x[r].add(last), e);
+        e
+    });
+    let mut j = 0;
+    while j < last {
+        for r in 0..R {
+            let p = x[r].add(j);
+            let e = exp_nonpos16(_mm512_fmadd_ps(_mm512_loadu_ps(p), sc, shift[r]));
+            _mm512_storeu_ps(p, e);
+            sum[r] = _mm512_add_ps(sum[r], e);
+        }
+        j += 16;
+    }
+    std::array::from_fn(|r| 1.0 / _mm512_reduce_add_ps(sum[r]))
+}
+
+/// `x86::exp_nonpos8` on 16 lanes: e^x for lanes x <= 0 (inputs below -87 taken as -87;
+/// NaN stays NaN), rounding to a power of 2 by adding 1.5 * 2^23 (+ the exponent bias), then
+/// Cody-Waite reduction and the Taylor series to degree 7.
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn exp_nonpos16(x: __m512) -> __m512 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const MAGIC: f32 = 12_583_039.0;
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    // `vmaxps` returns its second operand when either is NaN.
+    let x = _mm512_max_ps(_mm512_set1_ps(-87.0), x);
+    let t = _mm512_fmadd_ps(x, _mm512_set1_ps(LOG2E), _mm512_set1_ps(MAGIC));
+    let n = _mm512_sub_ps(t, _mm512_set1_ps(MAGIC));
+    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_HI), x);
+    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_LO), r);
+    let mut p = _mm512_set1_ps(1.0 / 5040.0);
+    for c in [720.0, 120.0, 24.0, 6.0, 2.0, 1.0, 1.0] {
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0 / c));
+    }
+    let bits = _mm512_sub_epi32(
+        _mm512_castps_si512(t),
+        _mm512_castps_si512(_mm512_set1_ps(12_582_912.0)),
+    );
+    _mm512_mul_ps(p, _mm512_castsi512_ps(_mm512_slli_epi32::<23>(bits)))
 }
 
 /// Mask of the first `n` lanes, all 16 when `n >= 16`.

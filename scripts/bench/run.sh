@@ -4,6 +4,7 @@
 #
 #   scripts/bench/run.sh [--threads 1,2] [--batch 1,32,128,512] [--seconds 3] [--onnx]
 #                        [--precision f32|bf16|int8|int16|all] [--rounds 1] [--kernels avx512,avx2]
+#                        [--fixture DIR]...
 #
 # With --onnx, ONNX Runtime runs the same weights exported to ONNX, and cai runs that file
 # through its ONNX path (`cai bench --model astromae.onnx`) in every round after PyTorch: the
@@ -19,7 +20,15 @@
 # lacks stops the run (cai would have fallen back to another).
 #
 # Reduced precisions report their max/mean |Δz| against f32 on the PyTorch parity fixtures
-# in ${CAI_PARITY_DIR:-~/.cache/cai-parity} when model.pt and 1.pt are there.
+# in ${CAI_PARITY_DIR:-~/.cache/cai-parity} when model.pt and 1.pt are there; `auto` is chosen
+# on that model.
+#
+# With --fixture DIR (repeatable; a directory with model.pt and 1.pt, such as
+# scripts/parity/train_fixture.py's ~/.cache/cai-trained), cai bench runs again in every
+# round judged on that fixture, and the table labels each cai row with its fixture's
+# directory name ("auto cai-parity", "auto cai-trained"): `auto`'s mix, so its speed, and
+# every reduced precision's error depend on the weights they are judged on (a random
+# fixture's z reacts to 8-bit noise far more than a trained one's). Not with --kernels.
 #
 # The venv is ${CAI_PARITY_VENV:-~/.cache/cai-parity-venv} (created with
 # scripts/parity/setup_venv.sh if missing; `--onnx` pip-installs onnxruntime and onnx into
@@ -34,6 +43,7 @@ ROOT="$(cd "$HERE/../.." && pwd)"
 VENV="${CAI_PARITY_VENV:-$HOME/.cache/cai-parity-venv}"
 OUT="${CAI_BENCH_DIR:-$HOME/.cache/cai-bench}"
 THREADS="" BATCH="1,32,128,512" SECONDS_PER_CASE=3 ONNX=0 PRECISION=all ROUNDS=1 KERNELS=""
+FIXTURES=()
 while [ $# -gt 0 ]; do
     case "$1" in
         --threads) THREADS="$2"; shift 2 ;;
@@ -43,12 +53,21 @@ while [ $# -gt 0 ]; do
         --precision) PRECISION="$2"; shift 2 ;;
         --rounds) ROUNDS="$2"; shift 2 ;;
         --kernels) KERNELS="$2"; shift 2 ;;
+        --fixture) FIXTURES+=("$2"); shift 2 ;;
         *) echo "unknown option $1" >&2; exit 2 ;;
     esac
 done
 case "$ROUNDS" in
     ''|*[!0-9]*|0) echo "--rounds takes a positive whole number, not '$ROUNDS'" >&2; exit 2 ;;
 esac
+if [ "${#FIXTURES[@]}" -gt 0 ] && [ -n "$KERNELS" ]; then
+    echo "--fixture and --kernels do not go together" >&2; exit 2
+fi
+for d in "${FIXTURES[@]}"; do
+    if [ ! -f "$d/model.pt" ] || [ ! -f "$d/1.pt" ]; then
+        echo "--fixture $d: no model.pt and 1.pt there" >&2; exit 2
+    fi
+done
 if [ -z "$THREADS" ]; then
     THREADS="$(seq -s, 1 "$(nproc)")"
 fi
@@ -81,16 +100,28 @@ rm -f "$OUT"/cai.*.json "$OUT"/torch.*.json
 ROUND_FILES=()
 cai_bench() {
     "$CAI_BIN" bench --model "$OUT/weights.safetensors" --threads "$THREADS" --batch "$BATCH" \
-        --seconds "$SECONDS_PER_CASE" --precision "$PRECISION" "${PARITY_FLAG[@]}" --json
+        --seconds "$SECONDS_PER_CASE" --precision "$PRECISION" "$@" --json
 }
 for r in $(seq 1 "$ROUNDS"); do
     [ "$ROUNDS" -gt 1 ] && echo "round $r of $ROUNDS (load $(cut -d' ' -f1 /proc/loadavg))"
-    if [ -z "$KERNELS" ]; then
-        cai_bench > "$OUT/cai.$r.json"
+    if [ "${#FIXTURES[@]}" -gt 0 ]; then
+        PARTS=()
+        if [ "${#PARITY_FLAG[@]}" -gt 0 ]; then
+            cai_bench "${PARITY_FLAG[@]}" > "$OUT/cai.$r.main.json"
+            PARTS+=("$(basename "$PARITY")=$OUT/cai.$r.main.json")
+        fi
+        for d in "${FIXTURES[@]}"; do
+            name="$(basename "$(cd "$d" && pwd)")"
+            cai_bench --parity-dir "$d" > "$OUT/cai.$r.$name.json"
+            PARTS+=("$name=$OUT/cai.$r.$name.json")
+        done
+        "$VENV/bin/python" "$HERE/torch_bench.py" --merge-fixtures "$OUT/cai.$r.json" "${PARTS[@]}"
+    elif [ -z "$KERNELS" ]; then
+        cai_bench "${PARITY_FLAG[@]}" > "$OUT/cai.$r.json"
     else
         PARTS=()
         for t in ${KERNELS//,/ }; do
-            CAI_KERNELS="$t" cai_bench > "$OUT/cai.$r.$t.json"
+            CAI_KERNELS="$t" cai_bench "${PARITY_FLAG[@]}" > "$OUT/cai.$r.$t.json"
             PARTS+=("$t=$OUT/cai.$r.$t.json")
         done
         "$VENV/bin/python" "$HERE/torch_bench.py" --merge-cai "$OUT/cai.$r.json" "${PARTS[@]}"

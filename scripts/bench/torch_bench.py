@@ -9,6 +9,7 @@ sizes, and prints a table beside the `cai bench --json` report with the ratios.
         [--threads 1,2] [--batch 1,32,128,512] [--seconds 3] [--onnx] [--json-out F] [--no-table]
     $VENV/bin/python scripts/bench/torch_bench.py --table round1.json round2.json ...
     $VENV/bin/python scripts/bench/torch_bench.py --merge-cai OUT.json avx512=a.json avx2=b.json
+    $VENV/bin/python scripts/bench/torch_bench.py --merge-fixtures OUT.json random=a.json trained=b.json
     $VENV/bin/python scripts/bench/torch_bench.py --add-onnx-path ROUND.json ONNX_BENCH.json
 
 The second form prints one table from several rounds (each a --json-out file, which holds
@@ -20,7 +21,10 @@ get. It ends with the comparison the speed issue states: one thread, each engine
 batch size, against PyTorch f32, best over the rounds and round by round (with the median).
 
 The third form joins `cai bench --json` reports of several kernel tiers (run.sh --kernels)
-into one, each precision labelled with its tier ("f32 avx2").
+into one, each precision labelled with its tier ("f32 avx2"). --merge-fixtures does the same
+for reports of one tier judged on several parity fixtures (run.sh --fixture): each precision
+labelled with its fixture's name ("auto trained"), since `auto`'s mix and every reduced
+precision's error depend on the fixture.
 
 The fourth form adds to a round's --json-out file what `cai bench --model X.onnx --json`
 measured in that round: cai's ONNX path as the engine "cai onnx" (run.sh --onnx), so that
@@ -150,6 +154,8 @@ def main():
                     help="print one table from these rounds' --json-out files (no measuring)")
     ap.add_argument("--merge-cai", nargs="+", metavar="OUT TIER=FILE",
                     help="join cai bench --json reports of kernel tiers into OUT (no measuring)")
+    ap.add_argument("--merge-fixtures", nargs="+", metavar="OUT NAME=FILE",
+                    help="join cai bench --json reports judged on several parity fixtures into OUT")
     ap.add_argument("--add-onnx-path", nargs=2, metavar=("ROUND_JSON", "ONNX_BENCH_JSON"),
                     help="add cai's ONNX path (cai bench --model X.onnx --json) to a round (no measuring)")
     args = ap.parse_args()
@@ -158,6 +164,9 @@ def main():
         return
     if args.merge_cai:
         merge_cai(args.merge_cai[0], args.merge_cai[1:])
+        return
+    if args.merge_fixtures:
+        merge_cai(args.merge_fixtures[0], args.merge_fixtures[1:], check_tier=False)
         return
     if args.table:
         rounds = []
@@ -251,7 +260,7 @@ def best_of(samples):
     return best, (min(gs), max(gs))
 
 
-def merge_cai(out, parts):
+def merge_cai(out, parts, check_tier=True):
     """Joins `cai bench --json` reports of kernel tiers (`TIER=FILE` each, as `CAI_KERNELS`
     names them) into one report whose precisions, cases and ViT-block figures are labelled
     with their tier ("f32 avx2"). The peak is the best any tier's probe measured (the AVX-512
@@ -262,11 +271,11 @@ def merge_cai(out, parts):
     for part in parts:
         tier, sep, path = part.partition("=")
         if not sep or not tier or not path:
-            sys.exit(f"--merge-cai: expected TIER=FILE, got {part!r}")
+            sys.exit(f"--merge-cai: expected LABEL=FILE, got {part!r}")
         with open(path) as f:
             doc = json.load(f)
         ran = str(doc.get("kernels", "")).lower()
-        if ran != tier.lower():
+        if check_tier and ran != tier.lower():
             sys.exit(f"cai ran the {doc.get('kernels')} kernels when asked for {tier} "
                      f"(CAI_KERNELS={tier}): this CPU lacks that tier ({path})")
         docs.append((tier, doc))
@@ -276,7 +285,8 @@ def merge_cai(out, parts):
     for key in ("cases", "precisions", "vit_blocks"):
         merged[key] = [dict(x, precision=f"{x.get('precision', 'f32')} {tier}")
                        for tier, d in docs for x in d.get(key, [])]
-    merged["kernels"] = "+".join(str(d.get("kernels")) for _, d in docs)
+    if check_tier:
+        merged["kernels"] = "+".join(str(d.get("kernels")) for _, d in docs)
     for key in ("fma_peak_gflops_per_core", "fma_peak_after_gflops_per_core", "probe_drift"):
         vals = [d[key] for _, d in docs if d.get(key) is not None]
         merged[key] = max(vals) if vals else None

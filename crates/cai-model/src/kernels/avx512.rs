@@ -442,7 +442,7 @@ unsafe fn tile_vnni<const ACT: u8, const ACC: bool, const P: usize>(
                 _mm512_mul_ps(_mm512_cvtepi32_ps(accr[h]), _mm512_mul_ps(s, scale[h])),
                 bias[h],
             );
-            store16::<ACC>(c.add(r * ldc + h * NR), act::<ACT>(v), masks[h]);
+            store16::<ACC>(c.add(r * ldc + h * NR), act_int::<ACT>(v), masks[h]);
         }
     };
     each_row(&acc, rows, row);
@@ -588,7 +588,7 @@ impl<const P: usize> Int8Epilogue<P> {
                 _mm512_mul_ps(_mm512_cvtepi32_ps(*e), _mm512_mul_ps(s, self.scale[h])),
                 self.bias[h],
             );
-            store16::<ACC>(c.add(h * NR), act::<ACT>(v), self.masks[h]);
+            store16::<ACC>(c.add(h * NR), act_int::<ACT>(v), self.masks[h]);
         }
     }
 }
@@ -1500,6 +1500,39 @@ pub(super) fn act<const ACT: u8>(v: __m512) -> __m512 {
     }
 }
 
+/// [`act`] for the integer products' epilogues: GELU as [`gelu16_int`].
+#[target_feature(enable = "avx512f")]
+#[inline]
+pub(super) fn act_int<const ACT: u8>(v: __m512) -> __m512 {
+    if ACT == ACT_GELU {
+        gelu16_int(v)
+    } else {
+        act::<ACT>(v)
+    }
+}
+
+/// The AVX2 tier's integer-epilogue GELU (`x86::gelu8_int`: the lower-degree rational
+/// erf [`super::GELU_INT_P`], same operations) on 16 lanes.
+#[target_feature(enable = "avx512f")]
+#[inline]
+pub(super) fn gelu16_int(x: __m512) -> __m512 {
+    use super::{GELU_INT_P as P, GELU_INT_Q as Q};
+    let lim = 4.0 * std::f32::consts::SQRT_2;
+    let xc = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-lim)), _mm512_set1_ps(lim));
+    let u = _mm512_mul_ps(xc, xc);
+    let mut p = _mm512_set1_ps(P[4]);
+    for c in P[..4].iter().rev() {
+        p = _mm512_fmadd_ps(p, u, _mm512_set1_ps(*c));
+    }
+    let mut q = _mm512_set1_ps(Q[2]);
+    for c in Q[..2].iter().rev() {
+        q = _mm512_fmadd_ps(q, u, _mm512_set1_ps(*c));
+    }
+    q = _mm512_fmadd_ps(q, u, _mm512_set1_ps(1.0));
+    let num = _mm512_mul_ps(x, _mm512_fmadd_ps(xc, p, q));
+    _mm512_div_ps(num, _mm512_add_ps(q, q))
+}
+
 /// The AVX2 tier's exact-erf GELU (`x86::gelu8`: same rational approximation, same
 /// operations) on 16 lanes.
 #[target_feature(enable = "avx512f")]
@@ -1527,6 +1560,7 @@ mod tests {
     use super::super::check::{self, Weights, EPIS};
     use super::super::{x86, AttentionScratch, Epilogue, Ops, PackedB};
     use proptest::prelude::*;
+    use std::arch::x86_64::*;
 
     /// The AVX-512 table with the VNNI product, if this CPU has it (else the tests that
     /// need it say they skip, see [`check::available`]).
@@ -1604,6 +1638,32 @@ mod tests {
     fn bf16_ops() -> Option<Ops> {
         super::bf16_gemm()?;
         x86::avx512_ops()
+    }
+
+    #[test]
+    fn gelu_int_accuracy() {
+        if x86::avx512_ops().is_none() {
+            return;
+        }
+        let worst = check::gelu_int(|xs| {
+            let mut out = vec![0.0f32; xs.len()];
+            for (x, o) in xs.chunks(16).zip(out.chunks_mut(16)) {
+                let mut v = [0.0f32; 16];
+                v[..x.len()].copy_from_slice(x);
+                // SAFETY: AVX-512F confirmed just above; plain register arithmetic.
+                let g = unsafe {
+                    let mut r = [0.0f32; 16];
+                    _mm512_storeu_ps(
+                        r.as_mut_ptr(),
+                        super::gelu16_int(_mm512_loadu_ps(v.as_ptr())),
+                    );
+                    r
+                };
+                o.copy_from_slice(&g[..x.len()]);
+            }
+            out
+        });
+        eprintln!("worst integer-epilogue gelu error / (1 + |x|) = {worst:e}");
     }
 
     #[test]

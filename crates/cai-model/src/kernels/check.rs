@@ -131,8 +131,13 @@ pub fn gemm(
                 .map(|kk| (a[i * lda + kk] * w[j * k + kk]).abs())
                 .sum::<f32>()
                 + bias[j].abs();
+            // The integer epilogues' GELU is the lower-degree one on x86 (1.5e-6 (1 + |x|)).
             let gelu = if epi.act == Act::Gelu {
-                1e-6 * (1.0 + mag)
+                if int {
+                    2e-6 * (1.0 + mag)
+                } else {
+                    1e-6 * (1.0 + mag)
+                }
             } else {
                 0.0
             };
@@ -378,6 +383,28 @@ pub fn attention_bf16_shapes(ops: &Ops) {
             attention_bf16(ops, t, hd, scale, (t * 100 + hd) as u64, &mut ws);
         }
     }
+}
+
+/// Checks a SIMD GELU of the integer epilogues against [`scalar::gelu`] over a dense sweep
+/// of [-20, 20] and a few far values: `|simd - exact| <= 2e-6 (1 + |x|)`. `f` maps a slice
+/// of inputs to outputs. Returns the worst error / (1 + |x|).
+pub fn gelu_int(f: impl Fn(&[f32]) -> Vec<f32>) -> f32 {
+    let xs: Vec<f32> = (-200_000..=200_000)
+        .map(|i| i as f32 * 1e-4)
+        .chain([-1e4, 1e4, -87.0, 0.0])
+        .collect();
+    let got = f(&xs);
+    let mut worst = 0.0f32;
+    for (x, g) in xs.iter().zip(&got) {
+        let want = scalar::gelu(*x);
+        let d = (g - want).abs();
+        worst = worst.max(d / (1.0 + x.abs()));
+        assert!(
+            d <= 2e-6 * (1.0 + x.abs()),
+            "gelu_int({x}) = {g}, want {want}"
+        );
+    }
+    worst
 }
 
 /// Kinds of [`special_row`].

@@ -298,9 +298,6 @@ pub fn plan_dz(
 /// in interleaved rounds for about `seconds` in all, the best round of each.
 pub fn measure_rates(precs: &[Precision], seconds: f64) -> Vec<PrecisionRate> {
     let ops = kernels::ops();
-    let start = std::time::Instant::now();
-    let clock =
-        || crate::clock::thread_cpu_seconds().unwrap_or_else(|| start.elapsed().as_secs_f64());
     let (m, k, n) = (520usize, 192usize, 768usize);
     let w: Vec<f32> = (0..n * k)
         .map(|i| (((i * 7919) % 1000) as f32 * 1e-3 - 0.5) * 0.1)
@@ -319,17 +316,28 @@ pub fn measure_rates(precs: &[Precision], seconds: f64) -> Vec<PrecisionRate> {
         .collect();
     let mut c = vec![0.0f32; m * n];
     let flops = 2.0 * (m * k * n) as f64;
-    let mut best = vec![f64::INFINITY; precs.len()];
-    // Warm-up, and at least 3 rounds.
-    for b in &mats {
-        ops.gemm(m, &a, k, b, &mut c, n, Epilogue::GELU);
-    }
+    let best = best_of_rounds(mats.len(), seconds, |i| {
+        ops.gemm(m, &a, k, &mats[i], &mut c, n, Epilogue::GELU)
+    });
+    std::hint::black_box(&c);
+    rates_of(precs, &best, flops)
+}
+
+/// Runs `run(i)` for each of `n` cases once to warm up, then in interleaved rounds (at least
+/// 3, then until `seconds` of the thread's CPU clock have passed); returns each case's best
+/// time in seconds.
+fn best_of_rounds(n: usize, seconds: f64, mut run: impl FnMut(usize)) -> Vec<f64> {
+    let start = std::time::Instant::now();
+    let clock =
+        || crate::clock::thread_cpu_seconds().unwrap_or_else(|| start.elapsed().as_secs_f64());
+    (0..n).for_each(&mut run);
+    let mut best = vec![f64::INFINITY; n];
     let t0 = clock();
     let mut rounds = 0;
     while rounds < 3 || clock() - t0 < seconds {
-        for (b, t) in mats.iter().zip(best.iter_mut()) {
+        for (i, t) in best.iter_mut().enumerate() {
             let s = clock();
-            ops.gemm(m, &a, k, b, &mut c, n, Epilogue::GELU);
+            run(i);
             *t = t.min(clock() - s);
         }
         rounds += 1;
@@ -337,7 +345,11 @@ pub fn measure_rates(precs: &[Precision], seconds: f64) -> Vec<PrecisionRate> {
             break;
         }
     }
-    std::hint::black_box(&c);
+    best
+}
+
+/// `flops` over each best time, as GFLOP/s per precision.
+fn rates_of(precs: &[Precision], best: &[f64], flops: f64) -> Vec<PrecisionRate> {
     precs
         .iter()
         .zip(best)
@@ -359,9 +371,6 @@ pub fn measure_attention_rates(
     seconds: f64,
 ) -> Vec<PrecisionRate> {
     let ops = kernels::ops();
-    let start = std::time::Instant::now();
-    let clock =
-        || crate::clock::thread_cpu_seconds().unwrap_or_else(|| start.elapsed().as_secs_f64());
     let precs: Vec<Precision> = precs
         .iter()
         .copied()
@@ -392,32 +401,9 @@ pub fn measure_attention_rates(
         }
     };
     let flops = 16.0 * 4.0 * (t * t * hd) as f64;
-    let mut best = vec![f64::INFINITY; precs.len()];
-    for &p in &precs {
-        run(p, &mut out, &mut ws);
-    }
-    let t0 = clock();
-    let mut rounds = 0;
-    while rounds < 3 || clock() - t0 < seconds {
-        for (&p, b) in precs.iter().zip(best.iter_mut()) {
-            let s = clock();
-            run(p, &mut out, &mut ws);
-            *b = b.min(clock() - s);
-        }
-        rounds += 1;
-        if rounds > 100_000 {
-            break;
-        }
-    }
+    let best = best_of_rounds(precs.len(), seconds, |i| run(precs[i], &mut out, &mut ws));
     std::hint::black_box(&out);
-    precs
-        .iter()
-        .zip(best)
-        .map(|(p, t)| PrecisionRate {
-            precision: *p,
-            gflops: flops / t.max(1e-9) / 1e9,
-        })
-        .collect()
+    rates_of(&precs, &best, flops)
 }
 
 /// SmoothQuant factors for a layer whose input channels reach `x_absmax` and whose

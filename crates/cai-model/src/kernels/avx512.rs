@@ -1516,21 +1516,7 @@ pub(super) fn act_int<const ACT: u8>(v: __m512) -> __m512 {
 #[target_feature(enable = "avx512f")]
 #[inline]
 pub(super) fn gelu16_int(x: __m512) -> __m512 {
-    use super::{GELU_INT_P as P, GELU_INT_Q as Q};
-    let lim = 4.0 * std::f32::consts::SQRT_2;
-    let xc = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-lim)), _mm512_set1_ps(lim));
-    let u = _mm512_mul_ps(xc, xc);
-    let mut p = _mm512_set1_ps(P[4]);
-    for c in P[..4].iter().rev() {
-        p = _mm512_fmadd_ps(p, u, _mm512_set1_ps(*c));
-    }
-    let mut q = _mm512_set1_ps(Q[2]);
-    for c in Q[..2].iter().rev() {
-        q = _mm512_fmadd_ps(q, u, _mm512_set1_ps(*c));
-    }
-    q = _mm512_fmadd_ps(q, u, _mm512_set1_ps(1.0));
-    let num = _mm512_mul_ps(x, _mm512_fmadd_ps(xc, p, q));
-    _mm512_div_ps(num, _mm512_add_ps(q, q))
+    gelu16_rational(x, &super::GELU_INT_P, &super::GELU_INT_Q)
 }
 
 /// The AVX2 tier's exact-erf GELU (`x86::gelu8`: same rational approximation, same
@@ -1538,21 +1524,30 @@ pub(super) fn gelu16_int(x: __m512) -> __m512 {
 #[target_feature(enable = "avx512f")]
 #[inline]
 fn gelu16(x: __m512) -> __m512 {
-    use super::{GELU_P as P, GELU_Q as Q};
+    gelu16_rational(x, &super::GELU_P, &super::GELU_Q)
+}
+
+/// `x/2 (1 + erf(x/sqrt 2))` with `erf(x/sqrt 2) = xc P(xc^2) / Q(xc^2)` (`p` from the
+/// `xc^0` coefficient, `q` from the `xc^2` one, Q's constant 1) as `x86::gelu8_rational`
+/// computes it, on 16 lanes.
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn gelu16_rational(x: __m512, p: &[f32], q: &[f32]) -> __m512 {
     let lim = 4.0 * std::f32::consts::SQRT_2;
     let xc = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-lim)), _mm512_set1_ps(lim));
     let u = _mm512_mul_ps(xc, xc);
-    let mut p = _mm512_set1_ps(P[6]);
-    for c in P[..6].iter().rev() {
-        p = _mm512_fmadd_ps(p, u, _mm512_set1_ps(*c));
+    let (pl, ql) = (p.len() - 1, q.len() - 1);
+    let mut pv = _mm512_set1_ps(p[pl]);
+    for c in p[..pl].iter().rev() {
+        pv = _mm512_fmadd_ps(pv, u, _mm512_set1_ps(*c));
     }
-    let mut q = _mm512_set1_ps(Q[3]);
-    for c in Q[..3].iter().rev() {
-        q = _mm512_fmadd_ps(q, u, _mm512_set1_ps(*c));
+    let mut qv = _mm512_set1_ps(q[ql]);
+    for c in q[..ql].iter().rev() {
+        qv = _mm512_fmadd_ps(qv, u, _mm512_set1_ps(*c));
     }
-    q = _mm512_fmadd_ps(q, u, _mm512_set1_ps(1.0));
-    let num = _mm512_mul_ps(x, _mm512_fmadd_ps(xc, p, q));
-    _mm512_div_ps(num, _mm512_add_ps(q, q))
+    qv = _mm512_fmadd_ps(qv, u, _mm512_set1_ps(1.0));
+    let num = _mm512_mul_ps(x, _mm512_fmadd_ps(xc, pv, qv));
+    _mm512_div_ps(num, _mm512_add_ps(qv, qv))
 }
 
 #[cfg(test)]

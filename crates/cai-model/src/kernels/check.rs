@@ -264,14 +264,7 @@ pub fn softmax_odd_shapes(ops: &Ops) {
 pub fn attention(ops: &Ops, t: usize, hd: usize, scale: f32, seed: u64, ws: &mut AttentionScratch) {
     let (ld, ldo) = (3 * hd + 5, hd + 3);
     let qkv = lcg(seed, t * ld, 1.0);
-    let head = HeadQkv {
-        t,
-        hd,
-        ld,
-        q: &qkv,
-        k: &qkv[hd..],
-        v: &qkv[2 * hd..],
-    };
+    let head = fused_head(&qkv, t, hd, ld);
     let out0 = lcg(seed + 1, t * ldo, 1.0);
     let mut got = out0.clone();
     ops.attention(&head, scale, &mut got, ldo, ws);
@@ -298,6 +291,19 @@ pub fn attention(ops: &Ops, t: usize, hd: usize, scale: f32, seed: u64, ws: &mut
                 "t{t} hd{hd}: out[{i}][{c}] = {g} vs {want}"
             );
         }
+    }
+}
+
+/// One head of `t` tokens and `hd` values whose queries, keys and values are columns
+/// `0..hd`, `hd..2hd` and `2hd..3hd` of rows `ld` apart (a fused qkv matrix's layout).
+fn fused_head(qkv: &[f32], t: usize, hd: usize, ld: usize) -> HeadQkv<'_> {
+    HeadQkv {
+        t,
+        hd,
+        ld,
+        q: qkv,
+        k: &qkv[hd..],
+        v: &qkv[2 * hd..],
     }
 }
 
@@ -333,14 +339,7 @@ pub fn attention_bf16(
 ) {
     let (ld, ldo) = (3 * hd + 5, hd + 3);
     let qkv = lcg(seed, t * ld, 1.0);
-    let head = HeadQkv {
-        t,
-        hd,
-        ld,
-        q: &qkv,
-        k: &qkv[hd..],
-        v: &qkv[2 * hd..],
-    };
+    let head = fused_head(&qkv, t, hd, ld);
     let out0 = lcg(seed + 1, t * ldo, 1.0);
     let (mut got, mut want, mut exact) = (out0.clone(), out0.clone(), out0.clone());
     ops.attention_bf16(&head, scale, &mut got, ldo, ws);

@@ -1298,6 +1298,26 @@ fn attention_composed(
     ops.gemm(t, sc, t, &ws.vp, out, ldo, Epilogue::PLAIN);
 }
 
+/// Whether a head has work (`t` and `hd` non-zero); panics if `q`, `k`, `v` or `out` are
+/// too short for `t` rows of `hd` values at their strides: what the attention kernels may
+/// then rely on.
+fn head_in_bounds(h: &HeadQkv<'_>, out: &[f32], ldo: usize) -> bool {
+    let (t, hd, ld) = (h.t, h.hd, h.ld);
+    if t == 0 || hd == 0 {
+        return false;
+    }
+    let need = (t - 1) * ld + hd;
+    assert!(
+        ld >= hd && h.q.len() >= need && h.k.len() >= need && h.v.len() >= need,
+        "attention: q, k or v too short"
+    );
+    assert!(
+        ldo >= hd && out.len() >= (t - 1) * ldo + hd,
+        "attention: out too short"
+    );
+    true
+}
+
 /// The arithmetic of [`Ops::attention_bf16`] in plain code: `q`, `k`, `v` rounded to bf16,
 /// scores and sums in f64, each row's weights `exp(scale (s - max s))` rounded to bf16 in
 /// the products and exact in the normalising sum. The tiers without `vdpbf16ps` run it, and
@@ -1483,20 +1503,9 @@ impl Ops {
         ldo: usize,
         ws: &mut AttentionScratch,
     ) {
-        let (t, hd, ld) = (h.t, h.hd, h.ld);
-        if t == 0 || hd == 0 {
-            return;
+        if head_in_bounds(h, out, ldo) {
+            (self.attention)(self, h, scale, out, ldo, ws)
         }
-        let need = (t - 1) * ld + hd;
-        assert!(
-            ld >= hd && h.q.len() >= need && h.k.len() >= need && h.v.len() >= need,
-            "attention: q, k or v too short"
-        );
-        assert!(
-            ldo >= hd && out.len() >= (t - 1) * ldo + hd,
-            "attention: out too short"
-        );
-        (self.attention)(self, h, scale, out, ldo, ws)
     }
 
     /// [`Ops::attention`] with bf16 products: queries, keys, values and the softmax weights
@@ -1514,19 +1523,9 @@ impl Ops {
         ldo: usize,
         ws: &mut AttentionScratch,
     ) {
-        let (t, hd, ld) = (h.t, h.hd, h.ld);
-        if t == 0 || hd == 0 {
+        if !head_in_bounds(h, out, ldo) {
             return;
         }
-        let need = (t - 1) * ld + hd;
-        assert!(
-            ld >= hd && h.q.len() >= need && h.k.len() >= need && h.v.len() >= need,
-            "attention: q, k or v too short"
-        );
-        assert!(
-            ldo >= hd && out.len() >= (t - 1) * ldo + hd,
-            "attention: out too short"
-        );
         match self.attention_bf16 {
             Some(f) => f(self, h, scale, out, ldo, ws),
             None => attention_bf16_reference(h, scale, out, ldo),

@@ -1352,43 +1352,37 @@ fn exp8(x: __m256) -> __m256 {
 #[target_feature(enable = "avx2,fma")]
 #[inline]
 fn gelu8(x: __m256) -> __m256 {
-    use super::{GELU_P as P, GELU_Q as Q};
-    let lim = 4.0 * std::f32::consts::SQRT_2;
-    let xc = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-lim)), _mm256_set1_ps(lim));
-    let u = _mm256_mul_ps(xc, xc);
-    let mut p = _mm256_set1_ps(P[6]);
-    for c in P[..6].iter().rev() {
-        p = _mm256_fmadd_ps(p, u, _mm256_set1_ps(*c));
-    }
-    let mut q = _mm256_set1_ps(Q[3]);
-    for c in Q[..3].iter().rev() {
-        q = _mm256_fmadd_ps(q, u, _mm256_set1_ps(*c));
-    }
-    q = _mm256_fmadd_ps(q, u, _mm256_set1_ps(1.0));
-    let num = _mm256_mul_ps(x, _mm256_fmadd_ps(xc, p, q));
-    _mm256_div_ps(num, _mm256_add_ps(q, q))
+    gelu8_rational(x, &super::GELU_P, &super::GELU_Q)
 }
 
 /// [`gelu8`] with the lower-degree rational erf of the integer products' epilogues
-/// ([`super::GELU_INT_P`], [`super::GELU_INT_Q`]): GELU error 1.5e-6 (1 + |x|).
+/// ([`super::GELU_INT_P`], [`super::GELU_INT_Q`]): GELU error 1.7e-6 (1 + |x|).
 #[target_feature(enable = "avx2,fma")]
 #[inline]
 pub(super) fn gelu8_int(x: __m256) -> __m256 {
-    use super::{GELU_INT_P as P, GELU_INT_Q as Q};
+    gelu8_rational(x, &super::GELU_INT_P, &super::GELU_INT_Q)
+}
+
+/// `x (Q + xc P) / 2Q` for `P(xc^2)` with coefficients `p` (from `xc^0`) and `Q(xc^2)` =
+/// 1 + `q` (from `xc^2`), each by Horner's rule from its highest coefficient.
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+fn gelu8_rational(x: __m256, p: &[f32], q: &[f32]) -> __m256 {
     let lim = 4.0 * std::f32::consts::SQRT_2;
     let xc = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-lim)), _mm256_set1_ps(lim));
     let u = _mm256_mul_ps(xc, xc);
-    let mut p = _mm256_set1_ps(P[4]);
-    for c in P[..4].iter().rev() {
-        p = _mm256_fmadd_ps(p, u, _mm256_set1_ps(*c));
+    let (pl, ql) = (p.len() - 1, q.len() - 1);
+    let mut pv = _mm256_set1_ps(p[pl]);
+    for c in p[..pl].iter().rev() {
+        pv = _mm256_fmadd_ps(pv, u, _mm256_set1_ps(*c));
     }
-    let mut q = _mm256_set1_ps(Q[2]);
-    for c in Q[..2].iter().rev() {
-        q = _mm256_fmadd_ps(q, u, _mm256_set1_ps(*c));
+    let mut qv = _mm256_set1_ps(q[ql]);
+    for c in q[..ql].iter().rev() {
+        qv = _mm256_fmadd_ps(qv, u, _mm256_set1_ps(*c));
     }
-    q = _mm256_fmadd_ps(q, u, _mm256_set1_ps(1.0));
-    let num = _mm256_mul_ps(x, _mm256_fmadd_ps(xc, p, q));
-    _mm256_div_ps(num, _mm256_add_ps(q, q))
+    qv = _mm256_fmadd_ps(qv, u, _mm256_set1_ps(1.0));
+    let num = _mm256_mul_ps(x, _mm256_fmadd_ps(xc, pv, qv));
+    _mm256_div_ps(num, _mm256_add_ps(qv, qv))
 }
 
 #[target_feature(enable = "avx2,fma")]

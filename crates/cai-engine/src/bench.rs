@@ -321,7 +321,8 @@ fn convert(
     Ok(m)
 }
 
-/// |Δz| of each reduced mode against f32 for `model` (f32) on `n` galaxies.
+/// |Δz| of each reduced mode against f32 for `model` (f32) on `n` galaxies; `auto` only
+/// when given the plan (`None` for it otherwise: see `run`).
 fn judge(
     model: &AstroMae,
     images: &[f32],
@@ -334,7 +335,9 @@ fn judge(
     modes
         .iter()
         .map(|m| {
-            if *m == PrecisionMode::Fixed(Precision::F32) {
+            if *m == PrecisionMode::Fixed(Precision::F32)
+                || (*m == PrecisionMode::Auto && plan.is_none())
+            {
                 return Ok(None);
             }
             let zp = convert(model, *m, plan)?.predict(images, mags, n)?;
@@ -515,6 +518,12 @@ pub fn run(
     };
     let plan = auto.as_ref().map(|x| &x.plan);
 
+    // `auto`'s plan carries what it measured on the model it was chosen on (GPTQ's codes,
+    // bias corrections, smoothing factors), so its |Δz| is judged on that model only: on
+    // another model those codes would replace its weights (the timing, on the benchmarked
+    // weights, needs only the shapes).
+    let (on_parity, on_model) = (parity.is_some(), parity.is_none() && a.model_given);
+    let on_formula = !on_parity && !on_model;
     // One model per precision, converted from the same f32 weights.
     let dz_set = most.min(512);
     let dz_bench = judge(
@@ -523,7 +532,7 @@ pub fn run(
         &mags[..dz_set * nm],
         dz_set,
         precs,
-        plan,
+        plan.filter(|_| on_model),
     )?;
     // Formula galaxies `auto` did not calibrate on.
     let nj = nf - ncal;
@@ -533,7 +542,7 @@ pub fn run(
         &fmag[ncal * nm..],
         nj,
         precs,
-        plan,
+        plan.filter(|_| on_formula),
     )?;
     let dz_parity = match &parity {
         Some((pm, part)) => Some(judge(
@@ -579,7 +588,12 @@ pub fn run(
                     },
                     fmt_dz(info.dz_formula),
                     fmt_dz(info.dz_parity)
-                )
+                ) + if p == PrecisionMode::Auto {
+                    " (auto: judged only on the model it was chosen on, whose calibration its \
+                     plan carries)"
+                } else {
+                    ""
+                }
             }
         )));
         infos.push(info);

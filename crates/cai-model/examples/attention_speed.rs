@@ -53,7 +53,7 @@ fn main() {
             let (t0, mut n) = (cpu_seconds(), 0u32);
             while cpu_seconds() - t0 < 0.2 {
                 for _ in 0..100 {
-                    run(&ops, &head, 0.125, &mut out, d, &mut ws);
+                    run(ops, &head, 0.125, &mut out, d, &mut ws);
                 }
                 n += 100;
             }

@@ -387,6 +387,7 @@ pub fn attention_bf16_shapes(ops: &Ops) {
 /// Checks a SIMD GELU of the integer epilogues against [`scalar::gelu`] over a dense sweep
 /// of [-20, 20] and a few far values: `|simd - exact| <= 2e-6 (1 + |x|)`. `f` maps a slice
 /// of inputs to outputs. Returns the worst error / (1 + |x|).
+#[cfg(target_arch = "x86_64")]
 pub fn gelu_int(f: impl Fn(&[f32]) -> Vec<f32>) -> f32 {
     let xs: Vec<f32> = (-200_000..=200_000)
         .map(|i| i as f32 * 1e-4)

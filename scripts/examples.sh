@@ -27,5 +27,7 @@ run quant_study 1
 run auto_heldout parity 2 1e-3 2 on
 # The forward pass alone (the profiler's target): one galaxy in f32, one pass.
 run forward_loop f32 1 0.01
+# One attention head in f32 and bf16, one round.
+run attention_speed 1
 # Each multiply instruction's rate on this CPU (a few milliseconds each).
 run isa_rates 0.005

@@ -818,11 +818,7 @@ fn attention_bf16(
     let k0 = usize::from(super::cls_key_apart(t));
     let (hp, tp) = (hd.div_ceil(2), t.div_ceil(2));
     let kpanels = (t - k0).div_ceil(NR);
-    let ls = (t.div_ceil(8) * 8).max(kpanels * NR).div_ceil(NR) * NR;
-    if ws.s.len() < MRV * ls + NR {
-        ws.s.resize(MRV * ls + NR, 0.0);
-    }
-    let off = ((64 - ws.s.as_ptr() as usize % 64) % 64) / 4;
+    let (ls, off) = super::x86::score_strip(ws, t, kpanels, MRV);
     let b = &mut ws.bf16;
     b.keys.resize(kpanels * NR * hp, 0.0);
     b.kt.resize(kpanels * hp * NR, 0.0);
@@ -1042,23 +1038,21 @@ unsafe fn exp_rows16<const R: usize>(
 #[target_feature(enable = "avx512f")]
 #[inline]
 fn exp_nonpos16(x: __m512) -> __m512 {
+    use super::x86::{EXP_LN2, EXP_MAGIC, EXP_MAGIC_BASE, EXP_TAYLOR};
     const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const MAGIC: f32 = 12_583_039.0;
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
     // `vmaxps` returns its second operand when either is NaN.
     let x = _mm512_max_ps(_mm512_set1_ps(-87.0), x);
-    let t = _mm512_fmadd_ps(x, _mm512_set1_ps(LOG2E), _mm512_set1_ps(MAGIC));
-    let n = _mm512_sub_ps(t, _mm512_set1_ps(MAGIC));
-    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_HI), x);
-    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_LO), r);
-    let mut p = _mm512_set1_ps(1.0 / 5040.0);
-    for c in [720.0, 120.0, 24.0, 6.0, 2.0, 1.0, 1.0] {
+    let t = _mm512_fmadd_ps(x, _mm512_set1_ps(LOG2E), _mm512_set1_ps(EXP_MAGIC));
+    let n = _mm512_sub_ps(t, _mm512_set1_ps(EXP_MAGIC));
+    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(EXP_LN2[0]), x);
+    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(EXP_LN2[1]), r);
+    let mut p = _mm512_set1_ps(EXP_TAYLOR.0);
+    for c in EXP_TAYLOR.1 {
         p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0 / c));
     }
     let bits = _mm512_sub_epi32(
         _mm512_castps_si512(t),
-        _mm512_castps_si512(_mm512_set1_ps(12_582_912.0)),
+        _mm512_castps_si512(_mm512_set1_ps(EXP_MAGIC_BASE)),
     );
     _mm512_mul_ps(p, _mm512_castsi512_ps(_mm512_slli_epi32::<23>(bits)))
 }

@@ -527,12 +527,7 @@ pub(super) fn prepare_strips(
     let k0 = usize::from(cls_key_apart(t));
     ws.kp.repack_nk(&h.k[k0 * ld..], t - k0, hd, ld, None);
     ws.vp.repack_kn_rotated(h.v, t, hd, ld, k0, None);
-    let ls = (t.div_ceil(8) * 8).max(ws.kp.panels() * NR).div_ceil(NR) * NR;
-    let need = mr * ls + NR;
-    if ws.s.len() < need {
-        ws.s.resize(need, 0.0);
-    }
-    let off = ((64 - ws.s.as_ptr() as usize % 64) % 64) / 4;
+    let (ls, off) = score_strip(ws, t, ws.kp.panels(), mr);
     if ws.q.len() < mr * hd {
         ws.q.resize(mr * hd, 0.0);
     }
@@ -545,6 +540,24 @@ pub(super) fn prepare_strips(
         pad.fill(0.0);
     }
     (k0, ls, off)
+}
+
+/// A fused kernel's strip of `mr` rows of scores for `t` tokens whose keys fill `kpanels`
+/// panels of [`NR`]: the row stride `ls` (at least `t` rounded up to 8 and the panels'
+/// columns, a multiple of [`NR`]) and the offset in `ws.s` of its first, 64-byte aligned
+/// value; `ws.s` grows to hold them.
+pub(super) fn score_strip(
+    ws: &mut AttentionScratch,
+    t: usize,
+    kpanels: usize,
+    mr: usize,
+) -> (usize, usize) {
+    let ls = (t.div_ceil(8) * 8).max(kpanels * NR).div_ceil(NR) * NR;
+    let need = mr * ls + NR;
+    if ws.s.len() < need {
+        ws.s.resize(need, 0.0);
+    }
+    (ls, ((64 - ws.s.as_ptr() as usize % 64) % 64) / 4)
 }
 
 /// The exponentials of a strip's `rows` rows of scores (`ls` apart from `sp`, `t` each),
@@ -716,17 +729,15 @@ unsafe fn exp_rows_padded<const R: usize>(
 #[inline]
 fn exp_nonpos8(x: __m256) -> __m256 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
-    // 1.5 * 2^23 + 127: the sum's low mantissa bits are round(x log2 e) + 127.
-    const MAGIC: f32 = 12_583_039.0;
     // `vmaxps` returns its second operand when either is NaN.
     let x = _mm256_max_ps(_mm256_set1_ps(-87.0), x);
-    let t = _mm256_fmadd_ps(x, _mm256_set1_ps(LOG2E), _mm256_set1_ps(MAGIC));
-    let n = _mm256_sub_ps(t, _mm256_set1_ps(MAGIC));
+    let t = _mm256_fmadd_ps(x, _mm256_set1_ps(LOG2E), _mm256_set1_ps(EXP_MAGIC));
+    let n = _mm256_sub_ps(t, _mm256_set1_ps(EXP_MAGIC));
     let p = exp_reduced(x, n);
     // (round(x log2 e) + 127) << 23 = 2^round(x log2 e) as f32 bits.
     let bits = _mm256_sub_epi32(
         _mm256_castps_si256(t),
-        _mm256_castps_si256(_mm256_set1_ps(12_582_912.0)),
+        _mm256_castps_si256(_mm256_set1_ps(EXP_MAGIC_BASE)),
     );
     _mm256_mul_ps(p, _mm256_castsi256_ps(_mm256_slli_epi32::<23>(bits)))
 }
@@ -1304,18 +1315,27 @@ unsafe fn store_row<const ACC: bool>(cr: *mut f32, mut v0: __m256, mut v1: __m25
     }
 }
 
+/// 1.5 * 2^23 + 127: in `x log2 e + EXP_MAGIC` the low mantissa bits are
+/// round(x log2 e) + 127 (the exponentials of the attention kernels, here and in `avx512`).
+pub(super) const EXP_MAGIC: f32 = 12_583_039.0;
+/// 1.5 * 2^23: [`EXP_MAGIC`]'s bits less this one's are round(x log2 e) + 127.
+pub(super) const EXP_MAGIC_BASE: f32 = 12_582_912.0;
+/// ln 2 in two parts for the Cody-Waite reduction (the high part exact in few bits).
+pub(super) const EXP_LN2: [f32; 2] = [0.693_359_4, -2.121_944_4e-4];
+/// The Taylor series of e^r from its degree-7 term down: 1 / 7!, then each `1 / c`.
+pub(super) const EXP_TAYLOR: (f32, [f32; 7]) =
+    (1.0 / 5040.0, [720.0, 120.0, 24.0, 6.0, 2.0, 1.0, 1.0]);
+
 /// e^(x - n ln 2) for lanes with n = round(x log2 e): Cody-Waite reduction (ln 2 in two
 /// parts) to |r| <= ln2/2, then the Taylor series of e^r to degree 7 (truncation error
 /// about 5e-9).
 #[target_feature(enable = "avx2,fma")]
 #[inline]
 fn exp_reduced(x: __m256, n: __m256) -> __m256 {
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
-    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_HI), x);
-    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_LO), r);
-    let mut p = _mm256_set1_ps(1.0 / 5040.0);
-    for c in [720.0, 120.0, 24.0, 6.0, 2.0, 1.0, 1.0] {
+    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(EXP_LN2[0]), x);
+    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(EXP_LN2[1]), r);
+    let mut p = _mm256_set1_ps(EXP_TAYLOR.0);
+    for c in EXP_TAYLOR.1 {
         p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0 / c));
     }
     p

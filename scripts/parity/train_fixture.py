@@ -108,17 +108,15 @@ def main():
     train = args.galaxies - HELD_OUT
     test = (images[train:], mags[train:], z[train:])
 
-    model, step = ViT_Astro(), 0
+    model, step, minutes_before = ViT_Astro(), 0, 0.0
     if args.resume:
         model = torch.load(os.path.join(args.out, "model.pt"), weights_only=False)
         with open(os.path.join(args.out, "meta.json")) as f:
-            step = json.load(f)["steps"]
+            meta = json.load(f)
+        step, minutes_before = meta["steps"], meta.get("minutes", 0.0)
         print(f"train_fixture.py: resuming {args.out} at step {step}", flush=True)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=0.01)
-    start, first, minutes_before = time.time(), step, 0.0
-    if args.resume:
-        with open(os.path.join(args.out, "meta.json")) as f:
-            minutes_before = json.load(f).get("minutes", 0.0)
+    start, first = time.time(), step
     model.train()
     while step - first < args.steps and time.time() - start < 60 * args.minutes:
         idx = torch.randint(0, train, (64,))

@@ -6,9 +6,9 @@
 //!    fc1-shaped GEMM in every precision, interleaved rounds, best of each);
 //! 2. each layer's sensitivity: max |Δz| against all-f32 when only that layer is lowered,
 //!    for each precision faster than f32 (for a block's attention products, bf16 where
-//!    [`measure_attention_rates`] finds it faster on the model's head shape), and for `qkv`/`fc1` in int8/int16 also with
-//!    SmoothQuant factors folded into the LayerNorm before them ([`smoothing_factors`]),
-//!    kept only where that lowers the measured error; for int8 block layers also with
+//!    [`measure_attention_rates`] finds it faster on the model's head shape), and for
+//!    `qkv`/`fc1` in int8/int16 also with SmoothQuant factors folded into the LayerNorm
+//!    before them ([`smoothing_factors`]), kept only where that lowers the measured error; for int8 block layers also with
 //!    GPTQ's codes ([`crate::gptq`], Hessians of the layers' inputs on the calibration
 //!    galaxies; on the smoothed weights too where smoothing is tried), kept only where
 //!    that lowers the measured error; int8 and int16 block layers
@@ -360,9 +360,9 @@ fn rates_of(precs: &[Precision], best: &[f64], flops: f64) -> Vec<PrecisionRate>
         .collect()
 }
 
-/// GFLOP per CPU-second of one attention head (`t` tokens, `hd` values per head, rows of
-/// a fused qkv of `3 ld`) in each of `precs` that attention runs in (f32, bf16; others
-/// are left out): [`kernels::Ops::attention`] and [`kernels::Ops::attention_bf16`] in
+/// GFLOP per CPU-second of one attention head (`t` tokens, `hd` values per head, rows
+/// `3 hd` apart as in a fused qkv) in each of `precs` that attention runs in (f32, bf16;
+/// others are left out): [`kernels::Ops::attention`] and [`kernels::Ops::attention_bf16`] in
 /// interleaved rounds for about `seconds` in all, the best round of each.
 pub fn measure_attention_rates(
     precs: &[Precision],

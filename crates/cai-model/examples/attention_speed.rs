@@ -1,6 +1,6 @@
 //! One attention head of AstroMAE's shape (65 tokens, 64 values per head, rows of a fused
-//! 576-wide qkv) in f32 ([`Ops::attention`]) and with bf16 products
-//! ([`Ops::attention_bf16`]), interleaved rounds on one thread timed by its CPU clock:
+//! 576-wide qkv) in f32 ([`Ops::attention`]), with bf16 products
+//! ([`Ops::attention_bf16`]) and with int16 ones ([`Ops::attention_int16`]), interleaved rounds on one thread timed by its CPU clock:
 //! microseconds per head, best of the rounds.
 //! `cargo run --release -p cai-model --example attention_speed [rounds]`
 #![allow(clippy::print_stdout)]
@@ -34,20 +34,24 @@ fn main() {
     };
     let mut out = vec![0.0f32; t * d];
     let mut ws = AttentionScratch::default();
-    let kinds: [(&str, Run); 2] = [
+    let kinds: [(&str, Run); 3] = [
         ("f32", |o, h, s, out, ldo, ws| {
             o.attention(h, s, out, ldo, ws)
         }),
         ("bf16", |o, h, s, out, ldo, ws| {
             o.attention_bf16(h, s, out, ldo, ws)
         }),
+        ("int16", |o, h, s, out, ldo, ws| {
+            o.attention_int16(h, s, out, ldo, ws)
+        }),
     ];
     println!(
-        "tier {:?}, bf16 attention kernel: {}",
+        "tier {:?}, bf16 attention kernel: {}, int16 attention kernel: {}",
         ops.tier,
-        ops.has_bf16_attention()
+        ops.has_bf16_attention(),
+        ops.has_int16_attention()
     );
-    let mut best = [f64::INFINITY; 2];
+    let mut best = [f64::INFINITY; 3];
     for _ in 0..rounds {
         for (i, (_, run)) in kinds.iter().enumerate() {
             let (t0, mut n) = (cpu_seconds(), 0u32);
@@ -63,5 +67,9 @@ fn main() {
     for ((name, _), us) in kinds.iter().zip(best) {
         println!("{name:>5}: {us:.2} us per head (best of {rounds})");
     }
-    println!("bf16 / f32 time: {:.3}", best[1] / best[0]);
+    println!(
+        "bf16 / f32 time: {:.3}, int16 / f32 time: {:.3}",
+        best[1] / best[0],
+        best[2] / best[0]
+    );
 }

@@ -5,6 +5,7 @@
 //! the PyTorch parity fixtures' (`$CAI_PARITY_DIR/model.pt` over `1.pt`) when
 //! `CAI_PARITY_DIR` is set, else the full-size formula model on formula inputs:
 //! `CAI_PARITY_DIR=~/.cache/cai-parity cargo run --release -p cai-model --example forward_loop [auto|f32|bf16|int8|int16] [batch] [seconds]`
+//! (`ATTN=bf16|int16`: attention in bf16 or int16 in every block; `BLOCKS=1`: time the ViT blocks alone).
 #![allow(clippy::print_stdout)]
 
 use std::time::Instant;
@@ -71,6 +72,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
         }
     }
+    // `ATTN=bf16|int16`: attention's two products in bf16 or int16 in every block (what
+    // `auto` may pick).
+    let attn = match std::env::var("ATTN").as_deref() {
+        Ok("bf16") => Some(Precision::Bf16),
+        Ok("int16") => Some(Precision::Int16),
+        _ => None,
+    };
+    if let Some(p) = attn {
+        for b in 0..depth {
+            plan.set(PlanLayer::Attn(b), p);
+        }
+    }
     let dz = mixed::plan_dz(&model, &plan, &cal, &z)?;
     model.set_plan(&plan)?;
     println!("{mode}: {} | max |Δz| {dz:.2e}", plan.summary());
@@ -80,6 +93,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mag: Vec<f32> = (0..batch)
         .flat_map(|i| mags[(i % n) * 5..][..5].iter().copied())
         .collect();
+    // `BLOCKS=1`: the ViT blocks alone, in rounds alternating with the FMA probe (what
+    // `cai bench` prints as "ViT blocks alone"), instead of whole forward passes.
+    if std::env::var("BLOCKS").is_ok_and(|v| v == "1") {
+        println!("mark: blocks loop starts");
+        let b = model.measure_vit_blocks(seconds);
+        println!(
+            "ViT blocks: {:.1} GFLOP per CPU-s = {:.1}% of the FMA probe's {:.1} ({} rounds)",
+            b.block_gflops(),
+            100.0 * b.peak_share(),
+            b.probe_gflops(),
+            b.rounds
+        );
+        return Ok(());
+    }
     println!("mark: forward loop starts");
     let (t0, c0, mut galaxies) = (Instant::now(), process_cpu_seconds(), 0usize);
     while process_cpu_seconds() - c0 < seconds {

@@ -361,9 +361,9 @@ fn rates_of(precs: &[Precision], best: &[f64], flops: f64) -> Vec<PrecisionRate>
 }
 
 /// GFLOP per CPU-second of one attention head (`t` tokens, `hd` values per head, rows
-/// `3 hd` apart as in a fused qkv) in each of `precs` that attention runs in (f32, bf16;
-/// others are left out): [`kernels::Ops::attention`] and [`kernels::Ops::attention_bf16`] in
-/// interleaved rounds for about `seconds` in all, the best round of each.
+/// `3 hd` apart as in a fused qkv) in each of `precs` that attention runs in (f32, bf16,
+/// int16; int8 is left out): [`kernels::Ops::attention`], [`kernels::Ops::attention_bf16`]
+/// and [`kernels::Ops::attention_int16`] in interleaved rounds for about `seconds` in all, the best round of each.
 pub fn measure_attention_rates(
     precs: &[Precision],
     t: usize,
@@ -374,7 +374,7 @@ pub fn measure_attention_rates(
     let precs: Vec<Precision> = precs
         .iter()
         .copied()
-        .filter(|p| matches!(p, Precision::F32 | Precision::Bf16))
+        .filter(|p| matches!(p, Precision::F32 | Precision::Bf16 | Precision::Int16))
         .collect();
     let ld = 3 * hd;
     let qkv: Vec<f32> = (0..t * ld)
@@ -393,10 +393,10 @@ pub fn measure_attention_rates(
     let mut ws = kernels::AttentionScratch::default();
     let run = |p: Precision, out: &mut [f32], ws: &mut kernels::AttentionScratch| {
         for _ in 0..16 {
-            if p == Precision::Bf16 {
-                ops.attention_bf16(&head, scale, out, hd, ws);
-            } else {
-                ops.attention(&head, scale, out, hd, ws);
+            match p {
+                Precision::Bf16 => ops.attention_bf16(&head, scale, out, hd, ws),
+                Precision::Int16 => ops.attention_int16(&head, scale, out, hd, ws),
+                _ => ops.attention(&head, scale, out, hd, ws),
             }
         }
     };
@@ -498,7 +498,7 @@ pub fn choose(
         .collect();
     let layer_flops = model.layer_flops();
     let layers: Vec<PlanLayer> = layer_flops.iter().map(|(l, _)| *l).collect();
-    // The attention products run in f32 or bf16, at rates of their own.
+    // The attention products run in f32, bf16 or int16, at rates of their own.
     let cfg = model.config();
     let att_rates = measure_attention_rates(
         &precs,

@@ -485,9 +485,8 @@ impl AstroMae {
                     )));
                 }
             }
-            if matches!(l, PlanLayer::Attn(_)) && !matches!(want, Precision::F32 | Precision::Bf16)
-            {
-                return Err(err(format!("{l} runs in f32 or bf16, not {want}")));
+            if matches!(l, PlanLayer::Attn(_)) && want == Precision::Int8 {
+                return Err(err(format!("{l} runs in f32, bf16 or int16, not {want}")));
             }
             if let Some(g) = want_g {
                 let (k, n) = self.layer_shape(l);
@@ -516,7 +515,7 @@ impl AstroMae {
                 });
             let codes = plan.gptq(l).filter(|_| p == Precision::Int8);
             if let PlanLayer::Attn(b) = l {
-                self.vit.set_attention_bf16(b, p == Precision::Bf16);
+                self.vit.set_attention(b, p);
             }
             self.layer_weights_mut(l, &mut |w, _| {
                 convert_layer(w, p, mean.as_deref(), codes);

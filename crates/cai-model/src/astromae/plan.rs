@@ -1,13 +1,12 @@
 //! Per-layer precision: which arithmetic ([`Precision`]) each weight matrix of AstroMAE
 //! runs in, and the SmoothQuant factors folded into a layer before it is quantised.
 //!
-//! A plan names the patch embedding, the `qkv`, attention products (`attn`, f32 or bf16),
-//! `proj`, `fc1` and `fc2` of every block, the
-//! convolutional trunk (all of `vis_inception`'s convolutions) and the head (the
+//! A plan names the patch embedding, the `qkv`, attention products (`attn`: f32, bf16 or
+//! int16), `proj`, `fc1` and `fc2` of every block, the convolutional trunk (all of `vis_inception`'s convolutions) and the head (the
 //! per-galaxy MLPs: the ViT's `head` and `vit_block`, `vis_inception.10/12`,
 //! `magnitude_block`, `concat_block.0`). [`PrecisionPlan::uniform`] is what
-//! [`crate::AstroMae::set_precision`] applies: every trunk layer in one precision, the head
-//! in f32. Plans serialise to JSON (precisions by name: `"f32"`, `"bf16"`, `"int8"`,
+//! [`crate::AstroMae::set_precision`] applies: every trunk layer in one precision (the
+//! attention's products too where the CPU has a kernel for them), the head in f32. Plans serialise to JSON (precisions by name: `"f32"`, `"bf16"`, `"int8"`,
 //! `"int16"`).
 
 use serde::{Deserialize, Serialize};
@@ -22,7 +21,7 @@ pub enum PlanLayer {
     /// `blocks.{i}.attn.qkv`.
     Qkv(usize),
     /// `blocks.{i}.attn`'s two products without weights (scores `QKᵀ`, then the softmax
-    /// weights times `V`): f32 or bf16 only.
+    /// weights times `V`): f32, bf16 or int16 (no int8).
     Attn(usize),
     /// `blocks.{i}.attn.proj`.
     Proj(usize),
@@ -112,7 +111,8 @@ pub struct BlockPlan {
     /// `attn.qkv`.
     #[serde(with = "by_name")]
     pub qkv: Precision,
-    /// The attention's products (f32 or bf16; f32 in plans from before it was a choice).
+    /// The attention's products (f32, bf16 or int16; f32 in plans from before it was a
+    /// choice).
     #[serde(
         default = "f32_precision",
         with = "by_name",
@@ -200,13 +200,26 @@ fn is_f32(p: &Precision) -> bool {
     *p == Precision::F32
 }
 
+/// The attention products' precision in a uniform plan of `p`: bf16 or int16 as `p` where
+/// this CPU has a kernel for them (AVX-512 BF16, AVX-512 VNNI), else f32: there is no int8
+/// attention, and elsewhere the reference's scalar speed would make the pass slower (so a
+/// fixed bf16 or int16 run's attention differs by CPU, within that precision's error).
+fn uniform_attention(p: Precision) -> Precision {
+    let ops = crate::kernels::ops();
+    match p {
+        Precision::Bf16 if ops.has_bf16_attention() => p,
+        Precision::Int16 if ops.has_int16_attention() => p,
+        _ => Precision::F32,
+    }
+}
+
 impl BlockPlan {
-    /// Every matrix in `p`; the attention's products stay f32 (a uniform precision is about
-    /// the weights; `auto` moves attention to bf16 where it measures worth it).
+    /// Every matrix in `p`; the attention's products too where `p` is bf16 or int16 and
+    /// this CPU has a kernel for them ([`uniform_attention`]), else f32.
     fn uniform(p: Precision) -> Self {
         Self {
             qkv: p,
-            attn: Precision::F32,
+            attn: uniform_attention(p),
             proj: p,
             fc1: p,
             fc2: p,
@@ -485,6 +498,10 @@ mod tests {
     #[test]
     fn plan_json_round_trip() {
         let mut p = PrecisionPlan::uniform(Precision::Int16, 3);
+        // (Its attention is int16 on CPUs with a kernel for it: this test is about the rest.)
+        for b in 0..3 {
+            p.set(PlanLayer::Attn(b), Precision::F32);
+        }
         p.set(PlanLayer::Fc2(1), Precision::Bf16);
         p.set(PlanLayer::Head, Precision::Int8);
         p.set_smoothing(PlanLayer::Qkv(2), Some(vec![0.5, 1.25, 3.0e-7, 7.1]));

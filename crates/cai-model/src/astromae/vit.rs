@@ -13,7 +13,7 @@ use super::cnn::buf;
 use super::layers::{LayerNorm, Linear};
 use super::plan::PlanLayer;
 use super::Config;
-use crate::kernels::{AttentionScratch, Epilogue, HeadQkv, Ops, PackedB, Tier};
+use crate::kernels::{AttentionScratch, Epilogue, HeadQkv, Ops, PackedB, Precision, Tier};
 use crate::weights::Vb;
 use crate::Error;
 
@@ -96,8 +96,9 @@ pub(crate) struct Attention {
     qkv: Linear,
     proj: Linear,
     heads: usize,
-    /// The two products in bf16 ([`Ops::attention_bf16`]) rather than f32.
-    bf16: bool,
+    /// The precision of the two products: f32 ([`Ops::attention`]), bf16
+    /// ([`Ops::attention_bf16`]) or int16 ([`Ops::attention_int16`]).
+    products: Precision,
 }
 
 /// `timm Mlp`: `fc1` -> GELU (erf) -> `fc2`.
@@ -153,7 +154,7 @@ impl Block {
                 qkv: Linear::load(&a.pp("qkv"), d, 3 * d)?,
                 proj: Linear::load(&a.pp("proj"), d, d)?,
                 heads: cfg.heads,
-                bf16: false,
+                products: Precision::F32,
             },
             norm2: LayerNorm::load(&vb.pp("norm2"), d, LN_EPS)?,
             mlp: Mlp {
@@ -275,10 +276,10 @@ impl Block {
                     v: &qkv[2 * d + h * hd..],
                 };
                 let dst = &mut att[gi * t1 * d + h * hd..];
-                if self.attn.bf16 {
-                    ops.attention_bf16(&head, scale, dst, d, &mut s.attn);
-                } else {
-                    ops.attention(&head, scale, dst, d, &mut s.attn);
+                match self.attn.products {
+                    Precision::Bf16 => ops.attention_bf16(&head, scale, dst, d, &mut s.attn),
+                    Precision::Int16 => ops.attention_int16(&head, scale, dst, d, &mut s.attn),
+                    _ => ops.attention(&head, scale, dst, d, &mut s.attn),
                 }
             }
         }
@@ -436,11 +437,12 @@ impl Vit {
         }
     }
 
-    /// Runs block `b`'s attention products in bf16 (`true`) or f32; a block past the
+    /// Runs block `b`'s attention products in `p` (f32, bf16 or int16; int8 runs f32); a
+    /// block past the
     /// model's depth is ignored.
-    pub(crate) fn set_attention_bf16(&mut self, b: usize, on: bool) {
+    pub(crate) fn set_attention(&mut self, b: usize, p: Precision) {
         if let Some(x) = self.blocks.get_mut(b) {
-            x.attn.bf16 = on;
+            x.attn.products = p;
         }
     }
 

@@ -81,6 +81,7 @@ pub fn neon_ops() -> Option<Ops> {
             softmax: softmax_neon,
             attention: super::attention_composed,
             attention_bf16: None,
+            attention_int16: None,
             fma_probe: fma_probe_neon,
         })
     } else {

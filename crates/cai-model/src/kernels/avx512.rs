@@ -819,7 +819,7 @@ fn attention_bf16(
     let (hp, tp) = (hd.div_ceil(2), t.div_ceil(2));
     let kpanels = (t - k0).div_ceil(NR);
     let (ls, off) = super::x86::score_strip(ws, t, kpanels, MRV);
-    let b = &mut ws.bf16;
+    let b = &mut ws.pairs;
     b.keys.resize(kpanels * NR * hp, 0.0);
     b.kt.resize(kpanels * hp * NR, 0.0);
     b.vt.resize(hd.div_ceil(NR) * tp * NR, 0);
@@ -842,7 +842,7 @@ fn attention_bf16(
 #[allow(clippy::too_many_arguments)]
 unsafe fn bf16_strips(
     h: &HeadQkv<'_>,
-    b: &mut super::Bf16Attention,
+    b: &mut super::PairAttention,
     cls_last: bool,
     sp: *mut f32,
     ls: usize,
@@ -870,16 +870,7 @@ unsafe fn bf16_strips(
             row.fill(0.0);
         }
     }
-    for p in 0..kpanels {
-        let (src, dst) = (&b.keys[p * NR * hp..], &mut b.kt[p * hp * NR..]);
-        if !super::x86::pack_panel_nk(src, hp, hp, dst) {
-            for kp in 0..hp {
-                for jj in 0..NR {
-                    dst[kp * NR + jj] = src[jj * hp + kp];
-                }
-            }
-        }
-    }
+    pack_key_pairs(b, kpanels, hp);
     if cls_last {
         to_bf16_row(&h.k[..hd], &mut b.kcls);
     }
@@ -944,6 +935,294 @@ unsafe fn bf16_strips(
             scale_row(out.add((i0 + r) * ldo), hd, *iv);
         }
         i0 += rows;
+    }
+}
+
+/// `Kᵀ`'s panels from the keys' rows of code pairs (`b.keys`, `kpanels * NR` rows of `hp`
+/// pairs): pair `kp` of the panel's [`NR`] keys side by side (pairs travel as f32 bit
+/// patterns through the f32 transpose: moves only, exact).
+///
+/// Panics if `b.keys` or `b.kt` hold fewer than `kpanels * NR * hp` values.
+fn pack_key_pairs(b: &mut super::PairAttention, kpanels: usize, hp: usize) {
+    for p in 0..kpanels {
+        let (src, dst) = (&b.keys[p * NR * hp..], &mut b.kt[p * hp * NR..]);
+        if !super::x86::pack_panel_nk(src, hp, hp, dst) {
+            for kp in 0..hp {
+                for jj in 0..NR {
+                    dst[kp * NR + jj] = src[jj * hp + kp];
+                }
+            }
+        }
+    }
+}
+
+/// The int16 attention ([`super::Ops::attention_int16`]) if this CPU has AVX-512 VNNI
+/// (the integer product's features).
+pub fn int16_attention() -> Option<AttentionFn> {
+    vnni_gemm_int8().map(|_| attention_int16 as AttentionFn)
+}
+
+/// [`attention_bf16`]'s layout with int16 codes and `vpdpwssd` (the arithmetic of
+/// [`super::attention_int16_reference`]): keys coded per key into `Kᵀ`'s panels of pairs
+/// with their scales in panel order, values per column into `V`'s panels of token pairs,
+/// each strip of queries coded per row; scores are the integer sums times the query's and
+/// key's scales (the cls key's column a dot product of the codes), the f32 exponentials of
+/// [`attention`], then the weights coded per row and their product with `V` times the
+/// column's scale and the row's `1 / (L * sum)`.
+fn attention_int16(
+    _ops: &Ops,
+    h: &HeadQkv<'_>,
+    scale: f32,
+    out: &mut [f32],
+    ldo: usize,
+    ws: &mut AttentionScratch,
+) {
+    let (t, hd) = (h.t, h.hd);
+    let k0 = usize::from(super::cls_key_apart(t));
+    let (hp, tp) = (hd.div_ceil(2), t.div_ceil(2));
+    let (kpanels, vpanels) = ((t - k0).div_ceil(NR), hd.div_ceil(NR));
+    let (ls, off) = super::x86::score_strip(ws, t, kpanels, MRV);
+    let b = &mut ws.pairs;
+    b.keys.resize(kpanels * NR * hp, 0.0);
+    b.kt.resize(kpanels * hp * NR, 0.0);
+    b.vt.resize(vpanels * tp * NR, 0);
+    b.kcls.resize(2 * hp, 0);
+    b.q.resize(MRV * 2 * hp, 0);
+    b.p.resize(MRV * 2 * tp, 0);
+    b.kscale.resize(kpanels * NR, 0.0);
+    b.vscale.resize(vpanels * NR, 0.0);
+    // SAFETY: `Ops::attention_int16` checked that q, k and v hold t rows of hd values at
+    // stride ld and `out` t rows of hd at stride ldo; the buffers were sized just above for
+    // this head; reachable only through `int16_attention` (AVX-512F/BW/VNNI, AVX2 and FMA
+    // confirmed).
+    unsafe {
+        let sp = ws.s.as_mut_ptr().add(off);
+        i16_strips(h, b, k0 == 1, sp, ls, scale, out.as_mut_ptr(), ldo);
+    }
+}
+
+/// The body of [`attention_int16`]. Caller guarantees as stated there: `sp` points to
+/// [`MRV`] rows of `ls` writable scores, `b`'s buffers are sized for this head.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn i16_strips(
+    h: &HeadQkv<'_>,
+    b: &mut super::PairAttention,
+    cls_last: bool,
+    sp: *mut f32,
+    ls: usize,
+    scale: f32,
+    out: *mut f32,
+    ldo: usize,
+) {
+    use super::ATT16_KV_LIMIT as LKV;
+    let (t, hd, ld) = (h.t, h.hd, h.ld);
+    let k0 = usize::from(cls_last);
+    let nk = t - k0;
+    let (hp, tp) = (hd.div_ceil(2), t.div_ceil(2));
+    let (kpanels, vpanels) = (nk.div_ceil(NR), hd.div_ceil(NR));
+    // Keys k0.. coded per key (the rows past nk zero, scale 0), then Kᵀ's panels.
+    for j in 0..kpanels * NR {
+        let row = &mut b.keys[j * hp..(j + 1) * hp];
+        if j < nk {
+            // SAFETY: an f32 slice viewed as twice as many i16 (same memory, i16's
+            // alignment is smaller).
+            let c = std::slice::from_raw_parts_mut(row.as_mut_ptr().cast::<i16>(), 2 * hp);
+            b.kscale[j] = quantize_row_i16(&h.k[(k0 + j) * ld..][..hd], LKV, c);
+        } else {
+            row.fill(0.0);
+            b.kscale[j] = 0.0;
+        }
+    }
+    pack_key_pairs(b, kpanels, hp);
+    // The keys' largest sum of |codes|, down the panels (16 keys a vector).
+    let ones = _mm512_set1_epi16(1);
+    let mut widest = 0u64;
+    for p in 0..kpanels {
+        let mut sums = _mm512_setzero_si512();
+        for kp in 0..hp {
+            let pairs = _mm512_loadu_si512(b.kt.as_ptr().add((p * hp + kp) * NR).cast());
+            sums = _mm512_add_epi32(sums, _mm512_madd_epi16(_mm512_abs_epi16(pairs), ones));
+        }
+        widest = widest.max(u64::from(_mm512_reduce_max_epu32(sums)));
+    }
+    let mut kcls_scale = 0.0;
+    if cls_last {
+        let c = std::slice::from_raw_parts_mut(b.kcls.as_mut_ptr().cast::<i16>(), 2 * hp);
+        kcls_scale = quantize_row_i16(&h.k[..hd], LKV, c);
+        widest = widest.max(abs_sum_i16(c.as_ptr(), 2 * hp));
+    }
+    let lq = super::activation_limit(widest);
+    // V's panels: per column the largest |v| over the tokens (as sign-cleared bit patterns,
+    // so a NaN is the largest and gives the column a NaN scale), then for each pair of
+    // tokens (in the scores' order: k0.., then the cls token) the two tokens' codes paired.
+    let tok = |i: usize| if i + k0 < t { i + k0 } else { i + k0 - t };
+    let (abs, lv) = (_mm512_set1_epi32(i32::MAX), _mm512_set1_ps(LKV as f32));
+    let lo16 = _mm512_set1_epi32(0xFFFF);
+    for p in 0..vpanels {
+        let m = lanes_or_all(hd - p * NR);
+        let load = |tk: usize| _mm512_maskz_loadu_ps(m, h.v.as_ptr().add(tk * ld + p * NR));
+        let mut top = _mm512_setzero_si512();
+        for tk in 0..t {
+            top = _mm512_max_epu32(top, _mm512_and_si512(_mm512_castps_si512(load(tk)), abs));
+        }
+        let amax = _mm512_castsi512_ps(top);
+        _mm512_storeu_ps(b.vscale.as_mut_ptr().add(p * NR), _mm512_div_ps(amax, lv));
+        let inv = _mm512_maskz_div_ps(
+            _mm512_cmp_ps_mask::<_CMP_GT_OQ>(amax, _mm512_setzero_ps()),
+            lv,
+            amax,
+        );
+        let code = |tk: usize| {
+            _mm512_cvt_roundps_epi32::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+                _mm512_mul_ps(load(tk), inv),
+            )
+        };
+        for kp in 0..tp {
+            let (ta, tb) = (tok(2 * kp), (2 * kp + 1 < t).then(|| tok(2 * kp + 1)));
+            let lo = _mm512_and_si512(code(ta), lo16);
+            let pair = match tb {
+                Some(tb) => _mm512_or_si512(lo, _mm512_slli_epi32::<16>(code(tb))),
+                None => lo,
+            };
+            _mm512_storeu_si512(b.vt.as_mut_ptr().add((p * tp + kp) * NR).cast(), pair);
+        }
+    }
+    let (kt, vt) = (b.kt.as_ptr().cast::<i32>(), b.vt.as_ptr().cast::<i32>());
+    let (qs, ps) = (
+        b.q.as_mut_ptr().cast::<i16>(),
+        b.p.as_mut_ptr().cast::<i16>(),
+    );
+    let (kcls, ks, vs) = (
+        b.kcls.as_ptr().cast::<i16>(),
+        b.kscale.as_ptr(),
+        b.vscale.as_ptr(),
+    );
+    let (mut sq, mut rf) = ([0.0f32; MRV], [0.0f32; MRV]);
+    let mut i0 = 0;
+    while i0 < t {
+        let rows = MRV.min(t - i0);
+        for (r, s) in sq.iter_mut().enumerate().take(rows) {
+            let dst = std::slice::from_raw_parts_mut(qs.add(r * 2 * hp), 2 * hp);
+            *s = quantize_row_i16(&h.q[(i0 + r) * ld..][..hd], lq, dst);
+        }
+        for p in (0..kpanels).step_by(2) {
+            let cols = (nk - p * NR).min(2 * NR);
+            let (c, pa, cs) = (sp.add(p * NR), kt.add(p * hp * NR), ks.add(p * NR));
+            let rs = sq.as_ptr();
+            if p + 1 < kpanels {
+                i16_attention_tile::<2>(hp, qs, [pa, pa.add(hp * NR)], rs, cs, c, ls, MRV, cols);
+            } else {
+                i16_attention_tile::<1>(hp, qs, [pa], rs, cs, c, ls, MRV, cols);
+            }
+        }
+        let cls = |r: usize| {
+            cls_last
+                .then(|| dot_i16(qs.add(r * 2 * hp), kcls, 2 * hp) as f32 * (sq[r] * kcls_scale))
+        };
+        let inv = strip_exponentials16::<MRV>(sp, ls, rows, t, scale, cls);
+        for r in 0..rows {
+            let lp = super::attention_weight_limit(t, inv[r]);
+            rf[r] = inv[r] / lp;
+            let dst = std::slice::from_raw_parts_mut(ps.add(r * 2 * tp), 2 * tp);
+            codes_i16(sp.add(r * ls), t, lp, dst);
+        }
+        for p in (0..vpanels).step_by(2) {
+            let cols = (hd - p * NR).min(2 * NR);
+            let (c, pa, cs) = (
+                out.add(i0 * ldo + p * NR),
+                vt.add(p * tp * NR),
+                vs.add(p * NR),
+            );
+            let rs = rf.as_ptr();
+            if p + 1 < vpanels {
+                i16_attention_tile::<2>(tp, ps, [pa, pa.add(tp * NR)], rs, cs, c, ldo, rows, cols);
+            } else {
+                i16_attention_tile::<1>(tp, ps, [pa], rs, cs, c, ldo, rows, cols);
+            }
+        }
+        i0 += rows;
+    }
+}
+
+/// One strip ([`MRV`] rows of `k2` i16 pairs at `a`) x `P` panels of `k2` x [`NR`] pairs:
+/// the i32 sums of `vpdpwssd` times `rs[r] * cs[col]`, stored into `rows` rows of `cols`
+/// values at stride `ldc`.
+///
+/// Caller guarantees: as stated; `rs` holds [`MRV`] scales and `cs` `P * NR`; the CPU has
+/// AVX-512F/BW/VNNI.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+#[inline]
+#[allow(clippy::too_many_arguments)]
+unsafe fn i16_attention_tile<const P: usize>(
+    k2: usize,
+    a: *const i16,
+    panels: [*const i32; P],
+    rs: *const f32,
+    cs: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    rows: usize,
+    cols: usize,
+) {
+    let mut acc = [[_mm512_setzero_si512(); P]; MRV];
+    pair_products(k2, a.cast(), panels, &mut acc, |acc, av, bv| {
+        _mm512_dpwssd_epi32(acc, av, bv)
+    });
+    let col: [__m512; P] = std::array::from_fn(|h| _mm512_loadu_ps(cs.add(h * NR)));
+    let masks = col_masks::<P>(cols);
+    each_row(&acc, rows, |r, accr| {
+        let s = _mm512_set1_ps(*rs.add(r));
+        for h in 0..P {
+            let v = _mm512_mul_ps(_mm512_cvtepi32_ps(accr[h]), _mm512_mul_ps(s, col[h]));
+            store16::<false>(c.add(r * ldc + h * NR), v, masks[h]);
+        }
+    });
+}
+
+/// `sum a[i] b[i]` over `n` i16 codes (`n` even), in i32.
+///
+/// Caller guarantees: `n` readable values at `a` and at `b`; AVX-512F/BW; the sum fits.
+#[target_feature(enable = "avx512f,avx512bw")]
+#[inline]
+unsafe fn dot_i16(a: *const i16, b: *const i16, n: usize) -> i32 {
+    let mut acc = _mm512_setzero_si512();
+    let mut j = 0;
+    while j < n {
+        let m = lanes32(n - j);
+        let (x, y) = (
+            _mm512_maskz_loadu_epi16(m, a.add(j)),
+            _mm512_maskz_loadu_epi16(m, b.add(j)),
+        );
+        acc = _mm512_add_epi32(acc, _mm512_madd_epi16(x, y));
+        j += 32;
+    }
+    _mm512_reduce_add_epi32(acc)
+}
+
+/// `sum |a[i]|` over `n` i16 codes.
+///
+/// Caller guarantees: `n` readable values at `a`; AVX-512F/BW.
+#[target_feature(enable = "avx512f,avx512bw")]
+#[inline]
+unsafe fn abs_sum_i16(a: *const i16, n: usize) -> u64 {
+    let (ones, mut acc) = (_mm512_set1_epi16(1), _mm512_setzero_si512());
+    let mut j = 0;
+    while j < n {
+        let x = _mm512_abs_epi16(_mm512_maskz_loadu_epi16(lanes32(n - j), a.add(j)));
+        acc = _mm512_add_epi32(acc, _mm512_madd_epi16(x, ones));
+        j += 32;
+    }
+    _mm512_reduce_add_epi32(acc) as u32 as u64
+}
+
+/// Mask of the first `n` 16-bit lanes, all 32 when `n >= 32`.
+#[inline]
+fn lanes32(n: usize) -> u32 {
+    if n >= 32 {
+        u32::MAX
+    } else {
+        (1u32 << n) - 1
     }
 }
 
@@ -1325,7 +1604,7 @@ pub(super) unsafe fn quantize_row_u8(a: &[f32], out: &mut [u8]) -> (f32, i32) {
 /// Caller guarantees: the CPU has AVX-512F/BW; `out` holds `a.len().div_ceil(2) * 2` values.
 #[target_feature(enable = "avx512f,avx512bw")]
 pub(super) unsafe fn quantize_row_i16(a: &[f32], limit: i32, out: &mut [i16]) -> f32 {
-    let (k, src, dst) = (a.len(), a.as_ptr(), out.as_mut_ptr());
+    let (k, src) = (a.len(), a.as_ptr());
     let abs = _mm512_set1_epi32(i32::MAX);
     let bits =
         |j: usize, m: u16| _mm512_and_si512(_mm512_maskz_loadu_epi32(m, src.add(j).cast()), abs);
@@ -1354,6 +1633,19 @@ pub(super) unsafe fn quantize_row_i16(a: &[f32], limit: i32, out: &mut [i16]) ->
     if amax == 0.0 || !amax.is_finite() || !inv.is_finite() {
         return super::quantize_row(a, limit, out, 2);
     }
+    codes_i16(src, k, inv, out);
+    amax / lim
+}
+
+/// `out[j] = round(a[j] * inv)` (to nearest even) for the `k` values at `a`, saturated to
+/// i16 (the callers' values stay within ±32767), then a zero after an odd count.
+///
+/// Caller guarantees: `k` readable values at `a`; `out` holds `k.div_ceil(2) * 2` values;
+/// AVX-512F/BW.
+#[target_feature(enable = "avx512f,avx512bw")]
+#[inline]
+unsafe fn codes_i16(src: *const f32, k: usize, inv: f32, out: &mut [i16]) {
+    let dst = out.as_mut_ptr();
     let iv = _mm512_set1_ps(inv);
     let q = |v: __m512| {
         _mm512_cvt_roundps_epi32::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
@@ -1384,7 +1676,6 @@ pub(super) unsafe fn quantize_row_i16(a: &[f32], limit: i32, out: &mut [i16]) ->
     if k % 2 == 1 {
         out[k] = 0;
     }
-    amax / lim
 }
 
 /// All bf16 panels of `b` over one rounded block of `rows` rows: two panels at a time, then
@@ -1663,6 +1954,24 @@ mod tests {
         let Some(ops) = bf16_ops() else { return };
         assert!(ops.has_bf16_attention());
         check::attention_bf16_shapes(&ops);
+    }
+
+    #[test]
+    fn int16_attention_matches_reference() {
+        let Some(ops) = vnni_ops() else { return };
+        assert!(ops.has_int16_attention());
+        let worst = check::attention_int16_shapes(&ops);
+        eprintln!("int16 attention: worst |out - exact| / max |v| = {worst:e}");
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        #[test]
+        fn int16_attention_prop(t in 1usize..80, hd in 1usize..70, scale in 0.05f32..1.0, seed in 0u64..1000) {
+            if let Some(ops) = vnni_ops() {
+                check::attention_int16(&ops, t, hd, scale, seed, &mut AttentionScratch::default());
+            }
+        }
     }
 
     #[test]

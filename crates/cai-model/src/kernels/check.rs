@@ -384,6 +384,75 @@ pub fn attention_bf16_shapes(ops: &Ops) {
     }
 }
 
+/// [`Ops::attention_int16`] on `t` tokens of `hd` values against
+/// [`super::attention_int16_reference`] (the same codes and scores: apart from the
+/// exponentials' last bits and the order of the f32 sums, a weight's code may round the
+/// other way, a part in 4000 at most) and against exact attention (int16's error: within
+/// 1e-3 of the largest |v|; 4.8e-5 on [`attention_int16_shapes`], up to about 2.5e-4 at
+/// the proptest's sharper scales); columns past `hd` untouched. Returns the largest
+/// difference from exact attention over the largest |v|.
+pub fn attention_int16(
+    ops: &Ops,
+    t: usize,
+    hd: usize,
+    scale: f32,
+    seed: u64,
+    ws: &mut AttentionScratch,
+) -> f32 {
+    let (ld, ldo) = (3 * hd + 5, hd + 3);
+    let qkv = lcg(seed, t * ld, 1.0);
+    let head = fused_head(&qkv, t, hd, ld);
+    let out0 = lcg(seed + 1, t * ldo, 1.0);
+    let (mut got, mut want, mut exact) = (out0.clone(), out0.clone(), out0.clone());
+    ops.attention_int16(&head, scale, &mut got, ldo, ws);
+    super::attention_int16_reference(&head, scale, &mut want, ldo);
+    scalar::ops().attention(
+        &head,
+        scale,
+        &mut exact,
+        ldo,
+        &mut AttentionScratch::default(),
+    );
+    let vmax = (0..t * hd)
+        .map(|i| head.v[(i / hd) * ld + i % hd].abs())
+        .fold(0.0f32, f32::max);
+    let mut worst = 0.0f32;
+    for i in 0..t {
+        for c in 0..ldo {
+            let (g, w, e) = (got[i * ldo + c], want[i * ldo + c], exact[i * ldo + c]);
+            if c >= hd {
+                assert_eq!(g, out0[i * ldo + c], "t{t} hd{hd}: row {i} col {c} touched");
+                continue;
+            }
+            assert!(
+                (g - w).abs() <= vmax / 2048.0 + 1e-6,
+                "t{t} hd{hd}: out[{i}][{c}] = {g}, reference {w}"
+            );
+            assert!(
+                (g - e).abs() <= 1e-3 * vmax + 1e-6,
+                "t{t} hd{hd}: out[{i}][{c}] = {g}, f32 attention {e}"
+            );
+            worst = worst.max((g - e).abs() / vmax.max(f32::MIN_POSITIVE));
+        }
+    }
+    worst
+}
+
+/// [`attention_int16`] over the shapes of [`attention_shapes`], reusing one scratch;
+/// returns the largest relative difference from exact attention.
+pub fn attention_int16_shapes(ops: &Ops) -> f32 {
+    let mut ws = AttentionScratch::default();
+    let mut worst = 0.0f32;
+    for t in [1usize, 2, 5, 6, 7, 16, 17, 33, 65, 66, 97] {
+        for hd in [1usize, 8, 13, 32, 64] {
+            let scale = (hd as f32).powf(-0.5);
+            let w = attention_int16(ops, t, hd, scale, (t * 100 + hd) as u64, &mut ws);
+            worst = worst.max(w);
+        }
+    }
+    worst
+}
+
 /// Checks a SIMD GELU of the integer epilogues against [`scalar::gelu`] over a dense sweep
 /// of [-20, 20] and a few far values: `|simd - exact| <= 2e-6 (1 + |x|)`. `f` maps a slice
 /// of inputs to outputs. Returns the worst error / (1 + |x|).
@@ -483,6 +552,11 @@ fn best_tier_matches_scalar() {
     softmax_odd_shapes(&ops);
     attention_shapes(&ops);
     attention_bf16_shapes(&ops);
+    let worst16 = attention_int16_shapes(&ops);
+    eprintln!(
+        "{:?}: int16 attention, worst |out - exact| / max |v| = {worst16:e}",
+        ops.tier
+    );
     for dim in [1usize, 3, 4, 7, 8, 192, 197] {
         layer_norm(&ops, 3, dim, dim as u64);
     }

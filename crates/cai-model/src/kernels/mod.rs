@@ -1193,6 +1193,9 @@ pub struct Ops {
     /// Attention with bf16 products where the CPU has `vdpbf16ps`; `None`:
     /// [`Ops::attention_bf16`] runs [`attention_bf16_reference`].
     attention_bf16: Option<AttentionFn>,
+    /// Attention with int16 products where the CPU has a kernel for them; `None`:
+    /// [`Ops::attention_int16`] runs [`attention_int16_reference`].
+    attention_int16: Option<AttentionFn>,
     fma_probe: FmaProbeFn,
 }
 
@@ -1225,17 +1228,19 @@ pub struct AttentionScratch {
     /// A fused kernel's last, partial strip of queries, padded with zero rows.
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     q: Vec<f32>,
-    /// The bf16 kernel's operands ([`Ops::attention_bf16`]).
+    /// The bf16 and int16 kernels' operands ([`Ops::attention_bf16`],
+    /// [`Ops::attention_int16`]).
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
-    bf16: Bf16Attention,
+    pairs: PairAttention,
 }
 
-/// Operands of the bf16 attention kernel, as bf16 bits: the keys row by row, `Kᵀ` and `V`
-/// in panels of column pairs (one u32 per pair, low half first), a strip of queries and one
-/// of unnormalised softmax weights.
+/// Operands of the bf16 and int16 attention kernels, as 16-bit codes (bf16 bits or i16):
+/// the keys row by row, `Kᵀ` and `V` in panels of column pairs (one u32 per pair, low half
+/// first), a strip of queries and one of unnormalised softmax weights; for int16, the keys'
+/// scales (one per key, in panel order) and the values' (one per column).
 #[derive(Debug, Clone, Default)]
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
-struct Bf16Attention {
+struct PairAttention {
     /// Pairs as f32 bit patterns (so the f32 panel transpose moves them).
     keys: Vec<f32>,
     kt: Vec<f32>,
@@ -1243,6 +1248,27 @@ struct Bf16Attention {
     kcls: Vec<u16>,
     q: Vec<u16>,
     p: Vec<u16>,
+    kscale: Vec<f32>,
+    vscale: Vec<f32>,
+}
+
+/// Largest |code| of a key or a value column in the int16 attention (13 bits, as the
+/// int16 weights).
+pub const ATT16_KV_LIMIT: i32 = 8191;
+
+/// Largest sum over a row of the int16 attention's weight codes: times
+/// [`ATT16_KV_LIMIT`] it stays within an i32, so the weights' product with `V` cannot
+/// overflow.
+const ATT16_WEIGHT_SUM: f32 = (i32::MAX / ATT16_KV_LIMIT) as f32;
+
+/// The largest code of a row of the int16 attention's unnormalised softmax weights (each
+/// in [0, 1], the largest exactly 1) whose sum is `1 / inv_sum` over `t` tokens: 32767,
+/// or less where the codes' sum (up to `t / 2` above `limit / inv_sum` by rounding) would
+/// pass [`ATT16_WEIGHT_SUM`]. The kernels and the reference share it.
+pub(crate) fn attention_weight_limit(t: usize, inv_sum: f32) -> f32 {
+    ((ATT16_WEIGHT_SUM - t as f32) * inv_sum)
+        .floor()
+        .clamp(1.0, i16::MAX as f32)
 }
 
 /// With `t % NR == 1` tokens (65 in AstroMAE: the cls token and 64 patches) the cls key
@@ -1354,6 +1380,70 @@ pub fn attention_bf16_reference(h: &HeadQkv<'_>, scale: f32, out: &mut [f32], ld
         }
         for (o, a) in out[i * ldo..i * ldo + hd].iter_mut().zip(&acc) {
             *o = (a / sum) as f32;
+        }
+    }
+}
+
+/// The arithmetic of [`Ops::attention_int16`] in plain code. Keys are quantised per key
+/// ([`quantize_row`], limit [`ATT16_KV_LIMIT`]), values per column (same limit), each query
+/// per row with the largest limit that keeps its products with every key within an i32
+/// ([`activation_limit`] of the keys' largest sum of |codes|); a score is the exact integer
+/// dot product times the query's and the key's scales; the row's weights `exp(scale (s -
+/// max s))` (f64, rounded to f32) are coded as `round(w * L)` with `L` from
+/// [`attention_weight_limit`]; the output is the exact integer product with `V`'s codes
+/// times the column's scale and `1 / (L * sum w)`. The tiers without an int16 attention
+/// kernel run it, and the kernels are tested against it.
+pub fn attention_int16_reference(h: &HeadQkv<'_>, scale: f32, out: &mut [f32], ldo: usize) {
+    let (t, hd, ld) = (h.t, h.hd, h.ld);
+    let w2 = 2 * hd.div_ceil(2);
+    let mut kc = vec![0i16; t * w2];
+    let mut ks = vec![0.0f32; t];
+    let mut widest = 0u64;
+    for j in 0..t {
+        let codes = &mut kc[j * w2..(j + 1) * w2];
+        ks[j] = quantize_row(&h.k[j * ld..][..hd], ATT16_KV_LIMIT, codes, 2);
+        widest = widest.max(codes.iter().map(|c| c.unsigned_abs() as u64).sum());
+    }
+    let lq = activation_limit(widest);
+    let lv = ATT16_KV_LIMIT as f32;
+    let mut vc = vec![0i32; t * hd];
+    let mut vs = vec![0.0f32; hd];
+    for c in 0..hd {
+        let amax = (0..t).fold(0.0f32, |m, j| m.max(h.v[j * ld + c].abs()));
+        let nan = (0..t).any(|j| h.v[j * ld + c].is_nan());
+        let inv = if amax > 0.0 { lv / amax } else { 0.0 };
+        for j in 0..t {
+            vc[j * hd + c] = (h.v[j * ld + c] * inv).round_ties_even().clamp(-lv, lv) as i32;
+        }
+        vs[c] = if nan { f32::NAN } else { amax / lv };
+    }
+    let mut qc = vec![0i16; w2];
+    let mut s = vec![0.0f32; t];
+    let mut w = vec![0.0f32; t];
+    for i in 0..t {
+        let sq = quantize_row(&h.q[i * ld..][..hd], lq, &mut qc, 2);
+        for (j, sj) in s.iter_mut().enumerate() {
+            let dot: i64 = qc
+                .iter()
+                .zip(&kc[j * w2..(j + 1) * w2])
+                .map(|(a, b)| i64::from(*a) * i64::from(*b))
+                .sum();
+            *sj = dot as f32 * (sq * ks[j]);
+        }
+        let m = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut sum = 0.0f64;
+        for (wj, sj) in w.iter_mut().zip(&s) {
+            *wj = ((scale as f64) * (*sj as f64 - m as f64)).exp() as f32;
+            sum += *wj as f64;
+        }
+        let inv = (1.0 / sum) as f32;
+        let lp = attention_weight_limit(t, inv);
+        let rf = inv / lp;
+        for c in 0..hd {
+            let acc: i64 = (0..t)
+                .map(|j| (w[j] * lp).round_ties_even() as i64 * i64::from(vc[j * hd + c]))
+                .sum();
+            out[i * ldo + c] = acc as f32 * (rf * vs[c]);
         }
     }
 }
@@ -1536,6 +1626,36 @@ impl Ops {
     /// the slower reference).
     pub fn has_bf16_attention(&self) -> bool {
         self.attention_bf16.is_some()
+    }
+
+    /// [`Ops::attention`] with int16 products (`vpdpwssd`): keys and values as 13-bit codes
+    /// (per key, per value column), queries with as many bits as an i32 sum allows (per
+    /// query), the unnormalised softmax weights as up to 15-bit codes (per row), exact
+    /// integer sums; exponentials and scaling in f32 (see [`attention_int16_reference`],
+    /// which the tiers without a kernel for it run: `auto` only picks it where it measures
+    /// faster). Near f32's results where bf16's rounding is not (the GEMMs' int16 class).
+    ///
+    /// Panics as [`Ops::attention`].
+    pub fn attention_int16(
+        &self,
+        h: &HeadQkv<'_>,
+        scale: f32,
+        out: &mut [f32],
+        ldo: usize,
+        ws: &mut AttentionScratch,
+    ) {
+        if !head_in_bounds(h, out, ldo) {
+            return;
+        }
+        match self.attention_int16 {
+            Some(f) => f(self, h, scale, out, ldo, ws),
+            None => attention_int16_reference(h, scale, out, ldo),
+        }
+    }
+
+    /// Whether [`Ops::attention_int16`] has a kernel of its own on this tier.
+    pub fn has_int16_attention(&self) -> bool {
+        self.attention_int16.is_some()
     }
 
     /// Runs this tier's peak-rate probe: `iters` rounds of independent f32 multiply-add

@@ -14,6 +14,7 @@ pub fn ops() -> Ops {
         softmax,
         attention: super::attention_composed,
         attention_bf16: None,
+        attention_int16: None,
         fma_probe,
     }
 }

@@ -53,6 +53,7 @@ pub fn avx2_ops() -> Option<Ops> {
             softmax: softmax_avx2,
             attention: attention_avx2,
             attention_bf16: None,
+            attention_int16: None,
             fma_probe: fma_probe_avx2,
         })
     } else {
@@ -73,6 +74,7 @@ pub fn avx512_ops() -> Option<Ops> {
         gemm_bf16: super::avx512::bf16_gemm(),
         attention: super::avx512::attention,
         attention_bf16: super::avx512::bf16_attention(),
+        attention_int16: super::avx512::int16_attention(),
         layer_norm: super::avx512::layer_norm,
         fma_probe,
         ..o

@@ -55,16 +55,22 @@ fn lowering_one_layer_changes_only_that_layer() {
     };
     let mut seen = Vec::new();
     for l in PlanLayer::all(cfg.depth) {
-        // The attention products (no weights) run in f32 or bf16 only.
-        let p = if matches!(l, PlanLayer::Attn(_)) {
+        // The attention products (no weights) run in f32, bf16 or int16, not int8; even
+        // blocks try bf16, odd ones int16.
+        let p = if let PlanLayer::Attn(b) = l {
             let mut plan = PrecisionPlan::f32(cfg.depth);
             plan.set(l, Precision::Int8);
             let err = model.clone().set_plan(&plan).err().map(|e| e.to_string());
             assert!(
-                err.as_deref().is_some_and(|e| e.contains("f32 or bf16")),
+                err.as_deref()
+                    .is_some_and(|e| e.contains("f32, bf16 or int16, not int8")),
                 "{err:?}"
             );
-            Precision::Bf16
+            if b % 2 == 0 {
+                Precision::Bf16
+            } else {
+                Precision::Int16
+            }
         } else {
             Precision::Int8
         };

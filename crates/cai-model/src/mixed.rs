@@ -5,10 +5,11 @@
 //! 1. the speed of each precision on this CPU ([`measure_rates`]: one thread, the same
 //!    fc1-shaped GEMM in every precision, interleaved rounds, best of each);
 //! 2. each layer's sensitivity: max |Δz| against all-f32 when only that layer is lowered,
-//!    for each precision faster than f32 (for a block's attention products, bf16 where
-//!    [`measure_attention_rates`] finds it faster on the model's head shape), and for
-//!    `qkv`/`fc1` in int8/int16 also with SmoothQuant factors folded into the LayerNorm
-//!    before them ([`smoothing_factors`]), kept only where that lowers the measured error; for int8 block layers also with
+//!    for each precision faster than f32 (for a block's attention products, bf16 and int16
+//!    where [`measure_attention_rates`] finds them faster on the model's head shape), and
+//!    for `qkv`/`fc1` in int8/int16 also with SmoothQuant factors folded into the LayerNorm
+//!    before them ([`smoothing_factors`]), kept only where that lowers the measured error;
+//!    for int8 block layers also with
 //!    GPTQ's codes ([`crate::gptq`], Hessians of the layers' inputs on the calibration
 //!    galaxies; on the smoothed weights too where smoothing is tried), kept only where
 //!    that lowers the measured error; int8 and int16 block layers
@@ -217,7 +218,8 @@ pub struct AutoChoice {
     /// mix chosen under a higher one was not within `bound` on the held-out galaxies.
     #[serde(default)]
     pub target: f64,
-    /// Estimated speed-up of the layers' GEMMs over all-f32 (FLOPs over measured rates).
+    /// Estimated speed-up of the layers' GEMMs and the attention's products over all-f32
+    /// (FLOPs over measured rates).
     pub est_gemm_speedup: f64,
     /// The rates the estimate used.
     pub rates: Vec<PrecisionRate>,
@@ -361,9 +363,11 @@ fn rates_of(precs: &[Precision], best: &[f64], flops: f64) -> Vec<PrecisionRate>
 }
 
 /// GFLOP per CPU-second of one attention head (`t` tokens, `hd` values per head, rows
-/// `3 hd` apart as in a fused qkv) in each of `precs` that attention runs in (f32, bf16,
-/// int16; int8 is left out): [`kernels::Ops::attention`], [`kernels::Ops::attention_bf16`]
-/// and [`kernels::Ops::attention_int16`] in interleaved rounds for about `seconds` in all, the best round of each.
+/// `3 hd` apart as in a fused qkv) in each of `precs` that attention runs in on this CPU
+/// (f32; bf16 and int16 where it has kernels for them; int8 is left out):
+/// [`kernels::Ops::attention`], [`kernels::Ops::attention_bf16`] and
+/// [`kernels::Ops::attention_int16`] in interleaved rounds for about `seconds` in all, the
+/// best round of each.
 pub fn measure_attention_rates(
     precs: &[Precision],
     t: usize,
@@ -374,7 +378,14 @@ pub fn measure_attention_rates(
     let precs: Vec<Precision> = precs
         .iter()
         .copied()
-        .filter(|p| matches!(p, Precision::F32 | Precision::Bf16 | Precision::Int16))
+        .filter(|p| match p {
+            Precision::F32 => true,
+            // Without a kernel of their own they run the scalar reference: far slower, so
+            // never picked, and not worth timing.
+            Precision::Bf16 => ops.has_bf16_attention(),
+            Precision::Int16 => ops.has_int16_attention(),
+            Precision::Int8 => false,
+        })
         .collect();
     let ld = 3 * hd;
     let qkv: Vec<f32> = (0..t * ld)

@@ -819,16 +819,10 @@ fn attention_bf16(
 ) {
     let (t, hd) = (h.t, h.hd);
     let k0 = usize::from(super::cls_key_apart(t));
-    let (hp, tp) = (hd.div_ceil(2), t.div_ceil(2));
     let kpanels = (t - k0).div_ceil(NR);
     let (ls, off) = super::x86::score_strip(ws, t, kpanels, MRV);
     let b = &mut ws.pairs;
-    b.keys.resize(kpanels * NR * hp, 0.0);
-    b.kt.resize(kpanels * hp * NR, 0.0);
-    b.vt.resize(hd.div_ceil(NR) * tp * NR, 0);
-    b.kcls.resize(2 * hp, 0);
-    b.q.resize(MRV * 2 * hp, 0);
-    b.p.resize(MRV * 2 * tp, 0);
+    size_pairs(b, t, hd, kpanels);
     // SAFETY: `Ops::attention_bf16` checked that q, k and v hold t rows of hd values at
     // stride ld and `out` t rows of hd at stride ldo; the buffers were sized just above for
     // this head; reachable only through `bf16_attention` (AVX-512F/BW/VL/BF16, AVX2 and FMA
@@ -859,20 +853,11 @@ unsafe fn bf16_strips(
     let nk = t - k0;
     let (hp, tp) = (hd.div_ceil(2), t.div_ceil(2));
     let (kpanels, vpanels) = (nk.div_ceil(NR), hd.div_ceil(NR));
-    // Keys k0.. as rows of bf16 pairs (the rows past nk zero), then Kᵀ's panels: pair kp of
-    // the panel's NR keys side by side.
-    // (Pairs travel as f32 bit patterns through the f32 transpose: moves only, exact.)
-    for j in 0..kpanels * NR {
-        let row = &mut b.keys[j * hp..(j + 1) * hp];
-        if j < nk {
-            // SAFETY: a u32 slice viewed as twice as many u16 (same memory, u16's alignment
-            // is smaller).
-            let row16 = std::slice::from_raw_parts_mut(row.as_mut_ptr().cast::<u16>(), 2 * hp);
-            to_bf16_row(&h.k[(k0 + j) * ld..][..hd], row16);
-        } else {
-            row.fill(0.0);
-        }
-    }
+    // Keys k0.. as rows of bf16 pairs, then Kᵀ's panels: pair kp of the panel's NR keys side
+    // by side.
+    key_rows(&mut b.keys, nk, hp, |j, row| {
+        to_bf16_row(&h.k[(k0 + j) * ld..][..hd], row);
+    });
     pack_key_pairs(b, kpanels, hp);
     if cls_last {
         to_bf16_row(&h.k[..hd], &mut b.kcls);
@@ -941,6 +926,45 @@ unsafe fn bf16_strips(
     }
 }
 
+/// Sizes `b`'s buffers for a head of `t` tokens of `hd` values whose keys fill `kpanels`
+/// panels of [`NR`] (the bf16 and int16 kernels share them).
+fn size_pairs(b: &mut super::PairAttention, t: usize, hd: usize, kpanels: usize) {
+    let (hp, tp, vpanels) = (hd.div_ceil(2), t.div_ceil(2), hd.div_ceil(NR));
+    b.keys.resize(kpanels * NR * hp, 0.0);
+    b.kt.resize(kpanels * hp * NR, 0.0);
+    b.vt.resize(vpanels * tp * NR, 0);
+    b.kcls.resize(2 * hp, 0);
+    b.q.resize(MRV * 2 * hp, 0);
+    b.p.resize(MRV * 2 * tp, 0);
+    b.kscale.resize(kpanels * NR, 0.0);
+    b.vscale.resize(vpanels * NR, 0.0);
+}
+
+/// Calls `code(j, row)` with key `j`'s row of `2 hp` 16-bit codes in `keys` (rows of `hp`
+/// pairs) for each of the `nk` keys, and zeroes the rows after them.
+///
+/// Caller guarantees: `keys` holds at least `nk` rows.
+#[inline(always)]
+unsafe fn key_rows(
+    keys: &mut [f32],
+    nk: usize,
+    hp: usize,
+    mut code: impl FnMut(usize, &mut [u16]),
+) {
+    for (j, row) in keys.chunks_exact_mut(hp.max(1)).enumerate() {
+        if j < nk {
+            // SAFETY: an f32 slice viewed as twice as many u16 (same memory, u16's alignment
+            // is smaller). Pairs travel as f32 bit patterns through the f32 transpose.
+            code(
+                j,
+                std::slice::from_raw_parts_mut(row.as_mut_ptr().cast::<u16>(), 2 * hp),
+            );
+        } else {
+            row.fill(0.0);
+        }
+    }
+}
+
 /// `Kᵀ`'s panels from the keys' rows of code pairs (`b.keys`, `kpanels * NR` rows of `hp`
 /// pairs): pair `kp` of the panel's [`NR`] keys side by side (pairs travel as f32 bit
 /// patterns through the f32 transpose: moves only, exact).
@@ -982,18 +1006,10 @@ fn attention_int16(
 ) {
     let (t, hd) = (h.t, h.hd);
     let k0 = usize::from(super::cls_key_apart(t));
-    let (hp, tp) = (hd.div_ceil(2), t.div_ceil(2));
-    let (kpanels, vpanels) = ((t - k0).div_ceil(NR), hd.div_ceil(NR));
+    let kpanels = (t - k0).div_ceil(NR);
     let (ls, off) = super::x86::score_strip(ws, t, kpanels, MRV);
     let b = &mut ws.pairs;
-    b.keys.resize(kpanels * NR * hp, 0.0);
-    b.kt.resize(kpanels * hp * NR, 0.0);
-    b.vt.resize(vpanels * tp * NR, 0);
-    b.kcls.resize(2 * hp, 0);
-    b.q.resize(MRV * 2 * hp, 0);
-    b.p.resize(MRV * 2 * tp, 0);
-    b.kscale.resize(kpanels * NR, 0.0);
-    b.vscale.resize(vpanels * NR, 0.0);
+    size_pairs(b, t, hd, kpanels);
     // SAFETY: `Ops::attention_int16` checked that q, k and v hold t rows of hd values at
     // stride ld and `out` t rows of hd at stride ldo; the buffers were sized just above for
     // this head; reachable only through `int16_attention` (AVX-512F/BW/VNNI, AVX2 and FMA
@@ -1024,19 +1040,14 @@ unsafe fn i16_strips(
     let nk = t - k0;
     let (hp, tp) = (hd.div_ceil(2), t.div_ceil(2));
     let (kpanels, vpanels) = (nk.div_ceil(NR), hd.div_ceil(NR));
-    // Keys k0.. coded per key (the rows past nk zero, scale 0), then Kᵀ's panels.
-    for j in 0..kpanels * NR {
-        let row = &mut b.keys[j * hp..(j + 1) * hp];
-        if j < nk {
-            // SAFETY: an f32 slice viewed as twice as many i16 (same memory, i16's
-            // alignment is smaller).
-            let c = std::slice::from_raw_parts_mut(row.as_mut_ptr().cast::<i16>(), 2 * hp);
-            b.kscale[j] = quantize_row_i16(&h.k[(k0 + j) * ld..][..hd], LKV, c);
-        } else {
-            row.fill(0.0);
-            b.kscale[j] = 0.0;
-        }
-    }
+    // Keys k0.. coded per key with their scales (the panels' columns past nk are never
+    // stored), then Kᵀ's panels.
+    let kscale = &mut b.kscale;
+    key_rows(&mut b.keys, nk, hp, |j, row| {
+        // SAFETY: u16 codes viewed as i16 (same size and alignment).
+        let c = std::slice::from_raw_parts_mut(row.as_mut_ptr().cast::<i16>(), row.len());
+        kscale[j] = quantize_row_i16(&h.k[(k0 + j) * ld..][..hd], LKV, c);
+    });
     pack_key_pairs(b, kpanels, hp);
     // The keys' largest sum of |codes|, down the panels (16 keys a vector).
     let ones = _mm512_set1_epi16(1);

@@ -337,13 +337,40 @@ pub fn attention_bf16(
     seed: u64,
     ws: &mut AttentionScratch,
 ) {
+    let run = |h: &HeadQkv<'_>, out: &mut [f32], ldo| ops.attention_bf16(h, scale, out, ldo, ws);
+    let reference =
+        |h: &HeadQkv<'_>, out: &mut [f32], ldo| super::attention_bf16_reference(h, scale, out, ldo);
+    beside_reference(t, hd, scale, seed, run, reference, |i, c, g, w, e, vmax| {
+        assert!(
+            (g - w).abs() <= vmax / 256.0 + 1e-5,
+            "t{t} hd{hd}: out[{i}][{c}] = {g}, reference {w}"
+        );
+        assert!(
+            (g - e).abs() <= 0.05 * vmax + 1e-5,
+            "t{t} hd{hd}: out[{i}][{c}] = {g}, f32 attention {e}"
+        );
+    });
+}
+
+/// A reduced-precision attention (`run`) and its reference on one random head of `t` tokens
+/// and `hd` values (a fused qkv's layout), beside exact attention: `check(i, c, got,
+/// reference, exact, largest |v|)` for every output value; columns past `hd` untouched.
+fn beside_reference(
+    t: usize,
+    hd: usize,
+    scale: f32,
+    seed: u64,
+    run: impl FnOnce(&HeadQkv<'_>, &mut [f32], usize),
+    reference: impl FnOnce(&HeadQkv<'_>, &mut [f32], usize),
+    mut check: impl FnMut(usize, usize, f32, f32, f32, f32),
+) {
     let (ld, ldo) = (3 * hd + 5, hd + 3);
     let qkv = lcg(seed, t * ld, 1.0);
     let head = fused_head(&qkv, t, hd, ld);
     let out0 = lcg(seed + 1, t * ldo, 1.0);
     let (mut got, mut want, mut exact) = (out0.clone(), out0.clone(), out0.clone());
-    ops.attention_bf16(&head, scale, &mut got, ldo, ws);
-    super::attention_bf16_reference(&head, scale, &mut want, ldo);
+    run(&head, &mut got, ldo);
+    reference(&head, &mut want, ldo);
     scalar::ops().attention(
         &head,
         scale,
@@ -359,16 +386,9 @@ pub fn attention_bf16(
             let (g, w, e) = (got[i * ldo + c], want[i * ldo + c], exact[i * ldo + c]);
             if c >= hd {
                 assert_eq!(g, out0[i * ldo + c], "t{t} hd{hd}: row {i} col {c} touched");
-                continue;
+            } else {
+                check(i, c, g, w, e, vmax);
             }
-            assert!(
-                (g - w).abs() <= vmax / 256.0 + 1e-5,
-                "t{t} hd{hd}: out[{i}][{c}] = {g}, reference {w}"
-            );
-            assert!(
-                (g - e).abs() <= 0.05 * vmax + 1e-5,
-                "t{t} hd{hd}: out[{i}][{c}] = {g}, f32 attention {e}"
-            );
         }
     }
 }
@@ -399,42 +419,22 @@ pub fn attention_int16(
     seed: u64,
     ws: &mut AttentionScratch,
 ) -> f32 {
-    let (ld, ldo) = (3 * hd + 5, hd + 3);
-    let qkv = lcg(seed, t * ld, 1.0);
-    let head = fused_head(&qkv, t, hd, ld);
-    let out0 = lcg(seed + 1, t * ldo, 1.0);
-    let (mut got, mut want, mut exact) = (out0.clone(), out0.clone(), out0.clone());
-    ops.attention_int16(&head, scale, &mut got, ldo, ws);
-    super::attention_int16_reference(&head, scale, &mut want, ldo);
-    scalar::ops().attention(
-        &head,
-        scale,
-        &mut exact,
-        ldo,
-        &mut AttentionScratch::default(),
-    );
-    let vmax = (0..t * hd)
-        .map(|i| head.v[(i / hd) * ld + i % hd].abs())
-        .fold(0.0f32, f32::max);
+    let run = |h: &HeadQkv<'_>, out: &mut [f32], ldo| ops.attention_int16(h, scale, out, ldo, ws);
+    let reference = |h: &HeadQkv<'_>, out: &mut [f32], ldo| {
+        super::attention_int16_reference(h, scale, out, ldo)
+    };
     let mut worst = 0.0f32;
-    for i in 0..t {
-        for c in 0..ldo {
-            let (g, w, e) = (got[i * ldo + c], want[i * ldo + c], exact[i * ldo + c]);
-            if c >= hd {
-                assert_eq!(g, out0[i * ldo + c], "t{t} hd{hd}: row {i} col {c} touched");
-                continue;
-            }
-            assert!(
-                (g - w).abs() <= vmax / 2048.0 + 1e-6,
-                "t{t} hd{hd}: out[{i}][{c}] = {g}, reference {w}"
-            );
-            assert!(
-                (g - e).abs() <= 1e-3 * vmax + 1e-6,
-                "t{t} hd{hd}: out[{i}][{c}] = {g}, f32 attention {e}"
-            );
-            worst = worst.max((g - e).abs() / vmax.max(f32::MIN_POSITIVE));
-        }
-    }
+    beside_reference(t, hd, scale, seed, run, reference, |i, c, g, w, e, vmax| {
+        assert!(
+            (g - w).abs() <= vmax / 2048.0 + 1e-6,
+            "t{t} hd{hd}: out[{i}][{c}] = {g}, reference {w}"
+        );
+        assert!(
+            (g - e).abs() <= 1e-3 * vmax + 1e-6,
+            "t{t} hd{hd}: out[{i}][{c}] = {g}, f32 attention {e}"
+        );
+        worst = worst.max((g - e).abs() / vmax.max(f32::MIN_POSITIVE));
+    });
     worst
 }
 

@@ -1613,12 +1613,29 @@ impl Ops {
         ldo: usize,
         ws: &mut AttentionScratch,
     ) {
-        if !head_in_bounds(h, out, ldo) {
-            return;
-        }
-        match self.attention_bf16 {
-            Some(f) => f(self, h, scale, out, ldo, ws),
-            None => attention_bf16_reference(h, scale, out, ldo),
+        let reference =
+            |h: &HeadQkv<'_>, out: &mut [f32]| attention_bf16_reference(h, scale, out, ldo);
+        self.kernel_or_reference(self.attention_bf16, reference, h, scale, out, ldo, ws);
+    }
+
+    /// Runs `kernel` on the head, or `reference` where the tier has none (after the
+    /// bounds checks every attention entry makes).
+    #[allow(clippy::too_many_arguments)]
+    fn kernel_or_reference(
+        &self,
+        kernel: Option<AttentionFn>,
+        reference: impl FnOnce(&HeadQkv<'_>, &mut [f32]),
+        h: &HeadQkv<'_>,
+        scale: f32,
+        out: &mut [f32],
+        ldo: usize,
+        ws: &mut AttentionScratch,
+    ) {
+        if head_in_bounds(h, out, ldo) {
+            match kernel {
+                Some(f) => f(self, h, scale, out, ldo, ws),
+                None => reference(h, out),
+            }
         }
     }
 
@@ -1644,13 +1661,9 @@ impl Ops {
         ldo: usize,
         ws: &mut AttentionScratch,
     ) {
-        if !head_in_bounds(h, out, ldo) {
-            return;
-        }
-        match self.attention_int16 {
-            Some(f) => f(self, h, scale, out, ldo, ws),
-            None => attention_int16_reference(h, scale, out, ldo),
-        }
+        let reference =
+            |h: &HeadQkv<'_>, out: &mut [f32]| attention_int16_reference(h, scale, out, ldo);
+        self.kernel_or_reference(self.attention_int16, reference, h, scale, out, ldo, ws);
     }
 
     /// Whether [`Ops::attention_int16`] has a kernel of its own on this tier.

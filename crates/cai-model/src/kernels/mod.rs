@@ -806,12 +806,17 @@ impl Precision {
             Precision::Bf16 => {
                 if ops().gemm_bf16.is_some() {
                     format!(
-                        "bf16 weights and activations, f32 sums, on the {:?} kernels ({})",
+                        "bf16 weights and activations, f32 sums, on the {:?} kernels ({}){}",
                         ops().tier,
                         if ops().tier == Tier::Amx {
                             "AMX: tdpbf16ps on 16x32 tiles"
                         } else {
                             "AVX-512 BF16: vdpbf16ps"
+                        },
+                        if ops().has_bf16_attention() {
+                            "; the attention's products in bf16 too"
+                        } else {
+                            ""
                         }
                     )
                 } else if cpu_has_avx512_bf16() {
@@ -824,7 +829,7 @@ impl Precision {
                 }
             }
             Precision::Int8 | Precision::Int16 => format!(
-                "{}, i32 accumulation, on the {:?} kernels{}",
+                "{}, i32 accumulation, on the {:?} kernels{}{}",
                 if self == Precision::Int8 {
                     "int8 weights x 8-bit activations (u8 codes, per-row zero point)".to_string()
                 } else {
@@ -866,6 +871,11 @@ impl Precision {
                     _ => {
                         " (the integer products run the scalar reference here, far slower than f32: no SIMD integer kernel for this CPU)"
                     }
+                },
+                if self == Precision::Int16 && ops().has_int16_attention() {
+                    "; the attention's products in int16 too"
+                } else {
+                    ""
                 }
             ),
         }

@@ -74,12 +74,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     // `ATTN=bf16|int16`: attention's two products in bf16 or int16 in every block (what
     // `auto` may pick).
-    let attn = match std::env::var("ATTN").as_deref() {
-        Ok("bf16") => Some(Precision::Bf16),
-        Ok("int16") => Some(Precision::Int16),
-        _ => None,
-    };
-    if let Some(p) = attn {
+    if let Some(p) = std::env::var("ATTN")
+        .ok()
+        .and_then(|v| Precision::parse(&v))
+    {
         for b in 0..depth {
             plan.set(PlanLayer::Attn(b), p);
         }

@@ -378,14 +378,9 @@ pub fn measure_attention_rates(
     let precs: Vec<Precision> = precs
         .iter()
         .copied()
-        .filter(|p| match p {
-            Precision::F32 => true,
-            // Without a kernel of their own they run the scalar reference: far slower, so
-            // never picked, and not worth timing.
-            Precision::Bf16 => ops.has_bf16_attention(),
-            Precision::Int16 => ops.has_int16_attention(),
-            Precision::Int8 => false,
-        })
+        // Without a kernel of their own bf16 and int16 run the scalar reference: far slower,
+        // so never picked, and not worth timing.
+        .filter(|p| ops.has_attention_kernel(*p))
         .collect();
     let ld = 3 * hd;
     let qkv: Vec<f32> = (0..t * ld)
@@ -404,11 +399,7 @@ pub fn measure_attention_rates(
     let mut ws = kernels::AttentionScratch::default();
     let run = |p: Precision, out: &mut [f32], ws: &mut kernels::AttentionScratch| {
         for _ in 0..16 {
-            match p {
-                Precision::Bf16 => ops.attention_bf16(&head, scale, out, hd, ws),
-                Precision::Int16 => ops.attention_int16(&head, scale, out, hd, ws),
-                _ => ops.attention(&head, scale, out, hd, ws),
-            }
+            ops.attention_in(p, &head, scale, out, hd, ws);
         }
     };
     let flops = 16.0 * 4.0 * (t * t * hd) as f64;

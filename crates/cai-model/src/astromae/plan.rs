@@ -205,11 +205,10 @@ fn is_f32(p: &Precision) -> bool {
 /// attention, and elsewhere the reference's scalar speed would make the pass slower (so a
 /// fixed bf16 or int16 run's attention differs by CPU, within that precision's error).
 fn uniform_attention(p: Precision) -> Precision {
-    let ops = crate::kernels::ops();
-    match p {
-        Precision::Bf16 if ops.has_bf16_attention() => p,
-        Precision::Int16 if ops.has_int16_attention() => p,
-        _ => Precision::F32,
+    if crate::kernels::ops().has_attention_kernel(p) {
+        p
+    } else {
+        Precision::F32
     }
 }
 

@@ -276,11 +276,7 @@ impl Block {
                     v: &qkv[2 * d + h * hd..],
                 };
                 let dst = &mut att[gi * t1 * d + h * hd..];
-                match self.attn.products {
-                    Precision::Bf16 => ops.attention_bf16(&head, scale, dst, d, &mut s.attn),
-                    Precision::Int16 => ops.attention_int16(&head, scale, dst, d, &mut s.attn),
-                    _ => ops.attention(&head, scale, dst, d, &mut s.attn),
-                }
+                ops.attention_in(self.attn.products, &head, scale, dst, d, &mut s.attn);
             }
         }
         let att = &*att;

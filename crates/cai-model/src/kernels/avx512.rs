@@ -862,26 +862,16 @@ unsafe fn bf16_strips(
     if cls_last {
         to_bf16_row(&h.k[..hd], &mut b.kcls);
     }
-    // V's panels: for each pair of tokens (in the scores' order: k0.., then the cls token)
-    // and NR columns, the two tokens' values rounded and paired.
-    let tok = |i: usize| if i + k0 < t { i + k0 } else { i + k0 - t };
-    for kp in 0..tp {
-        let (ta, tb) = (tok(2 * kp), (2 * kp + 1 < t).then(|| tok(2 * kp + 1)));
-        for p in 0..vpanels {
-            let m = lanes_or_all(hd - p * NR);
-            let half = |tk: usize| {
-                let x = _mm512_maskz_loadu_ps(m, h.v.as_ptr().add(tk * ld + p * NR));
-                _mm512_cvtepu16_epi32(std::mem::transmute::<__m256bh, __m256i>(
-                    _mm512_cvtneps_pbh(x),
-                ))
-            };
-            let lo = half(ta);
-            let pair = match tb {
-                Some(tb) => _mm512_or_si512(lo, _mm512_slli_epi32::<16>(half(tb))),
-                None => lo,
-            };
-            _mm512_storeu_si512(b.vt.as_mut_ptr().add((p * tp + kp) * NR).cast(), pair);
-        }
+    // V's panels: each token's values rounded, paired per two tokens.
+    for p in 0..vpanels {
+        let m = lanes_or_all(hd - p * NR);
+        let half = |tk: usize| {
+            let x = _mm512_maskz_loadu_ps(m, h.v.as_ptr().add(tk * ld + p * NR));
+            _mm512_cvtepu16_epi32(std::mem::transmute::<__m256bh, __m256i>(
+                _mm512_cvtneps_pbh(x),
+            ))
+        };
+        value_pairs(b.vt.as_mut_ptr().add(p * tp * NR), t, k0, half);
     }
     let (kt, vt) = (b.kt.as_ptr().cast::<u32>(), b.vt.as_ptr());
     let (qs, ps) = (b.q.as_mut_ptr(), b.p.as_mut_ptr());
@@ -962,6 +952,27 @@ unsafe fn key_rows(
         } else {
             row.fill(0.0);
         }
+    }
+}
+
+/// One panel of `V`'s token pairs at `vt` (`t.div_ceil(2)` vectors of [`NR`] pairs): for each
+/// pair of tokens in the scores' order (`k0..`, then the cls token when `k0` is 1), the low
+/// 16 bits of each lane of `code(token)` for the first in the low halves and for the second
+/// in the high halves (zero after an odd count).
+///
+/// Caller guarantees: `vt` points to that many writable vectors; AVX-512F.
+#[inline(always)]
+unsafe fn value_pairs(vt: *mut u32, t: usize, k0: usize, code: impl Fn(usize) -> __m512i) {
+    let tok = |i: usize| if i + k0 < t { i + k0 } else { i + k0 - t };
+    let lo16 = _mm512_set1_epi32(0xFFFF);
+    for kp in 0..t.div_ceil(2) {
+        let lo = _mm512_and_si512(code(tok(2 * kp)), lo16);
+        let pair = if 2 * kp + 1 < t {
+            _mm512_or_si512(lo, _mm512_slli_epi32::<16>(code(tok(2 * kp + 1))))
+        } else {
+            lo
+        };
+        _mm512_storeu_si512(vt.add(kp * NR).cast(), pair);
     }
 }
 
@@ -1068,11 +1079,9 @@ unsafe fn i16_strips(
     }
     let lq = super::activation_limit(widest);
     // V's panels: per column the largest |v| over the tokens (as sign-cleared bit patterns,
-    // so a NaN is the largest and gives the column a NaN scale), then for each pair of
-    // tokens (in the scores' order: k0.., then the cls token) the two tokens' codes paired.
-    let tok = |i: usize| if i + k0 < t { i + k0 } else { i + k0 - t };
+    // so a NaN is the largest and gives the column a NaN scale), then each token's codes,
+    // paired per two tokens.
     let (abs, lv) = (_mm512_set1_epi32(i32::MAX), _mm512_set1_ps(LKV as f32));
-    let lo16 = _mm512_set1_epi32(0xFFFF);
     for p in 0..vpanels {
         let m = lanes_or_all(hd - p * NR);
         let load = |tk: usize| _mm512_maskz_loadu_ps(m, h.v.as_ptr().add(tk * ld + p * NR));
@@ -1092,15 +1101,7 @@ unsafe fn i16_strips(
                 _mm512_mul_ps(load(tk), inv),
             )
         };
-        for kp in 0..tp {
-            let (ta, tb) = (tok(2 * kp), (2 * kp + 1 < t).then(|| tok(2 * kp + 1)));
-            let lo = _mm512_and_si512(code(ta), lo16);
-            let pair = match tb {
-                Some(tb) => _mm512_or_si512(lo, _mm512_slli_epi32::<16>(code(tb))),
-                None => lo,
-            };
-            _mm512_storeu_si512(b.vt.as_mut_ptr().add((p * tp + kp) * NR).cast(), pair);
-        }
+        value_pairs(b.vt.as_mut_ptr().add(p * tp * NR), t, k0, code);
     }
     let (kt, vt) = (b.kt.as_ptr().cast::<i32>(), b.vt.as_ptr().cast::<i32>());
     let (qs, ps) = (

@@ -1681,6 +1681,37 @@ impl Ops {
         self.attention_int16.is_some()
     }
 
+    /// Attention with its two products in `p`: [`Ops::attention`] for f32 (and int8, which
+    /// attention does not run in), [`Ops::attention_bf16`], [`Ops::attention_int16`].
+    ///
+    /// Panics as [`Ops::attention`].
+    pub fn attention_in(
+        &self,
+        p: Precision,
+        h: &HeadQkv<'_>,
+        scale: f32,
+        out: &mut [f32],
+        ldo: usize,
+        ws: &mut AttentionScratch,
+    ) {
+        match p {
+            Precision::Bf16 => self.attention_bf16(h, scale, out, ldo, ws),
+            Precision::Int16 => self.attention_int16(h, scale, out, ldo, ws),
+            Precision::F32 | Precision::Int8 => self.attention(h, scale, out, ldo, ws),
+        }
+    }
+
+    /// Whether attention in `p` runs a kernel of this tier's own: always for f32, where
+    /// the tier has one for bf16 and int16 (else their slow references), never for int8.
+    pub fn has_attention_kernel(&self, p: Precision) -> bool {
+        match p {
+            Precision::F32 => true,
+            Precision::Bf16 => self.has_bf16_attention(),
+            Precision::Int16 => self.has_int16_attention(),
+            Precision::Int8 => false,
+        }
+    }
+
     /// Runs this tier's peak-rate probe: `iters` rounds of independent f32 multiply-add
     /// chains (enough of them to cover the FMA latency on current cores), nothing but
     /// register arithmetic. Returns a checksum (print or `black_box` it) and the FLOPs

@@ -1180,6 +1180,9 @@ unsafe fn i16_attention_tile<const P: usize>(
     rows: usize,
     cols: usize,
 ) {
+    // Zeroed sums, not `pair_sums`: measured per head of 65 x 64 on Zen 4, this tile took
+    // 10.3 us from zero and 11.5 us through `pair_sums` (the bf16 tile the other way round:
+    // 8.7 us through `pair_sums`, 9.3-10.6 from zero).
     let mut acc = [[_mm512_setzero_si512(); P]; MRV];
     pair_products(k2, k2, a.cast(), panels, &mut acc, |acc, av, bv| {
         _mm512_dpwssd_epi32(acc, av, bv)

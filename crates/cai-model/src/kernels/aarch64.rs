@@ -493,9 +493,9 @@ unsafe fn int_epilogue<const ACT: u8, const ACC: bool>(
         let s = *sa.add(r);
         let mut v = [vdupq_n_f32(0.0); 4];
         for j in 0..4 {
-            // The reference's `sum as f32 * (sa * scale) + bias`: two roundings, no FMA.
-            let f = vmulq_f32(vcvtq_f32_s32(accr[j]), vmulq_n_f32(sc[j], s));
-            v[j] = act::<ACT>(vaddq_f32(f, bias[j]));
+            // The reference's `(sum as f32).mul_add(sa * scale, bias)`: one fused rounding.
+            let f = vcvtq_f32_s32(accr[j]);
+            v[j] = act::<ACT>(vfmaq_f32(bias[j], f, vmulq_n_f32(sc[j], s)));
         }
         store_row::<ACC>(c.add(r * ldc), v, cols);
     }

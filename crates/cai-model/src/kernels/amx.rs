@@ -39,7 +39,7 @@ use std::arch::x86_64::*;
 use std::cell::Cell;
 use std::sync::OnceLock;
 
-use super::avx512::{col_masks, panel_biases, store_sums, Int8Epilogue};
+use super::avx512::{act_int, col_masks, panel_biases, store_sums, Int8Epilogue};
 use super::{Epilogue, GemmFn, PackedB, NR};
 
 /// Rows of a tile (and of a strip of `A`).
@@ -549,7 +549,8 @@ unsafe fn block_bf16<const ACT: u8, const ACC: bool>(
     }
 }
 
-/// `C[r][..cols] (=|+=) act(sum + bias)` for the first `rows` rows of one step's f32 sums.
+/// `C[r][..cols] (=|+=) act(sum + bias)` for the first `rows` rows of one step's f32 sums
+/// (GELU as the AVX-512 bf16 tile's, [`act_int`]).
 ///
 /// Caller guarantees: `b` has panels `p .. p + P`, `c` points to `rows` writable rows of
 /// `cols` values at stride `ldc`, and the CPU has AVX-512F.
@@ -569,7 +570,7 @@ unsafe fn store_bf16<const ACT: u8, const ACC: bool, const P: usize>(
     for r in 0..rows {
         let sums: [__m512; P] =
             std::array::from_fn(|h| _mm512_load_ps(acc.0.as_ptr().add(r * 2 * NR + h * NR)));
-        store_sums::<ACT, ACC, P>(c.add(r * ldc), &sums, &bias, &masks);
+        store_sums::<ACC, P>(c.add(r * ldc), &sums, &bias, &masks, |v| act_int::<ACT>(v));
     }
 }
 

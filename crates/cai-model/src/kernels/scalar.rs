@@ -78,7 +78,9 @@ fn gemm(m: usize, a: &[f32], lda: usize, b: &PackedB, c: &mut [f32], ldc: usize,
 /// The integer product, the reference for every tier: each row of `A` quantised by
 /// [`quantize_row`] (int16 weights) or to u8 codes minus their zero point
 /// ([`super::quantize_row_int8_pairs`], int8 weights), exact i32 sums, then
-/// `acc * (row scale * column scale) + bias` (multiply, then add, in f32) and the epilogue.
+/// `acc * (row scale * column scale) + bias` (the row and column scales' product, then one
+/// fused multiply-add: one instruction fewer per 16 outputs than a multiply and an add) and
+/// the epilogue.
 fn gemm_int8(
     m: usize,
     a: &[f32],
@@ -108,7 +110,7 @@ fn gemm_int8(
             let (bias, scale) = (b.panel_bias(p), b.q_scale(p));
             let crow = &mut c[i * ldc + p * NR..i * ldc + p * NR + cols];
             for j in 0..cols {
-                let v = act(epi.act, acc[j] as f32 * (sa * scale[j]) + bias[j]);
+                let v = act(epi.act, (acc[j] as f32).mul_add(sa * scale[j], bias[j]));
                 crow[j] = if epi.accumulate { crow[j] + v } else { v };
             }
         }

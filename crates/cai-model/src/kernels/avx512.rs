@@ -1947,8 +1947,9 @@ fn gelu16_rational(x: __m512, p: &[f32], q: &[f32]) -> __m512 {
         qv = _mm512_fmadd_ps(qv, u, _mm512_set1_ps(*c));
     }
     qv = _mm512_fmadd_ps(qv, u, _mm512_set1_ps(1.0));
-    let half_erf = _mm512_fmadd_ps(xc, _mm512_div_ps(pv, qv), _mm512_set1_ps(0.5));
-    _mm512_mul_ps(x, half_erf)
+    // Φ(x) = 1/2 + erf(x/sqrt 2)/2, the standard normal CDF.
+    let phi = _mm512_fmadd_ps(xc, _mm512_div_ps(pv, qv), _mm512_set1_ps(0.5));
+    _mm512_mul_ps(x, phi)
 }
 
 #[cfg(test)]

@@ -1392,8 +1392,9 @@ fn gelu8_rational(x: __m256, p: &[f32], q: &[f32]) -> __m256 {
         qv = _mm256_fmadd_ps(qv, u, _mm256_set1_ps(*c));
     }
     qv = _mm256_fmadd_ps(qv, u, _mm256_set1_ps(1.0));
-    let half_erf = _mm256_fmadd_ps(xc, _mm256_div_ps(pv, qv), _mm256_set1_ps(0.5));
-    _mm256_mul_ps(x, half_erf)
+    // Φ(x) = 1/2 + erf(x/sqrt 2)/2, the standard normal CDF.
+    let phi = _mm256_fmadd_ps(xc, _mm256_div_ps(pv, qv), _mm256_set1_ps(0.5));
+    _mm256_mul_ps(x, phi)
 }
 
 #[target_feature(enable = "avx2,fma")]

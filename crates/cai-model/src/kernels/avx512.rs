@@ -1266,11 +1266,11 @@ fn lanes32(n: usize) -> u32 {
 
 /// [`super::x86::strip_exponentials`] on zmm registers ([`exp_rows16`]): the
 /// exponentials of a strip's `rows` rows of scores (`ls` apart from `sp`, `t` each), four
-/// rows at a time (then two, then one: four rows' independent reductions hide each other's
-/// latency; bf16 attention 8.5 to 8.1-8.25 us per head on Zen 4, from two), the cls key's
-/// score of row `r` from `cls(r)` when it was put apart;
-/// returns 1 / each row's sum. `SHORT`: [`exp_short16`] (the bf16 and int16 attentions),
-/// else [`exp_nonpos16`] (the f32 one, as the AVX2 tier's).
+/// rows at a time, then two, then one (four rows' independent reductions hide each other's
+/// latency: the bf16 attention took 8.1-8.25 us per head on Zen 4 against 8.4-8.5 by
+/// pairs), the cls key's score of row `r` from `cls(r)` when it was put apart; returns 1 /
+/// each row's sum. `SHORT`: [`exp_short16`] (the bf16 and int16 attentions), else
+/// [`exp_nonpos16`] (the f32 one, as the AVX2 tier's).
 ///
 /// Caller guarantees: as [`exp_rows16`] for each row; `rows <= M`.
 #[target_feature(enable = "avx512f")]
@@ -1286,27 +1286,36 @@ unsafe fn strip_exponentials16<const M: usize, const SHORT: bool>(
     let mut inv = [0.0f32; M];
     let mut r = 0;
     while r + 4 <= rows {
-        let quad = [
-            sp.add(r * ls),
-            sp.add((r + 1) * ls),
-            sp.add((r + 2) * ls),
-            sp.add((r + 3) * ls),
-        ];
-        let iv =
-            exp_rows16::<4, SHORT>(quad, t, [cls(r), cls(r + 1), cls(r + 2), cls(r + 3)], scale);
-        inv[r..r + 4].copy_from_slice(&iv);
+        exp_group::<4, SHORT>(sp, ls, r, t, scale, &cls, &mut inv);
         r += 4;
     }
-    while r + 2 <= rows {
-        let pair = [sp.add(r * ls), sp.add((r + 1) * ls)];
-        let iv = exp_rows16::<2, SHORT>(pair, t, [cls(r), cls(r + 1)], scale);
-        inv[r..r + 2].copy_from_slice(&iv);
+    if r + 2 <= rows {
+        exp_group::<2, SHORT>(sp, ls, r, t, scale, &cls, &mut inv);
         r += 2;
     }
     if r < rows {
-        inv[r] = exp_rows16::<1, SHORT>([sp.add(r * ls)], t, [cls(r)], scale)[0];
+        exp_group::<1, SHORT>(sp, ls, r, t, scale, &cls, &mut inv);
     }
     inv
+}
+
+/// [`exp_rows16`] on the `R` rows `r0 ..` of [`strip_exponentials16`]'s strip; their
+/// 1 / sums into `inv[r0 ..]`. Always inlined into it, whose features it uses.
+///
+/// Caller guarantees: as [`exp_rows16`] for each of those rows; `inv` holds `r0 + R` values.
+#[inline(always)]
+unsafe fn exp_group<const R: usize, const SHORT: bool>(
+    sp: *mut f32,
+    ls: usize,
+    r0: usize,
+    t: usize,
+    scale: f32,
+    cls: &impl Fn(usize) -> Option<f32>,
+    inv: &mut [f32],
+) {
+    let rows = std::array::from_fn(|i| sp.add((r0 + i) * ls));
+    let last = std::array::from_fn(|i| cls(r0 + i));
+    inv[r0..r0 + R].copy_from_slice(&exp_rows16::<R, SHORT>(rows, t, last, scale));
 }
 
 /// In place on each of `R` rows of `n` scores: `e_j = exp(scale (x_j - max x))`; returns
@@ -1316,8 +1325,10 @@ unsafe fn strip_exponentials16<const M: usize, const SHORT: bool>(
 /// multiple of 16). `SHORT`: by [`exp_short16`] instead.
 ///
 /// Caller guarantees: each `x[r]` points to `n.div_ceil(16) * 16` writable values, `n >= 1`.
+/// Kept out of line: inlined into the attentions' strips (as LLVM chose once each group size
+/// had one call site), the f32 attention measured 2% slower per head on Zen 4.
 #[target_feature(enable = "avx512f")]
-#[inline]
+#[inline(never)]
 unsafe fn exp_rows16<const R: usize, const SHORT: bool>(
     x: [*mut f32; R],
     n: usize,
